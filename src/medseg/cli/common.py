@@ -1,0 +1,86 @@
+"""Shared CLI plumbing: the Typer app, the console, and turning errors into one line."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from medseg.errors import MedsegError
+
+app = typer.Typer(
+    name="medseg",
+    help="Medical image segmentation: read, convert, crop, train, predict, evaluate and export.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 3
+
+
+def _debug() -> bool:
+    return os.environ.get("MEDSEG_DEBUG", "") not in ("", "0")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    level = logging.DEBUG if verbose or _debug() else logging.INFO
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
+        force=True,
+    )
+
+
+def cli_command(func: F) -> F:
+    """Wrap a command so user errors print one line (exit 2) and bugs one line (exit 3).
+
+    Set MEDSEG_DEBUG=1 to see the traceback of an unexpected error.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except MedsegError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, markup=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:
+            if _debug():
+                raise
+            err_console.print(
+                f"[bold red]internal error:[/] {type(exc).__name__}: {exc} "
+                "(set MEDSEG_DEBUG=1 for the traceback and please report it)",
+                soft_wrap=True,
+            )
+            raise typer.Exit(EXIT_INTERNAL_ERROR) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def main() -> None:
+    """Console-script entry point."""
+    setup_logging()
+    try:
+        app()
+    except SystemExit as exc:
+        sys.exit(exc.code)

@@ -1,0 +1,1 @@
+"""Geometry: resampling, orientation, crop/pad with inverses, multi-plane ROI."""

@@ -1,0 +1,184 @@
+"""NIfTI, NRRD and MHA/MHD through SimpleITK, and the Volume <-> SimpleITK bridge.
+
+SimpleITK already converts NIfTI's RAS header to LPS and orders arrays (z, y, x); this
+module is the one place where medseg's array-order geometry is turned into ITK's
+(x, y, z) order and back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from medseg.errors import InputError
+from medseg.io.atomic import atomic_file
+from medseg.volume import Volume, VolumeGeometry
+
+ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+# dtypes that every ITK writer accepts; anything else is converted (bool -> uint8, float16 -> float32)
+_DTYPE_FOR_WRITE = {np.dtype(bool): np.uint8, np.dtype(np.float16): np.float32}
+
+
+def has_itk_suffix(path: str | Path) -> bool:
+    name = Path(path).name.lower()
+    return any(name.endswith(s) for s in ITK_SUFFIXES)
+
+
+def geometry_from_sitk(image: sitk.Image) -> VolumeGeometry:
+    """Geometry of a 3D SimpleITK image in medseg's (z, y, x) convention."""
+    size = image.GetSize()
+    if len(size) == 2:
+        spacing = (1.0, *image.GetSpacing()[::-1])
+        d2 = np.array(image.GetDirection()).reshape(2, 2)
+        direction_itk = np.eye(3)
+        direction_itk[:2, :2] = d2
+        origin = (*image.GetOrigin(), 0.0)
+        return VolumeGeometry((1, size[1], size[0]), spacing, origin, direction_itk[:, ::-1])
+    direction_itk = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
+    return VolumeGeometry(size[::-1], image.GetSpacing()[::-1], image.GetOrigin(), direction_itk[:, ::-1])
+
+
+def from_sitk(image: sitk.Image, meta: dict[str, Any] | None = None) -> Volume:
+    """Wrap a scalar 2D or 3D SimpleITK image as a Volume (the array is copied)."""
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            None,
+            "image has vector pixels",
+            expected="one value per voxel",
+            found=f"{image.GetNumberOfComponentsPerPixel()} components",
+        )
+    geometry = geometry_from_sitk(image)
+    array = sitk.GetArrayFromImage(image).reshape(geometry.shape)
+    return Volume(array, geometry=geometry, meta=meta)
+
+
+def to_sitk(volume: Volume) -> sitk.Image:
+    """SimpleITK image with the volume's values and exact geometry."""
+    array = volume.array
+    if array.dtype in _DTYPE_FOR_WRITE:
+        array = array.astype(_DTYPE_FOR_WRITE[array.dtype])
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    set_sitk_geometry(image, volume.geometry)
+    return image
+
+
+def set_sitk_geometry(image: sitk.Image, geometry: VolumeGeometry) -> None:
+    image.SetSpacing(tuple(float(s) for s in geometry.spacing_xyz))
+    image.SetOrigin(tuple(float(o) for o in geometry.origin))
+    image.SetDirection(tuple(float(v) for v in geometry.direction_itk.reshape(-1)))
+
+
+def read_itk(path: str | Path) -> Volume:
+    """Read a NIfTI / NRRD / MHA / MHD file into a Volume (3D, scalar)."""
+    src = Path(path)
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(src))
+        reader.ReadImageInformation()
+        dim = reader.GetDimension()
+        size = reader.GetSize()
+        if dim == 4 and size[3] > 1:
+            raise InputError(
+                src,
+                "is a 4D image with several channels or time points",
+                expected="one 3D volume (split channels with read_channels())",
+                found=f"size {size}",
+            )
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(src, "cannot be read as a medical image", found=_first_line(exc)) from None
+    _check_nifti_complete(src)
+    if image.GetDimension() == 4:
+        image = image[:, :, :, 0]
+    vol = from_sitk(image, meta={"source": src.name})
+    return vol
+
+
+def read_channels(path: str | Path) -> list[Volume]:
+    """Read a 3D or 4D image (e.g. MSD's T2+ADC NIfTI) as one Volume per channel."""
+    src = Path(path)
+    try:
+        image = sitk.ReadImage(str(src))
+    except RuntimeError as exc:
+        raise InputError(src, "cannot be read as a medical image", found=_first_line(exc)) from None
+    if image.GetDimension() == 4:
+        size = image.GetSize()
+        return [from_sitk(image[:, :, :, c], meta={"source": src.name, "channel": c}) for c in range(size[3])]
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        return [
+            from_sitk(sitk.VectorIndexSelectionCast(image, c), meta={"source": src.name, "channel": c})
+            for c in range(image.GetNumberOfComponentsPerPixel())
+        ]
+    return [from_sitk(image, meta={"source": src.name})]
+
+
+def write_itk(volume: Volume, path: str | Path, *, overwrite: bool = False, compress: bool = True) -> Path:
+    """Write a Volume as NIfTI / NRRD / MHA atomically (temp file, then rename)."""
+    target = Path(path)
+    if not has_itk_suffix(target):
+        raise InputError(target, "unsupported output format", expected=", ".join(ITK_SUFFIXES))
+    if target.name.lower().endswith(".mhd"):
+        raise InputError(target, "MHD writes two files and cannot be written atomically", expected=".mha")
+    image = to_sitk(volume)
+    with atomic_file(target, overwrite=overwrite) as tmp:
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=compress)
+        except RuntimeError as exc:
+            raise InputError(target, "could not be written", found=_first_line(exc)) from None
+    return target
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """ITK's NIfTI reader silently zero-fills truncated files; detect truncation here.
+
+    Uncompressed: the file must hold vox_offset + data bytes. Gzipped: the gzip trailer
+    stores the uncompressed size (mod 2**32); when it disagrees, decompress fully to
+    tell a truncated file from a multi-member gzip stream.
+    """
+    name = path.name.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+        return
+    import gzip
+    import struct
+
+    import nibabel as nib
+
+    try:
+        header = nib.load(str(path)).header
+        expected = int(header.get_data_offset()) + int(
+            np.prod(header.get_data_shape()) * header.get_data_dtype().itemsize
+        )
+    except Exception as exc:  # nibabel raises several types for bad headers
+        raise InputError(path, "has an invalid NIfTI header", found=str(exc)) from None
+    if name.endswith(".nii"):
+        size = path.stat().st_size
+        if size < expected:
+            raise InputError(path, "is truncated", expected=f"{expected} bytes", found=f"{size} bytes")
+        return
+    with path.open("rb") as fh:
+        fh.seek(-4, 2)
+        (isize,) = struct.unpack("<I", fh.read(4))
+    if isize == expected % 2**32:
+        return
+    try:
+        with gzip.open(path, "rb") as gz:
+            total = 0
+            while chunk := gz.read(1 << 24):
+                total += len(chunk)
+    except (OSError, EOFError) as exc:
+        raise InputError(path, "is truncated or corrupt", found=str(exc)) from None
+    if total < expected:
+        raise InputError(path, "is truncated", expected=f"{expected} bytes of image data", found=f"{total}")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = " ".join(lines)
+    if "data not read completely" in text or "expected" in text and "received" in text:
+        return "truncated data (fewer bytes than the header declares)"
+    # ITK messages start with a source location; the description is usually last.
+    return lines[-1] if lines else type(exc).__name__

@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny volumes with oblique directions and non-zero origins.
+
+Any axis-order or sign mistake moves voxels in world space, so tests built on these
+fixtures fail loudly instead of passing on an identity grid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from medseg.volume import Volume
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def oblique_direction(angles_deg: tuple[float, float, float] = (17.0, -9.0, 23.0)) -> np.ndarray:
+    """A proper rotation (det +1) in array order (columns: z, y, x axes)."""
+    rot = Rotation.from_euler("xyz", angles_deg, degrees=True).as_matrix()  # ITK order columns x, y, z
+    return rot[:, ::-1].copy()
+
+
+def make_oblique_volume(
+    shape: tuple[int, int, int] = (12, 20, 16),
+    spacing: tuple[float, float, float] = (3.0, 0.7, 0.5),
+    origin: tuple[float, float, float] = (-31.5, 12.25, 80.0),
+    seed: int = 0,
+    dtype: type = np.float32,
+) -> Volume:
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    array = (100 + 10 * z + 3 * y + x + rng.normal(0, 1, shape)).astype(dtype)
+    return Volume(array, spacing, origin, oblique_direction())
+
+
+@pytest.fixture
+def oblique_volume() -> Volume:
+    return make_oblique_volume()
+
+
+@pytest.fixture
+def oblique_label(oblique_volume: Volume) -> Volume:
+    z, y, x = np.meshgrid(*[np.arange(s) for s in oblique_volume.shape], indexing="ij")
+    label = np.zeros(oblique_volume.shape, dtype=np.uint8)
+    label[(z - 6) ** 2 / 16 + (y - 10) ** 2 / 36 + (x - 8) ** 2 / 25 < 1] = 1
+    label[(z - 6) ** 2 / 4 + (y - 10) ** 2 / 9 + (x - 6) ** 2 / 4 < 1] = 3
+    return oblique_volume.with_array(label)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data beside the checkout; tests that need it skip when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test data not found at {SHARED_DATA} (CI provides ../shared/data beside the checkout)")
+    return SHARED_DATA

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from medseg.errors import InputError, OutputExistsError
+from medseg.io import read_channels, read_volume, write_volume
+from tests.conftest import make_oblique_volume
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])
+@pytest.mark.parametrize("dtype", [np.float32, np.int16, np.uint8])
+def test_write_read_round_trip(tmp_path: Path, suffix: str, dtype: type) -> None:
+    vol = make_oblique_volume(dtype=dtype)
+    out = write_volume(vol, tmp_path / f"vol{suffix}")
+    back = read_volume(out)
+    assert back.dtype == vol.dtype
+    np.testing.assert_array_equal(back.array, vol.array)
+    # NIfTI stores its affine in float32: allow float32 round-off only
+    vol.geometry.require_same(back.geometry, spacing_atol=1e-5, origin_atol=1e-4, direction_atol=1e-6)
+
+
+def test_nifti_world_coordinates_agree_with_nibabel(tmp_path: Path) -> None:
+    """NIfTI is RAS; medseg is LPS. A voxel must land on the same physical point."""
+    vol = make_oblique_volume()
+    path = write_volume(vol, tmp_path / "v.nii.gz")
+    img = nib.load(path)
+    ijk = np.array([5.0, 7.0, 3.0])  # nibabel index order is (x, y, z) = (i, j, k)
+    ras = img.affine @ np.r_[ijk, 1.0]
+    lps = vol.index_to_world(ijk[::-1])
+    np.testing.assert_allclose(ras[:3] * np.array([-1, -1, 1]), lps, atol=1e-3)
+    # and the array agrees once transposed to (z, y, x)
+    np.testing.assert_array_equal(np.asarray(img.dataobj).transpose(2, 1, 0), vol.array)
+
+
+def test_existing_output_is_not_overwritten(tmp_path: Path) -> None:
+    vol = make_oblique_volume()
+    out = write_volume(vol, tmp_path / "v.nrrd")
+    before = out.read_bytes()
+    with pytest.raises(OutputExistsError, match="overwrite"):
+        write_volume(vol.with_array(vol.array * 2), out)
+    assert out.read_bytes() == before
+    write_volume(vol.with_array(vol.array * 2), out, overwrite=True)
+    np.testing.assert_array_equal(read_volume(out).array, vol.array * 2)
+    assert [p.name for p in tmp_path.iterdir()] == ["v.nrrd"]  # no temp files left
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        read_volume(tmp_path / "nope.nii.gz")
+
+
+def test_truncated_nifti_names_the_file(tmp_path: Path) -> None:
+    path = write_volume(make_oblique_volume(), tmp_path / "v.nii")
+    data = path.read_bytes()
+    bad = tmp_path / "broken.nii"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"broken\.nii"):
+        read_volume(bad)
+
+
+def test_non_medical_file(tmp_path: Path) -> None:
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hello")
+    with pytest.raises(InputError, match=r"notes\.txt.*not a recognised medical image"):
+        read_volume(bad)
+
+
+def test_4d_image_is_refused_by_read_volume_and_split_by_read_channels(tmp_path: Path) -> None:
+    arr = np.stack([np.full((3, 4, 5), c, np.float32) for c in range(2)])  # (c, z, y, x)
+    img = sitk.JoinSeries([sitk.GetImageFromArray(a) for a in arr])
+    path = tmp_path / "two.nii.gz"
+    sitk.WriteImage(img, str(path))
+    with pytest.raises(InputError, match="4D"):
+        read_volume(path)
+    chans = read_channels(path)
+    assert [c.shape for c in chans] == [(3, 4, 5), (3, 4, 5)]
+    assert [float(c.array.mean()) for c in chans] == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".mha", ".nrrd"])
+def test_truncated_files_of_every_format_are_refused(tmp_path: Path, suffix: str) -> None:
+    path = write_volume(make_oblique_volume(), tmp_path / f"v{suffix}")
+    data = path.read_bytes()
+    bad = tmp_path / f"cut{suffix}"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"cut\.(nii|mha|nrrd).*(truncated|corrupt|cannot be read)"):
+        read_volume(bad)

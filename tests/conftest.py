@@ -54,5 +54,7 @@ def oblique_label(oblique_volume: Volume) -> Volume:
 def shared_data() -> Path:
     """../shared/data beside the checkout; tests that need it skip when it is absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real test data not found at {SHARED_DATA} (CI provides ../shared/data beside the checkout)")
+        pytest.skip(
+            f"real test data not found at {SHARED_DATA} (CI provides ../shared/data beside the checkout)"
+        )
     return SHARED_DATA

@@ -176,7 +176,9 @@ class VolumeGeometry:
         hi = np.asarray(self.shape, dtype=float) - 1 if upper is None else np.asarray(upper, dtype=float)
         lo = lo - 0.5
         hi = hi + 0.5
-        corners = np.array([[z, y, x] for z in (lo[0], hi[0]) for y in (lo[1], hi[1]) for x in (lo[2], hi[2])])
+        corners = np.array(
+            [[z, y, x] for z in (lo[0], hi[0]) for y in (lo[1], hi[1]) for x in (lo[2], hi[2])]
+        )
         return self.index_to_world(corners)
 
     def world_bounding_box(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -324,7 +326,9 @@ class Volume:
         """Same grid, new voxel values (e.g. a label map predicted for this image)."""
         arr = np.asarray(array)
         if tuple(arr.shape) != self.shape:
-            raise GeometryError(f"with_array: new array shape {arr.shape} differs from volume shape {self.shape}")
+            raise GeometryError(
+                f"with_array: new array shape {arr.shape} differs from volume shape {self.shape}"
+            )
         return Volume(arr, geometry=self.geometry, meta=self.meta if meta is None else meta)
 
     def copy(self) -> Volume:
@@ -344,4 +348,3 @@ class Volume:
             f"Volume(shape zyx={g.shape}, spacing zyx={_fmt(g.spacing)} mm, orientation {g.orientation}"
             f"{_oblique(g.obliquity)}, origin LPS={_fmt(g.origin)}, dtype={self.array.dtype}{rng})"
         )
-

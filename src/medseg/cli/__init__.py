@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from medseg.cli import (  # noqa: F401  (imported for their command registrations)
     dataset_commands,
+    dataset_web_commands,
     demo_commands,
     evaluate_commands,
     geometry_commands,

@@ -12,7 +12,7 @@ The inverse of any resample is a resample onto the original grid:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import SimpleITK as sitk
@@ -86,7 +86,9 @@ def resample_image(
     if volume.geometry.is_close(target):
         return Volume(volume.array.copy(), geometry=target, meta=volume.meta)
     if interpolation not in _SITK_INTERP:
-        raise GeometryError(f"unknown interpolation '{interpolation}', expected one of {sorted(_SITK_INTERP)}")
+        raise GeometryError(
+            f"unknown interpolation '{interpolation}', expected one of {sorted(_SITK_INTERP)}"
+        )
     if interpolation == "nearest":
         arr = _resample_array(volume, target, sitk.sitkNearestNeighbor, default_value)
     else:
@@ -147,5 +149,7 @@ def resample_to_reference(
     """Resample onto another grid (e.g. a prediction back onto the input scan's grid)."""
     target = reference.geometry if isinstance(reference, Volume) else reference
     if is_label:
-        return resample_label(volume, target, interpolation=interpolation or "nearest", background=int(default_value))  # type: ignore[arg-type]
-    return resample_image(volume, target, interpolation=interpolation or "linear", default_value=default_value)  # type: ignore[arg-type]
+        label_mode = cast(LabelInterpolation, interpolation or "nearest")
+        return resample_label(volume, target, interpolation=label_mode, background=int(default_value))
+    image_mode = cast(ImageInterpolation, interpolation or "linear")
+    return resample_image(volume, target, interpolation=image_mode, default_value=default_value)

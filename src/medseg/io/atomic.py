@@ -41,7 +41,9 @@ def atomic_file(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """
     target = check_writable(path, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{_suffixes(target)}", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=f".tmp{_suffixes(target)}", dir=target.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -148,7 +148,7 @@ def _check_nifti_complete(path: Path) -> None:
     import nibabel as nib
 
     try:
-        header = nib.load(str(path)).header
+        header: Any = nib.load(str(path)).header
         expected = int(header.get_data_offset()) + int(
             np.prod(header.get_data_shape()) * header.get_data_dtype().itemsize
         )
@@ -178,7 +178,7 @@ def _check_nifti_complete(path: Path) -> None:
 def _first_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     text = " ".join(lines)
-    if "data not read completely" in text or "expected" in text and "received" in text:
+    if "data not read completely" in text or ("expected" in text and "received" in text):
         return "truncated data (fewer bytes than the header declares)"
     # ITK messages start with a source location; the description is usually last.
     return lines[-1] if lines else type(exc).__name__

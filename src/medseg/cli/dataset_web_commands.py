@@ -1,0 +1,3 @@
+"""CLI commands (see medseg.cli)."""
+
+from __future__ import annotations

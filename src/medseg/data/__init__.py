@@ -1,0 +1,1 @@
+"""Cases and datasets: the dataset format, adapters, splits, augmentation, sampling, phantoms."""

@@ -1,0 +1,1 @@
+"""Preprocessing: dataset fingerprint, plan, normalisation, and the cached pipeline."""

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medseg.errors import ConfigError
+from medseg.preprocessing.fingerprint import Fingerprint, compute_fingerprint
+from medseg.preprocessing.plan import (
+    Plan,
+    plan_from_fingerprint,
+    pooling_product,
+    pooling_schedule,
+    target_spacing_from,
+)
+from tests.preprocessing.conftest import write_dataset
+
+
+def test_fingerprint_statistics(toy_dataset: Path, tmp_path: Path) -> None:
+    fp = compute_fingerprint(toy_dataset, workers=1)
+    assert len(fp.cases) == 4
+    assert fp.cases[0].spacing == pytest.approx((3.0, 0.8, 0.8))
+    # the zero border of 2 rows is cropped away
+    assert fp.cases[0].cropped_shape == (10, 38, 36)
+    # foreground intensities: 300 + 60 (outer) or + 120 (inner), noise 5
+    assert 340 < fp.channels[0].mean < 420
+    assert fp.channels[0].percentile_00_5 < fp.channels[0].percentile_99_5
+    path = fp.save(tmp_path / "fp.json")
+    assert Fingerprint.load(path) == fp
+
+
+def test_fingerprint_parallel_equals_serial(toy_dataset: Path) -> None:
+    assert compute_fingerprint(toy_dataset, workers=2) == compute_fingerprint(toy_dataset, workers=1)
+
+
+def test_target_spacing_anisotropy_rule() -> None:
+    iso = np.array([[1.0, 1.0, 1.0], [1.2, 1.0, 1.0], [0.8, 1.0, 1.0]])
+    assert target_spacing_from(iso) == pytest.approx((1.0, 1.0, 1.0))
+    aniso = np.array([[3.0, 0.5, 0.5], [3.6, 0.5, 0.5], [6.0, 0.6, 0.6], [4.0, 0.5, 0.5]])
+    tz, ty, tx = target_spacing_from(aniso)
+    assert tz == pytest.approx(np.percentile(aniso[:, 0], 10))
+    assert (ty, tx) == pytest.approx((0.5, 0.5))
+
+
+def test_pooling_schedule_thick_slices() -> None:
+    pools, kernels = pooling_schedule((21, 128, 128), (3.0, 0.5, 0.5))
+    # thick slices: first two levels pool in-plane only, with in-plane kernels
+    assert pools[0] == (1, 2, 2) and pools[1] == (1, 2, 2)
+    assert kernels[0] == (1, 3, 3)
+    assert len(kernels) == len(pools) + 1
+    iso, _ = pooling_schedule((32, 48, 32), (1.0, 1.0, 1.0))
+    assert iso[0] == (2, 2, 2)
+    assert pooling_product(iso) == (8, 8, 8)  # stops before an axis drops below 4 voxels
+    flat, k2 = pooling_schedule((1, 256, 256), (7.7, 1.25, 1.25), spatial_dims=2)
+    assert all(p[0] == 1 for p in flat) and all(k[0] == 1 for k in k2)
+
+
+def test_plan_from_fingerprint_is_valid_and_round_trips(toy_dataset: Path, tmp_path: Path) -> None:
+    fp = compute_fingerprint(toy_dataset, workers=1)
+    for config in ("3d", "2d", "2.5d"):
+        plan = plan_from_fingerprint(fp, config)
+        mult = pooling_product(plan.network.pooling)
+        assert all(p % m == 0 for p, m in zip(plan.patch_size, mult, strict=True))
+        assert plan.normalization[0].scheme == "zscore"
+        assert plan.num_classes == 3
+        path = plan.save(tmp_path / f"{config}.json")
+        assert Plan.load(path) == plan
+    assert plan_from_fingerprint(fp, "2.5d").in_channels == 5
+    assert plan_from_fingerprint(fp, "2d").patch_size[0] == 1
+
+
+def test_ct_normalisation_from_dataset_stats(tmp_path: Path) -> None:
+    root = write_dataset(tmp_path / "ct", ct=True)
+    plan = plan_from_fingerprint(compute_fingerprint(root, workers=1), "3d")
+    norm = plan.normalization[0]
+    assert norm.scheme == "ct" and norm.clip_low < norm.clip_high and norm.std > 0
+
+
+def test_exercise_overrides(toy_dataset: Path) -> None:
+    plan = plan_from_fingerprint(compute_fingerprint(toy_dataset, workers=1), "3d")
+    ex = plan.with_overrides({"target_spacing": [3.0, 0.5, 0.5], "patch_size": [21, 128, 128]})
+    assert ex.patch_size == (21, 128, 128)
+    assert ex.target_spacing == (3.0, 0.5, 0.5)
+    # 21 slices are never pooled along z; in-plane pooled
+    assert all(p[0] == 1 for p in ex.network.pooling)
+    assert pooling_product(ex.network.pooling)[1] >= 16
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"learning_rate": 1}, "unknown key"),
+        ({"patch_size": [1, 2]}, "expected 3 values"),
+        ({"configuration": "4d"}, "expected one of"),
+        ({"batch_size": "two"}, "expected an integer"),
+        ({"schema_version": 99}, "schema_version"),
+        ({"target_spacing": [0, 1, 1]}, "positive"),
+    ],
+)
+def test_bad_plans_are_rejected(toy_dataset: Path, tmp_path: Path, change: dict, match: str) -> None:
+    plan = plan_from_fingerprint(compute_fingerprint(toy_dataset, workers=1), "3d")
+    data = json.loads(plan.to_json())
+    data.update(change)
+    with pytest.raises(ConfigError, match=match):
+        Plan.from_mapping(data)
+
+
+def test_patch_not_divisible_by_pooling_is_rejected(toy_dataset: Path) -> None:
+    plan = plan_from_fingerprint(compute_fingerprint(toy_dataset, workers=1), "3d")
+    data = json.loads(plan.to_json())
+    data["patch_size"] = [7, 33, 33]
+    with pytest.raises(ConfigError, match="not divisible"):
+        Plan.from_mapping(data)

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from medseg.cli import app
+from medseg.preprocessing.plan import Plan
+
+runner = CliRunner()
+
+
+def test_plan_and_preprocess_commands(toy_dataset: Path) -> None:
+    res = runner.invoke(app, ["plan", str(toy_dataset), "--spacing", "0.8", "0.8", "1.5", "--patch", "8", "32", "32"])
+    assert res.exit_code == 0, res.output
+    plan = Plan.load(toy_dataset / "plans" / "3d.json")
+    assert plan.target_spacing == (1.5, 0.8, 0.8)  # given as x y z, stored z y x
+    assert plan.patch_size == (8, 32, 32)
+    assert (toy_dataset / "plans" / "fingerprint.json").is_file()
+    again = runner.invoke(app, ["plan", str(toy_dataset)])
+    assert again.exit_code == 2 and "exists" in again.output
+    res = runner.invoke(app, ["preprocess", str(toy_dataset), "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    assert (toy_dataset / "preprocessed" / "3d" / "case_000_image.npy").is_file()
+
+
+def test_preprocess_without_plan_and_bad_config(toy_dataset: Path, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["preprocess", str(toy_dataset)])
+    assert res.exit_code == 2 and "medseg plan" in res.output
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text('{"batch_sise": 3}')
+    res = runner.invoke(app, ["plan", str(toy_dataset), "--config", str(cfg)])
+    assert res.exit_code == 2 and "batch_sise" in res.output
+    res = runner.invoke(app, ["plan", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "missing" in res.output

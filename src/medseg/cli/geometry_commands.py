@@ -1,3 +1,55 @@
-"""CLI commands (see medseg.cli)."""
+"""Geometry commands: ``medseg roi`` (multi-plane ROI crop of the axial series)."""
 
 from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from medseg.cli.common import app, cli_command, console
+from medseg.errors import ConfigError
+from medseg.geometry.roi import write_roi
+
+
+@app.command("roi")
+@cli_command
+def roi_command(
+    axial: Path = typer.Argument(..., help="Axial T2: NIfTI/NRRD/MHA file or DICOM series folder."),
+    sagittal: Path = typer.Argument(..., help="Sagittal T2 of the same study."),
+    coronal: Path = typer.Argument(..., help="Coronal T2 of the same study."),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="Cropped axial volume (.nii.gz, .nii, .nrrd, .mha)."
+    ),
+    margin: float = typer.Option(
+        0.0, "--margin", help="Margin in mm added around the overlap (clipped to the axial grid)."
+    ),
+    method: str = typer.Option(
+        "exact", "--method", help="'exact' (polytope of the 3 grids) or 'aabb' (the exercise's world boxes)."
+    ),
+    json_path: Path | None = typer.Option(
+        None, "--json", help="Where to write the box as JSON (default: OUTPUT with suffix .roi.json)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+) -> None:
+    """Crop the axial series to where the axial, sagittal and coronal series overlap (Meyer et al.)."""
+    if method not in ("exact", "aabb"):
+        raise ConfigError(f"--method must be 'exact' or 'aabb', found '{method}'")
+    result = write_roi(
+        axial,
+        sagittal,
+        coronal,
+        output,
+        margin_mm=margin,
+        method="exact" if method == "exact" else "aabb",
+        json_path=json_path,
+        overwrite=overwrite,
+    )
+    roi = result.roi
+    console.print(
+        f"wrote {result.volume_path}: shape zyx {roi.box.shape} of axial {roi.axial_geometry.shape}, "
+        f"index box {roi.box.lower}..{roi.box.upper} (z, y, x; upper exclusive), "
+        f"overlap {roi.region.volume_mm3 / 1000.0:.1f} ml",
+        markup=False,
+        soft_wrap=True,
+    )
+    console.print(f"wrote {result.json_path}", markup=False, soft_wrap=True)

@@ -1,3 +1,201 @@
-"""CLI commands (see medseg.cli)."""
+"""``medseg info`` and ``medseg convert``: look at an image and change its format."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from medseg.cli.common import app, cli_command, console
+from medseg.errors import MedsegError
+from medseg.volume import Volume
+
+SERIES_HELP = "DICOM folder with several series: pick one by index (as listed by info), UID or description."
+VOLUME_HELP = (
+    "DICOM series holding several volumes at the same positions (b-values, echoes): pick one (0-based)."
+)
+SPACING_HELP = "Voxel spacing Z Y X in mm for PNG/TIFF input (required for a stack of slices)."
+
+
+def volume_summary(volume: Volume) -> dict[str, Any]:
+    """Facts about a volume for ``medseg info`` (JSON-ready; no patient data)."""
+    g = volume.geometry
+    arr = volume.array
+    finite = arr[np.isfinite(arr)] if arr.dtype.kind == "f" else arr
+    lo = float(finite.min()) if finite.size else None
+    hi = float(finite.max()) if finite.size else None
+    meta = {k: v for k, v in volume.meta.items() if isinstance(v, (str, int, float, bool)) or v is None}
+    return {
+        "shape_zyx": list(g.shape),
+        "spacing_zyx_mm": list(g.spacing),
+        "orientation": g.orientation,
+        "obliquity_deg": round(g.obliquity, 4),
+        "direction_zyx_columns": g.direction.tolist(),
+        "origin_lps_mm": list(g.origin),
+        "dtype": str(arr.dtype),
+        "min": lo,
+        "max": hi,
+        "meta": meta,
+    }
+
+
+def _fmt(values: Any, digits: int = 6) -> str:
+    return "(" + ", ".join(f"{float(v):.{digits}g}" for v in values) + ")"
+
+
+def _series_table(series: list[dict[str, Any]]) -> Table:
+    table = Table(title="DICOM series", title_justify="left")
+    for name in ("#", "Description", "Mod.", "No.", "Files", "Slices", "Vols", "Rows x Cols", "Series UID"):
+        table.add_column(name, overflow="fold", min_width=12 if name == "Description" else None)
+    for i, s in enumerate(series):
+        table.add_row(
+            str(i),
+            s["description"],
+            s["modality"],
+            "" if s["series_number"] is None else str(s["series_number"]),
+            str(s["n_files"]),
+            str(s["n_frames"]),
+            str(s["n_volumes"]) + (f" ({s['orientations']} planes)" if s["orientations"] > 1 else ""),
+            f"{s['rows']} x {s['cols']}",
+            s["series_uid"],
+        )
+    return table
+
+
+def _volume_table(summary: dict[str, Any]) -> Table:
+    table = Table(title="Volume", title_justify="left", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", overflow="fold")
+    direction = np.asarray(summary["direction_zyx_columns"])
+    oblique = f", oblique {summary['obliquity_deg']:.1f} degrees" if summary["obliquity_deg"] > 0.05 else ""
+    table.add_row("shape (z, y, x)", " x ".join(str(s) for s in summary["shape_zyx"]))
+    table.add_row("spacing (z, y, x) mm", _fmt(summary["spacing_zyx_mm"]))
+    table.add_row("orientation", f"{summary['orientation']} (x, y, z axes point to){oblique}")
+    table.add_row(
+        "direction (LPS)",
+        "; ".join(f"{axis}: {_fmt(direction[:, i], 5)}" for i, axis in enumerate(("z", "y", "x"))),
+    )
+    table.add_row("origin (LPS mm, voxel [0,0,0])", _fmt(summary["origin_lps_mm"]))
+    table.add_row("dtype", summary["dtype"])
+    if summary["min"] is not None:
+        table.add_row("value range", f"{summary['min']:.6g} .. {summary['max']:.6g}")
+    for key in ("modality", "series_description", "volume"):
+        if summary["meta"].get(key):
+            table.add_row(key.replace("_", " "), str(summary["meta"][key]))
+    return table
+
+
+def gather_info(
+    path: Path,
+    *,
+    series: str | None = None,
+    volume: int | None = None,
+    spacing: tuple[float, float, float] | None = None,
+) -> dict[str, Any]:
+    """What ``medseg info`` reports, as a dict (the DICOM series table and/or the volume)."""
+    from medseg.io import describe_path, read_volume
+
+    kind = describe_path(path)
+    report: dict[str, Any] = {"path": str(path), "kind": kind}
+    if kind == "dicom-folder":
+        from medseg.io.dicom import inspect_folder
+
+        infos, loaded, problem = inspect_folder(path, series, volume=volume)
+        report["series"] = [i.to_dict() for i in infos]
+        if problem is not None:
+            report["error"] = str(problem)
+        if loaded is not None:
+            report["volume"] = volume_summary(loaded.volume)
+            report["warnings"] = list(loaded.warnings)
+        return report
+    report["volume"] = volume_summary(read_volume(path, series=series, spacing=spacing, volume=volume))
+    return report
+
+
+@app.command("info")
+@cli_command
+def info(
+    path: Path = typer.Argument(..., help="DICOM folder or file, NIfTI, NRRD, MHA, PNG/TIFF file or folder."),
+    series: str | None = typer.Option(None, "--series", "-s", help=SERIES_HELP),
+    volume: int | None = typer.Option(None, "--volume", help=VOLUME_HELP),
+    spacing: tuple[float, float, float] | None = typer.Option(
+        None, "--spacing", metavar="Z Y X", help=SPACING_HELP
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Show shape, spacing (z, y, x), orientation, direction, origin, type and value range.
+
+    For a DICOM folder, also the table of series it holds.
+    """
+    report = gather_info(path, series=series, volume=volume, spacing=spacing)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        _print_report(report)
+    if "error" in report:
+        raise MedsegError(report["error"])
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    if "series" in report:
+        console.print(_series_table(report["series"]))
+    if "volume" in report:
+        console.print(_volume_table(report["volume"]))
+        for w in report.get("warnings", []):
+            console.print(f"[yellow]warning:[/] {w}")
+    elif "series" in report and "error" not in report:
+        console.print("Several series: pick one with --series (index, UID or description) to see its volume.")
+
+
+@app.command("convert")
+@cli_command
+def convert(
+    src: Path = typer.Argument(..., metavar="IN", help="Input image (any format medseg reads)."),
+    dst: Path = typer.Argument(
+        ..., metavar="OUT", help="Output: .nii.gz/.nii/.nrrd/.mha/.png/.tif file, or a folder with --to."
+    ),
+    to: str | None = typer.Option(
+        None, "--to", help="Output format: nifti, nrrd, mha, png, tiff or dicom (default: from OUT's suffix)."
+    ),
+    series: str | None = typer.Option(None, "--series", "-s", help=SERIES_HELP),
+    volume: int | None = typer.Option(None, "--volume", help=VOLUME_HELP),
+    spacing: tuple[float, float, float] | None = typer.Option(
+        None, "--spacing", metavar="Z Y X", help=SPACING_HELP
+    ),
+    modality: str | None = typer.Option(
+        None, "--modality", help="DICOM output: MR or CT image storage (default: the input's, else MR)."
+    ),
+    reference: Path | None = typer.Option(
+        None,
+        "--reference",
+        help="DICOM output: series whose patient, study and frame of reference it joins (default: a DICOM input).",
+    ),
+    description: str | None = typer.Option(None, "--description", help="DICOM output: SeriesDescription."),
+    deidentify: bool = typer.Option(
+        False,
+        "--deidentify",
+        help="DICOM output: remove patient names, IDs, dates, institutions (basic profile).",
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+) -> None:
+    """Convert IN to OUT: NIfTI, NRRD, MHA, PNG/TIFF, or a DICOM series folder (--to dicom)."""
+    from medseg.io import convert as convert_image
+
+    out = convert_image(
+        src,
+        dst,
+        series=series,
+        volume=volume,
+        spacing=spacing,
+        to=to,
+        modality=modality,
+        reference=reference,
+        series_description=description,
+        deidentify=deidentify,
+        overwrite=overwrite,
+    )
+    console.print(f"wrote {out}")

@@ -1,3 +1,72 @@
-"""CLI commands (see medseg.cli)."""
+"""``medseg phantom``: write a synthetic dataset (prostate MR zones or abdominal CT)."""
 
 from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from medseg.cli.common import app, cli_command, console
+from medseg.errors import ConfigError
+
+
+def _parse_size(text: str | None) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"--size must look like 20x128x128 (z x y x x), found {text!r}") from None
+    if len(values) != 3 or any(v < 1 for v in values):
+        raise ConfigError(f"--size must be three positive integers like 20x128x128, found {text!r}")
+    return (values[0], values[1], values[2])
+
+
+@app.command("phantom")
+@cli_command
+def phantom(
+    out: Path = typer.Argument(..., metavar="OUT", help="Dataset folder to create (nnU-Net v2 layout)."),
+    kind: str = typer.Option(
+        "prostate", "--kind", "-k", help="prostate (T2 MR zones) or ct (abdominal organs)."
+    ),
+    train: int = typer.Option(8, "--train", min=1, help="Number of training cases (imagesTr/labelsTr)."),
+    test: int = typer.Option(2, "--test", min=0, help="Number of test cases (imagesTs/labelsTs)."),
+    seed: int = typer.Option(0, "--seed", help="Dataset seed; case i uses its own seed derived from it."),
+    size: str | None = typer.Option(
+        None,
+        "--size",
+        help="Grid size ZxYxX (default 20x128x128 prostate, 32x96x128 ct; 'full' sizes: "
+        "24x384x384 prostate, 64x256x256 ct).",
+    ),
+    views: bool = typer.Option(
+        False,
+        "--views",
+        help="Prostate only: also write sagittal and coronal views (views/) for `medseg roi`.",
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Generate a deterministic synthetic dataset for demos, tests and benchmarks."""
+    from medseg.data.phantom import write_phantom_dataset
+
+    if kind not in ("prostate", "ct"):
+        raise ConfigError(f"--kind must be 'prostate' or 'ct', found {kind!r}")
+    path = write_phantom_dataset(
+        out,
+        kind,  # type: ignore[arg-type]
+        n_train=train,
+        n_test=test,
+        seed=seed,
+        size=_parse_size(size),
+        overwrite=overwrite,
+        with_views=views,
+        progress=not quiet,
+    )
+    parts = [f"{train} training", f"{test} test"]
+    console.print(f"wrote {' and '.join(parts)} {kind} phantom cases to {path}")
+    console.print(
+        f"  {path / 'dataset.json'}, imagesTr/, labelsTr/" + (", imagesTs/, labelsTs/" if test else "")
+    )
+    if views:
+        console.print(f"  sagittal and coronal views: {path / 'views'} (index: views/views.json)")

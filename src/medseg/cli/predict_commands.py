@@ -1,3 +1,68 @@
-"""CLI commands (see medseg.cli)."""
+"""`medseg predict` and `medseg export-onnx`."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from medseg.cli.common import app, cli_command, console
+
+
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    from medseg.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard must look like i/n (e.g. 0/4), found {text!r}") from None
+    return (i, n)
+
+
+@app.command("predict")
+@cli_command
+def predict_command(
+    input: Annotated[Path, typer.Argument(help="image file, DICOM series folder, or folder of cases")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="model folder (or ensemble of fold_* folders)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder")],
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="comma list: nifti,nrrd,mha,probabilities,dicom-seg,rtstruct,mesh,volumes,overlay,report")
+    ] = "nifti",
+    tta: Annotated[bool, typer.Option(help="mirroring test-time augmentation")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    series: Annotated[str | None, typer.Option(help="DICOM series UID, description or index")] = None,
+    overlap: Annotated[float, typer.Option(help="sliding-window overlap")] = 0.5,
+    no_postprocess: Annotated[bool, typer.Option("--no-postprocess", help="skip the model's postprocessing rules")] = False,
+    shard: Annotated[str | None, typer.Option(help="i/n: predict every n-th case from i (SLURM arrays)")] = None,
+    onnx: Annotated[bool, typer.Option(help="use ONNX Runtime (after `medseg export-onnx`)")] = False,
+    mesh_format: Annotated[str, typer.Option(help="stl, obj or ply")] = "stl",
+    overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
+) -> None:
+    """Segment new scans with a trained model; outputs land on the input's exact grid."""
+    from medseg.inference.predictor import PredictConfig, predict
+
+    cfg = PredictConfig(
+        formats=tuple(f.strip() for f in format.split(",") if f.strip()),
+        tta=tta,
+        device=device,  # type: ignore[arg-type]
+        overlap=overlap,
+        postprocess=not no_postprocess,
+        series=series,
+        overwrite=overwrite,
+        shard=_parse_shard(shard),
+        backend="onnx" if onnx else "torch",
+        mesh_suffix="." + mesh_format.lower().lstrip("."),
+    )
+    results = predict(input, model, out, cfg, progress=True)
+    table = Table("case", "status", "outputs / error", "seconds")
+    for r in results:
+        table.add_row(r.case_id, "ok" if r.ok else "[red]failed[/]", ", ".join(r.outputs.values()) if r.ok else r.error, f"{r.seconds:.1f}")
+    console.print(table)
+    failed = [r for r in results if not r.ok]
+    console.print(f"{len(results) - len(failed)} of {len(results)} case(s) segmented; outputs in {out}")
+    if failed:
+        raise typer.Exit(1)

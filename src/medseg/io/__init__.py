@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from medseg.errors import InputError
+from medseg.errors import ConfigError, InputError
 from medseg.io.itk import has_itk_suffix, read_channels, read_itk, write_itk
 from medseg.volume import Volume
 
-__all__ = ["describe_path", "read_channels", "read_volume", "write_volume"]
+__all__ = ["OUTPUT_FORMATS", "convert", "describe_path", "read_channels", "read_volume", "write_volume"]
 
 IMAGE_2D_SUFFIXES = (".png", ".tif", ".tiff")
 
@@ -58,11 +59,14 @@ def read_volume(
     *,
     series: str | int | None = None,
     spacing: Sequence[float] | None = None,
+    volume: int | None = None,
 ) -> Volume:
     """Read any supported input into a Volume.
 
     ``series`` picks one DICOM series (UID, description or index) when a folder holds
-    several. ``spacing`` (z, y, x mm) is required for PNG/TIFF, which carry no geometry.
+    several; ``volume`` one of several volumes stacked in one DICOM series (b-values,
+    echoes). ``spacing`` (z, y, x mm) is required for PNG/TIFF stacks, which carry no
+    geometry.
     """
     p = Path(path)
     kind = describe_path(p)
@@ -71,11 +75,11 @@ def read_volume(
     if kind == "dicom-folder":
         from medseg.io.dicom import read_dicom_series
 
-        return read_dicom_series(p, series=series)
+        return read_dicom_series(p, series=series, volume=volume)
     if kind == "dicom-file":
         from medseg.io.dicom import read_dicom_file
 
-        return read_dicom_file(p)
+        return read_dicom_file(p, volume=volume)
     from medseg.io.png import read_image_stack
 
     return read_image_stack(p, spacing=spacing)
@@ -93,3 +97,106 @@ def write_volume(volume: Volume, path: str | Path, *, overwrite: bool = False) -
 
         return write_image_stack(volume, p, overwrite=overwrite)
     return write_itk(volume, p, overwrite=overwrite)
+
+
+# Output formats of :func:`convert` and the suffix each is recognised by.
+OUTPUT_FORMATS = {
+    "nifti": (".nii.gz", ".nii"),
+    "nrrd": (".nrrd",),
+    "mha": (".mha",),
+    "png": (".png",),
+    "tiff": (".tif", ".tiff"),
+    "dicom": (),
+}
+_FORMAT_ALIASES = {"nii": "nifti", "nii.gz": "nifti", "tif": "tiff", "dcm": "dicom"}
+
+
+def _output_format(path: Path, to: str | None) -> str:
+    name = path.name.lower()
+    by_suffix = next((f for f, sfx in OUTPUT_FORMATS.items() if any(name.endswith(s) for s in sfx)), None)
+    if to is None:
+        if by_suffix is None:
+            raise ConfigError(
+                f"{path}: cannot tell the output format from the name; use a .nii.gz/.nrrd/.mha/.png/.tif "
+                "suffix, or pass --to dicom|png|tiff to write a folder"
+            )
+        return by_suffix
+    fmt = _FORMAT_ALIASES.get(to.lower().lstrip("."), to.lower().lstrip("."))
+    if fmt not in OUTPUT_FORMATS:
+        raise ConfigError(f"unknown output format '{to}'; expected one of {', '.join(OUTPUT_FORMATS)}")
+    if fmt in ("nifti", "nrrd", "mha") and by_suffix != fmt:
+        raise ConfigError(
+            f"{path}: --to {fmt} needs a file name ending in {' or '.join(OUTPUT_FORMATS[fmt])}"
+        )
+    if fmt == "dicom" and by_suffix is not None:
+        raise ConfigError(f"{path}: a DICOM series is written as a folder; give a folder name without suffix")
+    return fmt
+
+
+def convert(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    series: str | int | None = None,
+    volume: int | None = None,
+    spacing: Sequence[float] | None = None,
+    to: str | None = None,
+    modality: str | None = None,
+    reference: str | Path | None = None,
+    series_description: str | None = None,
+    deidentify: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Convert one image to another format (the API behind ``medseg convert``).
+
+    The format of ``dst`` comes from its suffix (.nii/.nii.gz, .nrrd, .mha, .png, .tif) or
+    from ``to`` ("dicom", "png" or "tiff" write a folder). A DICOM output joins the study
+    and frame of reference of ``reference``, or of the input when the input is DICOM;
+    ``modality`` (MR/CT) defaults to the input's, else MR. ``deidentify`` applies
+    :func:`medseg.io.dicom.deidentify_dataset` to what a DICOM output copies; the other
+    formats carry no patient data. Inputs are never modified; outputs are atomic.
+    """
+    from medseg.io.atomic import check_writable
+
+    source, target = Path(src), Path(dst)
+    fmt = _output_format(target, to)
+    kind = describe_path(source)
+    if target.exists() and target.resolve() == source.resolve():
+        raise ConfigError(f"{target}: the output would replace the input")
+    check_writable(target, overwrite)
+    ref: Any = reference
+    if kind == "dicom-folder":
+        from medseg.io.dicom import load_series
+
+        loaded = load_series(source, series, volume=volume)
+        vol = loaded.volume
+        ref = loaded if reference is None else reference
+    elif kind == "dicom-file":
+        from medseg.io.dicom import load_file
+
+        loaded = load_file(source, volume=volume)
+        vol = loaded.volume
+        ref = loaded if reference is None else reference
+    else:
+        vol = read_volume(source, series=series, spacing=spacing, volume=volume)
+    if fmt == "dicom":
+        from medseg.io.dicom import write_dicom_series
+
+        mod = modality or str(vol.meta.get("modality", "") or "")
+        mod = mod.upper() if mod.upper() in ("MR", "CT") else "MR"
+        description = series_description or str(vol.meta.get("series_description", "") or "medseg")
+        write_dicom_series(
+            vol,
+            target,
+            reference=ref,
+            modality=mod,
+            series_description=description,
+            overwrite=overwrite,
+            deidentify=deidentify,
+        )
+        return target
+    if fmt in ("png", "tiff"):
+        from medseg.io.png import write_image_stack
+
+        return write_image_stack(vol, target, overwrite=overwrite, fmt=fmt)
+    return write_itk(vol, target, overwrite=overwrite)

@@ -105,6 +105,7 @@ def read_channels(path: str | Path) -> list[Volume]:
         image = sitk.ReadImage(str(src))
     except RuntimeError as exc:
         raise InputError(src, "cannot be read as a medical image", found=_first_line(exc)) from None
+    _check_nifti_complete(src)
     if image.GetDimension() == 4:
         size = image.GetSize()
         return [from_sitk(image[:, :, :, c], meta={"source": src.name, "channel": c}) for c in range(size[3])]
@@ -148,10 +149,11 @@ def _check_nifti_complete(path: Path) -> None:
     import nibabel as nib
 
     try:
-        header: Any = nib.load(str(path)).header
-        expected = int(header.get_data_offset()) + int(
-            np.prod(header.get_data_shape()) * header.get_data_dtype().itemsize
-        )
+        image: Any = nib.load(str(path))
+        header = image.header
+        # a loaded image's header reports offset 0; the array proxy keeps the file's vox_offset
+        offset = int(getattr(image.dataobj, "offset", header.get_data_offset()))
+        expected = offset + int(np.prod(header.get_data_shape()) * header.get_data_dtype().itemsize)
     except Exception as exc:  # nibabel raises several types for bad headers
         raise InputError(path, "has an invalid NIfTI header", found=str(exc)) from None
     if name.endswith(".nii"):

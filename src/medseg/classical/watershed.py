@@ -1,0 +1,123 @@
+"""Marker-based watershed (scikit-image) on the gradient magnitude of the image.
+
+Markers come from a label Volume, from seed points, or from intensity thresholds.
+Without explicit thresholds, three-class multi-Otsu gives them: the darkest class marks
+background, the brightest foreground, and the watershed decides the middle class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.filters import threshold_multiotsu
+from skimage.segmentation import watershed as sk_watershed
+
+from medseg.classical.seeds import seed_indices
+from medseg.classical.threshold import _finite_values, _label_volume
+from medseg.errors import ConfigError, GeometryError, InputError
+from medseg.volume import Volume
+
+
+def watershed(
+    volume: Volume,
+    *,
+    markers: Volume | None = None,
+    seeds: Sequence[Sequence[int]] | None = None,
+    seeds_world: Sequence[Sequence[float]] | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    sigma_mm: float = 1.0,
+    compactness: float = 0.0,
+) -> Volume:
+    """Flood the gradient magnitude from markers; returns the basins as labels.
+
+    * ``markers``: a label Volume on the same grid (0 = unmarked; 1 is taken as
+      background and becomes 0 in the output, k > 1 becomes k - 1).
+    * ``seeds`` / ``seeds_world``: seed i (1-based) marks label i; voxels below ``low``
+      (default: the lower multi-Otsu threshold) mark background.
+    * neither: voxels below ``low`` mark background, above ``high`` mark label 1
+      (defaults: the two multi-Otsu thresholds).
+
+    ``sigma_mm`` smooths the gradient (Gaussian sigma in mm, per-axis in voxels).
+    """
+    if sigma_mm < 0 or compactness < 0:
+        raise ConfigError(f"sigma_mm and compactness must be >= 0, found {sigma_mm}, {compactness}")
+    arr = np.asarray(volume.array, dtype=np.float32)
+    params: dict[str, object] = {"sigma_mm": sigma_mm, "compactness": compactness}
+    marker_arr = np.zeros(volume.shape, dtype=np.int32)
+    if markers is not None:
+        if seeds or seeds_world:
+            raise ConfigError("give either markers or seeds to the watershed, not both")
+        if not markers.geometry.is_close(volume.geometry):
+            raise GeometryError(
+                "markers and image are on different grids: "
+                + "; ".join(markers.geometry.differences(volume.geometry))
+            )
+        marker_arr = np.asarray(markers.array).astype(np.int32)
+        if marker_arr.min() < 0 or marker_arr.max() < 2:
+            raise InputError(
+                None,
+                "watershed markers need a background marker 1 and at least one object marker > 1",
+                found=f"marker values {np.unique(marker_arr)[:10].tolist()}",
+            )
+        params["markers"] = "volume"
+    else:
+        if low is None or (high is None and not (seeds or seeds_world)):
+            values, _ = _finite_values(volume, None)
+            try:
+                t_low, t_high = (float(t) for t in threshold_multiotsu(values, classes=3))
+            except ValueError as exc:
+                raise InputError(
+                    None, "cannot derive watershed markers from intensities", found=str(exc)
+                ) from None
+            low = t_low if low is None else low
+            high = t_high if high is None else high
+        marker_arr[arr < low] = 1
+        points = seed_indices(volume, seeds, seeds_world=seeds_world)
+        if points:
+            for i, (z, y, x) in enumerate(points, start=2):
+                marker_arr[z, y, x] = i
+            params.update(markers="seeds", seeds=len(points), low=low)
+        else:
+            assert high is not None
+            if high <= low:
+                raise ConfigError(f"watershed high threshold {high} must be above the low threshold {low}")
+            marker_arr[arr > high] = 2
+            params.update(markers="thresholds", low=low, high=high)
+        if not (marker_arr == 1).any() or not (marker_arr > 1).any():
+            raise InputError(
+                None,
+                "the thresholds leave no background or no object marker",
+                expected="some voxels below 'low' and some above 'high' (or seeds)",
+                found=f"low={low}, high={high}",
+            )
+    elevation = gradient_magnitude(arr, volume.spacing, sigma_mm)
+    basins = sk_watershed(elevation, markers=marker_arr, compactness=compactness)
+    out = np.clip(basins - 1, 0, 255).astype(np.uint8)
+    return _label_volume(volume, out, "watershed", **params)
+
+
+def gradient_magnitude(
+    arr: np.ndarray, spacing: Sequence[float], sigma_mm: float, *, per_mm: bool = False
+) -> np.ndarray:
+    """|grad I| after Gaussian smoothing with ``sigma_mm`` (0: none).
+
+    By default the derivative is the change per voxel step on every axis: in a scan with
+    thick slices an organ boundary is blurred over about one voxel along every axis
+    (partial volume), so per-voxel differences rate in-plane and through-plane edges
+    alike. ``per_mm=True`` divides by the spacing (intensity per mm); on a 7.7 mm slice
+    grid that makes through-plane edges look 6x weaker and floods leak across slices.
+    """
+    # Smooth, then central differences: a Gaussian *derivative* with a sub-voxel sigma (a
+    # 1 mm sigma across 3 mm slices) samples to almost zero and would hide through-plane edges.
+    sigma = [sigma_mm / s if sigma_mm / s >= 0.3 else 0.0 for s in spacing]
+    smooth = ndi.gaussian_filter(arr.astype(np.float32), sigma=sigma) if any(sigma) else arr
+    total = np.zeros(arr.shape, dtype=np.float32)
+    for axis, step in enumerate(spacing):
+        if arr.shape[axis] < 2:
+            continue
+        d = np.gradient(smooth, axis=axis).astype(np.float32)
+        total += (d / np.float32(step if per_mm else 1.0)) ** 2
+    return np.sqrt(total)

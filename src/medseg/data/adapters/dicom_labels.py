@@ -1,0 +1,638 @@
+"""DICOM studies with DICOM SEG or RTSTRUCT labels -> the dataset format.
+
+The source is a folder tree holding image series and label objects in any arrangement
+(series in sub-folders, SEG/RTSTRUCT beside them or elsewhere). Every file is indexed by
+its DICOM header; each label object becomes one case: the image series it references
+(found by SeriesInstanceUID, or through the SOP instances it references) and a label map
+on that series' grid.
+
+* DICOM SEG (binary, fractional or label-map) is decoded with highdicom. Frames are
+  placed by their plane positions (``get_volume``), not by frame order, then mapped
+  onto the image grid by world coordinates (nearest neighbour, exact when the grids
+  coincide, which they do for a SEG derived from the series).
+* RTSTRUCT contours are filled with rt-utils (``RTStructBuilder.create_from`` +
+  ``get_roi_mask_by_name``). rt-utils returns masks as (rows, columns, slices) in its own
+  slice order (ascending position along the normal); they are transposed to (z, y, x) and
+  re-ordered by SOPInstanceUID onto medseg's slice order. rt-utils 1.2.7 mixes up row and
+  column spacing and array sizes for non-square pixels or images, so for those series
+  (and for contours without an image reference) the same fill rule (vertices rounded to
+  pixel centres, OpenCV ``fillPoly`` of all contours of a slice, so nested contours are
+  holes) is applied here with medseg's exact world->index transform.
+
+Label names (SEG SegmentLabel, RTSTRUCT ROIName) map to label values through ``labels``;
+without it every name found gets a value, in order of first appearance. A voxel claimed by
+two segments is an error unless ``on_overlap="overwrite"`` (the higher label value wins).
+Patient ids are replaced by a hash (``p`` + 12 hex digits of SHA-256), never stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from numpy.typing import NDArray
+
+from medseg.data.dataset import DatasetWriter, create_dataset, import_each
+from medseg.errors import ConfigError, InputError
+from medseg.geometry.resample import resample_label
+from medseg.io.itk import from_sitk
+from medseg.volume import Volume, VolumeGeometry
+
+logger = logging.getLogger(__name__)
+
+SEG_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")  # SEG, label-map SEG
+RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
+OverlapRule = Literal["error", "overwrite"]
+_HEADER_TAGS = [
+    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "PatientID", "Modality",
+    "NumberOfFrames", "ImagePositionPatient", "ImageOrientationPatient", "Rows", "Columns",
+    "PixelSpacing", "FrameOfReferenceUID", "SeriesDescription",
+]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- index
+@dataclass
+class ImageSeries:
+    """One single-frame image series found in the source tree."""
+
+    uid: str
+    files: list[Path] = field(default_factory=list)
+    sop_uids: dict[str, Path] = field(default_factory=dict)
+    patient: str = ""
+    frame_of_reference: str = ""
+
+
+@dataclass
+class DicomIndex:
+    """What a folder tree holds: image series, label objects and the patient of each."""
+
+    series: dict[str, ImageSeries] = field(default_factory=dict)
+    sop_to_series: dict[str, str] = field(default_factory=dict)
+    segs: list[Path] = field(default_factory=list)
+    rtstructs: list[Path] = field(default_factory=list)
+    ignored: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def pseudonym(patient_id: str) -> str:
+    """A stable pseudonymous group id for a DICOM PatientID (the ID itself is never stored)."""
+    return "p" + hashlib.sha256(("medseg-patient:" + patient_id).encode()).hexdigest()[:12]
+
+
+def _has_preamble(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM"
+
+
+def index_dicom_tree(source: Path) -> DicomIndex:
+    """Read the header of every file under ``source`` (pixel data is not read)."""
+    index = DicomIndex()
+    for dirpath, dirnames, filenames in os.walk(source):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if name.startswith("."):
+                if name.startswith("._"):
+                    index.ignored.append((path, "macOS resource fork"))
+                continue
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+            except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError, TypeError) as exc:
+                if _has_preamble(path):
+                    index.ignored.append((path, f"corrupt DICOM file ({type(exc).__name__})"))
+                continue
+            sop_class = str(ds.get("SOPClassUID", ""))
+            if sop_class in SEG_SOP_CLASSES:
+                index.segs.append(path)
+            elif sop_class == RTSTRUCT_SOP_CLASS:
+                index.rtstructs.append(path)
+            elif "Rows" in ds and "ImagePositionPatient" in ds and "SeriesInstanceUID" in ds:
+                if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+                    index.ignored.append((path, "multi-frame image (not used as a label reference)"))
+                    continue
+                uid = str(ds.SeriesInstanceUID)
+                series = index.series.setdefault(uid, ImageSeries(uid=uid))
+                series.files.append(path)
+                series.sop_uids[str(ds.SOPInstanceUID)] = path
+                series.patient = pseudonym(str(ds.get("PatientID", "")) or uid)
+                series.frame_of_reference = str(ds.get("FrameOfReferenceUID", ""))
+                index.sop_to_series[str(ds.SOPInstanceUID)] = uid
+            else:
+                index.ignored.append((path, f"DICOM object not used ({ds.get('Modality', '?')})"))
+    return index
+
+
+# ---------------------------------------------------------------------------- series
+@dataclass
+class LoadedSeries:
+    volume: Volume
+    sop_uids: list[str]  # SOPInstanceUID of array slice z, in z order
+    files: list[Path]
+    datasets: Sequence[pydicom.Dataset]  # headers in z order
+
+
+def load_series(series: ImageSeries) -> LoadedSeries:
+    """Read an image series into a Volume with its slice-ordered instances.
+
+    Stand-in for ``medseg.io.dicom.load_series`` until that exists: slices are sorted
+    by position along the slice normal and read with SimpleITK's ImageSeriesReader.
+    """
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in series.files]
+    try:
+        iop = np.array(headers[0].ImageOrientationPatient, dtype=float)
+    except AttributeError:
+        raise InputError(series.files[0], "has no ImageOrientationPatient") from None
+    normal = np.cross(iop[:3], iop[3:])
+    order = sorted(
+        range(len(headers)),
+        key=lambda i: float(np.dot(normal, np.asarray(headers[i].ImagePositionPatient, float))),
+    )
+    files = [series.files[i] for i in order]
+    datasets = [headers[i] for i in order]
+    positions = [float(np.dot(normal, np.asarray(d.ImagePositionPatient, float))) for d in datasets]
+    if len(set(np.round(positions, 3))) != len(positions):
+        raise InputError(
+            files[0].parent,
+            f"series {series.uid} has several slices at one position",
+            expected="one slice per position",
+        )
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(f) for f in files])
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        raise InputError(
+            files[0].parent, f"series {series.uid} cannot be read", found=lines[-1] if lines else ""
+        ) from None
+    volume = from_sitk(
+        image,
+        meta={
+            "modality": str(datasets[0].get("Modality", "")),
+            "series_description": str(datasets[0].get("SeriesDescription", "")),
+        },
+    )
+    return LoadedSeries(volume, [str(d.SOPInstanceUID) for d in datasets], files, datasets)
+
+
+# ------------------------------------------------------------------------------ SEG
+def _hd_geometry(affine: NDArray[np.float64], shape: Sequence[int]) -> VolumeGeometry:
+    """medseg geometry of a highdicom Volume (same conventions: (slice, row, col) -> LPS)."""
+    matrix = np.asarray(affine)[:3, :3]
+    spacing = np.linalg.norm(matrix, axis=0)
+    return VolumeGeometry(tuple(shape[:3]), spacing, np.asarray(affine)[:3, 3], matrix / spacing)
+
+
+def _check_inside(mask: Volume, target: VolumeGeometry, source: Path, name: str) -> None:
+    """Foreground of ``mask`` must lie within the target grid (else it would be cut off)."""
+    idx = np.argwhere(mask.array)
+    if idx.size == 0:
+        return
+    corners = np.array(
+        [
+            [a, b, c]
+            for a in (idx[:, 0].min(), idx[:, 0].max())
+            for b in (idx[:, 1].min(), idx[:, 1].max())
+            for c in (idx[:, 2].min(), idx[:, 2].max())
+        ]
+    )
+    inside = target.world_to_index(mask.geometry.index_to_world(corners))
+    tol = 0.5 + 1e-3
+    if np.any(inside < -tol) or np.any(inside > np.asarray(target.shape) - 1 + tol):
+        raise InputError(
+            source,
+            f"segment '{name}' extends beyond the referenced image series",
+            found=f"foreground at image indices {inside.min(0).round(1)}..{inside.max(0).round(1)}",
+        )
+
+
+def _seg_segments(seg: Any) -> list[tuple[int, str]]:
+    return [
+        (int(s.SegmentNumber), str(s.SegmentLabel).strip())
+        for s in seg.SegmentSequence
+        if int(s.SegmentNumber) != 0
+    ]  # segment 0 of a label-map SEG is background
+
+
+def read_seg_label(
+    path: Path, image: LoadedSeries, labels: Mapping[str, int], on_overlap: OverlapRule = "error"
+) -> Volume:
+    """Label map of a DICOM SEG on the grid of ``image``."""
+    import highdicom as hd
+
+    try:
+        seg = hd.seg.segread(str(path))
+    except Exception as exc:  # highdicom/pydicom raise many types for broken files
+        raise InputError(path, "is not a readable DICOM SEG", found=f"{type(exc).__name__}: {exc}") from None
+    for_seg = str(seg.get("FrameOfReferenceUID", ""))
+    for_img = str(image.datasets[0].get("FrameOfReferenceUID", ""))
+    if for_seg and for_img and for_seg != for_img:
+        raise InputError(
+            path, "is in another frame of reference than its image series", expected=for_img, found=for_seg
+        )
+    segments = _seg_segments(seg)
+    target = image.volume.geometry
+    out = np.zeros(target.shape, dtype=np.uint16)
+    if not segments:
+        return image.volume.with_array(out.astype(np.uint8))
+    try:
+        hvol = seg.get_volume(segment_numbers=[n for n, _ in segments], combine_segments=False)
+    except Exception as exc:
+        raise InputError(
+            path, "frames cannot be placed in space", found=f"{type(exc).__name__}: {exc}"
+        ) from None
+    arr = np.asarray(hvol.array)
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    geom = _hd_geometry(hvol.affine, arr.shape)
+    aligned = not _grid_offsets(geom, target)
+    if not aligned:
+        logger.warning("%s: SEG frames do not lie on the image voxels; nearest-neighbour mapping", path)
+    claimed = np.zeros(target.shape, dtype=bool)
+    for i, (number, name) in sorted(enumerate(segments), key=lambda t: labels[t[1][1]]):
+        mask = Volume((arr[..., i] > 0).astype(np.uint8), geometry=geom)
+        _check_inside(mask, target, path, name)
+        on_grid = resample_label(mask, target).array.astype(bool)
+        overlap = on_grid & claimed
+        if overlap.any() and on_overlap == "error":
+            raise InputError(
+                path,
+                f"segment {number} '{name}' overlaps other segments in {int(overlap.sum())} voxels",
+                expected="non-overlapping segments (or on_overlap='overwrite': higher label wins)",
+            )
+        out[on_grid] = labels[name]
+        claimed |= on_grid
+    return image.volume.with_array(out.astype(np.uint8) if out.max() < 256 else out)
+
+
+def _grid_offsets(seg_geom: VolumeGeometry, target: VolumeGeometry) -> list[str]:
+    """Why SEG voxel centres are not image voxel centres (empty when they are)."""
+    problems = []
+    if not np.allclose(np.abs(seg_geom.direction.T @ target.direction), np.eye(3), atol=1e-4):
+        problems.append("directions differ")
+    pts = seg_geom.index_to_world(np.array([[0, 0, 0], [0, 1, 1], [seg_geom.shape[0] - 1, 0, 0]], float))
+    idx = target.world_to_index(pts)
+    if np.abs(idx - np.round(idx)).max() > 1e-2:
+        problems.append("voxel centres differ")
+    return problems
+
+
+# -------------------------------------------------------------------------- RTSTRUCT
+def _rt_series_uid(ds: pydicom.Dataset, index: DicomIndex) -> str | None:
+    for for_item in ds.get("ReferencedFrameOfReferenceSequence", []):
+        for study in for_item.get("RTReferencedStudySequence", []):
+            for series in study.get("RTReferencedSeriesSequence", []):
+                uid = str(series.get("SeriesInstanceUID", ""))
+                if uid in index.series:
+                    return uid
+    for roi in ds.get("ROIContourSequence", []):
+        for contour in roi.get("ContourSequence", []):
+            for ref in contour.get("ContourImageSequence", []):
+                found = index.sop_to_series.get(str(ref.ReferencedSOPInstanceUID))
+                if found is not None:
+                    return found
+    return None
+
+
+def _roi_names(ds: pydicom.Dataset) -> dict[int, str]:
+    return {int(r.ROINumber): str(r.ROIName).strip() for r in ds.get("StructureSetROISequence", [])}
+
+
+def _square(image: LoadedSeries) -> bool:
+    d = image.datasets[0]
+    sp = [float(v) for v in d.PixelSpacing]
+    return int(d.Rows) == int(d.Columns) and abs(sp[0] - sp[1]) < 1e-6
+
+
+@contextlib.contextmanager
+def _series_folder(files: Sequence[Path]) -> Iterator[Path]:
+    """A temporary folder of links to exactly one series (rt-utils reads a whole folder)."""
+    with tempfile.TemporaryDirectory(prefix="medseg-rt-") as tmp:
+        for i, f in enumerate(files):
+            os.symlink(f.resolve(), Path(tmp) / f"{i:05d}.dcm")
+        yield Path(tmp)
+
+
+def _fill_contours(
+    ds: pydicom.Dataset, roi_number: int, image: LoadedSeries, path: Path, writer: DatasetWriter | None
+) -> NDArray[np.bool_]:
+    """(z, y, x) mask of one ROI: rt-utils' fill rule with medseg's world->index transform."""
+    import cv2
+
+    geometry = image.volume.geometry
+    slice_of = {uid: k for k, uid in enumerate(image.sop_uids)}
+    polygons: dict[int, list[NDArray[np.int32]]] = {}
+    skipped = 0
+    for roi in ds.get("ROIContourSequence", []):
+        if int(roi.ReferencedROINumber) != roi_number:
+            continue
+        for contour in roi.get("ContourSequence", []):
+            if str(contour.get("ContourGeometricType", "CLOSED_PLANAR")) != "CLOSED_PLANAR":
+                skipped += 1
+                continue
+            pts = np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
+            idx = geometry.world_to_index(pts)  # (n, 3) as (z, y, x)
+            refs = contour.get("ContourImageSequence", [])
+            if refs:
+                k = slice_of[str(refs[0].ReferencedSOPInstanceUID)]
+            else:
+                k = round(float(idx[:, 0].mean()))
+                if np.abs(idx[:, 0] - k).max() > 0.25 or not 0 <= k < geometry.shape[0]:
+                    raise InputError(
+                        path,
+                        f"a contour of ROI {roi_number} lies on no slice of the image series",
+                        found=f"slice index {idx[:, 0].min():.2f}..{idx[:, 0].max():.2f}",
+                    )
+            polygons.setdefault(k, []).append(np.round(idx[:, [2, 1]]).astype(np.int32))
+    if skipped and writer is not None:
+        writer.ignore(path, f"ROI {roi_number}: {skipped} contours that are not CLOSED_PLANAR")
+    mask = np.zeros(geometry.shape, dtype=np.uint8)
+    for k, polys in polygons.items():
+        plane = np.zeros(geometry.shape[1:], dtype=np.uint8)
+        cv2.fillPoly(plane, polys, 1)
+        mask[k] = plane
+    return mask.astype(bool)
+
+
+def read_rtstruct_label(
+    path: Path,
+    image: LoadedSeries,
+    labels: Mapping[str, int],
+    on_overlap: OverlapRule = "error",
+    writer: DatasetWriter | None = None,
+) -> Volume:
+    """Label map of an RTSTRUCT on the grid of ``image``."""
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as exc:
+        raise InputError(path, "is not a readable DICOM file", found=f"{type(exc).__name__}: {exc}") from None
+    names = _roi_names(ds)
+    in_series = set(image.sop_uids)
+    all_referenced = True
+    for roi in ds.get("ROIContourSequence", []):
+        name = names.get(int(roi.ReferencedROINumber), f"#{roi.ReferencedROINumber}")
+        for contour in roi.get("ContourSequence", []):
+            refs = contour.get("ContourImageSequence", [])
+            all_referenced &= bool(refs)
+            for ref in refs:
+                if str(ref.ReferencedSOPInstanceUID) not in in_series:
+                    z = np.asarray(contour.ContourData, float).reshape(-1, 3)[:, 2].mean()
+                    raise InputError(
+                        path,
+                        f"ROI '{name}' has a contour (z = {z:.1f} mm) on an image that is not in its series",
+                        expected=f"SOP instances of series {image.volume.meta.get('series_description', '')!r} "
+                        f"({len(in_series)} slices)",
+                        found=f"SOPInstanceUID {ref.ReferencedSOPInstanceUID}",
+                    )
+    masks: dict[str, NDArray[np.bool_]] = {}
+    if _square(image) and all_referenced:
+        from rt_utils import RTStructBuilder
+
+        with _series_folder(image.files) as folder:
+            try:
+                rt = RTStructBuilder.create_from(str(folder), str(path))
+            except Exception as exc:  # rt-utils raises bare Exceptions
+                raise InputError(path, "rt-utils cannot load this RTSTRUCT", found=str(exc)) from None
+            rt_order = [str(d.SOPInstanceUID) for d in rt.series_data]
+            perm = [rt_order.index(uid) for uid in image.sop_uids]
+            for name in names.values():
+                m = np.asarray(rt.get_roi_mask_by_name(name))  # (rows, cols, slices), rt-utils order
+                masks[name] = np.transpose(m, (2, 0, 1))[perm].astype(bool)
+    else:
+        for number, name in names.items():
+            masks[name] = _fill_contours(ds, number, image, path, writer)
+    out = np.zeros(image.volume.shape, dtype=np.uint16)
+    claimed = np.zeros(image.volume.shape, dtype=bool)
+    for name in sorted(masks, key=lambda n: labels[n]):
+        overlap = masks[name] & claimed
+        if overlap.any() and on_overlap == "error":
+            raise InputError(
+                path,
+                f"ROI '{name}' overlaps other ROIs in {int(overlap.sum())} voxels",
+                expected="non-overlapping ROIs (or on_overlap='overwrite': higher label wins)",
+            )
+        out[masks[name]] = labels[name]
+        claimed |= masks[name]
+    return image.volume.with_array(out.astype(np.uint8) if out.max() < 256 else out)
+
+
+# ---------------------------------------------------------------------------- import
+def _label_names(path: Path, kind: str) -> list[str]:
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as exc:
+        raise InputError(path, "is not a readable DICOM file", found=f"{type(exc).__name__}: {exc}") from None
+    if kind == "seg":
+        if str(ds.get("SOPClassUID", "")) not in SEG_SOP_CLASSES:
+            raise InputError(path, "is not a DICOM SEG", found=f"SOP class {ds.get('SOPClassUID', '?')}")
+        return [
+            str(s.SegmentLabel).strip() for s in ds.get("SegmentSequence", []) if int(s.SegmentNumber) != 0
+        ]
+    if str(ds.get("SOPClassUID", "")) != RTSTRUCT_SOP_CLASS:
+        raise InputError(path, "is not an RTSTRUCT", found=f"SOP class {ds.get('SOPClassUID', '?')}")
+    return list(_roi_names(ds).values())
+
+
+def _seg_series_uid(path: Path, index: DicomIndex) -> str | None:
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    for item in ds.get("ReferencedSeriesSequence", []):
+        uid = str(item.get("SeriesInstanceUID", ""))
+        if uid in index.series:
+            return uid
+        for inst in item.get("ReferencedInstanceSequence", []):
+            found = index.sop_to_series.get(str(inst.ReferencedSOPInstanceUID))
+            if found:
+                return found
+    return None
+
+
+def _import_dicom_labels(
+    kind: Literal["seg", "rtstruct"],
+    source: str | Path,
+    out_dir: str | Path,
+    *,
+    label_files: Sequence[str | Path] | None,
+    overwrite: bool,
+    labels: Mapping[str, int] | None,
+    on_overlap: OverlapRule,
+    chunk: int | None,
+    chunk_overlap: int,
+    skip_invalid: bool,
+    progress: bool,
+) -> Path:
+    src = Path(source)
+    if not src.is_dir():
+        raise InputError(
+            src, "is not a folder", expected="a folder with DICOM image series and label objects"
+        )
+    if on_overlap not in ("error", "overwrite"):
+        raise ConfigError(f"on_overlap must be 'error' or 'overwrite', found {on_overlap!r}")
+    what = "DICOM SEG" if kind == "seg" else "RTSTRUCT"
+    index = index_dicom_tree(src)
+    found = index.segs if kind == "seg" else index.rtstructs
+    files = [Path(f) for f in label_files] if label_files is not None else found
+    if not files:
+        raise InputError(src, f"holds no {what} objects", expected=f"at least one {what} file")
+    for f in files:
+        if not f.is_file():
+            raise InputError(f, "does not exist")
+    names_per_file = {f: _label_names(f, kind) for f in files}
+    if labels is None:
+        declared = {"background": 0}
+        for f in files:
+            for n in names_per_file[f]:
+                declared.setdefault(n, len(declared))
+    else:
+        declared = dict(labels)
+        for f, names in names_per_file.items():
+            unknown = [n for n in names if n not in declared]
+            if unknown:
+                raise InputError(
+                    f,
+                    f"holds {what} names that the labels do not declare",
+                    expected=str(sorted(declared)),
+                    found=str(unknown),
+                )
+
+    with create_dataset(
+        out_dir,
+        source=src,
+        overwrite=overwrite,
+        channel_names=["image"],
+        labels=declared,
+        name=src.name,
+        description=f"DICOM series with {what} labels",
+        source_kind=kind,
+        chunk=chunk,
+        chunk_overlap=chunk_overlap,
+    ) as writer:
+        for path, reason in index.ignored:
+            writer.ignore(path, reason)
+        cases: list[tuple[str, Path]] = []
+        for f in files:
+            cases.append((f"case_{len(cases) + 1:04d}", f))
+        modality = ""
+
+        def add(item: tuple[str, Path]) -> None:
+            nonlocal modality
+            case_id, path = item
+            if kind == "seg":
+                uid = _seg_series_uid(path, index)
+            else:
+                uid = _rt_series_uid(pydicom.dcmread(path, stop_before_pixels=True), index)
+            if uid is None:
+                raise InputError(
+                    path,
+                    f"references no image series found under {src}",
+                    expected="the referenced series in the source folder",
+                )
+            image = load_series(index.series[uid])
+            if kind == "seg":
+                label = read_seg_label(path, image, declared, on_overlap)
+            else:
+                label = read_rtstruct_label(path, image, declared, on_overlap, writer)
+            modality = modality or str(image.volume.meta.get("modality", ""))
+            writer.add_case(
+                case_id,
+                [image.volume],
+                label,
+                patient_id=index.series[uid].patient,
+                source=image.files[0].parent,
+                label_source=path,
+            )
+
+        import_each(
+            writer,
+            cases,
+            add,
+            describe=lambda c: c[1],
+            skip_invalid=skip_invalid,
+            progress=progress,
+            description=f"{what} cases",
+        )
+        if modality:
+            writer.channel_names = {"0": modality}
+    return Path(out_dir)
+
+
+def import_dicom_seg(
+    source: str | Path,
+    out_dir: str | Path,
+    *,
+    seg_files: Sequence[str | Path] | None = None,
+    overwrite: bool = False,
+    labels: Mapping[str, int] | None = None,
+    on_overlap: OverlapRule = "error",
+    chunk: int | None = None,
+    chunk_overlap: int = 0,
+    skip_invalid: bool = False,
+    progress: bool = True,
+) -> Path:
+    """One case per DICOM SEG: the referenced series under ``source`` and its label map.
+
+    ``seg_files`` picks SEG files (default: every SEG under ``source``); ``labels`` maps
+    segment labels to values. Raises :class:`InputError` naming the SEG for a referenced
+    series that is absent, undeclared or overlapping segments, a frame of reference
+    mismatch, segments outside the image or an unreadable file.
+    """
+    return _import_dicom_labels(
+        "seg",
+        source,
+        out_dir,
+        label_files=seg_files,
+        overwrite=overwrite,
+        labels=labels,
+        on_overlap=on_overlap,
+        chunk=chunk,
+        chunk_overlap=chunk_overlap,
+        skip_invalid=skip_invalid,
+        progress=progress,
+    )
+
+
+def import_rtstruct(
+    source: str | Path,
+    out_dir: str | Path,
+    *,
+    rtstruct_files: Sequence[str | Path] | None = None,
+    overwrite: bool = False,
+    labels: Mapping[str, int] | None = None,
+    on_overlap: OverlapRule = "error",
+    chunk: int | None = None,
+    chunk_overlap: int = 0,
+    skip_invalid: bool = False,
+    progress: bool = True,
+) -> Path:
+    """One case per RTSTRUCT: the referenced series under ``source`` and its ROIs as labels.
+
+    ``rtstruct_files`` picks files (default: every RTSTRUCT under ``source``); ``labels``
+    maps ROI names to values. Raises :class:`InputError` naming the RTSTRUCT for contours
+    on images missing from the series, no referenced series, undeclared or overlapping
+    ROIs, contours between slices or an unreadable file.
+    """
+    return _import_dicom_labels(
+        "rtstruct",
+        source,
+        out_dir,
+        label_files=rtstruct_files,
+        overwrite=overwrite,
+        labels=labels,
+        on_overlap=on_overlap,
+        chunk=chunk,
+        chunk_overlap=chunk_overlap,
+        skip_invalid=skip_invalid,
+        progress=progress,
+    )

@@ -1,0 +1,614 @@
+"""Evaluate predictions against references: folders or files -> per-case rows -> summary.
+
+Cases are matched by file name (the name without its image suffix, so ``case_001.nii.gz``
+matches ``case_001.nrrd``). Grids must match: a mismatch is a :class:`GeometryError`
+naming the case, unless ``resample=True`` resamples the prediction onto the reference
+grid with nearest neighbour. Nothing is dropped silently: a reference without a
+prediction, NaN in a prediction, or a label outside the declared set is an error naming
+the case, or -- when asked to keep going -- a row whose ``status`` says what happened.
+
+Cases run in a process pool (one case per task: read both files, check, compute).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from medseg.errors import ConfigError, GeometryError, InputError, MedsegError
+from medseg.evaluation.metrics import (
+    ALL_METRICS,
+    CLASS_METRICS,
+    DEFAULT_NSD_TOLERANCE_MM,
+    ClassMetrics,
+    EmptyRule,
+    LabelMapMetrics,
+    OverlapCounts,
+    SurfaceDistances,
+    _class_metrics_from,
+    check_metric_names,
+    grid_diagonal_mm,
+    label_metrics,
+)
+from medseg.io import read_volume
+from medseg.io.itk import ITK_SUFFIXES
+from medseg.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+CaseStatus = Literal["ok", "missing_prediction", "error"]
+OnMissing = Literal["error", "flag"]
+OnCaseError = Literal["raise", "flag"]
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Options of :func:`evaluate`; the CLI's ``medseg evaluate`` builds one of these.
+
+    ``labels`` maps foreground label values to names; ``None`` takes every value found in
+    the references (background 0 excluded). ``empty`` is the empty-mask rule of
+    :mod:`medseg.evaluation.metrics` ("nan" or "worst"). ``on_missing="flag"`` keeps a
+    reference without prediction as a row scored as an empty prediction;
+    ``on_case_error="flag"`` turns a bad case (NaN, undeclared labels, grid mismatch,
+    unreadable file) into a row with status "error" instead of stopping the run.
+    ``workers`` is the number of processes (``None``: one per CPU, at most one per case).
+    """
+
+    labels: Mapping[int, str] | None = None
+    metrics: tuple[str, ...] = ALL_METRICS
+    empty: EmptyRule = "nan"
+    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM
+    resample: bool = False
+    on_missing: OnMissing = "error"
+    on_case_error: OnCaseError = "raise"
+    workers: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metrics", check_metric_names(self.metrics))
+        if self.empty not in ("nan", "worst"):
+            raise ConfigError(f"empty-mask rule must be 'nan' or 'worst', found '{self.empty}'")
+        if self.on_missing not in ("error", "flag"):
+            raise ConfigError(f"on_missing must be 'error' or 'flag', found '{self.on_missing}'")
+        if self.on_case_error not in ("raise", "flag"):
+            raise ConfigError(f"on_case_error must be 'raise' or 'flag', found '{self.on_case_error}'")
+        if not math.isfinite(self.nsd_tolerance_mm) or self.nsd_tolerance_mm < 0:
+            raise ConfigError(
+                f"NSD tolerance must be a finite number of mm >= 0, found {self.nsd_tolerance_mm}"
+            )
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"workers must be >= 1, found {self.workers}")
+        if self.labels is not None:
+            labels = {int(k): str(v) for k, v in self.labels.items()}
+            if not labels or any(k <= 0 for k in labels):
+                raise ConfigError(
+                    f"declared labels must be positive integers (background 0 is implicit), found {sorted(labels)}"
+                )
+            if len(set(labels.values())) != len(labels):
+                raise ConfigError(f"label names must be distinct, found {list(labels.values())}")
+            object.__setattr__(self, "labels", dict(sorted(labels.items())))
+
+    @property
+    def class_metrics(self) -> tuple[str, ...]:
+        return tuple(m for m in self.metrics if m in CLASS_METRICS)
+
+
+def parse_labels(spec: str | Sequence[str] | None) -> dict[int, str] | None:
+    """Parse ``"1,2,3"`` or ``"liver=1,spleen=4"`` (or a list of such items) into {value: name}."""
+    if spec is None:
+        return None
+    items: list[str] = []
+    for part in [spec] if isinstance(spec, str) else list(spec):
+        items.extend(p.strip() for p in part.split(",") if p.strip())
+    if not items:
+        return None
+    out: dict[int, str] = {}
+    for item in items:
+        name, _, value = item.rpartition("=")
+        try:
+            val = int(value)
+        except ValueError:
+            raise ConfigError(
+                f"cannot read label '{item}'; expected VALUE or NAME=VALUE, e.g. 1,2 or liver=1,spleen=4"
+            ) from None
+        if val in out:
+            raise ConfigError(f"label value {val} declared twice in '{spec}'")
+        out[val] = name.strip() or str(val)
+    return out
+
+
+# --------------------------------------------------------------------------- matching
+@dataclass(frozen=True)
+class CasePair:
+    name: str
+    reference: Path
+    prediction: Path | None
+
+
+@dataclass(frozen=True)
+class CaseMatching:
+    """Cases matched by name; unmatched files on either side are kept, never dropped."""
+
+    pairs: tuple[CasePair, ...]
+    references_without_prediction: tuple[str, ...]
+    predictions_without_reference: tuple[str, ...]
+
+
+def case_name(path: Path) -> str:
+    """File name without its image suffix (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha`` ...)."""
+    lower = path.name.lower()
+    for suffix in sorted(ITK_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix):
+            return path.name[: -len(suffix)]
+    return path.name
+
+
+def _list_cases(folder: Path, role: str) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for f in sorted(folder.iterdir()):
+        if f.name.startswith(".") or not f.is_file():
+            continue
+        if not any(f.name.lower().endswith(s) for s in ITK_SUFFIXES):
+            logger.debug("skipping %s: not an image file", f)
+            continue
+        name = case_name(f)
+        if name in found:
+            raise InputError(
+                folder,
+                f"two {role} files for case '{name}'",
+                expected="one file per case",
+                found=f"{found[name].name} and {f.name}",
+            )
+        found[name] = f
+    if not found:
+        raise InputError(
+            folder, f"holds no {role} images", expected="files ending in " + ", ".join(ITK_SUFFIXES)
+        )
+    return found
+
+
+def match_cases(prediction: str | Path, reference: str | Path) -> CaseMatching:
+    """Pair prediction and reference files by case name (two folders, or two files)."""
+    pred, ref = Path(prediction), Path(reference)
+    for p, role in ((pred, "prediction"), (ref, "reference")):
+        if not p.exists():
+            raise InputError(p, f"{role} path does not exist")
+    if pred.is_file() and ref.is_file():
+        return CaseMatching((CasePair(case_name(ref), ref, pred),), (), ())
+    if pred.is_dir() != ref.is_dir():
+        raise InputError(
+            pred if pred.is_file() else ref,
+            "prediction and reference must both be folders or both be files",
+            found=f"prediction is a {'folder' if pred.is_dir() else 'file'}, "
+            f"reference is a {'folder' if ref.is_dir() else 'file'}",
+        )
+    preds, refs = _list_cases(pred, "prediction"), _list_cases(ref, "reference")
+    pairs = tuple(CasePair(name, path, preds.get(name)) for name, path in sorted(refs.items()))
+    return CaseMatching(
+        pairs,
+        tuple(sorted(set(refs) - set(preds))),
+        tuple(sorted(set(preds) - set(refs))),
+    )
+
+
+# --------------------------------------------------------------------------- one case
+@dataclass(frozen=True)
+class CaseResult:
+    """One case: per-label metrics, the case mIoU, and how the case was handled."""
+
+    name: str
+    status: CaseStatus
+    per_label: Mapping[int, ClassMetrics] = field(default_factory=dict)
+    miou: float = math.nan
+    message: str = ""
+    resampled: bool = False
+    reference: str = ""
+    prediction: str = ""
+    reference_labels: tuple[int, ...] = ()
+    prediction_labels: tuple[int, ...] = ()
+    n_voxels: int = 0
+    diagonal_mm: float = math.nan
+
+
+def _check_label_array(vol: Volume, case: str, role: str, path: Path | str) -> np.ndarray:
+    arr = vol.array
+    if arr.dtype.kind == "f":
+        if np.isnan(arr).any():
+            raise InputError(
+                path,
+                f"case '{case}': {role} holds NaN",
+                expected="integer labels",
+                found=f"{int(np.isnan(arr).sum())} NaN voxels",
+            )
+        rounded = np.rint(arr)
+        if not np.array_equal(rounded, arr):
+            raise InputError(
+                path,
+                f"case '{case}': {role} holds non-integer values (probabilities?)",
+                expected="integer labels",
+                found=f"values such as {float(arr[rounded != arr].flat[0]):.4g}",
+            )
+        return rounded.astype(np.int64)
+    if arr.dtype.kind == "b":
+        return arr.astype(np.uint8)
+    if arr.dtype.kind not in "iu":
+        raise InputError(path, f"case '{case}': {role} is not a label map", found=f"dtype {arr.dtype}")
+    if arr.dtype.kind == "i" and arr.size and arr.min() < 0:
+        raise InputError(
+            path, f"case '{case}': {role} holds negative labels", found=f"minimum {int(arr.min())}"
+        )
+    return arr
+
+
+def evaluate_volumes(
+    prediction: Volume,
+    reference: Volume,
+    config: EvaluationConfig,
+    *,
+    name: str = "case",
+    prediction_path: str | Path = "",
+    reference_path: str | Path = "",
+) -> CaseResult:
+    """Check and score one prediction against its reference (raises on a bad case)."""
+    resampled = False
+    pred_vol = prediction
+    if not prediction.geometry.is_close(reference.geometry):
+        diffs = "; ".join(prediction.geometry.differences(reference.geometry))
+        if not config.resample:
+            raise GeometryError(
+                f"case '{name}': prediction {prediction_path or '(array)'} and reference "
+                f"{reference_path or '(array)'} are on different grids: {diffs}; "
+                "pass --resample (resample=True) to resample the prediction onto the reference "
+                "grid with nearest neighbour"
+            )
+        from medseg.geometry.resample import resample_to_reference
+
+        logger.info("case %s: resampling the prediction onto the reference grid (%s)", name, diffs)
+        pred_vol = resample_to_reference(prediction, reference, is_label=True)
+        resampled = True
+    pred = _check_label_array(pred_vol, name, "prediction", prediction_path or "(prediction)")
+    ref = _check_label_array(reference, name, "reference", reference_path or "(reference)")
+    labels = None if config.labels is None else list(config.labels)
+    try:
+        result: LabelMapMetrics = label_metrics(
+            pred,
+            ref,
+            reference.spacing,
+            labels,
+            metrics=config.metrics,
+            empty=config.empty,
+            nsd_tolerance_mm=config.nsd_tolerance_mm,
+        )
+    except InputError as exc:  # undeclared label values: say which case and file
+        where = prediction_path if "prediction holds" in exc.found else reference_path
+        raise InputError(
+            where or None, f"case '{name}': {exc.problem}", expected=exc.expected, found=exc.found
+        ) from None
+    return CaseResult(
+        name=name,
+        status="ok",
+        per_label=dict(result.per_label),
+        miou=result.miou,
+        resampled=resampled,
+        reference=str(reference_path),
+        prediction=str(prediction_path),
+        reference_labels=result.reference_values,
+        prediction_labels=result.prediction_values,
+        n_voxels=int(ref.size),
+        diagonal_mm=grid_diagonal_mm(ref.shape, reference.spacing),
+    )
+
+
+def _evaluate_pair(pair: CasePair, config: EvaluationConfig) -> CaseResult:
+    """Worker: read, check and score one case. User errors come back as status 'error'.
+
+    MedsegError subclasses are returned as text rather than raised, because exceptions with
+    keyword-only constructors do not survive pickling between processes.
+    """
+    try:
+        if pair.prediction is None:
+            return _missing_prediction(pair, config)
+        reference = read_volume(pair.reference)
+        prediction = read_volume(pair.prediction)
+        return evaluate_volumes(
+            prediction,
+            reference,
+            config,
+            name=pair.name,
+            prediction_path=pair.prediction,
+            reference_path=pair.reference,
+        )
+    except MedsegError as exc:
+        return CaseResult(
+            name=pair.name,
+            status="error",
+            message=f"{type(exc).__name__}: {exc}",
+            reference=str(pair.reference),
+            prediction=str(pair.prediction or ""),
+        )
+
+
+def _missing_prediction(pair: CasePair, config: EvaluationConfig) -> CaseResult:
+    """Score a reference without a prediction as an all-background prediction."""
+    reference = read_volume(pair.reference)
+    ref = _check_label_array(reference, pair.name, "reference", pair.reference)
+    empty = Volume(np.zeros(ref.shape, dtype=np.uint8), geometry=reference.geometry)
+    result = evaluate_volumes(
+        empty, reference.with_array(ref), config, name=pair.name, reference_path=pair.reference
+    )
+    return replace(
+        result, status="missing_prediction", message="no prediction file; scored as an empty prediction"
+    )
+
+
+def _both_empty(n_voxels: int, diagonal_mm: float, config: EvaluationConfig) -> ClassMetrics:
+    none = np.zeros(0)
+    distances = SurfaceDistances(none, none, "both", diagonal_mm)
+    counts = OverlapCounts(0, 0, 0, n_voxels)
+    return _class_metrics_from(counts, distances, config.class_metrics, config.empty, config.nsd_tolerance_mm)
+
+
+# --------------------------------------------------------------------------- many cases
+@dataclass(frozen=True)
+class Stats:
+    mean: float
+    std: float
+    median: float
+    n: int
+    n_nan: int
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        def clean(v: float) -> float | None:
+            return None if not math.isfinite(v) else float(v)
+
+        return {
+            "mean": clean(self.mean),
+            "std": clean(self.std),
+            "median": clean(self.median),
+            "n": self.n,
+            "n_nan": self.n_nan,
+        }
+
+
+def describe(values: Sequence[float]) -> Stats:
+    """Mean, sample standard deviation (ddof 1), median over finite values; NaNs counted."""
+    arr = np.asarray(values, dtype=float)
+    finite = arr[np.isfinite(arr)]
+    n_nan = int(arr.size - finite.size)
+    if finite.size == 0:
+        return Stats(math.nan, math.nan, math.nan, 0, n_nan)
+    std = float(np.std(finite, ddof=1)) if finite.size > 1 else math.nan
+    return Stats(float(np.mean(finite)), std, float(np.median(finite)), int(finite.size), n_nan)
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """All cases of one evaluation, with the label set and options that produced them."""
+
+    cases: tuple[CaseResult, ...]
+    labels: Mapping[int, str]
+    config: EvaluationConfig
+    predictions_without_reference: tuple[str, ...] = ()
+    prediction: str = ""
+    reference: str = ""
+
+    @property
+    def scored_cases(self) -> tuple[CaseResult, ...]:
+        return tuple(c for c in self.cases if c.status != "error")
+
+    @property
+    def failed_cases(self) -> tuple[CaseResult, ...]:
+        return tuple(c for c in self.cases if c.status == "error")
+
+    def column(self, metric: str, label: int) -> list[float]:
+        """One metric of one label over the scored cases (NaN kept)."""
+        return [c.per_label[label].values[metric] for c in self.scored_cases]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One flat row per case: ``<metric>/<class>`` columns, empty-mask status and flags."""
+        rows: list[dict[str, Any]] = []
+        for case in self.cases:
+            row: dict[str, Any] = {"case": case.name, "status": case.status}
+            if "miou" in self.config.metrics:
+                row["miou"] = case.miou
+            flags: list[str] = []
+            for lab, cname in self.labels.items():
+                cm = case.per_label.get(lab)
+                for metric in self.config.class_metrics:
+                    row[f"{metric}/{cname}"] = math.nan if cm is None else cm.values[metric]
+                row[f"ref_voxels/{cname}"] = "" if cm is None else cm.counts.ref_voxels
+                row[f"pred_voxels/{cname}"] = "" if cm is None else cm.counts.pred_voxels
+                row[f"empty/{cname}"] = "" if cm is None or cm.empty == "none" else cm.empty
+                if cm is not None:
+                    flags.extend(f"{m}/{cname}:{cm.empty}" for m in cm.flags)
+            row["flags"] = " ".join(flags)
+            row["resampled"] = case.resampled
+            row["message"] = case.message
+            rows.append(row)
+        return rows
+
+    def summary(self) -> dict[str, Any]:
+        """Mean, std, median (and counts) per class and metric, plus what was flagged."""
+        per_class: dict[str, dict[str, Any]] = {}
+        for lab, cname in self.labels.items():
+            per_class[cname] = {
+                "label": lab,
+                **{m: describe(self.column(m, lab)).as_dict() for m in self.config.class_metrics},
+                "empty_cases": {
+                    kind: [c.name for c in self.scored_cases if c.per_label[lab].empty == kind]
+                    for kind in ("both", "pred", "ref")
+                },
+            }
+        case_level: dict[str, Any] = {}
+        if "miou" in self.config.metrics:
+            case_level["miou"] = describe([c.miou for c in self.scored_cases]).as_dict()
+        return {
+            "prediction": self.prediction,
+            "reference": self.reference,
+            "n_cases": len(self.cases),
+            "n_scored": len(self.scored_cases),
+            "labels": {str(k): v for k, v in self.labels.items()},
+            "metrics": list(self.config.metrics),
+            "options": {
+                "empty_rule": self.config.empty,
+                "nsd_tolerance_mm": self.config.nsd_tolerance_mm,
+                "resample": self.config.resample,
+                "on_missing": self.config.on_missing,
+                "on_case_error": self.config.on_case_error,
+            },
+            "statistics_note": "mean, sample std (ddof=1) and median over finite values; n_nan counts NaNs left out",
+            "per_class": per_class,
+            "case_level": case_level,
+            "missing_predictions": [c.name for c in self.cases if c.status == "missing_prediction"],
+            "failed_cases": {c.name: c.message for c in self.failed_cases},
+            "resampled_cases": [c.name for c in self.cases if c.resampled],
+            "predictions_without_reference": list(self.predictions_without_reference),
+        }
+
+
+def _raise_from_message(message: str) -> None:
+    kind, _, text = message.partition(": ")
+    if kind == "GeometryError":
+        raise GeometryError(text)
+    if kind == "ConfigError":
+        raise ConfigError(text)
+    if kind == "InputError":
+        raise InputError(None, text)
+    raise MedsegError(text)
+
+
+def _run_pairs(
+    pairs: Sequence[CasePair],
+    config: EvaluationConfig,
+    progress: bool,
+    on_result: Callable[[CaseResult], None],
+) -> None:
+    workers = config.workers or min(len(pairs), os.cpu_count() or 1)
+    workers = max(1, min(workers, len(pairs)))
+    advance: Callable[[], None] = lambda: None  # noqa: E731
+    bar: Any = None
+    if progress:
+        from rich.progress import Progress
+
+        bar = Progress(transient=True)
+        task = bar.add_task("evaluating", total=len(pairs))
+        bar.start()
+
+        def advance() -> None:
+            bar.advance(task)
+
+    try:
+        if workers == 1:
+            for pair in pairs:
+                on_result(_evaluate_pair(pair, config))
+                advance()
+            return
+        # spawn: safe whatever threads (torch, BLAS) the parent process has started.
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futures = [pool.submit(_evaluate_pair, pair, config) for pair in pairs]
+            try:
+                for fut in as_completed(futures):
+                    on_result(fut.result())
+                    advance()
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    finally:
+        if bar is not None:
+            bar.stop()
+
+
+def evaluate(
+    prediction: str | Path,
+    reference: str | Path,
+    config: EvaluationConfig | None = None,
+    *,
+    progress: bool = False,
+) -> EvaluationResult:
+    """Score every case of ``prediction`` against ``reference`` (two folders or two files)."""
+    cfg = config or EvaluationConfig()
+    matching = match_cases(prediction, reference)
+    if matching.references_without_prediction and cfg.on_missing == "error":
+        missing = list(matching.references_without_prediction)
+        raise InputError(
+            prediction,
+            f"{len(missing)} reference case(s) have no prediction",
+            expected="one prediction per reference case (or --allow-missing to score them as empty)",
+            found="missing " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""),
+        )
+    if matching.predictions_without_reference:
+        logger.warning(
+            "%d prediction(s) have no reference and are not scored: %s",
+            len(matching.predictions_without_reference),
+            ", ".join(matching.predictions_without_reference[:20]),
+        )
+    results: dict[str, CaseResult] = {}
+
+    def collect(res: CaseResult) -> None:
+        if res.status == "error" and cfg.on_case_error == "raise":
+            _raise_from_message(res.message)
+        if res.status == "error":
+            logger.warning("case %s not scored: %s", res.name, res.message)
+        results[res.name] = res
+
+    _run_pairs(matching.pairs, cfg, progress, collect)
+    cases = [results[p.name] for p in matching.pairs]
+    labels = _final_labels(cases, cfg)
+    final: list[CaseResult] = []
+    for case in cases:
+        if case.status != "error":
+            case = _complete_case(case, labels, cfg)
+        final.append(case)
+    if cfg.on_case_error == "raise":
+        for case in final:
+            if case.status == "error":
+                _raise_from_message(case.message)
+    return EvaluationResult(
+        tuple(final),
+        labels,
+        cfg,
+        matching.predictions_without_reference,
+        prediction=str(prediction),
+        reference=str(reference),
+    )
+
+
+def _final_labels(cases: Sequence[CaseResult], cfg: EvaluationConfig) -> dict[int, str]:
+    if cfg.labels is not None:
+        return dict(cfg.labels)
+    values = sorted({v for c in cases if c.status != "error" for v in c.reference_labels})
+    if not values:
+        raise InputError(
+            None,
+            "no foreground label in any reference",
+            expected="at least one non-zero label, or declare the labels with --labels",
+        )
+    return {v: str(v) for v in values}
+
+
+def _complete_case(case: CaseResult, labels: Mapping[int, str], cfg: EvaluationConfig) -> CaseResult:
+    """Check inferred labels and fill classes absent from a case (both masks empty)."""
+    extra = sorted(set(case.prediction_labels) - set(labels))
+    if extra:
+        message = (
+            f"InputError: {case.prediction}: case '{case.name}': prediction holds label values "
+            f"{extra} found in no reference; expected values in {[0, *labels]} (declare them with --labels)"
+        )
+        return replace(case, status="error", message=message, per_label={})
+    per_label = {
+        lab: case.per_label[lab]
+        if lab in case.per_label
+        else _both_empty(case.n_voxels, case.diagonal_mm, cfg)
+        for lab in labels
+    }
+    return replace(case, per_label=per_label)

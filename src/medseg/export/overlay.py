@@ -1,0 +1,212 @@
+"""Overlay PNGs: label contours on the image, axial montage plus sagittal and coronal views.
+
+Views are the volume's own acquisition planes (no resampling, so what is drawn is
+exactly what was segmented), brought to the radiological display convention by
+permuting and flipping array axes only: axial slices show the patient's right on the
+left of the picture and anterior at the top; sagittal and coronal views have superior at
+the top. Pixels are drawn with their true aspect ratio (e.g. 0.5 x 3 mm voxels in the
+sagittal view). For an oblique series the titles say so, with the angle.
+
+Rendering uses matplotlib's object API with the Agg canvas (no pyplot state, no
+display), so it is safe in batch jobs and threads.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+from medseg.export.codes import Segment, label_values, segments_for_label
+from medseg.io.atomic import check_writable, write_bytes_atomic
+from medseg.volume import Volume
+
+__all__ = ["display_axes", "render_overlay_png", "write_overlay"]
+
+log = logging.getLogger(__name__)
+
+
+def display_axes(direction: NDArray[np.float64]) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]]:
+    """Array-axis permutation and flips giving display order (superior->inferior, anterior->posterior, right->left).
+
+    Each array axis is paired with a world axis so that the pairs are as close as possible
+    (the permutation with the largest summed |cosine|, so strongly oblique grids still get
+    one axis each); returns ``(order, flips)`` such that ``np.transpose(a, order)`` then
+    flipping the axes in ``flips`` yields that display order.
+    """
+    mat = np.asarray(direction, dtype=float).reshape(3, 3)
+    # world_of_axis[a] = world axis (0 x, 1 y, 2 z) shown by array axis a
+    world_of_axis = max(
+        itertools.permutations(range(3)), key=lambda p: sum(abs(mat[p[a], a]) for a in range(3))
+    )
+    # display axis 0 <- world z (S), 1 <- world y (P), 2 <- world x (L)
+    order = tuple(world_of_axis.index(w) for w in (2, 1, 0))
+    signs = [np.sign(mat[w, a]) for w, a in zip((2, 1, 0), order, strict=True)]
+    # Flip so that display axis 0 runs towards inferior (-z), 1 towards posterior (+y), 2 towards left (+x).
+    flips = (bool(signs[0] > 0), bool(signs[1] < 0), bool(signs[2] < 0))
+    return (order[0], order[1], order[2]), flips
+
+
+def _to_display(array: NDArray[Any], order: Sequence[int], flips: Sequence[bool]) -> NDArray[Any]:
+    out = np.transpose(array, order)
+    for axis, flip in enumerate(flips):
+        if flip:
+            out = np.flip(out, axis=axis)
+    return out
+
+
+def _window(image: NDArray[Any], window: tuple[float, float] | None) -> tuple[float, float]:
+    if window is not None:
+        return float(window[0]), float(window[1])
+    values = np.asarray(image, dtype=np.float32).ravel()
+    if values.size > 2_000_000:
+        values = values[:: values.size // 1_000_000]
+    lo, hi = np.percentile(values, [0.5, 99.5])
+    return (float(lo), float(hi) if hi > lo else float(lo) + 1.0)
+
+
+def _slice_choice(mask: NDArray[np.bool_], n: int) -> list[int]:
+    """``n`` evenly spaced indices along axis 0 through the foreground (or the whole volume)."""
+    if mask.any():
+        zs = np.nonzero(mask.any(axis=(1, 2)))[0]
+        lo, hi = int(zs.min()), int(zs.max())
+    else:
+        lo, hi = 0, mask.shape[0] - 1
+    if hi - lo + 1 <= n:
+        return list(range(lo, hi + 1))
+    return sorted({round(float(v)) for v in np.linspace(lo, hi, n)})
+
+
+def _draw(
+    ax: Axes,
+    image2d: NDArray[Any],
+    label2d: NDArray[Any],
+    segments: Sequence[Segment],
+    aspect: float,
+    window: tuple[float, float],
+    title: str,
+) -> None:
+    ax.imshow(image2d, cmap="gray", vmin=window[0], vmax=window[1], aspect=aspect, interpolation="nearest")
+    for seg in segments:
+        mask = label2d == seg.value
+        if not mask.any():
+            continue
+        rgb = tuple(c / 255.0 for c in seg.color)
+        tint = np.zeros((*mask.shape, 4), dtype=np.float32)
+        tint[mask] = (*rgb, 0.25)
+        ax.imshow(tint, aspect=aspect, interpolation="nearest")
+        ax.contour(mask.astype(np.float32), levels=[0.5], colors=[rgb], linewidths=1.2)
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+
+
+def render_overlay_png(
+    image: Volume,
+    label: Volume,
+    segment_names: Mapping[int, str] | None = None,
+    *,
+    colors: Mapping[int, Sequence[int]] | None = None,
+    n_axial: int = 6,
+    window: tuple[float, float] | None = None,
+    dpi: int = 100,
+) -> bytes:
+    """PNG bytes: ``n_axial`` axial slices through the labels, sagittal and coronal views at their centre, legend."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    image.geometry.require_same(label.geometry, "image and label grids")
+    segments = segments_for_label(label, segment_names, colors)
+    order, flips = display_axes(image.direction)
+    img = _to_display(image.array, order, flips)
+    lab = _to_display(label.array, order, flips)
+    sp = [image.spacing[a] for a in order]
+    limits = _window(image.array, window)
+    foreground = lab > 0
+    axial = _slice_choice(foreground, n_axial)
+    if foreground.any():
+        centre = np.rint(np.argwhere(foreground).mean(axis=0)).astype(int)
+    else:
+        centre = np.array(lab.shape) // 2
+    oblique = image.geometry.obliquity
+    note = f" (oblique {oblique:.0f}°)" if oblique > 0.5 else ""
+
+    ncols = 3 if len(axial) in (3, 5, 6, 9) else min(len(axial), 4)
+    nrows = int(np.ceil(len(axial) / ncols))
+    # Panel heights (inches) from the physical aspect of what they show; the figure is 12 in wide.
+    axial_h = 12.0 / ncols * float(np.clip(lab.shape[1] * sp[1] / (lab.shape[2] * sp[2]), 0.3, 2.0))
+    side_h = 6.0 * float(
+        np.clip(
+            max(lab.shape[0] * sp[0] / (lab.shape[1] * sp[1]), lab.shape[0] * sp[0] / (lab.shape[2] * sp[2])),
+            0.2,
+            1.2,
+        )
+    )
+    fig = Figure(figsize=(12, axial_h * nrows + side_h + 1.0), dpi=dpi, layout="constrained")
+    grid = fig.add_gridspec(nrows + 1, ncols, height_ratios=[axial_h] * nrows + [side_h])
+    sides = grid[nrows, :].subgridspec(1, 2)
+    for i in range(nrows * ncols):
+        ax = fig.add_subplot(grid[i // ncols, i % ncols])
+        if i < len(axial):
+            k = axial[i]
+            _draw(ax, img[k], lab[k], segments, sp[1] / sp[2], limits, f"axial {k + 1}/{lab.shape[0]}{note}")
+        else:
+            ax.set_axis_off()
+    _draw(
+        fig.add_subplot(sides[0, 0]),
+        img[:, :, centre[2]],
+        lab[:, :, centre[2]],
+        segments,
+        sp[0] / sp[1],
+        limits,
+        f"sagittal (anterior left){note}",
+    )
+    _draw(
+        fig.add_subplot(sides[0, 1]),
+        img[:, centre[1], :],
+        lab[:, centre[1], :],
+        segments,
+        sp[0] / sp[2],
+        limits,
+        f"coronal (patient right on the left){note}",
+    )
+    handles = [
+        Patch(facecolor=(s.color[0] / 255, s.color[1] / 255, s.color[2] / 255), label=f"{s.value}: {s.name}")
+        for s in segments
+    ]
+    if handles:
+        fig.legend(
+            handles=handles, loc="outside lower center", ncol=min(len(handles), 6), frameon=False, fontsize=10
+        )
+    else:
+        fig.suptitle("no labelled voxels", fontsize=11)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", facecolor="white")
+    return buffer.getvalue()
+
+
+def write_overlay(
+    image: Volume,
+    label: Volume,
+    path: str | Path,
+    segment_names: Mapping[int, str] | None = None,
+    *,
+    overwrite: bool = False,
+    colors: Mapping[int, Sequence[int]] | None = None,
+    n_axial: int = 6,
+    window: tuple[float, float] | None = None,
+) -> Path:
+    """Write the overlay montage as a PNG (atomically)."""
+    target = check_writable(path, overwrite)
+    png = render_overlay_png(image, label, segment_names, colors=colors, n_axial=n_axial, window=window)
+    write_bytes_atomic(target, png, overwrite=overwrite)
+    log.info("wrote overlay of %d labels to %s", len(label_values(label)), target)
+    return target

@@ -1,0 +1,209 @@
+"""DICOM RT Structure Sets (RTSTRUCT) on the source series, written with rt-utils.
+
+rt-utils (1.2.7) makes assumptions that are guarded here rather than trusted:
+
+* it reads *every* DICOM file with pixel data under a folder, recursively, and silently
+  skips files it cannot decode. We therefore link exactly the matched images of one
+  series into a private temporary folder, and check that rt-utils loaded all of them.
+* it orders slices by ImagePositionPatient projected on the normal (row x column
+  cosines), ascending, and expects the mask as ``mask[row, column, slice]`` in *that*
+  order. Our label's slice axis may run either way along the normal, so the slice
+  order is taken from the SOPInstanceUIDs rt-utils actually loaded, not assumed.
+* it scales column steps by PixelSpacing[0] (the *row* spacing) and row steps by
+  PixelSpacing[1]: correct only for square pixels. Non-square pixels raise
+  :class:`GeometryError` instead of writing misplaced contours.
+* its reader (``get_roi_mask_by_name``) allocates (Columns, Rows) masks, which is wrong
+  for non-square matrices; :func:`read_rtstruct` therefore rasterises the contours itself,
+  from their world (LPS) coordinates through the reference grid, which also makes the
+  read-back an independent check of what was written.
+
+Contours follow rt-utils / OpenCV: closed planar polygons through the centres of the
+boundary voxels, holes as separate contours (filled with the even-odd rule).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from numpy.typing import NDArray
+from skimage.draw import polygon as fill_polygon
+from skimage.draw import polygon_perimeter
+
+from medseg.errors import ConfigError, GeometryError, InputError
+from medseg.export.codes import segments_for_label
+from medseg.export.dicom_source import SourceLike, match_source_series
+from medseg.io.atomic import atomic_file, check_writable
+from medseg.volume import Volume, VolumeGeometry
+
+__all__ = ["read_rtstruct", "write_rtstruct"]
+
+log = logging.getLogger(__name__)
+
+RTSTRUCT_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.481.3"
+# A contour must lie on a slice of the reference grid to this fraction of the slice spacing.
+SLICE_TOL = 0.01
+
+
+def _link_series(files: Sequence[Path], folder: Path) -> None:
+    for k, src in enumerate(files):
+        dst = folder / f"{k:05d}.dcm"
+        try:
+            os.symlink(src.resolve(), dst)
+        except OSError:  # no symlinks on this file system
+            shutil.copy2(src, dst)
+
+
+def write_rtstruct(
+    label: Volume,
+    source: SourceLike,
+    path: str | Path,
+    segment_names: Mapping[int, str] | None = None,
+    *,
+    colors: Mapping[int, Sequence[int]] | None = None,
+    overwrite: bool = False,
+    series_description: str = "medseg contours",
+) -> Path:
+    """Write one ROI per label value present in ``label`` as an RTSTRUCT on ``source``.
+
+    ``source`` is the source series (a folder, files, datasets read from files, or an
+    object with ``.datasets``/``.files``) in any order; rt-utils needs the files.
+    An empty label map raises :class:`InputError`.
+    """
+    target = check_writable(path, overwrite)
+    segments = segments_for_label(label, segment_names, colors)
+    if not segments:
+        raise InputError(
+            target,
+            "cannot write an RTSTRUCT for an empty label map",
+            expected="at least one voxel with a label > 0",
+            found="no foreground",
+        )
+    series = match_source_series(label.geometry, source)
+    if any(f is None or not Path(f).is_file() for f in series.files):
+        raise InputError(
+            None,
+            "the source series was given as datasets without files",
+            expected="a folder, file paths, or datasets read from files (rt-utils reads the files)",
+        )
+    files = [Path(f) for f in series.files if f is not None]
+    row_mm, col_mm = label.spacing[1], label.spacing[2]
+    if abs(row_mm - col_mm) > 1e-6 * max(row_mm, col_mm):
+        raise GeometryError(
+            f"rt-utils places contours correctly only for square pixels; this series has "
+            f"{row_mm:g} x {col_mm:g} mm pixels (rows x columns). Use DICOM SEG instead."
+        )
+    from rt_utils import RTStructBuilder
+
+    uid_to_k = {str(ds.SOPInstanceUID): k for k, ds in enumerate(series.datasets)}
+    with tempfile.TemporaryDirectory(prefix="medseg-rtstruct-") as tmp:
+        _link_series(files, Path(tmp))
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            # rt-utils prints progress and sets attributes that pydicom 3 deprecates.
+            warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*FileDataset.is_")
+            rtstruct = RTStructBuilder.create_new(dicom_series_path=tmp)
+        order = [uid_to_k.get(str(ds.SOPInstanceUID), -1) for ds in rtstruct.series_data]
+        if sorted(order) != list(range(label.shape[0])):
+            raise InputError(
+                None,
+                "rt-utils did not load the whole source series",
+                expected=f"{label.shape[0]} images",
+                found=f"{len(order)} (compressed pixel data without a decoder?)",
+            )
+        ascending = list(range(label.shape[0]))
+        if order not in (ascending, ascending[::-1]):
+            raise GeometryError(f"rt-utils ordered the slices unexpectedly: {order[:6]} ...")
+        rtstruct.set_series_description(series_description[:64])
+        for segment in segments:
+            # rt-utils wants mask[row, column, slice] in its own slice order.
+            mask = np.moveaxis(label.array == segment.value, 0, -1)[:, :, order]
+            with contextlib.redirect_stdout(io.StringIO()):
+                rtstruct.add_roi(
+                    mask=np.ascontiguousarray(mask),
+                    color=list(segment.color),
+                    name=segment.name,
+                    description=segment.code.describe(),
+                    roi_generation_algorithm=0,  # AUTOMATIC
+                )
+        with atomic_file(target, overwrite=overwrite) as out:
+            rtstruct.ds.save_as(out)
+    log.info("wrote RTSTRUCT with %d ROIs to %s", len(segments), target)
+    return target
+
+
+def _rasterise_contours(contours: list[NDArray[np.float64]], shape: tuple[int, int]) -> NDArray[np.bool_]:
+    """Even-odd fill of (row, column) polygons plus their outlines (they pass through voxel centres)."""
+    interior = np.zeros(shape, dtype=bool)
+    outline = np.zeros(shape, dtype=bool)
+    for rc in contours:
+        inside = np.zeros(shape, dtype=bool)
+        rr, cc = fill_polygon(rc[:, 0], rc[:, 1], shape=shape)
+        inside[rr, cc] = True
+        interior ^= inside
+        rr, cc = polygon_perimeter(np.rint(rc[:, 0]), np.rint(rc[:, 1]), shape=shape, clip=False)
+        keep = (rr >= 0) & (rr < shape[0]) & (cc >= 0) & (cc < shape[1])
+        outline[rr[keep], cc[keep]] = True
+    return interior | outline
+
+
+def read_rtstruct(
+    path: str | Path,
+    reference: Volume | VolumeGeometry,
+    segment_names: Mapping[int, str] | None = None,
+) -> Volume:
+    """Rasterise the closed planar contours of an RTSTRUCT onto ``reference``'s grid.
+
+    Each ROI becomes one value: its ROI number, or with ``segment_names`` (value -> name)
+    the value whose name equals the ROI name. Later ROIs overwrite earlier ones where they
+    overlap. Contours off the grid's slices raise :class:`GeometryError`.
+    ``meta["segments"]`` maps value -> ROI name.
+    """
+    src = Path(path)
+    geometry = reference.geometry if isinstance(reference, Volume) else reference
+    try:
+        ds = pydicom.dcmread(src)
+    except Exception as exc:  # pydicom raises several types for a bad file
+        raise InputError(src, "cannot be read as DICOM", found=f"{type(exc).__name__}: {exc}") from None
+    if str(getattr(ds, "SOPClassUID", "")) != RTSTRUCT_SOP_CLASS_UID:
+        raise InputError(
+            src, "is not an RT Structure Set", found=f"SOP class {getattr(ds, 'SOPClassUID', '?')}"
+        )
+    names = {int(r.ROINumber): str(r.ROIName) for r in ds.StructureSetROISequence}
+    value_of = {number: number for number in names}
+    if segment_names is not None:
+        by_name = {str(v): int(k) for k, v in segment_names.items()}
+        unknown = [n for n in names.values() if n not in by_name]
+        if unknown:
+            raise ConfigError(f"{src}: ROIs {unknown} are not among the given names {sorted(by_name)}")
+        value_of = {number: by_name[name] for number, name in names.items()}
+    nz, ny, nx = geometry.shape
+    out = np.zeros(geometry.shape, dtype=np.uint16)
+    for roi in getattr(ds, "ROIContourSequence", []):
+        number = int(roi.ReferencedROINumber)
+        per_slice: dict[int, list[NDArray[np.float64]]] = {}
+        for contour in getattr(roi, "ContourSequence", []):
+            if str(getattr(contour, "ContourGeometricType", "CLOSED_PLANAR")) != "CLOSED_PLANAR":
+                continue
+            points = np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
+            index = geometry.world_to_index(points)
+            k = int(np.rint(index[:, 0].mean()))
+            if np.max(np.abs(index[:, 0] - k)) > SLICE_TOL or not 0 <= k < nz:
+                raise GeometryError(
+                    f"{src}: a contour of ROI '{names.get(number, number)}' is not on a slice of the reference "
+                    f"grid (slice index {index[:, 0].min():.3f}..{index[:, 0].max():.3f} of 0..{nz - 1})"
+                )
+            per_slice.setdefault(k, []).append(index[:, 1:])
+        for k, contours in per_slice.items():
+            out[k][_rasterise_contours(contours, (ny, nx))] = value_of.get(number, number)
+    dtype = np.uint8 if out.max(initial=0) < 256 else np.uint16
+    meta = {"source": src.name, "segments": {value_of.get(n, n): name for n, name in names.items()}}
+    return Volume(out.astype(dtype), geometry=geometry, meta=meta)

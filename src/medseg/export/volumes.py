@@ -1,0 +1,146 @@
+"""Per-label volume (mL), voxel count, centroid and world extent; CSV and JSON tables.
+
+All positions are DICOM/ITK patient coordinates (LPS, mm). The extent is the tight
+axis-aligned world box around the voxels (their full cubes, not only their centres), so
+for an oblique grid it is the box a viewer measures in patient space.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import medseg
+from medseg.export.codes import segments_for_label
+from medseg.io.atomic import write_text_atomic
+from medseg.volume import Volume
+
+__all__ = ["LabelStats", "label_statistics", "volumes_to_csv", "write_volumes_csv", "write_volumes_json"]
+
+log = logging.getLogger(__name__)
+
+Triple = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class LabelStats:
+    """One row of the volumes table. Positions are None for a named label with no voxels."""
+
+    value: int
+    name: str
+    voxel_count: int
+    volume_ml: float
+    centroid_lps: Triple | None
+    extent_min_lps: Triple | None
+    extent_max_lps: Triple | None
+
+    @property
+    def extent_size_mm(self) -> Triple | None:
+        if self.extent_min_lps is None or self.extent_max_lps is None:
+            return None
+        lo, hi = self.extent_min_lps, self.extent_max_lps
+        return (hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2])
+
+
+def _triple(values: Any) -> Triple:
+    return (float(values[0]), float(values[1]), float(values[2]))
+
+
+def label_statistics(label: Volume, segment_names: Mapping[int, str] | None = None) -> list[LabelStats]:
+    """Statistics for every label present and every named label (absent ones with 0 voxels)."""
+    geometry = label.geometry
+    # Half the world extent of one voxel along x, y and z: the sum of the half index steps.
+    half = 0.5 * np.abs(geometry.matrix).sum(axis=1)
+    rows = []
+    for segment in segments_for_label(label, segment_names, include_absent=True):
+        index = np.argwhere(label.array == segment.value)
+        count = int(index.shape[0])
+        if count == 0:
+            rows.append(LabelStats(segment.value, segment.name, 0, 0.0, None, None, None))
+            continue
+        centres = geometry.index_to_world(index)
+        rows.append(
+            LabelStats(
+                value=segment.value,
+                name=segment.name,
+                voxel_count=count,
+                volume_ml=count * geometry.voxel_volume_mm3 / 1000.0,
+                centroid_lps=_triple(geometry.index_to_world(index.mean(axis=0))),
+                extent_min_lps=_triple(centres.min(axis=0) - half),
+                extent_max_lps=_triple(centres.max(axis=0) + half),
+            )
+        )
+    return rows
+
+
+_CSV_FIELDS = (
+    "label",
+    "name",
+    "voxel_count",
+    "volume_ml",
+    "centroid_x_mm",
+    "centroid_y_mm",
+    "centroid_z_mm",
+    "extent_min_x_mm",
+    "extent_min_y_mm",
+    "extent_min_z_mm",
+    "extent_max_x_mm",
+    "extent_max_y_mm",
+    "extent_max_z_mm",
+)
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def volumes_to_csv(stats: Sequence[LabelStats]) -> str:
+    """CSV text, one row per label; coordinates are LPS mm (empty for absent labels)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(_CSV_FIELDS)
+    for s in stats:
+        centroid = s.centroid_lps or (None, None, None)
+        lo = s.extent_min_lps or (None, None, None)
+        hi = s.extent_max_lps or (None, None, None)
+        writer.writerow(
+            [s.value, s.name, s.voxel_count, f"{s.volume_ml:.4f}"]
+            + [_fmt(v, 2) for v in (*centroid, *lo, *hi)]
+        )
+    return buffer.getvalue()
+
+
+def write_volumes_csv(stats: Sequence[LabelStats], path: str | Path, *, overwrite: bool = False) -> Path:
+    write_text_atomic(path, volumes_to_csv(stats), overwrite=overwrite)
+    return Path(path)
+
+
+def write_volumes_json(
+    stats: Sequence[LabelStats],
+    path: str | Path,
+    *,
+    label: Volume | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """JSON with units and the label grid (when given) next to the per-label rows."""
+    document: dict[str, Any] = {
+        "medseg_version": medseg.__version__,
+        "coordinate_system": "LPS",
+        "units": {"volume": "mL", "position": "mm"},
+        "labels": [
+            {**asdict(s), "extent_size_mm": list(s.extent_size_mm) if s.extent_size_mm else None}
+            for s in stats
+        ],
+    }
+    if label is not None:
+        document["grid"] = label.geometry.to_dict()
+    write_text_atomic(path, json.dumps(document, indent=2) + "\n", overwrite=overwrite)
+    return Path(path)

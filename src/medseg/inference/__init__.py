@@ -1,0 +1,1 @@
+"""Inference: whole-volume prediction, the predictor, ONNX export."""

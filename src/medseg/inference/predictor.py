@@ -1,0 +1,520 @@
+"""Predict with a trained model folder, back on the input's exact grid, and write outputs.
+
+checkpoint + plan -> the preprocessing used in training (``preprocess_case``) ->
+sliding-window inference (optionally mirrored) -> softmax averaged over the folds of an
+ensemble -> resampled back and un-cropped onto the input grid (checked) -> per-class
+postprocessing rules stored with the model -> the requested outputs.
+
+``predict(input, model, out, config)`` handles a file, a DICOM series folder or a folder
+of cases; a broken case is reported and the others go on. ``config.shard = (i, n)``
+takes every n-th case starting at i, so a SLURM array job can split a cohort.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from medseg.config import to_dict
+from medseg.errors import ConfigError, InputError, MedsegError, OutputExistsError
+from medseg.io import IMAGE_2D_SUFFIXES, describe_path, read_channels, write_volume
+from medseg.io.atomic import write_text_atomic
+from medseg.io.itk import has_itk_suffix
+from medseg.preprocessing.pipeline import preprocess_case, restore_to_original
+from medseg.preprocessing.plan import Plan
+from medseg.progress import progress_bar
+from medseg.volume import Volume
+
+log = logging.getLogger(__name__)
+
+FORMATS = (
+    "nifti",
+    "nrrd",
+    "mha",
+    "probabilities",
+    "dicom-seg",
+    "rtstruct",
+    "mesh",
+    "volumes",
+    "overlay",
+    "report",
+)
+LABEL_SUFFIX = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha"}
+DICOM_FORMATS = ("dicom-seg", "rtstruct")
+_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Options of `medseg predict` (the CLI builds exactly this object)."""
+
+    formats: tuple[str, ...] = ("nifti",)
+    tta: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    overlap: float = 0.5
+    sw_batch_size: int = 4
+    postprocess: bool = True
+    series: str | None = None
+    overwrite: bool = False
+    shard: tuple[int, int] | None = None
+    backend: Literal["torch", "onnx"] = "torch"
+    mesh_suffix: str = ".stl"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.formats if f not in FORMATS]
+        if unknown or not self.formats:
+            raise ConfigError(
+                f"unknown output format(s) {unknown or '(none)'}; choose from {', '.join(FORMATS)}"
+            )
+        if self.shard is not None:
+            i, n = self.shard
+            if n < 1 or not 0 <= i < n:
+                raise ConfigError(f"shard must be i/n with 0 <= i < n, found {i}/{n}")
+        if not 0 <= self.overlap < 1:
+            raise ConfigError(f"overlap must be in [0, 1), found {self.overlap}")
+
+
+# --------------------------------------------------------------------------- model
+class SegmentationModel:
+    """A model folder (or an ensemble of fold folders) ready to predict."""
+
+    def __init__(
+        self, path: str | Path, *, device: str = "auto", backend: str = "torch", threads: int | None = None
+    ):
+        from medseg.postprocessing.labels import PostprocessingRules, read_rules
+        from medseg.training.checkpoint import (
+            Architecture,
+            best_checkpoint,
+            load_checkpoint,
+            load_weights,
+            model_folders,
+        )
+        from medseg.training.trainer import choose_device
+
+        self.path = Path(path)
+        self.folders = model_folders(self.path)
+        plans = [Plan.load(f / "plan.json") for f in self.folders]
+        if any(p != plans[0] for p in plans[1:]):
+            raise InputError(
+                self.path,
+                "the ensemble's folds were trained with different plans",
+                expected="identical plan.json files",
+            )
+        self.plan = plans[0]
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = choose_device(device)
+        post = self.folders[0] / "postprocessing.json"
+        self.rules = read_rules(post) if post.is_file() else PostprocessingRules()
+        self.info = json.loads((self.folders[0] / "model.json").read_text())
+        self.backend = backend
+        self.networks: list[Callable[[torch.Tensor], torch.Tensor]] = []
+        for folder in self.folders:
+            arch = Architecture.from_dict(json.loads((folder / "model.json").read_text())["architecture"])
+            if backend == "onnx":
+                from medseg.inference.onnx import OnnxNetwork
+
+                self.networks.append(OnnxNetwork(folder / "model.onnx", self.device))
+                continue
+            net = arch.build()
+            ckpt = best_checkpoint(folder)
+            load_weights(net, load_checkpoint(ckpt, map_location="cpu")["model"], arch, ckpt)
+            net.to(self.device).eval()
+            self.networks.append(net)
+
+    @property
+    def label_names(self) -> dict[int, str]:
+        return {v: k for k, v in self.plan.labels.items() if v != 0}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.path.name,
+            "architecture": self.info.get("architecture", {}).get("name"),
+            "configuration": self.plan.configuration,
+            "folds": len(self.folders),
+            "channels": ", ".join(self.plan.channel_names),
+            "target spacing (z, y, x) mm": ", ".join(f"{s:g}" for s in self.plan.target_spacing),
+            "medseg version": self.info.get("medseg_version"),
+            "backend": self.backend,
+        }
+
+    def check_input(self, channels: Sequence[Volume], where: str) -> None:
+        plan = self.plan
+        if len(channels) != len(plan.channel_names):
+            raise InputError(
+                where,
+                "has the wrong number of channels for this model",
+                expected=f"{len(plan.channel_names)} ({', '.join(plan.channel_names)})",
+                found=str(len(channels)),
+            )
+        shape = channels[0].shape
+        if plan.configuration == "3d" and shape[0] == 1:
+            raise InputError(
+                where,
+                "is a 2D image but the model is 3D",
+                expected="a volume with several slices",
+                found=f"shape {shape}",
+            )
+        arr = channels[0].array
+        if arr.size == 0 or not np.isfinite(arr).all():
+            raise InputError(where, "holds no finite image values", found="NaN/Inf or an empty array")
+        if float(arr.max()) == float(arr.min()):
+            raise InputError(
+                where,
+                "is a constant image; there is nothing to segment",
+                found=f"every voxel = {float(arr.min()):g}",
+            )
+
+    def predict(
+        self,
+        channels: Sequence[Volume],
+        *,
+        tta: bool = False,
+        overlap: float = 0.5,
+        sw_batch_size: int = 4,
+        postprocess: bool = True,
+        with_probabilities: bool = False,
+        where: str = "input",
+    ) -> tuple[Volume, np.ndarray | None]:
+        """Label map on the input grid (and class probabilities on it when asked)."""
+        from medseg.inference.sliding_window import predict_probabilities
+        from medseg.postprocessing.labels import apply_rules
+
+        self.check_input(channels, where)
+        image, _, info = preprocess_case(channels, None, self.plan, where)
+        total: np.ndarray | None = None
+        for net in self.networks:
+            probs = predict_probabilities(
+                net,
+                image,
+                self.plan,
+                device=self.device,
+                overlap=overlap,
+                sw_batch_size=sw_batch_size,
+                mirror=tta,
+                amp=self.device.type == "cuda",
+            )
+            total = probs if total is None else total + probs
+        assert total is not None
+        total /= len(self.networks)
+        label = restore_to_original(total, info, is_probabilities=True)
+        label.geometry.require_same(channels[0].geometry, "prediction and input grids")
+        if postprocess and (self.rules.classes or self.rules.keep_largest_foreground):
+            label = label.with_array(apply_rules(label.array, self.rules, label.spacing))
+        probabilities = None
+        if with_probabilities:
+            probabilities = np.stack(
+                [
+                    restore_probability(total[k], info, default=1.0 if k == 0 else 0.0)
+                    for k in range(total.shape[0])
+                ]
+            )
+        meta = {
+            k: v for k, v in channels[0].meta.items() if k in ("modality", "series_description", "source")
+        }
+        return Volume(label.array, geometry=channels[0].geometry, meta=meta), probabilities
+
+
+def restore_probability(prob: np.ndarray, info: Any, default: float) -> np.ndarray:
+    """One class's probability map, linearly resampled and un-cropped onto the input grid."""
+    from medseg.geometry.crop import cropped_geometry, uncrop
+    from medseg.geometry.resample import resample_image
+
+    original = info.original_geometry
+    grid = cropped_geometry(original, info.crop_box)
+    res = resample_image(Volume(prob, geometry=info.preprocessed_geometry), grid, default_value=default)
+    return uncrop(res, original, info.crop_box, fill=default).array.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- cases
+@dataclass(frozen=True)
+class InputCase:
+    case_id: str
+    kind: Literal["files", "dicom"]
+    paths: tuple[Path, ...]
+    series: str | int | None = None
+
+
+def _strip_suffix(name: str) -> str:
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def discover_cases(path: str | Path, *, series: str | None = None, channels: int = 1) -> list[InputCase]:
+    """The cases found at ``path``: a file, a DICOM series folder, or a folder of cases.
+
+    A folder of image files is grouped by nnU-Net's ``CASE_XXXX`` channel suffix when
+    the model has several channels. A folder whose DICOM series live in one subfolder
+    each is a cohort (one case per subfolder); a study folder with several series
+    needs ``series`` (UID, description or index).
+    """
+    src = Path(path)
+    kind = describe_path(src)
+    if kind in ("itk", "image-2d", "dicom-file"):
+        stem = _strip_suffix(src.name)
+        m = _CHANNEL_RE.match(stem)
+        return [InputCase(m["case"] if m else stem, "files", (src,))]
+    files = sorted(
+        f
+        for f in src.iterdir()
+        if f.is_file()
+        and not f.name.startswith(".")
+        and (has_itk_suffix(f) or f.suffix.lower() in IMAGE_2D_SUFFIXES)
+    )
+    if files and kind != "image-stack":
+        groups: dict[str, dict[int, Path]] = {}
+        for f in files:
+            stem = _strip_suffix(f.name)
+            m = _CHANNEL_RE.match(stem)
+            if channels > 1 and not m:
+                raise InputError(
+                    f,
+                    "name lacks a channel suffix",
+                    expected=f"CASE_0000 ... CASE_{channels - 1:04d} for a {channels}-channel model",
+                )
+            case, ch = (m["case"], int(m["channel"])) if m else (stem, 0)
+            groups.setdefault(case, {})[ch] = f
+        out = []
+        for case, chans in sorted(groups.items()):
+            out.append(InputCase(case, "files", tuple(chans[c] for c in sorted(chans))))
+        return out
+    from medseg.io.dicom import list_series
+
+    found = list_series(src)
+    if not found:
+        raise InputError(src, "holds no images", expected="image files or DICOM series")
+    if len(found) == 1:
+        return [InputCase(src.name, "dicom", (src,), series)]
+    if series is not None:
+        matches = [
+            s for s in found if series in (s.series_uid, s.description) or str(series) == str(s.series_number)
+        ]
+        roots = {_top_folder(src, Path(s.folder)) for s in matches}
+        if len(matches) <= 1 or len(roots) == 1:
+            return [InputCase(src.name, "dicom", (src,), series)]
+        return [InputCase(r.name, "dicom", (r,), series) for r in sorted(roots)]
+    roots_all = [_top_folder(src, Path(s.folder)) for s in found]
+    if len(set(roots_all)) == len(found) and all(r != src for r in roots_all):
+        return [InputCase(r.name, "dicom", (r,)) for r in sorted(set(roots_all))]
+    listing = "; ".join(
+        f"[{i}] {s.description or '?'} ({s.modality}, {s.n_files} files, UID {s.series_uid})"
+        for i, s in enumerate(found)
+    )
+    raise InputError(
+        src,
+        f"holds {len(found)} DICOM series; choose one with --series (UID, description or index)",
+        found=listing,
+    )
+
+
+def _top_folder(root: Path, folder: Path) -> Path:
+    try:
+        rel = folder.resolve().relative_to(root.resolve())
+    except ValueError:
+        return root
+    return root / rel.parts[0] if rel.parts else root
+
+
+# --------------------------------------------------------------------------- running
+@dataclass
+class CaseResult:
+    case_id: str
+    ok: bool
+    outputs: dict[str, str] = field(default_factory=dict)
+    error: str = ""
+    seconds: float = 0.0
+
+
+def _outputs_for(case_id: str, out: Path, config: PredictConfig) -> dict[str, Path]:
+    targets: dict[str, Path] = {}
+    case_dir = out / case_id
+    for fmt in config.formats:
+        if fmt in LABEL_SUFFIX:
+            targets[fmt] = out / f"{case_id}{LABEL_SUFFIX[fmt]}"
+        elif fmt == "probabilities":
+            targets[fmt] = case_dir / "probabilities"
+        elif fmt == "dicom-seg":
+            targets[fmt] = case_dir / "seg.dcm"
+        elif fmt == "rtstruct":
+            targets[fmt] = case_dir / "rtstruct.dcm"
+        elif fmt == "mesh":
+            targets[fmt] = case_dir / "meshes"
+        elif fmt == "volumes":
+            targets[fmt] = case_dir / "volumes.csv"
+        elif fmt == "overlay":
+            targets[fmt] = case_dir / "overlay.png"
+        elif fmt == "report":
+            targets[fmt] = case_dir / "report.html"
+    return targets
+
+
+def _read_case(case: InputCase) -> tuple[list[Volume], Any]:
+    if case.kind == "dicom":
+        from medseg.io.dicom import load_series
+
+        series = load_series(case.paths[0], series=case.series)
+        return [series.volume], series
+    if len(case.paths) == 1:
+        return read_channels(case.paths[0]), None
+    return [ch for p in case.paths for ch in read_channels(p)], None
+
+
+def predict_case(model: SegmentationModel, case: InputCase, out: Path, config: PredictConfig) -> CaseResult:
+    """Predict one case and write its outputs; raises MedsegError on bad input."""
+    start = time.monotonic()
+    targets = _outputs_for(case.case_id, out, config)
+    if not config.overwrite:
+        for path in targets.values():
+            if path.exists():
+                raise OutputExistsError(path)
+    if case.kind != "dicom" and any(f in DICOM_FORMATS for f in config.formats):
+        raise InputError(
+            case.paths[0],
+            "DICOM SEG and RTSTRUCT outputs need a DICOM input series",
+            found="a non-DICOM file",
+        )
+    channels, series = _read_case(case)
+    label, probs = model.predict(
+        channels,
+        tta=config.tta,
+        overlap=config.overlap,
+        sw_batch_size=config.sw_batch_size,
+        postprocess=config.postprocess,
+        with_probabilities="probabilities" in config.formats,
+        where=str(case.paths[0]),
+    )
+    written = write_outputs(model, channels[0], label, probs, series, targets, config, case.case_id)
+    return CaseResult(
+        case.case_id, True, {k: str(v) for k, v in written.items()}, seconds=time.monotonic() - start
+    )
+
+
+def write_outputs(
+    model: SegmentationModel,
+    image: Volume,
+    label: Volume,
+    probabilities: np.ndarray | None,
+    series: Any,
+    targets: dict[str, Path],
+    config: PredictConfig,
+    case_id: str,
+) -> dict[str, Path]:
+    names = model.label_names
+    ow = config.overwrite
+    written: dict[str, Path] = {}
+    present = bool(np.any(label.array > 0))
+    stats = None
+    for fmt, target in targets.items():
+        if fmt in LABEL_SUFFIX:
+            written[fmt] = write_volume(label, target, overwrite=ow)
+        elif fmt == "probabilities":
+            assert probabilities is not None
+            from medseg.io.atomic import atomic_dir
+
+            with atomic_dir(target, overwrite=ow) as tmp:
+                for k, name in {0: "background", **names}.items():
+                    write_volume(image.with_array(probabilities[k]), tmp / f"{k}_{_safe(name)}.nii.gz")
+            written[fmt] = target
+        elif fmt in DICOM_FORMATS:
+            if not present:
+                log.warning("%s: nothing segmented; no %s written", case_id, fmt)
+                continue
+            if fmt == "dicom-seg":
+                from medseg.export.dicom_seg import write_dicom_seg
+
+                written[fmt] = write_dicom_seg(label, series, target, names, overwrite=ow)
+            else:
+                from medseg.export.rtstruct import write_rtstruct
+
+                written[fmt] = write_rtstruct(label, series, target, names, overwrite=ow)
+        elif fmt == "mesh":
+            from medseg.export.mesh import write_label_meshes
+
+            target.mkdir(parents=True, exist_ok=True)
+            meshes = write_label_meshes(label, target, names, suffix=config.mesh_suffix, overwrite=ow)
+            written[fmt] = target
+            if not meshes:
+                log.warning("%s: nothing segmented; no meshes written", case_id)
+        elif fmt == "volumes":
+            from medseg.export.volumes import label_statistics, write_volumes_csv, write_volumes_json
+
+            stats = stats or label_statistics(label, names)
+            written[fmt] = write_volumes_csv(stats, target, overwrite=ow)
+            write_volumes_json(stats, target.with_suffix(".json"), label=label, overwrite=ow)
+        elif fmt == "overlay":
+            from medseg.export.overlay import write_overlay
+
+            written[fmt] = write_overlay(image, label, target, names, overwrite=ow)
+        elif fmt == "report":
+            from medseg.export.report import write_report
+
+            written[fmt] = write_report(
+                target, image, label, names, model_info=model.describe(), case_id=case_id, overwrite=ow
+            )
+    return written
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "label"
+
+
+def predict(
+    input_path: str | Path,
+    model: str | Path | SegmentationModel,
+    out_dir: str | Path,
+    config: PredictConfig | None = None,
+    *,
+    progress: bool = False,
+) -> list[CaseResult]:
+    """Predict every case at ``input_path``; returns one result per case (failed ones included).
+
+    Writes ``out_dir/predictions.json`` with each case's status and outputs.
+    """
+    cfg = config or PredictConfig()
+    seg = (
+        model
+        if isinstance(model, SegmentationModel)
+        else SegmentationModel(model, device=cfg.device, backend=cfg.backend, threads=cfg.threads)
+    )
+    cases = discover_cases(input_path, series=cfg.series, channels=len(seg.plan.channel_names))
+    if cfg.shard is not None:
+        i, n = cfg.shard
+        cases = cases[i::n]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results: list[CaseResult] = []
+    with progress_bar(progress and len(cases) > 1, "predict", len(cases)) as advance:
+        for case in cases:
+            try:
+                results.append(predict_case(seg, case, out, cfg))
+            except MedsegError as exc:
+                log.error("case %s failed: %s", case.case_id, exc)
+                results.append(CaseResult(case.case_id, False, error=str(exc)))
+            except OSError as exc:  # e.g. disk full while writing: nothing partial is left (atomic writes)
+                log.error("case %s failed while writing: %s", case.case_id, exc)
+                results.append(CaseResult(case.case_id, False, error=f"{type(exc).__name__}: {exc}"))
+            advance()
+    summary_name = (
+        "predictions.json" if cfg.shard is None else f"predictions_shard{cfg.shard[0]}of{cfg.shard[1]}.json"
+    )
+    write_text_atomic(
+        out / summary_name,
+        json.dumps(
+            {"model": str(seg.path), "config": to_dict(cfg), "cases": [to_dict(r) for r in results]}, indent=2
+        )
+        + "\n",
+        overwrite=True,
+    )
+    return results

@@ -1,0 +1,96 @@
+"""Whole-volume prediction from patch-trained networks.
+
+3D models: MONAI's ``sliding_window_inference`` with Gaussian weighting (several windows
+per forward pass); we measured no reason to replace it (benchmarks/predict_bench.py).
+2D / 2.5D models: every slice (with its neighbours stacked as channels for 2.5D) is a
+batch item of a 2D sliding window.
+
+Returns softmax probabilities (K, Z, Y, X) as float32 numpy; optional mirroring
+test-time augmentation averages the softmax over flips of the spatial axes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+
+from medseg.preprocessing.plan import Plan
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]
+
+
+def slab_stack(image: np.ndarray | torch.Tensor, slab: int) -> torch.Tensor:
+    """(C, Z, Y, X) -> (Z, C * slab, Y, X): each slice with its neighbours as channels.
+
+    Edge slices repeat the first/last slice (replication), as the 2.5D sampler does.
+    Channel order: for each neighbour offset -k..k, all image channels.
+    """
+    t = torch.as_tensor(image)
+    c, z = t.shape[0], t.shape[1]
+    half = slab // 2
+    idx = torch.arange(z)[:, None] + torch.arange(-half, half + 1)[None, :]
+    idx = idx.clamp(0, z - 1)  # (Z, slab)
+    gathered = t[:, idx]  # (C, Z, slab, Y, X)
+    return gathered.permute(1, 2, 0, 3, 4).reshape(z, slab * c, *t.shape[2:])
+
+
+def _flips(spatial_dims: int, mirror: bool) -> list[tuple[int, ...]]:
+    if not mirror:
+        return [()]
+    axes = tuple(range(2, 2 + spatial_dims))
+    return [combo for r in range(len(axes) + 1) for combo in itertools.combinations(axes, r)]
+
+
+@torch.no_grad()
+def predict_probabilities(
+    model: torch.nn.Module | Predictor,
+    image: np.ndarray,
+    plan: Plan,
+    *,
+    device: str | torch.device = "cpu",
+    overlap: float = 0.25,
+    sw_batch_size: int = 4,
+    mirror: bool = False,
+    amp: bool = False,
+) -> np.ndarray:
+    """Softmax probabilities (K, Z, Y, X) for a preprocessed image (C, Z, Y, X)."""
+    dev = torch.device(device)
+    x = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32)
+    if plan.spatial_dims == 3:
+        inputs = x[None]  # (1, C, Z, Y, X)
+        roi: Sequence[int] = plan.patch_size
+    else:
+        inputs = slab_stack(x, plan.slab_slices)  # (Z, C*slab, Y, X)
+        roi = plan.patch_size[1:]
+    total: torch.Tensor | None = None
+    flips = _flips(plan.spatial_dims, mirror)
+    autocast = torch.autocast(device_type=dev.type, enabled=amp and dev.type == "cuda")
+    for flip in flips:
+        inp = torch.flip(inputs, flip) if flip else inputs
+        with autocast:
+            logits = sliding_window_inference(
+                inp,
+                roi_size=tuple(int(r) for r in roi),
+                sw_batch_size=sw_batch_size,
+                predictor=model,
+                overlap=overlap,
+                mode="gaussian",
+                sw_device=dev,
+                device=torch.device("cpu"),
+            )
+        assert isinstance(logits, torch.Tensor)
+        probs = torch.softmax(logits.float(), dim=1)
+        if flip:
+            probs = torch.flip(probs, flip)
+        total = probs if total is None else total + probs
+    assert total is not None
+    total /= len(flips)
+    if plan.spatial_dims == 3:
+        out = total[0]
+    else:
+        out = total.permute(1, 0, 2, 3)  # (Z, K, Y, X) -> (K, Z, Y, X)
+    return out.numpy().astype(np.float32, copy=False)

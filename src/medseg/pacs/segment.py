@@ -1,0 +1,226 @@
+"""Segment a series straight from the PACS: pull -> predict -> export -> push back.
+
+:func:`segment_study` is built around an injectable ``segment_fn(series_folder,
+out_folder) -> files`` that turns the pulled series into DICOM objects (SEG, RTSTRUCT,
+...) referencing it. The default, :func:`model_segment_fn`, runs medseg's predictor
+with a model folder; tests inject a simple thresholding function.
+
+Nothing is pushed unless ``segment_fn`` returned normally and every file it returned
+is a readable DICOM object of the same study that is not one of the source instances,
+and every SEG / RTSTRUCT references the source series. Results are then posted to
+``/studies/{StudyInstanceUID}`` so the server itself refuses anything of another study.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from medseg.errors import MedsegError, OutputExistsError
+from medseg.pacs.client import PacsClient, PacsError, PacsNotFoundError, read_header
+from medseg.pacs.query import NON_IMAGE_MODALITIES, SeriesRecord, check_uid, find_series, query_series
+from medseg.pacs.transfer import PullResult, PushResult, pull_series, push_files
+
+__all__ = [
+    "SegmentFn",
+    "SegmentResult",
+    "check_outputs",
+    "choose_series",
+    "model_segment_fn",
+    "segment_study",
+]
+
+log = logging.getLogger(__name__)
+
+SegmentFn = Callable[[Path, Path], Sequence[Path]]
+"""``segment_fn(series_folder, out_folder) -> files to push`` (written under ``out_folder``)."""
+
+_REFERENCING = {"SEG", "RTSTRUCT"}
+
+
+@dataclass
+class SegmentResult:
+    study_uid: str
+    series: SeriesRecord
+    pulled: PullResult
+    outputs: list[Path]
+    pushed: PushResult
+    work_dir: Path | None = field(default=None)  # None when a temporary folder was used and removed
+
+
+def choose_series(
+    client: PacsClient,
+    study_uid: str,
+    *,
+    series_uid: str | None = None,
+    description: str | None = None,
+) -> SeriesRecord:
+    """The image series to segment: the one named, or the only image series matching ``description``.
+
+    ``description`` is a case-insensitive glob (``t2*tra*``) or an exact description.
+    None or several candidates raise :class:`PacsError` listing them (number,
+    description, modality, count and UID; no patient data).
+    """
+    study = check_uid(study_uid, "--study")
+    if series_uid:
+        record = find_series(client, series_uid, study)
+        if record.modality.upper() in NON_IMAGE_MODALITIES:
+            raise PacsError(
+                f"series {record.summary()} is a {record.modality}, not an image series to segment"
+            )
+        return record
+    series = query_series(client, study_uid=study)
+    if not series:
+        raise PacsNotFoundError(f"{client.server}: study {study} not found (or it has no series)")
+    images = [s for s in series if s.modality.upper() not in NON_IMAGE_MODALITIES]
+    if description:
+        pattern = description.lower()
+        images = [s for s in images if fnmatch.fnmatchcase(s.description.lower(), pattern)]
+    if len(images) == 1:
+        return images[0]
+    listing = "; ".join(s.summary() for s in images) or "none"
+    what = f"matching --description {description!r}" if description else "in the study"
+    raise PacsError(
+        f"{'no' if not images else len(images)} image series {what}; choose one with --series UID"
+        f"{'' if description else ' or --description'}. Series: {listing}"
+    )
+
+
+def _referenced_series(ds: Dataset) -> set[str]:
+    """Every SeriesInstanceUID named inside the dataset's sequences (SEG, RTSTRUCT, SR ...)."""
+    found: set[str] = set()
+    for element in ds:
+        if element.VR == "SQ":
+            for child in element.value:
+                uid = child.get("SeriesInstanceUID")
+                if uid:
+                    found.add(str(uid))
+                found |= _referenced_series(child)
+    return found
+
+
+def check_outputs(
+    files: Sequence[Path], *, study_uid: str, source_series_uid: str, source_sops: set[str]
+) -> list[Path]:
+    """Refuse (PacsError) anything that must not be pushed to the source study."""
+    if not files:
+        raise PacsError("the segmentation produced no files; nothing was pushed")
+    checked = []
+    for entry in files:
+        path = Path(entry)
+        if not path.is_file():
+            raise PacsError(
+                f"{path}: the segmentation reported this file but it does not exist; nothing was pushed"
+            )
+        ds = read_header(path)
+        problem = ""
+        if str(ds.get("StudyInstanceUID", "")) != study_uid:
+            problem = "it belongs to another study"
+        elif (
+            str(ds.get("SeriesInstanceUID", "")) == source_series_uid
+            or str(ds.get("SOPInstanceUID", "")) in source_sops
+        ):
+            problem = "it is an instance of the source series itself"
+        elif str(
+            ds.get("Modality", "")
+        ).upper() in _REFERENCING and source_series_uid not in _referenced_series(ds):
+            problem = f"this {ds.get('Modality')} does not reference the source series {source_series_uid}"
+        if problem:
+            raise PacsError(f"{path}: refusing to push it: {problem}; nothing was pushed")
+        checked.append(path)
+    return checked
+
+
+def segment_study(
+    client: PacsClient,
+    study_uid: str,
+    segment_fn: SegmentFn,
+    *,
+    series_uid: str | None = None,
+    description: str | None = None,
+    work_dir: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> SegmentResult:
+    """Pull one series of ``study_uid``, run ``segment_fn`` on it and push its files back.
+
+    ``work_dir`` keeps ``series/`` (the pulled images; a re-run resumes the pull) and
+    ``results/`` (what ``segment_fn`` wrote; refused if it exists unless ``overwrite``).
+    Without it a temporary folder is used and removed afterwards.
+    """
+    record = choose_series(client, study_uid, series_uid=series_uid, description=description)
+    log.info("segmenting series %s", record.summary())
+    temporary = work_dir is None
+    work = Path(tempfile.mkdtemp(prefix="medseg-pacs-")) if temporary else Path(str(work_dir))
+    try:
+        results = work / "results"
+        if results.exists() and any(results.iterdir()):
+            if not overwrite:
+                raise OutputExistsError(results)
+            shutil.rmtree(results)
+        pulled = pull_series(
+            client, record.series_uid, work / "series", study_uid=record.study_uid, progress=progress
+        )
+        results.mkdir(parents=True, exist_ok=True)
+        try:
+            produced = list(segment_fn(pulled.folder, results))
+        except MedsegError as exc:
+            raise PacsError(f"segmentation failed, nothing was pushed: {exc}") from exc
+        except Exception:
+            log.error("segmentation failed with an unexpected error; nothing was pushed")
+            raise
+        source_sops = {p.stem for p in pulled.files}
+        outputs = check_outputs(
+            produced, study_uid=pulled.study_uid, source_series_uid=pulled.series_uid, source_sops=source_sops
+        )
+        pushed = push_files(client, outputs, study_uid=pulled.study_uid, progress=progress)
+        pushed.raise_for_rejections(client.server)
+        return SegmentResult(
+            study_uid=pulled.study_uid,
+            series=record,
+            pulled=pulled,
+            outputs=outputs,
+            pushed=pushed,
+            work_dir=None if temporary else work,
+        )
+    finally:
+        if temporary:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def model_segment_fn(
+    model: str | Path,
+    *,
+    formats: Sequence[str] = ("dicom-seg", "rtstruct"),
+    device: str = "auto",
+    tta: bool = False,
+) -> SegmentFn:
+    """A ``segment_fn`` running medseg's predictor (imported lazily) with a model folder."""
+    allowed = {"dicom-seg", "rtstruct"}
+    wrong = [f for f in formats if f not in allowed]
+    if wrong or not formats:
+        raise PacsError(
+            f"only dicom-seg and rtstruct can be pushed to a PACS, found {list(formats) or 'none'}"
+        )
+
+    def run(series_folder: Path, out_folder: Path) -> list[Path]:
+        from medseg.inference.predictor import PredictConfig, predict
+
+        config = PredictConfig(formats=tuple(formats), device=device, tta=tta)  # type: ignore[arg-type]
+        results = predict(series_folder, model, out_folder, config)
+        failed = [r for r in results if not r.ok]
+        if failed:
+            raise PacsError(f"prediction failed: {failed[0].error}")
+        files = [Path(p) for r in results for fmt, p in r.outputs.items() if fmt in allowed]
+        if not files:
+            raise PacsError("the model found nothing to segment in the series (no SEG/RTSTRUCT written)")
+        return files
+
+    return run

@@ -1,0 +1,199 @@
+"""Checkpoints and model folders.
+
+A checkpoint holds everything needed to resume training exactly or to predict:
+model, optimiser, scheduler and AMP-scaler states, the epoch, RNG states, the plan,
+dataset.json, the training config and the architecture's constructor arguments.
+
+A model folder (what `medseg predict -m` takes) is::
+
+    MODEL/
+      model.json              architecture, labels, channels, medseg version, metrics
+      plan.json               the plan used in training (preprocessing is replayed from it)
+      dataset.json            labels and channel names of the training data
+      postprocessing.json     per-class postprocessing rules
+      checkpoint_best.pt      weights (and training state) with the best validation Dice
+      checkpoint_last.pt      the latest state (resume from here)
+
+A folder holding several ``fold_*`` model folders is an ensemble; their softmax outputs
+are averaged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medseg import __version__
+from medseg.errors import ConfigError, InputError
+from medseg.io.atomic import atomic_file, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "medseg-checkpoint"
+CHECKPOINT_VERSION = 1
+MODEL_FILES = ("model.json", "plan.json", "dataset.json")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Constructor arguments of a network from the registry (stored with every checkpoint)."""
+
+    name: str
+    spatial_dims: int
+    in_channels: int
+    out_channels: int
+    kwargs: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "spatial_dims": self.spatial_dims,
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kwargs": _jsonable(self.kwargs),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Architecture:
+        try:
+            return cls(
+                name=str(data["name"]),
+                spatial_dims=int(data["spatial_dims"]),
+                in_channels=int(data["in_channels"]),
+                out_channels=int(data["out_channels"]),
+                kwargs=dict(data.get("kwargs", {})),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"architecture record is incomplete: {exc}") from None
+
+    def build(self) -> torch.nn.Module:
+        from medseg.models.registry import build_model
+
+        return build_model(self.name, self.spatial_dims, self.in_channels, self.out_channels, **self.kwargs)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write a checkpoint atomically: a crash while saving never destroys the previous one."""
+    data = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "medseg_version": __version__,
+        **payload,
+    }
+    with atomic_file(path, overwrite=True) as tmp:
+        torch.save(data, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    src = Path(path)
+    if not src.is_file():
+        raise InputError(src, "checkpoint not found")
+    try:
+        # Our checkpoints hold numpy RNG states and plain dicts; they are not arbitrary pickles
+        # from strangers, but weights_only=False is needed for the numpy state. Only load
+        # checkpoints you trust (the same caveat as torch.load itself).
+        data = torch.load(src, map_location=map_location, weights_only=False)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise InputError(
+            src, "is not a readable checkpoint (truncated or corrupt?)", found=f"{type(exc).__name__}: {exc}"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(src, "is not a medseg checkpoint", expected=f"format '{CHECKPOINT_FORMAT}'")
+    if int(data.get("version", 0)) > CHECKPOINT_VERSION:
+        raise InputError(
+            src, "was written by a newer medseg", found=f"checkpoint version {data.get('version')}"
+        )
+    return data
+
+
+def load_weights(
+    model: torch.nn.Module, state: dict[str, Any], architecture: Architecture, source: str | Path
+) -> None:
+    """Load a state dict, turning a shape/key mismatch into a clear error."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(
+            f"{source}: weights do not fit the network; the checkpoint was trained for "
+            f"{architecture.name} ({architecture.spatial_dims}D, {architecture.in_channels} input channels, "
+            f"{architecture.out_channels} classes): {first}"
+        ) from None
+
+
+def write_model_json(folder: Path, architecture: Architecture, info: dict[str, Any]) -> Path:
+    record = {"medseg_version": __version__, "architecture": architecture.to_dict(), **info}
+    return write_text_atomic(folder / "model.json", json.dumps(record, indent=2) + "\n", overwrite=True)
+
+
+def is_model_folder(folder: Path) -> bool:
+    return (folder / "model.json").is_file()
+
+
+def model_folders(path: str | Path) -> list[Path]:
+    """The model folder itself, or the ``fold_*`` model folders of an ensemble folder."""
+    root = Path(path)
+    if not root.is_dir():
+        raise InputError(root, "model folder not found")
+    if is_model_folder(root):
+        folders = [root]
+    else:
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and is_model_folder(p))
+    if not folders:
+        raise InputError(
+            root,
+            "is not a model folder",
+            expected="model.json, plan.json, dataset.json and checkpoint_best.pt (or fold_* folders holding them)",
+        )
+    for folder in folders:
+        missing = [f for f in MODEL_FILES if not (folder / f).is_file()]
+        if not any((folder / c).is_file() for c in ("checkpoint_best.pt", "checkpoint_last.pt")):
+            missing.append("checkpoint_best.pt")
+        if missing:
+            raise InputError(
+                folder,
+                "model folder is incomplete",
+                expected="model.json, plan.json, dataset.json, checkpoint_best.pt",
+                found=f"missing {', '.join(missing)}",
+            )
+    return folders
+
+
+def best_checkpoint(folder: Path) -> Path:
+    best = folder / "checkpoint_best.pt"
+    return best if best.is_file() else folder / "checkpoint_last.pt"

@@ -1,0 +1,79 @@
+"""Training configuration: one frozen dataclass shared by `medseg train` and the Python API.
+
+Load from a JSON/YAML file with :func:`load_training_config` (unknown keys and wrong
+types are errors); CLI options override single fields.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from medseg.config import from_dict, load_config_file, replace_from_overrides, to_dict
+from medseg.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How to train one fold.
+
+    The exercise's settings (seed 000) are ``loss="focal"``, ``optimizer="adam"``,
+    ``learning_rate=1e-4``, ``schedule="step"`` with ``step_epochs=100`` (1e-4 -> 1e-5).
+    """
+
+    loss: Literal["dice_ce", "focal", "dice_focal", "dice", "ce"] = "dice_ce"
+    loss_options: dict[str, Any] = field(default_factory=dict)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-5
+    momentum: float = 0.99
+    schedule: Literal["poly", "cosine", "step", "constant"] = "poly"
+    step_epochs: int = 100
+    step_gamma: float = 0.1
+    epochs: int = 50
+    iterations_per_epoch: int = 100
+    val_every: int = 5
+    max_val_cases: int | None = None
+    batch_size: int | None = None
+    augmentation: dict[str, Any] = field(default_factory=dict)
+    num_workers: int = 1
+    seed: int = 0
+    deterministic: bool = False
+    amp: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    time_budget_minutes: float | None = None
+    sw_overlap: float = 0.25
+    sw_batch_size: int = 4
+    tensorboard: bool = False
+    grad_clip: float | None = 12.0
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be positive, found {self.learning_rate}")
+        if self.epochs < 1 or self.iterations_per_epoch < 1 or self.val_every < 1:
+            raise ConfigError("epochs, iterations_per_epoch and val_every must be >= 1")
+        if not 0 <= self.sw_overlap < 1:
+            raise ConfigError(f"sw_overlap must be in [0, 1), found {self.sw_overlap}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, found {self.batch_size}")
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, found {self.num_workers}")
+
+    def to_json(self) -> str:
+        return json.dumps(to_dict(self), indent=2) + "\n"
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> TrainingConfig:
+        return replace_from_overrides(
+            self, {k: v for k, v in overrides.items() if v is not None}, "training config"
+        )
+
+
+def load_training_config(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> TrainingConfig:
+    base = from_dict(TrainingConfig, load_config_file(path), where=str(path)) if path else TrainingConfig()
+    return base.with_overrides(overrides or {})

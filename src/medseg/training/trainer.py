@@ -1,0 +1,661 @@
+"""The trainer: epochs of patch batches, validation on whole cases, resumable checkpoints.
+
+Reproducibility: every epoch draws its patches and augmentations from RNGs seeded by
+(seed, epoch, worker), and the checkpoint written at the end of an epoch holds model,
+optimiser, scheduler and RNG states, so resuming from it reproduces the uninterrupted
+run (tests/training/test_trainer.py checks this). Ctrl-C writes ``checkpoint_last.pt``
+of the epoch in progress (resuming then redoes that epoch from those weights).
+
+Distributed: when started by ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in
+DistributedDataParallel; each rank samples its own patches (a DistributedSampler splits
+the per-epoch sample indices), only rank 0 validates, logs and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medseg.config import to_dict
+from medseg.data.dataset import read_descriptor
+from medseg.errors import ConfigError, MedsegError
+from medseg.io.atomic import atomic_file, write_text_atomic
+from medseg.preprocessing.plan import Plan
+from medseg.progress import progress_bar
+from medseg.training.checkpoint import (
+    Architecture,
+    load_checkpoint,
+    load_weights,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    write_model_json,
+)
+from medseg.training.config import TrainingConfig
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(MedsegError):
+    """Training cannot go on (NaN loss, incompatible checkpoint ...)."""
+
+
+def architecture_from_plan(plan: Plan) -> Architecture:
+    """Constructor arguments of the plan's network (our U-Net or a MONAI network by name)."""
+    net = plan.network
+    dims = plan.spatial_dims
+    if dims == 3:
+        pooling = [list(p) for p in net.pooling]
+        kernels = [list(k) for k in net.kernels]
+        patch = list(plan.patch_size)
+        spacing = list(plan.target_spacing)
+    else:
+        pooling = [list(p[1:]) for p in net.pooling]
+        kernels = [list(k[1:]) for k in net.kernels]
+        patch = list(plan.patch_size[1:])
+        spacing = list(plan.target_spacing[1:])
+    if net.name == "unet":
+        kwargs: dict[str, Any] = {
+            "features": net.base_features,
+            "max_features": net.max_features,
+            "pooling": pooling,
+            "kernel_sizes": kernels or None,
+            "norm": net.norm,
+            "deep_supervision": net.deep_supervision,
+        }
+    else:
+        kwargs = {"patch_size": patch, "spacing": spacing}
+    kwargs.update(net.options)
+    return Architecture(net.name, dims, plan.in_channels, plan.num_classes, kwargs)
+
+
+def choose_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "device 'cuda' was requested but no CUDA GPU is available (install the CUDA build of torch?)"
+        )
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def _lr_lambda(config: TrainingConfig) -> Any:
+    epochs = config.epochs
+    if config.schedule == "poly":
+        return lambda e: max(0.0, 1 - e / epochs) ** 0.9
+    if config.schedule == "cosine":
+        return lambda e: 0.5 * (1 + math.cos(math.pi * min(e, epochs) / epochs))
+    if config.schedule == "step":
+        return lambda e: config.step_gamma ** (e // config.step_epochs)
+    return lambda e: 1.0
+
+
+def build_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=config.learning_rate,
+            momentum=config.momentum,
+            nesterov=True,
+            weight_decay=config.weight_decay,
+        )
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+
+
+def dice_per_class(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> list[float]:
+    """Foreground Dice per class; NaN where both are empty (excluded from means)."""
+    out = []
+    for k in range(1, num_classes):
+        p, r = pred == k, ref == k
+        denom = int(p.sum()) + int(r.sum())
+        out.append(float("nan") if denom == 0 else 2.0 * float(np.logical_and(p, r).sum()) / denom)
+    return out
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    learning_rate: float
+    train_loss: float
+    seconds: float
+    val_dice: list[float] = field(default_factory=list)
+
+    @property
+    def mean_dice(self) -> float:
+        vals = [v for v in self.val_dice if not math.isnan(v)]
+        return float(np.mean(vals)) if vals else float("nan")
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    epochs_completed: int
+    best_dice: float
+    best_epoch: int
+    history: list[EpochRecord]
+    stopped_early: str = ""
+
+
+def init_distributed(device: torch.device) -> torch.device:
+    """Join the torchrun process group when WORLD_SIZE > 1; returns this rank's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return device
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, world
+
+
+class Trainer:
+    """Trains one model on cached cases; see :func:`train` for the usual entry point."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        cache_dir: str | Path,
+        train_ids: Sequence[str],
+        val_ids: Sequence[str],
+        config: TrainingConfig,
+        out_dir: str | Path,
+        *,
+        dataset_json: dict[str, Any] | None = None,
+        fold: int | None = None,
+        progress: bool = False,
+    ) -> None:
+        if not train_ids:
+            raise ConfigError("no training cases in this fold")
+        self.plan = plan
+        self.cache = Path(cache_dir)
+        self.train_ids = list(train_ids)
+        self.val_ids = list(val_ids)[: config.max_val_cases] if config.max_val_cases else list(val_ids)
+        self.config = config
+        self.out = Path(out_dir)
+        self.dataset_json = dataset_json or {}
+        self.fold = fold
+        self.progress = progress
+        self.rank, self.world = _distributed()
+        self.is_main = self.rank == 0
+        self.device = init_distributed(choose_device(config.device))
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.architecture = architecture_from_plan(plan)
+        torch.manual_seed(config.seed)
+        self.model = self.architecture.build().to(self.device)
+        self.net: nn.Module = self.model
+        if self.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        from medseg.training.losses import build_loss
+
+        self.loss_fn = build_loss(config.loss, **config.loss_options)
+        self.optimizer = build_optimizer(self.model, config)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(config))
+        self.use_amp = config.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.epoch = 0
+        self.best_dice = -1.0
+        self.best_epoch = -1
+        self.history: list[EpochRecord] = []
+        self.batch_size = config.batch_size or plan.batch_size
+
+    # ------------------------------------------------------------------ setup
+    def _loader(self, epoch: int) -> torch.utils.data.DataLoader:
+        from medseg.data.augment import AugmentationConfig, build_augmentation
+        from medseg.data.sampling import PatchDataset
+
+        transform = None
+        aug_cfg = AugmentationConfig.from_dict(self.config.augmentation)
+        if aug_cfg.enabled:
+            spacing = (
+                self.plan.target_spacing if self.plan.spatial_dims == 3 else self.plan.target_spacing[1:]
+            )
+            transform = build_augmentation(aug_cfg, self.plan.spatial_dims, spacing)
+        dataset = PatchDataset(
+            self.cache,
+            self.train_ids,
+            patch_size=self.plan.patch_size,
+            mode=self.plan.configuration,
+            num_slices=self.plan.slab_slices,
+            foreground_fraction=self.plan.foreground_fraction,
+            samples_per_epoch=self.config.iterations_per_epoch * self.batch_size * self.world,
+            seed=self.config.seed,
+            transform=transform,
+        )
+        # Sample indices identify patches (and their augmentation) deterministically, so an
+        # epoch is the same whether it runs first or after a resume, on 1 or n workers.
+        epoch_set = torch.utils.data.Subset(dataset, list(dataset.epoch_indices(epoch)))
+        sampler: torch.utils.data.Sampler[int] | None = None
+        if self.world > 1:
+            sampler = torch.utils.data.distributed.DistributedSampler(
+                epoch_set, num_replicas=self.world, rank=self.rank, shuffle=False
+            )
+        return torch.utils.data.DataLoader(
+            epoch_set,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=self.config.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+
+    # ------------------------------------------------------------- checkpoints
+    def _payload(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "best_dice": self.best_dice,
+            "best_epoch": self.best_epoch,
+            "rng": rng_state(),
+            "plan": to_dict(self.plan),
+            "dataset": self.dataset_json,
+            "training_config": to_dict(self.config),
+            "architecture": self.architecture.to_dict(),
+            "history": [to_dict(h) for h in self.history],
+            "fold": self.fold,
+        }
+
+    def save(self, name: str) -> Path:
+        return save_checkpoint(self.out / name, self._payload())
+
+    def resume(self, path: str | Path) -> None:
+        data = load_checkpoint(path, map_location=self.device)
+        arch = Architecture.from_dict(data["architecture"])
+        if arch.to_dict() != self.architecture.to_dict():
+            raise TrainingError(
+                f"{path}: checkpoint is for a different network ({arch.name}, {arch.in_channels} -> {arch.out_channels}, "
+                f"{arch.kwargs}) than this plan's ({self.architecture.name}, {self.architecture.in_channels} -> "
+                f"{self.architecture.out_channels}, {self.architecture.kwargs})"
+            )
+        load_weights(self.model, data["model"], arch, path)
+        self.optimizer.load_state_dict(data["optimizer"])
+        self.scheduler.load_state_dict(data["scheduler"])
+        self.scaler.load_state_dict(data["scaler"])
+        self.epoch = int(data["epoch"])
+        self.best_dice = float(data["best_dice"])
+        self.best_epoch = int(data["best_epoch"])
+        self.history = [EpochRecord(**h) for h in data.get("history", [])]
+        set_rng_state(data["rng"])
+        log.info("resumed from %s at epoch %d", path, self.epoch)
+
+    def _write_folder_files(self) -> None:
+        """plan.json, dataset.json, training_config.json, postprocessing.json, model.json."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.plan.save(self.out / "plan.json")
+        write_text_atomic(
+            self.out / "dataset.json", json.dumps(self.dataset_json, indent=2) + "\n", overwrite=True
+        )
+        write_text_atomic(self.out / "training_config.json", self.config.to_json(), overwrite=True)
+        post = self.out / "postprocessing.json"
+        if not post.exists():
+            # No clean-up by default; `medseg postprocess-tune` style selection can replace it.
+            from medseg.postprocessing.labels import PostprocessingRules, write_rules
+
+            write_rules(PostprocessingRules(), post)
+        write_model_json(
+            self.out,
+            self.architecture,
+            {
+                "configuration": self.plan.configuration,
+                "labels": self.plan.labels,
+                "channel_names": list(self.plan.channel_names),
+                "fold": self.fold,
+                "epochs_completed": self.epoch,
+                "best_val_mean_dice": None if self.best_dice < 0 else self.best_dice,
+                "best_epoch": self.best_epoch,
+                "train_cases": len(self.train_ids),
+                "val_cases": len(self.val_ids),
+            },
+        )
+
+    # --------------------------------------------------------------- training
+    def _train_epoch(self, epoch: int, deadline: float | None, advance: Any) -> tuple[float, bool]:
+        self.net.train()
+        losses: list[float] = []
+        out_of_time = False
+        for batch in self._loader(epoch):
+            image = batch["image"].to(self.device, non_blocking=True)
+            label = batch["label"].to(self.device, non_blocking=True)
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
+                logits = self.net(image)
+                loss = self._loss(logits, label)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, iteration {len(losses) + 1}; stopped. "
+                    f"The last good checkpoint is kept in {self.out} (try a lower learning_rate or enable grad_clip)"
+                )
+            self.scaler.scale(loss).backward()
+            if self.config.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            losses.append(float(loss.detach()))
+            advance()
+            if deadline is not None and time.monotonic() > deadline:
+                out_of_time = True
+                break
+        return (float(np.mean(losses)) if losses else float("nan")), out_of_time
+
+    def _loss(self, logits: Any, label: torch.Tensor) -> torch.Tensor:
+        if isinstance(logits, (list, tuple)):  # deep supervision: full resolution first
+            weights = [0.5**i for i in range(len(logits))]
+            total = torch.zeros((), device=label.device)
+            for w, out in zip(weights, logits, strict=True):
+                target = label
+                if out.shape[2:] != label.shape[-len(out.shape[2:]) :]:
+                    target = nn.functional.interpolate(
+                        label.float(), size=out.shape[2:], mode="nearest"
+                    ).long()
+                total = total + w * self.loss_fn(out, target)
+            return total / sum(weights)
+        return self.loss_fn(logits, label)
+
+    @torch.no_grad()
+    def validate(self) -> list[float]:
+        from medseg.inference.sliding_window import predict_probabilities
+
+        self.model.eval()
+        per_case = []
+        for case_id in self.val_ids:
+            image = np.load(self.cache / f"{case_id}_image.npy")
+            label = np.load(self.cache / f"{case_id}_label.npy")
+            probs = predict_probabilities(
+                self.model,
+                image,
+                self.plan,
+                device=self.device,
+                overlap=self.config.sw_overlap,
+                sw_batch_size=self.config.sw_batch_size,
+                amp=self.use_amp,
+            )
+            per_case.append(dice_per_class(probs.argmax(0), label, self.plan.num_classes))
+        if not per_case:
+            return []
+        with np.errstate(all="ignore"):
+            arr = np.array(per_case, dtype=float)
+            return [float(v) for v in np.nanmean(arr, axis=0)] if arr.size else []
+
+    def fit(self, *, resume_from: str | Path | None = None) -> TrainResult:
+        """Train until ``config.epochs`` (or the time budget); returns the history."""
+        if resume_from is not None:
+            self.resume(resume_from)
+        cfg = self.config
+        start = time.monotonic()
+        deadline = start + cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else None
+        if self.is_main:
+            self._write_folder_files()
+        stopped = ""
+        remaining = (cfg.epochs - self.epoch) * cfg.iterations_per_epoch
+        tb = self._tensorboard()
+        previous_handler = _install_sigterm_handler()
+        try:
+            with progress_bar(
+                self.progress and self.is_main, f"training fold {self.fold}", remaining
+            ) as advance:
+                while self.epoch < cfg.epochs:
+                    epoch_start = time.monotonic()
+                    self._reseed(self.epoch)
+                    train_loss, out_of_time = self._train_epoch(self.epoch, deadline, advance)
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    self.scheduler.step()
+                    self.epoch += 1
+                    record = EpochRecord(self.epoch, lr, train_loss, time.monotonic() - epoch_start)
+                    last = self.epoch == cfg.epochs or out_of_time
+                    if self.is_main and (self.epoch % cfg.val_every == 0 or last) and self.val_ids:
+                        record.val_dice = self.validate()
+                    self.history.append(record)
+                    if self.is_main:
+                        self._after_epoch(record, tb)
+                    if out_of_time:
+                        stopped = (
+                            f"time budget of {cfg.time_budget_minutes} min reached after epoch {self.epoch}"
+                        )
+                        log.info(stopped)
+                        break
+        except KeyboardInterrupt:
+            if self.is_main:
+                path = self.save("checkpoint_last.pt")
+                log.warning("interrupted: state saved to %s (resume with --resume)", path)
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous_handler)
+            if tb is not None:
+                tb.close()
+        if self.is_main:
+            if self.best_epoch < 0:
+                # No validation happened (no validation cases): the last state is the model.
+                shutil.copyfile(self.out / "checkpoint_last.pt", self.out / "checkpoint_best.pt")
+            self._write_folder_files()
+        return TrainResult(self.out, self.epoch, self.best_dice, self.best_epoch, self.history, stopped)
+
+    def _reseed(self, epoch: int) -> None:
+        seed = self.config.seed * 100_003 + epoch
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
+    def _after_epoch(self, record: EpochRecord, tb: Any) -> None:
+        mean = record.mean_dice
+        if record.val_dice and not math.isnan(mean) and mean > self.best_dice:
+            self.best_dice, self.best_epoch = mean, record.epoch
+            self.save("checkpoint_best.pt")
+        self.save("checkpoint_last.pt")
+        self._write_log()
+        dice = (
+            ""
+            if not record.val_dice
+            else f", val Dice {mean:.4f} " + str([round(d, 4) for d in record.val_dice])
+        )
+        log.info(
+            "epoch %d: loss %.4f, lr %.2e%s (%.1f s)",
+            record.epoch,
+            record.train_loss,
+            record.learning_rate,
+            dice,
+            record.seconds,
+        )
+        if tb is not None:
+            tb.add_scalar("loss/train", record.train_loss, record.epoch)
+            tb.add_scalar("lr", record.learning_rate, record.epoch)
+            if record.val_dice:
+                tb.add_scalar("dice/val_mean", mean, record.epoch)
+
+    def _write_log(self) -> None:
+        names = [n for n, v in sorted(self.plan.labels.items(), key=lambda kv: kv[1]) if v != 0]
+        with atomic_file(self.out / "log.csv", overwrite=True) as tmp, tmp.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(
+                [
+                    "epoch",
+                    "learning_rate",
+                    "train_loss",
+                    "seconds",
+                    "val_mean_dice",
+                    *[f"val_dice_{n}" for n in names],
+                ]
+            )
+            for r in self.history:
+                dice = r.val_dice or [float("nan")] * len(names)
+                writer.writerow(
+                    [
+                        r.epoch,
+                        f"{r.learning_rate:.6g}",
+                        f"{r.train_loss:.6f}",
+                        f"{r.seconds:.2f}",
+                        f"{r.mean_dice:.6f}",
+                        *[f"{d:.6f}" for d in dice],
+                    ]
+                )
+        plot_curves(self.history, names, self.out / "curves.png")
+
+    def _tensorboard(self) -> Any:
+        if not (self.config.tensorboard and self.is_main):
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.warning("tensorboard is not installed (pip install medseg[tensorboard]); logging to CSV only")
+            return None
+        return SummaryWriter(str(self.out / "tensorboard"))
+
+
+def _install_sigterm_handler() -> Any:
+    """Turn SIGTERM (SLURM's time limit, `kill`) into KeyboardInterrupt so a checkpoint is written."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread
+        return signal.getsignal(signal.SIGTERM)
+
+
+def plot_curves(history: Sequence[EpochRecord], class_names: Sequence[str], path: Path) -> None:
+    """PNG of the training loss and validation Dice per class over epochs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = [r.epoch for r in history]
+    ax1.plot(epochs, [r.train_loss for r in history], label="train loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    ax1.legend()
+    val = [r for r in history if r.val_dice]
+    for i, name in enumerate(class_names):
+        ax2.plot([r.epoch for r in val], [r.val_dice[i] for r in val], marker="o", label=name)
+    if val:
+        ax2.plot([r.epoch for r in val], [r.mean_dice for r in val], "k--", label="mean")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("validation Dice")
+    ax2.set_ylim(0, 1)
+    ax2.legend(fontsize="small")
+    fig.tight_layout()
+    with atomic_file(path, overwrite=True) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+
+def dataset_json_for_model(root: str | Path) -> dict[str, Any]:
+    return read_descriptor(root).to_json()
+
+
+def default_model_dir(root: str | Path, configuration: str, fold: int | None) -> Path:
+    return Path(root) / "models" / configuration / ("fold_all" if fold is None else f"fold_{fold}")
+
+
+def train(
+    dataset: str | Path,
+    fold: int | None = 0,
+    *,
+    configuration: str = "3d",
+    config: TrainingConfig | None = None,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    folds: int = 5,
+    workers: int = 2,
+    progress: bool = False,
+) -> TrainResult:
+    """Train one fold of a planned dataset (``fold=None``: all training cases, no validation).
+
+    Preprocesses missing cases first, creates splits.json (``folds`` patient-grouped
+    folds) when absent, and writes the model folder (default DATASET/models/<config>/fold_k).
+    """
+    from medseg.data.splits import SPLITS_JSON, load_splits, make_splits
+    from medseg.errors import OutputExistsError
+    from medseg.preprocessing.pipeline import load_dataset_plan, preprocess_dataset
+
+    root = Path(dataset)
+    cfg = config or TrainingConfig()
+    plan = load_dataset_plan(root, configuration)
+    out = Path(out_dir) if out_dir is not None else default_model_dir(root, configuration, fold)
+    last = out / "checkpoint_last.pt"
+    if resume and not last.is_file():
+        from medseg.errors import InputError
+
+        raise InputError(
+            last, "nothing to resume from", expected="a checkpoint_last.pt written by an earlier run"
+        )
+    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+        raise OutputExistsError(out)
+    if overwrite and not resume and out.exists():
+        shutil.rmtree(out)
+    init_distributed(choose_device(cfg.device))
+    rank, _ = _distributed()
+    if rank == 0:
+        cache = preprocess_dataset(root, plan, workers=workers, progress=progress)
+        if not (root / SPLITS_JSON).is_file():
+            make_splits(root, k=folds, seed=0)
+    _barrier()
+    from medseg.preprocessing.pipeline import default_cache_dir
+
+    cache = default_cache_dir(root, plan)
+    splits = load_splits(root)
+    if fold is None:
+        train_ids = [c for f in splits.folds for c in f.val]
+        val_ids: list[str] = []
+    else:
+        chosen = splits.fold(fold)
+        train_ids, val_ids = list(chosen.train), list(chosen.val)
+    trainer = Trainer(
+        plan,
+        cache,
+        train_ids,
+        val_ids,
+        cfg,
+        out,
+        dataset_json=dataset_json_for_model(root),
+        fold=fold,
+        progress=progress,
+    )
+    return trainer.fit(resume_from=last if resume else None)
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,91 @@
+"""Seeded region growing (SimpleITK ConnectedThreshold / ConfidenceConnected) and seed handling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medseg.classical import region_grow, seed_indices
+from medseg.errors import ConfigError, GeometryError, InputError
+from medseg.volume import Volume
+from tests.conftest import make_oblique_volume
+
+SHAPE = (10, 20, 24)
+
+
+def _two_blobs() -> Volume:
+    """Two bright boxes (100 +- 3, uniform noise) on a dark background, separated by a gap."""
+    rng = np.random.default_rng(0)
+    arr = 10 + rng.normal(0, 1.5, SHAPE)
+    arr[2:8, 3:10, 3:10] = 100 + rng.uniform(-3, 3, (6, 7, 7))
+    arr[2:8, 3:10, 14:21] = 100 + rng.uniform(-3, 3, (6, 7, 7))
+    return make_oblique_volume(shape=SHAPE).with_array(arr.astype(np.float32))
+
+
+def _first_box() -> np.ndarray:
+    m = np.zeros(SHAPE, dtype=bool)
+    m[2:8, 3:10, 3:10] = True
+    return m
+
+
+@pytest.mark.parametrize("method", ["confidence", "connected"])
+def test_grows_only_the_connected_blob(method: str) -> None:
+    vol = _two_blobs()
+    before = vol.array.copy()
+    # Uniform noise of std 1.7 stays within mean +- 3 std of the seed neighbourhood.
+    out = region_grow(vol, [(5, 6, 6)], method=method, multiplier=3.0)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(out.array == 1, _first_box())
+    assert out.geometry.is_close(vol.geometry)
+    assert out.meta["baseline"]["grow"] == method
+    np.testing.assert_array_equal(vol.array, before)
+
+
+def test_connected_with_explicit_bounds_and_label() -> None:
+    vol = _two_blobs()
+    out = region_grow(vol, [(5, 6, 6), (5, 6, 17)], method="connected", lower=50, upper=200, label=3)
+    assert set(np.unique(out.array)) == {0, 3}
+    assert int((out.array == 3).sum()) == 2 * 6 * 7 * 7
+
+
+def test_world_seed_equals_index_seed_on_an_oblique_grid() -> None:
+    vol = _two_blobs()
+    world = vol.index_to_world([5.2, 6.0, 5.8])  # rounds to voxel (5, 6, 6)
+    assert seed_indices(vol, seeds_world=[world]) == [(5, 6, 6)]
+    a = region_grow(vol, [(5, 6, 6)])
+    b = region_grow(vol, seeds_world=[world])
+    np.testing.assert_array_equal(a.array, b.array)
+
+
+def test_seed_mask() -> None:
+    vol = _two_blobs()
+    mask = vol.with_array(np.zeros(SHAPE, dtype=np.uint8))
+    mask.array[4:6, 5:7, 5:7] = 1
+    out = region_grow(vol, seed_mask=mask, method="connected", multiplier=3.0)
+    np.testing.assert_array_equal(out.array == 1, _first_box())
+
+
+def test_seed_outside_the_image_is_a_clear_error() -> None:
+    vol = _two_blobs()
+    with pytest.raises(InputError, match=r"seed \(z, y, x\) = \(10, 0, 0\) lies outside the image"):
+        region_grow(vol, [(10, 0, 0)])
+    with pytest.raises(InputError, match="outside the image"):
+        region_grow(vol, [(0, -1, 0)])
+    far = vol.index_to_world([5, 6, -3])
+    with pytest.raises(InputError, match=r"world seed .* lies outside the image"):
+        region_grow(vol, seeds_world=[far])
+    with pytest.raises(InputError, match="three integer voxel indices"):
+        seed_indices(vol, [(1, 2)])
+
+
+def test_region_growing_errors() -> None:
+    vol = _two_blobs()
+    with pytest.raises(InputError, match="at least one seed"):
+        region_grow(vol)
+    with pytest.raises(ConfigError, match="'confidence' or 'connected'"):
+        region_grow(vol, [(5, 6, 6)], method="flood")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="apply to method 'connected'"):
+        region_grow(vol, [(5, 6, 6)], lower=1)
+    with pytest.raises(GeometryError, match="different grids"):
+        region_grow(vol, seed_mask=Volume(np.ones(SHAPE, dtype=np.uint8)))
+    with pytest.raises(InputError, match="seed mask is empty"):
+        region_grow(vol, seed_mask=vol.with_array(np.zeros(SHAPE, dtype=np.uint8)))

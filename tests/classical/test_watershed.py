@@ -1,0 +1,91 @@
+"""Marker-based watershed from thresholds, seeds or a marker volume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from medseg.classical import watershed
+from medseg.classical.watershed import gradient_magnitude
+from medseg.errors import ConfigError, GeometryError, InputError
+from medseg.volume import Volume
+from tests.conftest import make_oblique_volume
+
+SHAPE = (10, 24, 30)
+
+
+def _touching_boxes() -> Volume:
+    """Two touching boxes (100 and 160) on a dark background, slightly blurred."""
+    arr = np.full(SHAPE, 10.0)
+    arr[2:8, 4:20, 4:15] = 100.0
+    arr[2:8, 4:20, 15:26] = 160.0
+    arr = ndi.gaussian_filter(arr, 0.7)
+    return make_oblique_volume(shape=SHAPE).with_array(arr.astype(np.float32))
+
+
+def _box(x0: int, x1: int) -> np.ndarray:
+    m = np.zeros(SHAPE, dtype=bool)
+    m[2:8, 4:20, x0:x1] = True
+    return m
+
+
+def test_watershed_from_thresholds_finds_the_bright_objects() -> None:
+    vol = _touching_boxes()
+    out = watershed(vol, low=50, high=90)
+    union = _box(4, 26)
+    # Boundary voxels are blurred (partial volume): most, not all, voxels agree; none spill out.
+    assert np.mean((out.array == 1) == union) > 0.95
+    assert not np.any((out.array == 1) & ~ndi.binary_dilation(union))
+    assert out.meta["baseline"]["markers"] == "thresholds"
+    assert out.geometry.is_close(vol.geometry)
+
+
+def test_watershed_default_markers_come_from_multi_otsu() -> None:
+    out = watershed(_touching_boxes())
+    assert out.meta["baseline"]["low"] < out.meta["baseline"]["high"]
+    assert set(np.unique(out.array)) == {0, 1}
+
+
+def test_watershed_from_seeds_splits_touching_objects() -> None:
+    vol = _touching_boxes()
+    out = watershed(vol, seeds=[(5, 12, 8), (5, 12, 21)], low=50)
+    assert np.mean((out.array == 1) == _box(4, 15)) > 0.95
+    assert np.mean((out.array == 2) == _box(15, 26)) > 0.95
+    assert not np.any((out.array == 1) & _box(16, 30)) and not np.any((out.array == 2) & _box(0, 14))
+
+
+def test_watershed_from_a_marker_volume() -> None:
+    vol = _touching_boxes()
+    markers = np.zeros(SHAPE, dtype=np.uint8)
+    markers[0] = 1
+    markers[5, 12, 8] = 2
+    markers[5, 12, 21] = 3
+    out = watershed(vol, markers=vol.with_array(markers))
+    assert out.array[5, 12, 6] == 1 and out.array[5, 12, 24] == 2 and out.array[0, 0, 0] == 0
+
+
+def test_gradient_units() -> None:
+    # A ramp of 1 per voxel along z with 3 mm slices: 1 per voxel step, or 1/3 per mm.
+    ramp = np.broadcast_to(np.arange(6, dtype=np.float32)[:, None, None], (6, 4, 4)).copy()
+    assert gradient_magnitude(ramp, (3.0, 1.0, 1.0), 0.0)[3, 2, 2] == pytest.approx(1.0)
+    assert gradient_magnitude(ramp, (3.0, 1.0, 1.0), 0.0, per_mm=True)[3, 2, 2] == pytest.approx(1 / 3)
+
+
+def test_watershed_errors() -> None:
+    vol = _touching_boxes()
+    markers = vol.with_array(np.ones(SHAPE, dtype=np.uint8))
+    with pytest.raises(ConfigError, match="not both"):
+        watershed(vol, markers=markers, seeds=[(1, 1, 1)])
+    with pytest.raises(InputError, match="background marker 1 and at least one object"):
+        watershed(vol, markers=markers)
+    with pytest.raises(GeometryError, match="different grids"):
+        watershed(vol, markers=Volume(np.ones(SHAPE, dtype=np.uint8)))
+    with pytest.raises(ConfigError, match="above the low"):
+        watershed(vol, low=100, high=50)
+    with pytest.raises(InputError, match="no background or no object"):
+        watershed(vol, low=0, high=130)
+    with pytest.raises(InputError, match="outside the image"):
+        watershed(vol, seeds=[(5, 12, 30)], low=50)
+    with pytest.raises(ConfigError, match="sigma"):
+        watershed(vol, sigma_mm=-1)

@@ -1,0 +1,118 @@
+"""`medseg dataset check / import / split` through the Typer app."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from medseg.cli import app
+from medseg.cli.dataset_commands import dataset_app, import_app
+from medseg.data.dataset import list_cases, read_descriptor
+from medseg.data.splits import load_splits
+from medseg.io.itk import read_itk, write_itk
+
+runner = CliRunner()
+
+
+def _pairs(root: Path, n: int = 6) -> tuple[Path, Path]:
+    images, masks = root / "img", root / "msk"
+    images.mkdir(parents=True)
+    masks.mkdir()
+    for i in range(n):
+        Image.fromarray(np.full((5, 7), 10 * i, np.uint8)).save(images / f"s{i}.png")
+        mask = np.full((5, 7), 255, np.uint8)
+        mask[2, 1 : 2 + i] = 0
+        Image.fromarray(mask).save(masks / f"s{i}.png")
+    return images, masks
+
+
+def test_sub_apps_are_importable_for_other_command_modules() -> None:
+    names = {c.name for c in import_app.registered_commands}
+    assert {"msd", "chaos", "dicom-seg", "rtstruct", "images2d"} <= names
+    assert {"check", "split"} <= {c.name for c in dataset_app.registered_commands}
+
+
+def test_import_check_split(tmp_path: Path) -> None:
+    images, masks = _pairs(tmp_path)
+    out = tmp_path / "ds"
+    args = ["dataset", "import", "images2d", str(images), "-o", str(out), "--masks", str(masks),
+            "--spacing", "0.004,0.004", "--mask-map", "0=1,255=0", "--label-name", "membrane", "-q"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "imported 6 training and 0 test cases" in result.output
+    label = read_itk(out / "labelsTr" / "s3.nii.gz")
+    assert label.array.sum() == 4 and read_descriptor(out).labels == {"background": 0, "membrane": 1}
+
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "output exists" in again.output and "Traceback" not in again.output
+
+    result = runner.invoke(app, ["dataset", "check", str(out), "-q", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    assert "6 cases checked: no problems" in result.output and "s5" in result.output
+    assert json.loads((tmp_path / "r.json").read_text())["ok"] is True
+
+    result = runner.invoke(
+        app, ["dataset", "split", str(out), "--folds", "3", "--seed", "1", "--test-fraction", "0.3"]
+    )
+    assert result.exit_code == 0, result.output
+    splits = load_splits(out)
+    assert splits.k == 3 and len(splits.test) == 2 and splits.seed == 1
+    result = runner.invoke(app, ["dataset", "split", str(out), "--folds", "7"])
+    assert result.exit_code == 2 and "cannot make 7 folds from 6 patients" in result.output
+
+
+def test_check_reports_problems_with_exit_code_1(tmp_path: Path) -> None:
+    images, masks = _pairs(tmp_path, n=2)
+    out = tmp_path / "ds"
+    runner.invoke(app, ["dataset", "import", "images2d", str(images), "-o", str(out), "--masks", str(masks),
+                        "--spacing", "1,1", "--mask-map", "0=1,255=0", "-q"])  # fmt: skip
+    bad = read_itk(out / "labelsTr" / "s1.nii.gz")
+    write_itk(bad.with_array(bad.array + 3), out / "labelsTr" / "s1.nii.gz", overwrite=True)
+    result = runner.invoke(app, ["dataset", "check", str(out), "-q", "--problems-only"])
+    assert result.exit_code == 1
+    assert "s1: " in result.output and "undeclared label values [3, 4]" in result.output
+    assert "│ s0" not in result.output  # --problems-only hides good cases
+    assert "1 problems (1 cases, 0 dataset-level)" in " ".join(result.output.split())
+
+
+def test_import_errors_are_one_line(tmp_path: Path, shared_data: Path) -> None:
+    result = runner.invoke(app, ["dataset", "import", "msd", str(shared_data / "msd_hippocampus"),
+                                 "-o", str(tmp_path / "x"), "--case", "hippocampus_001", "-q"])  # fmt: skip
+    assert (
+        result.exit_code == 2 and "labels are unknown" in result.output and "Traceback" not in result.output
+    )
+    result = runner.invoke(app, ["dataset", "import", "msd", str(shared_data / "msd_hippocampus"),
+                                 "-o", str(tmp_path / "x"), "--labels", "liver=1", "-q"])  # fmt: skip
+    assert result.exit_code == 2 and "background as 0" in result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_import_real_sources(tmp_path: Path, shared_data: Path) -> None:
+    result = runner.invoke(app, ["dataset", "import", "msd", str(shared_data / "msd_hippocampus"),
+                                 "-o", str(tmp_path / "hip"), "--labels", "background=0,anterior=1,posterior=2",
+                                 "--channels", "MRI", "--case", "hippocampus_001", "--chunk", "20", "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert [c.case_id for c in list_cases(tmp_path / "hip")] == [
+        "hippocampus_001_chunk000",
+        "hippocampus_001_chunk001",
+    ]
+    seg = shared_data / "dcmqi_seg" / "segmentations"
+    result = runner.invoke(app, ["dataset", "import", "dicom-seg", str(seg), "-o", str(tmp_path / "seg"),
+                                 "--seg", str(seg / "partial_overlaps.dcm"), "-q"])  # fmt: skip
+    assert result.exit_code == 2 and "overlaps other segments" in result.output
+    result = runner.invoke(app, ["dataset", "import", "dicom-seg", str(seg), "-o", str(tmp_path / "seg"),
+                                 "--seg", str(seg / "partial_overlaps.dcm"), "--overlap", "overwrite", "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rt = shared_data / "rtstruct"
+    result = runner.invoke(app, ["dataset", "import", "rtstruct", str(rt), "-o", str(tmp_path / "rt"),
+                                 "--skip-invalid", "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "skipped" in result.output and "imported 1 training" in result.output
+    chaos = shared_data / "chaos_mr_t2spir"
+    result = runner.invoke(app, ["dataset", "import", "chaos", str(chaos), "-o", str(tmp_path / "chaos"),
+                                 "--case", "99", "-q"])  # fmt: skip
+    assert result.exit_code == 2 and "requested cases not found" in result.output

@@ -1,0 +1,120 @@
+"""`medseg evaluate` and `medseg baseline` through the Typer app."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from medseg.cli import app
+from medseg.io import read_volume, write_volume
+from medseg.volume import Volume
+from tests.conftest import make_oblique_volume
+
+runner = CliRunner()
+
+
+def _pair(tmp_path: Path) -> tuple[Path, Path]:
+    base = make_oblique_volume()
+    ref = np.zeros(base.shape, dtype=np.uint8)
+    ref[3:9, 5:15, 4:12] = 1
+    ref[5:7, 8:12, 6:9] = 2
+    pred = np.roll(ref, 1, axis=2)
+    pdir, rdir = tmp_path / "pred", tmp_path / "ref"
+    for name in ("a", "b"):
+        write_volume(base.with_array(pred), pdir / f"{name}.nii.gz")
+        write_volume(base.with_array(ref), rdir / f"{name}.nii.gz")
+    return pdir, rdir
+
+
+def test_evaluate_prints_a_table_and_writes_the_report(tmp_path: Path) -> None:
+    pdir, rdir = _pair(tmp_path)
+    out = tmp_path / "eval"
+    args = ["evaluate", str(pdir), str(rdir), "--labels", "body=1,core=2", "--metrics", "dice,hd95,miou"]
+    res = runner.invoke(app, [*args, "-o", str(out), "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    assert "body" in res.output and "core" in res.output and f"wrote {out}" in res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_cases"] == 2 and set(summary["per_class"]) == {"body", "core"}
+    assert (out / "cases.csv").is_file() and (out / "report.html").is_file()
+    assert (out / "plots" / "dice.png").is_file()
+    again = runner.invoke(app, [*args, "-o", str(out), "--workers", "1"])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    assert runner.invoke(app, [*args, "-o", str(out), "--overwrite", "--workers", "1"]).exit_code == 0
+
+
+def test_evaluate_errors_are_one_line_exit_2(tmp_path: Path) -> None:
+    pdir, rdir = _pair(tmp_path)
+    (pdir / "b.nii.gz").unlink()
+    res = runner.invoke(app, ["evaluate", str(pdir), str(rdir), "--workers", "1"])
+    assert res.exit_code == 2 and "have no prediction" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["evaluate", str(pdir), str(rdir), "--allow-missing", "--workers", "1"])
+    assert res.exit_code == 0 and "missing predictions (scored empty): b" in res.output
+    res = runner.invoke(app, ["evaluate", str(pdir), str(rdir), "--metrics", "dice,volume"])
+    assert res.exit_code == 2 and "unknown metric 'volume'" in res.output
+    res = runner.invoke(app, ["evaluate", str(pdir), str(rdir), "--empty", "zero"])
+    assert res.exit_code == 2 and "--empty" in res.output
+
+
+def _blob_image(tmp_path: Path) -> Path:
+    base = make_oblique_volume(shape=(10, 20, 24))
+    rng = np.random.default_rng(0)
+    arr = 10 + rng.normal(0, 1.0, base.shape)
+    arr[2:8, 3:10, 3:10] = 100 + rng.uniform(-2, 2, (6, 7, 7))
+    return write_volume(base.with_array(arr.astype(np.float32)), tmp_path / "img.nii.gz")
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "foreground"),
+    [
+        ("threshold", ["--threshold", "50"], 294),
+        ("otsu", [], 294),
+        ("kmeans", ["--classes", "2"], 294),
+        ("region-grow", ["--seed", "5 6 6", "--grow", "connected", "--multiplier", "3"], 294),
+        ("watershed", ["--seed", "5,6,6", "--lower", "50", "--sigma", "0.5"], None),
+    ],
+)
+def test_baseline_methods(tmp_path: Path, method: str, params: list[str], foreground: int | None) -> None:
+    img = _blob_image(tmp_path)
+    out = tmp_path / f"{method}.nii.gz"
+    res = runner.invoke(app, ["baseline", method, str(img), "-o", str(out), *params])
+    assert res.exit_code == 0, res.output
+    assert f"wrote {out}" in res.output and f"method={method}" in res.output
+    label = read_volume(out)
+    assert label.geometry.is_close(read_volume(img).geometry)
+    if foreground is not None:
+        assert int((label.array == 1).sum()) == foreground
+    else:
+        assert (label.array[4:6, 5:8, 5:8] == 1).all() and label.array[0, 0, 0] == 0
+
+
+def test_baseline_world_seed(tmp_path: Path) -> None:
+    img = _blob_image(tmp_path)
+    world = read_volume(img).index_to_world([5, 6, 6])
+    out = tmp_path / "rg.nii.gz"
+    seed = " ".join(f"{v:.4f}" for v in world)
+    res = runner.invoke(
+        app, ["baseline", "region-grow", str(img), "-o", str(out), "--seed-world", seed, "--multiplier", "3"]
+    )
+    assert res.exit_code == 0, res.output
+    assert int(read_volume(out).array.sum()) == 294
+
+
+def test_baseline_errors(tmp_path: Path) -> None:
+    img = _blob_image(tmp_path)
+    out = tmp_path / "o.nii.gz"
+    res = runner.invoke(app, ["baseline", "region-grow", str(img), "-o", str(out), "--seed", "10 0 0"])
+    assert res.exit_code == 2 and "lies outside the image" in res.output
+    res = runner.invoke(app, ["baseline", "region-grow", str(img), "-o", str(out), "--seed", "1 2"])
+    assert res.exit_code == 2 and "three numbers" in res.output
+    res = runner.invoke(app, ["baseline", "snake", str(img), "-o", str(out)])
+    assert res.exit_code == 2 and "unknown baseline 'snake'" in res.output
+    res = runner.invoke(app, ["baseline", "threshold", str(img), "-o", str(out)])
+    assert res.exit_code == 2 and "lower bound" in res.output
+    write_volume(Volume(np.zeros((2, 2, 2), dtype=np.uint8)), out)
+    res = runner.invoke(app, ["baseline", "otsu", str(img), "-o", str(out)])
+    assert res.exit_code == 2 and "--overwrite" in res.output
+    assert not out.with_name("missing.nii.gz").exists()

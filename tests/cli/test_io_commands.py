@@ -1,0 +1,225 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from typer.testing import CliRunner
+
+from medseg.cli import app
+from medseg.io import read_volume, write_volume
+from medseg.io.dicom import write_dicom_series
+from medseg.io.png import write_image_stack
+from tests.conftest import make_oblique_volume
+
+runner = CliRunner()
+
+
+def run(*args: str | Path) -> tuple[int, str, str]:
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def snapshot(folder: Path) -> dict[Path, tuple[bytes, int]]:
+    """Every file under ``folder`` with its bytes and mtime."""
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def two_series(folder: Path) -> None:
+    vol = make_oblique_volume(dtype=np.int16)
+    write_dicom_series(vol, folder / "a", series_description="T2 axial")
+    write_dicom_series(vol.with_array(vol.array + 1), folder / "b", series_description="ADC")
+
+
+# ----------------------------------------------------------------------- info
+def test_info_shows_geometry(tmp_path: Path) -> None:
+    vol = make_oblique_volume()
+    write_volume(vol, tmp_path / "v.nii.gz")
+    code, out, _ = run("info", tmp_path / "v.nii.gz")
+    assert code == 0
+    assert "12 x 20 x 16" in out and "spacing (z, y, x) mm" in out and vol.orientation in out
+    code, out, _ = run("info", tmp_path / "v.nii.gz", "--json")
+    assert code == 0
+    report = json.loads(out)["volume"]
+    assert report["shape_zyx"] == [12, 20, 16]
+    np.testing.assert_allclose(report["spacing_zyx_mm"], vol.spacing, atol=1e-5)
+    np.testing.assert_allclose(report["origin_lps_mm"], vol.origin, atol=1e-4)
+    np.testing.assert_allclose(report["direction_zyx_columns"], vol.direction, atol=1e-6)
+    assert report["min"] == pytest.approx(float(vol.array.min()))
+    assert report["orientation"] == vol.orientation
+
+
+def test_info_lists_dicom_series(tmp_path: Path) -> None:
+    two_series(tmp_path / "study")
+    code, out, _ = run("info", tmp_path / "study")
+    assert code == 0
+    assert "T2 axial" in out and "ADC" in out and "pick one with --series" in out
+    code, out, _ = run("info", tmp_path / "study", "--series", "ADC", "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert [s["description"] for s in report["series"]] == ["T2 axial", "ADC"]
+    assert report["volume"]["meta"]["series_description"] == "ADC"
+    assert "PatientName" not in out
+
+
+def test_info_shows_table_then_fails_on_an_unbuildable_series(tmp_path: Path) -> None:
+    files = write_dicom_series(make_oblique_volume(dtype=np.int16), tmp_path / "loc")
+    for f in files[:3]:
+        ds = pydicom.dcmread(f)
+        ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+        ds.save_as(f)
+    code, out, err = run("info", tmp_path / "loc")
+    assert code == 2
+    assert "DICOM series" in out
+    assert err.strip().count("\n") == 0 and "mixes slice orientations" in err
+
+
+# -------------------------------------------------------------------- convert
+def test_convert_dicom_to_nifti_to_dicom(tmp_path: Path) -> None:
+    vol = make_oblique_volume(dtype=np.int16)
+    write_dicom_series(vol, tmp_path / "dcm", modality="CT")
+    code, out, err = run("convert", tmp_path / "dcm", tmp_path / "v.nii.gz")
+    assert code == 0, err
+    nii = read_volume(tmp_path / "v.nii.gz")
+    np.testing.assert_array_equal(nii.array, vol.array)
+    code, _, err = run("convert", tmp_path / "v.nii.gz", tmp_path / "dcm2", "--to", "dicom", "--modality", "CT")
+    assert code == 0, err
+    back = read_volume(tmp_path / "dcm2")
+    np.testing.assert_array_equal(back.array, vol.array)
+    back.geometry.require_same(vol.geometry, origin_atol=1e-4, direction_atol=1e-6)
+    assert back.meta["modality"] == "CT"
+
+
+def test_convert_dicom_to_dicom_deidentified(tmp_path: Path) -> None:
+    vol = make_oblique_volume(dtype=np.int16)
+    files = write_dicom_series(vol, tmp_path / "dcm")
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.PatientName = "Doe^Jane"
+        ds.PatientID = "PID-7731"
+        ds.save_as(f)
+    code, _, err = run("convert", tmp_path / "dcm", tmp_path / "anon", "--to", "dicom", "--deidentify")
+    assert code == 0, err
+    for f in (tmp_path / "anon").iterdir():
+        data = f.read_bytes()
+        assert b"Doe" not in data and b"PID-7731" not in data
+    np.testing.assert_array_equal(read_volume(tmp_path / "anon").array, vol.array)
+
+
+def test_convert_png_stack_needs_spacing(tmp_path: Path) -> None:
+    vol = make_oblique_volume(dtype=np.uint16)
+    write_image_stack(vol, tmp_path / "png")
+    code, _, err = run("convert", tmp_path / "png", tmp_path / "v.nrrd")
+    assert code == 2 and "--spacing Z Y X" in err and not (tmp_path / "v.nrrd").exists()
+    code, _, err = run("convert", tmp_path / "png", tmp_path / "v.nrrd", "--spacing", "3", "0.7", "0.5")
+    assert code == 0, err
+    back = read_volume(tmp_path / "v.nrrd")
+    np.testing.assert_array_equal(back.array, vol.array)
+    assert back.spacing == pytest.approx((3.0, 0.7, 0.5))
+
+
+def test_convert_to_png_folder(tmp_path: Path) -> None:
+    vol = make_oblique_volume(dtype=np.uint16)
+    write_volume(vol, tmp_path / "v.mha")
+    code, _, err = run("convert", tmp_path / "v.mha", tmp_path / "slices", "--to", "png")
+    assert code == 0, err
+    assert len(list((tmp_path / "slices").glob("*.png"))) == 12
+
+
+def test_convert_stacked_volume_with_volume_option(tmp_path: Path) -> None:
+    vol = make_oblique_volume(dtype=np.int16)
+    a = write_dicom_series(vol, tmp_path / "s", series_description="dwi")
+    b = write_dicom_series(vol.with_array(vol.array * 2), tmp_path / "t")
+    for k, f in enumerate(b):
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = pydicom.dcmread(a[0]).SeriesInstanceUID
+        ds.EchoTime = 20
+        ds.save_as(tmp_path / "s" / f"t{k}.dcm")
+    for f in a:
+        ds = pydicom.dcmread(f)
+        ds.EchoTime = 10
+        ds.save_as(f)
+    code, _, err = run("convert", tmp_path / "s", tmp_path / "v.nii.gz")
+    assert code == 2 and "--volume" in err
+    code, _, err = run("convert", tmp_path / "s", tmp_path / "v.nii.gz", "--volume", "1")
+    assert code == 0, err
+    np.testing.assert_array_equal(read_volume(tmp_path / "v.nii.gz").array, vol.array * 2)
+
+
+# -------------------------------------------------------------------- bad input
+def _bad_case(tmp_path: Path, case: str) -> tuple[list[str | Path], str]:
+    """Set up one kind of bad input; return the CLI arguments and the expected message."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    vol = make_oblique_volume(shape=(4, 40, 30))
+    if case == "missing":
+        return ["convert", inputs / "nope.nii.gz", out / "v.nrrd"], "nope.nii.gz: does not exist"
+    if case == "truncated-nifti":
+        path = write_volume(vol, inputs / "v.nii")
+        path.write_bytes(path.read_bytes()[:-200])  # less than the 352-byte header offset
+        return ["convert", path, out / "v.nrrd"], "v.nii: is truncated"
+    if case == "truncated-dicom":
+        files = write_dicom_series(vol.astype(np.int16), inputs / "dcm")
+        files[1].write_bytes(files[1].read_bytes()[:-300])
+        return ["convert", inputs / "dcm", out / "v.nrrd"], f"{files[1].name}: pixel data cannot be read"
+    if case == "not-medical":
+        (inputs / "notes.txt").write_text("hello")
+        return ["convert", inputs / "notes.txt", out / "v.nrrd"], "notes.txt: is not a recognised medical image"
+    if case == "fake-nifti":
+        (inputs / "fake.nii.gz").write_text("hello")
+        return ["info", inputs / "fake.nii.gz"], "fake.nii.gz: cannot be read as a medical image"
+    if case == "ambiguous-dicom":
+        two_series(inputs / "study")
+        return ["convert", inputs / "study", out / "v.nrrd"], "holds 2 DICOM series; pick one"
+    if case == "output-exists":
+        write_volume(vol, inputs / "v.nii.gz")
+        write_volume(vol, out / "v.nrrd")
+        return ["convert", inputs / "v.nii.gz", out / "v.nrrd"], "v.nrrd: output exists; pass --overwrite"
+    if case == "output-exists-dicom":
+        write_volume(vol, inputs / "v.nii.gz")
+        write_dicom_series(vol, out / "dcm")
+        return ["convert", inputs / "v.nii.gz", out / "dcm", "--to", "dicom"], "dcm: output exists"
+    if case == "no-format":
+        write_volume(vol, inputs / "v.nii.gz")
+        return ["convert", inputs / "v.nii.gz", out / "result"], "cannot tell the output format"
+    if case == "same-file":
+        write_volume(vol, inputs / "v.nii.gz")
+        return ["convert", inputs / "v.nii.gz", inputs / "v.nii.gz", "--overwrite"], "would replace the input"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing",
+        "truncated-nifti",
+        "truncated-dicom",
+        "not-medical",
+        "fake-nifti",
+        "ambiguous-dicom",
+        "output-exists",
+        "output-exists-dicom",
+        "no-format",
+        "same-file",
+    ],
+)
+def test_bad_input_gives_one_line_and_changes_nothing(tmp_path: Path, case: str) -> None:
+    args, message = _bad_case(tmp_path, case)
+    before_in = snapshot(tmp_path / "in")
+    before_out = snapshot(tmp_path / "out")
+    os.utime(tmp_path / "in")  # folder listing below must not change either
+    names_before = sorted(p.name for p in (tmp_path / "out").iterdir())
+    code, out, err = run(*args)
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and message in lines[0]
+    assert "Traceback" not in out + err
+    assert snapshot(tmp_path / "in") == before_in  # inputs untouched
+    assert snapshot(tmp_path / "out") == before_out  # no partial output, nothing replaced
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == names_before  # no temp files

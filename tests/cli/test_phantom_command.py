@@ -1,0 +1,72 @@
+"""``medseg phantom``: writes a dataset, refuses to overwrite, one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from medseg.cli import app
+from medseg.data.dataset import list_cases, read_descriptor
+from medseg.io import read_volume
+
+runner = CliRunner()
+
+
+def test_phantom_command_writes_a_dataset(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    result = runner.invoke(
+        app, ["phantom", str(out), "--train", "2", "--test", "1", "--seed", "3", "--views", "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "2 training and 1 test prostate phantom cases" in result.output
+    assert str(out) in result.output
+    assert read_descriptor(out).channel_names == {"0": "T2"}
+    assert len(list_cases(out)) == 2 and len(list_cases(out, "Ts")) == 1
+    assert (out / "views" / "views.json").is_file()
+    assert len(list((out / "views").glob("*_sagittal.nii.gz"))) == 3
+
+
+def test_phantom_command_ct_with_size(tmp_path: Path) -> None:
+    out = tmp_path / "ct"
+    result = runner.invoke(
+        app, ["phantom", str(out), "--kind", "ct", "--train", "1", "--test", "0", "--size", "6x24x32", "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    (case,) = list_cases(out)
+    assert read_volume(case.images[0]).shape == (6, 24, 32)
+    assert read_descriptor(out).channel_names == {"0": "CT"}
+
+
+def test_phantom_command_refuses_to_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    args = ["phantom", str(out), "--kind", "ct", "--train", "1", "--test", "0", "--size", "4x16x16", "-q"]
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "output exists" in result.output and "Traceback" not in result.output
+    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--kind", "mri"], "--kind must be"),
+        (["--kind", "ct", "--views"], "only for the prostate"),
+        (["--size", "20x128"], "--size must be"),
+        (["--size", "axbxc"], "--size must"),
+    ],
+)
+def test_phantom_command_bad_options(tmp_path: Path, extra: list[str], message: str) -> None:
+    out = tmp_path / "ds"
+    result = runner.invoke(app, ["phantom", str(out), "-q", *extra])
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_phantom_command_rejects_zero_training_cases(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["phantom", str(tmp_path / "ds"), "--train", "0"])
+    assert result.exit_code != 0
+    assert not (tmp_path / "ds").exists()

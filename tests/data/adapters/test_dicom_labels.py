@@ -1,0 +1,304 @@
+"""DICOM SEG / RTSTRUCT adapter: real dcmqi and rt-utils files, and generated oblique cases."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from medseg.data.adapters.dicom_labels import (
+    ImageSeries,
+    _fill_contours,
+    import_dicom_seg,
+    import_rtstruct,
+    load_series,
+)
+from medseg.data.check import check_dataset
+from medseg.data.dataset import IMPORT_KEY, list_cases, read_descriptor
+from medseg.errors import InputError
+from medseg.io.itk import read_itk
+from tests.data.adapters import tree_state
+
+
+def _only_case(out: Path):  # type: ignore[no-untyped-def]
+    (case,) = list_cases(out)
+    return read_itk(case.images[0]), read_itk(case.label)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- SEG
+@pytest.mark.parametrize(
+    ("seg", "nrrd", "image_dir"),
+    [
+        ("liver.dcm", "liver_seg.nrrd", "ct-3slice"),
+        (
+            "23x38x3/seg/label.seg",
+            "23x38x3/nrrd/label.nrrd",
+            "23x38x3/image",
+        ),  # 1-bit frames not byte-aligned
+        ("24x38x3/seg/label.seg", "24x38x3/nrrd/label.nrrd", "24x38x3/image"),
+        ("sparse-labelmap-noppv.dcm", "sparse_labelmap_noppv_seg.nrrd", "24x38x3/image"),  # label-map SEG
+    ],
+)
+def test_real_seg_matches_dcmqi_reference(
+    tmp_path: Path, shared_data: Path, seg: str, nrrd: str, image_dir: str
+) -> None:
+    src = shared_data / "dcmqi_seg" / "segmentations"
+    before = tree_state(src)
+    out = import_dicom_seg(src, tmp_path / "out", seg_files=[src / seg], progress=False)
+    assert tree_state(src) == before
+    _, label = _only_case(out)
+    expected = read_itk(src / nrrd)
+    # ct-3slice: files 01..03 go down in z; the grid must be the position-sorted one the NRRDs use
+    label.geometry.require_same(expected.geometry, origin_atol=1e-3)
+    np.testing.assert_array_equal(label.array, expected.array)
+    assert read_descriptor(out).labels == {"background": 0, "Liver": 1}
+    assert check_dataset(out, progress=False).ok
+
+
+def test_ct_series_values_and_order(tmp_path: Path, shared_data: Path) -> None:
+    src = shared_data / "dcmqi_seg" / "segmentations"
+    out = import_dicom_seg(src, tmp_path / "out", seg_files=[src / "liver.dcm"], progress=False)
+    image, _ = _only_case(out)
+    assert image.shape == (3, 512, 512) and image.origin[2] == pytest.approx(-128.69, abs=1e-2)
+    for z, name in enumerate(["03.dcm", "02.dcm", "01.dcm"]):  # ascending z
+        ds = pydicom.dcmread(src / "ct-3slice" / name)
+        hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        np.testing.assert_array_equal(image.array[z], hu)
+    desc = read_descriptor(out)
+    assert desc.modalities == ["CT"]
+    text = (out / "dataset.json").read_text()
+    assert "JANCT000" not in text and desc.patients["case_0001"].startswith("p")
+
+
+def test_sparse_labelmap_with_padding_value(tmp_path: Path, shared_data: Path) -> None:
+    """The slice without a frame is background (0); dcmqi fills it with the PixelPaddingValue 5."""
+    src = shared_data / "dcmqi_seg" / "segmentations"
+    out = import_dicom_seg(
+        src, tmp_path / "out", seg_files=[src / "sparse-labelmap-ppv5.dcm"], progress=False
+    )
+    _, label = _only_case(out)
+    expected = read_itk(src / "sparse_labelmap_ppv5_seg.nrrd").array
+    np.testing.assert_array_equal(label.array[[0, 2]], expected[[0, 2]])
+    assert (expected[1] == 5).all() and (label.array[1] == 0).all()
+
+
+def test_overlapping_segments(tmp_path: Path, shared_data: Path) -> None:
+    src = shared_data / "dcmqi_seg" / "segmentations"
+    seg = src / "partial_overlaps.dcm"
+    with pytest.raises(
+        InputError, match=r"partial_overlaps\.dcm: segment 2 'ORANGE' overlaps other segments in 3017"
+    ):
+        import_dicom_seg(src, tmp_path / "out", seg_files=[seg], progress=False)
+    assert not (tmp_path / "out").exists()
+    out = import_dicom_seg(src, tmp_path / "out", seg_files=[seg], on_overlap="overwrite", progress=False)
+    assert read_descriptor(out).labels == {
+        "background": 0, "GREEN": 1, "ORANGE": 2, "PURPLE": 3, "LIGHT_BLUE": 4, "DARK_BLUE": 5,
+    }  # fmt: skip
+    _, label = _only_case(out)
+    parts = [read_itk(src / f"partial_overlaps-{i}.nrrd").array for i in (1, 2, 3)]
+    np.testing.assert_array_equal(label.array, np.maximum.reduce(parts))  # higher label wins
+
+
+def test_seg_errors(tmp_path: Path, shared_data: Path) -> None:
+    data = shared_data / "dcmqi_seg"
+    with pytest.raises(InputError, match=r"sr-example/seg.dcm: references no image series found under"):
+        import_dicom_seg(data, tmp_path / "out", seg_files=[data / "sr-example" / "seg.dcm"], progress=False)
+    src = data / "segmentations"
+    with pytest.raises(InputError, match=r"liver.dcm: holds DICOM SEG names that the labels do not declare"):
+        import_dicom_seg(src, tmp_path / "out", seg_files=[src / "liver.dcm"], labels={"background": 0, "x": 1},
+                         progress=False)  # fmt: skip
+    with pytest.raises(InputError, match="is not a DICOM SEG"):
+        import_dicom_seg(src, tmp_path / "out", seg_files=[src / "ct-3slice" / "01.dcm"], progress=False)
+    with pytest.raises(InputError, match="holds no DICOM SEG objects"):
+        import_dicom_seg(src / "ct-3slice", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_whole_tree_with_skip_invalid(tmp_path: Path, shared_data: Path) -> None:
+    src = shared_data / "dcmqi_seg"
+    out = import_dicom_seg(src, tmp_path / "out", skip_invalid=True, progress=False)
+    record = read_descriptor(out).extra[IMPORT_KEY]
+    assert sorted(s["source"] for s in record["skipped"]) == [
+        "segmentations/partial_overlaps.dcm",
+        "sr-example/seg.dcm",
+    ]
+    assert len(list_cases(out)) == 5
+    assert any("multiframe/mf.dcm" in f for f in record["ignored_files"])
+    assert str(src) not in json.dumps(record)
+
+
+def _oriented_copy(shared_data: Path, dst: Path) -> list[pydicom.Dataset]:
+    """rt-utils' oblique, non-square synthetic series, completed so highdicom accepts it.
+
+    The originals lack FrameOfReferenceUID and SliceThickness and give each slice its own
+    StudyInstanceUID; the copy fixes that (the shared files are never touched).
+    """
+    dst.mkdir(parents=True)
+    study, frame = generate_uid(), generate_uid()
+    out = []
+    for f in sorted((shared_data / "rtstruct" / "oriented_data").glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID, ds.FrameOfReferenceUID, ds.SliceThickness = study, frame, 4.5
+        ds.PatientID = "SECRET-ID-123"
+        ds.save_as(dst / f.name)
+        out.append(ds)
+    return out
+
+
+def test_generated_oblique_seg(tmp_path: Path, shared_data: Path) -> None:
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    datasets = _oriented_copy(shared_data, tmp_path / "study" / "ct")
+    mask = np.zeros((3, 50, 100), bool)  # (frames in source order, rows, cols)
+    mask[1, 10:31, 20:61] = True
+    mask[2, 40:45, 90:95] = True
+    desc = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="Box", segmented_property_category=codes.SCT.Tissue,
+        segmented_property_type=codes.SCT.Tissue, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )  # fmt: skip
+    seg = hd.seg.Segmentation(
+        source_images=datasets, pixel_array=mask, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[desc], series_instance_uid=generate_uid(), series_number=5,
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="test", manufacturer_model_name="test",
+        software_versions="0", device_serial_number="0",
+    )  # fmt: skip
+    (tmp_path / "study" / "seg").mkdir()
+    seg.save_as(tmp_path / "study" / "seg" / "box.dcm")
+    out = import_dicom_seg(tmp_path / "study", tmp_path / "out", progress=False)
+    image, label = _only_case(out)
+    assert image.geometry.obliquity > 10 and image.spacing == pytest.approx((4.5, 3.5, 2.5), abs=1e-4)
+    # our z order is position along the normal; map each source dataset to its slice
+    normal = np.cross(*np.reshape(datasets[0].ImageOrientationPatient, (2, 3)))
+    z_of = np.argsort(np.argsort([np.dot(normal, d.ImagePositionPatient) for d in datasets]))
+    expected = np.zeros(label.shape, np.uint8)
+    for i, z in enumerate(z_of):
+        expected[z] = mask[i]
+    np.testing.assert_array_equal(label.array, expected)
+    # world check: the ImagePositionPatient of each source slice is voxel [z, 0, 0]
+    for i, z in enumerate(z_of):
+        np.testing.assert_allclose(
+            image.index_to_world([z, 0, 0]), datasets[i].ImagePositionPatient, atol=1e-3
+        )
+    assert "SECRET-ID-123" not in (out / "dataset.json").read_text()
+
+
+# ---------------------------------------------------------------------- RTSTRUCT
+def test_real_rtstruct(tmp_path: Path, shared_data: Path) -> None:
+    src = shared_data / "rtstruct" / "mock_data"
+    before = tree_state(shared_data / "rtstruct")
+    out = import_rtstruct(src, tmp_path / "out", rtstruct_files=[src / "rt.dcm"], progress=False)
+    assert tree_state(shared_data / "rtstruct") == before
+    image, label = _only_case(out)
+    assert image.shape == (2, 512, 512) and read_descriptor(out).labels == {"background": 0, "ROI-1": 1}
+    # ROI-1 on z = 60: a 24 mm square (-51..-27 mm) with an octagonal hole (contours XOR, as in DICOM)
+    z60 = round(float(image.world_to_index([-39.0, -39.0, 60.0])[0]))
+    assert image.index_to_world([z60, 0, 0])[2] == pytest.approx(60.0)
+    ring = np.round(image.world_to_index([-49.0, -39.0, 60.0])).astype(int)
+    centre = np.round(image.world_to_index([-39.0, -39.0, 60.0])).astype(int)
+    outside = np.round(image.world_to_index([-20.0, -39.0, 60.0])).astype(int)
+    assert (
+        label.array[tuple(ring)] == 1 and label.array[tuple(centre)] == 0 and label.array[tuple(outside)] == 0
+    )
+    assert label.array[1 - z60].sum() == 0 and label.array.sum() == 1660  # rt-utils' own count
+    # the fill used for non-square series gives the same mask as rt-utils on this square one
+    files = sorted(src.glob("ct_*.dcm"))
+    series = ImageSeries(uid="x", files=files)
+    own = _fill_contours(pydicom.dcmread(src / "rt.dcm"), 1, load_series(series), src / "rt.dcm", None)
+    np.testing.assert_array_equal(own, label.array.astype(bool))
+
+
+@pytest.mark.parametrize("name", ["invalid_reference_rt.dcm", "non_existent_reference_rt.dcm"])
+def test_broken_rtstructs_are_clear_errors(tmp_path: Path, shared_data: Path, name: str) -> None:
+    src = shared_data / "rtstruct" / "mock_data"
+    with pytest.raises(
+        InputError, match=rf"{name}: ROI 'ROI-1' has a contour \(z = 70.0 mm\) on an image that is not"
+    ):
+        import_rtstruct(src, tmp_path / "out", rtstruct_files=[src / name], progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_rtstruct_without_images(tmp_path: Path, shared_data: Path) -> None:
+    with pytest.raises(InputError, match=r"dummy_rt\.dcm: references no image series found under"):
+        import_rtstruct(shared_data / "rtstruct" / "empty", tmp_path / "out", progress=False)
+    with pytest.raises(InputError, match="holds no RTSTRUCT objects"):
+        import_rtstruct(shared_data / "rtstruct" / "oriented_data", tmp_path / "out", progress=False)
+
+
+def _rt_copy(shared_data: Path, dst: Path) -> Path:
+    shutil.copytree(shared_data / "rtstruct" / "mock_data", dst)
+    for f in ["invalid_reference_rt.dcm", "non_existent_reference_rt.dcm"]:
+        (dst / f).unlink()
+    return dst / "rt.dcm"
+
+
+def test_contours_without_image_references_are_placed_by_position(tmp_path: Path, shared_data: Path) -> None:
+    rt_path = _rt_copy(shared_data, tmp_path / "src")
+    ref = import_rtstruct(tmp_path / "src", tmp_path / "ref", progress=False)
+    ds = pydicom.dcmread(rt_path)
+    for contour in ds.ROIContourSequence[0].ContourSequence:
+        del contour.ContourImageSequence
+    ds.save_as(rt_path)
+    out = import_rtstruct(tmp_path / "src", tmp_path / "out", progress=False)
+    np.testing.assert_array_equal(_only_case(out)[1].array, _only_case(ref)[1].array)
+    for contour in ds.ROIContourSequence[0].ContourSequence:  # now between the slices at 60 and 65 mm
+        contour.ContourData = [v + 2.5 if i % 3 == 2 else v for i, v in enumerate(contour.ContourData)]
+    ds.save_as(rt_path)
+    with pytest.raises(InputError, match=r"rt\.dcm: a contour of ROI 1 lies on no slice"):
+        import_rtstruct(tmp_path / "src", tmp_path / "out2", progress=False)
+
+
+def test_overlapping_and_undeclared_rois(tmp_path: Path, shared_data: Path) -> None:
+    rt_path = _rt_copy(shared_data, tmp_path / "src")
+    ds = pydicom.dcmread(rt_path)
+    import copy
+
+    roi = copy.deepcopy(ds.StructureSetROISequence[0])
+    roi.ROINumber, roi.ROIName = 2, "Copy"
+    ds.StructureSetROISequence.append(roi)
+    contour = copy.deepcopy(ds.ROIContourSequence[0])
+    contour.ReferencedROINumber = 2
+    ds.ROIContourSequence.append(contour)
+    ds.save_as(rt_path)
+    with pytest.raises(InputError, match=r"rt\.dcm: ROI 'Copy' overlaps other ROIs in 1660 voxels"):
+        import_rtstruct(tmp_path / "src", tmp_path / "out", progress=False)
+    out = import_rtstruct(tmp_path / "src", tmp_path / "out", on_overlap="overwrite", progress=False)
+    assert set(np.unique(_only_case(out)[1].array)) == {0, 2}
+    with pytest.raises(InputError, match=r"holds RTSTRUCT names that the labels do not declare.*\['Copy'\]"):
+        import_rtstruct(
+            tmp_path / "src", tmp_path / "o2", labels={"background": 0, "ROI-1": 1}, progress=False
+        )
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pydicom warnings from rt-utils save()
+def test_generated_oblique_non_square_rtstruct(tmp_path: Path, shared_data: Path) -> None:
+    """50 x 100 pixels of 3.5 x 2.5 mm, oblique: rt-utils 1.2.7 gets rows/columns wrong here."""
+    from rt_utils import RTStructBuilder
+
+    study = tmp_path / "study"
+    datasets = _oriented_copy(shared_data, study)
+    series = load_series(ImageSeries(uid="x", files=sorted(study.glob("*.dcm"))))
+    geometry = series.volume.geometry
+    rt = RTStructBuilder.create_new(str(study))
+    box = np.zeros((50, 100, 3), bool)
+    box[10:31, 20:61, 1] = True
+    rt.add_roi(mask=box, name="Box")
+    # replace rt-utils' contour by the exact world corners of pixel centres rows 10..30, cols 20..60
+    corners = np.array([[1, 10, 20], [1, 10, 60], [1, 30, 60], [1, 30, 20]], float)
+    (contour,) = rt.ds.ROIContourSequence[0].ContourSequence
+    contour.ContourData = [float(v) for v in geometry.index_to_world(corners).reshape(-1)]
+    contour.NumberOfContourPoints = 4
+    contour.ContourImageSequence[0].ReferencedSOPInstanceUID = series.sop_uids[1]
+    rt.save(str(study / "rt.dcm"))
+    out = import_rtstruct(study, tmp_path / "out", progress=False)
+    image, label = _only_case(out)
+    expected = np.zeros(image.shape, np.uint8)
+    expected[1, 10:31, 20:61] = 1
+    np.testing.assert_array_equal(label.array, expected)
+    assert image.shape == (3, 50, 100) and len(datasets) == 3
+    assert "SECRET-ID-123" not in (out / "dataset.json").read_text()

@@ -1,0 +1,233 @@
+"""evaluate(): matching cases, grid checks, bad input, and the written report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medseg.errors import ConfigError, GeometryError, InputError, OutputExistsError
+from medseg.evaluation import (
+    EvaluationConfig,
+    evaluate,
+    evaluate_volumes,
+    match_cases,
+    parse_labels,
+    write_report,
+)
+from medseg.evaluation import metrics as M
+from medseg.evaluation.evaluate import describe
+from medseg.geometry.resample import resample_to_spacing
+from medseg.io import write_volume
+from medseg.volume import Volume
+from tests.conftest import make_oblique_volume
+
+LABELS = {1: "outer", 3: "inner"}
+
+
+def _case(seed: int) -> tuple[Volume, Volume]:
+    """Reference and a perturbed prediction (labels 1 and 3) on an oblique grid."""
+    base = make_oblique_volume()
+    z, y, x = np.meshgrid(*[np.arange(s) for s in base.shape], indexing="ij")
+    rng = np.random.default_rng(seed)
+    ref = np.zeros(base.shape, dtype=np.uint8)
+    ref[(z - 6) ** 2 / 16 + (y - 10) ** 2 / 36 + (x - 8) ** 2 / 25 < 1] = 1
+    ref[(z - 6) ** 2 / 4 + (y - 10) ** 2 / 9 + (x - 6) ** 2 / 4 < 1] = 3
+    dy, dx = rng.integers(-2, 3, 2)
+    pred = np.roll(ref, (int(dy), int(dx)), axis=(1, 2))
+    return base.with_array(pred), base.with_array(ref)
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> tuple[Path, Path, dict[str, tuple[Volume, Volume]]]:
+    pred_dir, ref_dir = tmp_path / "pred", tmp_path / "ref"
+    cases = {f"case_{i:03d}": _case(i) for i in range(3)}
+    for name, (pred, ref) in cases.items():
+        write_volume(pred, pred_dir / f"{name}.nii.gz")
+        write_volume(ref, ref_dir / f"{name}.nrrd")  # matched by name whatever the format
+    return pred_dir, ref_dir, cases
+
+
+def _serial(**kw: object) -> EvaluationConfig:
+    return EvaluationConfig(workers=1, **kw)  # type: ignore[arg-type]
+
+
+def test_folders_are_scored_like_the_metric_functions(folders) -> None:  # type: ignore[no-untyped-def]
+    pred_dir, ref_dir, cases = folders
+    result = evaluate(pred_dir, ref_dir, _serial(labels=LABELS))
+    assert [c.name for c in result.cases] == sorted(cases)
+    for case in result.cases:
+        pred, ref = cases[case.name]
+        assert case.status == "ok"
+        for lab in LABELS:
+            direct = M.class_metrics(pred.array == lab, ref.array == lab, ref.spacing)
+            for name in M.CLASS_METRICS:
+                a, b = case.per_label[lab][name], direct[name]
+                assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b)
+        cm = M.confusion_matrix(pred.array, ref.array, [0, 1, 3])
+        assert case.miou == pytest.approx(M.mean_iou(cm))
+
+
+def test_labels_default_to_the_values_in_the_references(folders) -> None:  # type: ignore[no-untyped-def]
+    pred_dir, ref_dir, _ = folders
+    result = evaluate(pred_dir, ref_dir, _serial(metrics=("dice",)))
+    assert result.labels == {1: "1", 3: "3"}
+
+
+def test_two_files(tmp_path: Path) -> None:
+    pred, ref = _case(0)
+    p = write_volume(pred, tmp_path / "p.nii.gz")
+    r = write_volume(ref, tmp_path / "r.nii.gz")
+    result = evaluate(p, r, _serial(labels=LABELS, metrics=("dice", "hd95")))
+    assert len(result.cases) == 1 and result.cases[0].name == "r"
+    assert result.cases[0].per_label[1]["dice"] == pytest.approx(M.dice(pred.array == 1, ref.array == 1))
+
+
+def test_report_files(folders, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pred_dir, ref_dir, _ = folders
+    result = evaluate(pred_dir, ref_dir, _serial(labels=LABELS, metrics=("dice", "hd95", "miou")))
+    out = tmp_path / "report"
+    files = write_report(result, out)
+    rows = list(csv.DictReader(files.cases_csv.open()))
+    assert [r["case"] for r in rows] == ["case_000", "case_001", "case_002"]
+    assert {"dice/outer", "hd95/inner", "miou", "empty/outer", "flags", "status"} <= set(rows[0])
+    summary = json.loads(files.summary_json.read_text())
+    dices = [float(r["dice/outer"]) for r in rows]
+    stats = summary["per_class"]["outer"]["dice"]
+    assert stats["mean"] == pytest.approx(np.mean(dices))
+    assert stats["std"] == pytest.approx(np.std(dices, ddof=1))
+    assert stats["median"] == pytest.approx(np.median(dices))
+    assert summary["case_level"]["miou"]["n"] == 3
+    assert sorted(p.name for p in files.plots) == ["dice.png", "hd95.png", "miou.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in files.plots)
+    page = files.report_html.read_text()
+    assert "outer (1)" in page and "data:image/png;base64," in page
+    with pytest.raises(OutputExistsError):
+        write_report(result, out)
+    write_report(result, out, overwrite=True)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left over
+
+
+def test_describe_ignores_and_counts_nan() -> None:
+    s = describe([1.0, math.nan, 3.0, 2.0])
+    assert (s.mean, s.median, s.n, s.n_nan) == (2.0, 2.0, 3, 1)
+    assert s.std == pytest.approx(1.0)
+    assert describe([math.nan]).as_dict()["mean"] is None
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_missing_prediction_is_an_error_naming_the_case(folders) -> None:  # type: ignore[no-untyped-def]
+    pred_dir, ref_dir, _ = folders
+    (pred_dir / "case_001.nii.gz").unlink()
+    with pytest.raises(InputError, match="case_001"):
+        evaluate(pred_dir, ref_dir, _serial(labels=LABELS))
+
+
+def test_missing_prediction_can_be_flagged_and_scored_as_empty(folders) -> None:  # type: ignore[no-untyped-def]
+    pred_dir, ref_dir, _ = folders
+    (pred_dir / "case_001.nii.gz").unlink()
+    result = evaluate(pred_dir, ref_dir, _serial(labels=LABELS, on_missing="flag"))
+    row = {r["case"]: r for r in result.rows()}["case_001"]
+    assert row["status"] == "missing_prediction"
+    assert row["dice/outer"] == 0.0 and math.isnan(row["hd95/outer"])
+    assert "hd95/outer:pred" in row["flags"]
+    assert result.summary()["missing_predictions"] == ["case_001"]
+
+
+def test_prediction_without_reference_is_reported(folders) -> None:  # type: ignore[no-untyped-def]
+    pred_dir, ref_dir, cases = folders
+    write_volume(cases["case_000"][0], pred_dir / "extra.nii.gz")
+    result = evaluate(pred_dir, ref_dir, _serial(labels=LABELS, metrics=("dice",)))
+    assert result.summary()["predictions_without_reference"] == ["extra"]
+
+
+def test_grid_mismatch_names_the_case_and_resample_fixes_it(folders) -> None:  # type: ignore[no-untyped-def]
+    pred_dir, ref_dir, cases = folders
+    pred, _ = cases["case_002"]
+    coarse = resample_to_spacing(pred, (3.0, 1.4, 1.0), is_label=True)
+    write_volume(coarse, pred_dir / "case_002.nii.gz", overwrite=True)
+    with pytest.raises(GeometryError, match=r"case 'case_002'.*--resample"):
+        evaluate(pred_dir, ref_dir, _serial(labels=LABELS))
+    result = evaluate(pred_dir, ref_dir, _serial(labels=LABELS, resample=True))
+    case = {c.name: c for c in result.cases}["case_002"]
+    assert case.resampled and case.status == "ok"
+    assert 0.3 < case.per_label[1]["dice"] <= 1.0
+
+
+def test_nan_in_prediction_is_an_error(folders) -> None:  # type: ignore[no-untyped-def]
+    pred_dir, ref_dir, cases = folders
+    pred, _ = cases["case_001"]
+    bad = pred.array.astype(np.float32)
+    bad[0, 0, 0] = np.nan
+    # NRRD keeps NaN; SimpleITK's NIfTI reader turns NaN into 0 (reported to the io owner).
+    (pred_dir / "case_001.nii.gz").unlink()
+    write_volume(pred.with_array(bad), pred_dir / "case_001.nrrd")
+    with pytest.raises(InputError, match=r"case 'case_001'.*NaN"):
+        evaluate(pred_dir, ref_dir, _serial(labels=LABELS))
+    # --keep-going: the case becomes a failed row, the others are scored.
+    result = evaluate(pred_dir, ref_dir, _serial(labels=LABELS, on_case_error="flag"))
+    statuses = {c.name: c.status for c in result.cases}
+    assert statuses == {"case_000": "ok", "case_001": "error", "case_002": "ok"}
+    assert "NaN" in result.summary()["failed_cases"]["case_001"]
+    assert len(result.column("dice", 1)) == 2
+
+
+def test_probabilities_are_rejected() -> None:
+    pred, ref = _case(0)
+    with pytest.raises(InputError, match="non-integer"):
+        evaluate_volumes(pred.with_array(pred.array * 0.5), ref, _serial(labels=LABELS))
+
+
+def test_undeclared_label_is_an_error(folders) -> None:  # type: ignore[no-untyped-def]
+    pred_dir, ref_dir, cases = folders
+    pred, _ = cases["case_000"]
+    arr = pred.array.copy()
+    arr[0, 0, 0] = 7
+    write_volume(pred.with_array(arr), pred_dir / "case_000.nii.gz", overwrite=True)
+    with pytest.raises(InputError, match=r"case 'case_000'.*\[7\]"):
+        evaluate(pred_dir, ref_dir, _serial(labels=LABELS))
+    # Without declared labels, the set is taken from the references: 7 is still caught.
+    with pytest.raises(InputError, match=r"case 'case_000'.*\[7\]"):
+        evaluate(pred_dir, ref_dir, _serial())
+
+
+def test_folder_and_file_mixed_or_missing_paths(folders, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pred_dir, ref_dir, _ = folders
+    with pytest.raises(InputError, match="both be folders or both be files"):
+        match_cases(pred_dir, ref_dir / "case_000.nrrd")
+    with pytest.raises(InputError, match="does not exist"):
+        match_cases(tmp_path / "nope", ref_dir)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="holds no prediction images"):
+        match_cases(empty, ref_dir)
+    write_volume(_case(0)[0], pred_dir / "case_000.mha")
+    with pytest.raises(InputError, match="two prediction files for case 'case_000'"):
+        match_cases(pred_dir, ref_dir)
+
+
+def test_parse_labels_and_config_errors() -> None:
+    assert parse_labels("1,2") == {1: "1", 2: "2"}
+    assert parse_labels("liver=1, spleen=4") == {1: "liver", 4: "spleen"}
+    assert parse_labels(None) is None
+    with pytest.raises(ConfigError, match="NAME=VALUE"):
+        parse_labels("liver")
+    with pytest.raises(ConfigError, match="twice"):
+        parse_labels("1,a=1")
+    with pytest.raises(ConfigError, match="positive"):
+        EvaluationConfig(labels={0: "bg"})
+    with pytest.raises(ConfigError, match="unknown metric"):
+        EvaluationConfig(metrics=("dice", "volume"))
+    with pytest.raises(ConfigError, match="empty-mask rule"):
+        EvaluationConfig(empty="zero")  # type: ignore[arg-type]
+
+
+def test_process_pool_gives_the_serial_result(folders) -> None:  # type: ignore[no-untyped-def]
+    pred_dir, ref_dir, _ = folders
+    serial = evaluate(pred_dir, ref_dir, _serial(labels=LABELS, metrics=("dice", "hd95")))
+    pooled = evaluate(pred_dir, ref_dir, EvaluationConfig(labels=LABELS, metrics=("dice", "hd95"), workers=2))
+    assert serial.rows() == pooled.rows()

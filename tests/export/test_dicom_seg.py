@@ -1,0 +1,190 @@
+"""DICOM SEG: voxel-exact overlay on the source series, oblique included; codes; errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from medseg.errors import ConfigError, GeometryError, InputError, OutputExistsError
+from medseg.export.dicom_seg import read_dicom_seg, write_dicom_seg
+from medseg.volume import Volume
+from tests.export.conftest import (
+    ZONES,
+    Series,
+    centred_zones,
+    ellipsoid_labels,
+    prostate_zones,
+    synthetic_image,
+    write_series,
+)
+
+
+def _frames_reference_their_source_image(seg_path: Path, series: Series, label: Volume) -> None:
+    """Independent of highdicom's decoder: each stored frame sits at the position of the image it
+    references, and its pixels equal that slice of the label map for its segment."""
+    seg = pydicom.dcmread(seg_path)
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in series.datasets()}
+    values = {int(s.SegmentNumber): s.SegmentLabel for s in seg.SegmentSequence}
+    name_to_value = {v: k for k, v in ZONES.items()} if set(values.values()) <= set(ZONES.values()) else None
+    frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
+    assert len(frames) == len(seg.PerFrameFunctionalGroupsSequence)
+    for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        ref_uid = str(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+        source = by_uid[ref_uid]
+        position = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
+        np.testing.assert_allclose(position, [float(v) for v in source.ImagePositionPatient], atol=1e-4)
+        k = int(np.rint(label.world_to_index(position)[0]))
+        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        value = name_to_value[values[number]] if name_to_value else number
+        np.testing.assert_array_equal(frame.astype(bool), label.array[k] == value)
+
+
+def test_round_trip_is_voxel_exact_on_oblique_shuffled_series(
+    tmp_path: Path, synthetic_series: Series
+) -> None:
+    label = centred_zones(synthetic_series.image)
+    assert set(np.unique(label.array)) == {0, 1, 2, 4}  # non-contiguous values
+    out = write_dicom_seg(label, synthetic_series.datasets(shuffle=3), tmp_path / "seg.dcm", ZONES)
+    back = read_dicom_seg(out, synthetic_series.image, ZONES)
+    np.testing.assert_array_equal(back.array, label.array)
+    assert back.geometry.is_close(label.geometry)
+    assert back.meta["segments"] == {1: "PZ", 2: "TZ", 4: "AFS"}
+    # Without names, values are the segment numbers 1..N in increasing label order.
+    numbers = read_dicom_seg(out, synthetic_series.image)
+    np.testing.assert_array_equal(numbers.array, np.where(label.array == 4, 3, label.array))
+    _frames_reference_their_source_image(out, synthetic_series, label)
+
+
+def test_round_trip_when_slice_axis_runs_against_the_normal(tmp_path: Path, reversed_series: Series) -> None:
+    label = centred_zones(reversed_series.image)
+    out = write_dicom_seg(label, reversed_series.folder, tmp_path / "seg.dcm", ZONES)
+    np.testing.assert_array_equal(read_dicom_seg(out, reversed_series.image, ZONES).array, label.array)
+
+
+def test_segments_are_named_coded_and_reference_the_series(tmp_path: Path, synthetic_series: Series) -> None:
+    image = synthetic_series.image
+    centre = image.index_to_world((np.asarray(image.shape) - 1) / 2)
+    label = ellipsoid_labels(
+        image,
+        {1: (centre - np.array([4.0, 0, 0]), (3, 3, 4)), 2: (centre + np.array([4.0, 0, 0]), (3, 3, 4))},
+    )
+    names = {1: "right kidney", 2: "my structure"}
+    out = write_dicom_seg(label, synthetic_series.files, tmp_path / "seg.dcm", names, algorithm_version="9.9")
+    seg = hd.seg.segread(out)
+    first, second = seg.SegmentSequence
+    assert first.SegmentLabel == "right kidney"
+    prop = first.SegmentedPropertyTypeCodeSequence[0]
+    assert (prop.CodingSchemeDesignator, prop.CodeValue) == ("SCT", "64033007")
+    assert prop.SegmentedPropertyTypeModifierCodeSequence[0].CodeValue == "24028007"
+    assert second.SegmentedPropertyTypeCodeSequence[0].CodeValue == "85756007"  # generic tissue
+    assert second.SegmentLabel == "my structure"
+    assert first.SegmentAlgorithmType == "AUTOMATIC"
+    assert first.SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion == "9.9"
+    assert (
+        seg.ReferencedSeriesSequence[0].SeriesInstanceUID == synthetic_series.datasets()[0].SeriesInstanceUID
+    )
+    assert seg.StudyInstanceUID == synthetic_series.datasets()[0].StudyInstanceUID
+    assert seg.FrameOfReferenceUID == synthetic_series.datasets()[0].FrameOfReferenceUID
+
+
+def test_single_slice_segment_round_trips(tmp_path: Path, synthetic_series: Series) -> None:
+    arr = np.zeros(synthetic_series.image.shape, dtype=np.uint8)
+    arr[5, 10:14, 3:9] = 1
+    label = synthetic_series.image.with_array(arr)
+    out = write_dicom_seg(label, synthetic_series.folder, tmp_path / "seg.dcm")
+    np.testing.assert_array_equal(read_dicom_seg(out, synthetic_series.image).array, arr)
+
+
+def test_real_oblique_prostatex_series_round_trip(tmp_path: Path, prostatex_t2: Series) -> None:
+    image = prostatex_t2.image
+    assert image.geometry.obliquity > 15  # the series is tilted 18.5 degrees
+    label = prostate_zones(image)
+    assert set(np.unique(label.array)) == {0, 1, 2, 3, 4}
+    out = write_dicom_seg(label, prostatex_t2.datasets(shuffle=7), tmp_path / "seg.dcm", ZONES)
+    back = read_dicom_seg(out, image, ZONES)
+    np.testing.assert_array_equal(back.array, label.array)
+    _frames_reference_their_source_image(out, prostatex_t2, label)
+
+
+def test_accepts_medseg_dicom_series_object(tmp_path: Path, prostatex_t2: Series) -> None:
+    dicom = pytest.importorskip("medseg.io.dicom")
+    loaded = dicom.load_series(prostatex_t2.folder)
+    label = centred_zones(loaded.volume)
+    out = write_dicom_seg(label, loaded, tmp_path / "seg.dcm", ZONES)
+    np.testing.assert_array_equal(read_dicom_seg(out, loaded.volume, ZONES).array, label.array)
+
+
+# ----------------------------------------------------------------------------- errors
+def test_label_on_another_grid_is_refused(tmp_path: Path, synthetic_series: Series) -> None:
+    image = synthetic_series.image
+    shifted = Volume(
+        centred_zones(image).array, image.spacing, np.add(image.origin, (0.2, 0, 0)), image.direction
+    )
+    with pytest.raises(GeometryError, match="not on the label grid"):
+        write_dicom_seg(shifted, synthetic_series.folder, tmp_path / "a.dcm")
+    coarse = Volume(centred_zones(image).array, (2.5, 0.9, 0.8), image.origin, image.direction)
+    with pytest.raises(GeometryError, match="pixel spacing"):
+        write_dicom_seg(coarse, synthetic_series.folder, tmp_path / "b.dcm")
+    turned = Volume(centred_zones(image).array, image.spacing, image.origin, np.eye(3)[:, ::-1])
+    with pytest.raises(GeometryError, match="orientation"):
+        write_dicom_seg(turned, synthetic_series.folder, tmp_path / "c.dcm")
+    cropped = Volume(centred_zones(image).array[:, :-1], image.spacing, image.origin, image.direction)
+    with pytest.raises(GeometryError, match="matrix"):
+        write_dicom_seg(cropped, synthetic_series.folder, tmp_path / "d.dcm")
+    with pytest.raises(GeometryError, match=r"no image for slices \[3\]"):
+        write_dicom_seg(
+            centred_zones(image),
+            [f for i, f in enumerate(synthetic_series.files) if i != 3],
+            tmp_path / "e.dcm",
+        )
+    assert not list(tmp_path.glob("*.dcm"))
+
+
+def test_two_images_at_one_position_are_refused(tmp_path: Path, synthetic_series: Series) -> None:
+    dss = synthetic_series.datasets()
+    dss.append(dss[2])
+    with pytest.raises(GeometryError, match="both at slice 2"):
+        write_dicom_seg(centred_zones(synthetic_series.image), dss, tmp_path / "seg.dcm")
+
+
+def test_folder_with_two_series_is_refused(tmp_path: Path, synthetic_series: Series) -> None:
+    write_series(synthetic_series.folder / "other", synthetic_image(shape=(2, 8, 8)), description="other")
+    with pytest.raises(InputError, match="several DICOM series"):
+        write_dicom_seg(centred_zones(synthetic_series.image), synthetic_series.folder, tmp_path / "seg.dcm")
+
+
+def test_empty_label_is_refused_and_writes_nothing(tmp_path: Path, synthetic_series: Series) -> None:
+    empty = synthetic_series.image.with_array(np.zeros(synthetic_series.image.shape, np.uint8))
+    with pytest.raises(InputError, match="empty label map"):
+        write_dicom_seg(empty, synthetic_series.folder, tmp_path / "seg.dcm")
+    assert not any(tmp_path.glob("*seg.dcm*"))
+
+
+def test_existing_output_is_kept_without_overwrite(tmp_path: Path, synthetic_series: Series) -> None:
+    target = tmp_path / "seg.dcm"
+    target.write_bytes(b"keep me")
+    label = centred_zones(synthetic_series.image)
+    with pytest.raises(OutputExistsError):
+        write_dicom_seg(label, synthetic_series.folder, target)
+    assert target.read_bytes() == b"keep me"
+    write_dicom_seg(label, synthetic_series.folder, target, overwrite=True)
+    assert hd.seg.segread(target).SegmentSequence[0].SegmentNumber == 1
+
+
+def test_reading_onto_another_grid_or_a_non_seg_fails(tmp_path: Path, synthetic_series: Series) -> None:
+    image = synthetic_series.image
+    out = write_dicom_seg(centred_zones(image), synthetic_series.folder, tmp_path / "seg.dcm", ZONES)
+    half_voxel = Volume(image.array, image.spacing, image.index_to_world((0, 0.5, 0)), image.direction)
+    with pytest.raises(GeometryError, match="reference grid"):
+        read_dicom_seg(out, half_voxel)
+    with pytest.raises(InputError, match="not a DICOM Segmentation"):
+        read_dicom_seg(synthetic_series.files[0], image)
+    with pytest.raises(ConfigError, match="not among the given names"):
+        read_dicom_seg(out, image, {1: "liver"})
+    (tmp_path / "junk.dcm").write_bytes(b"no dicom here")
+    with pytest.raises(InputError, match="cannot be read"):
+        read_dicom_seg(tmp_path / "junk.dcm", image)

@@ -1,0 +1,165 @@
+"""Meshes: closed surfaces in world mm, volume faithful, files by suffix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+
+from medseg.errors import InputError, OutputExistsError
+from medseg.export.mesh import MeshOptions, label_mesh, label_meshes, write_label_meshes, write_mesh
+from medseg.volume import Volume
+from tests.conftest import oblique_direction
+from tests.export.conftest import ellipsoid_labels
+
+SEMI = (14.0, 11.0, 9.0)  # mm, x y z of the big ellipsoid
+
+
+def _anisotropic_volume(direction: np.ndarray | None = None) -> tuple[Volume, np.ndarray]:
+    """0.5 x 0.5 x 3 mm oblique grid, non-zero origin; a big and a small world-space ellipsoid."""
+    grid = Volume(
+        np.zeros((14, 80, 84), np.uint8),
+        (3.0, 0.5, 0.5),
+        (-30.0, 12.0, 95.0),
+        oblique_direction() if direction is None else direction,
+    )
+    centre = grid.index_to_world((np.asarray(grid.shape) - 1) / 2)
+    label = ellipsoid_labels(
+        grid, {1: (centre, SEMI), 2: (centre + np.array([8.0, 2.0, 0.0]), (3.0, 3.0, 4.0))}
+    )
+    return label, centre
+
+
+def _voxel_volume(label: Volume, value: int) -> float:
+    return float((label.array == value).sum()) * label.geometry.voxel_volume_mm3
+
+
+def _voxel_box(label: Volume, value: int) -> tuple[np.ndarray, np.ndarray]:
+    """World bounding box of all corners of the voxels of ``value``."""
+    idx = np.argwhere(label.array == value)
+    offsets = np.array([[dz, dy, dx] for dz in (-0.5, 0.5) for dy in (-0.5, 0.5) for dx in (-0.5, 0.5)])
+    corners = label.index_to_world((idx[:, None, :] + offsets[None]).reshape(-1, 3))
+    return corners.min(axis=0), corners.max(axis=0)
+
+
+@pytest.mark.parametrize("smoothing", [0, 10])
+def test_raw_marching_cubes_volume_within_3_percent_and_in_place(smoothing: int) -> None:
+    label, centre = _anisotropic_volume()
+    mesh = label_mesh(label, 1, MeshOptions(smoothing_iterations=smoothing, preserve_volume=False))
+    assert mesh.is_watertight and mesh.volume > 0
+    assert mesh.volume == pytest.approx(_voxel_volume(label, 1), rel=0.03)
+    assert mesh.volume == pytest.approx(4 / 3 * np.pi * np.prod(SEMI), rel=0.03)  # the true shape
+    lo, hi = _voxel_box(label, 1)
+    assert np.all(mesh.vertices >= lo - 1e-6) and np.all(mesh.vertices <= hi + 1e-6)
+    # The surface is centred where the organ is (an axis or sign slip would move it by cm).
+    np.testing.assert_allclose(mesh.center_mass, centre, atol=0.5)
+
+
+def test_volume_restoring_offset_is_small_and_exact() -> None:
+    label, _ = _anisotropic_volume()
+    mesh = label_mesh(label, 2)  # small structure: raw marching cubes misses several percent
+    raw = label_mesh(label, 2, MeshOptions(preserve_volume=False))
+    assert raw.volume < 0.99 * _voxel_volume(label, 2)
+    assert mesh.volume == pytest.approx(_voxel_volume(label, 2), rel=1e-3)
+    assert 0 < mesh.metadata["volume_offset_mm"] < 0.25 * min(label.spacing)
+    assert mesh.is_watertight
+
+
+def test_reflected_grid_still_gives_outward_normals() -> None:
+    direction = oblique_direction().copy()
+    direction[:, 0] *= -1  # det(direction) flips sign
+    label, centre = _anisotropic_volume(direction)
+    mesh = label_mesh(label, 1)
+    assert mesh.volume > 0 and mesh.is_watertight
+    np.testing.assert_allclose(mesh.center_mass, centre, atol=0.5)
+
+
+def test_organ_touching_the_border_is_closed() -> None:
+    arr = np.zeros((4, 10, 12), np.uint8)
+    arr[:, :5, :] = 1  # touches five faces of the grid
+    label = Volume(arr, (3.0, 0.5, 0.5), (1.0, 2.0, 3.0), oblique_direction())
+    mesh = label_mesh(label, 1)
+    assert mesh.is_watertight
+    assert mesh.volume == pytest.approx(_voxel_volume(label, 1), rel=1e-3)
+
+
+def test_decimation_reduces_faces_and_stays_closed() -> None:
+    pytest.importorskip("fast_simplification")
+    label, _ = _anisotropic_volume()
+    full = label_mesh(label, 1)
+    small = label_mesh(label, 1, MeshOptions(max_faces=1500))
+    assert len(small.faces) < 0.5 * len(full.faces)
+    assert small.is_watertight  # may exceed the budget rather than pinch the surface
+    assert small.volume == pytest.approx(full.volume, rel=0.01)
+    preview = label_mesh(label, 1, MeshOptions(max_faces=1500, keep_watertight=False))
+    assert len(preview.faces) <= 1500
+
+
+@pytest.mark.parametrize("kind", ["prostate", "ct"])
+def test_phantom_meshes_match_voxel_volumes(kind: str) -> None:
+    phantom = pytest.importorskip("medseg.data.phantom")
+    case = phantom.make_case(kind, 0)
+    names = {v: k for k, v in case.label.meta["labels"].items() if v > 0}
+    meshes = label_meshes(case.label, names)
+    assert sorted(meshes) == [1, 2, 3, 4]
+    for value, mesh in meshes.items():
+        assert mesh.is_watertight, names[value]
+        assert mesh.volume == pytest.approx(_voxel_volume(case.label, value), rel=0.03), names[value]
+        raw = label_mesh(case.label, value, MeshOptions(smoothing_iterations=0, preserve_volume=False))
+        assert raw.volume == pytest.approx(_voxel_volume(case.label, value), rel=0.04), names[value]
+        lo, hi = _voxel_box(case.label, value)
+        assert np.all(raw.vertices >= lo) and np.all(raw.vertices <= hi), names[value]
+        # Smoothing and the volume offset may move the surface out by a fraction of a voxel.
+        slack = 0.2 * max(case.label.spacing)
+        assert np.all(mesh.vertices >= lo - slack) and np.all(mesh.vertices <= hi + slack), names[value]
+
+
+@pytest.mark.parametrize("suffix", [".stl", ".obj", ".ply"])
+def test_files_by_suffix_read_back_in_world_mm(tmp_path: Path, suffix: str) -> None:
+    label, _ = _anisotropic_volume()
+    mesh = label_mesh(label, 1)
+    path = write_mesh(mesh, tmp_path / f"organ{suffix}")
+    back = trimesh.load(path, force="mesh")
+    assert back.is_watertight
+    assert back.volume == pytest.approx(mesh.volume, rel=1e-4)
+    np.testing.assert_allclose(back.bounds, mesh.bounds, atol=1e-3)
+
+
+def test_unknown_suffix_and_existing_file(tmp_path: Path) -> None:
+    label, _ = _anisotropic_volume()
+    mesh = label_mesh(label, 2)
+    with pytest.raises(InputError, match="unsupported mesh format"):
+        write_mesh(mesh, tmp_path / "organ.vtk")
+    target = tmp_path / "organ.stl"
+    target.write_text("old")
+    with pytest.raises(OutputExistsError):
+        write_mesh(mesh, target)
+    assert target.read_text() == "old"
+    write_mesh(mesh, target, overwrite=True)
+    assert trimesh.load(target).is_watertight
+
+
+def test_write_label_meshes_names_files_and_checks_all_targets_first(tmp_path: Path) -> None:
+    label, _ = _anisotropic_volume()
+    names = {1: "Right kidney", 2: "tumour/bed"}
+    paths = write_label_meshes(label, tmp_path / "meshes", names, suffix=".ply")
+    assert {p.name for p in paths.values()} == {"01_right_kidney.ply", "02_tumour_bed.ply"}
+    assert all(trimesh.load(p).is_watertight for p in paths.values())
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "02_tumour_bed.stl").write_text("old")
+    with pytest.raises(OutputExistsError):
+        write_label_meshes(label, tmp_path / "again", names)
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["02_tumour_bed.stl"]
+    with pytest.raises(InputError, match="unsupported mesh format"):
+        write_label_meshes(label, tmp_path / "x", names, suffix=".vtk")
+
+
+def test_absent_label_has_no_surface() -> None:
+    label, _ = _anisotropic_volume()
+    with pytest.raises(InputError, match="no voxels"):
+        label_mesh(label, 7)
+    empty = label.with_array(np.zeros(label.shape, np.uint8))
+    with pytest.raises(InputError, match="no foreground"):
+        write_label_meshes(empty, "unused")

@@ -1,0 +1,140 @@
+"""RTSTRUCT via rt-utils: contours read back and rasterised match the label map."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from medseg.errors import ConfigError, GeometryError, InputError, OutputExistsError
+from medseg.export.rtstruct import read_rtstruct, write_rtstruct
+from medseg.volume import Volume
+from tests.export.conftest import (
+    ZONES,
+    Series,
+    centred_zones,
+    dice,
+    prostate_zones,
+    synthetic_image,
+    write_series,
+)
+
+
+def test_real_prostatex_contours_rasterise_back_with_dice_above_095(
+    tmp_path: Path, prostatex_t2: Series
+) -> None:
+    image = prostatex_t2.image
+    label = prostate_zones(image)
+    files = list(reversed(prostatex_t2.files))  # order must not matter
+    out = write_rtstruct(label, files, tmp_path / "rt.dcm", ZONES)
+    back = read_rtstruct(out, image, ZONES)
+    for value, name in ZONES.items():
+        assert (label.array == value).sum() > 0, name
+        assert dice(back.array == value, label.array == value) >= 0.95, name
+    assert back.meta["segments"] == ZONES
+
+
+def test_rt_utils_own_reader_agrees(tmp_path: Path, prostatex_t2: Series) -> None:
+    from rt_utils import RTStructBuilder
+
+    image = prostatex_t2.image
+    label = prostate_zones(image)
+    out = write_rtstruct(label, prostatex_t2.folder, tmp_path / "rt.dcm", ZONES)
+    # rt-utils reads a whole folder: give it only this series.
+    links = tmp_path / "series"
+    links.mkdir()
+    for f in prostatex_t2.files:
+        os.symlink(f, links / f.name)
+    rt = RTStructBuilder.create_from(str(links), str(out))
+    # rt-utils orders slices by position along the row x column normal, ascending.
+    normal = np.cross(image.direction[:, 2], image.direction[:, 1])
+    order = np.argsort([np.dot(normal, image.index_to_world((k, 0, 0))) for k in range(image.shape[0])])
+    for value, name in ZONES.items():
+        mask = rt.get_roi_mask_by_name(name)  # (rows, columns, slices in rt-utils order)
+        ours = np.moveaxis(label.array == value, 0, -1)[:, :, order]
+        assert dice(mask, ours) >= 0.95, name
+
+
+def test_oblique_reversed_non_square_matrix_series(tmp_path: Path, reversed_series: Series) -> None:
+    image = reversed_series.image
+    assert image.shape[1] != image.shape[2]
+    label = centred_zones(image)
+    out = write_rtstruct(label, reversed_series.folder, tmp_path / "rt.dcm", ZONES, colors={1: (10, 20, 30)})
+    back = read_rtstruct(out, image, ZONES)
+    for value in (1, 2, 4):
+        assert dice(back.array == value, label.array == value) >= 0.95
+    ds = pydicom.dcmread(out)
+    assert [r.ROIName for r in ds.StructureSetROISequence] == ["PZ", "TZ", "AFS"]
+    assert [int(c) for c in ds.ROIContourSequence[0].ROIDisplayColor] == [10, 20, 30]
+    assert (
+        ds.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID
+        == reversed_series.datasets()[0].FrameOfReferenceUID
+    )
+    # Every contour lies on the plane of the image it references.
+    by_uid = {str(d.SOPInstanceUID): d for d in reversed_series.datasets()}
+    for roi in ds.ROIContourSequence:
+        for contour in roi.ContourSequence:
+            ref = by_uid[contour.ContourImageSequence[0].ReferencedSOPInstanceUID]
+            points = np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
+            k = image.world_to_index(np.asarray(ref.ImagePositionPatient, dtype=float))[0]
+            np.testing.assert_allclose(image.world_to_index(points)[:, 0], k, atol=1e-3)
+
+
+def test_holes_survive_the_round_trip(tmp_path: Path, synthetic_series: Series) -> None:
+    arr = np.zeros(synthetic_series.image.shape, dtype=np.uint8)
+    arr[2:6, 8:28, 6:22] = 1
+    arr[2:6, 14:20, 11:16] = 0  # a hole through the structure
+    label = synthetic_series.image.with_array(arr)
+    out = write_rtstruct(label, synthetic_series.files, tmp_path / "rt.dcm", {1: "liver"})
+    back = read_rtstruct(out, synthetic_series.image, {1: "liver"})
+    np.testing.assert_array_equal(back.array, arr)
+
+
+# ----------------------------------------------------------------------------- errors
+def test_non_square_pixels_are_refused(tmp_path: Path) -> None:
+    image = synthetic_image(spacing=(2.5, 0.8, 0.6))
+    write_series(tmp_path / "s", image)
+    with pytest.raises(GeometryError, match="square pixels"):
+        write_rtstruct(centred_zones(image), tmp_path / "s", tmp_path / "rt.dcm")
+    assert not (tmp_path / "rt.dcm").exists()
+
+
+def test_datasets_without_files_are_refused(tmp_path: Path, synthetic_series: Series) -> None:
+    datasets = synthetic_series.datasets()
+    for ds in datasets:
+        ds.filename = None
+    with pytest.raises(InputError, match="without files"):
+        write_rtstruct(centred_zones(synthetic_series.image), datasets, tmp_path / "rt.dcm")
+
+
+def test_mismatched_grid_empty_label_and_existing_output(tmp_path: Path, synthetic_series: Series) -> None:
+    image = synthetic_series.image
+    other = Volume(
+        centred_zones(image).array, image.spacing, np.add(image.origin, (0, 0, 1.0)), image.direction
+    )
+    with pytest.raises(GeometryError):
+        write_rtstruct(other, synthetic_series.folder, tmp_path / "rt.dcm")
+    with pytest.raises(InputError, match="empty label map"):
+        write_rtstruct(
+            image.with_array(np.zeros(image.shape, np.uint8)), synthetic_series.folder, tmp_path / "rt.dcm"
+        )
+    target = tmp_path / "rt.dcm"
+    target.write_text("old")
+    with pytest.raises(OutputExistsError):
+        write_rtstruct(centred_zones(image), synthetic_series.folder, target)
+    assert target.read_text() == "old"
+
+
+def test_reader_errors(tmp_path: Path, synthetic_series: Series) -> None:
+    image = synthetic_series.image
+    out = write_rtstruct(centred_zones(image), synthetic_series.folder, tmp_path / "rt.dcm", ZONES)
+    off_slice = Volume(image.array, image.spacing, image.index_to_world((0.5, 0, 0)), image.direction)
+    with pytest.raises(GeometryError, match="not on a slice"):
+        read_rtstruct(out, off_slice)
+    with pytest.raises(ConfigError, match="not among the given names"):
+        read_rtstruct(out, image, {1: "liver"})
+    with pytest.raises(InputError, match="not an RT Structure Set"):
+        read_rtstruct(synthetic_series.files[0], image)

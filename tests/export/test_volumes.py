@@ -1,0 +1,86 @@
+"""Volumes table: hand-checked numbers, tight world extent on oblique grids, CSV and JSON."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medseg.errors import OutputExistsError
+from medseg.export.volumes import label_statistics, volumes_to_csv, write_volumes_csv, write_volumes_json
+from medseg.volume import Volume
+from tests.conftest import oblique_direction
+
+
+def _block_label(direction: np.ndarray | None = None) -> Volume:
+    arr = np.zeros((5, 6, 7), dtype=np.uint8)
+    arr[1:3, 2:5, 3:7] = 2  # 2 x 3 x 4 = 24 voxels
+    arr[4, 0, 0] = 5
+    return Volume(arr, (2.0, 1.0, 0.5), (10.0, -20.0, 30.0), direction)
+
+
+def test_hand_checked_values_on_an_axis_aligned_grid() -> None:
+    stats = label_statistics(_block_label(), {2: "liver", 3: "spleen", 5: "dot"})
+    liver, spleen, dot = stats
+    assert (liver.value, liver.name, liver.voxel_count) == (2, "liver", 24)
+    assert liver.volume_ml == pytest.approx(24 * 1.0 / 1000)  # voxel = 2 x 1 x 0.5 mm^3
+    # Identity LPS grid: x = 30 + 0.5 i, y = -20 + 1 j, z = 10 + 2 k (origin given as x, y, z).
+    assert liver.centroid_lps == pytest.approx((10 + 0.5 * 4.5, -20 + 3.0, 30 + 2 * 1.5))
+    assert liver.extent_min_lps == pytest.approx((10 + 0.5 * 2.5, -20 + 1.5, 30 + 2 * 0.5))
+    assert liver.extent_max_lps == pytest.approx((10 + 0.5 * 6.5, -20 + 4.5, 30 + 2 * 2.5))
+    assert liver.extent_size_mm == pytest.approx((2.0, 3.0, 4.0))
+    assert (spleen.voxel_count, spleen.volume_ml, spleen.centroid_lps, spleen.extent_size_mm) == (
+        0,
+        0.0,
+        None,
+        None,
+    )
+    assert dot.extent_size_mm == pytest.approx((0.5, 1.0, 2.0))
+
+
+def test_oblique_extent_is_the_tight_box_of_the_voxel_corners() -> None:
+    label = _block_label(oblique_direction())
+    liver = label_statistics(label)[0]
+    idx = np.argwhere(label.array == 2)
+    offsets = np.array([[a, b, c] for a in (-0.5, 0.5) for b in (-0.5, 0.5) for c in (-0.5, 0.5)])
+    corners = label.index_to_world((idx[:, None] + offsets[None]).reshape(-1, 3))
+    np.testing.assert_allclose(liver.extent_min_lps, corners.min(axis=0), atol=1e-9)
+    np.testing.assert_allclose(liver.extent_max_lps, corners.max(axis=0), atol=1e-9)
+    np.testing.assert_allclose(liver.centroid_lps, label.index_to_world(idx.mean(axis=0)), atol=1e-9)
+    assert liver.volume_ml == pytest.approx(0.024)  # rotation does not change volume
+
+
+def test_csv_and_json_round_trip(tmp_path: Path) -> None:
+    label = _block_label(oblique_direction())
+    stats = label_statistics(label, {2: "liver", 3: "spleen", 5: "dot"})
+    rows = list(csv.DictReader(io.StringIO(volumes_to_csv(stats))))
+    assert [r["name"] for r in rows] == ["liver", "spleen", "dot"]
+    assert float(rows[0]["volume_ml"]) == pytest.approx(0.024)
+    assert float(rows[0]["centroid_x_mm"]) == pytest.approx(stats[0].centroid_lps[0], abs=0.01)
+    assert rows[1]["centroid_x_mm"] == "" and rows[1]["voxel_count"] == "0"
+
+    csv_path = write_volumes_csv(stats, tmp_path / "volumes.csv")
+    assert csv_path.read_text() == volumes_to_csv(stats)
+    json_path = write_volumes_json(stats, tmp_path / "volumes.json", label=label)
+    doc = json.loads(json_path.read_text())
+    assert doc["units"] == {"volume": "mL", "position": "mm"} and doc["coordinate_system"] == "LPS"
+    assert doc["labels"][0]["voxel_count"] == 24
+    assert doc["labels"][0]["extent_size_mm"] == pytest.approx(list(stats[0].extent_size_mm))
+    assert doc["labels"][1]["centroid_lps"] is None
+    assert doc["grid"]["shape_zyx"] == [5, 6, 7]
+
+
+def test_existing_outputs_are_not_overwritten(tmp_path: Path) -> None:
+    stats = label_statistics(_block_label())
+    for name, writer in (("v.csv", write_volumes_csv), ("v.json", write_volumes_json)):
+        target = tmp_path / name
+        target.write_text("old")
+        with pytest.raises(OutputExistsError):
+            writer(stats, target)
+        assert target.read_text() == "old"
+        writer(stats, target, overwrite=True)
+        assert target.read_text() != "old"

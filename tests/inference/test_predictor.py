@@ -1,0 +1,172 @@
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from medseg.cli import app
+from medseg.errors import InputError, OutputExistsError
+from medseg.inference.predictor import PredictConfig, SegmentationModel, discover_cases, predict
+from medseg.io import read_volume, write_volume
+from medseg.io.dicom import write_dicom_series
+from medseg.volume import Volume
+from tests.conftest import make_oblique_volume
+from tests.preprocessing.conftest import make_case
+
+
+def _case_file(folder: Path, seed: int, name: str | None = None) -> tuple[Path, Volume]:
+    img, lab = make_case(seed, shape=(9, 36, 30))
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_volume(img, folder / f"{name or f'p{seed}'}.nii.gz"), lab
+
+
+def test_prediction_lands_on_the_exact_input_grid(trained_model: Path, tmp_path: Path) -> None:
+    path, _ = _case_file(tmp_path / "in", 11)
+    image = read_volume(path)
+    results = predict(path, trained_model, tmp_path / "out", PredictConfig(formats=("nifti", "volumes", "overlay", "mesh", "report")))
+    assert [r.ok for r in results] == [True], results
+    label = read_volume(tmp_path / "out" / "p11.nii.gz")
+    image.geometry.require_same(label.geometry, spacing_atol=1e-5, origin_atol=1e-4)
+    assert label.shape == image.shape
+    assert set(np.unique(label.array)) <= {0, 1, 2}
+    case_dir = tmp_path / "out" / "p11"
+    assert (case_dir / "volumes.csv").is_file() and (case_dir / "overlay.png").is_file()
+    assert (case_dir / "report.html").read_text().count("<html") == 1
+    summary = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert summary["cases"][0]["ok"] is True
+
+
+def test_model_predicts_the_phantom_structure(trained_model: Path) -> None:
+    """Trained briefly, the model already finds the bright blob (a real, not random, model)."""
+    model = SegmentationModel(trained_model, device="cpu")
+    img, lab = make_case(21, shape=(9, 36, 30))
+    pred, probs = model.predict([img], with_probabilities=True)
+    assert probs is not None and probs.shape == (3, *img.shape)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-4)
+    fg_pred, fg_ref = pred.array > 0, lab.array > 0
+    dice = 2 * (fg_pred & fg_ref).sum() / (fg_pred.sum() + fg_ref.sum())
+    assert dice > 0.5
+
+
+def test_ensemble_of_folds_and_tta(trained_model: Path, tmp_path: Path) -> None:
+    ens = tmp_path / "ensemble"
+    shutil.copytree(trained_model, ens / "fold_0")
+    shutil.copytree(trained_model, ens / "fold_1")
+    img, _ = make_case(5, shape=(9, 36, 30))
+    single, _ = SegmentationModel(trained_model, device="cpu").predict([img])
+    both = SegmentationModel(ens, device="cpu")
+    assert len(both.networks) == 2
+    twice, _ = both.predict([img])
+    np.testing.assert_array_equal(single.array, twice.array)  # identical folds average to the same
+    mirrored, _ = both.predict([img], tta=True)
+    assert mirrored.shape == img.shape
+
+
+def test_batch_continues_after_a_broken_case_and_shards(trained_model: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "cohort"
+    for seed in (1, 2, 3):
+        _case_file(folder, seed)
+    (folder / "p9.nii.gz").write_bytes(b"broken")
+    results = predict(folder, trained_model, tmp_path / "out", PredictConfig())
+    status = {r.case_id: r.ok for r in results}
+    assert status == {"p1": True, "p2": True, "p3": True, "p9": False}
+    assert "p9" in [r.case_id for r in results if "cannot be read" in r.error or "truncated" in r.error or "invalid" in r.error]
+    shard = predict(folder, trained_model, tmp_path / "shard", PredictConfig(shard=(1, 2)))
+    assert [r.case_id for r in shard] == ["p2", "p9"]
+
+
+def test_dicom_in_dicom_seg_and_rtstruct_out(trained_model: Path, tmp_path: Path) -> None:
+    from medseg.export.dicom_seg import read_dicom_seg
+
+    img, _ = make_case(4, shape=(9, 36, 30))
+    img = img.with_array(np.clip(img.array, 0, 4000).round().astype(np.int16))
+    series = tmp_path / "series"
+    write_dicom_series(img, series, modality="MR")
+    results = predict(series, trained_model, tmp_path / "out", PredictConfig(formats=("nifti", "dicom-seg", "rtstruct")))
+    assert results[0].ok, results[0].error
+    label = read_volume(tmp_path / "out" / "series.nii.gz")
+    seg = read_dicom_seg(tmp_path / "out" / "series" / "seg.dcm", label)
+    np.testing.assert_array_equal(seg.array, label.array)
+    assert (tmp_path / "out" / "series" / "rtstruct.dcm").is_file()
+
+
+def test_bad_inputs_give_clear_errors(trained_model: Path, tmp_path: Path) -> None:
+    model = SegmentationModel(trained_model, device="cpu")
+    img, _ = make_case(1, shape=(9, 36, 30))
+    with pytest.raises(InputError, match="wrong number of channels"):
+        model.predict([img, img])
+    flat = Volume(np.random.default_rng(0).normal(size=(1, 36, 30)).astype(np.float32))
+    with pytest.raises(InputError, match="2D image but the model is 3D"):
+        model.predict([flat])
+    with pytest.raises(InputError, match="constant image"):
+        model.predict([img.with_array(np.full(img.shape, 7.0, np.float32))])
+    nifti_in, _ = _case_file(tmp_path / "in", 3)
+    with pytest.raises(InputError, match="need a DICOM input"):
+        from medseg.inference.predictor import predict_case
+
+        predict_case(model, discover_cases(nifti_in)[0], tmp_path / "o", PredictConfig(formats=("dicom-seg",)))
+
+
+def test_several_series_ask_for_series(trained_model: Path, tmp_path: Path) -> None:
+    study = tmp_path / "study"
+    vol = make_oblique_volume(dtype=np.int16)
+    write_dicom_series(vol, study / "a", series_description="t2 tra")
+    write_dicom_series(vol, study / "a2", series_description="t2 cor")
+    (study / "a2").rename(study / "a" / "b")  # two series in one study folder tree
+    with pytest.raises(InputError, match="--series"):
+        discover_cases(study / "a")
+    cases = discover_cases(study / "a", series="t2 cor")
+    assert len(cases) == 1 and cases[0].series == "t2 cor"
+
+
+def test_existing_output_and_disk_full(trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _ = _case_file(tmp_path / "in", 8)
+    out = tmp_path / "out"
+    predict(path, trained_model, out, PredictConfig())
+    again = predict(path, trained_model, out, PredictConfig())
+    assert not again[0].ok and "exists" in again[0].error
+    import medseg.io.itk as itk
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(itk.sitk, "WriteImage", full)
+    res = predict(path, trained_model, tmp_path / "full", PredictConfig())
+    assert not res[0].ok and "No space left" in res[0].error
+    assert not list((tmp_path / "full").glob("*.nii.gz")) and not list((tmp_path / "full").glob(".*tmp*"))
+    assert path.is_file()  # the input is untouched
+
+
+def test_incomplete_model_folder(model_copy: Path, tmp_path: Path) -> None:
+    (model_copy / "plan.json").unlink()
+    with pytest.raises(InputError, match=r"incomplete.*plan\.json"):
+        SegmentationModel(model_copy)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="not a model folder"):
+        SegmentationModel(empty)
+
+
+def test_model_for_other_channels_is_refused(model_copy: Path) -> None:
+    model = SegmentationModel(model_copy, device="cpu")
+    with pytest.raises(InputError, match="channels"):
+        model.check_input([make_oblique_volume()] * 2, "x")
+    with pytest.raises(OutputExistsError):
+        raise OutputExistsError(model_copy)
+
+
+def test_predict_cli(trained_model: Path, tmp_path: Path) -> None:
+    path, _ = _case_file(tmp_path / "in", 2)
+    runner = CliRunner()
+    res = runner.invoke(app, ["predict", str(path), "-m", str(trained_model), "-o", str(tmp_path / "o"), "--format", "nifti,volumes"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "o" / "p2.nii.gz").is_file()
+    bad = runner.invoke(app, ["predict", str(path), "-m", str(tmp_path / "in"), "-o", str(tmp_path / "o2")])
+    assert bad.exit_code == 2 and "not a model folder" in bad.output
+    fmt = runner.invoke(app, ["predict", str(path), "-m", str(trained_model), "-o", str(tmp_path / "o3"), "--format", "gif"])
+    assert fmt.exit_code == 2 and "unknown output format" in fmt.output

@@ -1,0 +1,549 @@
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from pydicom.dataset import Dataset
+
+from medseg.errors import ConfigError, InputError, OutputExistsError
+from medseg.io import read_volume, write_volume
+from medseg.io.dicom import (
+    DicomSeries,
+    deidentify_dataset,
+    list_series,
+    load_file,
+    load_series,
+    read_dicom_file,
+    read_dicom_series,
+    write_dicom_series,
+)
+from medseg.io.itk import from_sitk
+from medseg.volume import Volume
+from tests.conftest import make_oblique_volume
+
+# Geometry survives DICOM's decimal strings (up to 16 characters) almost exactly.
+EXACT = {"spacing_atol": 1e-6, "origin_atol": 1e-6, "direction_atol": 1e-7}
+PROSTATEX_T2 = [
+    "ProstateX-0000/07-07-2011/3.000000-t2tsesag-87368",
+    "ProstateX-0000/07-07-2011/4.000000-t2tsetra-00702",
+    "ProstateX-0000/07-07-2011/5.000000-t2tsecor-03471",
+    "ProstateX-0001/07-08-2011/4.000000-t2tsesag-22089",
+    "ProstateX-0001/07-08-2011/5.000000-t2tsecor-26539",
+    "ProstateX-0001/07-08-2011/6.000000-t2tsetra-76610",
+    "ProstateX-0001/07-08-2011/10.000000-t2tsetra-17541",
+    "ProstateX-0218/02-18-2011/4.000000-t2tsesag320p2-41180",
+    "ProstateX-0218/02-18-2011/5.000000-t2tsetra320p2-09906",
+    "ProstateX-0218/02-18-2011/6.000000-t2tsecor320p2-02127",
+]
+
+
+def sitk_read(folder: Path) -> Volume:
+    """Independent reference: SimpleITK's GDCM series sorting and reader."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    return from_sitk(reader.Execute())
+
+
+def edit_files(files: list[Path], change: Callable[[int, Dataset], None]) -> None:
+    for k, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        change(k, ds)
+        ds.save_as(f, enforce_file_format=True)
+
+
+def fake_reference() -> Dataset:
+    ds = Dataset()
+    ds.PatientName = "Doe^Jane"
+    ds.PatientID = "PID-7731"
+    ds.PatientBirthDate = "19610203"
+    ds.PatientSex = "F"
+    ds.PatientAge = "063Y"
+    ds.StudyInstanceUID = "1.2.3.4.5.6.7"
+    ds.FrameOfReferenceUID = "1.2.3.4.5.6.8"
+    ds.StudyDate = "20200101"
+    ds.StudyTime = "101010"
+    ds.AccessionNumber = "ACC99812"
+    ds.ReferringPhysicianName = "House^Gregory"
+    ds.StudyID = "ST-55"
+    ds.InstitutionName = "Princeton Plainsboro"
+    ds.Modality = "MR"
+    ds.SeriesNumber = 7
+    return ds
+
+
+def write_reference(folder: Path, volume: Volume) -> DicomSeries:
+    """A series carrying the fake patient (written, then read back as a reference)."""
+    files = write_dicom_series(volume, folder, modality="MR")
+
+    def set_patient(_k: int, ds: Dataset) -> None:
+        for elem in fake_reference():
+            ds[elem.tag] = elem
+        ds.add_new((0x0029, 0x0010), "LO", "SECRET CREATOR")
+        ds.add_new((0x0029, 0x1010), "LO", "PRIVATE-PID-7731")
+
+    edit_files(files, set_patient)
+    return load_series(folder)
+
+
+# ------------------------------------------------------------------ round trips
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.uint8])
+def test_integer_volume_round_trips_exactly(tmp_path: Path, dtype: type) -> None:
+    vol = make_oblique_volume(dtype=dtype)
+    if dtype == np.int16:
+        vol = vol.with_array(vol.array - 200)  # negative values
+    files = write_dicom_series(vol, tmp_path / "s")
+    assert len(files) == vol.shape[0] and all(f.is_file() for f in files)
+    back = read_dicom_series(tmp_path / "s")
+    np.testing.assert_array_equal(back.array, vol.array)
+    assert back.dtype == (np.uint16 if dtype == np.uint8 else dtype)  # DICOM images are 16 bit
+    vol.geometry.require_same(back.geometry, **EXACT)
+    # SimpleITK reads the same thing from our files
+    ref = sitk_read(tmp_path / "s")
+    np.testing.assert_array_equal(ref.array, back.array)
+    ref.geometry.require_same(back.geometry)
+
+
+def test_float_volume_round_trips_within_quantisation(tmp_path: Path) -> None:
+    vol = make_oblique_volume(dtype=np.float32)
+    write_dicom_series(vol, tmp_path / "s")
+    back = read_dicom_series(tmp_path / "s")
+    assert back.dtype == np.float32
+    ds = pydicom.dcmread(next((tmp_path / "s").iterdir()))
+    slope = float(ds.RescaleSlope)
+    assert slope < 0.01  # 16-bit quantisation of a ~200-wide range
+    assert np.max(np.abs(back.array - vol.array)) <= slope / 2 + 1e-4
+    vol.geometry.require_same(back.geometry, **EXACT)
+
+
+def test_large_integer_range_uses_intercept_exactly(tmp_path: Path) -> None:
+    vol = make_oblique_volume(dtype=np.float32)
+    scaled = (vol.array - vol.array.min()) / np.ptp(vol.array)
+    arr = np.rint(scaled * 60000).astype(np.int32) - 40000  # -40000 .. 20000: neither int16 nor uint16
+    vol = vol.with_array(arr)
+    write_dicom_series(vol, tmp_path / "s", modality="CT")
+    back = read_dicom_series(tmp_path / "s")
+    np.testing.assert_array_equal(back.array, arr)
+    assert back.dtype == np.int32  # like GDCM: uint16 stored + integer intercept
+
+
+def test_slices_are_sorted_by_position_not_file_name_or_instance_number(tmp_path: Path) -> None:
+    vol = make_oblique_volume(dtype=np.int16)
+    files = write_dicom_series(vol, tmp_path / "s")
+    order = [5, 0, 11, 3, 8, 1, 10, 2, 7, 4, 9, 6]
+    # scramble both the names and the InstanceNumbers
+    edit_files(files, lambda k, ds: setattr(ds, "InstanceNumber", order[k] + 1))
+    for k, f in enumerate(files):
+        f.rename(f.with_name(f"x{order[k]:02d}.dcm"))
+    loaded = load_series(tmp_path / "s")
+    np.testing.assert_array_equal(loaded.volume.array, vol.array)
+    for k, ds in enumerate(loaded.datasets):  # datasets[k] is slice k
+        np.testing.assert_allclose(
+            [float(v) for v in ds.ImagePositionPatient], vol.index_to_world((k, 0, 0)), atol=1e-6
+        )
+    assert [Path(f).name for f in loaded.files] == [f"x{order[k]:02d}.dcm" for k in range(len(files))]
+
+
+def test_left_handed_volume_reads_back_reversed_in_the_same_place(tmp_path: Path) -> None:
+    vol = make_oblique_volume(dtype=np.int16)
+    direction = vol.direction.copy()
+    direction[:, 0] *= -1  # slice axis opposite to row x column
+    flipped = Volume(vol.array, vol.spacing, vol.origin, direction)
+    write_dicom_series(flipped, tmp_path / "s")
+    back = read_dicom_series(tmp_path / "s")
+    np.testing.assert_array_equal(back.array, flipped.array[::-1])
+    np.testing.assert_allclose(back.index_to_world((0, 0, 0)), flipped.index_to_world((11, 0, 0)), atol=1e-6)
+
+
+def test_meta_has_uids_and_no_patient_data(tmp_path: Path) -> None:
+    ref = write_reference(tmp_path / "ref", make_oblique_volume(dtype=np.int16))
+    meta = ref.volume.meta
+    assert meta["modality"] == "MR"
+    assert meta["study_uid"] == "1.2.3.4.5.6.7"
+    assert meta["frame_of_reference_uid"] == "1.2.3.4.5.6.8"
+    assert meta["series_uid"] == str(ref.datasets[0].SeriesInstanceUID)
+    text = repr(meta) + repr(ref.info) + repr(ref.volume)
+    for secret in ("Doe", "PID-7731", "19610203"):
+        assert secret not in text
+
+
+def test_reference_keeps_patient_study_and_frame_of_reference(tmp_path: Path) -> None:
+    vol = make_oblique_volume(dtype=np.int16)
+    ref = write_reference(tmp_path / "ref", vol)
+    write_dicom_series(vol.with_array(vol.array * 2), tmp_path / "out", reference=ref, modality="CT")
+    out = load_series(tmp_path / "out")
+    ds = out.datasets[0]
+    assert ds.StudyInstanceUID == "1.2.3.4.5.6.7"
+    assert ds.FrameOfReferenceUID == "1.2.3.4.5.6.8"
+    assert ds.SeriesInstanceUID != ref.datasets[0].SeriesInstanceUID
+    assert str(ds.PatientName) == "Doe^Jane" and ds.PatientID == "PID-7731"
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+    assert len({d.SOPInstanceUID for d in out.datasets}) == vol.shape[0]
+    # the reference given as a folder works the same
+    write_dicom_series(vol, tmp_path / "out2", reference=tmp_path / "ref")
+    assert load_series(tmp_path / "out2").datasets[0].StudyInstanceUID == "1.2.3.4.5.6.7"
+
+
+def test_deidentified_output_holds_no_identifiers(tmp_path: Path) -> None:
+    vol = make_oblique_volume(dtype=np.int16)
+    ref = write_reference(tmp_path / "ref", vol)
+    files = write_dicom_series(vol, tmp_path / "a", reference=ref, deidentify=True)
+    files_b = write_dicom_series(vol, tmp_path / "b", reference=ref, deidentify=True)
+    for f in files:
+        data = f.read_bytes()
+        for secret in (b"Doe", b"PID-7731", b"19610203", b"ACC99812", b"House", b"Plainsboro", b"SECRET", b"20200101"):
+            assert secret not in data
+    a = pydicom.dcmread(files[0])
+    b = pydicom.dcmread(files_b[0])
+    assert ref.datasets[0].StudyInstanceUID == "1.2.3.4.5.6.7"  # the reference is not changed
+    assert a.PatientIdentityRemoved == "YES"
+    assert a.PatientSex == "F" and a.PatientAge == "063Y"  # patient characteristics kept
+    # UIDs replaced, consistently: two de-identified series still share study and frame
+    assert a.StudyInstanceUID != "1.2.3.4.5.6.7"
+    assert a.StudyInstanceUID == b.StudyInstanceUID
+    assert a.FrameOfReferenceUID == b.FrameOfReferenceUID != "1.2.3.4.5.6.8"
+    np.testing.assert_array_equal(read_dicom_series(tmp_path / "a").array, vol.array)
+
+
+def test_deidentify_dataset_clears_nested_names_dates_and_private_tags() -> None:
+    ds = fake_reference()
+    item = Dataset()
+    item.PerformingPhysicianName = "Cuddy^Lisa"
+    item.InstitutionName = "Nested Hospital"
+    item.PerformedProcedureStepStartDate = "20200101"
+    ds.PerformedProtocolCodeSequence = [item]
+    ds.add_new((0x0029, 0x1010), "LO", "PRIVATE")
+    ds.add_new((0x6000, 0x3000), "OW", b"\x00\x01")  # overlay data
+    out = deidentify_dataset(ds, pseudonym="case-1")
+    assert out is ds
+    assert str(ds.PatientName) == "case-1" and ds.PatientID == "case-1"
+    assert ds.PatientBirthDate == "" and ds.StudyDate == "" and ds.AccessionNumber == ""
+    assert ds.ReferringPhysicianName == ""
+    assert "InstitutionName" not in ds
+    nested = ds.PerformedProtocolCodeSequence[0]
+    assert nested.PerformingPhysicianName == "" and nested.PerformedProcedureStepStartDate == ""
+    assert "InstitutionName" not in nested
+    assert (0x0029, 0x1010) not in ds and (0x6000, 0x3000) not in ds
+    assert ds.PatientSex == "F"
+
+
+def test_existing_output_folder_is_kept_without_overwrite(tmp_path: Path) -> None:
+    vol = make_oblique_volume(dtype=np.int16)
+    write_dicom_series(vol, tmp_path / "s")
+    before = sorted(p.name for p in (tmp_path / "s").iterdir())
+    with pytest.raises(OutputExistsError):
+        write_dicom_series(vol, tmp_path / "s")
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == before
+    write_dicom_series(vol.with_array(vol.array + 1), tmp_path / "s", overwrite=True)
+    np.testing.assert_array_equal(read_dicom_series(tmp_path / "s").array, vol.array + 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # no temp folders left
+
+
+def test_write_refuses_bad_values_and_modality(tmp_path: Path) -> None:
+    vol = make_oblique_volume()
+    bad = vol.array.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        write_dicom_series(vol.with_array(bad), tmp_path / "s")
+    with pytest.raises(ConfigError, match="MR or CT"):
+        write_dicom_series(vol, tmp_path / "s", modality="US")
+    assert not (tmp_path / "s").exists()
+
+
+# ------------------------------------------------------------- rescale / dtypes
+def test_rescale_types_follow_gdcm(tmp_path: Path) -> None:
+    vol = make_oblique_volume(dtype=np.uint16)
+    files = write_dicom_series(vol, tmp_path / "s", modality="CT")
+
+    def rescale(slope: str, intercept: str, bits_stored: int) -> Callable[[int, Dataset], None]:
+        def change(_k: int, ds: Dataset) -> None:
+            ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+            ds.BitsStored, ds.HighBit = bits_stored, bits_stored - 1
+
+        return change
+
+    cases = [("1", "-1024", 12, np.int16), ("1", "-1024", 16, np.int32), ("0.5", "-10.25", 12, np.float32)]
+    for slope, intercept, bits, expected in cases:
+        edit_files(files, rescale(slope, intercept, bits))
+        back = read_dicom_series(tmp_path / "s")
+        assert back.dtype == expected, (slope, intercept, bits)
+        np.testing.assert_allclose(back.array, vol.array * float(slope) + float(intercept))
+        ref = sitk_read(tmp_path / "s")
+        np.testing.assert_allclose(ref.array, back.array, rtol=1e-7)
+        if expected != np.float32:
+            assert ref.dtype == back.dtype
+
+
+def test_bits_above_bits_stored_are_cleared(tmp_path: Path) -> None:
+    vol = make_oblique_volume(dtype=np.uint16)
+    files = write_dicom_series(vol, tmp_path / "s")
+
+    def dirty(_k: int, ds: Dataset) -> None:
+        arr = np.frombuffer(ds.PixelData, dtype="<u2") | np.uint16(0xF000)  # garbage in the top 4 bits
+        ds.PixelData = arr.tobytes()
+        ds.BitsStored, ds.HighBit = 12, 11
+
+    edit_files(files, dirty)
+    np.testing.assert_array_equal(read_dicom_series(tmp_path / "s").array, vol.array)
+
+
+# ----------------------------------------------------------------- validation
+def test_missing_slice_is_reported(tmp_path: Path) -> None:
+    files = write_dicom_series(make_oblique_volume(dtype=np.int16), tmp_path / "s")
+    files[5].unlink()
+    with pytest.raises(InputError, match=r"missing slices: about 1 slice"):
+        read_dicom_series(tmp_path / "s")
+
+
+def test_non_uniform_spacing_is_reported(tmp_path: Path) -> None:
+    vol = make_oblique_volume(dtype=np.int16)
+    files = write_dicom_series(vol, tmp_path / "s")
+
+    def move(k: int, ds: Dataset) -> None:
+        if k == 4:
+            ds.ImagePositionPatient = [f"{v:.6f}" for v in vol.index_to_world((4.4, 0, 0))]
+
+    edit_files(files, move)
+    with pytest.raises(InputError, match="non-uniform slice spacing"):
+        read_dicom_series(tmp_path / "s")
+
+
+def test_gantry_tilt_is_reported(tmp_path: Path) -> None:
+    vol = make_oblique_volume(dtype=np.int16)
+    files = write_dicom_series(vol, tmp_path / "s")
+
+    def shear(k: int, ds: Dataset) -> None:  # each slice shifted along the rows: a tilted gantry
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in vol.index_to_world((k, 0.5 * k, 0))]
+
+    edit_files(files, shear)
+    with pytest.raises(InputError, match="gantry tilt"):
+        read_dicom_series(tmp_path / "s")
+
+
+def test_mixed_orientations_are_reported(tmp_path: Path) -> None:
+    files = write_dicom_series(make_oblique_volume(dtype=np.int16), tmp_path / "s")
+
+    def turn(k: int, ds: Dataset) -> None:
+        if k < 3:
+            ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+
+    edit_files(files, turn)
+    with pytest.raises(InputError, match="mixes slice orientations.*2 orientations"):
+        read_dicom_series(tmp_path / "s")
+
+
+def test_mixed_sizes_are_reported(tmp_path: Path) -> None:
+    files = write_dicom_series(make_oblique_volume(dtype=np.int16), tmp_path / "s")
+    uid = pydicom.dcmread(files[0]).SeriesInstanceUID
+    other = write_dicom_series(make_oblique_volume(shape=(2, 10, 16), dtype=np.int16), tmp_path / "t")
+    edit_files(other, lambda _k, ds: setattr(ds, "SeriesInstanceUID", uid))
+    for f in other:
+        shutil.move(f, tmp_path / "s" / f"other_{f.name}")
+    with pytest.raises(InputError, match="different sizes.*12 slices of 20x16, 2 slices of 10x16"):
+        read_dicom_series(tmp_path / "s")
+
+
+def _two_echoes(tmp_path: Path, *, distinguish: bool) -> Volume:
+    vol = make_oblique_volume(dtype=np.int16)
+    first = write_dicom_series(vol, tmp_path / "a")
+    second = write_dicom_series(vol.with_array(vol.array * 2), tmp_path / "b")
+    uid = pydicom.dcmread(first[0]).SeriesInstanceUID
+
+    def label(echo: float) -> Callable[[int, Dataset], None]:
+        def change(_k: int, ds: Dataset) -> None:
+            ds.SeriesInstanceUID = uid
+            ds.ContentTime = "120000"
+            if distinguish:
+                ds.EchoTime = echo
+
+        return change
+
+    edit_files(first, label(10.0))
+    edit_files(second, label(20.0))
+    (tmp_path / "s").mkdir()
+    for f in [*first, *second]:
+        shutil.move(f, tmp_path / "s" / f"{f.parent.name}_{f.name}")
+    return vol
+
+
+def test_stacked_volumes_need_a_choice(tmp_path: Path) -> None:
+    vol = _two_echoes(tmp_path, distinguish=True)
+    with pytest.raises(InputError, match=r"2 volumes .* echo time.*\[0\] echo time 10 \(12 slices\)"):
+        read_dicom_series(tmp_path / "s")
+    np.testing.assert_array_equal(read_dicom_series(tmp_path / "s", volume=1).array, vol.array * 2)
+    assert read_dicom_series(tmp_path / "s", volume=0).meta["volume"] == "echo time 10"
+    with pytest.raises(InputError, match="no volume 2"):
+        read_dicom_series(tmp_path / "s", volume=2)
+    assert list_series(tmp_path / "s")[0].n_volumes == 2
+
+
+def test_stacked_volumes_without_a_telling_attribute(tmp_path: Path) -> None:
+    _two_echoes(tmp_path, distinguish=False)
+    with pytest.raises(InputError, match="no attribute tells the volumes apart"):
+        read_dicom_series(tmp_path / "s")
+
+
+def test_series_selection(tmp_path: Path) -> None:
+    a = make_oblique_volume(dtype=np.int16)
+    write_dicom_series(a, tmp_path / "study" / "x", series_description="T2 axial", series_number=3)
+    write_dicom_series(a.with_array(a.array + 5), tmp_path / "study" / "y", series_description="ADC", series_number=4)
+    series = list_series(tmp_path / "study")
+    assert [s.description for s in series] == ["T2 axial", "ADC"]
+    assert series[0].n_files == 12 and series[0].rows == 20 and series[0].cols == 16
+    with pytest.raises(InputError, match=r"holds 2 DICOM series.*\[0\] .* 'T2 axial' MR 12 slices; \[1\]"):
+        read_dicom_series(tmp_path / "study")
+    np.testing.assert_array_equal(read_dicom_series(tmp_path / "study", "adc").array, a.array + 5)
+    np.testing.assert_array_equal(read_dicom_series(tmp_path / "study", 1).array, a.array + 5)
+    np.testing.assert_array_equal(read_dicom_series(tmp_path / "study", "0").array, a.array)
+    np.testing.assert_array_equal(read_dicom_series(tmp_path / "study", series[1].series_uid).array, a.array + 5)
+    with pytest.raises(InputError, match="no series with index 2"):
+        read_dicom_series(tmp_path / "study", 2)
+    with pytest.raises(InputError, match="no series with UID or description 'DWI'"):
+        read_dicom_series(tmp_path / "study", "DWI")
+
+
+def test_folder_without_dicom(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(InputError, match="holds no DICOM image series"):
+        list_series(tmp_path)
+    with pytest.raises(InputError, match="does not exist"):
+        list_series(tmp_path / "missing")
+
+
+def test_truncated_files_are_named(tmp_path: Path) -> None:
+    files = write_dicom_series(make_oblique_volume(shape=(4, 60, 50), dtype=np.int16), tmp_path / "s")
+    data = files[2].read_bytes()
+    files[2].write_bytes(data[:-100])  # pixel data cut short
+    with pytest.raises(InputError, match=f"{files[2].name}: pixel data cannot be read"):
+        read_dicom_series(tmp_path / "s")
+    files[2].write_bytes(data[:700])  # header cut short
+    with pytest.raises(InputError, match=f"{files[2].name}: is truncated"):
+        read_dicom_series(tmp_path / "s")
+
+
+def test_single_file(tmp_path: Path) -> None:
+    vol = make_oblique_volume(dtype=np.int16)
+    files = write_dicom_series(vol, tmp_path / "s")
+    one = read_dicom_file(files[3])
+    assert one.shape == (1, 20, 16)
+    np.testing.assert_array_equal(one.array[0], vol.array[3])
+    np.testing.assert_allclose(one.origin, vol.index_to_world((3, 0, 0)), atol=1e-6)
+    assert one.spacing[0] == pytest.approx(3.0)  # from SpacingBetweenSlices
+    (tmp_path / "x.dcm").write_bytes(b"\x00" * 200)
+    with pytest.raises(InputError, match="not a DICOM file"):
+        load_file(tmp_path / "x.dcm")
+
+
+def test_read_volume_dispatches_to_dicom(tmp_path: Path) -> None:
+    vol = make_oblique_volume(dtype=np.int16)
+    files = write_dicom_series(vol, tmp_path / "s")
+    np.testing.assert_array_equal(read_volume(tmp_path / "s").array, vol.array)
+    assert read_volume(files[0]).shape == (1, 20, 16)
+
+
+def test_inputs_are_not_modified_by_reading(tmp_path: Path) -> None:
+    files = write_dicom_series(make_oblique_volume(dtype=np.int16), tmp_path / "s")
+    before = {f: (f.read_bytes(), os.stat(f).st_mtime_ns) for f in files}
+    load_series(tmp_path / "s")
+    assert {f: (f.read_bytes(), os.stat(f).st_mtime_ns) for f in files} == before
+
+
+# ------------------------------------------------------------------- real data
+@pytest.mark.parametrize("series", PROSTATEX_T2)
+def test_prostatex_t2_equals_simpleitk(shared_data: Path, series: str) -> None:
+    folder = shared_data / "prostatex_dicom" / series
+    loaded = load_series(folder)
+    ref = sitk_read(folder)
+    assert loaded.volume.dtype == ref.dtype
+    np.testing.assert_array_equal(loaded.volume.array, ref.array)
+    loaded.volume.geometry.require_same(ref.geometry)
+    assert loaded.warnings == []
+    assert loaded.volume.meta["frame_of_reference_uid"]
+
+
+def test_prostatex_series_choice_and_problems(shared_data: Path) -> None:
+    study = shared_data / "prostatex_dicom" / "ProstateX-0001" / "07-08-2011"
+    infos = list_series(study)
+    assert len(infos) == 11
+    sag = read_dicom_series(study, "t2_tse_sag")
+    ref = sitk_read(study / "4.000000-t2tsesag-22089")
+    np.testing.assert_array_equal(sag.array, ref.array)
+    # two t2_tse_tra series: the description is ambiguous
+    with pytest.raises(InputError, match="2 series described 't2_tse_tra'"):
+        read_dicom_series(study, "t2_tse_tra")
+    # the localizer holds 3 orientations
+    with pytest.raises(InputError, match="3 orientations: 3 sagittal, 5 coronal, 5 axial"):
+        read_dicom_series(study / "1.000000-t2localizer-75055")
+    loc = next(i for i in infos if i.description == "t2_localizer")
+    assert loc.orientations == 3
+
+
+def test_prostatex_dwi_b_values(shared_data: Path, tmp_path: Path) -> None:
+    folder = shared_data / "prostatex_dicom" / "ProstateX-0000" / "07-07-2011" / "6.000000-ep2ddifftraDYNDIST-69284"
+    with pytest.raises(InputError, match=r"3 volumes.*b-value.*\[1\] b-value 400 \(19 slices\)"):
+        read_dicom_series(folder)
+    b400 = read_dicom_series(folder, volume=1)
+    # SimpleITK on just the b=400 files (linked into a folder of their own)
+    (tmp_path / "b400").mkdir()
+    for f in sorted(folder.iterdir()):
+        if pydicom.dcmread(f, stop_before_pixels=True)[0x0019, 0x100C].value.strip() == b"400":
+            (tmp_path / "b400" / f.name).symlink_to(f)
+    ref = sitk_read(tmp_path / "b400")
+    np.testing.assert_array_equal(b400.array, ref.array)
+    b400.geometry.require_same(ref.geometry)
+
+
+def test_prostatex_lone_localizer_slice(shared_data: Path) -> None:
+    folder = shared_data / "prostatex_dicom" / "ProstateX-0218" / "02-18-2011" / "2.000000-localizer-18571"
+    vol = read_dicom_file(next(folder.iterdir()))
+    assert vol.shape == (1, 128, 128)
+    assert vol.spacing == pytest.approx((6.0, 3.125, 3.125))
+
+
+def test_prostatex_dicom_nifti_dicom_round_trip(shared_data: Path, tmp_path: Path) -> None:
+    folder = shared_data / "prostatex_dicom" / "ProstateX-0000" / "07-07-2011" / "4.000000-t2tsetra-00702"
+    original = load_series(folder)
+    nifti = write_volume(original.volume, tmp_path / "t2.nii.gz")
+    via_nifti = read_volume(nifti)
+    write_dicom_series(via_nifti, tmp_path / "dicom", reference=original)
+    back = load_series(tmp_path / "dicom")
+    np.testing.assert_array_equal(back.volume.array, original.volume.array)
+    assert back.volume.dtype == original.volume.dtype
+    # NIfTI stores the affine in float32: allow its round-off only
+    back.volume.geometry.require_same(original.volume.geometry, origin_atol=1e-4, direction_atol=1e-6)
+    assert back.volume.meta["study_uid"] == original.volume.meta["study_uid"]
+    assert back.volume.meta["frame_of_reference_uid"] == original.volume.meta["frame_of_reference_uid"]
+    assert back.volume.meta["series_uid"] != original.volume.meta["series_uid"]
+
+
+def test_jpeg2000_ct_equals_simpleitk(shared_data: Path) -> None:
+    folder = shared_data / "totalseg_examples" / "example_ct_dicom"
+    vol = read_dicom_series(folder)
+    ref = sitk_read(folder)
+    assert vol.shape == (20, 512, 512) and vol.dtype == np.int16
+    np.testing.assert_array_equal(vol.array, ref.array)
+    vol.geometry.require_same(ref.geometry)
+    assert vol.spacing[0] == pytest.approx(2.0)  # from positions, not SliceThickness 3.0
+
+
+def test_dcmqi_ct_and_multiframe(shared_data: Path) -> None:
+    seg = shared_data / "dcmqi_seg" / "segmentations"
+    ct = read_dicom_series(seg / "ct-3slice")
+    ref = sitk_read(seg / "ct-3slice")
+    assert ct.dtype == np.int32 == ref.dtype  # int16 stored + intercept -1024 needs int32
+    np.testing.assert_array_equal(ct.array, ref.array)
+    label = read_volume(seg / "liver_seg.nrrd")
+    ct.geometry.require_same(label.geometry)
+    # the Legacy Converted Enhanced multi-frame object equals the single-frame series
+    single = read_dicom_series(seg / "23x38x3" / "image")
+    multi = load_file(seg / "23x38x3" / "multiframe" / "mf.dcm")
+    np.testing.assert_array_equal(multi.volume.array, single.array)
+    multi.volume.geometry.require_same(single.geometry, **EXACT)
+    assert multi.frames == [0, 1, 2]  # frame 0 is the lowest (z -177.75), frame 2 the highest
+    # SEG objects beside the images are not listed as image series
+    assert all(s.modality == "CT" for s in list_series(seg))

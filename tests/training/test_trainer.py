@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from medseg.errors import ConfigError, OutputExistsError
+from medseg.training.checkpoint import load_checkpoint, model_folders
+from medseg.training.config import TrainingConfig, load_training_config
+from medseg.training.trainer import Trainer, TrainingError, train
+
+FAST = {"epochs": 2, "iterations_per_epoch": 3, "val_every": 1, "num_workers": 0, "max_val_cases": 1}
+
+
+def _config(**kw: object) -> TrainingConfig:
+    return TrainingConfig().with_overrides({**FAST, **kw})
+
+
+def test_training_writes_a_complete_model_folder(planned_dataset: Path) -> None:
+    res = train(planned_dataset, 0, config=_config(), folds=3)
+    folder = res.model_dir
+    assert folder == planned_dataset / "models" / "3d" / "fold_0"
+    assert model_folders(folder) == [folder]
+    for name in ("checkpoint_best.pt", "checkpoint_last.pt", "log.csv", "curves.png", "training_config.json", "postprocessing.json"):
+        assert (folder / name).is_file(), name
+    rows = list(csv.DictReader((folder / "log.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(float(r["train_loss"]) > 0 for r in rows)
+    info = json.loads((folder / "model.json").read_text())
+    assert info["architecture"]["name"] == "unet" and info["epochs_completed"] == 2
+    ckpt = load_checkpoint(folder / "checkpoint_last.pt")
+    assert ckpt["epoch"] == 2 and ckpt["plan"]["patch_size"] == [8, 16, 16]
+    assert res.best_epoch in (1, 2) and 0 <= res.best_dice <= 1
+    assert (planned_dataset / "splits.json").is_file()
+
+
+def test_existing_model_folder_needs_resume_or_overwrite(planned_dataset: Path) -> None:
+    train(planned_dataset, 0, config=_config(epochs=1), folds=3)
+    with pytest.raises(OutputExistsError):
+        train(planned_dataset, 0, config=_config(epochs=1), folds=3)
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(folder / "checkpoint_last.pt")["model"]
+
+
+def test_resume_after_interruption_reproduces_the_uninterrupted_run(planned_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = _config(epochs=3)
+    full = train(planned_dataset, 0, config=cfg, out_dir=planned_dataset / "full", folds=3)
+
+    original = Trainer._after_epoch
+
+    def crash_after_first(self: Trainer, record: object, tb: object) -> None:
+        original(self, record, tb)  # type: ignore[arg-type]
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_after_epoch", crash_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        train(planned_dataset, 0, config=cfg, out_dir=planned_dataset / "cut", folds=3)
+    assert load_checkpoint(planned_dataset / "cut" / "checkpoint_last.pt")["epoch"] == 1
+    monkeypatch.setattr(Trainer, "_after_epoch", original)
+    resumed = train(planned_dataset, 0, config=cfg, out_dir=planned_dataset / "cut", resume=True, folds=3)
+    assert resumed.epochs_completed == 3
+    a, b = _weights(full.model_dir), _weights(resumed.model_dir)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    assert [round(h.train_loss, 6) for h in full.history] == [round(h.train_loss, 6) for h in resumed.history]
+
+
+def test_ctrl_c_mid_epoch_writes_a_checkpoint(planned_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"n": 0}
+    original = Trainer._loss
+
+    def interrupt(self: Trainer, logits: object, label: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 5:  # during the second epoch
+            raise KeyboardInterrupt
+        return original(self, logits, label)
+
+    monkeypatch.setattr(Trainer, "_loss", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(planned_dataset, 0, config=_config(epochs=3), folds=3)
+    ckpt = load_checkpoint(planned_dataset / "models" / "3d" / "fold_0" / "checkpoint_last.pt")
+    assert ckpt["epoch"] == 1  # the epoch in progress is redone on resume
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(planned_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"n": 0}
+    original = Trainer._loss
+
+    def nan_in_second_epoch(self: Trainer, logits: object, label: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        loss = original(self, logits, label)
+        return loss * float("nan") if calls["n"] > 3 else loss
+
+    monkeypatch.setattr(Trainer, "_loss", nan_in_second_epoch)
+    with pytest.raises(TrainingError, match="loss became nan at epoch 2"):
+        train(planned_dataset, 0, config=_config(epochs=3), folds=3)
+    folder = planned_dataset / "models" / "3d" / "fold_0"
+    ckpt = load_checkpoint(folder / "checkpoint_last.pt")
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_resume_with_a_different_architecture_is_refused(planned_dataset: Path) -> None:
+    train(planned_dataset, 0, config=_config(epochs=1), folds=3)
+    plan_file = planned_dataset / "plans" / "3d.json"
+    data = json.loads(plan_file.read_text())
+    data["network"]["base_features"] = 8
+    plan_file.write_text(json.dumps(data))
+    with pytest.raises(TrainingError, match="different network"):
+        train(planned_dataset, 0, config=_config(epochs=2), resume=True, folds=3)
+
+
+def test_training_config_file_is_strict(tmp_path: Path) -> None:
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps({"loss": "focal", "learning_rate": 1e-4, "schedule": "step", "step_epochs": 100}))
+    loaded = load_training_config(cfg, {"epochs": 4})
+    assert loaded.loss == "focal" and loaded.epochs == 4 and loaded.learning_rate == 1e-4
+    cfg.write_text(json.dumps({"learning_rat": 1e-4}))
+    with pytest.raises(ConfigError, match="learning_rat"):
+        load_training_config(cfg)
+    cfg.write_text(json.dumps({"epochs": "ten"}))
+    with pytest.raises(ConfigError, match="epochs"):
+        load_training_config(cfg)
+
+
+def test_step_schedule_matches_the_exercise() -> None:
+    from medseg.training.trainer import _lr_lambda
+
+    f = _lr_lambda(TrainingConfig(schedule="step", step_epochs=100, learning_rate=1e-4))
+    assert f(0) == 1.0 and f(99) == 1.0 and f(100) == pytest.approx(0.1)

@@ -25,7 +25,7 @@ median is reported. The ratio is medseg's median over the fastest direct reader'
 the target is medseg overhead <= 10 %% (ratio <= 1.10).
 Every reader's array is checksummed to check that all of them return the same voxels.
 
-Usage: ``python benchmarks/io_bench.py [--repeats 7] [--out benchmarks/results/io_bench.json]``
+Usage: ``python benchmarks/io_bench.py [--repeats 5] [--out benchmarks/results/io_bench.json]``
 """
 
 from __future__ import annotations
@@ -294,7 +294,7 @@ def run_case(name: str, paths: list[Path], readers: list[str], repeats: int) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "io_bench.json")
     parser.add_argument("--memory", help=argparse.SUPPRESS)
     parser.add_argument("--time", help=argparse.SUPPRESS)

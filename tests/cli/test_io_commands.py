@@ -81,11 +81,13 @@ def test_info_shows_table_then_fails_on_an_unbuildable_series(tmp_path: Path) ->
 def test_convert_dicom_to_nifti_to_dicom(tmp_path: Path) -> None:
     vol = make_oblique_volume(dtype=np.int16)
     write_dicom_series(vol, tmp_path / "dcm", modality="CT")
-    code, out, err = run("convert", tmp_path / "dcm", tmp_path / "v.nii.gz")
+    code, _, err = run("convert", tmp_path / "dcm", tmp_path / "v.nii.gz")
     assert code == 0, err
     nii = read_volume(tmp_path / "v.nii.gz")
     np.testing.assert_array_equal(nii.array, vol.array)
-    code, _, err = run("convert", tmp_path / "v.nii.gz", tmp_path / "dcm2", "--to", "dicom", "--modality", "CT")
+    code, _, err = run(
+        "convert", tmp_path / "v.nii.gz", tmp_path / "dcm2", "--to", "dicom", "--modality", "CT"
+    )
     assert code == 0, err
     back = read_volume(tmp_path / "dcm2")
     np.testing.assert_array_equal(back.array, vol.array)
@@ -169,7 +171,11 @@ def _bad_case(tmp_path: Path, case: str) -> tuple[list[str | Path], str]:
         return ["convert", inputs / "dcm", out / "v.nrrd"], f"{files[1].name}: pixel data cannot be read"
     if case == "not-medical":
         (inputs / "notes.txt").write_text("hello")
-        return ["convert", inputs / "notes.txt", out / "v.nrrd"], "notes.txt: is not a recognised medical image"
+        return [
+            "convert",
+            inputs / "notes.txt",
+            out / "v.nrrd",
+        ], "notes.txt: is not a recognised medical image"
     if case == "fake-nifti":
         (inputs / "fake.nii.gz").write_text("hello")
         return ["info", inputs / "fake.nii.gz"], "fake.nii.gz: cannot be read as a medical image"

@@ -89,3 +89,13 @@ def test_float_label_map_with_integer_values_is_accepted() -> None:
 def test_colours_are_distinct_for_many_labels() -> None:
     colours = {segment_color(v) for v in range(1, 40)}
     assert len(colours) == 39
+
+
+def test_package_exports_resolve_lazily() -> None:
+    import medseg.export as export
+    from medseg.export import report
+
+    assert export.write_report is report.write_report
+    assert all(callable(getattr(export, name)) for name in export.__all__)
+    with pytest.raises(AttributeError):
+        _ = export.no_such_name

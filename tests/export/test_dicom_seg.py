@@ -18,6 +18,7 @@ from tests.export.conftest import (
     centred_zones,
     ellipsoid_labels,
     prostate_zones,
+    read_series_with_sitk,
     synthetic_image,
     write_series,
 )
@@ -116,6 +117,42 @@ def test_accepts_medseg_dicom_series_object(tmp_path: Path, prostatex_t2: Series
     label = centred_zones(loaded.volume)
     out = write_dicom_seg(label, loaded, tmp_path / "seg.dcm", ZONES)
     np.testing.assert_array_equal(read_dicom_seg(out, loaded.volume, ZONES).array, label.array)
+
+
+DCMQI = Path("dcmqi_seg/segmentations")
+
+
+@pytest.mark.parametrize(
+    ("seg", "series", "expected"),
+    [
+        ("liver.dcm", "ct-3slice", "liver_seg.nrrd"),  # file order runs down in z
+        ("23x38x3/seg/label.seg", "23x38x3/image", "23x38x3/nrrd/label.nrrd"),  # frames not byte-aligned
+        (
+            "sparse-labelmap-noppv.dcm",
+            "24x38x3/image",
+            "sparse_labelmap_noppv_seg.nrrd",
+        ),  # LABELMAP, slice missing
+    ],
+)
+def test_reads_third_party_segs_onto_their_source_grid(
+    shared_data: Path, seg: str, series: str, expected: str
+) -> None:
+    """dcmqi's SEG fixtures decode to exactly dcmqi's own NRRD label maps."""
+    from medseg.io.itk import read_itk
+
+    root = shared_data / DCMQI
+    image = read_series_with_sitk(root / series)
+    reference = read_itk(root / expected)
+    assert reference.geometry.is_close(image.geometry)
+    got = read_dicom_seg(root / seg, image, {1: "Liver"})
+    np.testing.assert_array_equal(got.array, reference.array)
+    assert got.meta["segments"] == {1: "Liver"}
+
+
+def test_overlapping_third_party_seg_is_a_clear_error(shared_data: Path) -> None:
+    root = shared_data / DCMQI
+    with pytest.raises(InputError, match="overlapping segments"):
+        read_dicom_seg(root / "partial_overlaps.dcm", read_series_with_sitk(root / "ct-3slice"))
 
 
 # ----------------------------------------------------------------------------- errors

@@ -160,6 +160,10 @@ def test_absent_label_has_no_surface() -> None:
     label, _ = _anisotropic_volume()
     with pytest.raises(InputError, match="no voxels"):
         label_mesh(label, 7)
+
+
+def test_empty_label_writes_no_meshes(tmp_path: Path) -> None:
+    label, _ = _anisotropic_volume()
     empty = label.with_array(np.zeros(label.shape, np.uint8))
-    with pytest.raises(InputError, match="no foreground"):
-        write_label_meshes(empty, "unused")
+    assert write_label_meshes(empty, tmp_path / "meshes") == {}
+    assert not (tmp_path / "meshes").exists()

@@ -83,6 +83,17 @@ def test_oblique_reversed_non_square_matrix_series(tmp_path: Path, reversed_seri
             np.testing.assert_allclose(image.world_to_index(points)[:, 0], k, atol=1e-3)
 
 
+def test_seg_written_into_the_series_folder_is_ignored(tmp_path: Path, synthetic_series: Series) -> None:
+    """rt-utils alone would load the SEG's frames as extra slices; the source folder is filtered."""
+    from medseg.export.dicom_seg import write_dicom_seg
+
+    label = centred_zones(synthetic_series.image)
+    write_dicom_seg(label, synthetic_series.folder, synthetic_series.folder / "seg.dcm", ZONES)
+    out = write_rtstruct(label, synthetic_series.folder, tmp_path / "rt.dcm", ZONES)
+    back = read_rtstruct(out, synthetic_series.image, ZONES)
+    assert dice(back.array == 1, label.array == 1) >= 0.95
+
+
 def test_holes_survive_the_round_trip(tmp_path: Path, synthetic_series: Series) -> None:
     arr = np.zeros(synthetic_series.image.shape, dtype=np.uint8)
     arr[2:6, 8:28, 6:22] = 1

@@ -24,11 +24,19 @@ from medseg.io.dicom import (
     write_dicom_series,
 )
 from medseg.io.itk import from_sitk
-from medseg.volume import Volume
+from medseg.volume import Volume, VolumeGeometry
 from tests.conftest import make_oblique_volume
 
 # Geometry survives DICOM's decimal strings (up to 16 characters) almost exactly.
 EXACT = {"spacing_atol": 1e-6, "origin_atol": 1e-6, "direction_atol": 1e-7}
+
+
+def require_exact(a: Volume | VolumeGeometry, b: Volume | VolumeGeometry) -> None:
+    ga = a.geometry if isinstance(a, Volume) else a
+    gb = b.geometry if isinstance(b, Volume) else b
+    ga.require_same(gb, "geometries", **EXACT)
+
+
 PROSTATEX_T2 = [
     "ProstateX-0000/07-07-2011/3.000000-t2tsesag-87368",
     "ProstateX-0000/07-07-2011/4.000000-t2tsetra-00702",
@@ -102,7 +110,7 @@ def test_integer_volume_round_trips_exactly(tmp_path: Path, dtype: type) -> None
     back = read_dicom_series(tmp_path / "s")
     np.testing.assert_array_equal(back.array, vol.array)
     assert back.dtype == (np.uint16 if dtype == np.uint8 else dtype)  # DICOM images are 16 bit
-    vol.geometry.require_same(back.geometry, **EXACT)
+    require_exact(vol, back)
     # SimpleITK reads the same thing from our files
     ref = sitk_read(tmp_path / "s")
     np.testing.assert_array_equal(ref.array, back.array)
@@ -118,7 +126,7 @@ def test_float_volume_round_trips_within_quantisation(tmp_path: Path) -> None:
     slope = float(ds.RescaleSlope)
     assert slope < 0.01  # 16-bit quantisation of a ~200-wide range
     assert np.max(np.abs(back.array - vol.array)) <= slope / 2 + 1e-4
-    vol.geometry.require_same(back.geometry, **EXACT)
+    require_exact(vol, back)
 
 
 def test_large_integer_range_uses_intercept_exactly(tmp_path: Path) -> None:
@@ -196,7 +204,16 @@ def test_deidentified_output_holds_no_identifiers(tmp_path: Path) -> None:
     files_b = write_dicom_series(vol, tmp_path / "b", reference=ref, deidentify=True)
     for f in files:
         data = f.read_bytes()
-        for secret in (b"Doe", b"PID-7731", b"19610203", b"ACC99812", b"House", b"Plainsboro", b"SECRET", b"20200101"):
+        for secret in (
+            b"Doe",
+            b"PID-7731",
+            b"19610203",
+            b"ACC99812",
+            b"House",
+            b"Plainsboro",
+            b"SECRET",
+            b"20200101",
+        ):
             assert secret not in data
     a = pydicom.dcmread(files[0])
     b = pydicom.dcmread(files_b[0])
@@ -333,7 +350,7 @@ def test_mixed_orientations_are_reported(tmp_path: Path) -> None:
             ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
 
     edit_files(files, turn)
-    with pytest.raises(InputError, match="mixes slice orientations.*2 orientations"):
+    with pytest.raises(InputError, match=r"mixes slice orientations.*2 orientations"):
         read_dicom_series(tmp_path / "s")
 
 
@@ -344,7 +361,7 @@ def test_mixed_sizes_are_reported(tmp_path: Path) -> None:
     edit_files(other, lambda _k, ds: setattr(ds, "SeriesInstanceUID", uid))
     for f in other:
         shutil.move(f, tmp_path / "s" / f"other_{f.name}")
-    with pytest.raises(InputError, match="different sizes.*12 slices of 20x16, 2 slices of 10x16"):
+    with pytest.raises(InputError, match=r"different sizes.*12 slices of 20x16, 2 slices of 10x16"):
         read_dicom_series(tmp_path / "s")
 
 
@@ -391,7 +408,9 @@ def test_stacked_volumes_without_a_telling_attribute(tmp_path: Path) -> None:
 def test_series_selection(tmp_path: Path) -> None:
     a = make_oblique_volume(dtype=np.int16)
     write_dicom_series(a, tmp_path / "study" / "x", series_description="T2 axial", series_number=3)
-    write_dicom_series(a.with_array(a.array + 5), tmp_path / "study" / "y", series_description="ADC", series_number=4)
+    write_dicom_series(
+        a.with_array(a.array + 5), tmp_path / "study" / "y", series_description="ADC", series_number=4
+    )
     series = list_series(tmp_path / "study")
     assert [s.description for s in series] == ["T2 axial", "ADC"]
     assert series[0].n_files == 12 and series[0].rows == 20 and series[0].cols == 16
@@ -400,7 +419,9 @@ def test_series_selection(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_dicom_series(tmp_path / "study", "adc").array, a.array + 5)
     np.testing.assert_array_equal(read_dicom_series(tmp_path / "study", 1).array, a.array + 5)
     np.testing.assert_array_equal(read_dicom_series(tmp_path / "study", "0").array, a.array)
-    np.testing.assert_array_equal(read_dicom_series(tmp_path / "study", series[1].series_uid).array, a.array + 5)
+    np.testing.assert_array_equal(
+        read_dicom_series(tmp_path / "study", series[1].series_uid).array, a.array + 5
+    )
     with pytest.raises(InputError, match="no series with index 2"):
         read_dicom_series(tmp_path / "study", 2)
     with pytest.raises(InputError, match="no series with UID or description 'DWI'"):
@@ -484,7 +505,13 @@ def test_prostatex_series_choice_and_problems(shared_data: Path) -> None:
 
 
 def test_prostatex_dwi_b_values(shared_data: Path, tmp_path: Path) -> None:
-    folder = shared_data / "prostatex_dicom" / "ProstateX-0000" / "07-07-2011" / "6.000000-ep2ddifftraDYNDIST-69284"
+    folder = (
+        shared_data
+        / "prostatex_dicom"
+        / "ProstateX-0000"
+        / "07-07-2011"
+        / "6.000000-ep2ddifftraDYNDIST-69284"
+    )
     with pytest.raises(InputError, match=r"3 volumes.*b-value.*\[1\] b-value 400 \(19 slices\)"):
         read_dicom_series(folder)
     b400 = read_dicom_series(folder, volume=1)
@@ -543,7 +570,7 @@ def test_dcmqi_ct_and_multiframe(shared_data: Path) -> None:
     single = read_dicom_series(seg / "23x38x3" / "image")
     multi = load_file(seg / "23x38x3" / "multiframe" / "mf.dcm")
     np.testing.assert_array_equal(multi.volume.array, single.array)
-    multi.volume.geometry.require_same(single.geometry, **EXACT)
+    require_exact(multi.volume, single)
     assert multi.frames == [0, 1, 2]  # frame 0 is the lowest (z -177.75), frame 2 the highest
     # SEG objects beside the images are not listed as image series
     assert all(s.modality == "CT" for s in list_series(seg))

@@ -90,3 +90,20 @@ def test_truncated_files_of_every_format_are_refused(tmp_path: Path, suffix: str
     bad.write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError, match=r"cut\.(nii|mha|nrrd).*(truncated|corrupt|cannot be read)"):
         read_volume(bad)
+
+
+def test_outputs_get_normal_permissions(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from medseg.io.atomic import atomic_dir
+
+    mask = os.umask(0o022)
+    try:
+        out = write_volume(make_oblique_volume(), tmp_path / "v.nii.gz")
+        assert stat.S_IMODE(out.stat().st_mode) == 0o644
+        with atomic_dir(tmp_path / "folder") as tmp:
+            (tmp / "a.txt").write_text("x")
+        assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o755
+    finally:
+        os.umask(mask)

@@ -14,7 +14,7 @@ from medseg.volume import Volume
 
 
 def ramp(dtype: type, shape: tuple[int, int, int] = (3, 5, 7), scale: int = 1) -> Volume:
-    arr = (np.arange(np.prod(shape)).reshape(shape) * scale).astype(dtype)
+    arr: np.ndarray = (np.arange(np.prod(shape)).reshape(shape) * scale).astype(dtype)
     return Volume(arr, (2.5, 0.8, 0.6), (10.0, -4.0, 7.0))
 
 
@@ -61,7 +61,7 @@ def test_single_image_defaults_to_1mm_and_says_so(tmp_path: Path) -> None:
 
 def test_stack_needs_spacing(tmp_path: Path) -> None:
     write_image_stack(ramp(np.uint8), tmp_path / "s")
-    with pytest.raises(InputError, match="carries no voxel spacing.*--spacing Z Y X"):
+    with pytest.raises(InputError, match=r"carries no voxel spacing.*--spacing Z Y X"):
         read_image_stack(tmp_path / "s")
     with pytest.raises(ConfigError, match="three positive numbers"):
         read_image_stack(tmp_path / "s", spacing=(1, 0, 1))
@@ -79,7 +79,7 @@ def test_multipage_tiff_keeps_dtype(tmp_path: Path) -> None:
 
 
 def test_png_refuses_values_it_cannot_hold(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="PNG cannot hold these values.*int16 values from -104 to 0"):
+    with pytest.raises(InputError, match=r"PNG cannot hold these values.*int16 values from -104 to 0"):
         write_image_stack(ramp(np.int16, scale=-1), tmp_path / "s")
     with pytest.raises(InputError, match="a PNG file holds one slice"):
         write_image_stack(ramp(np.uint8), tmp_path / "a.png")
@@ -97,7 +97,7 @@ def test_grey_rgb_is_accepted_and_colour_refused(tmp_path: Path) -> None:
     colour = grey.copy()
     colour[0, 0] = (255, 0, 0)
     Image.fromarray(colour).save(tmp_path / "colour.png")
-    with pytest.raises(InputError, match="colour.png: is a colour image"):
+    with pytest.raises(InputError, match=r"colour\.png: is a colour image"):
         read_image_stack(tmp_path / "colour.png")
 
 
@@ -109,16 +109,18 @@ def test_mismatched_slice_is_named(tmp_path: Path) -> None:
 
 
 def test_truncated_and_fake_images(tmp_path: Path) -> None:
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(
+        tmp_path / "a.png"
+    )
     data = (tmp_path / "a.png").read_bytes()
     (tmp_path / "a.png").write_bytes(data[: len(data) // 2])
-    with pytest.raises(InputError, match="a.png: cannot be read"):
+    with pytest.raises(InputError, match=r"a\.png: cannot be read"):
         read_image_stack(tmp_path / "a.png")
     (tmp_path / "b.png").write_text("hello")
-    with pytest.raises(InputError, match="b.png: is not a readable image"):
+    with pytest.raises(InputError, match=r"b\.png: is not a readable image"):
         read_image_stack(tmp_path / "b.png")
     (tmp_path / "c.tif").write_text("hello")
-    with pytest.raises(InputError, match="c.tif: cannot be read as TIFF"):
+    with pytest.raises(InputError, match=r"c\.tif: cannot be read as TIFF"):
         read_image_stack(tmp_path / "c.tif")
     with pytest.raises(InputError, match="does not exist"):
         read_image_stack(tmp_path / "none.png")
@@ -133,5 +135,7 @@ def test_existing_output_is_kept(tmp_path: Path) -> None:
         write_image_stack(ramp(np.uint8, scale=2), tmp_path / "s")
     np.testing.assert_array_equal(read_image_stack(tmp_path / "s", (1, 1, 1)).array, ramp(np.uint8).array)
     write_image_stack(ramp(np.uint8, scale=2), tmp_path / "s", overwrite=True)
-    np.testing.assert_array_equal(read_image_stack(tmp_path / "s", (1, 1, 1)).array, ramp(np.uint8, scale=2).array)
+    np.testing.assert_array_equal(
+        read_image_stack(tmp_path / "s", (1, 1, 1)).array, ramp(np.uint8, scale=2).array
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["s"]

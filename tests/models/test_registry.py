@@ -104,6 +104,24 @@ def test_our_unet_derives_the_same_topology() -> None:
     assert net.features == (16, 32, 64, 128, 256)
 
 
+def test_dynunet_with_our_unets_arguments_is_the_same_network() -> None:
+    pooling = [(1, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2)]
+    ours = build_model("unet", 3, 1, 5, features=16, pooling=pooling)
+    dyn = build_model("dynunet", 3, 1, 5, features=16, pooling=pooling)
+    assert count_parameters(ours) == count_parameters(dyn) == 5_635_973
+
+
+def test_two_d_networks_accept_a_2d_plans_zyx_entries() -> None:
+    plan_pooling = [(1, 2, 2), (1, 2, 2)]
+    plan_kernels = [(1, 3, 3)] * 3
+    ours = build_model("unet", 2, 1, 2, features=4, pooling=plan_pooling, kernel_sizes=plan_kernels)
+    assert isinstance(ours, UNet) and ours.strides == ((2, 2), (2, 2))
+    dyn = build_model("dynunet", 2, 1, 2, features=4, pooling=plan_pooling, kernel_sizes=plan_kernels)
+    assert count_parameters(dyn) == count_parameters(ours)
+    with pytest.raises(ConfigError, match="expected 2 values"):
+        build_model("unet", 2, 1, 2, pooling=[(2, 2, 2)])
+
+
 def test_unetplusplus_deep_supervision_returns_a_list_in_training() -> None:
     net = build_model("unetplusplus", 2, 1, 2, features=(4, 4, 4, 4, 4, 4), deep_supervision=True)
     outs = net.train()(torch.randn(1, 1, 20, 20))

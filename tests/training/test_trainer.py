@@ -24,7 +24,14 @@ def test_training_writes_a_complete_model_folder(planned_dataset: Path) -> None:
     folder = res.model_dir
     assert folder == planned_dataset / "models" / "3d" / "fold_0"
     assert model_folders(folder) == [folder]
-    for name in ("checkpoint_best.pt", "checkpoint_last.pt", "log.csv", "curves.png", "training_config.json", "postprocessing.json"):
+    for name in (
+        "checkpoint_best.pt",
+        "checkpoint_last.pt",
+        "log.csv",
+        "curves.png",
+        "training_config.json",
+        "postprocessing.json",
+    ):
         assert (folder / name).is_file(), name
     rows = list(csv.DictReader((folder / "log.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
@@ -47,7 +54,9 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(folder / "checkpoint_last.pt")["model"]
 
 
-def test_resume_after_interruption_reproduces_the_uninterrupted_run(planned_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_after_interruption_reproduces_the_uninterrupted_run(
+    planned_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = _config(epochs=3)
     full = train(planned_dataset, 0, config=cfg, out_dir=planned_dataset / "full", folds=3)
 
@@ -88,7 +97,9 @@ def test_ctrl_c_mid_epoch_writes_a_checkpoint(planned_dataset: Path, monkeypatch
     assert ckpt["epoch"] == 1  # the epoch in progress is redone on resume
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(planned_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    planned_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls = {"n": 0}
     original = Trainer._loss
 
@@ -118,7 +129,9 @@ def test_resume_with_a_different_architecture_is_refused(planned_dataset: Path) 
 
 def test_training_config_file_is_strict(tmp_path: Path) -> None:
     cfg = tmp_path / "train.json"
-    cfg.write_text(json.dumps({"loss": "focal", "learning_rate": 1e-4, "schedule": "step", "step_epochs": 100}))
+    cfg.write_text(
+        json.dumps({"loss": "focal", "learning_rate": 1e-4, "schedule": "step", "step_epochs": 100})
+    )
     loaded = load_training_config(cfg, {"epochs": 4})
     assert loaded.loss == "focal" and loaded.epochs == 4 and loaded.learning_rate == 1e-4
     cfg.write_text(json.dumps({"learning_rat": 1e-4}))

@@ -492,7 +492,8 @@ class DatasetWriter:
         """Write dataset.json; raises when no training case was written."""
         if self.num_training == 0:
             why = f" ({len(self.skipped)} skipped: {self.skipped[0]['reason']} ...)" if self.skipped else ""
-            raise InputError(None, f"no training case could be imported{why}")
+            where = self.source_roots[0] if self.source_roots else None
+            raise InputError(where, f"no training case could be imported{why}")
         extra: dict[str, Any] = {}
         record: dict[str, Any] = {"source_kind": self.source_kind, "num_test": self.num_test}
         if self.skipped:

@@ -40,6 +40,7 @@ __all__ = ["read_dicom_seg", "write_dicom_seg"]
 log = logging.getLogger(__name__)
 
 SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
+LABELMAP_SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.7"  # read, not written
 
 
 def _cielab(rgb: tuple[int, int, int]) -> hd.color.CIELabColor:
@@ -162,7 +163,7 @@ def read_dicom_seg(
         header = pydicom.dcmread(src, stop_before_pixels=True)
     except Exception as exc:  # pydicom raises many types for a bad file
         raise InputError(src, "cannot be read as DICOM", found=f"{type(exc).__name__}: {exc}") from None
-    if str(getattr(header, "SOPClassUID", "")) != SEG_SOP_CLASS_UID:
+    if str(getattr(header, "SOPClassUID", "")) not in (SEG_SOP_CLASS_UID, LABELMAP_SEG_SOP_CLASS_UID):
         raise InputError(
             src, "is not a DICOM Segmentation", found=f"SOP class {getattr(header, 'SOPClassUID', '?')}"
         )
@@ -170,11 +171,14 @@ def read_dicom_seg(
         seg = hd.seg.segread(src)
     except Exception as exc:  # highdicom raises many types for a malformed SEG
         raise InputError(src, "cannot be read as a DICOM SEG", found=f"{type(exc).__name__}: {exc}") from None
-    numbers = [int(d.SegmentNumber) for d in seg.SegmentSequence]
-    labels = {int(d.SegmentNumber): str(d.SegmentLabel) for d in seg.SegmentSequence}
+    # A LABELMAP SEG may describe its background as segment 0; it stays 0.
+    numbers = [int(d.SegmentNumber) for d in seg.SegmentSequence if int(d.SegmentNumber) > 0]
+    labels = {
+        int(d.SegmentNumber): str(d.SegmentLabel) for d in seg.SegmentSequence if int(d.SegmentNumber) > 0
+    }
     value_of = {n: n for n in numbers}
     if segment_names is not None:
-        by_name = {str(v): int(k) for k, v in segment_names.items()}
+        by_name = {str(v)[:64]: int(k) for k, v in segment_names.items()}  # SegmentLabel is LO (64)
         unknown = [labels[n] for n in numbers if labels[n] not in by_name]
         if unknown:
             raise ConfigError(f"{src}: segments {unknown} are not among the given names {sorted(by_name)}")
@@ -182,7 +186,11 @@ def read_dicom_seg(
     try:
         volume = seg.get_volume(combine_segments=True, dtype=np.uint16)
     except (ValueError, RuntimeError) as exc:
-        raise InputError(src, "frames do not form a regular volume", found=str(exc)) from None
+        raise InputError(
+            src,
+            "cannot be decoded into one label map (irregular frames or overlapping segments?)",
+            found=str(exc),
+        ) from None
     if volume is None:
         raise InputError(src, "frames do not form a regular volume")
     ref = hd.VolumeGeometry(
@@ -195,7 +203,7 @@ def read_dicom_seg(
             f"{src}: the SEG frames do not lie on the reference grid {geometry!r}: {exc}"
         ) from None
     numbers_array = np.asarray(matched.array)
-    lut = np.zeros(max(numbers) + 1, dtype=np.int64)
+    lut = np.zeros(max(numbers, default=0) + 1, dtype=np.int64)
     for n, v in value_of.items():
         lut[n] = v
     values = lut[numbers_array]

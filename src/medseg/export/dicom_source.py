@@ -54,6 +54,22 @@ class SourceSeries:
         return str(self.datasets[0].SeriesInstanceUID)
 
 
+# Derived objects that may sit beside the images (a SEG written earlier, an RTSTRUCT, an
+# SR): never part of the source series.
+_DERIVED_SOP_CLASS_PREFIXES = (
+    "1.2.840.10008.5.1.4.1.1.66",  # segmentation, registration, fiducials
+    "1.2.840.10008.5.1.4.1.1.481",  # RT objects
+    "1.2.840.10008.5.1.4.1.1.88",  # structured reports
+)
+
+
+def _is_source_image(ds: Dataset) -> bool:
+    sop_class = str(getattr(ds, "SOPClassUID", ""))
+    if sop_class.startswith(_DERIVED_SOP_CLASS_PREFIXES):
+        return False
+    return "ImagePositionPatient" in ds or "PerFrameFunctionalGroupsSequence" in ds
+
+
 def _dataset_path(ds: Dataset) -> Path | None:
     name = getattr(ds, "filename", None)
     return Path(name) if isinstance(name, (str, Path)) and str(name) else None
@@ -68,8 +84,8 @@ def _iter_files(folder: Path) -> Iterable[Path]:
 def read_source_datasets(source: SourceLike) -> list[tuple[Dataset, Path | None]]:
     """Datasets (header only when read here) and their file paths, from any SourceLike.
 
-    A folder is searched recursively; non-DICOM files and non-image objects (no
-    ImagePositionPatient, e.g. an existing SEG or RTSTRUCT) are skipped. Several series
+    A folder is searched recursively; non-DICOM files and derived objects (an existing
+    SEG, RTSTRUCT or SR) are skipped. Several series
     in the folder raise :class:`InputError` naming them.
     """
     items: list[tuple[Dataset, Path | None]] = []
@@ -89,7 +105,7 @@ def read_source_datasets(source: SourceLike) -> list[tuple[Dataset, Path | None]
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
             except (InvalidDicomError, OSError):
                 continue
-            if "ImagePositionPatient" in ds or "PerFrameFunctionalGroupsSequence" in ds:
+            if _is_source_image(ds):
                 items.append((ds, path))
         if not items:
             raise InputError(folder, "holds no DICOM images", expected="the source image series")

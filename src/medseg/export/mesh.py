@@ -207,13 +207,15 @@ def write_label_meshes(
     """Write one mesh file per label value present into ``folder``; returns value -> path.
 
     Every target is checked before anything is written, so an existing file (without
-    ``overwrite``) leaves the folder untouched.
+    ``overwrite``) leaves the folder untouched. An empty label map writes nothing and
+    returns ``{}`` (a warning is logged): in a cohort, "nothing found" is not an error.
     """
     out = Path(folder)
     _mesh_suffix(Path(f"x{suffix}"))
     segments = [s for s in segments_for_label(label, segment_names) if values is None or s.value in values]
     if not segments:
-        raise InputError(None, "the label map has no foreground, so there is no mesh to write")
+        log.warning("the label map has no foreground: no meshes written to %s", out)
+        return {}
     targets = {s.value: out / mesh_file_name(s.value, s.name, suffix.lower()) for s in segments}
     existing = [t for t in targets.values() if t.exists()]
     if existing and not overwrite:

@@ -130,8 +130,8 @@ def write_rtstruct(
                 rtstruct.add_roi(
                     mask=np.ascontiguousarray(mask),
                     color=list(segment.color),
-                    name=segment.name,
-                    description=segment.code.describe(),
+                    name=segment.name[:64],
+                    description=segment.code.describe()[:64],
                     roi_generation_algorithm=0,  # AUTOMATIC
                 )
         with atomic_file(target, overwrite=overwrite) as out:
@@ -180,7 +180,7 @@ def read_rtstruct(
     names = {int(r.ROINumber): str(r.ROIName) for r in ds.StructureSetROISequence}
     value_of = {number: number for number in names}
     if segment_names is not None:
-        by_name = {str(v): int(k) for k, v in segment_names.items()}
+        by_name = {str(v)[:64]: int(k) for k, v in segment_names.items()}  # ROIName is LO (64)
         unknown = [n for n in names.values() if n not in by_name]
         if unknown:
             raise ConfigError(f"{src}: ROIs {unknown} are not among the given names {sorted(by_name)}")

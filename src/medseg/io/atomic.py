@@ -21,6 +21,17 @@ def _suffixes(path: Path) -> str:
     return "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
 
 
+def _default_mode(folder: bool = False) -> int:
+    """Permissions a normally created file (0666) or folder (0777) gets under the umask.
+
+    mkstemp/mkdtemp create owner-only (0600/0700) entries; outputs meant for colleagues
+    or a PACS get the usual permissions instead.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if folder else 0o666) & ~mask
+
+
 def check_writable(path: str | Path, overwrite: bool) -> Path:
     """Return ``path`` as a Path after checking it may be written; raise if it exists."""
     target = Path(path)
@@ -48,6 +59,8 @@ def atomic_file(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, _default_mode())
         if target.is_dir():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -69,6 +82,7 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        os.chmod(tmp, _default_mode(folder=True))
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)

@@ -415,7 +415,9 @@ def _read_header(path: Path) -> Dataset | None:
         ) from None
     # pydicom stops silently at the end of a truncated file: catch headers cut short.
     if len(ds) == 0:
-        raise InputError(path, "is truncated or empty", found="no data elements after the file meta information")
+        raise InputError(
+            path, "is truncated or empty", found="no data elements after the file meta information"
+        )
     meta = getattr(ds, "file_meta", None)
     sop = (meta.get("MediaStorageSOPClassUID") if meta is not None else None) or ds.get("SOPClassUID")
     if "Image" in str(getattr(sop, "name", "")) and ("Rows" not in ds or "Columns" not in ds):

@@ -19,10 +19,15 @@ ACTIVATIONS = ("leakyrelu", "relu", "gelu")
 
 
 def as_tuple(value: int | Sequence[int], spatial_dims: int, what: str) -> tuple[int, ...]:
-    """Broadcast an int to ``spatial_dims`` entries; check a sequence has that many."""
+    """Broadcast an int to ``spatial_dims`` entries; check a sequence has that many.
+
+    A 2D / 2.5D plan's (z, y, x) entry with z == 1 is accepted for a 2D network as (y, x).
+    """
     if isinstance(value, int):
         return (value,) * spatial_dims
     out = tuple(int(v) for v in value)
+    if spatial_dims == 2 and len(out) == 3 and out[0] == 1:
+        out = out[1:]
     if len(out) != spatial_dims:
         raise ConfigError(f"{what}: expected {spatial_dims} values (one per spatial axis), found {out}")
     return out

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medseg.errors import ConfigError
-from medseg.models.blocks import count_parameters
+from medseg.models.blocks import as_tuple, count_parameters
 from medseg.models.unet import UNet, conv_kernel_schedule, default_features, pooling_schedule
 
 ModelConstructor = Callable[..., nn.Module]
@@ -148,8 +148,8 @@ def _build_dynunet(
     spacing: Sequence[float] | None = None,
     max_depth: int = 5,
     min_size: int = 4,
-    strides: Sequence[Sequence[int]] | None = None,
-    kernel_size: Sequence[Sequence[int]] | None = None,
+    pooling: Sequence[int | Sequence[int]] | None = None,
+    kernel_sizes: Sequence[int | Sequence[int]] | None = None,
     features: int | Sequence[int] = 32,
     max_features: int | None = None,
     norm_name: str | tuple = ("INSTANCE", {"affine": True}),
@@ -157,17 +157,27 @@ def _build_dynunet(
     deep_supr_num: int = 1,
     res_block: bool = False,
 ) -> nn.Module:
-    """MONAI DynUNet (nnU-Net-like); kernels and strides derived from patch size and spacing."""
+    """MONAI DynUNet (nnU-Net-like): explicit ``pooling`` / ``kernel_sizes`` (as our U-Net) or
+    derived from ``patch_size`` and ``spacing``.
+
+    With the same features, pooling and uniform kernels it is our U-Net layer for layer
+    (same parameter count). With per-level kernels they differ slightly: DynUNet's
+    decoder stage at level ``l`` uses level ``l + 1``'s kernel, ours (and nnU-Net v2's)
+    level ``l``'s.
+    """
     from monai.networks.nets import DynUNet
 
-    if strides is None:
+    if pooling is None:
         pooling, kernels = _derive_topology(patch_size, spacing, spatial_dims, max_depth, min_size, "dynunet")
-        strides_all: list[Sequence[int]] = [(1,) * spatial_dims, *pooling]
-        kernel_size = kernels if kernel_size is None else kernel_size
-    else:
-        strides_all = list(strides)
-        if kernel_size is None:
-            kernel_size = [(3,) * spatial_dims] * len(strides_all)
+        kernel_sizes = kernels if kernel_sizes is None else kernel_sizes
+    strides_all = [(1,) * spatial_dims] + [as_tuple(p, spatial_dims, "dynunet pooling") for p in pooling]
+    if kernel_sizes is None:
+        kernel_sizes = [3] * len(strides_all)
+    if len(kernel_sizes) != len(strides_all):
+        raise ConfigError(
+            f"dynunet: kernel_sizes needs {len(strides_all)} entries (one per level), found {len(kernel_sizes)}"
+        )
+    kernel_size = [as_tuple(k, spatial_dims, "dynunet kernel size") for k in kernel_sizes]
     levels = len(strides_all)
     filters = (
         default_features(features, levels, spatial_dims, max_features)
@@ -178,7 +188,7 @@ def _build_dynunet(
         spatial_dims,
         in_channels,
         out_channels,
-        kernel_size=list(kernel_size),
+        kernel_size=kernel_size,
         strides=strides_all,
         upsample_kernel_size=strides_all[1:],
         filters=filters,
@@ -189,8 +199,7 @@ def _build_dynunet(
     )
     divisor = [1] * spatial_dims
     for st in strides_all:
-        st_t = (st,) * spatial_dims if isinstance(st, int) else tuple(st)
-        divisor = [d * s for d, s in zip(divisor, st_t, strict=True)]
+        divisor = [d * s for d, s in zip(divisor, st, strict=True)]
     return PadToDivisible(net, spatial_dims, divisor)
 
 

@@ -172,11 +172,14 @@ def _break(task: Path, how: str) -> str:
         data[1, 1, 1, 0] = np.nan
         nib.save(nib.Nifti1Image(data, AFFINE), img)
         return "imagesTr/prostate_01.nii.gz: holds NaN or Inf values"
+    if how == "duplicate":
+        nib.save(nib.load(img), task / "imagesTr" / "prostate_01.nii")
+        return r"imagesTr/prostate_01.nii.gz: duplicate case id 'prostate_01'; found already imported from .*prostate_01.nii$"
     raise AssertionError(how)
 
 
 @pytest.mark.parametrize(
-    "how", ["missing label", "orphan label", "undeclared", "grid", "corrupt", "channels", "nan"]
+    "how", ["missing label", "orphan label", "undeclared", "grid", "corrupt", "channels", "nan", "duplicate"]
 )
 def test_bad_cases_name_the_file_and_leave_no_output(tmp_path: Path, how: str) -> None:
     task = _task05(tmp_path)
@@ -188,7 +191,7 @@ def test_bad_cases_name_the_file_and_leave_no_output(tmp_path: Path, how: str) -
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Task05_Prostate"]  # no temp folder left
     assert tree_state(task) == before
-    if how != "orphan label":  # skip_invalid imports the good case and lists the bad one
+    if how not in ("orphan label", "duplicate"):  # skip_invalid imports the good case and lists the bad one
         out = import_msd(task, tmp_path / "out", skip_invalid=True, progress=False)
         skipped = read_descriptor(out).extra[IMPORT_KEY]["skipped"]
         assert [s["source"] for s in skipped] == ["imagesTr/prostate_01.nii.gz"]

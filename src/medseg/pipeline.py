@@ -83,9 +83,13 @@ def run_demo(
     t0 = time.monotonic()
 
     # 1. data
-    dataset = write_phantom_dataset(root / "dataset", "prostate", n_train=n_train, n_test=2, seed=7, with_views=True, progress=progress)
+    dataset = write_phantom_dataset(
+        root / "dataset", "prostate", n_train=n_train, n_test=2, seed=7, with_views=True, progress=progress
+    )
     times["phantom"] = time.monotonic() - t0
-    tell(f"1/7 wrote a synthetic prostate MR dataset ({n_train} training + 2 test cases, oblique, 0.5 x 0.5 x 3 mm) to {dataset}")
+    tell(
+        f"1/7 wrote a synthetic prostate MR dataset ({n_train} training + 2 test cases, oblique, 0.5 x 0.5 x 3 mm) to {dataset}"
+    )
 
     # 2. the exercise's multi-plane ROI on a test case's axial, sagittal and coronal views
     test_images = sorted((dataset / "imagesTs").glob("*_0000.nii.gz"))
@@ -109,7 +113,9 @@ def run_demo(
         progress=progress,
     )
     times["plan"] = time.monotonic() - t
-    tell(f"3/7 planned: spacing z,y,x {plan.target_spacing} mm, patch {plan.patch_size}, pooling {list(plan.network.pooling)} -> {plan_file}")
+    tell(
+        f"3/7 planned: spacing z,y,x {plan.target_spacing} mm, patch {plan.patch_size}, pooling {list(plan.network.pooling)} -> {plan_file}"
+    )
 
     # 4. train (all training cases, bounded by the time budget)
     t = time.monotonic()
@@ -124,7 +130,9 @@ def run_demo(
     )
     result = train(dataset, None, config=cfg, workers=2, progress=progress)
     times["train"] = time.monotonic() - t
-    tell(f"4/7 trained a 3D U-Net for {result.epochs_completed} epochs in {times['train']:.0f} s -> {result.model_dir}")
+    tell(
+        f"4/7 trained a 3D U-Net for {result.epochs_completed} epochs in {times['train']:.0f} s -> {result.model_dir}"
+    )
 
     # 5. predict the held-out cases: NIfTI folder for scoring, and one case from DICOM with every output
     t = time.monotonic()
@@ -154,7 +162,17 @@ def run_demo(
     tell(f"7/7 case report: {report}   evaluation report: {report_files.report_html}")
     times["total"] = time.monotonic() - t0
     (root / "demo_summary.json").write_text(json.dumps({"dice": dice, "seconds": times}, indent=2) + "\n")
-    return DemoResult(root, dataset, result.model_dir, preds, report_files.report_html, report, roi_files.json_path, dice, times)
+    return DemoResult(
+        root,
+        dataset,
+        result.model_dir,
+        preds,
+        report_files.report_html,
+        report,
+        roi_files.json_path,
+        dice,
+        times,
+    )
 
 
 def _mean_dice(summary: dict[str, Any], names: dict[int, str]) -> dict[str, float]:

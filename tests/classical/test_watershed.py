@@ -89,3 +89,12 @@ def test_watershed_errors() -> None:
         watershed(vol, seeds=[(5, 12, 30)], low=50)
     with pytest.raises(ConfigError, match="sigma"):
         watershed(vol, sigma_mm=-1)
+
+
+def test_a_seed_darker_than_the_background_threshold_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    vol = _touching_boxes()
+    with caplog.at_level("WARNING"):
+        watershed(vol, seeds=[(5, 12, 8)], low=120)
+    assert "below the background threshold" in caplog.text

@@ -231,3 +231,23 @@ def test_process_pool_gives_the_serial_result(folders) -> None:  # type: ignore[
     serial = evaluate(pred_dir, ref_dir, _serial(labels=LABELS, metrics=("dice", "hd95")))
     pooled = evaluate(pred_dir, ref_dir, EvaluationConfig(labels=LABELS, metrics=("dice", "hd95"), workers=2))
     assert serial.rows() == pooled.rows()
+
+
+def test_real_chaos_float_labels(shared_data: Path, tmp_path: Path) -> None:
+    """CHAOS stores labels as float64 (0..4): read, converted, and scored against a shifted copy."""
+    from medseg.io import read_volume
+
+    ref_path = shared_data / "chaos_mr_t2spir" / "label_1.nii.gz"
+    ref = read_volume(ref_path)
+    assert ref.dtype.kind == "f"
+    shifted = ref.with_array(np.roll(ref.array, 2, axis=2))  # 2 columns = 2.5 mm
+    pred_path = write_volume(shifted, tmp_path / "label_1.nii.gz")
+    cfg = _serial(
+        labels={1: "liver", 2: "right_kidney", 3: "left_kidney", 4: "spleen"}, metrics=("dice", "hd")
+    )
+    result = evaluate(pred_path, ref_path, cfg)
+    case = result.cases[0]
+    assert case.status == "ok"
+    for lab in (1, 2, 3, 4):
+        assert 0.7 < case.per_label[lab]["dice"] < 1.0
+        assert case.per_label[lab]["hd"] == pytest.approx(2 * 1.25, abs=0.01)  # in mm, not voxels

@@ -266,6 +266,7 @@ def _one_hot(arr: np.ndarray, n: int):  # type: ignore[no-untyped-def]
     return torch.from_numpy(np.stack([arr == c for c in range(n)])[None].astype(np.float32))
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # MONAI's own deprecation notice
 @pytest.mark.parametrize("seed", [0, 1])
 def test_agreement_with_monai(seed: int) -> None:
     from monai.metrics import (

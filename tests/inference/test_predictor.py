@@ -28,7 +28,12 @@ def _case_file(folder: Path, seed: int, name: str | None = None) -> tuple[Path, 
 def test_prediction_lands_on_the_exact_input_grid(trained_model: Path, tmp_path: Path) -> None:
     path, _ = _case_file(tmp_path / "in", 11)
     image = read_volume(path)
-    results = predict(path, trained_model, tmp_path / "out", PredictConfig(formats=("nifti", "volumes", "overlay", "mesh", "report")))
+    results = predict(
+        path,
+        trained_model,
+        tmp_path / "out",
+        PredictConfig(formats=("nifti", "volumes", "overlay", "mesh", "report")),
+    )
     assert [r.ok for r in results] == [True], results
     label = read_volume(tmp_path / "out" / "p11.nii.gz")
     image.geometry.require_same(label.geometry, spacing_atol=1e-5, origin_atol=1e-4)
@@ -75,7 +80,11 @@ def test_batch_continues_after_a_broken_case_and_shards(trained_model: Path, tmp
     results = predict(folder, trained_model, tmp_path / "out", PredictConfig())
     status = {r.case_id: r.ok for r in results}
     assert status == {"p1": True, "p2": True, "p3": True, "p9": False}
-    assert "p9" in [r.case_id for r in results if "cannot be read" in r.error or "truncated" in r.error or "invalid" in r.error]
+    assert "p9" in [
+        r.case_id
+        for r in results
+        if "cannot be read" in r.error or "truncated" in r.error or "invalid" in r.error
+    ]
     shard = predict(folder, trained_model, tmp_path / "shard", PredictConfig(shard=(1, 2)))
     assert [r.case_id for r in shard] == ["p2", "p9"]
 
@@ -87,7 +96,9 @@ def test_dicom_in_dicom_seg_and_rtstruct_out(trained_model: Path, tmp_path: Path
     img = img.with_array(np.clip(img.array, 0, 4000).round().astype(np.int16))
     series = tmp_path / "series"
     write_dicom_series(img, series, modality="MR")
-    results = predict(series, trained_model, tmp_path / "out", PredictConfig(formats=("nifti", "dicom-seg", "rtstruct")))
+    results = predict(
+        series, trained_model, tmp_path / "out", PredictConfig(formats=("nifti", "dicom-seg", "rtstruct"))
+    )
     assert results[0].ok, results[0].error
     label = read_volume(tmp_path / "out" / "series.nii.gz")
     seg = read_dicom_seg(tmp_path / "out" / "series" / "seg.dcm", label)
@@ -109,7 +120,9 @@ def test_bad_inputs_give_clear_errors(trained_model: Path, tmp_path: Path) -> No
     with pytest.raises(InputError, match="need a DICOM input"):
         from medseg.inference.predictor import predict_case
 
-        predict_case(model, discover_cases(nifti_in)[0], tmp_path / "o", PredictConfig(formats=("dicom-seg",)))
+        predict_case(
+            model, discover_cases(nifti_in)[0], tmp_path / "o", PredictConfig(formats=("dicom-seg",))
+        )
 
 
 def test_several_series_ask_for_series(trained_model: Path, tmp_path: Path) -> None:
@@ -124,7 +137,9 @@ def test_several_series_ask_for_series(trained_model: Path, tmp_path: Path) -> N
     assert len(cases) == 1 and cases[0].series == "t2 cor"
 
 
-def test_existing_output_and_disk_full(trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_existing_output_and_disk_full(
+    trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path, _ = _case_file(tmp_path / "in", 8)
     out = tmp_path / "out"
     predict(path, trained_model, out, PredictConfig())
@@ -163,10 +178,24 @@ def test_model_for_other_channels_is_refused(model_copy: Path) -> None:
 def test_predict_cli(trained_model: Path, tmp_path: Path) -> None:
     path, _ = _case_file(tmp_path / "in", 2)
     runner = CliRunner()
-    res = runner.invoke(app, ["predict", str(path), "-m", str(trained_model), "-o", str(tmp_path / "o"), "--format", "nifti,volumes"])
+    res = runner.invoke(
+        app,
+        [
+            "predict",
+            str(path),
+            "-m",
+            str(trained_model),
+            "-o",
+            str(tmp_path / "o"),
+            "--format",
+            "nifti,volumes",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "o" / "p2.nii.gz").is_file()
     bad = runner.invoke(app, ["predict", str(path), "-m", str(tmp_path / "in"), "-o", str(tmp_path / "o2")])
     assert bad.exit_code == 2 and "not a model folder" in bad.output
-    fmt = runner.invoke(app, ["predict", str(path), "-m", str(trained_model), "-o", str(tmp_path / "o3"), "--format", "gif"])
+    fmt = runner.invoke(
+        app, ["predict", str(path), "-m", str(trained_model), "-o", str(tmp_path / "o3"), "--format", "gif"]
+    )
     assert fmt.exit_code == 2 and "unknown output format" in fmt.output

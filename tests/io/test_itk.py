@@ -107,3 +107,30 @@ def test_outputs_get_normal_permissions(tmp_path: Path) -> None:
         assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o755
     finally:
         os.umask(mask)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd"])
+def test_nan_and_inf_survive_reading(tmp_path: Path, suffix: str) -> None:
+    """ITK's NIfTI reader turns NaN into 0; medseg must not hide a broken prediction."""
+    vol = make_oblique_volume()
+    arr = vol.array.copy()
+    arr[3, 4, 5] = np.nan
+    arr[0, 0, 0] = np.inf
+    path = write_volume(vol.with_array(arr), tmp_path / f"nan{suffix}")
+    back = read_volume(path)
+    assert np.isnan(back.array[3, 4, 5]) and np.isinf(back.array[0, 0, 0])
+    np.testing.assert_array_equal(np.nan_to_num(back.array), np.nan_to_num(arr))
+    vol.geometry.require_same(back.geometry, spacing_atol=1e-5, origin_atol=1e-4, direction_atol=1e-6)
+    assert np.isnan(read_channels(path)[0].array[3, 4, 5])
+
+
+def test_4d_float_channels_keep_values_and_geometry(tmp_path: Path) -> None:
+    vols = [make_oblique_volume(seed=s) for s in (1, 2)]
+    images = [sitk.GetImageFromArray(v.array) for v in vols]
+    img4 = sitk.JoinSeries(images)
+    path = tmp_path / "two.nii.gz"
+    sitk.WriteImage(img4, str(path))
+    ref = [sitk.GetArrayFromImage(sitk.ReadImage(str(path)))[c] for c in range(2)]
+    chans = read_channels(path)
+    for c in range(2):
+        np.testing.assert_array_equal(chans[c].array, ref[c])

@@ -76,6 +76,15 @@ def test_each_network_returns_logits_of_the_input_shape(name: str, spatial_dims:
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_every_network_accepts_the_plans_patch_size_and_spacing(name: str) -> None:
+    kwargs = tiny_kwargs(name, 2)
+    kwargs["patch_size"] = (32, 32)  # instance norm needs > 1 voxel at the coarsest level
+    net = build_model(name, 2, 1, 2, spacing=(0.7, 0.7), **kwargs).eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 1, 32, 32)).shape == (1, 2, 32, 32)
+
+
 def test_padding_wrapper_does_not_change_divisible_inputs() -> None:
     torch.manual_seed(0)
     net = build_model("dynunet", 2, 1, 2, patch_size=(16, 16), features=4, max_depth=2).eval()
@@ -109,6 +118,9 @@ def test_dynunet_with_our_unets_arguments_is_the_same_network() -> None:
     ours = build_model("unet", 3, 1, 5, features=16, pooling=pooling)
     dyn = build_model("dynunet", 3, 1, 5, features=16, pooling=pooling)
     assert count_parameters(ours) == count_parameters(dyn) == 5_635_973
+    batch_ours = build_model("unet", 2, 1, 2, features=4, depth=2, norm="batch")
+    batch_dyn = build_model("dynunet", 2, 1, 2, features=4, pooling=[2, 2], norm="batch")
+    assert count_parameters(batch_ours) == count_parameters(batch_dyn)
 
 
 def test_two_d_networks_accept_a_2d_plans_zyx_entries() -> None:
@@ -151,6 +163,10 @@ def test_build_model_errors_are_config_errors() -> None:
         build_model("unetr", 3, 1, 2)
     with pytest.raises(ConfigError, match="multiple of 16"):
         build_model("unetr", 2, 1, 2, patch_size=(24, 24))
+    with pytest.raises(ConfigError, match="kernel_sizes needs 3 entries"):
+        build_model("dynunet", 2, 1, 2, pooling=[2, 2], kernel_sizes=[3, 3])
+    with pytest.raises(ConfigError, match="dynunet: norm must be one of"):
+        build_model("dynunet", 2, 1, 2, pooling=[2], norm="layer")
     with pytest.raises(ConfigError, match="patch_size is needed"):
         build_model("dynunet", 3, 1, 2)
     with pytest.raises(ConfigError, match="num_groups"):

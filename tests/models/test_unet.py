@@ -106,6 +106,12 @@ def test_deep_supervision_returns_coarser_logits_in_training_only() -> None:
     assert isinstance(out, torch.Tensor) and out.shape == (1, 4, 7, 20, 18)
 
 
+def test_inputs_smaller_than_the_total_stride_still_work_with_instance_norm() -> None:
+    net = UNet(2, 1, 2, features=4, depth=4).eval()  # total stride 16: a 16 x 16 input would end at 1 x 1
+    with torch.no_grad():
+        assert net(torch.randn(1, 1, 16, 9)).shape == (1, 2, 16, 9)
+
+
 def test_depth_zero_is_a_plain_conv_stack() -> None:
     net = UNet(2, 3, 2, features=4, depth=0)
     assert net(torch.randn(1, 3, 9, 7)).shape == (1, 2, 9, 7)

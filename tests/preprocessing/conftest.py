@@ -11,11 +11,21 @@ from medseg.volume import Volume
 from tests.conftest import oblique_direction
 
 
-def make_case(seed: int, shape=(10, 40, 36), spacing=(3.0, 0.8, 0.8), ct: bool = False) -> tuple[Volume, Volume]:
+def make_case(
+    seed: int, shape=(10, 40, 36), spacing=(3.0, 0.8, 0.8), ct: bool = False
+) -> tuple[Volume, Volume]:
     rng = np.random.default_rng(seed)
     z, y, x = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
-    cz, cy, cx = shape[0] / 2 + rng.uniform(-1, 1), shape[1] / 2 + rng.uniform(-3, 3), shape[2] / 2 + rng.uniform(-3, 3)
-    r = ((z - cz) * spacing[0]) ** 2 / 100 + ((y - cy) * spacing[1]) ** 2 / 64 + ((x - cx) * spacing[2]) ** 2 / 49
+    cz, cy, cx = (
+        shape[0] / 2 + rng.uniform(-1, 1),
+        shape[1] / 2 + rng.uniform(-3, 3),
+        shape[2] / 2 + rng.uniform(-3, 3),
+    )
+    r = (
+        ((z - cz) * spacing[0]) ** 2 / 100
+        + ((y - cy) * spacing[1]) ** 2 / 64
+        + ((x - cx) * spacing[2]) ** 2 / 49
+    )
     label = np.zeros(shape, np.uint8)
     label[r < 1] = 1
     label[r < 0.3] = 2

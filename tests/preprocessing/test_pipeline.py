@@ -37,7 +37,9 @@ def test_preprocess_case_crops_resamples_normalises(toy_dataset: Path) -> None:
     # world position of the preprocessed grid's first voxel corner equals the crop's
     pre = info.preprocessed_geometry
     np.testing.assert_allclose(
-        pre.corners_world()[0], img.geometry.corners_world(info.crop_box.lower, info.crop_box.upper)[0], atol=1e-6
+        pre.corners_world()[0],
+        img.geometry.corners_world(info.crop_box.lower, info.crop_box.upper)[0],
+        atol=1e-6,
     )
 
 

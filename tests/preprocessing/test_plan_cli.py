@@ -11,7 +11,9 @@ runner = CliRunner()
 
 
 def test_plan_and_preprocess_commands(toy_dataset: Path) -> None:
-    res = runner.invoke(app, ["plan", str(toy_dataset), "--spacing", "0.8", "0.8", "1.5", "--patch", "8", "32", "32"])
+    res = runner.invoke(
+        app, ["plan", str(toy_dataset), "--spacing", "0.8", "0.8", "1.5", "--patch", "8", "32", "32"]
+    )
     assert res.exit_code == 0, res.output
     plan = Plan.load(toy_dataset / "plans" / "3d.json")
     assert plan.target_spacing == (1.5, 0.8, 0.8)  # given as x y z, stored z y x

@@ -7,6 +7,7 @@ background, the brightest foreground, and the watershed decides the middle class
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,6 +19,8 @@ from medseg.classical.seeds import seed_indices
 from medseg.classical.threshold import _finite_values, _label_volume
 from medseg.errors import ConfigError, GeometryError, InputError
 from medseg.volume import Volume
+
+logger = logging.getLogger(__name__)
 
 
 def watershed(
@@ -78,6 +81,15 @@ def watershed(
         points = seed_indices(volume, seeds, seeds_world=seeds_world)
         if points:
             for i, (z, y, x) in enumerate(points, start=2):
+                if arr[z, y, x] < low:
+                    logger.warning(
+                        "watershed seed %d at (z, y, x) %s has intensity %.4g below the background "
+                        "threshold low=%.4g: its object will be flooded by background; pass a lower 'low'",
+                        i - 1,
+                        (z, y, x),
+                        float(arr[z, y, x]),
+                        low,
+                    )
                 marker_arr[z, y, x] = i
             params.update(markers="seeds", seeds=len(points), low=low)
         else:

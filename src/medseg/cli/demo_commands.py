@@ -21,5 +21,9 @@ def demo_command(
     """Generate a phantom dataset, crop an ROI, plan, train, predict, evaluate and export everything."""
     from medseg.pipeline import run_demo
 
-    result = run_demo(out, minutes=minutes, n_train=train_cases, overwrite=overwrite, progress=True, say=console.print)
-    console.print(f"[bold green]demo finished[/] in {result.seconds.get('total', 0):.0f} s; open {result.report}")
+    result = run_demo(
+        out, minutes=minutes, n_train=train_cases, overwrite=overwrite, progress=True, say=console.print
+    )
+    console.print(
+        f"[bold green]demo finished[/] in {result.seconds.get('total', 0):.0f} s; open {result.report}"
+    )

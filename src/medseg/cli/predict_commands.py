@@ -66,3 +66,18 @@ def predict_command(
     console.print(f"{len(results) - len(failed)} of {len(results)} case(s) segmented; outputs in {out}")
     if failed:
         raise typer.Exit(1)
+
+
+@app.command("export-onnx")
+@cli_command
+def export_onnx_command(
+    model: Annotated[Path, typer.Argument(help="model folder (or ensemble of fold_* folders)")],
+    opset: Annotated[int, typer.Option(help="ONNX opset version")] = 17,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing model.onnx")] = False,
+) -> None:
+    """Export a model to ONNX (model.onnx in each fold folder), verified against PyTorch; then `predict --onnx`."""
+    from medseg.inference.onnx import export_onnx, read_metadata
+
+    for path in export_onnx(model, opset=opset, overwrite=overwrite):
+        diff = read_metadata(path).get("verified_max_abs_diff", "?")
+        console.print(f"wrote {path} (max |onnx - torch| logit difference {diff})")

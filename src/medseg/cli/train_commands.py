@@ -1,4 +1,4 @@
-"""`medseg train`: train one fold (or all cases) of a planned dataset."""
+"""`medseg train` (one fold, or all cases) and `medseg crossval` (every fold, then out-of-fold evaluation)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,13 @@ from medseg.cli.common import app, cli_command, console
 @cli_command
 def train_command(
     dataset: Annotated[Path, typer.Argument(help="dataset folder with a plan (`medseg plan` first)")],
-    fold: Annotated[str, typer.Option(help="fold index, or 'all' to train on every case without validation")] = "0",
+    fold: Annotated[
+        str, typer.Option(help="fold index, or 'all' to train on every case without validation")
+    ] = "0",
     configuration: Annotated[str, typer.Option("--configuration", "-c", help="3d, 2d or 2.5d")] = "3d",
-    config: Annotated[Path | None, typer.Option(help="JSON/YAML training config (see TrainingConfig)")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="JSON/YAML training config (see TrainingConfig)")
+    ] = None,
     loss: Annotated[str | None, typer.Option(help="dice_ce, focal, dice_focal, dice or ce")] = None,
     epochs: Annotated[int | None, typer.Option(help="number of epochs")] = None,
     iterations: Annotated[int | None, typer.Option(help="iterations per epoch")] = None,
@@ -25,26 +29,18 @@ def train_command(
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda")] = None,
     budget_min: Annotated[float | None, typer.Option(help="stop after this many minutes of training")] = None,
     folds: Annotated[int, typer.Option(help="number of folds when splits.json is created")] = 5,
-    out: Annotated[Path | None, typer.Option(help="model folder (default DATASET/models/<config>/fold_<k>)")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="model folder (default DATASET/models/<config>/fold_<k>)")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="continue from the model folder's checkpoint_last.pt")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an existing model folder")] = False,
     workers: Annotated[int, typer.Option(help="preprocessing worker processes")] = 2,
 ) -> None:
     """Train a U-Net on one fold; Ctrl-C saves a checkpoint, --resume continues it."""
     from medseg.errors import ConfigError
-    from medseg.training.config import load_training_config
-    from medseg.training.trainer import train
+    from medseg.training.trainer import is_main_process, train
 
-    overrides: dict[str, Any] = {
-        "loss": loss,
-        "epochs": epochs,
-        "iterations_per_epoch": iterations,
-        "learning_rate": lr,
-        "batch_size": batch_size,
-        "device": device,
-        "time_budget_minutes": budget_min,
-    }
-    cfg = load_training_config(config, overrides)
+    cfg = _training_config(config, loss, epochs, iterations, lr, batch_size, device, budget_min)
     if fold == "all":
         fold_index = None
     else:
@@ -66,10 +62,112 @@ def train_command(
             progress=True,
         )
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted:[/] checkpoint_last.pt saved; continue with --resume")
+        if is_main_process():
+            console.print("[yellow]interrupted:[/] checkpoint_last.pt saved; continue with --resume")
         raise typer.Exit(130) from None
-    best = "n/a (no validation)" if result.best_epoch < 0 else f"{result.best_dice:.4f} at epoch {result.best_epoch}"
+    if not is_main_process():  # torchrun: rank 0 reports
+        return
+    best = (
+        "n/a (no validation)"
+        if result.best_epoch < 0
+        else f"{result.best_dice:.4f} at epoch {result.best_epoch}"
+    )
     console.print(f"trained {result.epochs_completed} epochs; best validation mean Dice {best}")
     if result.stopped_early:
         console.print(result.stopped_early)
     console.print(f"model folder: {result.model_dir}")
+
+
+def _training_config(
+    config: Path | None,
+    loss: str | None,
+    epochs: int | None,
+    iterations: int | None,
+    lr: float | None,
+    batch_size: int | None,
+    device: str | None,
+    budget_min: float | None,
+) -> Any:
+    """The TrainingConfig of a config file (or the defaults) with the command-line overrides."""
+    from medseg.training.config import load_training_config
+
+    overrides: dict[str, Any] = {
+        "loss": loss,
+        "epochs": epochs,
+        "iterations_per_epoch": iterations,
+        "learning_rate": lr,
+        "batch_size": batch_size,
+        "device": device,
+        "time_budget_minutes": budget_min,
+    }
+    return load_training_config(config, overrides)
+
+
+@app.command("crossval")
+@cli_command
+def crossval_command(
+    dataset: Annotated[Path, typer.Argument(help="dataset folder with a plan (`medseg plan` first)")],
+    configuration: Annotated[str, typer.Option("--configuration", "-c", help="3d, 2d or 2.5d")] = "3d",
+    folds: Annotated[
+        int | None, typer.Option(help="number of folds (default: splits.json's, or 5 when it is created)")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="JSON/YAML training config (see TrainingConfig)")
+    ] = None,
+    loss: Annotated[str | None, typer.Option(help="dice_ce, focal, dice_focal, dice or ce")] = None,
+    epochs: Annotated[int | None, typer.Option(help="number of epochs")] = None,
+    iterations: Annotated[int | None, typer.Option(help="iterations per epoch")] = None,
+    lr: Annotated[float | None, typer.Option(help="initial learning rate")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="batch size (default: the plan's)")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda")] = None,
+    budget_min: Annotated[
+        float | None, typer.Option(help="stop each fold after this many minutes of training")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="retrain every fold from scratch and replace the predictions")
+    ] = False,
+    workers: Annotated[int, typer.Option(help="preprocessing worker processes")] = 2,
+    tta: Annotated[
+        bool, typer.Option(help="mirroring test-time augmentation for the out-of-fold predictions")
+    ] = False,
+    metrics: Annotated[
+        str, typer.Option(help="comma list of evaluation metrics (dice is required)")
+    ] = "dice,iou",
+) -> None:
+    """Train every fold (finished folds are skipped, interrupted ones resumed), then predict and
+    evaluate each fold's validation cases; writes models/<config>/crossval/summary.json."""
+    from rich.table import Table
+
+    from medseg.training.crossval import cross_validate
+    from medseg.training.trainer import is_main_process
+
+    cfg = _training_config(config, loss, epochs, iterations, lr, batch_size, device, budget_min)
+    try:
+        result = cross_validate(
+            dataset,
+            configuration=configuration,
+            config=cfg,
+            folds=folds,
+            workers=workers,
+            overwrite=overwrite,
+            tta=tta,
+            metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
+            progress=True,
+        )
+    except KeyboardInterrupt:
+        if is_main_process():
+            console.print(
+                "[yellow]interrupted:[/] checkpoint_last.pt saved; rerun the same command to continue"
+            )
+        raise typer.Exit(130) from None
+    if not result.evaluated:  # torchrun: rank 0 reports
+        return
+    table = Table("fold", "action", "epochs", "best val Dice", "val cases")
+    for r in result.folds:
+        best = "n/a" if r.best_val_dice is None else f"{r.best_val_dice:.4f}"
+        table.add_row(str(r.fold), r.action, str(r.epochs_completed), best, str(len(r.val_cases)))
+    console.print(table)
+    dice = ", ".join(f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in result.per_class_dice.items())
+    mean = "n/a" if result.mean_dice is None else f"{result.mean_dice:.4f}"
+    console.print(f"out-of-fold Dice over {result.n_cases} cases: {dice}; mean {mean}")
+    console.print(f"summary: {result.summary_path}")

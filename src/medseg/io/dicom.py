@@ -7,8 +7,10 @@ Reading (:func:`load_series`, :func:`read_dicom_series`, :func:`read_dicom_file`
 2. the chosen series is split into frames (one per single-frame file, one per frame of an
    enhanced multi-frame file), validated and sorted by position along the slice normal;
 3. pixels go straight from each file into the output array (a seek and a ``readinto`` for
-   uncompressed little-endian data; pydicom's decoders for anything else), then the
-   rescale slope/intercept is applied slice by slice, so peak memory stays near one volume.
+   uncompressed little-endian data; SimpleITK/GDCM for compressed single-frame files;
+   pydicom's decoders for multi-frame and anything else), then the rescale
+   slope/intercept is applied slice by slice, so peak memory stays near one volume
+   (SimpleITK's series reader plus ``GetArrayFromImage`` peaks at two).
 
 Checks and what they do (documented choices):
 
@@ -21,11 +23,15 @@ missing slices                         error: gaps that are whole multiples of t
 non-uniform slice spacing              error: gaps differ by more than 1 % (no single grid fits)
 gantry tilt / in-plane shift of slices error: the grid would be sheared (resample it first,
                                        e.g. with dcm2niix, which corrects tilt)
-no position/orientation                error for a stack; a lone slice gets 1 mm and a warning
+no position/orientation                error for a stack; a lone slice gets identity/zero and a
+                                       warning; its slice spacing is SpacingBetweenSlices, else
+                                       SliceThickness, else 1 mm (SimpleITK always says 1 mm)
 SliceThickness != slice spacing        accepted: spacing always comes from the positions
 non-integer rescale or per-slice       float32 output; integer rescale keeps an integer type
 different rescale                      chosen like GDCM/SimpleITK (smallest type that holds the
                                        rescaled range of BitsStored)
+bits above BitsStored                  cleared (unsigned) or sign-extended (signed)
+MONOCHROME1                            values kept as stored, with a warning
 =====================================  ==========================================================
 
 Writing (:func:`write_dicom_series`): MR or CT Image Storage, one file per slice, new

@@ -72,40 +72,98 @@ def set_sitk_geometry(image: sitk.Image, geometry: VolumeGeometry) -> None:
     image.SetDirection(tuple(float(v) for v in geometry.direction_itk.reshape(-1)))
 
 
+def _reader_geometry(reader: sitk.ImageFileReader) -> VolumeGeometry:
+    """3D geometry from a reader's header information (the 3D part of a 4D header)."""
+    dim = reader.GetDimension()
+    size = reader.GetSize()[:3]
+    spacing = reader.GetSpacing()[:3]
+    origin = reader.GetOrigin()[:3]
+    direction = np.array(reader.GetDirection(), dtype=float).reshape(dim, dim)[:3, :3]
+    return VolumeGeometry(size[::-1], spacing[::-1], origin, direction[:, ::-1])
+
+
+def _nifti_float_arrays(src: Path, reader: sitk.ImageFileReader) -> list[np.ndarray] | None:
+    """Channels (z, y, x) of a floating-point NIfTI, read with nibabel; None for other files.
+
+    ITK's NIfTI reader replaces NaN and +-Inf by 0 (fixed upstream in ITK PR #6683, not in
+    SimpleITK 2.5), which would hide broken predictions from every check. nibabel keeps
+    them; the voxel order (i, j, k) = (x, y, z) is the one ITK uses, so only the axes are
+    reversed, and the geometry still comes from ITK's header parsing.
+    """
+    name = src.name.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+        return None
+    if reader.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64) or reader.GetNumberOfComponents() != 1:
+        return None
+    import nibabel as nib
+
+    img: Any = nib.load(str(src))
+    if img.header.get_data_dtype().kind != "f":
+        return None  # integers scaled to float by scl_slope cannot hold NaN; ITK reads them fine
+    dtype = np.float32 if reader.GetPixelID() == sitk.sitkFloat32 else np.float64
+    try:
+        data = np.asanyarray(img.dataobj).astype(dtype, copy=False)
+    except (OSError, EOFError, ValueError) as exc:
+        raise InputError(src, "is truncated or corrupt", found=str(exc)) from None
+    if data.ndim == 3:
+        return [np.ascontiguousarray(data.transpose(2, 1, 0))]
+    if data.ndim == 4:
+        return [np.ascontiguousarray(data[..., c].transpose(2, 1, 0)) for c in range(data.shape[3])]
+    return None
+
+
+def _open(src: Path) -> sitk.ImageFileReader:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(src))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(src, "cannot be read as a medical image", found=_first_line(exc)) from None
+    return reader
+
+
 def read_itk(path: str | Path) -> Volume:
     """Read a NIfTI / NRRD / MHA / MHD file into a Volume (3D, scalar)."""
     src = Path(path)
+    reader = _open(src)
+    size = reader.GetSize()
+    if reader.GetDimension() == 4 and size[3] > 1:
+        raise InputError(
+            src,
+            "is a 4D image with several channels or time points",
+            expected="one 3D volume (split channels with read_channels())",
+            found=f"size {size}",
+        )
+    _check_nifti_complete(src)
+    arrays = _nifti_float_arrays(src, reader)
+    if arrays is not None:
+        return Volume(arrays[0], geometry=_reader_geometry(reader), meta={"source": src.name})
     try:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(src))
-        reader.ReadImageInformation()
-        dim = reader.GetDimension()
-        size = reader.GetSize()
-        if dim == 4 and size[3] > 1:
-            raise InputError(
-                src,
-                "is a 4D image with several channels or time points",
-                expected="one 3D volume (split channels with read_channels())",
-                found=f"size {size}",
-            )
         image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(src, "cannot be read as a medical image", found=_first_line(exc)) from None
-    _check_nifti_complete(src)
     if image.GetDimension() == 4:
         image = image[:, :, :, 0]
-    vol = from_sitk(image, meta={"source": src.name})
-    return vol
+    return from_sitk(image, meta={"source": src.name})
 
 
 def read_channels(path: str | Path) -> list[Volume]:
     """Read a 3D or 4D image (e.g. MSD's T2+ADC NIfTI) as one Volume per channel."""
     src = Path(path)
+    reader = _open(src)
+    _check_nifti_complete(src)
+    arrays = _nifti_float_arrays(src, reader)
+    if arrays is not None:
+        geometry = _reader_geometry(reader)
+        meta = [
+            {"source": src.name, "channel": c} if len(arrays) > 1 else {"source": src.name}
+            for c in range(len(arrays))
+        ]
+        return [Volume(a, geometry=geometry, meta=m) for a, m in zip(arrays, meta, strict=True)]
     try:
-        image = sitk.ReadImage(str(src))
+        image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(src, "cannot be read as a medical image", found=_first_line(exc)) from None
-    _check_nifti_complete(src)
     if image.GetDimension() == 4:
         size = image.GetSize()
         return [from_sitk(image[:, :, :, c], meta={"source": src.name, "channel": c}) for c in range(size[3])]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medseg.errors import ConfigError
@@ -137,6 +139,26 @@ class ConvStage(nn.Sequential):
         super().__init__(*blocks)
 
 
+def padded_size(size: int, divisor: int) -> int:
+    """Smallest multiple of ``divisor`` >= ``size``, and >= 2 x ``divisor`` when pooling.
+
+    The coarsest level then has >= 2 voxels along each pooled axis, which instance
+    normalisation needs (it cannot normalise a single voxel).
+    """
+    if divisor <= 1:
+        return size
+    return max(-(-size // divisor) * divisor, 2 * divisor)
+
+
+def pad_high(x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+    """Zero-pad the trailing spatial axes of ``x`` at their high end up to ``sizes``."""
+    extra = [s - n for s, n in zip(sizes, x.shape[2:], strict=True)]
+    if not any(extra):
+        return x
+    # F.pad takes (last-axis low, last-axis high, ..., first-axis low, first-axis high).
+    return F.pad(x, [v for e in reversed(extra) for v in (0, e)])
+
+
 def init_weights(module: nn.Module) -> None:
     """He (Kaiming) normal initialisation with a=0.01 for convolutions, as nnU-Net."""
     if isinstance(module, nn.Conv2d | nn.Conv3d | nn.ConvTranspose2d | nn.ConvTranspose3d):
@@ -162,4 +184,6 @@ __all__ = [
     "count_parameters",
     "init_weights",
     "norm_layer",
+    "pad_high",
+    "padded_size",
 ]

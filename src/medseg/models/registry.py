@@ -2,12 +2,16 @@
 
 Every constructor takes ``(spatial_dims, in_channels, out_channels, **kwargs)`` and
 returns an ``nn.Module`` that maps ``(batch, in_channels, *spatial)`` to logits
-``(batch, out_channels, *spatial)`` of the same spatial size.
+``(batch, out_channels, *spatial)`` of the same spatial size. Every constructor accepts
+the plan's ``patch_size`` and ``spacing`` keywords: "unet" and "dynunet" derive their
+pooling from them, "unetr" takes its fixed input size from ``patch_size``, the others
+ignore them (they pad any size). Other keywords are each network's own.
 
 Input sizes: our U-Net pads internally (see :mod:`medseg.models.unet`). MONAI networks
 that need sizes divisible by some factor (DynUNet: product of strides; SegResNet: 2**(levels-1);
 UNet++: 16; SwinUNETR and FlexibleUNet: 32) are wrapped in :class:`PadToDivisible`,
-which zero-pads the high end of each axis and crops the logits back. UNETR's
+which zero-pads the high end of each axis (to at least twice the factor) and crops
+the logits back. UNETR's
 positional embedding fixes its input size: any other size raises ``ValueError``.
 """
 
@@ -17,11 +21,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medseg.errors import ConfigError
-from medseg.models.blocks import as_tuple, count_parameters
+from medseg.models.blocks import as_tuple, count_parameters, pad_high, padded_size
 from medseg.models.unet import UNet, conv_kernel_schedule, default_features, pooling_schedule
 
 ModelConstructor = Callable[..., nn.Module]
@@ -57,6 +60,9 @@ def model_input_channels(mode: str, image_channels: int, num_slices: int = 1) ->
 class PadToDivisible(nn.Module):
     """Zero-pad the input to a multiple of ``divisor`` per axis and crop the logits back.
 
+    Axes are padded to at least ``2 * divisor`` so the coarsest level keeps two voxels
+    (instance normalisation cannot normalise one).
+
     With ``fixed_size`` the network only accepts that size (UNETR) and anything else
     raises a ``ValueError`` that names both sizes.
     """
@@ -86,13 +92,11 @@ class PadToDivisible(nn.Module):
             raise ValueError(
                 f"{type(self.net).__name__} was built for input size {self.fixed_size}, found {spatial}"
             )
-        pad = [(-n) % d for n, d in zip(spatial, self.divisor, strict=True)]
-        if any(pad):
-            x = F.pad(x, [v for p in reversed(pad) for v in (0, p)])
-        out = self.net(x)
+        padded = tuple(padded_size(n, d) for n, d in zip(spatial, self.divisor, strict=True))
+        out = self.net(pad_high(x, padded))
         if self.list_output:  # UNet++ returns a list; the last is the deepest (final) output
             out = list(out) if self.training and len(out) > 1 else out[-1]
-        if any(pad):
+        if padded != spatial:
             index = (..., *(slice(0, n) for n in spatial))
             out = [o[index] for o in out] if isinstance(out, list) else out[index]
         return out
@@ -152,7 +156,7 @@ def _build_dynunet(
     kernel_sizes: Sequence[int | Sequence[int]] | None = None,
     features: int | Sequence[int] = 32,
     max_features: int | None = None,
-    norm_name: str | tuple = ("INSTANCE", {"affine": True}),
+    norm: str = "instance",
     deep_supervision: bool = False,
     deep_supr_num: int = 1,
     res_block: bool = False,
@@ -178,6 +182,13 @@ def _build_dynunet(
             f"dynunet: kernel_sizes needs {len(strides_all)} entries (one per level), found {len(kernel_sizes)}"
         )
     kernel_size = [as_tuple(k, spatial_dims, "dynunet kernel size") for k in kernel_sizes]
+    norms: dict[str, str | tuple] = {
+        "instance": ("INSTANCE", {"affine": True}),
+        "batch": "BATCH",
+        "group": ("GROUP", {"num_groups": 8}),
+    }
+    if norm not in norms:
+        raise ConfigError(f"dynunet: norm must be one of {', '.join(norms)}, found {norm!r}")
     levels = len(strides_all)
     filters = (
         default_features(features, levels, spatial_dims, max_features)
@@ -192,7 +203,7 @@ def _build_dynunet(
         strides=strides_all,
         upsample_kernel_size=strides_all[1:],
         filters=filters,
-        norm_name=norm_name,
+        norm_name=norms[norm],
         deep_supervision=deep_supervision,
         deep_supr_num=deep_supr_num,
         res_block=res_block,
@@ -208,6 +219,8 @@ def _build_segresnet(
     in_channels: int,
     out_channels: int,
     *,
+    patch_size: Sequence[int] | None = None,
+    spacing: Sequence[float] | None = None,
     init_filters: int = 8,
     blocks_down: Sequence[int] = (1, 2, 2, 4),
     blocks_up: Sequence[int] = (1, 1, 1),
@@ -235,6 +248,7 @@ def _build_unetr(
     out_channels: int,
     *,
     patch_size: Sequence[int] | None = None,
+    spacing: Sequence[float] | None = None,
     feature_size: int = 16,
     hidden_size: int = 768,
     mlp_dim: int = 3072,
@@ -272,6 +286,8 @@ def _build_swinunetr(
     in_channels: int,
     out_channels: int,
     *,
+    patch_size: Sequence[int] | None = None,
+    spacing: Sequence[float] | None = None,
     feature_size: int = 24,
     depths: Sequence[int] = (2, 2, 2, 2),
     num_heads: Sequence[int] = (3, 6, 12, 24),
@@ -300,6 +316,8 @@ def _build_unetplusplus(
     in_channels: int,
     out_channels: int,
     *,
+    patch_size: Sequence[int] | None = None,
+    spacing: Sequence[float] | None = None,
     features: Sequence[int] = (32, 32, 64, 128, 256, 32),
     deep_supervision: bool = False,
     norm: str | tuple = ("instance", {"affine": True}),
@@ -327,6 +345,8 @@ def _build_flexunet(
     in_channels: int,
     out_channels: int,
     *,
+    patch_size: Sequence[int] | None = None,
+    spacing: Sequence[float] | None = None,
     backbone: str = "efficientnet-b0",
     pretrained: bool = False,
     decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),

@@ -10,8 +10,9 @@ nnU-Net / MONAI DynUNet topology, layer for layer: same kernels, strides and fil
 give the same parameter count, which the benchmark uses to time both side by side.
 
 Input sizes that are not divisible by the total stride per axis are handled: the
-input is zero-padded at the high end of each axis to the next multiple and the logits
-are cropped back, so the output always has the input's spatial shape.
+input is zero-padded at the high end of each axis to the next multiple (and to at
+least two voxels at the coarsest level, which instance normalisation needs) and the
+logits are cropped back, so the output always has the input's spatial shape.
 """
 
 from __future__ import annotations
@@ -20,11 +21,18 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medseg.errors import ConfigError
-from medseg.models.blocks import ConvStage, as_tuple, conv_nd, conv_transpose_nd, init_weights
+from medseg.models.blocks import (
+    ConvStage,
+    as_tuple,
+    conv_nd,
+    conv_transpose_nd,
+    init_weights,
+    pad_high,
+    padded_size,
+)
 
 
 def pooling_schedule(
@@ -229,10 +237,8 @@ class UNet(nn.Module):
                 f"found {tuple(x.shape)}"
             )
         spatial = tuple(x.shape[2:])
-        pad = [(-n) % d for n, d in zip(spatial, self.divisor, strict=True)]
-        if any(pad):
-            # F.pad takes (last-axis low, last-axis high, ..., first-axis low, first-axis high).
-            x = F.pad(x, [v for p in reversed(pad) for v in (0, p)])
+        padded = [padded_size(n, d) for n, d in zip(spatial, self.divisor, strict=True)]
+        x = pad_high(x, padded)
         skips: list[torch.Tensor] = []
         for stage in self.encoder:
             x = stage(x)
@@ -253,13 +259,13 @@ class UNet(nn.Module):
         if not self.decoder:
             outputs.append(self.heads[0](x))
         outputs.reverse()  # full resolution first
-        if any(pad):
-            outputs = [self._crop(o, spatial) for o in outputs]
+        if tuple(padded) != spatial:
+            outputs = [self._crop(o, spatial, padded) for o in outputs]
         return outputs if with_heads else outputs[0]
 
-    def _crop(self, out: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
+    @staticmethod
+    def _crop(out: torch.Tensor, spatial: tuple[int, ...], padded: list[int]) -> torch.Tensor:
         """Crop logits of a padded input back; a coarser output keeps ceil(n / its stride)."""
-        padded = [n + (-n) % d for n, d in zip(spatial, self.divisor, strict=True)]
         scale = [p // o for p, o in zip(padded, out.shape[2:], strict=True)]
         keep = [math.ceil(n / s) for n, s in zip(spatial, scale, strict=True)]
         return out[(slice(None), slice(None), *(slice(0, k) for k in keep))]

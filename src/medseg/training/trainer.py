@@ -24,6 +24,7 @@ import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,8 @@ from medseg.training.checkpoint import (
 from medseg.training.config import TrainingConfig
 
 log = logging.getLogger(__name__)
+
+DISTRIBUTED_TIMEOUT = timedelta(hours=1)
 
 
 class TrainingError(MedsegError):
@@ -160,7 +163,11 @@ def init_distributed(device: torch.device) -> torch.device:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # Only rank 0 validates (whole cases, sliding window) while the other ranks wait in
+        # their next collective; NCCL's default 10-minute timeout would kill a long validation.
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo", timeout=DISTRIBUTED_TIMEOUT
+        )
     if device.type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
@@ -172,6 +179,33 @@ def _distributed() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     return rank, world
+
+
+def is_main_process() -> bool:
+    """True outside torchrun and on rank 0 (the rank that logs, writes and reports)."""
+    return _distributed()[0] == 0
+
+
+def _any_over_ranks(flag: bool, device: torch.device) -> bool:
+    """True when ``flag`` is true on any rank of a distributed run (``flag`` otherwise)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def _mean_over_ranks(value: float, device: torch.device) -> float:
+    """Average a number over the ranks of a distributed run (identity otherwise)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()
 
 
 class Trainer:
@@ -370,10 +404,13 @@ class Trainer:
             self.scaler.update()
             losses.append(float(loss.detach()))
             advance()
-            if deadline is not None and time.monotonic() > deadline:
+            # Ranks must stop at the same step (else one waits forever in a collective).
+            if deadline is not None and _any_over_ranks(time.monotonic() > deadline, self.device):
                 out_of_time = True
                 break
-        return (float(np.mean(losses)) if losses else float("nan")), out_of_time
+        mean_loss = float(np.mean(losses)) if losses else float("nan")
+        # The logged loss is over every rank's patches, not only rank 0's.
+        return _mean_over_ranks(mean_loss, self.device), out_of_time
 
     def _loss(self, logits: Any, label: torch.Tensor) -> torch.Tensor:
         if isinstance(logits, (list, tuple)):  # deep supervision: full resolution first
@@ -621,10 +658,10 @@ def train(
         )
     if out.exists() and any(out.iterdir()) and not (resume or overwrite):
         raise OutputExistsError(out)
-    if overwrite and not resume and out.exists():
-        shutil.rmtree(out)
-    init_distributed(choose_device(cfg.device))
     rank, _ = _distributed()
+    if overwrite and not resume and out.exists() and rank == 0:
+        shutil.rmtree(out)  # rank 0 only: ranks racing to delete the same tree fail
+    init_distributed(choose_device(cfg.device))
     if rank == 0:
         cache = preprocess_dataset(root, plan, workers=workers, progress=progress)
         if not (root / SPLITS_JSON).is_file():

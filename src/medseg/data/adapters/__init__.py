@@ -13,7 +13,7 @@ a new source adds its module here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
 from medseg.data.adapters.chaos import import_chaos
 from medseg.data.adapters.dicom_labels import import_dicom_seg, import_rtstruct
@@ -21,7 +21,7 @@ from medseg.data.adapters.images2d import import_images2d
 from medseg.data.adapters.msd import import_msd
 from medseg.data.adapters.uwmadison import import_uwmadison
 
-ADAPTERS: dict[str, Callable[..., Path]] = {
+ADAPTERS: dict[str, Callable[..., Any]] = {
     "msd": import_msd,
     "chaos": import_chaos,
     "dicom-seg": import_dicom_seg,
@@ -31,7 +31,7 @@ ADAPTERS: dict[str, Callable[..., Path]] = {
 }
 
 
-def get_adapter(name: str) -> Callable[..., Path]:
+def get_adapter(name: str) -> Callable[..., Any]:
     """The import function registered under ``name``."""
     from medseg.errors import ConfigError
 

@@ -1,0 +1,873 @@
+"""Real-data accuracy: medseg against a plain MONAI baseline, nnU-Net v2 and the classical baselines.
+
+One command per dataset (issue 8). Every contender gets the same patient-grouped folds and
+the same wall-clock training budget on the same CPU threads, one after the other, and
+every prediction is scored by medseg's own evaluator (``medseg.evaluation.evaluate``)::
+
+    .venv/bin/python benchmarks/accuracy.py hippocampus --budget-min 20
+    .venv/bin/python benchmarks/accuracy.py chaos --budget-min 4 --folds 5
+    .venv/bin/python benchmarks/accuracy.py isbi --budget-min 10
+    .venv/bin/python benchmarks/accuracy.py hippocampus --quick      # ~1 minute smoke run
+
+What one run does:
+
+1. imports the shared folder (../shared/data) through the dataset adapters into
+   benchmarks/work/<dataset>/dataset (git-ignored; kept between runs);
+2. makes patient-grouped folds (``make_splits``, seed 0) and picks the evaluated folds
+   (``--eval-folds``, default: fold 0 for hippocampus and ISBI, all folds for CHAOS);
+3. per fold and contender, in a child process (so that peak memory is the contender's own):
+   medseg (plan with CPU overrides, preprocess, train within the budget, predict the held-out
+   fold with ``medseg.inference.predictor.predict``), the MONAI tutorial-style baseline
+   (benchmarks/accuracy_monai.py), nnU-Net v2 in its own venv (benchmarks/accuracy_nnunet.py),
+   and the classical baselines (benchmarks/baseline_bench.py's protocol);
+4. evaluates every contender's predictions of all evaluated folds together against the
+   references, writes benchmarks/results/accuracy_<dataset>.json and rewrites the dataset's
+   table in docs/benchmarks.md (between ``<!-- accuracy:<dataset> -->`` markers).
+
+No contender selects a checkpoint on the held-out fold: every trained model is the state at
+the end of its budget (medseg's model folders therefore hold no validation cases). The
+medseg model folders (benchmarks/work/<dataset>/runs/<run>/<contender>/fold_<k>/model) are
+ordinary model folders: ``medseg predict NEW_CASES MODEL_DIR OUT`` works on them.
+
+The 1-minute load average is recorded before and after every contender: compare rows only
+when it stayed below the number of cores (2 here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SHARED = REPO.parent / "shared" / "data"
+WORK = HERE / "work"
+RESULTS = HERE / "results"
+DOCS = REPO / "docs" / "benchmarks.md"
+
+log = logging.getLogger("accuracy")
+
+
+# ============================================================================ datasets
+@dataclass(frozen=True)
+class Contender:
+    """One row of the table: who trains (kind) with which options."""
+
+    name: str
+    kind: str  # "medseg", "medseg-ensemble", "monai", "nnunet", "classical"
+    options: dict[str, Any] = field(default_factory=dict)
+    full_only: bool = False  # left out of --quick runs
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    source: str
+    labels: dict[int, str]
+    contenders: tuple[Contender, ...]
+    default_folds: int = 5
+    default_eval_folds: tuple[int, ...] | None = (0,)  # None: every fold
+    quick_cases: int = 6
+    literature: tuple[tuple[str, str], ...] = ()
+    targets: str = ""
+    notes: str = ""
+
+
+HIPPO_LABELS = {1: "anterior", 2: "posterior"}
+CHAOS_LABELS = {1: "liver", 2: "right_kidney", 3: "left_kidney", 4: "spleen"}
+ISBI_LABELS = {1: "membrane"}
+
+HIPPO_MEDSEG = {
+    "configuration": "3d",
+    # 1 mm isotropic, a patch that holds the whole crop (median ~36 x 50 x 35 voxels)
+    "plan": {"target_spacing": [1.0, 1.0, 1.0], "patch_size": [40, 56, 40], "batch_size": 4},
+    "train": {"loss": "dice_ce", "optimizer": "adamw", "learning_rate": 3e-3, "iterations_per_epoch": 100},
+    "tta": True,
+}
+
+DATASETS: dict[str, DatasetSpec] = {
+    "hippocampus": DatasetSpec(
+        name="hippocampus",
+        source="msd_hippocampus",
+        labels=HIPPO_LABELS,
+        contenders=(
+            Contender("medseg 3D U-Net", "medseg", HIPPO_MEDSEG),
+            Contender(
+                "MONAI tutorial UNet",
+                "monai",
+                {"roi": [32, 48, 32], "batch": 4, "samples": 2, "channels": [16, 32, 64, 128, 256]},
+            ),
+            Contender("nnU-Net v2 3d_fullres", "nnunet", {"configuration": "3d_fullres"}, full_only=True),
+            Contender("classical", "classical"),
+        ),
+        literature=(
+            (
+                "nnU-Net (Isensee et al. 2021), MSD Task04 test set, full GPU training",
+                "Dice anterior 0.90, posterior 0.89",
+            ),
+        ),
+        targets="mean Dice >= 0.89 and mean HD95 <= 1.4 mm with 20 minutes of training, ahead of MONAI and nnU-Net",
+    ),
+    "chaos": DatasetSpec(
+        name="chaos",
+        source="chaos_mr_t2spir",
+        labels=CHAOS_LABELS,
+        contenders=(
+            Contender(
+                "medseg 2D U-Net",
+                "medseg",
+                {
+                    "configuration": "2d",
+                    "plan": {"patch_size": [1, 256, 256], "batch_size": 8},
+                    "train": {"iterations_per_epoch": 50},
+                },
+            ),
+            Contender(
+                "medseg 2.5D U-Net (5 slices)",
+                "medseg",
+                {
+                    "configuration": "2.5d",
+                    "plan": {"patch_size": [1, 256, 256], "batch_size": 8, "slab_slices": 5},
+                    "train": {"iterations_per_epoch": 50},
+                },
+            ),
+            Contender(
+                "medseg 3D U-Net (anisotropic)",
+                "medseg",
+                {
+                    "configuration": "3d",
+                    "plan": {"patch_size": [16, 160, 160], "batch_size": 2},
+                    "train": {"iterations_per_epoch": 50},
+                },
+            ),
+            Contender(
+                "medseg ensemble 2.5D + 3D (softmax mean)",
+                "medseg-ensemble",
+                {"members": ["medseg 2.5D U-Net (5 slices)", "medseg 3D U-Net (anisotropic)"]},
+            ),
+            Contender(
+                "MONAI tutorial UNet",
+                "monai",
+                {"roi": [160, 160, 16], "batch": 2, "samples": 2, "channels": [16, 32, 64, 128, 256]},
+            ),
+            Contender("nnU-Net v2 3d_fullres", "nnunet", {"configuration": "3d_fullres"}, full_only=True),
+            Contender("classical", "classical"),
+        ),
+        default_eval_folds=None,
+        quick_cases=4,
+        literature=(
+            (
+                "CHAOS challenge (Kavur et al. 2021), MR liver task, best teams",
+                "liver Dice about 0.95; abdominal MR 4-organ Dice about 0.85-0.9",
+            ),
+        ),
+        targets="mean organ Dice >= 0.80 in 5-fold cross-validation",
+    ),
+    "isbi": DatasetSpec(
+        name="isbi",
+        source="isbi2012_em",
+        labels=ISBI_LABELS,
+        contenders=(
+            Contender(
+                "medseg 2D U-Net",
+                "medseg",
+                {
+                    "configuration": "2d",
+                    "plan": {"patch_size": [1, 256, 256], "batch_size": 4},
+                    "train": {"iterations_per_epoch": 50},
+                    "tta": True,
+                },
+            ),
+            Contender(
+                "MONAI tutorial UNet",
+                "monai",
+                {"roi": [256, 256], "batch": 4, "samples": 1, "channels": [16, 32, 64, 128, 256]},
+            ),
+            Contender("nnU-Net v2 2d", "nnunet", {"configuration": "2d"}, full_only=True),
+            Contender("classical", "classical"),
+        ),
+        quick_cases=6,
+        literature=(
+            (
+                "U-Net (Ronneberger et al. 2015), ISBI 2012 test set (challenge server)",
+                "pixel error 0.0611, warping error 0.000353, Rand error 0.0382",
+            ),
+        ),
+        targets="foreground (membrane) Dice >= 0.90; pixel error reported",
+    ),
+}
+
+
+# ============================================================================ helpers
+def load_avg() -> float:
+    return float(os.getloadavg()[0])
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process and of its largest waited-for child, in MB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, kids) / 1024.0
+
+
+def import_dataset(spec: DatasetSpec, root: Path, quick: bool) -> Path:
+    """Import the shared folder into ``root`` through medseg's adapters (once)."""
+    from medseg.data.adapters import import_chaos, import_images2d, import_msd
+
+    if (root / "dataset.json").is_file():
+        return root
+    src = SHARED / spec.source
+    if not src.is_dir():
+        raise SystemExit(f"{src} not found: the shared data folder is needed")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    if spec.name == "hippocampus":
+        names = [ln.strip() for ln in (src / "cases.txt").read_text().splitlines() if ln.strip()]
+        import_msd(
+            src,
+            root,
+            labels={"background": 0, **{v: k for k, v in HIPPO_LABELS.items()}},
+            channel_names=["MRI"],
+            cases=names[: spec.quick_cases] if quick else None,
+            progress=False,
+        )
+    elif spec.name == "chaos":
+        ids = sorted(int(p.name[6:-7]) for p in src.glob("image_*.nii.gz"))
+        import_chaos(src, root, cases=[str(i) for i in ids[: spec.quick_cases]] if quick else None, progress=False)
+    elif spec.name == "isbi":
+        from medseg.data.adapters.images2d import ISBI2012_MASK_MAP, ISBI2012_SPACING
+
+        stems = [str(i) for i in range(30)]
+        import_images2d(
+            src / "train" / "image",
+            root,
+            masks=src / "train" / "label",
+            spacing=ISBI2012_SPACING,
+            mask_map=ISBI2012_MASK_MAP,
+            label_name="membrane",
+            channel_name="EM",
+            case_prefix="isbi_",
+            name="ISBI2012_EM",
+            cases=stems[: spec.quick_cases] if quick else None,
+            progress=False,
+        )
+    else:  # pragma: no cover - DATASETS and this function are edited together
+        raise SystemExit(f"no importer for {spec.name}")
+    return root
+
+
+def link_fold_files(root: Path, cases: Sequence[str], images_out: Path, labels_out: Path) -> None:
+    """Folders of links to the held-out cases' images (``CASE_0000``) and labels (``CASE``)."""
+    from medseg.data.dataset import list_cases
+
+    by_id = {c.case_id: c for c in list_cases(root, "Tr")}
+    for folder in (images_out, labels_out):
+        folder.mkdir(parents=True, exist_ok=True)
+    for case_id in cases:
+        case = by_id[case_id]
+        for img in case.images:
+            target = images_out / img.name
+            if not target.exists():
+                target.symlink_to(img.resolve())
+        assert case.label is not None
+        target = labels_out / case.label.name
+        if not target.exists():
+            target.symlink_to(case.label.resolve())
+
+
+def slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
+
+
+# ============================================================================ medseg contender
+def _time_poly_trainer(budget_min: float) -> type:
+    """A Trainer whose poly learning-rate decay follows the wall-clock budget.
+
+    medseg's Trainer decays the rate per epoch over ``epochs``; under a time budget the
+    number of epochs that fit is unknown in advance, so this subclass computes the poly
+    factor from the elapsed fraction of the budget instead (updated at every epoch end),
+    and counts iterations.
+    """
+    import torch
+
+    from medseg.training.trainer import Trainer
+
+    class BudgetTrainer(Trainer):  # type: ignore[misc, valid-type]
+        iterations = 0
+        started: float | None = None
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._factor)
+
+        def _factor(self, _epoch: int) -> float:
+            if self.started is None:
+                return 1.0
+            done = (time.monotonic() - self.started) / (budget_min * 60.0)
+            return max(0.0, 1.0 - min(done, 1.0)) ** 0.9
+
+        def _loss(self, logits: Any, label: Any) -> Any:
+            self.iterations += 1
+            return super()._loss(logits, label)
+
+        def fit(self, **kwargs: Any) -> Any:
+            self.started = time.monotonic()
+            return super().fit(**kwargs)
+
+    return BudgetTrainer
+
+
+def run_medseg(job: Mapping[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from medseg.inference.predictor import PredictConfig, predict
+    from medseg.preprocessing.pipeline import plan_dataset, preprocess_dataset
+    from medseg.training.config import TrainingConfig
+    from medseg.training.trainer import dataset_json_for_model
+
+    opts = job["options"]
+    root = Path(job["dataset"])
+    threads = int(job["threads"])
+    torch.set_num_threads(threads)
+    out = Path(job["out"])
+    model_dir = out / "model"
+    t0 = time.monotonic()
+    plan, _ = plan_dataset(root, opts["configuration"], overrides=opts.get("plan"), overwrite=True, workers=threads)
+    # Preprocessing depends on the data fields of the plan, not on the network: one cache per
+    # data-relevant plan (so the 2.5D and 3D contenders and re-runs share what they can).
+    data_fields = {
+        k: v
+        for k, v in json.loads(plan.to_json()).items()
+        if k not in ("network", "batch_size", "patch_size", "foreground_fraction", "slab_slices")
+    }
+    digest = hashlib.sha256(json.dumps(data_fields, sort_keys=True).encode()).hexdigest()[:12]
+    cache = root / "preprocessed" / f"{plan.configuration}-{digest}"
+    preprocess_dataset(root, plan, cache, workers=threads)
+    prep_s = time.monotonic() - t0
+    budget = float(job["budget_min"])
+    cfg = TrainingConfig(
+        **{
+            "epochs": 100_000,
+            "iterations_per_epoch": 100,
+            "val_every": 100_000,
+            "time_budget_minutes": budget,
+            "device": "cpu",
+            "threads": threads,
+            "num_workers": 1,
+            "seed": int(job.get("seed", 0)),
+            **opts.get("train", {}),
+        }
+    )
+    trainer_cls = _time_poly_trainer(budget)
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    trainer = trainer_cls(
+        plan,
+        cache,
+        job["train_ids"],
+        [],  # no checkpoint selection on the held-out fold: the model is the last state
+        cfg,
+        model_dir,
+        dataset_json=dataset_json_for_model(root),
+        fold=int(job["fold"]),
+    )
+    t1 = time.monotonic()
+    result = trainer.fit()
+    train_s = time.monotonic() - t1
+    t2 = time.monotonic()
+    pred_dir = Path(job["pred_dir"])
+    pcfg = PredictConfig(
+        device="cpu", tta=bool(opts.get("tta", False)), overlap=0.5, overwrite=True, threads=threads
+    )
+    results = predict(job["test_images"], model_dir, pred_dir, pcfg)
+    failed = [r.case_id for r in results if not r.ok]
+    if failed:
+        raise RuntimeError(f"prediction failed for {failed}")
+    return {
+        "preprocess_seconds": prep_s,
+        "train_seconds": train_s,
+        "iterations": trainer.iterations,
+        "epochs": result.epochs_completed,
+        "predict_seconds": time.monotonic() - t2,
+        "model_dir": str(model_dir),
+        "details": {
+            "plan": {
+                "configuration": plan.configuration,
+                "target_spacing": list(plan.target_spacing),
+                "patch_size": list(plan.patch_size),
+                "batch_size": plan.batch_size,
+                "slab_slices": plan.slab_slices,
+                "network": plan.network.name,
+                "base_features": plan.network.base_features,
+                "pooling": [list(p) for p in plan.network.pooling],
+            },
+            "training": {k: v for k, v in json.loads(cfg.to_json()).items() if k != "augmentation"},
+            "lr_schedule": "poly over the wall-clock budget",
+            "tta": pcfg.tta,
+            "final_train_loss": result.history[-1].train_loss if result.history else None,
+        },
+    }
+
+
+def run_medseg_ensemble(job: Mapping[str, Any]) -> dict[str, Any]:
+    """Softmax mean of several medseg models (different configurations) on the input grid."""
+    import torch
+
+    from medseg.inference.predictor import SegmentationModel, discover_cases
+    from medseg.io import read_channels, write_volume
+
+    torch.set_num_threads(int(job["threads"]))
+    models = [SegmentationModel(d, device="cpu") for d in job["options"]["model_dirs"]]
+    pred_dir = Path(job["pred_dir"])
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    for case in discover_cases(job["test_images"], channels=len(models[0].plan.channel_names)):
+        channels = [ch for p in case.paths for ch in read_channels(p)]
+        total = None
+        for m in models:
+            _, probs = m.predict(channels, with_probabilities=True, overlap=0.5, postprocess=False)
+            assert probs is not None
+            total = probs if total is None else total + probs
+        assert total is not None
+        label = channels[0].with_array(np.argmax(total, axis=0).astype(np.uint8))
+        write_volume(label, pred_dir / f"{case.case_id}.nii.gz", overwrite=True)
+    return {"predict_seconds": time.monotonic() - t0, "train_seconds": 0.0, "iterations": 0}
+
+
+# ============================================================================ classical contender
+def run_classical(job: Mapping[str, Any]) -> dict[str, Any]:
+    """benchmarks/baseline_bench.py's protocol on the held-out cases (seeds/oracle from the reference)."""
+    sys.path.insert(0, str(HERE))
+    from baseline_bench import run_methods  # type: ignore[import-not-found]
+
+    from medseg.io import read_volume, write_volume
+
+    labels = [int(k) for k in job["labels"]]
+    images = Path(job["test_images"])
+    refs = Path(job["test_labels"])
+    base = Path(job["pred_dir"])
+    t0 = time.monotonic()
+    methods: list[str] = []
+    for ref_path in sorted(refs.iterdir()):
+        case = ref_path.name[: -len(".nii.gz")]
+        image = read_volume(images / f"{case}_0000.nii.gz")
+        ref = read_volume(ref_path)
+        present = [lab for lab in labels if np.any(ref.array == lab)]
+        preds = run_methods(image, ref.with_array(ref.array.astype(np.uint8)), present)
+        for method, arr in preds.items():
+            if method not in methods:
+                methods.append(method)
+            folder = base / slug(method)
+            folder.mkdir(parents=True, exist_ok=True)
+            write_volume(ref.with_array(arr.astype(np.uint8)), folder / f"{case}.nii.gz", overwrite=True)
+    return {
+        "predict_seconds": time.monotonic() - t0,
+        "train_seconds": 0.0,
+        "iterations": 0,
+        "sub_rows": {m: str(base / slug(m)) for m in methods},
+    }
+
+
+# ============================================================================ child process
+RUNNERS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
+    "medseg": run_medseg,
+    "medseg-ensemble": run_medseg_ensemble,
+    "classical": run_classical,
+}
+
+
+def child_main(job_path: Path) -> None:
+    job = json.loads(job_path.read_text())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    kind = job["kind"]
+    if kind == "monai":
+        sys.path.insert(0, str(HERE))
+        from accuracy_monai import run_monai  # type: ignore[import-not-found]
+
+        result = run_monai(job)
+    elif kind == "nnunet":
+        sys.path.insert(0, str(HERE))
+        from accuracy_nnunet import run_nnunet  # type: ignore[import-not-found]
+
+        result = run_nnunet(job)
+    else:
+        result = RUNNERS[kind](job)
+    result["peak_rss_mb"] = max(float(result.get("peak_rss_mb", 0.0)), peak_rss_mb())
+    Path(job["result"]).write_text(json.dumps(result, indent=2, default=str) + "\n")
+
+
+def run_child(job: dict[str, Any], log_path: Path) -> dict[str, Any]:
+    job_path = log_path.with_suffix(".job.json")
+    job_path.write_text(json.dumps(job, indent=2) + "\n")
+    result_path = Path(job["result"])
+    if result_path.exists():
+        result_path.unlink()
+    load_before = load_avg()
+    t0 = time.monotonic()
+    with log_path.open("w") as fh:
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "_child", str(job_path)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": str(job["threads"]), "MKL_NUM_THREADS": str(job["threads"])},
+            check=False,
+        )
+    wall = time.monotonic() - t0
+    if proc.returncode != 0 or not result_path.is_file():
+        tail = log_path.read_text()[-3000:]
+        return {"error": f"exit code {proc.returncode}; log {log_path}", "log_tail": tail, "wall_seconds": wall}
+    result = json.loads(result_path.read_text())
+    result.update({"wall_seconds": wall, "load_avg_before": load_before, "load_avg_after": load_avg()})
+    return result
+
+
+# ============================================================================ evaluation
+def evaluate_folder(pred: Path, ref: Path, labels: Mapping[int, str]) -> dict[str, Any]:
+    """medseg's evaluator on one contender's predictions; summary plus per-case rows."""
+    from medseg.evaluation import EvaluationConfig, evaluate
+
+    cfg = EvaluationConfig(
+        labels=dict(labels),
+        metrics=("dice", "hd95", "precision", "recall"),
+        on_missing="flag",
+        on_case_error="flag",
+        workers=2,
+    )
+    res = evaluate(pred, ref, cfg)
+    summary = res.summary()
+    per_class = {
+        name: {m: summary["per_class"][name][m] for m in ("dice", "hd95")} for name in labels.values()
+    }
+    # Case-level mean Dice over the classes, then mean/std over cases.
+    case_means = []
+    pixel_errors = []
+    fp_volume_ml = []
+    for case in res.scored_cases:
+        vals = [case.per_label[lab].values["dice"] for lab in labels]
+        finite = [v for v in vals if math.isfinite(v)]
+        if finite:
+            case_means.append(float(np.mean(finite)))
+    from medseg.io import read_volume
+
+    for case in res.scored_cases:
+        if not case.prediction:
+            continue
+        p = read_volume(case.prediction).array
+        r = read_volume(case.reference)
+        pixel_errors.append(float(np.mean((p > 0) != (r.array > 0))))
+        voxel_ml = float(np.prod(r.spacing)) / 1000.0
+        fp_volume_ml.append(float(np.count_nonzero((p > 0) & (r.array == 0))) * voxel_ml)
+    return {
+        "per_class": per_class,
+        "mean_dice": float(np.mean(case_means)) if case_means else None,
+        "mean_dice_std": float(np.std(case_means, ddof=1)) if len(case_means) > 1 else None,
+        "mean_hd95": _mean_or_none([summary["per_class"][n]["hd95"]["mean"] for n in labels.values()]),
+        "pixel_error": float(np.mean(pixel_errors)) if pixel_errors else None,
+        "false_positive_volume_ml": float(np.mean(fp_volume_ml)) if fp_volume_ml else None,
+        "n_cases": summary["n_cases"],
+        "n_scored": summary["n_scored"],
+        "missing": summary["missing_predictions"],
+        "failed": summary["failed_cases"],
+        "cases": [
+            {
+                "case": c.name,
+                **{f"dice/{n}": c.per_label[lab].values["dice"] for lab, n in labels.items()},
+                **{f"hd95/{n}": c.per_label[lab].values["hd95"] for lab, n in labels.items()},
+            }
+            for c in res.scored_cases
+        ],
+    }
+
+
+def _mean_or_none(values: Sequence[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if len(finite) == len(values) and finite else None
+
+
+# ============================================================================ markdown
+def _fmt(stat: Mapping[str, Any] | None, digits: int = 3) -> str:
+    if not stat or stat.get("mean") is None:
+        return "n/a"
+    std = stat.get("std")
+    return f"{stat['mean']:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{stat['mean']:.{digits}f}"
+
+
+def markdown_table(report: Mapping[str, Any]) -> str:
+    spec = DATASETS[report["dataset"]]
+    names = list(spec.labels.values())
+    head = ["contender"]
+    head += [f"Dice {n}" for n in names] + [f"HD95 {n} (mm)" for n in names]
+    head += ["mean Dice", "train min", "iterations", "peak RSS (MB)", "load avg"]
+    if spec.name == "isbi":
+        head.insert(len(head) - 4, "pixel error")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in report["rows"]:
+        ev = row.get("evaluation")
+        if ev is None:
+            cells = [row["name"]] + ["—"] * (len(head) - 2) + [row.get("error", "failed")[:80]]
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
+        cells = [row["name"]]
+        cells += [_fmt(ev["per_class"][n]["dice"]) for n in names]
+        cells += [_fmt(ev["per_class"][n]["hd95"], 2) for n in names]
+        md = ev.get("mean_dice")
+        sd = ev.get("mean_dice_std")
+        cells.append("n/a" if md is None else (f"**{md:.3f}**" + (f" ± {sd:.3f}" if sd is not None else "")))
+        if spec.name == "isbi":
+            pe = ev.get("pixel_error")
+            cells.append("n/a" if pe is None else f"{pe:.4f}")
+        train_s = row.get("train_seconds")
+        cells.append("—" if not train_s else f"{train_s / 60:.1f}")
+        cells.append(str(row.get("iterations") or "—"))
+        rss = row.get("peak_rss_mb")
+        cells.append("—" if rss is None else f"{rss:.0f}")
+        lb, la = row.get("load_avg_before"), row.get("load_avg_after")
+        cells.append("—" if lb is None else f"{lb:.1f} / {la:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    for ref, value in spec.literature:
+        lines.append("| " + " | ".join([f"*literature: {ref}*", value] + [""] * (len(head) - 2)) + " |")
+    return "\n".join(lines)
+
+
+def write_markdown(report: Mapping[str, Any], docs: Path = DOCS) -> Path:
+    spec = DATASETS[report["dataset"]]
+    start, end = f"<!-- accuracy:{spec.name} start -->", f"<!-- accuracy:{spec.name} end -->"
+    run = report["run"]
+    folds = run["eval_folds"]
+    body = [
+        start,
+        f"### {spec.name}{' (QUICK smoke run, not a result)' if run['quick'] else ''}",
+        "",
+        f"Command: `{run['command']}`  ",
+        f"Run {run['started']} on {run['machine']}, {run['threads']} threads per contender, "
+        f"training budget {run['budget_min']} min per contender and fold, "
+        f"{run['folds']} patient-grouped folds (seed 0), evaluated fold(s) {folds} "
+        f"({report['n_test_cases']} held-out cases). Dice and HD95 per class: mean ± sample std over "
+        "cases (medseg.evaluation.evaluate); mean Dice: per-case mean over the classes, then mean ± std "
+        "over cases. Load avg: 1-minute load average before / after the contender (2 cores).  ",
+        f"Target (issue 8): {spec.targets}.",
+        "",
+        markdown_table(report),
+        "",
+        end,
+    ]
+    block = "\n".join(body)
+    docs.parent.mkdir(parents=True, exist_ok=True)
+    text = docs.read_text() if docs.is_file() else DOCS_HEADER
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        _, after = rest.split(end, 1)
+        text = before + block + after
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    docs.write_text(text)
+    return docs
+
+
+DOCS_HEADER = """# Benchmarks
+
+## Real-data accuracy (issue 8)
+
+Produced by `benchmarks/accuracy.py` (see its docstring); the tables between the
+`<!-- accuracy:... -->` markers are rewritten by each run, the notes outside them are kept.
+"""
+
+
+# ============================================================================ orchestration
+def run_dataset(args: argparse.Namespace) -> dict[str, Any]:
+    from medseg.data.splits import load_splits, make_splits
+
+    spec = DATASETS[args.dataset]
+    quick = bool(args.quick)
+    base = Path(args.work) / (spec.name + ("-quick" if quick else ""))
+    root = import_dataset(spec, base / "dataset", quick)
+    folds = args.folds or (2 if quick else spec.default_folds)
+    try:
+        splits = load_splits(root)
+        if splits.k != folds:
+            raise ValueError
+    except Exception:  # noqa: BLE001 - absent or different: make them again
+        splits = make_splits(root, k=folds, seed=0, overwrite=True)
+    if args.eval_folds:
+        eval_folds = [int(f) for f in args.eval_folds.split(",")]
+    elif quick:
+        eval_folds = [0]
+    else:
+        eval_folds = list(spec.default_eval_folds) if spec.default_eval_folds is not None else list(range(folds))
+    budget = 0.1 if quick and args.budget_min is None else float(args.budget_min or 20.0)
+    tag = args.tag or time.strftime("%Y%m%d-%H%M%S")
+    run_dir = base / "runs" / tag
+    all_images, all_labels = run_dir / "test_images", run_dir / "test_labels"
+    if args.only:  # an explicit choice may include the full-run-only contenders
+        wanted = [w.strip().lower() for w in args.only.split(",")]
+        chosen = [c for c in spec.contenders if any(w in c.name.lower() or w == c.kind for w in wanted)]
+    else:
+        chosen = [c for c in spec.contenders if not (quick and c.full_only)]
+    rows: dict[str, dict[str, Any]] = {c.name: {"name": c.name, "kind": c.kind, "folds": {}} for c in chosen}
+    n_test = 0
+    for fold in eval_folds:
+        f = splits.fold(fold)
+        fold_dir = run_dir / f"fold_{fold}"
+        images, labels = fold_dir / "test_images", fold_dir / "test_labels"
+        link_fold_files(root, f.val, images, labels)
+        link_fold_files(root, f.val, all_images, all_labels)
+        n_test += len(f.val)
+        for c in chosen:
+            out = fold_dir / slug(c.name)
+            out.mkdir(parents=True, exist_ok=True)
+            options = dict(c.options)
+            if c.kind == "medseg-ensemble":
+                dirs = [rows[m]["folds"].get(fold, {}).get("model_dir") for m in options["members"]]
+                if not all(dirs):
+                    rows[c.name]["folds"][fold] = {"error": "a member model is missing"}
+                    continue
+                options["model_dirs"] = dirs
+            job = {
+                "kind": c.kind,
+                "name": c.name,
+                "dataset": str(root),
+                "fold": fold,
+                "folds": folds,
+                "train_ids": list(f.train),
+                "test_ids": list(f.val),
+                "test_images": str(images),
+                "test_labels": str(labels),
+                "labels": {str(k): v for k, v in spec.labels.items()},
+                "budget_min": budget,
+                "threads": args.threads,
+                "options": options,
+                "out": str(out),
+                "pred_dir": str(out / "predictions"),
+                "result": str(out / "result.json"),
+                "quick": quick,
+                "seed": 0,
+            }
+            print(f"[fold {fold}] {c.name}: load avg {load_avg():.2f}", flush=True)
+            res = run_child(job, out / "log.txt")
+            if "error" in res:
+                print(f"  FAILED: {res['error']}\n{res.get('log_tail', '')[-1500:]}", flush=True)
+            else:
+                print(
+                    f"  done: train {res.get('train_seconds', 0):.0f} s, {res.get('iterations', 0)} it, "
+                    f"peak {res.get('peak_rss_mb', 0):.0f} MB",
+                    flush=True,
+                )
+            rows[c.name]["folds"][fold] = res
+    # Gather predictions of all evaluated folds per row (and per classical sub-row), evaluate.
+    final_rows: list[dict[str, Any]] = []
+    for c in chosen:
+        per_fold = rows[c.name]["folds"]
+        errors = [r["error"] for r in per_fold.values() if "error" in r]
+        sub_names: list[tuple[str, str]] = [(c.name, "predictions")]
+        if c.kind == "classical":
+            subs: list[str] = []
+            for r in per_fold.values():
+                for m in r.get("sub_rows", {}):
+                    if m not in subs:
+                        subs.append(m)
+            sub_names = [(f"classical: {m}", slug(m)) for m in subs]
+        for row_name, sub in sub_names:
+            row: dict[str, Any] = {"name": row_name, "kind": c.kind, "options": c.options}
+            gathered = run_dir / "gathered" / slug(row_name)
+            if gathered.exists():
+                shutil.rmtree(gathered)
+            gathered.mkdir(parents=True)
+            for fold, r in per_fold.items():
+                if "error" in r:
+                    continue
+                src = run_dir / f"fold_{fold}" / slug(c.name) / "predictions"
+                if c.kind == "classical":
+                    src = Path(r["sub_rows"][sub_name_of(r, sub)])
+                for p in src.glob("*.nii.gz"):
+                    (gathered / p.name).symlink_to(p.resolve())
+            ok = [r for r in per_fold.values() if "error" not in r]
+            row["train_seconds"] = float(np.mean([r.get("train_seconds", 0) for r in ok])) if ok else None
+            row["iterations"] = int(np.mean([r.get("iterations", 0) for r in ok])) if ok else None
+            row["peak_rss_mb"] = max((r.get("peak_rss_mb", 0) for r in ok), default=None)
+            row["load_avg_before"] = max((r.get("load_avg_before", 0) for r in ok), default=None)
+            row["load_avg_after"] = max((r.get("load_avg_after", 0) for r in ok), default=None)
+            row["per_fold"] = {
+                str(k): {kk: vv for kk, vv in v.items() if kk not in ("log_tail",)} for k, v in per_fold.items()
+            }
+            if errors:
+                row["error"] = "; ".join(errors)
+            if any(gathered.iterdir()):
+                row["evaluation"] = evaluate_folder(gathered, all_labels, spec.labels)
+            final_rows.append(row)
+    report = {
+        "dataset": spec.name,
+        "run": {
+            "command": "python benchmarks/accuracy.py " + " ".join(sys.argv[1:]),
+            "started": tag,
+            "quick": quick,
+            "budget_min": budget,
+            "threads": args.threads,
+            "folds": folds,
+            "eval_folds": eval_folds,
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        },
+        "n_test_cases": n_test,
+        "labels": {str(k): v for k, v in spec.labels.items()},
+        "literature": [list(x) for x in spec.literature],
+        "targets": spec.targets,
+        "rows": final_rows,
+    }
+    return report
+
+
+def sub_name_of(result: Mapping[str, Any], sub_slug: str) -> str:
+    for name in result.get("sub_rows", {}):
+        if slug(name) == sub_slug:
+            return str(name)
+    raise KeyError(sub_slug)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_child"]:
+        child_main(Path(argv[1]))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", choices=sorted(DATASETS))
+    parser.add_argument("--budget-min", type=float, default=None, help="training minutes per contender and fold")
+    parser.add_argument("--folds", type=int, default=None, help="number of patient-grouped folds")
+    parser.add_argument("--eval-folds", default=None, help="comma-separated folds to train and score")
+    parser.add_argument("--quick", action="store_true", help="smoke run: a few cases, seconds of training")
+    parser.add_argument("--only", default=None, help="comma-separated contender kinds or name parts")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work", default=str(WORK))
+    parser.add_argument("--tag", default=None, help="run folder name (default: a time stamp)")
+    parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--docs", default=str(DOCS))
+    parser.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    report = run_dataset(args)
+    out = Path(args.results)
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"accuracy_{args.dataset}{'_quick' if args.quick else ''}.json"
+    (out / name).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(markdown_table(report))
+    print(f"results: {out / name}")
+    if not args.no_docs:
+        print(f"docs: {write_markdown(report, Path(args.docs))}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,390 @@
+"""Cross-validation driver: train every fold, predict each fold's validation cases, evaluate.
+
+For a planned dataset with K folds (splits.json; created when absent):
+
+1. each fold is trained in turn with :func:`medseg.training.trainer.train`. A fold whose
+   model folder is complete (``epochs_completed`` has reached the configured epochs) is
+   skipped, a fold with a ``checkpoint_last.pt`` short of that is resumed, so rerunning
+   the same command after an interruption (Ctrl-C, SLURM time limit) continues where it
+   stopped;
+2. each fold's model predicts that fold's validation cases from the ORIGINAL images in
+   imagesTr (the same path as ``medseg predict``: preprocessing replayed from the plan,
+   the label map back on the input grid), written as NIfTI to
+   ``DATASET/models/<config>/crossval/predictions/<case>.nii.gz``. A prediction newer than
+   its fold's checkpoint is reused;
+3. the out-of-fold predictions are evaluated against labelsTr with
+   :mod:`medseg.evaluation.evaluate` (per-case table, statistics, plots and HTML in
+   ``crossval/evaluation/``), and ``crossval/summary.json`` holds the per-class mean Dice
+   over all out-of-fold cases, the per-fold means and what happened to each fold.
+
+Held-out test cases of splits.json are in no validation fold and are not predicted.
+
+Layering: this driver sits above training (it uses inference and evaluation), so those
+imports are made inside the functions; only the CLI and pipeline-level code call it.
+
+Distributed (``torchrun ... medseg crossval``): every rank trains, rank 0 alone predicts,
+evaluates and writes; the other ranks return after training with an empty result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from medseg.errors import ConfigError, InputError
+from medseg.io.atomic import write_text_atomic
+from medseg.training.config import TrainingConfig
+
+log = logging.getLogger(__name__)
+
+CROSSVAL_DIR = "crossval"
+SUMMARY_JSON = "summary.json"
+DEFAULT_FOLDS = 5
+
+FoldAction = Literal["trained", "resumed", "skipped"]
+
+
+@dataclass(frozen=True)
+class FoldRecord:
+    """What happened to one fold in this run."""
+
+    fold: int
+    action: FoldAction
+    model_dir: Path
+    epochs_completed: int
+    best_val_dice: float | None
+    val_cases: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CrossValResult:
+    """The folds, and (on rank 0) the out-of-fold evaluation."""
+
+    folder: Path
+    folds: tuple[FoldRecord, ...]
+    per_class_dice: dict[str, float | None] = field(default_factory=dict)
+    mean_dice: float | None = None
+    n_cases: int = 0
+    evaluated: bool = False
+
+    @property
+    def summary_path(self) -> Path:
+        return self.folder / SUMMARY_JSON
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.folder / "predictions"
+
+
+def crossval_dir(root: str | Path, configuration: str) -> Path:
+    """``DATASET/models/<config>/crossval``: beside the ``fold_k`` model folders."""
+    return Path(root) / "models" / configuration / CROSSVAL_DIR
+
+
+def _read_model_json(folder: Path) -> dict[str, Any]:
+    path = folder / "model.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(path, "cannot be read", found=str(exc)) from None
+    if not isinstance(data, dict):
+        raise InputError(path, "is not a JSON object")
+    return data
+
+
+def fold_state(folder: Path, epochs: int) -> Literal["missing", "partial", "complete"]:
+    """``complete`` (skip), ``partial`` (resume from checkpoint_last.pt) or ``missing`` (train).
+
+    Complete: model.json says ``epochs`` epochs were done and checkpoint_best.pt exists
+    (checkpoint_last.pt is not needed). A folder holding checkpoints that are neither is
+    an error rather than something to delete.
+    """
+    if (folder / "model.json").is_file() and (folder / "checkpoint_best.pt").is_file():
+        done = int(_read_model_json(folder).get("epochs_completed") or 0)
+        if done >= epochs:
+            return "complete"
+    if (folder / "checkpoint_last.pt").is_file():
+        return "partial"
+    if folder.is_dir() and any(folder.glob("*.pt")):
+        raise ConfigError(
+            f"{folder}: holds checkpoints but no checkpoint_last.pt to resume {epochs} epochs from; "
+            "rerun with --overwrite to retrain every fold, or move the folder away to retrain this one"
+        )
+    return "missing"
+
+
+def _check_same_plan(folder: Path, plan: Any) -> None:
+    from medseg.preprocessing.plan import Plan
+
+    path = folder / "plan.json"
+    if path.is_file() and Plan.load(path) != plan:
+        raise ConfigError(
+            f"{folder}: this fold was trained with a different plan than the dataset's current one "
+            f"({path}); rerun with --overwrite to retrain every fold with the current plan"
+        )
+
+
+def _clean(value: float) -> float | None:
+    return None if not math.isfinite(value) else float(value)
+
+
+def cross_validate(
+    dataset: str | Path,
+    *,
+    configuration: str = "3d",
+    config: TrainingConfig | None = None,
+    folds: int | None = None,
+    workers: int = 2,
+    overwrite: bool = False,
+    tta: bool = False,
+    metrics: Sequence[str] = ("dice", "iou"),
+    progress: bool = False,
+) -> CrossValResult:
+    """Train all folds (resuming/skipping finished ones), predict out-of-fold, evaluate.
+
+    ``folds``: the number of folds; None takes splits.json's (or 5 when there is none). A
+    splits.json with another number of folds is an error (delete it to re-split).
+    ``overwrite`` retrains every fold from scratch and replaces the predictions.
+    """
+    from medseg.data.splits import SPLITS_JSON, load_splits, make_splits
+    from medseg.evaluation.evaluate import EvaluationConfig
+    from medseg.preprocessing.pipeline import load_dataset_plan
+    from medseg.training.trainer import (
+        _barrier,
+        choose_device,
+        default_model_dir,
+        init_distributed,
+        is_main_process,
+        train,
+    )
+
+    root = Path(dataset)
+    cfg = config or TrainingConfig()
+    plan = load_dataset_plan(root, configuration)  # fails early when there is no plan
+    eval_cfg = EvaluationConfig(
+        labels={v: k for k, v in plan.labels.items() if v != 0}, metrics=tuple(metrics)
+    )
+    if "dice" not in eval_cfg.metrics:
+        raise ConfigError(f"cross-validation needs the 'dice' metric, found {list(eval_cfg.metrics)}")
+    init_distributed(choose_device(cfg.device))
+    main = is_main_process()
+    splits_file = root / SPLITS_JSON
+    if splits_file.is_file():
+        splits = load_splits(root)
+        if folds is not None and splits.k != folds:
+            raise ConfigError(
+                f"{splits_file} has {splits.k} folds but {folds} were asked for; "
+                f"use --folds {splits.k}, or delete splits.json to re-split"
+            )
+    else:
+        if main:
+            make_splits(root, k=folds or DEFAULT_FOLDS, seed=0)
+        _barrier()
+        splits = load_splits(root)
+    out = crossval_dir(root, configuration)
+
+    records: list[FoldRecord] = []
+    for k in range(splits.k):
+        folder = default_model_dir(root, configuration, k)
+        state = "missing" if overwrite else fold_state(folder, cfg.epochs)
+        if state != "missing":
+            _check_same_plan(folder, plan)
+        if state == "complete":
+            info = _read_model_json(folder)
+            log.info("fold %d: complete (%s epochs), skipped", k, info.get("epochs_completed"))
+            best = info.get("best_val_mean_dice")
+            records.append(
+                FoldRecord(
+                    k,
+                    "skipped",
+                    folder,
+                    int(info.get("epochs_completed") or 0),
+                    None if best is None else float(best),
+                    splits.fold(k).val,
+                )
+            )
+            continue
+        log.info("fold %d of %d: %s", k, splits.k, "resuming" if state == "partial" else "training")
+        result = train(
+            root,
+            k,
+            configuration=configuration,
+            config=cfg,
+            resume=state == "partial",
+            # "missing": no checkpoint at all, nothing worth keeping (a run that died before its
+            # first epoch left only its JSON files).
+            overwrite=True if state == "missing" else overwrite,
+            folds=splits.k,
+            workers=workers,
+            progress=progress,
+        )
+        records.append(
+            FoldRecord(
+                k,
+                "resumed" if state == "partial" else "trained",
+                result.model_dir,
+                result.epochs_completed,
+                None if result.best_epoch < 0 else result.best_dice,
+                splits.fold(k).val,
+            )
+        )
+        if result.stopped_early:
+            log.warning("fold %d: %s; rerun the same command to continue it", k, result.stopped_early)
+
+    if not main:
+        _barrier()
+        return CrossValResult(out, tuple(records))
+    try:
+        predict_out_of_fold(
+            root,
+            records,
+            out / "predictions",
+            overwrite=overwrite,
+            tta=tta,
+            device=cfg.device,
+            progress=progress,
+        )
+        summary = evaluate_out_of_fold(
+            root, records, out, eval_cfg, configuration=configuration, test_cases=splits.test
+        )
+    finally:
+        _barrier()
+    return summary
+
+
+def predict_out_of_fold(
+    root: Path,
+    records: Sequence[FoldRecord],
+    out: Path,
+    *,
+    overwrite: bool = False,
+    tta: bool = False,
+    device: str = "auto",
+    progress: bool = False,
+) -> list[Path]:
+    """Predict each fold's validation cases with that fold's model, from the original images."""
+    from medseg.data.dataset import list_cases
+    from medseg.inference.predictor import InputCase, PredictConfig, SegmentationModel, predict_case
+    from medseg.progress import progress_bar
+    from medseg.training.checkpoint import best_checkpoint
+
+    cases = {c.case_id: c for c in list_cases(root, "Tr")}
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    total = sum(len(r.val_cases) for r in records)
+    pcfg = PredictConfig(formats=("nifti",), tta=tta, device=device, overwrite=True)  # type: ignore[arg-type]
+    with progress_bar(progress, "out-of-fold prediction", total) as advance:
+        for record in records:
+            checkpoint_time = best_checkpoint(record.model_dir).stat().st_mtime
+            model = None
+            for case_id in record.val_cases:
+                target = out / f"{case_id}.nii.gz"
+                fresh = target.is_file() and target.stat().st_mtime >= checkpoint_time
+                if fresh and not overwrite:
+                    written.append(target)
+                    advance()
+                    continue
+                if case_id not in cases:
+                    raise InputError(
+                        root / "imagesTr",
+                        f"case '{case_id}' of splits.json has no image",
+                        expected="every split case in imagesTr",
+                    )
+                if model is None:
+                    model = SegmentationModel(record.model_dir, device=device)
+                files = cases[case_id]
+                predict_case(model, InputCase(case_id, "files", files.images), out, pcfg)
+                written.append(target)
+                advance()
+    return written
+
+
+def evaluate_out_of_fold(
+    root: Path,
+    records: Sequence[FoldRecord],
+    out: Path,
+    eval_cfg: Any,
+    *,
+    configuration: str,
+    test_cases: Sequence[str] = (),
+) -> CrossValResult:
+    """Score the out-of-fold predictions against labelsTr; write evaluation/ and summary.json."""
+    from medseg.data.dataset import list_cases, read_descriptor
+    from medseg.evaluation.evaluate import EvaluationResult, describe, evaluate_volumes
+    from medseg.evaluation.report import write_report
+    from medseg.io import read_volume
+
+    cases = {c.case_id: c for c in list_cases(root, "Tr")}
+    predictions = out / "predictions"
+    scored = []
+    fold_of: dict[str, int] = {}
+    for record in records:
+        for case_id in record.val_cases:
+            ref_path = cases[case_id].label
+            assert ref_path is not None  # list_cases("Tr") requires labels
+            pred_path = predictions / f"{case_id}.nii.gz"
+            scored.append(
+                evaluate_volumes(
+                    read_volume(pred_path),
+                    read_volume(ref_path),
+                    eval_cfg,
+                    name=case_id,
+                    prediction_path=pred_path,
+                    reference_path=ref_path,
+                )
+            )
+            fold_of[case_id] = record.fold
+    result = EvaluationResult(
+        tuple(scored),
+        dict(eval_cfg.labels),
+        eval_cfg,
+        prediction=str(predictions),
+        reference=str(root / "labelsTr"),
+    )
+    write_report(result, out / "evaluation", overwrite=True)
+    labels: dict[int, str] = dict(eval_cfg.labels)
+    per_class = {name: _clean(describe(result.column("dice", lab)).mean) for lab, name in labels.items()}
+    finite = [v for v in per_class.values() if v is not None]
+    mean = float(sum(finite) / len(finite)) if finite else None
+    per_fold: dict[str, dict[str, float | None]] = {}
+    for record in records:
+        fold_cases = [c for c in scored if fold_of[c.name] == record.fold]
+        per_fold[str(record.fold)] = {
+            name: _clean(describe([c.per_label[lab].values["dice"] for c in fold_cases]).mean)
+            for lab, name in labels.items()
+        }
+    summary = {
+        "dataset": read_descriptor(root).name or root.name,
+        "configuration": configuration,
+        "k": len(records),
+        "n_cases": len(scored),
+        "statistic": "per-class mean Dice over all out-of-fold cases (cases where prediction and "
+        "reference are both empty are left out); mean_foreground_dice is the mean over classes",
+        "per_class_mean_dice": per_class,
+        "mean_foreground_dice": mean,
+        "per_fold_mean_dice": per_fold,
+        "folds": [
+            {
+                "fold": r.fold,
+                "action": r.action,
+                "model": str(r.model_dir),
+                "epochs_completed": r.epochs_completed,
+                "best_val_mean_dice": r.best_val_dice,
+                "val_cases": list(r.val_cases),
+            }
+            for r in records
+        ],
+        "test_cases_not_evaluated": list(test_cases),
+        "predictions": str(predictions),
+        "evaluation": str(out / "evaluation"),
+    }
+    write_text_atomic(
+        out / SUMMARY_JSON, json.dumps(summary, indent=2, allow_nan=False) + "\n", overwrite=True
+    )
+    log.info("cross-validation: mean foreground Dice %s over %d cases", mean, len(scored))
+    return CrossValResult(out, tuple(records), per_class, mean, len(scored), evaluated=True)

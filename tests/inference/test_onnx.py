@@ -1,0 +1,171 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from medseg.cli import app
+from medseg.errors import InputError, OutputExistsError
+from medseg.inference.onnx import OnnxExportError, OnnxNetwork, export_onnx, read_metadata
+from medseg.inference.predictor import SegmentationModel
+from medseg.io import read_volume, write_volume
+from medseg.training.checkpoint import load_checkpoint, save_checkpoint
+from tests.preprocessing.conftest import make_case
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
+
+
+def test_onnx_backend_gives_the_torch_labels(model_copy: Path) -> None:
+    written = export_onnx(model_copy)
+    assert written == [model_copy / "model.onnx"]
+    meta = read_metadata(written[0])
+    assert meta["checkpoint"] == "checkpoint_best.pt" and float(meta["verified_max_abs_diff"]) < 1e-3
+
+    img, _ = make_case(21, shape=(9, 36, 30))  # oblique toy case, predicted on its own grid
+    ref, ref_probs = SegmentationModel(model_copy, device="cpu").predict([img], with_probabilities=True)
+    onnx_model = SegmentationModel(model_copy, device="cpu", backend="onnx")
+    assert isinstance(onnx_model.networks[0], OnnxNetwork)
+    pred, probs = onnx_model.predict([img], with_probabilities=True)
+    pred.geometry.require_same(img.geometry, "onnx prediction and input")
+    assert ref_probs is not None and probs is not None
+    assert np.abs(probs - ref_probs).max() < 1e-3
+    assert (ref.array == 1).any() and (ref.array == 2).any()  # both classes present: the Dice means something
+    for k in (1, 2):
+        assert _dice(pred.array == k, ref.array == k) >= 0.999
+
+
+def test_ensemble_exports_every_fold_and_refuses_to_overwrite(trained_model: Path, tmp_path: Path) -> None:
+    ens = tmp_path / "ensemble"
+    shutil.copytree(trained_model, ens / "fold_0")
+    shutil.copytree(trained_model, ens / "fold_1")
+    written = export_onnx(ens)
+    assert written == [ens / "fold_0" / "model.onnx", ens / "fold_1" / "model.onnx"]
+    before = [p.read_bytes() for p in written]
+    (ens / "fold_1" / "model.onnx").unlink()
+    with pytest.raises(OutputExistsError, match=r"fold_0.model\.onnx.*--overwrite"):
+        export_onnx(ens)
+    assert not (ens / "fold_1" / "model.onnx").exists()  # nothing written when refused
+    assert written[0].read_bytes() == before[0]
+    assert export_onnx(ens, overwrite=True) == written
+    assert len(SegmentationModel(ens, device="cpu", backend="onnx").networks) == 2
+
+
+def test_missing_export_says_how_to_make_it(model_copy: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"has no model\.onnx; run `medseg export-onnx"):
+        SegmentationModel(model_copy, device="cpu", backend="onnx")
+    img, _ = make_case(3, shape=(9, 36, 30))
+    src = write_volume(img, tmp_path / "in" / "c3.nii.gz")
+    res = CliRunner().invoke(
+        app, ["predict", str(src), "-m", str(model_copy), "-o", str(tmp_path / "out"), "--onnx"]
+    )
+    assert res.exit_code == 2, res.output
+    assert "medseg export-onnx" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "out" / "c3.nii.gz").exists()
+
+
+def test_cli_export_then_predict_with_onnx(model_copy: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    res = runner.invoke(app, ["export-onnx", str(model_copy)])
+    assert res.exit_code == 0, res.output
+    assert "model.onnx" in res.output
+    again = runner.invoke(app, ["export-onnx", str(model_copy)])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    assert runner.invoke(app, ["export-onnx", str(model_copy), "--overwrite", "--opset", "18"]).exit_code == 0
+
+    img, _ = make_case(7, shape=(9, 36, 30))
+    src = write_volume(img, tmp_path / "in" / "c7.nii.gz")
+    res = runner.invoke(
+        app, ["predict", str(src), "-m", str(model_copy), "-o", str(tmp_path / "onnx"), "--onnx"]
+    )
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["predict", str(src), "-m", str(model_copy), "-o", str(tmp_path / "torch")])
+    assert res.exit_code == 0, res.output
+    a, b = read_volume(tmp_path / "onnx" / "c7.nii.gz"), read_volume(tmp_path / "torch" / "c7.nii.gz")
+    a.geometry.require_same(read_volume(src).geometry, "onnx output and input")
+    for k in (1, 2):
+        assert _dice(a.array == k, b.array == k) >= 0.999
+
+
+def test_stale_export_after_retraining_is_refused(model_copy: Path) -> None:
+    export_onnx(model_copy)
+    ckpt = model_copy / "checkpoint_best.pt"
+    data = load_checkpoint(ckpt)
+    data["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in data["model"].items()}
+    save_checkpoint(ckpt, {k: v for k, v in data.items() if k not in ("format", "version", "medseg_version")})
+    with pytest.raises(InputError, match=r"older checkpoint_best\.pt.*--overwrite"):
+        OnnxNetwork(model_copy / "model.onnx")
+    export_onnx(model_copy, overwrite=True)
+    OnnxNetwork(model_copy / "model.onnx")  # fresh again
+
+
+def test_network_has_a_dynamic_batch_and_fixed_window(model_copy: Path) -> None:
+    export_onnx(model_copy)
+    net = OnnxNetwork(model_copy / "model.onnx", "cpu", threads=1)
+    assert net.providers == ["CPUExecutionProvider"]
+    window = tuple(int(v) for v in net.input_shape[1:])
+    assert window == (1, 8, 16, 16)  # the plan's patch (fixture: patch_size [8, 16, 16]), one channel
+    out = net(torch.randn(3, *window))
+    assert out.shape == (3, 3, 8, 16, 16) and out.dtype == torch.float32
+    with pytest.raises(ValueError, match=r"windows of shape \(batch, 1, 8, 16, 16\)"):
+        net(torch.randn(1, 1, 8, 16, 24))
+
+
+def test_corrupt_onnx_and_failed_verification(model_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (model_copy / "model.onnx").write_bytes(b"not a graph")
+    with pytest.raises(InputError):
+        OnnxNetwork(model_copy / "model.onnx", check_checkpoint=False)
+    (model_copy / "model.onnx").unlink()
+
+    import medseg.inference.onnx as onnx_mod
+
+    monkeypatch.setattr(onnx_mod, "verify_onnx", lambda *a, **k: (0.5, 1.0))
+    with pytest.raises(OnnxExportError, match=r"does not reproduce the network.*found 0\.5"):
+        export_onnx(model_copy)
+    assert not (model_copy / "model.onnx").exists()
+    assert not list(model_copy.glob(".model.onnx*"))
+
+
+def _random_model_folder(plan_path: Path, folder: Path, overrides: dict) -> Path:
+    """A randomly initialised model folder for another configuration of the fixture's plan."""
+    import json
+
+    from medseg.preprocessing.plan import Plan
+    from medseg.training.checkpoint import write_model_json
+    from medseg.training.trainer import architecture_from_plan
+
+    plan = Plan.load(plan_path).with_overrides(overrides)
+    arch = architecture_from_plan(plan)
+    torch.manual_seed(0)
+    net = arch.build()
+    folder.mkdir(parents=True)
+    plan.save(folder / "plan.json")
+    shutil.copy(plan_path.parent / "dataset.json", folder / "dataset.json")
+    save_checkpoint(
+        folder / "checkpoint_best.pt", {"model": net.state_dict(), "architecture": arch.to_dict()}
+    )
+    write_model_json(folder, arch, {"configuration": plan.configuration, "labels": plan.labels})
+    assert json.loads((folder / "model.json").read_text())["architecture"]["spatial_dims"] == 2
+    return folder
+
+
+def test_2_5d_model_exports_with_slices_as_channels(trained_model: Path, tmp_path: Path) -> None:
+    folder = _random_model_folder(
+        trained_model / "plan.json",
+        tmp_path / "m25",
+        {"configuration": "2.5d", "slab_slices": 3, "patch_size": [1, 16, 16]},
+    )
+    export_onnx(folder)
+    net = OnnxNetwork(folder / "model.onnx")
+    assert tuple(net.input_shape[1:]) == (3, 16, 16)  # 3 neighbouring slices x 1 channel, one 2D window
+    img, _ = make_case(4, shape=(9, 36, 30))
+    _, ref = SegmentationModel(folder, device="cpu").predict([img], with_probabilities=True)
+    _, got = SegmentationModel(folder, device="cpu", backend="onnx").predict([img], with_probabilities=True)
+    assert ref is not None and got is not None
+    assert np.abs(got - ref).max() < 1e-3

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from medseg.cli import app
+from medseg.data.splits import load_splits
+from medseg.errors import ConfigError, InputError
+from medseg.io import read_volume
+from medseg.preprocessing.pipeline import plan_dataset
+from medseg.training.config import TrainingConfig
+from medseg.training.crossval import cross_validate, crossval_dir, fold_state
+from tests.preprocessing.conftest import write_dataset
+
+FAST = {"epochs": 1, "iterations_per_epoch": 2, "val_every": 1, "num_workers": 0, "max_val_cases": 1}
+
+
+def _config(**kw: object) -> TrainingConfig:
+    return TrainingConfig().with_overrides({**FAST, "device": "cpu", **kw})
+
+
+@pytest.fixture(scope="module")
+def crossvalidated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 6-case oblique toy dataset after one 3-fold cross-validation (1 tiny epoch per fold)."""
+    torch.set_num_threads(1)
+    root = write_dataset(tmp_path_factory.mktemp("cv") / "toy", n=6)
+    plan_dataset(root, "3d", overrides={"patch_size": [8, 16, 16], "batch_size": 2}, workers=1)
+    result = cross_validate(root, config=_config(), folds=3, workers=1)
+    assert [f.action for f in result.folds] == ["trained"] * 3
+    return root
+
+
+@pytest.fixture
+def dataset_copy(crossvalidated: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "toy"
+    shutil.copytree(crossvalidated, dst)
+    return dst
+
+
+def _dice(pred: np.ndarray, ref: np.ndarray, k: int) -> float:
+    p, r = pred == k, ref == k
+    return float("nan") if p.sum() + r.sum() == 0 else 2 * float((p & r).sum()) / float(p.sum() + r.sum())
+
+
+def test_every_case_is_predicted_out_of_fold_and_scored(crossvalidated: Path) -> None:
+    root = crossvalidated
+    out = crossval_dir(root, "3d")
+    assert out == root / "models" / "3d" / "crossval"
+    splits = load_splits(root)
+    assert sorted(c for f in splits.folds for c in f.val) == [f"case_{i:03d}" for i in range(6)]
+    for k in range(3):
+        assert fold_state(root / "models" / "3d" / f"fold_{k}", epochs=1) == "complete"
+
+    # Predictions on the ORIGINAL grids, one per case; Dice computed here by hand.
+    per_class: dict[int, list[float]] = {1: [], 2: []}
+    for i in range(6):
+        ref = read_volume(root / "labelsTr" / f"case_{i:03d}.nii.gz")
+        pred = read_volume(out / "predictions" / f"case_{i:03d}.nii.gz")
+        ref.geometry.require_same(pred.geometry, spacing_atol=1e-5, origin_atol=1e-4)
+        for k in per_class:
+            per_class[k].append(_dice(pred.array, ref.array, k))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["k"] == 3 and summary["n_cases"] == 6 and summary["configuration"] == "3d"
+    expected = {name: float(np.nanmean(per_class[k])) for k, name in ((1, "outer"), (2, "inner"))}
+    assert summary["per_class_mean_dice"] == pytest.approx(expected, abs=1e-9)
+    assert summary["mean_foreground_dice"] == pytest.approx(np.mean(list(expected.values())))
+    assert set(summary["per_fold_mean_dice"]) == {"0", "1", "2"}
+    assert [f["action"] for f in summary["folds"]] == ["trained"] * 3
+    assert {c for f in summary["folds"] for c in f["val_cases"]} == {f"case_{i:03d}" for i in range(6)}
+    # The colleague's evaluation report sits beside it.
+    assert (out / "evaluation" / "cases.csv").is_file() and (out / "evaluation" / "report.html").is_file()
+
+
+def test_rerun_skips_finished_folds_and_resumes_unfinished_ones(dataset_copy: Path) -> None:
+    root = dataset_copy
+    preds = crossval_dir(root, "3d") / "predictions"
+    before = {p.name: p.stat().st_mtime_ns for p in preds.iterdir()}
+
+    # A finished fold needs only its best checkpoint to count as complete.
+    last = root / "models" / "3d" / "fold_2" / "checkpoint_last.pt"
+    last.rename(last.with_suffix(".kept"))
+    again = cross_validate(root, config=_config(), workers=1)  # folds taken from splits.json
+    assert [f.action for f in again.folds] == ["skipped"] * 3
+    last.with_suffix(".kept").rename(last)
+    assert {p.name: p.stat().st_mtime_ns for p in preds.iterdir()} == before  # predictions reused
+    assert again.evaluated and again.n_cases == 6
+
+    # A fold that died before its first checkpoint is retrained; more epochs resume the others.
+    for ckpt in (root / "models" / "3d" / "fold_1").glob("*.pt"):
+        ckpt.unlink()
+    longer = cross_validate(root, config=_config(epochs=2), workers=1)
+    assert [f.action for f in longer.folds] == ["resumed", "trained", "resumed"]
+    assert [f.epochs_completed for f in longer.folds] == [2, 2, 2]
+    # A case is predicted again exactly when its fold's best checkpoint changed.
+    after = {p.name: p.stat().st_mtime_ns for p in preds.iterdir()}
+    for fold in longer.folds:
+        best = (fold.model_dir / "checkpoint_best.pt").stat().st_mtime_ns
+        for case in fold.val_cases:
+            name = f"{case}.nii.gz"
+            assert (after[name] > before[name]) == (best > before[name]), (fold.fold, case)
+    assert all(after[f"{c}.nii.gz"] > before[f"{c}.nii.gz"] for c in longer.folds[1].val_cases)
+    summary = json.loads((crossval_dir(root, "3d") / "summary.json").read_text())
+    assert [f["action"] for f in summary["folds"]] == ["resumed", "trained", "resumed"]
+
+
+def test_bad_requests_are_clear_errors(dataset_copy: Path, tmp_path: Path) -> None:
+    root = dataset_copy
+    with pytest.raises(ConfigError, match="has 3 folds but 5 were asked for"):
+        cross_validate(root, config=_config(), folds=5, workers=1)
+    with pytest.raises(ConfigError, match="'dice' metric"):
+        cross_validate(root, config=_config(), metrics=("iou",), workers=1)
+    with pytest.raises(InputError, match="no plan"):
+        cross_validate(root, configuration="2d", config=_config(), workers=1)
+    # More epochs asked for, but nothing to resume from: refused, nothing deleted.
+    (root / "models" / "3d" / "fold_0" / "checkpoint_last.pt").unlink()
+    with pytest.raises(ConfigError, match=r"no checkpoint_last\.pt to resume"):
+        cross_validate(root, config=_config(epochs=2), workers=1)
+    assert (root / "models" / "3d" / "fold_0" / "checkpoint_best.pt").is_file()
+    plan_file = root / "plans" / "3d.json"
+    data = json.loads(plan_file.read_text())
+    data["network"]["base_features"] = 8
+    plan_file.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="different plan"):
+        cross_validate(root, config=_config(), workers=1)
+
+
+def test_crossval_command(dataset_copy: Path, tmp_path: Path) -> None:
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps(FAST))
+    runner = CliRunner()
+    res = runner.invoke(
+        app, ["crossval", str(dataset_copy), "-c", "3d", "--config", str(config), "--device", "cpu"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "skipped" in res.output and "summary:" in res.output
+    res = runner.invoke(app, ["crossval", str(dataset_copy), "--folds", "4", "--config", str(config)])
+    assert res.exit_code == 2 and "3 folds but 4" in res.output

@@ -41,39 +41,16 @@ def pooling_schedule(
     max_depth: int = 5,
     min_size: int = 4,
 ) -> list[tuple[int, ...]]:
-    """Per-level pooling strides for a patch, nnU-Net's anisotropy rule.
+    """Per-level pooling strides for a 2D or 3D patch (nnU-Net's anisotropy rule).
 
-    At each level an axis is pooled (stride 2) when its current spacing is less than
-    twice the smallest current spacing (thick axes wait until the others catch up) and
-    when pooling leaves at least ``min_size`` voxels (sizes are tracked as
-    ``patch / 2**k`` without rounding). Stops after ``max_depth`` levels or when no
-    axis can be pooled. Pure function: the plan stores its result.
+    The rule lives in :func:`medseg.preprocessing.plan.pooling_schedule`, which the plan
+    stores; this adapter accepts 2 or 3 axes for networks built outside a plan.
 
     >>> pooling_schedule((21, 128, 128), (3.0, 0.5, 0.5), max_depth=4)
     [(1, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2)]
     """
-    if len(patch_size) != len(spacing):
-        raise ConfigError(
-            f"patch size {tuple(patch_size)} and spacing {tuple(spacing)} must have the same number of axes"
-        )
-    if any(s <= 0 for s in spacing) or any(p <= 0 for p in patch_size):
-        raise ConfigError(
-            f"patch size and spacing must be positive, found {tuple(patch_size)}, {tuple(spacing)}"
-        )
-    size = [float(p) for p in patch_size]
-    current = [float(s) for s in spacing]
-    schedule: list[tuple[int, ...]] = []
-    for _ in range(max_depth):
-        smallest = min(current)
-        stride = tuple(
-            2 if current[i] / smallest < 2.0 and size[i] / 2.0 >= min_size else 1 for i in range(len(size))
-        )
-        if all(s == 1 for s in stride):
-            break
-        schedule.append(stride)
-        size = [n / s for n, s in zip(size, stride, strict=True)]
-        current = [c * s for c, s in zip(current, stride, strict=True)]
-    return schedule
+    pools, _ = _plan_schedule(patch_size, spacing, max_depth, min_size)
+    return pools
 
 
 def conv_kernel_schedule(spacing: Sequence[float], pooling: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
@@ -90,6 +67,30 @@ def conv_kernel_schedule(spacing: Sequence[float], pooling: Sequence[Sequence[in
         if level < len(pooling):
             current = [c * s for c, s in zip(current, pooling[level], strict=True)]
     return kernels
+
+
+def _plan_schedule(
+    patch_size: Sequence[int], spacing: Sequence[float], max_depth: int, min_size: int
+) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+    from medseg.preprocessing.plan import pooling_schedule as plan_pooling
+
+    if len(patch_size) != len(spacing) or len(spacing) not in (2, 3):
+        raise ConfigError(
+            f"patch size {tuple(patch_size)} and spacing {tuple(spacing)} must have the same number of axes (2 or 3)"
+        )
+    if any(s <= 0 for s in spacing) or any(p <= 0 for p in patch_size):
+        raise ConfigError(
+            f"patch size and spacing must be positive, found {tuple(patch_size)}, {tuple(spacing)}"
+        )
+    if len(spacing) == 2:
+        pools, kernels = plan_pooling(
+            (1, *patch_size), (1.0, *spacing), spatial_dims=2, max_depth=max_depth, min_size=min_size
+        )
+        return [p[1:] for p in pools], [k[1:] for k in kernels]
+    pools3, kernels3 = plan_pooling(
+        patch_size, spacing, spatial_dims=3, max_depth=max_depth, min_size=min_size
+    )
+    return list(pools3), list(kernels3)
 
 
 def default_features(base: int, levels: int, spatial_dims: int, max_features: int | None = None) -> list[int]:

@@ -207,10 +207,12 @@ def pooling_schedule(
 ) -> tuple[tuple[tuple[int, int, int], ...], tuple[tuple[int, int, int], ...]]:
     """Per-level pooling factors and conv kernels (z, y, x) for an anisotropic grid.
 
-    An axis is pooled while it stays >= ``min_size`` voxels and its current spacing is
-    at most twice the finest current spacing; a conv kernel is 1 along an axis whose
-    spacing is more than twice the finest (thick slices: in-plane convolution only).
-    For 2D plans the z axis is never pooled and kernels are 1 along z.
+    nnU-Net's rule: at each level an axis is pooled when its current spacing is less
+    than twice the finest current spacing (thick slices wait until in-plane has caught
+    up) and pooling leaves at least ``min_size`` voxels (sizes tracked as patch / 2**k);
+    the conv kernel is 3 along an axis within 2x of the finest spacing and 1 along a
+    thick axis. For 2D plans the z axis is never pooled and kernels are 1 along z.
+    One kernel per level: ``len(kernels) == len(pooling) + 1``.
     """
     size = np.asarray(patch_size, dtype=float)
     sp = np.asarray(spacing, dtype=float).copy()
@@ -220,20 +222,19 @@ def pooling_schedule(
 
     def kernel() -> tuple[int, int, int]:
         finest = sp[active].min()
-        return tuple(3 if (a and s <= 2 * finest) else 1 for a, s in zip(active, sp, strict=True))  # type: ignore[return-value]
+        return tuple(3 if (a and s / finest < 2.0) else 1 for a, s in zip(active, sp, strict=True))  # type: ignore[return-value]
 
     for _ in range(max_depth):
         kernels.append(kernel())
-        can = active & (size / 2 >= min_size)
-        if not can.any():
+        finest = sp[active].min()
+        factors = np.where(active & (sp / finest < 2.0) & (size / 2 >= min_size), 2, 1)
+        if not (factors == 2).any():
+            kernels.pop()
             break
-        finest = sp[can].min()
-        factors = np.where(can & (sp <= 2 * finest), 2, 1)
         pools.append(tuple(int(f) for f in factors))  # type: ignore[arg-type]
         size = size / factors
         sp = sp * factors
-    else:
-        kernels.append(kernel())
+    kernels.append(kernel())
     return tuple(pools), tuple(kernels)
 
 

@@ -60,11 +60,13 @@ def run_demo(
     overwrite: bool = False,
     progress: bool = False,
     say: Any = None,
+    quick: bool = False,
 ) -> DemoResult:
     """Phantom dataset -> multi-plane ROI -> plan -> train -> predict a held-out case -> evaluate -> export.
 
     Everything is generated here (no downloads). ``minutes`` bounds the training time.
-    ``say`` is called with one line per step (the CLI prints them).
+    ``say`` is called with one line per step (the CLI prints them). ``quick`` shrinks the
+    phantom and the training to seconds (for tests); the numbers are then meaningless.
     """
     from medseg.data.phantom import write_phantom_dataset
     from medseg.evaluation import EvaluationConfig, evaluate, write_report
@@ -108,7 +110,11 @@ def run_demo(
     plan, plan_file = plan_dataset(
         dataset,
         "3d",
-        overrides={"target_spacing": [3.0, 1.0, 1.0], "patch_size": [16, 64, 64], "batch_size": 2},
+        overrides=(
+            {"target_spacing": [4.0, 1.4, 1.4], "patch_size": [8, 32, 32], "batch_size": 2}
+            if quick
+            else {"target_spacing": [3.0, 1.0, 1.0], "patch_size": [16, 64, 64], "batch_size": 2}
+        ),
         workers=2,
         progress=progress,
     )
@@ -121,10 +127,10 @@ def run_demo(
     t = time.monotonic()
     cfg = TrainingConfig(
         loss="dice_ce",
-        epochs=40,
-        iterations_per_epoch=25,
+        epochs=2 if quick else 40,
+        iterations_per_epoch=3 if quick else 25,
         learning_rate=2e-3,
-        num_workers=1,
+        num_workers=0 if quick else 1,
         time_budget_minutes=minutes,
         augmentation={"affine_prob": 0.2, "elastic_prob": 0.0},
     )

@@ -656,26 +656,26 @@ def train(
         raise InputError(
             last, "nothing to resume from", expected="a checkpoint_last.pt written by an earlier run"
         )
-    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+    if not (resume or overwrite) and out.exists() and any(out.iterdir()):
         raise OutputExistsError(out)
     rank, _ = _distributed()
     if overwrite and not resume and out.exists() and rank == 0:
         shutil.rmtree(out)  # rank 0 only: ranks racing to delete the same tree fail
     init_distributed(choose_device(cfg.device))
     if rank == 0:
-        cache = preprocess_dataset(root, plan, workers=workers, progress=progress)
-        if not (root / SPLITS_JSON).is_file():
+        preprocess_dataset(root, plan, workers=workers, progress=progress)
+        if fold is not None and not (root / SPLITS_JSON).is_file():
             make_splits(root, k=folds, seed=0)
     _barrier()
+    from medseg.data.dataset import list_cases
     from medseg.preprocessing.pipeline import default_cache_dir
 
     cache = default_cache_dir(root, plan)
-    splits = load_splits(root)
     if fold is None:
-        train_ids = [c for f in splits.folds for c in f.val]
+        train_ids = [c.case_id for c in list_cases(root, "Tr")]
         val_ids: list[str] = []
     else:
-        chosen = splits.fold(fold)
+        chosen = load_splits(root).fold(fold)
         train_ids, val_ids = list(chosen.train), list(chosen.val)
     trainer = Trainer(
         plan,

@@ -1,0 +1,45 @@
+"""End to end: the README demo's whole path, shrunk to seconds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from medseg.cli import app
+from medseg.errors import OutputExistsError
+from medseg.io import read_volume
+from medseg.pipeline import run_demo
+
+
+def test_quick_demo_runs_the_whole_path(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    lines: list[str] = []
+    res = run_demo(tmp_path / "demo", minutes=1.0, n_train=3, quick=True, say=lines.append)
+    assert [line[:3] for line in lines] == [f"{i}/7" for i in range(1, 8)]
+    case_dir = res.report.parent
+    for name in ("seg.dcm", "rtstruct.dcm", "volumes.csv", "volumes.json", "overlay.png", "report.html"):
+        assert (case_dir / name).is_file(), name
+    assert any((case_dir / "meshes").iterdir())
+    # the prediction lies on the test image's exact grid
+    image = read_volume(next((res.dataset / "imagesTs").glob("*_0000.nii.gz")))
+    pred = read_volume(next(res.predictions.glob("*.nii.gz")))
+    image.geometry.require_same(pred.geometry, spacing_atol=1e-5, origin_atol=1e-4)
+    assert set(np.unique(pred.array)) <= {0, 1, 2, 3, 4}
+    roi = json.loads(res.roi_json.read_text())
+    assert roi  # the multi-plane ROI box was written
+    summary = json.loads((res.out / "demo_summary.json").read_text())
+    assert set(summary["seconds"]) >= {"phantom", "train", "predict", "evaluate", "total"}
+    assert res.evaluation.is_file()
+    with pytest.raises(OutputExistsError):
+        run_demo(tmp_path / "demo", quick=True)
+
+
+def test_demo_command_refuses_existing_output(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "exists" in res.output

@@ -54,3 +54,13 @@ def test_bad_spacing_and_mode(oblique_volume: Volume, oblique_label: Volume) -> 
         resample_to_spacing(oblique_volume, (0, 1, 1))
     with pytest.raises(GeometryError, match="labels must use"):
         resample_to_spacing(oblique_label, (1, 1, 1), is_label=True, interpolation="linear")
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.uint8])
+def test_integer_images_resample_exactly_like_their_float32_copy(oblique_volume: Volume, dtype: type) -> None:
+    """Integers go to ITK without a float copy; ITK interpolates in double either way."""
+    ints = oblique_volume.with_array(np.clip(oblique_volume.array, 0, 250).astype(dtype))
+    a = resample_to_spacing(ints, (1.0, 0.35, 0.25))
+    b = resample_to_spacing(ints.astype(np.float32), (1.0, 0.35, 0.25))
+    assert a.dtype == np.float32
+    np.testing.assert_array_equal(a.array, b.array)

@@ -30,6 +30,12 @@ _SITK_INTERP = {
     "nearest": sitk.sitkNearestNeighbor,
 }
 
+# Pixel types that float32 holds exactly. ITK's linear and B-spline interpolators compute
+# in double precision whatever the input pixel type, so these are resampled as they are,
+# with a float32 output: the result is bit-identical to resampling a float32 copy, without
+# the full-size float32 copy in numpy and in ITK (for an int16 CT: 4x less memory there).
+_EXACT_IN_FLOAT32 = frozenset(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.float32))
+
 
 def grid_for_spacing(geometry: VolumeGeometry, spacing: Sequence[float]) -> VolumeGeometry:
     """The grid with the given (z, y, x) spacing covering the same physical extent.
@@ -92,9 +98,8 @@ def resample_image(
     if interpolation == "nearest":
         arr = _resample_array(volume, target, sitk.sitkNearestNeighbor, default_value)
     else:
-        arr = _resample_array(
-            volume.astype(np.float32), target, _SITK_INTERP[interpolation], default_value, sitk.sitkFloat32
-        )
+        source = volume if volume.array.dtype in _EXACT_IN_FLOAT32 else volume.astype(np.float32)
+        arr = _resample_array(source, target, _SITK_INTERP[interpolation], default_value, sitk.sitkFloat32)
     return Volume(arr, geometry=target, meta=volume.meta)
 
 
@@ -117,7 +122,9 @@ def resample_label(
     best = np.full(target.shape, -1.0, dtype=np.float32)
     out = np.full(target.shape, background, dtype=volume.array.dtype)
     for value in labels:
-        one_hot = volume.with_array((volume.array == value).astype(np.float32))
+        # uint8 one-hot (a view of the bool mask), interpolated to float32: identical to
+        # interpolating a float32 one-hot, with a 4x smaller full-size array
+        one_hot = volume.with_array((volume.array == value).view(np.uint8))
         fill = 1.0 if value == background else 0.0  # outside the source counts as background
         prob = _resample_array(one_hot, target, sitk.sitkLinear, fill, sitk.sitkFloat32)
         better = prob > best

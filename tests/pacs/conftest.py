@@ -140,7 +140,9 @@ def start_orthanc(folder: Path, *, users: dict[str, str] | None = None, attempts
         config_path = folder / f"orthanc-{attempt}.json"
         config_path.write_text(json.dumps(config, indent=2))
         log_file = (folder / "orthanc.log").open("ab")
-        process = subprocess.Popen([binary, str(config_path)], stdout=log_file, stderr=subprocess.STDOUT, cwd=folder)
+        process = subprocess.Popen(
+            [binary, str(config_path)], stdout=log_file, stderr=subprocess.STDOUT, cwd=folder
+        )
         log_file.close()
         server = OrthancServer(port, process, folder, auth=next(iter(users.items())) if users else None)
         deadline = time.monotonic() + 60
@@ -162,7 +164,9 @@ def orthanc_available() -> None:
             ".ci/run installs them when apt is available)"
         )
     if _find_plugin() is None:
-        pytest.skip(f"the Orthanc DICOMweb plugin is not installed (looked for {', '.join(PLUGIN_CANDIDATES)})")
+        pytest.skip(
+            f"the Orthanc DICOMweb plugin is not installed (looked for {', '.join(PLUGIN_CANDIDATES)})"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -186,6 +190,9 @@ def orthanc_factory(
         return server
 
     yield start
+    for server in started:  # stop them side by side: a graceful Orthanc stop takes ~3 s
+        if server.process.poll() is None:
+            server.process.terminate()
     for server in started:
         server.stop()
 
@@ -199,13 +206,17 @@ def orthanc(orthanc_factory: Callable[..., OrthancServer], prostatex: Path) -> O
     return server
 
 
-@pytest.fixture
-def orthanc_rw(orthanc_factory: Callable[..., OrthancServer], prostatex: Path) -> OrthancServer:
-    """A fresh server per test (pushes change it): T2 axial and sagittal of ProstateX-0000."""
+@pytest.fixture(scope="module")
+def orthanc_rw(orthanc_factory: Callable[..., OrthancServer], prostatex: Path) -> Iterator[OrthancServer]:
+    """A server that tests push to (one per module): T2 axial and sagittal of ProstateX-0000.
+
+    Tests on it compare the study before and after instead of assuming it is pristine.
+    """
     server = orthanc_factory()
     for rel in (T2_TRA_0000, T2_SAG_0000):
         server.upload_folder(prostatex / rel)
-    return server
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -221,9 +232,9 @@ class DroppingProxy:
     """A TCP proxy to a server that can cut the connection mid-transfer.
 
     After :meth:`arm` (n), the proxy forwards n more bytes of server answers, then closes
-    both sockets of that connection, like a network failure in the middle of an
-    instance download; later connections pass through untouched. Working at the TCP
-    level (not by mocking requests) means the client's real error handling is tested.
+    both sockets of that connection and drops every new one (the network is down: the
+    client's own retry fails too) until :meth:`restore`. Working at the TCP level (not
+    by mocking requests) means the client's real error handling is tested.
     """
 
     def __init__(self, target_port: int):
@@ -236,6 +247,7 @@ class DroppingProxy:
         self._budget: int | None = None
         self._lock = threading.Lock()
         self.drops = 0
+        self.down = False
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -247,12 +259,19 @@ class DroppingProxy:
         with self._lock:
             self._budget = n_bytes
 
+    def restore(self) -> None:
+        with self._lock:
+            self.down = False
+
     def _accept(self) -> None:
         while not self._closed:
             try:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self.down:
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.target_port))
             except OSError:
@@ -275,6 +294,7 @@ class DroppingProxy:
                                 data, cut = data[: self._budget], True
                                 self._budget = None
                                 self.drops += 1
+                                self.down = True
                             else:
                                 self._budget -= len(data)
                 if data:

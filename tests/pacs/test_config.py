@@ -53,7 +53,14 @@ def test_credentials_come_as_a_unit_from_one_source(tmp_path: Path) -> None:
 def test_secrets_never_in_repr_or_describe() -> None:
     basic = PacsConfig("https://p/dicom-web", user="u", password=SECRET)
     token = PacsConfig("https://p/dicom-web", token=TOKEN)
-    for text in (repr(basic), str(basic), basic.describe(), repr(token), token.describe(), repr(PacsClient(token))):
+    for text in (
+        repr(basic),
+        str(basic),
+        basic.describe(),
+        repr(token),
+        token.describe(),
+        repr(PacsClient(token)),
+    ):
         assert SECRET not in text and TOKEN not in text
     assert "basic auth" in basic.describe() and "bearer token" in token.describe()
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from medseg.cli.common import app, cli_command, console, err_console
@@ -133,47 +134,26 @@ def query_command(
                 description=description,
                 limit=limit,
             )
-            table = Table(title=f"{len(series)} series on {client.server}", title_justify="left")
-            for col in (
-                "patient ID",
-                "date",
-                "#",
-                "modality",
-                "description",
-                "instances",
-                "SeriesInstanceUID",
-                "StudyInstanceUID",
-            ):
-                table.add_column(col, overflow="fold")
-            for s in series:
-                table.add_row(
-                    s.patient_id,
-                    s.date,
-                    _count(s.number),
-                    s.modality,
-                    s.description,
-                    _count(s.n_instances),
-                    s.series_uid,
-                    s.study_uid,
-                )
+            scope = f" of study {study}" if study else ""
+            table = Table(title=f"{len(series)} series{scope} on {client.server}", title_justify="left")
+            columns = [] if study else ["patient ID", "date"]
+            columns += ["#", "modality", "description", "instances", "SeriesInstanceUID"]
+            columns += [] if study else ["StudyInstanceUID"]
+            rows = [
+                ([] if study else [s.patient_id, s.date])
+                + [_count(s.number), s.modality, s.description, _count(s.n_instances), s.series_uid]
+                + ([] if study else [s.study_uid])
+                for s in series
+            ]
         else:
             studies = query_studies(
                 client, patient_id=patient, date=date, modality=modality, description=description, limit=limit
             )
             table = Table(title=f"{len(studies)} studies on {client.server}", title_justify="left")
-            for col in (
-                "patient ID",
-                "patient name",
-                "date",
-                "description",
-                "modalities",
-                "series",
-                "instances",
-                "StudyInstanceUID",
-            ):
-                table.add_column(col, overflow="fold")
-            for st in studies:
-                table.add_row(
+            columns = ["patient ID", "patient name", "date", "description", "modalities", "series", "instances",
+                       "StudyInstanceUID"]  # fmt: skip
+            rows = [
+                [
                     st.patient_id,
                     st.patient_name,
                     st.date,
@@ -182,8 +162,26 @@ def query_command(
                     _count(st.n_series),
                     _count(st.n_instances),
                     st.study_uid,
-                )
-    console.print(table)
+                ]
+                for st in studies
+            ]
+    for k, col in enumerate(columns):
+        if col.endswith("UID"):
+            # UIDs are what users copy into the next command: never fold them.
+            width = max([len(r[k]) for r in rows] + [len(col)])
+            table.add_column(col, no_wrap=True, min_width=width)
+        else:
+            table.add_column(col, overflow="fold", max_width=32)
+    for row in rows:
+        table.add_row(*row)
+    # Wider than the terminal rather than fold or cut the UIDs users copy into the next command.
+    natural = 1 + sum(
+        3 + max([len(r[k]) for r in rows] + [len(col)])
+        if col.endswith("UID")
+        else 3 + min(32, max([len(r[k]) for r in rows] + [len(col)]))
+        for k, col in enumerate(columns)
+    )
+    Console(width=max(console.width, min(natural, 240)), highlight=False).print(table, crop=False)
 
 
 # ----------------------------------------------------------------------------- pull

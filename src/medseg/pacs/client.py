@@ -38,6 +38,8 @@ from urllib.parse import urlsplit
 
 import pydicom
 import requests
+import requests.adapters
+import retrying
 from pydicom.dataset import Dataset
 
 from medseg.errors import ConfigError, InputError, MedsegError
@@ -63,6 +65,7 @@ ENV_CA_BUNDLE = "MEDSEG_PACS_CA_BUNDLE"
 ENV_CONFIG = "MEDSEG_PACS_CONFIG"
 CONFIG_KEYS = ("url", "user", "password", "token", "ca_bundle", "insecure", "timeout")
 DEFAULT_TIMEOUT = 60.0
+QIDO_PAGE = 500  # results per QIDO-RS request
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 
@@ -268,8 +271,15 @@ class _RedactQueryStrings(logging.Filter):
 
 
 _REDACTOR = _RedactQueryStrings()
-# Loggers that write request URLs: urllib3 at DEBUG, dicomweb-client at DEBUG.
-_URL_LOGGERS = ("urllib3.connectionpool", "dicomweb_client.web", "dicomweb_client.api", "dicomweb_client")
+# Loggers that write request URLs: urllib3 and dicomweb-client at DEBUG, retrying (used by
+# dicomweb-client) at WARNING with the failed request's exception, URL included.
+_URL_LOGGERS = (
+    "urllib3.connectionpool",
+    "dicomweb_client.web",
+    "dicomweb_client.api",
+    "dicomweb_client",
+    "retrying",
+)
 
 
 def _install_log_redaction() -> None:
@@ -281,6 +291,38 @@ def _install_log_redaction() -> None:
     dw = logging.getLogger("dicomweb_client")
     if dw.level == logging.NOTSET:
         dw.setLevel(logging.WARNING)
+
+
+# ------------------------------------------------------------------ wire details
+# dicomweb-client encodes query values with quote_plus, so the QIDO wildcards "*" and "?"
+# travel as %2A / %3F. Orthanc 1.10 (DICOMweb plugin 1.7) does not percent-decode query
+# values and then matches nothing. Both characters are legal as-is in a URL query
+# (RFC 3986 section 3.4), so they are sent literally; every server reads them the same.
+_LITERAL_IN_QUERY = {"%2A": "*", "%2a": "*", "%3F": "?", "%3f": "?"}
+_ESCAPED_WILDCARD = re.compile("|".join(re.escape(k) for k in _LITERAL_IN_QUERY))
+
+
+class _PacsAdapter(requests.adapters.HTTPAdapter):
+    """Sends QIDO wildcards literally and enforces the configured TLS verification.
+
+    requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override ``session.verify`` (a
+    request without its own ``verify`` takes the environment's bundle), which would
+    silently ignore ``--insecure`` and ``--ca-bundle``; an explicit choice is applied here,
+    last. With the default (verify=True) the environment's bundle is still honoured.
+    """
+
+    def __init__(self, verify: bool | str):
+        super().__init__()
+        self._verify = verify
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        url = request.url or ""
+        if "?" in url:
+            base, _, query = url.partition("?")
+            request.url = base + "?" + _ESCAPED_WILDCARD.sub(lambda m: _LITERAL_IN_QUERY[m.group(0)], query)
+        if self._verify is not True:
+            kwargs["verify"] = self._verify
+        return super().send(request, *args, **kwargs)
 
 
 # ----------------------------------------------------------------------------- client
@@ -328,6 +370,8 @@ class PacsClient:
         self.config = config
         self.server = _redact_url(config.url)
         sess = session or requests.Session()
+        for prefix in ("http://", "https://"):
+            sess.mount(prefix, _PacsAdapter(config.verify))
         sess.verify = config.verify
         if config.auth_kind == "basic":
             sess.auth = (str(config.user), str(config.password))
@@ -345,8 +389,10 @@ class PacsClient:
         self._web = DICOMwebClient(
             config.url, session=sess, timeout=(min(10.0, config.timeout), config.timeout)
         )
-        # Retry only what the server asks to be retried (429/503/...), briefly.
-        self._web.set_http_retry_params(retry=True, max_attempts=3, wait_exponential_multiplier=500)
+        # dicomweb-client (through `retrying`) retries answers 429/503/... and any exception,
+        # a dropped connection included: once, after about half a second. A failure that
+        # persists then surfaces as a PacsError (and a pull can be resumed).
+        self._web.set_http_retry_params(retry=True, max_attempts=2, wait_exponential_multiplier=250)
 
     def __repr__(self) -> str:
         return f"PacsClient({self.config.describe()})"
@@ -370,6 +416,13 @@ class PacsClient:
             yield
         except requests.exceptions.HTTPError as exc:
             raise self._http_error(exc, what) from None
+        except retrying.RetryError as exc:
+            # dicomweb-client's retries on 429/503/... were used up.
+            response = getattr(exc.last_attempt, "value", None)
+            code = getattr(response, "status_code", "?")
+            raise PacsError(
+                f"{self.server}: the server is busy (HTTP {code}, retried) while {what}; try later"
+            ) from None
         except (
             requests.exceptions.ConnectionError,
             requests.exceptions.Timeout,
@@ -434,26 +487,49 @@ class PacsClient:
         limit: int | None = None,
         what: str = "",
     ) -> list[Dataset]:
-        """QIDO-RS search at ``level`` (``studies``, ``series`` or ``instances``)."""
-        search_filters = dict(filters or {})
-        kwargs: dict[str, Any] = {
-            "search_filters": search_filters,
-            "fields": list(fields) or None,
-            "limit": limit,
-            "get_remaining": limit is None,
-        }
+        """QIDO-RS search at ``level`` (``studies``, ``series`` or ``instances``), all pages.
+
+        Pages of :data:`QIDO_PAGE` results are requested with ``offset`` until a short or
+        empty page. dicomweb-client's ``get_remaining`` is not used: it loops until an
+        empty page, forever on a server that ignores ``offset`` (Orthanc 1.10 does with
+        ModalitiesInStudy); here a page that brings nothing new ends the search.
+        """
+        key_tags = {
+            "studies": ("0020000D",),
+            "series": ("0020000D", "0020000E"),
+            "instances": ("0020000D", "0020000E", "00080018"),
+        }[level]
+        results: list[dict[str, Any]] = []
+        seen: set[tuple[str, ...]] = set()
+        offset = 0
         with self.translate_errors(what or f"searching {level}"):
-            if level == "studies":
-                answer = self._web.search_for_studies(**kwargs)
-            elif level == "series":
-                answer = self._web.search_for_series(study_instance_uid=study_uid, **kwargs)
-            elif level == "instances":
-                answer = self._web.search_for_instances(
-                    study_instance_uid=study_uid, series_instance_uid=series_uid, **kwargs
-                )
-            else:  # pragma: no cover - programming error
-                raise ValueError(level)
-            return [Dataset.from_json(item) for item in answer]
+            while True:
+                page_size = QIDO_PAGE if limit is None else min(QIDO_PAGE, limit - len(results))
+                kwargs: dict[str, Any] = {
+                    "search_filters": dict(filters or {}),
+                    "fields": list(fields) or None,
+                    "limit": page_size,
+                    "offset": offset or None,
+                }
+                if level == "studies":
+                    page = self._web.search_for_studies(**kwargs)
+                elif level == "series":
+                    page = self._web.search_for_series(study_instance_uid=study_uid, **kwargs)
+                else:
+                    page = self._web.search_for_instances(
+                        study_instance_uid=study_uid, series_instance_uid=series_uid, **kwargs
+                    )
+                new = []
+                for item in page:
+                    key = tuple(str((item.get(t) or {}).get("Value", [""])[0]) for t in key_tags)
+                    if key not in seen:
+                        seen.add(key)
+                        new.append(item)
+                results.extend(new)
+                if not new or len(page) < page_size or (limit is not None and len(results) >= limit):
+                    break
+                offset += len(page)
+            return [Dataset.from_json(item) for item in results]
 
     def retrieve_instance(self, study_uid: str, series_uid: str, sop_uid: str, *, what: str = "") -> Dataset:
         """WADO-RS retrieval of one instance, in the transfer syntax it is stored in."""

@@ -6,7 +6,9 @@ prints them, as any PACS client does) but out of ``repr`` and out of log records
 Matching follows DICOM (PS3.4 C.2.2.2): UIDs and patient IDs match exactly; a
 description without ``*`` or ``?`` is searched as a substring (``*text*``); dates are
 ``YYYYMMDD`` or ranges ``YYYYMMDD-YYYYMMDD`` (either end may be left open), ISO dates
-(``2011-07-07``, ``2011-01-01..2011-12-31``) are accepted too.
+(``2011-07-07``, ``2011-01-01..2011-12-31``) are accepted too. A space in a description
+matches any one character (query strings carry spaces as ``+``, which servers that do
+not decode queries would compare literally).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from medseg.errors import ConfigError
 from medseg.pacs.client import PacsClient, PacsNotFoundError
@@ -116,16 +119,18 @@ def parse_date_range(text: str) -> str:
 
 
 def _pattern(text: str) -> str:
-    return text if any(c in text for c in "*?") else f"*{text}*"
+    # A space becomes "?" (any one character); see the module docstring.
+    pattern = text.strip().replace(" ", "?")
+    return pattern if any(c in text for c in "*?") else f"*{pattern}*"
 
 
 def _str(ds: Dataset, keyword: str) -> str:
     value = ds.get(keyword)
     if value is None:
         return ""
-    if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__") and not isinstance(value, str)):
+    if isinstance(value, (list, tuple, MultiValue)):
         return "\\".join(str(v) for v in value)
-    return str(value)
+    return str(value)  # str, PersonName, numbers
 
 
 def _values(ds: Dataset, keyword: str) -> tuple[str, ...]:
@@ -247,7 +252,7 @@ def query_studies(
         filters["StudyInstanceUID"] = check_uid(study_uid, "--study")
     found = client.search("studies", filters, fields=STUDY_FIELDS, limit=limit, what="searching studies")
     records = [StudyRecord.from_dataset(ds) for ds in found]
-    log.info("%d studies found on %s", len(records), client.server)
+    log.debug("%d studies found on %s", len(records), client.server)
     return sorted(records, key=lambda r: (r.date, r.study_uid))
 
 
@@ -276,7 +281,7 @@ def query_series(
     if study:
         # Some servers leave StudyInstanceUID out of study-scoped answers.
         records = [r if r.study_uid else SeriesRecord(**{**r.__dict__, "study_uid": study}) for r in records]
-    log.info("%d series found on %s", len(records), client.server)
+    log.debug("%d series found on %s", len(records), client.server)
     return sorted(
         records, key=lambda r: (r.study_uid, r.number if r.number is not None else 1 << 30, r.series_uid)
     )

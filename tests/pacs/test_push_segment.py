@@ -1,0 +1,249 @@
+"""Push and segment against a real Orthanc: the round trip, rejections, nothing pushed on failure."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from scipy.ndimage import gaussian_filter
+from typer.testing import CliRunner
+
+from medseg.cli import app
+from medseg.errors import InputError, OutputExistsError
+from medseg.export.dicom_seg import read_dicom_seg, write_dicom_seg
+from medseg.export.rtstruct import write_rtstruct
+from medseg.io.dicom import load_series
+from medseg.pacs import segment as segment_module
+from medseg.pacs.client import PacsClient, PacsConfig, PacsError
+from medseg.pacs.query import query_series
+from medseg.pacs.segment import segment_study
+from medseg.pacs.transfer import pull_series, push_files
+from medseg.volume import Volume
+from tests.pacs.conftest import STUDY_0000, T2_SAG_0000, T2_TRA_0000, T2_TRA_0000_UID, OrthancServer
+
+pytestmark = pytest.mark.orthanc
+runner = CliRunner()
+NAMES = {1: "prostate", 2: "transition zone"}
+
+
+def client_for(server: OrthancServer) -> PacsClient:
+    return PacsClient(PacsConfig(server.dicomweb))
+
+
+def threshold_label(series_folder: Path) -> tuple[Volume, object]:
+    """A two-class label map on the series' exact grid: smoothed T2 above two percentiles, central box."""
+    series = load_series(series_folder)
+    smooth = gaussian_filter(series.volume.array.astype(np.float32), 2.0)
+    label = np.zeros(series.volume.shape, dtype=np.uint8)
+    box = (slice(None), slice(130, 250), slice(130, 250))
+    t1, t2 = np.percentile(smooth[box], [60, 90])
+    inner = np.zeros_like(label)
+    inner[smooth > t1] = 1
+    inner[smooth > t2] = 2
+    label[box] = inner[box]
+    return series.volume.with_array(label), series
+
+
+def make_threshold_fn(
+    record: dict[str, Volume], *, rtstruct: bool = True
+) -> Callable[[Path, Path], list[Path]]:
+    def segment_fn(series_folder: Path, out_folder: Path) -> list[Path]:
+        label, series = threshold_label(series_folder)
+        record["label"] = label
+        files = [write_dicom_seg(label, series, out_folder / "seg.dcm", NAMES)]
+        if rtstruct:
+            files.append(write_rtstruct(label, series, out_folder / "rtstruct.dcm", NAMES))
+        return files
+
+    return segment_fn
+
+
+def series_by_modality(client: PacsClient) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for s in query_series(client, study_uid=STUDY_0000):
+        found.setdefault(s.modality, set()).add(s.series_uid)
+    return found
+
+
+def new_series(before: dict[str, set[str]], after: dict[str, set[str]]) -> dict[str, set[str]]:
+    return {m: uids - before.get(m, set()) for m, uids in after.items() if uids - before.get(m, set())}
+
+
+# ----------------------------------------------------------------------------- push
+def test_push_reports_accepted_and_the_seg_is_queryable(
+    orthanc_rw: OrthancServer, prostatex: Path, tmp_path: Path
+) -> None:
+    client = client_for(orthanc_rw)
+    before = series_by_modality(client)
+    label, series = threshold_label(prostatex / T2_TRA_0000)
+    seg = write_dicom_seg(label, series, tmp_path / "results" / "seg.dcm", NAMES)
+    (tmp_path / "results" / "notes.txt").write_text("not DICOM: skipped inside a folder")
+    result = push_files(client, [tmp_path / "results"], study_uid=STUDY_0000)
+    assert [(p.path, p.modality) for p in result.accepted] == [(seg, "SEG")] and result.rejected == []
+    seg_series = str(pydicom.dcmread(seg, stop_before_pixels=True).SeriesInstanceUID)
+    assert new_series(before, series_by_modality(client)) == {"SEG": {seg_series}}
+
+
+def test_push_rejected_by_the_server_is_one_clear_line(
+    orthanc_rw: OrthancServer, prostatex: Path, tmp_path: Path, no_pacs_env: None
+) -> None:
+    before = orthanc_rw.count()
+    image = sorted((prostatex / T2_TRA_0000).glob("*.dcm"))[0]
+    # Posting to /studies/{other UID}: Orthanc refuses the instance (HTTP 409, FailureReason 0x0110).
+    result = runner.invoke(
+        app, ["pacs", "push", str(image), "--study", "1.2.3.4", "--url", orthanc_rw.dicomweb, "-q"]
+    )
+    assert result.exit_code == 2, result.output
+    assert (
+        "rejected 1 of 1 instances" in result.output and "0x0110" in result.output and "409" in result.output
+    )
+    assert "Traceback" not in result.output
+    # A file without SOPInstanceUID: medseg refuses it before sending anything ...
+    broken = tmp_path / "broken.dcm"
+    ds = pydicom.dcmread(image)
+    del ds.SOPInstanceUID
+    ds.save_as(broken)
+    result = runner.invoke(app, ["pacs", "push", str(broken), "--url", orthanc_rw.dicomweb, "-q"])
+    assert result.exit_code == 2 and "no SOPInstanceUID" in result.output
+    # ... and the server refuses it too when sent anyway (HTTP 400), reported per file
+    pushed = push_files(client_for(orthanc_rw), [broken], check_local=False)
+    assert pushed.accepted == [] and len(pushed.rejected) == 1 and "HTTP 400" in pushed.rejected[0].reason
+    with pytest.raises(PacsError, match="rejected 1 of 1"):
+        pushed.raise_for_rejections(orthanc_rw.dicomweb)
+    assert orthanc_rw.count() == before
+
+
+def test_push_of_a_non_dicom_file_sends_nothing(
+    orthanc_rw: OrthancServer, prostatex: Path, tmp_path: Path
+) -> None:
+    before = orthanc_rw.count()
+    good = sorted((prostatex / T2_TRA_0000).glob("*.dcm"))[0]
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"\x00" * 200 + b"not dicom")
+    with pytest.raises(InputError, match=r"junk.dcm: is not a readable DICOM file"):
+        push_files(client_for(orthanc_rw), [good, junk])
+    assert orthanc_rw.count() == before
+
+
+# -------------------------------------------------------------------------- segment
+def test_segment_round_trip_is_voxel_exact(
+    orthanc_rw: OrthancServer, prostatex: Path, tmp_path: Path
+) -> None:
+    client = client_for(orthanc_rw)
+    before = series_by_modality(client)
+    record: dict[str, Volume] = {}
+    result = segment_study(
+        client, STUDY_0000, make_threshold_fn(record), description="t2*tra*", work_dir=tmp_path / "work"
+    )
+    assert result.series.series_uid == T2_TRA_0000_UID and result.pulled.total == 19
+    assert sorted(p.modality for p in result.pushed.accepted) == ["RTSTRUCT", "SEG"]
+    # the query shows the new objects in the same study
+    found = new_series(before, series_by_modality(client))
+    assert sorted(found) == ["RTSTRUCT", "SEG"] and len(found["SEG"]) == len(found["RTSTRUCT"]) == 1
+    # pull the SEG back and decode it onto the source grid (read from the original files)
+    back = pull_series(client, found["SEG"].pop(), tmp_path / "seg-back")
+    (seg_file,) = back.files
+    source = load_series(prostatex / T2_TRA_0000).volume
+    decoded = read_dicom_seg(seg_file, source, NAMES)
+    expected = record["label"]
+    assert set(np.unique(expected.array)) == {0, 1, 2}
+    assert decoded.geometry.is_close(source.geometry)
+    assert np.array_equal(decoded.array, expected.array)
+    ds = pydicom.dcmread(seg_file, stop_before_pixels=True)
+    assert ds.StudyInstanceUID == STUDY_0000
+    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == T2_TRA_0000_UID
+    # the work folder kept the pulled series and the results; a second run refuses to mix them
+    assert len(list((tmp_path / "work" / "series").glob("*.dcm"))) == 19
+    with pytest.raises(OutputExistsError, match="output exists"):
+        segment_study(
+            client, STUDY_0000, make_threshold_fn({}), description="t2*tra*", work_dir=tmp_path / "work"
+        )
+
+
+def test_nothing_is_pushed_when_segmentation_fails(orthanc_rw: OrthancServer, tmp_path: Path) -> None:
+    client = client_for(orthanc_rw)
+    before = orthanc_rw.count()
+
+    def fails_with_user_error(series_folder: Path, out_folder: Path) -> list[Path]:
+        (out_folder / "half.dcm").write_bytes(b"partial")
+        raise InputError(series_folder, "the model was trained for CT", expected="CT", found="MR")
+
+    with pytest.raises(PacsError, match=r"segmentation failed, nothing was pushed: .*trained for CT"):
+        segment_study(client, STUDY_0000, fails_with_user_error, series_uid=T2_TRA_0000_UID)
+
+    def crashes(series_folder: Path, out_folder: Path) -> list[Path]:
+        raise RuntimeError("bug in the model")
+
+    with pytest.raises(RuntimeError, match="bug in the model"):
+        segment_study(client, STUDY_0000, crashes, series_uid=T2_TRA_0000_UID)
+    with pytest.raises(PacsError, match="produced no files"):
+        segment_study(client, STUDY_0000, lambda s, o: [], series_uid=T2_TRA_0000_UID)
+    assert orthanc_rw.count() == before
+
+
+def test_outputs_that_do_not_reference_the_source_are_refused(
+    orthanc_rw: OrthancServer, prostatex: Path, tmp_path: Path
+) -> None:
+    client = client_for(orthanc_rw)
+    before = orthanc_rw.count()
+
+    def seg_of_another_series(series_folder: Path, out_folder: Path) -> list[Path]:
+        label, series = threshold_label(prostatex / T2_SAG_0000)  # same study, other series
+        return [write_dicom_seg(label, series, out_folder / "seg.dcm", NAMES)]
+
+    with pytest.raises(PacsError, match=r"does not reference the source series.*nothing was pushed"):
+        segment_study(client, STUDY_0000, seg_of_another_series, series_uid=T2_TRA_0000_UID)
+
+    def returns_a_source_image(series_folder: Path, out_folder: Path) -> list[Path]:
+        src = sorted(series_folder.glob("*.dcm"))[0]
+        return [Path(shutil.copy(src, out_folder / "copy.dcm"))]
+
+    with pytest.raises(PacsError, match="instance of the source series itself"):
+        segment_study(client, STUDY_0000, returns_a_source_image, series_uid=T2_TRA_0000_UID)
+    assert orthanc_rw.count() == before
+
+
+def test_series_choice(orthanc_rw: OrthancServer) -> None:
+    client = client_for(orthanc_rw)
+    with pytest.raises(PacsError, match=r"2 image series in the study.*t2_tse_sag.*t2_tse_tra"):
+        segment_study(client, STUDY_0000, lambda s, o: [])
+    with pytest.raises(PacsError, match="no image series matching --description 'ct\\*'"):
+        segment_study(client, STUDY_0000, lambda s, o: [], description="ct*")
+
+
+def test_segment_cli_with_an_injected_predictor(
+    orthanc_rw: OrthancServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_pacs_env: None
+) -> None:
+    args = [
+        "pacs",
+        "segment",
+        "--study",
+        STUDY_0000,
+        "--description",
+        "t2_tse_tra",
+        "-m",
+        str(tmp_path / "model"),
+    ]
+    result = runner.invoke(app, [*args, "--format", "nifti"], env={"MEDSEG_PACS_URL": orthanc_rw.dicomweb})
+    assert result.exit_code == 2 and "only dicom-seg and rtstruct" in result.output
+    calls: list[tuple[Path, tuple[str, ...]]] = []
+
+    def fake_model_segment_fn(
+        model: Path, *, formats: tuple[str, ...], device: str
+    ) -> Callable[..., list[Path]]:
+        calls.append((model, formats))
+        return make_threshold_fn({}, rtstruct="rtstruct" in formats)
+
+    monkeypatch.setattr(segment_module, "model_segment_fn", fake_model_segment_fn)
+    before = series_by_modality(client_for(orthanc_rw))
+    result = runner.invoke(
+        app, [*args, "--format", "dicom-seg", "-q"], env={"MEDSEG_PACS_URL": orthanc_rw.dicomweb}
+    )
+    assert result.exit_code == 0, result.output
+    assert calls == [(tmp_path / "model", ("dicom-seg",))]
+    assert "pushed SEG" in result.output and "t2_tse_tra" in result.output
+    assert list(new_series(before, series_by_modality(client_for(orthanc_rw)))) == ["SEG"]

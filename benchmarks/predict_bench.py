@@ -33,6 +33,11 @@ loading is reported separately), i.e. what one ``medseg predict`` call costs apa
 Python start-up. ``os.getloadavg()`` is recorded before and after every measurement: the
 machine may be shared, and a high load inflates every figure.
 
+The setup also counts the network's arithmetic (torch's FLOP counter, one window) and
+the windows, and the summary divides it by each sliding window's time: the achieved
+GFLOP/s, to compare with the CPU's peak. That bounds what any runtime can reach: at
+about 60 GFLOP per 24 x 128 x 128 window, 25 windows are about 1.5 TFLOP.
+
 Usage: ``python benchmarks/predict_bench.py [--repeats 3] [--threads 2]
 [--out benchmarks/results/predict_bench.json]`` (a few minutes on a quiet 2-core machine).
 """
@@ -154,9 +159,15 @@ def setup(work: Path) -> dict[str, Any]:
     build_model_folder(work / "model")
     onnx_path = export_onnx(work / "model")[0]
     t2 = time.perf_counter()
-    pre, _, _ = preprocess_case(read_channels(image_path), None, Plan.load(work / "model" / "plan.json"))
+    plan = Plan.load(work / "model" / "plan.json")
+    pre, _, _ = preprocess_case(read_channels(image_path), None, plan)
     np.save(work / "preprocessed.npy", pre)
+    windows = window_count(pre.shape[1:], plan.patch_size, OVERLAP)
+    gflop = network_gflop(work / "model", (1, plan.in_channels, *plan.patch_size))
     return {
+        "windows": windows,
+        "gflop_per_window": round(gflop, 2),
+        "tflop_per_volume": round(windows * gflop / 1000, 3),
         "input_shape_zyx": list(image.shape),
         "input_spacing_zyx_mm": [round(s, 4) for s in image.spacing],
         "input_file_mib": round(image_path.stat().st_size / 2**20, 2),
@@ -165,6 +176,30 @@ def setup(work: Path) -> dict[str, Any]:
         "model_and_onnx_export_seconds": round(t2 - t1, 2),
         "onnx_verified_max_abs_logit_diff": float(read_metadata(onnx_path)["verified_max_abs_diff"]),
     }
+
+
+def window_count(shape: Any, roi: Any, overlap: float) -> int:
+    """Windows MONAI's sliding window visits (its scan interval: int(roi * (1 - overlap)))."""
+    count = 1
+    for size, r in zip(shape, roi, strict=True):
+        if size <= r:
+            continue
+        interval = max(int(r * (1 - overlap)), 1)
+        count *= -(-(size - r) // interval) + 1
+    return count
+
+
+def network_gflop(model_dir: Path, input_shape: tuple[int, ...]) -> float:
+    """Floating-point operations of one forward pass of one window (torch's FLOP counter)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from medseg.inference.predictor import SegmentationModel
+
+    net = SegmentationModel(model_dir, device="cpu").networks[0]
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(torch.zeros(input_shape))
+    return counter.get_total_flops() / 1e9
 
 
 # ------------------------------------------------------------------ workers
@@ -288,10 +323,16 @@ def _median(runs: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
-def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def summarise(runs: dict[str, list[dict[str, Any]]], info: dict[str, Any]) -> dict[str, Any]:
     med = {name: _median(rs, "seconds") for name, rs in runs.items()}
+    work_gflop = info["tflop_per_volume"] * 1000
     summary: dict[str, Any] = {
         "median_seconds": {k: round(v, 3) for k, v in med.items()},
+        # The network's arithmetic over the whole volume divided by the time: compare with
+        # the CPU's peak (e.g. about 100 GFLOP/s per core for FP32 with AVX-512 / 2 FMA units).
+        "network_gflop_per_second": {
+            k: round(work_gflop / med[k], 1) for k in ("monai", "ours", "ours_onnx") if k in med
+        },
         "median_peak_rss_mib": {k: _median(rs, "peak_rss_mib") for k, rs in runs.items()},
         "median_model_load_seconds": {
             k: round(_median(rs, "model_load_seconds"), 3) for k, rs in runs.items()
@@ -353,7 +394,7 @@ def main() -> None:
     import onnxruntime
     import torch
 
-    summary = summarise(runs) if set(contenders) == set(CONTENDERS) else {}
+    summary = summarise(runs, info) if set(contenders) == set(CONTENDERS) else {}
     record = {
         "benchmark": "medseg prediction: end to end, sliding window vs MONAI, ONNX Runtime vs PyTorch",
         "targets": {

@@ -169,3 +169,18 @@ def test_2_5d_model_exports_with_slices_as_channels(trained_model: Path, tmp_pat
     _, got = SegmentationModel(folder, device="cpu", backend="onnx").predict([img], with_probabilities=True)
     assert ref is not None and got is not None
     assert np.abs(got - ref).max() < 1e-3
+
+
+def test_ensemble_export_writes_nothing_when_a_fold_fails(
+    trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import medseg.inference.onnx as onnx_mod
+
+    ens = tmp_path / "ensemble"
+    shutil.copytree(trained_model, ens / "fold_0")
+    shutil.copytree(trained_model, ens / "fold_1")
+    results = iter([(0.0, 1.0), (0.5, 1.0)])  # fold_0 verifies, fold_1 does not
+    monkeypatch.setattr(onnx_mod, "verify_onnx", lambda *a, **k: next(results))
+    with pytest.raises(OnnxExportError, match="fold_1"):
+        export_onnx(ens)
+    assert not list(ens.rglob("*.onnx")) and not list(ens.rglob(".model.onnx*"))

@@ -27,17 +27,28 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
 @cli_command
 def predict_command(
     input: Annotated[Path, typer.Argument(help="image file, DICOM series folder, or folder of cases")],
-    model: Annotated[Path, typer.Option("--model", "-m", help="model folder (or ensemble of fold_* folders)")],
+    model: Annotated[
+        Path, typer.Option("--model", "-m", help="model folder (or ensemble of fold_* folders)")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")],
     format: Annotated[
-        str, typer.Option("--format", "-f", help="comma list: nifti,nrrd,mha,probabilities,dicom-seg,rtstruct,mesh,volumes,overlay,report")
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="comma list: nifti,nrrd,mha,probabilities,dicom-seg,rtstruct,mesh,volumes,overlay,report",
+        ),
     ] = "nifti",
     tta: Annotated[bool, typer.Option(help="mirroring test-time augmentation")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     series: Annotated[str | None, typer.Option(help="DICOM series UID, description or index")] = None,
     overlap: Annotated[float, typer.Option(help="sliding-window overlap")] = 0.5,
-    no_postprocess: Annotated[bool, typer.Option("--no-postprocess", help="skip the model's postprocessing rules")] = False,
-    shard: Annotated[str | None, typer.Option(help="i/n: predict every n-th case from i (SLURM arrays)")] = None,
+    no_postprocess: Annotated[
+        bool, typer.Option("--no-postprocess", help="skip the model's postprocessing rules")
+    ] = False,
+    shard: Annotated[
+        str | None, typer.Option(help="i/n: predict every n-th case from i (SLURM arrays)")
+    ] = None,
     onnx: Annotated[bool, typer.Option(help="use ONNX Runtime (after `medseg export-onnx`)")] = False,
     mesh_format: Annotated[str, typer.Option(help="stl, obj or ply")] = "stl",
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
@@ -60,7 +71,12 @@ def predict_command(
     results = predict(input, model, out, cfg, progress=True)
     table = Table("case", "status", "outputs / error", "seconds")
     for r in results:
-        table.add_row(r.case_id, "ok" if r.ok else "[red]failed[/]", ", ".join(r.outputs.values()) if r.ok else r.error, f"{r.seconds:.1f}")
+        table.add_row(
+            r.case_id,
+            "ok" if r.ok else "[red]failed[/]",
+            ", ".join(r.outputs.values()) if r.ok else r.error,
+            f"{r.seconds:.1f}",
+        )
     console.print(table)
     failed = [r for r in results if not r.ok]
     console.print(f"{len(results) - len(failed)} of {len(results)} case(s) segmented; outputs in {out}")

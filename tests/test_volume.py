@@ -93,6 +93,11 @@ def test_repr_is_informative() -> None:
         ({"spacing": (0, 1, 1)}, "positive"),
         ({"spacing": (1, 1)}, "3 values"),
         ({"direction": np.ones((3, 3))}, "unit|orthonormal"),
+        # unit columns, det cos(2.5 deg) = 0.999: a sheared grid, not a rotation
+        (
+            {"direction": [[1, np.sin(np.radians(2.5)), 0], [0, np.cos(np.radians(2.5)), 0], [0, 0, 1]]},
+            r"orthonormal, found axes 2.5 degrees from perpendicular",
+        ),
         ({"origin": (np.nan, 0, 0)}, "finite"),
     ],
 )

@@ -134,9 +134,11 @@ def load_json(path: str | Path) -> Any:
     if not src.is_file():
         raise InputError(src, "not found")
     try:
-        return json.loads(src.read_text())
-    except json.JSONDecodeError as exc:
+        return json.loads(src.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(src, "is not valid JSON", found=str(exc)) from None
+    except OSError as exc:
+        raise InputError(src, "cannot be read", found=str(exc)) from None
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

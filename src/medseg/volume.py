@@ -59,9 +59,15 @@ def _as_direction(values: ArrayLike | None) -> NDArray[np.float64]:
     norms = np.linalg.norm(mat, axis=0)
     if np.any(np.abs(norms - 1.0) > 1e-3):
         raise GeometryError(f"direction columns must be unit vectors, found norms {norms.tolist()}")
-    if abs(abs(np.linalg.det(mat)) - 1.0) > 1e-3:
-        raise GeometryError(f"direction must be orthonormal, found determinant {np.linalg.det(mat):.4f}")
     mat = mat / norms
+    # Unit columns with |det| near 1 still allow a shear of a few degrees (det = cos of the
+    # skew); every axis pair must be perpendicular (|cos| <= 1e-3, about 0.06 degrees).
+    skew = float(np.max(np.abs(mat.T @ mat - np.eye(3))))
+    if skew > 1e-3:
+        angle = float(np.degrees(np.arcsin(min(skew, 1.0))))
+        raise GeometryError(
+            f"direction must be orthonormal, found axes {angle:.3g} degrees from perpendicular (a sheared grid)"
+        )
     mat.setflags(write=False)
     return mat
 

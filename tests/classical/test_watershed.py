@@ -89,6 +89,9 @@ def test_watershed_errors() -> None:
         watershed(vol, seeds=[(5, 12, 30)], low=50)
     with pytest.raises(ConfigError, match="sigma"):
         watershed(vol, sigma_mm=-1)
+    many = [(z, y, x) for z in range(2, 8) for y in range(4, 20) for x in range(4, 7)]  # 288 seeds
+    with pytest.raises(ConfigError, match="at most 255 seeds, found 288"):
+        watershed(vol, seeds=many, low=50)
 
 
 def test_a_seed_darker_than_the_background_threshold_is_warned_about(

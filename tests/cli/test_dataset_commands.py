@@ -54,6 +54,10 @@ def test_import_check_split(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "6 cases checked: no problems" in result.output and "s5" in result.output
     assert json.loads((tmp_path / "r.json").read_text())["ok"] is True
+    before = (out / "dataset.json").read_text()
+    result = runner.invoke(app, ["dataset", "check", str(out), "-q", "--json", str(out / "dataset.json")])
+    assert result.exit_code == 2 and "would overwrite a file of the dataset" in result.output
+    assert (out / "dataset.json").read_text() == before
 
     result = runner.invoke(
         app, ["dataset", "split", str(out), "--folds", "3", "--seed", "1", "--test-fraction", "0.3"]

@@ -39,7 +39,14 @@ def test_evaluate_prints_a_table_and_writes_the_report(tmp_path: Path) -> None:
     assert "body" in res.output and "core" in res.output and f"wrote {out}" in res.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_cases"] == 2 and set(summary["per_class"]) == {"body", "core"}
-    assert (out / "cases.csv").is_file() and (out / "report.html").is_file()
+    # core: 2 x 4 x 3 voxels shifted by one column, so 2 x 4 x 2 overlap: Dice 32 / 48
+    assert summary["per_class"]["core"]["dice"]["mean"] == pytest.approx(2 / 3)
+    ref, pred = (read_volume(d / "a.nii.gz").array == 1 for d in (rdir, pdir))
+    body = 2 * np.sum(ref & pred) / (np.sum(ref) + np.sum(pred))
+    assert summary["per_class"]["body"]["dice"]["mean"] == pytest.approx(body) and 0.5 < body < 0.95
+    table = (out / "cases.csv").read_text()
+    assert table.count("\n") >= 3 and "a" in table and "b" in table
+    assert "<html" in (out / "report.html").read_text().lower()
     assert (out / "plots" / "dice.png").is_file()
     again = runner.invoke(app, [*args, "-o", str(out), "--workers", "1"])
     assert again.exit_code == 2 and "--overwrite" in again.output
@@ -57,6 +64,10 @@ def test_evaluate_errors_are_one_line_exit_2(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "unknown metric 'volume'" in res.output
     res = runner.invoke(app, ["evaluate", str(pdir), str(rdir), "--empty", "zero"])
     assert res.exit_code == 2 and "--empty" in res.output
+    for out in (pdir, tmp_path):  # --overwrite would delete the predictions
+        res = runner.invoke(app, ["evaluate", str(pdir), str(rdir), "-o", str(out), "--overwrite"])
+        assert res.exit_code == 2 and "would replace the input" in res.output
+    assert sorted(p.name for p in pdir.iterdir()) == ["a.nii.gz"]
 
 
 def _blob_image(tmp_path: Path) -> Path:
@@ -118,3 +129,32 @@ def test_baseline_errors(tmp_path: Path) -> None:
     res = runner.invoke(app, ["baseline", "otsu", str(img), "-o", str(out)])
     assert res.exit_code == 2 and "--overwrite" in res.output
     assert not out.with_name("missing.nii.gz").exists()
+
+
+@pytest.mark.parametrize(
+    ("method", "extra", "expected"),
+    [
+        ("kmeans", [], 50),
+        ("kmeans", ["--iterations", "7"], 7),
+        ("region-grow", [], 4),
+        ("region-grow", ["--iterations", "2"], 2),
+    ],
+)
+def test_baseline_iterations_reach_the_method_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str, extra: list[str], expected: int
+) -> None:
+    from medseg import classical
+
+    seen: dict[str, object] = {}
+    real = classical.kmeans if method == "kmeans" else classical.region_grow
+
+    def spy(*args: object, **kwargs: object) -> Volume:
+        seen.update(kwargs)
+        return real(*args, **kwargs)  # type: ignore[operator]
+
+    monkeypatch.setattr(classical, "kmeans" if method == "kmeans" else "region_grow", spy)
+    img = _blob_image(tmp_path)
+    seed = ["--seed", "5 6 6"] if method == "region-grow" else []
+    res = runner.invoke(app, ["baseline", method, str(img), "-o", str(tmp_path / "o.nii.gz"), *seed, *extra])
+    assert res.exit_code == 0, res.output
+    assert seen["iterations"] == expected

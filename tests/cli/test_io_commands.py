@@ -196,6 +196,23 @@ def _bad_case(tmp_path: Path, case: str) -> tuple[list[str | Path], str]:
     if case == "same-file":
         write_volume(vol, inputs / "v.nii.gz")
         return ["convert", inputs / "v.nii.gz", inputs / "v.nii.gz", "--overwrite"], "would replace the input"
+    if case == "output-holds-input":  # --overwrite would swap out the folder that holds the input
+        write_dicom_series(vol.astype(np.int16), inputs / "dcm")
+        return ["convert", inputs / "dcm", inputs, "--to", "dicom", "--overwrite"], "would replace the input"
+    if case == "output-inside-input":
+        write_dicom_series(vol.astype(np.int16), inputs / "dcm")
+        return [
+            "convert",
+            inputs / "dcm",
+            inputs / "dcm" / "copy",
+            "--to",
+            "dicom",
+        ], "inside the input folder"
+    if case == "file-over-folder":
+        write_volume(vol, inputs / "v.nii.gz")
+        (out / "x.nrrd").mkdir()
+        (out / "x.nrrd" / "keep.txt").write_text("kept")
+        return ["convert", inputs / "v.nii.gz", out / "x.nrrd", "--overwrite"], "x.nrrd: is a folder"
     raise AssertionError(case)
 
 
@@ -212,6 +229,9 @@ def _bad_case(tmp_path: Path, case: str) -> tuple[list[str | Path], str]:
         "output-exists-dicom",
         "no-format",
         "same-file",
+        "output-holds-input",
+        "output-inside-input",
+        "file-over-folder",
     ],
 )
 def test_bad_input_gives_one_line_and_changes_nothing(tmp_path: Path, case: str) -> None:
@@ -229,3 +249,11 @@ def test_bad_input_gives_one_line_and_changes_nothing(tmp_path: Path, case: str)
     assert snapshot(tmp_path / "in") == before_in  # inputs untouched
     assert snapshot(tmp_path / "out") == before_out  # no partial output, nothing replaced
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == names_before  # no temp files
+
+
+def test_error_messages_show_bracketed_paths_literally(tmp_path: Path) -> None:
+    """Rich markup must not eat '[raw]' from a path, nor crash on a '[/...]' in a message."""
+    missing = tmp_path / "[raw]" / "scan.nii.gz"
+    code, _, err = run("info", missing)
+    assert code == 2
+    assert f"{missing}: does not exist" in " ".join(err.split())

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -24,8 +26,16 @@ def test_phantom_command_writes_a_dataset(tmp_path: Path) -> None:
     assert str(out) in result.output
     assert read_descriptor(out).channel_names == {"0": "T2"}
     assert len(list_cases(out)) == 2 and len(list_cases(out, "Ts")) == 1
-    assert (out / "views" / "views.json").is_file()
-    assert len(list((out / "views").glob("*_sagittal.nii.gz"))) == 3
+    views = json.loads((out / "views" / "views.json").read_text())
+    assert sorted(views) == ["prostate_000", "prostate_001", "prostate_002"]
+    entry = views["prostate_002"]  # the test case
+    assert entry["axial"] == "imagesTs/prostate_002_0000.nii.gz"
+    axial, sagittal = read_volume(out / entry["axial"]), read_volume(out / entry["sagittal"])
+    sag_label = read_volume(out / entry["sagittal_label"])
+    sagittal.geometry.require_same(sag_label.geometry, "sagittal image and label")
+    assert int(np.argmax(np.abs(sagittal.direction[:, 0]))) == 0  # slices stacked left-right
+    assert int(np.argmax(np.abs(axial.direction[:, 0]))) == 2  # slices stacked foot-head
+    assert set(np.unique(sag_label.array)) - {0} and len(list((out / "views").glob("*_sagittal.nii.gz"))) == 3
 
 
 def test_phantom_command_ct_with_size(tmp_path: Path) -> None:

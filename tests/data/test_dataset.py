@@ -160,9 +160,11 @@ def test_empty_import_is_an_error(tmp_path: Path) -> None:
     assert not (tmp_path / "ds").exists()
 
 
-def test_skip_invalid_lists_skipped_cases_with_relative_paths(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
+def test_skip_invalid_lists_skipped_cases_with_relative_paths(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    src = tmp_path / "DOE^JANE" / "src"  # exports name folders after the patient
+    src.mkdir(parents=True)
     image, label = _case()
     items = ["good", "bad"]
 
@@ -170,12 +172,17 @@ def test_skip_invalid_lists_skipped_cases_with_relative_paths(tmp_path: Path) ->
         lab = label if name == "good" else label.with_array(label.array + 7)
         w.add_case(name, [image], lab, source=src / f"{name}.nii.gz", label_source=src / f"{name}_seg.nii.gz")
 
-    with create_dataset(tmp_path / "ds", source=src, channel_names=["CT"], labels=LABELS) as w:
+    with (
+        caplog.at_level("DEBUG", logger="medseg.data.dataset"),
+        create_dataset(tmp_path / "ds", source=src, channel_names=["CT"], labels=LABELS) as w,
+    ):
         import_each(w, items, add, describe=lambda n: src / f"{n}.nii.gz", skip_invalid=True, progress=False)
     record = read_descriptor(tmp_path / "ds").extra[IMPORT_KEY]
     assert record["skipped"][0]["source"] == "bad.nii.gz"
     assert "undeclared label values" in record["skipped"][0]["reason"]
     assert str(tmp_path) not in json.dumps(record)
+    assert "skipped bad.nii.gz: " in caplog.text and "undeclared label values" in caplog.text
+    assert "DOE^JANE" not in caplog.text and "DOE^JANE" not in json.dumps(record)
     assert [c.case_id for c in list_cases(tmp_path / "ds")] == ["good"]
 
 
@@ -237,3 +244,44 @@ def test_list_cases_errors(tmp_path: Path) -> None:
         list_cases(tmp_path / "ds")
     with pytest.raises(InputError, match="not found"):
         read_descriptor(src)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"numTraining": "ten"}, r"'numTraining' must be a whole number >= 0; found 'ten'"),
+        ({"numTraining": -1}, "'numTraining' must be a whole number"),
+        ({"patients": ["p1"]}, "'patients' must map case ids to patient ids; found list"),
+        ({"channel_names": {"T2": "0"}}, r"'channel_names' keys must be the channel numbers"),
+        ({"channel_names": {"0": "T2", "2": "ADC"}}, r"keys must be the channel numbers.*\['0', '2'\]"),
+        ({"file_ending": 7}, "'file_ending' must be a suffix"),
+    ],
+)
+def test_bad_dataset_json_values_are_input_errors(tmp_path: Path, change: dict, message: str) -> None:
+    data = {"channel_names": {"0": "T2"}, "labels": {"background": 0, "a": 1}, "numTraining": 1, **change}
+    (tmp_path / "dataset.json").write_text(json.dumps(data))
+    with pytest.raises(InputError, match=rf"dataset\.json: .*{message}"):
+        read_descriptor(tmp_path)
+
+
+def test_unreadable_dataset_json_is_an_input_error(tmp_path: Path) -> None:
+    (tmp_path / "dataset.json").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(InputError, match=r"dataset\.json: is not valid JSON"):
+        read_descriptor(tmp_path)
+    (tmp_path / "dataset.json").write_text("[1, 2]")
+    with pytest.raises(InputError, match=r"dataset\.json: is not a JSON object"):
+        read_descriptor(tmp_path)
+
+
+def test_label_within_round_off_is_written_on_the_image_grid(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    image, label = _case()
+    nudged = Volume(label.array, label.spacing, np.add(label.origin, 4e-4), label.direction)  # float32-ish
+    with create_dataset(tmp_path / "ds", source=src, channel_names=["CT"], labels=LABELS) as w:
+        w.add_case("c", [image], nudged)
+    (case,) = list_cases(tmp_path / "ds")
+    img_back, lab_back = read_itk(case.images[0]), read_itk(case.label)  # type: ignore[arg-type]
+    assert img_back.origin == lab_back.origin and img_back.spacing == lab_back.spacing
+    np.testing.assert_array_equal(img_back.direction, lab_back.direction)
+    np.testing.assert_array_equal(lab_back.array, label.array)

@@ -274,3 +274,12 @@ def test_fetch_json(server: tuple[str, ServerState]) -> None:
         fetch_json(f"{base}/server-error.zip", retries=1, backoff=0)
     with pytest.raises(DownloadError, match="not JSON"):
         fetch_json(f"{base}/file.zip", backoff=0)
+
+
+@pytest.mark.parametrize("url", ["not-a-url/file.zip", "http://"])
+def test_invalid_url_is_a_download_error_without_retries(tmp_path: Path, url: str) -> None:
+    with pytest.raises(DownloadError, match=r"request failed: (MissingSchema|InvalidURL)"):
+        download_file(url, tmp_path / "f.zip", retries=3, backoff=30.0)
+    with pytest.raises(DownloadError, match=r"request failed: (MissingSchema|InvalidURL)"):
+        fetch_json(url, retries=3, backoff=30.0)
+    assert not (tmp_path / "f.zip").exists() and not (tmp_path / "f.zip.part").exists()

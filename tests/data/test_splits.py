@@ -119,6 +119,9 @@ def test_load_splits_rejects_bad_files(tmp_path: Path) -> None:
         ({**good, "extra": 1}, "unknown keys"),
         ({**good, "version": 99}, "unsupported version"),
         ({**good, "k": 4}, "different number of folds"),
+        ({k: v for k, v in good.items() if k != "k"}, "is not a valid splits file.*KeyError"),
+        ({**good, "k": "three"}, "is not a valid splits file.*ValueError"),
+        ({**good, "folds": ["a"]}, "is not a valid splits file"),
     ]
     leak = json.loads(json.dumps(good))
     moved = leak["folds"][0]["val"][0]

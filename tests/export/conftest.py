@@ -177,3 +177,15 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(bool), b.astype(bool)
     total = a.sum() + b.sum()
     return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
+
+
+def give_malformed_birth_date(series: Series, value: str = "1961-02-03 SECRET") -> None:
+    """Rewrite the series' files with a PatientBirthDate that is not a valid DA."""
+    import warnings
+
+    with warnings.catch_warnings(), pydicom.config.disable_value_validation():
+        warnings.simplefilter("ignore")
+        for f in series.files:
+            ds = pydicom.dcmread(f)
+            ds.PatientBirthDate = value
+            ds.save_as(f)

@@ -17,6 +17,7 @@ from tests.export.conftest import (
     Series,
     centred_zones,
     ellipsoid_labels,
+    give_malformed_birth_date,
     prostate_zones,
     read_series_with_sitk,
     synthetic_image,
@@ -225,3 +226,15 @@ def test_reading_onto_another_grid_or_a_non_seg_fails(tmp_path: Path, synthetic_
     (tmp_path / "junk.dcm").write_bytes(b"no dicom here")
     with pytest.raises(InputError, match="cannot be read"):
         read_dicom_seg(tmp_path / "junk.dcm", image)
+
+
+def test_refused_seg_error_does_not_quote_patient_values(
+    tmp_path: Path, synthetic_series: Series, caplog: pytest.LogCaptureFixture
+) -> None:
+    """highdicom cannot copy an invalid birth date; the error says so without quoting it."""
+    give_malformed_birth_date(synthetic_series)
+    label = centred_zones(synthetic_series.image)
+    with caplog.at_level("DEBUG"), pytest.raises(InputError, match="highdicom refused") as info:
+        write_dicom_seg(label, synthetic_series.folder, tmp_path / "seg.dcm", ZONES)
+    assert "'DA'" in str(info.value) and "SECRET" not in str(info.value) and "SECRET" not in caplog.text
+    assert not (tmp_path / "seg.dcm").exists()

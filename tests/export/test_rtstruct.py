@@ -17,6 +17,7 @@ from tests.export.conftest import (
     Series,
     centred_zones,
     dice,
+    give_malformed_birth_date,
     prostate_zones,
     synthetic_image,
     write_series,
@@ -149,3 +150,17 @@ def test_reader_errors(tmp_path: Path, synthetic_series: Series) -> None:
         read_rtstruct(out, image, {1: "liver"})
     with pytest.raises(InputError, match="not an RT Structure Set"):
         read_rtstruct(synthetic_series.files[0], image)
+
+
+def test_malformed_patient_values_never_reach_logs_or_warnings(
+    tmp_path: Path, synthetic_series: Series, caplog: pytest.LogCaptureFixture
+) -> None:
+    import warnings
+
+    give_malformed_birth_date(synthetic_series)
+    label = centred_zones(synthetic_series.image)
+    with caplog.at_level("DEBUG"), warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        out = write_rtstruct(label, synthetic_series.folder, tmp_path / "rt.dcm", ZONES)
+    assert "SECRET" not in caplog.text and not [w for w in seen if "SECRET" in str(w.message)]
+    assert read_rtstruct(out, synthetic_series.image, ZONES).array.any()

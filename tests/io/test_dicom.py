@@ -18,6 +18,7 @@ from medseg.io.dicom import (
     deidentify_dataset,
     list_series,
     load_file,
+    load_files,
     load_series,
     read_dicom_file,
     read_dicom_series,
@@ -426,6 +427,29 @@ def test_series_selection(tmp_path: Path) -> None:
         read_dicom_series(tmp_path / "study", 2)
     with pytest.raises(InputError, match="no series with UID or description 'DWI'"):
         read_dicom_series(tmp_path / "study", "DWI")
+
+
+def test_load_files_reads_exactly_the_given_files_of_one_series(tmp_path: Path) -> None:
+    a = make_oblique_volume(dtype=np.int16)
+    xs = write_dicom_series(a, tmp_path / "study" / "x", series_description="T2 axial")
+    ys = write_dicom_series(a.with_array(a.array + 5), tmp_path / "study" / "y", series_description="ADC")
+    (tmp_path / "study" / "notes.txt").write_text("not DICOM")
+    scrambled = [xs[k] for k in (7, 0, 11, 3, 5, 1, 10, 2, 9, 4, 8, 6)]
+    loaded = load_files(scrambled)
+    np.testing.assert_array_equal(loaded.volume.array, a.array)
+    require_exact(loaded.volume, a)
+    assert loaded.files == xs  # slice order, whatever order the files came in
+    assert loaded.info.n_files == 12 and loaded.volume.meta["series_description"] == "T2 axial"
+    with pytest.raises(InputError, match=r"x: the files belong to several series"):
+        load_files([*xs, ys[0]], where=tmp_path / "x")
+    with pytest.raises(InputError, match=r"notes\.txt: is not a DICOM file"):
+        load_files([xs[0], tmp_path / "study" / "notes.txt"])
+    with pytest.raises(InputError, match=r"missing\.dcm: does not exist"):
+        load_files([tmp_path / "missing.dcm"])
+    with pytest.raises(InputError, match="no DICOM files were given"):
+        load_files([])
+    with pytest.raises(InputError, match="missing slices"):
+        load_files(xs[:5] + xs[6:])
 
 
 def test_folder_without_dicom(tmp_path: Path) -> None:

@@ -134,3 +134,41 @@ def test_4d_float_channels_keep_values_and_geometry(tmp_path: Path) -> None:
     chans = read_channels(path)
     for c in range(2):
         np.testing.assert_array_equal(chans[c].array, ref[c])
+
+
+def test_output_below_a_file_is_an_input_error(tmp_path: Path) -> None:
+    from medseg.io.atomic import atomic_dir
+
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    with pytest.raises(
+        InputError, match=r"notes\.txt/sub/v\.nii\.gz: cannot create the folder for this output"
+    ):
+        write_volume(make_oblique_volume(), tmp_path / "notes.txt" / "sub" / "v.nii.gz")
+    with (
+        pytest.raises(InputError, match="cannot create the folder"),
+        atomic_dir(tmp_path / "notes.txt" / "sub" / "out"),
+    ):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_read_geometry_reads_the_header_grid_only(tmp_path: Path) -> None:
+    from medseg.io.itk import read_geometry
+
+    vol = make_oblique_volume()
+    path = write_volume(vol, tmp_path / "v.nii.gz")
+    vol.geometry.require_same(read_geometry(path), spacing_atol=1e-5, origin_atol=1e-4, direction_atol=1e-6)
+    flat = sitk.GetImageFromArray(np.zeros((5, 7), np.uint8))
+    flat.SetSpacing((0.5, 0.25))  # x, y
+    flat.SetOrigin((3.0, -2.0))
+    sitk.WriteImage(flat, str(tmp_path / "flat.nrrd"))
+    g = read_geometry(tmp_path / "flat.nrrd")
+    assert g.shape == (1, 5, 7) and g.spacing == (1.0, 0.25, 0.5) and g.origin == (3.0, -2.0, 0.0)
+    assert g.orientation == "LPS"
+    four = sitk.JoinSeries([sitk.GetImageFromArray(np.zeros((2, 3, 4), np.float32))] * 2)
+    sitk.WriteImage(four, str(tmp_path / "four.nii.gz"))
+    with pytest.raises(InputError, match=r"four\.nii\.gz: is not a 3D image"):
+        read_geometry(tmp_path / "four.nii.gz")
+    (tmp_path / "junk.nii.gz").write_bytes(b"junk")
+    with pytest.raises(InputError, match=r"junk\.nii\.gz: cannot be read"):
+        read_geometry(tmp_path / "junk.nii.gz")

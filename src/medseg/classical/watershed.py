@@ -79,6 +79,10 @@ def watershed(
             high = t_high if high is None else high
         marker_arr[arr < low] = 1
         points = seed_indices(volume, seeds, seeds_world=seeds_world)
+        if len(points) > 255:
+            raise ConfigError(
+                f"the watershed labels seed i as i (uint8): at most 255 seeds, found {len(points)}"
+            )
         if points:
             for i, (z, y, x) in enumerate(points, start=2):
                 if arr[z, y, x] < low:

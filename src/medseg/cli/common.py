@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from medseg.errors import MedsegError
 
@@ -57,7 +58,7 @@ def cli_command(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except MedsegError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, markup=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, markup=True)
             raise typer.Exit(EXIT_USER_ERROR) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
@@ -68,7 +69,7 @@ def cli_command(func: F) -> F:
             if _debug():
                 raise
             err_console.print(
-                f"[bold red]internal error:[/] {type(exc).__name__}: {exc} "
+                f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} "
                 "(set MEDSEG_DEBUG=1 for the traceback and please report it)",
                 soft_wrap=True,
             )

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from medseg.cli.common import app, cli_command, console, err_console
@@ -80,7 +81,9 @@ def _imported(out: Path) -> None:
         f"\nchannels: {', '.join(desc.modalities)}; labels: {labels}"
     )
     for item in record.get("skipped", []):
-        err_console.print(f"[yellow]skipped[/] {item['source']}: {item['reason']}", soft_wrap=True)
+        err_console.print(
+            f"[yellow]skipped[/] {escape(item['source'])}: {escape(item['reason'])}", soft_wrap=True
+        )
     if record.get("ignored_files"):
         console.print(f"{len(record['ignored_files'])} files ignored (listed in dataset.json)")
 
@@ -108,8 +111,10 @@ def check_command(
     from medseg.data.check import check_dataset
     from medseg.io.atomic import write_text_atomic
 
+    if json_out is not None and json_out.exists() and Path(root).resolve() in json_out.resolve().parents:
+        raise ConfigError(f"{json_out}: --json would overwrite a file of the dataset it checks")
     report = check_dataset(root, read_values=not headers_only, progress=not quiet)
-    table = Table(title=f"dataset check: {root}", title_justify="left")
+    table = Table(title=f"dataset check: {escape(str(root))}", title_justify="left")
     for col in ("case", "set", "shape zyx", "spacing zyx mm", "orient.", "labels", "status"):
         table.add_column(col, overflow="fold")
     for c in report.cases:
@@ -130,11 +135,11 @@ def check_command(
         console.print(table)
     for c in report.bad_cases:
         for problem in c.problems:
-            console.print(f"[red]{c.case_id}:[/] {problem}", soft_wrap=True)
+            console.print(f"[red]{escape(c.case_id)}:[/] {escape(problem)}", soft_wrap=True)
     for note in report.notes:
-        console.print(f"note: {note}", soft_wrap=True)
+        console.print(f"note: {note}", soft_wrap=True, markup=False)
     for problem in report.problems:
-        console.print(f"[red]problem:[/] {problem}", soft_wrap=True)
+        console.print(f"[red]problem:[/] {escape(problem)}", soft_wrap=True)
     if json_out is not None:
         write_text_atomic(json_out, json.dumps(report.to_json(), indent=2) + "\n", overwrite=True)
     n_bad = len(report.bad_cases)

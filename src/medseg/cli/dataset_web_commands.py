@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from medseg.cli.common import cli_command, console, err_console
 from medseg.cli.dataset_commands import (
@@ -118,7 +119,7 @@ def prostatex_command(
             soft_wrap=True,
         )
     for case_id, reason in result.skipped.items():
-        err_console.print(f"[yellow]skipped[/] {case_id}: {reason}", soft_wrap=True)
+        err_console.print(f"[yellow]skipped[/] {case_id}: {escape(reason)}", soft_wrap=True)
 
 
 @import_app.command("uwmadison")

@@ -62,6 +62,10 @@ def evaluate_command(
     from medseg.evaluation import EvaluationConfig, evaluate, parse_labels, write_report
     from medseg.evaluation.metrics import ALL_METRICS
 
+    if output is not None:
+        for given in (prediction, reference):  # --overwrite replaces the whole output folder
+            if output.resolve() == given.resolve() or output.resolve() in given.resolve().parents:
+                raise ConfigError(f"{output}: the output folder would replace the input {given}")
     if output is not None and output.exists() and not overwrite:
         from medseg.errors import OutputExistsError
 
@@ -147,7 +151,9 @@ def baseline_command(
     ),
     grow: str = typer.Option("confidence", "--grow", help="region-grow: 'confidence' or 'connected'."),
     multiplier: float = typer.Option(2.5, "--multiplier", help="region-grow: mean ± multiplier × std."),
-    iterations: int = typer.Option(4, "--iterations", help="region-grow (confidence) / kmeans iterations."),
+    iterations: int | None = typer.Option(
+        None, "--iterations", help="region-grow (confidence; default 4) / kmeans (default 50) iterations."
+    ),
     radius: int = typer.Option(1, "--radius", help="region-grow: seed neighbourhood radius (voxels)."),
     sigma: float = typer.Option(1.0, "--sigma", help="watershed: gradient smoothing sigma (mm)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
@@ -171,7 +177,7 @@ def baseline_command(
     elif method == "otsu":
         result = classical.otsu(volume, classes or 2)
     elif method == "kmeans":
-        result = classical.kmeans(volume, classes or 3, iterations=max(iterations, 1) * 10)
+        result = classical.kmeans(volume, classes or 3, iterations=50 if iterations is None else iterations)
     elif method == "region-grow":
         if grow not in ("confidence", "connected"):
             raise ConfigError(f"--grow must be 'confidence' or 'connected', found '{grow}'")
@@ -184,7 +190,7 @@ def baseline_command(
             lower=lower,
             upper=upper,
             multiplier=multiplier,
-            iterations=iterations,
+            iterations=4 if iterations is None else iterations,
             radius=radius,
         )
     else:

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from medseg.cli.common import app, cli_command, console
@@ -146,7 +147,7 @@ def _print_report(report: dict[str, Any]) -> None:
     if "volume" in report:
         console.print(_volume_table(report["volume"]))
         for w in report.get("warnings", []):
-            console.print(f"[yellow]warning:[/] {w}")
+            console.print(f"[yellow]warning:[/] {escape(w)}")
     elif "series" in report and "error" not in report:
         console.print("Several series: pick one with --series (index, UID or description) to see its volume.")
 

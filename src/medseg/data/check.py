@@ -13,7 +13,6 @@ that cannot be checked carries a problem saying why.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,9 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 from numpy.typing import NDArray
-from rich.progress import track
 
 from medseg.data.dataset import (
     _CHANNEL_RE,
@@ -33,7 +30,8 @@ from medseg.data.dataset import (
     read_descriptor,
 )
 from medseg.errors import InputError, MedsegError
-from medseg.io.itk import read_itk
+from medseg.io.itk import read_geometry, read_itk
+from medseg.progress import progress_bar
 from medseg.volume import VolumeGeometry
 
 logger = logging.getLogger(__name__)
@@ -111,38 +109,6 @@ class DatasetReport:
         }
 
 
-def _header_geometry(path: Path) -> VolumeGeometry:
-    """Grid of an image file from its header only (no voxel data is read)."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        raise InputError(path, "cannot be read", found=lines[-1] if lines else "") from None
-    dim = reader.GetDimension()
-    if reader.GetNumberOfComponents() != 1:
-        raise InputError(
-            path,
-            "has vector pixels",
-            expected="one value per voxel",
-            found=f"{reader.GetNumberOfComponents()} components",
-        )
-    size, spacing, origin = reader.GetSize(), reader.GetSpacing(), reader.GetOrigin()
-    direction = np.array(reader.GetDirection(), dtype=float).reshape(dim, dim)
-    if dim == 2:
-        full = np.eye(3)
-        full[:2, :2] = direction
-        return VolumeGeometry(
-            (1, size[1], size[0]), (1.0, spacing[1], spacing[0]), (*origin, 0.0), full[:, ::-1]
-        )
-    if dim == 4 and size[3] == 1:
-        size, spacing, origin, direction = size[:3], spacing[:3], origin[:3], direction[:3, :3]
-    elif dim != 3:
-        raise InputError(path, "is not a 3D image", expected="one 3D volume per file", found=f"size {size}")
-    return VolumeGeometry(size[::-1], spacing[::-1], origin, direction[:, ::-1])
-
-
 def _scan_images(folder: Path, ending: str, report: DatasetReport) -> dict[str, dict[int, Path]]:
     channels: dict[str, dict[int, Path]] = {}
     if not folder.is_dir():
@@ -169,49 +135,32 @@ def _scan_images(folder: Path, ending: str, report: DatasetReport) -> dict[str, 
     return channels
 
 
-def _is_nifti(path: Path) -> bool:
-    return path.name.lower().endswith((".nii", ".nii.gz"))
-
-
 def read_values(path: Path) -> NDArray[Any]:
     """Voxel values of an image file, with NaN and Inf as stored.
 
-    ITK's NIfTI reader (SimpleITK <= 2.5, ITK < 6; ITK pull request 6683) silently
-    replaces NaN and +-Inf with 0, so NIfTI values are read with nibabel here; other
-    formats with SimpleITK. Raises :class:`InputError` for an unreadable or truncated file.
+    :func:`medseg.io.itk.read_itk` reads floating-point NIfTI with nibabel, because ITK's
+    NIfTI reader (SimpleITK <= 2.5, ITK < 6; ITK pull request 6683) silently replaces NaN
+    and +-Inf with 0. Raises :class:`InputError` for an unreadable or truncated file.
     """
-    if not _is_nifti(path):
-        return read_itk(path).array
-    import nibabel as nib
-
-    try:
-        img: Any = nib.load(str(path))
-        return np.asarray(img.dataobj)
-    except Exception as exc:  # nibabel raises many types for truncated or corrupt files
-        raise InputError(
-            path, "cannot be read (truncated or corrupt)", found=f"{type(exc).__name__}: {exc}"
-        ) from None
+    return read_itk(path).array
 
 
-def count_nonfinite(path: Path) -> int:
-    """Number of NaN/Inf voxels stored in an image file (0 for integer types)."""
-    if _is_nifti(path):
-        import nibabel as nib
+def count_nonfinite(path: Path, values: NDArray[Any] | None = None) -> int:
+    """Number of NaN/Inf voxels in an image file (0 for integer types).
 
-        with contextlib.suppress(Exception):  # unreadable headers are reported by read_values
-            header: Any = nib.load(str(path)).header
-            if header.get_data_dtype().kind not in "fc":
-                return 0
-    arr = read_values(path)
+    ``values`` are the file's voxels when the caller has already read them (the file is
+    then not read again).
+    """
+    arr = read_values(path) if values is None else np.asarray(values)
     return int(arr.size - np.count_nonzero(np.isfinite(arr))) if arr.dtype.kind in "fc" else 0
 
 
-def require_finite(path: Path) -> None:
-    """Raise :class:`InputError` when an image file stores NaN or Inf voxels.
+def require_finite(path: Path, values: NDArray[Any] | None = None) -> None:
+    """Raise :class:`InputError` naming ``path`` when the image stores NaN or Inf voxels.
 
-    Adapters call this for NIfTI sources because ITK's reader turns NaN/Inf into 0.
+    ``values``: the voxels already read from ``path`` (see :func:`count_nonfinite`).
     """
-    bad = count_nonfinite(path)
+    bad = count_nonfinite(path, values)
     if bad:
         raise InputError(
             path, "holds NaN or Inf values", expected="finite intensities", found=f"{bad} voxels"
@@ -276,7 +225,7 @@ def _check_case(
     geoms: dict[int, VolumeGeometry] = {}
     for c in sorted(found):
         try:
-            geoms[c] = _header_geometry(found[c])
+            geoms[c] = read_geometry(found[c])
         except MedsegError as exc:
             case.problems.append(str(exc))
     ref_channel = min(geoms) if geoms else None
@@ -291,7 +240,7 @@ def _check_case(
                 )
     if label is not None:
         try:
-            lg = _header_geometry(label)
+            lg = read_geometry(label)
         except MedsegError as exc:
             case.problems.append(str(exc))
             label = None
@@ -354,13 +303,15 @@ def check_dataset(root: str | Path, *, read_values: bool = True, progress: bool 
         if subset == "Tr" and not channels:
             report.problems.append(f"imagesTr/: holds no cases (expected files named CASE_0000{ending})")
 
-    for case, found, label in track(todo, description="checking cases", disable=not progress, transient=True):
-        try:
-            _check_case(case, found, label, desc, read_values)
-        except Exception as exc:  # a checker must report, not crash, on any bad file
-            logger.debug("check of %s failed", case.case_id, exc_info=True)
-            case.problems.append(f"could not be checked: {type(exc).__name__}: {exc}")
-        report.cases.append(case)
+    with progress_bar(progress, "checking cases", len(todo)) as advance:
+        for case, found, label in todo:
+            try:
+                _check_case(case, found, label, desc, read_values)
+            except Exception as exc:  # a checker must report, not crash, on any bad file
+                logger.debug("check of %s failed", case.case_id, exc_info=True)
+                case.problems.append(f"could not be checked: {type(exc).__name__}: {exc}")
+            report.cases.append(case)
+            advance()
 
     orientations = Counter(c.orientation for c in report.cases if c.orientation)
     if len(orientations) > 1:

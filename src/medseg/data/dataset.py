@@ -28,11 +28,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
-from rich.progress import track
 
+from medseg.config import load_json
 from medseg.errors import GeometryError, InputError, MedsegError
 from medseg.io.atomic import atomic_dir, write_text_atomic
 from medseg.io.itk import write_itk
+from medseg.progress import progress_bar
 from medseg.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -120,6 +121,28 @@ class DatasetDescriptor:
         channels_raw = data.get("channel_names", data.get("modality"))  # MSD uses "modality"
         if not isinstance(channels_raw, dict) or not channels_raw:
             raise InputError(src, "missing or empty 'channel_names'", expected='e.g. {"0": "T2"}')
+        if sorted(str(k) for k in channels_raw) != sorted(str(i) for i in range(len(channels_raw))):
+            raise InputError(
+                src,
+                "'channel_names' keys must be the channel numbers 0, 1, ...",
+                expected='e.g. {"0": "T2", "1": "ADC"}',
+                found=str(sorted(channels_raw)),
+            )
+        num_training = data.get("numTraining", 0)
+        if isinstance(num_training, float) and num_training.is_integer():
+            num_training = int(num_training)
+        if isinstance(num_training, bool) or not isinstance(num_training, int) or num_training < 0:
+            raise InputError(src, "key 'numTraining' must be a whole number >= 0", found=repr(num_training))
+        patients_raw = data.get("patients", {})
+        if not isinstance(patients_raw, dict):
+            raise InputError(
+                src, "key 'patients' must map case ids to patient ids", found=type(patients_raw).__name__
+            )
+        file_ending = data.get("file_ending", ".nii.gz")
+        if not isinstance(file_ending, str) or not file_ending.startswith("."):
+            raise InputError(
+                src, "key 'file_ending' must be a suffix such as '.nii.gz'", found=repr(file_ending)
+            )
         labels_raw = need("labels", dict)
         labels: dict[str, int] = {}
         for key, value in labels_raw.items():
@@ -149,11 +172,11 @@ class DatasetDescriptor:
         return cls(
             channel_names={str(k): str(v) for k, v in channels_raw.items()},
             labels=labels,
-            file_ending=str(data.get("file_ending", ".nii.gz")),
-            num_training=int(data.get("numTraining", 0)),
+            file_ending=file_ending,
+            num_training=num_training,
             name=str(data.get("name", "")),
             description=str(data.get("description", "")),
-            patients={str(k): str(v) for k, v in dict(data.get("patients", {})).items()},
+            patients={str(k): str(v) for k, v in patients_raw.items()},
             extra={k: v for k, v in data.items() if k not in known},
         )
 
@@ -167,10 +190,7 @@ def read_descriptor(root: str | Path) -> DatasetDescriptor:
         )
     if not path.is_file():
         raise InputError(path, "not found", expected="an nnU-Net v2 / MSD dataset.json")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(path, "is not valid JSON", found=str(exc)) from None
+    data = load_json(path)
     if not isinstance(data, dict):
         raise InputError(path, "is not a JSON object")
     return DatasetDescriptor.from_json(data, path)
@@ -381,17 +401,19 @@ class DatasetWriter:
 
     def skip(self, source: str | Path, reason: str) -> None:
         """Record a case left out (``skip_invalid``); the reason goes into dataset.json."""
-        logger.warning("skipped %s: %s", source, reason)
         prefix = f"{source}: "
         reason = reason[len(prefix) :] if reason.startswith(prefix) else reason
         reason = reason.replace(str(source), self._relative(source))
         for root in self.source_roots:
             reason = reason.replace(str(root), "<source>")
+        # The log gets the same relative names as dataset.json: folder names above the
+        # source (PACS exports name them after the patient) reach neither.
+        logger.warning("skipped %s: %s", self._relative(source), reason)
         self.skipped.append({"source": self._relative(source), "reason": reason})
 
     def ignore(self, path: str | Path, reason: str) -> None:
         """Record a file that is not a case (e.g. macOS '._' resource forks)."""
-        logger.debug("ignored %s (%s)", path, reason)
+        logger.debug("ignored %s (%s)", self._relative(path), reason)
         self.ignored.append(f"{self._relative(path)}: {reason}")
 
     # ------------------------------------------------------------------- cases
@@ -452,7 +474,9 @@ class DatasetWriter:
                 )
             arr = label_array(label, lsrc)
             check_label_values(arr, list(self.labels.values()), lsrc)
-            label_vol = label.with_array(arr)
+            # Same grid within header round-off: write the image's exact geometry, so the
+            # dataset's image and label headers agree bit for bit (nnU-Net compares them).
+            label_vol = Volume(arr, geometry=ref, meta=label.meta)
         elif not test:
             raise InputError(source, f"training case '{case_id}' has no label")
         self._sources[key] = src
@@ -576,13 +600,15 @@ def import_each(
     A :class:`MedsegError` stops the import (the output is not created) unless
     ``skip_invalid``, in which case the case is left out and listed in dataset.json.
     """
-    for item in track(items, description=description, disable=not progress, transient=True):
-        try:
-            add(item)
-        except MedsegError as exc:
-            if not skip_invalid:
-                raise
-            writer.skip(describe(item), str(exc))
+    with progress_bar(progress, description, len(items)) as advance:
+        for item in items:
+            try:
+                add(item)
+            except MedsegError as exc:
+                if not skip_invalid:
+                    raise
+                writer.skip(describe(item), str(exc))
+            advance()
 
 
 def source_files(folder: Path, endings: Sequence[str], writer: DatasetWriter | None = None) -> list[Path]:

@@ -60,6 +60,11 @@ class _Retryable(Exception):
     """An attempt failed in a way worth retrying (network, 5xx, short read)."""
 
 
+# requests' errors worth another attempt; any other RequestException (invalid URL, too
+# many redirects ...) fails at once as a DownloadError.
+_TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+
+
 def file_digest(path: str | Path, algorithm: str = "sha256", chunk_size: int = 1 << 20) -> str:
     """Hex digest of a file, read in chunks."""
     digest = hashlib.new(algorithm)
@@ -277,20 +282,14 @@ def download_file(
                     break
                 except _Retryable as exc:
                     last_error = str(exc)
-                except (requests.ConnectionError, requests.Timeout) as exc:
+                except _TRANSIENT as exc:
                     last_error = f"{type(exc).__name__}: {_short(exc)}"
+                except requests.RequestException as exc:  # a bad URL, too many redirects ...
+                    raise DownloadError(
+                        shown, f"request failed: {type(exc).__name__}: {_short(exc)}"
+                    ) from None
                 if attempt < retries:
-                    wait = min(max_backoff, backoff * 2**attempt)
-                    logger.warning(
-                        "download of %s failed (%s); retry %d of %d in %.1f s",
-                        target.name,
-                        last_error,
-                        attempt + 1,
-                        retries,
-                        wait,
-                    )
-                    if wait > 0:
-                        time.sleep(wait)
+                    _pause(f"download of {target.name}", last_error, attempt, retries, backoff, max_backoff)
             else:
                 kept = (
                     f"; the partial file {part} is kept and the next call resumes from it"
@@ -336,8 +335,12 @@ def fetch_json(
         for attempt in range(retries + 1):
             try:
                 resp = sess.get(url, params=params, timeout=timeout, headers={"User-Agent": USER_AGENT})
-            except (requests.ConnectionError, requests.Timeout) as exc:
+            except _TRANSIENT as exc:
                 last_error = f"{type(exc).__name__}: {_short(exc)}"
+            except requests.RequestException as exc:
+                raise DownloadError(
+                    _display_url(url, params), f"request failed: {type(exc).__name__}: {_short(exc)}"
+                ) from None
             else:
                 if resp.status_code == 404:
                     raise DownloadError(resp.url, "not found (HTTP 404)")
@@ -357,23 +360,21 @@ def fetch_json(
                             resp.url, f"response is not JSON (starts with {resp.text[:60]!r})"
                         ) from None
             if attempt < retries:
-                wait = min(max_backoff, backoff * 2**attempt)
-                logger.warning(
-                    "query %s failed (%s); retry %d of %d in %.1f s",
-                    url,
-                    last_error,
-                    attempt + 1,
-                    retries,
-                    wait,
-                )
-                if wait > 0:
-                    time.sleep(wait)
+                _pause(f"query {url}", last_error, attempt, retries, backoff, max_backoff)
         raise DownloadError(
             _display_url(url, params), f"gave up after {retries + 1} attempts; last error: {last_error}"
         )
     finally:
         if own_session:
             sess.close()
+
+
+def _pause(what: str, error: str, attempt: int, retries: int, backoff: float, max_backoff: float) -> None:
+    """Log the failed attempt and wait ``min(max_backoff, backoff * 2**attempt)`` seconds."""
+    wait = min(max_backoff, backoff * 2**attempt)
+    logger.warning("%s failed (%s); retry %d of %d in %.1f s", what, error, attempt + 1, retries, wait)
+    if wait > 0:
+        time.sleep(wait)
 
 
 def _display_url(url: str, params: Mapping[str, str] | None) -> str:

@@ -45,6 +45,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.spatial.transform import Rotation
 
 from medseg.errors import ConfigError
+from medseg.progress import progress_bar
 from medseg.volume import Volume, VolumeGeometry
 
 logger = logging.getLogger(__name__)
@@ -958,22 +959,24 @@ def write_phantom_dataset(
             (tmp / sub).mkdir()
         if with_views:
             (tmp / "views").mkdir()
-        for case_id, subset, index in _track(cases, progress, f"writing {kind} phantom"):
-            case = make_case(kind, case_seed(seed, index), size=shape, spacing=spacing, views=with_views)
-            write_itk(case.image, tmp / f"images{subset}" / f"{case_id}_0000.nii.gz")
-            write_itk(case.label, tmp / f"labels{subset}" / f"{case_id}.nii.gz")
-            if with_views:
-                entry: dict[str, Any] = {
-                    "axial": f"images{subset}/{case_id}_0000.nii.gz",
-                    "axial_label": f"labels{subset}/{case_id}.nii.gz",
-                    "frame_of_reference_uid": case.image.meta["frame_of_reference_uid"],
-                }
-                for name, (img, lab) in case.views.items():
-                    write_itk(img, tmp / "views" / f"{case_id}_{name}.nii.gz")
-                    write_itk(lab, tmp / "views" / f"{case_id}_{name}_label.nii.gz")
-                    entry[name] = f"views/{case_id}_{name}.nii.gz"
-                    entry[f"{name}_label"] = f"views/{case_id}_{name}_label.nii.gz"
-                views_index[case_id] = entry
+        with progress_bar(progress, f"writing {kind} phantom", len(cases)) as advance:
+            for case_id, subset, index in cases:
+                case = make_case(kind, case_seed(seed, index), size=shape, spacing=spacing, views=with_views)
+                write_itk(case.image, tmp / f"images{subset}" / f"{case_id}_0000.nii.gz")
+                write_itk(case.label, tmp / f"labels{subset}" / f"{case_id}.nii.gz")
+                if with_views:
+                    entry: dict[str, Any] = {
+                        "axial": f"images{subset}/{case_id}_0000.nii.gz",
+                        "axial_label": f"labels{subset}/{case_id}.nii.gz",
+                        "frame_of_reference_uid": case.image.meta["frame_of_reference_uid"],
+                    }
+                    for name, (img, lab) in case.views.items():
+                        write_itk(img, tmp / "views" / f"{case_id}_{name}.nii.gz")
+                        write_itk(lab, tmp / "views" / f"{case_id}_{name}_label.nii.gz")
+                        entry[name] = f"views/{case_id}_{name}.nii.gz"
+                        entry[f"{name}_label"] = f"views/{case_id}_{name}_label.nii.gz"
+                    views_index[case_id] = entry
+                advance()
         if with_views:
             (tmp / "views" / VIEWS_JSON).write_text(json.dumps(views_index, indent=2) + "\n")
         descriptor = DatasetDescriptor(
@@ -1005,11 +1008,3 @@ def write_phantom_dataset(
         write_descriptor(tmp, descriptor)
     logger.debug("wrote %d training and %d test %s phantom cases to %s", n_train, n_test, kind, target)
     return target
-
-
-def _track(items: list[Any], progress: bool, description: str) -> Any:
-    if not progress:
-        return items
-    from rich.progress import track
-
-    return track(items, description=description)

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg.config import load_json
 from medseg.data.dataset import list_cases
 from medseg.errors import ConfigError, InputError
 from medseg.io.atomic import write_text_atomic
@@ -104,13 +105,14 @@ class Splits:
                 seed=int(data["seed"]),
                 test_fraction=float(data["test_fraction"]),
             )
+            k = int(data["k"])
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(
                 src, "is not a valid splits file", found=f"{type(exc).__name__}: {exc}"
             ) from None
-        if int(data["k"]) != len(folds):
+        if k != len(folds):
             raise InputError(
-                src, "declares a different number of folds", expected=str(data["k"]), found=str(len(folds))
+                src, "declares a different number of folds", expected=str(k), found=str(len(folds))
             )
         splits.check_consistent(src)
         return splits
@@ -209,10 +211,7 @@ def load_splits(root: str | Path, *, check_dataset: bool = True) -> Splits:
     path = root / SPLITS_JSON
     if not path.is_file():
         raise InputError(path, "not found", expected="splits made with `medseg dataset split`")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(path, "is not valid JSON", found=str(exc)) from None
+    data = load_json(path)
     if not isinstance(data, dict):
         raise InputError(path, "is not a JSON object")
     splits = Splits.from_json(data, path)

@@ -26,6 +26,7 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import pydicom
+from pydicom.config import disable_value_validation
 from pydicom.sr.coding import Code
 
 import medseg
@@ -33,6 +34,7 @@ from medseg.errors import ConfigError, GeometryError, InputError
 from medseg.export.codes import Segment, segments_for_label
 from medseg.export.dicom_source import SourceLike, match_source_series
 from medseg.io.atomic import atomic_file, check_writable
+from medseg.io.dicom import safe_error_text
 from medseg.volume import Volume, VolumeGeometry
 
 __all__ = ["read_dicom_seg", "write_dicom_seg"]
@@ -111,9 +113,9 @@ def write_dicom_seg(
     descriptions = [_description(i + 1, s, algorithm) for i, s in enumerate(segments)]
     stacked = np.stack([label.array == s.value for s in segments], axis=-1).astype(np.uint8)
     try:
-        with warnings.catch_warnings():
-            # highdicom warns about single-component person names and quotes the name:
-            # never let a patient name reach the logs.
+        with warnings.catch_warnings(), disable_value_validation():
+            # highdicom warns about single-component person names and pydicom about malformed
+            # values, quoting them: never let a patient name or birth date reach the logs.
             warnings.filterwarnings("ignore", message=".*person name.*")
             seg = hd.seg.Segmentation(
                 source_images=list(series.datasets),
@@ -133,7 +135,7 @@ def write_dicom_seg(
                 content_description=f"{algorithm_name} {algorithm_version}"[:64],
             )
     except (ValueError, TypeError, AttributeError) as exc:
-        raise InputError(target, "highdicom refused to build the SEG", found=str(exc)) from None
+        raise InputError(target, "highdicom refused to build the SEG", found=safe_error_text(exc)) from None
     with atomic_file(target, overwrite=overwrite) as tmp:
         seg.save_as(tmp)
     log.info("wrote DICOM SEG with %d segments to %s", len(segments), target)
@@ -162,7 +164,7 @@ def read_dicom_seg(
     try:
         header = pydicom.dcmread(src, stop_before_pixels=True)
     except Exception as exc:  # pydicom raises many types for a bad file
-        raise InputError(src, "cannot be read as DICOM", found=f"{type(exc).__name__}: {exc}") from None
+        raise InputError(src, "cannot be read as DICOM", found=safe_error_text(exc)) from None
     if str(getattr(header, "SOPClassUID", "")) not in (SEG_SOP_CLASS_UID, LABELMAP_SEG_SOP_CLASS_UID):
         raise InputError(
             src, "is not a DICOM Segmentation", found=f"SOP class {getattr(header, 'SOPClassUID', '?')}"
@@ -170,7 +172,7 @@ def read_dicom_seg(
     try:
         seg = hd.seg.segread(src)
     except Exception as exc:  # highdicom raises many types for a malformed SEG
-        raise InputError(src, "cannot be read as a DICOM SEG", found=f"{type(exc).__name__}: {exc}") from None
+        raise InputError(src, "cannot be read as a DICOM SEG", found=safe_error_text(exc)) from None
     # A LABELMAP SEG may describe its background as segment 0; it stays 0.
     numbers = [int(d.SegmentNumber) for d in seg.SegmentSequence if int(d.SegmentNumber) > 0]
     labels = {
@@ -189,7 +191,7 @@ def read_dicom_seg(
         raise InputError(
             src,
             "cannot be decoded into one label map (irregular frames or overlapping segments?)",
-            found=str(exc),
+            found=safe_error_text(exc),
         ) from None
     if volume is None:
         raise InputError(src, "frames do not form a regular volume")

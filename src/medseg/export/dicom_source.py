@@ -24,6 +24,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from medseg.errors import GeometryError, InputError
+from medseg.io.dicom import safe_error_text
 from medseg.volume import VolumeGeometry
 
 __all__ = ["POSITION_TOL_MM", "SourceLike", "SourceSeries", "match_source_series", "read_source_datasets"]
@@ -60,6 +61,19 @@ _DERIVED_SOP_CLASS_PREFIXES = (
     "1.2.840.10008.5.1.4.1.1.66",  # segmentation, registration, fiducials
     "1.2.840.10008.5.1.4.1.1.481",  # RT objects
     "1.2.840.10008.5.1.4.1.1.88",  # structured reports
+)
+
+
+# What pydicom raises for a file that is not DICOM or whose header is truncated or corrupt.
+_UNREADABLE = (
+    InvalidDicomError,
+    OSError,
+    EOFError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
 )
 
 
@@ -103,7 +117,7 @@ def read_source_datasets(source: SourceLike) -> list[tuple[Dataset, Path | None]
         for path in _iter_files(folder):
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
-            except (InvalidDicomError, OSError):
+            except _UNREADABLE:
                 continue
             if _is_source_image(ds):
                 items.append((ds, path))
@@ -117,8 +131,10 @@ def read_source_datasets(source: SourceLike) -> list[tuple[Dataset, Path | None]
                 file = Path(entry)
                 try:
                     items.append((pydicom.dcmread(file, stop_before_pixels=True), file))
-                except (InvalidDicomError, OSError) as exc:
-                    raise InputError(file, "is not a readable DICOM file", found=str(exc)) from None
+                except _UNREADABLE as exc:
+                    raise InputError(
+                        file, "is not a readable DICOM file", found=safe_error_text(exc)
+                    ) from None
     if not items:
         raise InputError(None, "no source DICOM datasets were given", expected="the source image series")
     series: dict[str, list[tuple[Dataset, Path | None]]] = {}

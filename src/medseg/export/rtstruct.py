@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from numpy.typing import NDArray
+from pydicom.config import disable_value_validation
 from skimage.draw import polygon as fill_polygon
 from skimage.draw import polygon_perimeter
 
@@ -43,6 +44,7 @@ from medseg.errors import ConfigError, GeometryError, InputError
 from medseg.export.codes import segments_for_label
 from medseg.export.dicom_source import SourceLike, match_source_series
 from medseg.io.atomic import atomic_file, check_writable
+from medseg.io.dicom import safe_error_text
 from medseg.volume import Volume, VolumeGeometry
 
 __all__ = ["read_rtstruct", "write_rtstruct"]
@@ -105,12 +107,19 @@ def write_rtstruct(
     from rt_utils import RTStructBuilder
 
     uid_to_k = {str(ds.SOPInstanceUID): k for k, ds in enumerate(series.datasets)}
-    with tempfile.TemporaryDirectory(prefix="medseg-rtstruct-") as tmp:
+    # pydicom's value validation quotes malformed values (a birth date, a name) in its
+    # warnings and log; the patient module is copied as it is, so nothing is validated here.
+    with tempfile.TemporaryDirectory(prefix="medseg-rtstruct-") as tmp, disable_value_validation():
         _link_series(files, Path(tmp))
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             # rt-utils prints progress and sets attributes that pydicom 3 deprecates.
             warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*FileDataset.is_")
-            rtstruct = RTStructBuilder.create_new(dicom_series_path=tmp)
+            try:
+                rtstruct = RTStructBuilder.create_new(dicom_series_path=tmp)
+            except Exception as exc:  # rt-utils raises bare Exceptions
+                raise InputError(
+                    target, "rt-utils cannot build an RTSTRUCT on this series", found=safe_error_text(exc)
+                ) from None
         order = [uid_to_k.get(str(ds.SOPInstanceUID), -1) for ds in rtstruct.series_data]
         if sorted(order) != list(range(label.shape[0])):
             raise InputError(
@@ -172,12 +181,12 @@ def read_rtstruct(
     try:
         ds = pydicom.dcmread(src)
     except Exception as exc:  # pydicom raises several types for a bad file
-        raise InputError(src, "cannot be read as DICOM", found=f"{type(exc).__name__}: {exc}") from None
+        raise InputError(src, "cannot be read as DICOM", found=safe_error_text(exc)) from None
     if str(getattr(ds, "SOPClassUID", "")) != RTSTRUCT_SOP_CLASS_UID:
         raise InputError(
             src, "is not an RT Structure Set", found=f"SOP class {getattr(ds, 'SOPClassUID', '?')}"
         )
-    names = {int(r.ROINumber): str(r.ROIName) for r in ds.StructureSetROISequence}
+    names = {int(r.ROINumber): str(r.ROIName) for r in getattr(ds, "StructureSetROISequence", [])}
     value_of = {number: number for number in names}
     if segment_names is not None:
         by_name = {str(v)[:64]: int(k) for k, v in segment_names.items()}  # ROIName is LO (64)

@@ -161,8 +161,12 @@ def convert(
     source, target = Path(src), Path(dst)
     fmt = _output_format(target, to)
     kind = describe_path(source)
-    if target.exists() and target.resolve() == source.resolve():
-        raise ConfigError(f"{target}: the output would replace the input")
+    src_r, dst_r = source.resolve(), target.resolve()
+    if dst_r == src_r or dst_r in src_r.parents:
+        # with overwrite, the atomic replacement of the output folder would delete the input
+        raise ConfigError(f"{target}: the output would replace the input {source} (or a folder holding it)")
+    if src_r.is_dir() and src_r in dst_r.parents:
+        raise ConfigError(f"{target}: the output would be written inside the input folder {source}")
     check_writable(target, overwrite)
     ref: Any = reference
     if kind == "dicom-folder":

@@ -43,6 +43,20 @@ def check_writable(path: str | Path, overwrite: bool) -> Path:
     return target
 
 
+def _prepare(target: Path) -> None:
+    """Create the output's folder; an OSError (a file in the way, no permission) is an InputError."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(
+            target, "cannot create the folder for this output", found=exc.strerror or type(exc).__name__
+        ) from None
+
+
+def _temp_error(target: Path, exc: OSError) -> InputError:
+    return InputError(target.parent, "cannot write output here", found=exc.strerror or type(exc).__name__)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path in the same folder; on success rename it to ``path``.
@@ -51,18 +65,21 @@ def atomic_file(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     ...     write_something(tmp)
     """
     target = check_writable(path, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=f".tmp{_suffixes(target)}", dir=target.parent
-    )
+    if target.is_dir():
+        raise InputError(target, "is a folder", expected="a file path (a folder is never replaced by a file)")
+    _prepare(target)
+    try:
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=f".tmp{_suffixes(target)}", dir=target.parent
+        )
+    except OSError as exc:
+        raise _temp_error(target, exc) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         if tmp.exists():
             os.chmod(tmp, _default_mode())
-        if target.is_dir():
-            shutil.rmtree(target)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -78,8 +95,11 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     rename, so readers never see a mixture of old and new contents.
     """
     target = check_writable(path, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    _prepare(target)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        raise _temp_error(target, exc) from None
     try:
         yield tmp
         os.chmod(tmp, _default_mode(folder=True))

@@ -1,6 +1,7 @@
 """DICOM series in and out.
 
-Reading (:func:`load_series`, :func:`read_dicom_series`, :func:`read_dicom_file`):
+Reading (:func:`load_series`, :func:`read_dicom_series`, :func:`read_dicom_file`, and
+:func:`load_files` for an explicit list of one series' files):
 
 1. every file under the folder is parsed once with pydicom, headers only
    (``stop_before_pixels``), and grouped by SeriesInstanceUID (:func:`list_series`);
@@ -48,6 +49,7 @@ import copy
 import datetime as _dt
 import logging
 import os
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +59,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from numpy.typing import NDArray
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
@@ -81,9 +84,11 @@ __all__ = [
     "inspect_folder",
     "list_series",
     "load_file",
+    "load_files",
     "load_series",
     "read_dicom_file",
     "read_dicom_series",
+    "safe_error_text",
     "write_dicom_series",
 ]
 
@@ -1114,6 +1119,36 @@ def load_series(
     return _load(chosen, chosen.info.folder if len(found) > 1 else where, volume, progress)
 
 
+def load_files(
+    paths: Sequence[str | Path],
+    *,
+    volume: int | None = None,
+    where: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> DicomSeries:
+    """Like :func:`load_series` for an explicit list of the files of one series.
+
+    For callers that already indexed a folder tree (e.g. the DICOM SEG / RTSTRUCT
+    importer) and know which files form the series: only these headers are read. The
+    files must all be image objects of one SeriesInstanceUID; ``where`` names the series
+    in errors (default: the files' common folder).
+    """
+    files = [Path(p) for p in paths]
+    if not files:
+        raise InputError(where, "no DICOM files were given", expected="the files of one image series")
+    datasets = [_image_header(f) for f in files]
+    uids = sorted({str(ds.get("SeriesInstanceUID", "") or "") for ds in datasets})
+    folder = Path(where) if where is not None else Path(os.path.commonpath([str(f.parent) for f in files]))
+    if len(uids) > 1:
+        raise InputError(
+            folder,
+            "the files belong to several series",
+            expected="one SeriesInstanceUID",
+            found=", ".join(uids),
+        )
+    return _load(_make_series(uids[0], files, datasets), folder, volume, progress)
+
+
 def inspect_folder(
     folder: str | Path, series: str | int | None = None, *, volume: int | None = None
 ) -> tuple[list[SeriesInfo], DicomSeries | None, MedsegError | None]:
@@ -1146,18 +1181,24 @@ def read_dicom_file(path: str | Path, *, volume: int | None = None) -> Volume:
     return load_file(path, volume=volume).volume
 
 
+def _image_header(path: Path) -> Dataset:
+    """Header of a DICOM image file; InputError when it is missing, not DICOM or not an image."""
+    if not path.is_file():
+        raise InputError(path, "does not exist" if not path.exists() else "is not a file")
+    ds = _read_header(path)
+    if ds is None:
+        raise InputError(path, "is not a DICOM file", expected="a DICOM file (with a 'DICM' preamble)")
+    if not _is_image(ds):
+        raise InputError(
+            path, "holds no image", expected="an image object", found=f"modality {ds.get('Modality', '?')}"
+        )
+    return ds
+
+
 def load_file(path: str | Path, *, volume: int | None = None) -> DicomSeries:
     """Like :func:`load_series` for a single (single- or multi-frame) DICOM file."""
     p = Path(path)
-    if not p.is_file():
-        raise InputError(p, "does not exist" if not p.exists() else "is not a file")
-    ds = _read_header(p)
-    if ds is None:
-        raise InputError(p, "is not a DICOM file", expected="a DICOM file (with a 'DICM' preamble)")
-    if not _is_image(ds):
-        raise InputError(
-            p, "holds no image", expected="an image object", found=f"modality {ds.get('Modality', '?')}"
-        )
+    ds = _image_header(p)
     series = _make_series(str(ds.get("SeriesInstanceUID", "") or ""), [p], [ds])
     return _load(series, p, volume, None)
 
@@ -1534,3 +1575,24 @@ def _remove_nested(ds: Dataset, keyword: str) -> None:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text[:300] if text else type(exc).__name__
+
+
+_QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"")
+_VR = re.compile(r"[A-Z]{2}")
+
+
+def _keep_quoted(match: re.Match[str]) -> str:
+    token = match.group(1) if match.group(1) is not None else match.group(2)
+    if _VR.fullmatch(token) or (token.isidentifier() and tag_for_keyword(token) is not None):
+        return match.group(0)  # a VR or an attribute keyword says what went wrong
+    return "'...'"
+
+
+def safe_error_text(exc: BaseException) -> str:
+    """``Type: message`` of a DICOM library error, one line, with quoted values redacted.
+
+    pydicom and highdicom quote the value they choke on ("Unable to convert '1961-02-03
+    x' to 'DA' object"), which may be a patient name, ID or birth date; VRs and attribute
+    keywords are kept, every other quoted text becomes ``'...'``.
+    """
+    return f"{type(exc).__name__}: {_QUOTED.sub(_keep_quoted, _one_line(exc))}"

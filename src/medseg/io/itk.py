@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from medseg.errors import InputError
+from medseg.errors import GeometryError, InputError
 from medseg.io.atomic import atomic_file
 from medseg.volume import Volume, VolumeGeometry
 
@@ -42,15 +42,19 @@ def geometry_from_sitk(image: sitk.Image) -> VolumeGeometry:
     return VolumeGeometry(size[::-1], image.GetSpacing()[::-1], image.GetOrigin(), direction_itk[:, ::-1])
 
 
+def _require_scalar(components: int, path: Path | None) -> None:
+    if components != 1:
+        raise InputError(
+            path,
+            "has vector pixels" if path is not None else "image has vector pixels",
+            expected="one value per voxel",
+            found=f"{components} components",
+        )
+
+
 def from_sitk(image: sitk.Image, meta: dict[str, Any] | None = None) -> Volume:
     """Wrap a scalar 2D or 3D SimpleITK image as a Volume (the array is copied)."""
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(
-            None,
-            "image has vector pixels",
-            expected="one value per voxel",
-            found=f"{image.GetNumberOfComponentsPerPixel()} components",
-        )
+    _require_scalar(image.GetNumberOfComponentsPerPixel(), None)
     geometry = geometry_from_sitk(image)
     array = sitk.GetArrayFromImage(image).reshape(geometry.shape)
     return Volume(array, geometry=geometry, meta=meta)
@@ -73,13 +77,39 @@ def set_sitk_geometry(image: sitk.Image, geometry: VolumeGeometry) -> None:
 
 
 def _reader_geometry(reader: sitk.ImageFileReader) -> VolumeGeometry:
-    """3D geometry from a reader's header information (the 3D part of a 4D header)."""
+    """Geometry from a reader's header information (the 3D part of a 4D header; a 2D
+    image is one slice of 1 mm at z = 0, as in :func:`geometry_from_sitk`)."""
     dim = reader.GetDimension()
+    direction = np.array(reader.GetDirection(), dtype=float).reshape(dim, dim)
+    if dim == 2:
+        size, spacing = reader.GetSize(), reader.GetSpacing()
+        full = np.eye(3)
+        full[:2, :2] = direction
+        return VolumeGeometry(
+            (1, size[1], size[0]), (1.0, spacing[1], spacing[0]), (*reader.GetOrigin(), 0.0), full[:, ::-1]
+        )
     size = reader.GetSize()[:3]
     spacing = reader.GetSpacing()[:3]
     origin = reader.GetOrigin()[:3]
-    direction = np.array(reader.GetDirection(), dtype=float).reshape(dim, dim)[:3, :3]
-    return VolumeGeometry(size[::-1], spacing[::-1], origin, direction[:, ::-1])
+    return VolumeGeometry(size[::-1], spacing[::-1], origin, direction[:3, :3][:, ::-1])
+
+
+def read_geometry(path: str | Path) -> VolumeGeometry:
+    """The grid of a NIfTI / NRRD / MHA file from its header only (no voxel is read).
+
+    Raises :class:`InputError` for an unreadable header, vector pixels, or a 4D image
+    with several channels or time points.
+    """
+    src = Path(path)
+    reader = _open(src)
+    _require_scalar(reader.GetNumberOfComponents(), src)
+    size = reader.GetSize()
+    if reader.GetDimension() not in (2, 3) and not (reader.GetDimension() == 4 and size[3] == 1):
+        raise InputError(src, "is not a 3D image", expected="one 3D volume per file", found=f"size {size}")
+    try:
+        return _reader_geometry(reader)
+    except GeometryError as exc:
+        raise InputError(src, "has an invalid geometry in its header", found=str(exc)) from None
 
 
 def _nifti_float_arrays(src: Path, reader: sitk.ImageFileReader) -> list[np.ndarray] | None:

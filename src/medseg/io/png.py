@@ -31,7 +31,7 @@ from medseg.volume import Volume
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_SUFFIXES", "read_image_stack", "write_image_stack"]
+__all__ = ["IMAGE_SUFFIXES", "read_image_file", "read_image_stack", "write_image_stack"]
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 _TIFF = (".tif", ".tiff")
@@ -111,6 +111,15 @@ def _read_tiff(path: Path) -> NDArray[Any]:
             path, "has more than three dimensions", expected="2D or a stack of 2D pages", found=axes
         )
     return arr
+
+
+def read_image_file(path: str | Path) -> NDArray[Any]:
+    """The values of one PNG/TIFF file: (rows, columns) or (pages, rows, columns), grey only.
+
+    Raises :class:`InputError` naming the file when it is unreadable, truncated, a colour
+    image or of another format.
+    """
+    return _read_file(Path(path))
 
 
 def _read_file(path: Path) -> NDArray[Any]:

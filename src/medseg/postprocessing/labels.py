@@ -33,6 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.ndimage import binary_fill_holes
 
+from medseg.config import load_json
 from medseg.errors import ConfigError, InputError
 
 __all__ = [
@@ -391,10 +392,7 @@ def read_rules(path: str | Path) -> PostprocessingRules:
     src = Path(path)
     if not src.is_file():
         raise InputError(src, "not found", expected="a postprocessing rules JSON file")
-    try:
-        data = json.loads(src.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(src, "is not valid JSON", found=str(exc)) from None
+    data = load_json(src)
     try:
         return PostprocessingRules.from_json(data)
     except ConfigError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -17,6 +18,7 @@ from medseg.data.adapters.dicom_labels import (
     import_dicom_seg,
     import_rtstruct,
     load_series,
+    pseudonym,
 )
 from medseg.data.check import check_dataset
 from medseg.data.dataset import IMPORT_KEY, list_cases, read_descriptor
@@ -302,3 +304,11 @@ def test_generated_oblique_non_square_rtstruct(tmp_path: Path, shared_data: Path
     np.testing.assert_array_equal(label.array, expected)
     assert image.shape == (3, 50, 100) and len(datasets) == 3
     assert "SECRET-ID-123" not in (out / "dataset.json").read_text()
+
+
+def test_pseudonyms_are_keyed_and_cannot_be_recomputed_from_the_id() -> None:
+    assert pseudonym("JANCT000") == pseudonym("JANCT000") != pseudonym("JANCT001")
+    unkeyed = "p" + hashlib.sha256(b"medseg-patient:JANCT000").hexdigest()[:12]
+    assert pseudonym("JANCT000") != unkeyed
+    assert pseudonym("JANCT000", b"k1") != pseudonym("JANCT000", b"k2")
+    assert len(pseudonym("x")) == 13 and pseudonym("x").startswith("p")

@@ -156,5 +156,12 @@ def test_empty_folder_and_bad_options(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="group pattern"):
         import_images2d(images, tmp_path / "out", masks=masks, spacing=(1, 1), group_pattern=r"^(case\d+)",
                         progress=False)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"'\(pat' is not a valid regular expression"):
+        import_images2d(images, tmp_path / "out", masks=masks, spacing=(1, 1), group_pattern="(pat",
+                        progress=False)  # fmt: skip
+    with pytest.raises(ConfigError, match="needs a group"):
+        import_images2d(images, tmp_path / "out", masks=masks, spacing=(1, 1), group_pattern=r"^pat\d+",
+                        progress=False)  # fmt: skip
     with pytest.raises(InputError, match="is not a folder"):
         import_images2d(images, tmp_path / "out", masks=tmp_path / "nope", spacing=(1, 1), progress=False)
+    assert not (tmp_path / "out").exists()

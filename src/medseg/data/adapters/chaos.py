@@ -94,13 +94,11 @@ def import_chaos(
                     src / f"label_{number}.nii.gz", f"label file missing for image {images[number]}"
                 )
             image = read_itk(images[number])
-            if image.dtype.kind == "f":
-                require_finite(images[number])  # ITK's NIfTI reader would have turned NaN/Inf into 0
+            require_finite(images[number], image.array)
             if image.dtype == np.float64:
                 image = image.astype(np.float32)
             label = read_itk(labels[number])
-            if label.dtype.kind == "f":
-                require_finite(labels[number])
+            require_finite(labels[number], label.array)
             cid = chaos_case_id(number)
             writer.add_case(
                 cid,

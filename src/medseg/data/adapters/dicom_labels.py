@@ -22,15 +22,18 @@ on that series' grid.
 Label names (SEG SegmentLabel, RTSTRUCT ROIName) map to label values through ``labels``;
 without it every name found gets a value, in order of first appearance. A voxel claimed by
 two segments is an error unless ``on_overlap="overwrite"`` (the higher label value wins).
-Patient ids are replaced by a hash (``p`` + 12 hex digits of SHA-256), never stored.
+Patient ids are replaced by a keyed hash (``p`` + 12 hex digits of HMAC-SHA-256 under a
+random key that is not stored), never stored themselves.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import logging
 import os
+import secrets
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,13 +42,13 @@ from typing import Any, Literal
 
 import numpy as np
 import pydicom
-import SimpleITK as sitk
 from numpy.typing import NDArray
+from pydicom.config import disable_value_validation
 
 from medseg.data.dataset import DatasetWriter, create_dataset, import_each
 from medseg.errors import ConfigError, InputError
 from medseg.geometry.resample import resample_label
-from medseg.io.itk import from_sitk
+from medseg.io.dicom import load_files, safe_error_text
 from medseg.volume import Volume, VolumeGeometry
 
 logger = logging.getLogger(__name__)
@@ -83,9 +86,20 @@ class DicomIndex:
     ignored: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def pseudonym(patient_id: str) -> str:
-    """A stable pseudonymous group id for a DICOM PatientID (the ID itself is never stored)."""
-    return "p" + hashlib.sha256(("medseg-patient:" + patient_id).encode()).hexdigest()[:12]
+# Key of the patient pseudonyms: random per process (one import) and never stored.
+_PSEUDONYM_KEY = secrets.token_bytes(32)
+
+
+def pseudonym(patient_id: str, key: bytes | None = None) -> str:
+    """A pseudonymous group id for a DICOM PatientID (the ID itself is never stored).
+
+    HMAC-SHA-256 under a random key that is not stored (default: one key per process),
+    so one patient's series share an id within an import (folds group by it), but the id
+    cannot be traced back by hashing candidate IDs: hospital IDs are short numbers, and
+    an unkeyed hash of one is reversed by trying them all.
+    """
+    digest = hmac.new(key or _PSEUDONYM_KEY, patient_id.encode("utf-8"), hashlib.sha256).hexdigest()
+    return "p" + digest[:12]
 
 
 def _has_preamble(path: Path) -> bool:
@@ -110,7 +124,10 @@ def index_dicom_tree(source: Path) -> DicomIndex:
                 continue
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-            except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError, TypeError) as exc:
+            except (
+                pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError,
+                IndexError, AttributeError,
+            ) as exc:  # fmt: skip  # pydicom raises several types for corrupt headers
                 if _has_preamble(path):
                     index.ignored.append((path, f"corrupt DICOM file ({type(exc).__name__})"))
                 continue
@@ -147,45 +164,13 @@ class LoadedSeries:
 def load_series(series: ImageSeries) -> LoadedSeries:
     """Read an image series into a Volume with its slice-ordered instances.
 
-    Stand-in for ``medseg.io.dicom.load_series`` until that exists: slices are sorted
-    by position along the slice normal and read with SimpleITK's ImageSeriesReader.
+    Uses :func:`medseg.io.dicom.load_files` (the one DICOM series reader): slices sorted
+    along the slice normal, positions, spacing and gantry tilt checked, rescale applied.
     """
-    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in series.files]
-    try:
-        iop = np.array(headers[0].ImageOrientationPatient, dtype=float)
-    except AttributeError:
-        raise InputError(series.files[0], "has no ImageOrientationPatient") from None
-    normal = np.cross(iop[:3], iop[3:])
-    order = sorted(
-        range(len(headers)),
-        key=lambda i: float(np.dot(normal, np.asarray(headers[i].ImagePositionPatient, float))),
+    loaded = load_files(series.files)
+    return LoadedSeries(
+        loaded.volume, [str(d.SOPInstanceUID) for d in loaded.datasets], loaded.files, loaded.datasets
     )
-    files = [series.files[i] for i in order]
-    datasets = [headers[i] for i in order]
-    positions = [float(np.dot(normal, np.asarray(d.ImagePositionPatient, float))) for d in datasets]
-    if len(set(np.round(positions, 3))) != len(positions):
-        raise InputError(
-            files[0].parent,
-            f"series {series.uid} has several slices at one position",
-            expected="one slice per position",
-        )
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames([str(f) for f in files])
-    try:
-        image = reader.Execute()
-    except RuntimeError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        raise InputError(
-            files[0].parent, f"series {series.uid} cannot be read", found=lines[-1] if lines else ""
-        ) from None
-    volume = from_sitk(
-        image,
-        meta={
-            "modality": str(datasets[0].get("Modality", "")),
-            "series_description": str(datasets[0].get("SeriesDescription", "")),
-        },
-    )
-    return LoadedSeries(volume, [str(d.SOPInstanceUID) for d in datasets], files, datasets)
 
 
 # ------------------------------------------------------------------------------ SEG
@@ -236,7 +221,7 @@ def read_seg_label(
     try:
         seg = hd.seg.segread(str(path))
     except Exception as exc:  # highdicom/pydicom raise many types for broken files
-        raise InputError(path, "is not a readable DICOM SEG", found=f"{type(exc).__name__}: {exc}") from None
+        raise InputError(path, "is not a readable DICOM SEG", found=safe_error_text(exc)) from None
     for_seg = str(seg.get("FrameOfReferenceUID", ""))
     for_img = str(image.datasets[0].get("FrameOfReferenceUID", ""))
     if for_seg and for_img and for_seg != for_img:
@@ -251,9 +236,7 @@ def read_seg_label(
     try:
         hvol = seg.get_volume(segment_numbers=[n for n, _ in segments], combine_segments=False)
     except Exception as exc:
-        raise InputError(
-            path, "frames cannot be placed in space", found=f"{type(exc).__name__}: {exc}"
-        ) from None
+        raise InputError(path, "frames cannot be placed in space", found=safe_error_text(exc)) from None
     arr = np.asarray(hvol.array)
     if arr.ndim == 3:
         arr = arr[..., None]
@@ -378,7 +361,7 @@ def read_rtstruct_label(
     try:
         ds = pydicom.dcmread(path)
     except Exception as exc:
-        raise InputError(path, "is not a readable DICOM file", found=f"{type(exc).__name__}: {exc}") from None
+        raise InputError(path, "is not a readable DICOM file", found=safe_error_text(exc)) from None
     names = _roi_names(ds)
     in_series = set(image.sop_uids)
     all_referenced = True
@@ -405,8 +388,17 @@ def read_rtstruct_label(
             try:
                 rt = RTStructBuilder.create_from(str(folder), str(path))
             except Exception as exc:  # rt-utils raises bare Exceptions
-                raise InputError(path, "rt-utils cannot load this RTSTRUCT", found=str(exc)) from None
+                raise InputError(
+                    path, "rt-utils cannot load this RTSTRUCT", found=safe_error_text(exc)
+                ) from None
             rt_order = [str(d.SOPInstanceUID) for d in rt.series_data]
+            if sorted(rt_order) != sorted(image.sop_uids):  # rt-utils skips files it cannot decode
+                raise InputError(
+                    path,
+                    "rt-utils did not load the whole image series",
+                    expected=f"{len(image.sop_uids)} images",
+                    found=f"{len(rt_order)} (compressed pixel data without a decoder?)",
+                )
             perm = [rt_order.index(uid) for uid in image.sop_uids]
             for name in names.values():
                 m = np.asarray(rt.get_roi_mask_by_name(name))  # (rows, cols, slices), rt-utils order
@@ -434,7 +426,7 @@ def _label_names(path: Path, kind: str) -> list[str]:
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as exc:
-        raise InputError(path, "is not a readable DICOM file", found=f"{type(exc).__name__}: {exc}") from None
+        raise InputError(path, "is not a readable DICOM file", found=safe_error_text(exc)) from None
     if kind == "seg":
         if str(ds.get("SOPClassUID", "")) not in SEG_SOP_CLASSES:
             raise InputError(path, "is not a DICOM SEG", found=f"SOP class {ds.get('SOPClassUID', '?')}")
@@ -554,15 +546,18 @@ def _import_dicom_labels(
                 label_source=path,
             )
 
-        import_each(
-            writer,
-            cases,
-            add,
-            describe=lambda c: c[1],
-            skip_invalid=skip_invalid,
-            progress=progress,
-            description=f"{what} cases",
-        )
+        # pydicom's value validation would quote malformed values (names, birth dates) in
+        # warnings and logs while highdicom and rt-utils read the files.
+        with disable_value_validation():
+            import_each(
+                writer,
+                cases,
+                add,
+                describe=lambda c: c[1],
+                skip_invalid=skip_invalid,
+                progress=progress,
+                description=f"{what} cases",
+            )
         if modality:
             writer.channel_names = {"0": modality}
     return Path(out_dir)

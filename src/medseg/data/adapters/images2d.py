@@ -108,7 +108,14 @@ def import_images2d(
     spacing3 = (sp[0], sp[1], sp[2])
     mapping = {int(k): int(v) for k, v in (mask_map or DEFAULT_MASK_MAP).items()}
     declared = dict(labels) if labels is not None else {"background": 0, label_name: 1}
-    group_re = re.compile(group_pattern) if group_pattern else None
+    try:
+        group_re = re.compile(group_pattern) if group_pattern else None
+    except re.error as exc:
+        raise ConfigError(
+            f"group pattern {group_pattern!r} is not a valid regular expression: {exc}"
+        ) from None
+    if group_re is not None and group_re.groups < 1:
+        raise ConfigError(f"group pattern {group_pattern!r} needs a group (...) that captures the patient id")
     for folder in (img_dir, mask_dir):
         if not folder.is_dir():
             raise InputError(folder, "is not a folder", expected="a folder of 2D images")

@@ -14,7 +14,6 @@ is the MSD's own numbering, is used as the group id.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from medseg.data.dataset import (
     DatasetDescriptor,
     create_dataset,
     import_each,
+    read_descriptor,
     source_files,
 )
 from medseg.errors import InputError
@@ -46,29 +46,19 @@ def _stem(path: Path) -> str:
 
 def _read_image(path: Path) -> list[Volume]:
     channels = read_channels(path)
-    if channels[0].dtype.kind == "f":
-        require_finite(path)  # ITK's NIfTI reader would have turned NaN/Inf into 0
+    for channel in channels:
+        require_finite(path, channel.array)  # the error names the file, not a channel of a case
     return channels
 
 
 def _read_label(path: Path) -> Volume:
     label = read_itk(path)
-    if label.dtype.kind == "f":
-        require_finite(path)
+    require_finite(path, label.array)
     return label
 
 
 def _read_msd_json(source: Path) -> DatasetDescriptor | None:
-    path = source / DATASET_JSON
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(path, "is not valid JSON", found=str(exc)) from None
-    if not isinstance(data, dict):
-        raise InputError(path, "is not a JSON object")
-    return DatasetDescriptor.from_json(data, path)
+    return read_descriptor(source) if (source / DATASET_JSON).is_file() else None
 
 
 def import_msd(

@@ -44,6 +44,7 @@ from numpy.typing import NDArray
 from medseg.data.dataset import create_dataset, import_each
 from medseg.errors import ConfigError, InputError
 from medseg.io.atomic import atomic_file, check_writable, write_text_atomic
+from medseg.io.png import read_image_file
 from medseg.io.rle import RleOrder, rle_decode, rle_encode
 from medseg.volume import Volume
 
@@ -202,13 +203,7 @@ def find_scans(train_dir: str | Path) -> dict[str, list[SliceFile]]:
 
 def _read_png(path: Path) -> NDArray[np.generic]:
     """A 16-bit (or 8-bit) grayscale PNG as a 2D array (rows, columns)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise InputError(path, "cannot be read as a PNG image", found=str(exc)) from None
+    arr = read_image_file(path)  # InputError naming the file when unreadable or colour
     if arr.ndim != 2:
         raise InputError(path, "is not a grayscale image", expected="one channel", found=f"shape {arr.shape}")
     if arr.dtype == np.int32 and arr.min() >= 0 and arr.max() <= 65535:

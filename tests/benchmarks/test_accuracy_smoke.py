@@ -1,0 +1,126 @@
+"""benchmarks/accuracy.py: the markdown writer, and a smoke run of the whole pipeline.
+
+The smoke run imports 4 real hippocampus cases, makes 2 folds, trains medseg and the MONAI
+baseline for a few seconds each, runs the classical baselines, evaluates, and checks that
+the JSON and the markdown table are written (numbers are meaningless at that budget).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "accuracy.py"
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("accuracy_bench", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["accuracy_bench"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _report(dice: float) -> dict[str, Any]:
+    stat = {"mean": dice, "std": 0.01, "median": dice, "n": 2, "n_nan": 0}
+    hd = {"mean": 1.5, "std": 0.2, "median": 1.5, "n": 2, "n_nan": 0}
+    ev = {
+        "per_class": {"anterior": {"dice": stat, "hd95": hd}, "posterior": {"dice": stat, "hd95": hd}},
+        "mean_dice": dice,
+        "mean_dice_std": 0.02,
+        "pixel_error": 0.1,
+    }
+    return {
+        "dataset": "hippocampus",
+        "run": {
+            "command": "python benchmarks/accuracy.py hippocampus",
+            "started": "t",
+            "quick": False,
+            "budget_min": 20.0,
+            "threads": 2,
+            "folds": 5,
+            "eval_folds": [0],
+            "machine": "m",
+        },
+        "n_test_cases": 2,
+        "rows": [
+            {
+                "name": "medseg 3D U-Net",
+                "evaluation": ev,
+                "train_seconds": 1200.0,
+                "iterations": 5000,
+                "peak_rss_mb": 900.0,
+                "load_avg_before": 1.2,
+                "load_avg_after": 2.1,
+            },
+            {"name": "nnU-Net v2 3d_fullres", "error": "exit code 1"},
+        ],
+    }
+
+
+def test_markdown_section_is_replaced_and_notes_kept(tmp_path: Path) -> None:
+    acc = _load()
+    docs = tmp_path / "benchmarks.md"
+    acc.write_markdown(_report(0.5), docs)
+    text = docs.read_text()
+    assert "**0.500** ± 0.020" in text
+    assert "| nnU-Net v2 3d_fullres | — |" in text and "exit code 1" in text
+    assert "0.500 ± 0.010" in text and "1.50 ± 0.20" in text  # per-class Dice and HD95
+    assert "| 20.0 | 5000 | 900 | 1.2 / 2.1 |" in text
+    assert "Dice anterior 0.90, posterior 0.89" in text  # the literature row
+    docs.write_text(text + "\nMy notes stay.\n")
+    acc.write_markdown(_report(0.75), docs)
+    again = docs.read_text()
+    assert "**0.750**" in again and "**0.500**" not in again
+    assert again.count("<!-- accuracy:hippocampus start -->") == 1
+    assert "My notes stay." in again
+
+
+@pytest.mark.slow
+def test_quick_run_on_four_hippocampus_cases(shared_data: Path, tmp_path: Path) -> None:
+    if not (shared_data / "msd_hippocampus").is_dir():
+        pytest.skip("msd_hippocampus not in the shared data")
+    acc = _load()
+    results, docs = tmp_path / "results", tmp_path / "benchmarks.md"
+    code = acc.main(
+        [
+            "hippocampus",
+            "--quick",
+            "--cases",
+            "4",
+            "--budget-min",
+            "0.02",
+            "--only",
+            "medseg,classical",
+            "--threads",
+            "1",
+            "--work",
+            str(tmp_path / "work"),
+            "--results",
+            str(results),
+            "--docs",
+            str(docs),
+        ]
+    )
+    assert code == 0
+    report = json.loads((results / "accuracy_hippocampus_quick.json").read_text())
+    assert report["n_test_cases"] == 2  # 4 cases, 2 folds, fold 0 held out
+    rows = {r["name"]: r for r in report["rows"]}
+    medseg = rows["medseg 3D U-Net"]
+    assert "error" not in medseg, medseg.get("error")
+    assert medseg["iterations"] >= 1 and medseg["peak_rss_mb"] > 0
+    assert medseg["evaluation"]["n_scored"] == 2
+    assert set(medseg["evaluation"]["per_class"]) == {"anterior", "posterior"}
+    assert any(name.startswith("classical: ") for name in rows)
+    # The trained model folder is an ordinary medseg model folder.
+    model_dir = Path(medseg["per_fold"]["0"]["model_dir"])
+    assert (model_dir / "plan.json").is_file() and (model_dir / "checkpoint_best.pt").is_file()
+    text = docs.read_text()
+    assert "QUICK smoke run" in text and "| medseg 3D U-Net |" in text

@@ -89,7 +89,10 @@ def run_monai(job: Mapping[str, Any]) -> dict[str, Any]:
     )
     t0 = time.monotonic()
     train_ds = CacheDataset(
-        data=[files(c) for c in job["train_ids"]], transform=train_transforms, cache_rate=1.0, num_workers=threads
+        data=[files(c) for c in job["train_ids"]],
+        transform=train_transforms,
+        cache_rate=1.0,
+        num_workers=threads,
     )
     loader = DataLoader(train_ds, batch_size=int(opts.get("batch", 4)), shuffle=True, num_workers=1)
     cache_s = time.monotonic() - t0
@@ -158,7 +161,7 @@ def run_monai(job: Mapping[str, Any]) -> dict[str, Any]:
             label = torch.argmax(logits, dim=1)[0].numpy().astype(np.uint8)
             if dims == 2:
                 label = label[..., None]
-            src = nib.load(str(path))
+            src: Any = nib.load(str(path))
             out_img = nib.Nifti1Image(label, src.affine, src.header)
             out_img.set_data_dtype(np.uint8)
             out_img.header.set_slope_inter(1, 0)

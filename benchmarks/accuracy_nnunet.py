@@ -154,20 +154,16 @@ def _raw_dataset(root: Path, raw: Path, dataset_id: int, name: str) -> str:
     return folder_name
 
 
-def run_nnunet(job: Mapping[str, Any]) -> dict[str, Any]:
-    from medseg.data.splits import load_splits
-
+def prepare(root: Path, cfg: str, threads: str, quick: bool, log: Path) -> tuple[str, Path, dict[str, str]]:
+    """Raw dataset folder, plans and preprocessing (once per dataset and configuration)."""
     py = setup_venv()
     bindir = py.parent
-    root = Path(job["dataset"])
-    cfg = str(job["options"].get("configuration", "3d_fullres"))
-    base = Path(job["dataset"]).parent / "nnunet"
+    base = root.parent / "nnunet"
     raw, pre, res = base / "raw", base / "preprocessed", base / "results"
     for d in (raw, pre, res):
         d.mkdir(parents=True, exist_ok=True)
-    ds_name = Path(job["dataset"]).parent.name.replace("-", "_")
-    dataset_id = DATASET_IDS[ds_name.split("_")[0]] + (50 if job.get("quick") else 0)
-    threads = str(job["threads"])
+    name = root.parent.name.split("-")[0]
+    dataset_id = DATASET_IDS[name] + (50 if quick else 0)
     env = {
         **os.environ,
         "nnUNet_raw": str(raw),
@@ -176,51 +172,70 @@ def run_nnunet(job: Mapping[str, Any]) -> dict[str, Any]:
         "nnUNet_n_proc_DA": threads,
         "nnUNet_compile": "false",
         "OMP_NUM_THREADS": threads,
-        "MEDSEG_NNUNET_BUDGET_S": str(float(job["budget_min"]) * 60.0),
     }
+    folder_name = f"Dataset{dataset_id}_{name}"
+    plans_file = pre / folder_name / "nnUNetPlans.json"
+    if not (pre / folder_name / f"nnUNetPlans_{cfg}").is_dir() or not plans_file.is_file():
+        _raw_dataset(root, raw, dataset_id, name)
+        _call(
+            log,
+            env,
+            str(bindir / "nnUNetv2_plan_and_preprocess"),
+            "-d",
+            str(dataset_id),
+            "-c",
+            cfg,
+            "-np",
+            threads,
+            "-npfp",
+            threads,
+        )
+    return folder_name, base, env
+
+
+def _call(log: Path, env: Mapping[str, str], *args: str) -> None:
+    with log.open("a") as fh:
+        fh.write("$ " + " ".join(args) + "\n")
+        fh.flush()
+        subprocess.run(list(args), env=dict(env), stdout=fh, stderr=subprocess.STDOUT, check=True)
+
+
+def run_nnunet(job: Mapping[str, Any]) -> dict[str, Any]:
+    from medseg.data.splits import load_splits
+
+    root = Path(job["dataset"])
+    cfg = str(job["options"].get("configuration", "3d_fullres"))
+    threads = str(job["threads"])
     log = Path(job["out"]) / "nnunet.log"
     t0 = time.monotonic()
-    folder_name = _raw_dataset(root, raw, dataset_id, ds_name.split("_")[0])
+    folder_name, base, env = prepare(root, cfg, threads, bool(job.get("quick")), log)
+    env = {**env, "MEDSEG_NNUNET_BUDGET_S": str(float(job["budget_min"]) * 60.0)}
+    pre, res = base / "preprocessed", base / "results"
     plans_file = pre / folder_name / "nnUNetPlans.json"
-    with log.open("a") as fh:
-
-        def call(*args: str) -> None:
-            fh.write("$ " + " ".join(args) + "\n")
-            fh.flush()
-            subprocess.run(list(args), env=env, stdout=fh, stderr=subprocess.STDOUT, check=True)
-
-        if not (pre / folder_name / f"nnUNetPlans_{cfg}").is_dir() or not plans_file.is_file():
-            call(
-                str(bindir / "nnUNetv2_plan_and_preprocess"),
-                "-d",
-                str(dataset_id),
-                "-c",
-                cfg,
-                "-np",
-                threads,
-                "-npfp",
-                threads,
-            )
-        splits = load_splits(root)
-        (pre / folder_name / "splits_final.json").write_text(
-            json.dumps([{"train": list(f.train), "val": list(f.val)} for f in splits.folds], indent=1) + "\n"
-        )
-        prep_s = time.monotonic() - t0
-        out_folder = res / folder_name / f"{TRAINER}__nnUNetPlans__{cfg}" / f"fold_{job['fold']}"
-        if out_folder.exists():
-            shutil.rmtree(out_folder)
-        t1 = time.monotonic()
-        call(
-            str(bindir / "nnUNetv2_train"),
-            str(dataset_id),
-            cfg,
-            str(job["fold"]),
-            "-tr",
-            TRAINER,
-            "-device",
-            "cpu",
-        )
-        total_s = time.monotonic() - t1
+    bindir = venv_python().parent
+    dataset_id = folder_name.split("_")[0][len("Dataset") :]
+    splits = load_splits(root)
+    (pre / folder_name / "splits_final.json").write_text(
+        json.dumps([{"train": list(f.train), "val": list(f.val)} for f in splits.folds], indent=1) + "\n"
+    )
+    prep_s = time.monotonic() - t0
+    out_folder = res / folder_name / f"{TRAINER}__nnUNetPlans__{cfg}" / f"fold_{job['fold']}"
+    if out_folder.exists():
+        shutil.rmtree(out_folder)
+    t1 = time.monotonic()
+    _call(
+        log,
+        env,
+        str(bindir / "nnUNetv2_train"),
+        dataset_id,
+        cfg,
+        str(job["fold"]),
+        "-tr",
+        TRAINER,
+        "-device",
+        "cpu",
+    )
+    total_s = time.monotonic() - t1
     budget_info = json.loads((out_folder / "medseg_budget.json").read_text())
     pred_dir = Path(job["pred_dir"])
     pred_dir.mkdir(parents=True, exist_ok=True)

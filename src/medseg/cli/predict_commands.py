@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from medseg.cli.common import app, cli_command, console
@@ -72,14 +73,14 @@ def predict_command(
     table = Table("case", "status", "outputs / error", "seconds")
     for r in results:
         table.add_row(
-            r.case_id,
+            escape(r.case_id),
             "ok" if r.ok else "[red]failed[/]",
-            ", ".join(r.outputs.values()) if r.ok else r.error,
+            escape(", ".join(r.outputs.values()) if r.ok else r.error),
             f"{r.seconds:.1f}",
         )
     console.print(table)
     failed = [r for r in results if not r.ok]
-    console.print(f"{len(results) - len(failed)} of {len(results)} case(s) segmented; outputs in {out}")
+    console.print(f"{len(results) - len(failed)} of {len(results)} case(s) segmented; outputs in {escape(str(out))}")
     if failed:
         raise typer.Exit(1)
 

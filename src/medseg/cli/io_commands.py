@@ -48,22 +48,24 @@ def _fmt(values: Any, digits: int = 6) -> str:
     return "(" + ", ".join(f"{float(v):.{digits}g}" for v in values) + ")"
 
 
-def _series_table(series: list[dict[str, Any]]) -> Table:
+def _series_table(series: list[dict[str, Any]], with_uid: bool = True) -> Table:
+    """The series list; without ``with_uid`` (narrow terminals) UIDs are printed below it."""
     table = Table(title="DICOM series", title_justify="left")
-    for name in ("#", "Description", "Mod.", "No.", "Files", "Slices", "Vols", "Rows x Cols", "Series UID"):
+    columns = ["#", "Description", "Mod.", "No.", "Files", "Slices", "Vols", "Rows x Cols"]
+    for name in [*columns, "Series UID"] if with_uid else columns:
         table.add_column(name, overflow="fold", min_width=12 if name == "Description" else None)
     for i, s in enumerate(series):
-        table.add_row(
+        row = [
             str(i),
-            s["description"],
+            escape(s["description"]),
             s["modality"],
             "" if s["series_number"] is None else str(s["series_number"]),
             str(s["n_files"]),
             str(s["n_frames"]),
             str(s["n_volumes"]) + (f" ({s['orientations']} planes)" if s["orientations"] > 1 else ""),
             f"{s['rows']} x {s['cols']}",
-            s["series_uid"],
-        )
+        ]
+        table.add_row(*row, s["series_uid"]) if with_uid else table.add_row(*row)
     return table
 
 
@@ -143,7 +145,11 @@ def info(
 
 def _print_report(report: dict[str, Any]) -> None:
     if "series" in report:
-        console.print(_series_table(report["series"]))
+        wide = console.width >= 150
+        console.print(_series_table(report["series"], with_uid=wide))
+        if not wide:
+            for i, s in enumerate(report["series"]):
+                console.print(f"  [{i}] {s['series_uid']}", markup=False, highlight=False)
     if "volume" in report:
         console.print(_volume_table(report["volume"]))
         for w in report.get("warnings", []):

@@ -113,7 +113,12 @@ def run_demo(
         overrides=(
             {"target_spacing": [4.0, 1.4, 1.4], "patch_size": [8, 32, 32], "batch_size": 2}
             if quick
-            else {"target_spacing": [3.0, 1.0, 1.0], "patch_size": [16, 64, 64], "batch_size": 2}
+            else {
+                "target_spacing": [3.0, 1.0, 1.0],
+                "patch_size": [16, 64, 64],
+                "batch_size": 2,
+                "foreground_fraction": 0.5,
+            }
         ),
         workers=2,
         progress=progress,

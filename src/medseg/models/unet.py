@@ -6,8 +6,10 @@ in-plane spacing catches up), optional deep supervision (off by default). Return
 logits.
 
 With ``downsample="conv"`` (default) and ``upsample="transpose"`` the network is the
-nnU-Net / MONAI DynUNet topology, layer for layer: same kernels, strides and filters
-give the same parameter count, which the benchmark uses to time both side by side.
+nnU-Net / MONAI DynUNet topology: with uniform kernels, the same strides and filters
+give exactly DynUNet's parameter count, which the benchmark uses to time both side by
+side. With per-level kernels (1x3x3 on thick slices) the decoders differ slightly:
+DynUNet's decoder at level l uses level l+1's kernel, ours level l's (as nnU-Net v2).
 
 Input sizes that are not divisible by the total stride per axis are handled: the
 input is zero-padded at the high end of each axis to the next multiple (and to at

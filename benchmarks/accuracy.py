@@ -50,6 +50,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -311,7 +312,9 @@ def slug(name: str) -> str:
 
 
 # ============================================================================ medseg contender
-def _time_poly_trainer(budget_min: float, bf16: bool = False) -> type:
+def _time_poly_trainer(
+    budget_min: float, bf16: bool = False, clock: Callable[[], float] = time.monotonic
+) -> type:
     """A Trainer whose poly learning-rate decay follows the wall-clock budget.
 
     medseg's Trainer decays the rate per epoch over ``epochs``; under a time budget the
@@ -341,7 +344,7 @@ def _time_poly_trainer(budget_min: float, bf16: bool = False) -> type:
         def _factor(self, _epoch: int) -> float:
             if self.started is None:
                 return 1.0
-            done = (time.monotonic() - self.started) / (budget_min * 60.0)
+            done = (clock() - self.started) / (budget_min * 60.0)
             return max(0.0, 1.0 - min(done, 1.0)) ** 0.9
 
         def _loss(self, logits: Any, label: Any) -> Any:
@@ -349,7 +352,7 @@ def _time_poly_trainer(budget_min: float, bf16: bool = False) -> type:
             return super()._loss(logits, label)
 
         def fit(self, **kwargs: Any) -> Any:
-            self.started = time.monotonic()
+            self.started = clock()
             return super().fit(**kwargs)
 
     return BudgetTrainer
@@ -407,7 +410,16 @@ def run_medseg(job: Mapping[str, Any]) -> dict[str, Any]:
             **opts.get("train", {}),
         }
     )
-    trainer_cls = _time_poly_trainer(budget, bf16=bool(opts.get("bf16", False)))
+    # The budget is CPU time (see cpu_budget.py): the Trainer's deadline check reads the
+    # module's ``time.monotonic``, which is pointed at the CPU-time clock in this child process.
+    sys.path.insert(0, str(HERE))
+    from cpu_budget import budget_clock
+
+    import medseg.training.trainer as trainer_module
+
+    clock = budget_clock(threads) if job.get("cpu_budget", True) else time.monotonic
+    trainer_module.time = SimpleNamespace(monotonic=clock)  # type: ignore[assignment]
+    trainer_cls = _time_poly_trainer(budget, bf16=bool(opts.get("bf16", False)), clock=clock)
     if model_dir.exists():
         shutil.rmtree(model_dir)
     trainer = trainer_cls(
@@ -420,9 +432,10 @@ def run_medseg(job: Mapping[str, Any]) -> dict[str, Any]:
         dataset_json=dataset_json_for_model(root),
         fold=int(job["fold"]),
     )
-    t1 = time.monotonic()
+    t1, c1 = time.monotonic(), clock()
     result = trainer.fit()
-    train_s = time.monotonic() - t1
+    train_wall_s = time.monotonic() - t1
+    train_s = clock() - c1
     t2 = time.monotonic()
     pred_dir = Path(job["pred_dir"])
     pcfg = PredictConfig(
@@ -435,6 +448,7 @@ def run_medseg(job: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "preprocess_seconds": prep_s,
         "train_seconds": train_s,
+        "train_wall_seconds": train_wall_s,
         "iterations": trainer.iterations,
         "epochs": result.epochs_completed,
         "predict_seconds": time.monotonic() - t2,
@@ -546,37 +560,59 @@ def child_main(job_path: Path) -> None:
     Path(job["result"]).write_text(json.dumps(result, indent=2, default=str) + "\n")
 
 
-def run_child(job: dict[str, Any], log_path: Path) -> dict[str, Any]:
+@dataclass
+class ChildRun:
+    job: dict[str, Any]
+    log_path: Path
+    proc: subprocess.Popen[bytes]
+    log_file: Any
+    started: float
+    load_before: float
+
+
+def start_child(job: dict[str, Any], log_path: Path) -> ChildRun:
+    """Start one contender in a child process (its own peak memory, threads and CPU clock)."""
     job_path = log_path.with_suffix(".job.json")
     job_path.write_text(json.dumps(job, indent=2) + "\n")
     result_path = Path(job["result"])
     if result_path.exists():
         result_path.unlink()
     load_before = load_avg()
-    t0 = time.monotonic()
-    with log_path.open("w") as fh:
-        proc = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "_child", str(job_path)],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env={
-                **os.environ,
-                "OMP_NUM_THREADS": str(job["threads"]),
-                "MKL_NUM_THREADS": str(job["threads"]),
-            },
-            check=False,
-        )
-    wall = time.monotonic() - t0
-    if proc.returncode != 0 or not result_path.is_file():
-        tail = log_path.read_text()[-3000:]
+    fh = log_path.open("w")
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "_child", str(job_path)],
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+        env={
+            **os.environ,
+            "OMP_NUM_THREADS": str(job["threads"]),
+            "MKL_NUM_THREADS": str(job["threads"]),
+            # idle OpenMP threads sleep instead of spinning: spinning would bill CPU time
+            # (the budget) for waiting on a descheduled sibling thread on a shared machine
+            "OMP_WAIT_POLICY": "PASSIVE",
+        },
+    )
+    return ChildRun(job, log_path, proc, fh, time.monotonic(), load_before)
+
+
+def finish_child(run: ChildRun) -> dict[str, Any]:
+    code = run.proc.wait()
+    run.log_file.close()
+    wall = time.monotonic() - run.started
+    result_path = Path(run.job["result"])
+    if code != 0 or not result_path.is_file():
         return {
-            "error": f"exit code {proc.returncode}; log {log_path}",
-            "log_tail": tail,
+            "error": f"exit code {code}; log {run.log_path}",
+            "log_tail": run.log_path.read_text()[-3000:],
             "wall_seconds": wall,
         }
-    result = json.loads(result_path.read_text())
-    result.update({"wall_seconds": wall, "load_avg_before": load_before, "load_avg_after": load_avg()})
+    result: dict[str, Any] = json.loads(result_path.read_text())
+    result.update({"wall_seconds": wall, "load_avg_before": run.load_before, "load_avg_after": load_avg()})
     return result
+
+
+def run_child(job: dict[str, Any], log_path: Path) -> dict[str, Any]:
+    return finish_child(start_child(job, log_path))
 
 
 # ============================================================================ evaluation
@@ -778,47 +814,32 @@ def run_dataset(args: argparse.Namespace) -> dict[str, Any]:
         link_fold_files(root, f.val, images, labels)
         link_fold_files(root, f.val, all_images, all_labels)
         n_test += len(f.val)
-        for c in chosen:
-            out = fold_dir / slug(c.name)
-            out.mkdir(parents=True, exist_ok=True)
-            options = dict(c.options)
-            if c.kind == "medseg-ensemble":
-                dirs = [rows[m]["folds"].get(fold, {}).get("model_dir") for m in options["members"]]
-                if not all(dirs):
+        # Trained contenders first (all at once with --parallel), then those that need their
+        # models (the ensemble) or no training (classical).
+        trained = [c for c in chosen if c.kind in ("medseg", "monai", "nnunet")]
+        later = [c for c in chosen if c not in trained]
+        waves = ([trained] if args.parallel else [[c] for c in trained]) + [[c] for c in later]
+        for wave in waves:
+            running: list[tuple[Contender, ChildRun]] = []
+            for c in wave:
+                job = make_job(c, fold, f, fold_dir, images, labels, root, folds, budget, args, spec, rows)
+                if job is None:
                     rows[c.name]["folds"][fold] = {"error": "a member model is missing"}
                     continue
-                options["model_dirs"] = dirs
-            job = {
-                "kind": c.kind,
-                "name": c.name,
-                "dataset": str(root),
-                "fold": fold,
-                "folds": folds,
-                "train_ids": list(f.train),
-                "test_ids": list(f.val),
-                "test_images": str(images),
-                "test_labels": str(labels),
-                "labels": {str(k): v for k, v in spec.labels.items()},
-                "budget_min": budget,
-                "threads": args.threads,
-                "options": options,
-                "out": str(out),
-                "pred_dir": str(out / "predictions"),
-                "result": str(out / "result.json"),
-                "quick": quick,
-                "seed": 0,
-            }
-            print(f"[fold {fold}] {c.name}: load avg {load_avg():.2f}", flush=True)
-            res = run_child(job, out / "log.txt")
-            if "error" in res:
-                print(f"  FAILED: {res['error']}\n{res.get('log_tail', '')[-1500:]}", flush=True)
-            else:
-                print(
-                    f"  done: train {res.get('train_seconds', 0):.0f} s, {res.get('iterations', 0)} it, "
-                    f"peak {res.get('peak_rss_mb', 0):.0f} MB",
-                    flush=True,
-                )
-            rows[c.name]["folds"][fold] = res
+                print(f"[fold {fold}] {c.name}: load avg {load_avg():.2f}", flush=True)
+                running.append((c, start_child(job, Path(job["out"]) / "log.txt")))
+            for c, handle in running:
+                res = finish_child(handle)
+                if "error" in res:
+                    print(f"  {c.name} FAILED: {res['error']}\n{res.get('log_tail', '')[-1500:]}", flush=True)
+                else:
+                    print(
+                        f"  {c.name} done: train {res.get('train_seconds', 0):.0f} s "
+                        f"(wall {res.get('train_wall_seconds', 0):.0f} s), {res.get('iterations', 0)} it, "
+                        f"peak {res.get('peak_rss_mb', 0):.0f} MB",
+                        flush=True,
+                    )
+                rows[c.name]["folds"][fold] = res
     # Gather predictions of all evaluated folds per row (and per classical sub-row), evaluate.
     final_rows: list[dict[str, Any]] = []
     for c in chosen:
@@ -868,6 +889,10 @@ def run_dataset(args: argparse.Namespace) -> dict[str, Any]:
             "started": tag,
             "quick": quick,
             "budget_min": budget,
+            "budget_clock": "wall clock"
+            if args.wall_clock
+            else "CPU time of the contender's processes / threads",
+            "parallel": bool(args.parallel),
             "threads": args.threads,
             "folds": folds,
             "eval_folds": eval_folds,
@@ -880,6 +905,51 @@ def run_dataset(args: argparse.Namespace) -> dict[str, Any]:
         "rows": final_rows,
     }
     return report
+
+
+def make_job(
+    c: Contender,
+    fold: int,
+    f: Any,
+    fold_dir: Path,
+    images: Path,
+    labels: Path,
+    root: Path,
+    folds: int,
+    budget: float,
+    args: argparse.Namespace,
+    spec: DatasetSpec,
+    rows: Mapping[str, Any],
+) -> dict[str, Any] | None:
+    out = fold_dir / slug(c.name)
+    out.mkdir(parents=True, exist_ok=True)
+    options = dict(c.options)
+    if c.kind == "medseg-ensemble":
+        dirs = [rows[m]["folds"].get(fold, {}).get("model_dir") for m in options["members"] if m in rows]
+        if len(dirs) != len(options["members"]) or not all(dirs):
+            return None
+        options["model_dirs"] = dirs
+    return {
+        "kind": c.kind,
+        "name": c.name,
+        "dataset": str(root),
+        "fold": fold,
+        "folds": folds,
+        "train_ids": list(f.train),
+        "test_ids": list(f.val),
+        "test_images": str(images),
+        "test_labels": str(labels),
+        "labels": {str(k): v for k, v in spec.labels.items()},
+        "budget_min": budget,
+        "cpu_budget": not args.wall_clock,
+        "threads": args.threads,
+        "options": options,
+        "out": str(out),
+        "pred_dir": str(out / "predictions"),
+        "result": str(out / "result.json"),
+        "quick": bool(args.quick),
+        "seed": 0,
+    }
 
 
 def merge_with_previous(report: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -935,6 +1005,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="comma-separated contender kinds or name parts")
     parser.add_argument("--extras", action="store_true", help="also the extra rows (UNet++, FlexibleUNet)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--parallel", action="store_true", help="train the contenders of a fold at the same time"
+    )
+    parser.add_argument(
+        "--wall-clock",
+        action="store_true",
+        help="budget in wall-clock minutes (default: CPU time of the contender / threads)",
+    )
     parser.add_argument("--work", default=str(WORK))
     parser.add_argument("--tag", default=None, help="run folder name (default: a time stamp)")
     parser.add_argument("--results", default=str(RESULTS))

@@ -80,7 +80,9 @@ def predict_command(
         )
     console.print(table)
     failed = [r for r in results if not r.ok]
-    console.print(f"{len(results) - len(failed)} of {len(results)} case(s) segmented; outputs in {escape(str(out))}")
+    console.print(
+        f"{len(results) - len(failed)} of {len(results)} case(s) segmented; outputs in {escape(str(out))}"
+    )
     if failed:
         raise typer.Exit(1)
 

@@ -289,7 +289,8 @@ class PatchDataset(Dataset[dict[str, Any]]):
                 centre = chosen[int(rng.integers(len(chosen)))]
         image, label = self._extract(case, rng, centre)
         sample: dict[str, Any] = {
-            "image": torch.from_numpy(np.array(image, dtype=np.float32)),  # copy: patches may be views of a read-only memmap
+            # copies: a patch may be a view of a read-only memory map
+            "image": torch.from_numpy(np.array(image, dtype=np.float32)),
             "label": torch.from_numpy(np.array(label)),
             "case_id": case_id,
             "foreground": centre is not None,

@@ -77,7 +77,7 @@ def test_wrong_channel_count_and_mismatched_label(toy_dataset: Path) -> None:
     from medseg.volume import Volume
 
     moved = Volume(shifted.array, lab.spacing, (0.0, 0.0, 0.0), lab.direction)
-    with pytest.raises(GeometryError, match="label is not on the image grid"):
+    with pytest.raises(InputError, match=r"label of case 'bad' is not on the image grid"):
         preprocess_case([img], moved, plan, "bad")
 
 

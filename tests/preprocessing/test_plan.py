@@ -113,3 +113,16 @@ def test_patch_not_divisible_by_pooling_is_rejected(toy_dataset: Path) -> None:
     data["patch_size"] = [7, 33, 33]
     with pytest.raises(ConfigError, match="not divisible"):
         Plan.from_mapping(data)
+
+
+def test_fingerprint_names_a_label_off_the_image_grid(toy_dataset: Path) -> None:
+    from medseg.errors import InputError
+    from medseg.io import read_volume, write_volume
+    from medseg.volume import Volume
+
+    path = toy_dataset / "labelsTr" / "case_002.nii.gz"
+    lab = read_volume(path)
+    moved = Volume(lab.array, lab.spacing, np.asarray(lab.origin) + 5.0, lab.direction)
+    write_volume(moved, path, overwrite=True)
+    with pytest.raises(InputError, match=r"case_002\.nii\.gz: label of case 'case_002' is not on the image grid"):
+        compute_fingerprint(toy_dataset, workers=1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from medseg.geometry.crop import CropBox, bounding_box
 from medseg.io import read_volume
 from medseg.io.atomic import write_text_atomic
 from medseg.progress import progress_bar
+from medseg.volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -83,24 +85,35 @@ class Fingerprint:
         return from_dict(cls, load_json(path), where=str(path))
 
 
-def _fingerprint_case(case: CaseFiles, seed: int) -> tuple[CaseFingerprint, list[np.ndarray]]:
-    images = [read_volume(p) for p in case.images]
-    label = read_volume(case.label) if case.label is not None else None
+def check_case_grids(
+    images: Sequence[Volume], label: Volume | None, case_id: str, files: Sequence[Path | None] = ()
+) -> None:
+    """Every channel and the label must lie on channel 0's grid; the error names the file."""
     ref = images[0].geometry
-    for path, img in zip(case.images[1:], images[1:], strict=True):
+    named = list(files) + [None] * (len(images) + 1 - len(files))
+    for i, img in enumerate(images[1:], start=1):
         diffs = ref.differences(img.geometry)
         if diffs:
             raise InputError(
-                path, f"channel grid differs from channel 0 of case '{case.case_id}'", found="; ".join(diffs)
+                named[i],
+                f"channel {i} of case '{case_id}' is not on the grid of channel 0",
+                found="; ".join(diffs),
             )
     if label is not None:
         diffs = ref.differences(label.geometry)
         if diffs:
             raise InputError(
-                case.label,
-                f"label grid differs from the image of case '{case.case_id}'",
+                named[len(images)],
+                f"label of case '{case_id}' is not on the image grid",
                 found="; ".join(diffs),
             )
+
+
+def _fingerprint_case(case: CaseFiles, seed: int) -> tuple[CaseFingerprint, list[np.ndarray]]:
+    images = [read_volume(p) for p in case.images]
+    label = read_volume(case.label) if case.label is not None else None
+    check_case_grids(images, label, case.case_id, [*case.images, case.label])
+    ref = images[0].geometry
     nonzero = np.zeros(ref.shape, bool)
     for img in images:
         nonzero |= img.array != 0

@@ -36,7 +36,7 @@ from medseg.geometry.crop import CropBox, bounding_box, cropped_geometry, uncrop
 from medseg.geometry.resample import grid_for_spacing, resample_image, resample_label
 from medseg.io import read_volume
 from medseg.io.atomic import atomic_file, write_text_atomic
-from medseg.preprocessing.fingerprint import compute_fingerprint
+from medseg.preprocessing.fingerprint import check_case_grids, compute_fingerprint
 from medseg.preprocessing.normalize import normalize_channel
 from medseg.preprocessing.plan import Plan
 from medseg.progress import progress_bar
@@ -70,23 +70,6 @@ class PreprocessInfo:
 
 def plan_hash(plan: Plan) -> str:
     return hashlib.sha256(plan.to_json().encode()).hexdigest()[:16]
-
-
-def check_case_grids(
-    images: Sequence[Volume], label: Volume | None, case_id: str, names: Sequence[str] = ()
-) -> None:
-    ref = images[0].geometry
-    for i, img in enumerate(images[1:], start=1):
-        diffs = ref.differences(img.geometry)
-        if diffs:
-            where = names[i] if i < len(names) else f"channel {i}"
-            raise GeometryError(
-                f"case '{case_id}': {where} is not on the grid of channel 0: " + "; ".join(diffs)
-            )
-    if label is not None:
-        diffs = ref.differences(label.geometry)
-        if diffs:
-            raise GeometryError(f"case '{case_id}': label is not on the image grid: " + "; ".join(diffs))
 
 
 def target_geometry(cropped: VolumeGeometry, plan: Plan) -> VolumeGeometry:

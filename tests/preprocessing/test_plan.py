@@ -124,5 +124,7 @@ def test_fingerprint_names_a_label_off_the_image_grid(toy_dataset: Path) -> None
     lab = read_volume(path)
     moved = Volume(lab.array, lab.spacing, np.asarray(lab.origin) + 5.0, lab.direction)
     write_volume(moved, path, overwrite=True)
-    with pytest.raises(InputError, match=r"case_002\.nii\.gz: label of case 'case_002' is not on the image grid"):
+    with pytest.raises(
+        InputError, match=r"case_002\.nii\.gz: label of case 'case_002' is not on the image grid"
+    ):
         compute_fingerprint(toy_dataset, workers=1)

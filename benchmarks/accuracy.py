@@ -186,8 +186,8 @@ DATASETS: dict[str, DatasetSpec] = {
         quick_cases=4,
         literature=(
             (
-                "CHAOS challenge (Kavur et al. 2021), MR liver task, best teams",
-                "liver Dice about 0.95; abdominal MR 4-organ Dice about 0.85-0.9",
+                "CHAOS challenge (Kavur et al. 2021), MR tasks, best teams (approximate)",
+                "per-organ Dice roughly 0.85-0.95 with full training",
             ),
         ),
         targets="mean organ Dice >= 0.80 in 5-fold cross-validation",

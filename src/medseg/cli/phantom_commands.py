@@ -36,7 +36,7 @@ def phantom(
     size: str | None = typer.Option(
         None,
         "--size",
-        help="Grid size ZxYxX (default 20x128x128 prostate, 32x96x128 ct; 'full' sizes: "
+        help="Grid size ZxYxX (default 20x128x128 prostate, 32x96x128 ct; clinical-sized grids are "
         "24x384x384 prostate, 64x256x256 ct).",
     ),
     views: bool = typer.Option(

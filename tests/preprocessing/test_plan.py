@@ -128,3 +128,10 @@ def test_fingerprint_names_a_label_off_the_image_grid(toy_dataset: Path) -> None
         InputError, match=r"case_002\.nii\.gz: label of case 'case_002' is not on the image grid"
     ):
         compute_fingerprint(toy_dataset, workers=1)
+
+
+def test_spacing_override_rescales_the_median_shape(toy_dataset: Path) -> None:
+    plan = plan_from_fingerprint(compute_fingerprint(toy_dataset, workers=1), "3d")
+    finer = plan.with_overrides({"target_spacing": [plan.target_spacing[0] / 2, *plan.target_spacing[1:]]})
+    assert finer.median_shape[0] == 2 * plan.median_shape[0]
+    assert finer.median_shape[1:] == plan.median_shape[1:]

@@ -186,6 +186,16 @@ class Plan:
                     "pooling": [list(p) for p in pooling],
                     "kernels": [list(k) for k in kernels],
                 }
+        if "target_spacing" in data and "median_shape" not in data and all(self.median_shape):
+            try:
+                scale = np.asarray(self.target_spacing) / np.asarray(
+                    [float(v) for v in data["target_spacing"]]
+                )
+                data["median_shape"] = [
+                    max(1, round(m * f)) for m, f in zip(self.median_shape, scale, strict=True)
+                ]
+            except (TypeError, ValueError, ZeroDivisionError):
+                pass  # the strict conversion below reports the bad spacing
         return replace_from_overrides(self, data, where="plan override")
 
 

@@ -199,3 +199,35 @@ def test_predict_cli(trained_model: Path, tmp_path: Path) -> None:
         app, ["predict", str(path), "-m", str(trained_model), "-o", str(tmp_path / "o3"), "--format", "gif"]
     )
     assert fmt.exit_code == 2 and "unknown output format" in fmt.output
+
+
+def test_prediction_on_the_multiplane_roi_lands_on_the_full_grid(trained_model: Path, tmp_path: Path) -> None:
+    from medseg.data.phantom import make_prostate_case
+    from medseg.export.dicom_seg import read_dicom_seg
+    from medseg.geometry.roi import multiplane_roi
+
+    case = make_prostate_case(3, size=(12, 64, 64), spacing=(3.0, 1.0, 1.0), views=True)
+    axial = case.image.with_array(np.clip(case.image.array, 0, 4000).round().astype(np.int16))
+    series = tmp_path / "axial"
+    write_dicom_series(axial, series, modality="MR")
+    sag = write_volume(case.views["sagittal"][0], tmp_path / "sag.nii.gz")
+    cor = write_volume(case.views["coronal"][0], tmp_path / "cor.nii.gz")
+    cfg = PredictConfig(formats=("nifti", "dicom-seg"), roi_views=(sag, cor))
+    res = predict(series, trained_model, tmp_path / "out", cfg)
+    assert res[0].ok, res[0].error
+    full = read_volume(tmp_path / "out" / "axial.nii.gz")
+    axial_read = read_volume(series)
+    axial_read.geometry.require_same(full.geometry, spacing_atol=1e-5, origin_atol=1e-4)
+    roi = multiplane_roi(axial_read, read_volume(sag), read_volume(cor))
+    outside = np.ones(full.shape, bool)
+    outside[roi.box.slices] = False
+    assert outside.any() and not full.array[outside].any()  # nothing predicted outside the ROI
+    inside, _ = SegmentationModel(trained_model, device="cpu").predict([roi.cropped])
+    np.testing.assert_array_equal(full.array[roi.box.slices], inside.array)
+    seg = read_dicom_seg(tmp_path / "out" / "axial" / "seg.dcm", full)
+    np.testing.assert_array_equal(seg.array, full.array)
+    two = tmp_path / "two"
+    _case_file(two, 1)
+    _case_file(two, 2)
+    with pytest.raises(InputError, match="one study"):
+        predict(two, trained_model, tmp_path / "o2", PredictConfig(roi_views=(sag, cor)))

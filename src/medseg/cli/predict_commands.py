@@ -53,6 +53,10 @@ def predict_command(
     onnx: Annotated[bool, typer.Option(help="use ONNX Runtime (after `medseg export-onnx`)")] = False,
     mesh_format: Annotated[str, typer.Option(help="stl, obj or ply")] = "stl",
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
+    roi_views: Annotated[
+        tuple[Path, Path] | None,
+        typer.Option(help="SAGITTAL CORONAL views: predict on the multi-plane ROI, output on the full grid"),
+    ] = None,
 ) -> None:
     """Segment new scans with a trained model; outputs land on the input's exact grid."""
     from medseg.inference.predictor import PredictConfig, predict
@@ -68,6 +72,7 @@ def predict_command(
         shard=_parse_shard(shard),
         backend="onnx" if onnx else "torch",
         mesh_suffix="." + mesh_format.lower().lstrip("."),
+        roi_views=roi_views,
     )
     results = predict(input, model, out, cfg, progress=True)
     table = Table("case", "status", "outputs / error", "seconds")

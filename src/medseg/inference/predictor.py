@@ -69,6 +69,7 @@ class PredictConfig:
     backend: Literal["torch", "onnx"] = "torch"
     mesh_suffix: str = ".stl"
     threads: int | None = None
+    roi_views: tuple[Path, Path] | None = None
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.formats if f not in FORMATS]
@@ -386,6 +387,9 @@ def predict_case(model: SegmentationModel, case: InputCase, out: Path, config: P
             found="a non-DICOM file",
         )
     channels, series = _read_case(case)
+    box = None
+    if config.roi_views is not None:
+        channels, box = _crop_to_multiplane_roi(channels, config.roi_views)
     label, probs = model.predict(
         channels,
         tta=config.tta,
@@ -395,10 +399,44 @@ def predict_case(model: SegmentationModel, case: InputCase, out: Path, config: P
         with_probabilities="probabilities" in config.formats,
         where=str(case.paths[0]),
     )
+    if box is not None:
+        # Back onto the full axial grid: outside the ROI is background (probability 1).
+        from medseg.geometry.crop import uncrop_array
+
+        full = channels[0].meta["roi_full_geometry"]
+        label = Volume(uncrop_array(label.array, full.shape, box, fill=0), geometry=full, meta=label.meta)
+        if probs is not None:
+            fills = [1.0] + [0.0] * (probs.shape[0] - 1)
+            probs = np.stack(
+                [uncrop_array(p, full.shape, box, fill=f) for p, f in zip(probs, fills, strict=True)]
+            )
+        channels = channels[0].meta["roi_full_channels"]
     written = write_outputs(model, channels[0], label, probs, series, targets, config, case.case_id)
     return CaseResult(
         case.case_id, True, {k: str(v) for k, v in written.items()}, seconds=time.monotonic() - start
     )
+
+
+def _crop_to_multiplane_roi(channels: list[Volume], views: tuple[Path, Path]) -> tuple[list[Volume], Any]:
+    """Crop every channel to the multi-plane ROI of the axial image and its two views.
+
+    The model then sees what it was trained on (Meyer et al. crop to the ROI); the
+    full channels and grid ride along in ``meta`` so the prediction can be put back.
+    """
+    from medseg.geometry.crop import crop
+    from medseg.geometry.roi import multiplane_roi
+    from medseg.io import read_volume
+
+    sagittal, coronal = (read_volume(v) for v in views)
+    roi = multiplane_roi(channels[0], sagittal, coronal)
+    cropped = [crop(ch, roi.box, outside="error") for ch in channels]
+    cropped[0].meta = {
+        **cropped[0].meta,
+        "roi_full_geometry": channels[0].geometry,
+        "roi_full_channels": channels,
+    }
+    log.info("multi-plane ROI: predicting on %s of the axial grid %s", roi.box.shape, channels[0].shape)
+    return cropped, roi.box
 
 
 def write_outputs(
@@ -489,6 +527,13 @@ def predict(
         else SegmentationModel(model, device=cfg.device, backend=cfg.backend, threads=cfg.threads)
     )
     cases = discover_cases(input_path, series=cfg.series, channels=len(seg.plan.channel_names))
+    if cfg.roi_views is not None and len(cases) != 1:
+        raise InputError(
+            input_path,
+            "--roi-views gives the sagittal and coronal views of one study",
+            expected="one axial image or series",
+            found=f"{len(cases)} cases",
+        )
     if cfg.shard is not None:
         i, n = cfg.shard
         cases = cases[i::n]

@@ -51,7 +51,8 @@ DATASET_IDS = {"hippocampus": 501, "chaos": 502, "isbi": 503}
 TRAINER = "nnUNetTrainer_medsegBudget"
 
 TRAINER_SOURCE = '''\
-"""medseg benchmark: nnU-Net's default trainer with the epoch count cut to a wall-clock budget."""
+"""medseg benchmark: nnU-Net's default trainer with the epoch count cut to a budget."""
+import math
 import os
 import time
 
@@ -128,8 +129,9 @@ class nnUNetTrainer_medsegBudget(nnUNetTrainer):
             epoch += 1
             elapsed = _clock() - start
             if epoch == 1:
-                # Cut the epoch count (and the poly schedule) to what fits the budget.
-                fit = max(1, int(self.budget_s // elapsed))
+                # Cut the epoch count (and the poly schedule) to the budget: rounded up, the
+                # last epoch is cut short at the budget (rounding down would leave CPU unused).
+                fit = max(1, int(math.ceil(self.budget_s / max(elapsed, 1e-6))))
                 self.num_epochs = fit
                 self.lr_scheduler.max_steps = fit
             if elapsed >= self.budget_s:

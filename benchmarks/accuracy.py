@@ -751,7 +751,9 @@ def write_markdown(report: Mapping[str, Any], docs: Path = DOCS) -> Path:
         "",
         "Command: " + ", then ".join(f"`{c}`" for c in run.get("commands", [run["command"]])) + "  ",
         f"Run {run['started']} on {run['machine']}, {run['threads']} threads per contender, "
-        f"training budget {run['budget_min']} min per contender and fold, "
+        f"training budget {run['budget_min']} min per contender and fold "
+        f"(clock: {run.get('budget_clock', 'wall clock')}"
+        f"{'; contenders trained at the same time' if run.get('parallel') else ''}), "
         f"{run['folds']} patient-grouped folds (seed 0), evaluated fold(s) {folds} "
         f"({report['n_test_cases']} held-out cases). Dice and HD95 per class: mean ± sample std over "
         "cases (medseg.evaluation.evaluate); mean Dice: per-case mean over the classes, then mean ± std "

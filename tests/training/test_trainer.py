@@ -147,3 +147,25 @@ def test_step_schedule_matches_the_exercise() -> None:
 
     f = _lr_lambda(TrainingConfig(schedule="step", step_epochs=100, learning_rate=1e-4))
     assert f(0) == 1.0 and f(99) == 1.0 and f(100) == pytest.approx(0.1)
+
+
+def test_time_budget_decays_the_learning_rate_and_bf16_trains(planned_dataset: Path) -> None:
+    import time
+
+    original = Trainer._train_epoch
+
+    def slow_epoch(self: Trainer, *args: object, **kwargs: object) -> object:
+        out = original(self, *args, **kwargs)  # type: ignore[arg-type]
+        time.sleep(1.0)
+        return out
+
+    cfg = _config(epochs=100, iterations_per_epoch=1, val_every=100, time_budget_minutes=0.1, cpu_bf16=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "_train_epoch", slow_epoch)
+        res = train(planned_dataset, 0, config=cfg, folds=3)
+    assert res.stopped_early and res.epochs_completed < 100
+    lrs = [h.learning_rate for h in res.history]
+    # poly over 100 epochs would still be at >= 0.9 of the base after a few epochs;
+    # following the 6 s budget it has decayed by more than half
+    assert lrs[-1] < 0.5 * lrs[0]
+    assert all(torch.isfinite(torch.tensor(h.train_loss)) for h in res.history)

@@ -259,6 +259,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(config))
         self.use_amp = config.amp and self.device.type == "cuda"
+        self.use_cpu_bf16 = config.cpu_bf16 and self.device.type == "cpu"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.epoch = 0
         self.best_dice = -1.0
@@ -388,7 +389,7 @@ class Trainer:
             image = batch["image"].to(self.device, non_blocking=True)
             label = batch["label"].to(self.device, non_blocking=True)
             self.optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
+            with self._autocast():
                 logits = self.net(image)
                 loss = self._loss(logits, label)
             if not torch.isfinite(loss):
@@ -475,6 +476,8 @@ class Trainer:
                     lr = self.optimizer.param_groups[0]["lr"]
                     self.scheduler.step()
                     self.epoch += 1
+                    if deadline is not None:
+                        self._follow_time_budget(start, deadline)
                     record = EpochRecord(self.epoch, lr, train_loss, time.monotonic() - epoch_start)
                     last = self.epoch == cfg.epochs or out_of_time
                     if self.is_main and (self.epoch % cfg.val_every == 0 or last) and self.val_ids:
@@ -503,6 +506,29 @@ class Trainer:
                 shutil.copyfile(self.out / "checkpoint_last.pt", self.out / "checkpoint_best.pt")
             self._write_folder_files()
         return TrainResult(self.out, self.epoch, self.best_dice, self.best_epoch, self.history, stopped)
+
+    def _autocast(self) -> Any:
+        """float16 mixed precision on CUDA (with the grad scaler), bfloat16 on CPU when asked."""
+        if self.use_cpu_bf16:
+            return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+        return torch.autocast(device_type=self.device.type, enabled=self.use_amp)
+
+    def _follow_time_budget(self, start: float, deadline: float) -> None:
+        """Under a time budget, decay the learning rate by the elapsed share of the budget.
+
+        The schedule counts epochs; when the budget will end training long before
+        ``epochs``, the learning rate follows whichever is further along (epochs done or
+        time spent), so poly/cosine/step schedules still reach their low end. The share is
+        averaged over ranks so every rank uses the same learning rate.
+        """
+        share = min(1.0, (time.monotonic() - start) / max(deadline - start, 1e-9))
+        share = _mean_over_ranks(share, self.device)
+        position = share * self.config.epochs
+        if position <= self.epoch:
+            return
+        factor = _lr_lambda(self.config)(position)
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
+            group["lr"] = base * factor
 
     def _reseed(self, epoch: int) -> None:
         seed = self.config.seed * 100_003 + epoch

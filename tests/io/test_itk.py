@@ -172,3 +172,14 @@ def test_read_geometry_reads_the_header_grid_only(tmp_path: Path) -> None:
     (tmp_path / "junk.nii.gz").write_bytes(b"junk")
     with pytest.raises(InputError, match=r"junk\.nii\.gz: cannot be read"):
         read_geometry(tmp_path / "junk.nii.gz")
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float32])
+def test_uncompressed_nifti_fast_path_equals_itk(tmp_path: Path, dtype: type) -> None:
+    vol = make_oblique_volume(dtype=dtype)
+    path = write_volume(vol, tmp_path / "v.nii")
+    back = read_volume(path)
+    ref = sitk.ReadImage(str(path))
+    assert back.dtype == sitk.GetArrayFromImage(ref).dtype
+    np.testing.assert_array_equal(back.array, sitk.GetArrayFromImage(ref))
+    back.array[0, 0, 0] = 1  # an ordinary, writable in-memory array (not a file map)

@@ -112,25 +112,45 @@ def read_geometry(path: str | Path) -> VolumeGeometry:
         raise InputError(src, "has an invalid geometry in its header", found=str(exc)) from None
 
 
-def _nifti_float_arrays(src: Path, reader: sitk.ImageFileReader) -> list[np.ndarray] | None:
-    """Channels (z, y, x) of a floating-point NIfTI, read with nibabel; None for other files.
+_SITK_TO_NUMPY = {
+    sitk.sitkUInt8: np.uint8,
+    sitk.sitkInt8: np.int8,
+    sitk.sitkUInt16: np.uint16,
+    sitk.sitkInt16: np.int16,
+    sitk.sitkUInt32: np.uint32,
+    sitk.sitkInt32: np.int32,
+    sitk.sitkFloat32: np.float32,
+    sitk.sitkFloat64: np.float64,
+}
 
-    ITK's NIfTI reader replaces NaN and +-Inf by 0 (fixed upstream in ITK PR #6683, not in
-    SimpleITK 2.5), which would hide broken predictions from every check. nibabel keeps
-    them; the voxel order (i, j, k) = (x, y, z) is the one ITK uses, so only the axes are
-    reversed, and the geometry still comes from ITK's header parsing.
+
+def _nifti_arrays(src: Path, reader: sitk.ImageFileReader) -> list[np.ndarray] | None:
+    """Channels (z, y, x) of a NIfTI read with nibabel, or None to let ITK read it.
+
+    Two cases go through nibabel: floating-point data, because ITK's NIfTI reader
+    replaces NaN and +-Inf by 0 (fixed upstream in ITK PR #6683, not in SimpleITK 2.5),
+    which would hide broken predictions from every check; and uncompressed, unscaled
+    .nii files, which nibabel reads about twice as fast and without a second copy
+    (benchmarks/io_bench.py). The voxel order (i, j, k) = (x, y, z) is ITK's, so only
+    the axes are reversed; the geometry still comes from ITK's header parsing and the
+    dtype is the one ITK would give.
     """
     name = src.name.lower()
-    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")) or reader.GetNumberOfComponents() != 1:
         return None
-    if reader.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64) or reader.GetNumberOfComponents() != 1:
+    dtype = _SITK_TO_NUMPY.get(reader.GetPixelID())
+    if dtype is None:
         return None
     import nibabel as nib
 
-    img: Any = nib.load(str(src))
-    if img.header.get_data_dtype().kind != "f":
-        return None  # integers scaled to float by scl_slope cannot hold NaN; ITK reads them fine
-    dtype = np.float32 if reader.GetPixelID() == sitk.sitkFloat32 else np.float64
+    img: Any = nib.load(str(src), mmap=False)
+    stored = img.header.get_data_dtype()
+    slope, inter = img.header.get_slope_inter()
+    unscaled = slope in (None, 1.0) and inter in (None, 0.0)
+    if stored.kind == "f":
+        pass
+    elif not (name.endswith(".nii") and unscaled and np.dtype(stored) == np.dtype(dtype)):
+        return None  # gzipped or scaled integers: ITK is as fast and cannot meet NaN there
     try:
         data = np.asanyarray(img.dataobj).astype(dtype, copy=False)
     except (OSError, EOFError, ValueError) as exc:
@@ -165,7 +185,7 @@ def read_itk(path: str | Path) -> Volume:
             found=f"size {size}",
         )
     _check_nifti_complete(src)
-    arrays = _nifti_float_arrays(src, reader)
+    arrays = _nifti_arrays(src, reader)
     if arrays is not None:
         return Volume(arrays[0], geometry=_reader_geometry(reader), meta={"source": src.name})
     try:
@@ -182,7 +202,7 @@ def read_channels(path: str | Path) -> list[Volume]:
     src = Path(path)
     reader = _open(src)
     _check_nifti_complete(src)
-    arrays = _nifti_float_arrays(src, reader)
+    arrays = _nifti_arrays(src, reader)
     if arrays is not None:
         geometry = _reader_geometry(reader)
         meta = [

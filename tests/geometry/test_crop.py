@@ -287,3 +287,15 @@ def test_pad_to_shape_leaves_larger_axes_alone() -> None:
     back = spec.unpad(padded)
     np.testing.assert_array_equal(back.array, vol.array)
     back.geometry.require_same(vol.geometry, origin_atol=1e-9)
+
+
+def test_crop_without_copy_is_a_view_with_the_same_geometry(oblique_volume) -> None:  # type: ignore[no-untyped-def]
+    from medseg.geometry.crop import CropBox, crop
+
+    box = CropBox((1, 2, 3), (5, 9, 10))
+    copied = crop(oblique_volume, box)
+    viewed = crop(oblique_volume, box, copy=False)
+    assert viewed.geometry.is_close(copied.geometry, spacing_atol=0, origin_atol=0, direction_atol=0)
+    assert np.shares_memory(viewed.array, oblique_volume.array)
+    assert not np.shares_memory(copied.array, oblique_volume.array)
+    np.testing.assert_array_equal(viewed.array, copied.array)

@@ -137,15 +137,17 @@ class CropBox:
 
 
 # ---------------------------------------------------------------- arrays
-def crop_array(array: NDArray[Any], box: CropBox, *, fill: float = 0) -> NDArray[Any]:
+def crop_array(array: NDArray[Any], box: CropBox, *, fill: float = 0, copy: bool = True) -> NDArray[Any]:
     """``array[..., box]`` as a new array; parts of the box outside are ``fill``.
 
-    The last three axes are (z, y, x); leading axes (channels) are kept.
+    The last three axes are (z, y, x); leading axes (channels) are kept. With
+    ``copy=False`` a box inside the array gives a view (no voxels copied).
     """
     arr = np.asarray(array)
     spatial = arr.shape[-3:]
     if box.is_inside(spatial):
-        return arr[(Ellipsis, *box.slices)].copy()
+        view = arr[(Ellipsis, *box.slices)]
+        return view.copy() if copy else view
     out = np.full(arr.shape[:-3] + box.shape, fill, dtype=arr.dtype)
     _copy_overlap(arr, out, src_offset=np.asarray(box.lower))
     return out
@@ -188,12 +190,16 @@ def cropped_geometry(geometry: VolumeGeometry, box: CropBox) -> VolumeGeometry:
     return geometry.with_shape_origin(box.shape, geometry.index_to_world(np.asarray(box.lower, dtype=float)))
 
 
-def crop(volume: Volume, box: CropBox, *, outside: OutsideMode = "pad", fill: float = 0) -> Volume:
+def crop(
+    volume: Volume, box: CropBox, *, outside: OutsideMode = "pad", fill: float = 0, copy: bool = True
+) -> Volume:
     """The voxels of ``box`` as a new Volume whose world positions are unchanged.
 
     ``outside`` says what happens to the part of the box outside the image: ``"pad"``
     fills it with ``fill`` (result shape is ``box.shape``), ``"clip"`` drops it (use
     ``box.clip(volume.shape)`` to know the box that was used), ``"error"`` raises.
+    ``copy=False`` returns a view of the voxels when the box lies inside the image
+    (the caller must then not modify it).
     """
     if outside not in ("pad", "clip", "error"):
         raise GeometryError(f"unknown outside mode '{outside}', expected 'pad', 'clip' or 'error'")
@@ -205,7 +211,7 @@ def crop(volume: Volume, box: CropBox, *, outside: OutsideMode = "pad", fill: fl
         if outside == "clip":
             box = box.clip(volume.shape)
     return Volume(
-        crop_array(volume.array, box, fill=fill),
+        crop_array(volume.array, box, fill=fill, copy=copy),
         geometry=cropped_geometry(volume.geometry, box),
         meta=volume.meta,
     )

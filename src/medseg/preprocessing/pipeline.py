@@ -32,7 +32,7 @@ import numpy as np
 from medseg.config import from_dict, load_json, to_dict
 from medseg.data.dataset import CaseFiles, list_cases, read_descriptor
 from medseg.errors import GeometryError, InputError, MedsegError
-from medseg.geometry.crop import CropBox, bounding_box, cropped_geometry, uncrop
+from medseg.geometry.crop import CropBox, bounding_box, crop, cropped_geometry, uncrop
 from medseg.geometry.resample import grid_for_spacing, resample_image, resample_label
 from medseg.io import read_volume
 from medseg.io.atomic import atomic_file, write_text_atomic
@@ -79,11 +79,6 @@ def target_geometry(cropped: VolumeGeometry, plan: Plan) -> VolumeGeometry:
     return grid_for_spacing(cropped, spacing)
 
 
-def _crop_view(volume: Volume, box: CropBox) -> Volume:
-    """``crop(volume, box)`` for a box inside the volume, as a view: no copy of the voxels."""
-    return Volume(volume.array[box.slices], geometry=cropped_geometry(volume.geometry, box), meta=volume.meta)
-
-
 def preprocess_case(
     images: Sequence[Volume], label: Volume | None, plan: Plan, case_id: str = "case"
 ) -> tuple[np.ndarray, np.ndarray | None, PreprocessInfo]:
@@ -115,7 +110,7 @@ def preprocess_case(
     # Memory: the crops are views (the inputs are only read); the one full-size copy per
     # channel is the contiguous buffer SimpleITK resamples from, and integer images are
     # not converted to float32 before resampling (see medseg.geometry.resample).
-    cropped = [_crop_view(img, box) for img in images]
+    cropped = [crop(img, box, outside="error", copy=False) for img in images]  # views: no voxel copies
     target = target_geometry(cropped[0].geometry, plan)
     channels = []
     for img, norm in zip(cropped, plan.normalization, strict=True):
@@ -130,7 +125,9 @@ def preprocess_case(
     image_array = np.stack(channels).astype(np.float32, copy=False)
     label_array = None
     if label is not None:
-        lab = resample_label(_crop_view(label, box), target, interpolation=plan.label_interpolation)
+        lab = resample_label(
+            crop(label, box, outside="error", copy=False), target, interpolation=plan.label_interpolation
+        )
         dtype = np.uint8 if plan.num_classes <= 255 else np.int16
         label_array = lab.array.astype(dtype, copy=False)
     info = PreprocessInfo(

@@ -45,6 +45,11 @@ def setup_logging(verbose: bool = False) -> None:
         handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
         force=True,
     )
+    # Third-party chatter users cannot act on (pydicom deprecations triggered by rt-utils,
+    # highdicom's per-frame INFO lines); --verbose / MEDSEG_DEBUG shows it again.
+    if level > logging.DEBUG:
+        for name in ("pydicom", "highdicom"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def cli_command(func: F) -> F:

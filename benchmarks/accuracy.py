@@ -78,7 +78,7 @@ class Contender:
     """One row of the table: who trains (kind) with which options."""
 
     name: str
-    kind: str  # "medseg", "medseg-ensemble", "monai", "nnunet", "classical"
+    kind: str  # "medseg", "medseg-ensemble", "medseg-slice-filter", "monai", "nnunet", "classical"
     options: dict[str, Any] = field(default_factory=dict)
     full_only: bool = False  # left out of --quick runs
     extra: bool = False  # only with --extras (or named in --only)
@@ -105,33 +105,54 @@ ISBI_LABELS = {1: "membrane"}
 HIPPO_MEDSEG = {
     "configuration": "3d",
     # 1 mm isotropic, a patch that holds the whole crop (median ~36 x 50 x 35 voxels)
-    "plan": {"target_spacing": [1.0, 1.0, 1.0], "patch_size": [40, 56, 40], "batch_size": 2},
+    "plan": {"target_spacing": [1.0, 1.0, 1.0], "patch_size": [40, 56, 40], "batch_size": 4},
+    # 8 base features (8-64) with deep supervision: at equal CPU time (4 min, one thread) it
+    # beat 16 features with batch 2 (mean Dice 0.837 vs 0.830, HD95 2.1 vs 2.4 mm), because
+    # it sees 1.5x more patches; the full-resolution stage dominates the cost on a CPU.
+    "network": {"base_features": 8, "deep_supervision": True},
     "train": {"loss": "dice_ce", "optimizer": "adamw", "learning_rate": 2e-3, "iterations_per_epoch": 200},
+    # each hippocampus is one connected structure (anterior + posterior touch): keep the
+    # largest component of the foreground; fixed from anatomy, not tuned on the test fold
+    "postprocessing": {"keep_largest_foreground": True},
     "bf16": True,
     "tta": True,
 }
 
 # CHAOS at 2.5 mm in-plane (half the stored 1.25 mm): a whole 256 x 256 slice becomes 128 x 128,
 # 4x cheaper on a CPU; the prediction is resampled back (softmax, linear) to the 1.25 mm grid.
+# 16 base features (16-256) for every configuration: the planner's 2D default (32-512) costs
+# ~4x more per slice, which a budget of minutes cannot afford.
 CHAOS_SPACING = [7.7, 2.5, 2.5]
+# Liver, each kidney and the spleen are each one connected organ: keep the largest component
+# per class (fixed from anatomy, not tuned on the held-out folds).
+CHAOS_POST = {"largest_per_class": [1, 2, 3, 4]}
+CHAOS_NET = {"base_features": 16, "max_features": 256, "deep_supervision": True}
 CHAOS_2D = {
     "configuration": "2d",
     "plan": {"target_spacing": CHAOS_SPACING, "patch_size": [1, 128, 128], "batch_size": 8},
-    "train": {"iterations_per_epoch": 50},
+    "network": CHAOS_NET,
+    "train": {"iterations_per_epoch": 50, "learning_rate": 2e-3},
+    "postprocessing": CHAOS_POST,
     "bf16": True,
 }
 CHAOS_25D = {
     "configuration": "2.5d",
     "plan": {"target_spacing": CHAOS_SPACING, "patch_size": [1, 128, 128], "batch_size": 8, "slab_slices": 5},
-    "train": {"iterations_per_epoch": 50},
+    "network": CHAOS_NET,
+    "train": {"iterations_per_epoch": 50, "learning_rate": 2e-3},
+    "postprocessing": CHAOS_POST,
     "bf16": True,
 }
 CHAOS_3D = {
     "configuration": "3d",
     "plan": {"target_spacing": CHAOS_SPACING, "patch_size": [16, 128, 128], "batch_size": 2},
-    "train": {"iterations_per_epoch": 50},
+    "network": CHAOS_NET,
+    "train": {"iterations_per_epoch": 50, "learning_rate": 2e-3},
+    "postprocessing": CHAOS_POST,
     "bf16": True,
 }
+# Empty-slice classifier (training/slice_classifier.py) trained after the member's budget.
+CHAOS_SLICE_CLASSIFIER = {"input_size": 96, "iterations": 300, "batch_size": 32}
 
 DATASETS: dict[str, DatasetSpec] = {
     "hippocampus": DatasetSpec(
@@ -176,6 +197,16 @@ DATASETS: dict[str, DatasetSpec] = {
                 "medseg ensemble 2.5D + 3D (softmax mean)",
                 "medseg-ensemble",
                 {"members": ["medseg 2.5D U-Net (5 slices)", "medseg 3D U-Net (anisotropic)"]},
+            ),
+            Contender(
+                "medseg 2D U-Net + empty-slice classifier",
+                "medseg-slice-filter",
+                {"member": "medseg 2D U-Net", "classifier": CHAOS_SLICE_CLASSIFIER},
+            ),
+            Contender(
+                "medseg 2.5D U-Net + empty-slice classifier",
+                "medseg-slice-filter",
+                {"member": "medseg 2.5D U-Net (5 slices)", "classifier": CHAOS_SLICE_CLASSIFIER},
             ),
             Contender(
                 "MONAI tutorial UNet",
@@ -451,6 +482,14 @@ def run_medseg(job: Mapping[str, Any]) -> dict[str, Any]:
     result = trainer.fit()
     train_wall_s = time.monotonic() - t1
     train_s = clock() - c1
+    if opts.get("postprocessing"):
+        # A rule fixed in advance from anatomy (each structure is one connected object), not
+        # chosen on the held-out fold; stored with the model, so `medseg predict` applies it too.
+        from medseg.postprocessing.labels import write_rules
+
+        write_rules(
+            rules_from_options(opts["postprocessing"]), model_dir / "postprocessing.json", overwrite=True
+        )
     t2 = time.monotonic()
     pred_dir = Path(job["pred_dir"])
     pcfg = PredictConfig(
@@ -468,6 +507,7 @@ def run_medseg(job: Mapping[str, Any]) -> dict[str, Any]:
         "epochs": result.epochs_completed,
         "predict_seconds": time.monotonic() - t2,
         "model_dir": str(model_dir),
+        "cache": str(cache),
         "details": {
             "plan": {
                 "configuration": plan.configuration,
@@ -486,6 +526,16 @@ def run_medseg(job: Mapping[str, Any]) -> dict[str, Any]:
             "final_train_loss": result.history[-1].train_loss if result.history else None,
         },
     }
+
+
+def rules_from_options(spec: Mapping[str, Any]) -> Any:
+    """PostprocessingRules from ``{"keep_largest_foreground": bool, "largest_per_class": [labels]}``."""
+    from medseg.postprocessing.labels import ClassRule, PostprocessingRules
+
+    classes = {int(c): ClassRule(keep_largest=True) for c in spec.get("largest_per_class", [])}
+    return PostprocessingRules(
+        classes=classes, keep_largest_foreground=bool(spec.get("keep_largest_foreground", False))
+    )
 
 
 def run_medseg_ensemble(job: Mapping[str, Any]) -> dict[str, Any]:
@@ -509,6 +559,11 @@ def run_medseg_ensemble(job: Mapping[str, Any]) -> dict[str, Any]:
             total = probs if total is None else total + probs
         assert total is not None
         label = channels[0].with_array(np.argmax(total, axis=0).astype(np.uint8))
+        rules = models[0].rules
+        if rules.classes or rules.keep_largest_foreground:
+            from medseg.postprocessing.labels import apply_rules
+
+            label = label.with_array(apply_rules(label.array, rules, label.spacing))
         write_volume(label, pred_dir / f"{case.case_id}.nii.gz", overwrite=True)
     return {"predict_seconds": time.monotonic() - t0, "train_seconds": 0.0, "iterations": 0}
 
@@ -548,9 +603,53 @@ def run_classical(job: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # ============================================================================ child process
+def run_medseg_slice_filter(job: Mapping[str, Any]) -> dict[str, Any]:
+    """A trained 2D / 2.5D member plus an empty-slice classifier (seed 004): the member's
+    model folder is copied, the classifier is trained on the same training cases into the
+    copy, and the held-out fold is predicted with the filter on. The segmentation network is
+    the member's, so this row differs from the member's row by the filter alone."""
+    import torch
+
+    from medseg.inference.predictor import PredictConfig, predict
+    from medseg.preprocessing.plan import Plan
+    from medseg.training.slice_classifier import SliceClassifierConfig, train_slice_classifier
+
+    opts = job["options"]
+    threads = int(job["threads"])
+    torch.set_num_threads(threads)
+    model_dir = Path(job["out"]) / "model"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    shutil.copytree(opts["model_dir"], model_dir)
+    plan = Plan.load(model_dir / "plan.json")
+    cfg = SliceClassifierConfig(**{"threads": threads, **opts.get("classifier", {})})
+    res = train_slice_classifier(plan, opts["cache"], job["train_ids"], model_dir, cfg, progress=False)
+    t0 = time.monotonic()
+    pcfg = PredictConfig(
+        device="cpu", tta=bool(opts.get("tta", False)), overlap=0.5, overwrite=True, threads=threads
+    )
+    results = predict(job["test_images"], model_dir, Path(job["pred_dir"]), pcfg)
+    failed = [r.case_id for r in results if not r.ok]
+    if failed:
+        raise RuntimeError(f"prediction failed for {failed}")
+    return {
+        "train_seconds": res.seconds,
+        "iterations": res.iterations,
+        "predict_seconds": time.monotonic() - t0,
+        "model_dir": str(model_dir),
+        "details": {
+            "classifier_train_accuracy": res.train_accuracy,
+            "classifier_slices": res.slices,
+            "classifier_slices_with_foreground": res.slices_with_foreground,
+            "note": "train seconds/iterations are the classifier's, on top of the member's budget",
+        },
+    }
+
+
 RUNNERS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     "medseg": run_medseg,
     "medseg-ensemble": run_medseg_ensemble,
+    "medseg-slice-filter": run_medseg_slice_filter,
     "classical": run_classical,
 }
 
@@ -651,6 +750,7 @@ def evaluate_folder(pred: Path, ref: Path, labels: Mapping[int, str]) -> dict[st
     case_means = []
     pixel_errors = []
     fp_volume_ml = []
+    empty_fp_ml: list[float] = []
     for case in res.scored_cases:
         vals = [case.per_label[lab].values["dice"] for lab in labels]
         finite = [v for v in vals if math.isfinite(v)]
@@ -666,6 +766,10 @@ def evaluate_folder(pred: Path, ref: Path, labels: Mapping[int, str]) -> dict[st
         pixel_errors.append(float(np.mean((p > 0) != (r.array > 0))))
         voxel_ml = float(np.prod(r.spacing)) / 1000.0
         fp_volume_ml.append(float(np.count_nonzero((p > 0) & (r.array == 0))) * voxel_ml)
+        # foreground predicted on slices (first axis) where the reference has none: what an
+        # empty-slice classifier is meant to remove
+        empty = ~(r.array.reshape(r.array.shape[0], -1) > 0).any(axis=1)
+        empty_fp_ml.append(float(np.count_nonzero(p[empty] > 0)) * voxel_ml)
     return {
         "per_class": per_class,
         "mean_dice": float(np.mean(case_means)) if case_means else None,
@@ -673,6 +777,7 @@ def evaluate_folder(pred: Path, ref: Path, labels: Mapping[int, str]) -> dict[st
         "mean_hd95": _mean_or_none([summary["per_class"][n]["hd95"]["mean"] for n in labels.values()]),
         "pixel_error": float(np.mean(pixel_errors)) if pixel_errors else None,
         "false_positive_volume_ml": float(np.mean(fp_volume_ml)) if fp_volume_ml else None,
+        "empty_slice_false_positive_ml": float(np.mean(empty_fp_ml)) if empty_fp_ml else None,
         "n_cases": summary["n_cases"],
         "n_scored": summary["n_scored"],
         "missing": summary["missing_predictions"],
@@ -711,6 +816,8 @@ def markdown_table(report: Mapping[str, Any]) -> str:
     head += ["mean Dice", "train min", "iterations", "peak RSS (MB)", "load avg"]
     if spec.name == "isbi":
         head.insert(len(head) - 4, "pixel error")
+    if spec.name == "chaos":
+        head[len(head) - 4 : len(head) - 4] = ["FP volume (mL)", "FP on empty slices (mL)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in report["rows"]:
         ev = row.get("evaluation")
@@ -727,6 +834,10 @@ def markdown_table(report: Mapping[str, Any]) -> str:
         if spec.name == "isbi":
             pe = ev.get("pixel_error")
             cells.append("n/a" if pe is None else f"{pe:.4f}")
+        if spec.name == "chaos":
+            for key in ("false_positive_volume_ml", "empty_slice_false_positive_ml"):
+                v = ev.get(key)
+                cells.append("n/a" if v is None else f"{v:.1f}")
         train_s = row.get("train_seconds")
         cells.append("—" if not train_s else f"{train_s / 60:.1f}")
         cells.append(str(row.get("iterations") or "—"))
@@ -910,6 +1021,7 @@ def run_dataset(args: argparse.Namespace) -> dict[str, Any]:
             if args.wall_clock
             else "CPU time of the contender's processes / threads",
             "parallel": bool(args.parallel),
+            "set_options": json.loads(args.set_options) if getattr(args, "set_options", None) else None,
             "threads": args.threads,
             "folds": folds,
             "eval_folds": eval_folds,
@@ -941,11 +1053,18 @@ def make_job(
     out = fold_dir / slug(c.name)
     out.mkdir(parents=True, exist_ok=True)
     options = dict(c.options)
+    if c.kind == "medseg" and getattr(args, "set_options", None):
+        options = deep_merge(options, json.loads(args.set_options))
     if c.kind == "medseg-ensemble":
         dirs = [rows[m]["folds"].get(fold, {}).get("model_dir") for m in options["members"] if m in rows]
         if len(dirs) != len(options["members"]) or not all(dirs):
             return None
         options["model_dirs"] = dirs
+    if c.kind == "medseg-slice-filter":
+        member = rows.get(options["member"], {}).get("folds", {}).get(fold, {})
+        if not member.get("model_dir") or not member.get("cache"):
+            return None
+        options["model_dir"], options["cache"] = member["model_dir"], member["cache"]
     return {
         "kind": c.kind,
         "name": c.name,
@@ -967,6 +1086,14 @@ def make_job(
         "quick": bool(args.quick),
         "seed": 0,
     }
+
+
+def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in; nested mappings are merged, other values replaced."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
 
 
 def merge_with_previous(report: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -1021,6 +1148,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=None, help="with --quick: number of cases to import")
     parser.add_argument("--only", default=None, help="comma-separated contender kinds or name parts")
     parser.add_argument("--extras", action="store_true", help="also the extra rows (UNet++, FlexibleUNet)")
+    parser.add_argument(
+        "--set",
+        dest="set_options",
+        default=None,
+        help="JSON merged (recursively) into the options of the chosen medseg contenders, for "
+        'ablations, e.g. \'{"network": {"base_features": 8}}\'; the run records it',
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--parallel", action="store_true", help="train the contenders of a fold at the same time"

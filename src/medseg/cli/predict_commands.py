@@ -47,6 +47,10 @@ def predict_command(
     no_postprocess: Annotated[
         bool, typer.Option("--no-postprocess", help="skip the model's postprocessing rules")
     ] = False,
+    no_slice_filter: Annotated[
+        bool,
+        typer.Option("--no-slice-filter", help="ignore the model's empty-slice classifier, if it has one"),
+    ] = False,
     shard: Annotated[
         str | None, typer.Option(help="i/n: predict every n-th case from i (SLURM arrays)")
     ] = None,
@@ -67,6 +71,7 @@ def predict_command(
         device=device,  # type: ignore[arg-type]
         overlap=overlap,
         postprocess=not no_postprocess,
+        slice_filter=not no_slice_filter,
         series=series,
         overwrite=overwrite,
         shard=_parse_shard(shard),

@@ -35,9 +35,17 @@ def train_command(
     resume: Annotated[bool, typer.Option(help="continue from the model folder's checkpoint_last.pt")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an existing model folder")] = False,
     workers: Annotated[int, typer.Option(help="preprocessing worker processes")] = 2,
+    slice_classifier: Annotated[
+        bool,
+        typer.Option(
+            help="also train an empty-slice classifier (2D / 2.5D models): `medseg predict` then "
+            "clears the slices it judges empty"
+        ),
+    ] = False,
 ) -> None:
     """Train a U-Net on one fold; Ctrl-C saves a checkpoint, --resume continues it."""
     from medseg.errors import ConfigError
+    from medseg.training.slice_classifier import SliceClassifierConfig
     from medseg.training.trainer import is_main_process, train
 
     cfg = _training_config(config, loss, epochs, iterations, lr, batch_size, device, budget_min)
@@ -60,6 +68,7 @@ def train_command(
             folds=folds,
             workers=workers,
             progress=True,
+            slice_classifier=SliceClassifierConfig() if slice_classifier else None,
         )
     except KeyboardInterrupt:
         if is_main_process():

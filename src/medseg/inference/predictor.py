@@ -70,6 +70,7 @@ class PredictConfig:
     mesh_suffix: str = ".stl"
     threads: int | None = None
     roi_views: tuple[Path, Path] | None = None
+    slice_filter: bool = True
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.formats if f not in FORMATS]
@@ -117,6 +118,11 @@ class SegmentationModel:
         self.device = choose_device(device)
         post = self.folders[0] / "postprocessing.json"
         self.rules = read_rules(post) if post.is_file() else PostprocessingRules()
+        from medseg.training.slice_classifier import SliceFilter
+
+        # Empty-slice classifier (2D / 2.5D models; training/slice_classifier.py), if trained.
+        self.slice_filter = SliceFilter.from_model_folder(self.folders[0], device=self.device)
+        self.last_suppressed_slices: list[int] = []
         self.info = json.loads((self.folders[0] / "model.json").read_text())
         self.backend = backend
         self.networks: list[Callable[[torch.Tensor], torch.Tensor]] = []
@@ -186,8 +192,15 @@ class SegmentationModel:
         postprocess: bool = True,
         with_probabilities: bool = False,
         where: str = "input",
+        slice_filter: bool = True,
     ) -> tuple[Volume, np.ndarray | None]:
-        """Label map on the input grid (and class probabilities on it when asked)."""
+        """Label map on the input grid (and class probabilities on it when asked).
+
+        With ``slice_filter`` and a model that has an empty-slice classifier, the slices
+        (along the plan's slice axis, on the preprocessed grid) that it judges empty are
+        set to background before the result goes back to the input grid; their indices
+        are kept in ``last_suppressed_slices``.
+        """
         from medseg.inference.sliding_window import predict_probabilities
         from medseg.postprocessing.labels import apply_rules
 
@@ -208,6 +221,13 @@ class SegmentationModel:
             total = probs if total is None else total + probs
         assert total is not None
         total /= len(self.networks)
+        self.last_suppressed_slices = []
+        if slice_filter and self.slice_filter is not None:
+            from medseg.training.slice_classifier import suppress_slices
+
+            empty = self.slice_filter.empty_slices(image)
+            total = suppress_slices(total, empty)
+            self.last_suppressed_slices = [int(i) for i in np.flatnonzero(empty)]
         label = restore_to_original(total, info, is_probabilities=True)
         label.geometry.require_same(channels[0].geometry, "prediction and input grids")
         if postprocess and (self.rules.classes or self.rules.keep_largest_foreground):
@@ -396,6 +416,7 @@ def predict_case(model: SegmentationModel, case: InputCase, out: Path, config: P
         overlap=config.overlap,
         sw_batch_size=config.sw_batch_size,
         postprocess=config.postprocess,
+        slice_filter=config.slice_filter,
         with_probabilities="probabilities" in config.formats,
         where=str(case.paths[0]),
     )

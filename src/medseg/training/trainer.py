@@ -48,6 +48,7 @@ from medseg.training.checkpoint import (
     write_model_json,
 )
 from medseg.training.config import TrainingConfig
+from medseg.training.slice_classifier import SliceClassifierConfig
 
 log = logging.getLogger(__name__)
 
@@ -661,11 +662,14 @@ def train(
     folds: int = 5,
     workers: int = 2,
     progress: bool = False,
+    slice_classifier: SliceClassifierConfig | None = None,
 ) -> TrainResult:
     """Train one fold of a planned dataset (``fold=None``: all training cases, no validation).
 
     Preprocesses missing cases first, creates splits.json (``folds`` patient-grouped
     folds) when absent, and writes the model folder (default DATASET/models/<config>/fold_k).
+    With ``slice_classifier`` an empty-slice classifier is trained afterwards on the same
+    training cases and saved in the model folder (see training/slice_classifier.py).
     """
     from medseg.data.splits import SPLITS_JSON, load_splits, make_splits
     from medseg.errors import OutputExistsError
@@ -714,7 +718,12 @@ def train(
         fold=fold,
         progress=progress,
     )
-    return trainer.fit(resume_from=last if resume else None)
+    result = trainer.fit(resume_from=last if resume else None)
+    if slice_classifier is not None and rank == 0:
+        from medseg.training.slice_classifier import train_slice_classifier
+
+        train_slice_classifier(plan, cache, train_ids, out, slice_classifier, progress=progress)
+    return result
 
 
 def _barrier() -> None:

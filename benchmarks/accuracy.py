@@ -27,7 +27,7 @@ What one run does:
 No contender selects a checkpoint on the held-out fold: every trained model is the state at
 the end of its budget (medseg's model folders therefore hold no validation cases). The
 medseg model folders (benchmarks/work/<dataset>/runs/<run>/<contender>/fold_<k>/model) are
-ordinary model folders: ``medseg predict NEW_CASES MODEL_DIR OUT`` works on them.
+ordinary model folders: ``medseg predict NEW_CASES -m MODEL_DIR -o OUT`` works on them.
 
 Budget clock: by default the budget is CPU time (benchmarks/cpu_budget.py: the CPU seconds of
 the contender's process tree divided by ``--threads``), so that contenders get the same

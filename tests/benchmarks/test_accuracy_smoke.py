@@ -83,6 +83,22 @@ def test_markdown_section_is_replaced_and_notes_kept(tmp_path: Path) -> None:
     assert "My notes stay." in again
 
 
+def test_set_options_merge_and_rules() -> None:
+    acc = _load()
+    base = {"plan": {"batch_size": 2, "patch_size": [40, 56, 40]}, "bf16": True}
+    merged = acc.deep_merge(base, {"plan": {"batch_size": 4}, "network": {"base_features": 8}})
+    assert merged == {
+        "plan": {"batch_size": 4, "patch_size": [40, 56, 40]},
+        "bf16": True,
+        "network": {"base_features": 8},
+    }
+    assert base["plan"]["batch_size"] == 2  # not modified
+    rules = acc.rules_from_options({"largest_per_class": [1, 3]})
+    assert sorted(rules.classes) == [1, 3] and rules.classes[1].keep_largest
+    assert not rules.keep_largest_foreground
+    assert acc.rules_from_options({"keep_largest_foreground": True}).keep_largest_foreground
+
+
 @pytest.mark.slow
 def test_quick_run_on_four_hippocampus_cases(shared_data: Path, tmp_path: Path) -> None:
     if not (shared_data / "msd_hippocampus").is_dir():
@@ -122,5 +138,7 @@ def test_quick_run_on_four_hippocampus_cases(shared_data: Path, tmp_path: Path) 
     # The trained model folder is an ordinary medseg model folder.
     model_dir = Path(medseg["per_fold"]["0"]["model_dir"])
     assert (model_dir / "plan.json").is_file() and (model_dir / "checkpoint_best.pt").is_file()
+    # the row's anatomical postprocessing rule travels with the model
+    assert json.loads((model_dir / "postprocessing.json").read_text())["keep_largest_foreground"] is True
     text = docs.read_text()
     assert "QUICK smoke run" in text and "| medseg 3D U-Net |" in text

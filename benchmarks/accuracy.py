@@ -861,7 +861,7 @@ def write_markdown(report: Mapping[str, Any], docs: Path = DOCS) -> Path:
         f"### {spec.name}{' (QUICK smoke run, not a result)' if run['quick'] else ''}",
         "",
         "Command: " + ", then ".join(f"`{c}`" for c in run.get("commands", [run["command"]])) + "  ",
-        f"Run {run['started']} on {run['machine']}, {run['threads']} threads per contender, "
+        f"Run {run['started']} on {run['machine']}, {run['threads']} thread{'s' if run['threads'] != 1 else ''} per contender, "
         f"training budget {run['budget_min']} min per contender and fold "
         f"(clock: {run.get('budget_clock', 'wall clock')}"
         f"{'; contenders trained at the same time' if run.get('parallel') else ''}), "

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +99,7 @@ def test_predict_clears_slices_judged_empty(model_25d: tuple[Path, Path], tmp_pa
     root, model_dir = model_25d
     case = root / "imagesTr" / "case_000_0000.nii.gz"
     model = SegmentationModel(model_dir, device="cpu")
-    assert model.slice_filter is not None
+    assert len(model.slice_filters) == 1
     image = read_volume(case)
     label, _ = model.predict([image])
     label.geometry.require_same(image.geometry, "test")
@@ -134,3 +135,27 @@ def test_missing_cache_and_bad_metadata(model_25d: tuple[Path, Path], tmp_path: 
     with pytest.raises(InputError, match="schema version"):
         SliceFilter(bad)
     assert SliceFilter.from_model_folder(tmp_path) is None
+
+
+def test_ensemble_averages_the_folds_classifiers(model_25d: tuple[Path, Path], tmp_path: Path) -> None:
+    root, model_dir = model_25d
+    case = root / "imagesTr" / "case_001_0000.nii.gz"
+    image = read_volume(case)
+    single = SegmentationModel(model_dir, device="cpu")
+    label, _ = single.predict([image])
+    ens = tmp_path / "ensemble"
+    for k in (0, 1):
+        shutil.copytree(model_dir, ens / f"fold_{k}")
+    both = SegmentationModel(ens, device="cpu")
+    assert len(both.folders) == 2 and len(both.slice_filters) == 2
+    ens_label, _ = both.predict([image])
+    # identical folds: the averaged classifier judges exactly as one does
+    assert both.last_suppressed_slices == single.last_suppressed_slices
+    assert np.array_equal(ens_label.array, label.array)
+    # a fold without a classifier: the other fold's classifier is still used
+    for name in (META_FILE, "slice_classifier.pt"):
+        (ens / "fold_1" / name).unlink()
+    partial = SegmentationModel(ens, device="cpu")
+    assert len(partial.slice_filters) == 1
+    partial.predict([image])
+    assert partial.last_suppressed_slices == single.last_suppressed_slices

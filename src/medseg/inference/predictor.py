@@ -101,6 +101,7 @@ class SegmentationModel:
             load_weights,
             model_folders,
         )
+        from medseg.training.slice_classifier import SliceFilter
         from medseg.training.trainer import choose_device
 
         self.path = Path(path)
@@ -118,10 +119,16 @@ class SegmentationModel:
         self.device = choose_device(device)
         post = self.folders[0] / "postprocessing.json"
         self.rules = read_rules(post) if post.is_file() else PostprocessingRules()
-        from medseg.training.slice_classifier import SliceFilter
-
-        # Empty-slice classifier (2D / 2.5D models; training/slice_classifier.py), if trained.
-        self.slice_filter = SliceFilter.from_model_folder(self.folders[0], device=self.device)
+        # Empty-slice classifiers (2D / 2.5D models; training/slice_classifier.py), one per
+        # fold folder that has one; an ensemble averages their probabilities.
+        filters = [SliceFilter.from_model_folder(f, device=self.device) for f in self.folders]
+        self.slice_filters = [f for f in filters if f is not None]
+        if self.slice_filters and len(self.slice_filters) < len(self.folders):
+            log.warning(
+                "%d of %d folds have an empty-slice classifier; using those",
+                len(self.slice_filters),
+                len(self.folders),
+            )
         self.last_suppressed_slices: list[int] = []
         self.info = json.loads((self.folders[0] / "model.json").read_text())
         self.backend = backend
@@ -222,10 +229,11 @@ class SegmentationModel:
         assert total is not None
         total /= len(self.networks)
         self.last_suppressed_slices = []
-        if slice_filter and self.slice_filter is not None:
+        if slice_filter and self.slice_filters:
             from medseg.training.slice_classifier import suppress_slices
 
-            empty = self.slice_filter.empty_slices(image)
+            p_foreground = np.mean([f.foreground_probability(image) for f in self.slice_filters], axis=0)
+            empty = p_foreground < self.slice_filters[0].config.threshold
             total = suppress_slices(total, empty)
             self.last_suppressed_slices = [int(i) for i in np.flatnonzero(empty)]
         label = restore_to_original(total, info, is_probabilities=True)

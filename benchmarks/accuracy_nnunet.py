@@ -54,6 +54,7 @@ TRAINER_SOURCE = '''\
 """medseg benchmark: nnU-Net's default trainer with the epoch count cut to a budget."""
 import math
 import os
+import sys
 import time
 
 import torch
@@ -61,34 +62,10 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds():
-    """CPU time of this process tree (see benchmarks/cpu_budget.py, same rule)."""
-    root = os.getpid()
-    parents, times = {}, {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % entry) as fh:
-                text = fh.read()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2:].split()
-        pid = int(entry)
-        parents[pid] = int(fields[1])
-        u, s, cu, cs = (int(v) for v in fields[11:15])
-        times[pid] = (u + s + (cu + cs if pid == root else 0)) / _TICK
-    total, frontier = times.get(root, 0.0), [root]
-    while frontier:
-        parent = frontier.pop()
-        for pid, ppid in parents.items():
-            if ppid == parent and pid != root:
-                total += times.get(pid, 0.0)
-                frontier.append(pid)
-    return total
+# The CPU-time rule of benchmarks/cpu_budget.py (stdlib only), imported from the medseg
+# checkout: this module lives in nnU-Net's venv, which has no medseg.
+sys.path.insert(0, os.environ["MEDSEG_BENCHMARKS_DIR"])
+from cpu_budget import process_tree_cpu_seconds as _cpu_seconds  # noqa: E402
 
 
 def _clock():
@@ -253,6 +230,7 @@ def run_nnunet(job: Mapping[str, Any]) -> dict[str, Any]:
         "MEDSEG_NNUNET_BUDGET_S": str(float(job["budget_min"]) * 60.0),
         "MEDSEG_NNUNET_THREADS": threads,
         "MEDSEG_NNUNET_CPU_BUDGET": "1" if job.get("cpu_budget", True) else "0",
+        "MEDSEG_BENCHMARKS_DIR": str(HERE),
         "OMP_WAIT_POLICY": "PASSIVE",
     }
     pre, res = base / "preprocessed", base / "results"

@@ -426,10 +426,21 @@ def prepare_medseg(root: Path, opts: Mapping[str, Any], threads: int) -> tuple[A
     return plan, cache
 
 
+def predict_held_out(job: Mapping[str, Any], model_dir: Path, *, tta: bool) -> Any:
+    """``medseg.inference.predictor.predict`` on the fold's held-out images; raises if a case fails."""
+    from medseg.inference.predictor import PredictConfig, predict
+
+    pcfg = PredictConfig(device="cpu", tta=tta, overlap=0.5, overwrite=True, threads=int(job["threads"]))
+    results = predict(job["test_images"], model_dir, Path(job["pred_dir"]), pcfg)
+    failed = [r.case_id for r in results if not r.ok]
+    if failed:
+        raise RuntimeError(f"prediction failed for {failed}")
+    return pcfg
+
+
 def run_medseg(job: Mapping[str, Any]) -> dict[str, Any]:
     import torch
 
-    from medseg.inference.predictor import PredictConfig, predict
     from medseg.training.config import TrainingConfig
     from medseg.training.trainer import dataset_json_for_model
 
@@ -491,14 +502,7 @@ def run_medseg(job: Mapping[str, Any]) -> dict[str, Any]:
             rules_from_options(opts["postprocessing"]), model_dir / "postprocessing.json", overwrite=True
         )
     t2 = time.monotonic()
-    pred_dir = Path(job["pred_dir"])
-    pcfg = PredictConfig(
-        device="cpu", tta=bool(opts.get("tta", False)), overlap=0.5, overwrite=True, threads=threads
-    )
-    results = predict(job["test_images"], model_dir, pred_dir, pcfg)
-    failed = [r.case_id for r in results if not r.ok]
-    if failed:
-        raise RuntimeError(f"prediction failed for {failed}")
+    pcfg = predict_held_out(job, model_dir, tta=bool(opts.get("tta", False)))
     return {
         "preprocess_seconds": prep_s,
         "train_seconds": train_s,
@@ -610,7 +614,6 @@ def run_medseg_slice_filter(job: Mapping[str, Any]) -> dict[str, Any]:
     the member's, so this row differs from the member's row by the filter alone."""
     import torch
 
-    from medseg.inference.predictor import PredictConfig, predict
     from medseg.preprocessing.plan import Plan
     from medseg.training.slice_classifier import SliceClassifierConfig, train_slice_classifier
 
@@ -625,13 +628,7 @@ def run_medseg_slice_filter(job: Mapping[str, Any]) -> dict[str, Any]:
     cfg = SliceClassifierConfig(**{"threads": threads, **opts.get("classifier", {})})
     res = train_slice_classifier(plan, opts["cache"], job["train_ids"], model_dir, cfg, progress=False)
     t0 = time.monotonic()
-    pcfg = PredictConfig(
-        device="cpu", tta=bool(opts.get("tta", False)), overlap=0.5, overwrite=True, threads=threads
-    )
-    results = predict(job["test_images"], model_dir, Path(job["pred_dir"]), pcfg)
-    failed = [r.case_id for r in results if not r.ok]
-    if failed:
-        raise RuntimeError(f"prediction failed for {failed}")
+    predict_held_out(job, model_dir, tta=bool(opts.get("tta", False)))
     return {
         "train_seconds": res.seconds,
         "iterations": res.iterations,

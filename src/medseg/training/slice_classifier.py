@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medseg.config import from_dict
+from medseg.config import from_dict, load_json
 from medseg.errors import ConfigError, InputError
 from medseg.io.atomic import atomic_file, write_text_atomic
 from medseg.preprocessing.plan import Plan
@@ -258,12 +258,7 @@ class SliceFilter:
     def __init__(self, folder: str | Path, *, device: torch.device | str = "cpu"):
         folder = Path(folder)
         meta_path = folder / META_FILE
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(
-                meta_path, "cannot be read as a slice classifier description", found=str(exc)
-            ) from exc
+        meta = load_json(meta_path)
         if meta.get("schema_version") != SCHEMA_VERSION:
             raise InputError(
                 meta_path,

@@ -848,14 +848,16 @@ def markdown_table(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_markdown(report: Mapping[str, Any], docs: Path = DOCS) -> Path:
+def write_markdown(report: Mapping[str, Any], docs: Path = DOCS, section: str | None = None) -> Path:
+    """Rewrite the table between the section's markers (default section: the dataset's name)."""
     spec = DATASETS[report["dataset"]]
-    start, end = f"<!-- accuracy:{spec.name} start -->", f"<!-- accuracy:{spec.name} end -->"
+    section = section or spec.name
+    start, end = f"<!-- accuracy:{section} start -->", f"<!-- accuracy:{section} end -->"
     run = report["run"]
     folds = run["eval_folds"]
     body = [
         start,
-        f"### {spec.name}{' (QUICK smoke run, not a result)' if run['quick'] else ''}",
+        f"### {section}{' (QUICK smoke run, not a result)' if run['quick'] else ''}",
         "",
         "Command: " + ", then ".join(f"`{c}`" for c in run.get("commands", [run["command"]])) + "  ",
         f"Run {run['started']} on {run['machine']}, {run['threads']} thread{'s' if run['threads'] != 1 else ''} per contender, "
@@ -1166,6 +1168,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--docs", default=str(DOCS))
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")
+    parser.add_argument(
+        "--section",
+        default=None,
+        help="name of the table in docs/benchmarks.md (default: the dataset's name); another name "
+        "adds a second table for the dataset (e.g. a longer budget) and keeps the first",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     report = run_dataset(args)
@@ -1177,7 +1185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(markdown_table(report))
     print(f"results: {out / name}")
     if not args.no_docs:
-        print(f"docs: {write_markdown(report, Path(args.docs))}")
+        print(f"docs: {write_markdown(report, Path(args.docs), args.section)}")
     return 0
 
 

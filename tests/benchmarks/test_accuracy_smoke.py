@@ -81,6 +81,11 @@ def test_markdown_section_is_replaced_and_notes_kept(tmp_path: Path) -> None:
     assert "**0.750**" in again and "**0.500**" not in again
     assert again.count("<!-- accuracy:hippocampus start -->") == 1
     assert "My notes stay." in again
+    # a second section of the same dataset (e.g. a longer budget) is added beside the first
+    acc.write_markdown(_report(0.625), docs, section="hippocampus-long")
+    both = docs.read_text()
+    assert "**0.750**" in both and "**0.625**" in both and "### hippocampus-long" in both
+    assert both.count("<!-- accuracy:hippocampus-long end -->") == 1
 
 
 def test_set_options_merge_and_rules() -> None:

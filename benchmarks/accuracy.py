@@ -50,6 +50,7 @@ import math
 import os
 import platform
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -1012,7 +1013,7 @@ def run_dataset(args: argparse.Namespace) -> dict[str, Any]:
     report = {
         "dataset": spec.name,
         "run": {
-            "command": "python benchmarks/accuracy.py " + " ".join(sys.argv[1:]),
+            "command": "python benchmarks/accuracy.py " + shlex.join(sys.argv[1:]),
             "started": tag,
             "quick": quick,
             "budget_min": budget,

@@ -1,8 +1,9 @@
 #!/bin/bash
-# TTA ablation on the chaos6t2 models: medseg predict --tta per fold, then one evaluate over all 16 cases.
+# TTA ablation on the chaos6t2 models (benchmarks/accuracy.py chaos ... --tag chaos6t2): medseg predict
+# --tta per fold, then one medseg evaluate over all 16 cases. Run from the repository root.
 set -e
-R=/work/main/benchmarks/work/chaos/runs/chaos6t2
-M=/work/main/.venv/bin/medseg
+R=benchmarks/work/chaos/runs/chaos6t2
+M=.venv/bin/medseg
 OUT=$R/tta_ablation
 rm -rf $OUT; mkdir -p $OUT/tta $OUT/notta
 start=$(date +%s)

@@ -169,3 +169,57 @@ def test_time_budget_decays_the_learning_rate_and_bf16_trains(planned_dataset: P
     # following the 6 s budget it has decayed by more than half
     assert lrs[-1] < 0.5 * lrs[0]
     assert all(torch.isfinite(torch.tensor(h.train_loss)) for h in res.history)
+
+
+@pytest.mark.parametrize("configuration", ["3d", "2.5d"])
+def test_channels_last_trains_the_same_network_in_the_channels_last_layout(
+    tmp_path: Path, configuration: str
+) -> None:
+    """channels_last changes the memory layout only: the same losses step by step (float32)."""
+    from medseg.preprocessing.pipeline import plan_dataset
+    from tests.preprocessing.conftest import write_dataset
+
+    torch.set_num_threads(1)
+    root = write_dataset(tmp_path / "toy", n=6)
+    overrides = (
+        {"patch_size": [8, 16, 16], "batch_size": 2}
+        if configuration == "3d"
+        else {"patch_size": [1, 16, 16], "batch_size": 2, "slab_slices": 3}
+    )
+    plan_dataset(root, configuration, overrides=overrides, workers=1)
+    layout = torch.channels_last_3d if configuration == "3d" else torch.channels_last
+    steps: dict[bool, list[tuple[bool, float]]] = {False: [], True: []}
+    original = Trainer._loss
+
+    def spy(self: Trainer, logits: object, label: torch.Tensor) -> torch.Tensor:
+        # a kernel with several input channels and a spatial extent (else both layouts agree)
+        conv = next(p for p in self.model.parameters() if p.dim() >= 4 and p.shape[1] > 1 and p.shape[-1] > 1)
+        in_layout = conv.is_contiguous(memory_format=layout) and not conv.is_contiguous()
+        loss = original(self, logits, label)
+        steps[self.config.channels_last].append((in_layout, float(loss.detach())))
+        return loss
+
+    for channels_last in (False, True):
+        cfg = _config(epochs=2, val_every=1, channels_last=channels_last, deterministic=True)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(Trainer, "_loss", spy)
+            res = train(
+                root,
+                0,
+                configuration=configuration,
+                config=cfg,
+                folds=3,
+                out_dir=tmp_path / f"model_{channels_last}",
+            )
+        assert res.epochs_completed == 2
+    plain, fast = steps[False], steps[True]
+    assert len(plain) == len(fast) == 6
+    # the layout asked for is the one used at every step
+    assert not any(s[0] for s in plain) and all(s[0] for s in fast)
+    # same initial weights and batch: the first loss agrees to rounding; later ones stay
+    # close (Adam amplifies rounding differences in near-zero gradients a little)
+    assert fast[0][1] == pytest.approx(plain[0][1], rel=1e-5)
+    for (_, a), (_, b) in zip(plain, fast, strict=True):
+        assert b == pytest.approx(a, rel=2e-3)
+    saved = load_checkpoint(tmp_path / "model_True" / "checkpoint_last.pt")
+    assert saved["training_config"]["channels_last"] is True

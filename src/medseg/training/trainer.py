@@ -98,6 +98,13 @@ def choose_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+def _memory_format(channels_last: bool, spatial_dims: int) -> torch.memory_format:
+    """The tensor layout for a network of ``spatial_dims`` (2D and 2.5D nets see 4D batches)."""
+    if not channels_last:
+        return torch.contiguous_format
+    return torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
+
+
 def _lr_lambda(config: TrainingConfig) -> Any:
     epochs = config.epochs
     if config.schedule == "poly":
@@ -249,6 +256,10 @@ class Trainer:
         self.architecture = architecture_from_plan(plan)
         torch.manual_seed(config.seed)
         self.model = self.architecture.build().to(self.device)
+        self.memory_format = _memory_format(config.channels_last, plan.spatial_dims)
+        # In place: the parameters keep their identity, so the optimiser built below and
+        # checkpoints (state_dict copies values whatever the layout) are unaffected.
+        self.model.to(memory_format=self.memory_format)  # type: ignore[call-overload]  # untyped overload
         self.net: nn.Module = self.model
         if self.world > 1:
             self.net = nn.parallel.DistributedDataParallel(
@@ -388,6 +399,7 @@ class Trainer:
         out_of_time = False
         for batch in self._loader(epoch):
             image = batch["image"].to(self.device, non_blocking=True)
+            image = image.contiguous(memory_format=self.memory_format)
             label = batch["label"].to(self.device, non_blocking=True)
             self.optimizer.zero_grad(set_to_none=True)
             with self._autocast():

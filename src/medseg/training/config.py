@@ -48,7 +48,7 @@ class TrainingConfig:
     cpu_bf16: bool = False
     # Channels-last memory layout (NDHWC / NHWC) for the network and its input batches: oneDNN's
     # faster convolution kernels on CPU (1.3-1.6x per 3D U-Net step measured on the benchmark
-    # machine, benchmarks/channels_last_bench.py); the numbers computed are the same.
+    # machine, benchmarks/channels_last_bench.py); the results agree up to float rounding.
     channels_last: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     time_budget_minutes: float | None = None

@@ -756,6 +756,9 @@ def evaluate_folder(pred: Path, ref: Path, labels: Mapping[int, str]) -> dict[st
     pixel_errors = []
     fp_volume_ml = []
     empty_fp_ml: list[float] = []
+    # one-class sets (ISBI): Dice of the complement too. On ISBI that is the cell interior, the
+    # white "foreground" of the stored images, against the membrane class scored above.
+    complement_dice: list[float] = []
     for case in res.scored_cases:
         vals = [case.per_label[lab].values["dice"] for lab in labels]
         finite = [v for v in vals if math.isfinite(v)]
@@ -769,6 +772,11 @@ def evaluate_folder(pred: Path, ref: Path, labels: Mapping[int, str]) -> dict[st
         p = read_volume(case.prediction).array
         r = read_volume(case.reference)
         pixel_errors.append(float(np.mean((p > 0) != (r.array > 0))))
+        if len(labels) == 1:
+            pb, rb = p == 0, r.array == 0
+            denom = int(pb.sum()) + int(rb.sum())
+            if denom:
+                complement_dice.append(2.0 * float(np.count_nonzero(pb & rb)) / denom)
         voxel_ml = float(np.prod(r.spacing)) / 1000.0
         fp_volume_ml.append(float(np.count_nonzero((p > 0) & (r.array == 0))) * voxel_ml)
         # foreground predicted on slices (first axis) where the reference has none: what an
@@ -781,6 +789,7 @@ def evaluate_folder(pred: Path, ref: Path, labels: Mapping[int, str]) -> dict[st
         "mean_dice_std": float(np.std(case_means, ddof=1)) if len(case_means) > 1 else None,
         "mean_hd95": _mean_or_none([summary["per_class"][n]["hd95"]["mean"] for n in labels.values()]),
         "pixel_error": float(np.mean(pixel_errors)) if pixel_errors else None,
+        "complement_dice": float(np.mean(complement_dice)) if complement_dice else None,
         "false_positive_volume_ml": float(np.mean(fp_volume_ml)) if fp_volume_ml else None,
         "empty_slice_false_positive_ml": float(np.mean(empty_fp_ml)) if empty_fp_ml else None,
         "n_cases": summary["n_cases"],
@@ -820,7 +829,7 @@ def markdown_table(report: Mapping[str, Any]) -> str:
     head += [f"Dice {n}" for n in names] + [f"HD95 {n} (mm)" for n in names]
     head += ["mean Dice", "train min", "iterations", "peak RSS (MB)", "load avg"]
     if spec.name == "isbi":
-        head.insert(len(head) - 4, "pixel error")
+        head[len(head) - 4 : len(head) - 4] = ["pixel error", "Dice cell interior"]
     if spec.name == "chaos":
         head[len(head) - 4 : len(head) - 4] = ["FP volume (mL)", "FP on empty slices (mL)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -839,6 +848,8 @@ def markdown_table(report: Mapping[str, Any]) -> str:
         if spec.name == "isbi":
             pe = ev.get("pixel_error")
             cells.append("n/a" if pe is None else f"{pe:.4f}")
+            cd = ev.get("complement_dice")
+            cells.append("n/a" if cd is None else f"{cd:.3f}")
         if spec.name == "chaos":
             for key in ("false_positive_volume_ml", "empty_slice_false_positive_ml"):
                 v = ev.get(key)

@@ -147,3 +147,34 @@ def test_quick_run_on_four_hippocampus_cases(shared_data: Path, tmp_path: Path) 
     assert json.loads((model_dir / "postprocessing.json").read_text())["keep_largest_foreground"] is True
     text = docs.read_text()
     assert "QUICK smoke run" in text and "| medseg 3D U-Net |" in text
+
+
+def test_evaluate_folder_scores_pixel_error_and_the_complement_of_a_one_class_set(tmp_path: Path) -> None:
+    """ISBI-style scoring: membrane Dice, pixel error and the cell-interior (label 0) Dice."""
+    import numpy as np
+
+    from medseg.io import write_volume
+    from medseg.volume import Volume
+
+    acc = _load()
+    ref = np.zeros((1, 20, 20), np.uint8)
+    ref[0, :, 8:12] = 1  # a 4-pixel-wide membrane: 80 of 400 pixels
+    pred = np.zeros_like(ref)
+    pred[0, :, 9:13] = 1  # shifted by one column: 20 false positives, 20 false negatives
+    geometry = {"spacing": (1.0, 0.004, 0.004), "origin": (0.0, 2.0, -3.0)}
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "ref").mkdir()
+    write_volume(Volume(pred, **geometry), tmp_path / "pred" / "img01.nii.gz")
+    write_volume(Volume(ref, **geometry), tmp_path / "ref" / "img01.nii.gz")
+    ev = acc.evaluate_folder(tmp_path / "pred", tmp_path / "ref", {1: "membrane"})
+    assert ev["per_class"]["membrane"]["dice"]["mean"] == pytest.approx(2 * 60 / 160)
+    assert ev["pixel_error"] == pytest.approx(40 / 400)
+    assert ev["complement_dice"] == pytest.approx(2 * 300 / 640)  # 320 cells each, 300 shared
+    report = _report(0.5)
+    report["dataset"] = "isbi"
+    for row in report["rows"]:
+        if "evaluation" in row:
+            row["evaluation"] = {**ev, "mean_dice": ev["mean_dice"], "mean_dice_std": None}
+    table = acc.markdown_table(report)
+    assert "| pixel error | Dice cell interior |" in table
+    assert "| 0.1000 | 0.938 |" in table

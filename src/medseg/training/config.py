@@ -49,6 +49,8 @@ class TrainingConfig:
     # Channels-last memory layout (NDHWC / NHWC) for the network and its input batches: oneDNN's
     # faster convolution kernels on CPU (1.3-1.6x per 3D U-Net step measured on the benchmark
     # machine, benchmarks/channels_last_bench.py); the results agree up to float rounding.
+    # For 3D only: the 2D/2.5D networks of the CHAOS and ISBI benchmarks were 0.86-0.97x
+    # (slower) in NHWC on the same machine (``--case chaos-2.5d`` / ``--case isbi``).
     channels_last: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     time_budget_minutes: float | None = None

@@ -165,3 +165,36 @@ def test_build_augmentation_rejects_bad_arguments() -> None:
         build_augmentation(AugmentationConfig(flip_axes=(0, 3)), 3)
     with pytest.raises(ConfigError, match="spacing must be positive"):
         build_augmentation(AugmentationConfig(), 3, spacing=(0.0, 1.0, 1.0))
+
+
+def test_lateralised_label_names() -> None:
+    from medseg.data.augment import is_lateralised
+
+    assert is_lateralised(["liver", "right_kidney", "left_kidney"])
+    assert is_lateralised(["Left lung"])
+    assert not is_lateralised(["anterior", "posterior", "brightness"])  # "right" inside a word
+
+
+def test_left_right_axis_follows_the_direction_matrix() -> None:
+    from medseg.data.augment import left_right_array_axis
+
+    # Volume's direction: column a = world (x, y, z) vector of array axis a (z, y, x).
+    # Axial (ITK diag(1, -1, 1), columns reversed): x, the last array axis
+    axial = np.array([[0.0, 0.0, 1.0], [0.0, -1.0, 0.0], [1.0, 0.0, 0.0]])
+    assert left_right_array_axis(axial) == 2
+    # sagittal slices: the slice axis (array axis 0) runs left-right; tilted by 20 degrees
+    c, s = math.cos(math.radians(20)), math.sin(math.radians(20))
+    sagittal = np.array([[c, 0.0, -s], [s, 0.0, c], [0.0, -1.0, 0.0]])  # columns: z, y, x
+    assert left_right_array_axis(sagittal) == 0
+
+
+def test_mirror_axes_drop_only_the_left_right_axis() -> None:
+    from medseg.data.augment import mirror_axes
+
+    assert mirror_axes(3, None, None) == (0, 1, 2)
+    assert mirror_axes(3, None, 2) == (0, 1)
+    assert mirror_axes(2, None, 2) == (0,)  # 2D input is (y, x): x is spatial axis 1
+    assert mirror_axes(2, None, 0) == (0, 1)  # sagittal slices: left-right is across slices
+    assert mirror_axes(3, (1,), 1) == (1,)  # explicit flip_axes win
+    with pytest.raises(ConfigError, match="flip_axes"):
+        mirror_axes(2, (2,), None)

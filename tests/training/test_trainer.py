@@ -38,6 +38,7 @@ def test_training_writes_a_complete_model_folder(planned_dataset: Path) -> None:
     assert all(float(r["train_loss"]) > 0 for r in rows)
     info = json.loads((folder / "model.json").read_text())
     assert info["architecture"]["name"] == "unet" and info["epochs_completed"] == 2
+    assert info["mirror_axes"] == [0, 1, 2]  # no left / right labels: mirror along every axis
     ckpt = load_checkpoint(folder / "checkpoint_last.pt")
     assert ckpt["epoch"] == 2 and ckpt["plan"]["patch_size"] == [8, 16, 16]
     assert res.best_epoch in (1, 2) and 0 <= res.best_dice <= 1
@@ -223,3 +224,32 @@ def test_channels_last_trains_the_same_network_in_the_channels_last_layout(
         assert b == pytest.approx(a, rel=2e-3)
     saved = load_checkpoint(tmp_path / "model_True" / "checkpoint_last.pt")
     assert saved["training_config"]["channels_last"] is True
+
+
+def test_left_right_labels_turn_off_mirroring_along_the_left_right_axis(tmp_path: Path) -> None:
+    """A mirrored left kidney looks like a right one: no flips (training or TTA) along that axis."""
+    from medseg.inference.predictor import SegmentationModel
+    from medseg.inference.sliding_window import _flips
+    from medseg.preprocessing.pipeline import plan_dataset
+    from tests.preprocessing.conftest import write_dataset
+
+    torch.set_num_threads(1)
+    root = write_dataset(tmp_path / "toy", n=4)
+    desc = json.loads((root / "dataset.json").read_text())
+    desc["labels"] = {"background": 0, "left_kidney": 1, "right_kidney": 2}
+    (root / "dataset.json").write_text(json.dumps(desc))
+    plan_dataset(root, "3d", overrides={"patch_size": [8, 16, 16], "batch_size": 2}, workers=1)
+    res = train(root, 0, config=_config(epochs=1, val_every=1), folds=2)
+    # the toy cases are axial, tilted by up to 23 degrees: left-right is the x (last) axis
+    assert json.loads((res.model_dir / "model.json").read_text())["mirror_axes"] == [0, 1]
+    model = SegmentationModel(res.model_dir)
+    assert model.mirror_axes == (0, 1)
+    assert sorted(_flips(3, True, model.mirror_axes)) == [(), (2,), (2, 3), (3,)]
+    # asked for explicitly, mirroring stays on
+    res2 = train(
+        root,
+        1,
+        config=_config(epochs=1, augmentation={"mirror_left_right": True}),
+        folds=2,
+    )
+    assert json.loads((res2.model_dir / "model.json").read_text())["mirror_axes"] == [0, 1, 2]

@@ -19,6 +19,7 @@ Reproducible: ``build_augmentation(..., seed=s)`` seeds every random transform
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,11 @@ class AugmentationConfig:
     translate_mm: float = 0.0
     flip_prob: float = 0.5
     flip_axes: tuple[int, ...] | None = None
+    # Mirror along the patient's left-right axis? None: yes, unless a label name says "left"
+    # or "right" (a mirrored left kidney looks like a right one: flipping would teach the
+    # network that the two are interchangeable; TotalSegmentator trains without mirroring
+    # for the same reason). Resolved by the trainer from the cases' orientation.
+    mirror_left_right: bool | None = None
     noise_prob: float = 0.15
     noise_std: float = 0.1
     brightness_prob: float = 0.15
@@ -103,6 +109,41 @@ class AugmentationConfig:
     @classmethod
     def disabled(cls) -> AugmentationConfig:
         return cls(enabled=False)
+
+
+def is_lateralised(label_names: Sequence[str]) -> bool:
+    """True when a label name has the word "left" or "right" (``right_kidney``, ``Left lung``)."""
+    return any(
+        word in ("left", "right") for name in label_names for word in re.split(r"[^a-z]+", name.lower())
+    )
+
+
+def left_right_array_axis(direction: Sequence[float] | Any) -> int:
+    """Array axis (0 = z, 1 = y, 2 = x) closest to the patient's left-right (world x) axis."""
+    import numpy as np
+
+    mat = np.asarray(direction, dtype=float).reshape(3, 3)  # columns: array axes z, y, x
+    return int(np.argmax(np.abs(mat[0, :])))
+
+
+def mirror_axes(
+    spatial_dims: int, flip_axes: Sequence[int] | None, left_right_axis: int | None
+) -> tuple[int, ...]:
+    """Spatial axes of the network input along which an image may be mirrored.
+
+    ``flip_axes`` given: those. Otherwise every spatial axis, less the one that is the
+    patient's left-right axis (``left_right_axis``, an array axis 0..2 of the (z, y, x)
+    volume; None keeps them all). A 2D / 2.5D network sees (y, x): array axis ``a`` is
+    spatial axis ``a - 1`` there, and a left-right slice axis (sagittal slices) is not
+    one of its axes.
+    """
+    if flip_axes is not None:
+        axes = tuple(int(a) for a in flip_axes)
+        if any(not 0 <= a < spatial_dims for a in axes):
+            raise ConfigError(f"augmentation flip_axes {axes} must be spatial axes 0..{spatial_dims - 1}")
+        return axes
+    excluded = None if left_right_axis is None else left_right_axis - (3 - spatial_dims)
+    return tuple(a for a in range(spatial_dims) if a != excluded)
 
 
 def thick_axis(spacing: Sequence[float], threshold: float) -> int | None:

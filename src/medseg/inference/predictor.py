@@ -131,6 +131,9 @@ class SegmentationModel:
             )
         self.last_suppressed_slices: list[int] = []
         self.info = json.loads((self.folders[0] / "model.json").read_text())
+        # Axes the network was trained to see mirrored (absent in older models: all).
+        mirror = self.info.get("mirror_axes")
+        self.mirror_axes: tuple[int, ...] | None = None if mirror is None else tuple(int(a) for a in mirror)
         self.backend = backend
         self.networks: list[Callable[[torch.Tensor], torch.Tensor]] = []
         for folder in self.folders:
@@ -223,6 +226,7 @@ class SegmentationModel:
                 overlap=overlap,
                 sw_batch_size=sw_batch_size,
                 mirror=tta,
+                mirror_axes=self.mirror_axes,
                 amp=self.device.type == "cuda",
             )
             total = probs if total is None else total + probs

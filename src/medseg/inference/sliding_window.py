@@ -38,10 +38,13 @@ def slab_stack(image: np.ndarray | torch.Tensor, slab: int) -> torch.Tensor:
     return gathered.permute(1, 2, 0, 3, 4).reshape(z, slab * c, *t.shape[2:])
 
 
-def _flips(spatial_dims: int, mirror: bool) -> list[tuple[int, ...]]:
+def _flips(
+    spatial_dims: int, mirror: bool, mirror_axes: Sequence[int] | None = None
+) -> list[tuple[int, ...]]:
     if not mirror:
         return [()]
-    axes = tuple(range(2, 2 + spatial_dims))
+    spatial = range(spatial_dims) if mirror_axes is None else mirror_axes
+    axes = tuple(2 + int(a) for a in spatial)
     return [combo for r in range(len(axes) + 1) for combo in itertools.combinations(axes, r)]
 
 
@@ -55,9 +58,14 @@ def predict_probabilities(
     overlap: float = 0.25,
     sw_batch_size: int = 4,
     mirror: bool = False,
+    mirror_axes: Sequence[int] | None = None,
     amp: bool = False,
 ) -> np.ndarray:
-    """Softmax probabilities (K, Z, Y, X) for a preprocessed image (C, Z, Y, X)."""
+    """Softmax probabilities (K, Z, Y, X) for a preprocessed image (C, Z, Y, X).
+
+    ``mirror``: average over every combination of flips along ``mirror_axes`` (spatial axes
+    of the network input: (z, y, x) in 3D, (y, x) in 2D / 2.5D; None: all of them).
+    """
     dev = torch.device(device)
     x = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32)
     if plan.spatial_dims == 3:
@@ -67,7 +75,7 @@ def predict_probabilities(
         inputs = slab_stack(x, plan.slab_slices)  # (Z, C*slab, Y, X)
         roi = plan.patch_size[1:]
     total: torch.Tensor | None = None
-    flips = _flips(plan.spatial_dims, mirror)
+    flips = _flips(plan.spatial_dims, mirror, mirror_axes)
     autocast = torch.autocast(device_type=dev.type, enabled=amp and dev.type == "cuda")
     for flip in flips:
         inp = torch.flip(inputs, flip) if flip else inputs

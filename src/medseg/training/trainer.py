@@ -14,6 +14,7 @@ the per-epoch sample indices), only rank 0 validates, logs and writes checkpoint
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -278,6 +279,49 @@ class Trainer:
         self.best_epoch = -1
         self.history: list[EpochRecord] = []
         self.batch_size = config.batch_size or plan.batch_size
+        self.mirror_axes = self._resolve_mirror_axes()
+
+    def _resolve_mirror_axes(self) -> tuple[int, ...]:
+        """Spatial axes along which training flips and test-time mirroring may act.
+
+        Recorded in model.json (``mirror_axes``) so that ``--tta`` mirrors only where the
+        network was taught that a mirrored image has the same labels (nnU-Net keeps its
+        allowed mirroring axes with the model for the same reason).
+        """
+        from medseg.data.augment import (
+            AugmentationConfig,
+            is_lateralised,
+            left_right_array_axis,
+            mirror_axes,
+        )
+        from medseg.preprocessing.pipeline import load_preprocess_info
+
+        aug = AugmentationConfig.from_dict(self.config.augmentation)
+        mirror_lr = aug.mirror_left_right
+        names = [n for n, v in self.plan.labels.items() if v != 0]
+        if mirror_lr is None:
+            mirror_lr = not is_lateralised(names)
+        if mirror_lr or aug.flip_axes is not None:
+            return mirror_axes(self.plan.spatial_dims, aug.flip_axes, None)
+        axes = {
+            left_right_array_axis(load_preprocess_info(self.cache, c).preprocessed_geometry.direction)
+            for c in self.train_ids
+        }
+        if len(axes) > 1:
+            log.warning(
+                "the training cases put the left-right axis on different array axes %s: no mirroring",
+                sorted(axes),
+            )
+            return ()
+        lr_axis = axes.pop()
+        result = mirror_axes(self.plan.spatial_dims, None, lr_axis)
+        log.info(
+            "labels name left / right structures: no mirroring along the left-right axis "
+            "(array axis %d); mirroring axes of the network input: %s",
+            lr_axis,
+            list(result),
+        )
+        return result
 
     # ------------------------------------------------------------------ setup
     def _loader(self, epoch: int) -> torch.utils.data.DataLoader:
@@ -287,6 +331,7 @@ class Trainer:
         transform = None
         aug_cfg = AugmentationConfig.from_dict(self.config.augmentation)
         if aug_cfg.enabled:
+            aug_cfg = dataclasses.replace(aug_cfg, flip_axes=self.mirror_axes)
             spacing = (
                 self.plan.target_spacing if self.plan.spatial_dims == 3 else self.plan.target_spacing[1:]
             )
@@ -382,6 +427,7 @@ class Trainer:
             {
                 "configuration": self.plan.configuration,
                 "labels": self.plan.labels,
+                "mirror_axes": list(self.mirror_axes),
                 "channel_names": list(self.plan.channel_names),
                 "fold": self.fold,
                 "epochs_completed": self.epoch,

@@ -256,9 +256,7 @@ def build_augmentation(
                     )
                 )
         if config.flip_prob > 0:
-            axes = config.flip_axes if config.flip_axes is not None else tuple(range(spatial_dims))
-            if any(not 0 <= a < spatial_dims for a in axes):
-                raise ConfigError(f"augmentation flip_axes {axes} must be spatial axes 0..{spatial_dims - 1}")
+            axes = mirror_axes(spatial_dims, config.flip_axes, None)  # validates flip_axes
             steps += [mt.RandFlipd(keys, prob=config.flip_prob, spatial_axis=a) for a in axes]
         if config.noise_prob > 0 and config.noise_std > 0:
             steps.append(mt.RandGaussianNoised(IMAGE, prob=config.noise_prob, std=config.noise_std))

@@ -51,14 +51,11 @@ def test_existing_model_folder_needs_resume_or_overwrite(planned_dataset: Path) 
         train(planned_dataset, 0, config=_config(epochs=1), folds=3)
 
 
-def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(folder / "checkpoint_last.pt")["model"]
-
-
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
 def test_resume_after_interruption_reproduces_the_uninterrupted_run(
-    planned_dataset: Path, monkeypatch: pytest.MonkeyPatch
+    planned_dataset: Path, monkeypatch: pytest.MonkeyPatch, ema_decay: float | None
 ) -> None:
-    cfg = _config(epochs=3)
+    cfg = _config(epochs=3, ema_decay=ema_decay)
     full = train(planned_dataset, 0, config=cfg, out_dir=planned_dataset / "full", folds=3)
 
     original = Trainer._after_epoch
@@ -75,10 +72,44 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(
     monkeypatch.setattr(Trainer, "_after_epoch", original)
     resumed = train(planned_dataset, 0, config=cfg, out_dir=planned_dataset / "cut", resume=True, folds=3)
     assert resumed.epochs_completed == 3
-    a, b = _weights(full.model_dir), _weights(resumed.model_dir)
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    for part in ("model", "training_model") if ema_decay else ("model",):
+        a = load_checkpoint(full.model_dir / "checkpoint_last.pt")[part]
+        b = load_checkpoint(resumed.model_dir / "checkpoint_last.pt")[part]
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=f"{part}: {key}")
     assert [round(h.train_loss, 6) for h in full.history] == [round(h.train_loss, 6) for h in resumed.history]
+
+
+def test_ema_of_the_weights_is_what_the_checkpoint_keeps_as_the_model(
+    planned_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torch.optim.swa_utils import AveragedModel
+
+    decay = 0.6
+    seen: list[dict[str, torch.Tensor]] = []  # the optimised weights after every step
+    original = AveragedModel.update_parameters
+
+    def record(self: AveragedModel, model: torch.nn.Module) -> None:
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        original(self, model)
+
+    monkeypatch.setattr(AveragedModel, "update_parameters", record)
+    res = train(planned_dataset, 0, config=_config(ema_decay=decay), folds=3)
+    ckpt = load_checkpoint(res.model_dir / "checkpoint_last.pt")
+    assert ckpt["ema_updates"] == len(seen) == 2 * 3  # epochs x iterations
+    expected = dict(seen[0])  # torch's EMA starts from the first step's weights
+    for weights in seen[1:]:
+        expected = {k: decay * expected[k] + (1 - decay) * weights[k] for k in expected}
+    changed = 0
+    for key, value in ckpt["model"].items():
+        if not value.is_floating_point():
+            continue
+        torch.testing.assert_close(value, expected[key], rtol=1e-5, atol=1e-6, msg=key)
+        torch.testing.assert_close(ckpt["training_model"][key], seen[-1][key], rtol=0, atol=0, msg=key)
+        changed += int(not torch.equal(value, seen[-1][key]))
+    assert changed > 0  # the saved weights are the average, not the last step's
+    with pytest.raises(ConfigError, match="ema_decay"):
+        _config(ema_decay=1.0)
 
 
 def test_ctrl_c_mid_epoch_writes_a_checkpoint(planned_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:

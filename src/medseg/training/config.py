@@ -59,6 +59,10 @@ class TrainingConfig:
     tensorboard: bool = False
     grad_clip: float | None = 12.0
     threads: int | None = None
+    # Exponential moving average of the weights (e.g. 0.999): validation, checkpoints'
+    # ``model`` weights and prediction use the average; the optimiser keeps training the raw
+    # weights (stored as ``training_model`` for resuming). None: no averaging.
+    ema_decay: float | None = None
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:
@@ -71,6 +75,8 @@ class TrainingConfig:
             raise ConfigError(f"batch_size must be >= 1, found {self.batch_size}")
         if self.num_workers < 0:
             raise ConfigError(f"num_workers must be >= 0, found {self.num_workers}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in (0, 1) or null, found {self.ema_decay}")
 
     def to_json(self) -> str:
         return json.dumps(to_dict(self), indent=2) + "\n"

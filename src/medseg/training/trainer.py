@@ -270,6 +270,15 @@ class Trainer:
 
         self.loss_fn = build_loss(config.loss, **config.loss_options)
         self.optimizer = build_optimizer(self.model, config)
+        self.ema: torch.optim.swa_utils.AveragedModel | None = None
+        if config.ema_decay is not None:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            # torch's own EMA (a deep copy of the network, updated after every step);
+            # buffers are averaged too, so normalisation statistics match the weights.
+            self.ema = AveragedModel(
+                self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True
+            )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(config))
         self.use_amp = config.amp and self.device.type == "cuda"
         self.use_cpu_bf16 = config.cpu_bf16 and self.device.type == "cpu"
@@ -365,10 +374,22 @@ class Trainer:
             persistent_workers=False,
         )
 
+    @property
+    def inference_model(self) -> nn.Module:
+        """The weights that are validated, saved as ``model`` and used for prediction."""
+        return self.ema.module if self.ema is not None else self.model
+
     # ------------------------------------------------------------- checkpoints
     def _payload(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.ema is not None:
+            extra = {
+                "training_model": self.model.state_dict(),
+                "ema_updates": int(self.ema.n_averaged.item()),
+            }
         return {
-            "model": self.model.state_dict(),
+            "model": self.inference_model.state_dict(),
+            **extra,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -396,7 +417,14 @@ class Trainer:
                 f"{arch.kwargs}) than this plan's ({self.architecture.name}, {self.architecture.in_channels} -> "
                 f"{self.architecture.out_channels}, {self.architecture.kwargs})"
             )
-        load_weights(self.model, data["model"], arch, path)
+        # With EMA, ``model`` holds the average and ``training_model`` the optimised weights.
+        load_weights(self.model, data.get("training_model", data["model"]), arch, path)
+        if self.ema is not None:
+            if "training_model" in data:
+                load_weights(self.ema.module, data["model"], arch, path)
+                self.ema.n_averaged.fill_(int(data.get("ema_updates", 1)))
+            else:  # the run being resumed kept no average: start it from these weights
+                self.ema.n_averaged.zero_()
         self.optimizer.load_state_dict(data["optimizer"])
         self.scheduler.load_state_dict(data["scheduler"])
         self.scaler.load_state_dict(data["scaler"])
@@ -462,6 +490,8 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             losses.append(float(loss.detach()))
             advance()
             # Ranks must stop at the same step (else one waits forever in a collective).
@@ -490,13 +520,14 @@ class Trainer:
     def validate(self) -> list[float]:
         from medseg.inference.sliding_window import predict_probabilities
 
-        self.model.eval()
+        model = self.inference_model
+        model.eval()
         per_case = []
         for case_id in self.val_ids:
             image = np.load(self.cache / f"{case_id}_image.npy")
             label = np.load(self.cache / f"{case_id}_label.npy")
             probs = predict_probabilities(
-                self.model,
+                model,
                 image,
                 self.plan,
                 device=self.device,

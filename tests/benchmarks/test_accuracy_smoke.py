@@ -140,6 +140,13 @@ def test_quick_run_on_four_hippocampus_cases(shared_data: Path, tmp_path: Path) 
     assert medseg["evaluation"]["n_scored"] == 2
     assert set(medseg["evaluation"]["per_class"]) == {"anterior", "posterior"}
     assert any(name.startswith("classical: ") for name in rows)
+    # "medseg" also picks the second seed and the ensemble of the two (softmax mean, TTA);
+    # the ensemble's training time is its members' together
+    second = rows["medseg 3D U-Net, seed 1"]
+    ensemble = rows["medseg ensemble of the two 3D seeds (softmax mean)"]
+    assert "error" not in ensemble, ensemble.get("error")
+    assert ensemble["evaluation"]["n_scored"] == 2
+    assert ensemble["train_seconds"] == pytest.approx(medseg["train_seconds"] + second["train_seconds"])
     # The trained model folder is an ordinary medseg model folder.
     model_dir = Path(medseg["per_fold"]["0"]["model_dir"])
     assert (model_dir / "plan.json").is_file() and (model_dir / "checkpoint_best.pt").is_file()

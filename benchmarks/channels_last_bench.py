@@ -36,11 +36,21 @@ CASES: dict[str, tuple[int, int, int, int, int | None, int, int, tuple[int, ...]
 }
 
 
-def step_time(case: str, channels_last: bool, bf16: bool, steps: int) -> float:
+def build_case(
+    case: str, channels_last: bool, deep_supervision: bool = False
+) -> tuple[UNet, torch.Tensor, torch.Tensor]:
+    """The case's network (seed 0), a random input batch and random labels, in the layout asked."""
     dims, cin, classes, features, max_features, levels, batch, shape = CASES[case]
     torch.manual_seed(0)
     net = UNet(
-        dims, cin, classes, features=features, max_features=max_features, pooling=[2] * levels, depth=levels
+        dims,
+        cin,
+        classes,
+        features=features,
+        max_features=max_features,
+        pooling=[2] * levels,
+        depth=levels,
+        deep_supervision=deep_supervision,
     )
     x = torch.randn(batch, cin, *shape)
     y = torch.randint(0, classes, (batch, *shape))
@@ -48,6 +58,11 @@ def step_time(case: str, channels_last: bool, bf16: bool, steps: int) -> float:
         fmt = torch.channels_last_3d if dims == 3 else torch.channels_last
         net.to(memory_format=fmt)  # type: ignore[call-overload]  # untyped overload
         x = x.to(memory_format=fmt)
+    return net, x, y
+
+
+def step_time(case: str, channels_last: bool, bf16: bool, steps: int) -> float:
+    net, x, y = build_case(case, channels_last)
     opt = torch.optim.AdamW(net.parameters(), 1e-3)
     times = []
     for _ in range(steps + 1):  # the first step warms up oneDNN and is dropped

@@ -21,9 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from channels_last_bench import CASES
-
-from medseg.models.unet import UNet
+from channels_last_bench import CASES, build_case
 
 RESULTS = Path(__file__).resolve().parent / "results" / "compile_bench.json"
 
@@ -32,24 +30,7 @@ def step_times(
     case: str, compiled: bool, *, bf16: bool, channels_last: bool, deep_supervision: bool, steps: int
 ) -> tuple[float, float]:
     """(first step s, median of the steps after two warm-up steps s)."""
-    dims, cin, classes, features, max_features, levels, batch, shape = CASES[case]
-    torch.manual_seed(0)
-    net = UNet(
-        dims,
-        cin,
-        classes,
-        features=features,
-        max_features=max_features,
-        pooling=[2] * levels,
-        depth=levels,
-        deep_supervision=deep_supervision,
-    )
-    x = torch.randn(batch, cin, *shape)
-    y = torch.randint(0, classes, (batch, *shape))
-    if channels_last:
-        fmt = torch.channels_last_3d if dims == 3 else torch.channels_last
-        net.to(memory_format=fmt)  # type: ignore[call-overload]  # untyped overload
-        x = x.to(memory_format=fmt)
+    net, x, y = build_case(case, channels_last, deep_supervision)
     opt = torch.optim.AdamW(net.parameters(), 1e-3)
     forward = torch.compile(net) if compiled else net
     times = []

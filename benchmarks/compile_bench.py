@@ -1,6 +1,8 @@
-"""Training-step time of medseg's U-Net, eager vs ``torch.compile`` (``TrainingConfig.torch_compile``).
+"""Training-step time of medseg's U-Net, eager vs ``torch.compile``.
 
-The measurement behind the ``torch_compile`` option: AdamW steps of an accuracy benchmark's
+Whether compiling the training step would buy more iterations in a CPU budget (it did not on
+the benchmark machine: 0.74x, so the trainer has no compile option; docs/benchmarks.md). AdamW
+steps of an accuracy benchmark's
 network (``--case``, the shapes of ``channels_last_bench.py``; ``--deep-supervision`` as the
 hippocampus row trains) with bf16 autocast and the channels-last layout as those rows use
 them, once eager and once compiled (TorchInductor). Reports the first step (for the compiled

@@ -971,11 +971,7 @@ def run_dataset(args: argparse.Namespace) -> dict[str, Any]:
     tag = args.tag or time.strftime("%Y%m%d-%H%M%S")
     run_dir = base / "runs" / tag
     all_images, all_labels = run_dir / "test_images", run_dir / "test_labels"
-    if args.only:  # an explicit choice may include the full-run-only contenders
-        wanted = [w.strip().lower() for w in args.only.split(",")]
-        chosen = [c for c in spec.contenders if any(w in c.name.lower() or w == c.kind for w in wanted)]
-    else:
-        chosen = [c for c in spec.contenders if not (quick and c.full_only) and (args.extras or not c.extra)]
+    chosen = choose_contenders(spec, args.only, quick=quick, extras=args.extras)
     rows: dict[str, dict[str, Any]] = {c.name: {"name": c.name, "kind": c.kind, "folds": {}} for c in chosen}
     n_test = 0
     for fold in eval_folds:
@@ -1133,6 +1129,26 @@ def make_job(
         "quick": bool(args.quick),
         "seed": 0,
     }
+
+
+def choose_contenders(spec: DatasetSpec, only: str | None, *, quick: bool, extras: bool) -> list[Contender]:
+    """The contenders a run trains and scores.
+
+    Without ``only``: the dataset's default rows (``extras`` adds the extra ones, a quick run
+    drops the full-run-only ones). ``only`` is a comma-separated list; each item is a
+    contender's exact name (case-insensitive; that row alone: ``"medseg 3D U-Net"`` does not
+    also pick ``"medseg 3D U-Net, seed 1"``), a kind (``monai``, ``nnunet``, ...) or a part of
+    names (every row whose name holds it, extra and full-run-only rows included).
+    """
+    if not only:
+        return [c for c in spec.contenders if not (quick and c.full_only) and (extras or not c.extra)]
+    chosen: list[Contender] = []
+    for item in (w.strip().lower() for w in only.split(",")):
+        exact = [c for c in spec.contenders if c.name.lower() == item]
+        matches = exact or [c for c in spec.contenders if item in c.name.lower() or item == c.kind]
+        chosen += [c for c in matches if c not in chosen]
+    # keep the dataset's order (ensembles and filters come after their members)
+    return [c for c in spec.contenders if c in chosen]
 
 
 def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

@@ -104,6 +104,32 @@ def test_set_options_merge_and_rules() -> None:
     assert acc.rules_from_options({"keep_largest_foreground": True}).keep_largest_foreground
 
 
+def test_only_picks_an_exact_name_alone_and_parts_of_names_broadly() -> None:
+    acc = _load()
+    spec = acc.DATASETS["hippocampus"]
+
+    def names(only: str | None, extras: bool = False) -> list[str]:
+        return [c.name for c in acc.choose_contenders(spec, only, quick=False, extras=extras)]
+
+    assert names("medseg 3d u-net") == ["medseg 3D U-Net"]
+    assert names("medseg 3d") == [
+        "medseg 3D U-Net",
+        "medseg 3D U-Net, seed 1",
+    ]
+    assert names("medseg 3d,ensemble") == [
+        "medseg 3D U-Net",
+        "medseg 3D U-Net, seed 1",
+        "medseg ensemble of the two 3D seeds (softmax mean)",
+    ]
+    assert names("nnunet, MEDSEG 3D U-NET") == ["medseg 3D U-Net", "nnU-Net v2 3d_fullres"]
+    default = names(None)
+    assert "medseg 3D U-Net, seed 1" not in default and "nnU-Net v2 3d_fullres" in default
+    assert "medseg 3D U-Net, seed 1" in names(None, extras=True)
+    assert [c.name for c in acc.choose_contenders(spec, None, quick=True, extras=False)] == [
+        n for n in default if n != "nnU-Net v2 3d_fullres"
+    ]
+
+
 @pytest.mark.slow
 def test_quick_run_on_four_hippocampus_cases(shared_data: Path, tmp_path: Path) -> None:
     if not (shared_data / "msd_hippocampus").is_dir():

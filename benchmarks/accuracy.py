@@ -1214,7 +1214,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval-folds", default=None, help="comma-separated folds to train and score")
     parser.add_argument("--quick", action="store_true", help="smoke run: a few cases, seconds of training")
     parser.add_argument("--cases", type=int, default=None, help="with --quick: number of cases to import")
-    parser.add_argument("--only", default=None, help="comma-separated contender kinds or name parts")
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated contender kinds, exact names (that row alone) or name parts (every row holding it)",
+    )
     parser.add_argument("--extras", action="store_true", help="also the extra rows (UNet++, FlexibleUNet)")
     parser.add_argument(
         "--set",

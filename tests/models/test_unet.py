@@ -1,4 +1,4 @@
-"""Our U-Net: pooling schedule, parameter counts, shapes, odd sizes, deep supervision."""
+"""Our U-Net: pooling schedule, parameter counts, shapes, odd sizes, deep supervision, residual encoder."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from monai.networks.nets import DynUNet
 from torch import nn
 
 from medseg.errors import ConfigError
-from medseg.models import UNet, conv_kernel_schedule, count_parameters, pooling_schedule
+from medseg.models import UNet, build_model, conv_kernel_schedule, count_parameters, pooling_schedule
+from medseg.models.blocks import ResidualStage
 
 torch.set_num_threads(1)
 
@@ -153,3 +154,54 @@ def test_unet_learns_a_square_in_a_few_steps() -> None:
     net.eval()
     with torch.no_grad():
         assert (net(image).argmax(1) == labels).float().mean() > 0.95
+
+
+def test_residual_encoder_adds_only_the_projection_shortcuts() -> None:
+    plain = UNet(2, 1, 2, features=(2, 4), depth=1)
+    res = UNet(2, 1, 2, features=(2, 4), depth=1, residual_encoder=True)
+    # 1 -> 2 and 2 -> 4 channels: a 1x1 conv (no bias) + affine instance norm each
+    assert count_parameters(res) - count_parameters(plain) == (1 * 2 + 4) + (2 * 4 + 8)
+    assert sum(isinstance(m, ResidualStage) for m in res.modules()) == 2
+    assert not any(isinstance(m, ResidualStage) for m in res.decoder.modules())
+
+
+def test_residual_stage_with_a_silent_body_passes_the_pooled_input() -> None:
+    stage = ResidualStage(3, 3, 3, (3, 3, 3), (1, 2, 2), num_convs=3)
+    for m in stage.body.modules():
+        if isinstance(m, nn.Conv3d):
+            nn.init.zeros_(m.weight)
+    x = torch.randn(2, 3, 5, 8, 6)
+    expected = nn.functional.leaky_relu(nn.functional.avg_pool3d(x, (1, 2, 2)), 0.01)
+    assert torch.allclose(stage(x), expected, atol=1e-6)
+    # the shortcut is what moves the output when the body is silent
+    assert not torch.allclose(stage(x), nn.functional.leaky_relu(x[:, :, :, ::2, ::2], 0.01))
+
+
+@pytest.mark.parametrize("downsample", ["conv", "maxpool"])
+def test_residual_encoder_keeps_odd_anisotropic_shapes_and_deep_supervision(downsample: str) -> None:
+    pooling = [(1, 2, 2), (2, 2, 2), (2, 2, 2)]
+    net = UNet(
+        3,
+        1,
+        3,
+        features=4,
+        pooling=pooling,
+        deep_supervision=True,
+        residual_encoder=True,
+        downsample=downsample,
+    )
+    outs = net.train()(torch.randn(2, 1, 7, 20, 18))
+    assert [tuple(o.shape[2:]) for o in outs] == [(7, 20, 18), (7, 10, 9), (4, 5, 5)]
+    sum(o.mean() for o in outs).backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_residual_encoder_through_the_registry_and_channels_last() -> None:
+    net = build_model("unet", 3, 1, 2, features=4, pooling=[(1, 2, 2), (2, 2, 2)], residual_encoder=True)
+    assert any(isinstance(m, ResidualStage) for m in net.modules())
+    x = torch.randn(1, 1, 6, 16, 12)
+    net.eval()
+    with torch.no_grad():
+        ref = net(x)
+        last = net.to(memory_format=torch.channels_last_3d)(x.to(memory_format=torch.channels_last_3d))
+    assert torch.allclose(ref, last, atol=1e-5)

@@ -139,6 +139,65 @@ class ConvStage(nn.Sequential):
         super().__init__(*blocks)
 
 
+class ResidualStage(nn.Module):
+    """A ConvStage with an identity path around it (nnU-Net's ResEnc "BasicBlockD" idea).
+
+    ``x -> convs (the last one without its activation) + shortcut(x) -> activation``.
+    The shortcut averages over the stride when the stage downsamples and projects with a
+    1 x 1 convolution + normalisation when the channel count changes, so a strided,
+    widening stage stays residual. Written here because MONAI's residual blocks
+    (``UnetResBlock``) hold exactly two convolutions and a different shortcut, and our
+    U-Net's stages take ``num_convs``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Sequence[int],
+        stride: Sequence[int],
+        num_convs: int = 2,
+        norm: str = "instance",
+        activation: str = "leakyrelu",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        ones = (1,) * spatial_dims
+        body: list[nn.Module] = [
+            ConvNormAct(
+                spatial_dims,
+                in_channels if i == 0 else out_channels,
+                out_channels,
+                kernel_size,
+                stride if i == 0 else ones,
+                norm,
+                activation,
+                dropout,
+            )
+            for i in range(num_convs)
+        ]
+        # the last block's activation moves after the sum
+        last = body[-1]
+        assert isinstance(last, ConvNormAct)
+        body[-1] = nn.Sequential(*list(last.children())[:-1])
+        self.body = nn.Sequential(*body)
+        shortcut: list[nn.Module] = []
+        if any(s != 1 for s in stride):
+            pool: Callable[..., nn.Module] = nn.AvgPool2d if spatial_dims == 2 else nn.AvgPool3d
+            shortcut.append(pool(tuple(stride), tuple(stride), ceil_mode=True, count_include_pad=False))
+        if in_channels != out_channels:
+            shortcut += [
+                conv_nd(spatial_dims)(in_channels, out_channels, 1, bias=norm == "none"),
+                norm_layer(norm, spatial_dims, out_channels),
+            ]
+        self.shortcut = nn.Sequential(*shortcut)
+        self.activation = activation_layer(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.body(x) + self.shortcut(x))
+
+
 def padded_size(size: int, divisor: int) -> int:
     """Smallest multiple of ``divisor`` >= ``size``, and >= 2 x ``divisor`` when pooling.
 
@@ -177,6 +236,7 @@ __all__ = [
     "NORMS",
     "ConvNormAct",
     "ConvStage",
+    "ResidualStage",
     "activation_layer",
     "as_tuple",
     "conv_nd",

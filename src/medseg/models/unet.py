@@ -28,6 +28,7 @@ from torch import nn
 from medseg.errors import ConfigError
 from medseg.models.blocks import (
     ConvStage,
+    ResidualStage,
     as_tuple,
     conv_nd,
     conv_transpose_nd,
@@ -122,6 +123,8 @@ class UNet(nn.Module):
         deep_supervision: in training mode return a list of logits, full resolution
             first then each coarser decoder level; in eval mode always one tensor.
         dropout: channel dropout probability after each convolution.
+        residual_encoder: encoder stages with an identity shortcut around their
+            convolutions (as nnU-Net's residual-encoder U-Net); the decoder stays plain.
     """
 
     def __init__(
@@ -141,6 +144,7 @@ class UNet(nn.Module):
         upsample: str = "transpose",
         deep_supervision: bool = False,
         dropout: float = 0.0,
+        residual_encoder: bool = False,
     ):
         super().__init__()
         conv_nd(spatial_dims)  # validates spatial_dims
@@ -199,15 +203,22 @@ class UNet(nn.Module):
 
         self.encoder = nn.ModuleList()
         pool_cls = nn.MaxPool2d if spatial_dims == 2 else nn.MaxPool3d
+        encoder_cls = ResidualStage if residual_encoder else ConvStage
+
+        def encoder_stage(cin: int, cout: int, kernel: tuple[int, ...], stride: tuple[int, ...]) -> nn.Module:
+            return encoder_cls(
+                spatial_dims, cin, cout, kernel, stride, convs_per_stage, norm, activation, dropout
+            )
+
         for level in range(levels):
             cin = in_channels if level == 0 else feats[level - 1]
             stride = ones if level == 0 else strides[level - 1]
             if downsample == "conv" or level == 0:
-                stage: nn.Module = conv_stage(cin, feats[level], kernels[level], stride)
+                stage: nn.Module = encoder_stage(cin, feats[level], kernels[level], stride)
             else:
                 stage = nn.Sequential(
                     pool_cls(stride, stride),
-                    conv_stage(cin, feats[level], kernels[level], ones),
+                    encoder_stage(cin, feats[level], kernels[level], ones),
                 )
             self.encoder.append(stage)
 

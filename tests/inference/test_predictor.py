@@ -231,3 +231,42 @@ def test_prediction_on_the_multiplane_roi_lands_on_the_full_grid(trained_model: 
     _case_file(two, 2)
     with pytest.raises(InputError, match="one study"):
         predict(two, trained_model, tmp_path / "o2", PredictConfig(roi_views=(sag, cor)))
+
+
+def test_a_residual_encoder_model_folder_is_rebuilt_from_its_plan(
+    trained_model: Path, tmp_path: Path
+) -> None:
+    """Network options in the plan (residual encoder, blocks per level) travel with the model."""
+    import torch
+
+    from medseg.models.blocks import ResidualStage
+    from medseg.preprocessing.plan import Plan
+    from medseg.training.checkpoint import save_checkpoint, write_model_json
+    from medseg.training.trainer import architecture_from_plan
+
+    plan = Plan.load(trained_model / "plan.json")
+    levels = len(plan.network.pooling) + 1
+    blocks = [1] + [2] * (levels - 1)
+    plan = plan.with_overrides({"network": {"options": {"residual_encoder": True, "encoder_blocks": blocks}}})
+    arch = architecture_from_plan(plan)
+    torch.manual_seed(3)
+    net = arch.build()
+    folder = tmp_path / "resenc"
+    folder.mkdir()
+    plan.save(folder / "plan.json")
+    shutil.copy(trained_model / "dataset.json", folder / "dataset.json")
+    save_checkpoint(
+        folder / "checkpoint_best.pt", {"model": net.state_dict(), "architecture": arch.to_dict()}
+    )
+    write_model_json(folder, arch, {"configuration": plan.configuration, "labels": plan.labels})
+
+    model = SegmentationModel(folder, device="cpu")
+    (loaded,) = model.networks
+    assert isinstance(loaded, torch.nn.Module)
+    assert sum(isinstance(m, ResidualStage) for m in loaded.modules()) == 1 + 2 * (levels - 1)
+    reference = net.state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in loaded.state_dict().items())
+    path, image = _case_file(tmp_path / "in", 5)
+    label, _ = model.predict([read_volume(path)])
+    image.geometry.require_same(label.geometry, spacing_atol=1e-5, origin_atol=1e-4)
+    assert label.shape == image.shape

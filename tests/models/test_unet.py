@@ -205,3 +205,22 @@ def test_residual_encoder_through_the_registry_and_channels_last() -> None:
         ref = net(x)
         last = net.to(memory_format=torch.channels_last_3d)(x.to(memory_format=torch.channels_last_3d))
     assert torch.allclose(ref, last, atol=1e-5)
+
+
+def test_encoder_blocks_stack_stages_per_level() -> None:
+    net = UNet(
+        3, 1, 2, features=4, pooling=[(1, 2, 2), (2, 2, 2)], residual_encoder=True, encoder_blocks=[1, 2, 3]
+    )
+    assert [sum(isinstance(m, ResidualStage) for m in stage.modules()) for stage in net.encoder] == [1, 2, 3]
+    one = UNet(3, 1, 2, features=4, pooling=[(1, 2, 2), (2, 2, 2)], residual_encoder=True)
+    # each extra block at level l: two 3x3x3 convs f_l -> f_l (no bias) + two affine norms, no projection
+    extra = 1 * (2 * (8 * 8 * 27 + 16)) + 2 * (2 * (16 * 16 * 27 + 32))
+    assert count_parameters(net) - count_parameters(one) == extra
+    out = net.train()(torch.randn(1, 1, 5, 13, 10))
+    assert isinstance(out, torch.Tensor) and out.shape == (1, 2, 5, 13, 10)
+    plain = UNet(2, 1, 2, features=4, depth=1, encoder_blocks=[2, 1], downsample="maxpool")
+    assert plain(torch.randn(1, 1, 9, 8)).shape == (1, 2, 9, 8)
+    with pytest.raises(ConfigError, match="encoder_blocks: expected 3 counts"):
+        UNet(3, 1, 2, features=4, pooling=[2, 2], encoder_blocks=[1, 2])
+    with pytest.raises(ConfigError, match="encoder_blocks"):
+        UNet(3, 1, 2, features=4, pooling=[2, 2], encoder_blocks=[1, 0, 2])

@@ -125,6 +125,9 @@ class UNet(nn.Module):
         dropout: channel dropout probability after each convolution.
         residual_encoder: encoder stages with an identity shortcut around their
             convolutions (as nnU-Net's residual-encoder U-Net); the decoder stays plain.
+        encoder_blocks: stages (each ``convs_per_stage`` convolutions, residual or not)
+            per encoder level, e.g. ``[1, 3, 4, 6]`` as nnU-Net's ResEnc M; default one.
+            Deeper levels are cheap on a CPU: the full-resolution stage dominates.
     """
 
     def __init__(
@@ -145,6 +148,7 @@ class UNet(nn.Module):
         deep_supervision: bool = False,
         dropout: float = 0.0,
         residual_encoder: bool = False,
+        encoder_blocks: Sequence[int] | None = None,
     ):
         super().__init__()
         conv_nd(spatial_dims)  # validates spatial_dims
@@ -175,6 +179,11 @@ class UNet(nn.Module):
         kernels = [as_tuple(k, spatial_dims, f"kernel size level {i}") for i, k in enumerate(kernel_sizes)]
         if any(k % 2 == 0 for kk in kernels for k in kk):
             raise ConfigError(f"kernel sizes must be odd, found {kernels}")
+        blocks_per_level = [1] * levels if encoder_blocks is None else [int(b) for b in encoder_blocks]
+        if len(blocks_per_level) != levels or min(blocks_per_level) < 1:
+            raise ConfigError(
+                f"encoder_blocks: expected {levels} counts >= 1 (one per level), found {list(encoder_blocks or [])}"
+            )
         if isinstance(features, int):
             feats = default_features(features, levels, spatial_dims, max_features)
         else:
@@ -205,20 +214,34 @@ class UNet(nn.Module):
         pool_cls = nn.MaxPool2d if spatial_dims == 2 else nn.MaxPool3d
         encoder_cls = ResidualStage if residual_encoder else ConvStage
 
-        def encoder_stage(cin: int, cout: int, kernel: tuple[int, ...], stride: tuple[int, ...]) -> nn.Module:
-            return encoder_cls(
-                spatial_dims, cin, cout, kernel, stride, convs_per_stage, norm, activation, dropout
-            )
+        def encoder_stage(
+            level: int, cin: int, cout: int, kernel: tuple[int, ...], stride: tuple[int, ...]
+        ) -> nn.Module:
+            blocks = [
+                encoder_cls(
+                    spatial_dims,
+                    cin if b == 0 else cout,
+                    cout,
+                    kernel,
+                    stride if b == 0 else ones,
+                    convs_per_stage,
+                    norm,
+                    activation,
+                    dropout,
+                )
+                for b in range(blocks_per_level[level])
+            ]
+            return blocks[0] if len(blocks) == 1 else nn.Sequential(*blocks)
 
         for level in range(levels):
             cin = in_channels if level == 0 else feats[level - 1]
             stride = ones if level == 0 else strides[level - 1]
             if downsample == "conv" or level == 0:
-                stage: nn.Module = encoder_stage(cin, feats[level], kernels[level], stride)
+                stage: nn.Module = encoder_stage(level, cin, feats[level], kernels[level], stride)
             else:
                 stage = nn.Sequential(
                     pool_cls(stride, stride),
-                    encoder_stage(cin, feats[level], kernels[level], ones),
+                    encoder_stage(level, cin, feats[level], kernels[level], ones),
                 )
             self.encoder.append(stage)
 

@@ -115,7 +115,11 @@ HIPPO_MEDSEG = {
     # 8 base features (8-64) with deep supervision: at equal CPU time (4 min, one thread) it
     # beat 16 features with batch 2 (mean Dice 0.837 vs 0.830, HD95 2.1 vs 2.4 mm), because
     # it sees 1.5x more patches; the full-resolution stage dominates the cost on a CPU.
-    "network": {"base_features": 8, "deep_supervision": True},
+    # Residual encoder (identity shortcut around each encoder stage): mean Dice 0.889 on two
+    # seeds against 0.888 / 0.888 without, at the same iterations (tables
+    # hippocampus-patch-32x48x32-resenc*); more blocks per level (ResEnc M's 1, 3, 4, 6) cost
+    # 1.4x per step and gave 0.888.
+    "network": {"base_features": 8, "deep_supervision": True, "options": {"residual_encoder": True}},
     "train": {
         "loss": "dice_ce",
         "optimizer": "adamw",

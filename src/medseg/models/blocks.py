@@ -163,25 +163,11 @@ class ResidualStage(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        ones = (1,) * spatial_dims
-        body: list[nn.Module] = [
-            ConvNormAct(
-                spatial_dims,
-                in_channels if i == 0 else out_channels,
-                out_channels,
-                kernel_size,
-                stride if i == 0 else ones,
-                norm,
-                activation,
-                dropout,
-            )
-            for i in range(num_convs)
-        ]
+        self.body = ConvStage(
+            spatial_dims, in_channels, out_channels, kernel_size, stride, num_convs, norm, activation, dropout
+        )
         # the last block's activation moves after the sum
-        last = body[-1]
-        assert isinstance(last, ConvNormAct)
-        body[-1] = nn.Sequential(*list(last.children())[:-1])
-        self.body = nn.Sequential(*body)
+        self.body[-1] = nn.Sequential(*list(self.body[-1].children())[:-1])
         shortcut: list[nn.Module] = []
         if any(s != 1 for s in stride):
             pool: Callable[..., nn.Module] = nn.AvgPool2d if spatial_dims == 2 else nn.AvgPool3d

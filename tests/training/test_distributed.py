@@ -53,13 +53,30 @@ SETTINGS = {
 # Runs inside every torchrun rank: record what the rank trained on and its final weights,
 # then run the real CLI module (python -m medseg.cli) with the given arguments.
 DRIVER = """
-import hashlib, json, os, runpy, sys
+import atexit, hashlib, json, os, runpy, sys
 from pathlib import Path
+import torch.distributed as dist
+import medseg.training.trainer as trainer_module
 from medseg.training.trainer import Trainer
 
 record = Path(os.environ["MEDSEG_TEST_RECORD"])
 labels = []
-original_loss, original_fit = Trainer._loss, Trainer.fit
+original_loss, original_fit, original_train = Trainer._loss, Trainer.fit, trainer_module.train
+
+def train(*args, **kwargs):
+    # What rank 0 had finished writing when this rank left train().
+    result = original_train(*args, **kwargs)
+    info = json.loads((result.model_dir / "model.json").read_text())
+    rank = os.environ["RANK"]
+    (record / f"returned{rank}.json").write_text(json.dumps(info["epochs_completed"]))
+    return result
+
+def at_exit():
+    # Registered before medseg runs, so it runs after medseg's own exit handlers.
+    (record / f"exit{os.environ['RANK']}.json").write_text(json.dumps(dist.is_initialized()))
+
+atexit.register(at_exit)
+trainer_module.train = train
 
 def _loss(self, logits, label):
     labels.append(hashlib.sha256(label.numpy().tobytes()).hexdigest())
@@ -157,6 +174,12 @@ def test_two_rank_gloo_training_matches_one_process(planned_dataset: Path, tmp_p
     assert _weights_hash(ckpt["model"]) == ranks[0]["weights"]
     assert len(ranks[0]["labels"]) == len(ranks[1]["labels"]) == 4  # 2 epochs x 2 iterations
     assert not set(ranks[0]["labels"]) & set(ranks[1]["labels"])
+    # No rank leaves train() before rank 0 has written the finished model folder, and every
+    # rank closes the process group before exiting (an open gloo group can abort the process
+    # in its destructor at exit, which torchrun reports as a failed run).
+    record = tmp_path / "record"
+    assert [json.loads((record / f"returned{r}.json").read_text()) for r in (0, 1)] == [2, 2]
+    assert [json.loads((record / f"exit{r}.json").read_text()) for r in (0, 1)] == [False, False]
 
     # The checkpoint predicts through the inference API.
     model = SegmentationModel(folder, device="cpu")

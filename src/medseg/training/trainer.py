@@ -13,6 +13,7 @@ the per-epoch sample indices), only rank 0 validates, logs and writes checkpoint
 
 from __future__ import annotations
 
+import atexit
 import csv
 import dataclasses
 import json
@@ -177,11 +178,22 @@ def init_distributed(device: torch.device) -> torch.device:
         dist.init_process_group(
             backend="nccl" if device.type == "cuda" else "gloo", timeout=DISTRIBUTED_TIMEOUT
         )
+        # Tear the group down before the interpreter does: a process that exits with the
+        # group still open can abort in the backend's destructor ("terminate called without
+        # an active exception", SIGABRT), which torchrun reports as a failed run.
+        atexit.register(_close_process_group)
     if device.type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
     return device
+
+
+def _close_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _distributed() -> tuple[int, int]:
@@ -812,6 +824,9 @@ def train(
         from medseg.training.slice_classifier import train_slice_classifier
 
         train_slice_classifier(plan, cache, train_ids, out, slice_classifier, progress=progress)
+    # Every rank leaves together, once rank 0 has validated and written the model folder:
+    # a rank that returned (and exited) earlier would leave rank 0 alone in the group.
+    _barrier()
     return result
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -98,6 +99,51 @@ def test_same_seed_reproduces_and_another_seed_differs() -> None:
     other = build_augmentation(config, 3, seed=8)(dict(case))
     assert torch.equal(first["image"], second["image"]) and torch.equal(first["label"], second["label"])
     assert not torch.equal(first["image"], other["image"])
+
+
+def test_fast_path_matches_monai_with_metadata_and_restores_tracking() -> None:
+    """Without metadata tracking and with one shared generator, the transforms compute the
+    same patch as MONAI's Compose with MetaTensors given the same generator; the global
+    tracking flag is restored after a call, also when a transform raises."""
+    from monai.data.meta_obj import get_track_meta
+    from monai.transforms import Randomizable
+
+    rng = np.random.default_rng(2)
+    case = {
+        "image": torch.from_numpy(rng.normal(size=(1, 10, 16, 18)).astype(np.float32)),
+        "label": torch.from_numpy(rng.integers(0, 3, size=(1, 10, 16, 18))),
+    }
+    config = AugmentationConfig(
+        affine_prob=1.0, elastic_prob=1.0, noise_prob=1.0, brightness_prob=1.0, gamma_prob=1.0
+    )
+    augmentation = build_augmentation(config, 3, (2.0, 1.0, 0.9))
+    seen: list[bool] = []
+
+    def spy(data: dict[str, Any]) -> dict[str, Any]:
+        seen.append(get_track_meta())
+        return data
+
+    steps = augmentation.compose.transforms
+    augmentation.compose.transforms = (spy, *steps)
+    fast = augmentation.set_random_state(state=np.random.RandomState(11))(dict(case))
+    assert seen == [False] and get_track_meta()
+    augmentation.compose.transforms = steps
+    shared = np.random.RandomState(11)
+    for transform in augmentation.transforms:
+        if isinstance(transform, Randomizable):
+            transform.set_random_state(state=shared)
+    reference = augmentation.compose(dict(case))  # MONAI's own call, MetaTensors on
+    assert type(fast["image"]) is torch.Tensor and type(fast["label"]) is torch.Tensor
+    torch.testing.assert_close(fast["image"], torch.as_tensor(reference["image"]))
+    assert torch.equal(fast["label"], torch.as_tensor(reference["label"]))
+    assert not torch.equal(fast["image"], case["image"])  # the patch was transformed
+    # a seed re-seeds every random transform with one generator
+    augmentation.set_random_state(seed=3)
+    generators = {id(t.R) for t in augmentation.transforms if isinstance(t, Randomizable)}
+    assert len(generators) == 1
+    with pytest.raises(RuntimeError):
+        augmentation({"image": case["image"]})  # no label key: MONAI raises
+    assert get_track_meta()
 
 
 def slab_labels(shape: tuple[int, int, int]) -> dict[str, torch.Tensor]:

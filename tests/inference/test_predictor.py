@@ -267,6 +267,19 @@ def test_a_residual_encoder_model_folder_is_rebuilt_from_its_plan(
     reference = net.state_dict()
     assert all(torch.equal(v, reference[k]) for k, v in loaded.state_dict().items())
     path, image = _case_file(tmp_path / "in", 5)
-    label, _ = model.predict([read_volume(path)])
+    label, probs = model.predict([read_volume(path)], with_probabilities=True)
     image.geometry.require_same(label.geometry, spacing_atol=1e-5, origin_atol=1e-4)
     assert label.shape == image.shape
+
+    # The residual shortcuts (average pooling over the stride, 1 x 1 projection) export to
+    # ONNX and the ONNX Runtime backend predicts the same probabilities.
+    from medseg.inference.onnx import export_onnx, read_metadata
+
+    (onnx_file,) = export_onnx(folder)
+    assert float(read_metadata(onnx_file)["verified_max_abs_diff"]) < 1e-3
+    onnx_label, onnx_probs = SegmentationModel(folder, device="cpu", backend="onnx").predict(
+        [read_volume(path)], with_probabilities=True
+    )
+    assert probs is not None and onnx_probs is not None
+    assert np.abs(onnx_probs - probs).max() < 1e-3
+    assert (onnx_label.array == label.array).mean() > 0.999

@@ -1146,7 +1146,9 @@ def choose_contenders(spec: DatasetSpec, only: str | None, *, quick: bool, extra
     Without ``only``: the dataset's default rows (``extras`` adds the extra ones, a quick run
     drops the full-run-only ones). ``only`` is a comma-separated list; each item is a
     contender's exact name (case-insensitive; that row alone: ``"medseg 3D U-Net"`` does not
-    also pick ``"medseg 3D U-Net, seed 1"``), a kind (``monai``, ``nnunet``, ...) or a part of
+    also pick ``"medseg 3D U-Net, seed 1"``), a kind (``medseg``, ``monai``, ``nnunet``, ...:
+    that kind's default rows, ``medseg`` including its ensembles and filters, extra rows only
+    with ``extras``, so ``--only medseg`` trains the medseg rows of a default run) or a part of
     names (every row whose name holds it, extra and full-run-only rows included).
     """
     if not only:
@@ -1154,7 +1156,12 @@ def choose_contenders(spec: DatasetSpec, only: str | None, *, quick: bool, extra
     chosen: list[Contender] = []
     for item in (w.strip().lower() for w in only.split(",")):
         exact = [c for c in spec.contenders if c.name.lower() == item]
-        matches = exact or [c for c in spec.contenders if item in c.name.lower() or item == c.kind]
+        of_kind = [
+            c
+            for c in spec.contenders
+            if (c.kind == item or c.kind.startswith(item + "-")) and (extras or not c.extra)
+        ]
+        matches = exact or of_kind or [c for c in spec.contenders if item in c.name.lower()]
         chosen += [c for c in matches if c not in chosen]
     # keep the dataset's order (ensembles and filters come after their members)
     return [c for c in spec.contenders if c in chosen]

@@ -122,6 +122,17 @@ def test_only_picks_an_exact_name_alone_and_parts_of_names_broadly() -> None:
         "medseg ensemble of the two 3D seeds (softmax mean)",
     ]
     assert names("nnunet, MEDSEG 3D U-NET") == ["medseg 3D U-Net", "nnU-Net v2 3d_fullres"]
+    # a kind picks that kind's default rows; its extra rows only with --extras
+    assert names("medseg") == ["medseg 3D U-Net"]
+    assert names("medseg", extras=True) == [
+        "medseg 3D U-Net",
+        "medseg 3D U-Net, seed 1",
+        "medseg ensemble of the two 3D seeds (softmax mean)",
+    ]
+    assert names("monai,classical") == ["MONAI tutorial UNet", "classical"]
+    chaos = acc.DATASETS["chaos"]
+    picked = acc.choose_contenders(chaos, "medseg", quick=False, extras=False)
+    assert {c.kind for c in picked} >= {"medseg", "medseg-ensemble"} and not any(c.extra for c in picked)
     default = names(None)
     assert "medseg 3D U-Net, seed 1" not in default and "nnU-Net v2 3d_fullres" in default
     assert "medseg 3D U-Net, seed 1" in names(None, extras=True)

@@ -157,6 +157,7 @@ def test_quick_run_on_four_hippocampus_cases(shared_data: Path, tmp_path: Path) 
             "0.02",
             "--only",
             "medseg,classical",
+            "--extras",
             "--threads",
             "1",
             "--work",
@@ -177,7 +178,7 @@ def test_quick_run_on_four_hippocampus_cases(shared_data: Path, tmp_path: Path) 
     assert medseg["evaluation"]["n_scored"] == 2
     assert set(medseg["evaluation"]["per_class"]) == {"anterior", "posterior"}
     assert any(name.startswith("classical: ") for name in rows)
-    # "medseg" also picks the second seed and the ensemble of the two (softmax mean, TTA);
+    # "medseg" with --extras also picks the second seed and the ensemble of the two (softmax mean, TTA);
     # the ensemble's training time is its members' together
     second = rows["medseg 3D U-Net, seed 1"]
     ensemble = rows["medseg ensemble of the two 3D seeds (softmax mean)"]

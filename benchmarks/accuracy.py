@@ -37,7 +37,9 @@ together (``--parallel``); ``--wall-clock`` uses wall-clock minutes (for an idle
 of every row shows what its budget bought.
 
 Contenders can be run in parts into one table with the same ``--tag`` (e.g. ``--only
-medseg,monai`` then ``--only nnunet``). ``--extras`` adds the UNet++ / FlexibleUNet rows (CHAOS).
+medseg,monai`` then ``--only nnunet``). ``--extras`` adds the extra rows: the UNet++ /
+FlexibleUNet rows (CHAOS), the second seed and the two-seed ensemble (hippocampus); with
+``--only``, those of the kinds named.
 """
 
 from __future__ import annotations
@@ -1228,9 +1230,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         default=None,
-        help="comma-separated contender kinds, exact names (that row alone) or name parts (every row holding it)",
+        help="comma-separated contender kinds (their default rows), exact names (that row alone) or name parts (every row holding it)",
     )
-    parser.add_argument("--extras", action="store_true", help="also the extra rows (UNet++, FlexibleUNet)")
+    parser.add_argument(
+        "--extras",
+        action="store_true",
+        help="also the extra rows (CHAOS: UNet++, FlexibleUNet; hippocampus: seed 1 and the two-seed ensemble)",
+    )
     parser.add_argument(
         "--set",
         dest="set_options",

@@ -203,6 +203,29 @@ def test_time_budget_decays_the_learning_rate_and_bf16_trains(planned_dataset: P
     assert all(torch.isfinite(torch.tensor(h.train_loss)) for h in res.history)
 
 
+def test_border_weighted_loss_trains_from_the_config(
+    planned_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medseg.training import losses
+
+    maps: list[torch.Tensor] = []
+    original = losses.border_weights
+
+    def spy(*args: object, **kwargs: object) -> torch.Tensor:
+        out = original(*args, **kwargs)  # type: ignore[arg-type]
+        maps.append(out)
+        return out
+
+    monkeypatch.setattr(losses, "border_weights", spy)
+    cfg = _config(loss_options={"border_weight": 10.0, "border_sigma": 2.0, "border_class": 0}, epochs=1)
+    res = train(planned_dataset, 0, config=cfg, folds=3)
+    assert len(maps) == 3  # one map per training step
+    assert all(m.shape[0] == 2 and float(m.min()) >= 1.0 for m in maps)
+    assert all(torch.isfinite(torch.tensor(h.train_loss)) for h in res.history)
+    saved = json.loads((res.model_dir / "training_config.json").read_text())
+    assert saved["loss_options"]["border_weight"] == 10.0
+
+
 @pytest.mark.parametrize("configuration", ["3d", "2.5d"])
 def test_channels_last_trains_the_same_network_in_the_channels_last_layout(
     tmp_path: Path, configuration: str

@@ -25,6 +25,10 @@ class TrainingConfig:
     """
 
     loss: Literal["dice_ce", "focal", "dice_focal", "dice", "ce"] = "dice_ce"
+    # Keyword arguments of the loss (medseg.training.losses), e.g. {"gamma": 2.0} for focal,
+    # {"ce_weight": [1, 1, 2]} for dice_ce, or, for "ce" / "dice_ce", the U-Net paper's border
+    # weight map on gaps between touching objects: {"border_weight": 10, "border_sigma": 5,
+    # "border_class": 1} (w0, sigma in voxels, the class between the objects).
     loss_options: dict[str, Any] = field(default_factory=dict)
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     learning_rate: float = 1e-3

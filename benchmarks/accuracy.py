@@ -38,8 +38,8 @@ of every row shows what its budget bought.
 
 Contenders can be run in parts into one table with the same ``--tag`` (e.g. ``--only
 medseg,monai`` then ``--only nnunet``). ``--extras`` adds the extra rows: the UNet++ /
-FlexibleUNet rows (CHAOS), the second seed and the two-seed ensemble (hippocampus); with
-``--only``, those of the kinds named.
+FlexibleUNet rows (CHAOS), the second seed and the two-seed ensemble (hippocampus), elastic
+deformation and the border-weighted loss (ISBI); with ``--only``, those of the kinds named.
 """
 
 from __future__ import annotations
@@ -113,7 +113,13 @@ ISBI_MEDSEG: dict[str, Any] = {
     "tta": True,
 }
 # the U-Net paper's elastic deformation: a coarse grid, a few pixels of displacement
-ISBI_ELASTIC = {"elastic_prob": 0.5, "elastic_grid_2d": 64, "elastic_magnitude_2d": [2, 5]}
+ISBI_MEDSEG_ELASTIC: dict[str, Any] = {
+    **ISBI_MEDSEG,
+    "train": {
+        **ISBI_MEDSEG["train"],
+        "augmentation": {"elastic_prob": 0.5, "elastic_grid_2d": 64, "elastic_magnitude_2d": [2, 5]},
+    },
+}
 
 HIPPO_MEDSEG = {
     "configuration": "3d",
@@ -296,20 +302,14 @@ DATASETS: dict[str, DatasetSpec] = {
             Contender("nnU-Net v2 2d", "nnunet", {"configuration": "2d"}, full_only=True),
             # the paper's two ingredients the default row leaves out: elastic deformation, then
             # also the border-weighted cross-entropy (w0 = 10, sigma = 5 pixels, as in the paper)
-            Contender(
-                "medseg 2D U-Net (elastic)",
-                "medseg",
-                {**ISBI_MEDSEG, "train": {**ISBI_MEDSEG["train"], "augmentation": ISBI_ELASTIC}},
-                extra=True,
-            ),
+            Contender("medseg 2D U-Net (elastic)", "medseg", ISBI_MEDSEG_ELASTIC, extra=True),
             Contender(
                 "medseg 2D U-Net (elastic + border weights)",
                 "medseg",
                 {
-                    **ISBI_MEDSEG,
+                    **ISBI_MEDSEG_ELASTIC,
                     "train": {
-                        **ISBI_MEDSEG["train"],
-                        "augmentation": ISBI_ELASTIC,
+                        **ISBI_MEDSEG_ELASTIC["train"],
                         "loss_options": {"border_weight": 10.0, "border_sigma": 5.0, "border_class": 1},
                     },
                 },
@@ -1284,7 +1284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--extras",
         action="store_true",
-        help="also the extra rows (CHAOS: UNet++, FlexibleUNet; hippocampus: seed 1 and the two-seed ensemble)",
+        help="also the extra rows (CHAOS: UNet++, FlexibleUNet; hippocampus: seed 1 and the two-seed ensemble; "
+        "ISBI: elastic deformation, and elastic + border-weighted loss)",
     )
     parser.add_argument(
         "--set",

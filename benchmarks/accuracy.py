@@ -869,25 +869,18 @@ def evaluate_folder(pred: Path, ref: Path, labels: Mapping[int, str]) -> dict[st
 def cell_rand_error(pred: np.ndarray, ref: np.ndarray) -> float:
     """The ISBI 2012 challenge's Rand error, as far as one label map allows (one-class sets).
 
-    The objects are the connected components (face connectivity) of the class-0 pixels (on
-    ISBI the cells; class 1 is the membrane between them). The reference's membrane pixels are
-    not scored (``ignore_labels``); the prediction's membrane pixels join their nearest predicted
-    cell (``expand_labels``), so only how the cells are split and merged counts, not how thick
-    the predicted membrane is. The score is scikit-image's ``adapted_rand_error`` (1 - the
-    F-score of the Rand index, the challenge's definition). The challenge also thinned the
-    borders and took the best threshold of the probability map, so the two are comparable
-    only roughly.
+    medseg's own metric (``medseg evaluate --metrics are --separator 1``): the objects are the
+    regions between the class-1 pixels (the membrane), face-connected; the reference's
+    membrane pixels are not scored and the prediction's join their nearest predicted cell,
+    so only how the cells are split and merged counts, not how thick the predicted membrane
+    is. The score is scikit-image's ``adapted_rand_error`` (1 - the F-score of the Rand
+    index, the challenge's definition). The challenge also thinned the borders and took the
+    best threshold of the probability map, so the two are comparable only roughly.
     """
-    import cc3d
-    from skimage.metrics import adapted_rand_error
-    from skimage.segmentation import expand_labels
+    from medseg.evaluation.objects import object_counts
 
-    p, r = np.squeeze(pred), np.squeeze(ref)
-    connectivity = 4 if p.ndim == 2 else 6
-    true_cells = cc3d.connected_components(r == 0, connectivity=connectivity)
-    pred_cells = cc3d.connected_components(p == 0, connectivity=connectivity)
-    pred_cells = expand_labels(pred_cells, distance=max(p.shape))
-    return float(adapted_rand_error(true_cells, pred_cells, ignore_labels=(0,))[0])
+    p, r = np.squeeze(pred) == 1, np.squeeze(ref) == 1
+    return object_counts(p, r, separator=True, rand_error=True).rand_error
 
 
 def _mean_or_none(values: Sequence[float | None]) -> float | None:

@@ -158,3 +158,29 @@ def test_baseline_iterations_reach_the_method_unchanged(
     res = runner.invoke(app, ["baseline", method, str(img), "-o", str(tmp_path / "o.nii.gz"), *seed, *extra])
     assert res.exit_code == 0, res.output
     assert seen["iterations"] == expected
+
+
+def test_evaluate_object_metrics_and_separator_by_name(tmp_path: Path) -> None:
+    pdir, rdir = _pair(tmp_path)
+    out = tmp_path / "eval"
+    args = ["evaluate", str(pdir), str(rdir), "--labels", "body=1,core=2", "--workers", "1"]
+    res = runner.invoke(app, [*args, "--metrics", "dice,objects,are", "--separator", "core", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "obj_recall" in res.output and "are" in res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["options"]["separators"] == [2]
+    # body: one block shifted by a column, found on both sides; core as a separator encloses
+    # one region (everything else) in each map, and they match.
+    assert summary["per_class"]["body"]["obj_f1"]["mean"] == 1.0
+    assert summary["per_class"]["core"]["obj_recall"]["mean"] == 1.0
+    assert summary["per_class"]["core"]["are"]["mean"] == pytest.approx(0.0, abs=1e-3)
+    assert summary["per_class"]["body"]["are"]["n_nan"] == 2  # not a separator class
+    header = (out / "cases.csv").read_text().splitlines()[0]
+    assert "ref_objects/body" in header and "pred_objects/core" in header
+    assert (out / "plots" / "obj_f1.png").is_file()
+    res = runner.invoke(app, [*args, "--metrics", "are"])
+    assert res.exit_code == 2 and "--separator" in res.output
+    res = runner.invoke(app, [*args, "--separator", "membrane"])
+    assert res.exit_code == 2 and "neither a label value nor a name" in res.output
+    res = runner.invoke(app, [*args, "--metrics", "objects", "--object-iou", "1.5"])
+    assert res.exit_code == 2 and "IoU" in res.output

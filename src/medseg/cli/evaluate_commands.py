@@ -31,7 +31,21 @@ def evaluate_command(
     metrics: str = typer.Option(
         "all",
         "--metrics",
-        help="Comma-separated: dice,iou,miou,precision,recall,specificity,hd,hd95,assd,nsd,rvd,uw (or 'all').",
+        help="Comma-separated: dice,iou,miou,precision,recall,specificity,hd,hd95,assd,nsd,rvd,uw (or 'all'); "
+        "object metrics obj_recall,obj_precision,obj_f1 (or 'objects') and are (adapted Rand error, "
+        "needs --separator). E.g. 'all,objects'.",
+    ),
+    separator: str | None = typer.Option(
+        None,
+        "--separator",
+        help="Label(s) that draw borders between objects, such as cell membranes (value or name): "
+        "their object metrics count the regions they enclose.",
+    ),
+    object_iou: float | None = typer.Option(
+        None,
+        "--object-iou",
+        help="IoU above which a predicted and a reference object match. Default: 0 (any overlap) "
+        "for objects of a class, 0.5 for regions between separators.",
     ),
     resample: bool = typer.Option(
         False,
@@ -60,7 +74,7 @@ def evaluate_command(
 ) -> None:
     """Score predictions against references: Dice, IoU, distances in mm, and a report."""
     from medseg.evaluation import EvaluationConfig, evaluate, parse_labels, write_report
-    from medseg.evaluation.metrics import ALL_METRICS
+    from medseg.evaluation.metrics import MM_METRICS
 
     if output is not None:
         for given in (prediction, reference):  # --overwrite replaces the whole output folder
@@ -72,9 +86,12 @@ def evaluate_command(
         raise OutputExistsError(output)  # before the work, not after
     if empty not in ("nan", "worst"):
         raise ConfigError(f"--empty must be 'nan' or 'worst', found '{empty}'")
-    names = ALL_METRICS if metrics.strip().lower() == "all" else tuple(metrics.split(","))
+    names = tuple(metrics.split(","))  # groups such as 'all' and 'objects' expand in the config
+    declared = parse_labels(labels)
     config = EvaluationConfig(
-        labels=parse_labels(labels),
+        labels=declared,
+        separators=_separator_values(separator, declared),
+        object_iou=object_iou,
         metrics=names,
         empty="nan" if empty == "nan" else "worst",
         nsd_tolerance_mm=nsd_tolerance,
@@ -85,11 +102,11 @@ def evaluate_command(
     )
     result = evaluate(prediction, reference, config, progress=True)
     summary = result.summary()
-    shown = [m for m in _TABLE_METRICS if m in config.metrics][:5]
+    shown = [m for m in _TABLE_METRICS if m in config.metrics][:5] + list(config.object_metrics)
     table = Table(title=f"{summary['n_scored']} of {summary['n_cases']} cases scored (mean ± SD, median)")
     table.add_column("class")
     for m in shown:
-        table.add_column(m + (" (mm)" if m in ("hd", "hd95", "assd") else ""), justify="right")
+        table.add_column(m + (" (mm)" if m in MM_METRICS else ""), justify="right")
     for cname, stats in summary["per_class"].items():
         table.add_row(cname, *[_cell(stats[m], m) for m in shown])
     console.print(table)
@@ -116,11 +133,33 @@ def evaluate_command(
         )
 
 
+def _separator_values(spec: str | None, declared: dict[int, str] | None) -> tuple[int, ...]:
+    """``--separator 1`` or ``--separator membrane`` (a name given with --labels)."""
+    if not spec:
+        return ()
+    by_name = {name: value for value, name in (declared or {}).items()}
+    out: list[int] = []
+    for item in (p.strip() for p in spec.split(",") if p.strip()):
+        if item in by_name:
+            out.append(by_name[item])
+            continue
+        try:
+            out.append(int(item))
+        except ValueError:
+            raise ConfigError(
+                f"--separator '{item}' is neither a label value nor a name declared with --labels "
+                f"({', '.join(by_name) or 'none declared'})"
+            ) from None
+    return tuple(out)
+
+
 def _cell(stats: dict[str, float | int | None], metric: str) -> str:
+    from medseg.evaluation.metrics import MM_METRICS
+
     mean, std, median = stats["mean"], stats["std"], stats["median"]
     if mean is None:
         return "–"
-    fmt = "{:.2f}" if metric in ("hd", "hd95", "assd") else "{:.3f}"
+    fmt = "{:.2f}" if metric in MM_METRICS else "{:.3f}"
     sd = fmt.format(std) if std is not None else "–"
     return f"{fmt.format(mean)} ± {sd} ({fmt.format(median)})"
 

@@ -29,6 +29,7 @@ from medseg.evaluation.metrics import (
     ALL_METRICS,
     CLASS_METRICS,
     DEFAULT_NSD_TOLERANCE_MM,
+    OBJECT_METRICS,
     ClassMetrics,
     EmptyRule,
     LabelMapMetrics,
@@ -39,6 +40,7 @@ from medseg.evaluation.metrics import (
     grid_diagonal_mm,
     label_metrics,
 )
+from medseg.evaluation.objects import ObjectCounts, check_iou_threshold
 from medseg.io import read_volume
 from medseg.io.itk import ITK_SUFFIXES
 from medseg.volume import Volume
@@ -61,6 +63,10 @@ class EvaluationConfig:
     ``on_case_error="flag"`` turns a bad case (NaN, undeclared labels, grid mismatch,
     unreadable file) into a row with status "error" instead of stopping the run.
     ``workers`` is the number of processes (``None``: one per CPU, at most one per case).
+    ``separators`` are labels that draw borders between objects (cell membranes): their
+    object metrics count the regions they enclose; ``object_iou`` is the IoU above which a
+    predicted and a reference object match (``None``: 0 -- any overlap -- for objects of a
+    class, 0.5 for regions between separators). See :mod:`medseg.evaluation.objects`.
     """
 
     labels: Mapping[int, str] | None = None
@@ -71,9 +77,25 @@ class EvaluationConfig:
     on_missing: OnMissing = "error"
     on_case_error: OnCaseError = "raise"
     workers: int | None = None
+    separators: tuple[int, ...] = ()
+    object_iou: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", check_metric_names(self.metrics))
+        check_iou_threshold(self.object_iou)
+        seps = tuple(sorted({int(v) for v in self.separators}))
+        if any(v <= 0 for v in seps):
+            raise ConfigError(f"separator labels must be positive label values, found {list(seps)}")
+        if self.labels is not None and not set(seps) <= {int(k) for k in self.labels}:
+            raise ConfigError(
+                f"separator labels {list(seps)} must be among the declared labels {sorted(self.labels)}"
+            )
+        if "are" in self.metrics and not seps:
+            raise ConfigError(
+                "the adapted Rand error ('are') scores a partition into regions: name the class that "
+                "separates them (cell membranes) with --separator"
+            )
+        object.__setattr__(self, "separators", seps)
         if self.empty not in ("nan", "worst"):
             raise ConfigError(f"empty-mask rule must be 'nan' or 'worst', found '{self.empty}'")
         if self.on_missing not in ("error", "flag"):
@@ -98,7 +120,11 @@ class EvaluationConfig:
 
     @property
     def class_metrics(self) -> tuple[str, ...]:
-        return tuple(m for m in self.metrics if m in CLASS_METRICS)
+        return tuple(m for m in self.metrics if m in CLASS_METRICS or m in OBJECT_METRICS)
+
+    @property
+    def object_metrics(self) -> tuple[str, ...]:
+        return tuple(m for m in self.metrics if m in OBJECT_METRICS)
 
 
 def parse_labels(spec: str | Sequence[str] | None) -> dict[int, str] | None:
@@ -286,6 +312,8 @@ def evaluate_volumes(
             metrics=config.metrics,
             empty=config.empty,
             nsd_tolerance_mm=config.nsd_tolerance_mm,
+            separators=config.separators,
+            object_iou=config.object_iou,
         )
     except InputError as exc:  # undeclared label values: say which case and file
         where = prediction_path if "prediction holds" in exc.found else reference_path
@@ -349,11 +377,17 @@ def _missing_prediction(pair: CasePair, config: EvaluationConfig) -> CaseResult:
     )
 
 
-def _both_empty(n_voxels: int, diagonal_mm: float, config: EvaluationConfig) -> ClassMetrics:
+def _both_empty(n_voxels: int, diagonal_mm: float, config: EvaluationConfig, label: int) -> ClassMetrics:
     none = np.zeros(0)
     distances = SurfaceDistances(none, none, "both", diagonal_mm)
     counts = OverlapCounts(0, 0, 0, n_voxels)
-    return _class_metrics_from(counts, distances, config.class_metrics, config.empty, config.nsd_tolerance_mm)
+    objects = None
+    if config.object_metrics:
+        # No separator anywhere: the whole grid is one region on each side, and they match.
+        objects = ObjectCounts.single_region() if label in config.separators else ObjectCounts.none()
+    return _class_metrics_from(
+        counts, distances, config.class_metrics, config.empty, config.nsd_tolerance_mm, objects
+    )
 
 
 # --------------------------------------------------------------------------- many cases
@@ -427,6 +461,10 @@ class EvaluationResult:
                 row[f"ref_voxels/{cname}"] = "" if cm is None else cm.counts.ref_voxels
                 row[f"pred_voxels/{cname}"] = "" if cm is None else cm.counts.pred_voxels
                 row[f"empty/{cname}"] = "" if cm is None or cm.empty == "none" else cm.empty
+                if self.config.object_metrics:
+                    objects = None if cm is None else cm.objects
+                    row[f"ref_objects/{cname}"] = "" if objects is None else objects.n_ref
+                    row[f"pred_objects/{cname}"] = "" if objects is None else objects.n_pred
                 if cm is not None:
                     flags.extend(f"{m}/{cname}:{cm.empty}" for m in cm.flags)
             row["flags"] = " ".join(flags)
@@ -463,6 +501,8 @@ class EvaluationResult:
                 "resample": self.config.resample,
                 "on_missing": self.config.on_missing,
                 "on_case_error": self.config.on_case_error,
+                "separators": list(self.config.separators),
+                "object_iou": self.config.object_iou,
             },
             "statistics_note": "mean, sample std (ddof=1) and median over finite values; n_nan counts NaNs left out",
             "per_class": per_class,
@@ -608,7 +648,7 @@ def _complete_case(case: CaseResult, labels: Mapping[int, str], cfg: EvaluationC
     per_label = {
         lab: case.per_label[lab]
         if lab in case.per_label
-        else _both_empty(case.n_voxels, case.diagonal_mm, cfg)
+        else _both_empty(case.n_voxels, case.diagonal_mm, cfg, lab)
         for lab in labels
     }
     return replace(case, per_label=per_label)

@@ -56,6 +56,10 @@ miou          classes absent from both masks (TP + FP + FN = 0) are left out of 
 "Undefined" values are NaN with ``empty="nan"`` (the default) or the worst case with
 ``empty="worst"``; either way :class:`ClassMetrics` lists the metric in ``flags`` so a
 table can show which numbers came from a rule rather than from the formula.
+
+Object metrics (``obj_recall``, ``obj_precision``, ``obj_f1``, the group ``objects``, and
+the adapted Rand error ``are``) count connected objects instead of voxels; their matching
+rule, separator classes and empty rules are in :mod:`medseg.evaluation.objects`.
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -71,6 +75,9 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
 from medseg.errors import ConfigError, GeometryError, InputError
+
+if TYPE_CHECKING:
+    from medseg.evaluation.objects import ObjectCounts
 
 EmptyRule = Literal["nan", "worst"]
 EmptyStatus = Literal["none", "both", "pred", "ref"]
@@ -90,8 +97,17 @@ CLASS_METRICS: tuple[str, ...] = (
 )
 CASE_METRICS: tuple[str, ...] = ("miou",)
 ALL_METRICS: tuple[str, ...] = CLASS_METRICS + CASE_METRICS
+# Object-level metrics (medseg.evaluation.objects): asked for by name, or as the group
+# "objects" (detection) -- not part of "all", since they answer a different question.
+OBJECT_METRICS: tuple[str, ...] = ("obj_recall", "obj_precision", "obj_f1", "are")
+METRIC_GROUPS: Mapping[str, tuple[str, ...]] = {
+    "all": ALL_METRICS,
+    "objects": ("obj_recall", "obj_precision", "obj_f1"),
+}
+KNOWN_METRICS: tuple[str, ...] = ALL_METRICS + OBJECT_METRICS
 DISTANCE_METRICS = frozenset({"hd", "hd95", "assd", "nsd", "uw"})
-LOWER_IS_BETTER = frozenset({"hd", "hd95", "assd"})
+LOWER_IS_BETTER = frozenset({"hd", "hd95", "assd", "are"})
+MM_METRICS = frozenset({"hd", "hd95", "assd"})  # distances in mm, shown with two decimals
 METRIC_TITLES: Mapping[str, str] = {
     "dice": "Dice",
     "iou": "IoU (Jaccard)",
@@ -105,6 +121,10 @@ METRIC_TITLES: Mapping[str, str] = {
     "rvd": "Relative volume difference",
     "uw": "UW-Madison score",
     "miou": "Mean IoU (with background)",
+    "obj_recall": "Object recall (detected / reference objects)",
+    "obj_precision": "Object precision (matched / predicted objects)",
+    "obj_f1": "Object F1",
+    "are": "Adapted Rand error",
 }
 DEFAULT_NSD_TOLERANCE_MM = 2.0
 UW_DICE_WEIGHT = 0.4
@@ -122,18 +142,23 @@ _FACE_STRUCTURES = {nd: ndi.generate_binary_structure(nd, 1) for nd in (1, 2, 3)
 
 
 def check_metric_names(names: Iterable[str]) -> tuple[str, ...]:
-    """Validate metric names (case-insensitive) and return them lower-cased, in order."""
+    """Validate metric names (case-insensitive) and return them lower-cased, in order.
+
+    The groups "all" (every voxel metric) and "objects" (object detection) expand in place.
+    """
+    known = ", ".join([*KNOWN_METRICS, *METRIC_GROUPS])
     out: list[str] = []
     for raw in names:
         name = raw.strip().lower()
         if not name:
             continue
-        if name not in ALL_METRICS:
-            raise ConfigError(f"unknown metric '{raw}'; expected some of {', '.join(ALL_METRICS)}")
-        if name not in out:
-            out.append(name)
+        if name not in KNOWN_METRICS and name not in METRIC_GROUPS:
+            raise ConfigError(f"unknown metric '{raw}'; expected some of {known}")
+        for item in METRIC_GROUPS.get(name, (name,)):
+            if item not in out:
+                out.append(item)
     if not out:
-        raise ConfigError(f"no metric selected; expected some of {', '.join(ALL_METRICS)}")
+        raise ConfigError(f"no metric selected; expected some of {known}")
     return tuple(out)
 
 
@@ -544,6 +569,7 @@ class ClassMetrics:
     values: Mapping[str, float]
     counts: OverlapCounts
     flags: tuple[str, ...] = ()
+    objects: ObjectCounts | None = None  # only when object metrics were asked for
 
     @property
     def empty(self) -> EmptyStatus:
@@ -559,8 +585,18 @@ def _class_metrics_from(
     metrics: Sequence[str],
     empty: EmptyRule,
     nsd_tolerance_mm: float,
+    objects: ObjectCounts | None = None,
 ) -> ClassMetrics:
     values: dict[str, float] = {}
+    object_flags: tuple[str, ...] = ()
+    object_names = tuple(m for m in metrics if m in OBJECT_METRICS)
+    if object_names:
+        from medseg.evaluation.objects import object_metric_values
+
+        if objects is None:
+            raise ValueError("object metrics asked for without object counts")
+        object_values, object_flags = object_metric_values(objects, object_names, empty)
+        values.update(object_values)
     for name in metrics:
         if name == "dice":
             values[name] = dice_from_counts(counts)
@@ -589,8 +625,8 @@ def _class_metrics_from(
     undefined = set(_UNDEFINED[counts.empty])
     if counts.tn + counts.fp == 0:
         undefined.add("specificity")
-    flags = tuple(m for m in metrics if m in undefined)
-    return ClassMetrics(values, counts, flags)
+    flags = tuple(m for m in metrics if m in undefined or m in object_flags)
+    return ClassMetrics({m: values[m] for m in metrics}, counts, flags, objects)
 
 
 def _check_metric_options(metrics: Sequence[str], empty: str, nsd_tolerance_mm: float) -> tuple[str, ...]:
@@ -598,7 +634,7 @@ def _check_metric_options(metrics: Sequence[str], empty: str, nsd_tolerance_mm: 
     names = check_metric_names(metrics)
     if "nsd" in names and (not math.isfinite(nsd_tolerance_mm) or nsd_tolerance_mm < 0):
         raise ConfigError(f"NSD tolerance must be a finite number of mm >= 0, found {nsd_tolerance_mm}")
-    return tuple(m for m in names if m in CLASS_METRICS)
+    return tuple(m for m in names if m in CLASS_METRICS or m in OBJECT_METRICS)
 
 
 def class_metrics(
@@ -609,8 +645,14 @@ def class_metrics(
     metrics: Sequence[str] = CLASS_METRICS,
     empty: EmptyRule = "nan",
     nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
+    separator: bool = False,
+    object_iou: float | None = None,
 ) -> ClassMetrics:
-    """Every requested per-class metric of one binary mask pair, sharing one distance pass."""
+    """Every requested per-class metric of one binary mask pair, sharing one distance pass.
+
+    ``separator`` and ``object_iou`` only concern the object metrics: see
+    :mod:`medseg.evaluation.objects`.
+    """
     names = _check_metric_options(metrics, empty, nsd_tolerance_mm)
     p, r = _as_mask(pred, "prediction"), _as_mask(ref, "reference")
     _check_pair(p, r)
@@ -618,7 +660,30 @@ def class_metrics(
     distances = None
     if DISTANCE_METRICS.intersection(names):
         distances = _surface_distances(p, r, _spacing(spacing, p.ndim), _union_bbox(p, r))
-    return _class_metrics_from(counts, distances, names, empty, nsd_tolerance_mm)
+    objects = _objects_if_asked(p, r, spacing, names, separator, object_iou)
+    return _class_metrics_from(counts, distances, names, empty, nsd_tolerance_mm, objects)
+
+
+def _objects_if_asked(
+    p: NDArray[np.bool_],
+    r: NDArray[np.bool_],
+    spacing: ArrayLike | None,
+    names: Sequence[str],
+    separator: bool,
+    object_iou: float | None,
+) -> ObjectCounts | None:
+    if not any(m in OBJECT_METRICS for m in names):
+        return None
+    from medseg.evaluation.objects import object_counts
+
+    if "are" in names and not separator:
+        raise ConfigError(
+            "the adapted Rand error ('are') scores a partition into regions: it needs a separator "
+            "class (such as cell membranes; --separator), not objects of a class"
+        )
+    return object_counts(
+        p, r, spacing, separator=separator, iou_threshold=object_iou, rand_error="are" in names
+    )
 
 
 @dataclass(frozen=True)
@@ -641,12 +706,16 @@ def label_metrics(
     metrics: Sequence[str] = ALL_METRICS,
     empty: EmptyRule = "nan",
     nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
+    separators: Sequence[int] = (),
+    object_iou: float | None = None,
 ) -> LabelMapMetrics:
     """Per-label metrics of two integer label maps; ``labels`` are the foreground labels.
 
     One joint histogram gives every overlap count; distances are computed per label on the
     bounding box of the union of both masks. Values outside ``{0, *labels}`` raise
     :class:`InputError`; ``labels=None`` takes every non-zero value present in either map.
+    Object metrics count the connected objects of each label, or, for the labels in
+    ``separators``, the regions those labels enclose (:mod:`medseg.evaluation.objects`).
     """
     names = _check_metric_options(metrics, empty, nsd_tolerance_mm)
     p, r = np.asarray(pred), np.asarray(ref)
@@ -666,6 +735,11 @@ def label_metrics(
         if any(v <= 0 for v in fg) or len(set(fg)) != len(fg):
             raise ConfigError(f"foreground labels must be distinct positive integers, found {fg}")
     all_labels = [0, *fg]
+    if "are" in names and not set(separators) & set(fg):
+        raise ConfigError(
+            "the adapted Rand error ('are') needs a separator label among the scored labels "
+            f"{fg} (such as cell membranes; --separator), found separators {list(separators)}"
+        )
     _check_declared(full, values, all_labels)
     cm = _select(full, values, all_labels)
     sp = _spacing(spacing, p.ndim)
@@ -690,7 +764,12 @@ def label_metrics(
                 box = _merge_boxes(boxes_p[lab], boxes_r[lab])
                 d_pr, d_rp = _distances_in_box(p[box] == lab, r[box] == lab, sp)
                 distances = SurfaceDistances(d_pr, d_rp, "none", diag)
-        per_label[lab] = _class_metrics_from(counts, distances, names, empty, nsd_tolerance_mm)
+        objects = None
+        if any(m in OBJECT_METRICS for m in names):
+            # 'are' only where it is defined: the separator labels; NaN for the others.
+            asked = names if lab in separators else tuple(m for m in names if m != "are")
+            objects = _objects_if_asked(p == lab, r == lab, sp, asked, lab in separators, object_iou)
+        per_label[lab] = _class_metrics_from(counts, distances, names, empty, nsd_tolerance_mm, objects)
     return LabelMapMetrics(per_label, cm, mean_iou(cm), pred_values, ref_values)
 
 

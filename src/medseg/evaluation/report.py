@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.evaluation.evaluate import EvaluationResult, describe
-from medseg.evaluation.metrics import LOWER_IS_BETTER, METRIC_TITLES
+from medseg.evaluation.metrics import LOWER_IS_BETTER, METRIC_TITLES, MM_METRICS
 from medseg.io.atomic import atomic_dir
 
 CASES_CSV = "cases.csv"
@@ -88,7 +88,7 @@ def boxplot_png(result: EvaluationResult, metric: str) -> bytes:
 def _fmt(v: float | None, metric: str) -> str:
     if v is None or not math.isfinite(v):
         return "–"
-    return f"{v:.2f}" if metric in LOWER_IS_BETTER else f"{v:.3f}"
+    return f"{v:.2f}" if metric in MM_METRICS else f"{v:.3f}"
 
 
 def render_html(result: EvaluationResult, summary: Mapping[str, Any], plots: Mapping[str, bytes]) -> str:

@@ -39,7 +39,8 @@ def _lesions() -> tuple[np.ndarray, np.ndarray]:
 def test_lesion_detection_counts_and_the_iou_threshold() -> None:
     pred, ref = _lesions()
     assert label_objects(ref)[1] == 3  # the diagonal pair is one lesion
-    assert label_objects(ref, separator=False)[1] == 3 and label_objects(ref[7:9])[1] == 1
+    assert label_objects(ref[7:9])[1] == 1
+    assert label_objects(ref[7:9], separator=True)[1] == 1  # the regions around them: one
     c = object_counts(pred, ref, spacing=(3.0, 0.7, 0.7))
     assert (c.n_ref, c.n_pred, c.ref_matched, c.pred_matched) == (3, 3, 2, 2)
     m = class_metrics(pred, ref, (3.0, 0.7, 0.7), metrics=("objects",))
@@ -79,6 +80,38 @@ def test_empty_rules_and_flags() -> None:
     spurious = class_metrics(one, empty, metrics=("objects",))
     assert math.isnan(spurious["obj_recall"]) and spurious["obj_precision"] == 0.0
     assert spurious.flags == ("obj_recall",)
+    assert class_metrics(one, empty, metrics=("objects",), empty="worst")["obj_recall"] == 0.0
+
+
+def test_empty_rules_between_separators() -> None:
+    ref = _cells((2, 20, 20), 5, seed=2)
+    wall = np.ones_like(ref)  # all separator: no region
+    names = ("objects", "are")
+    no_pred = class_metrics(wall, ref, metrics=names, separator=True)
+    assert no_pred.objects.n_pred == 0 and no_pred["obj_recall"] == 0.0  # type: ignore[union-attr]
+    assert math.isnan(no_pred["obj_precision"]) and math.isnan(no_pred["are"])
+    assert set(no_pred.flags) == {"obj_precision", "are"} and no_pred.objects.empty == "pred"  # type: ignore[union-attr]
+    assert class_metrics(wall, ref, metrics=names, separator=True, empty="worst")["are"] == 1.0
+    no_ref = class_metrics(ref, wall, metrics=names, separator=True)
+    assert no_ref.objects.n_pred >= 4 and no_ref["obj_precision"] == 0.0  # type: ignore[union-attr]
+    assert math.isnan(no_ref["obj_recall"]) and no_ref["obj_f1"] == 0.0 and math.isnan(no_ref["are"])
+    assert set(no_ref.flags) == {"obj_recall", "are"}
+    # A class that is no separator has no Rand error, and no flag for it.
+    lesions = label_metrics(ref, np.zeros_like(ref), None, [1, 2], metrics=("are",), separators=[2])
+    assert math.isnan(lesions.per_label[1]["are"]) and lesions.per_label[1].flags == ()
+    assert lesions.per_label[2]["are"] == 0.0  # no label 2 anywhere: one region each side
+
+
+def test_rand_error_alone_with_another_label_and_a_plain_2d_array() -> None:
+    membrane = _cells((1, 30, 30), 6, seed=4)[0]
+    labels = membrane.copy()
+    labels[2:5, 2:5] = 2  # a second class inside a cell
+    m = label_metrics(labels, labels, None, [1, 2], metrics=("are",), separators=[1])
+    assert m.per_label[1]["are"] == 0.0 and math.isnan(m.per_label[2]["are"])
+    shifted = np.roll(membrane, 2, axis=1)
+    flat = object_counts(shifted, membrane, separator=True, rand_error=True)
+    deep = object_counts(shifted[None], membrane[None], separator=True, rand_error=True)
+    assert flat == deep and flat.rand_error > 0.0
 
 
 def _cells(shape: tuple[int, int, int], n: int, seed: int) -> np.ndarray:
@@ -193,6 +226,7 @@ def test_evaluate_folders_with_lesions_and_membranes(tmp_path: Path) -> None:
     pred_lesion, ref_lesion = _lesions()
     ref[:, :24, :24][ref_lesion[:6]] = 2
     pred[:, :24, :24][pred_lesion[:6]] = 2
+    pred[3, 30:33, 30:33] = 2  # a false positive lesion
     write_volume(base.with_array(pred), tmp_path / "pred" / "case_a.nii.gz")
     write_volume(base.with_array(ref), tmp_path / "ref" / "case_a.nrrd")
     # case_b has no lesion in either map: the class is absent from both.
@@ -203,19 +237,42 @@ def test_evaluate_folders_with_lesions_and_membranes(tmp_path: Path) -> None:
     )
     result = evaluate(tmp_path / "pred", tmp_path / "ref", cfg)
     a, b = result.cases
-    direct = label_metrics(
-        pred, ref, base.spacing, [1, 2], metrics=("dice", "objects", "are"), separators=[1]
-    )
-    for lab in (1, 2):
-        assert a.per_label[lab].values == pytest.approx(direct.per_label[lab].values, nan_ok=True)
+    # The lesions as counted by hand in _lesions (first 6 slices: the diagonal pair is cut off).
+    assert (a.per_label[2].objects.n_ref, a.per_label[2].objects.n_pred) == (2, 3)  # type: ignore[union-attr]
+    assert a.per_label[2]["obj_recall"] == 1.0 and a.per_label[2]["obj_precision"] == pytest.approx(2 / 3)
+    assert 0.0 < a.per_label[1]["are"] < 0.5  # the lesions cut through some membranes
     assert math.isnan(a.per_label[2]["are"])  # not a separator class
     assert b.per_label[2].values["obj_recall"] == 1.0 and b.per_label[2].objects.n_ref == 0  # type: ignore[union-attr]
     rows = result.rows()
-    assert rows[0]["ref_objects/lesion"] == a.per_label[2].objects.n_ref  # type: ignore[union-attr]
+    assert rows[0]["ref_objects/lesion"] == 2 and rows[0]["pred_objects/lesion"] == 3
     assert rows[1]["ref_objects/lesion"] == 0 and rows[0]["ref_objects/membrane"] > 5
     summary = result.summary()
     assert summary["options"]["separators"] == [1] and summary["options"]["object_iou"] is None
     assert summary["per_class"]["lesion"]["obj_f1"]["n"] == 2
+
+
+def test_separators_without_declared_labels_and_a_blank_tile(tmp_path: Path) -> None:
+    """labels=None: a case without any membrane is one region on each side, not an error."""
+    base = make_oblique_volume(shape=(2, 30, 30))
+    ref = _cells(base.shape, 6, seed=7)
+    shifted = np.roll(ref, 1, axis=2)
+    blank = np.zeros_like(ref)
+    for name, pred, r in (("cells", shifted, ref), ("blank", blank, blank)):
+        write_volume(base.with_array(pred), tmp_path / "pred" / f"{name}.nii.gz")
+        write_volume(base.with_array(r), tmp_path / "ref" / f"{name}.nii.gz")
+    cfg = EvaluationConfig(metrics=("objects", "are"), separators=(1,), workers=1)
+    result = evaluate(tmp_path / "pred", tmp_path / "ref", cfg)
+    by_name = {c.name: c for c in result.cases}
+    blank_m = by_name["blank"].per_label[1]
+    assert blank_m.objects.n_ref == blank_m.objects.n_pred == 1  # type: ignore[union-attr]
+    assert blank_m.values == {"obj_recall": 1.0, "obj_precision": 1.0, "obj_f1": 1.0, "are": 0.0}
+    assert 0.0 < by_name["cells"].per_label[1]["are"] < 0.5
+    # A prediction that is all membrane: flagged as having no predicted object.
+    write_volume(base.with_array(np.ones_like(ref)), tmp_path / "pred" / "cells.nii.gz", overwrite=True)
+    row = next(r for r in evaluate(tmp_path / "pred", tmp_path / "ref", cfg).rows() if r["case"] == "cells")
+    assert "obj_precision/1:pred" in row["flags"] and "are/1:pred" in row["flags"]
+    with pytest.raises(ConfigError, match="only changes the object metrics"):
+        EvaluationConfig(separators=(1,))
 
 
 @pytest.mark.skipif(not ISBI_LABELS.is_dir(), reason="ISBI 2012 labels not in ../shared/data")

@@ -95,6 +95,11 @@ class EvaluationConfig:
                 "the adapted Rand error ('are') scores a partition into regions: name the class that "
                 "separates them (cell membranes) with --separator"
             )
+        if seps and not any(m in OBJECT_METRICS for m in self.metrics):
+            raise ConfigError(
+                "--separator only changes the object metrics; ask for them too, e.g. "
+                "--metrics dice,objects,are"
+            )
         object.__setattr__(self, "separators", seps)
         if self.empty not in ("nan", "worst"):
             raise ConfigError(f"empty-mask rule must be 'nan' or 'worst', found '{self.empty}'")
@@ -466,7 +471,9 @@ class EvaluationResult:
                     row[f"ref_objects/{cname}"] = "" if objects is None else objects.n_ref
                     row[f"pred_objects/{cname}"] = "" if objects is None else objects.n_pred
                 if cm is not None:
-                    flags.extend(f"{m}/{cname}:{cm.empty}" for m in cm.flags)
+                    for m in cm.flags:  # object metrics: which side has no *object*
+                        side = cm.objects.empty if m in OBJECT_METRICS and cm.objects else cm.empty
+                        flags.append(f"{m}/{cname}:{side}")
             row["flags"] = " ".join(flags)
             row["resampled"] = case.resampled
             row["message"] = case.message

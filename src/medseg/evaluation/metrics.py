@@ -735,10 +735,10 @@ def label_metrics(
         if any(v <= 0 for v in fg) or len(set(fg)) != len(fg):
             raise ConfigError(f"foreground labels must be distinct positive integers, found {fg}")
     all_labels = [0, *fg]
-    if "are" in names and not set(separators) & set(fg):
+    if labels is not None and "are" in names and not set(separators) & set(fg):
         raise ConfigError(
-            "the adapted Rand error ('are') needs a separator label among the scored labels "
-            f"{fg} (such as cell membranes; --separator), found separators {list(separators)}"
+            f"the adapted Rand error ('are') needs a separator label (such as cell membranes; "
+            f"--separator): none of the separators {list(separators)} is among the scored labels {fg}"
         )
     _check_declared(full, values, all_labels)
     cm = _select(full, values, all_labels)
@@ -769,6 +769,10 @@ def label_metrics(
             # 'are' only where it is defined: the separator labels; NaN for the others.
             asked = names if lab in separators else tuple(m for m in names if m != "are")
             objects = _objects_if_asked(p == lab, r == lab, sp, asked, lab in separators, object_iou)
+            if objects is None:  # only 'are' asked, and this label is no separator
+                from medseg.evaluation.objects import ObjectCounts
+
+                objects = ObjectCounts.none()
         per_label[lab] = _class_metrics_from(counts, distances, names, empty, nsd_tolerance_mm, objects)
     return LabelMapMetrics(per_label, cm, mean_iou(cm), pred_values, ref_values)
 

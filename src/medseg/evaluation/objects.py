@@ -31,10 +31,15 @@ are            adapted Rand error (1 - F-score of the Rand index; scikit-image's
                partition, merges and splits raise it
 ============== ========================================================================
 
-Empty rules: no object on either side gives recall = precision = F1 = 1 (and ARE 0); no
-predicted object gives precision undefined (worst 0), F1 0; no reference object gives
-recall undefined (worst 0), F1 0; ARE is undefined (worst 1) when the reference has no
-region. "Undefined" is NaN, or the worst value with ``empty="worst"``, and is flagged.
+In separator mode a predicted region that lies wholly on reference separator voxels is not
+scored and not counted (unless the reference has no region at all).
+
+Empty rules: no object on either side gives recall = precision = F1 = 1; no predicted
+object gives precision undefined (worst 0), F1 0; no reference object gives recall
+undefined (worst 0), F1 0. ARE is undefined (worst 1) when either side has no region (all
+separator); a separator class absent from both maps leaves one region, the whole grid, on
+each side: everything 1 and ARE 0. For classes that are not separators ARE is NaN, unflagged.
+"Undefined" is NaN, or the worst value with ``empty="worst"``, and is flagged.
 
 Connected components come from connected-components-3d and the Rand error from
 scikit-image; what is written here is only the matching rule and the separator handling,
@@ -52,12 +57,13 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from medseg.errors import ConfigError, GeometryError
-from medseg.evaluation.metrics import EmptyRule, _spacing
+from medseg.evaluation.metrics import EmptyRule, EmptyStatus, _spacing
 
-# Metrics whose value comes from an empty rule, by what is missing.
+# Metrics whose value comes from an empty rule, by what is missing ('are' is handled apart:
+# it exists only for separator classes).
 _UNDEFINED_WHEN: Mapping[str, frozenset[str]] = {
     "no_pred": frozenset({"obj_precision"}),
-    "no_ref": frozenset({"obj_recall", "are"}),
+    "no_ref": frozenset({"obj_recall"}),
 }
 _WORST = {"obj_recall": 0.0, "obj_precision": 0.0, "are": 1.0}
 
@@ -86,6 +92,13 @@ class ObjectCounts:
     def none(cls) -> ObjectCounts:
         """A class absent from both masks: no object on either side."""
         return cls(0, 0, 0, 0)
+
+    @property
+    def empty(self) -> EmptyStatus:
+        """Which side has no object: "both", "pred", "ref" or "none" (as for voxels)."""
+        if self.n_pred == 0:
+            return "both" if self.n_ref == 0 else "pred"
+        return "ref" if self.n_ref == 0 else "none"
 
 
 def check_iou_threshold(value: float | None) -> None:
@@ -178,6 +191,8 @@ def object_counts(
 
             are = float(adapted_rand_error(ref_obj, pred_obj, ignore_labels=(0,))[0])
     ref_matched, pred_matched, n_pred_counted = _matches(pred_obj, ref_obj, n_pred, n_ref, threshold, scored)
+    if n_ref == 0:  # nothing scored: every predicted region is unmatched
+        n_pred_counted = n_pred
     return ObjectCounts(n_ref, n_pred_counted, ref_matched, pred_matched, are, separator)
 
 
@@ -190,8 +205,8 @@ def object_metric_values(
         undefined |= _UNDEFINED_WHEN["no_pred"]
     if counts.n_ref == 0 and counts.n_pred > 0:
         undefined |= _UNDEFINED_WHEN["no_ref"]
-    if counts.n_ref == 0 and counts.separator:
-        undefined.add("are")
+    if counts.separator and (counts.n_ref == 0 or counts.n_pred == 0):
+        undefined.add("are")  # no region on one side: no partition to compare
     recall = counts.ref_matched / counts.n_ref if counts.n_ref else (1.0 if counts.n_pred == 0 else math.nan)
     precision = (
         counts.pred_matched / counts.n_pred if counts.n_pred else (1.0 if counts.n_ref == 0 else math.nan)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from scipy import ndimage
 
 from medseg.errors import ConfigError
-from medseg.evaluation import EvaluationConfig, class_metrics, evaluate, label_metrics
+from medseg.evaluation import EvaluationConfig, class_metrics, evaluate, label_metrics, write_report
 from medseg.evaluation.objects import (
     _expand_into_separators,
     label_objects,
@@ -49,6 +51,15 @@ def test_lesion_detection_counts_and_the_iou_threshold() -> None:
     strict = class_metrics(pred, ref, metrics=("obj_recall", "obj_precision", "obj_f1"), object_iou=0.5)
     assert strict["obj_recall"] == pytest.approx(1 / 3) and strict["obj_precision"] == pytest.approx(1 / 3)
     assert class_metrics(pred, ref, metrics=("obj_recall",), object_iou=0.72)["obj_recall"] == 0.0
+    recs = object_counts(pred, ref, spacing=(3.0, 0.7, 0.7), records=True).records
+    assert [(r.side, r.matched) for r in recs] == [("reference", True)] * 2 + [("reference", False)] + [
+        ("prediction", True)
+    ] * 2 + [("prediction", False)]
+    a, b, c = recs[:3]
+    assert a.voxels == 144 and a.best_iou == pytest.approx(120 / 168) and a.centroid == (3.5, 4.5, 4.5)
+    assert b.best_iou == pytest.approx(1 / 147) and b.volume_mm3 == pytest.approx(144 * 3 * 0.49)
+    assert c.voxels == 2 and c.best_iou == 0.0 and c.centroid == (7.5, 2.5, 20.5)
+    assert recs[-1].voxels == 4 and recs[-1].best_iou == 0.0
     assert class_metrics(pred, ref, metrics=("obj_recall",), object_iou=0.7)["obj_recall"] == pytest.approx(
         1 / 3
     )
@@ -248,6 +259,20 @@ def test_evaluate_folders_with_lesions_and_membranes(tmp_path: Path) -> None:
     assert rows[1]["ref_objects/lesion"] == 0 and rows[0]["ref_objects/membrane"] > 5
     summary = result.summary()
     assert summary["options"]["separators"] == [1] and summary["options"]["object_iou"] is None
+    # objects.csv: the false positive lesion, centred in world (LPS) mm on the oblique grid,
+    # as SimpleITK places that continuous index.
+    files = write_report(result, tmp_path / "report")
+    assert files.objects_csv is not None
+    with files.objects_csv.open() as fh:
+        objects = list(csv.DictReader(fh))
+    fp = [o for o in objects if o["case"] == "case_a" and o["class"] == "lesion" and o["matched"] == "False"]
+    assert len(fp) == 1 and fp[0]["side"] == "prediction" and int(fp[0]["voxels"]) == 9
+    image = sitk.ReadImage(str(tmp_path / "ref" / "case_a.nrrd"))
+    expected = image.TransformContinuousIndexToPhysicalPoint((31.0, 31.0, 3.0))  # (x, y, z) index
+    got = [float(fp[0][f"centre_{k}_mm"]) for k in "xyz"]
+    assert got == pytest.approx(expected, abs=1e-6)
+    assert float(fp[0]["volume_ml"]) == pytest.approx(9 * float(np.prod(base.spacing)) / 1000)
+    assert sum(o["class"] == "membrane" for o in objects) > 10
     assert summary["per_class"]["lesion"]["obj_f1"]["n"] == 2
 
 

@@ -110,6 +110,16 @@ def evaluate_command(
     for cname, stats in summary["per_class"].items():
         table.add_row(cname, *[_cell(stats[m], m) for m in shown])
     console.print(table)
+    for lab, cname in result.labels.items() if config.object_metrics else ():
+        found = [c.per_label[lab].objects for c in result.scored_cases]
+        n_ref = sum(o.n_ref for o in found if o)
+        n_pred = sum(o.n_pred for o in found if o)
+        console.print(
+            f"{cname}: {sum(o.ref_matched for o in found if o)} of {n_ref} reference objects found, "
+            f"{n_pred - sum(o.pred_matched for o in found if o)} of {n_pred} predicted objects unmatched",
+            markup=False,
+            soft_wrap=True,
+        )
     if "miou" in summary["case_level"]:
         console.print(f"mIoU (background included): {_cell(summary['case_level']['miou'], 'miou')}")
     for what, items in (
@@ -127,7 +137,8 @@ def evaluate_command(
         files = write_report(result, output, overwrite=overwrite)
         console.print(
             f"wrote {files.folder}/ ({files.cases_csv.name}, {files.summary_json.name}, "
-            f"{files.report_html.name}, {len(files.plots)} plots)",
+            + (f"{files.objects_csv.name}, " if files.objects_csv else "")
+            + f"{files.report_html.name}, {len(files.plots)} plots)",
             markup=False,
             soft_wrap=True,
         )

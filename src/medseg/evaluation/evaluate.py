@@ -247,6 +247,8 @@ class CaseResult:
     prediction_labels: tuple[int, ...] = ()
     n_voxels: int = 0
     diagonal_mm: float = math.nan
+    # One row per connected object when object metrics were asked for (see object_rows).
+    objects: tuple[Mapping[str, Any], ...] = ()
 
 
 def _check_label_array(vol: Volume, case: str, role: str, path: Path | str) -> np.ndarray:
@@ -319,6 +321,7 @@ def evaluate_volumes(
             nsd_tolerance_mm=config.nsd_tolerance_mm,
             separators=config.separators,
             object_iou=config.object_iou,
+            object_records=bool(config.object_metrics),
         )
     except InputError as exc:  # undeclared label values: say which case and file
         where = prediction_path if "prediction holds" in exc.found else reference_path
@@ -337,7 +340,34 @@ def evaluate_volumes(
         prediction_labels=result.prediction_values,
         n_voxels=int(ref.size),
         diagonal_mm=grid_diagonal_mm(ref.shape, reference.spacing),
+        objects=_object_rows(result, reference),
     )
+
+
+def _object_rows(result: LabelMapMetrics, reference: Volume) -> tuple[dict[str, Any], ...]:
+    """The objects of every label, centres in world coordinates (LPS, mm), volumes in mL."""
+    rows: list[dict[str, Any]] = []
+    for lab, cm in result.per_label.items():
+        if cm.objects is None or not cm.objects.records:
+            continue
+        records = cm.objects.records
+        centres = reference.index_to_world(np.array([rec.centroid for rec in records], dtype=float))
+        for rec, centre in zip(records, centres, strict=True):
+            rows.append(
+                {
+                    "label": lab,
+                    "side": rec.side,
+                    "object": rec.number,
+                    "voxels": rec.voxels,
+                    "volume_ml": rec.volume_mm3 / 1000.0,
+                    "centre_x_mm": float(centre[0]),
+                    "centre_y_mm": float(centre[1]),
+                    "centre_z_mm": float(centre[2]),
+                    "best_iou": rec.best_iou,
+                    "matched": rec.matched,
+                }
+            )
+    return tuple(rows)
 
 
 def _evaluate_pair(pair: CasePair, config: EvaluationConfig) -> CaseResult:
@@ -478,6 +508,16 @@ class EvaluationResult:
             row["resampled"] = case.resampled
             row["message"] = case.message
             rows.append(row)
+        return rows
+
+    def object_rows(self) -> list[dict[str, Any]]:
+        """One row per connected object (reference and prediction) of every scored case:
+        where it is (world LPS, mm), how big (mL), its best IoU and whether it matched."""
+        rows: list[dict[str, Any]] = []
+        for case in self.scored_cases:
+            for obj in case.objects:
+                cname = self.labels.get(int(obj["label"]), str(obj["label"]))
+                rows.append({"case": case.name, "class": cname, **obj})
         return rows
 
     def summary(self) -> dict[str, Any]:

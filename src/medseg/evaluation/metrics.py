@@ -671,6 +671,7 @@ def _objects_if_asked(
     names: Sequence[str],
     separator: bool,
     object_iou: float | None,
+    records: bool = False,
 ) -> ObjectCounts | None:
     if not any(m in OBJECT_METRICS for m in names):
         return None
@@ -682,7 +683,13 @@ def _objects_if_asked(
             "class (such as cell membranes; --separator), not objects of a class"
         )
     return object_counts(
-        p, r, spacing, separator=separator, iou_threshold=object_iou, rand_error="are" in names
+        p,
+        r,
+        spacing,
+        separator=separator,
+        iou_threshold=object_iou,
+        rand_error="are" in names,
+        records=records,
     )
 
 
@@ -708,6 +715,7 @@ def label_metrics(
     nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
     separators: Sequence[int] = (),
     object_iou: float | None = None,
+    object_records: bool = False,
 ) -> LabelMapMetrics:
     """Per-label metrics of two integer label maps; ``labels`` are the foreground labels.
 
@@ -715,7 +723,8 @@ def label_metrics(
     bounding box of the union of both masks. Values outside ``{0, *labels}`` raise
     :class:`InputError`; ``labels=None`` takes every non-zero value present in either map.
     Object metrics count the connected objects of each label, or, for the labels in
-    ``separators``, the regions those labels enclose (:mod:`medseg.evaluation.objects`).
+    ``separators``, the regions those labels enclose (:mod:`medseg.evaluation.objects`);
+    ``object_records`` keeps one record per object in ``ClassMetrics.objects.records``.
     """
     names = _check_metric_options(metrics, empty, nsd_tolerance_mm)
     p, r = np.asarray(pred), np.asarray(ref)
@@ -768,7 +777,9 @@ def label_metrics(
         if any(m in OBJECT_METRICS for m in names):
             # 'are' only where it is defined: the separator labels; NaN for the others.
             asked = names if lab in separators else tuple(m for m in names if m != "are")
-            objects = _objects_if_asked(p == lab, r == lab, sp, asked, lab in separators, object_iou)
+            objects = _objects_if_asked(
+                p == lab, r == lab, sp, asked, lab in separators, object_iou, object_records
+            )
             if objects is None:  # only 'are' asked, and this label is no separator
                 from medseg.evaluation.objects import ObjectCounts
 

@@ -51,7 +51,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -73,7 +73,8 @@ class ObjectCounts:
     """Object counts of one class: how many on each side and how many matched.
 
     ``rand_error`` is NaN unless computed (regions between separators only);
-    ``separator`` says which kind of object was counted.
+    ``separator`` says which kind of object was counted; ``records`` lists the objects when
+    asked for.
     """
 
     n_ref: int
@@ -82,6 +83,7 @@ class ObjectCounts:
     pred_matched: int
     rand_error: float = math.nan
     separator: bool = False
+    records: tuple[ObjectRecord, ...] = ()
 
     @classmethod
     def single_region(cls) -> ObjectCounts:
@@ -135,29 +137,75 @@ def _expand_into_separators(regions: NDArray[np.uint32], spacing: NDArray[np.flo
     return np.asarray(expand_labels(regions, distance=reach, spacing=spacing), dtype=np.uint32)
 
 
-def _matches(
+@dataclass(frozen=True)
+class ObjectRecord:
+    """One object of one side: its number, size, centre and best match on the other side.
+
+    ``centroid`` is in array index order (z, y, x) -- (y, x) for a 2D mask; ``best_iou`` is
+    the highest IoU with any object of the other side (0 when it touches none).
+    """
+
+    side: Literal["reference", "prediction"]
+    number: int
+    voxels: int
+    volume_mm3: float
+    centroid: tuple[float, ...]
+    best_iou: float
+    matched: bool
+
+
+def _best_ious(
     pred_obj: NDArray[np.uint32],
     ref_obj: NDArray[np.uint32],
     n_pred: int,
     n_ref: int,
-    threshold: float,
     scored: NDArray[np.bool_] | None,
-) -> tuple[int, int, int]:
-    """(matched reference objects, matched predicted objects, predicted objects counted)."""
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.int64]]:
+    """Best IoU of every reference and predicted object (index = object number), and the
+    predicted objects' scored sizes (separator mode counts only regions with scored voxels)."""
     p = pred_obj if scored is None else pred_obj[scored]
     r = ref_obj if scored is None else ref_obj[scored]
     pred_sizes = np.bincount(p.ravel(), minlength=n_pred + 1)
     ref_sizes = np.bincount(r.ravel(), minlength=n_ref + 1)
-    counted = int(np.count_nonzero(pred_sizes[1:])) if scored is not None else n_pred
+    ref_best, pred_best = np.zeros(n_ref + 1), np.zeros(n_pred + 1)
     both = (p > 0) & (r > 0)
-    if not both.any():
-        return 0, 0, counted
-    key = r[both].astype(np.int64) * (n_pred + 1) + p[both]
-    pairs, inter = np.unique(key, return_counts=True)
-    r_id, p_id = pairs // (n_pred + 1), pairs % (n_pred + 1)
-    iou = inter / (ref_sizes[r_id] + pred_sizes[p_id] - inter)
-    hit = iou > threshold
-    return int(np.unique(r_id[hit]).size), int(np.unique(p_id[hit]).size), counted
+    if both.any():
+        key = r[both].astype(np.int64) * (n_pred + 1) + p[both]
+        pairs, inter = np.unique(key, return_counts=True)
+        r_id, p_id = pairs // (n_pred + 1), pairs % (n_pred + 1)
+        iou = inter / (ref_sizes[r_id] + pred_sizes[p_id] - inter)
+        np.maximum.at(ref_best, r_id, iou)
+        np.maximum.at(pred_best, p_id, iou)
+    return ref_best, pred_best, pred_sizes
+
+
+def _records(
+    side: Literal["reference", "prediction"],
+    objects: NDArray[np.uint32],
+    best: NDArray[np.float64],
+    threshold: float,
+    keep: NDArray[np.bool_],
+    voxel_mm3: float,
+) -> tuple[ObjectRecord, ...]:
+    import cc3d
+
+    stats = cc3d.statistics(objects if objects.ndim == 3 else objects[None])
+    counts, centroids = stats["voxel_counts"], stats["centroids"]
+    if objects.ndim == 2:
+        centroids = centroids[:, 1:]
+    return tuple(
+        ObjectRecord(
+            side,
+            i,
+            int(counts[i]),
+            float(counts[i]) * voxel_mm3,
+            tuple(float(c) for c in centroids[i]),
+            float(best[i]),
+            bool(best[i] > threshold),
+        )
+        for i in range(1, len(best))
+        if i < len(counts) and keep[i]
+    )
 
 
 def object_counts(
@@ -168,32 +216,51 @@ def object_counts(
     separator: bool = False,
     iou_threshold: float | None = None,
     rand_error: bool = False,
+    records: bool = False,
 ) -> ObjectCounts:
     """Count and match the objects of one class's prediction and reference masks.
 
     With ``separator=True`` the masks are the separator class (membranes) and the objects
     are the regions between them; ``rand_error`` then also computes the adapted Rand error.
+    ``records`` keeps one :class:`ObjectRecord` per object (for a per-lesion table).
     """
     check_iou_threshold(iou_threshold)
     p, r = np.asarray(pred).astype(bool, copy=False), np.asarray(ref).astype(bool, copy=False)
     if p.shape != r.shape:
         raise GeometryError(f"prediction shape {p.shape} differs from reference shape {r.shape}")
+    sp = _spacing(spacing, p.ndim)
     threshold = iou_threshold if iou_threshold is not None else (0.5 if separator else 0.0)
     pred_obj, n_pred = label_objects(p, separator=separator)
     ref_obj, n_ref = label_objects(r, separator=separator)
     scored: NDArray[np.bool_] | None = None
     are = math.nan
     if separator:
-        pred_obj = _expand_into_separators(pred_obj, _spacing(spacing, p.ndim))
+        pred_obj = _expand_into_separators(pred_obj, sp)
         scored = ref_obj > 0
         if rand_error and n_ref:
             from skimage.metrics import adapted_rand_error
 
             are = float(adapted_rand_error(ref_obj, pred_obj, ignore_labels=(0,))[0])
-    ref_matched, pred_matched, n_pred_counted = _matches(pred_obj, ref_obj, n_pred, n_ref, threshold, scored)
-    if n_ref == 0:  # nothing scored: every predicted region is unmatched
-        n_pred_counted = n_pred
-    return ObjectCounts(n_ref, n_pred_counted, ref_matched, pred_matched, are, separator)
+    ref_best, pred_best, pred_sizes = _best_ious(pred_obj, ref_obj, n_pred, n_ref, scored)
+    # Separator mode: a predicted region wholly on reference separators is not scored, unless
+    # the reference has no region at all (then every predicted region is an unmatched one).
+    counted = pred_sizes > 0 if scored is not None and n_ref else np.ones(n_pred + 1, dtype=bool)
+    counted[0] = False
+    kept: tuple[ObjectRecord, ...] = ()
+    if records:
+        voxel_mm3 = float(np.prod(sp))
+        all_ref = np.ones(n_ref + 1, dtype=bool)
+        kept = _records("reference", ref_obj, ref_best, threshold, all_ref, voxel_mm3)
+        kept += _records("prediction", pred_obj, pred_best, threshold, counted, voxel_mm3)
+    return ObjectCounts(
+        n_ref,
+        int(np.count_nonzero(counted)),
+        int(np.count_nonzero(ref_best[1:] > threshold)),
+        int(np.count_nonzero(pred_best[1:] > threshold)),
+        are,
+        separator,
+        kept,
+    )
 
 
 def object_metric_values(

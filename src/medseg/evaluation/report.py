@@ -1,5 +1,9 @@
 """Write an evaluation to disk: per-case CSV, summary JSON, box plots (PNG) and an HTML page.
 
+With object metrics, ``objects.csv`` lists every connected object of both sides (centre in
+world LPS mm, volume in mL, best IoU, matched or not): the missed lesions and the false
+positives, one per row.
+
 Everything goes into one output folder that appears atomically (built in a temporary
 sibling, then renamed), so a crash never leaves a half-written report.
 """
@@ -22,6 +26,7 @@ from medseg.evaluation.metrics import LOWER_IS_BETTER, METRIC_TITLES, MM_METRICS
 from medseg.io.atomic import atomic_dir
 
 CASES_CSV = "cases.csv"
+OBJECTS_CSV = "objects.csv"
 SUMMARY_JSON = "summary.json"
 REPORT_HTML = "report.html"
 PLOTS_DIR = "plots"
@@ -34,6 +39,7 @@ class ReportFiles:
     summary_json: Path
     report_html: Path
     plots: tuple[Path, ...]
+    objects_csv: Path | None = None  # only with object metrics
 
 
 def _csv_value(value: Any) -> Any:
@@ -44,7 +50,18 @@ def _csv_value(value: Any) -> Any:
 
 def write_cases_csv(result: EvaluationResult, path: Path) -> None:
     rows = result.rows()
-    fieldnames = list(rows[0]) if rows else ["case", "status"]
+    _write_csv(rows, list(rows[0]) if rows else ["case", "status"], path)
+
+
+def write_objects_csv(result: EvaluationResult, path: Path) -> None:
+    """One row per connected object of every scored case (``EvaluationResult.object_rows``)."""
+    rows = result.object_rows()
+    head = ["case", "class", "label", "side", "object", "voxels", "volume_ml"]
+    head += ["centre_x_mm", "centre_y_mm", "centre_z_mm", "best_iou", "matched"]
+    _write_csv(rows, head, path)
+
+
+def _write_csv(rows: list[dict[str, Any]], fieldnames: list[str], path: Path) -> None:
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=fieldnames)
         writer.writeheader()
@@ -158,6 +175,8 @@ def write_report(result: EvaluationResult, folder: str | Path, *, overwrite: boo
     plots = {m: boxplot_png(result, m) for m in result.config.metrics}
     with atomic_dir(target, overwrite=overwrite) as tmp:
         write_cases_csv(result, tmp / CASES_CSV)
+        if result.config.object_metrics:
+            write_objects_csv(result, tmp / OBJECTS_CSV)
         (tmp / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, allow_nan=False), encoding="utf-8")
         (tmp / PLOTS_DIR).mkdir()
         for metric, png in plots.items():
@@ -169,7 +188,16 @@ def write_report(result: EvaluationResult, folder: str | Path, *, overwrite: boo
         target / SUMMARY_JSON,
         target / REPORT_HTML,
         tuple(target / PLOTS_DIR / f"{m}.png" for m in plots),
+        target / OBJECTS_CSV if result.config.object_metrics else None,
     )
 
 
-__all__ = ["ReportFiles", "boxplot_png", "describe", "render_html", "write_cases_csv", "write_report"]
+__all__ = [
+    "ReportFiles",
+    "boxplot_png",
+    "describe",
+    "render_html",
+    "write_cases_csv",
+    "write_objects_csv",
+    "write_report",
+]

@@ -177,6 +177,8 @@ def test_evaluate_object_metrics_and_separator_by_name(tmp_path: Path) -> None:
     assert summary["per_class"]["body"]["are"]["n_nan"] == 2  # not a separator class
     assert "body: 2 of 2 reference objects found, 0 of 2 predicted objects unmatched" in res.output
     assert "objects.csv" in res.output and (out / "objects.csv").is_file()
+    page = (out / "report.html").read_text()
+    assert "objects.csv" in page and "for core, the regions between them" in page
     header = (out / "cases.csv").read_text().splitlines()[0]
     assert "ref_objects/body" in header and "pred_objects/core" in header
     assert (out / "plots" / "obj_f1.png").is_file()

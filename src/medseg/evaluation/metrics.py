@@ -121,8 +121,8 @@ METRIC_TITLES: Mapping[str, str] = {
     "rvd": "Relative volume difference",
     "uw": "UW-Madison score",
     "miou": "Mean IoU (with background)",
-    "obj_recall": "Object recall (detected / reference objects)",
-    "obj_precision": "Object precision (matched / predicted objects)",
+    "obj_recall": "Object recall",
+    "obj_precision": "Object precision",
     "obj_f1": "Object F1",
     "are": "Adapted Rand error",
 }

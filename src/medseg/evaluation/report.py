@@ -150,6 +150,21 @@ def render_html(result: EvaluationResult, summary: Mapping[str, Any], plots: Map
         for m, png in plots.items()
     )
     opts = summary["options"]
+    object_line, objects_file = "", ""
+    if result.config.object_metrics:
+        seps = [result.labels.get(v, str(v)) for v in opts["separators"]]
+        iou = opts["object_iou"]
+        rule = (
+            f"IoU &gt; {iou}"
+            if iou is not None
+            else "any overlap (IoU &gt; 0), IoU &gt; 0.5 for regions between separators"
+        )
+        object_line = (
+            "<p>Objects: connected components of each class (26-connected)"
+            + (f"; for {esc(', '.join(seps))}, the regions between them (6-connected)" if seps else "")
+            + f"; a predicted and a reference object match at {rule}.</p>"
+        )
+        objects_file = f"; every object: <code>{OBJECTS_CSV}</code>"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>medseg evaluation</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
@@ -159,11 +174,11 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:center}}figure{{display:
 <p>Prediction: <code>{esc(summary["prediction"])}</code><br>Reference: <code>{esc(summary["reference"])}</code><br>
 {summary["n_scored"]} of {summary["n_cases"]} cases scored. Empty-mask rule: <b>{esc(opts["empty_rule"])}</b>;
 NSD tolerance {opts["nsd_tolerance_mm"]} mm. Distances in mm. Mean ± sample SD, NaN values left out.</p>
-{miou_line}
+{miou_line}{object_line}
 <table><tr><th>class</th>{head}</tr>{"".join(body_rows)}</table>
 <h2>Flagged cases</h2><ul>{"".join(issues) or "<li>none</li>"}</ul>
 <h2>Distributions</h2>{images}
-<p>Per-case values: <code>{CASES_CSV}</code>; statistics: <code>{SUMMARY_JSON}</code>.</p>
+<p>Per-case values: <code>{CASES_CSV}</code>; statistics: <code>{SUMMARY_JSON}</code>{objects_file}.</p>
 </body></html>
 """
 

@@ -274,6 +274,12 @@ def test_evaluate_folders_with_lesions_and_membranes(tmp_path: Path) -> None:
     assert float(fp[0]["volume_ml"]) == pytest.approx(9 * float(np.prod(base.spacing)) / 1000)
     assert sum(o["class"] == "membrane" for o in objects) > 10
     assert summary["per_class"]["lesion"]["obj_f1"]["n"] == 2
+    assert summary["per_class"]["lesion"]["objects"] == {
+        "reference": 2,
+        "found": 2,
+        "predicted": 3,
+        "unmatched": 1,
+    }
 
 
 def test_separators_without_declared_labels_and_a_blank_tile(tmp_path: Path) -> None:

@@ -110,13 +110,11 @@ def evaluate_command(
     for cname, stats in summary["per_class"].items():
         table.add_row(cname, *[_cell(stats[m], m) for m in shown])
     console.print(table)
-    for lab, cname in result.labels.items() if config.object_metrics else ():
-        found = [c.per_label[lab].objects for c in result.scored_cases]
-        n_ref = sum(o.n_ref for o in found if o)
-        n_pred = sum(o.n_pred for o in found if o)
+    for cname, stats in summary["per_class"].items() if config.object_metrics else ():
+        t = stats["objects"]
         console.print(
-            f"{cname}: {sum(o.ref_matched for o in found if o)} of {n_ref} reference objects found, "
-            f"{n_pred - sum(o.pred_matched for o in found if o)} of {n_pred} predicted objects unmatched",
+            f"{cname}: {t['found']} of {t['reference']} reference objects found, "
+            f"{t['unmatched']} of {t['predicted']} predicted objects unmatched",
             markup=False,
             soft_wrap=True,
         )

@@ -510,6 +510,19 @@ class EvaluationResult:
             rows.append(row)
         return rows
 
+    def object_totals(self, label: int) -> dict[str, int]:
+        """Objects of one class summed over the scored cases: reference objects and how many
+        were found, predicted objects and how many matched nothing."""
+        found = [c.per_label[label].objects for c in self.scored_cases]
+        counts = [o for o in found if o is not None]
+        n_pred = sum(o.n_pred for o in counts)
+        return {
+            "reference": sum(o.n_ref for o in counts),
+            "found": sum(o.ref_matched for o in counts),
+            "predicted": n_pred,
+            "unmatched": n_pred - sum(o.pred_matched for o in counts),
+        }
+
     def object_rows(self) -> list[dict[str, Any]]:
         """One row per connected object (reference and prediction) of every scored case:
         where it is (world LPS, mm), how big (mL), its best IoU and whether it matched."""
@@ -532,6 +545,8 @@ class EvaluationResult:
                     for kind in ("both", "pred", "ref")
                 },
             }
+            if self.config.object_metrics:
+                per_class[cname]["objects"] = self.object_totals(lab)
         case_level: dict[str, Any] = {}
         if "miou" in self.config.metrics:
             case_level["miou"] = describe([c.miou for c in self.scored_cases]).as_dict()

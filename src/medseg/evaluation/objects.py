@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -83,7 +83,7 @@ class ObjectCounts:
     pred_matched: int
     rand_error: float = math.nan
     separator: bool = False
-    records: tuple[ObjectRecord, ...] = ()
+    records: tuple[ObjectRecord, ...] = field(default=(), repr=False)
 
     @classmethod
     def single_region(cls) -> ObjectCounts:

@@ -68,7 +68,10 @@ def evaluate_command(
     ),
     workers: int | None = typer.Option(None, "--workers", help="Processes (default: one per CPU)."),
     output: Path | None = typer.Option(
-        None, "-o", "--output", help="Folder for cases.csv, summary.json, plots/ and report.html."
+        None,
+        "-o",
+        "--output",
+        help="Folder for cases.csv, summary.json, plots/ and report.html (+ objects.csv with object metrics).",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
 ) -> None:

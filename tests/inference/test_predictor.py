@@ -142,9 +142,18 @@ def test_existing_output_and_disk_full(
 ) -> None:
     path, _ = _case_file(tmp_path / "in", 8)
     out = tmp_path / "out"
-    predict(path, trained_model, out, PredictConfig())
+    predict(path, trained_model, out, PredictConfig(formats=("nifti", "volumes")))
+    first = json.loads((out / "predictions.json").read_text())
     again = predict(path, trained_model, out, PredictConfig())
     assert not again[0].ok and "exists" in again[0].error
+    # The summary still describes the outputs on disk, not the refused re-run.
+    assert json.loads((out / "predictions.json").read_text())["cases"] == first["cases"]
+    # A new case in the same folder is added; the earlier one is kept.
+    second, _ = _case_file(tmp_path / "in2", 9)
+    predict(second, trained_model, out, PredictConfig())
+    cases = {c["case_id"]: c for c in json.loads((out / "predictions.json").read_text())["cases"]}
+    assert set(cases) == {"p8", "p9"} and cases["p8"]["ok"] and cases["p9"]["ok"]
+    assert "volumes" in cases["p8"]["outputs"]
     import medseg.io.itk as itk
 
     def full(*args: object, **kwargs: object) -> None:

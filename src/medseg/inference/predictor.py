@@ -551,7 +551,9 @@ def predict(
 ) -> list[CaseResult]:
     """Predict every case at ``input_path``; returns one result per case (failed ones included).
 
-    Writes ``out_dir/predictions.json`` with each case's status and outputs.
+    Writes ``out_dir/predictions.json`` with each case's status and outputs. Without
+    ``overwrite``, a case whose outputs already exist is not redone, and its entry from an
+    earlier run's ``predictions.json`` is kept, so the file always describes what is on disk.
     """
     cfg = config or PredictConfig()
     seg = (
@@ -573,10 +575,15 @@ def predict(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results: list[CaseResult] = []
+    existing: set[str] = set()
     with progress_bar(progress and len(cases) > 1, "predict", len(cases)) as advance:
         for case in cases:
             try:
                 results.append(predict_case(seg, case, out, cfg))
+            except OutputExistsError as exc:
+                log.error("case %s not redone: %s", case.case_id, exc)
+                results.append(CaseResult(case.case_id, False, error=str(exc)))
+                existing.add(case.case_id)
             except MedsegError as exc:
                 log.error("case %s failed: %s", case.case_id, exc)
                 results.append(CaseResult(case.case_id, False, error=str(exc)))
@@ -587,12 +594,36 @@ def predict(
     summary_name = (
         "predictions.json" if cfg.shard is None else f"predictions_shard{cfg.shard[0]}of{cfg.shard[1]}.json"
     )
+    entries = [to_dict(r) for r in results]
+    if not cfg.overwrite:
+        entries = _keep_earlier_entries(out / summary_name, entries, existing)
     write_text_atomic(
         out / summary_name,
-        json.dumps(
-            {"model": str(seg.path), "config": to_dict(cfg), "cases": [to_dict(r) for r in results]}, indent=2
-        )
-        + "\n",
+        json.dumps({"model": str(seg.path), "config": to_dict(cfg), "cases": entries}, indent=2) + "\n",
         overwrite=True,
     )
     return results
+
+
+def _keep_earlier_entries(
+    summary: Path, entries: list[dict[str, Any]], existing: set[str]
+) -> list[dict[str, Any]]:
+    """Merge this run's case entries into an earlier ``predictions.json`` in the folder.
+
+    Cases this run did not touch, and cases it left alone because their outputs exist, keep
+    the earlier entry (which names those outputs); every other case gets this run's entry.
+    """
+    if not summary.is_file():
+        return entries
+    try:
+        earlier = {str(c["case_id"]): c for c in json.loads(summary.read_text(encoding="utf-8"))["cases"]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s: earlier summary unreadable (%s); writing this run's cases only", summary, exc)
+        return entries
+    merged = dict(earlier)
+    for entry in entries:
+        case_id = str(entry["case_id"])
+        if case_id in existing and case_id in earlier:
+            continue
+        merged[case_id] = entry
+    return list(merged.values())

@@ -185,6 +185,35 @@ def test_evaluate_object_metrics_and_separator_by_name(tmp_path: Path) -> None:
     res = runner.invoke(app, [*args, "--metrics", "are"])
     assert res.exit_code == 2 and "--separator" in res.output
     res = runner.invoke(app, [*args, "--separator", "membrane"])
-    assert res.exit_code == 2 and "neither a label value nor a name" in res.output
+    assert res.exit_code == 2 and "neither a label value nor a class name" in res.output
     res = runner.invoke(app, [*args, "--metrics", "objects", "--object-iou", "1.5"])
     assert res.exit_code == 2 and "IoU" in res.output
+
+
+def test_class_names_come_from_the_dataset_json_beside_the_references(tmp_path: Path) -> None:
+    base = make_oblique_volume(shape=(2, 24, 24))
+    ref = np.zeros(base.shape, dtype=np.uint8)
+    ref[:, 11, :] = ref[:, :, 11] = 1  # membranes: four cells
+    pred = ref.copy()
+    pred[:, 11, :5] = 0  # a gap: two cells merge
+    ds = tmp_path / "em"
+    write_volume(base.with_array(ref), ds / "labelsTs" / "a.nii.gz")
+    write_volume(base.with_array(pred), tmp_path / "pred" / "a.nii.gz")
+    descriptor = {
+        "channel_names": {"0": "EM"},
+        "labels": {"background": 0, "membrane": 1},
+        "numTraining": 1,
+        "file_ending": ".nii.gz",
+    }
+    (ds / "dataset.json").write_text(json.dumps(descriptor))
+    out = tmp_path / "eval"
+    args = ["evaluate", str(tmp_path / "pred"), str(ds / "labelsTs"), "--workers", "1", "-o", str(out)]
+    res = runner.invoke(app, [*args, "--metrics", "dice,objects,are", "--separator", "membrane"])
+    assert res.exit_code == 0, res.output
+    assert "class names from" in res.output and "membrane: 3 of 4 reference objects found" in res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["per_class"]) == {"membrane"} and summary["per_class"]["membrane"]["are"]["mean"] > 0
+    res = runner.invoke(app, [*args[:-2], "--metrics", "objects", "--separator", "7"])
+    assert res.exit_code == 2 and "separator label(s) [7] found in no reference" in res.output
+    res = runner.invoke(app, [*args[:-2], "--metrics", "objects", "--separator", "1", "--object-iou", "0"])
+    assert res.exit_code == 2 and "tile the image" in res.output

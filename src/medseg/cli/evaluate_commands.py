@@ -91,9 +91,11 @@ def evaluate_command(
         raise ConfigError(f"--empty must be 'nan' or 'worst', found '{empty}'")
     names = tuple(metrics.split(","))  # groups such as 'all' and 'objects' expand in the config
     declared = parse_labels(labels)
+    class_names = None if declared is not None else _dataset_label_names(reference)
     config = EvaluationConfig(
         labels=declared,
-        separators=_separator_values(separator, declared),
+        label_names=class_names,
+        separators=_separator_values(separator, declared or class_names),
         object_iou=object_iou,
         metrics=names,
         empty="nan" if empty == "nan" else "worst",
@@ -145,6 +147,23 @@ def evaluate_command(
         )
 
 
+def _dataset_label_names(reference: Path) -> dict[int, str] | None:
+    """Class names from the dataset.json beside a reference folder (nnU-Net/MSD layout)."""
+    from medseg.data.dataset import DATASET_JSON, read_descriptor
+    from medseg.errors import InputError
+
+    root = reference.parent if reference.is_dir() else reference.parent.parent
+    if not (root / DATASET_JSON).is_file():
+        return None
+    try:
+        descriptor = read_descriptor(root)
+    except InputError as exc:
+        console.print(f"class names not read: {exc}", markup=False, soft_wrap=True)
+        return None
+    console.print(f"class names from {root / DATASET_JSON}", markup=False, soft_wrap=True)
+    return {v: k for k, v in descriptor.foreground_labels.items()}
+
+
 def _separator_values(spec: str | None, declared: dict[int, str] | None) -> tuple[int, ...]:
     """``--separator 1`` or ``--separator membrane`` (a name given with --labels)."""
     if not spec:
@@ -159,8 +178,8 @@ def _separator_values(spec: str | None, declared: dict[int, str] | None) -> tupl
             out.append(int(item))
         except ValueError:
             raise ConfigError(
-                f"--separator '{item}' is neither a label value nor a name declared with --labels "
-                f"({', '.join(by_name) or 'none declared'})"
+                f"--separator '{item}' is neither a label value nor a class name "
+                f"({', '.join(by_name) or 'none known: declare them with --labels, e.g. membrane=1'})"
             ) from None
     return tuple(out)
 

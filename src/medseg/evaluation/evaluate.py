@@ -67,6 +67,8 @@ class EvaluationConfig:
     object metrics count the regions they enclose; ``object_iou`` is the IoU above which a
     predicted and a reference object match (``None``: 0 -- any overlap -- for objects of a
     class, 0.5 for regions between separators). See :mod:`medseg.evaluation.objects`.
+    ``label_names`` names the label values found when ``labels`` is ``None`` (the CLI reads
+    them from the dataset.json beside the reference folder).
     """
 
     labels: Mapping[int, str] | None = None
@@ -79,6 +81,7 @@ class EvaluationConfig:
     workers: int | None = None
     separators: tuple[int, ...] = ()
     object_iou: float | None = None
+    label_names: Mapping[int, str] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", check_metric_names(self.metrics))
@@ -94,6 +97,12 @@ class EvaluationConfig:
             raise ConfigError(
                 "the adapted Rand error ('are') scores a partition into regions: name the class that "
                 "separates them (cell membranes) with --separator"
+            )
+        if seps and self.object_iou is not None and self.object_iou < 0.5:
+            raise ConfigError(
+                f"--object-iou {self.object_iou} with --separator: the regions between separators "
+                "tile the image, so below IoU 0.5 nearly every region matches; use 0.5 or more "
+                "(the default for separators)"
             )
         if seps and not any(m in OBJECT_METRICS for m in self.metrics):
             raise ConfigError(
@@ -695,7 +704,14 @@ def _final_labels(cases: Sequence[CaseResult], cfg: EvaluationConfig) -> dict[in
             "no foreground label in any reference",
             expected="at least one non-zero label, or declare the labels with --labels",
         )
-    return {v: str(v) for v in values}
+    missing = sorted(set(cfg.separators) - set(values))
+    if missing:
+        raise ConfigError(
+            f"separator label(s) {missing} found in no reference (labels found: {values}); "
+            "--separator names the class that draws the borders, e.g. the membrane"
+        )
+    names = cfg.label_names or {}
+    return {v: str(names.get(v, v)) for v in values}
 
 
 def _complete_case(case: CaseResult, labels: Mapping[int, str], cfg: EvaluationConfig) -> CaseResult:

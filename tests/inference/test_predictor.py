@@ -292,3 +292,36 @@ def test_a_residual_encoder_model_folder_is_rebuilt_from_its_plan(
     assert probs is not None and onnx_probs is not None
     assert np.abs(onnx_probs - probs).max() < 1e-3
     assert (onnx_label.array == label.array).mean() > 0.999
+
+
+def test_png_input_takes_a_spacing_and_a_wrong_one_is_a_clear_error(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from medseg.preprocessing.pipeline import plan_dataset, preprocess_case
+    from medseg.training.config import TrainingConfig
+    from medseg.training.trainer import train
+    from tests.preprocessing.conftest import write_dataset
+
+    root = write_dataset(tmp_path / "toy", n=4)
+    plan_dataset(root, "2d", overrides={"patch_size": [1, 16, 16], "batch_size": 2}, workers=1)
+    cfg = TrainingConfig(epochs=1, iterations_per_epoch=2, val_every=1, num_workers=0, max_val_cases=1)
+    model_dir = train(root, 0, configuration="2d", config=cfg, folds=2).model_dir
+    img, _ = make_case(3, shape=(9, 36, 30))
+    slice_ = img.array[4]
+    scaled = (255 * (slice_ - slice_.min()) / (slice_.max() - slice_.min())).astype(np.uint8)
+    png = tmp_path / "slice.png"
+    Image.fromarray(scaled).save(png)
+    model = SegmentationModel(model_dir, device="cpu")
+    spacing = (3.0, 0.7, 0.5)
+    res = predict(png, model_dir, tmp_path / "out", PredictConfig(spacing=spacing))
+    assert res[0].ok, res[0].error
+    label = read_volume(tmp_path / "out" / "slice.nii.gz")
+    assert label.shape == (1, 36, 30) and label.spacing == pytest.approx(spacing)
+    # A plan for 4 nm pixels and an image read as 1 mm pixels: refused before resampling.
+    tiny = replace(model.plan, target_spacing=(0.004, 0.004, 0.004))
+    big = Volume(np.zeros((1, 128, 128), np.float32), (1.0, 1.0, 1.0))
+    with pytest.raises(InputError, match="spacing is probably wrong") as info:
+        preprocess_case([big], None, tiny, "slice.png")
+    assert "--spacing Z Y X" in str(info.value) and "slice.png" in str(info.value)

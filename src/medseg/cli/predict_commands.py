@@ -37,7 +37,8 @@ def predict_command(
         typer.Option(
             "--format",
             "-f",
-            help="comma list: nifti,nrrd,mha,probabilities,dicom-seg,rtstruct,mesh,volumes,overlay,report",
+            help="comma list: nifti, nrrd, mha, probabilities, dicom-seg, rtstruct, mesh, volumes, "
+            "overlay, report",
         ),
     ] = "nifti",
     tta: Annotated[bool, typer.Option(help="mirroring test-time augmentation")] = False,
@@ -61,6 +62,13 @@ def predict_command(
         tuple[Path, Path] | None,
         typer.Option(help="SAGITTAL CORONAL views: predict on the multi-plane ROI, output on the full grid"),
     ] = None,
+    spacing: Annotated[
+        tuple[float, float, float] | None,
+        typer.Option(
+            metavar="Z Y X",
+            help="voxel spacing in mm of PNG/TIFF input, which carries none (else 1 mm is assumed)",
+        ),
+    ] = None,
 ) -> None:
     """Segment new scans with a trained model; outputs land on the input's exact grid."""
     from medseg.inference.predictor import PredictConfig, predict
@@ -78,6 +86,7 @@ def predict_command(
         backend="onnx" if onnx else "torch",
         mesh_suffix="." + mesh_format.lower().lstrip("."),
         roi_views=roi_views,
+        spacing=spacing,
     )
     results = predict(input, model, out, cfg, progress=True)
     table = Table("case", "status", "outputs / error", "seconds")

@@ -71,6 +71,7 @@ class PredictConfig:
     threads: int | None = None
     roi_views: tuple[Path, Path] | None = None
     slice_filter: bool = True
+    spacing: tuple[float, float, float] | None = None  # (z, y, x) mm for PNG/TIFF input
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.formats if f not in FORMATS]
@@ -393,15 +394,25 @@ def _outputs_for(case_id: str, out: Path, config: PredictConfig) -> dict[str, Pa
     return targets
 
 
-def _read_case(case: InputCase) -> tuple[list[Volume], Any]:
+def _read_case(
+    case: InputCase, spacing: tuple[float, float, float] | None = None
+) -> tuple[list[Volume], Any]:
     if case.kind == "dicom":
         from medseg.io.dicom import load_series
 
         series = load_series(case.paths[0], series=case.series)
         return [series.volume], series
-    if len(case.paths) == 1:
-        return read_channels(case.paths[0]), None
-    return [ch for p in case.paths for ch in read_channels(p)], None
+    return [ch for p in case.paths for ch in _read_channels(p, spacing)], None
+
+
+def _read_channels(path: Path, spacing: tuple[float, float, float] | None) -> list[Volume]:
+    if path.suffix.lower() in IMAGE_2D_SUFFIXES:  # PNG/TIFF: no geometry in the file
+        from medseg.io import read_volume
+
+        return [read_volume(path, spacing=spacing)]
+    if spacing is not None:
+        log.warning("%s: --spacing ignored (the file has its own geometry)", path)
+    return read_channels(path)
 
 
 def predict_case(model: SegmentationModel, case: InputCase, out: Path, config: PredictConfig) -> CaseResult:
@@ -418,7 +429,7 @@ def predict_case(model: SegmentationModel, case: InputCase, out: Path, config: P
             "DICOM SEG and RTSTRUCT outputs need a DICOM input series",
             found="a non-DICOM file",
         )
-    channels, series = _read_case(case)
+    channels, series = _read_case(case, config.spacing)
     box = None
     if config.roi_views is not None:
         channels, box = _crop_to_multiplane_roi(channels, config.roi_views)

@@ -79,6 +79,26 @@ def target_geometry(cropped: VolumeGeometry, plan: Plan) -> VolumeGeometry:
     return grid_for_spacing(cropped, spacing)
 
 
+# A resampled grid this many times larger than the input, and this large, means the image's
+# spacing is not what the plan expects (a PNG read as 1 mm pixels for a 4 nm model).
+_MAX_GROWTH = 64
+_MAX_VOXELS = 2**28
+
+
+def _check_resampled_size(source: VolumeGeometry, target: VolumeGeometry, plan: Plan, case_id: str) -> None:
+    n_in, n_out = int(np.prod(source.shape)), int(np.prod(target.shape))
+    if n_out > _MAX_VOXELS and n_out > _MAX_GROWTH * max(n_in, 1):
+        raise InputError(
+            None,
+            f"case '{case_id}': resampling to the plan's spacing would make the image "
+            f"{n_out / max(n_in, 1):.0f} times larger ({' x '.join(map(str, target.shape))} voxels); "
+            "its spacing is probably wrong (PNG/TIFF carry none: 1 mm is assumed)",
+            expected=f"spacing near the plan's (z, y, x) {tuple(plan.target_spacing)} mm; "
+            "give it with --spacing Z Y X",
+            found=f"spacing (z, y, x) {tuple(round(v, 6) for v in source.spacing)} mm",
+        )
+
+
 def preprocess_case(
     images: Sequence[Volume], label: Volume | None, plan: Plan, case_id: str = "case"
 ) -> tuple[np.ndarray, np.ndarray | None, PreprocessInfo]:
@@ -112,6 +132,7 @@ def preprocess_case(
     # not converted to float32 before resampling (see medseg.geometry.resample).
     cropped = [crop(img, box, outside="error", copy=False) for img in images]  # views: no voxel copies
     target = target_geometry(cropped[0].geometry, plan)
+    _check_resampled_size(cropped[0].geometry, target, plan, case_id)
     channels = []
     for img, norm in zip(cropped, plan.normalization, strict=True):
         mask = None

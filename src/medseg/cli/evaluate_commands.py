@@ -31,8 +31,9 @@ def evaluate_command(
     metrics: str = typer.Option(
         "all",
         "--metrics",
-        help="Comma-separated: dice,iou,miou,precision,recall,specificity,hd,hd95,assd,nsd,rvd,uw (or 'all'); "
-        "object metrics obj_recall,obj_precision,obj_f1 (or 'objects') and are (adapted Rand error, "
+        help="Comma-separated, no spaces: dice, iou, miou, precision, recall, specificity, hd, hd95, "
+        "assd, nsd, rvd, uw (UW-Madison score: 0.4 Dice + 0.6 (1 - HD / grid diagonal)) or 'all'; "
+        "object metrics obj_recall, obj_precision, obj_f1 (or 'objects') and are (adapted Rand error, "
         "needs --separator). E.g. 'all,objects'.",
     ),
     separator: str | None = typer.Option(
@@ -107,11 +108,14 @@ def evaluate_command(
     )
     result = evaluate(prediction, reference, config, progress=True)
     summary = result.summary()
-    shown = [m for m in _TABLE_METRICS if m in config.metrics][:5] + list(config.object_metrics)
+    # At most 6 columns so the table fits a terminal; every metric is in summary.json / -o.
+    voxel = [m for m in _TABLE_METRICS if m in config.metrics]
+    shown = voxel[: 2 if config.object_metrics else 5] + list(config.object_metrics)
     table = Table(title=f"{summary['n_scored']} of {summary['n_cases']} cases scored (mean ± SD, median)")
     table.add_column("class")
     for m in shown:
-        table.add_column(m + (" (mm)" if m in MM_METRICS else ""), justify="right")
+        header = m.replace("obj_", "objects ") + (" (mm)" if m in MM_METRICS else "")
+        table.add_column(header, justify="right", overflow="fold")
     for cname, stats in summary["per_class"].items():
         table.add_row(cname, *[_cell(stats[m], m) for m in shown])
     console.print(table)
@@ -228,7 +232,7 @@ def baseline_command(
     sigma: float = typer.Option(1.0, "--sigma", help="watershed: gradient smoothing sigma (mm)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
 ) -> None:
-    """Run a classical baseline (seed 003) and write its label map on the input grid."""
+    """Run a classical baseline (threshold, Otsu, region growing, watershed, k-means) on the input grid."""
     from medseg import classical
     from medseg.io import read_volume, write_volume
 

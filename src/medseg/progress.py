@@ -12,9 +12,13 @@ from collections.abc import Callable, Iterator
 
 @contextlib.contextmanager
 def progress_bar(enabled: bool, description: str, total: int | None) -> Iterator[Callable[..., None]]:
-    """Yield ``advance(n=1)``; shows a Rich progress bar on stderr when ``enabled``."""
+    """Yield ``advance(n=1, finish=False)``; shows a Rich progress bar on stderr when ``enabled``.
+
+    ``advance(finish=True)`` ends the bar where it stands (work stopped early, e.g. at a
+    time budget), so it shows neither unfinished work nor a time remaining.
+    """
     if not enabled:
-        yield lambda n=1: None
+        yield lambda n=1, finish=False: None
         return
     from rich.console import Console
     from rich.progress import (
@@ -35,4 +39,11 @@ def progress_bar(enabled: bool, description: str, total: int | None) -> Iterator
     )
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
         task = bar.add_task(description, total=total)
-        yield lambda n=1: bar.advance(task, n)
+
+        def advance(n: int = 1, finish: bool = False) -> None:
+            if finish:
+                bar.update(task, total=bar.tasks[0].completed)
+            else:
+                bar.advance(task, n)
+
+        yield advance

@@ -294,7 +294,7 @@ def preprocess_dataset(
             len(cases),
         )
     failures: list[str] = []
-    with progress_bar(progress, "preprocess", len(todo)) as advance:
+    with progress_bar(progress and bool(todo), "preprocess", len(todo)) as advance:
         if workers > 1 and len(todo) > 1:
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 futures = {pool.submit(_preprocess_one, c, plan, out, digest): c for c in todo}

@@ -569,7 +569,9 @@ class Trainer:
         previous_handler = _install_sigterm_handler()
         try:
             with progress_bar(
-                self.progress and self.is_main, f"training fold {self.fold}", remaining
+                self.progress and self.is_main,
+                f"training fold {'all' if self.fold is None else self.fold}",
+                remaining,
             ) as advance:
                 while self.epoch < cfg.epochs:
                     epoch_start = time.monotonic()
@@ -588,6 +590,7 @@ class Trainer:
                     if self.is_main:
                         self._after_epoch(record, tb)
                     if out_of_time:
+                        advance(finish=True)
                         stopped = (
                             f"time budget of {cfg.time_budget_minutes} min reached after epoch {self.epoch}"
                         )

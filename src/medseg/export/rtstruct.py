@@ -30,7 +30,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,25 @@ log = logging.getLogger(__name__)
 RTSTRUCT_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.481.3"
 # A contour must lie on a slice of the reference grid to this fraction of the slice spacing.
 SLICE_TOL = 0.01
+
+
+@contextlib.contextmanager
+def _quiet_pydicom_deprecations() -> Iterator[None]:
+    """Drop pydicom 3's "will be removed in v4.0" log lines caused by rt-utils' own code.
+
+    pydicom both warns and logs them (``warn_and_log``); the warnings are filtered where
+    rt-utils is called, this filter takes the log lines. Other pydicom messages pass.
+    """
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "will be removed in v4.0" not in record.getMessage()
+
+    logger = logging.getLogger("pydicom")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def _link_series(files: Sequence[Path], folder: Path) -> None:
@@ -109,7 +128,11 @@ def write_rtstruct(
     uid_to_k = {str(ds.SOPInstanceUID): k for k, ds in enumerate(series.datasets)}
     # pydicom's value validation quotes malformed values (a birth date, a name) in its
     # warnings and log; the patient module is copied as it is, so nothing is validated here.
-    with tempfile.TemporaryDirectory(prefix="medseg-rtstruct-") as tmp, disable_value_validation():
+    with (
+        tempfile.TemporaryDirectory(prefix="medseg-rtstruct-") as tmp,
+        disable_value_validation(),
+        _quiet_pydicom_deprecations(),
+    ):
         _link_series(files, Path(tmp))
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             # rt-utils prints progress and sets attributes that pydicom 3 deprecates.

@@ -114,3 +114,11 @@ def test_volume_must_be_3d() -> None:
 def test_geometry_dict_round_trip() -> None:
     g = make_oblique_volume().geometry
     assert VolumeGeometry.from_dict(g.to_dict()).is_close(g, spacing_atol=0, origin_atol=0, direction_atol=0)
+
+
+def test_differences_name_the_angle_between_two_oblique_directions() -> None:
+    a = VolumeGeometry((4, 5, 6), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), oblique_direction((10.0, 0.0, 0.0)))
+    b = VolumeGeometry((4, 5, 6), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), oblique_direction((15.0, 0.0, 0.0)))
+    (diff,) = a.differences(b)
+    assert a.orientation == b.orientation and "(5.00 degrees apart)" in diff
+    assert a.differences(a) == []

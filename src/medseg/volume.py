@@ -222,7 +222,11 @@ class VolumeGeometry:
         if not np.allclose(self.origin, other.origin, atol=origin_atol, rtol=0):
             diffs.append(f"origin {_fmt(self.origin)} vs {_fmt(other.origin)}")
         if not np.allclose(self.direction, other.direction, atol=direction_atol, rtol=0):
-            diffs.append(f"direction {self.orientation} vs {other.orientation}")
+            # The rotation between the two frames: orientation codes alone can be equal
+            # for two oblique grids that differ.
+            cos = (np.trace(self.direction.T @ other.direction) - 1.0) / 2.0
+            angle = float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+            diffs.append(f"direction {self.orientation} vs {other.orientation} ({angle:.2f} degrees apart)")
         return diffs
 
     def require_same(self, other: VolumeGeometry, what: str = "grids", **tolerances: float) -> None:

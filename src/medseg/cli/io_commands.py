@@ -15,7 +15,10 @@ from medseg.cli.common import app, cli_command, console
 from medseg.errors import MedsegError
 from medseg.volume import Volume
 
-SERIES_HELP = "DICOM folder with several series: pick one by index (as listed by info), UID or description."
+SERIES_HELP = (
+    "DICOM folder with several series: pick one by the '#' column of `medseg info` (not the "
+    "series number 'No.'), its UID or its description."
+)
 VOLUME_HELP = (
     "DICOM series holding several volumes at the same positions (b-values, echoes): pick one (0-based)."
 )

@@ -43,7 +43,9 @@ def predict_command(
     ] = "nifti",
     tta: Annotated[bool, typer.Option(help="mirroring test-time augmentation")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
-    series: Annotated[str | None, typer.Option(help="DICOM series UID, description or index")] = None,
+    series: Annotated[
+        str | None, typer.Option(help="DICOM series: the '#' column of `medseg info`, a UID or a description")
+    ] = None,
     overlap: Annotated[float, typer.Option(help="sliding-window overlap")] = 0.5,
     no_postprocess: Annotated[
         bool, typer.Option("--no-postprocess", help="skip the model's postprocessing rules")

@@ -123,6 +123,12 @@ def test_bad_inputs_give_clear_errors(trained_model: Path, tmp_path: Path) -> No
         predict_case(
             model, discover_cases(nifti_in)[0], tmp_path / "o", PredictConfig(formats=("dicom-seg",))
         )
+    # A whole run of non-DICOM cases asking for DICOM outputs is refused before any work.
+    with pytest.raises(InputError, match="dicom-seg, rtstruct output needs DICOM input"):
+        predict(
+            nifti_in.parent, model, tmp_path / "o2", PredictConfig(formats=("nifti", "dicom-seg", "rtstruct"))
+        )
+    assert not (tmp_path / "o2").exists()
 
 
 def test_several_series_ask_for_series(trained_model: Path, tmp_path: Path) -> None:

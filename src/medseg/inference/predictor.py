@@ -580,6 +580,15 @@ def predict(
             expected="one axial image or series",
             found=f"{len(cases)} cases",
         )
+    dicom_formats = [f for f in cfg.formats if f in DICOM_FORMATS]
+    if dicom_formats and cases and not any(c.kind == "dicom" for c in cases):
+        raise InputError(
+            input_path,
+            f"{', '.join(dicom_formats)} output needs DICOM input (the segmentation refers to the "
+            "source series)",
+            expected="a DICOM series folder, or formats such as nifti,mesh,volumes,overlay,report",
+            found=f"{len(cases)} non-DICOM case(s)",
+        )
     if cfg.shard is not None:
         i, n = cfg.shard
         cases = cases[i::n]

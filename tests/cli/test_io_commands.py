@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from pathlib import Path
@@ -103,12 +104,19 @@ def test_convert_dicom_to_dicom_deidentified(tmp_path: Path) -> None:
         ds.PatientName = "Doe^Jane"
         ds.PatientID = "PID-7731"
         ds.save_as(f)
-    code, _, err = run("convert", tmp_path / "dcm", tmp_path / "anon", "--to", "dicom", "--deidentify")
+    code, first, err = run("convert", tmp_path / "dcm", tmp_path / "anon", "--to", "dicom", "--deidentify")
     assert code == 0, err
     for f in (tmp_path / "anon").iterdir():
         data = f.read_bytes()
         assert b"Doe" not in data and b"PID-7731" not in data
     np.testing.assert_array_equal(read_volume(tmp_path / "anon").array, vol.array)
+    assert "--deidentify changes DICOM output only" not in first
+    # To NIfTI the option has nothing to do: the user is told, and no name or ID is written.
+    code, out, err = run("convert", tmp_path / "dcm", tmp_path / "anon.nii.gz", "--deidentify")
+    assert code == 0, err
+    assert "--deidentify changes DICOM output only" in out + err
+    data = gzip.decompress((tmp_path / "anon.nii.gz").read_bytes())
+    assert b"Doe" not in data and b"PID-7731" not in data
 
 
 def test_convert_png_stack_needs_spacing(tmp_path: Path) -> None:

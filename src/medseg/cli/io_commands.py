@@ -209,3 +209,10 @@ def convert(
         overwrite=overwrite,
     )
     console.print(f"wrote {out}")
+    if deidentify and not (out.is_dir() or out.suffix.lower() == ".dcm"):
+        console.print(
+            "note: --deidentify changes DICOM output only; medseg writes no patient name, ID or "
+            "birth date into NIfTI, NRRD, MHA, PNG or TIFF files anyway",
+            markup=False,
+            soft_wrap=True,
+        )

@@ -122,3 +122,8 @@ def test_differences_name_the_angle_between_two_oblique_directions() -> None:
     (diff,) = a.differences(b)
     assert a.orientation == b.orientation and "(5.00 degrees apart)" in diff
     assert a.differences(a) == []
+    mirrored = a.direction.copy()
+    mirrored[:, 2] *= -1  # the x axis runs the other way
+    flipped = VolumeGeometry((4, 5, 6), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), mirrored)
+    (diff,) = flipped.differences(a)
+    assert "mirrored: an axis is flipped" in diff

@@ -224,9 +224,13 @@ class VolumeGeometry:
         if not np.allclose(self.direction, other.direction, atol=direction_atol, rtol=0):
             # The rotation between the two frames: orientation codes alone can be equal
             # for two oblique grids that differ.
-            cos = (np.trace(self.direction.T @ other.direction) - 1.0) / 2.0
-            angle = float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
-            diffs.append(f"direction {self.orientation} vs {other.orientation} ({angle:.2f} degrees apart)")
+            relative = self.direction.T @ other.direction
+            if np.linalg.det(relative) < 0:
+                how = "mirrored: an axis is flipped"
+            else:
+                cos = (np.trace(relative) - 1.0) / 2.0
+                how = f"{float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))):.2f} degrees apart"
+            diffs.append(f"direction {self.orientation} vs {other.orientation} ({how})")
         return diffs
 
     def require_same(self, other: VolumeGeometry, what: str = "grids", **tolerances: float) -> None:

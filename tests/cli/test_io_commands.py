@@ -117,6 +117,9 @@ def test_convert_dicom_to_dicom_deidentified(tmp_path: Path) -> None:
     assert "--deidentify changes DICOM output only" in out + err
     data = gzip.decompress((tmp_path / "anon.nii.gz").read_bytes())
     assert b"Doe" not in data and b"PID-7731" not in data
+    code, out, err = run("convert", tmp_path / "dcm", tmp_path / "pngs", "--to", "png", "--deidentify")
+    assert code == 0, err
+    assert "--deidentify changes DICOM output only" in out + err  # a folder, but not DICOM
 
 
 def test_convert_png_stack_needs_spacing(tmp_path: Path) -> None:

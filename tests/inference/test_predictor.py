@@ -153,13 +153,23 @@ def test_existing_output_and_disk_full(
     again = predict(path, trained_model, out, PredictConfig())
     assert not again[0].ok and "exists" in again[0].error
     # The summary still describes the outputs on disk, not the refused re-run.
-    assert json.loads((out / "predictions.json").read_text())["cases"] == first["cases"]
-    # A new case in the same folder is added; the earlier one is kept.
+    (entry,) = json.loads((out / "predictions.json").read_text())["cases"]
+    assert entry["ok"] and entry["outputs"] == first["cases"][0]["outputs"] and "not redone" in entry["note"]
+    # A new case in the same folder is added; the earlier one is kept, even by --overwrite runs.
     second, _ = _case_file(tmp_path / "in2", 9)
-    predict(second, trained_model, out, PredictConfig())
+    predict(second, trained_model, out, PredictConfig(overwrite=True))
     cases = {c["case_id"]: c for c in json.loads((out / "predictions.json").read_text())["cases"]}
     assert set(cases) == {"p8", "p9"} and cases["p8"]["ok"] and cases["p9"]["ok"]
-    assert "volumes" in cases["p8"]["outputs"]
+    assert set(cases["p8"]["outputs"]) == {"nifti", "volumes"}
+    # A killed run writes no summary: its resume records what it finds on disk.
+    (out / "predictions.json").unlink()
+    predict(path, trained_model, out, PredictConfig(formats=("nifti", "volumes")))
+    (entry,) = json.loads((out / "predictions.json").read_text())["cases"]
+    assert entry["ok"] and set(entry["outputs"]) == {"nifti", "volumes"}
+    # Another format for a done case: the earlier outputs stay listed beside the new one.
+    predict(path, trained_model, out, PredictConfig(formats=("overlay",)))
+    (entry,) = json.loads((out / "predictions.json").read_text())["cases"]
+    assert entry["ok"] and set(entry["outputs"]) == {"nifti", "volumes", "overlay"}
     import medseg.io.itk as itk
 
     def full(*args: object, **kwargs: object) -> None:
@@ -330,4 +340,4 @@ def test_png_input_takes_a_spacing_and_a_wrong_one_is_a_clear_error(tmp_path: Pa
     big = Volume(np.zeros((1, 128, 128), np.float32), (1.0, 1.0, 1.0))
     with pytest.raises(InputError, match="spacing is probably wrong") as info:
         preprocess_case([big], None, tiny, "slice.png")
-    assert "--spacing Z Y X" in str(info.value) and "slice.png" in str(info.value)
+    assert "predict --spacing Z Y X" in str(info.value) and "slice.png" in str(info.value)

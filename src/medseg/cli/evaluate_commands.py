@@ -156,7 +156,10 @@ def _dataset_label_names(reference: Path) -> dict[int, str] | None:
     from medseg.data.dataset import DATASET_JSON, read_descriptor
     from medseg.errors import InputError
 
-    root = reference.parent if reference.is_dir() else reference.parent.parent
+    folder = reference if reference.is_dir() else reference.parent
+    if not folder.resolve().name.lower().startswith("labels"):  # labelsTr/, labelsTs/ only
+        return None
+    root = folder.resolve().parent
     if not (root / DATASET_JSON).is_file():
         return None
     try:

@@ -209,7 +209,9 @@ def convert(
         overwrite=overwrite,
     )
     console.print(f"wrote {out}")
-    if deidentify and not (out.is_dir() or out.suffix.lower() == ".dcm"):
+    from medseg.io import _output_format
+
+    if deidentify and _output_format(dst, to) != "dicom":
         console.print(
             "note: --deidentify changes DICOM output only; medseg writes no patient name, ID or "
             "birth date into NIfTI, NRRD, MHA, PNG or TIFF files anyway",

@@ -44,7 +44,10 @@ def predict_command(
     tta: Annotated[bool, typer.Option(help="mirroring test-time augmentation")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     series: Annotated[
-        str | None, typer.Option(help="DICOM series: the '#' column of `medseg info`, a UID or a description")
+        str | None,
+        typer.Option(
+            help="DICOM series description or UID (a description is safest for a cohort of patient folders)"
+        ),
     ] = None,
     overlap: Annotated[float, typer.Option(help="sliding-window overlap")] = 0.5,
     no_postprocess: Annotated[

@@ -16,7 +16,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -85,6 +85,10 @@ class PredictConfig:
                 raise ConfigError(f"shard must be i/n with 0 <= i < n, found {i}/{n}")
         if not 0 <= self.overlap < 1:
             raise ConfigError(f"overlap must be in [0, 1), found {self.overlap}")
+        if self.spacing is not None and (
+            len(self.spacing) != 3 or not all(np.isfinite(v) and v > 0 for v in self.spacing)
+        ):
+            raise ConfigError(f"--spacing must be three positive mm values Z Y X, found {self.spacing}")
 
 
 # --------------------------------------------------------------------------- model
@@ -595,7 +599,7 @@ def predict(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results: list[CaseResult] = []
-    existing: set[str] = set()
+    existing: dict[str, dict[str, Path]] = {}  # cases not redone: their outputs exist
     with progress_bar(progress and len(cases) > 1, "predict", len(cases)) as advance:
         for case in cases:
             try:
@@ -603,7 +607,7 @@ def predict(
             except OutputExistsError as exc:
                 log.error("case %s not redone: %s", case.case_id, exc)
                 results.append(CaseResult(case.case_id, False, error=str(exc)))
-                existing.add(case.case_id)
+                existing[case.case_id] = _outputs_for(case.case_id, out, cfg)
             except MedsegError as exc:
                 log.error("case %s failed: %s", case.case_id, exc)
                 results.append(CaseResult(case.case_id, False, error=str(exc)))
@@ -614,9 +618,7 @@ def predict(
     summary_name = (
         "predictions.json" if cfg.shard is None else f"predictions_shard{cfg.shard[0]}of{cfg.shard[1]}.json"
     )
-    entries = [to_dict(r) for r in results]
-    if not cfg.overwrite:
-        entries = _keep_earlier_entries(out / summary_name, entries, existing)
+    entries = _merge_with_earlier(out / summary_name, [to_dict(r) for r in results], existing, str(seg.path))
     write_text_atomic(
         out / summary_name,
         json.dumps({"model": str(seg.path), "config": to_dict(cfg), "cases": entries}, indent=2) + "\n",
@@ -625,25 +627,42 @@ def predict(
     return results
 
 
-def _keep_earlier_entries(
-    summary: Path, entries: list[dict[str, Any]], existing: set[str]
+def _merge_with_earlier(
+    summary: Path, entries: list[dict[str, Any]], existing: Mapping[str, Mapping[str, Path]], model: str
 ) -> list[dict[str, Any]]:
-    """Merge this run's case entries into an earlier ``predictions.json`` in the folder.
+    """Merge this run's case entries into an earlier ``predictions.json`` of the folder, so
+    that the file describes every case whose outputs are on disk.
 
-    Cases this run did not touch, and cases it left alone because their outputs exist, keep
-    the earlier entry (which names those outputs); every other case gets this run's entry.
+    Cases this run did not touch keep their earlier entry. A case not redone because its
+    outputs exist (a re-run without ``--overwrite``, or the resume of a killed run that never
+    wrote its summary) is recorded with the outputs found on disk. A case done again keeps
+    the earlier outputs of other formats that still exist.
     """
-    if not summary.is_file():
-        return entries
-    try:
-        earlier = {str(c["case_id"]): c for c in json.loads(summary.read_text(encoding="utf-8"))["cases"]}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("%s: earlier summary unreadable (%s); writing this run's cases only", summary, exc)
-        return entries
+    earlier: dict[str, dict[str, Any]] = {}
+    if summary.is_file():
+        try:
+            data = json.loads(summary.read_text(encoding="utf-8"))
+            earlier = {str(c["case_id"]): c for c in data["cases"]}
+            if data.get("model") not in (None, model):
+                log.warning("%s: earlier cases were predicted with %s", summary, data.get("model"))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("%s: earlier summary unreadable (%s); writing this run's cases only", summary, exc)
     merged = dict(earlier)
     for entry in entries:
         case_id = str(entry["case_id"])
-        if case_id in existing and case_id in earlier:
-            continue
-        merged[case_id] = entry
+        old = earlier.get(case_id) if earlier.get(case_id, {}).get("ok") else None
+        old_outputs = {k: v for k, v in (old or {}).get("outputs", {}).items() if Path(v).exists()}
+        if case_id in existing:
+            on_disk = {fmt: str(p) for fmt, p in existing[case_id].items() if p.exists()}
+            merged[case_id] = {
+                **(old or {"case_id": case_id, "seconds": 0.0}),
+                "ok": True,
+                "outputs": {**old_outputs, **on_disk},
+                "error": "",
+                "note": "not redone: its outputs exist (--overwrite redoes them)",
+            }
+        elif entry.get("ok"):
+            merged[case_id] = {**entry, "outputs": {**old_outputs, **entry["outputs"]}}
+        else:  # failed now: say so, and keep naming the earlier outputs still on disk
+            merged[case_id] = {**entry, "outputs": old_outputs}
     return list(merged.values())

@@ -92,9 +92,9 @@ def _check_resampled_size(source: VolumeGeometry, target: VolumeGeometry, plan: 
             None,
             f"case '{case_id}': resampling to the plan's spacing would make the image "
             f"{n_out / max(n_in, 1):.0f} times larger ({' x '.join(map(str, target.shape))} voxels); "
-            "its spacing is probably wrong (PNG/TIFF carry none: 1 mm is assumed)",
-            expected=f"spacing near the plan's (z, y, x) {tuple(plan.target_spacing)} mm; "
-            "give it with --spacing Z Y X",
+            "its spacing is probably wrong (PNG/TIFF files carry none and are read as 1 mm pixels "
+            "unless `predict --spacing Z Y X` gives it)",
+            expected=f"spacing near the plan's (z, y, x) {tuple(plan.target_spacing)} mm",
             found=f"spacing (z, y, x) {tuple(round(v, 6) for v in source.spacing)} mm",
         )
 

@@ -143,6 +143,26 @@ def test_several_series_ask_for_series(trained_model: Path, tmp_path: Path) -> N
     assert len(cases) == 1 and cases[0].series == "t2 cor"
 
 
+def test_a_cohort_is_chosen_by_description_not_by_number(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    vol = make_oblique_volume(dtype=np.int16)
+    cohort = tmp_path / "cohort"
+    for patient in ("p1", "p2", "p3"):
+        write_dicom_series(vol, cohort / patient / "t2", series_description="T2", series_number=3)
+        if patient != "p3":
+            write_dicom_series(vol, cohort / patient / "adc", series_description="ADC", series_number=5)
+    assert [c.case_id for c in discover_cases(cohort, series="T2")] == ["p1", "p2", "p3"]
+    with caplog.at_level("WARNING"):
+        adc = discover_cases(cohort, series="ADC")
+    assert [c.case_id for c in adc] == [
+        "p1",
+        "p2",
+    ] and "1 of 3 folders hold no series matching" in caplog.text
+    with pytest.raises(InputError, match="a number is ambiguous"):
+        discover_cases(cohort, series="3")
+
+
 def test_existing_output_and_disk_full(
     trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

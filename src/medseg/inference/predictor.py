@@ -342,6 +342,22 @@ def discover_cases(path: str | Path, *, series: str | None = None, channels: int
         roots = {_top_folder(src, Path(s.folder)) for s in matches}
         if len(matches) <= 1 or len(roots) == 1:
             return [InputCase(src.name, "dicom", (src,), series)]
+        if not any(series in (s.series_uid, s.description) for s in matches):
+            # Matched by series number across patient folders, but inside each folder a
+            # number is read as the series' position: refuse rather than pick the wrong one.
+            raise InputError(
+                src,
+                f"--series {series}: in a cohort of {len(roots)} patient folders a number is ambiguous",
+                expected="the series description (or UID) shared by the patients, e.g. --series t2_tse_tra",
+            )
+        all_roots = {_top_folder(src, Path(s.folder)) for s in found}
+        if len(all_roots) > len(roots):
+            log.warning(
+                "%d of %d folders hold no series matching --series %r and are skipped",
+                len(all_roots) - len(roots),
+                len(all_roots),
+                series,
+            )
         return [InputCase(r.name, "dicom", (r,), series) for r in sorted(roots)]
     roots_all = [_top_folder(src, Path(s.folder)) for s in found]
     if len(set(roots_all)) == len(found) and all(r != src for r in roots_all):

@@ -139,3 +139,15 @@ def test_existing_output_is_kept(tmp_path: Path) -> None:
         read_image_stack(tmp_path / "s", (1, 1, 1)).array, ramp(np.uint8, scale=2).array
     )
     assert [p.name for p in tmp_path.iterdir()] == ["s"]
+
+
+def test_16_bit_colour_png_keeps_its_16_bits(tmp_path: Path) -> None:
+    """Pillow reads 48-bit RGB PNG as 8-bit; a grey image stored as RGB must keep 16 bits."""
+    import SimpleITK as sitk
+
+    grey = np.arange(8 * 10, dtype=np.uint16).reshape(8, 10) * 700  # up to 55,300: needs 16 bits
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(tmp_path / "rgb16.png"))
+    vol = read_volume(tmp_path / "rgb16.png")
+    assert vol.array.dtype == np.uint16
+    np.testing.assert_array_equal(vol.array[0], grey)

@@ -66,9 +66,26 @@ def _to_grey(arr: NDArray[Any], path: Path, channel_axis: int | None) -> NDArray
     return np.ascontiguousarray(colour[..., 0])
 
 
+def _png_is_16_bit_colour(path: Path) -> bool:
+    """IHDR says 16 bits per sample with colour or alpha (Pillow would cut it to 8 bits)."""
+    with path.open("rb") as fh:
+        head = fh.read(26)
+    return head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) == 26 and head[24] == 16 and head[25] in (2, 4, 6)
+
+
 def _read_png(path: Path) -> NDArray[Any]:
     from PIL import Image, UnidentifiedImageError
 
+    if _png_is_16_bit_colour(path):  # SimpleITK keeps all 16 bits of each sample
+        import SimpleITK as sitk
+
+        try:
+            arr16 = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        except RuntimeError as exc:
+            raise InputError(
+                path, "cannot be read (truncated or corrupt image)", found=_one_line(exc)
+            ) from None
+        return _to_grey(arr16, path, channel_axis=2) if arr16.ndim == 3 else arr16
     try:
         with Image.open(path) as img:
             img.load()

@@ -355,6 +355,13 @@ def test_png_input_takes_a_spacing_and_a_wrong_one_is_a_clear_error(tmp_path: Pa
     assert res[0].ok, res[0].error
     label = read_volume(tmp_path / "out" / "slice.nii.gz")
     assert label.shape == (1, 36, 30) and label.spacing == pytest.approx(spacing)
+    # A folder of PNG slices: one 2D case per file.
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(scaled).save(folder / f"{name}.png")
+    res = predict(folder, model_dir, tmp_path / "out_folder", PredictConfig(spacing=spacing))
+    assert [(r.case_id, r.ok) for r in res] == [("a", True), ("b", True)], res
     # A plan for 4 nm pixels and an image read as 1 mm pixels: refused before resampling.
     tiny = replace(model.plan, target_spacing=(0.004, 0.004, 0.004))
     big = Volume(np.zeros((1, 128, 128), np.float32), (1.0, 1.0, 1.0))

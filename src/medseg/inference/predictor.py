@@ -311,7 +311,7 @@ def discover_cases(path: str | Path, *, series: str | None = None, channels: int
         and not f.name.startswith(".")
         and (has_itk_suffix(f) or f.suffix.lower() in IMAGE_2D_SUFFIXES)
     )
-    if files and kind != "image-stack":
+    if files:  # image files (a folder of PNG/TIFF slices too: one 2D case per file)
         groups: dict[str, dict[int, Path]] = {}
         for f in files:
             stem = _strip_suffix(f.name)

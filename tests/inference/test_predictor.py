@@ -159,8 +159,9 @@ def test_a_cohort_is_chosen_by_description_not_by_number(
         "p1",
         "p2",
     ] and "1 of 3 folders hold no series matching" in caplog.text
-    with pytest.raises(InputError, match="a number is ambiguous"):
-        discover_cases(cohort, series="3")
+    for number in ("3", "0"):  # a series number, or a position in the listing
+        with pytest.raises(InputError, match="a number is ambiguous"):
+            discover_cases(cohort, series=number)
 
 
 def test_existing_output_and_disk_full(

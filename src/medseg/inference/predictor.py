@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -340,22 +341,29 @@ def discover_cases(path: str | Path, *, series: str | None = None, channels: int
             s for s in found if series in (s.series_uid, s.description) or str(series) == str(s.series_number)
         ]
         roots = {_top_folder(src, Path(s.folder)) for s in matches}
-        if len(matches) <= 1 or len(roots) == 1:
-            return [InputCase(src.name, "dicom", (src,), series)]
-        if not any(series in (s.series_uid, s.description) for s in matches):
-            # Matched by series number across patient folders, but inside each folder a
-            # number is read as the series' position: refuse rather than pick the wrong one.
+        per_root = Counter(_top_folder(src, Path(s.folder)) for s in found)
+        by_name = any(series in (s.series_uid, s.description) for s in matches)
+        if not by_name and len(per_root) > 1 and max(per_root.values()) > 1 and src not in per_root:
+            # Patient folders with several series each: a number would pick one series of
+            # the whole folder (or mean a different series in each patient).
             raise InputError(
                 src,
-                f"--series {series}: in a cohort of {len(roots)} patient folders a number is ambiguous",
+                f"--series {series}: in a cohort of {len(per_root)} patient folders a number is ambiguous",
                 expected="the series description (or UID) shared by the patients, e.g. --series t2_tse_tra",
             )
-        all_roots = {_top_folder(src, Path(s.folder)) for s in found}
-        if len(all_roots) > len(roots):
+        if len(matches) <= 1 or len(roots) == 1:
+            return [InputCase(src.name, "dicom", (src,), series)]
+        if not by_name:  # numbers matched in several folders of single series each
+            raise InputError(
+                src,
+                f"--series {series}: in a cohort of {len(per_root)} patient folders a number is ambiguous",
+                expected="the series description (or UID) shared by the patients, e.g. --series t2_tse_tra",
+            )
+        if len(per_root) > len(roots):
             log.warning(
                 "%d of %d folders hold no series matching --series %r and are skipped",
-                len(all_roots) - len(roots),
-                len(all_roots),
+                len(per_root) - len(roots),
+                len(per_root),
                 series,
             )
         return [InputCase(r.name, "dicom", (r,), series) for r in sorted(roots)]

@@ -343,9 +343,11 @@ def discover_cases(path: str | Path, *, series: str | None = None, channels: int
         roots = {_top_folder(src, Path(s.folder)) for s in matches}
         per_root = Counter(_top_folder(src, Path(s.folder)) for s in found)
         by_name = any(series in (s.series_uid, s.description) for s in matches)
-        if not by_name and len(per_root) > 1 and max(per_root.values()) > 1 and src not in per_root:
-            # Patient folders with several series each: a number would pick one series of
-            # the whole folder (or mean a different series in each patient).
+        # A number in a cohort of patient folders: with several series per folder it would
+        # pick one series of the whole cohort; matched as a series number in several folders,
+        # each folder would then read it as a position. Either way, ask for the description.
+        cohort = len(per_root) > 1 and max(per_root.values()) > 1 and src not in per_root
+        if not by_name and (cohort or (len(matches) > 1 and len(roots) > 1)):
             raise InputError(
                 src,
                 f"--series {series}: in a cohort of {len(per_root)} patient folders a number is ambiguous",
@@ -353,12 +355,6 @@ def discover_cases(path: str | Path, *, series: str | None = None, channels: int
             )
         if len(matches) <= 1 or len(roots) == 1:
             return [InputCase(src.name, "dicom", (src,), series)]
-        if not by_name:  # numbers matched in several folders of single series each
-            raise InputError(
-                src,
-                f"--series {series}: in a cohort of {len(per_root)} patient folders a number is ambiguous",
-                expected="the series description (or UID) shared by the patients, e.g. --series t2_tse_tra",
-            )
         if len(per_root) > len(roots):
             log.warning(
                 "%d of %d folders hold no series matching --series %r and are skipped",
@@ -590,9 +586,10 @@ def predict(
 ) -> list[CaseResult]:
     """Predict every case at ``input_path``; returns one result per case (failed ones included).
 
-    Writes ``out_dir/predictions.json`` with each case's status and outputs. Without
-    ``overwrite``, a case whose outputs already exist is not redone, and its entry from an
-    earlier run's ``predictions.json`` is kept, so the file always describes what is on disk.
+    Writes ``out_dir/predictions.json`` with each case's status and outputs, merged with an
+    earlier run's file in the folder so that it describes every case on disk. Without
+    ``overwrite``, a case whose outputs already exist is not redone (see
+    :func:`_merge_with_earlier`).
     """
     cfg = config or PredictConfig()
     seg = (

@@ -152,7 +152,7 @@ def evaluate_command(
 
 
 def _dataset_label_names(reference: Path) -> dict[int, str] | None:
-    """Class names from the dataset.json beside a reference folder (nnU-Net/MSD layout)."""
+    """Class names from the dataset.json above a labelsTr/ or labelsTs/ reference folder."""
     from medseg.data.dataset import DATASET_JSON, read_descriptor
     from medseg.errors import InputError
 
@@ -172,7 +172,7 @@ def _dataset_label_names(reference: Path) -> dict[int, str] | None:
 
 
 def _separator_values(spec: str | None, declared: dict[int, str] | None) -> tuple[int, ...]:
-    """``--separator 1`` or ``--separator membrane`` (a name given with --labels)."""
+    """``--separator 1`` or ``--separator membrane`` (a name from --labels or dataset.json)."""
     if not spec:
         return ()
     by_name = {name: value for value, name in (declared or {}).items()}

@@ -68,7 +68,7 @@ class EvaluationConfig:
     predicted and a reference object match (``None``: 0 -- any overlap -- for objects of a
     class, 0.5 for regions between separators). See :mod:`medseg.evaluation.objects`.
     ``label_names`` names the label values found when ``labels`` is ``None`` (the CLI reads
-    them from the dataset.json beside the reference folder).
+    them from the dataset.json above a labelsTr/ or labelsTs/ reference folder).
     """
 
     labels: Mapping[int, str] | None = None
@@ -104,7 +104,7 @@ class EvaluationConfig:
                 "tile the image, so below IoU 0.5 nearly every region matches; use 0.5 or more "
                 "(the default for separators)"
             )
-        if seps and not any(m in OBJECT_METRICS for m in self.metrics):
+        if seps and not self.object_metrics:
             raise ConfigError(
                 "--separator only changes the object metrics; ask for them too, e.g. "
                 "--metrics dice,objects,are"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.errors import OutputExistsError
+from medseg.export.case import ExportConfig, export_label
 from medseg.inference.predictor import PredictConfig, predict
 from medseg.preprocessing.pipeline import plan_dataset, preprocess_dataset
 from medseg.training.config import TrainingConfig
@@ -27,8 +28,10 @@ from medseg.training.trainer import train
 
 __all__ = [
     "DemoResult",
+    "ExportConfig",
     "PredictConfig",
     "TrainingConfig",
+    "export_label",
     "plan_dataset",
     "predict",
     "preprocess_dataset",

@@ -12,6 +12,7 @@ from medseg.cli import (  # noqa: F401  (imported for their command registration
     dataset_web_commands,
     demo_commands,
     evaluate_commands,
+    export_commands,
     geometry_commands,
     io_commands,
     pacs_commands,

@@ -143,8 +143,7 @@ def crossval_command(
         str, typer.Option(help="comma list of evaluation metrics (dice is required)")
     ] = "dice,iou",
 ) -> None:
-    """Train every fold (finished folds are skipped, interrupted ones resumed), then predict and
-    evaluate each fold's validation cases; writes models/<config>/crossval/summary.json."""
+    """Train every fold (finished folds are skipped, interrupted ones resumed), then predict and evaluate each fold's validation cases; writes models/<config>/crossval/summary.json."""
     from rich.table import Table
 
     from medseg.training.crossval import cross_validate

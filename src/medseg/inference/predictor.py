@@ -27,7 +27,8 @@ import torch
 
 from medseg.config import to_dict
 from medseg.errors import ConfigError, InputError, MedsegError, OutputExistsError
-from medseg.io import IMAGE_2D_SUFFIXES, describe_path, read_channels, write_volume
+from medseg.export.case import DICOM_FORMATS, case_targets, check_formats, write_case_outputs
+from medseg.io import IMAGE_2D_SUFFIXES, describe_path, read_channels
 from medseg.io.atomic import write_text_atomic
 from medseg.io.itk import has_itk_suffix
 from medseg.preprocessing.pipeline import preprocess_case, restore_to_original
@@ -37,20 +38,6 @@ from medseg.volume import Volume
 
 log = logging.getLogger(__name__)
 
-FORMATS = (
-    "nifti",
-    "nrrd",
-    "mha",
-    "probabilities",
-    "dicom-seg",
-    "rtstruct",
-    "mesh",
-    "volumes",
-    "overlay",
-    "report",
-)
-LABEL_SUFFIX = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha"}
-DICOM_FORMATS = ("dicom-seg", "rtstruct")
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
@@ -75,11 +62,7 @@ class PredictConfig:
     spacing: tuple[float, float, float] | None = None  # (z, y, x) mm for PNG/TIFF input
 
     def __post_init__(self) -> None:
-        unknown = [f for f in self.formats if f not in FORMATS]
-        if unknown or not self.formats:
-            raise ConfigError(
-                f"unknown output format(s) {unknown or '(none)'}; choose from {', '.join(FORMATS)}"
-            )
+        check_formats(self.formats)
         if self.shard is not None:
             i, n = self.shard
             if n < 1 or not 0 <= i < n:
@@ -396,26 +379,7 @@ class CaseResult:
 
 
 def _outputs_for(case_id: str, out: Path, config: PredictConfig) -> dict[str, Path]:
-    targets: dict[str, Path] = {}
-    case_dir = out / case_id
-    for fmt in config.formats:
-        if fmt in LABEL_SUFFIX:
-            targets[fmt] = out / f"{case_id}{LABEL_SUFFIX[fmt]}"
-        elif fmt == "probabilities":
-            targets[fmt] = case_dir / "probabilities"
-        elif fmt == "dicom-seg":
-            targets[fmt] = case_dir / "seg.dcm"
-        elif fmt == "rtstruct":
-            targets[fmt] = case_dir / "rtstruct.dcm"
-        elif fmt == "mesh":
-            targets[fmt] = case_dir / "meshes"
-        elif fmt == "volumes":
-            targets[fmt] = case_dir / "volumes.csv"
-        elif fmt == "overlay":
-            targets[fmt] = case_dir / "overlay.png"
-        elif fmt == "report":
-            targets[fmt] = case_dir / "report.html"
-    return targets
+    return case_targets(case_id, out, config.formats)
 
 
 def _read_case(
@@ -479,7 +443,18 @@ def predict_case(model: SegmentationModel, case: InputCase, out: Path, config: P
                 [uncrop_array(p, full.shape, box, fill=f) for p, f in zip(probs, fills, strict=True)]
             )
         channels = channels[0].meta["roi_full_channels"]
-    written = write_outputs(model, channels[0], label, probs, series, targets, config, case.case_id)
+    written = write_case_outputs(
+        channels[0],
+        label,
+        model.label_names,
+        targets,
+        series=series,
+        probabilities=probs,
+        model_info=model.describe(),
+        case_id=case.case_id,
+        mesh_suffix=config.mesh_suffix,
+        overwrite=config.overwrite,
+    )
     return CaseResult(
         case.case_id, True, {k: str(v) for k, v in written.items()}, seconds=time.monotonic() - start
     )
@@ -505,75 +480,6 @@ def _crop_to_multiplane_roi(channels: list[Volume], views: tuple[Path, Path]) ->
     }
     log.info("multi-plane ROI: predicting on %s of the axial grid %s", roi.box.shape, channels[0].shape)
     return cropped, roi.box
-
-
-def write_outputs(
-    model: SegmentationModel,
-    image: Volume,
-    label: Volume,
-    probabilities: np.ndarray | None,
-    series: Any,
-    targets: dict[str, Path],
-    config: PredictConfig,
-    case_id: str,
-) -> dict[str, Path]:
-    names = model.label_names
-    ow = config.overwrite
-    written: dict[str, Path] = {}
-    present = bool(np.any(label.array > 0))
-    stats = None
-    for fmt, target in targets.items():
-        if fmt in LABEL_SUFFIX:
-            written[fmt] = write_volume(label, target, overwrite=ow)
-        elif fmt == "probabilities":
-            assert probabilities is not None
-            from medseg.io.atomic import atomic_dir
-
-            with atomic_dir(target, overwrite=ow) as tmp:
-                for k, name in {0: "background", **names}.items():
-                    write_volume(image.with_array(probabilities[k]), tmp / f"{k}_{_safe(name)}.nii.gz")
-            written[fmt] = target
-        elif fmt in DICOM_FORMATS:
-            if not present:
-                log.warning("%s: nothing segmented; no %s written", case_id, fmt)
-                continue
-            if fmt == "dicom-seg":
-                from medseg.export.dicom_seg import write_dicom_seg
-
-                written[fmt] = write_dicom_seg(label, series, target, names, overwrite=ow)
-            else:
-                from medseg.export.rtstruct import write_rtstruct
-
-                written[fmt] = write_rtstruct(label, series, target, names, overwrite=ow)
-        elif fmt == "mesh":
-            from medseg.export.mesh import write_label_meshes
-
-            target.mkdir(parents=True, exist_ok=True)
-            meshes = write_label_meshes(label, target, names, suffix=config.mesh_suffix, overwrite=ow)
-            written[fmt] = target
-            if not meshes:
-                log.warning("%s: nothing segmented; no meshes written", case_id)
-        elif fmt == "volumes":
-            from medseg.export.volumes import label_statistics, write_volumes_csv, write_volumes_json
-
-            stats = stats or label_statistics(label, names)
-            written[fmt] = write_volumes_csv(stats, target, overwrite=ow)
-            write_volumes_json(stats, target.with_suffix(".json"), label=label, overwrite=ow)
-        elif fmt == "overlay":
-            from medseg.export.overlay import write_overlay
-
-            written[fmt] = write_overlay(image, label, target, names, overwrite=ow)
-        elif fmt == "report":
-            from medseg.export.report import write_report
-
-            written[fmt] = write_report(
-                target, image, label, names, model_info=model.describe(), case_id=case_id, overwrite=ow
-            )
-    return written
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "label"
 
 
 def predict(

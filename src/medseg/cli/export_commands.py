@@ -1,0 +1,90 @@
+"""`medseg export`: the clinical outputs of a label map that already exists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from medseg.cli.common import app, cli_command, console
+
+
+@app.command("export")
+@cli_command
+def export_command(
+    label: Annotated[
+        Path,
+        typer.Argument(
+            help="label map: NIfTI/NRRD/MHA/PNG with values 0..K, a DICOM SEG or an RTSTRUCT file"
+        ),
+    ],
+    image: Annotated[
+        Path,
+        typer.Argument(
+            help="the scan it was drawn on: DICOM series folder (for dicom-seg/rtstruct) or image file"
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder")],
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="comma list: nifti, nrrd, mha, dicom-seg, rtstruct, mesh, volumes, overlay, report",
+        ),
+    ] = "volumes,overlay,report",
+    labels: Annotated[
+        str | None,
+        typer.Option(
+            "--labels",
+            help="label names: 'liver=1,spleen=2' (default: a SEG's or RTSTRUCT's own names, else label_<value>)",
+        ),
+    ] = None,
+    series: Annotated[
+        str | None, typer.Option(help="DICOM series of the image folder: index, UID or description")
+    ] = None,
+    resample: Annotated[
+        bool,
+        typer.Option(help="put a label map from another grid onto the image's (nearest neighbour)"),
+    ] = False,
+    mesh_format: Annotated[str, typer.Option(help="stl, obj or ply")] = "stl",
+    case_id: Annotated[
+        str | None, typer.Option(help="name of the case's outputs (default: the label file's name)")
+    ] = None,
+    spacing: Annotated[
+        tuple[float, float, float] | None,
+        typer.Option(metavar="Z Y X", help="voxel spacing in mm of PNG/TIFF inputs, which carry none"),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
+) -> None:
+    """Write DICOM SEG, RTSTRUCT, meshes, volumes, overlay or a report for an existing label map.
+
+    For a segmentation made elsewhere (another tool, a manual correction) or earlier; a DICOM SEG becomes an RTSTRUCT and back. The label map must lie on the image's grid, or --resample puts it there (nearest neighbour).
+    """
+    from medseg.evaluation import parse_labels
+    from medseg.export.case import ExportConfig, export_label
+
+    declared = parse_labels(labels)
+    cfg = ExportConfig(
+        formats=tuple(f.strip() for f in format.split(",") if f.strip()),
+        labels=declared,
+        series=series,
+        spacing=spacing,
+        resample=resample,
+        mesh_suffix="." + mesh_format.lower().lstrip("."),
+        case_id=case_id,
+        overwrite=overwrite,
+    )
+    result = export_label(label, image, out, cfg)
+    table = Table("output", "path")
+    for fmt, path in result.outputs.items():
+        table.add_row(fmt, escape(str(path)))
+    console.print(table)
+    names = ", ".join(f"{v}={n}" for v, n in result.names.items()) or "none (empty label map)"
+    console.print(f"case {escape(result.case_id)}: labels {escape(names)}", soft_wrap=True)
+    skipped = [f for f in cfg.formats if f not in result.outputs]
+    if skipped:
+        console.print(f"[yellow]not written:[/] {', '.join(skipped)} (nothing segmented)")

@@ -1,0 +1,363 @@
+"""All outputs of one segmented case, and `medseg export` for a label map that already exists.
+
+:func:`write_case_outputs` is the one writer behind both `medseg predict` (a label map the
+model just made) and :func:`export_label` (a label map made elsewhere: an earlier prediction,
+another tool such as TotalSegmentator, a manual correction in 3D Slicer, or a DICOM SEG).
+Both lay their outputs out the same way (:func:`case_targets`)::
+
+    OUT/<case>.nii.gz | .nrrd | .mha           label map (nifti / nrrd / mha)
+    OUT/<case>/seg.dcm, rtstruct.dcm           DICOM SEG, RTSTRUCT on the source series
+    OUT/<case>/meshes/<value>_<name>.stl       surfaces in LPS mm (mesh)
+    OUT/<case>/volumes.csv (+ .json)           volume in mL per label (volumes)
+    OUT/<case>/overlay.png, report.html        contour montage, self-contained report
+    OUT/<case>/probabilities/                  per-class probability maps (predict only)
+
+:func:`export_label` never resamples silently: the label map must lie on the image's grid
+(within the tolerances of :meth:`VolumeGeometry.differences`), or ``resample=True`` puts it
+there with nearest-neighbour interpolation (labels are never interpolated linearly).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg.errors import ConfigError, InputError
+from medseg.io import IMAGE_2D_SUFFIXES, write_volume
+from medseg.volume import Volume
+
+log = logging.getLogger(__name__)
+
+FORMATS = (
+    "nifti",
+    "nrrd",
+    "mha",
+    "probabilities",
+    "dicom-seg",
+    "rtstruct",
+    "mesh",
+    "volumes",
+    "overlay",
+    "report",
+)
+LABEL_SUFFIX = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha"}
+DICOM_FORMATS = ("dicom-seg", "rtstruct")
+# What `medseg export` can write: everything but the probabilities, which only a model has.
+EXPORT_FORMATS = tuple(f for f in FORMATS if f != "probabilities")
+DEFAULT_EXPORT_FORMATS = ("volumes", "overlay", "report")
+_CASE_TARGETS = {
+    "probabilities": "probabilities",
+    "dicom-seg": "seg.dcm",
+    "rtstruct": "rtstruct.dcm",
+    "mesh": "meshes",
+    "volumes": "volumes.csv",
+    "overlay": "overlay.png",
+    "report": "report.html",
+}
+_LABEL_FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+
+def check_formats(formats: Sequence[str], allowed: Sequence[str] = FORMATS) -> tuple[str, ...]:
+    """The formats as a tuple, or a ConfigError naming the unknown ones and the choices."""
+    unknown = [f for f in formats if f not in allowed]
+    if unknown or not formats:
+        raise ConfigError(f"unknown output format(s) {unknown or '(none)'}; choose from {', '.join(allowed)}")
+    return tuple(dict.fromkeys(formats))
+
+
+def case_targets(case_id: str, out: Path, formats: Sequence[str]) -> dict[str, Path]:
+    """Where each requested format of ``case_id`` goes under ``out`` (layout in the module docstring)."""
+    targets: dict[str, Path] = {}
+    for fmt in formats:
+        if fmt in LABEL_SUFFIX:
+            targets[fmt] = out / f"{case_id}{LABEL_SUFFIX[fmt]}"
+        else:
+            targets[fmt] = out / case_id / _CASE_TARGETS[fmt]
+    return targets
+
+
+def safe_name(name: str) -> str:
+    """A label or class name as a file-name part (letters, digits, ``_.-``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "label"
+
+
+def write_case_outputs(
+    image: Volume,
+    label: Volume,
+    names: Mapping[int, str],
+    targets: Mapping[str, Path],
+    *,
+    series: Any = None,
+    probabilities: np.ndarray | None = None,
+    model_info: Mapping[str, Any] | None = None,
+    case_id: str,
+    mesh_suffix: str = ".stl",
+    overwrite: bool = False,
+) -> dict[str, Path]:
+    """Write ``label`` (on ``image``'s grid) in every format of ``targets``; returns what was written.
+
+    ``series`` is the source DICOM series (needed for dicom-seg / rtstruct), ``probabilities``
+    the (C, *shape) class probabilities (for "probabilities"). DICOM outputs of an empty label
+    map are skipped with a warning (a SEG or RTSTRUCT cannot be empty).
+    """
+    written: dict[str, Path] = {}
+    present = bool(np.any(label.array > 0))
+    stats = None
+    for fmt, target in targets.items():
+        if fmt in LABEL_SUFFIX:
+            written[fmt] = write_volume(label, target, overwrite=overwrite)
+        elif fmt == "probabilities":
+            if probabilities is None:
+                raise ConfigError("the probabilities output needs the class probabilities of a model")
+            from medseg.io.atomic import atomic_dir
+
+            with atomic_dir(target, overwrite=overwrite) as tmp:
+                for k, name in {0: "background", **names}.items():
+                    write_volume(image.with_array(probabilities[k]), tmp / f"{k}_{safe_name(name)}.nii.gz")
+            written[fmt] = target
+        elif fmt in DICOM_FORMATS:
+            if not present:
+                log.warning("%s: nothing segmented; no %s written", case_id, fmt)
+                continue
+            if series is None:
+                raise ConfigError(f"{fmt} output needs the source DICOM series")
+            if fmt == "dicom-seg":
+                from medseg.export.dicom_seg import write_dicom_seg
+
+                written[fmt] = write_dicom_seg(label, series, target, names, overwrite=overwrite)
+            else:
+                from medseg.export.rtstruct import write_rtstruct
+
+                written[fmt] = write_rtstruct(label, series, target, names, overwrite=overwrite)
+        elif fmt == "mesh":
+            from medseg.export.mesh import write_label_meshes
+
+            target.mkdir(parents=True, exist_ok=True)
+            meshes = write_label_meshes(label, target, names, suffix=mesh_suffix, overwrite=overwrite)
+            written[fmt] = target
+            if not meshes:
+                log.warning("%s: nothing segmented; no meshes written", case_id)
+        elif fmt == "volumes":
+            from medseg.export.volumes import label_statistics, write_volumes_csv, write_volumes_json
+
+            stats = stats or label_statistics(label, names)
+            written[fmt] = write_volumes_csv(stats, target, overwrite=overwrite)
+            write_volumes_json(stats, target.with_suffix(".json"), label=label, overwrite=overwrite)
+        elif fmt == "overlay":
+            from medseg.export.overlay import write_overlay
+
+            written[fmt] = write_overlay(image, label, target, names, overwrite=overwrite)
+        elif fmt == "report":
+            from medseg.export.report import write_report
+
+            written[fmt] = write_report(
+                target, image, label, names, model_info=model_info, case_id=case_id, overwrite=overwrite
+            )
+    return written
+
+
+# --------------------------------------------------------------------------- medseg export
+@dataclass(frozen=True)
+class ExportConfig:
+    """Options of `medseg export` (the CLI builds exactly this object).
+
+    ``labels`` maps label value -> name (default: the names in a DICOM SEG label file, else
+    ``label_<value>``); ``series`` picks the image series of a DICOM folder; ``spacing``
+    (z, y, x mm) gives PNG/TIFF inputs, which carry none, their voxel size; ``resample``
+    puts a label map that lies on another grid onto the image's (nearest neighbour).
+    """
+
+    formats: tuple[str, ...] = DEFAULT_EXPORT_FORMATS
+    labels: Mapping[int, str] | None = None
+    series: str | None = None
+    spacing: tuple[float, float, float] | None = None
+    resample: bool = False
+    mesh_suffix: str = ".stl"
+    case_id: str | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "formats", check_formats(self.formats, EXPORT_FORMATS))
+        if self.labels is not None:
+            bad = [v for v in self.labels if not isinstance(v, int) or v <= 0]
+            if bad:
+                raise ConfigError(f"label values must be integers > 0 (0 is background), found {bad}")
+        if self.case_id is not None and (not self.case_id or safe_name(self.case_id) != self.case_id):
+            raise ConfigError(f"case id must be letters, digits and _.- only, found {self.case_id!r}")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    case_id: str
+    outputs: dict[str, Path]
+    names: dict[int, str]
+    resampled: bool
+
+
+def _case_id(label_path: Path) -> str:
+    name = label_path.name
+    for suffix in _LABEL_FILE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    else:
+        name = label_path.stem
+    return safe_name(name)
+
+
+def _read_image(path: Path, config: ExportConfig) -> tuple[Volume, Any]:
+    """The image and, for a DICOM series folder, the series (for SEG / RTSTRUCT)."""
+    if path.is_dir():
+        from medseg.io.dicom import load_series
+
+        series = load_series(path, series=config.series)
+        return series.volume, series
+    from medseg.io import read_volume
+
+    spacing = config.spacing if path.suffix.lower() in IMAGE_2D_SUFFIXES else None
+    return read_volume(path, series=config.series, spacing=spacing), None
+
+
+def _is_dicom_file(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with path.open("rb") as fh:
+        head = fh.read(132)
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _read_label(path: Path, image: Volume, config: ExportConfig) -> tuple[Volume, dict[int, str]]:
+    """The label map as integers >= 0 and the names it carries (a DICOM SEG's segment labels)."""
+    if not path.exists():
+        raise InputError(
+            path,
+            "label map not found",
+            expected="a label file (NIfTI, NRRD, MHA, PNG, DICOM SEG or RTSTRUCT)",
+        )
+    if _is_dicom_file(path):
+        import pydicom
+
+        from medseg.export.dicom_seg import read_dicom_seg
+        from medseg.export.rtstruct import RTSTRUCT_SOP_CLASS_UID, read_rtstruct
+
+        try:
+            sop_class = str(pydicom.dcmread(path, stop_before_pixels=True).get("SOPClassUID", ""))
+        except Exception as exc:  # pydicom raises many types for a bad file
+            raise InputError(path, "cannot be read as DICOM", found=type(exc).__name__) from None
+        # Both are decoded onto the image's grid (a GeometryError when they do not fit it).
+        read = read_rtstruct if sop_class == RTSTRUCT_SOP_CLASS_UID else read_dicom_seg
+        decoded = read(path, image)
+        return decoded, {int(k): str(v) for k, v in decoded.meta.get("segments", {}).items()}
+    from medseg.io import read_volume
+
+    spacing = config.spacing if path.suffix.lower() in IMAGE_2D_SUFFIXES else None
+    label = read_volume(path, spacing=spacing)
+    array = label.array
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
+            sample = array[np.isfinite(array) & (array != np.round(array))][:3]
+            raise InputError(
+                path,
+                "is not a label map",
+                expected="whole-number label values 0..K",
+                found=f"fractional values such as {', '.join(f'{v:g}' for v in sample) or 'NaN'}",
+            )
+    elif array.dtype.kind not in "iub":
+        raise InputError(path, "is not a label map", expected="integer label values", found=str(array.dtype))
+    if array.size and array.min() < 0:
+        raise InputError(path, "is not a label map", expected="label values >= 0", found=f"{array.min():g}")
+    top = int(array.max()) if array.size else 0
+    dtype = np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32
+    return label.with_array(array.astype(dtype)), {}
+
+
+def export_label(
+    label_path: str | Path,
+    image_path: str | Path,
+    out_dir: str | Path,
+    config: ExportConfig | None = None,
+) -> ExportResult:
+    """Write the clinical outputs of an existing label map on its image (see the module docstring).
+
+    ``image_path`` is the scan the labels were drawn on: a DICOM series folder (needed for
+    dicom-seg / rtstruct, which reference it) or any image file medseg reads. Raises
+    :class:`GeometryError` when the label map lies on another grid and ``resample`` is off.
+    """
+    cfg = config or ExportConfig()
+    label_file, image_file, out = Path(label_path), Path(image_path), Path(out_dir)
+    if not image_file.exists():
+        raise InputError(image_file, "image not found", expected="a DICOM series folder or an image file")
+    image, series = _read_image(image_file, cfg)
+    if series is None and any(f in DICOM_FORMATS for f in cfg.formats):
+        raise InputError(
+            image_file,
+            "DICOM SEG and RTSTRUCT outputs need the DICOM series the labels belong to",
+            expected="a DICOM series folder as the image",
+            found="a non-DICOM image file",
+        )
+    label, carried = _read_label(label_file, image, cfg)
+    resampled = False
+    diffs = label.geometry.differences(image.geometry)
+    if diffs:
+        if not cfg.resample:
+            from medseg.errors import GeometryError
+
+            raise GeometryError(
+                f"{label_file}: the label map does not lie on the grid of {image_file}: "
+                + "; ".join(diffs)
+                + ". Pass --resample (resample=True) to put it there by nearest-neighbour interpolation."
+            )
+        from medseg.geometry.resample import resample_label
+
+        before = set(np.unique(label.array).tolist())
+        label = resample_label(label, image.geometry)
+        lost = sorted(before - set(np.unique(label.array).tolist()) - {0})
+        log.warning(
+            "%s resampled onto the image grid (nearest neighbour): %s", label_file.name, "; ".join(diffs)
+        )
+        if lost:
+            log.warning(
+                "label value(s) %s vanished in the resampling (smaller than a voxel of the image)", lost
+            )
+        resampled = True
+    present = sorted(int(v) for v in np.unique(label.array) if v > 0)
+    names = dict(carried)
+    names.update(cfg.labels or {})
+    unnamed = [v for v in present if v not in names]
+    if cfg.labels is not None and unnamed:
+        log.warning("label value(s) %s present but not named by --labels; named label_<value>", unnamed)
+    for v in unnamed:
+        names[v] = f"label_{v}"
+    names = {v: names[v] for v in sorted(names)}
+    case_id = cfg.case_id or _case_id(label_file)
+    targets = case_targets(case_id, out, cfg.formats)
+    if not cfg.overwrite:
+        from medseg.errors import OutputExistsError
+
+        for target in targets.values():
+            if target.exists():
+                raise OutputExistsError(target)
+    out.mkdir(parents=True, exist_ok=True)
+    from medseg import __version__
+
+    info = {"label map": label_file.name, "exported by": f"medseg {__version__} (medseg export)"}
+    if resampled:
+        info["resampled"] = "nearest neighbour onto the image grid"
+    written = write_case_outputs(
+        image,
+        label,
+        names,
+        targets,
+        series=series,
+        model_info=info,
+        case_id=case_id,
+        mesh_suffix=cfg.mesh_suffix,
+        overwrite=cfg.overwrite,
+    )
+    return ExportResult(case_id, written, names, resampled)

@@ -1,0 +1,189 @@
+"""`medseg export` / export_label: outputs of an existing label map on an oblique DICOM series."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from medseg.cli import app
+from medseg.errors import ConfigError, GeometryError, InputError, OutputExistsError
+from medseg.export.case import ExportConfig, export_label
+from medseg.export.dicom_seg import read_dicom_seg, write_dicom_seg
+from medseg.export.rtstruct import read_rtstruct
+from medseg.io import read_volume, write_volume
+from medseg.volume import Volume
+from tests.export.conftest import ZONES, Series, dice, prostate_zones
+
+ALL = ("nifti", "dicom-seg", "rtstruct", "mesh", "volumes", "overlay", "report")
+
+
+def _hashes(folder: Path) -> dict[Path, str]:
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _finer_copy(label: Volume, factor: int = 3) -> Volume:
+    """The label map on a grid ``factor`` times finer along every axis whose every ``factor``-th voxel
+    centre (offset factor // 2) coincides with a centre of the original grid: nearest-neighbour
+    resampling back must return the original exactly."""
+    g = label.geometry
+    arr = label.array
+    for axis in range(3):
+        arr = np.repeat(arr, factor, axis=axis)
+    spacing = np.asarray(g.spacing) / factor
+    origin = np.asarray(g.origin) - g.direction @ (spacing * (factor // 2))
+    return Volume(arr, spacing, origin, g.direction)
+
+
+def test_every_format_lands_on_the_series(tmp_path: Path, synthetic_series: Series) -> None:
+    image = synthetic_series.image
+    label = prostate_zones(image)
+    label_file = write_volume(label, tmp_path / "in" / "case 7_seg.nii.gz")
+    before = _hashes(synthetic_series.folder) | _hashes(tmp_path / "in")
+    result = export_label(
+        label_file, synthetic_series.folder, tmp_path / "out", ExportConfig(formats=ALL, labels=ZONES)
+    )
+    assert result.case_id == "case_7_seg" and not result.resampled
+    assert set(result.outputs) == set(ALL)
+    assert result.names == ZONES
+    # NIfTI: the same voxels on the series' grid
+    back = read_volume(result.outputs["nifti"])
+    np.testing.assert_array_equal(back.array, label.array)
+    assert back.geometry.is_close(image.geometry)
+    # DICOM SEG decodes to the same label map, segment names included
+    seg = read_dicom_seg(result.outputs["dicom-seg"], image, ZONES)
+    np.testing.assert_array_equal(seg.array, label.array)
+    # RTSTRUCT contours rasterise back onto the structures
+    rt = read_rtstruct(result.outputs["rtstruct"], image, ZONES)
+    for value in (1, 2, 4):
+        assert dice(rt.array == value, label.array == value) >= 0.85, value
+    assert sorted(p.name for p in result.outputs["mesh"].iterdir()) == [
+        "01_pz.stl",
+        "02_tz.stl",
+        "03_dpu.stl",
+        "04_afs.stl",
+    ]
+    with result.outputs["volumes"].open() as fh:
+        rows = {int(r["label"]): r for r in csv.DictReader(fh)}
+    for value in ZONES:
+        expected = (label.array == value).sum() * image.geometry.voxel_volume_mm3 / 1000
+        assert float(rows[value]["volume_ml"]) == pytest.approx(expected, abs=1e-4)
+    assert result.outputs["overlay"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = result.outputs["report"].read_text()
+    assert "case 7_seg.nii.gz" in html and "medseg export" in html
+    assert "SYNTHETIC" not in html and "SYN0001" not in html  # no patient name or ID in the report
+    assert _hashes(synthetic_series.folder) | _hashes(tmp_path / "in") == before  # inputs untouched
+    assert not list((tmp_path / "out").rglob("*.tmp*"))
+
+
+def test_seg_converts_to_rtstruct_with_its_own_names(tmp_path: Path, synthetic_series: Series) -> None:
+    label = prostate_zones(synthetic_series.image)
+    seg = write_dicom_seg(label, synthetic_series.folder, tmp_path / "zones.dcm", ZONES)
+    result = export_label(
+        seg, synthetic_series.folder, tmp_path / "out", ExportConfig(formats=("rtstruct", "nifti"))
+    )
+    assert result.names == ZONES  # from the SEG's segment labels
+    rt = read_rtstruct(result.outputs["rtstruct"], synthetic_series.image)
+    assert rt.meta["segments"] == ZONES
+    np.testing.assert_array_equal(read_volume(result.outputs["nifti"]).array, label.array)
+    # and back: the RTSTRUCT as the input of a SEG
+    again = export_label(
+        result.outputs["rtstruct"],
+        synthetic_series.folder,
+        tmp_path / "again",
+        ExportConfig(formats=("dicom-seg",), case_id="zones_rt"),
+    )
+    back = read_dicom_seg(again.outputs["dicom-seg"], synthetic_series.image, ZONES)
+    assert again.names == ZONES
+    assert dice(back.array == 1, label.array == 1) >= 0.85
+
+
+def test_label_on_another_grid_needs_resample(tmp_path: Path, synthetic_series: Series) -> None:
+    image = synthetic_series.image
+    label = prostate_zones(image)
+    fine = write_volume(_finer_copy(label), tmp_path / "fine.nrrd")
+    with pytest.raises(GeometryError, match=r"fine\.nrrd.*does not lie on the grid.*shape.*--resample"):
+        export_label(fine, synthetic_series.folder, tmp_path / "out", ExportConfig(formats=("nifti",)))
+    assert not (tmp_path / "out").exists()
+    result = export_label(
+        fine,
+        synthetic_series.folder,
+        tmp_path / "out",
+        ExportConfig(formats=("nifti", "report"), resample=True),
+    )
+    assert result.resampled
+    back = read_volume(result.outputs["nifti"])
+    assert back.geometry.is_close(image.geometry)
+    np.testing.assert_array_equal(back.array, label.array)  # nearest neighbour: no new values, exact
+    assert "nearest neighbour" in result.outputs["report"].read_text()
+
+
+def test_image_file_and_default_names(tmp_path: Path, synthetic_series: Series) -> None:
+    image_file = write_volume(synthetic_series.image, tmp_path / "t2.mha")
+    label = prostate_zones(synthetic_series.image)
+    label_file = write_volume(label.with_array(label.array.astype(np.float32)), tmp_path / "pred.nii.gz")
+    result = export_label(label_file, image_file, tmp_path / "out", ExportConfig(labels={1: "PZ"}))
+    assert set(result.outputs) == {"volumes", "overlay", "report"}  # the defaults
+    assert result.names == {1: "PZ", 2: "label_2", 3: "label_3", 4: "label_4"}
+    with pytest.raises(InputError, match=r"t2\.mha.*DICOM SEG and RTSTRUCT outputs need the DICOM series"):
+        export_label(label_file, image_file, tmp_path / "o2", ExportConfig(formats=("dicom-seg",)))
+    with pytest.raises(OutputExistsError, match=r"volumes\.csv"):
+        export_label(label_file, image_file, tmp_path / "out")
+    export_label(label_file, image_file, tmp_path / "out", ExportConfig(overwrite=True))
+
+
+def test_bad_label_maps_are_refused(tmp_path: Path, synthetic_series: Series) -> None:
+    image = synthetic_series.image
+    prob = image.with_array(np.full(image.shape, 0.25, dtype=np.float32))
+    path = write_volume(prob, tmp_path / "prob.nii.gz")
+    with pytest.raises(InputError, match=r"prob\.nii\.gz: is not a label map.*whole-number.*0\.25"):
+        export_label(path, synthetic_series.folder, tmp_path / "out")
+    negative = write_volume(image.with_array(np.full(image.shape, -1, dtype=np.int16)), tmp_path / "neg.nrrd")
+    with pytest.raises(InputError, match=r"neg\.nrrd: is not a label map.*>= 0.*-1"):
+        export_label(negative, synthetic_series.folder, tmp_path / "out")
+    with pytest.raises(InputError, match=r"missing\.nii\.gz: label map not found"):
+        export_label(tmp_path / "missing.nii.gz", synthetic_series.folder, tmp_path / "out")
+    with pytest.raises(ConfigError, match=r"unknown output format.*probabilities"):
+        ExportConfig(formats=("probabilities",))
+    with pytest.raises(ConfigError, match="label values must be integers > 0"):
+        ExportConfig(labels={0: "background"})
+
+
+def test_empty_label_map_skips_dicom_outputs(tmp_path: Path, synthetic_series: Series) -> None:
+    empty = synthetic_series.image.with_array(np.zeros(synthetic_series.image.shape, np.uint8))
+    path = write_volume(empty, tmp_path / "empty.nii.gz")
+    result = export_label(
+        path, synthetic_series.folder, tmp_path / "out", ExportConfig(formats=("dicom-seg", "volumes"))
+    )
+    assert set(result.outputs) == {"volumes"}
+    assert not (tmp_path / "out" / "empty" / "seg.dcm").exists()
+
+
+def test_cli(tmp_path: Path, synthetic_series: Series) -> None:
+    label = prostate_zones(synthetic_series.image)
+    path = write_volume(label, tmp_path / "zones.nii.gz")
+    runner = CliRunner()
+    res = runner.invoke(
+        app,
+        [
+            "export", str(path), str(synthetic_series.folder), "-o", str(tmp_path / "out"),
+            "-f", "dicom-seg,mesh", "--labels", "PZ=1,TZ=2,DPU=3,AFS=4", "--mesh-format", "ply",
+        ],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "1=PZ, 2=TZ, 3=DPU, 4=AFS" in res.stdout
+    assert (tmp_path / "out" / "zones" / "meshes" / "02_tz.ply").is_file()
+    seg = read_dicom_seg(tmp_path / "out" / "zones" / "seg.dcm", synthetic_series.image, ZONES)
+    np.testing.assert_array_equal(seg.array, label.array)
+    again = runner.invoke(
+        app, ["export", str(path), str(synthetic_series.folder), "-o", str(tmp_path / "out")]
+    )
+    assert again.exit_code == 0  # other formats: nothing exists yet
+    res = runner.invoke(
+        app, ["export", str(path), str(synthetic_series.folder), "-o", str(tmp_path / "out"), "-f", "mesh"]
+    )
+    assert res.exit_code == 2 and "output exists" in res.stderr and "--overwrite" in res.stderr

@@ -187,3 +187,35 @@ def test_cli(tmp_path: Path, synthetic_series: Series) -> None:
         app, ["export", str(path), str(synthetic_series.folder), "-o", str(tmp_path / "out"), "-f", "mesh"]
     )
     assert res.exit_code == 2 and "output exists" in res.stderr and "--overwrite" in res.stderr
+
+
+def test_third_party_seg_on_real_ct(tmp_path: Path, shared_data: Path) -> None:
+    """dcmqi's liver SEG on its real 3-slice CT (file order running down in z): to NIfTI equal to
+    dcmqi's own NRRD, and to an RTSTRUCT whose contours rasterise back onto it."""
+    root = shared_data / "dcmqi_seg" / "segmentations"
+    result = export_label(
+        root / "liver.dcm", root / "ct-3slice", tmp_path / "out", ExportConfig(formats=("nifti", "rtstruct"))
+    )
+    assert result.names == {1: "Liver"}
+    expected = read_volume(root / "liver_seg.nrrd")
+    got = read_volume(result.outputs["nifti"])
+    assert got.geometry.is_close(expected.geometry)
+    np.testing.assert_array_equal(got.array, expected.array)
+    image = read_volume(root / "ct-3slice")
+    rt = read_rtstruct(result.outputs["rtstruct"], image)
+    assert rt.meta["segments"] == {1: "Liver"}
+    assert dice(rt.array == 1, expected.array == 1) >= 0.98
+
+
+def test_real_tilted_prostatex_series(tmp_path: Path, prostatex_t2: Series) -> None:
+    """A NIfTI label map on the real PROSTATEx T2 (tilted 18.5 degrees) becomes a SEG on that series."""
+    label = prostate_zones(prostatex_t2.image)
+    path = write_volume(label, tmp_path / "zones.nii.gz")
+    result = export_label(
+        path,
+        prostatex_t2.folder,
+        tmp_path / "out",
+        ExportConfig(formats=("dicom-seg", "volumes"), labels=ZONES),
+    )
+    seg = read_dicom_seg(result.outputs["dicom-seg"], prostatex_t2.image, ZONES)
+    np.testing.assert_array_equal(seg.array, label.array)

@@ -168,3 +168,17 @@ def test_malformed_patient_values_never_reach_logs_or_warnings(
         out = write_rtstruct(label, synthetic_series.folder, tmp_path / "rt.dcm", ZONES)
     assert "SECRET" not in caplog.text and not [w for w in seen if "SECRET" in str(w.message)]
     assert read_rtstruct(out, synthetic_series.image, ZONES).array.any()
+
+
+def test_one_voxel_islands_survive_the_round_trip(tmp_path: Path, synthetic_series: Series) -> None:
+    """rt-utils writes a one-voxel island as a 1-point contour and a one-voxel-wide line as 2 points;
+    the reader used to fail on them (skimage's perimeter clips to an empty bounding box)."""
+    arr = np.zeros(synthetic_series.image.shape, dtype=np.uint8)
+    arr[2:6, 8:28, 6:22] = 1
+    arr[3, 2, 2] = 1  # a single voxel
+    arr[4, 2, 25:27] = 1  # two voxels in a row
+    label = synthetic_series.image.with_array(arr)
+    out = write_rtstruct(label, synthetic_series.files, tmp_path / "rt.dcm", {1: "liver"})
+    back = read_rtstruct(out, synthetic_series.image, {1: "liver"})
+    assert back.array[3, 2, 2] == 1 and back.array[4, 2, 25] == 1 and back.array[4, 2, 26] == 1
+    np.testing.assert_array_equal(back.array, arr)

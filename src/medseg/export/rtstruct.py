@@ -37,8 +37,8 @@ import numpy as np
 import pydicom
 from numpy.typing import NDArray
 from pydicom.config import disable_value_validation
+from skimage.draw import line, polygon_perimeter
 from skimage.draw import polygon as fill_polygon
-from skimage.draw import polygon_perimeter
 
 from medseg.errors import ConfigError, GeometryError, InputError
 from medseg.export.codes import segments_for_label
@@ -181,7 +181,16 @@ def _rasterise_contours(contours: list[NDArray[np.float64]], shape: tuple[int, i
         rr, cc = fill_polygon(rc[:, 0], rc[:, 1], shape=shape)
         inside[rr, cc] = True
         interior ^= inside
-        rr, cc = polygon_perimeter(np.rint(rc[:, 0]), np.rint(rc[:, 1]), shape=shape, clip=False)
+        r, c = np.rint(rc[:, 0]), np.rint(rc[:, 1])
+        if np.ptp(r) == 0 or np.ptp(c) == 0:
+            # A one-voxel or one-voxel-wide contour (rt-utils writes such islands as 1 or 2
+            # points): skimage's polygon_perimeter clips to the points' bounding box, which is
+            # empty here and fails, so draw the segments between consecutive points directly.
+            ends = np.stack([r, c], axis=1).astype(int)
+            pieces = [line(*a, *b) for a, b in zip(ends, np.roll(ends, -1, axis=0), strict=True)]
+            rr, cc = np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])
+        else:
+            rr, cc = polygon_perimeter(r, c, shape=shape, clip=False)
         keep = (rr >= 0) & (rr < shape[0]) & (cc >= 0) & (cc < shape[1])
         outline[rr[keep], cc[keep]] = True
     return interior | outline

@@ -89,6 +89,33 @@ def test_batch_continues_after_a_broken_case_and_shards(trained_model: Path, tmp
     assert [r.case_id for r in shard] == ["p2", "p9"]
 
 
+def test_cohort_volume_table_covers_every_shard(trained_model: Path, tmp_path: Path) -> None:
+    """cohort_volumes.csv: one row per case with each label's mL, equal to the per-case tables,
+    rebuilt by each shard from what is on disk (so the last shard's table covers them all)."""
+    import csv
+
+    folder = tmp_path / "cohort"
+    for seed in (1, 2, 3):
+        _case_file(folder, seed)
+    out = tmp_path / "out"
+    predict(folder, trained_model, out, PredictConfig(formats=("volumes",), shard=(0, 2)))
+    with (out / "cohort_volumes.csv").open() as fh:
+        assert [r["case"] for r in csv.DictReader(fh)] == ["p1", "p3"]
+    predict(folder, trained_model, out, PredictConfig(formats=("volumes",), shard=(1, 2)))
+    with (out / "cohort_volumes.csv").open() as fh:
+        reader = csv.DictReader(fh)
+        rows = {r["case"]: r for r in reader}
+        columns = reader.fieldnames
+    assert sorted(rows) == ["p1", "p2", "p3"]
+    for case, row in rows.items():
+        with (out / case / "volumes.csv").open() as fh:
+            per_case = list(csv.DictReader(fh))
+        assert columns == ["case", *(f"{r['name']}_ml" for r in per_case)]
+        for r in per_case:
+            assert row[f"{r['name']}_ml"] == r["volume_ml"]
+    assert any(float(v) > 0 for row in rows.values() for k, v in row.items() if k != "case")
+
+
 def test_dicom_in_dicom_seg_and_rtstruct_out(trained_model: Path, tmp_path: Path) -> None:
     from medseg.export.dicom_seg import read_dicom_seg
 
@@ -239,6 +266,7 @@ def test_predict_cli(trained_model: Path, tmp_path: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "o" / "p2.nii.gz").is_file()
+    assert "cohort_volumes.csv" in res.stdout and (tmp_path / "o" / "cohort_volumes.csv").is_file()
     bad = runner.invoke(app, ["predict", str(path), "-m", str(tmp_path / "in"), "-o", str(tmp_path / "o2")])
     assert bad.exit_code == 2 and "not a model folder" in bad.output
     fmt = runner.invoke(

@@ -107,6 +107,9 @@ def predict_command(
     console.print(
         f"{len(results) - len(failed)} of {len(results)} case(s) segmented; outputs in {escape(str(out))}"
     )
+    cohort = out / "cohort_volumes.csv"
+    if "volumes" in cfg.formats and cohort.is_file():
+        console.print(f"volumes of every case (mL): {escape(str(cohort))}")
     if failed:
         raise typer.Exit(1)
 

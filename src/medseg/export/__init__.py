@@ -7,7 +7,8 @@ a mapping label value -> name, writes atomically and refuses to overwrite unless
 * :func:`write_dicom_seg` / :func:`read_dicom_seg` - DICOM SEG referencing the source series
 * :func:`write_rtstruct` / :func:`read_rtstruct` - RT Structure Set on the source series
 * :func:`write_label_meshes`, :func:`label_mesh`, :func:`write_mesh` - STL / OBJ / PLY surfaces in LPS mm
-* :func:`label_statistics`, :func:`write_volumes_csv`, :func:`write_volumes_json` - volumes in mL
+* :func:`label_statistics`, :func:`write_volumes_csv`, :func:`write_volumes_json` - volumes in mL;
+  :func:`write_cohort_volumes` - one row per case
 * :func:`write_overlay`, :func:`render_overlay_png` - contour montage PNG
 * :func:`write_report` - one self-contained HTML file per case
 
@@ -28,7 +29,13 @@ if TYPE_CHECKING:
     from medseg.export.overlay import render_overlay_png, write_overlay
     from medseg.export.report import build_report_html, write_report
     from medseg.export.rtstruct import read_rtstruct, write_rtstruct
-    from medseg.export.volumes import LabelStats, label_statistics, write_volumes_csv, write_volumes_json
+    from medseg.export.volumes import (
+        LabelStats,
+        label_statistics,
+        write_cohort_volumes,
+        write_volumes_csv,
+        write_volumes_json,
+    )
 
 _WHERE = {
     "Segment": "codes",
@@ -53,6 +60,7 @@ _WHERE = {
     "write_rtstruct": "rtstruct",
     "LabelStats": "volumes",
     "label_statistics": "volumes",
+    "write_cohort_volumes": "volumes",
     "write_volumes_csv": "volumes",
     "write_volumes_json": "volumes",
 }
@@ -74,6 +82,7 @@ __all__ = [
     "segment_code",
     "segment_color",
     "segments_for_label",
+    "write_cohort_volumes",
     "write_dicom_seg",
     "write_label_meshes",
     "write_mesh",

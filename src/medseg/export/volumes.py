@@ -23,7 +23,14 @@ from medseg.export.codes import segments_for_label
 from medseg.io.atomic import write_text_atomic
 from medseg.volume import Volume
 
-__all__ = ["LabelStats", "label_statistics", "volumes_to_csv", "write_volumes_csv", "write_volumes_json"]
+__all__ = [
+    "LabelStats",
+    "label_statistics",
+    "volumes_to_csv",
+    "write_cohort_volumes",
+    "write_volumes_csv",
+    "write_volumes_json",
+]
 
 log = logging.getLogger(__name__)
 
@@ -144,3 +151,47 @@ def write_volumes_json(
         document["grid"] = label.geometry.to_dict()
     write_text_atomic(path, json.dumps(document, indent=2) + "\n", overwrite=overwrite)
     return Path(path)
+
+
+COHORT_CSV = "cohort_volumes.csv"
+
+
+def write_cohort_volumes(out_dir: str | Path, case_ids: Sequence[str] | None = None) -> Path | None:
+    """One row per case, one ``<name>_ml`` column per label: the volume table of a whole cohort.
+
+    Built from the per-case ``<case>/volumes.csv`` files under ``out_dir`` (of ``case_ids``, or
+    every case folder that has one), so that it covers the cases of earlier runs and of the
+    other shards of a SLURM array as well; written atomically to ``out_dir/cohort_volumes.csv``
+    (replacing an earlier one). Returns None when no case has a volume table.
+    """
+    out = Path(out_dir)
+    if case_ids is None:
+        files = sorted(out.glob("*/volumes.csv"))
+    else:
+        files = [out / c / "volumes.csv" for c in sorted(case_ids) if (out / c / "volumes.csv").is_file()]
+    if not files:
+        return None
+    columns: dict[int, str] = {}
+    rows: list[tuple[str, dict[int, str]]] = []
+    for path in files:
+        volumes: dict[int, str] = {}
+        with path.open(newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                value = int(row["label"])
+                name = row["name"]
+                if columns.setdefault(value, name) != name:
+                    log.warning(
+                        "%s: label %d is '%s' here but '%s' elsewhere", path, value, name, columns[value]
+                    )
+                volumes[value] = row["volume_ml"]
+        rows.append((path.parent.name, volumes))
+    order = sorted(columns)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["case", *(f"{columns[v]}_ml" for v in order)])
+    for case, volumes in rows:
+        # A label missing from a case's table: 0 mL (the per-case table lists every named label).
+        writer.writerow([case, *(volumes.get(v, "0.0000") for v in order)])
+    target = out / COHORT_CSV
+    write_text_atomic(target, buffer.getvalue(), overwrite=True)
+    return target

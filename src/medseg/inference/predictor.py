@@ -551,6 +551,12 @@ def predict(
         json.dumps({"model": str(seg.path), "config": to_dict(cfg), "cases": entries}, indent=2) + "\n",
         overwrite=True,
     )
+    if "volumes" in cfg.formats:
+        from medseg.export.volumes import write_cohort_volumes
+
+        table = write_cohort_volumes(out)
+        if table is not None:
+            log.info("volumes of every case in %s: %s", out, table)
     return results
 
 

@@ -145,6 +145,12 @@ def test_bad_label_maps_are_refused(tmp_path: Path, synthetic_series: Series) ->
     negative = write_volume(image.with_array(np.full(image.shape, -1, dtype=np.int16)), tmp_path / "neg.nrrd")
     with pytest.raises(InputError, match=r"neg\.nrrd: is not a label map.*>= 0.*-1"):
         export_label(negative, synthetic_series.folder, tmp_path / "out")
+    with pytest.raises(InputError, match=r"series: is a folder, not a label map"):
+        export_label(synthetic_series.folder, synthetic_series.folder, tmp_path / "out")
+    mr = np.random.default_rng(0).integers(0, 3000, image.shape).astype(np.int16)  # a 12-bit MR image
+    swapped = write_volume(image.with_array(mr), tmp_path / "t2.nii.gz")  # LABEL and IMAGE swapped
+    with pytest.raises(InputError, match=r"t2\.nii\.gz: does not look like a label map.*LABEL then IMAGE"):
+        export_label(swapped, synthetic_series.folder, tmp_path / "out")
     with pytest.raises(InputError, match=r"missing\.nii\.gz: label map not found"):
         export_label(tmp_path / "missing.nii.gz", synthetic_series.folder, tmp_path / "out")
     with pytest.raises(ConfigError, match=r"unknown output format.*probabilities"):

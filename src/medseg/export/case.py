@@ -60,6 +60,7 @@ _CASE_TARGETS = {
     "overlay": "overlay.png",
     "report": "report.html",
 }
+MAX_LABELS = 1000  # more distinct values than any atlas: an image given as the label map
 _LABEL_FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 
 
@@ -234,10 +235,10 @@ def _is_dicom_file(path: Path) -> bool:
 
 def _read_label(path: Path, image: Volume, config: ExportConfig) -> tuple[Volume, dict[int, str]]:
     """The label map as integers >= 0 and the names it carries (a DICOM SEG's segment labels)."""
-    if not path.exists():
+    if not path.is_file():
         raise InputError(
             path,
-            "label map not found",
+            "label map not found" if not path.exists() else "is a folder, not a label map",
             expected="a label file (NIfTI, NRRD, MHA, PNG, DICOM SEG or RTSTRUCT)",
         )
     if _is_dicom_file(path):
@@ -272,7 +273,15 @@ def _read_label(path: Path, image: Volume, config: ExportConfig) -> tuple[Volume
         raise InputError(path, "is not a label map", expected="integer label values", found=str(array.dtype))
     if array.size and array.min() < 0:
         raise InputError(path, "is not a label map", expected="label values >= 0", found=f"{array.min():g}")
-    top = int(array.max()) if array.size else 0
+    values = np.unique(array)
+    if len(values) > MAX_LABELS:
+        raise InputError(
+            path,
+            "does not look like a label map",
+            expected=f"at most {MAX_LABELS} distinct label values (the arguments are LABEL then IMAGE)",
+            found=f"{len(values)} distinct values from {values[0]:g} to {values[-1]:g}, like an image",
+        )
+    top = int(values[-1]) if len(values) else 0
     dtype = np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32
     return label.with_array(array.astype(dtype)), {}
 

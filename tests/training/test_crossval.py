@@ -130,6 +130,35 @@ def test_bad_requests_are_clear_errors(dataset_copy: Path, tmp_path: Path) -> No
         cross_validate(root, config=_config(), workers=1)
 
 
+def test_folds_of_an_earlier_split_are_not_reused(dataset_copy: Path) -> None:
+    """After a re-split, a kept fold would be scored on cases it trained on: refused, named."""
+    from medseg.data.splits import make_splits
+    from medseg.training.trainer import train
+
+    root = dataset_copy
+    record = json.loads((root / "models" / "3d" / "fold_0" / "model.json").read_text())
+    assert record["train_case_ids"] == sorted(load_splits(root).fold(0).train)
+    trained = set(record["train_case_ids"])
+    # Re-split with another seed (the first whose fold 0 differs); splits.json now holds it.
+    next(
+        s
+        for s in range(1, 50)
+        if set(make_splits(root, k=3, seed=s, overwrite=True).fold(0).train) != trained
+    )
+    assert set(load_splits(root).fold(0).train) != trained
+    with pytest.raises(
+        ConfigError, match=r"fold_0: this model was trained on other cases than fold 0 of splits\.json"
+    ):
+        cross_validate(root, config=_config(), workers=1)
+    with pytest.raises(ConfigError, match="trained on other cases"):
+        train(root, 0, config=_config(epochs=2), resume=True, workers=1)
+    again = cross_validate(root, config=_config(), workers=1, overwrite=True)
+    assert [f.action for f in again.folds] == ["trained"] * 3
+    for fold in again.folds:
+        trained_on = json.loads((fold.model_dir / "model.json").read_text())["train_case_ids"]
+        assert not set(trained_on) & set(fold.val_cases)
+
+
 def test_crossval_command(dataset_copy: Path, tmp_path: Path) -> None:
     config = tmp_path / "train.json"
     config.write_text(json.dumps(FAST))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,36 @@ def load_weights(
 def write_model_json(folder: Path, architecture: Architecture, info: dict[str, Any]) -> Path:
     record = {"medseg_version": __version__, "architecture": architecture.to_dict(), **info}
     return write_text_atomic(folder / "model.json", json.dumps(record, indent=2) + "\n", overwrite=True)
+
+
+def check_trained_on(folder: Path, train_ids: Sequence[str], what: str) -> None:
+    """Raise when ``folder``'s model was trained on other cases than ``train_ids``.
+
+    A fold kept from before a re-split would otherwise be scored on cases it trained on (or
+    resumed on a mixture of two splits). Models from before the ids were recorded pass with a
+    warning, as nothing can be checked.
+    """
+    path = folder / "model.json"
+    if not path.is_file():
+        return
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8")).get("train_case_ids")
+    except (OSError, ValueError, AttributeError):
+        return  # an unreadable record is reported by whoever loads the model
+    if recorded is None:
+        log.warning(
+            "%s: the model does not record its training cases; cannot check them against %s", folder, what
+        )
+        return
+    before, now = set(recorded), set(train_ids)
+    if before != now:
+        changed = sorted(before ^ now)
+        raise ConfigError(
+            f"{folder}: this model was trained on other cases than {what} now lists "
+            f"({len(before - now)} case(s) no longer in its training set, {len(now - before)} new, e.g. "
+            f"{', '.join(changed[:3])}); its validation cases would include cases it trained on. "
+            "Rerun with --overwrite to retrain, or move the folder away"
+        )
 
 
 def is_model_folder(folder: Path) -> bool:

@@ -154,6 +154,7 @@ def cross_validate(
     from medseg.data.splits import SPLITS_JSON, load_splits, make_splits
     from medseg.evaluation.evaluate import EvaluationConfig
     from medseg.preprocessing.pipeline import load_dataset_plan
+    from medseg.training.checkpoint import check_trained_on
     from medseg.training.trainer import (
         _barrier,
         choose_device,
@@ -194,6 +195,7 @@ def cross_validate(
         state = "missing" if overwrite else fold_state(folder, cfg.epochs)
         if state != "missing":
             _check_same_plan(folder, plan)
+            check_trained_on(folder, splits.fold(k).train, f"fold {k} of {SPLITS_JSON}")
         if state == "complete":
             info = _read_model_json(folder)
             log.info("fold %d: complete (%s epochs), skipped", k, info.get("epochs_completed"))

@@ -475,6 +475,8 @@ class Trainer:
                 "best_epoch": self.best_epoch,
                 "train_cases": len(self.train_ids),
                 "val_cases": len(self.val_ids),
+                # Checked before a fold is skipped or resumed (crossval, train --resume).
+                "train_case_ids": sorted(self.train_ids),
             },
         )
 
@@ -811,6 +813,10 @@ def train(
     else:
         chosen = load_splits(root).fold(fold)
         train_ids, val_ids = list(chosen.train), list(chosen.val)
+    if resume:
+        from medseg.training.checkpoint import check_trained_on
+
+        check_trained_on(out, train_ids, f"fold {fold} of splits.json" if fold is not None else "the dataset")
     trainer = Trainer(
         plan,
         cache,

@@ -145,6 +145,29 @@ def test_uw_madison_score_by_hand() -> None:
     assert M.uw_madison_score(pred, ref, (1.0, 1.0, 2.0)) == pytest.approx(expected_mm)
 
 
+def test_uw_metric_is_in_voxel_units_like_the_competition() -> None:
+    """The ``uw`` metric of class_metrics / label_map_metrics ignores the spacing, as the
+    competition's scorer did (Hausdorff on index points with scipy, diagonal of the shape)."""
+    from scipy.spatial.distance import directed_hausdorff
+
+    rng = np.random.default_rng(3)
+    ref = np.zeros((6, 20, 24), dtype=np.uint8)
+    ref[1:5, 4:15, 5:18] = 1
+    pred = ref.copy()
+    pred[2:4, 14:18, 3:9] = 1  # a bulge
+    pred[0, rng.integers(0, 20, 3), rng.integers(0, 24, 3)] = 1  # stray voxels
+    p_pts, r_pts = np.argwhere(pred == 1), np.argwhere(ref == 1)
+    hd = max(directed_hausdorff(p_pts, r_pts)[0], directed_hausdorff(r_pts, p_pts)[0])
+    dice = 2 * np.logical_and(pred, ref).sum() / (pred.sum() + ref.sum())
+    expected = 0.4 * dice + 0.6 * (1 - hd / math.sqrt(6**2 + 20**2 + 24**2))
+    spacing = (3.0, 1.5, 1.5)  # UW-Madison: 3 mm slices, 1.5 mm pixels
+    assert M.class_metrics(pred, ref, spacing, metrics=("uw", "hd"))["uw"] == pytest.approx(expected)
+    both = M.label_metrics(pred, ref, spacing, None, metrics=("uw", "hd95"))
+    assert both.per_label[1]["uw"] == pytest.approx(expected)
+    assert M.uw_madison_score(pred, ref) == pytest.approx(expected)
+    assert M.uw_madison_score(pred, ref, spacing) != pytest.approx(expected)  # mm on request
+
+
 def test_grid_diagonal() -> None:
     assert M.grid_diagonal_mm((2, 3, 4), (1.0, 2.0, 3.0)) == pytest.approx(math.sqrt(4 + 36 + 144))
 

@@ -32,7 +32,7 @@ def evaluate_command(
         "all",
         "--metrics",
         help="Comma-separated, no spaces: dice, iou, miou, precision, recall, specificity, hd, hd95, "
-        "assd, nsd, rvd, uw (UW-Madison score: 0.4 Dice + 0.6 (1 - HD / grid diagonal)) or 'all'; "
+        "assd, nsd, rvd, uw (UW-Madison score: 0.4 Dice + 0.6 (1 - HD / grid diagonal), in voxel units as the competition) or 'all'; "
         "object metrics obj_recall, obj_precision, obj_f1 (or 'objects') and are (adapted Rand error, "
         "needs --separator). E.g. 'all,objects'.",
     ),

@@ -28,9 +28,10 @@ Conventions (published tools disagree; these are the ones used everywhere in med
 * RVD (``rvd``): (|P| - |R|) / |R|; signed, 0 is best. SimpleITK's "volume similarity" is
   a different quantity, 2 (|P| - |R|) / (|P| + |R|).
 * UW-Madison score (``uw``): 0.4 Dice + 0.6 (1 - HD / D), HD the 3D Hausdorff distance
-  and D the largest distance on the grid (its diagonal, sqrt(sum((shape * spacing)^2))),
-  clipped to [0, 1]. The competition computed HD in voxel units on the masks' points;
-  pass ``spacing=(1, 1, 1)`` for voxel units.
+  and D the largest distance on the grid (its diagonal), HD / D clipped to [0, 1]. As the
+  competition computed it, both are in **voxel units** (HD on the masks' index points, D =
+  sqrt(sum(shape^2))) whatever the spacing; :func:`uw_madison_score` takes a ``spacing``
+  for the same score in mm.
 * mIoU (``miou``, per case): the exercise's 1/k sum_c TP_c / (TP_c + FP_c + FN_c) over the
   classes of the confusion matrix, background included.
 
@@ -554,7 +555,11 @@ def normalized_surface_dice(
 
 
 def uw_madison_score(pred: ArrayLike, ref: ArrayLike, spacing: ArrayLike | None = None) -> float:
-    """UW-Madison GI tract competition score, 0.4 Dice + 0.6 (1 - normalised 3D Hausdorff)."""
+    """UW-Madison GI tract competition score, 0.4 Dice + 0.6 (1 - normalised 3D Hausdorff).
+
+    Without ``spacing`` in voxel units, as the competition (and the ``uw`` metric of
+    :func:`evaluate`) computes it; with a spacing, the same score with distances in mm.
+    """
     p, r = _as_mask(pred, "prediction"), _as_mask(ref, "reference")
     _check_pair(p, r)
     sd = _surface_distances(p, r, _spacing(spacing, p.ndim), _union_bbox(p, r))
@@ -586,6 +591,7 @@ def _class_metrics_from(
     empty: EmptyRule,
     nsd_tolerance_mm: float,
     objects: ObjectCounts | None = None,
+    voxel_distances: SurfaceDistances | None = None,
 ) -> ClassMetrics:
     values: dict[str, float] = {}
     object_flags: tuple[str, ...] = ()
@@ -620,8 +626,8 @@ def _class_metrics_from(
                 values[name] = assd_from_distances(distances, empty)
             elif name == "nsd":
                 values[name] = nsd_from_distances(distances, nsd_tolerance_mm)
-            else:
-                values[name] = uw_from(dice_from_counts(counts), distances)
+            else:  # the competition's voxel units (the mm distances when the voxels are 1 mm)
+                values[name] = uw_from(dice_from_counts(counts), voxel_distances or distances)
     undefined = set(_UNDEFINED[counts.empty])
     if counts.tn + counts.fp == 0:
         undefined.add("specificity")
@@ -657,11 +663,14 @@ def class_metrics(
     p, r = _as_mask(pred, "prediction"), _as_mask(ref, "reference")
     _check_pair(p, r)
     counts = OverlapCounts.from_masks(p, r)
-    distances = None
+    distances = voxel_distances = None
+    sp = _spacing(spacing, p.ndim)
     if DISTANCE_METRICS.intersection(names):
-        distances = _surface_distances(p, r, _spacing(spacing, p.ndim), _union_bbox(p, r))
+        distances = _surface_distances(p, r, sp, _union_bbox(p, r))
+    if "uw" in names and not np.all(sp == 1.0):
+        voxel_distances = _surface_distances(p, r, np.ones_like(sp), _union_bbox(p, r))
     objects = _objects_if_asked(p, r, spacing, names, separator, object_iou)
-    return _class_metrics_from(counts, distances, names, empty, nsd_tolerance_mm, objects)
+    return _class_metrics_from(counts, distances, names, empty, nsd_tolerance_mm, objects, voxel_distances)
 
 
 def _objects_if_asked(
@@ -757,6 +766,8 @@ def label_metrics(
     boxes_r = _label_boxes(r, max(fg, default=0)) if need_distances else {}
     n = int(p.size)
     diag = grid_diagonal_mm(p.shape, sp)
+    ones = np.ones_like(sp)
+    voxel_uw = "uw" in names and not np.all(sp == 1.0)  # the competition's units, see the module docstring
     per_label: dict[int, ClassMetrics] = {}
     for i, lab in enumerate(all_labels):
         if lab == 0:
@@ -765,14 +776,22 @@ def label_metrics(
         n_pred, n_ref = int(cm[:, i].sum()), int(cm[i, :].sum())
         counts = OverlapCounts(tp, n_pred - tp, n_ref - tp, n - n_pred - n_ref + tp)
         distances: SurfaceDistances | None = None
+        voxel_distances: SurfaceDistances | None = None
         if need_distances:
             if counts.empty != "none":
                 none = np.zeros(0, dtype=np.float64)
                 distances = SurfaceDistances(none, none, counts.empty, diag)
+                if voxel_uw:
+                    voxel_distances = SurfaceDistances(
+                        none, none, counts.empty, grid_diagonal_mm(p.shape, ones)
+                    )
             else:
                 box = _merge_boxes(boxes_p[lab], boxes_r[lab])
                 d_pr, d_rp = _distances_in_box(p[box] == lab, r[box] == lab, sp)
                 distances = SurfaceDistances(d_pr, d_rp, "none", diag)
+                if voxel_uw:
+                    v_pr, v_rp = _distances_in_box(p[box] == lab, r[box] == lab, ones)
+                    voxel_distances = SurfaceDistances(v_pr, v_rp, "none", grid_diagonal_mm(p.shape, ones))
         objects = None
         if any(m in OBJECT_METRICS for m in names):
             # 'are' only where it is defined: the separator labels; NaN for the others.
@@ -784,7 +803,9 @@ def label_metrics(
                 from medseg.evaluation.objects import ObjectCounts
 
                 objects = ObjectCounts.none()
-        per_label[lab] = _class_metrics_from(counts, distances, names, empty, nsd_tolerance_mm, objects)
+        per_label[lab] = _class_metrics_from(
+            counts, distances, names, empty, nsd_tolerance_mm, objects, voxel_distances
+        )
     return LabelMapMetrics(per_label, cm, mean_iou(cm), pred_values, ref_values)
 
 

@@ -165,7 +165,13 @@ def split_command(
         float,
         typer.Option("--test-fraction", help="Fraction of cases held out as a test set (whole patients)."),
     ] = 0.0,
-    overwrite: OverwriteOpt = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace an existing splits.json (crossval then refuses folds trained on the old one).",
+        ),
+    ] = False,
 ) -> None:
     """Patient-grouped K-fold splits (no patient in two folds), saved as DIR/splits.json."""
     from medseg.data.splits import SPLITS_JSON, make_splits

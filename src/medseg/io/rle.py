@@ -29,7 +29,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from medseg.errors import InputError
 
-__all__ = ["RleOrder", "rle_decode", "rle_encode"]
+__all__ = ["RleOrder", "rle_decode", "rle_encode", "rle_runs"]
 
 RleOrder = Literal["C", "F"]
 
@@ -70,24 +70,17 @@ def rle_encode(mask: ArrayLike, *, order: RleOrder = "C") -> str:
     return " ".join(str(int(v)) for v in runs)
 
 
-def rle_decode(
-    rle: str | None, shape: tuple[int, int], *, order: RleOrder = "C", dtype: type = np.uint8
-) -> NDArray[np.generic]:
-    """Decode ``"start length ..."`` into a 2D mask of ``shape`` (height, width), values 0/1.
+def rle_runs(rle: str | None) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """The 0-based run starts and their exclusive ends of ``"start length ..."`` (1-based starts).
 
-    ``None``, ``""`` and NaN-like blanks decode to an empty mask. Raises :class:`InputError`
-    for malformed strings: an odd number of values, non-integers, starts < 1, lengths < 1,
-    runs past the end of the image, or runs that are unsorted or overlap.
+    Blank strings (``None``, ``""``, NaN-like) have no runs. Raises :class:`InputError` for an
+    odd number of values, non-integers, starts or lengths < 1, or runs unsorted or overlapping:
+    everything that can be checked without the image size (see :func:`rle_decode`).
     """
-    _check_order(order)
-    if len(shape) != 2 or any(int(s) < 1 for s in shape):
-        raise InputError(None, "RLE mask shape must be (height, width) > 0", found=str(tuple(shape)))
-    height, width = int(shape[0]), int(shape[1])
-    n_pixels = height * width
-    flat: NDArray[np.generic] = np.zeros(n_pixels, dtype=dtype)
     text = "" if rle is None else str(rle).strip()
     if not text or text.lower() == "nan":
-        return flat.reshape((height, width), order=order)
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
     try:
         values = np.array([int(tok) for tok in text.split()], dtype=np.int64)
     except ValueError:
@@ -108,18 +101,36 @@ def rle_decode(
     if np.any(starts < 1) or np.any(lengths < 1):
         raise InputError(None, "RLE starts and lengths must be >= 1 (starts are 1-based)", found=_clip(text))
     ends = starts - 1 + lengths  # exclusive end, 0-based
-    if np.any(ends > n_pixels):
+    if np.any(starts[1:] - 1 < ends[:-1]):
+        raise InputError(
+            None, "RLE runs are unsorted or overlap", expected="increasing, disjoint runs", found=_clip(text)
+        )
+    return starts - 1, ends
+
+
+def rle_decode(
+    rle: str | None, shape: tuple[int, int], *, order: RleOrder = "C", dtype: type = np.uint8
+) -> NDArray[np.generic]:
+    """Decode ``"start length ..."`` into a 2D mask of ``shape`` (height, width), values 0/1.
+
+    ``None``, ``""`` and NaN-like blanks decode to an empty mask. Raises :class:`InputError`
+    for malformed strings (:func:`rle_runs`) and for runs past the end of the image.
+    """
+    _check_order(order)
+    if len(shape) != 2 or any(int(s) < 1 for s in shape):
+        raise InputError(None, "RLE mask shape must be (height, width) > 0", found=str(tuple(shape)))
+    height, width = int(shape[0]), int(shape[1])
+    n_pixels = height * width
+    flat: NDArray[np.generic] = np.zeros(n_pixels, dtype=dtype)
+    starts, ends = rle_runs(rle)
+    if ends.size and int(ends.max()) > n_pixels:
         raise InputError(
             None,
             "RLE run extends past the end of the image",
             expected=f"at most {n_pixels} pixels ({height} x {width})",
             found=f"a run ending at pixel {int(ends.max())}",
         )
-    if np.any(starts[1:] - 1 < ends[:-1]):
-        raise InputError(
-            None, "RLE runs are unsorted or overlap", expected="increasing, disjoint runs", found=_clip(text)
-        )
-    for lo, hi in zip((starts - 1).tolist(), ends.tolist(), strict=True):
+    for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
         flat[lo:hi] = 1
     return flat.reshape((height, width), order=order)
 

@@ -248,9 +248,30 @@ def test_bad_rle_names_the_slice_file(tmp_path: Path) -> None:
     ]
     (src / "train.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(
-        InputError, match=r"slice_0002_6_5_1\.25_1\.25\.png: mask stomach of slice 2: RLE run extends"
+        InputError,
+        match=r"slice_0002_6_5_1\.25_1\.25\.png: mask stomach of slice 2 \(train\.csv\): RLE run extends",
     ):
         import_uwmadison(src, tmp_path / "ds")
+
+
+def test_malformed_rle_names_the_csv_line_and_the_csv_given(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_competition_folder(src)
+    lines = (src / "train.csv").read_text().splitlines()
+    bad = next(i for i, ln in enumerate(lines) if ln.startswith("case7_day0_slice_0002,stomach,"))
+    lines[bad] = "case7_day0_slice_0002,stomach,0 5"  # a 0-based start
+    filtered = src / "train_filtered.csv"
+    filtered.write_text("\ufeff" + "\n".join(lines) + "\n", encoding="utf-8")  # with a BOM, as Excel saves
+    with pytest.raises(
+        InputError,
+        match=rf"train_filtered\.csv: line {bad + 1} \(case7_day0_slice_0002 stomach\): RLE starts and lengths must be >= 1",
+    ):
+        import_uwmadison(src, tmp_path / "ds", csv_path=filtered)
+    # Without the bad row the same BOM-prefixed file imports, and errors name it, not train.csv.
+    lines = [ln for ln in lines if not ln.startswith("case7_day0_slice_0002,")]
+    filtered.write_text("\ufeff" + "\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"1 slices of case7_day0 have no rows in train_filtered\.csv"):
+        import_uwmadison(src, tmp_path / "ds", csv_path=filtered)
 
 
 def test_image_size_must_match_file_name(tmp_path: Path) -> None:

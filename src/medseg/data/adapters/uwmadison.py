@@ -45,7 +45,7 @@ from medseg.data.dataset import create_dataset, import_each
 from medseg.errors import ConfigError, InputError
 from medseg.io.atomic import atomic_file, check_writable, write_text_atomic
 from medseg.io.png import read_image_file
-from medseg.io.rle import RleOrder, rle_decode, rle_encode
+from medseg.io.rle import RleOrder, rle_decode, rle_encode, rle_runs
 from medseg.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ def read_train_csv(path: str | Path) -> dict[str, dict[int, dict[str, str]]]:
     if not src.is_file():
         raise InputError(src, "not found", expected="the competition's train.csv")
     masks: dict[str, dict[int, dict[str, str]]] = {}
-    with src.open(newline="") as fh:
+    with src.open(newline="", encoding="utf-8-sig") as fh:  # -sig: a BOM from a spreadsheet export
         reader = csv.DictReader(fh)
         missing = {"id", "class", "segmentation"} - set(reader.fieldnames or [])
         if missing:
@@ -171,7 +171,17 @@ def read_train_csv(path: str | Path) -> dict[str, dict[int, dict[str, str]]]:
             slot = masks.setdefault(case_day, {}).setdefault(number, {})
             if cls in slot:
                 raise InputError(src, f"line {line}: duplicate row for {row['id']} {cls}")
-            slot[cls] = (row["segmentation"] or "").strip()
+            rle = (row["segmentation"] or "").strip()
+            try:
+                rle_runs(rle)  # what can be checked before the image size is known
+            except InputError as exc:
+                raise InputError(
+                    src,
+                    f"line {line} ({row['id']} {cls}): {exc.problem}",
+                    expected=exc.expected,
+                    found=exc.found,
+                ) from None
+            slot[cls] = rle
     if not masks:
         raise InputError(src, "holds no rows", expected="one row per slice and class")
     return masks
@@ -227,18 +237,22 @@ def load_scan(
     *,
     slice_thickness: float = SLICE_THICKNESS_MM,
     overlap_priority: Sequence[str] = DEFAULT_OVERLAP_PRIORITY,
+    csv_name: str = "train.csv",
 ) -> tuple[Volume, Volume, ScanReport]:
-    """Stack one case/day's PNG slices and decode its masks into (image, label, report)."""
+    """Stack one case/day's PNG slices and decode its masks into (image, label, report).
+
+    ``csv_name`` names the CSV the masks came from in error messages.
+    """
     prio = _check_priority(overlap_priority)
     first = slices[0]
     numbers = [s.number for s in slices]
-    expected_numbers = list(range(first.number, first.number + len(slices)))
+    expected_numbers = list(range(first.number, numbers[-1] + 1))
     if numbers != expected_numbers:
         gaps = sorted(set(expected_numbers) - set(numbers))[:5]
         raise InputError(
             first.path.parent,
             f"slices of {case_day} are not consecutive",
-            expected=f"slices {first.number}..{first.number + len(slices) - 1}",
+            expected=f"every slice from {first.number} to {numbers[-1]}",
             found=f"missing slice numbers {gaps} (duplicates: {len(numbers) != len(set(numbers))})",
         )
     for s in slices:
@@ -258,7 +272,7 @@ def load_scan(
     if unlisted:
         raise InputError(
             first.path.parent,
-            f"{len(unlisted)} slices of {case_day} have no rows in train.csv",
+            f"{len(unlisted)} slices of {case_day} have no rows in {csv_name}",
             expected="rows for every slice (empty segmentation for slices without masks)",
             found=f"no rows for slice numbers {unlisted[:5]}",
         )
@@ -266,7 +280,7 @@ def load_scan(
     if extra:
         raise InputError(
             first.path.parent,
-            f"train.csv lists slices of {case_day} without a PNG file",
+            f"{csv_name} lists slices of {case_day} without a PNG file",
             found=f"slice numbers {extra[:5]}",
         )
 
@@ -294,7 +308,7 @@ def load_scan(
             except InputError as exc:
                 raise InputError(
                     s.path,
-                    f"mask {cls} of slice {s.number}: {exc.problem}",
+                    f"mask {cls} of slice {s.number} ({csv_name}): {exc.problem}",
                     expected=exc.expected,
                     found=exc.found,
                 ) from None
@@ -354,14 +368,15 @@ def import_uwmadison(
     if slice_thickness <= 0:
         raise ConfigError(f"slice_thickness must be positive, found {slice_thickness}")
     check_writable(out, overwrite)
-    masks = read_train_csv(csv_path if csv_path is not None else root / "train.csv")
+    csv_file = Path(csv_path) if csv_path is not None else root / "train.csv"
+    masks = read_train_csv(csv_file)
     scans = find_scans(root / "train")
     unmatched = sorted(set(masks) - set(scans))
     if unmatched:
         raise InputError(
             root / "train",
-            "train.csv lists scans that have no PNG folder",
-            expected="train/caseN/caseN_dayM/scans for every case/day in train.csv",
+            f"{csv_file.name} lists scans that have no PNG folder",
+            expected=f"train/caseN/caseN_dayM/scans for every case/day in {csv_file.name}",
             found=", ".join(unmatched[:5]),
         )
     reports: list[ScanReport] = []
@@ -386,6 +401,7 @@ def import_uwmadison(
                 masks.get(case_day, {}),
                 slice_thickness=slice_thickness,
                 overlap_priority=prio,
+                csv_name=csv_file.name,
             )
             writer.add_case(
                 case_day,
@@ -393,7 +409,7 @@ def import_uwmadison(
                 label,
                 patient_id=report.patient,
                 source=scans[case_day][0].path.parent,
-                label_source=root / "train.csv",
+                label_source=csv_file,
             )
             if report.overlap_pixels:
                 logger.info(

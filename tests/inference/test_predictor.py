@@ -359,7 +359,10 @@ def test_a_residual_encoder_model_folder_is_rebuilt_from_its_plan(
     assert (onnx_label.array == label.array).mean() > 0.999
 
 
-def test_png_input_takes_a_spacing_and_a_wrong_one_is_a_clear_error(tmp_path: Path) -> None:
+def test_png_input_takes_a_spacing_and_a_wrong_one_is_a_clear_error(
+    tmp_path: Path, trained_model: Path
+) -> None:
+    trained_3d = trained_model
     from dataclasses import replace
 
     from PIL import Image
@@ -391,6 +394,12 @@ def test_png_input_takes_a_spacing_and_a_wrong_one_is_a_clear_error(tmp_path: Pa
         Image.fromarray(scaled).save(folder / f"{name}.png")
     res = predict(folder, model_dir, tmp_path / "out_folder", PredictConfig(spacing=spacing))
     assert [(r.case_id, r.ok) for r in res] == [("a", True), ("b", True)], res
+    # The same folder for a 3D model: each PNG alone would lack its neighbours; refused.
+    with pytest.raises(
+        InputError, match=r"2 PNG files would each be segmented alone.*3d model.*medseg convert"
+    ):
+        predict(folder, trained_3d, tmp_path / "out_3d", PredictConfig(spacing=spacing))
+    assert not (tmp_path / "out_3d").exists()
     # A plan for 4 nm pixels and an image read as 1 mm pixels: refused before resampling.
     tiny = replace(model.plan, target_spacing=(0.004, 0.004, 0.004))
     big = Volume(np.zeros((1, 128, 128), np.float32), (1.0, 1.0, 1.0))

@@ -511,6 +511,7 @@ def predict(
             expected="one axial image or series",
             found=f"{len(cases)} cases",
         )
+    _check_slices_for_volume_model(input_path, cases, seg.plan)
     dicom_formats = [f for f in cfg.formats if f in DICOM_FORMATS]
     if dicom_formats and cases and not any(c.kind == "dicom" for c in cases):
         raise InputError(
@@ -558,6 +559,38 @@ def predict(
         if table is not None:
             log.info("volumes of every case in %s: %s", out, table)
     return results
+
+
+def _check_slices_for_volume_model(input_path: str | Path, cases: Sequence[InputCase], plan: Plan) -> None:
+    """A folder of PNG slices is one 2D case per file; a 2.5D or 3D model needs the stack.
+
+    Each PNG alone would be segmented without its neighbouring slices (a 2.5D model sees
+    copies of the slice, a 3D one a one-slice volume): the result would differ silently from
+    predicting the stacked scan, so this is refused with the command that stacks the slices.
+    """
+    if plan.configuration == "2d" or (plan.configuration == "2.5d" and plan.slab_slices == 1):
+        return
+    pngs = [c for c in cases if c.kind == "files" and all(p.suffix.lower() == ".png" for p in c.paths)]
+    if not pngs:
+        return
+    what = f"a {plan.configuration} model" + (
+        f" ({plan.slab_slices} slices per input)" if plan.slab_slices > 1 else ""
+    )
+    if len(pngs) > 1:
+        folder = pngs[0].paths[0].parent
+        raise InputError(
+            input_path,
+            f"{len(pngs)} PNG files would each be segmented alone, but this is {what}, which needs the "
+            "neighbouring slices of a scan",
+            expected=f"the slices stacked into one volume first: medseg convert {folder} scan.nii.gz "
+            "--spacing Z Y X, then predict scan.nii.gz",
+            found="a folder of 2D PNG images",
+        )
+    log.warning(
+        "%s: one 2D PNG image given to %s; it is predicted as a one-slice volume without neighbours",
+        pngs[0].paths[0],
+        what,
+    )
 
 
 def _merge_with_earlier(

@@ -198,8 +198,11 @@ def test_existing_output_and_disk_full(
     out = tmp_path / "out"
     predict(path, trained_model, out, PredictConfig(formats=("nifti", "volumes")))
     first = json.loads((out / "predictions.json").read_text())
+    nifti = out / "p8.nii.gz"
+    stamp = nifti.stat().st_mtime_ns
     again = predict(path, trained_model, out, PredictConfig())
-    assert not again[0].ok and "exists" in again[0].error
+    assert again[0].ok and again[0].skipped and again[0].outputs == {"nifti": str(nifti)}
+    assert nifti.stat().st_mtime_ns == stamp
     # The summary still describes the outputs on disk, not the refused re-run.
     (entry,) = json.loads((out / "predictions.json").read_text())["cases"]
     assert entry["ok"] and entry["outputs"] == first["cases"][0]["outputs"] and "not redone" in entry["note"]
@@ -218,6 +221,15 @@ def test_existing_output_and_disk_full(
     predict(path, trained_model, out, PredictConfig(formats=("overlay",)))
     (entry,) = json.loads((out / "predictions.json").read_text())["cases"]
     assert entry["ok"] and set(entry["outputs"]) == {"nifti", "volumes", "overlay"}
+    # Formats added to a case whose other outputs exist (a re-run with more formats, or the
+    # resume of a killed run): the missing ones are made, the existing ones kept untouched.
+    (out / "predictions.json").unlink()
+    stamp = nifti.stat().st_mtime_ns
+    (res,) = predict(path, trained_model, out, PredictConfig(formats=("nifti", "report", "volumes")))
+    assert res.ok and not res.skipped and set(res.outputs) == {"nifti", "report", "volumes"}
+    assert (out / "p8" / "report.html").is_file() and nifti.stat().st_mtime_ns == stamp
+    (entry,) = json.loads((out / "predictions.json").read_text())["cases"]
+    assert entry["ok"] and set(entry["outputs"]) == {"nifti", "report", "volumes"}
     import medseg.io.itk as itk
 
     def full(*args: object, **kwargs: object) -> None:

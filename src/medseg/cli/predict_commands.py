@@ -98,14 +98,19 @@ def predict_command(
     for r in results:
         table.add_row(
             escape(r.case_id),
-            "ok" if r.ok else "[red]failed[/]",
+            "[yellow]exists[/]" if r.skipped else "ok" if r.ok else "[red]failed[/]",
             escape(", ".join(r.outputs.values()) if r.ok else r.error),
-            f"{r.seconds:.1f}",
+            "-" if r.skipped else f"{r.seconds:.1f}",
         )
     console.print(table)
     failed = [r for r in results if not r.ok]
+    skipped = [r for r in results if r.skipped]
+    done = len(results) - len(failed) - len(skipped)
     console.print(
-        f"{len(results) - len(failed)} of {len(results)} case(s) segmented; outputs in {escape(str(out))}"
+        f"{done} of {len(results)} case(s) segmented"
+        + (f", {len(skipped)} not redone (outputs exist; --overwrite redoes them)" if skipped else "")
+        + f"; outputs in {escape(str(out))}",
+        soft_wrap=True,
     )
     cohort = out / "cohort_volumes.csv"
     if "volumes" in cfg.formats and cohort.is_file():

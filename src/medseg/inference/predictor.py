@@ -376,6 +376,9 @@ class CaseResult:
     outputs: dict[str, str] = field(default_factory=dict)
     error: str = ""
     seconds: float = 0.0
+    # True when every requested output existed and the case was not predicted again
+    # (``ok`` stays True: its outputs are there; ``overwrite`` redoes them).
+    skipped: bool = False
 
 
 def _outputs_for(case_id: str, out: Path, config: PredictConfig) -> dict[str, Path]:
@@ -407,10 +410,20 @@ def predict_case(model: SegmentationModel, case: InputCase, out: Path, config: P
     """Predict one case and write its outputs; raises MedsegError on bad input."""
     start = time.monotonic()
     targets = _outputs_for(case.case_id, out, config)
+    kept: dict[str, Path] = {}
     if not config.overwrite:
-        for path in targets.values():
-            if path.exists():
-                raise OutputExistsError(path)
+        # Outputs of an earlier (or killed) run are kept; only the missing formats are made.
+        kept = {fmt: p for fmt, p in targets.items() if p.is_file() or (p.is_dir() and any(p.iterdir()))}
+        if len(kept) == len(targets):
+            raise OutputExistsError(next(iter(kept.values())))
+        if kept:
+            log.info(
+                "%s: %s exist and are kept; writing %s",
+                case.case_id,
+                ", ".join(kept),
+                ", ".join(f for f in targets if f not in kept),
+            )
+            targets = {fmt: p for fmt, p in targets.items() if fmt not in kept}
     if case.kind != "dicom" and any(f in DICOM_FORMATS for f in config.formats):
         raise InputError(
             case.paths[0],
@@ -455,9 +468,8 @@ def predict_case(model: SegmentationModel, case: InputCase, out: Path, config: P
         mesh_suffix=config.mesh_suffix,
         overwrite=config.overwrite,
     )
-    return CaseResult(
-        case.case_id, True, {k: str(v) for k, v in written.items()}, seconds=time.monotonic() - start
-    )
+    outputs = {k: str(v) for k, v in {**kept, **written}.items()}
+    return CaseResult(case.case_id, True, outputs, seconds=time.monotonic() - start)
 
 
 def _crop_to_multiplane_roi(channels: list[Volume], views: tuple[Path, Path]) -> tuple[list[Volume], Any]:
@@ -494,8 +506,9 @@ def predict(
 
     Writes ``out_dir/predictions.json`` with each case's status and outputs, merged with an
     earlier run's file in the folder so that it describes every case on disk. Without
-    ``overwrite``, a case whose outputs already exist is not redone (see
-    :func:`_merge_with_earlier`).
+    ``overwrite``, existing outputs are kept: a case with all of them is not redone (its
+    result has ``skipped=True``), a case with some is predicted and only the missing formats
+    are written (see :func:`_merge_with_earlier`).
     """
     cfg = config or PredictConfig()
     seg = (
@@ -532,10 +545,11 @@ def predict(
         for case in cases:
             try:
                 results.append(predict_case(seg, case, out, cfg))
-            except OutputExistsError as exc:
-                log.error("case %s not redone: %s", case.case_id, exc)
-                results.append(CaseResult(case.case_id, False, error=str(exc)))
+            except OutputExistsError:
+                log.info("case %s not redone: its outputs exist (overwrite redoes them)", case.case_id)
                 existing[case.case_id] = _outputs_for(case.case_id, out, cfg)
+                on_disk = {fmt: str(p) for fmt, p in existing[case.case_id].items()}
+                results.append(CaseResult(case.case_id, True, on_disk, skipped=True))
             except MedsegError as exc:
                 log.error("case %s failed: %s", case.case_id, exc)
                 results.append(CaseResult(case.case_id, False, error=str(exc)))

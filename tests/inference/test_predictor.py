@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medseg.cli import app
-from medseg.errors import InputError, OutputExistsError
+from medseg.errors import ConfigError, InputError, OutputExistsError
 from medseg.inference.predictor import PredictConfig, SegmentationModel, discover_cases, predict
 from medseg.io import read_volume, write_volume
 from medseg.io.dicom import write_dicom_series
@@ -418,3 +418,43 @@ def test_png_input_takes_a_spacing_and_a_wrong_one_is_a_clear_error(
     with pytest.raises(InputError, match="spacing is probably wrong") as info:
         preprocess_case([big], None, tiny, "slice.png")
     assert "predict --spacing Z Y X" in str(info.value) and "slice.png" in str(info.value)
+
+
+def test_options_and_output_folder_are_checked_up_front(trained_model: Path, tmp_path: Path) -> None:
+    path, _ = _case_file(tmp_path / "in", 5)
+    for bad, message in (
+        ({"device": "gpu"}, "device must be auto, cpu or cuda"),
+        ({"backend": "ort"}, "backend must be 'torch' or 'onnx'"),
+        ({"sw_batch_size": 0}, "sw_batch_size and threads must be >= 1"),
+        ({"mesh_suffix": ".xyz"}, "mesh format must be one of stl, obj, ply, found 'xyz'"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            PredictConfig(**bad)  # type: ignore[arg-type]
+    a_file = tmp_path / "afile"
+    a_file.write_text("")
+    with pytest.raises(InputError, match="afile: is a file, not an output folder"):
+        predict(path, trained_model, a_file, PredictConfig())
+    runner = CliRunner()
+    res = runner.invoke(
+        app, ["predict", str(path), "-m", str(trained_model), "-o", str(tmp_path / "o"), "--device", "gpu"]
+    )
+    assert res.exit_code == 2 and "device must be" in res.output
+    res = runner.invoke(
+        app,
+        ["predict", str(path), "-m", str(trained_model), "-o", str(tmp_path / "o"), "--mesh-format", "xyz"],
+    )
+    assert res.exit_code == 2 and not (tmp_path / "o").exists()
+
+
+def test_an_ensemble_fold_without_model_json_is_an_error(model_copy: Path, tmp_path: Path) -> None:
+    import shutil
+
+    ensemble = tmp_path / "ensemble"
+    for k in range(3):
+        shutil.copytree(model_copy, ensemble / f"fold_{k}")
+    (ensemble / "fold_1" / "model.json").unlink()
+    with pytest.raises(InputError, match=r"fold_1: model folder is incomplete.*2 other fold\(s\)"):
+        SegmentationModel(ensemble, device="cpu")
+    shutil.rmtree(ensemble / "fold_1")
+    (ensemble / "fold_1").mkdir()  # an empty one is only ignored
+    assert len(SegmentationModel(ensemble, device="cpu").folders) == 2

@@ -46,7 +46,7 @@ def setup_logging(verbose: bool = False) -> None:
         force=True,
     )
     # Third-party chatter users cannot act on (pydicom deprecations triggered by rt-utils,
-    # highdicom's per-frame INFO lines); --verbose / MEDSEG_DEBUG shows it again.
+    # highdicom's per-frame INFO lines); MEDSEG_DEBUG=1 shows it again.
     if level > logging.DEBUG:
         for name in ("pydicom", "highdicom"):
             logging.getLogger(name).setLevel(logging.ERROR)

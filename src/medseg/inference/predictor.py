@@ -69,6 +69,21 @@ class PredictConfig:
                 raise ConfigError(f"shard must be i/n with 0 <= i < n, found {i}/{n}")
         if not 0 <= self.overlap < 1:
             raise ConfigError(f"overlap must be in [0, 1), found {self.overlap}")
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise ConfigError(f"device must be auto, cpu or cuda (or cuda:N), found {self.device!r}")
+        if self.backend not in ("torch", "onnx"):
+            raise ConfigError(f"backend must be 'torch' or 'onnx', found {self.backend!r}")
+        if self.sw_batch_size < 1 or (self.threads is not None and self.threads < 1):
+            raise ConfigError(
+                f"sw_batch_size and threads must be >= 1, found {self.sw_batch_size} and {self.threads}"
+            )
+        from medseg.export.mesh import MESH_SUFFIXES
+
+        if self.mesh_suffix not in MESH_SUFFIXES:
+            raise ConfigError(
+                f"mesh format must be one of {', '.join(s.lstrip('.') for s in MESH_SUFFIXES)}, "
+                f"found {self.mesh_suffix.lstrip('.')!r}"
+            )
         if self.spacing is not None and (
             len(self.spacing) != 3 or not all(np.isfinite(v) and v > 0 for v in self.spacing)
         ):
@@ -538,7 +553,12 @@ def predict(
         i, n = cfg.shard
         cases = cases[i::n]
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "is a file, not an output folder", expected="a folder (new or existing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(out, "cannot create the output folder", found=exc.strerror or str(exc)) from None
     results: list[CaseResult] = []
     existing: dict[str, dict[str, Path]] = {}  # cases not redone: their outputs exist
     with progress_bar(progress and len(cases) > 1, "predict", len(cases)) as advance:

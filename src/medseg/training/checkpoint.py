@@ -205,6 +205,18 @@ def model_folders(path: str | Path) -> list[Path]:
         folders = [root]
     else:
         folders = sorted(p for p in root.iterdir() if p.is_dir() and is_model_folder(p))
+        # A fold folder without its model.json would silently drop out of the ensemble.
+        for other in sorted(p for p in root.glob("fold_*") if p.is_dir() and not is_model_folder(p)):
+            if folders and any(other.iterdir()):
+                raise InputError(
+                    other,
+                    "model folder is incomplete",
+                    expected="model.json beside the other files of this fold (or move the folder away "
+                    "to predict with the other folds)",
+                    found=f"no model.json; {len(folders)} other fold(s) are complete",
+                )
+            if folders:
+                log.warning("%s: empty fold folder ignored", other)
     if not folders:
         raise InputError(
             root,

@@ -91,7 +91,9 @@ def architecture_from_plan(plan: Plan) -> Architecture:
 
 
 def choose_device(requested: str) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
+    if requested not in ("auto", "cpu", "cuda") and not str(requested).startswith("cuda:"):
+        raise ConfigError(f"device must be auto, cpu or cuda (or cuda:N), found {requested!r}")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
             "device 'cuda' was requested but no CUDA GPU is available (install the CUDA build of torch?)"
         )

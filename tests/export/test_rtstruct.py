@@ -9,6 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
+import medseg
 from medseg.errors import ConfigError, GeometryError, InputError, OutputExistsError
 from medseg.export.rtstruct import read_rtstruct, write_rtstruct
 from medseg.volume import Volume
@@ -36,6 +37,11 @@ def test_real_prostatex_contours_rasterise_back_with_dice_above_095(
         assert (label.array == value).sum() > 0, name
         assert dice(back.array == value, label.array == value) >= 0.95, name
     assert back.meta["segments"] == ZONES
+    ds = pydicom.dcmread(out)  # medseg as the equipment, not rt-utils' defaults
+    assert (ds.Manufacturer, ds.ManufacturerModelName) == ("medseg", "medseg")
+    assert ds.SoftwareVersions == medseg.__version__ and "Qurit" not in str(ds)
+    source = pydicom.dcmread(prostatex_t2.files[0], stop_before_pixels=True)
+    assert ds.get("InstitutionName") == source.get("InstitutionName")
 
 
 def test_rt_utils_own_reader_agrees(tmp_path: Path, prostatex_t2: Series) -> None:

@@ -279,6 +279,10 @@ def test_predict_cli(trained_model: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert (tmp_path / "o" / "p2.nii.gz").is_file()
     assert "cohort_volumes.csv" in res.stdout and (tmp_path / "o" / "cohort_volumes.csv").is_file()
+    summary = json.loads((tmp_path / "o" / "predictions.json").read_text())
+    import medseg
+
+    assert summary["medseg_version"] == medseg.__version__ and summary["model_info"]["folds"] == 1
     bad = runner.invoke(app, ["predict", str(path), "-m", str(tmp_path / "in"), "-o", str(tmp_path / "o2")])
     assert bad.exit_code == 2 and "not a model folder" in bad.output
     fmt = runner.invoke(

@@ -166,10 +166,28 @@ def write_rtstruct(
                     description=segment.code.describe()[:64],
                     roi_generation_algorithm=0,  # AUTOMATIC
                 )
+        _set_provenance(rtstruct.ds, series.datasets[0])
         with atomic_file(target, overwrite=overwrite) as out:
             rtstruct.ds.save_as(out)
     log.info("wrote RTSTRUCT with %d ROIs to %s", len(segments), target)
     return target
+
+
+def _set_provenance(ds: pydicom.Dataset, source: pydicom.Dataset) -> None:
+    """medseg as the equipment that made the RTSTRUCT, not rt-utils' defaults ("Qurit").
+
+    The General Equipment module describes the software that created this object; the
+    institution is the source scan's (or none), as for the DICOM SEG.
+    """
+    import medseg
+
+    ds.Manufacturer = "medseg"
+    ds.ManufacturerModelName = "medseg"
+    ds.SoftwareVersions = medseg.__version__
+    if getattr(source, "InstitutionName", None):
+        ds.InstitutionName = source.InstitutionName
+    elif "InstitutionName" in ds:
+        del ds.InstitutionName
 
 
 def _rasterise_contours(contours: list[NDArray[np.float64]], shape: tuple[int, int]) -> NDArray[np.bool_]:

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+import medseg
 from medseg.config import to_dict
 from medseg.errors import ConfigError, InputError, MedsegError, OutputExistsError
 from medseg.export.case import DICOM_FORMATS, case_targets, check_formats, write_case_outputs
@@ -583,7 +584,17 @@ def predict(
     entries = _merge_with_earlier(out / summary_name, [to_dict(r) for r in results], existing, str(seg.path))
     write_text_atomic(
         out / summary_name,
-        json.dumps({"model": str(seg.path), "config": to_dict(cfg), "cases": entries}, indent=2) + "\n",
+        json.dumps(
+            {
+                "medseg_version": medseg.__version__,
+                "model": str(seg.path),
+                "model_info": seg.describe(),
+                "config": to_dict(cfg),
+                "cases": entries,
+            },
+            indent=2,
+        )
+        + "\n",
         overwrite=True,
     )
     if "volumes" in cfg.formats:

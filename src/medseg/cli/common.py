@@ -46,9 +46,11 @@ def setup_logging(verbose: bool = False) -> None:
         force=True,
     )
     # Third-party chatter users cannot act on (pydicom deprecations triggered by rt-utils,
-    # highdicom's per-frame INFO lines); MEDSEG_DEBUG=1 shows it again.
+    # highdicom's per-frame INFO lines, matplotlib's "created a temporary cache directory" for
+    # a service account without a writable HOME: MONAI imports matplotlib even for NIfTI
+    # output); MEDSEG_DEBUG=1 shows it again.
     if level > logging.DEBUG:
-        for name in ("pydicom", "highdicom"):
+        for name in ("pydicom", "highdicom", "matplotlib"):
             logging.getLogger(name).setLevel(logging.ERROR)
 
 

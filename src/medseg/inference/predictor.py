@@ -560,10 +560,22 @@ def predict(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(out, "cannot create the output folder", found=exc.strerror or str(exc)) from None
+    log.info(
+        "predicting %d case(s) with %s (%s, %d fold(s), %s on %s%s)",
+        len(cases),
+        seg.path,
+        seg.plan.configuration,
+        len(seg.folders),
+        seg.backend,
+        seg.device,
+        ", mirroring TTA" if cfg.tta else "",
+    )
     results: list[CaseResult] = []
     existing: dict[str, dict[str, Path]] = {}  # cases not redone: their outputs exist
     with progress_bar(progress and len(cases) > 1, "predict", len(cases)) as advance:
         for case in cases:
+            if len(cases) == 1:  # no progress bar for one case: say what is running
+                log.info("case %s ...", case.case_id)
             try:
                 results.append(predict_case(seg, case, out, cfg))
             except OutputExistsError:

@@ -462,3 +462,17 @@ def test_an_ensemble_fold_without_model_json_is_an_error(model_copy: Path, tmp_p
     shutil.rmtree(ensemble / "fold_1")
     (ensemble / "fold_1").mkdir()  # an empty one is only ignored
     assert len(SegmentationModel(ensemble, device="cpu").folders) == 2
+
+
+def test_a_model_from_a_newer_medseg_is_flagged(model_copy: Path, caplog: pytest.LogCaptureFixture) -> None:
+    record = json.loads((model_copy / "model.json").read_text())
+    record["medseg_version"] = "99.0.0"
+    (model_copy / "model.json").write_text(json.dumps(record))
+    with caplog.at_level("WARNING"):
+        SegmentationModel(model_copy, device="cpu")
+    assert any("written by medseg 99.0.0, newer than this medseg" in r.getMessage() for r in caplog.records)
+    plan = json.loads((model_copy / "plan.json").read_text())
+    plan["schema_version"] = 2
+    (model_copy / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(ConfigError, match=r"plan\.json: plan schema_version 2 is not supported"):
+        SegmentationModel(model_copy, device="cpu")

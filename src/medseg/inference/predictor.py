@@ -92,6 +92,22 @@ class PredictConfig:
 
 
 # --------------------------------------------------------------------------- model
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = re.findall(r"\d+", text)[:3]
+    return tuple(int(p) for p in parts)
+
+
+def _warn_if_newer(folder: Path, written_by: str) -> None:
+    """A model folder from a newer medseg may hold what this one does not understand."""
+    if written_by and _version_tuple(written_by)[:2] > _version_tuple(medseg.__version__)[:2]:
+        log.warning(
+            "%s was written by medseg %s, newer than this medseg %s; update medseg if the prediction fails",
+            folder,
+            written_by,
+            medseg.__version__,
+        )
+
+
 class SegmentationModel:
     """A model folder (or an ensemble of fold folders) ready to predict."""
 
@@ -136,6 +152,7 @@ class SegmentationModel:
             )
         self.last_suppressed_slices: list[int] = []
         self.info = json.loads((self.folders[0] / "model.json").read_text())
+        _warn_if_newer(self.folders[0], str(self.info.get("medseg_version") or ""))
         # Axes the network was trained to see mirrored (absent in older models: all).
         mirror = self.info.get("mirror_axes")
         self.mirror_axes: tuple[int, ...] | None = None if mirror is None else tuple(int(a) for a in mirror)

@@ -158,7 +158,12 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
-        return cls.from_mapping(load_json(path), where=str(path))
+        try:
+            return cls.from_mapping(load_json(path), where=str(path))
+        except ConfigError as exc:
+            if str(path) in str(exc):
+                raise
+            raise ConfigError(f"{path}: {exc}") from None  # a field check that did not name the file
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Plan:
         """A copy with fields replaced, type-checked.

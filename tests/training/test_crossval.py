@@ -170,3 +170,37 @@ def test_crossval_command(dataset_copy: Path, tmp_path: Path) -> None:
     assert "skipped" in res.output and "summary:" in res.output
     res = runner.invoke(app, ["crossval", str(dataset_copy), "--folds", "4", "--config", str(config)])
     assert res.exit_code == 2 and "3 folds but 4" in res.output
+
+
+def test_slice_classifier_reaches_every_fold_within_a_tenth_of_the_budget(
+    dataset_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`crossval --slice-classifier --budget-min 2`: each trained fold also trains its classifier,
+    for at most 0.2 minutes (it used to run its 400 iterations whatever the budget)."""
+    import medseg.training.trainer as trainer_module
+
+    seen: list[object] = []
+    real_train = trainer_module.train
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(kwargs.get("slice_classifier"))
+        return real_train(*args, **{**kwargs, "slice_classifier": None})  # the 3D toy has no 2D classifier
+
+    monkeypatch.setattr(trainer_module, "train", spy)
+    config = dataset_copy / "fast.json"
+    config.write_text(json.dumps(FAST))
+    res = CliRunner().invoke(
+        app,
+        [
+            "crossval",
+            str(dataset_copy),
+            "--config",
+            str(config),
+            "--overwrite",
+            "--budget-min",
+            "2",
+            "--slice-classifier",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert len(seen) == 3 and all(getattr(c, "time_budget_minutes", None) == pytest.approx(0.2) for c in seen)

@@ -3,11 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from medseg.cli.common import app, cli_command, console
+
+if TYPE_CHECKING:
+    from medseg.training.config import TrainingConfig
+    from medseg.training.slice_classifier import SliceClassifierConfig
+
+
+SLICE_CLASSIFIER_HELP = (
+    "also train an empty-slice classifier (2D / 2.5D models; with --budget-min it gets a tenth of "
+    "that budget more): `medseg predict` then clears the slices it judges empty"
+)
+
+
+def _slice_classifier_config(enabled: bool, cfg: TrainingConfig) -> SliceClassifierConfig | None:
+    """The classifier's settings; under a time budget it trains for at most a tenth of it."""
+    from medseg.training.slice_classifier import SliceClassifierConfig
+
+    if not enabled:
+        return None
+    budget = cfg.time_budget_minutes
+    return SliceClassifierConfig(time_budget_minutes=None if budget is None else budget / 10)
 
 
 @app.command("train")
@@ -37,15 +57,11 @@ def train_command(
     workers: Annotated[int, typer.Option(help="preprocessing worker processes")] = 2,
     slice_classifier: Annotated[
         bool,
-        typer.Option(
-            help="also train an empty-slice classifier (2D / 2.5D models): `medseg predict` then "
-            "clears the slices it judges empty"
-        ),
+        typer.Option(help=SLICE_CLASSIFIER_HELP),
     ] = False,
 ) -> None:
     """Train a U-Net on one fold; Ctrl-C saves a checkpoint, --resume continues it."""
     from medseg.errors import ConfigError
-    from medseg.training.slice_classifier import SliceClassifierConfig
     from medseg.training.trainer import is_main_process, train
 
     cfg = _training_config(config, loss, epochs, iterations, lr, batch_size, device, budget_min)
@@ -68,7 +84,7 @@ def train_command(
             folds=folds,
             workers=workers,
             progress=True,
-            slice_classifier=SliceClassifierConfig() if slice_classifier else None,
+            slice_classifier=_slice_classifier_config(slice_classifier, cfg),
         )
     except KeyboardInterrupt:
         if is_main_process():
@@ -142,6 +158,7 @@ def crossval_command(
     metrics: Annotated[
         str, typer.Option(help="comma list of evaluation metrics (dice is required)")
     ] = "dice,iou",
+    slice_classifier: Annotated[bool, typer.Option(help=SLICE_CLASSIFIER_HELP)] = False,
 ) -> None:
     """Train every fold (finished folds are skipped, interrupted ones resumed), then predict and evaluate each fold's validation cases; writes models/<config>/crossval/summary.json."""
     from rich.table import Table
@@ -155,6 +172,7 @@ def crossval_command(
             dataset,
             configuration=configuration,
             config=cfg,
+            slice_classifier=_slice_classifier_config(slice_classifier, cfg),
             folds=folds,
             workers=workers,
             overwrite=overwrite,

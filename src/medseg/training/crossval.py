@@ -34,11 +34,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from medseg.errors import ConfigError, InputError
 from medseg.io.atomic import write_text_atomic
 from medseg.training.config import TrainingConfig
+
+if TYPE_CHECKING:
+    from medseg.training.slice_classifier import SliceClassifierConfig
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +147,15 @@ def cross_validate(
     tta: bool = False,
     metrics: Sequence[str] = ("dice", "iou"),
     progress: bool = False,
+    slice_classifier: SliceClassifierConfig | None = None,
 ) -> CrossValResult:
     """Train all folds (resuming/skipping finished ones), predict out-of-fold, evaluate.
 
     ``folds``: the number of folds; None takes splits.json's (or 5 when there is none). A
     splits.json with another number of folds is an error (delete it to re-split).
     ``overwrite`` retrains every fold from scratch and replaces the predictions.
+    ``slice_classifier`` also trains each trained fold's empty-slice classifier (2D / 2.5D),
+    which the out-of-fold predictions then use.
     """
     from medseg.data.splits import SPLITS_JSON, load_splits, make_splits
     from medseg.evaluation.evaluate import EvaluationConfig
@@ -224,6 +230,7 @@ def cross_validate(
             folds=splits.k,
             workers=workers,
             progress=progress,
+            slice_classifier=slice_classifier,
         )
         records.append(
             FoldRecord(

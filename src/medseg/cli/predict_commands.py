@@ -132,3 +132,47 @@ def export_onnx_command(
     for path in export_onnx(model, opset=opset, overwrite=overwrite):
         diff = read_metadata(path).get("verified_max_abs_diff", "?")
         console.print(f"wrote {path} (max |onnx - torch| logit difference {diff})")
+
+
+@app.command("submission")
+@cli_command
+def submission_command(
+    test_dir: Annotated[
+        Path, typer.Argument(help="the competition's test/ folder (caseN/caseN_dayM/scans/*.png)")
+    ],
+    model: Annotated[
+        Path, typer.Option("--model", "-m", help="model folder (or ensemble of fold_* folders)")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="submission CSV to write")] = Path(
+        "submission.csv"
+    ),
+    sample_submission: Annotated[
+        Path | None,
+        typer.Option(help="the competition's sample_submission.csv: its row order, every row filled"),
+    ] = None,
+    tta: Annotated[bool, typer.Option(help="mirroring test-time augmentation")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    slice_thickness: Annotated[
+        float, typer.Option(help="slice spacing in mm used to stack the PNGs (as at import)")
+    ] = 3.0,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing CSV")] = False,
+) -> None:
+    """UW-Madison GI Tract (Kaggle 2022): predict the test scans and write id,class,predicted (RLE)."""
+    from medseg.inference.submission import predict_uwmadison_submission
+
+    result = predict_uwmadison_submission(
+        test_dir,
+        model,
+        out,
+        sample_submission=sample_submission,
+        tta=tta,
+        slice_thickness=slice_thickness,
+        device=device,
+        overwrite=overwrite,
+        progress=True,
+    )
+    console.print(
+        f"wrote {escape(str(result.path))}: {result.rows} rows for {result.scans} scan(s), "
+        f"{result.rows_with_masks} with a mask",
+        soft_wrap=True,
+    )

@@ -191,7 +191,7 @@ def find_scans(train_dir: str | Path) -> dict[str, list[SliceFile]]:
     """{case_day: slices sorted by number} for ``train/caseN/caseN_dayM/scans/*.png``."""
     root = Path(train_dir)
     if not root.is_dir():
-        raise InputError(root, "not found", expected="the competition's train/ folder")
+        raise InputError(root, "not found", expected="the competition's train/ or test/ folder")
     scans: dict[str, list[SliceFile]] = {}
     for scan_dir in sorted(root.glob("case*/case*_day*/scans")):
         day_dir = scan_dir.parent
@@ -230,20 +230,10 @@ def _check_priority(priority: Sequence[str]) -> tuple[str, ...]:
     return prio
 
 
-def load_scan(
-    case_day: str,
-    slices: Sequence[SliceFile],
-    masks: Mapping[int, Mapping[str, str]],
-    *,
-    slice_thickness: float = SLICE_THICKNESS_MM,
-    overlap_priority: Sequence[str] = DEFAULT_OVERLAP_PRIORITY,
-    csv_name: str = "train.csv",
-) -> tuple[Volume, Volume, ScanReport]:
-    """Stack one case/day's PNG slices and decode its masks into (image, label, report).
-
-    ``csv_name`` names the CSV the masks came from in error messages.
-    """
-    prio = _check_priority(overlap_priority)
+def _check_slices(case_day: str, slices: Sequence[SliceFile]) -> list[int]:
+    """The slice numbers, after checking they are consecutive and share one size and spacing."""
+    if not slices:
+        raise InputError(None, f"{case_day} has no slices")
     first = slices[0]
     numbers = [s.number for s in slices]
     expected_numbers = list(range(first.number, numbers[-1] + 1))
@@ -268,6 +258,52 @@ def load_scan(
                 expected=f"{first.width}x{first.height} at {first.spacing_x}x{first.spacing_y} mm",
                 found=f"{s.width}x{s.height} at {s.spacing_x}x{s.spacing_y} mm",
             )
+    return numbers
+
+
+def _read_slice(s: SliceFile) -> NDArray[np.generic]:
+    arr = _read_png(s.path)
+    if arr.shape != (s.height, s.width):
+        raise InputError(
+            s.path,
+            "image size differs from its file name",
+            expected=f"{s.height} rows x {s.width} columns",
+            found=f"{arr.shape[0]} rows x {arr.shape[1]} columns",
+        )
+    return arr
+
+
+def stack_scan(
+    case_day: str, slices: Sequence[SliceFile], *, slice_thickness: float = SLICE_THICKNESS_MM
+) -> Volume:
+    """One case/day's PNG slices as a (z, y, x) volume: the geometry :func:`load_scan` gives.
+
+    For scans without masks (the competition's test set): what a model trained on an
+    imported dataset sees, slice ``z`` being slice number ``slices[0].number + z``.
+    """
+    _check_slices(case_day, slices)
+    first = slices[0]
+    image = np.stack([_read_slice(s) for s in slices]).astype(np.uint16)
+    spacing = (float(slice_thickness), first.spacing_y, first.spacing_x)
+    return Volume(image, spacing, (0.0, 0.0, 0.0), meta={"source": case_day, "modality": "MR"})
+
+
+def load_scan(
+    case_day: str,
+    slices: Sequence[SliceFile],
+    masks: Mapping[int, Mapping[str, str]],
+    *,
+    slice_thickness: float = SLICE_THICKNESS_MM,
+    overlap_priority: Sequence[str] = DEFAULT_OVERLAP_PRIORITY,
+    csv_name: str = "train.csv",
+) -> tuple[Volume, Volume, ScanReport]:
+    """Stack one case/day's PNG slices and decode its masks into (image, label, report).
+
+    ``csv_name`` names the CSV the masks came from in error messages.
+    """
+    prio = _check_priority(overlap_priority)
+    first = slices[0]
+    numbers = _check_slices(case_day, slices)
     unlisted = [n for n in numbers if n not in masks]
     if unlisted:
         raise InputError(
@@ -291,15 +327,7 @@ def load_scan(
     pair_counts: dict[str, int] = {}
     overlap_total = 0
     for z, s in enumerate(slices):
-        arr = _read_png(s.path)
-        if arr.shape != shape2d:
-            raise InputError(
-                s.path,
-                "image size differs from its file name",
-                expected=f"{s.height} rows x {s.width} columns",
-                found=f"{arr.shape[0]} rows x {arr.shape[1]} columns",
-            )
-        image[z] = arr
+        image[z] = _read_slice(s)
         decoded: dict[str, NDArray[np.bool_]] = {}
         for cls in CLASS_NAMES:
             rle = masks[s.number].get(cls, "")

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from medseg.cli import app
 from medseg.errors import InputError, OutputExistsError
 from medseg.inference.onnx import OnnxExportError, OnnxNetwork, export_onnx, read_metadata
-from medseg.inference.predictor import SegmentationModel
+from medseg.inference.predictor import PredictConfig, SegmentationModel, predict
 from medseg.io import read_volume, write_volume
 from medseg.training.checkpoint import load_checkpoint, save_checkpoint
 from tests.preprocessing.conftest import make_case
@@ -99,10 +99,28 @@ def test_stale_export_after_retraining_is_refused(model_copy: Path) -> None:
     data = load_checkpoint(ckpt)
     data["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in data["model"].items()}
     save_checkpoint(ckpt, {k: v for k, v in data.items() if k not in ("format", "version", "medseg_version")})
-    with pytest.raises(InputError, match=r"older checkpoint_best\.pt.*--overwrite"):
+    with pytest.raises(InputError, match=r"does not match checkpoint_best\.pt.*retrained.*--overwrite"):
         OnnxNetwork(model_copy / "model.onnx")
     export_onnx(model_copy, overwrite=True)
     OnnxNetwork(model_copy / "model.onnx")  # fresh again
+
+
+def test_a_lean_onnx_folder_predicts_without_checkpoints(model_copy: Path, tmp_path: Path) -> None:
+    """A deployment copy: model.onnx + the JSON files, no 60 MB checkpoints."""
+    export_onnx(model_copy)
+    img, _ = make_case(5, shape=(9, 36, 30))
+    src = write_volume(img, tmp_path / "in" / "c5.nii.gz")
+    full = predict(src, model_copy, tmp_path / "full", PredictConfig(backend="onnx"))
+    for ckpt in model_copy.glob("checkpoint_*.pt"):
+        ckpt.unlink()
+    lean = predict(src, model_copy, tmp_path / "lean", PredictConfig(backend="onnx"))
+    assert full[0].ok and lean[0].ok, lean[0].error
+    name = Path(full[0].outputs["nifti"]).name
+    np.testing.assert_array_equal(
+        read_volume(tmp_path / "full" / name).array, read_volume(tmp_path / "lean" / name).array
+    )
+    with pytest.raises(InputError, match=r"model folder is incomplete.*checkpoint_best"):
+        SegmentationModel(model_copy, device="cpu")  # the PyTorch path still needs its weights
 
 
 def test_network_has_a_dynamic_batch_and_fixed_window(model_copy: Path) -> None:

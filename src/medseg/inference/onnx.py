@@ -274,8 +274,9 @@ class OnnxNetwork:
         if ckpt.is_file() and _sha256(ckpt) != digest:
             raise InputError(
                 self.path,
-                f"was exported from an older {name} (the model was retrained since)",
-                expected=f"run `medseg export-onnx {self.path.parent} --overwrite`",
+                f"does not match {name} it was exported from (the model was retrained since, or "
+                f"{name} was changed or damaged)",
+                expected=f"an intact {name}, then `medseg export-onnx {self.path.parent} --overwrite`",
             )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

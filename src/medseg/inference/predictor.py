@@ -126,7 +126,7 @@ class SegmentationModel:
         from medseg.training.trainer import choose_device
 
         self.path = Path(path)
-        self.folders = model_folders(self.path)
+        self.folders = model_folders(self.path, onnx=backend == "onnx")
         plans = [Plan.load(f / "plan.json") for f in self.folders]
         if any(p != plans[0] for p in plans[1:]):
             raise InputError(

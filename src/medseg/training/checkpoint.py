@@ -196,8 +196,12 @@ def is_model_folder(folder: Path) -> bool:
     return (folder / "model.json").is_file()
 
 
-def model_folders(path: str | Path) -> list[Path]:
-    """The model folder itself, or the ``fold_*`` model folders of an ensemble folder."""
+def model_folders(path: str | Path, *, onnx: bool = False) -> list[Path]:
+    """The model folder itself, or the ``fold_*`` model folders of an ensemble folder.
+
+    ``onnx``: the folders are used through their ``model.onnx`` (``predict --onnx``), so a
+    folder without checkpoints (a lean deployment copy) is complete when it has one.
+    """
     root = Path(path)
     if not root.is_dir():
         raise InputError(root, "model folder not found")
@@ -225,13 +229,15 @@ def model_folders(path: str | Path) -> list[Path]:
         )
     for folder in folders:
         missing = [f for f in MODEL_FILES if not (folder / f).is_file()]
-        if not any((folder / c).is_file() for c in ("checkpoint_best.pt", "checkpoint_last.pt")):
-            missing.append("checkpoint_best.pt")
+        has_checkpoint = any((folder / c).is_file() for c in ("checkpoint_best.pt", "checkpoint_last.pt"))
+        if not has_checkpoint and not (onnx and (folder / "model.onnx").is_file()):
+            missing.append("model.onnx" if onnx else "checkpoint_best.pt")
         if missing:
             raise InputError(
                 folder,
                 "model folder is incomplete",
-                expected="model.json, plan.json, dataset.json, checkpoint_best.pt",
+                expected="model.json, plan.json, dataset.json, "
+                + ("model.onnx (`medseg export-onnx`)" if onnx else "checkpoint_best.pt"),
                 found=f"missing {', '.join(missing)}",
             )
     return folders

@@ -1,10 +1,20 @@
 """The end-to-end functions the CLI calls, for use from Python with the same options.
 
-Each CLI command is a thin call into one of these (or into the function it re-exports),
-so ``medseg predict IN -m MODEL -o OUT --format nifti,report`` is::
+The CLI's commands are thin calls into these (or into the functions re-exported here:
+``convert``, ``multiplane_roi``, ``plan_dataset``, ``train``, ``cross_validate``,
+``predict``, ``export_onnx``, ``export_label``, ``evaluate`` + ``write_report``,
+``predict_uwmadison_submission``), so ``medseg predict IN -m MODEL -o OUT --format
+nifti,report`` is::
 
     from medseg.pipeline import PredictConfig, predict
     predict("IN", "MODEL", "OUT", PredictConfig(formats=("nifti", "report")))
+
+Options keep their meaning but take Python values: ``--onnx`` is ``backend="onnx"``,
+``--mesh-format stl`` is ``mesh_suffix=".stl"``, ``--shard 0/4`` is ``shard=(0, 4)``,
+``--no-postprocess`` is ``postprocess=False``. ``predict`` returns one result per case (a
+failed case has ``ok=False``; the CLI exits 1) and shows no progress bar unless
+``progress=True``. A server that predicts many requests loads the model once with
+``SegmentationModel(path)`` and passes it instead of the path.
 
 ``run_demo`` is the README's main job: the whole path on a synthetic phantom, offline.
 """
@@ -20,23 +30,40 @@ from pathlib import Path
 from typing import Any
 
 from medseg.errors import OutputExistsError
+from medseg.evaluation import EvaluationConfig, evaluate, write_report
 from medseg.export.case import ExportConfig, export_label
-from medseg.inference.predictor import PredictConfig, predict
+from medseg.geometry.roi import multiplane_roi
+from medseg.inference.onnx import export_onnx
+from medseg.inference.predictor import PredictConfig, SegmentationModel, predict
+from medseg.inference.submission import predict_uwmadison_submission
+from medseg.io import convert, read_volume, write_volume
 from medseg.preprocessing.pipeline import plan_dataset, preprocess_dataset
 from medseg.training.config import TrainingConfig
+from medseg.training.crossval import cross_validate
 from medseg.training.trainer import train
 
 __all__ = [
     "DemoResult",
+    "EvaluationConfig",
     "ExportConfig",
     "PredictConfig",
+    "SegmentationModel",
     "TrainingConfig",
+    "convert",
+    "cross_validate",
+    "evaluate",
     "export_label",
+    "export_onnx",
+    "multiplane_roi",
     "plan_dataset",
     "predict",
+    "predict_uwmadison_submission",
     "preprocess_dataset",
+    "read_volume",
     "run_demo",
     "train",
+    "write_report",
+    "write_volume",
 ]
 
 log = logging.getLogger(__name__)

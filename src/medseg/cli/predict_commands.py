@@ -74,6 +74,9 @@ def predict_command(
             help="voxel spacing in mm of PNG/TIFF input, which carries none (else 1 mm is assumed)",
         ),
     ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads for the network (default: all cores)")
+    ] = None,
 ) -> None:
     """Segment new scans with a trained model; outputs land on the input's exact grid."""
     from medseg.inference.predictor import PredictConfig, predict
@@ -92,6 +95,7 @@ def predict_command(
         mesh_suffix="." + mesh_format.lower().lstrip("."),
         roi_views=roi_views,
         spacing=spacing,
+        threads=threads,
     )
     results = predict(input, model, out, cfg, progress=True)
     table = Table("case", "status", "outputs / error", "seconds")

@@ -476,3 +476,45 @@ def test_a_model_from_a_newer_medseg_is_flagged(model_copy: Path, caplog: pytest
     (model_copy / "plan.json").write_text(json.dumps(plan))
     with pytest.raises(ConfigError, match=r"plan\.json: plan schema_version 2 is not supported"):
         SegmentationModel(model_copy, device="cpu")
+
+
+def test_an_ensemble_of_configurations_averages_probabilities_on_the_input_grid(
+    trained_model: Path, tmp_path: Path
+) -> None:
+    """-m a 3D model -m a 2D model of the same labels: the mean of their class probabilities on
+    the input grid decides each voxel (each member's own probabilities, computed separately)."""
+    from medseg.preprocessing.pipeline import plan_dataset
+    from medseg.training.config import TrainingConfig
+    from medseg.training.trainer import train
+    from tests.preprocessing.conftest import write_dataset
+
+    root = write_dataset(tmp_path / "toy", n=4)
+    plan_dataset(root, "2d", overrides={"patch_size": [1, 16, 16], "batch_size": 2}, workers=1)
+    cfg = TrainingConfig(epochs=1, iterations_per_epoch=3, val_every=1, num_workers=0, max_val_cases=1)
+    model_2d = train(root, 0, configuration="2d", config=cfg, folds=2).model_dir
+    img, _ = make_case(6, shape=(9, 36, 30))
+    both = SegmentationModel([trained_model, model_2d], device="cpu")
+    assert [p.configuration for p in both.plans] == ["3d", "2d"] and both.describe()[
+        "configuration"
+    ] == "3d + 2d"
+    label, probs = both.predict([img], with_probabilities=True, postprocess=False)
+    members = [SegmentationModel(m, device="cpu") for m in (trained_model, model_2d)]
+    each = [m.predict([img], with_probabilities=True, postprocess=False)[1] for m in members]
+    mean = (each[0] + each[1]) / 2
+    np.testing.assert_allclose(probs, mean, atol=1e-6)
+    np.testing.assert_array_equal(label.array, np.argmax(mean, axis=0))
+    assert label.geometry.is_close(img.geometry)
+    # The CLI takes -m twice; a model of other labels cannot join.
+    src = write_volume(img, tmp_path / "in" / "c6.nii.gz")
+    res = CliRunner().invoke(
+        app, ["predict", str(src), "-m", str(trained_model), "-m", str(model_2d), "-o", str(tmp_path / "o")]
+    )
+    assert res.exit_code == 0, res.output
+    np.testing.assert_array_equal(
+        read_volume(tmp_path / "o" / "c6.nii.gz").array, both.predict([img])[0].array
+    )
+    other = json.loads((model_2d / "plan.json").read_text())
+    other["labels"] = {"background": 0, "a": 1, "b": 2}
+    (model_2d / "plan.json").write_text(json.dumps(other))
+    with pytest.raises(InputError, match="segment different labels"):
+        SegmentationModel([trained_model, model_2d], device="cpu")

@@ -29,7 +29,14 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
 def predict_command(
     input: Annotated[Path, typer.Argument(help="image file, DICOM series folder, or folder of cases")],
     model: Annotated[
-        Path, typer.Option("--model", "-m", help="model folder (or ensemble of fold_* folders)")
+        list[Path],
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="MODEL",
+            help="model folder (or ensemble of fold_* folders); repeat to ensemble configurations, "
+            "e.g. -m models/2.5d -m models/3d (class probabilities averaged)",
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")],
     format: Annotated[
@@ -97,7 +104,7 @@ def predict_command(
         spacing=spacing,
         threads=threads,
     )
-    results = predict(input, model, out, cfg, progress=True)
+    results = predict(input, model[0] if len(model) == 1 else model, out, cfg, progress=True)
     table = Table("case", "status", "outputs / error", "seconds")
     for r in results:
         table.add_row(

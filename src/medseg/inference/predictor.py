@@ -109,10 +109,24 @@ def _warn_if_newer(folder: Path, written_by: str) -> None:
 
 
 class SegmentationModel:
-    """A model folder (or an ensemble of fold folders) ready to predict."""
+    """A model folder, or an ensemble, ready to predict.
+
+    ``path`` is a model folder, a folder of ``fold_*`` model folders, or a list of such
+    paths. Folds trained with the same plan are averaged inside the network pass (their
+    softmax on the preprocessed grid). Folders with *different* plans (e.g. a 2.5D and a 3D
+    model of the same labels) form a multi-configuration ensemble: each configuration
+    predicts class probabilities on the input grid, their mean decides each voxel, and the
+    first model's postprocessing rules apply.
+    """
 
     def __init__(
-        self, path: str | Path, *, device: str = "auto", backend: str = "torch", threads: int | None = None
+        self,
+        path: str | Path | Sequence[str | Path],
+        *,
+        device: str = "auto",
+        backend: str = "torch",
+        threads: int | None = None,
+        _folders: Sequence[Path] | None = None,
     ):
         from medseg.postprocessing.labels import PostprocessingRules, read_rules
         from medseg.training.checkpoint import (
@@ -125,19 +139,31 @@ class SegmentationModel:
         from medseg.training.slice_classifier import SliceFilter
         from medseg.training.trainer import choose_device
 
-        self.path = Path(path)
-        self.folders = model_folders(self.path, onnx=backend == "onnx")
+        paths = [Path(p) for p in ([path] if isinstance(path, (str, Path)) else path)]
+        if not paths:
+            raise ConfigError("no model folder given")
+        self.path = paths[0]
+        if _folders is not None:
+            self.folders = list(_folders)
+        else:
+            self.folders = []
+            for p in paths:
+                self.folders += [f for f in model_folders(p, onnx=backend == "onnx") if f not in self.folders]
         plans = [Plan.load(f / "plan.json") for f in self.folders]
-        if any(p != plans[0] for p in plans[1:]):
-            raise InputError(
-                self.path,
-                "the ensemble's folds were trained with different plans",
-                expected="identical plan.json files",
-            )
-        self.plan = plans[0]
         if threads:
             torch.set_num_threads(threads)
         self.device = choose_device(device)
+        self.backend = backend
+        # Several plans: one member per plan, combined on the input grid (see the docstring).
+        self.members: list[SegmentationModel] = []
+        distinct: list[Plan] = []
+        for plan in plans:
+            if plan not in distinct:
+                distinct.append(plan)
+        if len(distinct) > 1:
+            self._init_members(distinct, plans, paths, device, backend)
+            return
+        self.plan = plans[0]
         post = self.folders[0] / "postprocessing.json"
         self.rules = read_rules(post) if post.is_file() else PostprocessingRules()
         # Empty-slice classifiers (2D / 2.5D models; training/slice_classifier.py), one per
@@ -156,7 +182,6 @@ class SegmentationModel:
         # Axes the network was trained to see mirrored (absent in older models: all).
         mirror = self.info.get("mirror_axes")
         self.mirror_axes: tuple[int, ...] | None = None if mirror is None else tuple(int(a) for a in mirror)
-        self.backend = backend
         self.networks: list[Callable[[torch.Tensor], torch.Tensor]] = []
         for folder in self.folders:
             arch = Architecture.from_dict(json.loads((folder / "model.json").read_text())["architecture"])
@@ -171,6 +196,37 @@ class SegmentationModel:
             net.to(self.device).eval()
             self.networks.append(net)
 
+    def _init_members(
+        self, distinct: list[Plan], plans: list[Plan], paths: list[Path], device: str, backend: str
+    ) -> None:
+        first = distinct[0]
+        for plan in distinct[1:]:
+            if plan.labels != first.labels or list(plan.channel_names) != list(first.channel_names):
+                raise InputError(
+                    paths[0] if len(paths) == 1 else Path(", ".join(map(str, paths))),
+                    "the ensemble's models segment different labels or read different channels",
+                    expected=f"labels {first.labels} and channels {list(first.channel_names)} in every model",
+                    found=f"labels {plan.labels}, channels {list(plan.channel_names)}",
+                )
+        groups = [[f for f, p in zip(self.folders, plans, strict=True) if p == plan] for plan in distinct]
+        self.members = [
+            SegmentationModel(paths, device=device, backend=backend, _folders=group) for group in groups
+        ]
+        lead = self.members[0]
+        self.plan, self.rules, self.info = lead.plan, lead.rules, lead.info
+        self.mirror_axes = lead.mirror_axes
+        self.networks, self.slice_filters, self.last_suppressed_slices = [], [], []
+        log.info(
+            "ensemble of %d configurations (%s): class probabilities averaged on the input grid",
+            len(self.members),
+            ", ".join(f"{m.plan.configuration}: {len(m.folders)} fold(s)" for m in self.members),
+        )
+
+    @property
+    def plans(self) -> list[Plan]:
+        """Every configuration's plan (one unless this is a multi-configuration ensemble)."""
+        return [m.plan for m in self.members] if self.members else [self.plan]
+
     @property
     def label_names(self) -> dict[int, str]:
         return {v: k for k, v in self.plan.labels.items() if v != 0}
@@ -179,7 +235,7 @@ class SegmentationModel:
         return {
             "model": self.path.name,
             "architecture": self.info.get("architecture", {}).get("name"),
-            "configuration": self.plan.configuration,
+            "configuration": " + ".join(p.configuration for p in self.plans),
             "folds": len(self.folders),
             "channels": ", ".join(self.plan.channel_names),
             "target spacing (z, y, x) mm": ", ".join(f"{s:g}" for s in self.plan.target_spacing),
@@ -236,6 +292,17 @@ class SegmentationModel:
         from medseg.inference.sliding_window import predict_probabilities
         from medseg.postprocessing.labels import apply_rules
 
+        if self.members:
+            return self._predict_members(
+                channels,
+                tta=tta,
+                overlap=overlap,
+                sw_batch_size=sw_batch_size,
+                postprocess=postprocess,
+                with_probabilities=with_probabilities,
+                where=where,
+                slice_filter=slice_filter,
+            )
         self.check_input(channels, where)
         image, _, info = preprocess_case(channels, None, self.plan, where)
         total: np.ndarray | None = None
@@ -278,6 +345,47 @@ class SegmentationModel:
             k: v for k, v in channels[0].meta.items() if k in ("modality", "series_description", "source")
         }
         return Volume(label.array, geometry=channels[0].geometry, meta=meta), probabilities
+
+    def _predict_members(
+        self,
+        channels: Sequence[Volume],
+        *,
+        tta: bool,
+        overlap: float,
+        sw_batch_size: int,
+        postprocess: bool,
+        with_probabilities: bool,
+        where: str,
+        slice_filter: bool,
+    ) -> tuple[Volume, np.ndarray | None]:
+        """Mean of the configurations' class probabilities on the input grid, then argmax."""
+        from medseg.postprocessing.labels import apply_rules
+
+        total: np.ndarray | None = None
+        for member in self.members:
+            _, probs = member.predict(
+                channels,
+                tta=tta,
+                overlap=overlap,
+                sw_batch_size=sw_batch_size,
+                postprocess=False,
+                with_probabilities=True,
+                where=where,
+                slice_filter=slice_filter,
+            )
+            assert probs is not None
+            total = probs if total is None else total + probs
+        assert total is not None
+        total /= len(self.members)
+        values = np.argmax(total, axis=0)
+        dtype = np.uint8 if total.shape[0] <= 256 else np.uint16
+        labels = values.astype(dtype)
+        if postprocess and (self.rules.classes or self.rules.keep_largest_foreground):
+            labels = apply_rules(labels, self.rules, channels[0].spacing)
+        meta = {
+            k: v for k, v in channels[0].meta.items() if k in ("modality", "series_description", "source")
+        }
+        return Volume(labels, geometry=channels[0].geometry, meta=meta), total if with_probabilities else None
 
 
 def restore_probability(prob: np.ndarray, info: Any, default: float) -> np.ndarray:
@@ -529,7 +637,7 @@ def _crop_to_multiplane_roi(channels: list[Volume], views: tuple[Path, Path]) ->
 
 def predict(
     input_path: str | Path,
-    model: str | Path | SegmentationModel,
+    model: str | Path | Sequence[str | Path] | SegmentationModel,
     out_dir: str | Path,
     config: PredictConfig | None = None,
     *,
@@ -557,7 +665,8 @@ def predict(
             expected="one axial image or series",
             found=f"{len(cases)} cases",
         )
-    _check_slices_for_volume_model(input_path, cases, seg.plan)
+    for plan in seg.plans:
+        _check_slices_for_volume_model(input_path, cases, plan)
     dicom_formats = [f for f in cfg.formats if f in DICOM_FORMATS]
     if dicom_formats and cases and not any(c.kind == "dicom" for c in cases):
         raise InputError(
@@ -581,7 +690,7 @@ def predict(
         "predicting %d case(s) with %s (%s, %d fold(s), %s on %s%s)",
         len(cases),
         seg.path,
-        seg.plan.configuration,
+        " + ".join(p.configuration for p in seg.plans),
         len(seg.folders),
         seg.backend,
         seg.device,

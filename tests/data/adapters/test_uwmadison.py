@@ -194,6 +194,12 @@ def _replace_in_csv(path: Path, old: str, new: str) -> None:
             "not consecutive",
         ),
         (
+            lambda src: Image.fromarray(np.zeros((7, 8), np.uint8)).save(
+                src / "train/case1/case1_day3/scans/slice_0002_8_7_1.50_1.50.png"
+            ),
+            r"slice_0002_8_7_1\.50_1\.50\.png: bit depth differs within case1_day3; expected 16-bit",
+        ),
+        (
             lambda src: (src / "train/case7/case7_day0/scans/slice_0002_6_5_1.25_1.25.png").rename(
                 src / "train/case7/case7_day0/scans/slice_0002_5_6_1.25_1.25.png"
             ),

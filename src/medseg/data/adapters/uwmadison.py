@@ -273,6 +273,21 @@ def _read_slice(s: SliceFile) -> NDArray[np.generic]:
     return arr
 
 
+def _check_bit_depth(
+    case_day: str, slices: Sequence[SliceFile], arrays: Sequence[NDArray[np.generic]]
+) -> None:
+    """An 8-bit slice among 16-bit ones has another intensity scale: refused, not stacked."""
+    first = arrays[0].dtype
+    for s, arr in zip(slices, arrays, strict=True):
+        if arr.dtype != first:
+            raise InputError(
+                s.path,
+                f"bit depth differs within {case_day}",
+                expected=f"{first.itemsize * 8}-bit like {slices[0].path.name}",
+                found=f"{arr.dtype.itemsize * 8}-bit",
+            )
+
+
 def stack_scan(
     case_day: str, slices: Sequence[SliceFile], *, slice_thickness: float = SLICE_THICKNESS_MM
 ) -> Volume:
@@ -283,7 +298,9 @@ def stack_scan(
     """
     _check_slices(case_day, slices)
     first = slices[0]
-    image = np.stack([_read_slice(s) for s in slices]).astype(np.uint16)
+    arrays = [_read_slice(s) for s in slices]
+    _check_bit_depth(case_day, slices, arrays)
+    image = np.stack(arrays).astype(np.uint16)
     spacing = (float(slice_thickness), first.spacing_y, first.spacing_x)
     return Volume(image, spacing, (0.0, 0.0, 0.0), meta={"source": case_day, "modality": "MR"})
 
@@ -326,8 +343,10 @@ def load_scan(
     pixels = dict.fromkeys(CLASS_NAMES, 0)
     pair_counts: dict[str, int] = {}
     overlap_total = 0
+    arrays = [_read_slice(s) for s in slices]
+    _check_bit_depth(case_day, slices, arrays)
     for z, s in enumerate(slices):
-        image[z] = _read_slice(s)
+        image[z] = arrays[z]
         decoded: dict[str, NDArray[np.bool_]] = {}
         for cls in CLASS_NAMES:
             rle = masks[s.number].get(cls, "")

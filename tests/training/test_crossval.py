@@ -164,10 +164,32 @@ def test_crossval_command(dataset_copy: Path, tmp_path: Path) -> None:
     config.write_text(json.dumps(FAST))
     runner = CliRunner()
     res = runner.invoke(
-        app, ["crossval", str(dataset_copy), "-c", "3d", "--config", str(config), "--device", "cpu"]
+        app,
+        [
+            "crossval",
+            str(dataset_copy),
+            "-c",
+            "3d",
+            "--config",
+            str(config),
+            "--device",
+            "cpu",
+            "--metrics",
+            "dice,hd95,uw",
+        ],
     )
     assert res.exit_code == 0, res.output
     assert "skipped" in res.output and "summary:" in res.output
+    assert "out-of-fold hd95: outer" in res.output and "out-of-fold uw: outer" in res.output
+    summary = json.loads((crossval_dir(dataset_copy, "3d") / "summary.json").read_text())
+    cases = (crossval_dir(dataset_copy, "3d") / "evaluation" / "cases.csv").read_text()
+    assert set(summary["per_class_mean"]) == {"hd95", "uw"}
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(cases)))
+    uw_outer = [float(r["uw/outer"]) for r in rows if r["uw/outer"] not in ("", "nan")]
+    assert summary["per_class_mean"]["uw"]["outer"] == pytest.approx(float(np.mean(uw_outer)))
     res = runner.invoke(app, ["crossval", str(dataset_copy), "--folds", "4", "--config", str(config)])
     assert res.exit_code == 2 and "3 folds but 4" in res.output
 

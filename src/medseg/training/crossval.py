@@ -74,6 +74,8 @@ class CrossValResult:
     mean_dice: float | None = None
     n_cases: int = 0
     evaluated: bool = False
+    # The other per-class metrics asked for (e.g. "hd95", "uw"): metric -> class -> mean.
+    per_class_means: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     @property
     def summary_path(self) -> Path:
@@ -360,6 +362,12 @@ def evaluate_out_of_fold(
     per_class = {name: _clean(describe(result.column("dice", lab)).mean) for lab, name in labels.items()}
     finite = [v for v in per_class.values() if v is not None]
     mean = float(sum(finite) / len(finite)) if finite else None
+    per_label_metrics = set(next(iter(scored[0].per_label.values())).values) if scored else set()
+    others = {
+        metric: {name: _clean(describe(result.column(metric, lab)).mean) for lab, name in labels.items()}
+        for metric in eval_cfg.metrics
+        if metric != "dice" and metric in per_label_metrics
+    }
     per_fold: dict[str, dict[str, float | None]] = {}
     for record in records:
         fold_cases = [c for c in scored if fold_of[c.name] == record.fold]
@@ -377,6 +385,7 @@ def evaluate_out_of_fold(
         "per_class_mean_dice": per_class,
         "mean_foreground_dice": mean,
         "per_fold_mean_dice": per_fold,
+        "per_class_mean": others,
         "folds": [
             {
                 "fold": r.fold,
@@ -396,4 +405,6 @@ def evaluate_out_of_fold(
         out / SUMMARY_JSON, json.dumps(summary, indent=2, allow_nan=False) + "\n", overwrite=True
     )
     log.info("cross-validation: mean foreground Dice %s over %d cases", mean, len(scored))
-    return CrossValResult(out, tuple(records), per_class, mean, len(scored), evaluated=True)
+    return CrossValResult(
+        out, tuple(records), per_class, mean, len(scored), evaluated=True, per_class_means=others
+    )

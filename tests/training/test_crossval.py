@@ -226,3 +226,17 @@ def test_slice_classifier_reaches_every_fold_within_a_tenth_of_the_budget(
     )
     assert res.exit_code == 0, res.output
     assert len(seen) == 3 and all(getattr(c, "time_budget_minutes", None) == pytest.approx(0.2) for c in seen)
+
+
+def test_info_summarises_a_model_folder_without_loading_weights(crossvalidated: Path) -> None:
+    models = crossvalidated / "models" / "3d"
+    res = CliRunner().invoke(app, ["info", str(models), "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["kind"] == "model"
+    model = report["model"]
+    assert [f["folder"] for f in model["folds"]] == ["fold_0", "fold_1", "fold_2"]  # crossval/ is no fold
+    assert [f["fold"] for f in model["folds"]] == [0, 1, 2] and all(f["checkpoint"] for f in model["folds"])
+    assert model["plan"]["configuration"] == "3d" and model["plan"]["labels"]["outer"] == 1
+    table = CliRunner().invoke(app, ["info", str(models / "fold_1")])
+    assert table.exit_code == 0 and "fold_1" in table.stdout and "outer" in table.stdout

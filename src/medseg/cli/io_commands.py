@@ -102,8 +102,14 @@ def gather_info(
     volume: int | None = None,
     spacing: tuple[float, float, float] | None = None,
 ) -> dict[str, Any]:
-    """What ``medseg info`` reports, as a dict (the DICOM series table and/or the volume)."""
+    """What ``medseg info`` reports, as a dict (the DICOM series table and/or the volume, or a
+    model folder's summary)."""
     from medseg.io import describe_path, read_volume
+    from medseg.training.checkpoint import model_folder_summary
+
+    model = model_folder_summary(path)
+    if model is not None:
+        return {"path": str(path), "kind": "model", "model": model}
 
     kind = describe_path(path)
     report: dict[str, Any] = {"path": str(path), "kind": kind}
@@ -125,7 +131,9 @@ def gather_info(
 @app.command("info")
 @cli_command
 def info(
-    path: Path = typer.Argument(..., help="DICOM folder or file, NIfTI, NRRD, MHA, PNG/TIFF file or folder."),
+    path: Path = typer.Argument(
+        ..., help="DICOM folder or file, NIfTI, NRRD, MHA, PNG/TIFF file or folder, or a model folder."
+    ),
     series: str | None = typer.Option(None, "--series", "-s", help=SERIES_HELP),
     volume: int | None = typer.Option(None, "--volume", help=VOLUME_HELP),
     spacing: tuple[float, float, float] | None = typer.Option(
@@ -146,7 +154,39 @@ def info(
         raise MedsegError(report["error"])
 
 
+def _print_model(model: dict[str, Any]) -> None:
+    plan = model.get("plan", {})
+    if plan:
+        labels = ", ".join(f"{v}={k}" for k, v in plan["labels"].items() if v != 0)
+        console.print(
+            f"model {escape(model['path'])}: {plan['configuration']}, channels "
+            f"{escape(', '.join(plan['channels']))}, labels {escape(labels)}, spacing z,y,x "
+            f"{_fmt(plan['target_spacing_zyx_mm'])} mm, patch {'x'.join(map(str, plan['patch_size_zyx']))}",
+            soft_wrap=True,
+            highlight=False,
+        )
+    table = Table("folder", "fold", "medseg", "epochs", "best val Dice", "train cases", "weights")
+    for f in model["folds"]:
+        files = [n for n, present in (("pt", f["checkpoint"]), ("onnx", f["onnx"])) if present]
+        if f["slice_classifier"]:
+            files.append("slice classifier")
+        best = f["best_val_mean_dice"]
+        table.add_row(
+            escape(f["folder"]),
+            "all" if f["fold"] is None else str(f["fold"]),
+            str(f["medseg_version"]),
+            str(f["epochs_completed"]),
+            "-" if best is None else f"{best:.4f}",
+            str(f["train_cases"]),
+            ", ".join(files) or "[red]none[/]",
+        )
+    console.print(table)
+
+
 def _print_report(report: dict[str, Any]) -> None:
+    if "model" in report:
+        _print_model(report["model"])
+        return
     if "series" in report:
         wide = console.width >= 150
         console.print(_series_table(report["series"], with_uid=wide))

@@ -196,6 +196,51 @@ def is_model_folder(folder: Path) -> bool:
     return (folder / "model.json").is_file()
 
 
+def model_folder_summary(path: str | Path) -> dict[str, Any] | None:
+    """What ``medseg info MODEL`` shows: each fold's record and the plan, read from the JSON
+    files only (no weights are loaded). None when ``path`` holds no model folder."""
+    root = Path(path)
+    if not root.is_dir():
+        return None
+    folders = [root] if is_model_folder(root) else sorted(p for p in root.glob("*") if is_model_folder(p))
+    if not folders:
+        return None
+    from medseg.preprocessing.plan import Plan
+
+    plan = Plan.load(folders[0] / "plan.json") if (folders[0] / "plan.json").is_file() else None
+    folds = []
+    for folder in folders:
+        try:
+            record = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(folder / "model.json", "is not readable JSON", found=str(exc)) from None
+        folds.append(
+            {
+                "folder": folder.name,
+                "fold": record.get("fold"),
+                "configuration": record.get("configuration"),
+                "medseg_version": record.get("medseg_version"),
+                "epochs_completed": record.get("epochs_completed"),
+                "best_val_mean_dice": record.get("best_val_mean_dice"),
+                "train_cases": record.get("train_cases"),
+                "checkpoint": (folder / "checkpoint_best.pt").is_file(),
+                "onnx": (folder / "model.onnx").is_file(),
+                "slice_classifier": (folder / "slice_classifier.json").is_file(),
+            }
+        )
+    summary: dict[str, Any] = {"path": str(root), "folds": folds}
+    if plan is not None:
+        summary["plan"] = {
+            "configuration": plan.configuration,
+            "channels": list(plan.channel_names),
+            "labels": dict(plan.labels),
+            "target_spacing_zyx_mm": list(plan.target_spacing),
+            "patch_size_zyx": list(plan.patch_size),
+            "slab_slices": plan.slab_slices,
+        }
+    return summary
+
+
 def model_folders(path: str | Path, *, onnx: bool = False) -> list[Path]:
     """The model folder itself, or the ``fold_*`` model folders of an ensemble folder.
 

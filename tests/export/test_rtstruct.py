@@ -183,8 +183,39 @@ def test_one_voxel_islands_survive_the_round_trip(tmp_path: Path, synthetic_seri
     arr[2:6, 8:28, 6:22] = 1
     arr[3, 2, 2] = 1  # a single voxel
     arr[4, 2, 25:27] = 1  # two voxels in a row
+    arr[5, 30, 2] = arr[5, 31, 3] = 1  # two voxels touching diagonally: a 2-point diagonal contour
     label = synthetic_series.image.with_array(arr)
     out = write_rtstruct(label, synthetic_series.files, tmp_path / "rt.dcm", {1: "liver"})
     back = read_rtstruct(out, synthetic_series.image, {1: "liver"})
     assert back.array[3, 2, 2] == 1 and back.array[4, 2, 25] == 1 and back.array[4, 2, 26] == 1
     np.testing.assert_array_equal(back.array, arr)
+
+
+def test_overlapping_rois_are_reported(
+    tmp_path: Path, synthetic_series: Series, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A body outline drawn after an organ covers it in a label map: said, with the counts."""
+    image = synthetic_series.image
+    organ = np.zeros(image.shape, np.uint8)
+    organ[2:6, 12:20, 8:16] = 1
+    body = np.zeros(image.shape, np.uint8)
+    body[1:7, 4:32, 4:24] = 1
+    first = write_rtstruct(image.with_array(organ), synthetic_series.files, tmp_path / "a.dcm", {1: "liver"})
+    second = write_rtstruct(image.with_array(body), synthetic_series.files, tmp_path / "b.dcm", {1: "BODY"})
+    ds = pydicom.dcmread(first)
+    extra = pydicom.dcmread(second)
+    roi = extra.StructureSetROISequence[0]
+    roi.ROINumber = 2
+    contour = extra.ROIContourSequence[0]
+    contour.ReferencedROINumber = 2
+    ds.StructureSetROISequence.append(roi)
+    ds.ROIContourSequence.append(contour)
+    ds.save_as(tmp_path / "both.dcm")
+    with caplog.at_level("WARNING"):
+        back = read_rtstruct(tmp_path / "both.dcm", image)
+    assert not np.any(back.array == 1)
+    (message,) = [r.getMessage() for r in caplog.records if "overlaps" in r.getMessage()]
+    assert (
+        f"ROI 'BODY' overlaps 'liver' on {int(organ.sum())} voxels" in message
+        and "0 voxels of 'liver' left" in message
+    )

@@ -200,10 +200,12 @@ def _rasterise_contours(contours: list[NDArray[np.float64]], shape: tuple[int, i
         inside[rr, cc] = True
         interior ^= inside
         r, c = np.rint(rc[:, 0]), np.rint(rc[:, 1])
-        if np.ptp(r) == 0 or np.ptp(c) == 0:
-            # A one-voxel or one-voxel-wide contour (rt-utils writes such islands as 1 or 2
-            # points): skimage's polygon_perimeter clips to the points' bounding box, which is
-            # empty here and fails, so draw the segments between consecutive points directly.
+        area = 0.5 * abs(float(np.dot(r, np.roll(c, -1)) - np.dot(c, np.roll(r, -1))))
+        if area == 0:
+            # A contour without area: one voxel, or a line of voxels (rt-utils writes such
+            # islands as 1 or 2 points, diagonal ones too). skimage's polygon_perimeter clips
+            # the polygon to its bounding box, which fails without an area, so draw the
+            # segments between consecutive points directly.
             ends = np.stack([r, c], axis=1).astype(int)
             pieces = [line(*a, *b) for a, b in zip(ends, np.roll(ends, -1, axis=0), strict=True)]
             rr, cc = np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])
@@ -246,6 +248,7 @@ def read_rtstruct(
         value_of = {number: by_name[name] for number, name in names.items()}
     nz, ny, nx = geometry.shape
     out = np.zeros(geometry.shape, dtype=np.uint16)
+    overwritten: dict[tuple[int, int], int] = {}  # (earlier value, later value) -> voxels
     for roi in getattr(ds, "ROIContourSequence", []):
         number = int(roi.ReferencedROINumber)
         per_slice: dict[int, list[NDArray[np.float64]]] = {}
@@ -261,8 +264,31 @@ def read_rtstruct(
                     f"grid (slice index {index[:, 0].min():.3f}..{index[:, 0].max():.3f} of 0..{nz - 1})"
                 )
             per_slice.setdefault(k, []).append(index[:, 1:])
+        value = value_of.get(number, number)
         for k, contours in per_slice.items():
-            out[k][_rasterise_contours(contours, (ny, nx))] = value_of.get(number, number)
+            mask = _rasterise_contours(contours, (ny, nx))
+            covered = out[k][mask]
+            for earlier in np.unique(covered[covered != 0]).tolist():
+                overwritten[(int(earlier), value)] = overwritten.get((int(earlier), value), 0) + int(
+                    np.count_nonzero(covered == earlier)
+                )
+            out[k][mask] = value
     dtype = np.uint8 if out.max(initial=0) < 256 else np.uint16
-    meta = {"source": src.name, "segments": {value_of.get(n, n): name for n, name in names.items()}}
+    segments = {value_of.get(n, n): name for n, name in names.items()}
+    for (earlier, later), count in sorted(overwritten.items()):
+        left = int(np.count_nonzero(out == earlier))
+        log.warning(
+            "%s: ROI '%s' overlaps '%s' on %d voxels, which now belong to '%s' (%d voxels of '%s' left)%s",
+            src.name,
+            segments.get(later, later),
+            segments.get(earlier, earlier),
+            count,
+            segments.get(later, later),
+            left,
+            segments.get(earlier, earlier),
+            "; a label map holds one structure per voxel (a body outline drawn after the organs covers them)"
+            if left == 0
+            else "",
+        )
+    meta = {"source": src.name, "segments": segments}
     return Volume(out.astype(dtype), geometry=geometry, meta=meta)

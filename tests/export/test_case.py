@@ -100,6 +100,18 @@ def test_seg_converts_to_rtstruct_with_its_own_names(tmp_path: Path, synthetic_s
     back = read_dicom_seg(again.outputs["dicom-seg"], synthetic_series.image, ZONES)
     assert again.names == ZONES
     assert dice(back.array == 1, label.array == 1) >= 0.85
+    # Declared names are matched by name: the SEG's PZ (1) becomes value 4 when declared so.
+    renumbered = {4: "PZ", 3: "TZ", 2: "DPU", 1: "AFS"}
+    moved = export_label(
+        seg, synthetic_series.folder, tmp_path / "moved", ExportConfig(formats=("nifti",), labels=renumbered)
+    )
+    assert moved.names == {1: "AFS", 2: "DPU", 3: "TZ", 4: "PZ"}
+    got = read_volume(moved.outputs["nifti"]).array
+    for old, name in ZONES.items():
+        new = next(v for v, n in renumbered.items() if n == name)
+        np.testing.assert_array_equal(got == new, label.array == old)
+    with pytest.raises(ConfigError, match=r"segments \['DPU', 'AFS'\] are not among the given names"):
+        export_label(seg, synthetic_series.folder, tmp_path / "bad", ExportConfig(labels={1: "PZ", 2: "TZ"}))
 
 
 def test_label_on_another_grid_needs_resample(tmp_path: Path, synthetic_series: Series) -> None:

@@ -40,7 +40,8 @@ def export_command(
         str | None,
         typer.Option(
             "--labels",
-            help="label names: 'liver=1,spleen=2' (default: a SEG's or RTSTRUCT's own names, else label_<value>)",
+            help="label names: 'liver=1,spleen=2' (default: a SEG's or RTSTRUCT's own names, else "
+            "label_<value>); for a SEG or RTSTRUCT input, its segments are matched by name and take these values",
         ),
     ] = None,
     series: Annotated[

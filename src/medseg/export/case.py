@@ -252,8 +252,10 @@ def _read_label(path: Path, image: Volume, config: ExportConfig) -> tuple[Volume
         except Exception as exc:  # pydicom raises many types for a bad file
             raise InputError(path, "cannot be read as DICOM", found=type(exc).__name__) from None
         # Both are decoded onto the image's grid (a GeometryError when they do not fit it).
+        # Declared names are matched to the file's segment / ROI names, which then take the
+        # declared values (a ConfigError names a segment the declaration lacks).
         read = read_rtstruct if sop_class == RTSTRUCT_SOP_CLASS_UID else read_dicom_seg
-        decoded = read(path, image)
+        decoded = read(path, image, config.labels)
         return decoded, {int(k): str(v) for k, v in decoded.meta.get("segments", {}).items()}
     from medseg.io import read_volume
 

@@ -17,6 +17,7 @@ from medseg.export.dicom_seg import read_dicom_seg, write_dicom_seg
 from medseg.export.rtstruct import read_rtstruct
 from medseg.io import read_volume, write_volume
 from medseg.volume import Volume
+from tests.conftest import oblique_direction
 from tests.export.conftest import ZONES, Series, dice, prostate_zones
 
 ALL = ("nifti", "dicom-seg", "rtstruct", "mesh", "volumes", "overlay", "report")
@@ -237,3 +238,35 @@ def test_real_tilted_prostatex_series(tmp_path: Path, prostatex_t2: Series) -> N
     )
     seg = read_dicom_seg(result.outputs["dicom-seg"], prostatex_t2.image, ZONES)
     np.testing.assert_array_equal(seg.array, label.array)
+
+
+def test_png_label_on_a_png_or_nifti_image_with_the_default_formats(tmp_path: Path) -> None:
+    """A 2D PNG pair: the label takes the image's grid (it carries none), and the default
+    outputs (volumes, overlay, report) work on a single slice."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((40, 52)) * 200).astype(np.uint8)
+    mask = np.zeros((40, 52), np.uint8)
+    mask[10:25, 12:30] = 1
+    Image.fromarray(pixels).save(tmp_path / "em.png")
+    Image.fromarray(mask).save(tmp_path / "em_mask.png")
+    spacing = (1.0, 0.5, 0.25)
+    result = export_label(
+        tmp_path / "em_mask.png", tmp_path / "em.png", tmp_path / "out", ExportConfig(spacing=spacing)
+    )
+    assert set(result.outputs) == {"volumes", "overlay", "report"}
+    with result.outputs["volumes"].open() as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert float(row["volume_ml"]) == pytest.approx(15 * 18 * 0.5 * 0.25 * 1.0 / 1000, abs=1e-4)
+    # On a NIfTI image with a real (oblique) grid: the PNG takes that grid.
+    image = Volume(pixels[None].astype(np.int16), (2.0, 0.7, 0.6), (10.0, -5.0, 3.0), oblique_direction())
+    nifti = write_volume(image, tmp_path / "em.nii.gz")
+    placed = export_label(
+        tmp_path / "em_mask.png", nifti, tmp_path / "out2", ExportConfig(formats=("nifti",))
+    )
+    back = read_volume(placed.outputs["nifti"])
+    assert back.geometry.is_close(image.geometry) and int(back.array.sum()) == int(mask.sum())
+    Image.fromarray(mask[:30]).save(tmp_path / "short.png")
+    with pytest.raises(GeometryError, match=r"short\.png: a PNG/TIFF label map carries no position"):
+        export_label(tmp_path / "short.png", nifti, tmp_path / "out3")

@@ -314,6 +314,18 @@ def export_label(
         )
     label, carried = _read_label(label_file, image, cfg)
     resampled = False
+    if label_file.suffix.lower() in IMAGE_2D_SUFFIXES:
+        # A PNG/TIFF label map carries no position or orientation: it can only mean the
+        # image's own grid, which it must match in shape (resampling it would be a guess).
+        if label.shape != image.shape:
+            from medseg.errors import GeometryError
+
+            raise GeometryError(
+                f"{label_file}: a PNG/TIFF label map carries no position, so it must have the shape of "
+                f"{image_file} ({'x'.join(map(str, image.shape))} z,y,x); found "
+                f"{'x'.join(map(str, label.shape))}"
+            )
+        label = image.with_array(label.array)
     diffs = label.geometry.differences(image.geometry)
     if diffs:
         if not cfg.resample:

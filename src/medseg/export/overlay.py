@@ -104,9 +104,42 @@ def _draw(
         tint = np.zeros((*mask.shape, 4), dtype=np.float32)
         tint[mask] = (*rgb, 0.25)
         ax.imshow(tint, aspect=aspect, interpolation="nearest")
-        ax.contour(mask.astype(np.float32), levels=[0.5], colors=[rgb], linewidths=1.2)
+        if min(mask.shape) >= 2:  # matplotlib's contour needs a 2 x 2 grid at least
+            ax.contour(mask.astype(np.float32), levels=[0.5], colors=[rgb], linewidths=1.2)
     ax.set_title(title, fontsize=9)
     ax.set_axis_off()
+
+
+def _draw_sides(
+    fig: Any,
+    sides: Any,
+    img: NDArray[Any],
+    lab: NDArray[Any],
+    centre: NDArray[Any],
+    segments: Sequence[Segment],
+    sp: Sequence[float],
+    limits: tuple[float, float],
+    note: str,
+) -> None:
+    """The sagittal and coronal panels through ``centre``."""
+    _draw(
+        fig.add_subplot(sides[0, 0]),
+        img[:, :, centre[2]],
+        lab[:, :, centre[2]],
+        segments,
+        sp[0] / sp[1],
+        limits,
+        f"sagittal (anterior left){note}",
+    )
+    _draw(
+        fig.add_subplot(sides[0, 1]),
+        img[:, centre[1], :],
+        lab[:, centre[1], :],
+        segments,
+        sp[0] / sp[2],
+        limits,
+        f"coronal (patient right on the left){note}",
+    )
 
 
 def render_overlay_png(
@@ -143,6 +176,8 @@ def render_overlay_png(
     nrows = int(np.ceil(len(axial) / ncols))
     # Panel heights (inches) from the physical aspect of what they show; the figure is 12 in wide.
     axial_h = 12.0 / ncols * float(np.clip(lab.shape[1] * sp[1] / (lab.shape[2] * sp[2]), 0.3, 2.0))
+    # A single slice (a 2D image) has no sagittal or coronal view worth drawing.
+    with_sides = lab.shape[0] > 1
     side_h = 6.0 * float(
         np.clip(
             max(lab.shape[0] * sp[0] / (lab.shape[1] * sp[1]), lab.shape[0] * sp[0] / (lab.shape[2] * sp[2])),
@@ -150,9 +185,12 @@ def render_overlay_png(
             1.2,
         )
     )
+    if not with_sides:
+        side_h = 0.0
     fig = Figure(figsize=(12, axial_h * nrows + side_h + 1.0), dpi=dpi, layout="constrained")
-    grid = fig.add_gridspec(nrows + 1, ncols, height_ratios=[axial_h] * nrows + [side_h])
-    sides = grid[nrows, :].subgridspec(1, 2)
+    grid = fig.add_gridspec(
+        nrows + int(with_sides), ncols, height_ratios=[axial_h] * nrows + ([side_h] if with_sides else [])
+    )
     for i in range(nrows * ncols):
         ax = fig.add_subplot(grid[i // ncols, i % ncols])
         if i < len(axial):
@@ -160,24 +198,8 @@ def render_overlay_png(
             _draw(ax, img[k], lab[k], segments, sp[1] / sp[2], limits, f"axial {k + 1}/{lab.shape[0]}{note}")
         else:
             ax.set_axis_off()
-    _draw(
-        fig.add_subplot(sides[0, 0]),
-        img[:, :, centre[2]],
-        lab[:, :, centre[2]],
-        segments,
-        sp[0] / sp[1],
-        limits,
-        f"sagittal (anterior left){note}",
-    )
-    _draw(
-        fig.add_subplot(sides[0, 1]),
-        img[:, centre[1], :],
-        lab[:, centre[1], :],
-        segments,
-        sp[0] / sp[2],
-        limits,
-        f"coronal (patient right on the left){note}",
-    )
+    if with_sides:
+        _draw_sides(fig, grid[nrows, :].subgridspec(1, 2), img, lab, centre, segments, sp, limits, note)
     handles = [
         Patch(facecolor=(s.color[0] / 255, s.color[1] / 255, s.color[2] / 255), label=f"{s.value}: {s.name}")
         for s in segments

@@ -518,3 +518,41 @@ def test_an_ensemble_of_configurations_averages_probabilities_on_the_input_grid(
     (model_2d / "plan.json").write_text(json.dumps(other))
     with pytest.raises(InputError, match="segment different labels"):
         SegmentationModel([trained_model, model_2d], device="cpu")
+
+
+def test_added_formats_come_from_the_kept_label_map(trained_model: Path, tmp_path: Path) -> None:
+    """A re-run with more formats derives them from the label map on disk, not from a new
+    prediction (which another model or setting could make differ), so a case's outputs agree."""
+    import csv
+
+    path, _ = _case_file(tmp_path / "in", 4)
+    out = tmp_path / "out"
+    predict(path, trained_model, out, PredictConfig(formats=("nifti",)))
+    nifti = out / "p4.nii.gz"
+    edited = read_volume(nifti)
+    edited.array[...] = 0
+    edited.array[2:4, 5:9, 5:9] = 2  # as if another model had made it: 32 voxels of class 2
+    write_volume(edited, nifti, overwrite=True)
+    (res,) = predict(path, trained_model, out, PredictConfig(formats=("nifti", "volumes", "mesh")))
+    assert res.ok and set(res.outputs) == {"nifti", "volumes", "mesh"}
+    with (out / "p4" / "volumes.csv").open() as fh:
+        counts = {int(r["label"]): int(r["voxel_count"]) for r in csv.DictReader(fh)}
+    assert counts[1] == 0 and counts[2] == 32
+    assert [p.suffix for p in (out / "p4" / "meshes").iterdir()] == [".stl"]
+    # Another mesh format for the same folder: said, not skipped.
+    with pytest.raises(InputError, match=r"meshes: holds meshes of another format.*\.ply"):
+        from medseg.inference.predictor import InputCase, SegmentationModel, predict_case
+
+        predict_case(
+            SegmentationModel(trained_model, device="cpu"),
+            InputCase("p4", "files", (path,)),
+            out,
+            PredictConfig(formats=("nifti", "mesh"), mesh_suffix=".ply"),
+        )
+
+
+def test_an_output_folder_holding_the_input_is_refused(trained_model: Path, tmp_path: Path) -> None:
+    path, _ = _case_file(tmp_path / "in", 3)
+    (res,) = predict(path, trained_model, path.parent, PredictConfig(formats=("nifti", "volumes")))
+    assert not res.ok and "would be the input image itself" in res.error
+    assert path.is_file() and not (path.parent / "p3").exists()

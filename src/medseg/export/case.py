@@ -137,19 +137,22 @@ def write_case_outputs(
 
                 written[fmt] = write_rtstruct(label, series, target, names, overwrite=overwrite)
         elif fmt == "mesh":
-            from medseg.export.mesh import write_label_meshes
-
-            target.mkdir(parents=True, exist_ok=True)
-            meshes = write_label_meshes(label, target, names, suffix=mesh_suffix, overwrite=overwrite)
-            written[fmt] = target
-            if not meshes:
+            if not present:
                 log.warning("%s: nothing segmented; no meshes written", case_id)
+                continue
+            from medseg.export.mesh import write_label_meshes
+            from medseg.io.atomic import atomic_dir
+
+            with atomic_dir(target, overwrite=overwrite) as tmp:  # the folder appears complete or not at all
+                write_label_meshes(label, tmp, names, suffix=mesh_suffix)
+            written[fmt] = target
         elif fmt == "volumes":
             from medseg.export.volumes import label_statistics, write_volumes_csv, write_volumes_json
 
             stats = stats or label_statistics(label, names)
+            # JSON first: volumes.csv, the file that marks the output as done, comes last.
+            write_volumes_json(stats, target.with_suffix(".json"), label=label, overwrite=True)
             written[fmt] = write_volumes_csv(stats, target, overwrite=overwrite)
-            write_volumes_json(stats, target.with_suffix(".json"), label=label, overwrite=overwrite)
         elif fmt == "overlay":
             from medseg.export.overlay import write_overlay
 

@@ -551,10 +551,29 @@ def predict_case(model: SegmentationModel, case: InputCase, out: Path, config: P
     """Predict one case and write its outputs; raises MedsegError on bad input."""
     start = time.monotonic()
     targets = _outputs_for(case.case_id, out, config)
+    inputs = {p.resolve() for p in case.paths}
+    for fmt, path in targets.items():
+        if path.resolve() in inputs:
+            raise InputError(
+                path, f"the {fmt} output would be the input image itself", expected="another output folder"
+            )
     kept: dict[str, Path] = {}
     if not config.overwrite:
-        # Outputs of an earlier (or killed) run are kept; only the missing formats are made.
-        kept = {fmt: p for fmt, p in targets.items() if p.is_file() or (p.is_dir() and any(p.iterdir()))}
+        # Outputs of an earlier (or killed) run are kept; only the missing formats are made,
+        # from the kept label map when there is one (so that all outputs agree).
+        kept = {fmt: p for fmt, p in targets.items() if p.is_file()}
+        meshes = targets.get("mesh")
+        if meshes is not None and meshes.is_dir():  # written atomically: complete when present
+            if not any(meshes.glob(f"*{config.mesh_suffix}")):
+                raise InputError(
+                    meshes,
+                    "holds meshes of another format",
+                    expected=f"{config.mesh_suffix} files, or --overwrite to replace the folder",
+                )
+            kept["mesh"] = meshes
+        probabilities = targets.get("probabilities")
+        if probabilities is not None and probabilities.is_dir():
+            kept["probabilities"] = probabilities
         if len(kept) == len(targets):
             raise OutputExistsError(next(iter(kept.values())))
         if kept:
@@ -572,6 +591,20 @@ def predict_case(model: SegmentationModel, case: InputCase, out: Path, config: P
             found="a non-DICOM file",
         )
     channels, series = _read_case(case, config.spacing)
+    reused = _kept_label_map(kept, targets, channels[0], case.case_id)
+    if reused is not None:
+        written = write_case_outputs(
+            channels[0],
+            reused,
+            model.label_names,
+            targets,
+            series=series,
+            model_info=model.describe(),
+            case_id=case.case_id,
+            mesh_suffix=config.mesh_suffix,
+        )
+        outputs = {k: str(v) for k, v in {**kept, **written}.items()}
+        return CaseResult(case.case_id, True, outputs, seconds=time.monotonic() - start)
     box = None
     if config.roi_views is not None:
         channels, box = _crop_to_multiplane_roi(channels, config.roi_views)
@@ -611,6 +644,40 @@ def predict_case(model: SegmentationModel, case: InputCase, out: Path, config: P
     )
     outputs = {k: str(v) for k, v in {**kept, **written}.items()}
     return CaseResult(case.case_id, True, outputs, seconds=time.monotonic() - start)
+
+
+def _kept_label_map(
+    kept: Mapping[str, Path], missing: Mapping[str, Path], image: Volume, case_id: str
+) -> Volume | None:
+    """The label map an earlier run left, to derive the missing formats from (None: predict).
+
+    Deriving them from it, rather than from a new prediction (another model, TTA setting or
+    GPU run), keeps all of a case's outputs in agreement. Probabilities need the model.
+    """
+    from medseg.export.case import LABEL_SUFFIX
+
+    source = next((kept[f] for f in LABEL_SUFFIX if f in kept), None)
+    if source is None or "probabilities" in missing:
+        if kept:
+            log.warning(
+                "%s: kept outputs (%s) come from an earlier prediction; %s made from a new one",
+                case_id,
+                ", ".join(kept),
+                ", ".join(missing),
+            )
+        return None
+    from medseg.io import read_volume
+
+    label = read_volume(source)
+    if not label.geometry.is_close(image.geometry) or label.array.dtype.kind not in "iub":
+        raise InputError(
+            source,
+            "the kept label map does not fit this case",
+            expected="the input's grid and integer labels (or --overwrite to predict again)",
+            found="; ".join(label.geometry.differences(image.geometry)) or f"{label.array.dtype} values",
+        )
+    log.info("%s: %s made from the kept %s", case_id, ", ".join(missing), source.name)
+    return Volume(label.array, geometry=image.geometry, meta=label.meta)
 
 
 def _crop_to_multiplane_roi(channels: list[Volume], views: tuple[Path, Path]) -> tuple[list[Volume], Any]:

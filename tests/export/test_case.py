@@ -48,7 +48,7 @@ def test_every_format_lands_on_the_series(tmp_path: Path, synthetic_series: Seri
     result = export_label(
         label_file, synthetic_series.folder, tmp_path / "out", ExportConfig(formats=ALL, labels=ZONES)
     )
-    assert result.case_id == "case_7_seg" and not result.resampled
+    assert result.case_id == "case 7_seg" and not result.resampled
     assert set(result.outputs) == set(ALL)
     assert result.names == ZONES
     # NIfTI: the same voxels on the series' grid
@@ -170,6 +170,16 @@ def test_bad_label_maps_are_refused(tmp_path: Path, synthetic_series: Series) ->
         ExportConfig(formats=("probabilities",))
     with pytest.raises(ConfigError, match="label values must be integers > 0"):
         ExportConfig(labels={0: "background"})
+    with pytest.raises(ConfigError, match="mesh format must be one of stl, obj, ply, found 'xyz'"):
+        ExportConfig(formats=("mesh",), mesh_suffix=".xyz")
+    label = write_volume(prostate_zones(image), tmp_path / "zones.nii.gz")
+    with pytest.raises(InputError, match="the nifti output would replace an input"):
+        export_label(
+            label, synthetic_series.folder, tmp_path, ExportConfig(formats=("nifti",), overwrite=True)
+        )
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(InputError, match="a_file: is a file, not an output folder"):
+        export_label(label, synthetic_series.folder, tmp_path / "a_file")
 
 
 def test_empty_label_map_skips_dicom_outputs(tmp_path: Path, synthetic_series: Series) -> None:

@@ -192,8 +192,17 @@ class ExportConfig:
             bad = [v for v in self.labels if not isinstance(v, int) or v <= 0]
             if bad:
                 raise ConfigError(f"label values must be integers > 0 (0 is background), found {bad}")
-        if self.case_id is not None and (not self.case_id or safe_name(self.case_id) != self.case_id):
-            raise ConfigError(f"case id must be letters, digits and _.- only, found {self.case_id!r}")
+        if self.case_id is not None and (
+            self.case_id.strip() in ("", ".", "..") or any(sep in self.case_id for sep in ("/", "\\"))
+        ):
+            raise ConfigError(f"case id must be a file name (no path separators), found {self.case_id!r}")
+        from medseg.export.mesh import MESH_SUFFIXES
+
+        if self.mesh_suffix not in MESH_SUFFIXES:
+            raise ConfigError(
+                f"mesh format must be one of {', '.join(x.lstrip('.') for x in MESH_SUFFIXES)}, "
+                f"found {self.mesh_suffix.lstrip('.')!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -212,7 +221,7 @@ def _case_id(label_path: Path) -> str:
             break
     else:
         name = label_path.stem
-    return safe_name(name)
+    return name  # as `medseg predict` names a case, so both land in one cohort table alike
 
 
 def _read_image(path: Path, config: ExportConfig) -> tuple[Volume, Any]:
@@ -362,14 +371,25 @@ def export_label(
         names[v] = f"label_{v}"
     names = {v: names[v] for v in sorted(names)}
     case_id = cfg.case_id or _case_id(label_file)
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "is a file, not an output folder", expected="a folder (new or existing)")
     targets = case_targets(case_id, out, cfg.formats)
+    inputs = {label_file.resolve(), image_file.resolve()}
+    for fmt, target in targets.items():
+        if target.resolve() in inputs:
+            raise InputError(
+                target, f"the {fmt} output would replace an input", expected="another output folder"
+            )
     if not cfg.overwrite:
         from medseg.errors import OutputExistsError
 
         for target in targets.values():
             if target.exists():
                 raise OutputExistsError(target)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(out, "cannot create the output folder", found=exc.strerror or str(exc)) from None
     from medseg import __version__
 
     info = {"label map": label_file.name, "exported by": f"medseg {__version__} (medseg export)"}

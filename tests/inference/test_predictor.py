@@ -513,6 +513,13 @@ def test_an_ensemble_of_configurations_averages_probabilities_on_the_input_grid(
     np.testing.assert_array_equal(
         read_volume(tmp_path / "o" / "c6.nii.gz").array, both.predict([img])[0].array
     )
+    mixed = tmp_path / "mixed"  # one folder whose folds have different plans: likely a stale fold
+    shutil.copytree(trained_model, mixed / "fold_0")
+    shutil.copytree(model_2d, mixed / "fold_1")
+    with pytest.raises(InputError, match=r"different plans.*its own -m"):
+        SegmentationModel(mixed, device="cpu")
+    summary = json.loads((tmp_path / "o" / "predictions.json").read_text())
+    assert summary["model"] == f"{trained_model}, {model_2d}"
     other = json.loads((model_2d / "plan.json").read_text())
     other["labels"] = {"background": 0, "a": 1, "b": 2}
     (model_2d / "plan.json").write_text(json.dumps(other))

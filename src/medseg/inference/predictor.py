@@ -143,6 +143,7 @@ class SegmentationModel:
         if not paths:
             raise ConfigError("no model folder given")
         self.path = paths[0]
+        self.paths = paths
         if _folders is not None:
             self.folders = list(_folders)
         else:
@@ -161,6 +162,15 @@ class SegmentationModel:
             if plan not in distinct:
                 distinct.append(plan)
         if len(distinct) > 1:
+            if len(paths) == 1:
+                # Within one folder, a fold with another plan is more likely stale than meant.
+                raise InputError(
+                    self.path,
+                    "the ensemble's folds were trained with different plans",
+                    expected="identical plan.json files; to ensemble configurations, give each one's "
+                    "folder to its own -m (e.g. -m models/2.5d -m models/3d)",
+                    found=f"{len(distinct)} plans ({', '.join(p.configuration for p in distinct)})",
+                )
             self._init_members(distinct, plans, paths, device, backend)
             return
         self.plan = plans[0]
@@ -233,7 +243,7 @@ class SegmentationModel:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "model": self.path.name,
+            "model": ", ".join(p.name for p in self.paths),
             "architecture": self.info.get("architecture", {}).get("name"),
             "configuration": " + ".join(p.configuration for p in self.plans),
             "folds": len(self.folders),
@@ -786,13 +796,14 @@ def predict(
     summary_name = (
         "predictions.json" if cfg.shard is None else f"predictions_shard{cfg.shard[0]}of{cfg.shard[1]}.json"
     )
-    entries = _merge_with_earlier(out / summary_name, [to_dict(r) for r in results], existing, str(seg.path))
+    model_name = ", ".join(str(p) for p in seg.paths)
+    entries = _merge_with_earlier(out / summary_name, [to_dict(r) for r in results], existing, model_name)
     write_text_atomic(
         out / summary_name,
         json.dumps(
             {
                 "medseg_version": medseg.__version__,
-                "model": str(seg.path),
+                "model": model_name,
                 "model_info": seg.describe(),
                 "config": to_dict(cfg),
                 "cases": entries,

@@ -102,11 +102,17 @@ def test_sample_submission_order_and_gaps(uw_model: tuple[Path, Path], tmp_path:
     assert [(r["id"], r["class"]) for r in _rows(ordered.path)] == wanted
     sample.write_text("id,class,predicted\ncase99_day1_slice_0001,stomach,\n")
     with pytest.raises(
-        InputError, match=r"sample_submission\.csv: 1 of its rows have no prediction.*case99_day1"
+        InputError, match=r"sample_submission\.csv: 1 of its rows have no test slice.*case99_day1"
     ):
         predict_uwmadison_submission(
             root / "src" / "train", model, tmp_path / "c.csv", sample_submission=sample
         )
+    sample.write_text("id,class,predicted\n")
+    with pytest.raises(InputError, match=r"sample_submission\.csv: lists no rows"):
+        predict_uwmadison_submission(
+            root / "src" / "train", model, tmp_path / "c.csv", sample_submission=sample
+        )
+    assert not (tmp_path / "c.csv").exists()
     with pytest.raises(OutputExistsError):
         predict_uwmadison_submission(root / "src" / "train", model, tmp_path / "a.csv")
 
@@ -124,3 +130,19 @@ def test_errors_and_cli(uw_model: tuple[Path, Path], trained_model: Path, tmp_pa
         app, ["submission", str(tmp_path / "nothing"), "-m", str(model), "-o", str(tmp_path / "n.csv")]
     )
     assert res.exit_code == 2 and "nothing: not found" in res.output
+
+
+def test_a_broken_scan_stops_the_run_before_any_prediction(
+    uw_model: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    root, model = uw_model
+    test_dir = tmp_path / "test"
+    shutil.copytree(root / "src" / "train", test_dir)
+    next((test_dir / "case1" / "case1_day0" / "scans").glob("slice_0002_*.png")).unlink()
+    calls: list[str] = []
+    monkeypatch.setattr(SegmentationModel, "predict", lambda self, *a, **k: calls.append("predict"))
+    with pytest.raises(InputError, match="slices of case1_day0 are not consecutive"):
+        predict_uwmadison_submission(test_dir, model, tmp_path / "s.csv")
+    assert calls == [] and not (tmp_path / "s.csv").exists()

@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from medseg.data.adapters.uwmadison import (
     CLASS_NAMES,
     SLICE_THICKNESS_MM,
+    SliceFile,
+    check_scan_slices,
     find_scans,
     labels_to_rows,
+    parse_slice_id,
     stack_scan,
     write_submission_csv,
 )
@@ -67,6 +70,29 @@ def _sample_order(path: Path) -> list[tuple[str, str]]:
         return [(row["id"].strip(), row["class"].strip()) for row in reader]
 
 
+def _check_sample_against_scans(
+    order: Sequence[tuple[str, str]], scans: Mapping[str, Sequence[SliceFile]], sample: Path
+) -> None:
+    if not order:
+        raise InputError(sample, "lists no rows", expected="one row per test slice and class")
+    unknown: list[str] = []
+    for slice_id, cls in order:
+        try:
+            _, case_day, number = parse_slice_id(slice_id)
+        except InputError as exc:
+            raise InputError(sample, f"{slice_id}: {exc.problem}", expected=exc.expected) from None
+        numbers = {s.number for s in scans.get(case_day, ())}
+        if number not in numbers or cls not in CLASS_NAMES:
+            unknown.append(f"{slice_id} {cls}")
+    if unknown:
+        raise InputError(
+            sample,
+            f"{len(unknown)} of its rows have no test slice or an unknown class",
+            expected=f"ids of the PNG slices under the test folder, classes {', '.join(CLASS_NAMES)}",
+            found=", ".join(unknown[:3]),
+        )
+
+
 def predict_uwmadison_submission(
     test_dir: str | Path,
     model: str | Path | SegmentationModel,
@@ -90,7 +116,13 @@ def predict_uwmadison_submission(
     seg = model if isinstance(model, SegmentationModel) else SegmentationModel(model, device=device)
     labels = _model_labels(seg)
     scans = find_scans(test_dir)
-    order = _sample_order(Path(sample_submission)) if sample_submission is not None else None
+    # Everything that can be checked is checked before hours of prediction, not after.
+    for case_day, slices in scans.items():
+        check_scan_slices(case_day, slices)
+    order = None
+    if sample_submission is not None:
+        order = _sample_order(Path(sample_submission))
+        _check_sample_against_scans(order, scans, Path(sample_submission))
     log.info("predicting %d test scan(s) with %s", len(scans), seg.path)
     rows: list[tuple[str, str, str]] = []
     with progress_bar(progress, "test scans", len(scans)) as advance:

@@ -230,7 +230,7 @@ def _check_priority(priority: Sequence[str]) -> tuple[str, ...]:
     return prio
 
 
-def _check_slices(case_day: str, slices: Sequence[SliceFile]) -> list[int]:
+def check_scan_slices(case_day: str, slices: Sequence[SliceFile]) -> list[int]:
     """The slice numbers, after checking they are consecutive and share one size and spacing."""
     if not slices:
         raise InputError(None, f"{case_day} has no slices")
@@ -296,7 +296,7 @@ def stack_scan(
     For scans without masks (the competition's test set): what a model trained on an
     imported dataset sees, slice ``z`` being slice number ``slices[0].number + z``.
     """
-    _check_slices(case_day, slices)
+    check_scan_slices(case_day, slices)
     first = slices[0]
     arrays = [_read_slice(s) for s in slices]
     _check_bit_depth(case_day, slices, arrays)
@@ -320,7 +320,7 @@ def load_scan(
     """
     prio = _check_priority(overlap_priority)
     first = slices[0]
-    numbers = _check_slices(case_day, slices)
+    numbers = check_scan_slices(case_day, slices)
     unlisted = [n for n in numbers if n not in masks]
     if unlisted:
         raise InputError(

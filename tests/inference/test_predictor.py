@@ -101,6 +101,8 @@ def test_cohort_volume_table_covers_every_shard(trained_model: Path, tmp_path: P
     predict(folder, trained_model, out, PredictConfig(formats=("volumes",), shard=(0, 2)))
     with (out / "cohort_volumes.csv").open() as fh:
         assert [r["case"] for r in csv.DictReader(fh)] == ["p1", "p3"]
+    (out / "notes").mkdir()
+    (out / "notes" / "volumes.csv").write_text("organ,ml\nliver,1500\n")  # someone else's table
     predict(folder, trained_model, out, PredictConfig(formats=("volumes",), shard=(1, 2)))
     with (out / "cohort_volumes.csv").open() as fh:
         reader = csv.DictReader(fh)
@@ -412,10 +414,16 @@ def test_png_input_takes_a_spacing_and_a_wrong_one_is_a_clear_error(
     assert [(r.case_id, r.ok) for r in res] == [("a", True), ("b", True)], res
     # The same folder for a 3D model: each PNG alone would lack its neighbours; refused.
     with pytest.raises(
-        InputError, match=r"2 PNG files would each be segmented alone.*3d model.*medseg convert"
+        InputError, match=r"2 PNG/TIFF slices would each be segmented alone.*3d model.*medseg convert"
     ):
         predict(folder, trained_3d, tmp_path / "out_3d", PredictConfig(spacing=spacing))
     assert not (tmp_path / "out_3d").exists()
+    tiffs = tmp_path / "tiffs"
+    tiffs.mkdir()
+    for name in ("a", "b", "c"):
+        Image.fromarray(scaled).save(tiffs / f"{name}.tif")
+    with pytest.raises(InputError, match=r"3 PNG/TIFF slices would each be segmented alone"):
+        predict(tiffs, trained_3d, tmp_path / "out_3d", PredictConfig(spacing=spacing))
     # A plan for 4 nm pixels and an image read as 1 mm pixels: refused before resampling.
     tiny = replace(model.plan, target_spacing=(0.004, 0.004, 0.004))
     big = Volume(np.zeros((1, 128, 128), np.float32), (1.0, 1.0, 1.0))

@@ -137,8 +137,8 @@ def test_folds_of_an_earlier_split_are_not_reused(dataset_copy: Path) -> None:
 
     root = dataset_copy
     record = json.loads((root / "models" / "3d" / "fold_0" / "model.json").read_text())
-    assert record["train_case_ids"] == sorted(load_splits(root).fold(0).train)
-    trained = set(record["train_case_ids"])
+    assert "case_0" not in json.dumps(record)  # digests only: case ids can carry patient data
+    trained = set(load_splits(root).fold(0).train)
     # Re-split with another seed (the first whose fold 0 differs); splits.json now holds it.
     next(
         s
@@ -154,9 +154,12 @@ def test_folds_of_an_earlier_split_are_not_reused(dataset_copy: Path) -> None:
         train(root, 0, config=_config(epochs=2), resume=True, workers=1)
     again = cross_validate(root, config=_config(), workers=1, overwrite=True)
     assert [f.action for f in again.folds] == ["trained"] * 3
+    from medseg.training.checkpoint import check_trained_on
+
     for fold in again.folds:
-        trained_on = json.loads((fold.model_dir / "model.json").read_text())["train_case_ids"]
-        assert not set(trained_on) & set(fold.val_cases)
+        check_trained_on(fold.model_dir, load_splits(root).fold(fold.fold).train, "the split")  # no error
+        with pytest.raises(ConfigError, match="trained on other cases"):
+            check_trained_on(fold.model_dir, list(fold.val_cases), "the validation cases")
 
 
 def test_crossval_command(dataset_copy: Path, tmp_path: Path) -> None:

@@ -176,7 +176,11 @@ def write_cohort_volumes(out_dir: str | Path, case_ids: Sequence[str] | None = N
     for path in files:
         volumes: dict[int, str] = {}
         with path.open(newline="", encoding="utf-8") as fh:
-            for row in csv.DictReader(fh):
+            reader = csv.DictReader(fh)
+            if not {"label", "name", "volume_ml"} <= set(reader.fieldnames or []):
+                log.warning("%s is not a medseg volume table; left out of %s", path, COHORT_CSV)
+                continue
+            for row in reader:
                 value = int(row["label"])
                 name = row["name"]
                 if columns.setdefault(value, name) != name:
@@ -185,6 +189,8 @@ def write_cohort_volumes(out_dir: str | Path, case_ids: Sequence[str] | None = N
                     )
                 volumes[value] = row["volume_ml"]
         rows.append((path.parent.name, volumes))
+    if not rows:
+        return None
     order = sorted(columns)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

@@ -832,6 +832,14 @@ def _check_slices_for_volume_model(input_path: str | Path, cases: Sequence[Input
     if plan.configuration == "2d" or (plan.configuration == "2.5d" and plan.slab_slices == 1):
         return
     pngs = [c for c in cases if c.kind == "files" and all(p.suffix.lower() == ".png" for p in c.paths)]
+    tiffs = [
+        c for c in cases if c.kind == "files" and all(p.suffix.lower() in (".tif", ".tiff") for p in c.paths)
+    ]
+    if tiffs:  # a TIFF may hold a whole stack; one page means a 2D slice
+        from medseg.io import read_volume
+
+        if read_volume(tiffs[0].paths[0], spacing=(1.0, 1.0, 1.0)).shape[0] == 1:
+            pngs += tiffs
     if not pngs:
         return
     what = f"a {plan.configuration} model" + (
@@ -841,11 +849,11 @@ def _check_slices_for_volume_model(input_path: str | Path, cases: Sequence[Input
         folder = pngs[0].paths[0].parent
         raise InputError(
             input_path,
-            f"{len(pngs)} PNG files would each be segmented alone, but this is {what}, which needs the "
+            f"{len(pngs)} PNG/TIFF slices would each be segmented alone, but this is {what}, which needs the "
             "neighbouring slices of a scan",
             expected=f"the slices stacked into one volume first: medseg convert {folder} scan.nii.gz "
             "--spacing Z Y X, then predict scan.nii.gz",
-            found="a folder of 2D PNG images",
+            found="a folder of 2D images",
         )
     log.warning(
         "%s: one 2D PNG image given to %s; it is predicted as a one-slice volume without neighbours",

@@ -162,32 +162,53 @@ def write_model_json(folder: Path, architecture: Architecture, info: dict[str, A
     return write_text_atomic(folder / "model.json", json.dumps(record, indent=2) + "\n", overwrite=True)
 
 
+def case_id_record(case_ids: Sequence[str]) -> dict[str, Any]:
+    """What model.json keeps of its training cases: salted SHA-256 digests, not the ids.
+
+    Case ids are often file names, which can carry patient identifiers, and a model folder
+    travels (a deployment copy, a shared model); the digests still let
+    :func:`check_trained_on` compare them with a split.
+    """
+    import secrets
+
+    record: dict[str, Any] = {"salt": secrets.token_hex(8)}
+    record["sha256"] = sorted(_digests(record, case_ids))
+    return record
+
+
+def _digests(record: dict[str, Any], case_ids: Sequence[str]) -> set[str]:
+    import hashlib
+
+    return {hashlib.sha256(f"{record['salt']}:{c}".encode()).hexdigest()[:16] for c in case_ids}
+
+
 def check_trained_on(folder: Path, train_ids: Sequence[str], what: str) -> None:
     """Raise when ``folder``'s model was trained on other cases than ``train_ids``.
 
     A fold kept from before a re-split would otherwise be scored on cases it trained on (or
-    resumed on a mixture of two splits). Models from before the ids were recorded pass with a
-    warning, as nothing can be checked.
+    resumed on a mixture of two splits). Models from before the cases were recorded pass
+    with a warning, as nothing can be checked.
     """
     path = folder / "model.json"
     if not path.is_file():
         return
     try:
-        recorded = json.loads(path.read_text(encoding="utf-8")).get("train_case_ids")
+        recorded = json.loads(path.read_text(encoding="utf-8")).get("train_cases_digest")
     except (OSError, ValueError, AttributeError):
         return  # an unreadable record is reported by whoever loads the model
-    if recorded is None:
+    if not isinstance(recorded, dict) or "salt" not in recorded or "sha256" not in recorded:
         log.warning(
             "%s: the model does not record its training cases; cannot check them against %s", folder, what
         )
         return
-    before, now = set(recorded), set(train_ids)
+    before, now = set(recorded["sha256"]), _digests(recorded, train_ids)
     if before != now:
-        changed = sorted(before ^ now)
+        new_ids = sorted(c for c in train_ids if not _digests(recorded, [c]) <= before)
         raise ConfigError(
             f"{folder}: this model was trained on other cases than {what} now lists "
-            f"({len(before - now)} case(s) no longer in its training set, {len(now - before)} new, e.g. "
-            f"{', '.join(changed[:3])}); its validation cases would include cases it trained on. "
+            f"({len(before - now)} case(s) no longer in its training set, {len(now - before)} new"
+            + (f", e.g. {', '.join(new_ids[:3])}" if new_ids else "")
+            + "); its validation cases would include cases it trained on. "
             "Rerun with --overwrite to retrain, or move the folder away"
         )
 

@@ -252,6 +252,9 @@ class Trainer:
         self.plan = plan
         self.cache = Path(cache_dir)
         self.train_ids = list(train_ids)
+        from medseg.training.checkpoint import case_id_record
+
+        self._train_digest = case_id_record(self.train_ids)
         self.val_ids = list(val_ids)[: config.max_val_cases] if config.max_val_cases else list(val_ids)
         self.config = config
         self.out = Path(out_dir)
@@ -477,8 +480,9 @@ class Trainer:
                 "best_epoch": self.best_epoch,
                 "train_cases": len(self.train_ids),
                 "val_cases": len(self.val_ids),
-                # Checked before a fold is skipped or resumed (crossval, train --resume).
-                "train_case_ids": sorted(self.train_ids),
+                # Checked before a fold is skipped or resumed (crossval, train --resume);
+                # salted digests, not the ids, which can be file names with patient data.
+                "train_cases_digest": self._train_digest,
             },
         )
 

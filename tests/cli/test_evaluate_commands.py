@@ -131,6 +131,61 @@ def test_baseline_errors(tmp_path: Path) -> None:
     assert not out.with_name("missing.nii.gz").exists()
 
 
+def test_baseline_label_keep_class_and_options_that_do_not_apply(tmp_path: Path) -> None:
+    """A lecturer scores one organ of a multi-organ reference: the result takes its label value;
+    the dark class of otsu/kmeans can be kept; options a method ignores are refused."""
+    img = _blob_image(tmp_path)
+    out = tmp_path / "o.nii.gz"
+    res = runner.invoke(
+        app, ["baseline", "threshold", str(img), "-o", str(out), "--threshold", "50", "--label", "4"]
+    )
+    assert res.exit_code == 0, res.output
+    assert (
+        sorted(np.unique(read_volume(out).array).tolist()) == [0, 4]
+        and int((read_volume(out).array == 4).sum()) == 294
+    )
+    res = runner.invoke(
+        app,
+        ["baseline", "otsu", str(img), "-o", str(out), "--keep-class", "0", "--label", "2", "--overwrite"],
+    )
+    assert res.exit_code == 0, res.output
+    arr = read_volume(out).array
+    assert int((arr == 2).sum()) == arr.size - 294 and arr[4, 5, 5] == 0  # the dark background kept
+    for args, message in (
+        (
+            ["threshold", "--lower", "40"],
+            "--lower does not apply to threshold (its lower bound is --threshold)",
+        ),
+        (["otsu", "--seed", "1 2 3"], "--seed does not apply to otsu"),
+        (["kmeans", "--classes", "0"], "--classes must be at least 2"),
+        (["kmeans", "--label", "3"], "pick one class with --keep-class"),
+        (["otsu", "--keep-class", "5"], "--keep-class 5 is not among the result's classes [0, 1]"),
+    ):
+        res = runner.invoke(app, ["baseline", args[0], str(img), "-o", str(tmp_path / "x.nii.gz"), *args[1:]])
+        assert res.exit_code == 2 and message in res.output, (args, res.output)
+    res = runner.invoke(
+        app, ["baseline", "threshold", str(img), "-o", str(tmp_path / "e.nii.gz"), "--threshold", "1e6"]
+    )
+    assert res.exit_code == 0 and "the result is empty" in res.output
+
+
+def test_baseline_on_a_png_takes_a_spacing_and_a_2d_seed(tmp_path: Path) -> None:
+    from PIL import Image
+
+    pixels = np.full((30, 40), 20, np.uint8)
+    pixels[10:20, 12:30] = 200
+    Image.fromarray(pixels).save(tmp_path / "em.png")
+    out = tmp_path / "rg.nii.gz"
+    res = runner.invoke(
+        app,
+        ["baseline", "region-grow", str(tmp_path / "em.png"), "-o", str(out), "--seed", "15 20",
+         "--grow", "connected", "--lower", "100", "--upper", "255", "--spacing", "1", "0.004", "0.004"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    label = read_volume(out)
+    assert int(label.array.sum()) == 180 and label.spacing == pytest.approx((1.0, 0.004, 0.004))
+
+
 @pytest.mark.parametrize(
     ("method", "extra", "expected"),
     [

@@ -88,7 +88,7 @@ def watershed(
                 if arr[z, y, x] < low:
                     logger.warning(
                         "watershed seed %d at (z, y, x) %s has intensity %.4g below the background "
-                        "threshold low=%.4g: its object will be flooded by background; pass a lower 'low'",
+                        "threshold low=%.4g: its object will be flooded by background; lower it (--lower / low=)",
                         i - 1,
                         (z, y, x),
                         float(arr[z, y, x]),
@@ -99,7 +99,9 @@ def watershed(
         else:
             assert high is not None
             if high <= low:
-                raise ConfigError(f"watershed high threshold {high} must be above the low threshold {low}")
+                raise ConfigError(
+                    f"watershed high threshold {high} (--high) must be above the low threshold {low} (--lower)"
+                )
             marker_arr[arr > high] = 2
             params.update(markers="thresholds", low=low, high=high)
         if not (marker_arr == 1).any() or not (marker_arr > 1).any():

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import typer
@@ -206,7 +208,9 @@ def _cell(stats: dict[str, float | int | None], metric: str) -> str:
 @cli_command
 def baseline_command(
     method: str = typer.Argument(..., help="One of: threshold, otsu, region-grow, watershed, kmeans."),
-    image: Path = typer.Argument(..., help="Input image (NIfTI/NRRD/MHA file or DICOM series folder)."),
+    image: Path = typer.Argument(
+        ..., help="Input image (NIfTI/NRRD/MHA/PNG/TIFF file or DICOM series folder)."
+    ),
     output: Path = typer.Option(..., "-o", "--output", help="Output label map (.nii.gz, .nrrd, .mha)."),
     threshold: float | None = typer.Option(None, "--threshold", help="threshold: lower bound (value >= T)."),
     upper: float | None = typer.Option(None, "--upper", help="threshold / region-grow: upper bound."),
@@ -215,7 +219,10 @@ def baseline_command(
     ),
     high: float | None = typer.Option(None, "--high", help="watershed: object marker above this value."),
     seed: list[str] | None = typer.Option(
-        None, "--seed", help="Seed voxel 'Z Y X' (array indices; repeatable), e.g. --seed '12 80 95'."
+        None,
+        "--seed",
+        help="Seed voxel 'Z Y X' in quotes (array indices, 0-based, as the overlay titles show; "
+        "'Y X' for a 2D image; repeatable), e.g. --seed '12 80 95'.",
     ),
     seed_world: list[str] | None = typer.Option(
         None, "--seed-world", help="Seed point 'X Y Z' in LPS mm (repeatable)."
@@ -233,6 +240,25 @@ def baseline_command(
     ),
     radius: int = typer.Option(1, "--radius", help="region-grow: seed neighbourhood radius (voxels)."),
     sigma: float = typer.Option(1.0, "--sigma", help="watershed: gradient smoothing sigma (mm)."),
+    label: int | None = typer.Option(
+        None,
+        "--label",
+        help="Value of the result's voxels (e.g. the organ's label in the reference); default 1.",
+    ),
+    keep_class: int | None = typer.Option(
+        None,
+        "--keep-class",
+        help="otsu / kmeans: keep only this class (0 = darkest, e.g. 0 for dark membranes) as --label.",
+    ),
+    series: str | None = typer.Option(
+        None, "--series", "-s", help="DICOM folder with several series: pick one."
+    ),
+    spacing: tuple[float, float, float] | None = typer.Option(
+        None,
+        "--spacing",
+        metavar="Z Y X",
+        help="Voxel spacing in mm of a PNG/TIFF image, which carries none.",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
 ) -> None:
     """Run a classical baseline (threshold, Otsu, region growing, watershed, k-means) on the input grid."""
@@ -245,16 +271,37 @@ def baseline_command(
         from medseg.errors import OutputExistsError
 
         raise OutputExistsError(output)
-    seeds = [_triple(s, "--seed", int) for s in seed or []]
+    given = {
+        "--threshold": threshold is not None,
+        "--upper": upper is not None,
+        "--lower": lower is not None,
+        "--high": high is not None,
+        "--seed": bool(seed),
+        "--seed-world": bool(seed_world),
+        "--seed-mask": seed_mask is not None,
+        "--classes": classes is not None,
+        "--grow": grow != "confidence",
+        "--multiplier": multiplier != 2.5,
+        "--iterations": iterations is not None,
+        "--radius": radius != 1,
+        "--sigma": sigma != 1.0,
+        "--keep-class": keep_class is not None,
+    }
+    _check_options(method, [name for name, on in given.items() if on])
+    if classes is not None and classes < 2:
+        raise ConfigError(f"--classes must be at least 2, found {classes}")
+    volume = read_volume(image, series=series, spacing=spacing)
+    seeds = [_seed(s, volume.shape) for s in seed or []]
     seeds_world = [_triple(s, "--seed-world", float) for s in seed_world or []]
-    volume = read_volume(image)
     mask_vol = read_volume(seed_mask) if seed_mask is not None else None
     if method == "threshold":
         result = classical.threshold(volume, threshold, upper)
     elif method == "otsu":
-        result = classical.otsu(volume, classes or 2)
+        result = classical.otsu(volume, 2 if classes is None else classes)
     elif method == "kmeans":
-        result = classical.kmeans(volume, classes or 3, iterations=50 if iterations is None else iterations)
+        result = classical.kmeans(
+            volume, 3 if classes is None else classes, iterations=50 if iterations is None else iterations
+        )
     elif method == "region-grow":
         if grow not in ("confidence", "connected"):
             raise ConfigError(f"--grow must be 'confidence' or 'connected', found '{grow}'")
@@ -280,6 +327,7 @@ def baseline_command(
             high=high,
             sigma_mm=sigma,
         )
+    result = _relabel(result, label, keep_class)
     write_volume(result, output, overwrite=overwrite)
     params = result.meta.get("baseline", {})
     console.print(
@@ -294,7 +342,69 @@ def baseline_command(
     for v, c in zip(values, counts, strict=True):
         table.add_row(str(int(v)), str(int(c)), f"{c * ml:.1f}")
     console.print(table)
+    foreground = float(np.count_nonzero(result.array)) / max(result.array.size, 1)
+    if foreground == 0:
+        console.print(
+            "[yellow]warning:[/] the result is empty: no voxel met the criterion (check the bounds "
+            "against the value range `medseg info` shows)",
+            soft_wrap=True,
+        )
+    elif foreground > 0.95 and method in ("threshold", "region-grow", "watershed"):
+        console.print(
+            f"[yellow]warning:[/] the result covers {foreground:.0%} of the image: the bounds or "
+            "the seed's statistics probably let everything in",
+            soft_wrap=True,
+        )
     console.print(f"wrote {output}", markup=False, soft_wrap=True)
+
+
+# Options each method reads (the others would be ignored silently, so they are refused).
+_METHOD_OPTIONS = {
+    "threshold": {"--threshold", "--upper"},
+    "otsu": {"--classes", "--keep-class"},
+    "kmeans": {"--classes", "--iterations", "--keep-class"},
+    "region-grow": {
+        "--seed", "--seed-world", "--seed-mask", "--grow", "--lower", "--upper",
+        "--multiplier", "--iterations", "--radius",
+    },
+    "watershed": {"--seed", "--seed-world", "--seed-mask", "--lower", "--high", "--sigma"},
+}  # fmt: skip
+
+
+def _check_options(method: str, given: Sequence[str]) -> None:
+    unused = [name for name in given if name not in _METHOD_OPTIONS.get(method, set())]
+    if unused:
+        hint = " (its lower bound is --threshold)" if method == "threshold" and "--lower" in unused else ""
+        raise ConfigError(
+            f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to {method}{hint}; "
+            f"it takes {', '.join(sorted(_METHOD_OPTIONS[method]))}"
+        )
+
+
+def _relabel(result: Any, label: int | None, keep_class: int | None) -> Any:
+    """``--keep-class`` picks one class of a multi-class result; ``--label`` sets the value."""
+    arr = result.array
+    value = 1 if label is None else label
+    if not 1 <= value <= 255:
+        raise ConfigError(f"--label must be in 1..255, found {value}")
+    if keep_class is not None:
+        present = sorted(int(v) for v in np.unique(arr))
+        if keep_class not in present:
+            raise ConfigError(f"--keep-class {keep_class} is not among the result's classes {present}")
+        return result.with_array(np.where(arr == keep_class, value, 0).astype(np.uint8))
+    if label is None:
+        return result
+    if len(np.unique(arr[arr != 0])) > 1:
+        raise ConfigError("--label sets the value of a one-label result; pick one class with --keep-class")
+    return result.with_array(np.where(arr != 0, value, 0).astype(np.uint8))
+
+
+def _seed(text: str, shape: Sequence[int]) -> tuple[int, int, int]:
+    """'Z Y X', or 'Y X' for a 2D image (one slice)."""
+    parts = text.replace(",", " ").split()
+    if len(parts) == 2 and shape[0] == 1:
+        text = f"0 {parts[0]} {parts[1]}"
+    return _triple(text, "--seed", int)
 
 
 def _short(value: object) -> str:

@@ -308,7 +308,7 @@ def evaluate_volumes(
             raise GeometryError(
                 f"case '{name}': prediction {prediction_path or '(array)'} and reference "
                 f"{reference_path or '(array)'} are on different grids: {diffs}; "
-                "pass --resample (resample=True) to resample the prediction onto the reference "
+                "pass --resample (Python: resample=True) to resample the prediction onto the reference "
                 "grid with nearest neighbour"
             )
         from medseg.geometry.resample import resample_to_reference

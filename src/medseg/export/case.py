@@ -346,7 +346,7 @@ def export_label(
             raise GeometryError(
                 f"{label_file}: the label map does not lie on the grid of {image_file}: "
                 + "; ".join(diffs)
-                + ". Pass --resample (resample=True) to put it there by nearest-neighbour interpolation."
+                + ". Pass --resample (Python: resample=True) to put it there by nearest-neighbour interpolation."
             )
         from medseg.geometry.resample import resample_label
 

@@ -120,8 +120,9 @@ def _draw_sides(
     sp: Sequence[float],
     limits: tuple[float, float],
     note: str,
+    where: Sequence[str],
 ) -> None:
-    """The sagittal and coronal panels through ``centre``."""
+    """The sagittal and coronal panels through ``centre`` (``where``: their array indices)."""
     _draw(
         fig.add_subplot(sides[0, 0]),
         img[:, :, centre[2]],
@@ -129,7 +130,7 @@ def _draw_sides(
         segments,
         sp[0] / sp[1],
         limits,
-        f"sagittal (anterior left){note}",
+        f"sagittal, {where[0]} (anterior left){note}",
     )
     _draw(
         fig.add_subplot(sides[0, 1]),
@@ -138,7 +139,7 @@ def _draw_sides(
         segments,
         sp[0] / sp[2],
         limits,
-        f"coronal (patient right on the left){note}",
+        f"coronal, {where[1]} (patient right on the left){note}",
     )
 
 
@@ -195,11 +196,21 @@ def render_overlay_png(
         ax = fig.add_subplot(grid[i // ncols, i % ncols])
         if i < len(axial):
             k = axial[i]
-            _draw(ax, img[k], lab[k], segments, sp[1] / sp[2], limits, f"axial {k + 1}/{lab.shape[0]}{note}")
+            # The title gives the slice's array index (what `baseline --seed` and viewers'
+            # voxel coordinates use), not its rank in the display order.
+            index = lab.shape[0] - 1 - k if flips[0] else k
+            axis = "zyx"[order[0]]
+            _draw(ax, img[k], lab[k], segments, sp[1] / sp[2], limits, f"axial, {axis} = {index}{note}")
         else:
             ax.set_axis_off()
     if with_sides:
-        _draw_sides(fig, grid[nrows, :].subgridspec(1, 2), img, lab, centre, segments, sp, limits, note)
+        where = [
+            f"{'zyx'[order[d]]} = {lab.shape[d] - 1 - int(centre[d]) if flips[d] else int(centre[d])}"
+            for d in (2, 1)
+        ]
+        _draw_sides(
+            fig, grid[nrows, :].subgridspec(1, 2), img, lab, centre, segments, sp, limits, note, where
+        )
     handles = [
         Patch(facecolor=(s.color[0] / 255, s.color[1] / 255, s.color[2] / 255), label=f"{s.value}: {s.name}")
         for s in segments

@@ -156,6 +156,13 @@ def test_grid_mismatch_names_the_case_and_resample_fixes_it(folders) -> None:  #
     case = {c.name: c for c in result.cases}["case_002"]
     assert case.resampled and case.status == "ok"
     assert 0.3 < case.per_label[1]["dice"] <= 1.0
+    # Another scan altogether (here: 500 mm away): not resampled into an empty map and scored.
+    from medseg.volume import Volume
+
+    far = Volume(pred.array, pred.spacing, np.asarray(pred.origin) + 500.0, pred.direction)
+    write_volume(far, pred_dir / "case_002.nii.gz", overwrite=True)
+    with pytest.raises(GeometryError, match=r"case 'case_002'.*covers only 0% of the reference"):
+        evaluate(pred_dir, ref_dir, _serial(labels=LABELS, resample=True))
 
 
 def test_nan_in_prediction_is_an_error(folders) -> None:  # type: ignore[no-untyped-def]

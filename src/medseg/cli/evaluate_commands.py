@@ -199,7 +199,9 @@ def _cell(stats: dict[str, float | int | None], metric: str) -> str:
     mean, std, median = stats["mean"], stats["std"], stats["median"]
     if mean is None:
         return "–"
-    fmt = "{:.2f}" if metric in MM_METRICS else "{:.3f}"
+    fmt = "{:.3f}"
+    if metric in MM_METRICS:  # 2 decimals of a mm, or 3 significant digits at microscopy scale
+        fmt = "{:.3g}" if 0 < abs(float(mean)) < 1 else "{:.2f}"
     sd = fmt.format(std) if std is not None else "–"
     return f"{fmt.format(mean)} ± {sd} ({fmt.format(median)})"
 

@@ -290,6 +290,15 @@ def _check_label_array(vol: Volume, case: str, role: str, path: Path | str) -> n
     return arr
 
 
+def _coverage(inner: Any, outer: Any, samples: int = 12) -> float:
+    """Fraction of ``outer``'s grid (a lattice of its voxel centres) lying inside ``inner``'s."""
+    axes = [np.linspace(0, n - 1, min(n, samples)) for n in outer.shape]
+    lattice = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    index = inner.world_to_index(outer.index_to_world(lattice))
+    inside = np.all((index >= -0.5) & (index <= np.asarray(inner.shape) - 0.5), axis=1)
+    return float(inside.mean())
+
+
 def evaluate_volumes(
     prediction: Volume,
     reference: Volume,
@@ -313,6 +322,19 @@ def evaluate_volumes(
             )
         from medseg.geometry.resample import resample_to_reference
 
+        covered = _coverage(prediction.geometry, reference.geometry)
+        if covered < 0.5:
+            raise GeometryError(
+                f"case '{name}': prediction {prediction_path or '(array)'} covers only {covered:.0%} of "
+                f"the reference {reference_path or '(array)'} in patient space ({diffs}); they are "
+                "probably not the same scan (or one has a wrong spacing or origin)"
+            )
+        if covered < 0.99:
+            logger.warning(
+                "case %s: the prediction covers %.0f%% of the reference's extent; the rest counts as background",
+                name,
+                100 * covered,
+            )
         logger.info("case %s: resampling the prediction onto the reference grid (%s)", name, diffs)
         pred_vol = resample_to_reference(prediction, reference, is_label=True)
         resampled = True

@@ -272,3 +272,29 @@ def test_class_names_come_from_the_dataset_json_beside_the_references(tmp_path: 
     assert res.exit_code == 2 and "separator label(s) [7] found in no reference" in res.output
     res = runner.invoke(app, [*args[:-2], "--metrics", "objects", "--separator", "1", "--object-iou", "0"])
     assert res.exit_code == 2 and "tile the image" in res.output
+
+
+def test_watershed_smooths_one_voxel_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default sigma follows the grid (1 mm on 1 mm MR, 4 nm on EM), not a fixed 1 mm."""
+    from PIL import Image
+
+    from medseg import classical
+
+    seen: dict[str, object] = {}
+    real = classical.watershed
+
+    def spy(*args: object, **kwargs: object) -> Volume:
+        seen.update(kwargs)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(classical, "watershed", spy)
+    pixels = np.full((30, 40), 20, np.uint8)
+    pixels[10:20, 12:30] = 200
+    Image.fromarray(pixels).save(tmp_path / "em.png")
+    res = runner.invoke(
+        app,
+        ["baseline", "watershed", str(tmp_path / "em.png"), "-o", str(tmp_path / "w.nii.gz"), "--seed", "15 20",
+         "--lower", "100", "--spacing", "1", "0.004", "0.004"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert seen["sigma_mm"] == pytest.approx(0.004)

@@ -241,7 +241,9 @@ def baseline_command(
         None, "--iterations", help="region-grow (confidence; default 4) / kmeans (default 50) iterations."
     ),
     radius: int = typer.Option(1, "--radius", help="region-grow: seed neighbourhood radius (voxels)."),
-    sigma: float = typer.Option(1.0, "--sigma", help="watershed: gradient smoothing sigma (mm)."),
+    sigma: float | None = typer.Option(
+        None, "--sigma", help="watershed: gradient smoothing sigma in mm (default: the smallest voxel spacing)."
+    ),
     label: int | None = typer.Option(
         None,
         "--label",
@@ -286,7 +288,7 @@ def baseline_command(
         "--multiplier": multiplier != 2.5,
         "--iterations": iterations is not None,
         "--radius": radius != 1,
-        "--sigma": sigma != 1.0,
+        "--sigma": sigma is not None,
         "--keep-class": keep_class is not None,
     }
     _check_options(method, [name for name, on in given.items() if on])
@@ -327,7 +329,7 @@ def baseline_command(
             seeds_world=seeds_world,
             low=lower,
             high=high,
-            sigma_mm=sigma,
+            sigma_mm=min(volume.spacing) if sigma is None else sigma,
         )
     result = _relabel(result, label, keep_class)
     write_volume(result, output, overwrite=overwrite)

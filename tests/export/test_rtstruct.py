@@ -219,3 +219,28 @@ def test_overlapping_rois_are_reported(
         f"ROI 'BODY' overlaps 'liver' on {int(organ.sum())} voxels" in message
         and "0 voxels of 'liver' left" in message
     )
+
+
+def test_conformance_fixes_over_rt_utils(tmp_path: Path, synthetic_series: Series) -> None:
+    """A UTF-8 patient name survives (rt-utils declared Latin-1 and wrote '?'), contour DS values
+    fit 16 characters, and the study's accession number and referring physician are kept."""
+    for f in synthetic_series.files:
+        ds = pydicom.dcmread(f)
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.PatientName = "ŁÓDŹ^ŻÓŁW"
+        ds.AccessionNumber = "ACC42"
+        ds.save_as(f)
+    label = prostate_zones(synthetic_series.image)
+    out = write_rtstruct(label, synthetic_series.files, tmp_path / "rt.dcm", ZONES)
+    ds = pydicom.dcmread(out)
+    assert ds.SpecificCharacterSet == "ISO_IR 192" and str(ds.PatientName) == "ŁÓDŹ^ŻÓŁW"
+    assert ds.AccessionNumber == "ACC42" and "ReferringPhysicianName" in ds and "OperatorsName" in ds
+    assert ds.SeriesNumber == 9902
+    raw = pydicom.dcmread(out, defer_size=None)
+    lengths = [
+        len(str(v)) for roi in raw.ROIContourSequence for c in roi.ContourSequence for v in c.ContourData
+    ]
+    assert lengths and max(lengths) <= 16
+    back = read_rtstruct(out, synthetic_series.image, ZONES)
+    for value in (1, 2, 4):
+        assert dice(back.array == value, label.array == value) >= 0.85

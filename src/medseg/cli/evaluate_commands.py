@@ -242,7 +242,9 @@ def baseline_command(
     ),
     radius: int = typer.Option(1, "--radius", help="region-grow: seed neighbourhood radius (voxels)."),
     sigma: float | None = typer.Option(
-        None, "--sigma", help="watershed: gradient smoothing sigma in mm (default: the smallest voxel spacing)."
+        None,
+        "--sigma",
+        help="watershed: gradient smoothing sigma in mm (default: the smallest voxel spacing).",
     ),
     label: int | None = typer.Option(
         None,

@@ -174,11 +174,21 @@ def write_rtstruct(
 
 
 def _set_provenance(ds: pydicom.Dataset, source: pydicom.Dataset) -> None:
-    """medseg as the equipment that made the RTSTRUCT, not rt-utils' defaults ("Qurit").
+    """Fix what rt-utils leaves non-conformant or wrong, before the file is saved.
 
-    The General Equipment module describes the software that created this object; the
-    institution is the source scan's (or none), as for the DICOM SEG.
+    * medseg as the equipment that made the RTSTRUCT, not rt-utils' defaults ("Qurit"); the
+      institution is the source scan's (or none), as for the DICOM SEG;
+    * the source's character set: rt-utils always declares ISO_IR 100 (Latin-1), which
+      turned a UTF-8 patient name such as "ŁÓDŹ" into "?ÓD?" -- a name that no longer
+      matches the scan's, so a PACS may file the RTSTRUCT under another patient;
+    * the General Study module's type-2 attributes the scan has (accession number,
+      referring physician), and the RT Series' operators' name (type 2, empty); a series
+      number apart from the scan's (9902; the DICOM SEG is 9901);
+    * contour coordinates as DS values of at most 16 characters (rt-utils writes Python's
+      full repr, e.g. "-18.685466430070193": invalid DS).
     """
+    from pydicom.valuerep import format_number_as_ds
+
     import medseg
 
     ds.Manufacturer = "medseg"
@@ -188,6 +198,17 @@ def _set_provenance(ds: pydicom.Dataset, source: pydicom.Dataset) -> None:
         ds.InstitutionName = source.InstitutionName
     elif "InstitutionName" in ds:
         del ds.InstitutionName
+    charset = source.get("SpecificCharacterSet")
+    if charset:
+        ds.SpecificCharacterSet = charset
+    for keyword in ("AccessionNumber", "ReferringPhysicianName"):
+        setattr(ds, keyword, source.get(keyword, ""))
+    if "OperatorsName" not in ds:
+        ds.OperatorsName = ""
+    ds.SeriesNumber = 9902
+    for roi in getattr(ds, "ROIContourSequence", []):
+        for contour in getattr(roi, "ContourSequence", []):
+            contour.ContourData = [format_number_as_ds(float(v)) for v in contour.ContourData]
 
 
 def _rasterise_contours(contours: list[NDArray[np.float64]], shape: tuple[int, int]) -> NDArray[np.bool_]:

@@ -122,6 +122,37 @@ def test_convert_dicom_to_dicom_deidentified(tmp_path: Path) -> None:
     assert "--deidentify changes DICOM output only" in out + err  # a folder, but not DICOM
 
 
+def test_deidentified_uids_need_the_secret_and_patients_keep_apart(tmp_path: Path) -> None:
+    """New UIDs cannot be recomputed from the originals (they used a public salt); the same
+    --uid-secret keeps separate runs in one study; --pseudonym names the patient."""
+    from pydicom.uid import generate_uid
+
+    vol = make_oblique_volume(dtype=np.int16)
+    files = write_dicom_series(vol, tmp_path / "dcm")
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.StudyDescription = "MRT Becken bei Frau Doe"
+        ds.save_as(f)
+    study = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+
+    def converted(name: str, *extra: str) -> pydicom.Dataset:
+        code, _, err = run(
+            "convert", tmp_path / "dcm", tmp_path / name, "--to", "dicom", "--deidentify", *extra
+        )
+        assert code == 0, err
+        return pydicom.dcmread(next((tmp_path / name).iterdir()))
+
+    a = converted("a", "--pseudonym", "SUBJ001", "--uid-secret", "k3y")
+    b = converted("b", "--uid-secret", "k3y")
+    c = converted("c", "--uid-secret", "other")
+    assert str(a.PatientName) == a.PatientID == "SUBJ001" and b.PatientID == "ANONYMOUS"
+    assert a.StudyInstanceUID == b.StudyInstanceUID != c.StudyInstanceUID != study
+    assert a.StudyInstanceUID != generate_uid(
+        entropy_srcs=["medseg-deidentify", study]
+    )  # the old public salt
+    assert "StudyDescription" not in a
+
+
 def test_convert_png_stack_needs_spacing(tmp_path: Path) -> None:
     vol = make_oblique_volume(dtype=np.uint16)
     write_image_stack(vol, tmp_path / "png")

@@ -230,6 +230,17 @@ def convert(
         "--deidentify",
         help="DICOM output: remove patient names, IDs, dates, institutions (basic profile).",
     ),
+    pseudonym: str = typer.Option(
+        "ANONYMOUS",
+        "--pseudonym",
+        help="With --deidentify: the patient name and ID to write (one per patient, e.g. SUBJ001).",
+    ),
+    uid_secret: str | None = typer.Option(
+        None,
+        "--uid-secret",
+        help="With --deidentify: a private key from which new UIDs are derived, so that series "
+        "converted in separate runs keep one study (default: a new key per run).",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """Convert IN to OUT: NIfTI, NRRD, MHA, PNG/TIFF, or a DICOM series folder (--to dicom)."""
@@ -247,6 +258,8 @@ def convert(
         series_description=description,
         deidentify=deidentify,
         overwrite=overwrite,
+        pseudonym=pseudonym,
+        uid_secret=uid_secret,
     )
     console.print(f"wrote {out}")
     from medseg.io import _output_format

@@ -146,6 +146,8 @@ def convert(
     series_description: str | None = None,
     deidentify: bool = False,
     overwrite: bool = False,
+    pseudonym: str = "ANONYMOUS",
+    uid_secret: str | None = None,
 ) -> Path:
     """Convert one image to another format (the API behind ``medseg convert``).
 
@@ -153,8 +155,10 @@ def convert(
     from ``to`` ("dicom", "png" or "tiff" write a folder). A DICOM output joins the study
     and frame of reference of ``reference``, or of the input when the input is DICOM;
     ``modality`` (MR/CT) defaults to the input's, else MR. ``deidentify`` applies
-    :func:`medseg.io.dicom.deidentify_dataset` to what a DICOM output copies; the other
-    formats carry no patient data. Inputs are never modified; outputs are atomic.
+    :func:`medseg.io.dicom.deidentify_dataset` to what a DICOM output copies (patient name
+    and ID become ``pseudonym``; UIDs are derived with ``uid_secret``, a fresh secret per
+    process when None); the other formats carry no patient data. Inputs are never modified;
+    outputs are atomic.
     """
     from medseg.io.atomic import check_writable
 
@@ -197,6 +201,8 @@ def convert(
             series_description=description,
             overwrite=overwrite,
             deidentify=deidentify,
+            pseudonym=pseudonym,
+            uid_secret=uid_secret,
         )
         return target
     if fmt in ("png", "tiff"):

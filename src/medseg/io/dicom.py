@@ -50,6 +50,7 @@ import datetime as _dt
 import logging
 import os
 import re
+import secrets
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -1297,9 +1298,16 @@ def _encode(array: NDArray[Any], where: Path) -> _Encoding:
     return _Encoding(stored, False, slope, intercept, slope / 2)
 
 
-def _new_uid(deidentified_from: str | None = None) -> UID:
+# De-identified UIDs are derived from the original with a secret, so that one run maps a
+# UID the same way everywhere (files of a series, series of a study) while nobody holding the
+# original UIDs can recompute the new ones. A fresh secret per process unless the caller
+# passes one (``uid_secret``), e.g. to keep a study together over several runs.
+_PROCESS_SECRET = secrets.token_hex(16)
+
+
+def _new_uid(deidentified_from: str | None = None, secret: str | None = None) -> UID:
     if deidentified_from:
-        return generate_uid(entropy_srcs=["medseg-deidentify", deidentified_from])
+        return generate_uid(entropy_srcs=[secret or _PROCESS_SECRET, deidentified_from])
     return generate_uid()
 
 
@@ -1313,6 +1321,8 @@ def write_dicom_series(
     overwrite: bool = False,
     deidentify: bool = False,
     series_number: int | None = None,
+    pseudonym: str = "ANONYMOUS",
+    uid_secret: str | None = None,
 ) -> list[Path]:
     """Write ``volume`` as a DICOM series (one file per slice) into ``folder``, atomically.
 
@@ -1320,7 +1330,8 @@ def write_dicom_series(
     :class:`DicomSeries`, its folder or one of its files) the patient and study modules,
     StudyInstanceUID and FrameOfReferenceUID are copied from it, so viewers show the new
     series in the same study and space; without one, new Study and Frame of Reference UIDs
-    are made. ``deidentify`` applies :func:`deidentify_dataset` to what is copied.
+    are made. ``deidentify`` applies :func:`deidentify_dataset` to what is copied (with
+    ``pseudonym`` and ``uid_secret``).
 
     Integer values in the 16-bit range are stored exactly (uint16/int16, or uint16 with an
     integer intercept). Other values are quantised to uint16 with RescaleSlope/Intercept
@@ -1353,7 +1364,7 @@ def write_dicom_series(
         base.PatientBirthDate = ""
         base.PatientSex = ""
     if deidentify:
-        deidentify_dataset(base)
+        deidentify_dataset(base, pseudonym=pseudonym, uid_secret=uid_secret)
     now = _dt.datetime.now()
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     base.SpecificCharacterSet = base.get("SpecificCharacterSet", "ISO_IR 192")
@@ -1454,10 +1465,12 @@ def write_dicom_series(
 # are kept). Applied: every person name (PN) emptied, patient name and ID replaced by a
 # pseudonym, every date, date-time and time emptied (no "Retain Longitudinal Temporal
 # Information"), the attributes below removed, private and overlay/curve groups removed,
-# instance UIDs replaced by UIDs derived from them (the same input UID always maps to the
-# same output UID, so series converted separately still share a study and frame of
-# reference). Not applied: cleaning of burned-in pixel text, free-text descriptions
-# (SeriesDescription/ProtocolName are kept), structured content.
+# instance UIDs replaced by UIDs derived from them with a secret (the same input UID maps
+# to the same output UID within a run, or across runs given the same uid_secret, so series
+# converted separately can still share a study and frame of reference; without the secret
+# nobody can recompute them from the originals), StudyDescription removed. Not applied:
+# cleaning of burned-in pixel text, the series' own descriptions (SeriesDescription and
+# ProtocolName are kept: they say what the images are), structured content.
 _DEID_REMOVE = (
     "PatientBirthTime",
     "PatientBirthName",
@@ -1501,6 +1514,7 @@ _DEID_REMOVE = (
     "ScheduledProcedureStepID",
     "RequestedProcedureID",
     "ReferencedPatientSequence",
+    "StudyDescription",
 )
 _DEID_EMPTY = ("AccessionNumber", "StudyID")
 _DEID_UIDS = (
@@ -1519,11 +1533,15 @@ _DEID_UIDS = (
 DEIDENTIFICATION_METHOD = "medseg: PS3.15 E.1 basic subset, patient characteristics kept"  # LO: 64 chars
 
 
-def deidentify_dataset(ds: Dataset, *, pseudonym: str = "ANONYMOUS") -> Dataset:
+def deidentify_dataset(
+    ds: Dataset, *, pseudonym: str = "ANONYMOUS", uid_secret: str | None = None
+) -> Dataset:
     """De-identify ``ds`` in place (and return it) with medseg's basic profile.
 
     See the comment above ``_DEID_REMOVE`` for exactly what is removed, emptied, replaced
-    and kept. PatientName and PatientID become ``pseudonym``.
+    and kept. PatientName and PatientID become ``pseudonym`` (give each patient its own, or
+    a de-identified cohort becomes one patient in a PACS). UIDs are replaced by UIDs derived
+    with a secret: the same within a process, or across runs given the same ``uid_secret``.
     """
     ds.remove_private_tags()
     for tag in list(ds.keys()):
@@ -1540,9 +1558,9 @@ def deidentify_dataset(ds: Dataset, *, pseudonym: str = "ANONYMOUS") -> Dataset:
             elem.value = ""
         elif elem.tag in uid_tags and elem.value:
             if elem.VM > 1:
-                elem.value = [_new_uid(str(v)) for v in elem.value]
+                elem.value = [_new_uid(str(v), uid_secret) for v in elem.value]
             else:
-                elem.value = _new_uid(str(elem.value))
+                elem.value = _new_uid(str(elem.value), uid_secret)
 
     ds.walk(visit)
     for kw in _DEID_REMOVE:  # also inside sequences
@@ -1556,7 +1574,7 @@ def deidentify_dataset(ds: Dataset, *, pseudonym: str = "ANONYMOUS") -> Dataset:
             setattr(ds, kw, "")
     meta = getattr(ds, "file_meta", None)
     if meta is not None and "MediaStorageSOPInstanceUID" in meta:
-        meta.MediaStorageSOPInstanceUID = _new_uid(str(meta.MediaStorageSOPInstanceUID))
+        meta.MediaStorageSOPInstanceUID = _new_uid(str(meta.MediaStorageSOPInstanceUID), uid_secret)
     ds.PatientIdentityRemoved = "YES"
     ds.DeidentificationMethod = DEIDENTIFICATION_METHOD
     return ds

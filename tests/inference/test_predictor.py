@@ -191,6 +191,24 @@ def test_a_cohort_is_chosen_by_description_not_by_number(
     for number in ("3", "0"):  # a series number, or a position in the listing
         with pytest.raises(InputError, match="a number is ambiguous"):
             discover_cases(cohort, series=number)
+    # A UID picks one patient's series out of the cohort: the case is that patient.
+    from medseg.io.dicom import list_series, load_series
+
+    uid = next(s.series_uid for s in list_series(cohort / "p2"))
+    assert [(c.case_id, c.paths) for c in discover_cases(cohort, series=uid)] == [("p2", (cohort / "p2",))]
+    # Without --series, folders with several series no longer stop the cohort: each is a case,
+    # and those that need a choice fail alone (the predictor reads them with no series given).
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        cases = discover_cases(cohort)
+    assert [c.case_id for c in cases] == [
+        "p1",
+        "p2",
+        "p3",
+    ] and "2 of 3 folders hold several series" in caplog.text
+    with pytest.raises(InputError, match=r"p1: holds 2 DICOM series; pick one"):
+        load_series(cases[0].paths[0], series=cases[0].series)
+    assert load_series(cases[2].paths[0], series=cases[2].series).volume.shape == vol.shape
 
 
 def test_existing_output_and_disk_full(

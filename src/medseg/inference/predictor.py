@@ -488,18 +488,35 @@ def discover_cases(path: str | Path, *, series: str | None = None, channels: int
                 expected="the series description (or UID) shared by the patients, e.g. --series t2_tse_tra",
             )
         if len(matches) <= 1 or len(roots) == 1:
+            if cohort and len(roots) == 1:  # one patient's series picked out of a cohort: name it so
+                (root,) = roots
+                return [InputCase(root.name, "dicom", (root,), series)]
             return [InputCase(src.name, "dicom", (src,), series)]
         if len(per_root) > len(roots):
+            skipped = sorted(r.name for r in set(per_root) - roots)
             log.warning(
-                "%d of %d folders hold no series matching --series %r and are skipped",
-                len(per_root) - len(roots),
+                "%d of %d folders hold no series matching --series %r and are skipped: %s",
+                len(skipped),
                 len(per_root),
                 series,
+                ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""),
             )
         return [InputCase(r.name, "dicom", (r,), series) for r in sorted(roots)]
     roots_all = [_top_folder(src, Path(s.folder)) for s in found]
     if len(set(roots_all)) == len(found) and all(r != src for r in roots_all):
         return [InputCase(r.name, "dicom", (r,)) for r in sorted(set(roots_all))]
+    per_folder = Counter(roots_all)
+    if len(per_folder) > 1 and src not in per_folder and min(per_folder.values()) == 1:
+        # A cohort of patient folders where some hold several series: those cases fail alone
+        # (each asks for --series, listing its series) instead of stopping the whole cohort.
+        several = sorted(r.name for r, n in per_folder.items() if n > 1)
+        log.warning(
+            "%d of %d folders hold several series and need --series (a description they share): %s",
+            len(several),
+            len(per_folder),
+            ", ".join(several[:10]) + (" ..." if len(several) > 10 else ""),
+        )
+        return [InputCase(r.name, "dicom", (r,)) for r in sorted(per_folder)]
     listing = "; ".join(
         f"[{i}] {s.description or '?'} ({s.modality}, {s.n_files} files, UID {s.series_uid})"
         for i, s in enumerate(found)

@@ -84,6 +84,10 @@ def predict_command(
     threads: Annotated[
         int | None, typer.Option(help="CPU threads for the network (default: all cores)")
     ] = None,
+    volume: Annotated[
+        int | None,
+        typer.Option(help="DICOM series holding several volumes (b-values, echoes): pick one (0-based)"),
+    ] = None,
 ) -> None:
     """Segment new scans with a trained model; outputs land on the input's exact grid."""
     from medseg.inference.predictor import PredictConfig, predict
@@ -103,6 +107,7 @@ def predict_command(
         roi_views=roi_views,
         spacing=spacing,
         threads=threads,
+        volume=volume,
     )
     results = predict(input, model[0] if len(model) == 1 else model, out, cfg, progress=True)
     table = Table("case", "status", "outputs / error", "seconds")

@@ -144,7 +144,8 @@ def write_case_outputs(
             from medseg.io.atomic import atomic_dir
 
             with atomic_dir(target, overwrite=overwrite) as tmp:  # the folder appears complete or not at all
-                write_label_meshes(label, tmp, names, suffix=mesh_suffix)
+                meshes = write_label_meshes(label, tmp, names, suffix=mesh_suffix)
+            log.info("wrote %d meshes to %s", len(meshes), target)
             written[fmt] = target
         elif fmt == "volumes":
             from medseg.export.volumes import label_statistics, write_volumes_csv, write_volumes_json

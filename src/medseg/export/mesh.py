@@ -92,7 +92,12 @@ def label_mesh(label: Volume, value: int = 1, options: MeshOptions | None = None
     if opts.max_faces is not None and len(mesh.faces) > opts.max_faces:
         mesh = _decimate(mesh, int(opts.max_faces), opts.keep_watertight)
     if opts.preserve_volume:
-        _restore_volume(mesh, float(mask.sum()) * label.geometry.voxel_volume_mm3, min(label.spacing) / 4)
+        _restore_volume(
+            mesh,
+            float(mask.sum()) * label.geometry.voxel_volume_mm3,
+            min(label.spacing) / 4,
+            f"label {value}",
+        )
     mesh.metadata["label_value"] = int(value)
     return mesh
 
@@ -128,7 +133,9 @@ def _decimate(mesh: trimesh.Trimesh, max_faces: int, keep_watertight: bool) -> t
     return mesh
 
 
-def _restore_volume(mesh: trimesh.Trimesh, target_mm3: float, max_offset_mm: float) -> float:
+def _restore_volume(
+    mesh: trimesh.Trimesh, target_mm3: float, max_offset_mm: float, what: str = "mesh"
+) -> float:
     """Offset the surface along its vertex normals until it encloses ``target_mm3``; returns the offset (mm).
 
     The offset that changes the volume by dV is about dV / area; two or three passes
@@ -144,7 +151,9 @@ def _restore_volume(mesh: trimesh.Trimesh, target_mm3: float, max_offset_mm: flo
             if total:
                 mesh.vertices = np.asarray(mesh.vertices) - total * np.asarray(mesh.vertex_normals)
             log.warning(
-                "mesh volume kept at %.1f %% of the voxel volume: restoring it needs a %.2f mm offset",
+                "%s: mesh volume kept at %.1f %% of the voxel volume: restoring it needs a %.2f mm offset "
+                "(a thin or fragmented structure)",
+                what,
                 100 * float(mesh.volume) / target_mm3,
                 total + step,
             )
@@ -229,5 +238,5 @@ def write_label_meshes(
         if not mesh.is_watertight:
             log.warning("mesh of '%s' is not watertight", segment.name)
         written[segment.value] = write_mesh(mesh, targets[segment.value], overwrite=overwrite)
-    log.info("wrote %d meshes to %s", len(written), out)
+    log.debug("wrote %d meshes to %s", len(written), out)  # callers writing into a temporary folder say where
     return written

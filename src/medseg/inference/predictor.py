@@ -61,6 +61,7 @@ class PredictConfig:
     roi_views: tuple[Path, Path] | None = None
     slice_filter: bool = True
     spacing: tuple[float, float, float] | None = None  # (z, y, x) mm for PNG/TIFF input
+    volume: int | None = None  # one of several volumes stacked in a DICOM series (b-values, echoes)
 
     def __post_init__(self) -> None:
         check_formats(self.formats)
@@ -554,12 +555,12 @@ def _outputs_for(case_id: str, out: Path, config: PredictConfig) -> dict[str, Pa
 
 
 def _read_case(
-    case: InputCase, spacing: tuple[float, float, float] | None = None
+    case: InputCase, spacing: tuple[float, float, float] | None = None, volume: int | None = None
 ) -> tuple[list[Volume], Any]:
     if case.kind == "dicom":
         from medseg.io.dicom import load_series
 
-        series = load_series(case.paths[0], series=case.series)
+        series = load_series(case.paths[0], series=case.series, volume=volume)
         return [series.volume], series
     return [ch for p in case.paths for ch in _read_channels(p, spacing)], None
 
@@ -617,7 +618,7 @@ def predict_case(model: SegmentationModel, case: InputCase, out: Path, config: P
             "DICOM SEG and RTSTRUCT outputs need a DICOM input series",
             found="a non-DICOM file",
         )
-    channels, series = _read_case(case, config.spacing)
+    channels, series = _read_case(case, config.spacing, config.volume)
     reused = _kept_label_map(kept, targets, channels[0], case.case_id)
     if reused is not None:
         written = write_case_outputs(

@@ -58,3 +58,24 @@ def shared_data() -> Path:
             f"real test data not found at {SHARED_DATA} (CI provides ../shared/data beside the checkout)"
         )
     return SHARED_DATA
+
+
+def write_stacked_series(folder: Path, first: Volume, second: Volume) -> None:
+    """One DICOM series in ``folder`` holding two volumes at the same positions (like DWI
+    b-values), told apart by EchoTime 10 / 20: ``first`` is volume 0, ``second`` volume 1."""
+    import pydicom
+
+    from medseg.io.dicom import write_dicom_series
+
+    a = write_dicom_series(first, folder, series_description="dwi")
+    b = write_dicom_series(second, folder.with_name(folder.name + "_second"))
+    uid = pydicom.dcmread(a[0]).SeriesInstanceUID
+    for k, f in enumerate(b):
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = uid
+        ds.EchoTime = 20
+        ds.save_as(folder / f"t{k}.dcm")
+    for f in a:
+        ds = pydicom.dcmread(f)
+        ds.EchoTime = 10
+        ds.save_as(f)

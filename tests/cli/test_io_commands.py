@@ -174,18 +174,10 @@ def test_convert_to_png_folder(tmp_path: Path) -> None:
 
 
 def test_convert_stacked_volume_with_volume_option(tmp_path: Path) -> None:
+    from tests.conftest import write_stacked_series
+
     vol = make_oblique_volume(dtype=np.int16)
-    a = write_dicom_series(vol, tmp_path / "s", series_description="dwi")
-    b = write_dicom_series(vol.with_array(vol.array * 2), tmp_path / "t")
-    for k, f in enumerate(b):
-        ds = pydicom.dcmread(f)
-        ds.SeriesInstanceUID = pydicom.dcmread(a[0]).SeriesInstanceUID
-        ds.EchoTime = 20
-        ds.save_as(tmp_path / "s" / f"t{k}.dcm")
-    for f in a:
-        ds = pydicom.dcmread(f)
-        ds.EchoTime = 10
-        ds.save_as(f)
+    write_stacked_series(tmp_path / "s", vol, vol.with_array(vol.array * 2))
     code, _, err = run("convert", tmp_path / "s", tmp_path / "v.nii.gz")
     assert code == 2 and "--volume" in err
     code, _, err = run("convert", tmp_path / "s", tmp_path / "v.nii.gz", "--volume", "1")

@@ -594,20 +594,10 @@ def test_an_output_folder_holding_the_input_is_refused(trained_model: Path, tmp_
 def test_a_series_of_stacked_volumes_takes_a_volume_choice(trained_model: Path, tmp_path: Path) -> None:
     """A DWI-like series (two volumes at the same positions): the case asks for --volume, and
     with it predicts that volume on its grid."""
-    import pydicom
+    from tests.conftest import write_stacked_series
 
     img, _ = make_case(2, shape=(9, 36, 30))
-    a = write_dicom_series(img, tmp_path / "s", series_description="dwi")
-    b = write_dicom_series(img.with_array(img.array // 2), tmp_path / "t")
-    for k, f in enumerate(b):
-        ds = pydicom.dcmread(f)
-        ds.SeriesInstanceUID = pydicom.dcmread(a[0]).SeriesInstanceUID
-        ds.EchoTime = 20
-        ds.save_as(tmp_path / "s" / f"t{k}.dcm")
-    for f in a:
-        ds = pydicom.dcmread(f)
-        ds.EchoTime = 10
-        ds.save_as(f)
+    write_stacked_series(tmp_path / "s", img, img.with_array(img.array // 2))
     (res,) = predict(tmp_path / "s", trained_model, tmp_path / "o1", PredictConfig())
     assert not res.ok and "volume" in res.error
     (res,) = predict(tmp_path / "s", trained_model, tmp_path / "o2", PredictConfig(volume=0))

@@ -72,6 +72,18 @@ def check_formats(formats: Sequence[str], allowed: Sequence[str] = FORMATS) -> t
     return tuple(dict.fromkeys(formats))
 
 
+def check_mesh_suffix(suffix: str) -> str:
+    """``suffix`` (".stl", ".obj" or ".ply") or a ConfigError naming the choices."""
+    from medseg.export.mesh import MESH_SUFFIXES
+
+    if suffix not in MESH_SUFFIXES:
+        raise ConfigError(
+            f"mesh format must be one of {', '.join(x.lstrip('.') for x in MESH_SUFFIXES)}, "
+            f"found {suffix.lstrip('.')!r}"
+        )
+    return suffix
+
+
 def case_targets(case_id: str, out: Path, formats: Sequence[str]) -> dict[str, Path]:
     """Where each requested format of ``case_id`` goes under ``out`` (layout in the module docstring)."""
     targets: dict[str, Path] = {}
@@ -197,13 +209,7 @@ class ExportConfig:
             self.case_id.strip() in ("", ".", "..") or any(sep in self.case_id for sep in ("/", "\\"))
         ):
             raise ConfigError(f"case id must be a file name (no path separators), found {self.case_id!r}")
-        from medseg.export.mesh import MESH_SUFFIXES
-
-        if self.mesh_suffix not in MESH_SUFFIXES:
-            raise ConfigError(
-                f"mesh format must be one of {', '.join(x.lstrip('.') for x in MESH_SUFFIXES)}, "
-                f"found {self.mesh_suffix.lstrip('.')!r}"
-            )
+        check_mesh_suffix(self.mesh_suffix)
 
 
 @dataclass(frozen=True)
@@ -372,8 +378,9 @@ def export_label(
         names[v] = f"label_{v}"
     names = {v: names[v] for v in sorted(names)}
     case_id = cfg.case_id or _case_id(label_file)
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "is a file, not an output folder", expected="a folder (new or existing)")
+    from medseg.io.atomic import prepare_output_folder
+
+    prepare_output_folder(out)
     targets = case_targets(case_id, out, cfg.formats)
     inputs = {label_file.resolve(), image_file.resolve()}
     for fmt, target in targets.items():
@@ -387,10 +394,6 @@ def export_label(
         for target in targets.values():
             if target.exists():
                 raise OutputExistsError(target)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(out, "cannot create the output folder", found=exc.strerror or str(exc)) from None
     from medseg import __version__
 
     info = {"label map": label_file.name, "exported by": f"medseg {__version__} (medseg export)"}

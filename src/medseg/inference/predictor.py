@@ -28,13 +28,20 @@ import torch
 import medseg
 from medseg.config import to_dict
 from medseg.errors import ConfigError, InputError, MedsegError, OutputExistsError
-from medseg.export.case import DICOM_FORMATS, case_targets, check_formats, write_case_outputs
+from medseg.export.case import (
+    DICOM_FORMATS,
+    case_targets,
+    check_formats,
+    check_mesh_suffix,
+    write_case_outputs,
+)
 from medseg.io import IMAGE_2D_SUFFIXES, describe_path, read_channels
 from medseg.io.atomic import write_text_atomic
 from medseg.io.itk import has_itk_suffix
 from medseg.preprocessing.pipeline import preprocess_case, restore_to_original
 from medseg.preprocessing.plan import Plan
 from medseg.progress import progress_bar
+from medseg.training.config import check_device_name
 from medseg.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -71,21 +78,14 @@ class PredictConfig:
                 raise ConfigError(f"shard must be i/n with 0 <= i < n, found {i}/{n}")
         if not 0 <= self.overlap < 1:
             raise ConfigError(f"overlap must be in [0, 1), found {self.overlap}")
-        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
-            raise ConfigError(f"device must be auto, cpu or cuda (or cuda:N), found {self.device!r}")
+        check_device_name(self.device)
         if self.backend not in ("torch", "onnx"):
             raise ConfigError(f"backend must be 'torch' or 'onnx', found {self.backend!r}")
         if self.sw_batch_size < 1 or (self.threads is not None and self.threads < 1):
             raise ConfigError(
                 f"sw_batch_size and threads must be >= 1, found {self.sw_batch_size} and {self.threads}"
             )
-        from medseg.export.mesh import MESH_SUFFIXES
-
-        if self.mesh_suffix not in MESH_SUFFIXES:
-            raise ConfigError(
-                f"mesh format must be one of {', '.join(s.lstrip('.') for s in MESH_SUFFIXES)}, "
-                f"found {self.mesh_suffix.lstrip('.')!r}"
-            )
+        check_mesh_suffix(self.mesh_suffix)
         if self.spacing is not None and (
             len(self.spacing) != 3 or not all(np.isfinite(v) and v > 0 for v in self.spacing)
         ):
@@ -774,13 +774,9 @@ def predict(
     if cfg.shard is not None:
         i, n = cfg.shard
         cases = cases[i::n]
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "is a file, not an output folder", expected="a folder (new or existing)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(out, "cannot create the output folder", found=exc.strerror or str(exc)) from None
+    from medseg.io.atomic import prepare_output_folder
+
+    out = prepare_output_folder(out_dir)
     log.info(
         "predicting %d case(s) with %s (%s, %d fold(s), %s on %s%s)",
         len(cases),

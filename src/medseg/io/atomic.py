@@ -126,3 +126,15 @@ def write_bytes_atomic(path: str | Path, data: bytes, *, overwrite: bool = False
 
 def write_text_atomic(path: str | Path, text: str, *, overwrite: bool = False) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def prepare_output_folder(path: str | Path) -> Path:
+    """Create the output folder ``path`` (and its parents) or say why it cannot be one."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "is a file, not an output folder", expected="a folder (new or existing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(out, "cannot create the output folder", found=exc.strerror or str(exc)) from None
+    return out

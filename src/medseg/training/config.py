@@ -16,6 +16,13 @@ from medseg.config import from_dict, load_config_file, replace_from_overrides, t
 from medseg.errors import ConfigError
 
 
+def check_device_name(device: str) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, or a ConfigError (before any work starts)."""
+    if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ConfigError(f"device must be auto, cpu or cuda (or cuda:N), found {device!r}")
+    return device
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """How to train one fold.

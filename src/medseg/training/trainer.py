@@ -49,7 +49,7 @@ from medseg.training.checkpoint import (
     set_rng_state,
     write_model_json,
 )
-from medseg.training.config import TrainingConfig
+from medseg.training.config import TrainingConfig, check_device_name
 from medseg.training.slice_classifier import SliceClassifierConfig
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,7 @@ def architecture_from_plan(plan: Plan) -> Architecture:
 
 
 def choose_device(requested: str) -> torch.device:
-    if requested not in ("auto", "cpu", "cuda") and not str(requested).startswith("cuda:"):
-        raise ConfigError(f"device must be auto, cpu or cuda (or cuda:N), found {requested!r}")
+    check_device_name(requested)
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
             "device 'cuda' was requested but no CUDA GPU is available (install the CUDA build of torch?)"

@@ -168,6 +168,32 @@ def test_two_and_a_half_d_slabs_are_slice_major_with_replicated_edges(cache: Pat
     assert ds2d[0]["image"].shape == (2, 12, 10)
 
 
+def test_a_slab_step_takes_every_second_slice_as_inference_does(cache: Path) -> None:
+    """Training and inference must see the same slab: the sampler's crop equals the crop of
+    slab_stack's input for that slice, with edges replicated, for a step of 2."""
+    from medseg.inference.sliding_window import slab_stack
+
+    ds = PatchDataset(
+        cache, ["big"], (1, 12, 10), mode="2.5d", num_slices=3, slice_step=2, samples_per_epoch=40, seed=5
+    )
+    case = load_cached_case(cache, "big", mmap=False)
+    stacked = slab_stack(case.image, 3, 2)  # (Z, 3 * 2, Y, X)
+    seen = set()
+    for i in range(40):
+        item = ds[i]
+        z, y, x = decode(item["image"][2, 0, 0].item())
+        seen.add(z)
+        assert [decode(item["image"][2 * s, 0, 0].item())[0] for s in range(3)] == [
+            max(z - 2, 0),
+            z,
+            min(z + 2, 9),
+        ]
+        torch.testing.assert_close(item["image"], stacked[z, :, y : y + 12, x : x + 10])
+    assert {0, 1, 8, 9} & seen  # an edge slice was drawn (replication exercised)
+    with pytest.raises(ConfigError, match="slice_step"):
+        PatchDataset(cache, ["big"], (1, 12, 10), mode="2.5d", num_slices=3, slice_step=0)
+
+
 def test_single_slice_case_replicates_its_slice(tmp_path: Path) -> None:
     label = np.zeros((1, 8, 8), np.uint8)
     label[0, 2:4, 2:4] = 1

@@ -177,7 +177,7 @@ def test_2_5d_model_exports_with_slices_as_channels(trained_model: Path, tmp_pat
     folder = _random_model_folder(
         trained_model / "plan.json",
         tmp_path / "m25",
-        {"configuration": "2.5d", "slab_slices": 3, "patch_size": [1, 16, 16]},
+        {"configuration": "2.5d", "slab_slices": 3, "slab_step": 2, "patch_size": [1, 16, 16]},
     )
     export_onnx(folder)
     net = OnnxNetwork(folder / "model.onnx")

@@ -97,6 +97,8 @@ def test_exercise_overrides(toy_dataset: Path) -> None:
         ({"batch_size": "two"}, "expected an integer"),
         ({"schema_version": 99}, "schema_version"),
         ({"target_spacing": [0, 1, 1]}, "positive"),
+        ({"slab_step": 2}, "needs a 2.5D slab"),
+        ({"slab_step": 0}, "slab_step must be >= 1"),
     ],
 )
 def test_bad_plans_are_rejected(toy_dataset: Path, tmp_path: Path, change: dict, match: str) -> None:

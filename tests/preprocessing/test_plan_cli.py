@@ -35,3 +35,15 @@ def test_preprocess_without_plan_and_bad_config(toy_dataset: Path, tmp_path: Pat
     assert res.exit_code == 2 and "batch_sise" in res.output
     res = runner.invoke(app, ["plan", str(tmp_path / "missing")])
     assert res.exit_code == 2 and "missing" in res.output
+
+
+def test_plan_takes_a_2_5d_slab_and_its_step(toy_dataset: Path) -> None:
+    res = runner.invoke(app, ["plan", str(toy_dataset), "-c", "2.5d", "--slab", "3", "--slab-step", "2"])
+    assert res.exit_code == 0, res.output
+    plan = Plan.load(toy_dataset / "plans" / "2.5d.json")
+    assert (plan.slab_slices, plan.slab_step, plan.in_channels) == (3, 2, 3)
+    assert "2 slices apart" in res.output
+    res = runner.invoke(app, ["plan", str(toy_dataset), "--slab-step", "2"])
+    assert res.exit_code == 2 and "2.5d" in res.output
+    res = runner.invoke(app, ["plan", str(toy_dataset), "-c", "2.5d", "--slab", "4", "--overwrite"])
+    assert res.exit_code == 2 and "odd" in res.output

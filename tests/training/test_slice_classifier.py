@@ -36,7 +36,10 @@ def model_25d(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     torch.set_num_threads(1)
     root = write_dataset(tmp_path_factory.mktemp("slices") / "toy", n=6)
     plan_dataset(
-        root, "2.5d", overrides={"patch_size": [1, 32, 32], "batch_size": 4, "slab_slices": 3}, workers=1
+        root,
+        "2.5d",
+        overrides={"patch_size": [1, 32, 32], "batch_size": 4, "slab_slices": 3, "slab_step": 2},
+        workers=1,
     )
     cfg = TrainingConfig(epochs=2, iterations_per_epoch=5, val_every=2, num_workers=0, max_val_cases=1)
     result = train(root, 0, configuration="2.5d", config=cfg, folds=3, slice_classifier=SMALL)
@@ -56,6 +59,10 @@ def test_slice_targets_and_inputs() -> None:
     assert torch.equal(same[0, 2], torch.from_numpy(image[0, 0]))  # slice 0, channel 0
     assert torch.equal(same[0, 3], torch.from_numpy(image[1, 0]))  # slice 0, channel 1
     assert torch.equal(same[2, 4], torch.from_numpy(image[0, 3]))  # slice 3, channel 0
+    stepped = slice_inputs(image, 3, 8, step=2)  # neighbours two slices away
+    assert torch.equal(stepped[1, 0], torch.from_numpy(image[0, 0]))  # slice 1 - 2 -> 0 (replicated)
+    assert torch.equal(stepped[1, 4], torch.from_numpy(image[0, 3]))  # slice 1 + 2
+    assert torch.equal(stepped[2, 0], torch.from_numpy(image[0, 0]))  # slice 2 - 2
 
 
 def test_suppress_slices_sets_certain_background() -> None:
@@ -80,7 +87,7 @@ def test_config_errors() -> None:
 def test_classifier_learns_which_slices_are_empty(model_25d: tuple[Path, Path]) -> None:
     root, model_dir = model_25d
     meta = json.loads((model_dir / META_FILE).read_text())
-    assert meta["in_channels"] == 3 and meta["slab_slices"] == 3
+    assert meta["in_channels"] == 3 and meta["slab_slices"] == 3 and meta["slab_step"] == 2
     training = meta["training"]
     assert 0 < training["slices_with_foreground"] < training["slices"]
     assert training["train_accuracy"] >= 0.9

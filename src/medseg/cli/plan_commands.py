@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from medseg.cli.common import app, cli_command, console
+from medseg.errors import ConfigError
 
 Configuration = Annotated[str, typer.Option("--configuration", "-c", help="3d, 2d or 2.5d")]
 
@@ -26,7 +27,8 @@ def _plan_table(plan: Any) -> Table:
     table.add_row(
         "patch z, y, x",
         " x ".join(map(str, plan.patch_size))
-        + (f", {plan.slab_slices} slices as channels" if plan.slab_slices > 1 else ""),
+        + (f", {plan.slab_slices} slices as channels" if plan.slab_slices > 1 else "")
+        + (f", {plan.slab_step} slices apart" if plan.slab_step > 1 else ""),
     )
     table.add_row("batch size", str(plan.batch_size))
     table.add_row(
@@ -49,6 +51,15 @@ def plan_command(
         tuple[int, int, int] | None, typer.Option(help="patch size Z Y X in voxels, e.g. 21 128 128")
     ] = None,
     batch_size: Annotated[int | None, typer.Option(help="training batch size")] = None,
+    slab: Annotated[
+        int | None, typer.Option(help="2.5D: neighbouring slices stacked as channels (odd; default 5)")
+    ] = None,
+    slab_step: Annotated[
+        int | None,
+        typer.Option(
+            help="2.5D: slices between the slab's neighbours (2: every second slice, for thin slices)"
+        ),
+    ] = None,
     network: Annotated[str | None, typer.Option(help="network name from the model registry")] = None,
     config: Annotated[Path | None, typer.Option(help="JSON/YAML file of plan fields to override")] = None,
     workers: Annotated[int, typer.Option(help="worker processes")] = 2,
@@ -65,6 +76,12 @@ def plan_command(
         overrides["patch_size"] = list(patch)
     if batch_size is not None:
         overrides["batch_size"] = batch_size
+    if (slab is not None or slab_step is not None) and configuration != "2.5d":
+        raise ConfigError(f"--slab and --slab-step apply to -c 2.5d plans, not {configuration}")
+    if slab is not None:
+        overrides["slab_slices"] = slab
+    if slab_step is not None:
+        overrides["slab_step"] = slab_step
     if network is not None:
         overrides.setdefault("network", {})["name"] = network
     plan, path = plan_dataset(

@@ -13,7 +13,7 @@ in the case, then one of its voxels. Other patches are placed uniformly. A case
 smaller than the patch is zero-padded (label 0).
 
 2D / 2.5D sampling from 3D cases: one slice along the first axis (z), or a slab of
-``num_slices`` neighbouring slices stacked as channels (slice-major: channel
+``num_slices`` neighbouring slices (``slice_step`` apart) stacked as channels (slice-major: channel
 ``s * C + c``; edge slices replicated); the label is the centre slice.
 
 Determinism: sample ``i`` is a pure function of ``(seed, i)`` -- case, patch position
@@ -199,6 +199,7 @@ class PatchDataset(Dataset[dict[str, Any]]):
         *,
         mode: str = "3d",
         num_slices: int = 1,
+        slice_step: int = 1,
         samples_per_epoch: int = 250,
         foreground_fraction: float = 1 / 3,
         transform: Any = None,
@@ -219,6 +220,8 @@ class PatchDataset(Dataset[dict[str, Any]]):
             raise ConfigError(f"2.5D needs an odd number of slices >= 1, found {num_slices}")
         if mode != "2.5d" and num_slices != 1:
             raise ConfigError(f"num_slices must be 1 for {mode} sampling, found {num_slices}")
+        if slice_step < 1:
+            raise ConfigError(f"slice_step must be >= 1, found {slice_step}")
         if not 0.0 <= foreground_fraction <= 1.0:
             raise ConfigError(f"foreground_fraction must be in [0, 1], found {foreground_fraction}")
         if samples_per_epoch < 1:
@@ -234,6 +237,7 @@ class PatchDataset(Dataset[dict[str, Any]]):
         self.patch_size = patch
         self.mode = mode
         self.num_slices = num_slices
+        self.slice_step = int(slice_step)
         self.samples_per_epoch = samples_per_epoch
         self.foreground_fraction = Fraction(foreground_fraction).limit_denominator(1000)
         self.transform = transform
@@ -314,7 +318,7 @@ class PatchDataset(Dataset[dict[str, Any]]):
             z = int(centre[0]) if centre is not None else int(rng.integers(shape[0]))
             lower = patch_lower_bound(shape[1:], self.patch_size, rng, None if centre is None else centre[1:])
             half = self.num_slices // 2
-            zs = np.clip(np.arange(z - half, z + half + 1), 0, shape[0] - 1)
+            zs = np.clip(z + np.arange(-half, half + 1) * self.slice_step, 0, shape[0] - 1)
             # one (C, Y, X) crop per slice, stacked slice-major: channel s * C + c
             image = np.concatenate(
                 [crop_with_padding(case.image[:, int(s)], lower, self.patch_size) for s in zs]

@@ -23,16 +23,19 @@ from medseg.preprocessing.plan import Plan
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 
-def slab_stack(image: np.ndarray | torch.Tensor, slab: int) -> torch.Tensor:
+def slab_stack(image: np.ndarray | torch.Tensor, slab: int, step: int = 1) -> torch.Tensor:
     """(C, Z, Y, X) -> (Z, C * slab, Y, X): each slice with its neighbours as channels.
 
-    Edge slices repeat the first/last slice (replication), as the 2.5D sampler does.
-    Channel order: for each neighbour offset -k..k, all image channels.
+    ``step``: distance in slices between the slab's neighbours (2: every second slice, so a
+    5-slice slab spans 9 slices of a thin-slice scan). Edge slices repeat the first/last
+    slice (replication), as the 2.5D sampler does. Channel order: for each neighbour offset
+    -k..k (times ``step``), all image channels.
     """
     t = torch.as_tensor(image)
     c, z = t.shape[0], t.shape[1]
     half = slab // 2
-    idx = torch.arange(z)[:, None] + torch.arange(-half, half + 1)[None, :]
+    offsets = torch.arange(-half, half + 1) * int(step)
+    idx = torch.arange(z)[:, None] + offsets[None, :]
     idx = idx.clamp(0, z - 1)  # (Z, slab)
     gathered = t[:, idx]  # (C, Z, slab, Y, X)
     return gathered.permute(1, 2, 0, 3, 4).reshape(z, slab * c, *t.shape[2:])
@@ -72,7 +75,7 @@ def predict_probabilities(
         inputs = x[None]  # (1, C, Z, Y, X)
         roi: Sequence[int] = plan.patch_size
     else:
-        inputs = slab_stack(x, plan.slab_slices)  # (Z, C*slab, Y, X)
+        inputs = slab_stack(x, plan.slab_slices, plan.slab_step)  # (Z, C*slab, Y, X)
         roi = plan.patch_size[1:]
     total: torch.Tensor | None = None
     flips = _flips(plan.spatial_dims, mirror, mirror_axes)

@@ -88,6 +88,7 @@ class Plan:
     normalization: tuple[ChannelNormalization, ...]
     network: NetworkPlan
     slab_slices: int = 1
+    slab_step: int = 1
     keep_native_slices: bool = False
     crop_to_nonzero: bool = True
     image_interpolation: Literal["linear", "bspline"] = "linear"
@@ -118,6 +119,12 @@ class Plan:
             raise ConfigError(f"slab_slices must be odd and >= 1, found {self.slab_slices}")
         if self.configuration != "2.5d" and self.slab_slices != 1:
             raise ConfigError("slab_slices > 1 needs configuration '2.5d'")
+        if self.slab_step < 1:
+            raise ConfigError(f"slab_step must be >= 1, found {self.slab_step}")
+        if self.slab_step != 1 and self.slab_slices == 1:
+            raise ConfigError(
+                f"slab_step {self.slab_step} needs a 2.5D slab of several slices (slab_slices > 1)"
+            )
         if 0 in self.labels.values() and sorted(self.labels.values()) != list(range(len(self.labels))):
             raise ConfigError(f"label values must be 0..K without gaps, found {sorted(self.labels.values())}")
         mult = pooling_product(self.network.pooling)

@@ -258,6 +258,7 @@ def model_folder_summary(path: str | Path) -> dict[str, Any] | None:
             "target_spacing_zyx_mm": list(plan.target_spacing),
             "patch_size_zyx": list(plan.patch_size),
             "slab_slices": plan.slab_slices,
+            "slab_step": plan.slab_step,
         }
     return summary
 

@@ -112,14 +112,14 @@ def build_network(in_channels: int, config: SliceClassifierConfig) -> nn.Module:
     )
 
 
-def slice_inputs(image: np.ndarray | torch.Tensor, slab: int, size: int) -> torch.Tensor:
+def slice_inputs(image: np.ndarray | torch.Tensor, slab: int, size: int, step: int = 1) -> torch.Tensor:
     """(C, Z, Y, X) preprocessed image -> (Z, C * slab, size, size) classifier inputs."""
     from medseg.inference.sliding_window import slab_stack
 
     t = torch.from_numpy(np.array(image, dtype=np.float32))  # a copy: mmap arrays are read-only
     if t.ndim != 4:
         raise InputError(None, "slice classifier input must be (C, Z, Y, X)", found=f"shape {tuple(t.shape)}")
-    stacked = slab_stack(t, slab)  # (Z, C*slab, Y, X)
+    stacked = slab_stack(t, slab, step)  # (Z, C*slab, Y, X)
     if stacked.shape[-2:] == (size, size):
         return stacked.contiguous()
     return F.interpolate(stacked, size=(size, size), mode="bilinear", align_corners=False)
@@ -148,7 +148,7 @@ def _load_slices(
             )
         image = np.load(image_path, mmap_mode="r")
         label = np.load(label_path, mmap_mode="r")
-        xs.append(slice_inputs(image, plan.slab_slices, size))
+        xs.append(slice_inputs(image, plan.slab_slices, size, plan.slab_step))
         ys.append(slice_targets(label))
     return torch.cat(xs), torch.as_tensor(np.concatenate(ys), dtype=torch.float32)
 
@@ -236,6 +236,7 @@ def train_slice_classifier(
         "network": "monai.networks.nets.Classifier",
         "in_channels": int(x.shape[1]),
         "slab_slices": plan.slab_slices,
+        "slab_step": plan.slab_step,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         "training": {
             "iterations": done,
@@ -268,6 +269,7 @@ class SliceFilter:
             )
         self.config = from_dict(SliceClassifierConfig, meta["config"], str(meta_path))
         self.slab = int(meta["slab_slices"])
+        self.slab_step = int(meta.get("slab_step", 1))  # absent before slab steps existed
         self.device = torch.device(device)
         self.net = build_network(int(meta["in_channels"]), self.config)
         state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
@@ -286,7 +288,7 @@ class SliceFilter:
     @torch.no_grad()
     def foreground_probability(self, image: np.ndarray) -> np.ndarray:
         """(C, Z, Y, X) preprocessed image -> (Z,) probability that each slice holds foreground."""
-        x = slice_inputs(image, self.slab, self.config.input_size)
+        x = slice_inputs(image, self.slab, self.config.input_size, self.slab_step)
         out = [
             torch.sigmoid(self.net(x[i : i + 64].to(self.device)).flatten()).cpu()
             for i in range(0, len(x), 64)

@@ -367,6 +367,7 @@ class Trainer:
             patch_size=self.plan.patch_size,
             mode=self.plan.configuration,
             num_slices=self.plan.slab_slices,
+            slice_step=self.plan.slab_step,
             foreground_fraction=self.plan.foreground_fraction,
             samples_per_epoch=self.config.iterations_per_epoch * self.batch_size * self.world,
             seed=self.config.seed,

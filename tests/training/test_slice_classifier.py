@@ -129,6 +129,37 @@ def test_predict_clears_slices_judged_empty(model_25d: tuple[Path, Path], tmp_pa
     assert np.array_equal(off.array, unfiltered.array)
 
 
+def test_a_configuration_ensemble_clears_judged_slices_after_the_mean(
+    model_25d: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """-m 2.5D (with classifier) -m a member without one: the slices the classifier judges
+    empty are certain background in the ensemble, not the mean of a cleared and an uncleared
+    member; every other voxel is the plain mean of the members."""
+    root, model_dir = model_25d
+    bare = tmp_path / "bare"  # the same network without its classifier
+    shutil.copytree(model_dir, bare)
+    for f in bare.glob("slice_classifier.*"):
+        f.unlink()
+    image = read_volume(root / "imagesTr" / "case_000_0000.nii.gz")
+    single = SegmentationModel(model_dir, device="cpu")
+    _, unfiltered = single.predict([image], with_probabilities=True, slice_filter=False)
+    filtered, _ = single.predict([image])
+    suppressed = single.last_suppressed_slices
+    assert suppressed, "the classifier judged no slice empty on a case with empty slices"
+    both = SegmentationModel([model_dir, bare], device="cpu")
+    label, probs = both.predict([image], with_probabilities=True)
+    assert probs is not None and unfiltered is not None
+    # preprocessed slice k is input slice k for this plan (native slices, rows trimmed only)
+    assert both.last_suppressed_slices == suppressed
+    assert np.all(probs[0, suppressed] == 1.0) and not probs[1:, suppressed].any()
+    kept = [k for k in range(image.shape[0]) if k not in suppressed]
+    np.testing.assert_allclose(probs[:, kept], unfiltered[:, kept], atol=1e-5)
+    np.testing.assert_array_equal(label.array, filtered.array)
+    _, plain_probs = both.predict([image], with_probabilities=True, slice_filter=False)
+    assert plain_probs is not None and both.last_suppressed_slices == []
+    np.testing.assert_allclose(plain_probs, unfiltered, atol=1e-5)
+
+
 def test_missing_cache_and_bad_metadata(model_25d: tuple[Path, Path], tmp_path: Path) -> None:
     root, _ = model_25d
     plan = load_dataset_plan(root, "2.5d")

@@ -336,8 +336,7 @@ class SegmentationModel:
         if slice_filter and self.slice_filters:
             from medseg.training.slice_classifier import suppress_slices
 
-            p_foreground = np.mean([f.foreground_probability(image) for f in self.slice_filters], axis=0)
-            empty = p_foreground < self.slice_filters[0].config.threshold
+            empty = self._slice_foreground(image) < self.slice_threshold
             total = suppress_slices(total, empty)
             self.last_suppressed_slices = [int(i) for i in np.flatnonzero(empty)]
         label = restore_to_original(total, info, is_probabilities=True)
@@ -357,6 +356,30 @@ class SegmentationModel:
         }
         return Volume(label.array, geometry=channels[0].geometry, meta=meta), probabilities
 
+    @property
+    def slice_threshold(self) -> float:
+        """The empty-slice classifiers' decision threshold (the mean when folds differ)."""
+        return float(np.mean([f.config.threshold for f in self.slice_filters])) if self.slice_filters else 0.5
+
+    def _slice_foreground(self, image: np.ndarray) -> np.ndarray:
+        """(Z,) mean over the folds' classifiers: probability that a preprocessed slice holds foreground."""
+        return np.asarray(np.mean([f.foreground_probability(image) for f in self.slice_filters], axis=0))
+
+    def slice_foreground_map(self, channels: Sequence[Volume], where: str = "input") -> np.ndarray | None:
+        """The empty-slice classifiers' judgement on the input grid, or None without a classifier.
+
+        Each voxel gets the probability that its slice (on this model's preprocessed grid)
+        holds foreground; voxels outside the model's crop get 1 (never cleared). Used by a
+        configuration ensemble to clear the slices after averaging the members, so that a
+        2.5D member's "empty" is not diluted by the other members' probabilities.
+        """
+        if not self.slice_filters:
+            return None
+        image, _, info = preprocess_case(channels, None, self.plan, where)
+        p = self._slice_foreground(image).astype(np.float32)
+        per_voxel = np.ascontiguousarray(np.broadcast_to(p[:, None, None], image.shape[1:]))
+        return restore_probability(per_voxel, info, default=1.0)
+
     def _predict_members(
         self,
         channels: Sequence[Volume],
@@ -369,10 +392,16 @@ class SegmentationModel:
         where: str,
         slice_filter: bool,
     ) -> tuple[Volume, np.ndarray | None]:
-        """Mean of the configurations' class probabilities on the input grid, then argmax."""
+        """Mean of the configurations' class probabilities on the input grid, then argmax.
+
+        Members' empty-slice classifiers are applied after the mean: a voxel whose slice the
+        classifiers judge empty (their mean probability, on the input grid, below their
+        threshold) is certain background, whatever the other members predicted there.
+        """
         from medseg.postprocessing.labels import apply_rules
 
         total: np.ndarray | None = None
+        judged = [m for m in self.members if m.slice_filters] if slice_filter else []
         for member in self.members:
             _, probs = member.predict(
                 channels,
@@ -382,12 +411,20 @@ class SegmentationModel:
                 postprocess=False,
                 with_probabilities=True,
                 where=where,
-                slice_filter=slice_filter,
+                slice_filter=False,  # applied below, after the mean
             )
             assert probs is not None
             total = probs if total is None else total + probs
         assert total is not None
         total /= len(self.members)
+        self.last_suppressed_slices = []
+        if judged:
+            maps = [m.slice_foreground_map(channels, where) for m in judged]
+            empty = np.mean(maps, axis=0) < np.mean([m.slice_threshold for m in judged])
+            total[:, empty] = 0.0
+            total[0, empty] = 1.0
+            # input-grid slices (array axis 0) cleared entirely, for the log and the report
+            self.last_suppressed_slices = [int(k) for k in np.flatnonzero(empty.all(axis=(1, 2)))]
         values = np.argmax(total, axis=0)
         dtype = np.uint8 if total.shape[0] <= 256 else np.uint16
         labels = values.astype(dtype)

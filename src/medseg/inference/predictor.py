@@ -419,7 +419,7 @@ class SegmentationModel:
         total /= len(self.members)
         self.last_suppressed_slices = []
         if judged:
-            maps = [m.slice_foreground_map(channels, where) for m in judged]
+            maps = [m for m in (j.slice_foreground_map(channels, where) for j in judged) if m is not None]
             empty = np.mean(maps, axis=0) < np.mean([m.slice_threshold for m in judged])
             total[:, empty] = 0.0
             total[0, empty] = 1.0

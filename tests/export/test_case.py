@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from typer.testing import CliRunner
 
@@ -280,3 +282,111 @@ def test_png_label_on_a_png_or_nifti_image_with_the_default_formats(tmp_path: Pa
     Image.fromarray(mask[:30]).save(tmp_path / "short.png")
     with pytest.raises(GeometryError, match=r"short\.png: a PNG/TIFF label map carries no position"):
         export_label(tmp_path / "short.png", nifti, tmp_path / "out3")
+
+
+def _seg_kinds(path: Path) -> dict[str, str]:
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return {str(s.SegmentLabel): str(s.SegmentAlgorithmType) for s in ds.SegmentSequence}
+
+
+def _rt_kinds(path: Path) -> dict[str, str]:
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return {str(r.ROIName): str(r.ROIGenerationAlgorithm) for r in ds.StructureSetROISequence}
+
+
+@pytest.mark.parametrize("kind", ["manual", "semiautomatic", "automatic"])
+def test_cli_algorithm_type_marks_seg_and_rtstruct(
+    tmp_path: Path, synthetic_series: Series, kind: str
+) -> None:
+    label = prostate_zones(synthetic_series.image)
+    path = write_volume(label, tmp_path / "corrected.nii.gz")
+    res = CliRunner().invoke(
+        app,
+        [
+            "export", str(path), str(synthetic_series.folder), "-o", str(tmp_path / "out"),
+            "-f", "dicom-seg,rtstruct", "--labels", "PZ=1,TZ=2,DPU=3,AFS=4", "--algorithm-type", kind.upper(),
+        ],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert f"PZ {kind.upper()}" in res.stdout
+    case = tmp_path / "out" / "corrected"
+    assert _seg_kinds(case / "seg.dcm") == dict.fromkeys(ZONES.values(), kind.upper())
+    assert _rt_kinds(case / "rtstruct.dcm") == dict.fromkeys(ZONES.values(), kind.upper())
+    seg = read_dicom_seg(case / "seg.dcm", synthetic_series.image, ZONES)
+    np.testing.assert_array_equal(seg.array, label.array)  # still voxel-exact
+
+
+def test_default_algorithm_type_automatic_or_the_label_files_own(
+    tmp_path: Path, synthetic_series: Series
+) -> None:
+    label = prostate_zones(synthetic_series.image)
+    nifti = write_volume(label, tmp_path / "zones.nii.gz")
+    plain = export_label(
+        nifti, synthetic_series.folder, tmp_path / "plain", ExportConfig(formats=("dicom-seg",), labels=ZONES)
+    )
+    assert _seg_kinds(plain.outputs["dicom-seg"]) == dict.fromkeys(ZONES.values(), "AUTOMATIC")
+    assert plain.algorithm_types == dict.fromkeys(ZONES, "automatic")
+    # A SEG converted to an RTSTRUCT (and back) keeps how each segment was made...
+    kinds = {1: "manual", 2: "semiautomatic", 3: "automatic", 4: "manual"}
+    seg = write_dicom_seg(label, synthetic_series.folder, tmp_path / "mixed.dcm", ZONES, algorithm_type=kinds)
+    rt = export_label(seg, synthetic_series.folder, tmp_path / "rt", ExportConfig(formats=("rtstruct",)))
+    expected = {"PZ": "MANUAL", "TZ": "SEMIAUTOMATIC", "DPU": "AUTOMATIC", "AFS": "MANUAL"}
+    assert _rt_kinds(rt.outputs["rtstruct"]) == expected and rt.algorithm_types == kinds
+    back = export_label(
+        rt.outputs["rtstruct"],
+        synthetic_series.folder,
+        tmp_path / "back",
+        ExportConfig(formats=("dicom-seg",)),
+    )
+    assert _seg_kinds(back.outputs["dicom-seg"]) == expected
+    # ... unless told otherwise.
+    told = export_label(
+        seg,
+        synthetic_series.folder,
+        tmp_path / "told",
+        ExportConfig(formats=("rtstruct", "report"), algorithm_type="semiautomatic"),
+    )
+    assert _rt_kinds(told.outputs["rtstruct"]) == dict.fromkeys(ZONES.values(), "SEMIAUTOMATIC")
+    assert "semiautomatic" in told.outputs["report"].read_text()
+    assert ExportConfig(algorithm_type="MANUAL").algorithm_type == "manual"
+    with pytest.raises(ConfigError, match=r"algorithm type must be one of automatic, semiautomatic, manual"):
+        ExportConfig(algorithm_type="auto")
+
+
+def _uids(series: Series) -> tuple[str, str]:
+    ds = pydicom.dcmread(series.files[0], stop_before_pixels=True)
+    return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+
+
+def test_volume_tables_name_the_source_series(tmp_path: Path, synthetic_series: Series) -> None:
+    from medseg.export.volumes import write_cohort_volumes
+
+    image = synthetic_series.image
+    label = prostate_zones(image)
+    study, series = _uids(synthetic_series)
+    out = tmp_path / "out"
+    nifti_label = write_volume(label, tmp_path / "in" / "dicom_case.nii.gz")
+    export_label(nifti_label, synthetic_series.folder, out, ExportConfig(formats=("volumes",), labels=ZONES))
+    # The same scan as NIfTI (no UIDs there), as `medseg convert` would have written it.
+    nifti_image = write_volume(image, tmp_path / "in" / "scan.nii.gz")
+    other = write_volume(label, tmp_path / "in" / "nifti_case.nii.gz")
+    export_label(other, nifti_image, out, ExportConfig(formats=("volumes",), labels=ZONES))
+    with (out / "dicom_case" / "volumes.csv").open() as fh:
+        per_case = list(csv.DictReader(fh))
+    assert len(per_case) == 4 and {(r["study_uid"], r["series_uid"]) for r in per_case} == {(study, series)}
+    doc = json.loads((out / "dicom_case" / "volumes.json").read_text())
+    assert doc["source"] == {"study_uid": study, "series_uid": series}
+    table = write_cohort_volumes(out)
+    assert table == out / "cohort_volumes.csv"
+    with table.open() as fh:
+        reader = csv.DictReader(fh)
+        rows = {r["case"]: r for r in reader}
+    assert reader.fieldnames == ["case", "study_uid", "series_uid", "PZ_ml", "TZ_ml", "DPU_ml", "AFS_ml"]
+    assert (rows["dicom_case"]["study_uid"], rows["dicom_case"]["series_uid"]) == (study, series)
+    assert (rows["nifti_case"]["study_uid"], rows["nifti_case"]["series_uid"]) == ("", "")
+    for r in per_case:
+        assert (
+            rows["dicom_case"][f"{r['name']}_ml"] == rows["nifti_case"][f"{r['name']}_ml"] == r["volume_ml"]
+        )
+    text = table.read_text() + (out / "dicom_case" / "volumes.csv").read_text()
+    assert "SYN0001" not in text and "SYNTHETIC" not in text  # UIDs, never the patient

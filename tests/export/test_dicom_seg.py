@@ -238,3 +238,45 @@ def test_refused_seg_error_does_not_quote_patient_values(
         write_dicom_seg(label, synthetic_series.folder, tmp_path / "seg.dcm", ZONES)
     assert "'DA'" in str(info.value) and "SECRET" not in str(info.value) and "SECRET" not in caplog.text
     assert not (tmp_path / "seg.dcm").exists()
+
+
+@pytest.mark.parametrize("kind", ["automatic", "semiautomatic", "manual"])
+def test_algorithm_type_is_declared_and_the_seg_still_round_trips(
+    tmp_path: Path, synthetic_series: Series, kind: str
+) -> None:
+    label = centred_zones(synthetic_series.image)
+    out = write_dicom_seg(label, synthetic_series.folder, tmp_path / "seg.dcm", ZONES, algorithm_type=kind)
+    ds = pydicom.dcmread(out, stop_before_pixels=True)
+    assert len(ds.SegmentSequence) == 3
+    for item in ds.SegmentSequence:
+        assert item.SegmentAlgorithmType == kind.upper()
+        if kind == "manual":  # no algorithm made a manual segment: none is named (PS3.3 C.8.20.2)
+            assert "SegmentAlgorithmName" not in item
+            assert "SegmentationAlgorithmIdentificationSequence" not in item
+        else:
+            assert item.SegmentAlgorithmName == "medseg"
+            assert item.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "medseg"
+    seg = hd.seg.segread(out)
+    assert {seg.get_segment_description(n).algorithm_type for n in (1, 2, 3)} == {
+        hd.seg.SegmentAlgorithmTypeValues[kind.upper()]
+    }
+    back = read_dicom_seg(out, synthetic_series.image, ZONES)
+    np.testing.assert_array_equal(back.array, label.array)
+    assert back.meta["algorithm_types"] == {1: kind, 2: kind, 4: kind}
+
+
+def test_algorithm_type_per_label_value_and_a_bad_one(tmp_path: Path, synthetic_series: Series) -> None:
+    label = centred_zones(synthetic_series.image)
+    kinds = {1: "manual", 2: "automatic", 4: "semiautomatic"}
+    out = write_dicom_seg(label, synthetic_series.folder, tmp_path / "seg.dcm", ZONES, algorithm_type=kinds)
+    by_label = {str(s.SegmentLabel): s for s in pydicom.dcmread(out, stop_before_pixels=True).SegmentSequence}
+    assert {name: str(s.SegmentAlgorithmType) for name, s in by_label.items()} == {
+        "PZ": "MANUAL",
+        "TZ": "AUTOMATIC",
+        "AFS": "SEMIAUTOMATIC",
+    }
+    assert "SegmentAlgorithmName" not in by_label["PZ"] and by_label["AFS"].SegmentAlgorithmName == "medseg"
+    assert read_dicom_seg(out, synthetic_series.image, ZONES).meta["algorithm_types"] == kinds
+    with pytest.raises(ConfigError, match=r"one of automatic, semiautomatic, manual, found 'human'"):
+        write_dicom_seg(label, synthetic_series.folder, tmp_path / "bad.dcm", ZONES, algorithm_type="human")
+    assert not (tmp_path / "bad.dcm").exists()

@@ -244,3 +244,36 @@ def test_conformance_fixes_over_rt_utils(tmp_path: Path, synthetic_series: Serie
     back = read_rtstruct(out, synthetic_series.image, ZONES)
     for value in (1, 2, 4):
         assert dice(back.array == value, label.array == value) >= 0.85
+
+
+@pytest.mark.parametrize("kind", ["automatic", "semiautomatic", "manual"])
+def test_roi_generation_algorithm_is_declared(tmp_path: Path, synthetic_series: Series, kind: str) -> None:
+    label = centred_zones(synthetic_series.image)
+    out = write_rtstruct(label, synthetic_series.folder, tmp_path / "rt.dcm", ZONES, algorithm_type=kind)
+    rois = pydicom.dcmread(out).StructureSetROISequence
+    assert [str(r.ROIName) for r in rois] == ["PZ", "TZ", "AFS"]
+    assert [str(r.ROIGenerationAlgorithm) for r in rois] == [kind.upper()] * 3
+    back = read_rtstruct(out, synthetic_series.image, ZONES)
+    assert back.meta["algorithm_types"] == {1: kind, 2: kind, 4: kind}
+
+
+def test_roi_generation_algorithm_per_label_value(tmp_path: Path, synthetic_series: Series) -> None:
+    label = centred_zones(synthetic_series.image)
+    kinds = {1: "manual", 2: "automatic", 4: "semiautomatic"}
+    out = write_rtstruct(label, synthetic_series.folder, tmp_path / "rt.dcm", ZONES, algorithm_type=kinds)
+    rois = {
+        str(r.ROIName): str(r.ROIGenerationAlgorithm) for r in pydicom.dcmread(out).StructureSetROISequence
+    }
+    assert rois == {"PZ": "MANUAL", "TZ": "AUTOMATIC", "AFS": "SEMIAUTOMATIC"}
+    assert read_rtstruct(out, synthetic_series.image, ZONES).meta["algorithm_types"] == kinds
+    with pytest.raises(ConfigError, match=r"one of automatic, semiautomatic, manual, found 'AUTO'"):
+        write_rtstruct(label, synthetic_series.folder, tmp_path / "bad.dcm", ZONES, algorithm_type="AUTO")
+    assert not (tmp_path / "bad.dcm").exists()
+    # A TPS may leave ROIGenerationAlgorithm empty (type 2) or write its own term: not declared.
+    ds = pydicom.dcmread(out)
+    ds.StructureSetROISequence[0].ROIGenerationAlgorithm = ""
+    ds.StructureSetROISequence[1].ROIGenerationAlgorithm = "AUTOSEG"
+    ds.save_as(tmp_path / "tps.dcm")
+    assert read_rtstruct(tmp_path / "tps.dcm", synthetic_series.image, ZONES).meta["algorithm_types"] == {
+        4: "semiautomatic"
+    }

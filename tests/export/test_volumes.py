@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 from medseg.errors import OutputExistsError
-from medseg.export.volumes import label_statistics, volumes_to_csv, write_volumes_csv, write_volumes_json
+from medseg.export.volumes import (
+    SourceUids,
+    label_statistics,
+    volumes_to_csv,
+    write_cohort_volumes,
+    write_volumes_csv,
+    write_volumes_json,
+)
 from medseg.volume import Volume
 from tests.conftest import oblique_direction
 
@@ -84,3 +91,40 @@ def test_existing_outputs_are_not_overwritten(tmp_path: Path) -> None:
         assert target.read_text() == "old"
         writer(stats, target, overwrite=True)
         assert target.read_text() != "old"
+
+
+def test_cohort_table_reads_old_tables_and_tables_without_rows(tmp_path: Path) -> None:
+    """Per-case tables of earlier medseg versions (no UID columns) stay readable, with empty UIDs;
+    a table without rows (an empty, unnamed label map) takes its UIDs from its JSON twin."""
+    label = _block_label(oblique_direction())
+    stats = label_statistics(label, {2: "liver", 5: "dot"})
+    source = SourceUids("1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2")
+    rows = list(csv.DictReader(io.StringIO(volumes_to_csv(stats, source))))
+    assert {(r["study_uid"], r["series_uid"]) for r in rows} == {(source.study_uid, source.series_uid)}
+    assert SourceUids.of(label) == SourceUids()  # not read from DICOM
+    assert SourceUids.of(label.with_array(label.array, meta={"study_uid": "1.2", "series_uid": "1.3"})) == (
+        SourceUids("1.2", "1.3")
+    )
+    out = tmp_path / "out"
+    write_volumes_csv(stats, out / "new" / "volumes.csv", source=source)
+    old_columns = [
+        c for c in csv.DictReader(io.StringIO(volumes_to_csv(stats))).fieldnames or [] if "uid" not in c
+    ]
+    (out / "old").mkdir()
+    with (out / "old" / "volumes.csv").open("w", newline="") as fh:  # as earlier medseg wrote it
+        writer = csv.DictWriter(fh, old_columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    empty = label.with_array(np.zeros(label.shape, np.uint8))
+    write_volumes_csv(label_statistics(empty), out / "empty" / "volumes.csv", source=source)
+    write_volumes_json(label_statistics(empty), out / "empty" / "volumes.json", source=source)
+    with write_cohort_volumes(out).open() as fh:
+        cohort = {r["case"]: r for r in csv.DictReader(fh)}
+    assert (cohort["old"]["study_uid"], cohort["old"]["series_uid"]) == ("", "")
+    assert cohort["old"]["liver_ml"] == cohort["new"]["liver_ml"] == rows[0]["volume_ml"]
+    for case in ("new", "empty"):
+        assert (cohort[case]["study_uid"], cohort[case]["series_uid"]) == (
+            source.study_uid,
+            source.series_uid,
+        )
+    assert cohort["empty"]["liver_ml"] == "0.0000"

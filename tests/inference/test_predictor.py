@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from typer.testing import CliRunner
 
@@ -92,7 +94,6 @@ def test_batch_continues_after_a_broken_case_and_shards(trained_model: Path, tmp
 def test_cohort_volume_table_covers_every_shard(trained_model: Path, tmp_path: Path) -> None:
     """cohort_volumes.csv: one row per case with each label's mL, equal to the per-case tables,
     rebuilt by each shard from what is on disk (so the last shard's table covers them all)."""
-    import csv
 
     folder = tmp_path / "cohort"
     for seed in (1, 2, 3):
@@ -112,10 +113,11 @@ def test_cohort_volume_table_covers_every_shard(trained_model: Path, tmp_path: P
     for case, row in rows.items():
         with (out / case / "volumes.csv").open() as fh:
             per_case = list(csv.DictReader(fh))
-        assert columns == ["case", *(f"{r['name']}_ml" for r in per_case)]
+        assert columns == ["case", "study_uid", "series_uid", *(f"{r['name']}_ml" for r in per_case)]
+        assert row["study_uid"] == row["series_uid"] == ""  # NIfTI input: no DICOM series
         for r in per_case:
             assert row[f"{r['name']}_ml"] == r["volume_ml"]
-    assert any(float(v) > 0 for row in rows.values() for k, v in row.items() if k != "case")
+    assert any(float(v) > 0 for row in rows.values() for k, v in row.items() if k.endswith("_ml"))
 
 
 def test_dicom_in_dicom_seg_and_rtstruct_out(trained_model: Path, tmp_path: Path) -> None:
@@ -126,13 +128,28 @@ def test_dicom_in_dicom_seg_and_rtstruct_out(trained_model: Path, tmp_path: Path
     series = tmp_path / "series"
     write_dicom_series(img, series, modality="MR")
     results = predict(
-        series, trained_model, tmp_path / "out", PredictConfig(formats=("nifti", "dicom-seg", "rtstruct"))
+        series,
+        trained_model,
+        tmp_path / "out",
+        PredictConfig(formats=("nifti", "dicom-seg", "rtstruct", "volumes")),
     )
     assert results[0].ok, results[0].error
     label = read_volume(tmp_path / "out" / "series.nii.gz")
     seg = read_dicom_seg(tmp_path / "out" / "series" / "seg.dcm", label)
     np.testing.assert_array_equal(seg.array, label.array)
-    assert (tmp_path / "out" / "series" / "rtstruct.dcm").is_file()
+    # A prediction is always AUTOMATIC, in both formats.
+    assert set(seg.meta["algorithm_types"].values()) == {"automatic"}
+    rt = pydicom.dcmread(tmp_path / "out" / "series" / "rtstruct.dcm", stop_before_pixels=True)
+    assert {str(r.ROIGenerationAlgorithm) for r in rt.StructureSetROISequence} == {"AUTOMATIC"}
+    # The cohort table names the source study and series, for joining a PACS export.
+    source = pydicom.dcmread(next(series.rglob("*.dcm")), stop_before_pixels=True)
+    with (tmp_path / "out" / "cohort_volumes.csv").open() as fh:
+        (row,) = csv.DictReader(fh)
+    assert (row["case"], row["study_uid"], row["series_uid"]) == (
+        "series",
+        str(source.StudyInstanceUID),
+        str(source.SeriesInstanceUID),
+    )
 
 
 def test_bad_inputs_give_clear_errors(trained_model: Path, tmp_path: Path) -> None:
@@ -556,7 +573,6 @@ def test_an_ensemble_of_configurations_averages_probabilities_on_the_input_grid(
 def test_added_formats_come_from_the_kept_label_map(trained_model: Path, tmp_path: Path) -> None:
     """A re-run with more formats derives them from the label map on disk, not from a new
     prediction (which another model or setting could make differ), so a case's outputs agree."""
-    import csv
 
     path, _ = _case_file(tmp_path / "in", 4)
     out = tmp_path / "out"

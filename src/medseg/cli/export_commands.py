@@ -59,11 +59,22 @@ def export_command(
         tuple[float, float, float] | None,
         typer.Option(metavar="Z Y X", help="voxel spacing in mm of PNG/TIFF inputs, which carry none"),
     ] = None,
+    algorithm_type: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TYPE",
+            help="how the segments were made, as the DICOM SEG (Segment Algorithm Type) and RTSTRUCT "
+            "(ROI Generation Algorithm) declare it: manual for a label map a person drew, semiautomatic "
+            "for a corrected prediction, automatic for a model's output. Default: a SEG or RTSTRUCT "
+            "label file keeps each segment's own type; any other label map is automatic, as "
+            "`medseg predict` writes",
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
 ) -> None:
     """Write DICOM SEG, RTSTRUCT, meshes, volumes, overlay or a report for an existing label map.
 
-    For a segmentation made elsewhere (another tool, a manual correction) or earlier; a DICOM SEG becomes an RTSTRUCT and back. The label map must lie on the image's grid, or --resample puts it there (nearest neighbour).
+    For a segmentation made elsewhere (another tool, a manual correction) or earlier; a DICOM SEG becomes an RTSTRUCT and back. The label map must lie on the image's grid, or --resample puts it there (nearest neighbour). SEG and RTSTRUCT segments are marked AUTOMATIC (a SEG or RTSTRUCT input: as it declares them) unless --algorithm-type says manual or semiautomatic. volumes.csv names the study and series UIDs of a DICOM image (empty for other images).
     """
     from medseg.evaluation import parse_labels
     from medseg.export.case import ExportConfig, export_label
@@ -77,6 +88,7 @@ def export_command(
         resample=resample,
         mesh_suffix="." + mesh_format.lower().lstrip("."),
         case_id=case_id,
+        algorithm_type=algorithm_type,  # type: ignore[arg-type]  # checked by ExportConfig
         overwrite=overwrite,
     )
     result = export_label(label, image, out, cfg)
@@ -86,6 +98,9 @@ def export_command(
     console.print(table)
     names = ", ".join(f"{v}={n}" for v, n in result.names.items()) or "none (empty label map)"
     console.print(f"case {escape(result.case_id)}: labels {escape(names)}", soft_wrap=True)
+    if any(f in result.outputs for f in ("dicom-seg", "rtstruct")):
+        kinds = ", ".join(f"{result.names[v]} {k.upper()}" for v, k in result.algorithm_types.items())
+        console.print(f"segments marked {escape(kinds)} (--algorithm-type)", soft_wrap=True)
     skipped = [f for f in cfg.formats if f not in result.outputs]
     if skipped:
         console.print(f"[yellow]not written:[/] {', '.join(skipped)} (nothing segmented)")

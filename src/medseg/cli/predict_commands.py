@@ -89,7 +89,10 @@ def predict_command(
         typer.Option(help="DICOM series holding several volumes (b-values, echoes): pick one (0-based)"),
     ] = None,
 ) -> None:
-    """Segment new scans with a trained model; outputs land on the input's exact grid."""
+    """Segment new scans with a trained model; outputs land on the input's exact grid.
+
+    DICOM SEG and RTSTRUCT segments are marked AUTOMATIC (`medseg export --algorithm-type` marks a corrected label map). volumes.csv and cohort_volumes.csv name each DICOM case's StudyInstanceUID and SeriesInstanceUID (empty for NIfTI and other files).
+    """
     from medseg.inference.predictor import PredictConfig, predict
 
     cfg = PredictConfig(

@@ -7,8 +7,10 @@ a mapping label value -> name, writes atomically and refuses to overwrite unless
 * :func:`write_dicom_seg` / :func:`read_dicom_seg` - DICOM SEG referencing the source series
 * :func:`write_rtstruct` / :func:`read_rtstruct` - RT Structure Set on the source series
 * :func:`write_label_meshes`, :func:`label_mesh`, :func:`write_mesh` - STL / OBJ / PLY surfaces in LPS mm
-* :func:`label_statistics`, :func:`write_volumes_csv`, :func:`write_volumes_json` - volumes in mL;
+* :func:`label_statistics`, :func:`write_volumes_csv`, :func:`write_volumes_json` - volumes in mL
+  with the source's study / series UIDs (:class:`SourceUids`);
   :func:`write_cohort_volumes` - one row per case
+* :data:`ALGORITHM_TYPES` - how the segments were made, as the SEG and RTSTRUCT declare it
 * :func:`write_overlay`, :func:`render_overlay_png` - contour montage PNG
 * :func:`write_report` - one self-contained HTML file per case
 
@@ -22,6 +24,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from medseg.export.algorithm import ALGORITHM_TYPES, AlgorithmType
     from medseg.export.codes import Segment, SegmentCode, segment_code, segment_color, segments_for_label
     from medseg.export.dicom_seg import read_dicom_seg, write_dicom_seg
     from medseg.export.dicom_source import SourceSeries, match_source_series
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
     from medseg.export.rtstruct import read_rtstruct, write_rtstruct
     from medseg.export.volumes import (
         LabelStats,
+        SourceUids,
         label_statistics,
         write_cohort_volumes,
         write_volumes_csv,
@@ -38,6 +42,8 @@ if TYPE_CHECKING:
     )
 
 _WHERE = {
+    "ALGORITHM_TYPES": "algorithm",
+    "AlgorithmType": "algorithm",
     "Segment": "codes",
     "SegmentCode": "codes",
     "segment_code": "codes",
@@ -59,6 +65,7 @@ _WHERE = {
     "read_rtstruct": "rtstruct",
     "write_rtstruct": "rtstruct",
     "LabelStats": "volumes",
+    "SourceUids": "volumes",
     "label_statistics": "volumes",
     "write_cohort_volumes": "volumes",
     "write_volumes_csv": "volumes",
@@ -66,11 +73,14 @@ _WHERE = {
 }
 
 __all__ = [
+    "ALGORITHM_TYPES",
+    "AlgorithmType",
     "LabelStats",
     "MeshOptions",
     "Segment",
     "SegmentCode",
     "SourceSeries",
+    "SourceUids",
     "build_report_html",
     "label_mesh",
     "label_meshes",

@@ -8,13 +8,19 @@ Both lay their outputs out the same way (:func:`case_targets`)::
     OUT/<case>.nii.gz | .nrrd | .mha           label map (nifti / nrrd / mha)
     OUT/<case>/seg.dcm, rtstruct.dcm           DICOM SEG, RTSTRUCT on the source series
     OUT/<case>/meshes/<value>_<name>.stl       surfaces in LPS mm (mesh)
-    OUT/<case>/volumes.csv (+ .json)           volume in mL per label (volumes)
+    OUT/<case>/volumes.csv (+ .json)           volume in mL per label, source study/series UIDs (volumes)
     OUT/<case>/overlay.png, report.html        contour montage, self-contained report
     OUT/<case>/probabilities/                  per-class probability maps (predict only)
 
 :func:`export_label` never resamples silently: the label map must lie on the image's grid
 (within the tolerances of :meth:`VolumeGeometry.differences`), or ``resample=True`` puts it
 there with nearest-neighbour interpolation (labels are never interpolated linearly).
+
+The DICOM outputs declare how the segments were made: a prediction is AUTOMATIC (always,
+for `medseg predict`). `medseg export` writes what ``algorithm_type`` says ("manual" for a
+label map a person drew, "semiautomatic" for a corrected prediction); by default each
+segment of a DICOM SEG or RTSTRUCT label file keeps the type that file declares (a format
+conversion does not change how a segment was made), and any other label map is AUTOMATIC.
 """
 
 from __future__ import annotations
@@ -22,13 +28,14 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medseg.errors import ConfigError, InputError
+from medseg.export.algorithm import AlgorithmType, algorithm_types_for, check_algorithm_type
 from medseg.io import IMAGE_2D_SUFFIXES, write_volume
 from medseg.volume import Volume
 
@@ -111,13 +118,17 @@ def write_case_outputs(
     model_info: Mapping[str, Any] | None = None,
     case_id: str,
     mesh_suffix: str = ".stl",
+    algorithm_type: AlgorithmType | Mapping[int, AlgorithmType] = "automatic",
     overwrite: bool = False,
 ) -> dict[str, Path]:
     """Write ``label`` (on ``image``'s grid) in every format of ``targets``; returns what was written.
 
     ``series`` is the source DICOM series (needed for dicom-seg / rtstruct), ``probabilities``
-    the (C, *shape) class probabilities (for "probabilities"). DICOM outputs of an empty label
-    map are skipped with a warning (a SEG or RTSTRUCT cannot be empty).
+    the (C, *shape) class probabilities (for "probabilities"). ``algorithm_type`` is how the
+    segments were made (one for all, or per label value), as the SEG and RTSTRUCT declare
+    it. The volume tables name the study and series ``image`` was read from (its DICOM UIDs;
+    empty for other formats). DICOM outputs of an empty label map are skipped with a warning
+    (a SEG or RTSTRUCT cannot be empty).
     """
     written: dict[str, Path] = {}
     present = bool(np.any(label.array > 0))
@@ -143,11 +154,15 @@ def write_case_outputs(
             if fmt == "dicom-seg":
                 from medseg.export.dicom_seg import write_dicom_seg
 
-                written[fmt] = write_dicom_seg(label, series, target, names, overwrite=overwrite)
+                written[fmt] = write_dicom_seg(
+                    label, series, target, names, algorithm_type=algorithm_type, overwrite=overwrite
+                )
             else:
                 from medseg.export.rtstruct import write_rtstruct
 
-                written[fmt] = write_rtstruct(label, series, target, names, overwrite=overwrite)
+                written[fmt] = write_rtstruct(
+                    label, series, target, names, algorithm_type=algorithm_type, overwrite=overwrite
+                )
         elif fmt == "mesh":
             if not present:
                 log.warning("%s: nothing segmented; no meshes written", case_id)
@@ -160,12 +175,18 @@ def write_case_outputs(
             log.info("wrote %d meshes to %s", len(meshes), target)
             written[fmt] = target
         elif fmt == "volumes":
-            from medseg.export.volumes import label_statistics, write_volumes_csv, write_volumes_json
+            from medseg.export.volumes import (
+                SourceUids,
+                label_statistics,
+                write_volumes_csv,
+                write_volumes_json,
+            )
 
             stats = stats or label_statistics(label, names)
+            source = SourceUids.of(image)
             # JSON first: volumes.csv, the file that marks the output as done, comes last.
-            write_volumes_json(stats, target.with_suffix(".json"), label=label, overwrite=True)
-            written[fmt] = write_volumes_csv(stats, target, overwrite=overwrite)
+            write_volumes_json(stats, target.with_suffix(".json"), label=label, source=source, overwrite=True)
+            written[fmt] = write_volumes_csv(stats, target, source=source, overwrite=overwrite)
         elif fmt == "overlay":
             from medseg.export.overlay import write_overlay
 
@@ -187,7 +208,10 @@ class ExportConfig:
     ``labels`` maps label value -> name (default: the names in a DICOM SEG label file, else
     ``label_<value>``); ``series`` picks the image series of a DICOM folder; ``spacing``
     (z, y, x mm) gives PNG/TIFF inputs, which carry none, their voxel size; ``resample``
-    puts a label map that lies on another grid onto the image's (nearest neighbour).
+    puts a label map that lies on another grid onto the image's (nearest neighbour);
+    ``algorithm_type`` ("automatic", "semiautomatic" or "manual") is what the DICOM SEG and
+    RTSTRUCT declare about how the segments were made. None (the default): a DICOM SEG or
+    RTSTRUCT label file's own type per segment, else "automatic", as for a prediction.
     """
 
     formats: tuple[str, ...] = DEFAULT_EXPORT_FORMATS
@@ -197,10 +221,13 @@ class ExportConfig:
     resample: bool = False
     mesh_suffix: str = ".stl"
     case_id: str | None = None
+    algorithm_type: AlgorithmType | None = None
     overwrite: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "formats", check_formats(self.formats, EXPORT_FORMATS))
+        if self.algorithm_type is not None:
+            object.__setattr__(self, "algorithm_type", check_algorithm_type(self.algorithm_type))
         if self.labels is not None:
             bad = [v for v in self.labels if not isinstance(v, int) or v <= 0]
             if bad:
@@ -218,6 +245,8 @@ class ExportResult:
     outputs: dict[str, Path]
     names: dict[int, str]
     resampled: bool
+    # How each label value's segments were made, as the SEG / RTSTRUCT outputs declare it.
+    algorithm_types: dict[int, AlgorithmType] = field(default_factory=dict)
 
 
 def _case_id(label_path: Path) -> str:
@@ -252,8 +281,11 @@ def _is_dicom_file(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def _read_label(path: Path, image: Volume, config: ExportConfig) -> tuple[Volume, dict[int, str]]:
-    """The label map as integers >= 0 and the names it carries (a DICOM SEG's segment labels)."""
+def _read_label(
+    path: Path, image: Volume, config: ExportConfig
+) -> tuple[Volume, dict[int, str], dict[int, AlgorithmType] | None]:
+    """The label map as integers >= 0, the names it carries (a DICOM SEG's segment labels) and
+    the algorithm types it declares (a SEG's or RTSTRUCT's, per value; None for other files)."""
     if not path.is_file():
         raise InputError(
             path,
@@ -275,7 +307,11 @@ def _read_label(path: Path, image: Volume, config: ExportConfig) -> tuple[Volume
         # declared values (a ConfigError names a segment the declaration lacks).
         read = read_rtstruct if sop_class == RTSTRUCT_SOP_CLASS_UID else read_dicom_seg
         decoded = read(path, image, config.labels)
-        return decoded, {int(k): str(v) for k, v in decoded.meta.get("segments", {}).items()}
+        return (
+            decoded,
+            {int(k): str(v) for k, v in decoded.meta.get("segments", {}).items()},
+            {int(k): v for k, v in decoded.meta.get("algorithm_types", {}).items()},
+        )
     from medseg.io import read_volume
 
     spacing = config.spacing if path.suffix.lower() in IMAGE_2D_SUFFIXES else None
@@ -304,7 +340,7 @@ def _read_label(path: Path, image: Volume, config: ExportConfig) -> tuple[Volume
         )
     top = int(values[-1]) if len(values) else 0
     dtype = np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32
-    return label.with_array(array.astype(dtype)), {}
+    return label.with_array(array.astype(dtype)), {}, None
 
 
 def export_label(
@@ -331,7 +367,7 @@ def export_label(
             expected="a DICOM series folder as the image",
             found="a non-DICOM image file",
         )
-    label, carried = _read_label(label_file, image, cfg)
+    label, carried, declared_types = _read_label(label_file, image, cfg)
     resampled = False
     if label_file.suffix.lower() in IMAGE_2D_SUFFIXES:
         # A PNG/TIFF label map carries no position or orientation: it can only mean the
@@ -396,7 +432,22 @@ def export_label(
                 raise OutputExistsError(target)
     from medseg import __version__
 
-    info = {"label map": label_file.name, "exported by": f"medseg {__version__} (medseg export)"}
+    if cfg.algorithm_type is not None:
+        kinds = algorithm_types_for(present, cfg.algorithm_type)
+    else:
+        kinds = algorithm_types_for(present, declared_types or {})
+        undeclared = [names[v] for v in present if v not in (declared_types or {})]
+        if declared_types is not None and undeclared:
+            log.warning(
+                "%s declares no algorithm type for %s; marked automatic (--algorithm-type sets one)",
+                label_file.name,
+                ", ".join(undeclared),
+            )
+    info = {
+        "label map": label_file.name,
+        "exported by": f"medseg {__version__} (medseg export)",
+        "segments made": _describe_kinds(kinds, names),
+    }
     if resampled:
         info["resampled"] = "nearest neighbour onto the image grid"
     written = write_case_outputs(
@@ -408,6 +459,14 @@ def export_label(
         model_info=info,
         case_id=case_id,
         mesh_suffix=cfg.mesh_suffix,
+        algorithm_type=kinds,
         overwrite=cfg.overwrite,
     )
-    return ExportResult(case_id, written, names, resampled)
+    return ExportResult(case_id, written, names, resampled, kinds)
+
+
+def _describe_kinds(kinds: Mapping[int, AlgorithmType], names: Mapping[int, str]) -> str:
+    """The one type every segment shares (e.g. "manual"), else each segment's, for the report."""
+    if len(set(kinds.values())) <= 1:
+        return next(iter(kinds.values()), "automatic")
+    return ", ".join(f"{names[v]} {kind}" for v, kind in kinds.items())

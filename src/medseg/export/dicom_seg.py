@@ -14,6 +14,11 @@ Choices:
   one segment. Callers that want "no finding" objects must decide that themselves.
 * Segment numbers are 1..N in increasing label value; the segment *label* carries the
   name, so :func:`read_dicom_seg` with ``segment_names`` restores the original values.
+* Segment Algorithm Type AUTOMATIC (a prediction) by default; SEMIAUTOMATIC or MANUAL for
+  a label map a person drew or corrected. AUTOMATIC and SEMIAUTOMATIC name medseg as the
+  algorithm (Segment Algorithm Name is required for them, PS3.3 C.8.20.2); MANUAL names no
+  algorithm, since no algorithm made the segments (highdicom requires one for the others
+  and accepts none for MANUAL).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from pydicom.sr.coding import Code
 
 import medseg
 from medseg.errors import ConfigError, GeometryError, InputError
+from medseg.export.algorithm import AlgorithmType, algorithm_types_for, read_algorithm_type
 from medseg.export.codes import Segment, segments_for_label
 from medseg.export.dicom_source import SourceLike, match_source_series
 from medseg.io.atomic import atomic_file, check_writable
@@ -55,7 +61,10 @@ def _cielab(rgb: tuple[int, int, int]) -> hd.color.CIELabColor:
 
 
 def _description(
-    number: int, segment: Segment, algorithm: hd.AlgorithmIdentificationSequence
+    number: int,
+    segment: Segment,
+    algorithm_type: AlgorithmType,
+    algorithm: hd.AlgorithmIdentificationSequence | None,
 ) -> hd.seg.SegmentDescription:
     code = segment.code
     desc = hd.seg.SegmentDescription(
@@ -63,7 +72,7 @@ def _description(
         segment_label=segment.name[:64],
         segmented_property_category=code.category,
         segmented_property_type=code.type,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues[algorithm_type.upper()],
         algorithm_identification=algorithm,
         display_color=_cielab(segment.color),
     )
@@ -89,11 +98,14 @@ def write_dicom_seg(
     algorithm_name: str = "medseg",
     algorithm_version: str = medseg.__version__,
     manufacturer: str = "medseg",
+    algorithm_type: AlgorithmType | Mapping[int, AlgorithmType] = "automatic",
 ) -> Path:
     """Write ``label`` (values 0..K on the source grid) as a DICOM SEG referencing ``source``.
 
     ``source`` is the source series: a folder, a list of files or pydicom datasets (any
-    order), or an object with ``.datasets``. Returns the written path.
+    order), or an object with ``.datasets``. ``algorithm_type`` ("automatic",
+    "semiautomatic" or "manual"; one for all, or per label value) is each segment's Segment
+    Algorithm Type; "manual" segments name no algorithm. Returns the written path.
     """
     target = check_writable(path, overwrite)
     segments = segments_for_label(label, segment_names, colors)
@@ -104,13 +116,17 @@ def write_dicom_seg(
             expected="at least one voxel with a label > 0",
             found="no foreground",
         )
+    kinds = algorithm_types_for([s.value for s in segments], algorithm_type)
     series = match_source_series(label.geometry, source)
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name,
         version=algorithm_version,
         family=Code("123109", "DCM", "Artificial Intelligence"),
     )
-    descriptions = [_description(i + 1, s, algorithm) for i, s in enumerate(segments)]
+    descriptions = [
+        _description(i + 1, s, kinds[s.value], None if kinds[s.value] == "manual" else algorithm)
+        for i, s in enumerate(segments)
+    ]
     stacked = np.stack([label.array == s.value for s in segments], axis=-1).astype(np.uint8)
     try:
         with warnings.catch_warnings(), disable_value_validation():
@@ -156,7 +172,9 @@ def read_dicom_seg(
     Voxel values are segment numbers, or with ``segment_names`` (value -> name, as given
     to :func:`write_dicom_seg`) the value whose name equals each segment's label. Raises
     :class:`GeometryError` when the SEG's frames do not lie on the reference grid and
-    :class:`InputError` when the file is not a SEG. ``meta["segments"]`` maps value -> label.
+    :class:`InputError` when the file is not a SEG. ``meta["segments"]`` maps value -> label,
+    ``meta["algorithm_types"]`` value -> "automatic", "semiautomatic" or "manual" (segments
+    with another Segment Algorithm Type are left out).
     Overlapping segments are not supported (medseg writes none).
     """
     src = Path(path)
@@ -210,5 +228,14 @@ def read_dicom_seg(
         lut[n] = v
     values = lut[numbers_array]
     dtype = np.uint8 if values.max(initial=0) < 256 else np.uint16
-    meta = {"source": src.name, "segments": {value_of[n]: labels[n] for n in numbers}}
+    kinds = {
+        int(d.SegmentNumber): read_algorithm_type(d.get("SegmentAlgorithmType"))
+        for d in seg.SegmentSequence
+        if int(d.SegmentNumber) > 0
+    }
+    meta = {
+        "source": src.name,
+        "segments": {value_of[n]: labels[n] for n in numbers},
+        "algorithm_types": {value_of[n]: kind for n, kind in kinds.items() if kind is not None},
+    }
     return Volume(values.astype(dtype), geometry=geometry, meta=meta)

@@ -41,6 +41,7 @@ from skimage.draw import line, polygon_perimeter
 from skimage.draw import polygon as fill_polygon
 
 from medseg.errors import ConfigError, GeometryError, InputError
+from medseg.export.algorithm import AlgorithmType, algorithm_types_for, read_algorithm_type
 from medseg.export.codes import segments_for_label
 from medseg.export.dicom_source import SourceLike, match_source_series
 from medseg.io.atomic import atomic_file, check_writable
@@ -93,12 +94,14 @@ def write_rtstruct(
     colors: Mapping[int, Sequence[int]] | None = None,
     overwrite: bool = False,
     series_description: str = "medseg contours",
+    algorithm_type: AlgorithmType | Mapping[int, AlgorithmType] = "automatic",
 ) -> Path:
     """Write one ROI per label value present in ``label`` as an RTSTRUCT on ``source``.
 
     ``source`` is the source series (a folder, files, datasets read from files, or an
     object with ``.datasets``/``.files``) in any order; rt-utils needs the files.
-    An empty label map raises :class:`InputError`.
+    ``algorithm_type`` ("automatic", "semiautomatic" or "manual"; one for all, or per label
+    value) is each ROI's ROI Generation Algorithm. An empty label map raises :class:`InputError`.
     """
     target = check_writable(path, overwrite)
     segments = segments_for_label(label, segment_names, colors)
@@ -109,6 +112,7 @@ def write_rtstruct(
             expected="at least one voxel with a label > 0",
             found="no foreground",
         )
+    kinds = algorithm_types_for([s.value for s in segments], algorithm_type)
     series = match_source_series(label.geometry, source)
     if any(f is None or not Path(f).is_file() for f in series.files):
         raise InputError(
@@ -164,7 +168,7 @@ def write_rtstruct(
                     color=list(segment.color),
                     name=segment.name[:64],
                     description=segment.code.describe()[:64],
-                    roi_generation_algorithm=0,  # AUTOMATIC
+                    roi_generation_algorithm=kinds[segment.value].upper(),  # defined terms, C.8.8.5
                 )
         _set_provenance(rtstruct.ds, series.datasets[0])
         with atomic_file(target, overwrite=overwrite) as out:
@@ -247,7 +251,9 @@ def read_rtstruct(
     Each ROI becomes one value: its ROI number, or with ``segment_names`` (value -> name)
     the value whose name equals the ROI name. Later ROIs overwrite earlier ones where they
     overlap. Contours off the grid's slices raise :class:`GeometryError`.
-    ``meta["segments"]`` maps value -> ROI name.
+    ``meta["segments"]`` maps value -> ROI name, ``meta["algorithm_types"]`` value ->
+    "automatic", "semiautomatic" or "manual" (ROIs with an empty or other ROI Generation
+    Algorithm are left out).
     """
     src = Path(path)
     geometry = reference.geometry if isinstance(reference, Volume) else reference
@@ -260,6 +266,10 @@ def read_rtstruct(
             src, "is not an RT Structure Set", found=f"SOP class {getattr(ds, 'SOPClassUID', '?')}"
         )
     names = {int(r.ROINumber): str(r.ROIName) for r in getattr(ds, "StructureSetROISequence", [])}
+    generation = {
+        int(r.ROINumber): read_algorithm_type(r.get("ROIGenerationAlgorithm"))
+        for r in getattr(ds, "StructureSetROISequence", [])
+    }
     value_of = {number: number for number in names}
     if segment_names is not None:
         by_name = {str(v)[:64]: int(k) for k, v in segment_names.items()}  # ROIName is LO (64)
@@ -311,5 +321,6 @@ def read_rtstruct(
             if left == 0
             else "",
         )
-    meta = {"source": src.name, "segments": segments}
+    kinds = {value_of.get(n, n): kind for n, kind in generation.items() if kind is not None}
+    meta = {"source": src.name, "segments": segments, "algorithm_types": kinds}
     return Volume(out.astype(dtype), geometry=geometry, meta=meta)

@@ -3,6 +3,11 @@
 All positions are DICOM/ITK patient coordinates (LPS, mm). The extent is the tight
 axis-aligned world box around the voxels (their full cubes, not only their centres), so
 for an oblique grid it is the box a viewer measures in patient space.
+
+Every table also names the DICOM study and series the case was segmented on
+(:class:`SourceUids`: StudyInstanceUID and SeriesInstanceUID, empty for a NIfTI or other
+non-DICOM image), so that the cohort table joins a PACS export or a clinical spreadsheet.
+UIDs identify images, not patients; patient names, IDs and birth dates are never written.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from medseg.volume import Volume
 
 __all__ = [
     "LabelStats",
+    "SourceUids",
     "label_statistics",
     "volumes_to_csv",
     "write_cohort_volumes",
@@ -55,6 +61,19 @@ class LabelStats:
             return None
         lo, hi = self.extent_min_lps, self.extent_max_lps
         return (hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2])
+
+
+@dataclass(frozen=True)
+class SourceUids:
+    """The DICOM study and series a case was segmented on ("" where the image was not DICOM)."""
+
+    study_uid: str = ""
+    series_uid: str = ""
+
+    @classmethod
+    def of(cls, image: Volume) -> SourceUids:
+        """The UIDs medseg's DICOM reader leaves in ``image.meta`` (none for other formats)."""
+        return cls(str(image.meta.get("study_uid") or ""), str(image.meta.get("series_uid") or ""))
 
 
 def _triple(values: Any) -> Triple:
@@ -102,6 +121,8 @@ _CSV_FIELDS = (
     "extent_max_x_mm",
     "extent_max_y_mm",
     "extent_max_z_mm",
+    "study_uid",
+    "series_uid",
 )
 
 
@@ -109,8 +130,13 @@ def _fmt(value: float | None, digits: int) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def volumes_to_csv(stats: Sequence[LabelStats]) -> str:
-    """CSV text, one row per label; coordinates are LPS mm (empty for absent labels)."""
+def volumes_to_csv(stats: Sequence[LabelStats], source: SourceUids | None = None) -> str:
+    """CSV text, one row per label; coordinates are LPS mm (empty for absent labels).
+
+    Every row repeats the ``source`` series' study and series UIDs (empty when not given),
+    so the table joins other tables on its own and the cohort table can be rebuilt from it.
+    """
+    src = source or SourceUids()
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(_CSV_FIELDS)
@@ -121,12 +147,19 @@ def volumes_to_csv(stats: Sequence[LabelStats]) -> str:
         writer.writerow(
             [s.value, s.name, s.voxel_count, f"{s.volume_ml:.4f}"]
             + [_fmt(v, 2) for v in (*centroid, *lo, *hi)]
+            + [src.study_uid, src.series_uid]
         )
     return buffer.getvalue()
 
 
-def write_volumes_csv(stats: Sequence[LabelStats], path: str | Path, *, overwrite: bool = False) -> Path:
-    write_text_atomic(path, volumes_to_csv(stats), overwrite=overwrite)
+def write_volumes_csv(
+    stats: Sequence[LabelStats],
+    path: str | Path,
+    *,
+    source: SourceUids | None = None,
+    overwrite: bool = False,
+) -> Path:
+    write_text_atomic(path, volumes_to_csv(stats, source), overwrite=overwrite)
     return Path(path)
 
 
@@ -135,11 +168,13 @@ def write_volumes_json(
     path: str | Path,
     *,
     label: Volume | None = None,
+    source: SourceUids | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """JSON with units and the label grid (when given) next to the per-label rows."""
+    """JSON with units, the source series' UIDs and the label grid (when given) next to the per-label rows."""
     document: dict[str, Any] = {
         "medseg_version": medseg.__version__,
+        "source": asdict(source or SourceUids()),
         "coordinate_system": "LPS",
         "units": {"volume": "mL", "position": "mm"},
         "labels": [
@@ -156,13 +191,32 @@ def write_volumes_json(
 COHORT_CSV = "cohort_volumes.csv"
 
 
+def _case_source(table: Path, rows: Sequence[Mapping[str, str]]) -> SourceUids:
+    """The source UIDs of a per-case table: its rows, else (a table without rows) its JSON twin.
+
+    Tables written before medseg recorded the UIDs have neither column: empty UIDs.
+    """
+    if rows:
+        first = rows[0]
+        return SourceUids(first.get("study_uid") or "", first.get("series_uid") or "")
+    twin = table.with_suffix(".json")
+    try:
+        source = json.loads(twin.read_text(encoding="utf-8")).get("source") or {}
+        return SourceUids(str(source.get("study_uid") or ""), str(source.get("series_uid") or ""))
+    except (OSError, ValueError, AttributeError):
+        return SourceUids()
+
+
 def write_cohort_volumes(out_dir: str | Path, case_ids: Sequence[str] | None = None) -> Path | None:
     """One row per case, one ``<name>_ml`` column per label: the volume table of a whole cohort.
 
     Built from the per-case ``<case>/volumes.csv`` files under ``out_dir`` (of ``case_ids``, or
     every case folder that has one), so that it covers the cases of earlier runs and of the
     other shards of a SLURM array as well; written atomically to ``out_dir/cohort_volumes.csv``
-    (replacing an earlier one). Returns None when no case has a volume table.
+    (replacing an earlier one). The ``study_uid`` and ``series_uid`` columns after ``case``
+    name the DICOM series each case was segmented on (empty for non-DICOM images and for
+    per-case tables of medseg versions that did not record them). Returns None when no case
+    has a volume table.
     """
     out = Path(out_dir)
     if case_ids is None:
@@ -172,7 +226,7 @@ def write_cohort_volumes(out_dir: str | Path, case_ids: Sequence[str] | None = N
     if not files:
         return None
     columns: dict[int, str] = {}
-    rows: list[tuple[str, dict[int, str]]] = []
+    rows: list[tuple[str, SourceUids, dict[int, str]]] = []
     for path in files:
         volumes: dict[int, str] = {}
         with path.open(newline="", encoding="utf-8") as fh:
@@ -180,24 +234,25 @@ def write_cohort_volumes(out_dir: str | Path, case_ids: Sequence[str] | None = N
             if not {"label", "name", "volume_ml"} <= set(reader.fieldnames or []):
                 log.warning("%s is not a medseg volume table; left out of %s", path, COHORT_CSV)
                 continue
-            for row in reader:
-                value = int(row["label"])
-                name = row["name"]
-                if columns.setdefault(value, name) != name:
-                    log.warning(
-                        "%s: label %d is '%s' here but '%s' elsewhere", path, value, name, columns[value]
-                    )
-                volumes[value] = row["volume_ml"]
-        rows.append((path.parent.name, volumes))
+            table = list(reader)
+        for row in table:
+            value = int(row["label"])
+            name = row["name"]
+            if columns.setdefault(value, name) != name:
+                log.warning("%s: label %d is '%s' here but '%s' elsewhere", path, value, name, columns[value])
+            volumes[value] = row["volume_ml"]
+        rows.append((path.parent.name, _case_source(path, table), volumes))
     if not rows:
         return None
     order = sorted(columns)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["case", *(f"{columns[v]}_ml" for v in order)])
-    for case, volumes in rows:
+    writer.writerow(["case", "study_uid", "series_uid", *(f"{columns[v]}_ml" for v in order)])
+    for case, source, volumes in rows:
         # A label missing from a case's table: 0 mL (the per-case table lists every named label).
-        writer.writerow([case, *(volumes.get(v, "0.0000") for v in order)])
+        writer.writerow(
+            [case, source.study_uid, source.series_uid, *(volumes.get(v, "0.0000") for v in order)]
+        )
     target = out / COHORT_CSV
     write_text_atomic(target, buffer.getvalue(), overwrite=True)
     return target

@@ -3,6 +3,7 @@
 The CLI's commands are thin calls into these (or into the functions re-exported here:
 ``convert``, ``multiplane_roi``, ``plan_dataset``, ``train``, ``cross_validate``,
 ``predict``, ``export_onnx``, ``export_label``, ``evaluate`` + ``write_report``,
+``compare`` + ``write_comparison_report`` (several methods against one reference),
 ``predict_uwmadison_submission``), so ``medseg predict IN -m MODEL -o OUT --format
 nifti,report`` is::
 
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.errors import OutputExistsError
-from medseg.evaluation import EvaluationConfig, evaluate, write_report
+from medseg.evaluation import EvaluationConfig, compare, evaluate, write_comparison_report, write_report
 from medseg.export.case import ExportConfig, export_label
 from medseg.geometry.roi import multiplane_roi
 from medseg.inference.onnx import export_onnx
@@ -49,6 +50,7 @@ __all__ = [
     "PredictConfig",
     "SegmentationModel",
     "TrainingConfig",
+    "compare",
     "convert",
     "cross_validate",
     "evaluate",
@@ -62,6 +64,7 @@ __all__ = [
     "read_volume",
     "run_demo",
     "train",
+    "write_comparison_report",
     "write_report",
     "write_volume",
 ]

@@ -298,3 +298,62 @@ def test_watershed_smooths_one_voxel_by_default(tmp_path: Path, monkeypatch: pyt
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert seen["sigma_mm"] == pytest.approx(0.004)
+
+
+def test_evaluate_several_methods_in_one_table(tmp_path: Path) -> None:
+    pdir, rdir = _pair(tmp_path)
+    base = read_volume(rdir / "a.nii.gz")
+    good = tmp_path / "runs" / "unet"
+    for name in ("a", "b"):
+        write_volume(base, good / f"{name}.nii.gz")  # perfect prediction
+    out = tmp_path / "cmp"
+    args = ["evaluate", str(pdir), f"U-Net={good}", str(rdir), "--labels", "body=1,core=2"]
+    res = runner.invoke(app, [*args, "--metrics", "dice,hd95", "-o", str(out), "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    assert "2 methods" in res.output and "p vs pred (Dice)" in res.output
+    lines = [line for line in res.output.splitlines() if "U-Net" in line and "1.000 ± 0" in line]
+    assert len(lines) == 2  # one row per class for the perfect method
+    assert "pred: 2 of 2 cases scored" in res.output and "U-Net: 2 of 2 cases scored" in res.output
+    assert "only 2 non-zero difference(s)" in res.output
+    rows = (out / "cases.csv").read_text().splitlines()
+    assert rows[0].startswith("method,case,") and len(rows) == 5
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["per_method"]["U-Net"]["per_class"]["core"]["dice"]["mean"] == pytest.approx(1.0)
+    assert summary["per_method"]["pred"]["per_class"]["core"]["dice"]["mean"] == pytest.approx(2 / 3)
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["a.png", "b.png"]
+    assert "2 overlays" in res.output
+
+
+def test_evaluate_several_methods_errors(tmp_path: Path) -> None:
+    pdir, rdir = _pair(tmp_path)
+    other = tmp_path / "other" / "pred"
+    other.mkdir(parents=True)
+    write_volume(read_volume(pdir / "a.nii.gz"), other / "a.nii.gz")
+    res = runner.invoke(app, ["evaluate", str(pdir), str(other), str(rdir), "--workers", "1"])
+    assert res.exit_code == 2 and "two methods named 'pred'" in res.output and "NAME=PATH" in res.output
+    res = runner.invoke(app, ["evaluate", str(pdir), f"o={other}", str(rdir), "--workers", "1"])
+    assert res.exit_code == 2 and "have no prediction" in res.output and "missing b" in res.output
+    res = runner.invoke(
+        app, ["evaluate", str(pdir), f"o={other}", str(rdir), "--allow-missing", "--workers", "1"]
+    )
+    assert res.exit_code == 0 and "missing predictions (scored empty, a failure): b" in res.output
+    res = runner.invoke(app, ["evaluate", str(rdir)])
+    assert res.exit_code == 2 and "PREDICTION... REFERENCE" in res.output
+
+
+def test_evaluate_image_for_the_overlays(tmp_path: Path) -> None:
+    pdir, rdir = _pair(tmp_path)
+    images = tmp_path / "images"
+    write_volume(make_oblique_volume(), images / "a_0000.nii.gz")
+    out = tmp_path / "eval"
+    base = ["evaluate", str(pdir), str(rdir), "--metrics", "dice", "--workers", "1"]
+    res = runner.invoke(app, [*base, "--image", str(images)])
+    assert res.exit_code == 2 and "give -o/--output too" in res.output
+    res = runner.invoke(app, [*base, "--image", str(images), "-o", str(out)])
+    assert res.exit_code == 2 and "1 case(s) have no image" in res.output and "missing b" in res.output
+    assert not out.exists()
+    write_volume(make_oblique_volume(), images / "b_0000.nii.gz")
+    res = runner.invoke(app, [*base, "--image", str(images), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "over the image" in (out / "report.html").read_text()
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["a.png", "b.png"]

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+from scipy.ndimage import binary_dilation
 
 from medseg.errors import ConfigError, GeometryError, InputError, OutputExistsError
 from medseg.evaluation import (
@@ -16,11 +18,14 @@ from medseg.evaluation import (
     evaluate,
     evaluate_volumes,
     match_cases,
+    match_images,
     parse_labels,
     write_report,
 )
 from medseg.evaluation import metrics as M
-from medseg.evaluation.evaluate import describe
+from medseg.evaluation.evaluate import case_dice, describe
+from medseg.evaluation.report import overlay_cases
+from medseg.export.overlay import COMPARISON_MARGIN_IN, COMPARISON_PANEL_IN, PREDICTION_COLOR, REFERENCE_COLOR
 from medseg.geometry.resample import resample_to_spacing
 from medseg.io import write_volume
 from medseg.volume import Volume
@@ -258,3 +263,73 @@ def test_real_chaos_float_labels(shared_data: Path, tmp_path: Path) -> None:
     for lab in (1, 2, 3, 4):
         assert 0.7 < case.per_label[lab]["dice"] < 1.0
         assert case.per_label[lab]["hd"] == pytest.approx(2 * 1.25, abs=0.01)  # in mm, not voxels
+
+
+def _colour_pixels(path: Path, rgb: tuple[int, int, int]) -> np.ndarray:
+    pixels = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    return np.abs(pixels - np.array(rgb)).max(axis=-1) <= 40
+
+
+def test_report_overlays_show_reference_and_prediction_apart(folders, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pred_dir, ref_dir, cases = folders
+    images = tmp_path / "imagesTs"
+    for name in cases:
+        write_volume(make_oblique_volume(), images / f"{name}_0000.nii.gz")  # nnU-Net channel suffix
+    result = evaluate(pred_dir, ref_dir, _serial(labels=LABELS, metrics=("dice",)))
+    files = write_report(result, tmp_path / "report", image=images)
+    assert [p.name for p in files.overlays] == [f"{c.name}.png" for c in sorted(
+        result.cases, key=lambda c: (case_dice(c), c.name))]  # fmt: skip
+    for path in files.overlays:
+        assert path.is_file() and Image.open(path).size == (
+            round(COMPARISON_PANEL_IN * 100),
+            round((COMPARISON_PANEL_IN + COMPARISON_MARGIN_IN) * 100),
+        )
+    for case in result.cases:
+        path = files.folder / "overlays" / f"{case.name}.png"
+        ref_px, pred_px = (_colour_pixels(path, c)[:-60] for c in (REFERENCE_COLOR, PREDICTION_COLOR))
+        assert ref_px.sum() > 100 and pred_px.sum() > 100
+        # Prediction contour pixels more than 3 px from any reference contour pixel:
+        # many where the prediction is shifted, none where it is the reference.
+        away = (pred_px & ~binary_dilation(ref_px, iterations=3)).sum() / pred_px.sum()
+        if case_dice(case) == 1.0:
+            assert away < 0.02, case.name
+        else:
+            assert away > 0.3, case.name
+    assert {case_dice(c) == 1.0 for c in result.cases} == {True, False}  # both kinds were checked
+    page = files.report_html.read_text()
+    assert "Reference vs prediction" in page and "over the image" in page and "--image" not in page
+
+
+def test_report_overlays_without_image_and_for_many_cases(folders, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pred_dir, ref_dir, _ = folders
+    result = evaluate(pred_dir, ref_dir, _serial(labels=LABELS, metrics=("dice",)))
+    ranked = sorted(result.cases, key=lambda c: case_dice(c))
+    assert overlay_cases([result], max_cases=2) == [ranked[0].name, ranked[-1].name]
+    files = write_report(result, tmp_path / "report", max_overlays=2)
+    assert sorted(p.stem for p in files.overlays) == sorted([ranked[0].name, ranked[-1].name])
+    assert _colour_pixels(files.overlays[0], PREDICTION_COLOR).sum() > 100
+    page = files.report_html.read_text()
+    assert "label maps alone" in page and "--image" in page and "worst and the best" in page
+
+
+def test_image_matching_errors(folders, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pred_dir, ref_dir, cases = folders
+    images = tmp_path / "images"
+    names = sorted(cases)
+    for name in names[:2]:
+        write_volume(make_oblique_volume(), images / f"{name}.nii.gz")
+    assert match_images(images, names[:2]) == {n: images / f"{n}.nii.gz" for n in names[:2]}
+    with pytest.raises(InputError, match=f"1 case\\(s\\) have no image.*{names[2]}"):
+        match_images(images, names)
+    with pytest.raises(InputError, match="one image file for several cases"):
+        match_images(images / f"{names[0]}.nii.gz", names)
+    with pytest.raises(InputError, match="does not exist"):
+        match_images(tmp_path / "nowhere", names)
+    # An image on another grid than the reference: the report says which case and file.
+    other = tmp_path / "other"
+    for name in names:
+        write_volume(make_oblique_volume(shape=(12, 20, 17)), other / f"{name}.nii.gz")
+    result = evaluate(pred_dir, ref_dir, _serial(labels=LABELS, metrics=("dice",)))
+    with pytest.raises(GeometryError, match="is not on the reference's grid"):
+        write_report(result, tmp_path / "report", image=other)
+    assert not (tmp_path / "report").exists()

@@ -12,7 +12,17 @@ from scipy.spatial.transform import Rotation
 
 from medseg.errors import GeometryError, OutputExistsError
 from medseg.export.codes import segment_color
-from medseg.export.overlay import display_axes, render_overlay_png, write_overlay
+from medseg.export.overlay import (
+    COMPARISON_MARGIN_IN,
+    COMPARISON_PANEL_IN,
+    PREDICTION_COLOR,
+    REFERENCE_COLOR,
+    disagreement_slice,
+    display_axes,
+    render_comparison_png,
+    render_overlay_png,
+    write_overlay,
+)
 from medseg.volume import Volume
 from tests.export.conftest import centred_zones, synthetic_image
 
@@ -77,3 +87,75 @@ def test_mismatched_grids_and_existing_output(tmp_path: Path) -> None:
     with pytest.raises(OutputExistsError):
         write_overlay(image, label, target)
     assert target.read_bytes() == b"old"
+
+
+def _colour_mask(png: bytes, rgb: tuple[int, int, int], tol: int = 40) -> np.ndarray:
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return np.abs(pixels - np.array(rgb)).max(axis=-1) <= tol
+
+
+# PROSTATEx-like sagittal grid: the axial display axis is array axis 1, not 0.
+SAGITTAL = np.array([[-1, 0, 0], [0, 0, 1], [0, -1, 0]], dtype=float)
+
+
+@pytest.mark.parametrize("direction", [None, SAGITTAL])
+def test_disagreement_slice_is_an_array_index_along_the_axial_axis(direction: np.ndarray | None) -> None:
+    image = synthetic_image(shape=(12, 30, 26), direction=direction)
+    reference = centred_zones(image)
+    order, _ = display_axes(image.direction)
+    axis = order[0]
+    pred = reference.array.copy()
+    present = np.nonzero((reference.array > 0).any(axis=tuple(a for a in range(3) if a != axis)))[0]
+    k = int(present.min()) + 1  # off-centre, so a flipped index would point elsewhere
+    assert reference.shape[axis] - 1 - k != k
+    index = [slice(None)] * 3
+    index[axis] = k
+    pred[tuple(index)] = 0
+    assert disagreement_slice(reference, [image.with_array(pred)]) == k
+    # No disagreement: the slice of largest reference area.
+    areas = (reference.array > 0).sum(axis=tuple(a for a in range(3) if a != axis))
+    assert areas[disagreement_slice(reference, [reference])] == areas.max()
+
+
+def test_comparison_png_draws_reference_and_prediction_contours_apart() -> None:
+    image = synthetic_image(shape=(10, 40, 32), spacing=(3.0, 0.5, 0.5))
+    reference = centred_zones(image)
+    shifted = reference.with_array(np.roll(reference.array, 6, axis=2))
+    png = render_comparison_png(
+        reference, {"shifted": shifted, "same": reference}, image, {1: "PZ", 2: "TZ", 4: "AFS"}
+    )
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Image.open(io.BytesIO(png)).size == (
+        round(2 * COMPARISON_PANEL_IN * 100),
+        round((COMPARISON_PANEL_IN + COMPARISON_MARGIN_IN) * 100),
+    )
+    ref_px, pred_px = _colour_mask(png, REFERENCE_COLOR), _colour_mask(png, PREDICTION_COLOR)
+    half = ref_px.shape[1] // 2
+    body = slice(0, ref_px.shape[0] - 60)  # above the legend, whose swatches have both colours
+    left_ref, left_pred = ref_px[body, :half], pred_px[body, :half]
+    assert left_ref.sum() > 100 and left_pred.sum() > 100
+    # Shifted by 6 voxels: the contours lie apart, mostly not on the same pixels.
+    assert (left_ref & left_pred).sum() < 0.2 * min(left_ref.sum(), left_pred.sum())
+    cols_ref, cols_pred = (np.nonzero(m)[1].mean() for m in (left_ref, left_pred))
+    assert abs(cols_ref - cols_pred) > 5
+    # Identical prediction: drawn over the (wider) reference contour, both stay visible.
+    right_ref, right_pred = ref_px[body, half:], pred_px[body, half:]
+    assert right_ref.sum() > 50 and right_pred.sum() > 100
+
+
+def test_comparison_png_without_image_and_bad_grids() -> None:
+    image = synthetic_image()
+    reference = centred_zones(image)
+    png = render_comparison_png(reference, {"p": reference.with_array(np.roll(reference.array, 3, axis=1))})
+    assert Image.open(io.BytesIO(png)).size == (
+        round(COMPARISON_PANEL_IN * 100),
+        round((COMPARISON_PANEL_IN + COMPARISON_MARGIN_IN) * 100),
+    )
+    assert _colour_mask(png, REFERENCE_COLOR).sum() > 50 and _colour_mask(png, PREDICTION_COLOR).sum() > 50
+    moved = Volume(
+        reference.array, reference.spacing, np.add(reference.origin, (1.0, 0, 0)), reference.direction
+    )
+    with pytest.raises(GeometryError, match="prediction 'p' and reference grids"):
+        render_comparison_png(reference, {"p": moved})
+    with pytest.raises(GeometryError, match="image and reference grids"):
+        render_comparison_png(reference, {"p": reference}, moved)

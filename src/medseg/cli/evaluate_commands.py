@@ -21,10 +21,21 @@ _TABLE_METRICS = ("dice", "hd95", "assd", "nsd", "iou", "hd", "uw")
 @app.command("evaluate")
 @cli_command
 def evaluate_command(
-    prediction: Path = typer.Argument(
-        ..., help="Predicted label map, or a folder of them (matched by name)."
+    paths: list[str] = typer.Argument(
+        ...,
+        metavar="PREDICTION... REFERENCE",
+        help="Predicted label map(s) or folder(s) of them (matched by case name), then the reference "
+        "label map or folder, last. Several predictions compare methods in one table, e.g. "
+        "'evaluate otsu/ watershed/ unet=runs/3d/pred/ labelsTs/': a method is named after its "
+        "folder (or file) unless given as NAME=PATH; the first is the baseline of the paired test.",
     ),
-    reference: Path = typer.Argument(..., help="Reference label map, or a folder of them."),
+    image: Path | None = typer.Option(
+        None,
+        "--image",
+        help="With -o: the image the report's overlays are drawn on (a file, or a folder whose "
+        "files are named like the references, NAME or nnU-Net's NAME_0000). Without it the "
+        "overlays show the label maps alone.",
+    ),
     labels: str | None = typer.Option(
         None,
         "--labels",
@@ -62,7 +73,10 @@ def evaluate_command(
         2.0, "--nsd-tolerance", help="Normalised surface Dice tolerance (mm)."
     ),
     allow_missing: bool = typer.Option(
-        False, "--allow-missing", help="Score references without a prediction as empty predictions (flagged)."
+        False,
+        "--allow-missing",
+        help="Score references without a prediction as empty predictions (flagged; with several "
+        "methods, a failure of that method, so every method is scored on the same cases).",
     ),
     keep_going: bool = typer.Option(
         False,
@@ -74,16 +88,42 @@ def evaluate_command(
         None,
         "-o",
         "--output",
-        help="Folder for cases.csv, summary.json, plots/ and report.html (+ objects.csv with object metrics).",
+        help="Folder for cases.csv, summary.json, plots/, overlays/ (reference vs prediction contours per "
+        "case, the worst and best 3 when more than 6) and report.html (+ objects.csv with object metrics).",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
 ) -> None:
-    """Score predictions against references: Dice, IoU, distances in mm, and a report."""
-    from medseg.evaluation import EvaluationConfig, evaluate, parse_labels, write_report
+    """Score predictions against references: Dice, IoU, distances in mm, and a report.
+
+    Several predictions before the reference compare methods: one table with a row per method
+    and class, per-case rows with a 'method' column, a Wilcoxon signed-rank test of each
+    method's Dice against the first's. Every method is scored on every reference case: a
+    missing prediction is an error, or with --allow-missing a failure (scored empty).
+    """
+    from medseg.evaluation import (
+        EvaluationConfig,
+        compare,
+        evaluate,
+        match_cases,
+        match_images,
+        parse_labels,
+        parse_methods,
+        write_comparison_report,
+        write_report,
+    )
     from medseg.evaluation.metrics import MM_METRICS
 
+    if len(paths) < 2:
+        raise ConfigError(
+            "evaluate needs a prediction and a reference: medseg evaluate PREDICTION... REFERENCE"
+        )
+    reference = Path(paths[-1])
+    methods = parse_methods(paths[:-1])
+    prediction = next(iter(methods.values()))
+    if image is not None and output is None:
+        raise ConfigError("--image is what the report's overlays are drawn on: give -o/--output too")
     if output is not None:
-        for given in (prediction, reference):  # --overwrite replaces the whole output folder
+        for given in (*methods.values(), reference):  # --overwrite replaces the whole output folder
             if output.resolve() == given.resolve() or output.resolve() in given.resolve().parents:
                 raise ConfigError(f"{output}: the output folder would replace the input {given}")
     if output is not None and output.exists() and not overwrite:
@@ -108,11 +148,18 @@ def evaluate_command(
         on_case_error="flag" if keep_going else "raise",
         workers=workers,
     )
+    if image is not None:  # before the work: every reference case needs its image
+        match_images(image, [pair.name for pair in match_cases(prediction, reference).pairs])
+    if len(methods) > 1:
+        comparison = compare(methods, reference, config, progress=True)
+        _print_comparison(comparison)
+        if output is not None:
+            files = write_comparison_report(comparison, output, overwrite=overwrite, image=image)
+            _print_written(files)
+        return
     result = evaluate(prediction, reference, config, progress=True)
     summary = result.summary()
-    # At most 6 columns so the table fits a terminal; every metric is in summary.json / -o.
-    voxel = [m for m in _TABLE_METRICS if m in config.metrics]
-    shown = voxel[: 2 if config.object_metrics else 5] + list(config.object_metrics)
+    shown = _shown_metrics(config)
     table = Table(title=f"{summary['n_scored']} of {summary['n_cases']} cases scored (mean ± SD, median)")
     table.add_column("class")
     for m in shown:
@@ -143,14 +190,71 @@ def evaluate_command(
     if flagged:
         console.print(f"{flagged} case(s) with empty-mask rules applied (see the 'flags' column)")
     if output is not None:
-        files = write_report(result, output, overwrite=overwrite)
-        console.print(
-            f"wrote {files.folder}/ ({files.cases_csv.name}, {files.summary_json.name}, "
-            + (f"{files.objects_csv.name}, " if files.objects_csv else "")
-            + f"{files.report_html.name}, {len(files.plots)} plots)",
-            markup=False,
-            soft_wrap=True,
-        )
+        _print_written(write_report(result, output, overwrite=overwrite, image=image))
+
+
+def _print_written(files: Any) -> None:
+    console.print(
+        f"wrote {files.folder}/ ({files.cases_csv.name}, {files.summary_json.name}, "
+        + (f"{files.objects_csv.name}, " if files.objects_csv else "")
+        + f"{files.report_html.name}, {len(files.plots)} plots, {len(files.overlays)} overlays)",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+def _shown_metrics(config: Any) -> list[str]:
+    """At most 6 columns so the table fits a terminal; every metric is in summary.json / -o."""
+    voxel = [m for m in _TABLE_METRICS if m in config.metrics]
+    return voxel[: 2 if config.object_metrics else 5] + list(config.object_metrics)
+
+
+def _print_comparison(comparison: Any) -> None:
+    """Methods as rows, grouped by class; the paired test's p against the first method."""
+    from medseg.evaluation.metrics import MM_METRICS
+
+    summary = comparison.summary()
+    methods = comparison.methods
+    shown = _shown_metrics(comparison.config)[:4]  # two name columns and p take the rest
+    tests = {(t["label"], t["method"]): t for t in summary["paired_tests"]}
+    table = Table(
+        title=f"{len(methods)} methods, {summary['n_cases']} reference cases (mean ± SD, median)",
+        caption=f"missing cases: {summary['missing_cases_rule']}",
+    )
+    table.add_column("class")
+    table.add_column("method")
+    for m in shown:
+        header = m.replace("obj_", "objects ") + (" (mm)" if m in MM_METRICS else "")
+        table.add_column(header, justify="right", overflow="fold")
+    if tests:
+        table.add_column(f"p vs {methods[0]} (Dice)", justify="right")
+    for lab, cname in comparison.labels.items():
+        for i, method in enumerate(methods):
+            stats = summary["per_method"][method]["per_class"][cname]
+            cells = [_cell(stats[m], m) for m in shown]
+            if tests:
+                t = tests.get((lab, method))
+                cells.append("" if t is None else "–" if t["p_value"] is None else f"{t['p_value']:.3g}")
+            table.add_row(cname if i == 0 else "", method, *cells, end_section=i == len(methods) - 1)
+    console.print(table)
+    for method, info in summary["per_method"].items():
+        line = f"{method}: {info['n_scored']} of {summary['n_cases']} cases scored"
+        if "miou" in info["case_level"]:
+            line += f"; mIoU (background included) {_cell(info['case_level']['miou'], 'miou')}"
+        console.print(line, markup=False, soft_wrap=True)
+        for what, items in (
+            ("missing predictions (scored empty, a failure)", info["missing_predictions"]),
+            ("failed cases (not scored)", list(info["failed_cases"])),
+            ("resampled", info["resampled_cases"]),
+            ("predictions without reference (not scored)", info["predictions_without_reference"]),
+        ):
+            if items:
+                console.print(f"  {what}: {', '.join(items)}", markup=False, soft_wrap=True)
+    notes = [
+        f"{t['method']} / {comparison.labels[t['label']]}: {t['note']}" for t in tests.values() if t["note"]
+    ]
+    if notes:
+        console.print("paired test: " + "; ".join(notes), markup=False, soft_wrap=True)
 
 
 def _dataset_label_names(reference: Path) -> dict[int, str] | None:

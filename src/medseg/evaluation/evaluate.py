@@ -239,6 +239,44 @@ def match_cases(prediction: str | Path, reference: str | Path) -> CaseMatching:
     )
 
 
+# nnU-Net names image channels NAME_0000.nii.gz, NAME_0001.nii.gz ...; the first is drawn.
+_CHANNEL_SUFFIX = "_0000"
+
+
+def match_images(image: str | Path, cases: Sequence[str]) -> dict[str, Path]:
+    """The image of each case, for the report's overlays: one file (one case only) or a
+    folder matched by case name (``NAME`` or nnU-Net's ``NAME_0000``)."""
+    path = Path(image)
+    if not path.exists():
+        raise InputError(path, "image path does not exist")
+    if path.is_file():
+        if len(cases) != 1:
+            raise InputError(
+                path,
+                "one image file for several cases",
+                expected="a folder of images named like the references (NAME or NAME_0000)",
+                found=f"{len(cases)} cases",
+            )
+        return {cases[0]: path}
+    found = _list_cases(path, "image")
+    out: dict[str, Path] = {}
+    missing: list[str] = []
+    for name in cases:
+        hit = found.get(name) or found.get(name + _CHANNEL_SUFFIX)
+        if hit is None:
+            missing.append(name)
+        else:
+            out[name] = hit
+    if missing:
+        raise InputError(
+            path,
+            f"{len(missing)} case(s) have no image",
+            expected="one image per reference case, named NAME or NAME_0000",
+            found="missing " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""),
+        )
+    return out
+
+
 # --------------------------------------------------------------------------- one case
 @dataclass(frozen=True)
 class CaseResult:
@@ -441,6 +479,35 @@ def _missing_prediction(pair: CasePair, config: EvaluationConfig) -> CaseResult:
     return replace(
         result, status="missing_prediction", message="no prediction file; scored as an empty prediction"
     )
+
+
+def load_case_volumes(case: CaseResult) -> tuple[Volume, Volume]:
+    """Reference and prediction of a scored case as label maps on the reference grid, as
+    they were scored: resampled when the case was, all background when it had no prediction."""
+    if case.status == "error":
+        raise ValueError(f"case '{case.name}' was not scored: {case.message}")
+    reference = read_volume(case.reference)
+    ref = reference.with_array(_check_label_array(reference, case.name, "reference", case.reference))
+    if case.status == "missing_prediction":
+        return ref, ref.with_array(np.zeros(ref.shape, dtype=np.uint8))
+    prediction = read_volume(case.prediction)
+    if case.resampled:
+        from medseg.geometry.resample import resample_to_reference
+
+        prediction = resample_to_reference(prediction, reference, is_label=True)
+    pred = _check_label_array(prediction, case.name, "prediction", case.prediction)
+    return ref, ref.with_array(pred)
+
+
+def case_dice(case: CaseResult) -> float:
+    """Dice over the classes present on either side (from the voxel counts, whatever metrics
+    were asked for); NaN for a failed case or one with no foreground at all."""
+    values = [
+        2 * cm.counts.tp / (2 * cm.counts.tp + cm.counts.fp + cm.counts.fn)
+        for cm in case.per_label.values()
+        if cm.counts.tp + cm.counts.fp + cm.counts.fn > 0
+    ]
+    return float(np.mean(values)) if values else math.nan
 
 
 def _both_empty(n_voxels: int, diagonal_mm: float, config: EvaluationConfig, label: int) -> ClassMetrics:

@@ -1,4 +1,11 @@
-"""Write an evaluation to disk: per-case CSV, summary JSON, box plots (PNG) and an HTML page.
+"""Write an evaluation to disk: per-case CSV, summary JSON, box plots (PNG), reference vs
+prediction overlays (PNG) and an HTML page.
+
+Overlays: one PNG per case (the 3 worst and 3 best by Dice when there are more than 6)
+with the reference and prediction contours on the axial slice where they disagree most,
+drawn by :func:`medseg.export.overlay.render_comparison_png` over the image when one is
+given (``image=``, CLI ``--image``), over the label maps alone otherwise. A comparison of
+several methods (:func:`write_comparison_report`) puts one panel per method in each PNG.
 
 With object metrics, ``objects.csv`` lists every connected object of both sides (centre in
 world LPS mm, volume in mL, best IoU, matched or not): the missed lesions and the false
@@ -16,12 +23,20 @@ import html
 import io
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medseg.evaluation.evaluate import EvaluationResult, describe
+from medseg.errors import GeometryError
+from medseg.evaluation.compare import ComparisonResult
+from medseg.evaluation.evaluate import (
+    EvaluationResult,
+    case_dice,
+    describe,
+    load_case_volumes,
+    match_images,
+)
 from medseg.evaluation.metrics import LOWER_IS_BETTER, METRIC_TITLES, MM_METRICS
 from medseg.io.atomic import atomic_dir
 
@@ -30,6 +45,9 @@ OBJECTS_CSV = "objects.csv"
 SUMMARY_JSON = "summary.json"
 REPORT_HTML = "report.html"
 PLOTS_DIR = "plots"
+OVERLAYS_DIR = "overlays"
+# Up to this many cases get an overlay each; beyond, the worst and best half of it by Dice.
+MAX_OVERLAYS = 6
 
 
 @dataclass(frozen=True)
@@ -40,6 +58,7 @@ class ReportFiles:
     report_html: Path
     plots: tuple[Path, ...]
     objects_csv: Path | None = None  # only with object metrics
+    overlays: tuple[Path, ...] = ()
 
 
 def _csv_value(value: Any) -> Any:
@@ -102,14 +121,119 @@ def boxplot_png(result: EvaluationResult, metric: str) -> bytes:
     return buf.getvalue()
 
 
+def overlay_cases(results: Sequence[EvaluationResult], max_cases: int = MAX_OVERLAYS) -> list[str]:
+    """Cases that get an overlay, worst first: every case scored by some method when there
+    are at most ``max_cases``, otherwise the worst and the best ``max_cases // 2`` by Dice
+    (:func:`~medseg.evaluation.evaluate.case_dice`, averaged over the methods)."""
+    scores: dict[str, list[float]] = {}
+    for res in results:
+        for case in res.scored_cases:
+            scores.setdefault(case.name, []).append(case_dice(case))
+    if len(scores) <= max_cases:  # cases without any foreground (Dice NaN) last
+        return sorted(scores, key=lambda n: (_mean_or_inf(scores[n]), n))
+    ranked = sorted(
+        (n for n in scores if math.isfinite(_mean_or_inf(scores[n]))),
+        key=lambda n: (_mean_or_inf(scores[n]), n),
+    )
+    half = max(1, max_cases // 2)
+    if len(ranked) <= 2 * half:
+        return ranked
+    return ranked[:half] + ranked[-half:]
+
+
+def _mean_or_inf(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.inf
+
+
+def overlay_pngs(
+    results: Mapping[str, EvaluationResult],
+    image: str | Path | None = None,
+    max_cases: int = MAX_OVERLAYS,
+) -> dict[str, bytes]:
+    """{case: PNG} of reference vs prediction contours (one panel per method) on the slice
+    where they disagree most, for the cases :func:`overlay_cases` picks."""
+    from medseg.export.overlay import render_comparison_png
+    from medseg.io import read_volume
+
+    chosen = overlay_cases(list(results.values()), max_cases)
+    images = match_images(image, chosen) if image is not None and chosen else {}
+    several = len(results) > 1
+    pngs: dict[str, bytes] = {}
+    for name in chosen:
+        reference = None
+        panels = {}
+        for method, res in results.items():
+            case = next(c for c in res.cases if c.name == name)
+            if case.status == "error":
+                continue
+            ref, pred = load_case_volumes(case)
+            if reference is None:
+                reference = ref
+            dice = case_dice(case)
+            score = f"Dice {dice:.3f}" if math.isfinite(dice) else "no foreground"
+            if case.status == "missing_prediction":
+                score = "no prediction, scored empty"
+            panels[f"{method if several else 'prediction'} ({score})"] = pred
+        if reference is None:
+            continue
+        scan = None
+        if name in images:
+            scan = read_volume(images[name])
+            if not scan.geometry.is_close(reference.geometry):
+                diffs = "; ".join(scan.geometry.differences(reference.geometry))
+                raise GeometryError(
+                    f"case '{name}': image {images[name]} is not on the reference's grid ({diffs}); "
+                    "give the images the references were drawn on"
+                )
+        pngs[name] = render_comparison_png(reference, panels, scan, dict(results_labels(results)), title=name)
+    return pngs
+
+
+def results_labels(results: Mapping[str, EvaluationResult]) -> Mapping[int, str]:
+    return next(iter(results.values())).labels
+
+
+def _overlay_section(overlays: Mapping[str, bytes], with_image: bool, several: bool, every_case: bool) -> str:
+    if not overlays:
+        return ""
+    esc = html.escape
+    how = (
+        "over the image"
+        if with_image
+        else "over the label maps alone (no image given: <code>medseg evaluate ... --image IMAGE_OR_FOLDER</code> "
+        "draws them over the scan)"
+    )
+    figures = "".join(
+        f'<figure><img alt="{esc(name)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+        f"<figcaption>{esc(name)}: <code>{OVERLAYS_DIR}/{esc(name)}.png</code></figcaption></figure>"
+        for name, png in overlays.items()
+    )
+    which = "each case (worst first)" if every_case else "the worst and the best cases by Dice (worst first)"
+    panels = ", one panel per method" if several else ""
+    return (
+        f"<h2>Reference vs prediction</h2><p>For {which}{panels}: reference contours in green, "
+        f"prediction contours in magenta, {how}, on the axial slice where they disagree most; "
+        f"the title gives the slice's array index.</p>{figures}"
+    )
+
+
 def _fmt(v: float | None, metric: str) -> str:
     if v is None or not math.isfinite(v):
         return "–"
     return f"{v:.2f}" if metric in MM_METRICS else f"{v:.3f}"
 
 
-def render_html(result: EvaluationResult, summary: Mapping[str, Any], plots: Mapping[str, bytes]) -> str:
-    """A self-contained HTML page (plots embedded) with the summary table and flagged cases."""
+def render_html(
+    result: EvaluationResult,
+    summary: Mapping[str, Any],
+    plots: Mapping[str, bytes],
+    overlays: Mapping[str, bytes] | None = None,
+    *,
+    with_image: bool = False,
+    every_case: bool = True,
+) -> str:
+    """A self-contained HTML page (plots and overlays embedded) with the summary table and flagged cases."""
     esc = html.escape
     metrics = list(result.config.class_metrics)
     head = "".join(f"<th>{esc(METRIC_TITLES.get(m, m))}</th>" for m in metrics)
@@ -178,25 +302,36 @@ NSD tolerance {opts["nsd_tolerance_mm"]} mm. Distances in mm. Mean ± sample SD,
 <table><tr><th>class</th>{head}</tr>{"".join(body_rows)}</table>
 <h2>Flagged cases</h2><ul>{"".join(issues) or "<li>none</li>"}</ul>
 <h2>Distributions</h2>{images}
+{_overlay_section(overlays or {}, with_image, several=False, every_case=every_case)}
 <p>Per-case values: <code>{CASES_CSV}</code>; statistics: <code>{SUMMARY_JSON}</code>{objects_file}.</p>
 </body></html>
 """
 
 
-def write_report(result: EvaluationResult, folder: str | Path, *, overwrite: bool = False) -> ReportFiles:
-    """Write cases.csv, summary.json, plots/<metric>.png and report.html into ``folder``."""
+def write_report(
+    result: EvaluationResult,
+    folder: str | Path,
+    *,
+    overwrite: bool = False,
+    image: str | Path | None = None,
+    max_overlays: int = MAX_OVERLAYS,
+) -> ReportFiles:
+    """Write cases.csv, summary.json, plots/<metric>.png, overlays/<case>.png and report.html
+    into ``folder``. ``image`` (a file, or a folder matched by case name) is what the
+    overlays are drawn on; without it they show the label maps alone."""
     target = Path(folder)
     summary = result.summary()
     plots = {m: boxplot_png(result, m) for m in result.config.metrics}
+    overlays = overlay_pngs({"prediction": result}, image, max_overlays)
+    every_case = len(overlays) == len(result.scored_cases)
+    page = render_html(result, summary, plots, overlays, with_image=image is not None, every_case=every_case)
     with atomic_dir(target, overwrite=overwrite) as tmp:
         write_cases_csv(result, tmp / CASES_CSV)
         if result.config.object_metrics:
             write_objects_csv(result, tmp / OBJECTS_CSV)
         (tmp / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, allow_nan=False), encoding="utf-8")
-        (tmp / PLOTS_DIR).mkdir()
-        for metric, png in plots.items():
-            (tmp / PLOTS_DIR / f"{metric}.png").write_bytes(png)
-        (tmp / REPORT_HTML).write_text(render_html(result, summary, plots), encoding="utf-8")
+        _write_pngs(tmp, plots, overlays)
+        (tmp / REPORT_HTML).write_text(page, encoding="utf-8")
     return ReportFiles(
         target,
         target / CASES_CSV,
@@ -204,15 +339,220 @@ def write_report(result: EvaluationResult, folder: str | Path, *, overwrite: boo
         target / REPORT_HTML,
         tuple(target / PLOTS_DIR / f"{m}.png" for m in plots),
         target / OBJECTS_CSV if result.config.object_metrics else None,
+        tuple(target / OVERLAYS_DIR / f"{name}.png" for name in overlays),
+    )
+
+
+def _write_pngs(tmp: Path, plots: Mapping[str, bytes], overlays: Mapping[str, bytes]) -> None:
+    (tmp / PLOTS_DIR).mkdir()
+    for metric, png in plots.items():
+        (tmp / PLOTS_DIR / f"{metric}.png").write_bytes(png)
+    if overlays:
+        (tmp / OVERLAYS_DIR).mkdir()
+        for name, png in overlays.items():
+            (tmp / OVERLAYS_DIR / f"{name}.png").write_bytes(png)
+
+
+# --------------------------------------------------------------------------- several methods
+def comparison_boxplot_png(comparison: ComparisonResult, metric: str) -> bytes:
+    """Boxes of ``metric`` per class, one per method side by side (NaNs left out)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    methods = comparison.methods
+    groups: list[tuple[str, list[list[float]]]] = []
+    if metric == "miou":
+        groups.append(
+            ("all classes", [[c.miou for c in r.scored_cases] for r in comparison.results.values()])
+        )
+    else:
+        for lab, cname in comparison.labels.items():
+            groups.append((cname, [r.column(metric, lab) for r in comparison.results.values()]))
+    width = 0.8 / len(methods)
+    fig = Figure(figsize=(max(4.0, 0.5 * len(methods) * len(groups) + 2.5), 3.8), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    colours = [f"C{i % 10}" for i in range(len(methods))]
+    for g, (_, per_method) in enumerate(groups):
+        for i, values in enumerate(per_method):
+            finite = [v for v in values if math.isfinite(v)]
+            if not finite:
+                continue
+            box = ax.boxplot(
+                [finite], positions=[g + 1 + (i - (len(methods) - 1) / 2) * width], widths=width * 0.9,
+                showmeans=True, patch_artist=True,
+            )  # fmt: skip
+            for patch in box["boxes"]:
+                patch.set_facecolor(colours[i])
+                patch.set_alpha(0.5)
+    ax.set_xticks(range(1, len(groups) + 1), [name for name, _ in groups], fontsize=8)
+    from matplotlib.patches import Patch
+
+    ax.legend(
+        handles=[Patch(facecolor=c, alpha=0.5, label=m) for c, m in zip(colours, methods, strict=True)],
+        fontsize=8,
+        loc="best",
+    )
+    title = METRIC_TITLES.get(metric, metric)
+    ax.set_title(title + (" (lower is better)" if metric in LOWER_IS_BETTER else ""), fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _p_value(p: float | None) -> str:
+    return "–" if p is None else f"{p:.3g}"
+
+
+def render_comparison_html(
+    comparison: ComparisonResult,
+    summary: Mapping[str, Any],
+    plots: Mapping[str, bytes],
+    overlays: Mapping[str, bytes] | None = None,
+    *,
+    with_image: bool = False,
+    every_case: bool = True,
+) -> str:
+    """One page: per class, one row per method (mean ± SD, median), the paired tests, what
+    was flagged per method, the box plots and the overlays."""
+    esc = html.escape
+    metrics = list(comparison.config.class_metrics)
+    head = "".join(f"<th>{esc(METRIC_TITLES.get(m, m))}</th>" for m in metrics)
+    rows = []
+    for lab, cname in comparison.labels.items():
+        for i, method in enumerate(comparison.methods):
+            stats = summary["per_method"][method]["per_class"][cname]
+            cells = []
+            for m in metrics:
+                s = stats[m]
+                nan_note = f", {s['n_nan']} NaN" if s["n_nan"] else ""
+                cells.append(
+                    f"<td>{_fmt(s['mean'], m)} ± {_fmt(s['std'], m)}<br><small>median "
+                    f"{_fmt(s['median'], m)}, n={s['n']}{nan_note}</small></td>"
+                )
+            first = f'<th rowspan="{len(comparison.methods)}">{esc(cname)} ({lab})</th>' if i == 0 else ""
+            rows.append(f"<tr>{first}<td>{esc(method)}</td>{''.join(cells)}</tr>")
+    tests = summary["paired_tests"]
+    test_rows = "".join(
+        f"<tr><td>{esc(comparison.labels[t['label']])}</td><td>{esc(t['method'])} − {esc(t['baseline'])}</td>"
+        f"<td>{t['n']}</td><td>{_fmt(t['median_difference'], 'dice')}</td>"
+        f"<td>{_p_value(t['p_value'])}</td><td>{esc(t['note'])}</td></tr>"
+        for t in tests
+    )
+    test_part = (
+        f"<h2>Paired comparison with {esc(comparison.methods[0])} (Dice)</h2>"
+        f"<p>{esc(summary['paired_test_note'])}.</p><table><tr><th>class</th><th>difference</th><th>n</th>"
+        f"<th>median difference</th><th>p</th><th>note</th></tr>{test_rows}</table>"
+        if tests
+        else ""
+    )
+    issues = []
+    for method, info in summary["per_method"].items():
+        m = esc(method)
+        for name in info["missing_predictions"]:
+            issues.append(
+                f"<li>{m}: {esc(name)}: no prediction, scored as an empty prediction (a failure)</li>"
+            )
+        for name, msg in info["failed_cases"].items():
+            issues.append(f"<li>{m}: {esc(name)}: not scored: {esc(msg)}</li>")
+        for name in info["resampled_cases"]:
+            issues.append(f"<li>{m}: {esc(name)}: prediction resampled onto the reference grid</li>")
+        for name in info["predictions_without_reference"]:
+            issues.append(f"<li>{m}: {esc(name)}: prediction without reference, not scored</li>")
+    methods = "".join(
+        f"<li>{esc(m)}: <code>{esc(info['prediction'])}</code>, {info['n_scored']} of "
+        f"{summary['n_cases']} cases scored</li>"
+        for m, info in summary["per_method"].items()
+    )
+    images = "".join(
+        f'<figure><img alt="{esc(m)}" src="data:image/png;base64,{base64.b64encode(png).decode()}"></figure>'
+        for m, png in plots.items()
+    )
+    opts = summary["options"]
+    overlay_part = _overlay_section(overlays or {}, with_image, several=True, every_case=every_case)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>medseg comparison</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:center}}figure{{display:inline-block;margin:4px}}</style>
+</head><body>
+<h1>Segmentation methods compared</h1>
+<p>Reference: <code>{esc(summary["reference"])}</code>, {summary["n_cases"]} cases.</p><ul>{methods}</ul>
+<p>Missing cases: {esc(summary["missing_cases_rule"])}. Empty-mask rule: <b>{esc(opts["empty_rule"])}</b>;
+NSD tolerance {opts["nsd_tolerance_mm"]} mm. Distances in mm. Mean ± sample SD over cases, NaN values left out.</p>
+<table><tr><th>class</th><th>method</th>{head}</tr>{"".join(rows)}</table>
+{test_part}
+<h2>Flagged cases</h2><ul>{"".join(issues) or "<li>none</li>"}</ul>
+<h2>Distributions</h2>{images}
+{overlay_part}
+<p>Per-case values of every method: <code>{CASES_CSV}</code> (column <code>method</code>); statistics:
+<code>{SUMMARY_JSON}</code>.</p>
+</body></html>
+"""
+
+
+def write_comparison_report(
+    comparison: ComparisonResult,
+    folder: str | Path,
+    *,
+    overwrite: bool = False,
+    image: str | Path | None = None,
+    max_overlays: int = MAX_OVERLAYS,
+) -> ReportFiles:
+    """:func:`write_report` for several methods: cases.csv (and objects.csv) with a ``method``
+    column, summary.json per method with the paired tests, grouped box plots, overlays with
+    one panel per method."""
+    target = Path(folder)
+    summary = comparison.summary()
+    plots = {m: comparison_boxplot_png(comparison, m) for m in comparison.config.metrics}
+    overlays = overlay_pngs(comparison.results, image, max_overlays)
+    scored = {c.name for r in comparison.results.values() for c in r.scored_cases}
+    page = render_comparison_html(
+        comparison,
+        summary,
+        plots,
+        overlays,
+        with_image=image is not None,
+        every_case=len(overlays) == len(scored),
+    )
+    objects = bool(comparison.config.object_metrics)
+    with atomic_dir(target, overwrite=overwrite) as tmp:
+        rows = comparison.rows()
+        _write_csv(rows, list(rows[0]) if rows else ["method", "case", "status"], tmp / CASES_CSV)
+        if objects:
+            head = ["method", "case", "class", "label", "side", "object", "voxels", "volume_ml"]
+            head += ["centre_x_mm", "centre_y_mm", "centre_z_mm", "best_iou", "matched"]
+            obj_rows = [
+                {"method": m, **r} for m, res in comparison.results.items() for r in res.object_rows()
+            ]
+            _write_csv(obj_rows, head, tmp / OBJECTS_CSV)
+        (tmp / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, allow_nan=False), encoding="utf-8")
+        _write_pngs(tmp, plots, overlays)
+        (tmp / REPORT_HTML).write_text(page, encoding="utf-8")
+    return ReportFiles(
+        target,
+        target / CASES_CSV,
+        target / SUMMARY_JSON,
+        target / REPORT_HTML,
+        tuple(target / PLOTS_DIR / f"{m}.png" for m in plots),
+        target / OBJECTS_CSV if objects else None,
+        tuple(target / OVERLAYS_DIR / f"{name}.png" for name in overlays),
     )
 
 
 __all__ = [
+    "MAX_OVERLAYS",
     "ReportFiles",
     "boxplot_png",
+    "comparison_boxplot_png",
     "describe",
+    "overlay_cases",
+    "overlay_pngs",
+    "render_comparison_html",
     "render_html",
     "write_cases_csv",
+    "write_comparison_report",
     "write_objects_csv",
     "write_report",
 ]

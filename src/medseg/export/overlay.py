@@ -30,7 +30,14 @@ from medseg.export.codes import Segment, label_values, segments_for_label
 from medseg.io.atomic import check_writable, write_bytes_atomic
 from medseg.volume import Volume
 
-__all__ = ["display_axes", "render_overlay_png", "write_overlay"]
+__all__ = [
+    "PREDICTION_COLOR",
+    "REFERENCE_COLOR",
+    "display_axes",
+    "render_comparison_png",
+    "render_overlay_png",
+    "write_overlay",
+]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +93,11 @@ def _slice_choice(mask: NDArray[np.bool_], n: int) -> list[int]:
     return sorted({round(float(v)) for v in np.linspace(lo, hi, n)})
 
 
+def _contour(ax: Axes, mask: NDArray[np.bool_], rgb: Sequence[float], width: float = 1.2) -> None:
+    if mask.any() and min(mask.shape) >= 2:  # matplotlib's contour needs a 2 x 2 grid at least
+        ax.contour(mask.astype(np.float32), levels=[0.5], colors=[tuple(rgb)], linewidths=width)
+
+
 def _draw(
     ax: Axes,
     image2d: NDArray[Any],
@@ -94,7 +106,10 @@ def _draw(
     aspect: float,
     window: tuple[float, float],
     title: str,
+    *,
+    contours: bool = True,
 ) -> None:
+    """Image, each label tinted in its colour and (with ``contours``) outlined in it."""
     ax.imshow(image2d, cmap="gray", vmin=window[0], vmax=window[1], aspect=aspect, interpolation="nearest")
     for seg in segments:
         mask = label2d == seg.value
@@ -104,10 +119,17 @@ def _draw(
         tint = np.zeros((*mask.shape, 4), dtype=np.float32)
         tint[mask] = (*rgb, 0.25)
         ax.imshow(tint, aspect=aspect, interpolation="nearest")
-        if min(mask.shape) >= 2:  # matplotlib's contour needs a 2 x 2 grid at least
-            ax.contour(mask.astype(np.float32), levels=[0.5], colors=[rgb], linewidths=1.2)
+        if contours:
+            _contour(ax, mask, rgb)
     ax.set_title(title, fontsize=9)
     ax.set_axis_off()
+
+
+def _axial_title(k: int, n_slices: int, order: Sequence[int], flips: Sequence[bool], note: str) -> str:
+    """``axial, z = 5``: the slice's array index (what `baseline --seed` and viewers' voxel
+    coordinates use), not its rank in the display order."""
+    index = n_slices - 1 - k if flips[0] else k
+    return f"axial, {'zyx'[order[0]]} = {index}{note}"
 
 
 def _draw_sides(
@@ -196,11 +218,8 @@ def render_overlay_png(
         ax = fig.add_subplot(grid[i // ncols, i % ncols])
         if i < len(axial):
             k = axial[i]
-            # The title gives the slice's array index (what `baseline --seed` and viewers'
-            # voxel coordinates use), not its rank in the display order.
-            index = lab.shape[0] - 1 - k if flips[0] else k
-            axis = "zyx"[order[0]]
-            _draw(ax, img[k], lab[k], segments, sp[1] / sp[2], limits, f"axial, {axis} = {index}{note}")
+            title = _axial_title(k, lab.shape[0], order, flips, note)
+            _draw(ax, img[k], lab[k], segments, sp[1] / sp[2], limits, title)
         else:
             ax.set_axis_off()
     if with_sides:
@@ -221,6 +240,124 @@ def render_overlay_png(
         )
     else:
         fig.suptitle("no labelled voxels", fontsize=11)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", facecolor="white")
+    return buffer.getvalue()
+
+
+# Contour colours of the two sides in a comparison: in no label palette, and apart for
+# colour-blind readers (green vs magenta differ in both red and blue).
+REFERENCE_COLOR: tuple[int, int, int] = (0, 230, 0)
+PREDICTION_COLOR: tuple[int, int, int] = (255, 0, 255)
+# One comparison panel is this many inches wide and its picture as high; the figure adds
+# COMPARISON_MARGIN_IN for the title and legend, so a PNG is
+# (panels * COMPARISON_PANEL_IN * dpi) x ((COMPARISON_PANEL_IN + COMPARISON_MARGIN_IN) * dpi) pixels.
+COMPARISON_PANEL_IN = 5.0
+COMPARISON_MARGIN_IN = 1.2
+
+
+def _unit_rgb(rgb: Sequence[int]) -> tuple[float, float, float]:
+    return (rgb[0] / 255, rgb[1] / 255, rgb[2] / 255)
+
+
+def disagreement_slice(reference: Volume, predictions: Sequence[Volume]) -> int:
+    """Array index along the axial display axis of the slice where the predictions disagree
+    most with the reference (voxel count, summed over predictions); with no disagreement the
+    slice of largest reference area, with no reference either the middle slice."""
+    order, flips = display_axes(reference.direction)
+    ref = _to_display(reference.array, order, flips)
+    wrong = np.zeros(ref.shape[0], dtype=np.int64)
+    for pred in predictions:
+        wrong += (_to_display(pred.array, order, flips) != ref).sum(axis=(1, 2))
+    area = (ref > 0).sum(axis=(1, 2))
+    k = int(np.argmax(wrong)) if wrong.any() else int(np.argmax(area)) if area.any() else ref.shape[0] // 2
+    return ref.shape[0] - 1 - k if flips[0] else k
+
+
+def render_comparison_png(
+    reference: Volume,
+    predictions: Mapping[str, Volume],
+    image: Volume | None = None,
+    segment_names: Mapping[int, str] | None = None,
+    *,
+    slice_index: int | None = None,
+    title: str = "",
+    window: tuple[float, float] | None = None,
+    dpi: int = 100,
+) -> bytes:
+    """PNG bytes: one axial panel per prediction (keys are the panel titles), reference
+    contours in :data:`REFERENCE_COLOR` and prediction contours in :data:`PREDICTION_COLOR`
+    over the image, the reference's classes tinted in their label colours.
+
+    ``slice_index`` is the array index along the axis shown as axial (default: the slice
+    of largest disagreement, :func:`disagreement_slice`). Without ``image`` the label maps
+    are drawn on white and the title says so.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    if not predictions:
+        raise ValueError("render_comparison_png needs at least one prediction")
+    for name, vol in predictions.items():
+        vol.geometry.require_same(reference.geometry, f"prediction '{name}' and reference grids")
+    if image is not None:
+        image.geometry.require_same(reference.geometry, "image and reference grids")
+    order, flips = display_axes(reference.direction)
+    ref = _to_display(reference.array, order, flips)
+    preds = {name: _to_display(p.array, order, flips) for name, p in predictions.items()}
+    if slice_index is None:
+        slice_index = disagreement_slice(reference, list(predictions.values()))
+    n = ref.shape[0]
+    if not 0 <= slice_index < n:
+        raise ValueError(f"slice index {slice_index} outside 0..{n - 1}")
+    k = n - 1 - slice_index if flips[0] else slice_index
+    if image is None:
+        # Light grey, not white, so that the grid's extent shows.
+        img2d, limits = np.full(ref.shape[1:], 0.93, dtype=np.float32), (0.0, 1.0)
+        title = (title + " " if title else "") + "(labels only: no image given)"
+    else:
+        img = _to_display(image.array, order, flips)
+        img2d, limits = img[k], _window(image.array, window)
+    all_values = sorted(set(np.unique(ref).tolist()).union(*(np.unique(p).tolist() for p in preds.values())))
+    values = [int(v) for v in all_values if v > 0]
+    lab_volume = Volume(np.asarray(values or [0], dtype=np.int32).reshape(-1, 1, 1))
+    names = None if segment_names is None else {v: segment_names.get(v, f"label {v}") for v in values}
+    segments = segments_for_label(lab_volume, names)
+    sp = [reference.spacing[a] for a in order]
+    oblique = reference.geometry.obliquity
+    note = f" (oblique {oblique:.0f}°)" if oblique > 0.5 else ""
+    where = _axial_title(k, n, order, flips, note)
+    fig = Figure(
+        figsize=(COMPARISON_PANEL_IN * len(preds), COMPARISON_PANEL_IN + COMPARISON_MARGIN_IN),
+        dpi=dpi,
+        layout="constrained",
+    )
+    ref_rgb, pred_rgb = _unit_rgb(REFERENCE_COLOR), _unit_rgb(PREDICTION_COLOR)
+    for i, (name, pred) in enumerate(preds.items()):
+        ax = fig.add_subplot(1, len(preds), i + 1)
+        _draw(ax, img2d, ref[k], segments, sp[1] / sp[2], limits, f"{name}\n{where}", contours=False)
+        for seg in segments:
+            # Reference drawn wider, underneath: where the two agree both stay visible.
+            _contour(ax, ref[k] == seg.value, ref_rgb, width=3.6)
+            _contour(ax, pred[k] == seg.value, pred_rgb, width=1.2)
+    handles: list[Any] = [
+        Line2D([], [], color=ref_rgb, linewidth=3.6, label="reference"),
+        Line2D([], [], color=pred_rgb, linewidth=1.2, label="prediction"),
+    ]
+    handles += [
+        Patch(facecolor=_unit_rgb(s.color), alpha=0.5, label=f"{s.value}: {s.name} (reference)")
+        for s in segments
+    ]
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncol=min(len(handles), 3 if len(preds) == 1 else 5),
+        frameon=False,
+        fontsize=9,
+    )
+    if title:
+        fig.suptitle(title, fontsize=10)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", facecolor="white")
     return buffer.getvalue()

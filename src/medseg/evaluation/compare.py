@@ -1,0 +1,223 @@
+"""Several methods against one reference: one table, per-case rows with a ``method`` column,
+and a paired test of each method against the first.
+
+Every method is scored on every reference case, with the same options and the same label
+set. A reference case without a prediction in some method is an error naming that method's
+folder and the cases, unless ``on_missing="flag"`` (``--allow-missing``): then the case is
+scored as an empty prediction -- a failure, Dice 0 -- and listed under that method. The
+means of all methods are therefore over the same cases, and no method looks better for
+having skipped the cases it failed on. Cases that could not be scored at all
+(``on_case_error="flag"``) are listed per method and left out of that method's statistics.
+
+The paired comparison is the Wilcoxon signed-rank test (scipy, two-sided, zero differences
+dropped) of each method's per-case Dice against the first method's, per class, over the
+cases scored in both with a finite Dice. With fewer than 6 non-zero differences the exact
+test cannot reach p < 0.05, which the note says.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg.errors import ConfigError
+from medseg.evaluation.evaluate import EvaluationConfig, EvaluationResult, case_name, evaluate
+
+logger = logging.getLogger(__name__)
+
+MISSING_RULE = (
+    "every method is scored on every reference case; a case without a prediction is an error, "
+    "or with --allow-missing (on_missing='flag') scored as an empty prediction (a failure)"
+)
+
+
+def parse_methods(specs: Sequence[str]) -> dict[str, Path]:
+    """``PATH`` or ``NAME=PATH`` per method -> {name: path}, in the order given.
+
+    The name defaults to the folder's name (or the file's name without its image suffix);
+    an existing path containing ``=`` is taken as a path. Two methods with one name are an
+    error asking for ``NAME=PATH``.
+    """
+    methods: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, rest = spec.partition("=")
+        if sep and not Path(spec).exists():
+            name, path = name.strip(), Path(rest)
+            if not name or not rest:
+                raise ConfigError(
+                    f"cannot read method '{spec}'; expected PATH or NAME=PATH, e.g. unet=preds/"
+                )
+        else:
+            path = Path(spec)
+            name = case_name(path) if path.is_file() else path.resolve().name
+        if name in methods:
+            raise ConfigError(
+                f"two methods named '{name}' ({methods[name]} and {path}); name them with NAME=PATH, "
+                f"e.g. {name}_a={methods[name]} {name}_b={path}"
+            )
+        methods[name] = path
+    return methods
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """Wilcoxon signed-rank test of ``method`` against ``baseline`` on one metric of one class."""
+
+    method: str
+    baseline: str
+    label: int
+    metric: str
+    n: int  # cases scored in both with finite values
+    median_difference: float  # method - baseline
+    statistic: float
+    p_value: float
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        def clean(v: float) -> float | None:
+            return float(v) if math.isfinite(v) else None
+
+        return {
+            "method": self.method,
+            "baseline": self.baseline,
+            "label": self.label,
+            "metric": self.metric,
+            "n": self.n,
+            "median_difference": clean(self.median_difference),
+            "statistic": clean(self.statistic),
+            "p_value": clean(self.p_value),
+            "note": self.note,
+        }
+
+
+def wilcoxon_paired(
+    method: Mapping[str, float], baseline: Mapping[str, float]
+) -> tuple[int, float, float, float, str]:
+    """(n, median difference, statistic, p, note) of the two-sided signed-rank test over the
+    cases present in both with finite values (zero differences dropped, as Wilcoxon did)."""
+    from scipy.stats import wilcoxon
+
+    common = [c for c in baseline if c in method and math.isfinite(method[c]) and math.isfinite(baseline[c])]
+    diff = np.array([method[c] - baseline[c] for c in common], dtype=float)
+    if diff.size == 0:
+        return 0, math.nan, math.nan, math.nan, "no case scored in both"
+    median = float(np.median(diff))
+    nonzero = int(np.count_nonzero(diff))
+    if nonzero == 0:
+        return int(diff.size), median, math.nan, math.nan, "identical on every case"
+    res = wilcoxon(diff, zero_method="wilcox", alternative="two-sided")
+    note = ""
+    if nonzero < 6:
+        note = f"only {nonzero} non-zero difference(s): p cannot fall below 0.05"
+    return int(diff.size), median, float(res.statistic), float(res.pvalue), note
+
+
+@dataclass(frozen=True)
+class ComparisonResult:
+    """One :class:`EvaluationResult` per method (in the order given), same reference and labels."""
+
+    results: Mapping[str, EvaluationResult]
+    reference: str
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(self.results)
+
+    @property
+    def first(self) -> EvaluationResult:
+        return next(iter(self.results.values()))
+
+    @property
+    def labels(self) -> Mapping[int, str]:
+        return self.first.labels
+
+    @property
+    def config(self) -> EvaluationConfig:
+        return self.first.config
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The per-case rows of every method, a ``method`` column first."""
+        return [{"method": m, **row} for m, res in self.results.items() for row in res.rows()]
+
+    def paired_tests(self, metric: str = "dice") -> list[PairedTest]:
+        """Each method against the first, per class, on ``metric`` (empty without it)."""
+        if metric not in self.config.class_metrics or len(self.results) < 2:
+            return []
+        base_name = self.methods[0]
+        tests: list[PairedTest] = []
+        for lab in self.labels:
+
+            def per_case(res: EvaluationResult, lab: int = lab) -> dict[str, float]:
+                return {c.name: c.per_label[lab].values[metric] for c in res.scored_cases}
+
+            base = per_case(self.first)
+            for name in self.methods[1:]:
+                n, median, stat, p, note = wilcoxon_paired(per_case(self.results[name]), base)
+                tests.append(PairedTest(name, base_name, lab, metric, n, median, stat, p, note))
+        return tests
+
+    def summary(self) -> dict[str, Any]:
+        """Per method: the single-method summary's statistics and lists; then the paired tests."""
+        per_method: dict[str, Any] = {}
+        for name, res in self.results.items():
+            s = res.summary()
+            per_method[name] = {
+                "prediction": s["prediction"],
+                "n_scored": s["n_scored"],
+                "per_class": s["per_class"],
+                "case_level": s["case_level"],
+                "missing_predictions": s["missing_predictions"],
+                "failed_cases": s["failed_cases"],
+                "resampled_cases": s["resampled_cases"],
+                "predictions_without_reference": s["predictions_without_reference"],
+            }
+        first = self.first.summary()
+        return {
+            "reference": self.reference,
+            "methods": list(self.methods),
+            "n_cases": first["n_cases"],
+            "labels": first["labels"],
+            "metrics": first["metrics"],
+            "options": first["options"],
+            "missing_cases_rule": MISSING_RULE,
+            "statistics_note": first["statistics_note"],
+            "per_method": per_method,
+            "paired_tests": [t.as_dict() for t in self.paired_tests()],
+            "paired_test_note": "Wilcoxon signed-rank, two-sided, each method minus the first, per case; "
+            "zero differences dropped; cases scored in both with finite values",
+        }
+
+
+def compare(
+    methods: Mapping[str, str | Path],
+    reference: str | Path,
+    config: EvaluationConfig | None = None,
+    *,
+    progress: bool = False,
+) -> ComparisonResult:
+    """Score every method's predictions against ``reference`` with the same options.
+
+    ``methods`` maps a method name to its prediction folder (or file). Labels found in the
+    references (``config.labels`` None) are found once, by the first method, and declared
+    for the others, so every table has the same classes.
+    """
+    if not methods:
+        raise ConfigError("compare needs at least one method")
+    cfg = config or EvaluationConfig()
+    results: dict[str, EvaluationResult] = {}
+    for name, path in methods.items():
+        logger.info("evaluating method %s (%s)", name, path)
+        res = evaluate(path, reference, cfg, progress=progress)
+        if cfg.labels is None:
+            cfg = replace(cfg, labels=res.labels)
+        results[name] = res
+    return ComparisonResult(results, str(reference))
+
+
+__all__ = ["ComparisonResult", "PairedTest", "compare", "parse_methods", "wilcoxon_paired"]

@@ -1,0 +1,133 @@
+"""compare(): several methods against one reference, the paired test and the combined report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.stats import wilcoxon
+
+from medseg.errors import ConfigError, InputError
+from medseg.evaluation import EvaluationConfig, compare, evaluate, parse_methods, write_comparison_report
+from medseg.evaluation.compare import wilcoxon_paired
+from medseg.export.overlay import COMPARISON_MARGIN_IN, COMPARISON_PANEL_IN, PREDICTION_COLOR, REFERENCE_COLOR
+from medseg.io import write_volume
+from tests.conftest import make_oblique_volume
+
+LABELS = {1: "outer", 3: "inner"}
+
+
+@pytest.fixture
+def methods(tmp_path: Path) -> tuple[dict[str, Path], Path, Path]:
+    """Reference folder of 7 cases; 'shift' rolls by case-dependent amounts, 'close' by one
+    voxel, 'gaps' misses case_006; images beside them, nnU-Net style (NAME_0000)."""
+    base = make_oblique_volume()
+    z, y, x = np.meshgrid(*[np.arange(s) for s in base.shape], indexing="ij")
+    ref = np.zeros(base.shape, dtype=np.uint8)
+    ref[(z - 6) ** 2 / 16 + (y - 10) ** 2 / 36 + (x - 8) ** 2 / 25 < 1] = 1
+    ref[(z - 6) ** 2 / 4 + (y - 10) ** 2 / 9 + (x - 6) ** 2 / 4 < 1] = 3
+    folders = {m: tmp_path / m for m in ("shift", "close", "gaps")}
+    for i in range(7):
+        name = f"case_{i:03d}"
+        write_volume(base.with_array(ref), tmp_path / "ref" / f"{name}.nii.gz")
+        write_volume(base, tmp_path / "img" / f"{name}_0000.nii.gz")
+        write_volume(base.with_array(np.roll(ref, 1 + i % 4, axis=2)), folders["shift"] / f"{name}.nii.gz")
+        write_volume(base.with_array(np.roll(ref, 1, axis=1)), folders["close"] / f"{name}.nii.gz")
+        if i < 6:
+            write_volume(base.with_array(np.roll(ref, 1, axis=1)), folders["gaps"] / f"{name}.nii.gz")
+    return folders, tmp_path / "ref", tmp_path / "img"
+
+
+def _serial(**kw: object) -> EvaluationConfig:
+    return EvaluationConfig(workers=1, **kw)  # type: ignore[arg-type]
+
+
+def test_parse_methods_names_and_errors(tmp_path: Path) -> None:
+    for d in ("a/pred", "b/pred", "otsu"):
+        (tmp_path / d).mkdir(parents=True)
+    f = tmp_path / "ws.nii.gz"
+    f.write_bytes(b"")
+    got = parse_methods([str(tmp_path / "otsu"), f"unet={tmp_path / 'a/pred'}", str(f)])
+    assert got == {"otsu": tmp_path / "otsu", "unet": tmp_path / "a/pred", "ws": f}
+    assert list(got) == ["otsu", "unet", "ws"]  # order kept: the first is the baseline
+    with pytest.raises(ConfigError, match=r"two methods named 'pred'.*NAME=PATH"):
+        parse_methods([str(tmp_path / "a/pred"), str(tmp_path / "b/pred")])
+    with pytest.raises(ConfigError, match="NAME=PATH"):
+        parse_methods(["=somewhere"])
+    odd = tmp_path / "x=y"  # an existing path with '=' stays a path
+    odd.mkdir()
+    assert parse_methods([str(odd)]) == {"x=y": odd}
+
+
+def test_every_method_is_scored_like_a_single_evaluation(methods) -> None:  # type: ignore[no-untyped-def]
+    folders, ref, _ = methods
+    cfg = _serial(metrics=("dice", "hd95"), label_names=LABELS)
+    comp = compare({"shift": folders["shift"], "close": folders["close"]}, ref, cfg)
+    assert comp.methods == ("shift", "close") and comp.labels == LABELS
+    summary = comp.summary()
+    for name in comp.methods:
+        alone = evaluate(folders[name], ref, cfg).summary()
+        assert summary["per_method"][name]["per_class"] == alone["per_class"]
+    rows = comp.rows()
+    assert [r["method"] for r in rows] == ["shift"] * 7 + ["close"] * 7
+    assert list(rows[0])[:2] == ["method", "case"]
+    # 'close' always beats 'shift' on the outer class: paired test as scipy computes it.
+    (test,) = [t for t in comp.paired_tests() if t.label == 1]
+    a = [r["dice/outer"] for r in rows if r["method"] == "shift"]
+    b = [r["dice/outer"] for r in rows if r["method"] == "close"]
+    expected = wilcoxon(np.subtract(b, a))
+    assert test.method == "close" and test.baseline == "shift" and test.n == 7
+    assert test.p_value == pytest.approx(expected.pvalue) and test.p_value < 0.05
+    assert test.median_difference == pytest.approx(np.median(np.subtract(b, a))) and test.note == ""
+
+
+def test_missing_cases_are_an_error_or_a_failure(methods) -> None:  # type: ignore[no-untyped-def]
+    folders, ref, _ = methods
+    with pytest.raises(InputError, match=r"gaps.*1 reference case\(s\) have no prediction.*case_006"):
+        compare(folders, ref, _serial(metrics=("dice",)))
+    comp = compare(folders, ref, _serial(metrics=("dice",), on_missing="flag"))
+    summary = comp.summary()
+    assert summary["per_method"]["gaps"]["missing_predictions"] == ["case_006"]
+    assert summary["per_method"]["gaps"]["n_scored"] == 7  # counted, as a failure
+    row = next(r for r in comp.rows() if r["method"] == "gaps" and r["case"] == "case_006")
+    assert row["status"] == "missing_prediction" and row["dice/1"] == 0.0
+    assert "empty prediction" in summary["missing_cases_rule"]
+
+
+def test_wilcoxon_edge_cases() -> None:
+    assert wilcoxon_paired({}, {"a": 1.0})[0] == 0
+    n, median, _, p, note = wilcoxon_paired({"a": 0.5, "b": 0.7}, {"a": 0.5, "b": 0.7})
+    assert (n, median) == (2, 0.0) and math.isnan(p) and "identical" in note
+    n, _, _, p, note = wilcoxon_paired({"a": 0.9, "b": 0.8, "c": math.nan}, {"a": 0.5, "b": 0.6, "c": 0.1})
+    assert n == 2 and p > 0.05 and "cannot fall below 0.05" in note
+
+
+def test_comparison_report(methods, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    folders, ref, img = methods
+    comp = compare(folders, ref, _serial(metrics=("dice", "miou"), on_missing="flag"))
+    files = write_comparison_report(comp, tmp_path / "report", image=img)
+    rows = list(csv.DictReader(files.cases_csv.open()))
+    assert len(rows) == 21 and {r["method"] for r in rows} == set(folders)
+    summary = json.loads(files.summary_json.read_text())
+    assert summary["methods"] == ["shift", "close", "gaps"]
+    tests = [(t["label"], t["method"]) for t in summary["paired_tests"]]
+    assert tests == [(1, "close"), (1, "gaps"), (3, "close"), (3, "gaps")]
+    # 7 cases > 6: the 3 worst and the 3 best by Dice averaged over the methods.
+    assert len(files.overlays) == 6 and "case_006" in {p.stem for p in files.overlays}
+    size = Image.open(files.overlays[0]).size
+    assert size == (
+        round(3 * COMPARISON_PANEL_IN * 100),
+        round((COMPARISON_PANEL_IN + COMPARISON_MARGIN_IN) * 100),
+    )
+    pixels = np.asarray(Image.open(files.overlays[0]).convert("RGB")).astype(int)
+    for rgb in (REFERENCE_COLOR, PREDICTION_COLOR):
+        assert (np.abs(pixels - np.array(rgb)).max(axis=-1) <= 40).sum() > 100
+    page = files.report_html.read_text()
+    assert "Paired comparison with shift" in page and "gaps: case_006: no prediction" in page
+    assert page.count("data:image/png;base64,") == 2 + 6  # box plots, overlays
+    assert "over the image" in page and "worst and the best" in page

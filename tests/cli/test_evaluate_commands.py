@@ -338,7 +338,7 @@ def test_evaluate_several_methods_errors(tmp_path: Path) -> None:
     )
     assert res.exit_code == 0 and "missing predictions (scored empty, a failure): b" in res.output
     res = runner.invoke(app, ["evaluate", str(rdir)])
-    assert res.exit_code == 2 and "PREDICTION... REFERENCE" in res.output
+    assert res.exit_code == 2 and "Missing argument" in res.output
 
 
 def test_evaluate_image_for_the_overlays(tmp_path: Path) -> None:

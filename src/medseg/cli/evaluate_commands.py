@@ -21,14 +21,15 @@ _TABLE_METRICS = ("dice", "hd95", "assd", "nsd", "iou", "hd", "uw")
 @app.command("evaluate")
 @cli_command
 def evaluate_command(
-    paths: list[str] = typer.Argument(
+    prediction: list[str] = typer.Argument(
         ...,
-        metavar="PREDICTION... REFERENCE",
-        help="Predicted label map(s) or folder(s) of them (matched by case name), then the reference "
-        "label map or folder, last. Several predictions compare methods in one table, e.g. "
-        "'evaluate otsu/ watershed/ unet=runs/3d/pred/ labelsTs/': a method is named after its "
-        "folder (or file) unless given as NAME=PATH; the first is the baseline of the paired test.",
+        show_default=False,
+        help="Predicted label map, or a folder of them (matched by case name). Several compare "
+        "methods in one table, e.g. 'evaluate otsu/ watershed/ unet=runs/3d/pred/ labelsTs/': a "
+        "method is named after its folder (or file) unless given as NAME=PATH; the first is the "
+        "baseline of the paired test.",
     ),
+    reference: Path = typer.Argument(..., help="Reference label map, or a folder of them (always last)."),
     image: Path | None = typer.Option(
         None,
         "--image",
@@ -113,13 +114,8 @@ def evaluate_command(
     )
     from medseg.evaluation.metrics import MM_METRICS
 
-    if len(paths) < 2:
-        raise ConfigError(
-            "evaluate needs a prediction and a reference: medseg evaluate PREDICTION... REFERENCE"
-        )
-    reference = Path(paths[-1])
-    methods = parse_methods(paths[:-1])
-    prediction = next(iter(methods.values()))
+    methods = parse_methods(prediction)
+    first = next(iter(methods.values()))
     if image is not None and output is None:
         raise ConfigError("--image is what the report's overlays are drawn on: give -o/--output too")
     if output is not None:
@@ -149,7 +145,7 @@ def evaluate_command(
         workers=workers,
     )
     if image is not None:  # before the work: every reference case needs its image
-        match_images(image, [pair.name for pair in match_cases(prediction, reference).pairs])
+        match_images(image, [pair.name for pair in match_cases(first, reference).pairs])
     if len(methods) > 1:
         comparison = compare(methods, reference, config, progress=True)
         _print_comparison(comparison)
@@ -157,7 +153,7 @@ def evaluate_command(
             files = write_comparison_report(comparison, output, overwrite=overwrite, image=image)
             _print_written(files)
         return
-    result = evaluate(prediction, reference, config, progress=True)
+    result = evaluate(first, reference, config, progress=True)
     summary = result.summary()
     shown = _shown_metrics(config)
     table = Table(title=f"{summary['n_scored']} of {summary['n_cases']} cases scored (mean ± SD, median)")

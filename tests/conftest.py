@@ -69,10 +69,13 @@ def write_stacked_series(folder: Path, first: Volume, second: Volume) -> None:
 
     a = write_dicom_series(first, folder, series_description="dwi")
     b = write_dicom_series(second, folder.with_name(folder.name + "_second"))
-    uid = pydicom.dcmread(a[0]).SeriesInstanceUID
+    head = pydicom.dcmread(a[0])
     for k, f in enumerate(b):
         ds = pydicom.dcmread(f)
-        ds.SeriesInstanceUID = uid
+        # one series of one study (a series spanning two studies is refused as a merge fault)
+        ds.SeriesInstanceUID = head.SeriesInstanceUID
+        ds.StudyInstanceUID = head.StudyInstanceUID
+        ds.FrameOfReferenceUID = head.FrameOfReferenceUID
         ds.EchoTime = 20
         ds.save_as(folder / f"t{k}.dcm")
     for f in a:

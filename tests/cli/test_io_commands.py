@@ -185,6 +185,35 @@ def test_convert_stacked_volume_with_volume_option(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_volume(tmp_path / "v.nii.gz").array, vol.array * 2)
 
 
+def test_convert_a_repeated_sequence_by_pattern_and_rule(tmp_path: Path) -> None:
+    vol = make_oblique_volume(dtype=np.int16)
+    study = tmp_path / "study"
+    for number, time, offset in ((6, "114336", 0), (10, "115225", 5)):
+        files = write_dicom_series(
+            vol.with_array(vol.array + offset),
+            study / f"s{number}",
+            series_description="t2_tse_tra",
+            series_number=number,
+        )
+        for f in files:
+            ds = pydicom.dcmread(f)
+            ds.SeriesTime = time
+            ds.save_as(f)
+    code, _, err = run("convert", study, tmp_path / "v.nii.gz", "--series", "T2_TSE*")
+    assert code == 2
+    assert "has 2 series described 'T2_TSE*'" in err and "--series 'T2_TSE*@last'" in err
+    assert "[0] 't2_tse_tra' 12 slices, SeriesNumber 6, acquired 11:43:36" in err
+    assert "[1] 't2_tse_tra' 12 slices, SeriesNumber 10, acquired 11:52:25" in err
+    assert not (tmp_path / "v.nii.gz").exists()
+    code, _, err = run("convert", study, tmp_path / "v.nii.gz", "--series", "T2_TSE*@last")
+    assert code == 0, err
+    np.testing.assert_array_equal(read_volume(tmp_path / "v.nii.gz").array, vol.array + 5)
+    code, out, _ = run("info", study, "--json")
+    assert [s["acquisition_time"] for s in json.loads(out)["series"]] == ["11:43:36", "11:52:25"]
+    code, out, _ = run("convert", "--help")
+    assert code == 0 and "'t2_tse_tra*@last'" in out
+
+
 # -------------------------------------------------------------------- bad input
 def _bad_case(tmp_path: Path, case: str) -> tuple[list[str | Path], str]:
     """Set up one kind of bad input; return the CLI arguments and the expected message."""

@@ -228,6 +228,56 @@ def test_a_cohort_is_chosen_by_description_not_by_number(
     assert load_series(cases[2].paths[0], series=cases[2].series).volume.shape == vol.shape
 
 
+def test_a_cohort_linked_from_an_archive_with_a_repeated_sequence(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Patient folders linked in (not copied), one patient with t2_tse_tra acquired twice."""
+    from medseg.io.dicom import load_series
+
+    vol = make_oblique_volume(dtype=np.int16)
+    archive = tmp_path / "archive"
+    for patient in ("A", "B", "C"):
+        write_dicom_series(vol, archive / patient / "tra", series_description="t2_tse_tra", series_number=6)
+        write_dicom_series(vol, archive / patient / "sag", series_description="t2_tse_sag", series_number=4)
+    repeat = vol.with_array(vol.array + 7)  # patient B moved: the sequence was run again
+    write_dicom_series(repeat, archive / "B" / "tra2", series_description="t2_tse_tra", series_number=10)
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    for name, patient in (("p1", "A"), ("p2", "B"), ("p3", "C")):
+        (cohort / name).symlink_to(archive / patient, target_is_directory=True)
+    (archive / "A" / "up").symlink_to(cohort, target_is_directory=True)  # a loop through the archive
+    with caplog.at_level("WARNING"):
+        cases = discover_cases(cohort, series="T2_TSE_TRA*@last")
+    assert [(c.case_id, c.paths) for c in cases] == [(p, (cohort / p,)) for p in ("p1", "p2", "p3")]
+    assert "symbolic link loop" in caplog.text
+    np.testing.assert_array_equal(
+        load_series(cases[1].paths[0], series=cases[1].series).volume.array, repeat.array
+    )
+    np.testing.assert_array_equal(
+        load_series(cases[0].paths[0], series=cases[0].series).volume.array, vol.array
+    )
+    # without the rule only the patient with the repeat fails, listing both acquisitions
+    cases = discover_cases(cohort, series="t2_tse_tra")
+    assert [c.case_id for c in cases] == ["p1", "p2", "p3"]
+    with pytest.raises(
+        InputError, match=r"p2: has 2 series described 't2_tse_tra'.*SeriesNumber 6.*SeriesNumber 10"
+    ):
+        load_series(cases[1].paths[0], series=cases[1].series)
+    assert load_series(cases[2].paths[0], series=cases[2].series).volume.shape == vol.shape
+    # a wildcard matching nothing in one linked folder skips it, as a description does
+    write_dicom_series(vol, archive / "C" / "dwi", series_description="ep2d_diff_tra", series_number=7)
+    assert [c.case_id for c in discover_cases(cohort, series="EP2D*")] == ["p3"]
+    # without --series, each linked folder of one series is a case named by its link
+    singles = tmp_path / "singles"
+    singles.mkdir()
+    for name, patient in (("q1", "A"), ("q2", "B")):
+        (singles / name).symlink_to(archive / patient / "sag", target_is_directory=True)
+    assert [(c.case_id, c.paths) for c in discover_cases(singles)] == [
+        ("q1", (singles / "q1",)),
+        ("q2", (singles / "q2",)),
+    ]
+
+
 def test_existing_output_and_disk_full(
     trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -64,6 +65,18 @@ def edit_files(files: list[Path], change: Callable[[int, Dataset], None]) -> Non
         ds = pydicom.dcmread(f)
         change(k, ds)
         ds.save_as(f, enforce_file_format=True)
+
+
+def same_series_as(file: Path) -> Callable[[int, Dataset], None]:
+    """An ``edit_files`` change moving slices into the series (and study) of ``file``."""
+    head = pydicom.dcmread(file, stop_before_pixels=True)
+
+    def change(_k: int, ds: Dataset) -> None:
+        ds.SeriesInstanceUID = head.SeriesInstanceUID
+        ds.StudyInstanceUID = head.StudyInstanceUID
+        ds.FrameOfReferenceUID = head.FrameOfReferenceUID
+
+    return change
 
 
 def fake_reference() -> Dataset:
@@ -357,9 +370,8 @@ def test_mixed_orientations_are_reported(tmp_path: Path) -> None:
 
 def test_mixed_sizes_are_reported(tmp_path: Path) -> None:
     files = write_dicom_series(make_oblique_volume(dtype=np.int16), tmp_path / "s")
-    uid = pydicom.dcmread(files[0]).SeriesInstanceUID
     other = write_dicom_series(make_oblique_volume(shape=(2, 10, 16), dtype=np.int16), tmp_path / "t")
-    edit_files(other, lambda _k, ds: setattr(ds, "SeriesInstanceUID", uid))
+    edit_files(other, same_series_as(files[0]))
     for f in other:
         shutil.move(f, tmp_path / "s" / f"other_{f.name}")
     with pytest.raises(InputError, match=r"different sizes.*12 slices of 20x16, 2 slices of 10x16"):
@@ -370,11 +382,11 @@ def _two_echoes(tmp_path: Path, *, distinguish: bool) -> Volume:
     vol = make_oblique_volume(dtype=np.int16)
     first = write_dicom_series(vol, tmp_path / "a")
     second = write_dicom_series(vol.with_array(vol.array * 2), tmp_path / "b")
-    uid = pydicom.dcmread(first[0]).SeriesInstanceUID
+    join = same_series_as(first[0])
 
     def label(echo: float) -> Callable[[int, Dataset], None]:
-        def change(_k: int, ds: Dataset) -> None:
-            ds.SeriesInstanceUID = uid
+        def change(k: int, ds: Dataset) -> None:
+            join(k, ds)
             ds.ContentTime = "120000"
             if distinguish:
                 ds.EchoTime = echo
@@ -427,6 +439,162 @@ def test_series_selection(tmp_path: Path) -> None:
         read_dicom_series(tmp_path / "study", 2)
     with pytest.raises(InputError, match="no series with UID or description 'DWI'"):
         read_dicom_series(tmp_path / "study", "DWI")
+
+
+def _repeated_study(folder: Path, times: dict[str, str | None] | None = None) -> Volume:
+    """A study with t2_tse_tra acquired twice (#6, then #10 after the patient moved) and a sagittal."""
+    a = make_oblique_volume(dtype=np.int16)
+    times = times if times is not None else {"6": "114336.031", "10": "115225.328", "4": "113000"}
+    for number, desc, offset in ((4, "t2_tse_sag", 0), (6, "t2_tse_tra", 1), (10, "T2_TSE_TRA", 2)):
+        files = write_dicom_series(
+            a.with_array(a.array + offset),
+            folder / f"s{number}",
+            series_description=desc,
+            series_number=number,
+        )
+        time = times.get(str(number))
+
+        def stamp(_k: int, ds: Dataset, time: str | None = time) -> None:
+            ds.SeriesDate = "20110708"
+            if time is None:
+                del ds.SeriesTime
+            else:
+                ds.SeriesTime = time
+
+        edit_files(files, stamp)
+    return a
+
+
+def test_series_description_wildcards_and_repeated_sequences(tmp_path: Path) -> None:
+    a = _repeated_study(tmp_path / "study")
+    study = tmp_path / "study"
+    # several match: the error lists index, description, slices, SeriesNumber and time, and says how to pick
+    with pytest.raises(
+        InputError,
+        match=r"has 2 series described 't2_tse_tra'; pick one by index or UID, or add @last .*"
+        r"--series 't2_tse_tra@last'; found \[1\] 't2_tse_tra' 12 slices, SeriesNumber 6, acquired 11:43:36, "
+        r"UID [0-9.]+; \[2\] 'T2_TSE_TRA' 12 slices, SeriesNumber 10, acquired 11:52:25",
+    ):
+        read_dicom_series(study, "t2_tse_tra")
+    np.testing.assert_array_equal(read_dicom_series(study, "t2_tse_tra@last").array, a.array + 2)
+    np.testing.assert_array_equal(read_dicom_series(study, "t2_tse_tra @ FIRST").array, a.array + 1)
+    # shell wildcards, case-insensitive
+    np.testing.assert_array_equal(read_dicom_series(study, "*SAG").array, a.array)
+    np.testing.assert_array_equal(read_dicom_series(study, "t2_tse_t[r]a*@last").array, a.array + 2)
+    with pytest.raises(InputError, match=r"has 3 series described 't2_\*'"):
+        read_dicom_series(study, "t2_*")
+    with pytest.raises(InputError, match=r"has no series matching 'dwi\*'; found \[0\]"):
+        read_dicom_series(study, "dwi*@last")
+    # a single match needs no rule, and a rule does no harm
+    np.testing.assert_array_equal(read_dicom_series(study, "t2_tse_sag@last").array, a.array)
+    # the existing choices still work: index, UID, exact description
+    np.testing.assert_array_equal(read_dicom_series(study, 2).array, a.array + 2)
+    uid = list_series(study)[1].series_uid
+    np.testing.assert_array_equal(read_dicom_series(study, uid).array, a.array + 1)
+    with pytest.raises(ConfigError, match="give a description before @last"):
+        read_dicom_series(study, "@last")
+    infos = list_series(study)
+    assert [(s.series_number, s.acquisition_time) for s in infos] == [
+        (4, "113000.000000"),
+        (6, "114336.031000"),
+        (10, "115225.328000"),
+    ]
+    assert infos[1].to_dict()["acquisition_time"] == "11:43:36"
+
+
+def test_last_acquired_falls_back_to_series_number_and_refuses_a_tie(tmp_path: Path) -> None:
+    # times contradict the numbers: the acquisition time decides
+    a = _repeated_study(tmp_path / "t", {"6": "120000", "10": "110000", "4": "100000"})
+    np.testing.assert_array_equal(read_dicom_series(tmp_path / "t", "t2_tse_tra@last").array, a.array + 1)
+    # a time missing on one: the SeriesNumber decides
+    a = _repeated_study(tmp_path / "n", {"6": "120000", "10": None, "4": None})
+    np.testing.assert_array_equal(read_dicom_series(tmp_path / "n", "t2_tse_tra@last").array, a.array + 2)
+    np.testing.assert_array_equal(read_dicom_series(tmp_path / "n", "t2_tse_tra@first").array, a.array + 1)
+    # same time and same number: nothing tells them apart
+    _repeated_study(tmp_path / "tie", {"6": "120000", "10": "120000", "4": None})
+    edit_files(sorted((tmp_path / "tie" / "s10").iterdir()), lambda _k, ds: setattr(ds, "SeriesNumber", 6))
+    with pytest.raises(InputError, match=r"cannot tell which of 2 series was acquired last: two share"):
+        read_dicom_series(tmp_path / "tie", "t2_tse_tra@last")
+    # neither a time nor a number on every one
+    _repeated_study(tmp_path / "none", {"6": None, "10": None, "4": None})
+    edit_files(sorted((tmp_path / "none" / "s10").iterdir()), lambda _k, ds: delattr(ds, "SeriesNumber"))
+    with pytest.raises(InputError, match=r"cannot tell which of 2 series was acquired first; expected a"):
+        read_dicom_series(tmp_path / "none", "t2_tse_tra@first")
+
+
+@pytest.mark.parametrize("attribute", ["PatientID", "StudyInstanceUID"])
+def test_a_series_uid_shared_by_two_patients_or_studies_is_refused(tmp_path: Path, attribute: str) -> None:
+    vol = make_oblique_volume(dtype=np.int16)
+    files = write_dicom_series(vol, tmp_path / "s")
+    first, second = ("PID-7731", "PID-9912") if attribute == "PatientID" else ("1.2.3.4", "1.2.3.5")
+
+    def set_patient(k: int, ds: Dataset) -> None:
+        ds.PatientName = "Doe^Jane" if k < 6 else "Roe^Richard"
+        ds.PatientID = "PID-7731" if k < 6 or attribute != "PatientID" else "PID-9912"
+        ds.PatientBirthDate = "19610203"
+        if attribute == "StudyInstanceUID":
+            ds.StudyInstanceUID = first if k < 6 else second
+
+    edit_files(files, set_patient)
+    before = {f: f.read_bytes() for f in files}
+    what = "2 different patients \\(PatientID\\)" if attribute == "PatientID" else "2 different studies"
+    for read in (lambda: read_dicom_series(tmp_path / "s"), lambda: load_files(files)):
+        with pytest.raises(InputError, match=rf"/s: series [0-9.]+ holds slices of {what}") as err:
+            read()
+        text = str(err.value)
+        for secret in ("PID-7731", "PID-9912", "Doe", "Roe", "19610203", first, second):
+            assert secret not in text
+    assert {f: f.read_bytes() for f in files} == before
+    (info,) = list_series(tmp_path / "s")  # still listed (medseg info), with the counts only
+    assert (info.n_patients, info.n_studies) == ((2, 1) if attribute == "PatientID" else (1, 2))
+    assert "PID" not in json.dumps(info.to_dict())
+
+
+def test_a_study_uid_per_file_of_one_patient_is_read_with_a_warning(tmp_path: Path) -> None:
+    """Writing a series slice by slice without a study UID (SimpleITK's example) is no merge."""
+    vol = make_oblique_volume(dtype=np.int16)
+    files = write_dicom_series(vol, tmp_path / "s")
+    edit_files(files, lambda k, ds: setattr(ds, "StudyInstanceUID", f"1.2.3.{k + 1}"))
+    loaded = load_series(tmp_path / "s")
+    np.testing.assert_array_equal(loaded.volume.array, vol.array)
+    assert loaded.warnings == [
+        "each of the 12 files has its own StudyInstanceUID (written slice by slice without a study UID?); "
+        "read as one series"
+    ]
+    # ... but two groups of slices are two studies
+    edit_files(files, lambda k, ds: setattr(ds, "StudyInstanceUID", f"1.2.3.{k % 2}"))
+    with pytest.raises(InputError, match="holds slices of 2 different studies"):
+        load_series(tmp_path / "s")
+
+
+def test_rtutils_oriented_series_with_a_study_uid_per_slice(shared_data: Path) -> None:
+    loaded = load_series(shared_data / "rtstruct" / "oriented_data")
+    assert loaded.volume.shape == (3, 50, 100) and loaded.info.n_studies == 3
+    assert "own StudyInstanceUID" in loaded.warnings[0]
+
+
+def test_series_in_linked_folders_are_found_and_loops_end(tmp_path: Path) -> None:
+    a = make_oblique_volume(dtype=np.int16)
+    archive = tmp_path / "archive"
+    write_dicom_series(a, archive / "p1" / "t2", series_description="T2")
+    files = write_dicom_series(a.with_array(a.array + 3), archive / "p2" / "adc", series_description="ADC")
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "t2").symlink_to(archive / "p1" / "t2", target_is_directory=True)
+    (study / "adc").mkdir()
+    for f in files:  # linked file by file
+        (study / "adc" / f.name).symlink_to(f)
+    (study / "t2_again").symlink_to(archive / "p1" / "t2", target_is_directory=True)  # read once
+    (study / "loop").symlink_to(study, target_is_directory=True)
+    infos = list_series(study)
+    assert [(s.description, s.n_files, s.folder) for s in infos] == [
+        ("ADC", 12, study / "adc"),
+        ("T2", 12, study / "t2"),
+    ]
+    np.testing.assert_array_equal(read_dicom_series(study, "t2").array, a.array)
+    loaded = load_series(study, "adc")
+    np.testing.assert_array_equal(loaded.volume.array, a.array + 3)
+    assert all(f.parent == study / "adc" for f in loaded.files)
 
 
 def test_load_files_reads_exactly_the_given_files_of_one_series(tmp_path: Path) -> None:
@@ -518,9 +686,17 @@ def test_prostatex_series_choice_and_problems(shared_data: Path) -> None:
     sag = read_dicom_series(study, "t2_tse_sag")
     ref = sitk_read(study / "4.000000-t2tsesag-22089")
     np.testing.assert_array_equal(sag.array, ref.array)
-    # two t2_tse_tra series: the description is ambiguous
-    with pytest.raises(InputError, match="2 series described 't2_tse_tra'"):
+    # two t2_tse_tra series: the description is ambiguous; @last picks the repeat (#10)
+    with pytest.raises(
+        InputError,
+        match=r"2 series described 't2_tse_tra'.*SeriesNumber 6, acquired 11:43:36.*SeriesNumber 10, "
+        r"acquired 11:52:25",
+    ):
         read_dicom_series(study, "t2_tse_tra")
+    last = read_dicom_series(study, "t2_tse_t*@last")
+    np.testing.assert_array_equal(last.array, sitk_read(study / "10.000000-t2tsetra-17541").array)
+    assert last.meta["series_number"] == 10
+    assert read_dicom_series(study, "t2_tse_tra@first").meta["series_number"] == 6
     # the localizer holds 3 orientations
     with pytest.raises(InputError, match="3 orientations: 3 sagittal, 5 coronal, 5 axial"):
         read_dicom_series(study / "1.000000-t2localizer-75055")

@@ -357,7 +357,11 @@ def baseline_command(
         help="otsu / kmeans: keep only this class (0 = darkest, e.g. 0 for dark membranes) as --label.",
     ),
     series: str | None = typer.Option(
-        None, "--series", "-s", help="DICOM folder with several series: pick one."
+        None,
+        "--series",
+        "-s",
+        help="DICOM folder with several series: pick one (index, UID, description or pattern, "
+        "e.g. 't2_tse_tra*@last').",
     ),
     spacing: tuple[float, float, float] | None = typer.Option(
         None,

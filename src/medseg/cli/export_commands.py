@@ -45,7 +45,11 @@ def export_command(
         ),
     ] = None,
     series: Annotated[
-        str | None, typer.Option(help="DICOM series of the image folder: index, UID or description")
+        str | None,
+        typer.Option(
+            help="DICOM series of the image folder: index, UID, description or pattern "
+            "('t2_tse_tra*'; '@last'/'@first' for a repeated sequence)"
+        ),
     ] = None,
     resample: Annotated[
         bool,

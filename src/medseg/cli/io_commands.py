@@ -17,7 +17,9 @@ from medseg.volume import Volume
 
 SERIES_HELP = (
     "DICOM folder with several series: pick one by the '#' column of `medseg info` (not the "
-    "series number 'No.'), its UID or its description."
+    "series number 'No.'), its UID or its description (case-insensitive; shell wildcards such as "
+    "'t2_tse_tra*'). A description matching several series (a repeated sequence) needs a rule: "
+    "'t2_tse_tra*@last' takes the latest acquired (SeriesTime, else SeriesNumber), '@first' the earliest."
 )
 VOLUME_HELP = (
     "DICOM series holding several volumes at the same positions (b-values, echoes): pick one (0-based)."
@@ -54,7 +56,7 @@ def _fmt(values: Any, digits: int = 6) -> str:
 def _series_table(series: list[dict[str, Any]], with_uid: bool = True) -> Table:
     """The series list; without ``with_uid`` (narrow terminals) UIDs are printed below it."""
     table = Table(title="DICOM series", title_justify="left")
-    columns = ["#", "Description", "Mod.", "No.", "Files", "Slices", "Vols", "Rows x Cols"]
+    columns = ["#", "Description", "Mod.", "No.", "Time", "Files", "Slices", "Vols", "Rows x Cols"]
     for name in [*columns, "Series UID"] if with_uid else columns:
         table.add_column(name, overflow="fold", min_width=12 if name == "Description" else None)
     for i, s in enumerate(series):
@@ -63,6 +65,7 @@ def _series_table(series: list[dict[str, Any]], with_uid: bool = True) -> Table:
             escape(s["description"]),
             s["modality"],
             "" if s["series_number"] is None else str(s["series_number"]),
+            s.get("acquisition_time") or "",
             str(s["n_files"]),
             str(s["n_frames"]),
             str(s["n_volumes"]) + (f" ({s['orientations']} planes)" if s["orientations"] > 1 else ""),
@@ -198,7 +201,10 @@ def _print_report(report: dict[str, Any]) -> None:
         for w in report.get("warnings", []):
             console.print(f"[yellow]warning:[/] {escape(w)}")
     elif "series" in report and "error" not in report:
-        console.print("Several series: pick one with --series (index, UID or description) to see its volume.")
+        console.print(
+            "Several series: pick one with --series (index, UID, description or pattern, "
+            "e.g. 't2_tse_tra*@last') to see its volume."
+        )
 
 
 @app.command("convert")

@@ -53,7 +53,10 @@ def predict_command(
     series: Annotated[
         str | None,
         typer.Option(
-            help="DICOM series description or UID (a description is safest for a cohort of patient folders)"
+            help="DICOM series description, wildcard pattern ('t2_tse_tra*', case-insensitive) or UID; a "
+            "description is safest for a cohort of patient folders. A description matching several series "
+            "of one patient (a repeated sequence) stops that patient unless it ends in @last (latest "
+            "acquired) or @first, e.g. 't2_tse_tra*@last'"
         ),
     ] = None,
     overlap: Annotated[float, typer.Option(help="sliding-window overlap")] = 0.5,

@@ -25,6 +25,7 @@ from pydicom.errors import InvalidDicomError
 
 from medseg.errors import GeometryError, InputError
 from medseg.io.dicom import safe_error_text
+from medseg.io.folders import walk_files
 from medseg.volume import VolumeGeometry
 
 __all__ = ["POSITION_TOL_MM", "SourceLike", "SourceSeries", "match_source_series", "read_source_datasets"]
@@ -90,9 +91,8 @@ def _dataset_path(ds: Dataset) -> Path | None:
 
 
 def _iter_files(folder: Path) -> Iterable[Path]:
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and not path.name.startswith("."):
-            yield path
+    # symbolic links followed (like the series reader), loops guarded
+    return walk_files(folder)
 
 
 def read_source_datasets(source: SourceLike) -> list[tuple[Dataset, Path | None]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from collections import Counter
@@ -468,8 +469,9 @@ def discover_cases(path: str | Path, *, series: str | None = None, channels: int
 
     A folder of image files is grouped by nnU-Net's ``CASE_XXXX`` channel suffix when
     the model has several channels. A folder whose DICOM series live in one subfolder
-    each is a cohort (one case per subfolder); a study folder with several series
-    needs ``series`` (UID, description or index).
+    each is a cohort (one case per subfolder; linked subfolders count, named by their link);
+    a study folder with several series needs ``series`` (UID, description, wildcard pattern
+    or index; ``@last``/``@first`` settles a sequence repeated within a patient's folder).
     """
     src = Path(path)
     kind = describe_path(src)
@@ -501,7 +503,7 @@ def discover_cases(path: str | Path, *, series: str | None = None, channels: int
         for case, chans in sorted(groups.items()):
             out.append(InputCase(case, "files", tuple(chans[c] for c in sorted(chans))))
         return out
-    from medseg.io.dicom import list_series
+    from medseg.io.dicom import list_series, match_series, split_series_rule
 
     found = list_series(src)
     if not found:
@@ -509,12 +511,13 @@ def discover_cases(path: str | Path, *, series: str | None = None, channels: int
     if len(found) == 1:
         return [InputCase(src.name, "dicom", (src,), series)]
     if series is not None:
-        matches = [
-            s for s in found if series in (s.series_uid, s.description) or str(series) == str(s.series_number)
-        ]
+        # the same matching as load_series (UID, description, wildcards); an @last/@first
+        # rule is applied per patient folder when each case is read
+        by_name_hits = set(match_series(found, split_series_rule(series)[0]))
+        matches = [s for i, s in enumerate(found) if i in by_name_hits or str(series) == str(s.series_number)]
         roots = {_top_folder(src, Path(s.folder)) for s in matches}
         per_root = Counter(_top_folder(src, Path(s.folder)) for s in found)
-        by_name = any(series in (s.series_uid, s.description) for s in matches)
+        by_name = bool(by_name_hits)
         # A number in a cohort of patient folders: with several series per folder it would
         # pick one series of the whole cohort; matched as a series number in several folders,
         # each folder would then read it as a position. Either way, ask for the description.
@@ -523,7 +526,8 @@ def discover_cases(path: str | Path, *, series: str | None = None, channels: int
             raise InputError(
                 src,
                 f"--series {series}: in a cohort of {len(per_root)} patient folders a number is ambiguous",
-                expected="the series description (or UID) shared by the patients, e.g. --series t2_tse_tra",
+                expected="the series description (or UID) shared by the patients, e.g. --series t2_tse_tra "
+                "(wildcards allowed: 't2_tse_tra*'; add @last for a sequence repeated in a study)",
             )
         if len(matches) <= 1 or len(roots) == 1:
             if cohort and len(roots) == 1:  # one patient's series picked out of a cohort: name it so
@@ -567,8 +571,10 @@ def discover_cases(path: str | Path, *, series: str | None = None, channels: int
 
 
 def _top_folder(root: Path, folder: Path) -> Path:
+    # Compared as written, not resolved: a patient folder linked in from an archive lies
+    # under ``root`` by its link's name (its target does not).
     try:
-        rel = folder.resolve().relative_to(root.resolve())
+        rel = Path(os.path.abspath(folder)).relative_to(os.path.abspath(root))
     except ValueError:
         return root
     return root / rel.parts[0] if rel.parts else root

@@ -3,8 +3,11 @@
 Reading (:func:`load_series`, :func:`read_dicom_series`, :func:`read_dicom_file`, and
 :func:`load_files` for an explicit list of one series' files):
 
-1. every file under the folder is parsed once with pydicom, headers only
-   (``stop_before_pixels``), and grouped by SeriesInstanceUID (:func:`list_series`);
+1. every file under the folder (symbolic links to folders and files followed, loops
+   guarded: :func:`medseg.io.folders.walk_files`) is parsed once with pydicom, headers only
+   (``stop_before_pixels``), and grouped by SeriesInstanceUID (:func:`list_series`); a
+   series is picked by index, UID, description or wildcard, ``@last``/``@first`` settling
+   a repeated sequence (:func:`load_series`);
 2. the chosen series is split into frames (one per single-frame file, one per frame of an
    enhanced multi-frame file), validated and sorted by position along the slice normal;
 3. pixels go straight from each file into the output array (a seek and a ``readinto`` for
@@ -16,6 +19,9 @@ Reading (:func:`load_series`, :func:`read_dicom_series`, :func:`read_dicom_file`
 Checks and what they do (documented choices):
 
 =====================================  ==========================================================
+several patients or studies under one  error: counts them (never names them); a PACS or
+SeriesInstanceUID                      anonymiser fault that would stack them into one volume
+                                       (a study UID per file, one patient: a warning)
 mixed orientations (e.g. localizers)   error: lists the planes found
 mixed rows x columns or pixel spacing  error
 several volumes at the same positions  error naming the attribute that tells them apart
@@ -47,6 +53,7 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import fnmatch
 import logging
 import os
 import re
@@ -74,6 +81,7 @@ from pydicom.valuerep import format_number_as_ds
 
 from medseg.errors import ConfigError, GeometryError, InputError, MedsegError
 from medseg.io.atomic import atomic_dir
+from medseg.io.folders import walk_files
 from medseg.volume import Volume, VolumeGeometry
 
 log = logging.getLogger(__name__)
@@ -87,9 +95,12 @@ __all__ = [
     "load_file",
     "load_files",
     "load_series",
+    "match_series",
+    "pick_by_rule",
     "read_dicom_file",
     "read_dicom_series",
     "safe_error_text",
+    "split_series_rule",
     "write_dicom_series",
 ]
 
@@ -125,6 +136,15 @@ class SeriesInfo:
     folder: Path
     files: tuple[Path, ...] = field(repr=False)
     orientations: int = 1
+    # When the series was acquired, for telling repeated sequences apart: DICOM DA
+    # "YYYYMMDD" (SeriesDate, else the earliest AcquisitionDate, else StudyDate) and TM
+    # "HHMMSS.ffffff" (SeriesTime, else the earliest AcquisitionTime); "" when absent.
+    acquisition_date: str = field(default="", repr=False)
+    acquisition_time: str = ""
+    # How many distinct PatientID / StudyInstanceUID values its slices carry (the values
+    # themselves are never kept): more than one is a merged series that cannot be read.
+    n_patients: int = 1
+    n_studies: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -132,10 +152,13 @@ class SeriesInfo:
             "description": self.description,
             "modality": self.modality,
             "series_number": self.series_number,
+            "acquisition_time": _clock(self.acquisition_time) or None,
             "n_files": self.n_files,
             "n_frames": self.n_frames,
             "n_volumes": self.n_volumes,
             "orientations": self.orientations,
+            "n_patients": self.n_patients,
+            "n_studies": self.n_studies,
             "rows": self.rows,
             "cols": self.cols,
             "folder": str(self.folder),
@@ -147,6 +170,17 @@ class SeriesInfo:
         return (
             f"{head}{self.series_uid} '{self.description}' {self.modality or '?'} "
             f"{self.n_frames} slices{vols}"
+        )
+
+    def acquisition_summary(self, index: int | None = None) -> str:
+        """One line telling repeated acquisitions apart: index, description, slices, number, time."""
+        head = f"[{index}] " if index is not None else ""
+        number = "?" if self.series_number is None else str(self.series_number)
+        clock = _clock(self.acquisition_time)
+        when = f", acquired {clock}" if clock else ""
+        return (
+            f"{head}'{self.description}' {self.n_frames} slices, SeriesNumber {number}{when}, "
+            f"UID {self.series_uid}"
         )
 
 
@@ -449,14 +483,8 @@ def _is_image(ds: Dataset) -> bool:
 
 
 def _candidate_files(folder: Path) -> list[Path]:
-    files = []
-    for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            if name.startswith(".") or name.upper() == "DICOMDIR":
-                continue
-            files.append(Path(root) / name)
-    return files
+    # symbolic links followed (a cohort linked together from an archive), loops guarded
+    return walk_files(folder, skip_names=frozenset({"DICOMDIR"}))
 
 
 def _scan(folder: Path) -> list[_Series]:
@@ -494,11 +522,55 @@ def _scan(folder: Path) -> list[_Series]:
     return series
 
 
+def _norm_date(value: Any) -> str:
+    text = str(value or "").strip().replace(".", "").replace("-", "")
+    return text if len(text) == 8 and text.isdigit() else ""
+
+
+def _norm_time(value: Any) -> str:
+    """DICOM TM ("HHMMSS.ffffff", "HHMM", old "HH:MM:SS") as sortable "HHMMSS.ffffff"."""
+    text = str(value or "").strip().replace(":", "")
+    whole, _, frac = text.partition(".")
+    if not whole.isdigit() or len(whole) not in (2, 4, 6) or (frac and not frac.isdigit()):
+        return ""
+    return f"{whole.ljust(6, '0')}.{frac[:6].ljust(6, '0')}"
+
+
+def _clock(time: str) -> str:
+    """'HH:MM:SS' of a normalised time ("" stays ""): the time of day only, never the date."""
+    return f"{time[0:2]}:{time[2:4]}:{time[4:6]}" if time else ""
+
+
+def _acquired(datasets: Sequence[Dataset]) -> tuple[str, str]:
+    """(date, time) the series was acquired; see ``SeriesInfo.acquisition_date``."""
+    first = datasets[0]
+
+    def earliest(keyword: str, norm: Callable[[Any], str]) -> str:
+        values = [v for v in (norm(ds.get(keyword)) for ds in datasets) if v]
+        return min(values) if values else ""
+
+    date = (
+        _norm_date(first.get("SeriesDate"))
+        or earliest("AcquisitionDate", _norm_date)
+        or _norm_date(first.get("StudyDate"))
+    )
+    time = _norm_time(first.get("SeriesTime")) or earliest("AcquisitionTime", _norm_time)
+    if not time:  # enhanced multi-frame objects: AcquisitionDateTime "YYYYMMDDHHMMSS.ffffff"
+        stamp = str(first.get("AcquisitionDateTime", "") or "").strip()
+        date = date or _norm_date(stamp[:8])
+        time = _norm_time(stamp[8:].split("+")[0].split("-")[0])
+    return date, time
+
+
 def _make_series(uid: str, paths: list[Path], datasets: list[Dataset]) -> _Series:
     frames: list[_Frame] = []
     for i, ds in enumerate(datasets):
         frames.extend(_frames_of(i, ds))
     first = datasets[0]
+    date, time = _acquired(datasets)
+    # counted, never kept: patient IDs must not reach SeriesInfo, logs or errors
+    n_patients = len({str(ds.get("PatientID", "") or "").strip() for ds in datasets})
+    n_studies = len({str(ds.get("StudyInstanceUID", "") or "").strip() for ds in datasets})
     number = _number(first.get("SeriesNumber"))
     orient_groups = _orientation_groups(frames)
     n_volumes = 0
@@ -519,6 +591,10 @@ def _make_series(uid: str, paths: list[Path], datasets: list[Dataset]) -> _Serie
         folder=folder,
         files=tuple(paths),
         orientations=len(orient_groups),
+        acquisition_date=date,
+        acquisition_time=time,
+        n_patients=n_patients,
+        n_studies=n_studies,
     )
     return _Series(uid, paths, datasets, frames, info)
 
@@ -556,6 +632,86 @@ def list_series(folder: str | Path) -> list[SeriesInfo]:
     return [s.info for s in _scan(Path(folder))]
 
 
+SERIES_RULES = ("last", "first")
+_WILDCARD = re.compile(r"[*?\[]")
+
+
+def split_series_rule(choice: str) -> tuple[str, str | None]:
+    """``'t2_tse_tra*@last'`` -> ``('t2_tse_tra*', 'last')``; no ``@rule`` suffix -> rule None.
+
+    The rule (``@last``: the latest acquisition, ``@first``: the earliest) settles a
+    description that matches several series, e.g. a sequence repeated after the patient moved.
+    """
+    text = choice.strip()
+    head, sep, tail = text.rpartition("@")
+    if sep and tail.strip().lower() in SERIES_RULES:
+        if not head.strip():
+            raise ConfigError(
+                f"series choice '{text}': give a description before @{tail.strip().lower()}, "
+                "e.g. 't2_tse_tra*@last'"
+            )
+        return head.strip(), tail.strip().lower()
+    return text, None
+
+
+def match_series(infos: Sequence[SeriesInfo], pattern: str) -> list[int]:
+    """Indices of the series ``pattern`` names: its SeriesInstanceUID, else its description.
+
+    A description matches case-insensitively, exactly first; when none does and the pattern
+    holds shell wildcards (``*``, ``?``, ``[...]``), it is matched with :mod:`fnmatch`
+    (case-insensitive), e.g. ``t2_tse_tra*`` or ``*t2*tra*``. No ``@rule`` here
+    (see :func:`split_series_rule`).
+    """
+    text = pattern.strip()
+    hits = [i for i, s in enumerate(infos) if s.series_uid == text]
+    if hits:
+        return hits
+    low = text.lower()
+    hits = [i for i, s in enumerate(infos) if s.description.strip().lower() == low]
+    if hits or not _WILDCARD.search(text):
+        return hits
+    return [i for i, s in enumerate(infos) if fnmatch.fnmatchcase(s.description.strip().lower(), low)]
+
+
+def _acquisition_key(
+    infos: Sequence[SeriesInfo],
+) -> tuple[str, Callable[[SeriesInfo], tuple[Any, ...]]] | None:
+    """How to order these series by acquisition: by date and time when all have them, else
+    by SeriesNumber when all have one (scanners number series in acquisition order)."""
+    if all(s.acquisition_time for s in infos) and len({bool(s.acquisition_date) for s in infos}) == 1:
+        return "acquisition time", lambda s: (s.acquisition_date, s.acquisition_time, s.series_number or 0)
+    if all(s.series_number is not None for s in infos):
+        return "SeriesNumber", lambda s: (s.series_number,)
+    return None
+
+
+def pick_by_rule(infos: Sequence[SeriesInfo], rule: str, where: Path | None) -> int:
+    """Position in ``infos`` of the series acquired last (``rule='last'``) or first.
+
+    Ordered by SeriesDate/SeriesTime (else AcquisitionTime) when every series has a time,
+    else by SeriesNumber; a tie, or neither known for all, raises :class:`InputError`.
+    """
+    listing = "; ".join(s.acquisition_summary() for s in infos)
+    order = _acquisition_key(infos)
+    if order is None:
+        raise InputError(
+            where,
+            f"cannot tell which of {len(infos)} series was acquired {rule}",
+            expected="a SeriesTime/AcquisitionTime or a SeriesNumber on each",
+            found=listing,
+        )
+    name, key = order
+    ranked = sorted(range(len(infos)), key=lambda i: key(infos[i]), reverse=rule == "last")
+    if key(infos[ranked[0]]) == key(infos[ranked[1]]):
+        raise InputError(
+            where,
+            f"cannot tell which of {len(infos)} series was acquired {rule}: two share their {name}; "
+            "pick one by index or UID",
+            found=listing,
+        )
+    return ranked[0]
+
+
 def _select(series: list[_Series], choice: str | int | None, where: Path) -> _Series:
     listing = "; ".join(s.info.summary(i) for i, s in enumerate(series))
     if choice is None:
@@ -564,7 +720,7 @@ def _select(series: list[_Series], choice: str | int | None, where: Path) -> _Se
         raise InputError(
             where,
             f"holds {len(series)} DICOM series; pick one by index, UID or description "
-            "(series=..., CLI --series)",
+            "(series=..., CLI --series; wildcards and @last allowed, e.g. 't2_tse_tra*@last')",
             found=listing,
         )
     if isinstance(choice, int) or (isinstance(choice, str) and choice.strip().isdigit()):
@@ -575,17 +731,30 @@ def _select(series: list[_Series], choice: str | int | None, where: Path) -> _Se
             where, f"has no series with index {idx}", expected=f"0..{len(series) - 1}", found=listing
         )
     text = str(choice).strip()
-    matches = [s for s in series if s.uid == text]
-    if not matches:
-        matches = [s for s in series if s.info.description.lower() == text.lower()]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise InputError(where, f"has no series with UID or description '{text}'", found=listing)
+    pattern, rule = split_series_rule(text)
+    infos = [s.info for s in series]
+    hits = match_series(infos, pattern)
+    if len(hits) == 1:
+        return series[hits[0]]
+    if not hits:
+        kind = "matching" if _WILDCARD.search(pattern) else "with UID or description"
+        raise InputError(where, f"has no series {kind} '{pattern}'", found=listing)
+    if rule is not None:
+        picked = hits[pick_by_rule([infos[i] for i in hits], rule, where)]
+        log.info(
+            "%s: '%s' matches %d series; @%s picked %s",
+            where,
+            pattern,
+            len(hits),
+            rule,
+            infos[picked].acquisition_summary(picked),
+        )
+        return series[picked]
     raise InputError(
         where,
-        f"has {len(matches)} series described '{text}'; pick one by index or UID",
-        found="; ".join(s.info.summary(series.index(s)) for s in matches),
+        f"has {len(hits)} series described '{pattern}'; pick one by index or UID, or add @last "
+        f"(the latest acquisition) or @first to the description, e.g. --series '{pattern}@last'",
+        found="; ".join(infos[i].acquisition_summary(i) for i in hits),
     )
 
 
@@ -1075,13 +1244,46 @@ def _meta(ds: Dataset, stack: _Stack, info: SeriesInfo) -> dict[str, Any]:
     return meta
 
 
+def _check_one_patient(info: SeriesInfo, where: Path) -> list[str]:
+    """Refuse a SeriesInstanceUID shared by several patients or studies; warnings to add.
+
+    A known PACS / anonymiser fault (one UID given to series of different patients) that
+    would otherwise stack their slices into one volume, or fail later with a confusing
+    geometry error. Only counts are reported: the IDs are patient data. One exception: one
+    patient and a StudyInstanceUID of its own on *every* file is what writing a series slice
+    by slice does when the study UID is not set (SimpleITK's series-writing example, e.g. the
+    rt-utils 'oriented_data' test series): not a merge, read with a warning.
+    """
+    if info.n_patients == 1 and info.n_studies == 1:
+        return []
+    if info.n_patients == 1 and info.n_studies == info.n_files:
+        return [
+            f"each of the {info.n_files} files has its own StudyInstanceUID (written slice by slice "
+            "without a study UID?); read as one series"
+        ]
+    parts = []
+    if info.n_patients > 1:
+        parts.append(f"{info.n_patients} different patients (PatientID)")
+    if info.n_studies > 1:
+        parts.append(f"{info.n_studies} different studies (StudyInstanceUID)")
+    raise InputError(
+        where,
+        f"series {info.series_uid} holds slices of {' and '.join(parts)} under one SeriesInstanceUID "
+        "(a PACS or anonymiser fault); its slices are not one volume",
+        expected="one patient and one study per series (separate the files, or re-export the series)",
+        found=f"{info.n_files} files",
+    )
+
+
 def _load(
     series: _Series,
     where: Path,
     volume: int | None,
     progress: Callable[[int, int], None] | None,
 ) -> DicomSeries:
+    notes = _check_one_patient(series.info, where)
     stack = _build_stack(series.frames, series.datasets, where, volume)
+    stack.warnings[:0] = notes
     array = _read_pixels(stack, series.paths, series.datasets, progress)
     ds0 = series.datasets[stack.frames[0].file_index]
     if str(ds0.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
@@ -1110,7 +1312,10 @@ def load_series(
 
     ``series`` picks one when the folder holds several: an index into
     :func:`list_series` (int or digit string), a SeriesInstanceUID, or a
-    SeriesDescription (case-insensitive, must be unique). ``volume`` picks one of several
+    SeriesDescription (case-insensitive; exact, else a shell wildcard pattern such as
+    ``t2_tse_tra*``, see :func:`match_series`). A description matching several series is an
+    error listing them, unless it ends in ``@last`` or ``@first``: the latest / earliest
+    acquired of them (:func:`pick_by_rule`). ``volume`` picks one of several
     volumes stacked at the same positions (DWI b-values, echoes), in increasing order of
     the attribute that tells them apart. ``progress(done, total)`` is called per slice.
     """

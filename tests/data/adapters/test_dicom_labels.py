@@ -121,6 +121,21 @@ def test_seg_errors(tmp_path: Path, shared_data: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_a_cohort_of_links_is_followed(tmp_path: Path, shared_data: Path) -> None:
+    """A cohort assembled by symbolic links (folder and file), with a loop back to its top."""
+    src = shared_data / "dcmqi_seg" / "segmentations"
+    linked = tmp_path / "linked"
+    (linked / "patient").mkdir(parents=True)
+    (linked / "patient" / "ct").symlink_to(src / "ct-3slice", target_is_directory=True)
+    (linked / "patient" / "liver.dcm").symlink_to(src / "liver.dcm")
+    (linked / "patient" / "loop").symlink_to(linked, target_is_directory=True)
+    out = import_dicom_seg(linked, tmp_path / "out", progress=False)
+    _, label = _only_case(out)
+    expected = read_itk(src / "liver_seg.nrrd")
+    label.geometry.require_same(expected.geometry, origin_atol=1e-3)
+    np.testing.assert_array_equal(label.array, expected.array)
+
+
 def test_whole_tree_with_skip_invalid(tmp_path: Path, shared_data: Path) -> None:
     src = shared_data / "dcmqi_seg"
     out = import_dicom_seg(src, tmp_path / "out", skip_invalid=True, progress=False)

@@ -49,6 +49,7 @@ from medseg.data.dataset import DatasetWriter, create_dataset, import_each
 from medseg.errors import ConfigError, InputError
 from medseg.geometry.resample import resample_label
 from medseg.io.dicom import load_files, safe_error_text
+from medseg.io.folders import walk_files
 from medseg.volume import Volume, VolumeGeometry
 
 logger = logging.getLogger(__name__)
@@ -114,41 +115,40 @@ def _has_preamble(path: Path) -> bool:
 def index_dicom_tree(source: Path) -> DicomIndex:
     """Read the header of every file under ``source`` (pixel data is not read)."""
     index = DicomIndex()
-    for dirpath, dirnames, filenames in os.walk(source):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if name.startswith("."):
-                if name.startswith("._"):
-                    index.ignored.append((path, "macOS resource fork"))
+    # symbolic links followed: a cohort is often linked together from an archive
+    for path in walk_files(source, hidden_files=True):
+        name = path.name
+        if name.startswith("."):
+            if name.startswith("._"):
+                index.ignored.append((path, "macOS resource fork"))
+            continue
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        except (
+            pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError,
+            IndexError, AttributeError,
+        ) as exc:  # fmt: skip  # pydicom raises several types for corrupt headers
+            if _has_preamble(path):
+                index.ignored.append((path, f"corrupt DICOM file ({type(exc).__name__})"))
+            continue
+        sop_class = str(ds.get("SOPClassUID", ""))
+        if sop_class in SEG_SOP_CLASSES:
+            index.segs.append(path)
+        elif sop_class == RTSTRUCT_SOP_CLASS:
+            index.rtstructs.append(path)
+        elif "Rows" in ds and "ImagePositionPatient" in ds and "SeriesInstanceUID" in ds:
+            if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+                index.ignored.append((path, "multi-frame image (not used as a label reference)"))
                 continue
-            try:
-                ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-            except (
-                pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError,
-                IndexError, AttributeError,
-            ) as exc:  # fmt: skip  # pydicom raises several types for corrupt headers
-                if _has_preamble(path):
-                    index.ignored.append((path, f"corrupt DICOM file ({type(exc).__name__})"))
-                continue
-            sop_class = str(ds.get("SOPClassUID", ""))
-            if sop_class in SEG_SOP_CLASSES:
-                index.segs.append(path)
-            elif sop_class == RTSTRUCT_SOP_CLASS:
-                index.rtstructs.append(path)
-            elif "Rows" in ds and "ImagePositionPatient" in ds and "SeriesInstanceUID" in ds:
-                if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-                    index.ignored.append((path, "multi-frame image (not used as a label reference)"))
-                    continue
-                uid = str(ds.SeriesInstanceUID)
-                series = index.series.setdefault(uid, ImageSeries(uid=uid))
-                series.files.append(path)
-                series.sop_uids[str(ds.SOPInstanceUID)] = path
-                series.patient = pseudonym(str(ds.get("PatientID", "")) or uid)
-                series.frame_of_reference = str(ds.get("FrameOfReferenceUID", ""))
-                index.sop_to_series[str(ds.SOPInstanceUID)] = uid
-            else:
-                index.ignored.append((path, f"DICOM object not used ({ds.get('Modality', '?')})"))
+            uid = str(ds.SeriesInstanceUID)
+            series = index.series.setdefault(uid, ImageSeries(uid=uid))
+            series.files.append(path)
+            series.sop_uids[str(ds.SOPInstanceUID)] = path
+            series.patient = pseudonym(str(ds.get("PatientID", "")) or uid)
+            series.frame_of_reference = str(ds.get("FrameOfReferenceUID", ""))
+            index.sop_to_series[str(ds.SOPInstanceUID)] = uid
+        else:
+            index.ignored.append((path, f"DICOM object not used ({ds.get('Modality', '?')})"))
     return index
 
 

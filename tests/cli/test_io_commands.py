@@ -96,6 +96,28 @@ def test_convert_dicom_to_nifti_to_dicom(tmp_path: Path) -> None:
     assert back.meta["modality"] == "CT"
 
 
+def test_convert_to_dicom_keeps_the_mr_acquisition_of_a_dicom_input(tmp_path: Path) -> None:
+    files = write_dicom_series(make_oblique_volume(dtype=np.int16), tmp_path / "dcm")
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.MRAcquisitionType, ds.EchoTime, ds.RepetitionTime, ds.SliceThickness = "2D", "88", "3500", "2"
+        ds.save_as(f)
+    code, _, err = run("convert", tmp_path / "dcm", tmp_path / "out", "--to", "dicom")
+    assert code == 0, err
+    ds = pydicom.dcmread(sorted((tmp_path / "out").iterdir())[0], stop_before_pixels=True)
+    assert ds.MRAcquisitionType == "2D" and float(ds.EchoTime) == 88 and float(ds.RepetitionTime) == 3500
+    assert float(ds.SliceThickness) == 2
+    # through NIfTI the acquisition is lost: written as unknown, even with the original as reference
+    assert run("convert", tmp_path / "dcm", tmp_path / "v.nii.gz")[0] == 0
+    code, _, err = run(
+        "convert", tmp_path / "v.nii.gz", tmp_path / "out2", "--to", "dicom", "--reference", tmp_path / "dcm"
+    )
+    assert code == 0, err
+    ds = pydicom.dcmread(sorted((tmp_path / "out2").iterdir())[0], stop_before_pixels=True)
+    assert ds.MRAcquisitionType == "" and ds.EchoTime is None
+    assert float(ds.SliceThickness) == pytest.approx(3.0)
+
+
 def test_convert_dicom_to_dicom_deidentified(tmp_path: Path) -> None:
     vol = make_oblique_volume(dtype=np.int16)
     files = write_dicom_series(vol, tmp_path / "dcm")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 
 from medseg.errors import ConfigError, InputError, OutputExistsError
 from medseg.io import read_volume, write_volume
@@ -284,6 +286,114 @@ def test_write_refuses_bad_values_and_modality(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="MR or CT"):
         write_dicom_series(vol, tmp_path / "s", modality="US")
     assert not (tmp_path / "s").exists()
+
+
+# ---------------------------------------------------------- MR acquisition attributes
+def _mr_series_with_acquisition(folder: Path, **attributes: object) -> DicomSeries:
+    """A written MR series whose slices then all get ``attributes``."""
+    files = write_dicom_series(make_oblique_volume(dtype=np.int16), folder)
+    for f in files:
+        ds = pydicom.dcmread(f)
+        for kw, value in attributes.items():
+            setattr(ds, kw, value)
+        ds.save_as(f)
+    return load_series(folder)
+
+
+def test_written_mr_without_source_leaves_the_acquisition_unknown(tmp_path: Path) -> None:
+    """From NIfTI nothing is known of the acquisition: empty type 2 attributes, not '3D'."""
+    write_dicom_series(make_oblique_volume(dtype=np.int16), tmp_path / "s")
+    for f in sorted((tmp_path / "s").iterdir()):
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        assert ds.MRAcquisitionType == "" and ds.EchoTime is None and ds.RepetitionTime is None
+        assert "FlipAngle" not in ds and "MagneticFieldStrength" not in ds
+        assert ds.ScanningSequence == "RM"
+        assert float(ds.SliceThickness) == pytest.approx(3.0)  # the slice spacing
+
+
+def test_written_mr_keeps_the_source_acquisition(tmp_path: Path) -> None:
+    source = _mr_series_with_acquisition(
+        tmp_path / "src",
+        MRAcquisitionType="2D",
+        EchoTime="101",
+        RepetitionTime="4000",
+        FlipAngle="150",
+        MagneticFieldStrength="3",
+        ScanningSequence="SE",
+        SequenceVariant=["SK", "SP"],
+        SliceThickness="2.5",  # thinner than the 3 mm spacing: a gap between slices
+    )
+    write_dicom_series(source.volume, tmp_path / "out", source=source)
+    back = load_series(tmp_path / "out")
+    np.testing.assert_array_equal(back.volume.array, source.volume.array)
+    require_exact(back.volume, source.volume)
+    ds = back.datasets[0]
+    assert ds.MRAcquisitionType == "2D"
+    assert (float(ds.EchoTime), float(ds.RepetitionTime), float(ds.FlipAngle)) == (101, 4000, 150)
+    assert float(ds.MagneticFieldStrength) == 3
+    assert ds.ScanningSequence == "SE" and list(ds.SequenceVariant) == ["SK", "SP"]
+    assert float(ds.SliceThickness) == 2.5
+    # resampled to another spacing, the acquired thickness no longer describes the slices
+    coarse = Volume(
+        source.volume.array[::2],
+        geometry=VolumeGeometry(
+            (6, 20, 16), (6.0, *source.volume.spacing[1:]), source.volume.origin, source.volume.direction
+        ),
+    )
+    write_dicom_series(coarse, tmp_path / "coarse", source=source)
+    ds = pydicom.dcmread(sorted((tmp_path / "coarse").iterdir())[0], stop_before_pixels=True)
+    assert float(ds.SliceThickness) == 6.0 and ds.MRAcquisitionType == "2D"
+    # written as CT, no MR attribute is carried over
+    write_dicom_series(source.volume, tmp_path / "ct", source=source, modality="CT")
+    ds = pydicom.dcmread(sorted((tmp_path / "ct").iterdir())[0], stop_before_pixels=True)
+    assert "EchoTime" not in ds and "MRAcquisitionType" not in ds
+
+
+def test_source_values_that_differ_between_slices_are_left_empty(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = write_dicom_series(make_oblique_volume(dtype=np.int16), tmp_path / "src")
+    for k, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        ds.EchoTime = "90" if k < 6 else "95"
+        ds.RepetitionTime = "3000"
+        ds.save_as(f)
+    source = load_series(tmp_path / "src")
+    write_dicom_series(source.volume, tmp_path / "out", source=source)
+    ds = pydicom.dcmread(sorted((tmp_path / "out").iterdir())[0], stop_before_pixels=True)
+    assert ds.EchoTime is None and float(ds.RepetitionTime) == 3000
+    assert "EchoTime differs between the source slices" in caplog.text
+
+
+def test_source_acquisition_from_enhanced_functional_groups(tmp_path: Path) -> None:
+    """An enhanced MR header keeps TE/TR/flip angle in functional groups (FD values)."""
+    write_dicom_series(make_oblique_volume(dtype=np.int16), tmp_path / "s")
+    single = load_series(tmp_path / "s")
+    n = single.volume.shape[0]
+    enhanced = Dataset()
+    enhanced.MRAcquisitionType = "3D"
+    timing = Dataset()
+    timing.RepetitionTime = 7.5
+    timing.FlipAngle = 12.0
+    shared = Dataset()
+    shared.MRTimingAndRelatedParametersSequence = Sequence([timing])
+    pixel = Dataset()
+    pixel.SliceThickness = 1.25
+    shared.PixelMeasuresSequence = Sequence([pixel])
+    enhanced.SharedFunctionalGroupsSequence = Sequence([shared])
+    per_frame = []
+    for _ in range(n):
+        echo, item = Dataset(), Dataset()
+        echo.EffectiveEchoTime = 3.25
+        item.MREchoSequence = Sequence([echo])
+        per_frame.append(item)
+    enhanced.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    source = dataclasses.replace(single, datasets=[enhanced] * n, frames=list(range(n)))
+    write_dicom_series(source.volume, tmp_path / "out", source=source)
+    ds = pydicom.dcmread(sorted((tmp_path / "out").iterdir())[0], stop_before_pixels=True)
+    assert ds.MRAcquisitionType == "3D"
+    assert (float(ds.EchoTime), float(ds.RepetitionTime), float(ds.FlipAngle)) == (3.25, 7.5, 12.0)
+    assert float(ds.SliceThickness) == 1.25
 
 
 # ------------------------------------------------------------- rescale / dtypes
@@ -746,6 +856,39 @@ def test_prostatex_dicom_nifti_dicom_round_trip(shared_data: Path, tmp_path: Pat
     assert back.volume.meta["study_uid"] == original.volume.meta["study_uid"]
     assert back.volume.meta["frame_of_reference_uid"] == original.volume.meta["frame_of_reference_uid"]
     assert back.volume.meta["series_uid"] != original.volume.meta["series_uid"]
+
+
+def test_prostatex_t2_to_dicom_keeps_its_acquisition(shared_data: Path, tmp_path: Path) -> None:
+    """A 2D TSE stack (3 mm slices 3.6 mm apart) stays 2D with its TE/TR; via NIfTI it is unknown."""
+    folder = (
+        shared_data / "prostatex_dicom" / "ProstateX-0218" / "02-18-2011" / "4.000000-t2tsesag320p2-41180"
+    )
+    original = load_series(folder)
+    assert original.volume.spacing[0] == pytest.approx(3.6)
+    write_dicom_series(original.volume, tmp_path / "dicom", reference=original, source=original)
+    back = load_series(tmp_path / "dicom")
+    np.testing.assert_array_equal(back.volume.array, original.volume.array)
+    require_exact(back.volume, original.volume)
+    ds, src = back.datasets[0], original.datasets[0]
+    for kw in (
+        "MRAcquisitionType",
+        "EchoTime",
+        "RepetitionTime",
+        "FlipAngle",
+        "MagneticFieldStrength",
+        "EchoTrainLength",
+        "ScanningSequence",
+        "SequenceVariant",
+        "ImagedNucleus",
+    ):
+        assert ds.get(kw) == src.get(kw), kw
+    assert ds.MRAcquisitionType == "2D"
+    assert float(ds.SliceThickness) == 3.0  # acquired thickness, not the 3.6 mm spacing
+    via_nifti = read_volume(write_volume(original.volume, tmp_path / "t2.nii.gz"))
+    write_dicom_series(via_nifti, tmp_path / "from_nifti", reference=original)
+    ds = load_series(tmp_path / "from_nifti").datasets[0]
+    assert ds.MRAcquisitionType == "" and ds.EchoTime is None
+    assert float(ds.SliceThickness) == pytest.approx(3.6)
 
 
 def test_jpeg2000_ct_equals_simpleitk(shared_data: Path) -> None:

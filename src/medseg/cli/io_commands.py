@@ -249,7 +249,12 @@ def convert(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
-    """Convert IN to OUT: NIfTI, NRRD, MHA, PNG/TIFF, or a DICOM series folder (--to dicom)."""
+    """Convert IN to OUT: NIfTI, NRRD, MHA, PNG/TIFF, or a DICOM series folder (--to dicom).
+
+    A DICOM output from a DICOM input keeps its MR acquisition (MRAcquisitionType, echo and
+    repetition times, flip angle, field strength, slice thickness); from other formats these
+    are unknown and left empty.
+    """
     from medseg.io import convert as convert_image
 
     out = convert_image(

@@ -154,7 +154,10 @@ def convert(
     The format of ``dst`` comes from its suffix (.nii/.nii.gz, .nrrd, .mha, .png, .tif) or
     from ``to`` ("dicom", "png" or "tiff" write a folder). A DICOM output joins the study
     and frame of reference of ``reference``, or of the input when the input is DICOM;
-    ``modality`` (MR/CT) defaults to the input's, else MR. ``deidentify`` applies
+    ``modality`` (MR/CT) defaults to the input's, else MR. From a DICOM input an MR output
+    keeps the input's acquisition attributes (MRAcquisitionType, EchoTime, RepetitionTime,
+    FlipAngle, MagneticFieldStrength, SliceThickness, ...); from other formats they are
+    unknown and left empty. ``deidentify`` applies
     :func:`medseg.io.dicom.deidentify_dataset` to what a DICOM output copies (patient name
     and ID become ``pseudonym``; UIDs are derived with ``uid_secret``, a fresh secret per
     process when None); the other formats carry no patient data. Inputs are never modified;
@@ -173,18 +176,21 @@ def convert(
         raise ConfigError(f"{target}: the output would be written inside the input folder {source}")
     check_writable(target, overwrite)
     ref: Any = reference
+    acquired_from: Any = None  # the DICOM series read: a DICOM output keeps its acquisition
     if kind == "dicom-folder":
         from medseg.io.dicom import load_series
 
         loaded = load_series(source, series, volume=volume)
         vol = loaded.volume
         ref = loaded if reference is None else reference
+        acquired_from = loaded
     elif kind == "dicom-file":
         from medseg.io.dicom import load_file
 
         loaded = load_file(source, volume=volume)
         vol = loaded.volume
         ref = loaded if reference is None else reference
+        acquired_from = loaded
     else:
         vol = read_volume(source, series=series, spacing=spacing, volume=volume)
     if fmt == "dicom":
@@ -203,6 +209,7 @@ def convert(
             deidentify=deidentify,
             pseudonym=pseudonym,
             uid_secret=uid_secret,
+            source=acquired_from,
         )
         return target
     if fmt in ("png", "tiff"):

@@ -1457,6 +1457,71 @@ def _ds(value: float) -> str:
     return format_number_as_ds(float(value))
 
 
+# MR acquisition attributes that a written series copies from the series its volume was
+# read from (``source`` of :func:`write_dicom_series`): keyword in a single-frame MR header,
+# and where an enhanced (multi-frame) MR header keeps it, if elsewhere than at the top.
+# Without a source they stay empty: MRAcquisitionType, EchoTime, RepetitionTime,
+# EchoTrainLength and ScanOptions are type 2 in the MR Image module (PS3.3 C.8.3.1), so an
+# empty value means "unknown"; guessing "3D" from the number of slices would be wrong for
+# the usual 2D multi-slice stacks (e.g. every PROSTATEx T2 series).
+_MR_ACQUISITION: tuple[tuple[str, tuple[str, str] | None], ...] = (
+    ("ScanningSequence", None),
+    ("SequenceVariant", None),
+    ("ScanOptions", None),
+    ("MRAcquisitionType", None),
+    ("SequenceName", None),
+    ("RepetitionTime", ("MRTimingAndRelatedParametersSequence", "RepetitionTime")),
+    ("EchoTime", ("MREchoSequence", "EffectiveEchoTime")),
+    ("InversionTime", None),
+    ("EchoTrainLength", ("MRTimingAndRelatedParametersSequence", "EchoTrainLength")),
+    ("FlipAngle", ("MRTimingAndRelatedParametersSequence", "FlipAngle")),
+    ("NumberOfAverages", ("MRAveragesSequence", "NumberOfAverages")),
+    ("MagneticFieldStrength", None),
+    ("ImagingFrequency", None),
+    ("ImagedNucleus", None),
+)
+
+
+def _slice_values(source: DicomSeries, keyword: str, functional: tuple[str, str] | None) -> list[Any]:
+    """``keyword`` of every slice of ``source`` (None where a slice lacks it)."""
+    values = []
+    for ds, frame in zip(source.datasets, source.frames, strict=True):
+        value = ds.get(keyword)
+        if (value is None or value == "") and functional is not None:
+            shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
+            per_seq = ds.get("PerFrameFunctionalGroupsSequence") or []
+            per = per_seq[frame] if frame is not None and frame < len(per_seq) else None
+            value = _functional(per, shared, *functional)
+            if isinstance(value, float):  # FD in the enhanced header, DS in the classic one
+                value = _ds(value)
+        values.append(None if value is None or value == "" else value)
+    return values
+
+
+def _common_value(source: DicomSeries, keyword: str, functional: tuple[str, str] | None) -> Any:
+    """The value all slices of ``source`` agree on; None when absent or when they differ."""
+    values = _slice_values(source, keyword, functional)
+    seen = {tuple(str(v) for v in _as_list(v)) if v is not None else None for v in values}
+    if len(seen) != 1:
+        log.warning("%s differs between the source slices; written empty", keyword)
+        return None
+    return values[0]
+
+
+def _source_acquisition(source: DicomSeries, volume: Volume) -> tuple[dict[str, Any], str | None]:
+    """MR acquisition attributes to copy, and SliceThickness when it still applies.
+
+    The acquired slice thickness describes ``volume`` only while its grid has the source's
+    spacing (a crop keeps it; a resampled volume gets its slice spacing instead).
+    """
+    values = {kw: _common_value(source, kw, functional) for kw, functional in _MR_ACQUISITION}
+    thickness = None
+    if np.allclose(volume.spacing, source.volume.spacing, atol=_SPACING_ATOL, rtol=0):
+        found = _common_value(source, "SliceThickness", ("PixelMeasuresSequence", "SliceThickness"))
+        thickness = None if found is None else _ds(float(found))
+    return {kw: v for kw, v in values.items() if v is not None}, thickness
+
+
 @dataclass(frozen=True)
 class _Encoding:
     stored: NDArray[Any]
@@ -1528,6 +1593,7 @@ def write_dicom_series(
     series_number: int | None = None,
     pseudonym: str = "ANONYMOUS",
     uid_secret: str | None = None,
+    source: DicomSeries | None = None,
 ) -> list[Path]:
     """Write ``volume`` as a DICOM series (one file per slice) into ``folder``, atomically.
 
@@ -1537,6 +1603,15 @@ def write_dicom_series(
     series in the same study and space; without one, new Study and Frame of Reference UIDs
     are made. ``deidentify`` applies :func:`deidentify_dataset` to what is copied (with
     ``pseudonym`` and ``uid_secret``).
+
+    ``source`` is the series ``volume`` was read from (e.g. a DICOM to DICOM conversion):
+    for MR output from an MR source, its acquisition attributes (MRAcquisitionType,
+    EchoTime, RepetitionTime, FlipAngle, MagneticFieldStrength, ScanningSequence, ... see
+    ``_MR_ACQUISITION``) are copied when all its slices agree, and its SliceThickness when
+    ``volume`` still has the source's spacing. Without a source (e.g. from NIfTI) these
+    are unknown and written empty (type 2 in the MR Image module), SliceThickness is the
+    slice spacing. ``reference`` only joins a study: its acquisition is not copied, since it
+    may be another series than the one ``volume`` came from.
 
     Integer values in the 16-bit range are stored exactly (uint16/int16, or uint16 with an
     integer intercept). Other values are quantised to uint16 with RescaleSlope/Intercept
@@ -1610,20 +1685,27 @@ def write_dicom_series(
     base.BurnedInAnnotation = "NO"
     base.AcquisitionNumber = 1
     base.PatientOrientation = ""
+    thickness = None
     if mod == "MR":
+        # ScanningSequence RM (research mode) and SequenceVariant NONE: the type 1 values
+        # that claim least when the acquisition is unknown.
         base.ScanningSequence = "RM"
         base.SequenceVariant = "NONE"
         base.ScanOptions = ""
-        base.MRAcquisitionType = "3D" if g.shape[0] > 1 else "2D"
+        base.MRAcquisitionType = ""
         base.EchoTime = ""
         base.RepetitionTime = ""
         base.EchoTrainLength = ""
+        if source is not None and source.info.modality.upper() == "MR":
+            acquired, thickness = _source_acquisition(source, volume)
+            for kw, value in acquired.items():
+                setattr(base, kw, copy.deepcopy(value))
     else:
         base.KVP = ""
         base.RescaleType = "HU"
     base.ImageOrientationPatient = [_ds(v) for v in (*row, *col)]
     base.PixelSpacing = [_ds(g.spacing[1]), _ds(g.spacing[2])]
-    base.SliceThickness = _ds(g.spacing[0])
+    base.SliceThickness = thickness if thickness is not None else _ds(g.spacing[0])
     base.SpacingBetweenSlices = _ds(g.spacing[0])
     base.SamplesPerPixel = 1
     base.PhotometricInterpretation = "MONOCHROME2"

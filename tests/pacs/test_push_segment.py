@@ -23,7 +23,14 @@ from medseg.pacs.query import query_series
 from medseg.pacs.segment import segment_study
 from medseg.pacs.transfer import pull_series, push_files
 from medseg.volume import Volume
-from tests.pacs.conftest import STUDY_0000, T2_SAG_0000, T2_TRA_0000, T2_TRA_0000_UID, OrthancServer
+from tests.pacs.conftest import (
+    STUDY_0000,
+    T2_SAG_0000,
+    T2_TRA_0000,
+    T2_TRA_0000_UID,
+    T2_TRA_0001,
+    OrthancServer,
+)
 
 pytestmark = pytest.mark.orthanc
 runner = CliRunner()
@@ -127,6 +134,36 @@ def test_push_of_a_non_dicom_file_sends_nothing(
     with pytest.raises(InputError, match=r"junk.dcm: is not a readable DICOM file"):
         push_files(client_for(orthanc_rw), [good, junk])
     assert orthanc_rw.count() == before
+
+
+def test_push_of_a_study_with_truncated_files_stores_nothing(
+    orthanc_rw: OrthancServer, prostatex: Path, tmp_path: Path, no_pacs_env: None
+) -> None:
+    """An interrupted copy: one file cut inside its pixel data, one inside its header."""
+    copy = tmp_path / "t2"
+    shutil.copytree(prostatex / T2_TRA_0001, copy)
+    files = sorted(copy.glob("*.dcm"))
+    pixels_cut, header_cut = files[4], files[11]
+    pixels_cut.write_bytes(pixels_cut.read_bytes()[:-5000])
+    header_cut.write_bytes(header_cut.read_bytes()[:1500])
+    before = orthanc_rw.count()
+    result = runner.invoke(app, ["pacs", "push", str(copy), "--url", orthanc_rw.dicomweb, "-q"])
+    assert result.exit_code == 2, result.output
+    out = " ".join(result.output.split())
+    assert f"2 of {len(files)} files cannot be stored, nothing was pushed" in out
+    assert pixels_cut.name in out and header_cut.name in out and "--skip-invalid" in out
+    assert "ProstateX" not in out.replace(str(tmp_path), "")  # no patient name or ID
+    assert orthanc_rw.count() == before
+    result = runner.invoke(
+        app, ["pacs", "push", str(copy), "--skip-invalid", "--url", orthanc_rw.dicomweb, "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert f"{len(files) - 2} accepted, 0 rejected" in out and "2 damaged files not pushed" in out
+    assert orthanc_rw.count() == before + len(files) - 2
+    # why the check is needed: sent anyway, Orthanc stores the truncated file as it is
+    sent = push_files(client_for(orthanc_rw), [pixels_cut], check_local=False)
+    assert [p.path for p in sent.accepted] == [pixels_cut]
 
 
 # -------------------------------------------------------------------------- segment

@@ -237,6 +237,14 @@ def push_command(
         str | None,
         typer.Option("--study", help="Only accept instances of this StudyInstanceUID (server-checked)."),
     ] = None,
+    skip_invalid: Annotated[
+        bool,
+        typer.Option(
+            "--skip-invalid",
+            help="Push the whole files and leave out damaged ones (cut short, unreadable, no UIDs); "
+            "by default one damaged file stops the push before anything is sent.",
+        ),
+    ] = False,
     quiet: QuietOpt = False,
     url: UrlOpt = None,
     config: ConfigOpt = None,
@@ -249,17 +257,24 @@ def push_command(
 ) -> None:
     """Store DICOM files on the PACS (STOW-RS) and report accepted and rejected instances.
 
-    Exits with code 2 when the server rejected any instance.
+    Every file is checked before anything is sent: a file cut short (e.g. by an interrupted
+    copy: fewer pixel bytes than Rows x Columns x samples x bits, or no pixel data),
+    unreadable or without its UIDs stops the push, naming the damaged files, unless
+    --skip-invalid. Exits with code 2 when a file is damaged or the server rejected any
+    instance.
     """
     from medseg.pacs.transfer import push_files
 
     with _client(url, config, user, password, token, insecure, ca_bundle, timeout) as client:
-        result = push_files(client, paths, study_uid=study, progress=not quiet)
+        result = push_files(client, paths, study_uid=study, skip_invalid=skip_invalid, progress=not quiet)
         for item in result.accepted:
             console.print(f"[green]accepted[/] {item.path} ({item.modality or '?'})", soft_wrap=True)
         for bad in result.rejected:
             err_console.print(f"[red]rejected[/] {bad.path}: {bad.reason}", soft_wrap=True)
-        console.print(f"{len(result.accepted)} accepted, {len(result.rejected)} rejected by {client.server}")
+        skipped_note = f", {len(result.skipped)} damaged files not pushed" if result.skipped else ""
+        console.print(
+            f"{len(result.accepted)} accepted, {len(result.rejected)} rejected by {client.server}{skipped_note}"
+        )
         result.raise_for_rejections(client.server)
 
 

@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import stat
+import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -567,5 +568,12 @@ def read_header(path: Path) -> Dataset:
     """A DICOM file's header (no pixels), or InputError naming the file."""
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
-    except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError) as exc:
+    except (
+        pydicom.errors.InvalidDicomError,
+        pydicom.errors.BytesLengthException,  # a file cut inside an element's value ...
+        struct.error,  # ... or inside an element's header
+        OSError,
+        ValueError,
+        EOFError,
+    ) as exc:
         raise InputError(path, "is not a readable DICOM file", found=type(exc).__name__) from None

@@ -14,8 +14,12 @@ Pull is resumable and never leaves a partial file:
   series' NumberOfSeriesRelatedInstances; a difference raises :class:`PacsError`.
 
 Push sends one instance per STOW-RS request, so every file is reported as accepted or
-rejected with the server's reason. Files are checked locally (readable DICOM with the
-UIDs a server needs) before anything is sent.
+rejected with the server's reason. Every file is checked locally before anything is sent
+(:func:`instance_problem`): it must parse to its end, carry the UIDs a server needs and,
+for an image, hold all its pixel data. pydicom reads a file cut short (an interrupted
+copy) without an error, returning short or missing pixel data, and a PACS stores such a
+file as it is; so a push with damaged files sends nothing and names them, unless asked to
+push the whole files only (``skip_invalid``).
 """
 
 from __future__ import annotations
@@ -23,12 +27,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_file
@@ -48,7 +56,9 @@ __all__ = [
     "PushResult",
     "PushedInstance",
     "RejectedInstance",
+    "SkippedFile",
     "collect_dicom_files",
+    "instance_problem",
     "is_complete_instance",
     "pull_series",
     "pull_study",
@@ -92,21 +102,46 @@ def _instance_path(folder: Path, sop_uid: str) -> Path:
 def is_complete_instance(path: Path, sop_uid: str) -> bool:
     """True when ``path`` is a whole DICOM file of instance ``sop_uid``.
 
-    pydicom reads a truncated file without complaint, so uncompressed pixel data are also
-    checked for length; compressed pixel data are trusted (pull only ever renames whole
-    downloads into place, so a short file can only come from outside).
+    pydicom reads a truncated file without complaint, so the pixel data are also checked
+    (``_pixel_data_problem``).
     """
     try:
-        ds = pydicom.dcmread(path)
+        ds = _read_whole(path)
     except Exception:  # any parse failure means "not complete"
         return False
     if str(ds.get("SOPInstanceUID", "")) != sop_uid:
         return False
+    return _pixel_data_problem(ds) is None
+
+
+def _read_whole(path: Path) -> Dataset:
+    # pydicom warns (and returns an empty data set) when encapsulated pixel data end
+    # without their delimiter; the caller reports that instead.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return pydicom.dcmread(path)
+
+
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+def _pixel_data_problem(ds: Dataset) -> str | None:
+    """Why the pixel data of ``ds`` are incomplete, or None (also for objects without images).
+
+    Uncompressed: fewer bytes than Rows x Columns x SamplesPerPixel x NumberOfFrames x
+    BitsAllocated / 8. Compressed (encapsulated): pydicom drops pixel data that end before
+    their sequence delimiter, so a cut file shows as an image without pixel data.
+    """
+    if "Rows" not in ds or "Columns" not in ds:
+        return None  # no image (RTSTRUCT, SR, ...)
+    if not any(kw in ds for kw in _PIXEL_KEYWORDS):
+        return "an image without pixel data (the file ends before them?)"
     if "PixelData" not in ds:
-        return True
+        return None  # float pixel data: not checked
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if syntax is not None and syntax.is_compressed:
-        return True
+        return None
     try:
         bits = (
             int(ds.Rows)
@@ -116,8 +151,68 @@ def is_complete_instance(path: Path, sop_uid: str) -> bool:
             * int(ds.BitsAllocated)
         )
     except (AttributeError, TypeError, ValueError):
-        return False
-    return len(ds.PixelData) >= math.ceil(bits / 8)
+        return "pixel data whose size cannot be checked (Rows, Columns or BitsAllocated missing or invalid)"
+    expected, found = math.ceil(bits / 8), len(ds.PixelData)
+    if found < expected:
+        return (
+            f"{found} bytes of pixel data where Rows x Columns x SamplesPerPixel x NumberOfFrames x "
+            f"BitsAllocated/8 = {expected} (the file is cut short)"
+        )
+    return None
+
+
+def instance_problem(path: str | Path) -> str | None:
+    """Why the DICOM file ``path`` must not be stored on a PACS, or None when it is whole.
+
+    Checks that it parses, that no element is cut short, that it has the UIDs a server
+    needs and, for an image, all its pixel data (``_pixel_data_problem``). The answer names attributes, never their values, so
+    it holds no patient data.
+    """
+    p = Path(path)
+    try:
+        ds = _read_whole(p)
+    except Exception as exc:  # any parse failure (struct.error, BytesLengthException, ...)
+        return f"not a readable DICOM file ({type(exc).__name__}; cut short?)"
+    if len(ds) == 0:
+        # pydicom returns an empty data set when encapsulated pixel data end without their
+        # sequence delimiter, though the header before them parses.
+        try:
+            header_elements = len(pydicom.dcmread(p, stop_before_pixels=True))
+        except Exception:
+            header_elements = 0
+        if header_elements:
+            return "compressed pixel data that end before their delimiter (the file is cut short)"
+        return "no data elements after the file meta information (cut short?)"
+    short = _short_element(ds)
+    if short is not None:
+        return short
+    missing = [k for k in _REQUIRED_UIDS if not ds.get(k)]
+    if missing:
+        return f"no {', '.join(missing)} (cut short, or not a storable instance)"
+    if "Rows" not in ds and _is_image_class(str(ds.SOPClassUID)):
+        return f"no Rows, Columns or pixel data in a {UID(str(ds.SOPClassUID)).name} object (cut short?)"
+    return _pixel_data_problem(ds)
+
+
+def _short_element(ds: Dataset) -> str | None:
+    """The element whose value the file ends inside, if any.
+
+    pydicom keeps the bytes there are and no error; its raw element still holds the
+    declared length. Checked before any element is converted (converted ones lose it).
+    """
+    for tag in ds.keys():  # noqa: SIM118 -- iterating the Dataset would convert the raw elements
+        elem = ds.get_item(tag)
+        if not isinstance(elem, RawDataElement) or elem.length == _UNDEFINED_LENGTH:
+            continue
+        if isinstance(elem.value, bytes) and len(elem.value) < elem.length:
+            name = keyword_for_tag(elem.tag) or str(elem.tag)
+            return f"the file ends inside {name}: {len(elem.value)} of its {elem.length} bytes (cut short)"
+    return None
+
+
+def _is_image_class(sop_class_uid: str) -> bool:
+    name = UID(sop_class_uid).name
+    return name.endswith("Image Storage") or name == "Segmentation Storage"
 
 
 def _remove_stale_temporaries(folder: Path, sop_uids: Iterable[str]) -> int:
@@ -269,10 +364,19 @@ class RejectedInstance:
     reason: str
 
 
+@dataclass(frozen=True)
+class SkippedFile:
+    """A damaged file left out of a push (``skip_invalid``), and why."""
+
+    path: Path
+    reason: str
+
+
 @dataclass
 class PushResult:
     accepted: list[PushedInstance] = field(default_factory=list)
     rejected: list[RejectedInstance] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
 
     def raise_for_rejections(self, server: str) -> None:
         """PacsRejectedError summarising the rejected files, if any."""
@@ -287,28 +391,48 @@ class PushResult:
         )
 
 
-def collect_dicom_files(paths: Sequence[str | Path]) -> list[tuple[Path, Dataset]]:
+def _looks_like_dicom(path: Path) -> bool:
+    """True when ``path`` starts with the DICOM preamble and 'DICM' (damaged or not)."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def collect_dicom_files(paths: Sequence[str | Path]) -> list[tuple[Path, Dataset | None]]:
     """Files given or found (recursively) in folders, with their headers.
 
     A file named explicitly must be DICOM (InputError otherwise); inside folders,
-    non-DICOM files (README, .json, ...) are skipped with a log message.
+    non-DICOM files (README, .json, ...) are skipped with a log message, while a file with
+    the DICOM preamble whose header does not parse (cut short) is kept with header None, so
+    the push can name it.
     """
-    found: list[tuple[Path, Dataset]] = []
+    found: list[tuple[Path, Dataset | None]] = []
     for entry in paths:
         path = Path(entry)
         if path.is_dir():
             candidates = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-            in_folder = []
+            in_folder: list[tuple[Path, Dataset | None]] = []
             for file in candidates:
                 try:
                     in_folder.append((file, read_header(file)))
                 except InputError:
-                    log.info("skipping %s: not a DICOM file", file)
+                    if _looks_like_dicom(file):
+                        in_folder.append((file, None))
+                    else:
+                        log.info("skipping %s: not a DICOM file", file)
             if not in_folder:
                 raise InputError(path, "holds no DICOM files to push")
             found.extend(in_folder)
         elif path.is_file():
-            found.append((path, read_header(path)))
+            try:
+                found.append((path, read_header(path)))
+            except InputError:
+                if not _looks_like_dicom(path):
+                    raise
+                found.append((path, None))
         else:
             raise InputError(path, "does not exist", expected="DICOM files or folders to push")
     if not found:
@@ -316,14 +440,24 @@ def collect_dicom_files(paths: Sequence[str | Path]) -> list[tuple[Path, Dataset
     return found
 
 
-def _check_pushable(path: Path, ds: Dataset) -> None:
-    missing = [
-        k for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID") if not ds.get(k)
-    ]
-    if missing:
-        raise InputError(
-            path, "cannot be stored on a PACS", expected="the DICOM UIDs", found=f"no {', '.join(missing)}"
-        )
+_REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+_LISTED_PROBLEMS = 10  # damaged files named in the error; the log names the others
+
+
+def _refuse_damaged(problems: list[tuple[Path, str]], total: int) -> None:
+    for path, why in problems[_LISTED_PROBLEMS:]:
+        log.warning("%s: %s", path, why)
+    listed = "; ".join(f"{path}: {why}" for path, why in problems[:_LISTED_PROBLEMS])
+    more = (
+        f"; and {len(problems) - _LISTED_PROBLEMS} more (logged above)"
+        if len(problems) > _LISTED_PROBLEMS
+        else ""
+    )
+    raise InputError(
+        None,
+        f"{len(problems)} of {total} files cannot be stored, nothing was pushed: {listed}{more}",
+        expected="whole DICOM files (push the others with --skip-invalid / skip_invalid=True)",
+    )
 
 
 def _describe_failure(response: Dataset, status: int | None) -> str:
@@ -343,42 +477,55 @@ def push_files(
     *,
     study_uid: str | None = None,
     check_local: bool = True,
+    skip_invalid: bool = False,
     progress: bool = False,
 ) -> PushResult:
     """Store DICOM files on the server with STOW-RS, one instance per request.
 
     ``study_uid`` posts to ``/studies/{uid}``: the server then refuses instances of
-    other studies. With ``check_local`` (the default) files lacking the UIDs a server
-    needs raise :class:`InputError` before anything is sent. Returns which instances
-    were accepted and which rejected (with the server's reason); connection and
-    credential failures raise.
+    other studies. With ``check_local`` (the default) every file is checked first
+    (:func:`instance_problem`: unreadable, cut short, no UIDs) and, if any is damaged,
+    :class:`InputError` names them and nothing is sent; with ``skip_invalid`` the whole
+    files are pushed and the damaged ones listed in ``PushResult.skipped``. Returns which
+    instances were accepted, rejected (with the server's reason) or skipped; connection
+    and credential failures raise.
     """
     study = check_uid(study_uid, "--study") if study_uid else None
     files = collect_dicom_files(paths)
-    if check_local:
-        for path, header in files:
-            _check_pushable(path, header)
     result = PushResult()
+    if check_local:
+        problems = [(path, why) for path, _ in files if (why := instance_problem(path)) is not None]
+        if problems and not skip_invalid:
+            _refuse_damaged(problems, len(files))
+        for path, why in problems:
+            log.warning("not pushed: %s: %s", path, why)
+            result.skipped.append(SkippedFile(path, why))
+        damaged = {path for path, _ in problems}
+        files = [(path, header) for path, header in files if path not in damaged]
     with progress_bar(progress, "push", len(files)) as advance:
-        for path, header in files:
-            sop = str(header.get("SOPInstanceUID", ""))
+        for path, _ in files:
             try:
                 ds = pydicom.dcmread(path)
             except Exception as exc:  # header was readable but the body is not
                 raise InputError(path, "is not a readable DICOM file", found=type(exc).__name__) from None
+            sop = str(ds.get("SOPInstanceUID", ""))
             response, status = client.store(ds, study_uid=study)
             stored = {
                 str(i.get("ReferencedSOPInstanceUID", "")) for i in response.get("ReferencedSOPSequence", [])
             }
             failed = response.get("FailedSOPSequence", []) or []
             if status is None and not failed and (sop in stored or not stored):
-                result.accepted.append(PushedInstance(path, sop, str(header.get("Modality", ""))))
+                result.accepted.append(PushedInstance(path, sop, str(ds.get("Modality", ""))))
             else:
                 reason = _describe_failure(response, status)
                 log.warning("the server rejected %s: %s", path.name, reason)
                 result.rejected.append(RejectedInstance(path, sop, reason))
             advance()
     log.info(
-        "pushed %d instances to %s, %d rejected", len(result.accepted), client.server, len(result.rejected)
+        "pushed %d instances to %s, %d rejected, %d damaged files skipped",
+        len(result.accepted),
+        client.server,
+        len(result.rejected),
+        len(result.skipped),
     )
     return result

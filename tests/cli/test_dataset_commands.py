@@ -120,3 +120,30 @@ def test_import_real_sources(tmp_path: Path, shared_data: Path) -> None:
     result = runner.invoke(app, ["dataset", "import", "chaos", str(chaos), "-o", str(tmp_path / "chaos"),
                                  "--case", "99", "-q"])  # fmt: skip
     assert result.exit_code == 2 and "requested cases not found" in result.output
+
+
+def test_stitch_gives_back_the_real_scan_label(tmp_path: Path, shared_data: Path) -> None:
+    msd = shared_data / "msd_hippocampus"
+    result = runner.invoke(app, ["dataset", "import", "msd", str(msd), "-o", str(tmp_path / "hip"),
+                                 "--labels", "background=0,anterior=1,posterior=2", "--channels", "MRI",
+                                 "--case", "hippocampus_001", "--chunk", "16", "--chunk-overlap", "5", "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert len(list_cases(tmp_path / "hip")) > 2  # overlapping chunks
+    result = runner.invoke(app, ["dataset", "stitch", str(tmp_path / "hip"), str(tmp_path / "hip" / "labelsTr"),
+                                 "-o", str(tmp_path / "stitched")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "stitched 1 scans into" in result.output
+    original = read_itk(msd / "labelsTr" / "hippocampus_001.nii.gz")
+    back = read_itk(tmp_path / "stitched" / "hippocampus_001.nii.gz")
+    np.testing.assert_array_equal(back.array, original.array)
+    back.geometry.require_same(original.geometry, spacing_atol=1e-6, origin_atol=1e-5, direction_atol=1e-6)
+    # a second run needs --overwrite; a dataset without chunks is a one-line error
+    result = runner.invoke(app, ["dataset", "stitch", str(tmp_path / "hip"), str(tmp_path / "hip" / "labelsTr"),
+                                 "-o", str(tmp_path / "stitched")])  # fmt: skip
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    result = runner.invoke(app, ["dataset", "import", "msd", str(msd), "-o", str(tmp_path / "whole"),
+                                 "--labels", "background=0,anterior=1,posterior=2", "--channels", "MRI",
+                                 "--case", "hippocampus_001", "-q"])  # fmt: skip
+    result = runner.invoke(app, ["dataset", "stitch", str(tmp_path / "whole"), str(tmp_path / "whole" / "labelsTr"),
+                                 "-o", str(tmp_path / "s2")])  # fmt: skip
+    assert result.exit_code == 2 and "records no chunks" in result.output

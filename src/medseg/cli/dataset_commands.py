@@ -19,7 +19,7 @@ from medseg.cli.common import app, cli_command, console, err_console
 from medseg.errors import ConfigError
 
 dataset_app = typer.Typer(
-    help="Datasets in the nnU-Net v2 / MSD layout: check, import, split.", no_args_is_help=True
+    help="Datasets in the nnU-Net v2 / MSD layout: check, import, split, stitch chunks.", no_args_is_help=True
 )
 import_app = typer.Typer(
     help="Convert a source (MSD, CHAOS, DICOM SEG/RTSTRUCT, 2D images ...) into the dataset format.",
@@ -31,7 +31,13 @@ app.add_typer(dataset_app, name="dataset")
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output dataset folder (created atomically).")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")]
 ChunkOpt = Annotated[
-    int | None, typer.Option("--chunk", min=1, help="Split each series into chunks of N slices (e.g. 65).")
+    int | None,
+    typer.Option(
+        "--chunk",
+        min=1,
+        help="Split each series into chunks of N slices (e.g. 65); 'medseg dataset stitch' joins "
+        "per-chunk predictions back into one file per scan.",
+    ),
 ]
 ChunkOverlapOpt = Annotated[
     int, typer.Option("--chunk-overlap", min=0, help="Slices shared by neighbouring chunks.")
@@ -184,6 +190,33 @@ def split_command(
         + (f", {len(splits.test)} test cases" if splits.test else "")
         + f"\nwrote {Path(root) / SPLITS_JSON}"
     )
+
+
+# --------------------------------------------------------------------------- stitch
+@dataset_app.command("stitch")
+@cli_command
+def stitch_command(
+    root: Annotated[Path, typer.Argument(help="Dataset folder imported with --chunk (its dataset.json).")],
+    folder: Annotated[
+        Path,
+        typer.Argument(
+            help="Per-chunk files: predictions named CASE_chunk000.nii.gz ..., or the dataset's labelsTr."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: one CASE.nii.gz per scan.")],
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Join per-chunk files back into one file per scan, on the scan's grid (inverse of --chunk).
+
+    For per-scan evaluation: stitch the predictions and the dataset's labelsTr, then
+    'medseg evaluate STITCHED_PRED STITCHED_LABELS'. Where chunks overlap, each slice comes
+    from the chunk in which it lies farthest from a cut. A scan with only some of its chunks
+    is an error naming the missing ones; scans without any file are skipped.
+    """
+    from medseg.data.chunking import stitch_chunk_files
+
+    written = stitch_chunk_files(root, folder, out, overwrite=overwrite)
+    console.print(f"stitched {len(written)} scans into {out}", soft_wrap=True, markup=False)
 
 
 # --------------------------------------------------------------------------- import

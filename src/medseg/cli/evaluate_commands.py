@@ -100,6 +100,9 @@ def evaluate_command(
     and class, per-case rows with a 'method' column, a Wilcoxon signed-rank test of each
     method's Dice against the first's. Every method is scored on every reference case: a
     missing prediction is an error, or with --allow-missing a failure (scored empty).
+
+    Predictions of a dataset imported with --chunk are per chunk: for per-scan scores,
+    run 'medseg dataset stitch' on the predictions and on the labels first.
     """
     from medseg.evaluation import (
         EvaluationConfig,

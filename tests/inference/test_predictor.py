@@ -93,11 +93,13 @@ def test_batch_continues_after_a_broken_case_and_shards(trained_model: Path, tmp
 
 def test_cohort_volume_table_covers_every_shard(trained_model: Path, tmp_path: Path) -> None:
     """cohort_volumes.csv: one row per case with each label's mL, equal to the per-case tables,
-    rebuilt by each shard from what is on disk (so the last shard's table covers them all)."""
+    rebuilt by each shard from what is on disk (so the last shard's table covers them all);
+    a case that failed is listed as failed, with empty volumes, not left out."""
 
     folder = tmp_path / "cohort"
     for seed in (1, 2, 3):
         _case_file(folder, seed)
+    (folder / "p4.nii.gz").write_bytes(b"broken")  # the second shard's
     out = tmp_path / "out"
     predict(folder, trained_model, out, PredictConfig(formats=("volumes",), shard=(0, 2)))
     with (out / "cohort_volumes.csv").open() as fh:
@@ -109,11 +111,20 @@ def test_cohort_volume_table_covers_every_shard(trained_model: Path, tmp_path: P
         reader = csv.DictReader(fh)
         rows = {r["case"]: r for r in reader}
         columns = reader.fieldnames
-    assert sorted(rows) == ["p1", "p2", "p3"]
+    assert list(rows) == ["p1", "p2", "p3", "p4"]
+    failed = rows.pop("p4")
+    assert failed["status"] == "failed" and all(v == "" for k, v in failed.items() if k.endswith("_ml"))
     for case, row in rows.items():
+        assert row["status"] == "ok"
         with (out / case / "volumes.csv").open() as fh:
             per_case = list(csv.DictReader(fh))
-        assert columns == ["case", "study_uid", "series_uid", *(f"{r['name']}_ml" for r in per_case)]
+        assert columns == [
+            "case",
+            "status",
+            "study_uid",
+            "series_uid",
+            *(f"{r['name']}_ml" for r in per_case),
+        ]
         assert row["study_uid"] == row["series_uid"] == ""  # NIfTI input: no DICOM series
         for r in per_case:
             assert row[f"{r['name']}_ml"] == r["volume_ml"]

@@ -207,6 +207,19 @@ def _case_source(table: Path, rows: Sequence[Mapping[str, str]]) -> SourceUids:
         return SourceUids()
 
 
+def _failed_cases(out: Path) -> list[str]:
+    """Cases that ``predict``'s summaries (``predictions*.json``, one per SLURM shard) list as
+    failed. A summary that cannot be read is skipped with a warning."""
+    failed: set[str] = set()
+    for summary in sorted(out.glob("predictions*.json")):
+        try:
+            cases = json.loads(summary.read_text(encoding="utf-8"))["cases"]
+            failed |= {str(c["case_id"]) for c in cases if not c.get("ok")}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("%s: unreadable (%s); its failed cases are not in %s", summary, exc, COHORT_CSV)
+    return sorted(failed)
+
+
 def write_cohort_volumes(out_dir: str | Path, case_ids: Sequence[str] | None = None) -> Path | None:
     """One row per case, one ``<name>_ml`` column per label: the volume table of a whole cohort.
 
@@ -215,8 +228,10 @@ def write_cohort_volumes(out_dir: str | Path, case_ids: Sequence[str] | None = N
     other shards of a SLURM array as well; written atomically to ``out_dir/cohort_volumes.csv``
     (replacing an earlier one). The ``study_uid`` and ``series_uid`` columns after ``case``
     name the DICOM series each case was segmented on (empty for non-DICOM images and for
-    per-case tables of medseg versions that did not record them). Returns None when no case
-    has a volume table.
+    per-case tables of medseg versions that did not record them). ``status`` is ``ok`` for a
+    case with a volume table and ``failed`` for one that a ``predict`` summary in ``out_dir``
+    lists as failed and that has none (its volume cells are empty, not 0), so a failed case is
+    not silently missing from the cohort. Returns None when no case has a volume table.
     """
     out = Path(out_dir)
     if case_ids is None:
@@ -245,14 +260,20 @@ def write_cohort_volumes(out_dir: str | Path, case_ids: Sequence[str] | None = N
     if not rows:
         return None
     order = sorted(columns)
+    done = {case for case, _, _ in rows}
+    wanted = None if case_ids is None else set(case_ids)
+    failed = [c for c in _failed_cases(out) if c not in done and (wanted is None or c in wanted)]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["case", "study_uid", "series_uid", *(f"{columns[v]}_ml" for v in order)])
-    for case, source, volumes in rows:
+    writer.writerow(["case", "status", "study_uid", "series_uid", *(f"{columns[v]}_ml" for v in order)])
+    table_rows = [
         # A label missing from a case's table: 0 mL (the per-case table lists every named label).
-        writer.writerow(
-            [case, source.study_uid, source.series_uid, *(volumes.get(v, "0.0000") for v in order)]
-        )
+        [case, "ok", source.study_uid, source.series_uid, *(volumes.get(v, "0.0000") for v in order)]
+        for case, source, volumes in rows
+    ]
+    table_rows += [[case, "failed", "", "", *([""] * len(order))] for case in failed]
+    for row in sorted(table_rows, key=lambda r: r[0]):
+        writer.writerow(row)
     target = out / COHORT_CSV
     write_text_atomic(target, buffer.getvalue(), overwrite=True)
     return target

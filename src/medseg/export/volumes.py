@@ -272,8 +272,8 @@ def write_cohort_volumes(out_dir: str | Path, case_ids: Sequence[str] | None = N
         for case, source, volumes in rows
     ]
     table_rows += [[case, "failed", "", "", *([""] * len(order))] for case in failed]
-    for row in sorted(table_rows, key=lambda r: r[0]):
-        writer.writerow(row)
+    for line in sorted(table_rows, key=lambda r: r[0]):
+        writer.writerow(line)
     target = out / COHORT_CSV
     write_text_atomic(target, buffer.getvalue(), overwrite=True)
     return target

@@ -383,13 +383,13 @@ def test_volume_tables_name_the_source_series(tmp_path: Path, synthetic_series: 
         rows = {r["case"]: r for r in reader}
     assert reader.fieldnames == [
         "case",
-        "status",
-        "study_uid",
-        "series_uid",
         "PZ_ml",
         "TZ_ml",
         "DPU_ml",
         "AFS_ml",
+        "status",
+        "study_uid",
+        "series_uid",
     ]
     assert (rows["dicom_case"]["study_uid"], rows["dicom_case"]["series_uid"]) == (study, series)
     assert (rows["nifti_case"]["study_uid"], rows["nifti_case"]["series_uid"]) == ("", "")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -187,6 +188,14 @@ def test_2_5d_model_exports_with_slices_as_channels(trained_model: Path, tmp_pat
     _, got = SegmentationModel(folder, device="cpu", backend="onnx").predict([img], with_probabilities=True)
     assert ref is not None and got is not None
     assert np.abs(got - ref).max() < 1e-3
+    # the step reaches both backends: the same weights fed adjacent slices predict otherwise
+    plan = json.loads((folder / "plan.json").read_text())
+    plan["slab_step"] = 1
+    (folder / "plan.json").write_text(json.dumps(plan))
+    _, adjacent = SegmentationModel(folder, device="cpu", backend="onnx").predict(
+        [img], with_probabilities=True
+    )
+    assert adjacent is not None and np.abs(adjacent - got).max() > 1e-3
 
 
 def test_ensemble_export_writes_nothing_when_a_fold_fails(

@@ -120,10 +120,10 @@ def test_cohort_volume_table_covers_every_shard(trained_model: Path, tmp_path: P
             per_case = list(csv.DictReader(fh))
         assert columns == [
             "case",
+            *(f"{r['name']}_ml" for r in per_case),
             "status",
             "study_uid",
             "series_uid",
-            *(f"{r['name']}_ml" for r in per_case),
         ]
         assert row["study_uid"] == row["series_uid"] == ""  # NIfTI input: no DICOM series
         for r in per_case:

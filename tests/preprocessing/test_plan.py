@@ -137,3 +137,16 @@ def test_spacing_override_rescales_the_median_shape(toy_dataset: Path) -> None:
     finer = plan.with_overrides({"target_spacing": [plan.target_spacing[0] / 2, *plan.target_spacing[1:]]})
     assert finer.median_shape[0] == 2 * plan.median_shape[0]
     assert finer.median_shape[1:] == plan.median_shape[1:]
+
+
+def test_slab_step_is_written_only_when_used(toy_dataset: Path) -> None:
+    """A plan without a slab step reads the same as before slab steps existed: earlier medseg
+    versions load it and its preprocessing cache key (a hash of the JSON) is unchanged."""
+    fingerprint = compute_fingerprint(toy_dataset, workers=1)
+    plain = plan_from_fingerprint(fingerprint, "2.5d", slab_slices=3)
+    assert "slab_step" not in json.loads(plain.to_json())
+    assert Plan.from_mapping(json.loads(plain.to_json())) == plain
+    stepped = plan_from_fingerprint(fingerprint, "2.5d", slab_slices=3, slab_step=2)
+    assert json.loads(stepped.to_json())["slab_step"] == 2
+    assert Plan.from_mapping(json.loads(stepped.to_json())) == stepped
+    assert plan_from_fingerprint(fingerprint, "3d", slab_step=2).slab_step == 1  # 2.5D only

@@ -57,7 +57,7 @@ def plan_command(
     slab_step: Annotated[
         int | None,
         typer.Option(
-            help="2.5D: slices between the slab's neighbours (2: every second slice, for thin slices)"
+            help="2.5D: distance in slices between neighbouring slab slices (2: every second slice, for thin slices)"
         ),
     ] = None,
     network: Annotated[str | None, typer.Option(help="network name from the model registry")] = None,

@@ -226,8 +226,7 @@ def write_cohort_volumes(out_dir: str | Path, case_ids: Sequence[str] | None = N
     Built from the per-case ``<case>/volumes.csv`` files under ``out_dir`` (of ``case_ids``, or
     every case folder that has one), so that it covers the cases of earlier runs and of the
     other shards of a SLURM array as well; written atomically to ``out_dir/cohort_volumes.csv``
-    (replacing an earlier one). The ``study_uid`` and ``series_uid`` columns after ``case``
-    name the DICOM series each case was segmented on (empty for non-DICOM images and for
+    (replacing an earlier one). The last columns, ``study_uid`` and ``series_uid``, name the DICOM series each case was segmented on (empty for non-DICOM images and for
     per-case tables of medseg versions that did not record them). ``status`` is ``ok`` for a
     case with a volume table and ``failed`` for one that a ``predict`` summary in ``out_dir``
     lists as failed and that has none (its volume cells are empty, not 0), so a failed case is
@@ -265,13 +264,15 @@ def write_cohort_volumes(out_dir: str | Path, case_ids: Sequence[str] | None = N
     failed = [c for c in _failed_cases(out) if c not in done and (wanted is None or c in wanted)]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["case", "status", "study_uid", "series_uid", *(f"{columns[v]}_ml" for v in order)])
+    # The volumes come right after the case (as before these columns existed), so scripts
+    # that read columns 2.. as mL keep working; status and UIDs are appended.
+    writer.writerow(["case", *(f"{columns[v]}_ml" for v in order), "status", "study_uid", "series_uid"])
     table_rows = [
         # A label missing from a case's table: 0 mL (the per-case table lists every named label).
-        [case, "ok", source.study_uid, source.series_uid, *(volumes.get(v, "0.0000") for v in order)]
+        [case, *(volumes.get(v, "0.0000") for v in order), "ok", source.study_uid, source.series_uid]
         for case, source, volumes in rows
     ]
-    table_rows += [[case, "failed", "", "", *([""] * len(order))] for case in failed]
+    table_rows += [[case, *([""] * len(order)), "failed", "", ""] for case in failed]
     for line in sorted(table_rows, key=lambda r: r[0]):
         writer.writerow(line)
     target = out / COHORT_CSV

@@ -154,7 +154,12 @@ class Plan:
 
     # Persistence -----------------------------------------------------------------
     def to_json(self) -> str:
-        return json.dumps(to_dict(self), indent=2) + "\n"
+        data = to_dict(self)
+        if self.slab_step == 1:
+            # Written only when used: a plan without it reads in earlier medseg versions (which
+            # reject unknown keys) and keeps its preprocessing cache key (a hash of this text).
+            del data["slab_step"]
+        return json.dumps(data, indent=2) + "\n"
 
     def save(self, path: str | Path, *, overwrite: bool = True) -> Path:
         return write_text_atomic(path, self.to_json(), overwrite=overwrite)
@@ -330,6 +335,7 @@ def plan_from_fingerprint(
     *,
     patch_budget: int | None = None,
     slab_slices: int = 5,
+    slab_step: int = 1,
 ) -> Plan:
     """Derive a default plan for one configuration from dataset statistics."""
     if configuration not in ("2d", "2.5d", "3d"):
@@ -373,6 +379,7 @@ def plan_from_fingerprint(
             kernels=kernels,
         ),
         slab_slices=slab_slices if configuration == "2.5d" else 1,
+        slab_step=slab_step if configuration == "2.5d" else 1,
         keep_native_slices=keep_native,
         foreground_fraction=0.33 if n_fg else 0.0,
         median_shape=(int(median_shape[0]), int(median_shape[1]), int(median_shape[2])),

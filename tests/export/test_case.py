@@ -7,6 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 
 from medseg.cli import app
 from medseg.errors import ConfigError, GeometryError, InputError, OutputExistsError
+from medseg.export.algorithm import AlgorithmId
 from medseg.export.case import ExportConfig, export_label
 from medseg.export.dicom_seg import read_dicom_seg, write_dicom_seg
 from medseg.export.rtstruct import read_rtstruct
@@ -47,9 +49,8 @@ def test_every_format_lands_on_the_series(tmp_path: Path, synthetic_series: Seri
     label = prostate_zones(image)
     label_file = write_volume(label, tmp_path / "in" / "case 7_seg.nii.gz")
     before = _hashes(synthetic_series.folder) | _hashes(tmp_path / "in")
-    result = export_label(
-        label_file, synthetic_series.folder, tmp_path / "out", ExportConfig(formats=ALL, labels=ZONES)
-    )
+    cfg = ExportConfig(formats=ALL, labels=ZONES, algorithm_name="TotalSegmentator", algorithm_version="2.4")
+    result = export_label(label_file, synthetic_series.folder, tmp_path / "out", cfg)
     assert result.case_id == "case 7_seg" and not result.resampled
     assert set(result.outputs) == set(ALL)
     assert result.names == ZONES
@@ -203,10 +204,14 @@ def test_cli(tmp_path: Path, synthetic_series: Series) -> None:
         [
             "export", str(path), str(synthetic_series.folder), "-o", str(tmp_path / "out"),
             "-f", "dicom-seg,mesh", "--labels", "PZ=1,TZ=2,DPU=3,AFS=4", "--mesh-format", "ply",
+            "--algorithm-name", "nnU-Net", "--algorithm-version", "2.5.1",
         ],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "1=PZ, 2=TZ, 3=DPU, 4=AFS" in res.stdout
+    assert "segments marked all AUTOMATIC by nnU-Net 2.5.1 (default for a label map that declares none" in (
+        res.stdout.replace("\n", " ")
+    )
     assert (tmp_path / "out" / "zones" / "meshes" / "02_tz.ply").is_file()
     seg = read_dicom_seg(tmp_path / "out" / "zones" / "seg.dcm", synthetic_series.image, ZONES)
     np.testing.assert_array_equal(seg.array, label.array)
@@ -246,7 +251,7 @@ def test_real_tilted_prostatex_series(tmp_path: Path, prostatex_t2: Series) -> N
         path,
         prostatex_t2.folder,
         tmp_path / "out",
-        ExportConfig(formats=("dicom-seg", "volumes"), labels=ZONES),
+        ExportConfig(formats=("dicom-seg", "volumes"), labels=ZONES, algorithm_type="manual"),
     )
     seg = read_dicom_seg(result.outputs["dicom-seg"], prostatex_t2.image, ZONES)
     np.testing.assert_array_equal(seg.array, label.array)
@@ -289,6 +294,27 @@ def _seg_kinds(path: Path) -> dict[str, str]:
     return {str(s.SegmentLabel): str(s.SegmentAlgorithmType) for s in ds.SegmentSequence}
 
 
+def _seg_algorithm(path: Path) -> dict[str, tuple[str, str, str] | None]:
+    """Each segment's (name, version, family code) as a viewer reads them, None when it names none."""
+    seg = hd.seg.segread(path)
+    named: dict[str, tuple[str, str, str] | None] = {}
+    for n in seg.segment_numbers:
+        desc = seg.get_segment_description(n)
+        ident = desc.algorithm_identification
+        if ident is None:
+            assert "SegmentAlgorithmName" not in desc
+            named[desc.segment_label] = None
+        else:
+            assert desc.SegmentAlgorithmName == ident[0].AlgorithmName
+            family = ident[0].AlgorithmFamilyCodeSequence[0].CodeValue
+            named[desc.segment_label] = (
+                str(ident[0].AlgorithmName),
+                str(ident[0].AlgorithmVersion),
+                str(family),
+            )
+    return named
+
+
 def _rt_kinds(path: Path) -> dict[str, str]:
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     return {str(r.ROIName): str(r.ROIGenerationAlgorithm) for r in ds.StructureSetROISequence}
@@ -305,13 +331,23 @@ def test_cli_algorithm_type_marks_seg_and_rtstruct(
         [
             "export", str(path), str(synthetic_series.folder), "-o", str(tmp_path / "out"),
             "-f", "dicom-seg,rtstruct", "--labels", "PZ=1,TZ=2,DPU=3,AFS=4", "--algorithm-type", kind.upper(),
+            *([] if kind == "manual" else ["--algorithm-name", "MONAI Label"]),
         ],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert f"PZ {kind.upper()}" in res.stdout
+    said = " ".join(res.stdout.split())
+    if kind == "manual":
+        assert "segments marked all MANUAL (--algorithm-type)" in said
+    else:
+        assert (
+            f"segments marked all {kind.upper()} by MONAI Label (--algorithm-type; algorithm: --algorithm-name)"
+            in said
+        )
     case = tmp_path / "out" / "corrected"
     assert _seg_kinds(case / "seg.dcm") == dict.fromkeys(ZONES.values(), kind.upper())
     assert _rt_kinds(case / "rtstruct.dcm") == dict.fromkeys(ZONES.values(), kind.upper())
+    named = {_seg_algorithm(case / "seg.dcm")[name] for name in ZONES.values()}
+    assert named == ({None} if kind == "manual" else {("MONAI Label", "unknown", "123110")})
     seg = read_dicom_seg(case / "seg.dcm", synthetic_series.image, ZONES)
     np.testing.assert_array_equal(seg.array, label.array)  # still voxel-exact
 
@@ -322,16 +358,25 @@ def test_default_algorithm_type_automatic_or_the_label_files_own(
     label = prostate_zones(synthetic_series.image)
     nifti = write_volume(label, tmp_path / "zones.nii.gz")
     plain = export_label(
-        nifti, synthetic_series.folder, tmp_path / "plain", ExportConfig(formats=("dicom-seg",), labels=ZONES)
+        nifti, synthetic_series.folder, tmp_path / "plain", ExportConfig(formats=("rtstruct",), labels=ZONES)
     )
-    assert _seg_kinds(plain.outputs["dicom-seg"]) == dict.fromkeys(ZONES.values(), "AUTOMATIC")
-    assert plain.algorithm_types == dict.fromkeys(ZONES, "automatic")
-    # A SEG converted to an RTSTRUCT (and back) keeps how each segment was made...
+    assert _rt_kinds(plain.outputs["rtstruct"]) == dict.fromkeys(ZONES.values(), "AUTOMATIC")
+    assert plain.algorithm_types == dict.fromkeys(ZONES, "automatic") and plain.types_from == "default"
+    # ... made by an algorithm nothing names: the RTSTRUCT (where it is optional) names none, not medseg
+    rois = pydicom.dcmread(plain.outputs["rtstruct"]).StructureSetROISequence
+    assert not any(
+        "ROIDerivationAlgorithmIdentificationSequence" in r or "ROIGenerationDescription" in r for r in rois
+    )
+    # A SEG converted to an RTSTRUCT (and back) keeps how each segment was made and by what...
     kinds = {1: "manual", 2: "semiautomatic", 3: "automatic", 4: "manual"}
-    seg = write_dicom_seg(label, synthetic_series.folder, tmp_path / "mixed.dcm", ZONES, algorithm_type=kinds)
+    tool = AlgorithmId("TotalSegmentator", "2.4")
+    seg = write_dicom_seg(
+        label, synthetic_series.folder, tmp_path / "mixed.dcm", ZONES, algorithm_type=kinds, algorithm=tool
+    )
     rt = export_label(seg, synthetic_series.folder, tmp_path / "rt", ExportConfig(formats=("rtstruct",)))
     expected = {"PZ": "MANUAL", "TZ": "SEMIAUTOMATIC", "DPU": "AUTOMATIC", "AFS": "MANUAL"}
     assert _rt_kinds(rt.outputs["rtstruct"]) == expected and rt.algorithm_types == kinds
+    assert rt.algorithms == {2: tool, 3: tool} and rt.types_from == "label file"
     back = export_label(
         rt.outputs["rtstruct"],
         synthetic_series.folder,
@@ -339,6 +384,8 @@ def test_default_algorithm_type_automatic_or_the_label_files_own(
         ExportConfig(formats=("dicom-seg",)),
     )
     assert _seg_kinds(back.outputs["dicom-seg"]) == expected
+    made = ("TotalSegmentator", "2.4", "123110")
+    assert _seg_algorithm(back.outputs["dicom-seg"]) == {"PZ": None, "TZ": made, "DPU": made, "AFS": None}
     # ... unless told otherwise.
     told = export_label(
         seg,
@@ -351,6 +398,127 @@ def test_default_algorithm_type_automatic_or_the_label_files_own(
     assert ExportConfig(algorithm_type="MANUAL").algorithm_type == "manual"
     with pytest.raises(ConfigError, match=r"algorithm type must be one of automatic, semiautomatic, manual"):
         ExportConfig(algorithm_type="auto")
+
+
+def test_a_seg_naming_another_tool_keeps_it_through_export(tmp_path: Path, synthetic_series: Series) -> None:
+    """The reviewer's case: a SEMIAUTOMATIC SEG naming TotalSegmentator 2.4, exported with -f dicom-seg,
+    came out naming medseg. It must keep its algorithm, in the SEG and in the RTSTRUCT."""
+    label = prostate_zones(synthetic_series.image)
+    tool = AlgorithmId("TotalSegmentator", "2.4", ("123111", "DCM", "Deformable Models"))
+    seg = write_dicom_seg(
+        label,
+        synthetic_series.folder,
+        tmp_path / "ts.dcm",
+        ZONES,
+        algorithm_type="semiautomatic",
+        algorithm=tool,
+    )
+    runner = CliRunner()
+    res = runner.invoke(
+        app,
+        [
+            "export",
+            str(seg),
+            str(synthetic_series.folder),
+            "-o",
+            str(tmp_path / "out"),
+            "-f",
+            "dicom-seg,rtstruct",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.stdout.split())
+    assert "segments marked all SEMIAUTOMATIC by TotalSegmentator 2.4 (as ts.dcm declares)" in said
+    assert "--algorithm-type" not in said
+    out = tmp_path / "out" / "ts"
+    assert _seg_kinds(out / "seg.dcm") == dict.fromkeys(ZONES.values(), "SEMIAUTOMATIC")
+    assert _seg_algorithm(out / "seg.dcm") == dict.fromkeys(
+        ZONES.values(), ("TotalSegmentator", "2.4", "123111")
+    )
+    assert "medseg" not in hd.seg.segread(out / "seg.dcm").ContentDescription
+    np.testing.assert_array_equal(
+        read_dicom_seg(out / "seg.dcm", synthetic_series.image, ZONES).array, label.array
+    )
+    rois = pydicom.dcmread(out / "rtstruct.dcm").StructureSetROISequence
+    assert {str(r.ROIGenerationDescription) for r in rois} == {"TotalSegmentator 2.4"}
+    assert {str(r.ROIDerivationAlgorithmIdentificationSequence[0].AlgorithmName) for r in rois} == {
+        "TotalSegmentator"
+    }
+    # An RTSTRUCT's own ROI Generation Description is carried to the RTSTRUCT it becomes.
+    ds = pydicom.dcmread(out / "rtstruct.dcm")
+    ds.StructureSetROISequence[0].ROIGenerationDescription = "TS 2.4, PZ edited by hand"
+    ds.save_as(tmp_path / "edited.dcm")
+    again = export_label(
+        tmp_path / "edited.dcm",
+        synthetic_series.folder,
+        tmp_path / "again",
+        ExportConfig(formats=("rtstruct",)),
+    )
+    described = {
+        str(r.ROIName): str(r.ROIGenerationDescription)
+        for r in pydicom.dcmread(again.outputs["rtstruct"]).StructureSetROISequence
+    }
+    assert described["PZ"] == "TS 2.4, PZ edited by hand" and described["TZ"] == "TotalSegmentator 2.4"
+    # --algorithm-type automatic overrides the declared type (said so), --algorithm-name the tool.
+    res = runner.invoke(
+        app,
+        [
+            "export", str(seg), str(synthetic_series.folder), "-o", str(tmp_path / "told"), "-f", "dicom-seg",
+            "--algorithm-type", "automatic", "--algorithm-name", "TotalSegmentator", "--algorithm-version", "2.5",
+        ],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert (
+        "all AUTOMATIC by TotalSegmentator 2.5 (--algorithm-type; algorithm: --algorithm-name)"
+        in " ".join(res.stdout.split())
+    )
+    assert set(_seg_algorithm(tmp_path / "told" / "ts" / "seg.dcm").values()) == {
+        ("TotalSegmentator", "2.5", "123110")
+    }
+
+
+def test_a_seg_of_a_label_map_that_names_no_algorithm_is_refused(
+    tmp_path: Path, synthetic_series: Series
+) -> None:
+    """A NIfTI says nothing of who made it: medseg will not write itself (or 'unknown') as the
+    algorithm of a DICOM SEG; the user names the tool or declares the segments manual."""
+    label = prostate_zones(synthetic_series.image)
+    nifti = write_volume(label, tmp_path / "zones.nii.gz")
+    res = CliRunner().invoke(
+        app,
+        [
+            "export",
+            str(nifti),
+            str(synthetic_series.folder),
+            "-o",
+            str(tmp_path / "out"),
+            "-f",
+            "dicom-seg,volumes",
+        ],
+    )
+    assert res.exit_code == 2
+    err = " ".join(res.stderr.split())
+    assert "a DICOM SEG must name the algorithm" in err and "--algorithm-name NAME" in err
+    assert "--algorithm-type manual" in err and "nothing in zones.nii.gz says how it was made" in err
+    assert not (tmp_path / "out" / "zones").exists()  # refused before anything was written
+    semi = ExportConfig(formats=("dicom-seg",), algorithm_type="semiautomatic", labels=ZONES)
+    with pytest.raises(
+        ConfigError,
+        match=r"nothing names it for PZ, TZ, DPU, AFS \(marked all semiautomatic, --algorithm-type\)",
+    ):
+        export_label(nifti, synthetic_series.folder, tmp_path / "out", semi)
+    # Options are checked where they are given.
+    with pytest.raises(ConfigError, match=r"algorithm_version need algorithm_name"):
+        ExportConfig(algorithm_version="2.4")
+    with pytest.raises(ConfigError, match=r"manual segments name none"):
+        ExportConfig(algorithm_type="manual", algorithm_name="TotalSegmentator")
+    with pytest.raises(ConfigError, match=r"algorithm name must be 1 to 64 characters"):
+        ExportConfig(algorithm_name="x" * 65)
+    with pytest.raises(ConfigError, match=r"algorithm family must be one of artificial intelligence"):
+        ExportConfig(algorithm_name="GrowCut", algorithm_family="region growing")
+    assert ExportConfig(
+        algorithm_name=" GrowCut ", algorithm_family="Cluster Analysis"
+    ).algorithm == AlgorithmId("GrowCut", "unknown", ("123107", "DCM", "Cluster Analysis"))
 
 
 def _uids(series: Series) -> tuple[str, str]:

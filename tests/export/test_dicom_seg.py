@@ -10,6 +10,7 @@ import pydicom
 import pytest
 
 from medseg.errors import ConfigError, GeometryError, InputError, OutputExistsError
+from medseg.export.algorithm import UNKNOWN_FAMILY, AlgorithmId
 from medseg.export.dicom_seg import read_dicom_seg, write_dicom_seg
 from medseg.volume import Volume
 from tests.export.conftest import (
@@ -75,7 +76,8 @@ def test_segments_are_named_coded_and_reference_the_series(tmp_path: Path, synth
         {1: (centre - np.array([4.0, 0, 0]), (3, 3, 4)), 2: (centre + np.array([4.0, 0, 0]), (3, 3, 4))},
     )
     names = {1: "right kidney", 2: "my structure"}
-    out = write_dicom_seg(label, synthetic_series.files, tmp_path / "seg.dcm", names, algorithm_version="9.9")
+    made_by = AlgorithmId("TotalSegmentator", "9.9")
+    out = write_dicom_seg(label, synthetic_series.files, tmp_path / "seg.dcm", names, algorithm=made_by)
     seg = hd.seg.segread(out)
     first, second = seg.SegmentSequence
     assert first.SegmentLabel == "right kidney"
@@ -85,7 +87,22 @@ def test_segments_are_named_coded_and_reference_the_series(tmp_path: Path, synth
     assert second.SegmentedPropertyTypeCodeSequence[0].CodeValue == "85756007"  # generic tissue
     assert second.SegmentLabel == "my structure"
     assert first.SegmentAlgorithmType == "AUTOMATIC"
-    assert first.SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion == "9.9"
+    ident = first.SegmentationAlgorithmIdentificationSequence[0]
+    assert (first.SegmentAlgorithmName, ident.AlgorithmName, ident.AlgorithmVersion) == (
+        "TotalSegmentator",
+        "TotalSegmentator",
+        "9.9",
+    )
+    family = ident.AlgorithmFamilyCodeSequence[0]  # CID 7162: 123110 is AI (123109 is Manual Processing)
+    assert (family.CodeValue, family.CodingSchemeDesignator, family.CodeMeaning) == (
+        "123110",
+        "DCM",
+        "Artificial Intelligence",
+    )
+    # the software that wrote the file stays medseg, whoever segmented
+    assert (seg.Manufacturer, seg.ManufacturerModelName) == ("medseg", "medseg")
+    assert seg.ContentDescription == "TotalSegmentator 9.9"
+    assert read_dicom_seg(out, image).meta["algorithms"] == {1: made_by, 2: made_by}
     assert (
         seg.ReferencedSeriesSequence[0].SeriesInstanceUID == synthetic_series.datasets()[0].SeriesInstanceUID
     )
@@ -280,3 +297,47 @@ def test_algorithm_type_per_label_value_and_a_bad_one(tmp_path: Path, synthetic_
     with pytest.raises(ConfigError, match=r"one of automatic, semiautomatic, manual, found 'human'"):
         write_dicom_seg(label, synthetic_series.folder, tmp_path / "bad.dcm", ZONES, algorithm_type="human")
     assert not (tmp_path / "bad.dcm").exists()
+
+
+def test_algorithm_per_label_value_and_one_missing_is_refused(
+    tmp_path: Path, synthetic_series: Series
+) -> None:
+    label = centred_zones(synthetic_series.image)
+    kinds = {1: "manual", 2: "automatic", 4: "semiautomatic"}
+    tool, editor = AlgorithmId("TotalSegmentator", "2.4"), AlgorithmId("MONAI Label", "0.8", UNKNOWN_FAMILY)
+    out = write_dicom_seg(
+        label, synthetic_series.folder, tmp_path / "seg.dcm", ZONES, algorithm_type=kinds,
+        algorithm={1: tool, 2: tool, 4: editor},
+    )  # fmt: skip
+    by_label = {str(s.SegmentLabel): s for s in pydicom.dcmread(out, stop_before_pixels=True).SegmentSequence}
+    assert "SegmentationAlgorithmIdentificationSequence" not in by_label["PZ"]  # manual: none, even if given
+    assert by_label["TZ"].SegmentAlgorithmName == "TotalSegmentator"
+    assert by_label["AFS"].SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion == "0.8"
+    back = read_dicom_seg(out, synthetic_series.image, ZONES)
+    np.testing.assert_array_equal(back.array, label.array)
+    assert back.meta["algorithms"] == {2: tool, 4: editor}
+    # A mapping without the algorithm of an automatic segment: refused, not filled in with medseg.
+    with pytest.raises(ConfigError, match=r"must name the algorithm .* none given for TZ$"):
+        write_dicom_seg(
+            label,
+            synthetic_series.folder,
+            tmp_path / "bad.dcm",
+            ZONES,
+            algorithm_type=kinds,
+            algorithm={4: editor},
+        )
+    assert not (tmp_path / "bad.dcm").exists()
+
+
+def test_a_seg_naming_only_segment_algorithm_name_reads_with_unknown_version(
+    tmp_path: Path, synthetic_series: Series
+) -> None:
+    label = centred_zones(synthetic_series.image)
+    out = write_dicom_seg(label, synthetic_series.folder, tmp_path / "seg.dcm", ZONES)
+    ds = pydicom.dcmread(out)
+    for item in ds.SegmentSequence:  # as older writers did: the name, no identification sequence
+        item.SegmentAlgorithmName = "OldTool"
+        del item.SegmentationAlgorithmIdentificationSequence
+    ds.save_as(tmp_path / "old.dcm")
+    meta = read_dicom_seg(tmp_path / "old.dcm", synthetic_series.image, ZONES).meta
+    assert meta["algorithms"] == dict.fromkeys((1, 2, 4), AlgorithmId("OldTool", "unknown", UNKNOWN_FAMILY))

@@ -11,6 +11,7 @@ import pytest
 
 import medseg
 from medseg.errors import ConfigError, GeometryError, InputError, OutputExistsError
+from medseg.export.algorithm import AlgorithmId, medseg_algorithm
 from medseg.export.rtstruct import read_rtstruct, write_rtstruct
 from medseg.volume import Volume
 from tests.export.conftest import (
@@ -277,3 +278,38 @@ def test_roi_generation_algorithm_per_label_value(tmp_path: Path, synthetic_seri
     assert read_rtstruct(tmp_path / "tps.dcm", synthetic_series.image, ZONES).meta["algorithm_types"] == {
         4: "semiautomatic"
     }
+
+
+def test_roi_generation_names_the_algorithm_and_carries_a_description(
+    tmp_path: Path, synthetic_series: Series
+) -> None:
+    label = centred_zones(synthetic_series.image)
+    kinds = {1: "manual", 2: "automatic", 4: "semiautomatic"}
+    tool = AlgorithmId("TotalSegmentator", "2.4")
+    out = write_rtstruct(
+        label, synthetic_series.folder, tmp_path / "rt.dcm", ZONES, algorithm_type=kinds,
+        algorithm={1: tool, 2: tool}, generation_descriptions={1: "contoured on T2", 4: "edited in Slicer"},
+    )  # fmt: skip
+    rois = {str(r.ROIName): r for r in pydicom.dcmread(out).StructureSetROISequence}
+    # manual: no algorithm, even when one is given; its own description is kept
+    assert "ROIDerivationAlgorithmIdentificationSequence" not in rois["PZ"]
+    assert rois["PZ"].ROIGenerationDescription == "contoured on T2"
+    assert rois["TZ"].ROIGenerationDescription == "TotalSegmentator 2.4"
+    ident = rois["TZ"].ROIDerivationAlgorithmIdentificationSequence[0]
+    assert (ident.AlgorithmName, ident.AlgorithmVersion) == ("TotalSegmentator", "2.4")
+    assert ident.AlgorithmFamilyCodeSequence[0].CodeValue == "123110"
+    # semiautomatic without a known algorithm: optional in RTSTRUCT, so left out, not filled with medseg
+    assert "ROIDerivationAlgorithmIdentificationSequence" not in rois["AFS"]
+    assert rois["AFS"].ROIGenerationDescription == "edited in Slicer"
+    meta = read_rtstruct(out, synthetic_series.image, ZONES).meta
+    assert meta["algorithms"] == {2: tool}
+    assert meta["generation_descriptions"] == {
+        1: "contoured on T2",
+        2: "TotalSegmentator 2.4",
+        4: "edited in Slicer",
+    }
+    # Without ``algorithm`` the writer's caller is a medseg prediction: medseg is named.
+    own = write_rtstruct(label, synthetic_series.folder, tmp_path / "own.dcm", ZONES)
+    assert read_rtstruct(own, synthetic_series.image, ZONES).meta["algorithms"] == dict.fromkeys(
+        (1, 2, 4), medseg_algorithm()
+    )

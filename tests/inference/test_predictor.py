@@ -11,6 +11,7 @@ import pydicom
 import pytest
 from typer.testing import CliRunner
 
+import medseg
 from medseg.cli import app
 from medseg.errors import ConfigError, InputError, OutputExistsError
 from medseg.inference.predictor import PredictConfig, SegmentationModel, discover_cases, predict
@@ -148,10 +149,15 @@ def test_dicom_in_dicom_seg_and_rtstruct_out(trained_model: Path, tmp_path: Path
     label = read_volume(tmp_path / "out" / "series.nii.gz")
     seg = read_dicom_seg(tmp_path / "out" / "series" / "seg.dcm", label)
     np.testing.assert_array_equal(seg.array, label.array)
-    # A prediction is always AUTOMATIC, in both formats.
+    # A prediction is always AUTOMATIC and made by medseg, in both formats.
     assert set(seg.meta["algorithm_types"].values()) == {"automatic"}
+    assert {(a.name, a.version) for a in seg.meta["algorithms"].values()} == {("medseg", medseg.__version__)}
+    assert set(seg.meta["algorithms"]) == set(seg.meta["segments"])
     rt = pydicom.dcmread(tmp_path / "out" / "series" / "rtstruct.dcm", stop_before_pixels=True)
     assert {str(r.ROIGenerationAlgorithm) for r in rt.StructureSetROISequence} == {"AUTOMATIC"}
+    assert {str(r.ROIGenerationDescription) for r in rt.StructureSetROISequence} == {
+        f"medseg {medseg.__version__}"
+    }
     # The cohort table names the source study and series, for joining a PACS export.
     source = pydicom.dcmread(next(series.rglob("*.dcm")), stop_before_pixels=True)
     with (tmp_path / "out" / "cohort_volumes.csv").open() as fh:

@@ -67,21 +67,44 @@ def export_command(
         str | None,
         typer.Option(
             metavar="TYPE",
-            help="how the segments were made, as the DICOM SEG (Segment Algorithm Type) and RTSTRUCT "
+            help="how every segment was made, as the DICOM SEG (Segment Algorithm Type) and RTSTRUCT "
             "(ROI Generation Algorithm) declare it: manual for a label map a person drew, semiautomatic "
-            "for a corrected prediction, automatic for a model's output. Default: a SEG or RTSTRUCT "
-            "label file keeps each segment's own type; any other label map is automatic, as "
-            "`medseg predict` writes",
+            "for a corrected prediction, automatic for a model's output. Replaces what a SEG or RTSTRUCT "
+            "input declares. Default: a SEG or RTSTRUCT input keeps each segment's own type; any other "
+            "label map is automatic",
+        ),
+    ] = None,
+    algorithm_name: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="the tool that made the automatic or semiautomatic segments (e.g. TotalSegmentator), "
+            "named in the DICOM SEG and RTSTRUCT; replaces what a SEG or RTSTRUCT input names. A "
+            "dicom-seg of an automatic or semiautomatic label map that names no algorithm (any NIfTI) "
+            "needs it; medseg names itself only in what `medseg predict` writes",
+        ),
+    ] = None,
+    algorithm_version: Annotated[
+        str | None,
+        typer.Option(metavar="VERSION", help="version of --algorithm-name (default: unknown)"),
+    ] = None,
+    algorithm_family: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FAMILY",
+            help="DICOM family (CID 7162) of --algorithm-name: 'artificial intelligence' (default), "
+            "'cluster analysis', 'deformable models', 'edge detection', 'histogram analysis', "
+            "'morphological operations', ...",
         ),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
 ) -> None:
     """Write DICOM SEG, RTSTRUCT, meshes, volumes, overlay or a report for an existing label map.
 
-    For a segmentation made elsewhere (another tool, a manual correction) or earlier; a DICOM SEG becomes an RTSTRUCT and back. The label map must lie on the image's grid, or --resample puts it there (nearest neighbour). SEG and RTSTRUCT segments are marked AUTOMATIC (a SEG or RTSTRUCT input: as it declares them) unless --algorithm-type says manual or semiautomatic. volumes.csv names the study and series UIDs of a DICOM image (empty for other images).
+    For a segmentation made elsewhere (another tool, a manual correction) or earlier; a DICOM SEG becomes an RTSTRUCT and back. The label map must lie on the image's grid, or --resample puts it there (nearest neighbour). SEG and RTSTRUCT segments keep the algorithm type and algorithm a SEG or RTSTRUCT input declares; any other label map is marked AUTOMATIC. --algorithm-type sets the type of every segment and --algorithm-name the algorithm, replacing what the input declares. A DICOM SEG must name the algorithm of automatic and semiautomatic segments: for a label map that names none, give --algorithm-name or --algorithm-type manual. volumes.csv names the study and series UIDs of a DICOM image (empty for other images).
     """
     from medseg.evaluation import parse_labels
-    from medseg.export.case import ExportConfig, export_label
+    from medseg.export.case import ExportConfig, describe_algorithms, export_label
 
     declared = parse_labels(labels)
     cfg = ExportConfig(
@@ -93,6 +116,9 @@ def export_command(
         mesh_suffix="." + mesh_format.lower().lstrip("."),
         case_id=case_id,
         algorithm_type=algorithm_type,  # type: ignore[arg-type]  # checked by ExportConfig
+        algorithm_name=algorithm_name,
+        algorithm_version=algorithm_version,
+        algorithm_family=algorithm_family,
         overwrite=overwrite,
     )
     result = export_label(label, image, out, cfg)
@@ -103,8 +129,17 @@ def export_command(
     names = ", ".join(f"{v}={n}" for v, n in result.names.items()) or "none (empty label map)"
     console.print(f"case {escape(result.case_id)}: labels {escape(names)}", soft_wrap=True)
     if any(f in result.outputs for f in ("dicom-seg", "rtstruct")):
-        kinds = ", ".join(f"{result.names[v]} {k.upper()}" for v, k in result.algorithm_types.items())
-        console.print(f"segments marked {escape(kinds)} (--algorithm-type)", soft_wrap=True)
+        made = describe_algorithms(
+            result.algorithm_types, result.algorithms, result.names, defined_terms=True
+        )
+        source = {
+            "option": "--algorithm-type",
+            "label file": f"as {label.name} declares",
+            "default": "default for a label map that declares none; --algorithm-type sets it",
+        }[result.types_from]
+        if cfg.algorithm_name is not None:
+            source += "; algorithm: --algorithm-name"
+        console.print(f"segments marked {escape(made)} ({escape(source)})", soft_wrap=True)
     skipped = [f for f in cfg.formats if f not in result.outputs]
     if skipped:
         console.print(f"[yellow]not written:[/] {', '.join(skipped)} (nothing segmented)")

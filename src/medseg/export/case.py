@@ -16,11 +16,18 @@ Both lay their outputs out the same way (:func:`case_targets`)::
 (within the tolerances of :meth:`VolumeGeometry.differences`), or ``resample=True`` puts it
 there with nearest-neighbour interpolation (labels are never interpolated linearly).
 
-The DICOM outputs declare how the segments were made: a prediction is AUTOMATIC (always,
-for `medseg predict`). `medseg export` writes what ``algorithm_type`` says ("manual" for a
-label map a person drew, "semiautomatic" for a corrected prediction); by default each
-segment of a DICOM SEG or RTSTRUCT label file keeps the type that file declares (a format
-conversion does not change how a segment was made), and any other label map is AUTOMATIC.
+The DICOM outputs declare how the segments were made, and by which algorithm
+(:mod:`medseg.export.algorithm`). A prediction is AUTOMATIC, made by medseg (always, for
+`medseg predict`). `medseg export` writes what ``algorithm_type`` says ("manual" for a
+label map a person drew, "semiautomatic" for a corrected prediction, "automatic") for every
+segment; without it each segment of a DICOM SEG or RTSTRUCT label file keeps the type that
+file declares (a format conversion does not change how a segment was made), and any other
+label map is AUTOMATIC. The algorithm of automatic and semiautomatic segments is
+``algorithm_name`` / ``algorithm_version`` when given, else the identification the SEG or
+RTSTRUCT label file declares; medseg never names itself for a label map it did not just
+predict. A DICOM SEG must name that algorithm, so when nothing does (a NIfTI without
+``algorithm_name``) :func:`export_label` refuses the dicom-seg output instead of writing
+"medseg" or "unknown" into a file a radiologist reads as the source of the contours.
 """
 
 from __future__ import annotations
@@ -35,7 +42,16 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import ConfigError, InputError
-from medseg.export.algorithm import AlgorithmType, algorithm_types_for, check_algorithm_type
+from medseg.export.algorithm import (
+    UNKNOWN_VERSION,
+    AlgorithmId,
+    AlgorithmType,
+    algorithm_types_for,
+    algorithms_for,
+    check_algorithm_family,
+    check_algorithm_text,
+    check_algorithm_type,
+)
 from medseg.io import IMAGE_2D_SUFFIXES, write_volume
 from medseg.volume import Volume
 
@@ -119,6 +135,8 @@ def write_case_outputs(
     case_id: str,
     mesh_suffix: str = ".stl",
     algorithm_type: AlgorithmType | Mapping[int, AlgorithmType] = "automatic",
+    algorithm: AlgorithmId | Mapping[int, AlgorithmId] | None = None,
+    generation_descriptions: Mapping[int, str] | None = None,
     overwrite: bool = False,
 ) -> dict[str, Path]:
     """Write ``label`` (on ``image``'s grid) in every format of ``targets``; returns what was written.
@@ -126,7 +144,10 @@ def write_case_outputs(
     ``series`` is the source DICOM series (needed for dicom-seg / rtstruct), ``probabilities``
     the (C, *shape) class probabilities (for "probabilities"). ``algorithm_type`` is how the
     segments were made (one for all, or per label value), as the SEG and RTSTRUCT declare
-    it. The volume tables name the study and series ``image`` was read from (its DICOM UIDs;
+    it; ``algorithm`` which algorithm made the automatic and semiautomatic ones (None: medseg,
+    for a prediction of its own; a mapping names them per value and never falls back to
+    medseg), ``generation_descriptions`` an input RTSTRUCT's ROI Generation Descriptions to
+    carry. The volume tables name the study and series ``image`` was read from (its DICOM UIDs;
     empty for other formats). DICOM outputs of an empty label map are skipped with a warning
     (a SEG or RTSTRUCT cannot be empty).
     """
@@ -155,13 +176,26 @@ def write_case_outputs(
                 from medseg.export.dicom_seg import write_dicom_seg
 
                 written[fmt] = write_dicom_seg(
-                    label, series, target, names, algorithm_type=algorithm_type, overwrite=overwrite
+                    label,
+                    series,
+                    target,
+                    names,
+                    algorithm_type=algorithm_type,
+                    algorithm=algorithm,
+                    overwrite=overwrite,
                 )
             else:
                 from medseg.export.rtstruct import write_rtstruct
 
                 written[fmt] = write_rtstruct(
-                    label, series, target, names, algorithm_type=algorithm_type, overwrite=overwrite
+                    label,
+                    series,
+                    target,
+                    names,
+                    algorithm_type=algorithm_type,
+                    algorithm=algorithm,
+                    generation_descriptions=generation_descriptions,
+                    overwrite=overwrite,
                 )
         elif fmt == "mesh":
             if not present:
@@ -210,8 +244,13 @@ class ExportConfig:
     (z, y, x mm) gives PNG/TIFF inputs, which carry none, their voxel size; ``resample``
     puts a label map that lies on another grid onto the image's (nearest neighbour);
     ``algorithm_type`` ("automatic", "semiautomatic" or "manual") is what the DICOM SEG and
-    RTSTRUCT declare about how the segments were made. None (the default): a DICOM SEG or
-    RTSTRUCT label file's own type per segment, else "automatic", as for a prediction.
+    RTSTRUCT declare about how every segment was made. None (the default): a DICOM SEG or
+    RTSTRUCT label file's own type per segment, else "automatic". ``algorithm_name`` and
+    ``algorithm_version`` name the tool that made the automatic or semiautomatic segments
+    (e.g. "TotalSegmentator", "2.4"; the version "unknown" when not given), ``algorithm_family``
+    its CID 7162 family (default "artificial intelligence"); they replace what a SEG or
+    RTSTRUCT label file declares. Without them a label map that names no algorithm cannot be
+    written as dicom-seg unless it is manual (see the module docstring).
     """
 
     formats: tuple[str, ...] = DEFAULT_EXPORT_FORMATS
@@ -222,12 +261,35 @@ class ExportConfig:
     mesh_suffix: str = ".stl"
     case_id: str | None = None
     algorithm_type: AlgorithmType | None = None
+    algorithm_name: str | None = None
+    algorithm_version: str | None = None
+    algorithm_family: str | None = None
     overwrite: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "formats", check_formats(self.formats, EXPORT_FORMATS))
         if self.algorithm_type is not None:
             object.__setattr__(self, "algorithm_type", check_algorithm_type(self.algorithm_type))
+        if self.algorithm_name is None:
+            given = [o for o in ("algorithm_version", "algorithm_family") if getattr(self, o) is not None]
+            if given:
+                raise ConfigError(
+                    f"{' and '.join(given)} need algorithm_name (--algorithm-name): the tool they describe"
+                )
+        else:
+            if self.algorithm_type == "manual":
+                raise ConfigError(
+                    "algorithm_name (--algorithm-name) names the algorithm of automatic or semiautomatic "
+                    "segments; manual segments name none"
+                )
+            object.__setattr__(
+                self, "algorithm_name", check_algorithm_text(self.algorithm_name, "algorithm name")
+            )
+            if self.algorithm_version is not None:
+                version = check_algorithm_text(self.algorithm_version, "algorithm version")
+                object.__setattr__(self, "algorithm_version", version)
+            if self.algorithm_family is not None:
+                check_algorithm_family(self.algorithm_family)
         if self.labels is not None:
             bad = [v for v in self.labels if not isinstance(v, int) or v <= 0]
             if bad:
@@ -238,6 +300,14 @@ class ExportConfig:
             raise ConfigError(f"case id must be a file name (no path separators), found {self.case_id!r}")
         check_mesh_suffix(self.mesh_suffix)
 
+    @property
+    def algorithm(self) -> AlgorithmId | None:
+        """The algorithm ``algorithm_name`` / ``_version`` / ``_family`` name, or None."""
+        if self.algorithm_name is None:
+            return None
+        family = check_algorithm_family(self.algorithm_family or "artificial intelligence")
+        return AlgorithmId(self.algorithm_name, self.algorithm_version or UNKNOWN_VERSION, family)
+
 
 @dataclass(frozen=True)
 class ExportResult:
@@ -245,8 +315,13 @@ class ExportResult:
     outputs: dict[str, Path]
     names: dict[int, str]
     resampled: bool
-    # How each label value's segments were made, as the SEG / RTSTRUCT outputs declare it.
+    # How each label value's segments were made, as the SEG / RTSTRUCT outputs declare it,
+    # and by which algorithm (automatic and semiautomatic values that name one).
     algorithm_types: dict[int, AlgorithmType] = field(default_factory=dict)
+    algorithms: dict[int, AlgorithmId] = field(default_factory=dict)
+    # Where the types came from: "option" (algorithm_type), "label file" (a SEG's or
+    # RTSTRUCT's own) or "default" (automatic: nothing declared any).
+    types_from: str = "default"
 
 
 def _case_id(label_path: Path) -> str:
@@ -285,7 +360,9 @@ def _read_label(
     path: Path, image: Volume, config: ExportConfig
 ) -> tuple[Volume, dict[int, str], dict[int, AlgorithmType] | None]:
     """The label map as integers >= 0, the names it carries (a DICOM SEG's segment labels) and
-    the algorithm types it declares (a SEG's or RTSTRUCT's, per value; None for other files)."""
+    the algorithm types it declares (a SEG's or RTSTRUCT's, per value; None for other files).
+    A SEG's or RTSTRUCT's algorithm identifications and ROI Generation Descriptions are in the
+    label's ``meta["algorithms"]`` / ``meta["generation_descriptions"]``."""
     if not path.is_file():
         raise InputError(
             path,
@@ -368,6 +445,8 @@ def export_label(
             found="a non-DICOM image file",
         )
     label, carried, declared_types = _read_label(label_file, image, cfg)
+    declared_algorithms: dict[int, AlgorithmId] = dict(label.meta.get("algorithms", {}))
+    descriptions = {int(v): str(d) for v, d in label.meta.get("generation_descriptions", {}).items()}
     resampled = False
     if label_file.suffix.lower() in IMAGE_2D_SUFFIXES:
         # A PNG/TIFF label map carries no position or orientation: it can only mean the
@@ -414,6 +493,40 @@ def export_label(
         names[v] = f"label_{v}"
     names = {v: names[v] for v in sorted(names)}
     case_id = cfg.case_id or _case_id(label_file)
+    from medseg import __version__
+
+    if cfg.algorithm_type is not None:
+        kinds = algorithm_types_for(present, cfg.algorithm_type)
+        types_from = "option"
+    else:
+        kinds = algorithm_types_for(present, declared_types or {})
+        types_from = "label file" if declared_types else "default"
+        undeclared = [names[v] for v in present if v not in (declared_types or {})]
+        if declared_types is not None and undeclared:
+            log.warning(
+                "%s declares no algorithm type for %s; marked automatic (--algorithm-type sets one)",
+                label_file.name,
+                ", ".join(undeclared),
+            )
+    made_by = algorithms_for(kinds, cfg.algorithm if cfg.algorithm is not None else declared_algorithms)
+    # An input RTSTRUCT's own descriptions, only where neither its types nor its algorithms are overridden.
+    if cfg.algorithm_type is not None or cfg.algorithm_name is not None:
+        descriptions = {}
+    nameless = [names[v] for v in present if kinds[v] != "manual" and v not in made_by]
+    if nameless and "dicom-seg" in cfg.formats:
+        how = {
+            "option": "--algorithm-type",
+            "label file": f"as {label_file.name} declares",
+            "default": f"the default: nothing in {label_file.name} says how it was made",
+        }[types_from]
+        raise ConfigError(
+            f"{label_file}: a DICOM SEG must name the algorithm that made its automatic and semiautomatic "
+            f"segments, and nothing names it for {', '.join(nameless)} (marked "
+            f"{_describe_kinds({v: k for v, k in kinds.items() if names[v] in nameless}, names)}, {how}). "
+            "Pass --algorithm-name NAME [--algorithm-version VERSION] (Python: ExportConfig(algorithm_name=...)) "
+            "for the tool that made it (medseg's own earlier prediction: --algorithm-name medseg), or "
+            "--algorithm-type manual for a label map a person drew"
+        )
     from medseg.io.atomic import prepare_output_folder
 
     prepare_output_folder(out)
@@ -430,23 +543,10 @@ def export_label(
         for target in targets.values():
             if target.exists():
                 raise OutputExistsError(target)
-    from medseg import __version__
-
-    if cfg.algorithm_type is not None:
-        kinds = algorithm_types_for(present, cfg.algorithm_type)
-    else:
-        kinds = algorithm_types_for(present, declared_types or {})
-        undeclared = [names[v] for v in present if v not in (declared_types or {})]
-        if declared_types is not None and undeclared:
-            log.warning(
-                "%s declares no algorithm type for %s; marked automatic (--algorithm-type sets one)",
-                label_file.name,
-                ", ".join(undeclared),
-            )
     info = {
         "label map": label_file.name,
         "exported by": f"medseg {__version__} (medseg export)",
-        "segments made": _describe_kinds(kinds, names),
+        "segments made": describe_algorithms(kinds, made_by, names),
     }
     if resampled:
         info["resampled"] = "nearest neighbour onto the image grid"
@@ -460,13 +560,39 @@ def export_label(
         case_id=case_id,
         mesh_suffix=cfg.mesh_suffix,
         algorithm_type=kinds,
+        algorithm=made_by,
+        generation_descriptions=descriptions,
         overwrite=cfg.overwrite,
     )
-    return ExportResult(case_id, written, names, resampled, kinds)
+    return ExportResult(case_id, written, names, resampled, kinds, made_by, types_from)
 
 
-def _describe_kinds(kinds: Mapping[int, AlgorithmType], names: Mapping[int, str]) -> str:
-    """The one type every segment shares (e.g. "manual"), else each segment's, for the report."""
+def _describe_kinds(kinds: Mapping[int, AlgorithmType], names: Mapping[int, str], upper: bool = False) -> str:
+    """The one type every segment shares ("all manual"), else each segment's."""
+    term = str.upper if upper else str
     if len(set(kinds.values())) <= 1:
-        return next(iter(kinds.values()), "automatic")
-    return ", ".join(f"{names[v]} {kind}" for v, kind in kinds.items())
+        return f"all {term(next(iter(kinds.values()), 'automatic'))}"
+    return ", ".join(f"{names[v]} {term(kind)}" for v, kind in kinds.items())
+
+
+def describe_algorithms(
+    kinds: Mapping[int, AlgorithmType],
+    algorithms: Mapping[int, AlgorithmId],
+    names: Mapping[int, str],
+    *,
+    defined_terms: bool = False,
+) -> str:
+    """How the segments were made, in a few words: "all manual", "all automatic by
+    TotalSegmentator 2.4", or per segment when they differ (for the report and the CLI;
+    ``defined_terms``: the types as DICOM writes them, "all MANUAL")."""
+    text = _describe_kinds(kinds, names, upper=defined_terms)
+    unnamed = "an unnamed algorithm"
+    by = {
+        v: algorithms[v].describe() if v in algorithms else unnamed for v, k in kinds.items() if k != "manual"
+    }
+    if not by:
+        return text
+    if len(set(by.values())) == 1:
+        one = next(iter(by.values()))
+        return f"{text} by {one}" if len(set(kinds.values())) == 1 else f"{text}; algorithm {one}"
+    return f"{text}; " + ", ".join(f"{names[v]} by {who}" for v, who in by.items())

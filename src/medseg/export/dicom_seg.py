@@ -15,10 +15,13 @@ Choices:
 * Segment numbers are 1..N in increasing label value; the segment *label* carries the
   name, so :func:`read_dicom_seg` with ``segment_names`` restores the original values.
 * Segment Algorithm Type AUTOMATIC (a prediction) by default; SEMIAUTOMATIC or MANUAL for
-  a label map a person drew or corrected. AUTOMATIC and SEMIAUTOMATIC name medseg as the
-  algorithm (Segment Algorithm Name is required for them, PS3.3 C.8.20.2); MANUAL names no
-  algorithm, since no algorithm made the segments (highdicom requires one for the others
-  and accepts none for MANUAL).
+  a label map a person drew or corrected. AUTOMATIC and SEMIAUTOMATIC segments name the
+  algorithm that made them (Segment Algorithm Name is required for them, PS3.3 C.8.20.2):
+  medseg by default (a prediction of its own), or what the caller passes as ``algorithm``
+  (another tool, or the identification a converted SEG declares). MANUAL names no algorithm,
+  since no algorithm made the segments (highdicom requires one for the others and accepts
+  none for MANUAL). Manufacturer, model name and software versions are always medseg's: they
+  describe the software that wrote the file, not the one that segmented.
 """
 
 from __future__ import annotations
@@ -36,7 +39,15 @@ from pydicom.sr.coding import Code
 
 import medseg
 from medseg.errors import ConfigError, GeometryError, InputError
-from medseg.export.algorithm import AlgorithmType, algorithm_types_for, read_algorithm_type
+from medseg.export.algorithm import (
+    AlgorithmId,
+    AlgorithmType,
+    algorithm_types_for,
+    algorithms_for,
+    medseg_algorithm,
+    read_algorithm_id,
+    read_algorithm_type,
+)
 from medseg.export.codes import Segment, segments_for_label
 from medseg.export.dicom_source import SourceLike, match_source_series
 from medseg.io.atomic import atomic_file, check_writable
@@ -95,8 +106,7 @@ def write_dicom_seg(
     overwrite: bool = False,
     series_description: str = "medseg segmentation",
     series_number: int = 9901,
-    algorithm_name: str = "medseg",
-    algorithm_version: str = medseg.__version__,
+    algorithm: AlgorithmId | Mapping[int, AlgorithmId] | None = None,
     manufacturer: str = "medseg",
     algorithm_type: AlgorithmType | Mapping[int, AlgorithmType] = "automatic",
 ) -> Path:
@@ -105,7 +115,10 @@ def write_dicom_seg(
     ``source`` is the source series: a folder, a list of files or pydicom datasets (any
     order), or an object with ``.datasets``. ``algorithm_type`` ("automatic",
     "semiautomatic" or "manual"; one for all, or per label value) is each segment's Segment
-    Algorithm Type; "manual" segments name no algorithm. Returns the written path.
+    Algorithm Type; "manual" segments name no algorithm. ``algorithm`` (one for all, or per
+    label value) names the algorithm of the others; None means medseg, for a prediction of
+    its own. A mapping that lacks an automatic or semiautomatic value raises ConfigError
+    rather than naming medseg for it. Returns the written path.
     """
     target = check_writable(path, overwrite)
     segments = segments_for_label(label, segment_names, colors)
@@ -117,16 +130,26 @@ def write_dicom_seg(
             found="no foreground",
         )
     kinds = algorithm_types_for([s.value for s in segments], algorithm_type)
+    made_by = algorithms_for(kinds, medseg_algorithm() if algorithm is None else algorithm)
+    unnamed = [s.name for s in segments if kinds[s.value] != "manual" and s.value not in made_by]
+    if unnamed:
+        raise ConfigError(
+            f"{target}: a DICOM SEG must name the algorithm of automatic and semiautomatic segments; "
+            f"none given for {', '.join(unnamed)}"
+        )
     series = match_source_series(label.geometry, source)
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name=algorithm_name,
-        version=algorithm_version,
-        family=Code("123109", "DCM", "Artificial Intelligence"),
-    )
     descriptions = [
-        _description(i + 1, s, kinds[s.value], None if kinds[s.value] == "manual" else algorithm)
+        _description(i + 1, s, kinds[s.value], _identification(made_by.get(s.value)))
         for i, s in enumerate(segments)
     ]
+    named = set(made_by.values())
+    content = (
+        next(iter(named)).describe()
+        if len(named) == 1
+        else "segmentation"
+        if named
+        else "manual segmentation"
+    )
     stacked = np.stack([label.array == s.value for s in segments], axis=-1).astype(np.uint8)
     try:
         with warnings.catch_warnings(), disable_value_validation():
@@ -143,12 +166,12 @@ def write_dicom_seg(
                 sop_instance_uid=hd.UID(),
                 instance_number=1,
                 manufacturer=manufacturer,
-                manufacturer_model_name=algorithm_name,
-                software_versions=algorithm_version,
+                manufacturer_model_name="medseg",
+                software_versions=medseg.__version__,
                 device_serial_number="0",
                 series_description=series_description[:64],
                 content_label="SEGMENTATION",
-                content_description=f"{algorithm_name} {algorithm_version}"[:64],
+                content_description=content[:64],
             )
     except (ValueError, TypeError, AttributeError) as exc:
         raise InputError(target, "highdicom refused to build the SEG", found=safe_error_text(exc)) from None
@@ -156,6 +179,14 @@ def write_dicom_seg(
         seg.save_as(tmp)
     log.info("wrote DICOM SEG with %d segments to %s", len(segments), target)
     return target
+
+
+def _identification(algorithm: AlgorithmId | None) -> hd.AlgorithmIdentificationSequence | None:
+    if algorithm is None:
+        return None
+    return hd.AlgorithmIdentificationSequence(
+        name=algorithm.name, version=algorithm.version, family=Code(*algorithm.family)
+    )
 
 
 def _reference_geometry(reference: Volume | VolumeGeometry) -> VolumeGeometry:
@@ -174,7 +205,8 @@ def read_dicom_seg(
     :class:`GeometryError` when the SEG's frames do not lie on the reference grid and
     :class:`InputError` when the file is not a SEG. ``meta["segments"]`` maps value -> label,
     ``meta["algorithm_types"]`` value -> "automatic", "semiautomatic" or "manual" (segments
-    with another Segment Algorithm Type are left out).
+    with another Segment Algorithm Type are left out), ``meta["algorithms"]`` value ->
+    :class:`AlgorithmId` of the segments that name their algorithm.
     Overlapping segments are not supported (medseg writes none).
     """
     src = Path(path)
@@ -233,9 +265,17 @@ def read_dicom_seg(
         for d in seg.SegmentSequence
         if int(d.SegmentNumber) > 0
     }
+    algorithms = {
+        value_of[int(d.SegmentNumber)]: read_algorithm_id(
+            (d.get("SegmentationAlgorithmIdentificationSequence") or [None])[0], d.get("SegmentAlgorithmName")
+        )
+        for d in seg.SegmentSequence
+        if int(d.SegmentNumber) > 0
+    }
     meta = {
         "source": src.name,
         "segments": {value_of[n]: labels[n] for n in numbers},
         "algorithm_types": {value_of[n]: kind for n, kind in kinds.items() if kind is not None},
+        "algorithms": {v: a for v, a in algorithms.items() if a is not None},
     }
     return Volume(values.astype(dtype), geometry=geometry, meta=meta)

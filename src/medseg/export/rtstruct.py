@@ -41,7 +41,15 @@ from skimage.draw import line, polygon_perimeter
 from skimage.draw import polygon as fill_polygon
 
 from medseg.errors import ConfigError, GeometryError, InputError
-from medseg.export.algorithm import AlgorithmType, algorithm_types_for, read_algorithm_type
+from medseg.export.algorithm import (
+    AlgorithmId,
+    AlgorithmType,
+    algorithm_types_for,
+    algorithms_for,
+    medseg_algorithm,
+    read_algorithm_id,
+    read_algorithm_type,
+)
 from medseg.export.codes import segments_for_label
 from medseg.export.dicom_source import SourceLike, match_source_series
 from medseg.io.atomic import atomic_file, check_writable
@@ -95,13 +103,20 @@ def write_rtstruct(
     overwrite: bool = False,
     series_description: str = "medseg contours",
     algorithm_type: AlgorithmType | Mapping[int, AlgorithmType] = "automatic",
+    algorithm: AlgorithmId | Mapping[int, AlgorithmId] | None = None,
+    generation_descriptions: Mapping[int, str] | None = None,
 ) -> Path:
     """Write one ROI per label value present in ``label`` as an RTSTRUCT on ``source``.
 
     ``source`` is the source series (a folder, files, datasets read from files, or an
     object with ``.datasets``/``.files``) in any order; rt-utils needs the files.
     ``algorithm_type`` ("automatic", "semiautomatic" or "manual"; one for all, or per label
-    value) is each ROI's ROI Generation Algorithm. An empty label map raises :class:`InputError`.
+    value) is each ROI's ROI Generation Algorithm. ``algorithm`` (one for all, or per value;
+    None: medseg, for a prediction of its own) names the algorithm of the automatic and
+    semiautomatic ROIs, as ROI Derivation Algorithm Identification and, unless
+    ``generation_descriptions`` gives one (a converted RTSTRUCT's own text), as ROI Generation
+    Description. Both are optional (type 3): a mapping that lacks a value leaves them out for
+    that ROI; manual ROIs name no algorithm. An empty label map raises :class:`InputError`.
     """
     target = check_writable(path, overwrite)
     segments = segments_for_label(label, segment_names, colors)
@@ -113,6 +128,7 @@ def write_rtstruct(
             found="no foreground",
         )
     kinds = algorithm_types_for([s.value for s in segments], algorithm_type)
+    made_by = algorithms_for(kinds, medseg_algorithm() if algorithm is None else algorithm)
     series = match_source_series(label.geometry, source)
     if any(f is None or not Path(f).is_file() for f in series.files):
         raise InputError(
@@ -170,11 +186,32 @@ def write_rtstruct(
                     description=segment.code.describe()[:64],
                     roi_generation_algorithm=kinds[segment.value].upper(),  # defined terms, C.8.8.5
                 )
+            _set_generation(
+                rtstruct.ds.StructureSetROISequence[-1],
+                made_by.get(segment.value),
+                (generation_descriptions or {}).get(segment.value),
+            )
         _set_provenance(rtstruct.ds, series.datasets[0])
         with atomic_file(target, overwrite=overwrite) as out:
             rtstruct.ds.save_as(out)
     log.info("wrote RTSTRUCT with %d ROIs to %s", len(segments), target)
     return target
+
+
+def _set_generation(roi: pydicom.Dataset, algorithm: AlgorithmId | None, description: str | None) -> None:
+    """ROI Generation Description (LO) and ROI Derivation Algorithm Identification Sequence
+    (the Algorithm Identification macro, as a SEG's), both type 3 in the Structure Set ROI Sequence."""
+    text = description or (algorithm.describe() if algorithm is not None else "")
+    if text:
+        roi.ROIGenerationDescription = text[:64]
+    if algorithm is not None:
+        family = pydicom.Dataset()
+        family.CodeValue, family.CodingSchemeDesignator, family.CodeMeaning = algorithm.family
+        ident = pydicom.Dataset()
+        ident.AlgorithmFamilyCodeSequence = [family]
+        ident.AlgorithmName = algorithm.name
+        ident.AlgorithmVersion = algorithm.version
+        roi.ROIDerivationAlgorithmIdentificationSequence = [ident]
 
 
 def _set_provenance(ds: pydicom.Dataset, source: pydicom.Dataset) -> None:
@@ -253,7 +290,9 @@ def read_rtstruct(
     overlap. Contours off the grid's slices raise :class:`GeometryError`.
     ``meta["segments"]`` maps value -> ROI name, ``meta["algorithm_types"]`` value ->
     "automatic", "semiautomatic" or "manual" (ROIs with an empty or other ROI Generation
-    Algorithm are left out).
+    Algorithm are left out), ``meta["algorithms"]`` value -> :class:`AlgorithmId` (ROIs with a
+    ROI Derivation Algorithm Identification) and ``meta["generation_descriptions"]`` value ->
+    ROI Generation Description (ROIs that have one).
     """
     src = Path(path)
     geometry = reference.geometry if isinstance(reference, Volume) else reference
@@ -268,6 +307,16 @@ def read_rtstruct(
     names = {int(r.ROINumber): str(r.ROIName) for r in getattr(ds, "StructureSetROISequence", [])}
     generation = {
         int(r.ROINumber): read_algorithm_type(r.get("ROIGenerationAlgorithm"))
+        for r in getattr(ds, "StructureSetROISequence", [])
+    }
+    declared = {
+        int(r.ROINumber): read_algorithm_id(
+            (r.get("ROIDerivationAlgorithmIdentificationSequence") or [None])[0]
+        )
+        for r in getattr(ds, "StructureSetROISequence", [])
+    }
+    described = {
+        int(r.ROINumber): str(r.get("ROIGenerationDescription", "") or "").strip()
         for r in getattr(ds, "StructureSetROISequence", [])
     }
     value_of = {number: number for number in names}
@@ -322,5 +371,11 @@ def read_rtstruct(
             else "",
         )
     kinds = {value_of.get(n, n): kind for n, kind in generation.items() if kind is not None}
-    meta = {"source": src.name, "segments": segments, "algorithm_types": kinds}
+    meta = {
+        "source": src.name,
+        "segments": segments,
+        "algorithm_types": kinds,
+        "algorithms": {value_of.get(n, n): a for n, a in declared.items() if a is not None},
+        "generation_descriptions": {value_of.get(n, n): d for n, d in described.items() if d},
+    }
     return Volume(out.astype(dtype), geometry=geometry, meta=meta)

@@ -109,7 +109,7 @@ def run_methods(image: Volume, ref: Volume, labels: list[int]) -> dict[str, np.n
     preds["kmeans 4 (oracle class)"] = oracle(classical.kmeans(image, 4), ref, labels)
     grown = np.zeros(ref.shape, dtype=np.uint8)
     for lab, seed in zip(labels, seeds, strict=True):
-        g = classical.region_grow(image, [seed], method="confidence", multiplier=2.5, iterations=4, radius=1)
+        g = classical.region_grow(image, [seed], method="confidence")  # medseg's defaults
         grown[(g.array > 0) & (grown == 0)] = lab
     preds["region growing (confidence, 1 seed/organ)"] = grown
     ws = classical.watershed(image, seeds=seeds, sigma_mm=1.0)

@@ -5,6 +5,12 @@
 neighbourhoods (radius ``radius`` voxels), the statistics ConfidenceConnected starts from.
 ``confidence``: ConfidenceConnected re-estimates mean and std inside the grown region
 ``iterations`` times and keeps voxels within mean +- multiplier * std.
+
+Defaults (multiplier 2.0, 1 iteration, radius 2) come from ``benchmarks/region_grow_sweep.py``:
+with one seed per organ at its deepest point, ITK's usual example setting (2.5, 4, 1) leaked
+into neighbouring tissue on every data set tried -- mean Dice on CHAOS MR 0.34 against 0.44,
+MSD hippocampus 0.14 against 0.23, the CT phantom 0.21 against 0.46 (each re-estimation
+widens the interval once the region has taken in some of its neighbours).
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from medseg.io.itk import to_sitk
 from medseg.volume import Volume
 
 GrowMethod = Literal["confidence", "connected"]
+DEFAULT_MULTIPLIER = 2.0
+DEFAULT_ITERATIONS = 1
+DEFAULT_RADIUS = 2
 
 
 def _seed_statistics(array: np.ndarray, seeds: Sequence[Index], radius: int) -> tuple[float, float]:
@@ -43,9 +52,9 @@ def region_grow(
     method: GrowMethod = "confidence",
     lower: float | None = None,
     upper: float | None = None,
-    multiplier: float = 2.5,
-    iterations: int = 4,
-    radius: int = 1,
+    multiplier: float = DEFAULT_MULTIPLIER,
+    iterations: int = DEFAULT_ITERATIONS,
+    radius: int = DEFAULT_RADIUS,
     label: int = 1,
 ) -> Volume:
     """Grow a region from seeds ((z, y, x) indices, LPS world points or a seed mask)."""

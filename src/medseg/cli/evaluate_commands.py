@@ -339,11 +339,15 @@ def baseline_command(
         None, "--classes", help="otsu (default 2) / kmeans (default 3): classes."
     ),
     grow: str = typer.Option("confidence", "--grow", help="region-grow: 'confidence' or 'connected'."),
-    multiplier: float = typer.Option(2.5, "--multiplier", help="region-grow: mean ± multiplier × std."),
-    iterations: int | None = typer.Option(
-        None, "--iterations", help="region-grow (confidence; default 4) / kmeans (default 50) iterations."
+    multiplier: float | None = typer.Option(
+        None, "--multiplier", help="region-grow: mean ± multiplier × std (default 2.0)."
     ),
-    radius: int = typer.Option(1, "--radius", help="region-grow: seed neighbourhood radius (voxels)."),
+    iterations: int | None = typer.Option(
+        None, "--iterations", help="region-grow (confidence; default 1) / kmeans (default 50) iterations."
+    ),
+    radius: int | None = typer.Option(
+        None, "--radius", help="region-grow: seed neighbourhood radius in voxels (default 2)."
+    ),
     sigma: float | None = typer.Option(
         None,
         "--sigma",
@@ -394,9 +398,9 @@ def baseline_command(
         "--seed-mask": seed_mask is not None,
         "--classes": classes is not None,
         "--grow": grow != "confidence",
-        "--multiplier": multiplier != 2.5,
+        "--multiplier": multiplier is not None,
         "--iterations": iterations is not None,
-        "--radius": radius != 1,
+        "--radius": radius is not None,
         "--sigma": sigma is not None,
         "--keep-class": keep_class is not None,
     }
@@ -416,6 +420,8 @@ def baseline_command(
             volume, 3 if classes is None else classes, iterations=50 if iterations is None else iterations
         )
     elif method == "region-grow":
+        from medseg.classical import region_growing as grow_defaults
+
         if grow not in ("confidence", "connected"):
             raise ConfigError(f"--grow must be 'confidence' or 'connected', found '{grow}'")
         result = classical.region_grow(
@@ -426,9 +432,9 @@ def baseline_command(
             method="confidence" if grow == "confidence" else "connected",
             lower=lower,
             upper=upper,
-            multiplier=multiplier,
-            iterations=4 if iterations is None else iterations,
-            radius=radius,
+            multiplier=grow_defaults.DEFAULT_MULTIPLIER if multiplier is None else multiplier,
+            iterations=grow_defaults.DEFAULT_ITERATIONS if iterations is None else iterations,
+            radius=grow_defaults.DEFAULT_RADIUS if radius is None else radius,
         )
     else:
         result = classical.watershed(

@@ -15,7 +15,8 @@ from scipy.stats import wilcoxon
 from medseg.errors import ConfigError, InputError
 from medseg.evaluation import EvaluationConfig, compare, evaluate, parse_methods, write_comparison_report
 from medseg.evaluation.compare import wilcoxon_paired
-from medseg.export.overlay import COMPARISON_MARGIN_IN, COMPARISON_PANEL_IN, PREDICTION_COLOR, REFERENCE_COLOR
+from medseg.export.codes import segment_color
+from medseg.export.overlay import COMPARISON_MARGIN_IN, COMPARISON_PANEL_IN
 from medseg.io import write_volume
 from tests.conftest import make_oblique_volume
 
@@ -125,8 +126,8 @@ def test_comparison_report(methods, tmp_path: Path) -> None:  # type: ignore[no-
         round((COMPARISON_PANEL_IN + COMPARISON_MARGIN_IN) * 100),
     )
     pixels = np.asarray(Image.open(files.overlays[0]).convert("RGB")).astype(int)
-    for rgb in (REFERENCE_COLOR, PREDICTION_COLOR):
-        assert (np.abs(pixels - np.array(rgb)).max(axis=-1) <= 40).sum() > 100
+    for value in LABELS:  # each class outlined in its label colour
+        assert (np.abs(pixels - np.array(segment_color(value))).max(axis=-1) <= 40).sum() > 100
     page = files.report_html.read_text()
     assert "Paired comparison with shift" in page and "gaps: case_006: no prediction" in page
     assert page.count("data:image/png;base64,") == 2 + 6  # box plots, overlays

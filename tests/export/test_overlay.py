@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy.ndimage import binary_dilation
 from scipy.spatial.transform import Rotation
 
 from medseg.errors import GeometryError, OutputExistsError
@@ -15,8 +16,6 @@ from medseg.export.codes import segment_color
 from medseg.export.overlay import (
     COMPARISON_MARGIN_IN,
     COMPARISON_PANEL_IN,
-    PREDICTION_COLOR,
-    REFERENCE_COLOR,
     disagreement_slice,
     display_axes,
     render_comparison_png,
@@ -24,7 +23,7 @@ from medseg.export.overlay import (
     write_overlay,
 )
 from medseg.volume import Volume
-from tests.export.conftest import centred_zones, synthetic_image
+from tests.export.conftest import centred_zones, ellipsoid_labels, synthetic_image
 
 
 @pytest.mark.parametrize(
@@ -117,6 +116,41 @@ def test_disagreement_slice_is_an_array_index_along_the_axial_axis(direction: np
     assert areas[disagreement_slice(reference, [reference])] == areas.max()
 
 
+def _two_blobs(image: Volume) -> Volume:
+    """Label 1 left and label 2 right, apart: each outline has one colour only."""
+    centre = image.index_to_world((np.asarray(image.shape) - 1) / 2.0)
+    ext = np.asarray(image.shape) * np.asarray(image.spacing)
+    r = min(ext[1], ext[2]) / 6
+    axes = (r, r, 0.3 * ext[0])
+    step = image.direction[:, 2] * 1.6 * r  # along the array's x axis
+    return ellipsoid_labels(image, {1: (centre - step, axes), 2: (centre + step, axes)})
+
+
+def test_comparison_png_shows_a_class_mix_up() -> None:
+    """Right outline, wrong classes: the prediction's dashes on label 1's reference outline
+    are label 2's colour, so the picture differs from the one of a correct prediction."""
+    image = synthetic_image(shape=(10, 40, 48), spacing=(3.0, 0.5, 0.5))
+    reference = _two_blobs(image)
+    swapped = reference.array.copy()
+    swapped[reference.array == 1], swapped[reference.array == 2] = 2, 1
+    k = disagreement_slice(reference, [reference.with_array(swapped)])
+
+    def render(pred: np.ndarray) -> bytes:
+        return render_comparison_png(reference, {"p": reference.with_array(pred)}, image, slice_index=k)
+
+    correct, mixed = render(reference.array), render(swapped)
+    c1, c2 = segment_color(1), segment_color(2)
+    outline1 = binary_dilation(_colour_mask(correct, c1), iterations=2)  # label 1's outline
+    assert outline1.sum() > 100
+    # A correct prediction: label 1's outline carries label 1's colour only.
+    assert (_colour_mask(correct, c2) & outline1).sum() == 0
+    # Swapped: label 2's dashes run along it (and label 1's along label 2's outline).
+    assert (_colour_mask(mixed, c2) & outline1).sum() > 50
+    outline2 = binary_dilation(_colour_mask(correct, c2), iterations=2)
+    assert (_colour_mask(mixed, c1) & outline2).sum() > 50
+    assert (_colour_mask(correct, c1) & outline2).sum() == 0
+
+
 def test_comparison_png_draws_reference_and_prediction_contours_apart() -> None:
     image = synthetic_image(shape=(10, 40, 32), spacing=(3.0, 0.5, 0.5))
     reference = centred_zones(image)
@@ -129,18 +163,18 @@ def test_comparison_png_draws_reference_and_prediction_contours_apart() -> None:
         round(2 * COMPARISON_PANEL_IN * 100),
         round((COMPARISON_PANEL_IN + COMPARISON_MARGIN_IN) * 100),
     )
-    ref_px, pred_px = _colour_mask(png, REFERENCE_COLOR), _colour_mask(png, PREDICTION_COLOR)
-    half = ref_px.shape[1] // 2
-    body = slice(0, ref_px.shape[0] - 60)  # above the legend, whose swatches have both colours
-    left_ref, left_pred = ref_px[body, :half], pred_px[body, :half]
-    assert left_ref.sum() > 100 and left_pred.sum() > 100
-    # Shifted by 6 voxels: the contours lie apart, mostly not on the same pixels.
-    assert (left_ref & left_pred).sum() < 0.2 * min(left_ref.sum(), left_pred.sum())
-    cols_ref, cols_pred = (np.nonzero(m)[1].mean() for m in (left_ref, left_pred))
-    assert abs(cols_ref - cols_pred) > 5
-    # Identical prediction: drawn over the (wider) reference contour, both stay visible.
-    right_ref, right_pred = ref_px[body, half:], pred_px[body, half:]
-    assert right_ref.sum() > 50 and right_pred.sum() > 100
+    k = disagreement_slice(reference, [shifted])
+    alone = {
+        name: render_comparison_png(reference, {"p": pred}, image, slice_index=k)
+        for name, pred in (("same", reference), ("shifted", shifted))
+    }
+    c1 = segment_color(1)
+    same, moved = (_colour_mask(alone[n], c1)[:-60] for n in ("same", "shifted"))  # above the legend
+    assert same.sum() > 100
+    # Shifted by 6 voxels: many of label 1's pixels (its thin dashed outline) lie away from
+    # its reference outline, which is all that a prediction equal to the reference shows.
+    away = (moved & ~binary_dilation(same, iterations=3)).sum()
+    assert away > 0.15 * same.sum()
 
 
 def test_comparison_png_without_image_and_bad_grids() -> None:
@@ -151,7 +185,10 @@ def test_comparison_png_without_image_and_bad_grids() -> None:
         round(COMPARISON_PANEL_IN * 100),
         round((COMPARISON_PANEL_IN + COMPARISON_MARGIN_IN) * 100),
     )
-    assert _colour_mask(png, REFERENCE_COLOR).sum() > 50 and _colour_mask(png, PREDICTION_COLOR).sum() > 50
+    for value in (1, 2, 4):  # each class in its label colour, drawn on light grey
+        assert _colour_mask(png, segment_color(value)).sum() > 20, value
+    grey = _colour_mask(png, (237, 237, 237), tol=3)[:-60]
+    assert grey.sum() > 0.3 * grey.size
     moved = Volume(
         reference.array, reference.spacing, np.add(reference.origin, (1.0, 0, 0)), reference.direction
     )

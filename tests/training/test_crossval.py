@@ -75,6 +75,10 @@ def test_every_case_is_predicted_out_of_fold_and_scored(crossvalidated: Path) ->
     assert {c for f in summary["folds"] for c in f["val_cases"]} == {f"case_{i:03d}" for i in range(6)}
     # The colleague's evaluation report sits beside it.
     assert (out / "evaluation" / "cases.csv").is_file() and (out / "evaluation" / "report.html").is_file()
+    # Its overlays are drawn over the cases' images from imagesTr, not over the label maps alone.
+    page = (out / "evaluation" / "report.html").read_text()
+    assert "over the image" in page and "label maps alone" not in page
+    assert len(list((out / "evaluation" / "overlays").glob("case_*.png"))) == 6
 
 
 def test_rerun_skips_finished_folds_and_resumes_unfinished_ones(dataset_copy: Path) -> None:

@@ -123,8 +123,11 @@ def boxplot_png(result: EvaluationResult, metric: str) -> bytes:
 
 def overlay_cases(results: Sequence[EvaluationResult], max_cases: int = MAX_OVERLAYS) -> list[str]:
     """Cases that get an overlay, worst first: every case scored by some method when there
-    are at most ``max_cases``, otherwise the worst and the best ``max_cases // 2`` by Dice
-    (:func:`~medseg.evaluation.evaluate.case_dice`, averaged over the methods)."""
+    are at most ``max_cases``, otherwise ``max_cases`` of them by Dice
+    (:func:`~medseg.evaluation.evaluate.case_dice`, averaged over the methods): the worst
+    half, rounded up, and the best half (``max_cases=1``: the worst case only)."""
+    if max_cases <= 0:
+        return []
     scores: dict[str, list[float]] = {}
     for res in results:
         for case in res.scored_cases:
@@ -135,10 +138,10 @@ def overlay_cases(results: Sequence[EvaluationResult], max_cases: int = MAX_OVER
         (n for n in scores if math.isfinite(_mean_or_inf(scores[n]))),
         key=lambda n: (_mean_or_inf(scores[n]), n),
     )
-    half = max(1, max_cases // 2)
-    if len(ranked) <= 2 * half:
+    if len(ranked) <= max_cases:
         return ranked
-    return ranked[:half] + ranked[-half:]
+    worst, best = (max_cases + 1) // 2, max_cases // 2
+    return ranked[:worst] + (ranked[-best:] if best else [])
 
 
 def _mean_or_inf(values: Sequence[float]) -> float:
@@ -148,7 +151,7 @@ def _mean_or_inf(values: Sequence[float]) -> float:
 
 def overlay_pngs(
     results: Mapping[str, EvaluationResult],
-    image: str | Path | None = None,
+    image: str | Path | Mapping[str, Path] | None = None,
     max_cases: int = MAX_OVERLAYS,
 ) -> dict[str, bytes]:
     """{case: PNG} of reference vs prediction contours (one panel per method) on the slice
@@ -157,7 +160,10 @@ def overlay_pngs(
     from medseg.io import read_volume
 
     chosen = overlay_cases(list(results.values()), max_cases)
-    images = match_images(image, chosen) if image is not None and chosen else {}
+    if isinstance(image, Mapping):  # already matched, e.g. a dataset's case list
+        images = {name: Path(image[name]) for name in chosen if name in image}
+    else:
+        images = match_images(image, chosen) if image is not None and chosen else {}
     several = len(results) > 1
     pngs: dict[str, bytes] = {}
     for name in chosen:
@@ -212,8 +218,9 @@ def _overlay_section(overlays: Mapping[str, bytes], with_image: bool, several: b
     which = "each case (worst first)" if every_case else "the worst and the best cases by Dice (worst first)"
     panels = ", one panel per method" if several else ""
     return (
-        f"<h2>Reference vs prediction</h2><p>For {which}{panels}: reference contours in green, "
-        f"prediction contours in magenta, {how}, on the axial slice where they disagree most; "
+        f"<h2>Reference vs prediction</h2><p>For {which}{panels}: every class in its label colour, "
+        f"the reference outlined solid (its area tinted), the prediction dashed, so a wrong class "
+        f"shows as dashes of another colour; {how}, on the axial slice where they disagree most; "
         f"the title gives the slice's array index.</p>{figures}"
     )
 
@@ -313,12 +320,12 @@ def write_report(
     folder: str | Path,
     *,
     overwrite: bool = False,
-    image: str | Path | None = None,
+    image: str | Path | Mapping[str, Path] | None = None,
     max_overlays: int = MAX_OVERLAYS,
 ) -> ReportFiles:
     """Write cases.csv, summary.json, plots/<metric>.png, overlays/<case>.png and report.html
-    into ``folder``. ``image`` (a file, or a folder matched by case name) is what the
-    overlays are drawn on; without it they show the label maps alone."""
+    into ``folder``. ``image`` (a file, a folder matched by case name, or {case: file}) is
+    what the overlays are drawn on; without it they show the label maps alone."""
     target = Path(folder)
     summary = result.summary()
     plots = {m: boxplot_png(result, m) for m in result.config.metrics}
@@ -497,7 +504,7 @@ def write_comparison_report(
     folder: str | Path,
     *,
     overwrite: bool = False,
-    image: str | Path | None = None,
+    image: str | Path | Mapping[str, Path] | None = None,
     max_overlays: int = MAX_OVERLAYS,
 ) -> ReportFiles:
     """:func:`write_report` for several methods: cases.csv (and objects.csv) with a ``method``

@@ -31,8 +31,6 @@ from medseg.io.atomic import check_writable, write_bytes_atomic
 from medseg.volume import Volume
 
 __all__ = [
-    "PREDICTION_COLOR",
-    "REFERENCE_COLOR",
     "display_axes",
     "render_comparison_png",
     "render_overlay_png",
@@ -93,9 +91,21 @@ def _slice_choice(mask: NDArray[np.bool_], n: int) -> list[int]:
     return sorted({round(float(v)) for v in np.linspace(lo, hi, n)})
 
 
-def _contour(ax: Axes, mask: NDArray[np.bool_], rgb: Sequence[float], width: float = 1.2) -> None:
+def _contour(
+    ax: Axes,
+    mask: NDArray[np.bool_],
+    rgb: Sequence[float],
+    width: float = 1.2,
+    linestyle: Any = "solid",
+) -> None:
     if mask.any() and min(mask.shape) >= 2:  # matplotlib's contour needs a 2 x 2 grid at least
-        ax.contour(mask.astype(np.float32), levels=[0.5], colors=[tuple(rgb)], linewidths=width)
+        ax.contour(
+            mask.astype(np.float32),
+            levels=[0.5],
+            colors=[tuple(rgb)],
+            linewidths=width,
+            linestyles=[linestyle],
+        )
 
 
 def _draw(
@@ -245,10 +255,12 @@ def render_overlay_png(
     return buffer.getvalue()
 
 
-# Contour colours of the two sides in a comparison: in no label palette, and apart for
-# colour-blind readers (green vs magenta differ in both red and blue).
-REFERENCE_COLOR: tuple[int, int, int] = (0, 230, 0)
-PREDICTION_COLOR: tuple[int, int, int] = (255, 0, 255)
+# A comparison draws every class in its own label colour, so that a class mix-up shows:
+# the reference solid, wide and tinted; the prediction dashed and thin, its dashes on a
+# white line so that they stand out where they lie on the reference's line of one colour.
+REFERENCE_WIDTH = 5.0
+PREDICTION_WIDTH = 2.4
+PREDICTION_DASHES: tuple[float, tuple[float, float]] = (0.0, (4.0, 1.2))  # on, off (x line width)
 # One comparison panel is this many inches wide and its picture as high; the figure adds
 # COMPARISON_MARGIN_IN for the title and legend, so a PNG is
 # (panels * COMPARISON_PANEL_IN * dpi) x ((COMPARISON_PANEL_IN + COMPARISON_MARGIN_IN) * dpi) pixels.
@@ -285,13 +297,14 @@ def render_comparison_png(
     window: tuple[float, float] | None = None,
     dpi: int = 100,
 ) -> bytes:
-    """PNG bytes: one axial panel per prediction (keys are the panel titles), reference
-    contours in :data:`REFERENCE_COLOR` and prediction contours in :data:`PREDICTION_COLOR`
-    over the image, the reference's classes tinted in their label colours.
+    """PNG bytes: one axial panel per prediction (keys are the panel titles) over the image,
+    every class in its label colour: the reference's outline solid and wide, its area
+    tinted; the prediction's outline dashed and thin. A prediction with the right outline
+    but the wrong class is therefore a dashed line of another colour on the reference's.
 
     ``slice_index`` is the array index along the axis shown as axial (default: the slice
     of largest disagreement, :func:`disagreement_slice`). Without ``image`` the label maps
-    are drawn on white and the title says so.
+    are drawn on light grey (so that the grid's extent shows) and the title says so.
     """
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -333,26 +346,32 @@ def render_comparison_png(
         dpi=dpi,
         layout="constrained",
     )
-    ref_rgb, pred_rgb = _unit_rgb(REFERENCE_COLOR), _unit_rgb(PREDICTION_COLOR)
     for i, (name, pred) in enumerate(preds.items()):
         ax = fig.add_subplot(1, len(preds), i + 1)
         _draw(ax, img2d, ref[k], segments, sp[1] / sp[2], limits, f"{name}\n{where}", contours=False)
+        for seg in segments:  # every reference line first: no prediction dash hides under one
+            _contour(ax, ref[k] == seg.value, _unit_rgb(seg.color), REFERENCE_WIDTH)
         for seg in segments:
-            # Reference drawn wider, underneath: where the two agree both stay visible.
-            _contour(ax, ref[k] == seg.value, ref_rgb, width=3.6)
-            _contour(ax, pred[k] == seg.value, pred_rgb, width=1.2)
+            mask = pred[k] == seg.value
+            _contour(ax, mask, (1.0, 1.0, 1.0), PREDICTION_WIDTH)  # the gaps between the dashes
+            _contour(ax, mask, _unit_rgb(seg.color), PREDICTION_WIDTH, PREDICTION_DASHES)
+    grey = (0.25, 0.25, 0.25)
     handles: list[Any] = [
-        Line2D([], [], color=ref_rgb, linewidth=3.6, label="reference"),
-        Line2D([], [], color=pred_rgb, linewidth=1.2, label="prediction"),
+        Line2D([], [], color=grey, linewidth=REFERENCE_WIDTH, label="reference (solid, tinted)"),
+        Line2D(
+            [],
+            [],
+            color=grey,
+            linewidth=PREDICTION_WIDTH,
+            linestyle=PREDICTION_DASHES,
+            label="prediction (dashed)",
+        ),
     ]
-    handles += [
-        Patch(facecolor=_unit_rgb(s.color), alpha=0.5, label=f"{s.value}: {s.name} (reference)")
-        for s in segments
-    ]
+    handles += [Patch(facecolor=_unit_rgb(s.color), label=f"{s.value}: {s.name}") for s in segments]
     fig.legend(
         handles=handles,
         loc="outside lower center",
-        ncol=min(len(handles), 3 if len(preds) == 1 else 5),
+        ncol=min(len(handles), 3 * len(preds)),  # 3 entries fit a 5-inch panel,
         frameon=False,
         fontsize=9,
     )

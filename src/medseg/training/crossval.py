@@ -357,7 +357,9 @@ def evaluate_out_of_fold(
         prediction=str(predictions),
         reference=str(root / "labelsTr"),
     )
-    write_report(result, out / "evaluation", overwrite=True)
+    # The overlays over each case's first image channel (imagesTr shares the labels' grid).
+    images = {case_id: cases[case_id].images[0] for case_id in fold_of if cases[case_id].images}
+    write_report(result, out / "evaluation", overwrite=True, image=images)
     labels: dict[int, str] = dict(eval_cfg.labels)
     per_class = {name: _clean(describe(result.column("dice", lab)).mean) for lab, name in labels.items()}
     finite = [v for v in per_class.values() if v is not None]

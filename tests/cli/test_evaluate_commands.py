@@ -322,6 +322,22 @@ def test_evaluate_several_methods_in_one_table(tmp_path: Path) -> None:
     assert summary["per_method"]["pred"]["per_class"]["core"]["dice"]["mean"] == pytest.approx(2 / 3)
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["a.png", "b.png"]
     assert "2 overlays" in res.output
+    # Nothing missing: no missing-cases caption, and no Python wording in any case.
+    assert "--allow-missing" not in res.output and "on_missing" not in res.output
+    # Without Dice among the metrics the paired test is still there (Dice from voxel counts).
+    res = runner.invoke(app, [*args, "--metrics", "iou", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    assert "p vs pred (Dice)" in res.output and "only 2 non-zero difference(s)" in res.output
+
+
+def test_evaluate_help_paragraphs_are_not_broken_by_hand() -> None:
+    res = runner.invoke(app, ["evaluate", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0
+    text = " ".join(res.output.split())
+    # One paragraph, one line at 200 columns: the docstring's line breaks are not kept.
+    line = next(x for x in res.output.splitlines() if "Several predictions before the reference" in x)
+    assert "a Wilcoxon signed-rank test of each method's Dice" in line
+    assert "whatever --metrics asks for" in text
 
 
 def test_evaluate_several_methods_errors(tmp_path: Path) -> None:
@@ -337,6 +353,9 @@ def test_evaluate_several_methods_errors(tmp_path: Path) -> None:
         app, ["evaluate", str(pdir), f"o={other}", str(rdir), "--allow-missing", "--workers", "1"]
     )
     assert res.exit_code == 0 and "missing predictions (scored empty, a failure): b" in res.output
+    caption = " ".join(res.output.split())  # the caption wraps at the table's width
+    assert "scored as empty predictions, a failure of that method (--allow-missing)" in caption
+    assert "on_missing" not in res.output
     res = runner.invoke(app, ["evaluate", str(rdir)])
     assert res.exit_code == 2 and "Missing argument" in res.output
 

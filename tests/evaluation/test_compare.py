@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from medseg.evaluation import EvaluationConfig, compare, evaluate, parse_methods
 from medseg.evaluation.compare import wilcoxon_paired
 from medseg.export.codes import segment_color
 from medseg.export.overlay import COMPARISON_MARGIN_IN, COMPARISON_PANEL_IN
-from medseg.io import write_volume
+from medseg.io import read_volume, write_volume
 from tests.conftest import make_oblique_volume
 
 LABELS = {1: "outer", 3: "inner"}
@@ -98,6 +99,64 @@ def test_missing_cases_are_an_error_or_a_failure(methods) -> None:  # type: igno
     row = next(r for r in comp.rows() if r["method"] == "gaps" and r["case"] == "case_006")
     assert row["status"] == "missing_prediction" and row["dice/1"] == 0.0
     assert "empty prediction" in summary["missing_cases_rule"]
+    assert "on_missing" not in summary["missing_cases_rule"]  # CLI wording: --allow-missing
+
+
+@pytest.mark.parametrize("bad", ["missing_case", "file", "no_path"])
+def test_every_method_is_checked_before_any_is_scored(
+    methods, bad: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    folders, ref, _ = methods
+    scored: list[object] = []
+    module = sys.modules["medseg.evaluation.compare"]  # the package exports a function of that name
+    monkeypatch.setattr(module, "evaluate", lambda *a, **k: scored.append(a))
+    second = {
+        "missing_case": folders["gaps"],
+        "file": folders["close"] / "case_000.nii.gz",
+        "no_path": tmp_path / "nowhere",
+    }[bad]
+    message = {
+        "missing_case": r"method 'b'.*1 reference case\(s\) have no prediction.*case_006",
+        "file": "method 'b': prediction and reference must both be folders or both be files",
+        "no_path": "method 'b': prediction path does not exist",
+    }[bad]
+    with pytest.raises(InputError, match=message):
+        compare({"a": folders["shift"], "b": second}, ref, _serial(metrics=("dice",)))
+    assert scored == []  # method 'a' was not scored before 'b' failed
+
+
+def test_an_extra_label_in_a_later_method_is_a_found_label_error(methods, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Labels found by the first method are not 'declared' for the others: the same wording
+    as a single evaluation, naming the references."""
+    folders, ref, _ = methods
+    extra = tmp_path / "extra"
+    for path in sorted(folders["close"].iterdir()):
+        vol = read_volume(path)
+        arr = vol.array.copy()
+        arr[0, 0, 0] = 7
+        write_volume(vol.with_array(arr), extra / path.name)
+    cfg = _serial(metrics=("dice",), on_case_error="flag")
+    comp = compare({"close": folders["close"], "extra": extra}, ref, cfg)
+    alone = evaluate(extra, ref, cfg)
+    failed = comp.summary()["per_method"]["extra"]["failed_cases"]
+    assert failed == alone.summary()["failed_cases"] and len(failed) == 7
+    message = next(iter(failed.values()))
+    assert "label values [7] found in no reference" in message and "declared" not in message
+    assert comp.labels == {1: "1", 3: "3"}
+    with pytest.raises(InputError, match=r"\[7\] found in no reference"):
+        compare({"close": folders["close"], "extra": extra}, ref, _serial(metrics=("dice",)))
+
+
+def test_paired_test_without_the_dice_metric(methods) -> None:  # type: ignore[no-untyped-def]
+    """--metrics iou: the Wilcoxon test still runs, on Dice from the voxel counts."""
+    folders, ref, _ = methods
+    pair = {"shift": folders["shift"], "close": folders["close"]}
+    with_dice = compare(pair, ref, _serial(metrics=("dice", "iou"))).paired_tests()
+    without = compare(pair, ref, _serial(metrics=("iou",)))
+    assert "dice" not in without.config.class_metrics
+    assert [t.as_dict() for t in without.paired_tests()] == [t.as_dict() for t in with_dice]
+    assert len(with_dice) == 2 and with_dice[0].p_value < 0.05
+    assert without.summary()["paired_tests"] == [t.as_dict() for t in with_dice]
 
 
 def test_wilcoxon_edge_cases() -> None:

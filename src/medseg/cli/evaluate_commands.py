@@ -96,13 +96,9 @@ def evaluate_command(
 ) -> None:
     """Score predictions against references: Dice, IoU, distances in mm, and a report.
 
-    Several predictions before the reference compare methods: one table with a row per method
-    and class, per-case rows with a 'method' column, a Wilcoxon signed-rank test of each
-    method's Dice against the first's. Every method is scored on every reference case: a
-    missing prediction is an error, or with --allow-missing a failure (scored empty).
+    Several predictions before the reference compare methods: one table with a row per method and class, per-case rows with a 'method' column, a Wilcoxon signed-rank test of each method's Dice against the first's (Dice from the voxel counts, whatever --metrics asks for). Every method is scored on every reference case: a missing prediction is an error, or with --allow-missing a failure (scored empty).
 
-    Predictions of a dataset imported with --chunk are per chunk: for per-scan scores,
-    run 'medseg dataset stitch' on the predictions and on the labels first.
+    Predictions of a dataset imported with --chunk are per chunk: for per-scan scores, run 'medseg dataset stitch' on the predictions and on the labels first.
     """
     from medseg.evaluation import (
         EvaluationConfig,
@@ -216,9 +212,14 @@ def _print_comparison(comparison: Any) -> None:
     methods = comparison.methods
     shown = _shown_metrics(comparison.config)[:4]  # two name columns and p take the rest
     tests = {(t["label"], t["method"]): t for t in summary["paired_tests"]}
+    missing = any(info["missing_predictions"] for info in summary["per_method"].values())
     table = Table(
         title=f"{len(methods)} methods, {summary['n_cases']} reference cases (mean ± SD, median)",
-        caption=f"missing cases: {summary['missing_cases_rule']}",
+        # Only when it applied: cases without a prediction count as failures (--allow-missing).
+        caption="cases without a prediction are scored as empty predictions, a failure of that "
+        "method (--allow-missing); listed below"
+        if missing
+        else None,
     )
     table.add_column("class")
     table.add_column("method")

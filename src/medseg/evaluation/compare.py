@@ -3,7 +3,8 @@ and a paired test of each method against the first.
 
 Every method is scored on every reference case, with the same options and the same label
 set. A reference case without a prediction in some method is an error naming that method's
-folder and the cases, unless ``on_missing="flag"`` (``--allow-missing``): then the case is
+folder and the cases -- checked for every method before any is scored -- unless
+``on_missing="flag"`` (``--allow-missing``): then the case is
 scored as an empty prediction -- a failure, Dice 0 -- and listed under that method. The
 means of all methods are therefore over the same cases, and no method looks better for
 having skipped the cases it failed on. Cases that could not be scored at all
@@ -11,7 +12,8 @@ having skipped the cases it failed on. Cases that could not be scored at all
 
 The paired comparison is the Wilcoxon signed-rank test (scipy, two-sided, zero differences
 dropped) of each method's per-case Dice against the first method's, per class, over the
-cases scored in both with a finite Dice. With fewer than 6 non-zero differences the exact
+cases scored in both with a finite Dice. Dice comes from the voxel counts, so the test is
+there whichever metrics were asked for. With fewer than 6 non-zero differences the exact
 test cannot reach p < 0.05, which the note says.
 """
 
@@ -20,20 +22,27 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medseg.errors import ConfigError
-from medseg.evaluation.evaluate import EvaluationConfig, EvaluationResult, case_name, evaluate
+from medseg.errors import ConfigError, InputError
+from medseg.evaluation.evaluate import (
+    EvaluationConfig,
+    EvaluationResult,
+    case_name,
+    check_matching,
+    evaluate,
+)
+from medseg.evaluation.metrics import dice_from_counts
 
 logger = logging.getLogger(__name__)
 
 MISSING_RULE = (
     "every method is scored on every reference case; a case without a prediction is an error, "
-    "or with --allow-missing (on_missing='flag') scored as an empty prediction (a failure)"
+    "or with --allow-missing scored as an empty prediction (a failure)"
 )
 
 
@@ -146,14 +155,17 @@ class ComparisonResult:
         return [{"method": m, **row} for m, res in self.results.items() for row in res.rows()]
 
     def paired_tests(self, metric: str = "dice") -> list[PairedTest]:
-        """Each method against the first, per class, on ``metric`` (empty without it)."""
-        if metric not in self.config.class_metrics or len(self.results) < 2:
+        """Each method against the first, per class, on ``metric``: Dice always (from the
+        voxel counts), another metric only when it was computed (empty otherwise)."""
+        if len(self.results) < 2 or (metric != "dice" and metric not in self.config.class_metrics):
             return []
         base_name = self.methods[0]
         tests: list[PairedTest] = []
         for lab in self.labels:
 
             def per_case(res: EvaluationResult, lab: int = lab) -> dict[str, float]:
+                if metric == "dice":  # the same value as the 'dice' metric, asked for or not
+                    return {c.name: dice_from_counts(c.per_label[lab].counts) for c in res.scored_cases}
                 return {c.name: c.per_label[lab].values[metric] for c in res.scored_cases}
 
             base = per_case(self.first)
@@ -203,19 +215,29 @@ def compare(
 ) -> ComparisonResult:
     """Score every method's predictions against ``reference`` with the same options.
 
-    ``methods`` maps a method name to its prediction folder (or file). Labels found in the
-    references (``config.labels`` None) are found once, by the first method, and declared
-    for the others, so every table has the same classes.
+    ``methods`` maps a method name to its prediction folder (or file). Every method's files
+    are matched against the references, and the missing-case rule applied, before any is
+    scored, so a bad last method fails at once rather than after the others' scoring.
+    Labels found in the references (``config.labels`` None) are found once, by the first
+    method, and reused for the others, so every table has the same classes.
     """
     if not methods:
         raise ConfigError("compare needs at least one method")
     cfg = config or EvaluationConfig()
+    for name, path in methods.items():
+        try:
+            check_matching(path, reference, cfg)
+        except InputError as exc:  # name the method: two methods may share a folder name
+            raise InputError(
+                exc.path, f"method '{name}': {exc.problem}", expected=exc.expected, found=exc.found
+            ) from exc
     results: dict[str, EvaluationResult] = {}
+    found: Mapping[int, str] | None = None
     for name, path in methods.items():
         logger.info("evaluating method %s (%s)", name, path)
-        res = evaluate(path, reference, cfg, progress=progress)
-        if cfg.labels is None:
-            cfg = replace(cfg, labels=res.labels)
+        res = evaluate(path, reference, cfg, progress=progress, found_labels=found)
+        if cfg.labels is None and found is None:
+            found = res.labels
         results[name] = res
     return ComparisonResult(results, str(reference))
 

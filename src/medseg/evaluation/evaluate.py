@@ -239,6 +239,22 @@ def match_cases(prediction: str | Path, reference: str | Path) -> CaseMatching:
     )
 
 
+def check_matching(prediction: str | Path, reference: str | Path, config: EvaluationConfig) -> CaseMatching:
+    """:func:`match_cases`, then the missing-case rule: a reference case without a prediction
+    is an error unless ``config.on_missing == "flag"``. Cheap (file names only), so callers
+    can check every input before scoring any."""
+    matching = match_cases(prediction, reference)
+    if matching.references_without_prediction and config.on_missing == "error":
+        missing = list(matching.references_without_prediction)
+        raise InputError(
+            prediction,
+            f"{len(missing)} reference case(s) have no prediction",
+            expected="one prediction per reference case (or --allow-missing to score them as empty)",
+            found="missing " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""),
+        )
+    return matching
+
+
 # nnU-Net names image channels NAME_0000.nii.gz, NAME_0001.nii.gz ...; the first is drawn.
 _CHANNEL_SUFFIX = "_0000"
 
@@ -734,18 +750,17 @@ def evaluate(
     config: EvaluationConfig | None = None,
     *,
     progress: bool = False,
+    found_labels: Mapping[int, str] | None = None,
 ) -> EvaluationResult:
-    """Score every case of ``prediction`` against ``reference`` (two folders or two files)."""
+    """Score every case of ``prediction`` against ``reference`` (two folders or two files).
+
+    ``found_labels``: the labels an earlier evaluation found in these same references
+    (``config.labels`` None), used instead of finding them again so that several methods
+    get the same classes; they stay found labels, not declared ones (a prediction label
+    outside them is one "found in no reference").
+    """
     cfg = config or EvaluationConfig()
-    matching = match_cases(prediction, reference)
-    if matching.references_without_prediction and cfg.on_missing == "error":
-        missing = list(matching.references_without_prediction)
-        raise InputError(
-            prediction,
-            f"{len(missing)} reference case(s) have no prediction",
-            expected="one prediction per reference case (or --allow-missing to score them as empty)",
-            found="missing " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""),
-        )
+    matching = check_matching(prediction, reference, cfg)
     if matching.predictions_without_reference:
         logger.warning(
             "%d prediction(s) have no reference and are not scored: %s",
@@ -763,7 +778,7 @@ def evaluate(
 
     _run_pairs(matching.pairs, cfg, progress, collect)
     cases = [results[p.name] for p in matching.pairs]
-    labels = _final_labels(cases, cfg)
+    labels = dict(found_labels) if cfg.labels is None and found_labels else _final_labels(cases, cfg)
     final: list[CaseResult] = []
     for case in cases:
         if case.status != "error":

@@ -150,3 +150,33 @@ def test_slab_step_is_written_only_when_used(toy_dataset: Path) -> None:
     assert json.loads(stepped.to_json())["slab_step"] == 2
     assert Plan.from_mapping(json.loads(stepped.to_json())) == stepped
     assert plan_from_fingerprint(fingerprint, "3d", slab_step=2).slab_step == 1  # 2.5D only
+
+
+def test_plan_warns_about_a_patch_that_loses_pooling_and_reversed_spacing(
+    toy_dataset: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A patch that does not halve evenly costs the network its pooling levels, and a spacing
+    given Z Y X to an X Y Z option resamples the slices finely: both are said, not silent."""
+    from medseg.preprocessing.pipeline import plan_dataset
+
+    with caplog.at_level("WARNING"):
+        plan, _ = plan_dataset(toy_dataset, "3d", overrides={"patch_size": [8, 31, 32]}, workers=1)
+    assert pooling_product(plan.network.pooling)[1] == 1
+    assert "patch y = 31 allows 0 of the 2 pooling levels" in caplog.text and "e.g. 32" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        plan_dataset(toy_dataset, "3d", overrides={"patch_size": [8, 32, 32]}, workers=1, overwrite=True)
+        plan_dataset(
+            toy_dataset, "3d", overrides={"target_spacing": [3.0, 1.0, 1.0]}, workers=1, overwrite=True
+        )
+    assert "pooling levels" not in caplog.text and "reversed" not in caplog.text
+    # the toy data is 3 mm slices of 0.8 mm pixels: x 3, y 0.8, z 0.8 is the reversed order
+    with caplog.at_level("WARNING"):
+        plan_dataset(
+            toy_dataset, "3d", overrides={"target_spacing": [0.8, 0.8, 3.0]}, workers=1, overwrite=True
+        )
+    assert "did you mean --spacing 0.8 0.8 3?" in caplog.text
+    with pytest.raises(ConfigError, match="target_spacing must be positive"):
+        plan_dataset(
+            toy_dataset, "3d", overrides={"target_spacing": [0, 0.5, 0.5]}, workers=1, overwrite=True
+        )

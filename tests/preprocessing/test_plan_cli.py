@@ -47,3 +47,8 @@ def test_plan_takes_a_2_5d_slab_and_its_step(toy_dataset: Path) -> None:
     assert res.exit_code == 2 and "2.5d" in res.output
     res = runner.invoke(app, ["plan", str(toy_dataset), "-c", "2.5d", "--slab", "4", "--overwrite"])
     assert res.exit_code == 2 and "odd" in res.output
+
+
+def test_plan_refuses_a_zero_spacing_in_the_order_given(toy_dataset: Path) -> None:
+    res = runner.invoke(app, ["plan", str(toy_dataset), "--spacing", "0", "0.8", "0.8"])
+    assert res.exit_code == 2 and "found 0 0.8 0.8" in res.output

@@ -71,6 +71,10 @@ def plan_command(
 
     overrides: dict[str, Any] = dict(load_config_file(config)) if config else {}
     if spacing is not None:
+        if min(spacing) <= 0:
+            raise ConfigError(
+                f"--spacing X Y Z must be positive mm, found {' '.join(f'{v:g}' for v in spacing)}"
+            )
         overrides["target_spacing"] = [spacing[2], spacing[1], spacing[0]]  # CLI x y z -> plan z y x
     if patch is not None:
         overrides["patch_size"] = list(patch)

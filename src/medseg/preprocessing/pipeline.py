@@ -349,8 +349,37 @@ def plan_dataset(
     plan = plan_from_fingerprint(fingerprint, configuration)  # type: ignore[arg-type]
     if overrides:
         plan = plan.with_overrides(overrides)
+        if "target_spacing" in overrides:
+            _warn_axis_order(plan.target_spacing, np.median(fingerprint.spacings, axis=0))
     plan.save(target, overwrite=True)
     return plan, target
+
+
+def _warn_axis_order(target: Sequence[float], median: Sequence[float]) -> None:
+    """Warn when a given target spacing fits the data only with its axes reversed.
+
+    The CLI takes the spacing X Y Z (as papers write it) but patches and arrays are Z Y X;
+    ``--spacing 3 0.5 0.5`` for 3 mm slices silently resamples the slices to 0.5 mm and the
+    in-plane axes to 3 mm. Flagged when an axis is more than 2.5x off the data's median and
+    the reversed order is within 2.5x on every axis.
+    """
+    t, m = np.asarray(target, float), np.asarray(median, float)
+    off = np.abs(np.log(t / m))
+    if off.max() > np.log(2.5) and np.abs(np.log(t[::-1] / m)).max() <= np.log(2.5):
+        log.warning(
+            "target spacing x %.3g, y %.3g, z %.3g mm is far from the data's median (x %.3g, y %.3g, "
+            "z %.3g mm) but fits with the axes reversed: the CLI's --spacing is X Y Z "
+            "(did you mean --spacing %.3g %.3g %.3g?)",
+            t[2],
+            t[1],
+            t[0],
+            m[2],
+            m[1],
+            m[0],
+            t[0],
+            t[1],
+            t[2],
+        )
 
 
 def load_dataset_plan(root: str | Path, configuration: str = "3d") -> Plan:

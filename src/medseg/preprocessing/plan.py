@@ -22,6 +22,7 @@ Every field can be overridden (CLI options, a JSON config file).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,8 @@ from medseg.config import from_dict, load_json, replace_from_overrides, to_dict
 from medseg.errors import ConfigError
 from medseg.io.atomic import write_text_atomic
 from medseg.preprocessing.fingerprint import Fingerprint
+
+log = logging.getLogger(__name__)
 
 PLAN_SCHEMA_VERSION = 1
 ANISOTROPY_RATIO = 3.0
@@ -196,7 +199,9 @@ class Plan:
             if valid:
                 pooling, kernels = pooling_schedule(patch, spacing, spatial_dims=dims)
                 if "patch_size" in data:
+                    full = pooling_product(pooling)
                     pooling, kernels = _pooling_dividing(patch, pooling, kernels)
+                    _warn_lost_pooling(patch, full, pooling_product(pooling))
                 else:
                     data["patch_size"] = list(round_patch_to_pooling(patch, pooling))
                 data["network"] = {
@@ -205,13 +210,14 @@ class Plan:
                 }
         if "target_spacing" in data and "median_shape" not in data and all(self.median_shape):
             try:
-                scale = np.asarray(self.target_spacing) / np.asarray(
-                    [float(v) for v in data["target_spacing"]]
-                )
+                new_spacing = np.asarray([float(v) for v in data["target_spacing"]])
+                if np.any(new_spacing <= 0):
+                    raise ValueError("non-positive spacing")  # reported by the field check below
+                scale = np.asarray(self.target_spacing) / new_spacing
                 data["median_shape"] = [
                     max(1, round(m * f)) for m, f in zip(self.median_shape, scale, strict=True)
                 ]
-            except (TypeError, ValueError, ZeroDivisionError):
+            except (TypeError, ValueError, ZeroDivisionError, OverflowError):
                 pass  # the strict conversion below reports the bad spacing
         return replace_from_overrides(self, data, where="plan override")
 
@@ -268,6 +274,26 @@ def pooling_schedule(
 def round_patch_to_pooling(patch: Sequence[int], pooling: Sequence[Sequence[int]]) -> tuple[int, int, int]:
     mult = pooling_product(pooling)
     return tuple(max(m, round(p / m) * m) for p, m in zip(patch, mult, strict=True))  # type: ignore[return-value]
+
+
+def _warn_lost_pooling(patch: Sequence[int], full: Sequence[int], kept: Sequence[int]) -> None:
+    """Say when a user's patch size costs the network pooling levels (127 does not halve:
+    a U-Net without downsampling along that axis, with a receptive field of a few voxels)."""
+    for axis, (p, f, k) in enumerate(zip(patch, full, kept, strict=True)):
+        if k < f:
+            name = "zyx"[axis]
+            better = max(f, round(p / f) * f)
+            log.warning(
+                "patch %s = %d allows %d of the %d pooling levels the spacing gives along %s: "
+                "a multiple of %d (e.g. %d) keeps them all",
+                name,
+                p,
+                int(np.log2(k)),
+                int(np.log2(f)),
+                name,
+                f,
+                better,
+            )
 
 
 def _pooling_dividing(

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from medseg.errors import ConfigError, InputError
+from medseg.errors import ConfigError, InputError, MedsegError
 from medseg.io.atomic import write_text_atomic
 from medseg.training.config import TrainingConfig
 
@@ -359,7 +359,11 @@ def evaluate_out_of_fold(
     )
     # The overlays over each case's first image channel (imagesTr shares the labels' grid).
     images = {case_id: cases[case_id].images[0] for case_id in fold_of if cases[case_id].images}
-    write_report(result, out / "evaluation", overwrite=True, image=images)
+    try:
+        write_report(result, out / "evaluation", overwrite=True, image=images)
+    except MedsegError as exc:  # e.g. an image off its label's grid: keep the hours of training
+        log.warning("evaluation overlays drawn without the images: %s", exc)
+        write_report(result, out / "evaluation", overwrite=True)
     labels: dict[int, str] = dict(eval_cfg.labels)
     per_class = {name: _clean(describe(result.column("dice", lab)).mean) for lab, name in labels.items()}
     finite = [v for v in per_class.values() if v is not None]

@@ -135,3 +135,16 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     box = pixels[dark[0].min() : dark[0].max() + 1, dark[1].min() : dark[1].max() + 1]
     drawn_pixels = (np.abs(box - CANVAS_BG).max(axis=-1) > 30).sum()
     assert drawn_pixels > 2_000, "the canvas is empty"
+
+
+def test_the_3d_preview_of_a_fragmented_label_does_not_warn(caplog: pytest.LogCaptureFixture) -> None:
+    """The report's 3D view is for display: a label of scattered single voxels (an untrained
+    model's noise) gives no mesh-volume warnings, which only concern written meshes."""
+    image, label = _case()
+    rng = np.random.default_rng(3)
+    noisy = label.array.copy()
+    noisy[(rng.random(noisy.shape) < 0.01) & (noisy == 0)] = 4
+    with caplog.at_level("WARNING"):
+        html = build_report_html(image, label.with_array(noisy), ZONES)
+    assert "mesh volume" not in caplog.text
+    assert html.count('"name"') >= 4  # every label, the noise included, is in the 3D view

@@ -201,7 +201,10 @@ def _volumes_table(stats: Sequence[LabelStats], colors: Mapping[int, tuple[int, 
 def _mesh_payload(label: Volume, segments: Sequence[Segment], max_faces: int) -> list[dict[str, Any]]:
     meshes = []
     for segment in segments:
-        options = MeshOptions(smoothing_iterations=10, max_faces=max_faces, keep_watertight=False)
+        # display only: no volume restoring (and its warnings for thin or fragmented labels)
+        options = MeshOptions(
+            smoothing_iterations=10, max_faces=max_faces, keep_watertight=False, preserve_volume=False
+        )
         mesh = label_mesh(label, segment.value, options)
         meshes.append((segment, mesh))
     if not meshes:

@@ -62,7 +62,20 @@ def test_roi_writes_crop_and_json(study, tmp_path: Path) -> None:  # type: ignor
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "roi.nii.gz",
         "roi.roi.json",
+        "roi.roi.png",
     ]  # no temp files left
+    # the picture: one panel per series, each with the overlap outlined in the ROI colour
+    from PIL import Image
+
+    from medseg.export.overlay import ROI_COLOR
+
+    assert str(tmp_path / "out" / "roi.roi.png") in result.output
+    rgb = np.asarray(Image.open(tmp_path / "out" / "roi.roi.png").convert("RGB")).astype(int)
+    outline = (np.abs(rgb - np.array(ROI_COLOR)).sum(axis=2) < 60).any(axis=0)
+    thirds = np.array_split(outline, 3)
+    assert all(part.sum() > 20 for part in thirds), [int(p.sum()) for p in thirds]
+    res = runner.invoke(app, ["roi", str(tra), str(sag), str(cor), "-o", str(tmp_path / "b.nii.gz"), "--no-png"])
+    assert res.exit_code == 0 and not (tmp_path / "b.roi.png").exists()
 
 
 def test_roi_margin_json_path_and_method(study, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -29,11 +29,25 @@ def roi_command(
     json_path: Path | None = typer.Option(
         None, "--json", help="Where to write the box as JSON (default: OUTPUT with suffix .roi.json)."
     ),
+    png: bool = typer.Option(
+        True,
+        "--png/--no-png",
+        help="Draw the ROI on each series' middle slice (OUTPUT with suffix .roi.png).",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
-    """Crop the axial series to where the axial, sagittal and coronal series overlap (Meyer et al.)."""
+    """Crop the axial series to where the axial, sagittal and coronal series overlap (Meyer et al.).
+
+    Writes the crop, its box as JSON and a picture of the overlap outlined on each series (check it: a sagittal series given as the axial one gives a wrong crop).
+    """
+    from medseg.geometry.roi import default_roi_png_path
+    from medseg.io.atomic import check_writable, write_bytes_atomic
+
     if method not in ("exact", "aabb"):
         raise ConfigError(f"--method must be 'exact' or 'aabb', found '{method}'")
+    picture = default_roi_png_path(output) if png else None
+    if picture is not None:
+        check_writable(picture, overwrite)
     result = write_roi(
         axial,
         sagittal,
@@ -53,3 +67,14 @@ def roi_command(
         soft_wrap=True,
     )
     console.print(f"wrote {result.json_path}", markup=False, soft_wrap=True)
+    if picture is not None:
+        from medseg.export.overlay import render_roi_png
+
+        image = render_roi_png(
+            result.inputs,
+            roi.region.contains,
+            crop=(roi.box.lower, roi.box.upper),
+            centre=roi.region.vertices.mean(axis=0),
+        )
+        write_bytes_atomic(picture, image, overwrite=overwrite)
+        console.print(f"wrote {picture} (the overlap outlined on each series)", markup=False, soft_wrap=True)

@@ -34,6 +34,7 @@ __all__ = [
     "display_axes",
     "render_comparison_png",
     "render_overlay_png",
+    "render_roi_png",
     "write_overlay",
 ]
 
@@ -377,6 +378,106 @@ def render_comparison_png(
     )
     if title:
         fig.suptitle(title, fontsize=10)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", facecolor="white")
+    return buffer.getvalue()
+
+
+ROI_COLOR = (255, 200, 0)
+CROP_COLOR = (0, 190, 255)
+
+
+def render_roi_png(
+    views: Mapping[str, Volume],
+    inside: Any,
+    *,
+    crop: tuple[Sequence[int], Sequence[int]] | None = None,
+    centre: Sequence[float] | None = None,
+    dpi: int = 100,
+) -> bytes:
+    """PNG bytes: each view's slice through ``centre`` (LPS mm) with the ROI outlined.
+
+    ``views`` are the series by role (axial, sagittal, coronal), each drawn in its own
+    acquisition plane (no resampling) in display orientation; ``inside`` maps (N, 3) world
+    points to a bool array (e.g. :meth:`medseg.geometry.roi.ConvexRegion.contains`) and
+    gives the ROI's cross-section with each slice. ``crop``: the (lower, upper exclusive)
+    index box on the first view's grid, drawn as a dashed rectangle -- what the crop keeps.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
+
+    fig = Figure(figsize=(5.0 * len(views), 6.0), dpi=dpi, layout="constrained")
+    roi_rgb = _unit_rgb(ROI_COLOR)
+    crop_rgb = _unit_rgb(CROP_COLOR)
+    for i, (role, vol) in enumerate(views.items()):
+        # Each series in its own acquisition plane: slices along array axis 0, the two
+        # in-plane axes in display order (superior up, anterior up in an axial view,
+        # patient right on the left).
+        order, flips = display_axes(vol.direction)
+        d0 = order.index(0)  # the display axis that array axis 0 (the slice axis) becomes
+        rows, cols = [d for d in range(3) if d != d0]
+        where = np.asarray(
+            centre if centre is not None else vol.geometry.index_to_world(np.array(vol.shape) / 2)
+        )
+        k = int(np.clip(np.rint(vol.geometry.world_to_index(where[None])[0][0]), 0, vol.shape[0] - 1))
+        grids = np.meshgrid([k], np.arange(vol.shape[1]), np.arange(vol.shape[2]), indexing="ij")
+        index = np.stack([g.ravel() for g in grids], axis=1)
+        mask = np.zeros(vol.shape, dtype=bool)
+        mask[k] = np.asarray(inside(vol.geometry.index_to_world(index)), dtype=bool).reshape(vol.shape[1:])
+        kd = vol.shape[0] - 1 - k if flips[d0] else k
+        img = np.take(_to_display(vol.array, order, flips), kd, axis=d0)
+        roi2d = np.take(_to_display(mask, order, flips), kd, axis=d0)
+        sp = [vol.spacing[a] for a in order]
+        ax = fig.add_subplot(1, len(views), i + 1)
+        oblique = vol.geometry.obliquity
+        note = f" (oblique {oblique:.0f}°)" if oblique > 0.5 else ""
+        limits = _window(vol.array, None)
+        ax.imshow(
+            img,
+            cmap="gray",
+            aspect=sp[rows] / sp[cols],
+            interpolation="nearest",
+            vmin=limits[0],
+            vmax=limits[1],
+        )
+        if roi2d.any():  # padded, so that an ROI reaching the picture's edge is closed there
+            h, w = roi2d.shape
+            ax.contour(
+                np.arange(-1, w + 1),
+                np.arange(-1, h + 1),
+                np.pad(roi2d, 1).astype(np.float32),
+                levels=[0.5],
+                colors=[roi_rgb],
+                linewidths=2.0,
+            )
+        if crop is not None and i == 0:
+            lo, hi = [], []
+            for d in (rows, cols):
+                a, n = order[d], vol.shape[order[d]]
+                low, high = int(crop[0][a]), int(crop[1][a])
+                lo.append(n - high if flips[d] else low)
+                hi.append(n - low if flips[d] else high)
+            ax.add_patch(
+                Rectangle(
+                    (lo[1] - 0.5, lo[0] - 0.5),
+                    hi[1] - lo[1],
+                    hi[0] - lo[0],
+                    fill=False,
+                    edgecolor=crop_rgb,
+                    linewidth=1.6,
+                    linestyle="--",
+                )
+            )
+        inside_roi = "" if roi2d.any() else " -- the ROI misses this slice"
+        ax.set_title(f"{role}, slice z = {k}{note}{inside_roi}", fontsize=10)
+        ax.set_axis_off()
+    handles = [Line2D([], [], color=roi_rgb, linewidth=2.0, label="overlap of the three series (ROI)")]
+    if crop is not None:
+        handles.append(
+            Line2D([], [], color=crop_rgb, linewidth=1.6, linestyle="--", label="crop box (axial)")
+        )
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False, fontsize=10)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", facecolor="white")
     return buffer.getvalue()

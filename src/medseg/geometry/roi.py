@@ -41,7 +41,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,6 +67,7 @@ __all__ = [
     "check_frame_of_reference",
     "compute_roi",
     "default_roi_json_path",
+    "default_roi_png_path",
     "grid_halfspaces",
     "index_box_containing",
     "intersect_grids",
@@ -375,15 +376,24 @@ def multiplane_roi(
 ROI_JSON_SCHEMA_VERSION = 1
 
 
-def default_roi_json_path(output: str | Path) -> Path:
-    """``crop.nii.gz`` -> ``crop.roi.json`` beside it."""
+def _beside(output: str | Path, suffix: str) -> Path:
     out = Path(output)
     name = out.name
-    for suffix in (".nii.gz", *ITK_SUFFIXES):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
+    for known in (".nii.gz", *ITK_SUFFIXES):
+        if name.lower().endswith(known):
+            name = name[: -len(known)]
             break
-    return out.with_name(name + ".roi.json")
+    return out.with_name(name + suffix)
+
+
+def default_roi_json_path(output: str | Path) -> Path:
+    """``crop.nii.gz`` -> ``crop.roi.json`` beside it."""
+    return _beside(output, ".roi.json")
+
+
+def default_roi_png_path(output: str | Path) -> Path:
+    """``crop.nii.gz`` -> ``crop.roi.png`` beside it (the picture ``medseg roi`` draws)."""
+    return _beside(output, ".roi.png")
 
 
 @dataclass(frozen=True, eq=False)
@@ -393,6 +403,7 @@ class RoiFiles:
     roi: MultiPlaneROI
     volume_path: Path
     json_path: Path
+    inputs: Mapping[str, Volume] = field(default_factory=dict)  # axial, sagittal, coronal as read
 
 
 def write_roi(
@@ -445,4 +456,4 @@ def write_roi(
     text = json.dumps(document, indent=2) + "\n"
     write_volume(roi.cropped, out, overwrite=overwrite)
     write_text_atomic(js, text, overwrite=overwrite)
-    return RoiFiles(roi, out, js)
+    return RoiFiles(roi, out, js, volumes)

@@ -74,7 +74,9 @@ def test_roi_writes_crop_and_json(study, tmp_path: Path) -> None:  # type: ignor
     outline = (np.abs(rgb - np.array(ROI_COLOR)).sum(axis=2) < 60).any(axis=0)
     thirds = np.array_split(outline, 3)
     assert all(part.sum() > 20 for part in thirds), [int(p.sum()) for p in thirds]
-    res = runner.invoke(app, ["roi", str(tra), str(sag), str(cor), "-o", str(tmp_path / "b.nii.gz"), "--no-png"])
+    res = runner.invoke(
+        app, ["roi", str(tra), str(sag), str(cor), "-o", str(tmp_path / "b.nii.gz"), "--no-png"]
+    )
     assert res.exit_code == 0 and not (tmp_path / "b.roi.png").exists()
 
 

@@ -51,6 +51,8 @@ def test_evaluate_prints_a_table_and_writes_the_report(tmp_path: Path) -> None:
     again = runner.invoke(app, [*args, "-o", str(out), "--workers", "1"])
     assert again.exit_code == 2 and "--overwrite" in again.output
     assert runner.invoke(app, [*args, "-o", str(out), "--overwrite", "--workers", "1"]).exit_code == 0
+    printed_only = runner.invoke(app, [*args, "--workers", "1"])
+    assert printed_only.exit_code == 0 and "nothing written: -o DIR" in printed_only.output
 
 
 def test_evaluate_errors_are_one_line_exit_2(tmp_path: Path) -> None:

@@ -151,6 +151,8 @@ def evaluate_command(
         if output is not None:
             files = write_comparison_report(comparison, output, overwrite=overwrite, image=image)
             _print_written(files)
+        else:
+            console.print(NOTHING_WRITTEN)
         return
     result = evaluate(first, reference, config, progress=True)
     summary = result.summary()
@@ -186,6 +188,11 @@ def evaluate_command(
         console.print(f"{flagged} case(s) with empty-mask rules applied (see the 'flags' column)")
     if output is not None:
         _print_written(write_report(result, output, overwrite=overwrite, image=image))
+    else:
+        console.print(NOTHING_WRITTEN)
+
+
+NOTHING_WRITTEN = "nothing written: -o DIR keeps the per-case table, summary.json, plots and an HTML report"
 
 
 def _print_written(files: Any) -> None:

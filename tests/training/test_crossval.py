@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -111,6 +112,31 @@ def test_rerun_skips_finished_folds_and_resumes_unfinished_ones(dataset_copy: Pa
     assert all(after[f"{c}.nii.gz"] > before[f"{c}.nii.gz"] for c in longer.folds[1].val_cases)
     summary = json.loads((crossval_dir(root, "3d") / "summary.json").read_text())
     assert [f["action"] for f in summary["folds"]] == ["resumed", "trained", "resumed"]
+
+
+def test_finished_folds_trained_otherwise_are_named_not_pooled_silently(
+    dataset_copy: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = dataset_copy
+    # Fold 1 as if it had been trained for 6 epochs (a longer earlier run).
+    model_json = root / "models" / "3d" / "fold_1" / "model.json"
+    record = json.loads(model_json.read_text())
+    model_json.write_text(json.dumps({**record, "epochs_completed": 6}))
+    with caplog.at_level(logging.WARNING, logger="medseg.training.crossval"):
+        result = cross_validate(root, config=_config(learning_rate=5e-4), workers=1)
+    assert [f.action for f in result.folds] == ["skipped"] * 3
+    assert result.folds[0].differences == ("learning_rate 0.001 -> 0.0005",)
+    assert result.folds[1].differences == ("epochs 6 done -> 1 requested", "learning_rate 0.001 -> 0.0005")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(m.startswith("fold 1 (") and "epochs 6 done -> 1 requested" in m for m in warnings)
+    summary = json.loads((crossval_dir(root, "3d") / "summary.json").read_text())
+    assert summary["folds"][1]["differs_from_request"] == list(result.folds[1].differences)
+    # The same request as the folds were trained with: nothing to report.
+    model_json.write_text(json.dumps(record))
+    same = cross_validate(root, config=_config(), workers=1)
+    assert all(f.differences == () for f in same.folds)
+    summary = json.loads((crossval_dir(root, "3d") / "summary.json").read_text())
+    assert all("differs_from_request" not in f for f in summary["folds"])
 
 
 def test_bad_requests_are_clear_errors(dataset_copy: Path, tmp_path: Path) -> None:

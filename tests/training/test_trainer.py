@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -155,8 +156,116 @@ def test_resume_with_a_different_architecture_is_refused(planned_dataset: Path) 
     data = json.loads(plan_file.read_text())
     data["network"]["base_features"] = 8
     plan_file.write_text(json.dumps(data))
-    with pytest.raises(TrainingError, match="different network"):
+    with pytest.raises(ConfigError, match=r"plan\.network\.base_features 16 -> 8"):
         train(planned_dataset, 0, config=_config(epochs=2), resume=True, folds=3)
+    # Allowing changed settings does not make other weights fit the network.
+    with pytest.raises(TrainingError, match="different network"):
+        train(planned_dataset, 0, config=_config(epochs=2), resume=True, resume_changed=True, folds=3)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_resume_with_other_settings_is_refused_naming_each_difference(planned_dataset: Path) -> None:
+    res = train(planned_dataset, 0, config=_config(epochs=1, loss="focal"), folds=3)
+    folder = res.model_dir
+    before = _snapshot(folder)
+    with pytest.raises(ConfigError) as err:
+        train(planned_dataset, 0, config=_config(epochs=2, learning_rate=5e-4), resume=True, folds=3)
+    message = str(err.value)
+    assert str(folder / "checkpoint_last.pt") in message and "\n" not in message
+    assert "loss 'focal' -> 'dice_ce'" in message and "learning_rate 0.001 -> 0.0005" in message
+    assert "epochs 1 -> 2" not in message  # training longer is what resuming is for
+    # The plan of the dataset changed after training (`medseg plan --spacing ... --overwrite`).
+    plan_file = planned_dataset / "plans" / "3d.json"
+    plan = json.loads(plan_file.read_text())
+    old_spacing = plan["target_spacing"]
+    plan["target_spacing"] = [s * 2 for s in old_spacing]
+    plan_file.write_text(json.dumps(plan))
+    expected = f"plan.target_spacing {old_spacing!r} -> {plan['target_spacing']!r}"
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        train(planned_dataset, 0, config=_config(epochs=2, loss="focal"), resume=True, folds=3)
+    assert _snapshot(folder) == before  # nothing was trained or rewritten
+    plan["target_spacing"] = old_spacing
+    plan_file.write_text(json.dumps(plan))
+
+    # More epochs (and another device or validation setting) resume without complaint ...
+    longer = train(
+        planned_dataset, 0, config=_config(epochs=2, loss="focal", val_every=2), resume=True, folds=3
+    )
+    assert longer.epochs_completed == 2 and not longer.already_complete
+    assert "resumed_with_changes" not in json.loads((folder / "model.json").read_text())
+    # ... and other settings only when allowed, which model.json and the checkpoint record.
+    changed = train(planned_dataset, 0, config=_config(epochs=3), resume=True, resume_changed=True, folds=3)
+    assert changed.epochs_completed == 3
+    record = json.loads((folder / "model.json").read_text())["resumed_with_changes"]
+    assert record == [{"epoch": 2, "changes": ["loss 'focal' -> 'dice_ce'"]}]
+    assert load_checkpoint(folder / "checkpoint_last.pt")["resume_changes"] == record
+    assert json.loads((folder / "training_config.json").read_text())["loss"] == "dice_ce"
+    with pytest.raises(ConfigError, match="only applies with --resume"):
+        train(planned_dataset, 0, config=_config(), overwrite=True, resume_changed=True, folds=3)
+
+
+def test_resume_of_a_finished_run_trains_and_writes_nothing(planned_dataset: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medseg.cli import app
+
+    res = train(planned_dataset, 0, config=_config(epochs=2), folds=3)
+    folder = res.model_dir
+    before = _snapshot(folder)
+    again = train(planned_dataset, 0, config=_config(epochs=1), resume=True, folds=3)
+    assert again.already_complete and again.epochs_completed == 2
+    assert again.stopped_early == "fold 0 already complete (2 epochs); nothing to train"
+    assert [h.epoch for h in again.history] == [1, 2] and again.best_epoch == res.best_epoch
+    assert _snapshot(folder) == before  # training_config.json still says 2 epochs
+    # The same through the CLI (a SLURM re-run with EXTRA_ARGS="--epochs 2" after the fold finished).
+    config_file = tmp_path / "fast.json"
+    config_file.write_text(json.dumps(FAST))
+    out = CliRunner().invoke(
+        app,
+        ["train", str(planned_dataset), "--folds", "3", "--config", str(config_file), "--resume"],
+        catch_exceptions=False,
+    )
+    assert out.exit_code == 0, out.output
+    assert "fold 0 already complete (2 epochs); nothing to train" in out.output
+    assert "trained" not in out.output and _snapshot(folder) == before
+
+
+def test_log_ends_at_the_checkpoints_epoch_after_an_interrupt(
+    planned_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = Trainer.save
+    calls = {"last": 0}
+
+    def interrupt_second_save(self: Trainer, name: str) -> Path:
+        if name == "checkpoint_last.pt":
+            calls["last"] += 1
+            if calls["last"] == 2:  # epoch 2 is done and validated; its checkpoint is being written
+                raise KeyboardInterrupt
+        return original(self, name)
+
+    monkeypatch.setattr(Trainer, "save", interrupt_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(planned_dataset, 0, config=_config(epochs=3), folds=3)
+    monkeypatch.setattr(Trainer, "save", original)
+    folder = planned_dataset / "models" / "3d" / "fold_0"
+    ckpt = load_checkpoint(folder / "checkpoint_last.pt")
+    logged = [int(r["epoch"]) for r in csv.DictReader((folder / "log.csv").open())]
+    assert ckpt["epoch"] == 2 and [h["epoch"] for h in ckpt["history"]] == logged == [1, 2]
+    assert json.loads((folder / "model.json").read_text())["epochs_completed"] == 2
+
+    # A log left behind by an older medseg is repaired by a resume that has nothing to train.
+    lines = (folder / "log.csv").read_text().splitlines(keepends=True)
+    (folder / "log.csv").write_text("".join(lines[:2]))
+    (folder / "curves.png").unlink()
+    config_before = (folder / "training_config.json").read_bytes()
+    done = train(planned_dataset, 0, config=_config(epochs=2), resume=True, folds=3)
+    assert done.already_complete
+    assert [int(r["epoch"]) for r in csv.DictReader((folder / "log.csv").open())] == [1, 2]
+    assert (folder / "curves.png").is_file()
+    assert (folder / "training_config.json").read_bytes() == config_before
 
 
 def test_training_config_file_is_strict(tmp_path: Path) -> None:

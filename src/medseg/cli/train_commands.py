@@ -53,6 +53,13 @@ def train_command(
         Path | None, typer.Option(help="model folder (default DATASET/models/<config>/fold_<k>)")
     ] = None,
     resume: Annotated[bool, typer.Option(help="continue from the model folder's checkpoint_last.pt")] = False,
+    resume_changed: Annotated[
+        bool,
+        typer.Option(
+            help="with --resume: continue even though the loss, optimiser, augmentation or plan differ from "
+            "the checkpoint's (recorded in model.json); without it such a resume is refused"
+        ),
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an existing model folder")] = False,
     workers: Annotated[int, typer.Option(help="preprocessing worker processes")] = 2,
     slice_classifier: Annotated[
@@ -85,12 +92,17 @@ def train_command(
             workers=workers,
             progress=True,
             slice_classifier=_slice_classifier_config(slice_classifier, cfg),
+            resume_changed=resume_changed,
         )
     except KeyboardInterrupt:
         if is_main_process():
             console.print("[yellow]interrupted:[/] checkpoint_last.pt saved; continue with --resume")
         raise typer.Exit(130) from None
     if not is_main_process():  # torchrun: rank 0 reports
+        return
+    if result.already_complete:
+        console.print(result.stopped_early)
+        console.print(f"model folder: {result.model_dir} (unchanged)")
         return
     best = (
         "n/a (no validation)"
@@ -193,6 +205,12 @@ def crossval_command(
         best = "n/a" if r.best_val_dice is None else f"{r.best_val_dice:.4f}"
         table.add_row(str(r.fold), r.action, str(r.epochs_completed), best, str(len(r.val_cases)))
     console.print(table)
+    for r in result.folds:
+        if r.differences:
+            console.print(
+                f"[yellow]fold {r.fold} was trained differently from this request[/] (used as it is): "
+                + "; ".join(r.differences)
+            )
     dice = ", ".join(f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in result.per_class_dice.items())
     mean = "n/a" if result.mean_dice is None else f"{result.mean_dice:.4f}"
     console.print(f"out-of-fold Dice over {result.n_cases} cases: {dice}; mean {mean}")

@@ -62,6 +62,8 @@ class FoldRecord:
     epochs_completed: int
     best_val_dice: float | None
     val_cases: tuple[str, ...]
+    # For a skipped fold: how its training differed from this run's request (epochs, loss ...).
+    differences: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,22 @@ def _check_same_plan(folder: Path, plan: Any) -> None:
             f"{folder}: this fold was trained with a different plan than the dataset's current one "
             f"({path}); rerun with --overwrite to retrain every fold with the current plan"
         )
+
+
+def _request_differences(folder: Path, done: int, config: TrainingConfig) -> list[str]:
+    """How a finished fold's training differs from ``config``: epochs done, and the fields of
+    its training_config.json that shape the weights (see ``trainer.RESUMABLE_FIELDS``)."""
+    from medseg.training.trainer import config_differences
+
+    out = [] if done == config.epochs else [f"epochs {done} done -> {config.epochs} requested"]
+    path = folder / "training_config.json"
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return [*out, f"{path.name} unreadable or missing (its settings cannot be compared)"]
+    if not isinstance(recorded, dict):
+        return [*out, f"{path.name} is not a JSON object"]
+    return out + config_differences(recorded, config)
 
 
 def _clean(value: float) -> float | None:
@@ -206,16 +224,28 @@ def cross_validate(
             check_trained_on(folder, splits.fold(k).train, f"fold {k} of {SPLITS_JSON}")
         if state == "complete":
             info = _read_model_json(folder)
-            log.info("fold %d: complete (%s epochs), skipped", k, info.get("epochs_completed"))
+            done = int(info.get("epochs_completed") or 0)
+            log.info("fold %d: complete (%s epochs), skipped", k, done)
+            differences = tuple(_request_differences(folder, done, cfg))
+            if differences:
+                # Its predictions are pooled with the other folds': say so rather than hide it.
+                log.warning(
+                    "fold %d (%s) was trained differently from this request and is used as it is: %s "
+                    "(--overwrite retrains every fold)",
+                    k,
+                    folder,
+                    "; ".join(differences),
+                )
             best = info.get("best_val_mean_dice")
             records.append(
                 FoldRecord(
                     k,
                     "skipped",
                     folder,
-                    int(info.get("epochs_completed") or 0),
+                    done,
                     None if best is None else float(best),
                     splits.fold(k).val,
+                    differences,
                 )
             )
             continue
@@ -400,6 +430,7 @@ def evaluate_out_of_fold(
                 "epochs_completed": r.epochs_completed,
                 "best_val_mean_dice": r.best_val_dice,
                 "val_cases": list(r.val_cases),
+                **({"differs_from_request": list(r.differences)} if r.differences else {}),
             }
             for r in records
         ],

@@ -6,6 +6,11 @@ optimiser, scheduler and RNG states, so resuming from it reproduces the uninterr
 run (tests/training/test_trainer.py checks this). Ctrl-C writes ``checkpoint_last.pt``
 of the epoch in progress (resuming then redoes that epoch from those weights).
 
+Resuming keeps the setup that made the weights: a training config or plan that differs
+from the checkpoint's in anything but ``RESUMABLE_FIELDS`` (epochs, time budget, device,
+validation) is refused unless allowed, and a resume with the requested epochs already
+done trains nothing and leaves the model folder's files as they are.
+
 Distributed: when started by ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in
 DistributedDataParallel; each rank samples its own patches (a DistributedSampler splits
 the per-epoch sample indices), only rank 0 validates, logs and writes checkpoints.
@@ -59,6 +64,124 @@ DISTRIBUTED_TIMEOUT = timedelta(hours=1)
 
 class TrainingError(MedsegError):
     """Training cannot go on (NaN loss, incompatible checkpoint ...)."""
+
+
+# Training-config fields a resumed run may change: how long, where and how fast it runs, and
+# how it is validated and logged -- not what the optimiser learns from. Raising ``epochs``
+# (train longer) is the usual reason to resume. Every other field, and the plan's, is
+# refused unless the user allows it (``--resume-changed``), which model.json then records.
+RESUMABLE_FIELDS = frozenset(
+    {
+        "epochs",
+        "time_budget_minutes",
+        "device",
+        "num_workers",
+        "threads",
+        "tensorboard",
+        "val_every",
+        "max_val_cases",
+        "sw_overlap",
+        "sw_batch_size",
+        "amp",
+        "cpu_bf16",
+        "channels_last",
+        "deterministic",
+    }
+)
+# Plan fields that describe the data rather than how it is preprocessed or learned.
+DESCRIPTIVE_PLAN_FIELDS = frozenset({"schema_version", "dataset_name", "median_shape"})
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able value with tuples as lists, so stored and current records compare equal."""
+    return json.loads(json.dumps(to_dict(value)))
+
+
+def _field_defaults(cls: type) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = _plain(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = _plain(f.default_factory())
+    return out
+
+
+def _differences(old: dict[str, Any], new: Any, skip: frozenset[str], prefix: str = "") -> list[str]:
+    """``field: old -> new`` for each field of dataclass ``new`` that differs from the record ``old``.
+
+    A field missing from ``old`` (a record from an older medseg) counts as its default.
+    Nested records (the plan's network, a channel's normalisation) are compared field by field.
+    """
+    defaults = _field_defaults(type(new))
+    out: list[str] = []
+    for f in dataclasses.fields(new):
+        if f.name in skip:
+            continue
+        now = _plain(getattr(new, f.name))
+        before = _plain(old[f.name]) if f.name in old else defaults.get(f.name, "(not recorded)")
+        out += _value_differences(f"{prefix}{f.name}", before, now)
+    return out
+
+
+def _value_differences(name: str, before: Any, now: Any) -> list[str]:
+    if before == now:
+        return []
+    if isinstance(before, dict) and isinstance(now, dict):
+        return [
+            d
+            for k in sorted(set(before) | set(now))
+            for d in _value_differences(f"{name}.{k}", before.get(k), now.get(k))
+        ]
+    lists = isinstance(before, list) and isinstance(now, list) and len(before) == len(now)
+    if lists and any(isinstance(v, dict) for v in before + now):
+        return [
+            d
+            for i, (b, n) in enumerate(zip(before, now, strict=True))
+            for d in _value_differences(f"{name}[{i}]", b, n)
+        ]
+    return [f"{name} {before!r} -> {now!r}"]
+
+
+def config_differences(recorded: dict[str, Any], config: TrainingConfig) -> list[str]:
+    """``field old -> new`` for the training-config fields that shape the weights."""
+    return _differences(recorded, config, RESUMABLE_FIELDS)
+
+
+def resume_differences(checkpoint: dict[str, Any], config: TrainingConfig, plan: Plan) -> list[str]:
+    """What a resume would change that shapes the weights: training config and plan fields
+    (a record the checkpoint lacks is not compared)."""
+    recorded_config, recorded_plan = checkpoint.get("training_config"), checkpoint.get("plan")
+    out = config_differences(recorded_config, config) if isinstance(recorded_config, dict) else []
+    if isinstance(recorded_plan, dict):
+        out += _differences(recorded_plan, plan, DESCRIPTIVE_PLAN_FIELDS, "plan.")
+    return out
+
+
+def check_resume(
+    path: str | Path, checkpoint: dict[str, Any], config: TrainingConfig, plan: Plan, *, allow_changed: bool
+) -> list[str]:
+    """Refuse to resume ``checkpoint`` with another training setup unless ``allow_changed``.
+
+    Returns the differences (empty when none; when allowed, logged and returned so the model
+    folder can record them).
+    """
+    changes = resume_differences(checkpoint, config, plan)
+    if changes and not allow_changed:
+        raise ConfigError(
+            f"{path}: cannot resume with other settings than the checkpoint was trained with "
+            f"({'; '.join(changes)}); resume with the original settings (only epochs, the time budget, "
+            "device and validation settings may change), --overwrite to start over, or "
+            "`medseg train --resume --resume-changed` to continue with the new settings (recorded in model.json)"
+        )
+    if changes:
+        log.warning(
+            "%s: resuming at epoch %s with changed settings: %s",
+            path,
+            checkpoint.get("epoch"),
+            "; ".join(changes),
+        )
+    return changes
 
 
 def architecture_from_plan(plan: Plan) -> Architecture:
@@ -165,6 +288,8 @@ class TrainResult:
     best_epoch: int
     history: list[EpochRecord]
     stopped_early: str = ""
+    # True when a resume found the requested epochs already done: nothing was trained or written.
+    already_complete: bool = False
 
 
 def init_distributed(device: torch.device) -> torch.device:
@@ -303,6 +428,8 @@ class Trainer:
         self.best_dice = -1.0
         self.best_epoch = -1
         self.history: list[EpochRecord] = []
+        # Settings changed by resumes that were allowed to change them (--resume-changed).
+        self.resume_changes: list[dict[str, Any]] = []
         self.batch_size = config.batch_size or plan.batch_size
         self.mirror_axes = self._resolve_mirror_axes()
 
@@ -420,13 +547,22 @@ class Trainer:
             "architecture": self.architecture.to_dict(),
             "history": [to_dict(h) for h in self.history],
             "fold": self.fold,
+            "resume_changes": self.resume_changes,
         }
 
     def save(self, name: str) -> Path:
         return save_checkpoint(self.out / name, self._payload())
 
-    def resume(self, path: str | Path) -> None:
-        data = load_checkpoint(path, map_location=self.device)
+    def resume(
+        self, path: str | Path, *, allow_changed: bool = False, checkpoint: dict[str, Any] | None = None
+    ) -> None:
+        """Load the training state of ``path`` (or of its already loaded ``checkpoint``).
+
+        A checkpoint trained with other settings (loss, learning rate, plan ...) is refused
+        unless ``allow_changed``; see :func:`check_resume`.
+        """
+        data = checkpoint if checkpoint is not None else load_checkpoint(path, map_location=self.device)
+        changes = check_resume(path, data, self.config, self.plan, allow_changed=allow_changed)
         arch = Architecture.from_dict(data["architecture"])
         if arch.to_dict() != self.architecture.to_dict():
             raise TrainingError(
@@ -449,6 +585,9 @@ class Trainer:
         self.best_dice = float(data["best_dice"])
         self.best_epoch = int(data["best_epoch"])
         self.history = [EpochRecord(**h) for h in data.get("history", [])]
+        self.resume_changes = list(data.get("resume_changes", []))
+        if changes:
+            self.resume_changes.append({"epoch": self.epoch, "changes": changes})
         set_rng_state(data["rng"])
         log.info("resumed from %s at epoch %d", path, self.epoch)
 
@@ -483,6 +622,8 @@ class Trainer:
                 # Checked before a fold is skipped or resumed (crossval, train --resume);
                 # salted digests, not the ids, which can be file names with patient data.
                 "train_cases_digest": self._train_digest,
+                # Resumes that changed the settings: the weights come from more than one setup.
+                **({"resumed_with_changes": self.resume_changes} if self.resume_changes else {}),
             },
         )
 
@@ -562,11 +703,29 @@ class Trainer:
             arr = np.array(per_case, dtype=float)
             return [float(v) for v in np.nanmean(arr, axis=0)] if arr.size else []
 
-    def fit(self, *, resume_from: str | Path | None = None) -> TrainResult:
-        """Train until ``config.epochs`` (or the time budget); returns the history."""
+    def fit(
+        self,
+        *,
+        resume_from: str | Path | None = None,
+        allow_changed: bool = False,
+        checkpoint: dict[str, Any] | None = None,
+    ) -> TrainResult:
+        """Train until ``config.epochs`` (or the time budget); returns the history.
+
+        Resuming a run that has done ``config.epochs`` already trains and writes nothing
+        (the folder keeps describing the run that made its weights).
+        """
         if resume_from is not None:
-            self.resume(resume_from)
+            self.resume(resume_from, allow_changed=allow_changed, checkpoint=checkpoint)
         cfg = self.config
+        if resume_from is not None and self.epoch >= cfg.epochs:
+            message = _already_complete(self.fold, self.epoch)
+            log.info(message)
+            if self.is_main:
+                _repair_log(self.history, self.plan.labels, self.out)
+            return TrainResult(
+                self.out, self.epoch, self.best_dice, self.best_epoch, self.history, message, True
+            )
         start = time.monotonic()
         deadline = start + cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else None
         if self.is_main:
@@ -606,6 +765,9 @@ class Trainer:
                         break
         except KeyboardInterrupt:
             if self.is_main:
+                # The log first, then model.json and the checkpoint: all three end at the same epoch.
+                self._write_log()
+                self._write_folder_files()
                 path = self.save("checkpoint_last.pt")
                 log.warning("interrupted: state saved to %s (resume with --resume)", path)
             raise
@@ -617,6 +779,7 @@ class Trainer:
             if self.best_epoch < 0:
                 # No validation happened (no validation cases): the last state is the model.
                 shutil.copyfile(self.out / "checkpoint_last.pt", self.out / "checkpoint_best.pt")
+            self._write_log()
             self._write_folder_files()
         return TrainResult(self.out, self.epoch, self.best_dice, self.best_epoch, self.history, stopped)
 
@@ -651,11 +814,13 @@ class Trainer:
 
     def _after_epoch(self, record: EpochRecord, tb: Any) -> None:
         mean = record.mean_dice
+        # The log before the checkpoints: an interrupt in between leaves the log one epoch
+        # ahead (rewritten on resume), never behind the checkpoint it describes.
+        self._write_log()
         if record.val_dice and not math.isnan(mean) and mean > self.best_dice:
             self.best_dice, self.best_epoch = mean, record.epoch
             self.save("checkpoint_best.pt")
         self.save("checkpoint_last.pt")
-        self._write_log()
         dice = (
             ""
             if not record.val_dice
@@ -676,32 +841,7 @@ class Trainer:
                 tb.add_scalar("dice/val_mean", mean, record.epoch)
 
     def _write_log(self) -> None:
-        names = [n for n, v in sorted(self.plan.labels.items(), key=lambda kv: kv[1]) if v != 0]
-        with atomic_file(self.out / "log.csv", overwrite=True) as tmp, tmp.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(
-                [
-                    "epoch",
-                    "learning_rate",
-                    "train_loss",
-                    "seconds",
-                    "val_mean_dice",
-                    *[f"val_dice_{n}" for n in names],
-                ]
-            )
-            for r in self.history:
-                dice = r.val_dice or [float("nan")] * len(names)
-                writer.writerow(
-                    [
-                        r.epoch,
-                        f"{r.learning_rate:.6g}",
-                        f"{r.train_loss:.6f}",
-                        f"{r.seconds:.2f}",
-                        f"{r.mean_dice:.6f}",
-                        *[f"{d:.6f}" for d in dice],
-                    ]
-                )
-        plot_curves(self.history, names, self.out / "curves.png")
+        write_training_log(self.history, self.plan.labels, self.out)
 
     def _tensorboard(self) -> Any:
         if not (self.config.tensorboard and self.is_main):
@@ -712,6 +852,54 @@ class Trainer:
             log.warning("tensorboard is not installed (pip install medseg[tensorboard]); logging to CSV only")
             return None
         return SummaryWriter(str(self.out / "tensorboard"))
+
+
+def _already_complete(fold: int | None, epochs: int) -> str:
+    return f"fold {'all' if fold is None else fold} already complete ({epochs} epochs); nothing to train"
+
+
+def write_training_log(history: Sequence[EpochRecord], labels: dict[str, int], out: Path) -> None:
+    """``log.csv`` (one row per epoch) and ``curves.png`` of ``history``."""
+    names = [n for n, v in sorted(labels.items(), key=lambda kv: kv[1]) if v != 0]
+    with atomic_file(out / "log.csv", overwrite=True) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(
+            [
+                "epoch",
+                "learning_rate",
+                "train_loss",
+                "seconds",
+                "val_mean_dice",
+                *[f"val_dice_{n}" for n in names],
+            ]
+        )
+        for r in history:
+            dice = r.val_dice or [float("nan")] * len(names)
+            writer.writerow(
+                [
+                    r.epoch,
+                    f"{r.learning_rate:.6g}",
+                    f"{r.train_loss:.6f}",
+                    f"{r.seconds:.2f}",
+                    f"{r.mean_dice:.6f}",
+                    *[f"{d:.6f}" for d in dice],
+                ]
+            )
+    plot_curves(history, names, out / "curves.png")
+
+
+def _repair_log(history: Sequence[EpochRecord], labels: dict[str, int], out: Path) -> None:
+    """Rewrite log.csv / curves.png when they do not end at the checkpoint's last epoch (a run
+    interrupted between writing them and its checkpoint, by an older medseg)."""
+    path = out / "log.csv"
+    try:
+        with path.open(newline="") as fh:
+            logged = [int(r["epoch"]) for r in csv.DictReader(fh)]
+    except (OSError, ValueError, KeyError):
+        logged = []
+    if logged != [r.epoch for r in history] or not (out / "curves.png").is_file():
+        log.info("%s: rewriting log.csv and curves.png from the checkpoint's history", out)
+        write_training_log(history, labels, out)
 
 
 def _install_sigterm_handler() -> Any:
@@ -775,8 +963,14 @@ def train(
     workers: int = 2,
     progress: bool = False,
     slice_classifier: SliceClassifierConfig | None = None,
+    resume_changed: bool = False,
 ) -> TrainResult:
     """Train one fold of a planned dataset (``fold=None``: all training cases, no validation).
+
+    ``resume`` continues from the model folder's checkpoint_last.pt with the same settings
+    (more epochs, another time budget or device are fine); other training-config or plan
+    values are refused unless ``resume_changed``. When the checkpoint has done ``epochs``
+    already, nothing is trained or written (``TrainResult.already_complete``).
 
     Preprocesses missing cases first, creates splits.json (``folds`` patient-grouped
     folds) when absent, and writes the model folder (default DATASET/models/<config>/fold_k).
@@ -792,6 +986,8 @@ def train(
     plan = load_dataset_plan(root, configuration)
     out = Path(out_dir) if out_dir is not None else default_model_dir(root, configuration, fold)
     last = out / "checkpoint_last.pt"
+    if resume_changed and not resume:
+        raise ConfigError("--resume-changed only applies with --resume")
     if resume and not last.is_file():
         from medseg.errors import InputError
 
@@ -801,6 +997,22 @@ def train(
     if not (resume or overwrite) and out.exists() and any(out.iterdir()):
         raise OutputExistsError(out)
     rank, _ = _distributed()
+    checkpoint: dict[str, Any] | None = None
+    if resume:
+        # Checked before any preprocessing: a changed setup or a finished run is known now.
+        checkpoint = load_checkpoint(last)
+        if not resume_changed:  # allowed changes are logged once, by Trainer.resume
+            check_resume(last, checkpoint, cfg, plan, allow_changed=False)
+        done = int(checkpoint["epoch"])
+        if done >= cfg.epochs:
+            message = _already_complete(fold, done)
+            log.info(message)
+            history = [EpochRecord(**h) for h in checkpoint.get("history", [])]
+            if rank == 0:
+                _repair_log(history, dict(checkpoint["plan"]["labels"]), out)
+            best_epoch = int(checkpoint.get("best_epoch", -1))
+            best = float(checkpoint.get("best_dice", -1.0))
+            return TrainResult(out, done, best, best_epoch, history, message, already_complete=True)
     if overwrite and not resume and out.exists() and rank == 0:
         shutil.rmtree(out)  # rank 0 only: ranks racing to delete the same tree fail
     init_distributed(choose_device(cfg.device))
@@ -834,7 +1046,9 @@ def train(
         fold=fold,
         progress=progress,
     )
-    result = trainer.fit(resume_from=last if resume else None)
+    result = trainer.fit(
+        resume_from=last if resume else None, allow_changed=resume_changed, checkpoint=checkpoint
+    )
     if slice_classifier is not None and rank == 0:
         from medseg.training.slice_classifier import train_slice_classifier
 

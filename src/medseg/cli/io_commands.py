@@ -184,6 +184,12 @@ def _print_model(model: dict[str, Any]) -> None:
             ", ".join(files) or "[red]none[/]",
         )
     console.print(table)
+    if model.get("not_in_ensemble"):
+        console.print(
+            "[yellow]not in the ensemble[/] (not fold_* folders, or fold_all beside numbered folds; "
+            f"`medseg predict -m` uses only the folds above): {escape(', '.join(model['not_in_ensemble']))}",
+            soft_wrap=True,
+        )
 
 
 def _print_report(report: dict[str, Any]) -> None:

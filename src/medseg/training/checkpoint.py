@@ -14,8 +14,9 @@ A model folder (what `medseg predict -m` takes) is::
       checkpoint_best.pt      weights (and training state) with the best validation Dice
       checkpoint_last.pt      the latest state (resume from here)
 
-A folder holding several ``fold_*`` model folders is an ensemble; their softmax outputs
-are averaged.
+A folder holding several ``fold_<k>`` model folders is an ensemble; their softmax outputs
+are averaged (``fold_all`` only when it is the only one; other model folders beneath are
+named in a warning and left out, see :func:`ensemble_members`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,7 +225,13 @@ def model_folder_summary(path: str | Path) -> dict[str, Any] | None:
     root = Path(path)
     if not root.is_dir():
         return None
-    folders = [root] if is_model_folder(root) else sorted(p for p in root.glob("*") if is_model_folder(p))
+    others: list[Path] = []
+    if is_model_folder(root):
+        folders = [root]
+    else:
+        folders, others = ensemble_members(root)
+        if not folders:
+            folders, others = others, []  # a folder of unrelated models: list them all
     if not folders:
         return None
     from medseg.preprocessing.plan import Plan
@@ -250,6 +258,9 @@ def model_folder_summary(path: str | Path) -> dict[str, Any] | None:
             }
         )
     summary: dict[str, Any] = {"path": str(root), "folds": folds}
+    if others:
+        # Model folders beneath an ensemble folder that `medseg predict -m` does not use.
+        summary["not_in_ensemble"] = [p.name for p in others]
     if plan is not None:
         summary["plan"] = {
             "configuration": plan.configuration,
@@ -263,11 +274,32 @@ def model_folder_summary(path: str | Path) -> dict[str, Any] | None:
     return summary
 
 
+FOLD_FOLDER = re.compile(r"fold_(\d+|all)")
+
+
+def ensemble_members(root: Path) -> tuple[list[Path], list[Path]]:
+    """The model folders of ensemble folder ``root`` that form the ensemble, and the others.
+
+    Members are the ``fold_<k>`` folders; ``fold_all`` (trained on every case, the folds'
+    validation cases included) only when there is no ``fold_<k>``. Any other model folder
+    beneath (an experiment written there with ``--out``, a ``fold_0_old`` copy) is not a
+    member: mixing it in would average unrelated models.
+    """
+    found = sorted(p for p in root.iterdir() if p.is_dir() and is_model_folder(p))
+    numbered = [p for p in found if (m := FOLD_FOLDER.fullmatch(p.name)) and m.group(1) != "all"]
+    numbered.sort(key=lambda p: int(p.name[len("fold_") :]))
+    fold_all = [p for p in found if p.name == "fold_all"]
+    members = numbered or fold_all
+    return members, [p for p in found if p not in members]
+
+
 def model_folders(path: str | Path, *, onnx: bool = False) -> list[Path]:
     """The model folder itself, or the ``fold_*`` model folders of an ensemble folder.
 
     ``onnx``: the folders are used through their ``model.onnx`` (``predict --onnx``), so a
     folder without checkpoints (a lean deployment copy) is complete when it has one.
+    Other model folders beneath an ensemble folder are named in a warning and not used
+    (see :func:`ensemble_members`).
     """
     root = Path(path)
     if not root.is_dir():
@@ -275,9 +307,28 @@ def model_folders(path: str | Path, *, onnx: bool = False) -> list[Path]:
     if is_model_folder(root):
         folders = [root]
     else:
-        folders = sorted(p for p in root.iterdir() if p.is_dir() and is_model_folder(p))
+        folders, others = ensemble_members(root)
+        if folders and others:
+            log.warning(
+                "%s: ensemble of %s; not using the other model folder(s) beneath it: %s "
+                "(pass one with -m to predict with it)",
+                root,
+                ", ".join(p.name for p in folders),
+                ", ".join(p.name for p in others),
+            )
+        elif others:
+            raise InputError(
+                root,
+                "is not a model folder or an ensemble of fold_* folders",
+                expected="model.json here, or fold_0, fold_1 ... (or fold_all) model folders beneath",
+                found=f"model folder(s) {', '.join(p.name for p in others)}; pass one of them with -m",
+            )
         # A fold folder without its model.json would silently drop out of the ensemble.
-        for other in sorted(p for p in root.glob("fold_*") if p.is_dir() and not is_model_folder(p)):
+        for other in sorted(
+            p
+            for p in root.glob("fold_*")
+            if p.is_dir() and FOLD_FOLDER.fullmatch(p.name) and not is_model_folder(p)
+        ):
             if folders and any(other.iterdir()):
                 raise InputError(
                     other,

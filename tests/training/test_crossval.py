@@ -208,7 +208,7 @@ def test_crossval_command(dataset_copy: Path, tmp_path: Path) -> None:
             "--device",
             "cpu",
             "--metrics",
-            "dice,hd95,uw",
+            "dice,hd95,uw,miou",
         ],
     )
     assert res.exit_code == 0, res.output
@@ -223,6 +223,9 @@ def test_crossval_command(dataset_copy: Path, tmp_path: Path) -> None:
     rows = list(csv.DictReader(io.StringIO(cases)))
     uw_outer = [float(r["uw/outer"]) for r in rows if r["uw/outer"] not in ("", "nan")]
     assert summary["per_class_mean"]["uw"]["outer"] == pytest.approx(float(np.mean(uw_outer)))
+    miou = [float(r["miou"]) for r in rows if r["miou"] not in ("", "nan")]
+    assert summary["case_level_mean"]["miou"] == pytest.approx(float(np.mean(miou)))
+    assert "out-of-fold mIoU (per case, background included" in res.output
     res = runner.invoke(app, ["crossval", str(dataset_copy), "--folds", "4", "--config", str(config)])
     assert res.exit_code == 2 and "3 folds but 4" in res.output
 

@@ -217,4 +217,10 @@ def crossval_command(
     for metric, values in result.per_class_means.items():
         text = ", ".join(f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in values.items())
         console.print(f"out-of-fold {metric}: {text}")
+    if "miou" in result.case_level_means:
+        value = result.case_level_means["miou"]
+        console.print(
+            f"out-of-fold mIoU (per case, background included; mean over cases): "
+            f"{'n/a' if value is None else f'{value:.4f}'}"
+        )
     console.print(f"summary: {result.summary_path}")

@@ -78,6 +78,8 @@ class CrossValResult:
     evaluated: bool = False
     # The other per-class metrics asked for (e.g. "hd95", "uw"): metric -> class -> mean.
     per_class_means: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    # Case-level metrics asked for ("miou"): the mean over the out-of-fold cases.
+    case_level_means: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def summary_path(self) -> Path:
@@ -404,6 +406,9 @@ def evaluate_out_of_fold(
         for metric in eval_cfg.metrics
         if metric != "dice" and metric in per_label_metrics
     }
+    case_level = (
+        {"miou": _clean(describe([c.miou for c in scored]).mean)} if "miou" in eval_cfg.metrics else {}
+    )
     per_fold: dict[str, dict[str, float | None]] = {}
     for record in records:
         fold_cases = [c for c in scored if fold_of[c.name] == record.fold]
@@ -422,6 +427,8 @@ def evaluate_out_of_fold(
         "mean_foreground_dice": mean,
         "per_fold_mean_dice": per_fold,
         "per_class_mean": others,
+        # mIoU: per case over the confusion matrix's classes, background included, then the mean
+        "case_level_mean": case_level,
         "folds": [
             {
                 "fold": r.fold,
@@ -443,5 +450,12 @@ def evaluate_out_of_fold(
     )
     log.info("cross-validation: mean foreground Dice %s over %d cases", mean, len(scored))
     return CrossValResult(
-        out, tuple(records), per_class, mean, len(scored), evaluated=True, per_class_means=others
+        out,
+        tuple(records),
+        per_class,
+        mean,
+        len(scored),
+        evaluated=True,
+        per_class_means=others,
+        case_level_means=case_level,
     )

@@ -295,6 +295,114 @@ def test_a_cohort_linked_from_an_archive_with_a_repeated_sequence(
     ]
 
 
+def _write_study(folder: Path, seed: int) -> Volume:
+    """One study laid out as TCIA downloads are (STUDY/<one folder per series>/), t2_tse_tra
+    run twice (No. 6, then No. 10 on another grid after the patient moved); returns No. 10."""
+    first = make_oblique_volume(dtype=np.int16, seed=seed)
+    write_dicom_series(first, folder / "6-t2tsetra", series_description="t2_tse_tra", series_number=6)
+    joined = folder / "6-t2tsetra"  # same StudyInstanceUID and patient as series 6
+    write_dicom_series(
+        first, folder / "4-t2tsesag", reference=joined, series_description="t2_tse_sag", series_number=4
+    )
+    repeat = make_oblique_volume(shape=(10, 20, 16), dtype=np.int16, seed=seed + 1)
+    write_dicom_series(
+        repeat, folder / "10-t2tsetra", reference=joined, series_description="t2_tse_tra", series_number=10
+    )
+    return repeat
+
+
+def test_a_study_folder_of_series_folders_is_one_case(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Series subfolders of one study (by StudyInstanceUID, not folder names) are one case."""
+    from medseg.io.dicom import load_series
+
+    study = tmp_path / "study"
+    repeat = _write_study(study, 3)
+    with caplog.at_level("INFO", logger="medseg.inference.predictor"):
+        cases = discover_cases(study, series="t2_tse_tra@last")
+    assert [(c.case_id, c.paths, c.series) for c in cases] == [("study", (study,), "t2_tse_tra@last")]
+    assert "one study, 3 series: picked No. 10 't2_tse_tra'" in caplog.text
+    assert "cohort" not in caplog.text
+    read = load_series(cases[0].paths[0], series=cases[0].series)
+    assert read.info.series_number == 10
+    np.testing.assert_array_equal(read.volume.array, repeat.array)
+    assert discover_cases(study, series="t2_tse_tra@first")[0].paths == (study,)
+    # the choice is checked against the study's series at once, each error listing them
+    with pytest.raises(InputError, match=r"study: has 2 series described 't2_tse_tra'.*SeriesNumber 10"):
+        discover_cases(study, series="t2_tse_tra")
+    with pytest.raises(InputError, match=r"study: has no series matching 'ep2d\*'"):
+        discover_cases(study, series="ep2d*")
+    with pytest.raises(InputError, match=r"study: holds 3 DICOM series; pick one"):
+        discover_cases(study)
+
+
+def test_patient_folders_of_series_folders_stay_a_cohort(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two patients, each a study of series subfolders: one case per patient folder."""
+    from medseg.io.dicom import load_series
+
+    cohort = tmp_path / "cohort"
+    repeats = {p: _write_study(cohort / p / "study", seed) for p, seed in (("p1", 1), ("p2", 5))}
+    with caplog.at_level("INFO", logger="medseg.inference.predictor"):
+        cases = discover_cases(cohort, series="t2_tse_tra@last")
+    assert [(c.case_id, c.paths) for c in cases] == [(p, (cohort / p,)) for p in ("p1", "p2")]
+    assert "cohort of 2 patient folders (not one study): 2 cases" in caplog.text
+    assert "series: picked" not in caplog.text
+    for case in cases:
+        read = load_series(case.paths[0], series=case.series)
+        np.testing.assert_array_equal(read.volume.array, repeats[case.case_id].array)
+    # a patient folder alone is that patient's one study
+    (one,) = discover_cases(cohort / "p2", series="t2_tse_sag")
+    assert one.paths == (cohort / "p2",)
+
+
+def test_prostatex_study_folder_with_last_is_one_case(
+    shared_data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The TCIA layout of the walkthrough: ProstateX-0001's study folder, t2_tse_tra run as
+    series 6 and again as 10; @last makes one case reading 10 (not two cases, one per folder)."""
+    from medseg.io.dicom import load_series
+
+    root = shared_data / "prostatex_dicom"
+    study = root / "ProstateX-0001" / "07-08-2011"
+    with caplog.at_level("INFO", logger="medseg.inference.predictor"):
+        cases = discover_cases(study, series="t2_tse_tra@last")
+    assert [(c.case_id, c.paths) for c in cases] == [("07-08-2011", (study,))]
+    assert "one study, 11 series: picked No. 10 't2_tse_tra'" in caplog.text
+    read = load_series(cases[0].paths[0], series=cases[0].series)
+    assert read.info.series_number == 10
+    assert read.info.folder == study / "10.000000-t2tsetra-17541"
+    caplog.clear()
+    with caplog.at_level("INFO", logger="medseg.inference.predictor"):
+        cohort = discover_cases(root, series="t2_tse_tra*@last")
+    assert [c.case_id for c in cohort] == ["ProstateX-0000", "ProstateX-0001", "ProstateX-0218"]
+    assert "cohort of 3 patient folders" in caplog.text
+
+
+def test_predict_cli_segments_one_series_of_a_study_folder(trained_model: Path, tmp_path: Path) -> None:
+    study = tmp_path / "study"
+    repeat = _write_study(study, 7)
+    res = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(study),
+            "--series",
+            "t2_tse_tra@last",
+            "-m",
+            str(trained_model),
+            "-o",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    (entry,) = json.loads((tmp_path / "o" / "predictions.json").read_text())["cases"]
+    assert entry["case_id"] == "study" and entry["ok"], entry
+    assert read_volume(tmp_path / "o" / "study.nii.gz").shape == repeat.shape  # series 10's grid
+
+
 def test_existing_output_and_disk_full(
     trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

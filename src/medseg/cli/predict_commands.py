@@ -54,7 +54,8 @@ def predict_command(
         str | None,
         typer.Option(
             help="DICOM series description, wildcard pattern ('t2_tse_tra*', case-insensitive) or UID; a "
-            "description is safest for a cohort of patient folders. A description matching several series "
+            "description is safest for a cohort of patient folders; a folder holding one study's series "
+            "(subfolders too) is one case and this picks within it. A description matching several series "
             "of one patient (a repeated sequence) stops that patient unless it ends in @last (latest "
             "acquired) or @first, e.g. 't2_tse_tra*@last'"
         ),

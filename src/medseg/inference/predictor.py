@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -44,6 +44,9 @@ from medseg.preprocessing.plan import Plan
 from medseg.progress import progress_bar
 from medseg.training.config import check_device_name
 from medseg.volume import Volume
+
+if TYPE_CHECKING:
+    from medseg.io.dicom import SeriesInfo
 
 log = logging.getLogger(__name__)
 
@@ -468,10 +471,13 @@ def discover_cases(path: str | Path, *, series: str | None = None, channels: int
     """The cases found at ``path``: a file, a DICOM series folder, or a folder of cases.
 
     A folder of image files is grouped by nnU-Net's ``CASE_XXXX`` channel suffix when
-    the model has several channels. A folder whose DICOM series live in one subfolder
-    each is a cohort (one case per subfolder; linked subfolders count, named by their link);
-    a study folder with several series needs ``series`` (UID, description, wildcard pattern
-    or index; ``@last``/``@first`` settles a sequence repeated within a patient's folder).
+    the model has several channels. DICOM is judged by its headers, not by folder names: a
+    folder whose series all belong to one study of one patient (StudyInstanceUID, PatientID)
+    is one case, however its series are laid out (a TCIA download: STUDY/<one folder per
+    series>/), and ``series`` (UID, description, wildcard pattern or index; ``@last``/``@first``
+    settles a sequence repeated within it) picks one of them. Otherwise a folder whose series
+    live in subfolders is a cohort: one case per subfolder (linked subfolders count, named by
+    their link), each reading the ``series`` it holds.
     """
     src = Path(path)
     kind = describe_path(src)
@@ -510,6 +516,8 @@ def discover_cases(path: str | Path, *, series: str | None = None, channels: int
         raise InputError(src, "holds no images", expected="image files or DICOM series")
     if len(found) == 1:
         return [InputCase(src.name, "dicom", (src,), series)]
+    if _one_study(found):
+        return [_study_case(src, found, series)]
     if series is not None:
         # the same matching as load_series (UID, description, wildcards); an @last/@first
         # rule is applied per patient folder when each case is read
@@ -543,9 +551,11 @@ def discover_cases(path: str | Path, *, series: str | None = None, channels: int
                 series,
                 ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""),
             )
+        _log_cohort(len(per_root), len(roots))
         return [InputCase(r.name, "dicom", (r,), series) for r in sorted(roots)]
     roots_all = [_top_folder(src, Path(s.folder)) for s in found]
     if len(set(roots_all)) == len(found) and all(r != src for r in roots_all):
+        _log_cohort(len(found), len(found))
         return [InputCase(r.name, "dicom", (r,)) for r in sorted(set(roots_all))]
     per_folder = Counter(roots_all)
     if len(per_folder) > 1 and src not in per_folder and min(per_folder.values()) == 1:
@@ -558,6 +568,7 @@ def discover_cases(path: str | Path, *, series: str | None = None, channels: int
             len(per_folder),
             ", ".join(several[:10]) + (" ..." if len(several) > 10 else ""),
         )
+        _log_cohort(len(per_folder), len(per_folder))
         return [InputCase(r.name, "dicom", (r,)) for r in sorted(per_folder)]
     listing = "; ".join(
         f"[{i}] {s.description or '?'} ({s.modality}, {s.n_files} files, UID {s.series_uid})"
@@ -567,6 +578,40 @@ def discover_cases(path: str | Path, *, series: str | None = None, channels: int
         src,
         f"holds {len(found)} DICOM series; choose one with --series (UID, description or index)",
         found=listing,
+    )
+
+
+def _one_study(found: Sequence[SeriesInfo]) -> bool:
+    """True when every series comes from the same study of the same patient (by the digest of
+    their StudyInstanceUID and PatientID; a series without one known study never counts)."""
+    keys = {s.study_key for s in found}
+    return len(keys) == 1 and "" not in keys
+
+
+def _study_case(src: Path, found: Sequence[SeriesInfo], series: str | None) -> InputCase:
+    """The one case of a folder holding one study's series, ``series`` checked against them now
+    (an error lists the series, as reading the case would)."""
+    from medseg.io.dicom import select_series_index
+
+    picked = found[select_series_index(found, series, src)]
+    number = "?" if picked.series_number is None else picked.series_number
+    # header values only, never a patient's name or ID
+    log.info(
+        "one study, %d series: picked No. %s '%s' (--series %s)",
+        len(found),
+        number,
+        picked.description,
+        series,
+    )
+    return InputCase(src.name, "dicom", (src,), series)
+
+
+def _log_cohort(n_folders: int, n_cases: int) -> None:
+    log.info(
+        "cohort of %d patient folders (not one study): %d case%s",
+        n_folders,
+        n_cases,
+        "" if n_cases == 1 else "s",
     )
 
 

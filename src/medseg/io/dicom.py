@@ -54,6 +54,7 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import fnmatch
+import hashlib
 import logging
 import os
 import re
@@ -100,6 +101,7 @@ __all__ = [
     "read_dicom_file",
     "read_dicom_series",
     "safe_error_text",
+    "select_series_index",
     "split_series_rule",
     "write_dicom_series",
 ]
@@ -145,6 +147,10 @@ class SeriesInfo:
     # themselves are never kept): more than one is a merged series that cannot be read.
     n_patients: int = 1
     n_studies: int = 1
+    # Tells series of one study of one patient from the others: a digest of its PatientID and
+    # StudyInstanceUID ("" unless all its slices share one non-empty StudyInstanceUID and one
+    # PatientID). Compared, never shown: not in to_dict, summaries, logs or errors.
+    study_key: str = field(default="", repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -571,6 +577,11 @@ def _make_series(uid: str, paths: list[Path], datasets: list[Dataset]) -> _Serie
     # counted, never kept: patient IDs must not reach SeriesInfo, logs or errors
     n_patients = len({str(ds.get("PatientID", "") or "").strip() for ds in datasets})
     n_studies = len({str(ds.get("StudyInstanceUID", "") or "").strip() for ds in datasets})
+    study_key = ""
+    study_uid = str(first.get("StudyInstanceUID", "") or "").strip()
+    if n_patients == 1 and n_studies == 1 and study_uid:
+        patient = str(first.get("PatientID", "") or "").strip()
+        study_key = hashlib.sha256(f"{patient}\0{study_uid}".encode()).hexdigest()[:16]
     number = _number(first.get("SeriesNumber"))
     orient_groups = _orientation_groups(frames)
     n_volumes = 0
@@ -595,6 +606,7 @@ def _make_series(uid: str, paths: list[Path], datasets: list[Dataset]) -> _Serie
         acquisition_time=time,
         n_patients=n_patients,
         n_studies=n_studies,
+        study_key=study_key,
     )
     return _Series(uid, paths, datasets, frames, info)
 
@@ -712,50 +724,64 @@ def pick_by_rule(infos: Sequence[SeriesInfo], rule: str, where: Path | None) -> 
     return ranked[0]
 
 
-def _select(series: list[_Series], choice: str | int | None, where: Path) -> _Series:
-    listing = "; ".join(s.info.summary(i) for i, s in enumerate(series))
+def select_series_index(infos: Sequence[SeriesInfo], choice: str | int | None, where: Path) -> int:
+    """Position in ``infos`` (``list_series`` order) of the series ``choice`` names, as
+    :func:`load_series` picks it: index, UID, description or pattern, ``@last``/``@first``.
+
+    None is the only series there is; anything that names none, or several without a rule,
+    raises :class:`InputError` listing the series.
+    """
+    listing = "; ".join(s.summary(i) for i, s in enumerate(infos))
     if choice is None:
-        if len(series) == 1:
-            return series[0]
+        if len(infos) == 1:
+            return 0
         raise InputError(
             where,
-            f"holds {len(series)} DICOM series; pick one by index, UID or description "
+            f"holds {len(infos)} DICOM series; pick one by index, UID or description "
             "(series=..., CLI --series; wildcards and @last allowed, e.g. 't2_tse_tra*@last')",
             found=listing,
         )
     if isinstance(choice, int) or (isinstance(choice, str) and choice.strip().isdigit()):
         idx = int(choice)
-        if 0 <= idx < len(series):
-            return series[idx]
+        if 0 <= idx < len(infos):
+            return idx
         raise InputError(
-            where, f"has no series with index {idx}", expected=f"0..{len(series) - 1}", found=listing
+            where, f"has no series with index {idx}", expected=f"0..{len(infos) - 1}", found=listing
         )
     text = str(choice).strip()
     pattern, rule = split_series_rule(text)
-    infos = [s.info for s in series]
     hits = match_series(infos, pattern)
     if len(hits) == 1:
-        return series[hits[0]]
+        return hits[0]
     if not hits:
         kind = "matching" if _WILDCARD.search(pattern) else "with UID or description"
         raise InputError(where, f"has no series {kind} '{pattern}'", found=listing)
     if rule is not None:
-        picked = hits[pick_by_rule([infos[i] for i in hits], rule, where)]
-        log.info(
-            "%s: '%s' matches %d series; @%s picked %s",
-            where,
-            pattern,
-            len(hits),
-            rule,
-            infos[picked].acquisition_summary(picked),
-        )
-        return series[picked]
+        return hits[pick_by_rule([infos[i] for i in hits], rule, where)]
     raise InputError(
         where,
         f"has {len(hits)} series described '{pattern}'; pick one by index or UID, or add @last "
         f"(the latest acquisition) or @first to the description, e.g. --series '{pattern}@last'",
         found="; ".join(infos[i].acquisition_summary(i) for i in hits),
     )
+
+
+def _select(series: list[_Series], choice: str | int | None, where: Path) -> _Series:
+    infos = [s.info for s in series]
+    picked = select_series_index(infos, choice, where)
+    if isinstance(choice, str) and not choice.strip().isdigit():
+        pattern, rule = split_series_rule(choice)
+        hits = match_series(infos, pattern)
+        if rule is not None and len(hits) > 1:
+            log.info(
+                "%s: '%s' matches %d series; @%s picked %s",
+                where,
+                pattern,
+                len(hits),
+                rule,
+                infos[picked].acquisition_summary(picked),
+            )
+    return series[picked]
 
 
 # ----------------------------------------------------------------- stack building

@@ -46,6 +46,25 @@ def test_training_writes_a_complete_model_folder(planned_dataset: Path) -> None:
     assert (planned_dataset / "splits.json").is_file()
 
 
+def test_splits_written_by_another_job_meanwhile_are_used(
+    planned_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folds of a SLURM array start together: a job whose splits.json was written by a
+    sibling between its check and its write trains on that file instead of failing."""
+    import medseg.data.splits as splits_module
+
+    real = splits_module.make_splits
+
+    def sibling_wins(root: Path, **kw: object) -> object:
+        real(root, **kw)  # type: ignore[arg-type]  # the sibling's write ...
+        raise OutputExistsError(root / "splits.json")  # ... then ours finds the file
+
+    monkeypatch.setattr(splits_module, "make_splits", sibling_wins)
+    res = train(planned_dataset, 1, config=_config(epochs=1), folds=3)
+    assert res.epochs_completed == 1
+    assert json.loads((planned_dataset / "splits.json").read_text())
+
+
 def test_existing_model_folder_needs_resume_or_overwrite(planned_dataset: Path) -> None:
     train(planned_dataset, 0, config=_config(epochs=1), folds=3)
     with pytest.raises(OutputExistsError):

@@ -1019,7 +1019,12 @@ def train(
     if rank == 0:
         preprocess_dataset(root, plan, workers=workers, progress=progress)
         if fold is not None and not (root / SPLITS_JSON).is_file():
-            make_splits(root, k=folds, seed=0)
+            try:
+                make_splits(root, k=folds, seed=0)
+            except OutputExistsError:
+                # another job (a SLURM array's other folds) wrote it first: the same seed gives
+                # the same folds, and load_splits below checks the fold exists
+                log.info("%s was written by another job meanwhile; using it", root / SPLITS_JSON)
     _barrier()
     from medseg.data.dataset import list_cases
     from medseg.preprocessing.pipeline import default_cache_dir

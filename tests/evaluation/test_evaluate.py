@@ -340,3 +340,12 @@ def test_image_matching_errors(folders, tmp_path: Path) -> None:  # type: ignore
     with pytest.raises(GeometryError, match="is not on the reference's grid"):
         write_report(result, tmp_path / "report", image=other)
     assert not (tmp_path / "report").exists()
+
+
+def test_a_0_255_mask_against_a_0_1_label_map_names_the_likely_cause(tmp_path: Path) -> None:
+    mask = np.zeros((12, 10), np.uint8)
+    mask[3:8, 2:7] = 1
+    Image.fromarray(mask).save(tmp_path / "pred.png")
+    Image.fromarray(mask * 255).save(tmp_path / "ref.png")
+    with pytest.raises(InputError, match=r"found in no reference.*0/255 mask image.*--mask-map 0=0,255=1"):
+        evaluate(tmp_path / "pred.png", tmp_path / "ref.png", EvaluationConfig(metrics=("dice",)))

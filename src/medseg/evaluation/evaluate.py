@@ -818,6 +818,17 @@ def _final_labels(cases: Sequence[CaseResult], cfg: EvaluationConfig) -> dict[in
     return {v: str(names.get(v, v)) for v in values}
 
 
+def _mask_hint(reference: Sequence[int], prediction: Sequence[int]) -> str:
+    """A 0/255 mask (PNG, TIFF) against a 0/1 label map is the usual cause of disjoint labels."""
+    if 255 in set(reference) | set(prediction) and 1 in set(reference) | set(prediction):
+        return (
+            "; one side looks like a 0/255 mask image and the other like a 0/1 label map: medseg "
+            "reads mask values as they are, so give both the same values (e.g. `medseg dataset import "
+            "images2d ... --mask-map 0=0,255=1` maps masks to 0/1)"
+        )
+    return ""
+
+
 def _complete_case(case: CaseResult, labels: Mapping[int, str], cfg: EvaluationConfig) -> CaseResult:
     """Check inferred labels and fill classes absent from a case (both masks empty)."""
     extra = sorted(set(case.prediction_labels) - set(labels))
@@ -825,6 +836,7 @@ def _complete_case(case: CaseResult, labels: Mapping[int, str], cfg: EvaluationC
         message = (
             f"InputError: {case.prediction}: case '{case.name}': prediction holds label values "
             f"{extra} found in no reference; expected values in {[0, *labels]} (declare them with --labels)"
+            + _mask_hint(sorted(labels), extra)
         )
         return replace(case, status="error", message=message, per_label={})
     per_label = {

@@ -96,6 +96,11 @@ def test_baseline_methods(tmp_path: Path, method: str, params: list[str], foregr
     res = runner.invoke(app, ["baseline", method, str(img), "-o", str(out), *params])
     assert res.exit_code == 0, res.output
     assert f"wrote {out}" in res.output and f"method={method}" in res.output
+    record = json.loads((tmp_path / f"{method}.baseline.json").read_text())  # how it was made
+    assert record["method"] == method and record["output"] == out.name
+    assert str(tmp_path) not in json.dumps(record)  # no input path
+    if method == "region-grow":
+        assert record["grow"] == "connected" and record["lower"] < 100 < record["upper"]  # bounds used
     label = read_volume(out)
     assert label.geometry.is_close(read_volume(img).geometry)
     if foreground is not None:

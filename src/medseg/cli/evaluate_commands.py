@@ -387,8 +387,12 @@ def baseline_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
 ) -> None:
     """Run a classical baseline (threshold, Otsu, region growing, watershed, k-means) on the input grid."""
+    import json
+
+    import medseg
     from medseg import classical
-    from medseg.io import read_volume, write_volume
+    from medseg.io import read_volume, sidecar_path, write_volume
+    from medseg.io.atomic import check_writable, write_text_atomic
 
     if method not in _METHODS:
         raise ConfigError(f"unknown baseline '{method}'; expected one of {', '.join(_METHODS)}")
@@ -455,8 +459,14 @@ def baseline_command(
             sigma_mm=min(volume.spacing) if sigma is None else sigma,
         )
     result = _relabel(result, label, keep_class)
-    write_volume(result, output, overwrite=overwrite)
     params = result.meta.get("baseline", {})
+    record = sidecar_path(output, ".baseline.json")
+    check_writable(record, overwrite)
+    write_volume(result, output, overwrite=overwrite)
+    # How the result was made, for a report or a class handout: method and every parameter
+    # (the defaults included), no input path (file names may carry patient names).
+    document = {"medseg_version": medseg.__version__, "output": output.name, **params}
+    write_text_atomic(record, json.dumps(document, indent=2, default=_short) + "\n", overwrite=overwrite)
     console.print(
         "baseline " + ", ".join(f"{k}={_short(v)}" for k, v in params.items()), markup=False, soft_wrap=True
     )
@@ -482,7 +492,9 @@ def baseline_command(
             "the seed's statistics probably let everything in",
             soft_wrap=True,
         )
-    console.print(f"wrote {output}", markup=False, soft_wrap=True)
+    console.print(
+        f"wrote {output} and {record.name} (the method and its parameters)", markup=False, soft_wrap=True
+    )
 
 
 # Options each method reads (the others would be ignored silently, so they are refused).

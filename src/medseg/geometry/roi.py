@@ -52,9 +52,9 @@ from scipy.spatial import ConvexHull, HalfspaceIntersection
 
 from medseg.errors import ConfigError, GeometryError, InputError
 from medseg.geometry.crop import CropBox, crop, cropped_geometry
-from medseg.io import read_volume, write_volume
+from medseg.io import read_volume, sidecar_path, write_volume
 from medseg.io.atomic import check_writable, write_text_atomic
-from medseg.io.itk import ITK_SUFFIXES, has_itk_suffix
+from medseg.io.itk import has_itk_suffix
 from medseg.volume import Volume, VolumeGeometry
 
 __all__ = [
@@ -376,24 +376,14 @@ def multiplane_roi(
 ROI_JSON_SCHEMA_VERSION = 1
 
 
-def _beside(output: str | Path, suffix: str) -> Path:
-    out = Path(output)
-    name = out.name
-    for known in (".nii.gz", *ITK_SUFFIXES):
-        if name.lower().endswith(known):
-            name = name[: -len(known)]
-            break
-    return out.with_name(name + suffix)
-
-
 def default_roi_json_path(output: str | Path) -> Path:
     """``crop.nii.gz`` -> ``crop.roi.json`` beside it."""
-    return _beside(output, ".roi.json")
+    return sidecar_path(output, ".roi.json")
 
 
 def default_roi_png_path(output: str | Path) -> Path:
     """``crop.nii.gz`` -> ``crop.roi.png`` beside it (the picture ``medseg roi`` draws)."""
-    return _beside(output, ".roi.png")
+    return sidecar_path(output, ".roi.png")
 
 
 @dataclass(frozen=True, eq=False)

@@ -16,9 +16,31 @@ from medseg.errors import ConfigError, InputError
 from medseg.io.itk import has_itk_suffix, read_channels, read_itk, write_itk
 from medseg.volume import Volume
 
-__all__ = ["OUTPUT_FORMATS", "convert", "describe_path", "read_channels", "read_volume", "write_volume"]
+__all__ = [
+    "OUTPUT_FORMATS",
+    "convert",
+    "describe_path",
+    "read_channels",
+    "read_volume",
+    "sidecar_path",
+    "write_volume",
+]
 
 IMAGE_2D_SUFFIXES = (".png", ".tif", ".tiff")
+
+
+def sidecar_path(image: str | Path, suffix: str) -> Path:
+    """A file beside an image, named after it without its image suffix:
+    ``crop.nii.gz`` + ``.roi.json`` -> ``crop.roi.json``."""
+    from medseg.io.itk import ITK_SUFFIXES
+
+    path = Path(image)
+    name = path.name
+    for known in sorted((*ITK_SUFFIXES, *IMAGE_2D_SUFFIXES), key=len, reverse=True):
+        if name.lower().endswith(known):
+            name = name[: -len(known)]
+            break
+    return path.with_name(name + suffix)
 
 
 def _is_dicom_file(path: Path) -> bool:

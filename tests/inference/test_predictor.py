@@ -358,6 +358,31 @@ def test_patient_folders_of_series_folders_stay_a_cohort(
     assert one.paths == (cohort / "p2",)
 
 
+def test_anonymised_patient_folders_sharing_one_study_uid_stay_a_cohort(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Some anonymisers give every patient the same PatientID and StudyInstanceUID: patient
+    folders each holding the same series once are still a cohort, not one study whose
+    '@last' would keep only the patient scanned last."""
+    cohort = tmp_path / "cohort"
+    first = cohort / "p0" / "t2"
+    for i, patient in enumerate(("p0", "p1", "p2")):
+        vol = make_oblique_volume(dtype=np.int16, seed=10 + i)
+        write_dicom_series(
+            vol,
+            cohort / patient / "t2",
+            reference=None if i == 0 else first,  # the same study UID and patient for all
+            series_description="t2_tse_tra",
+            series_number=6 + i,
+        )
+    for choice in (None, "t2_tse_tra", "t2_tse_tra@last"):
+        with caplog.at_level("WARNING", logger="medseg.inference.predictor"):
+            cases = discover_cases(cohort, series=choice)
+        assert [c.case_id for c in cases] == ["p0", "p1", "p2"], choice
+        assert "anonymised?" in caplog.text
+        caplog.clear()
+
+
 def test_prostatex_study_folder_with_last_is_one_case(
     shared_data: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -517,7 +517,16 @@ def discover_cases(path: str | Path, *, series: str | None = None, channels: int
     if len(found) == 1:
         return [InputCase(src.name, "dicom", (src,), series)]
     if _one_study(found):
-        return [_study_case(src, found, series)]
+        if not _one_series_per_folder(src, found, series):
+            return [_study_case(src, found, series)]
+        # Patient folders that an anonymiser gave one PatientID and StudyInstanceUID: the
+        # layout (the same series once in every folder) says cohort, not one study.
+        log.warning(
+            "%s: every series has the same StudyInstanceUID and PatientID (anonymised?) but each "
+            "folder holds one %s: read as a cohort of patient folders",
+            src,
+            "series" if series is None else f"series matching {series!r}",
+        )
     if series is not None:
         # the same matching as load_series (UID, description, wildcards); an @last/@first
         # rule is applied per patient folder when each case is read
@@ -586,6 +595,21 @@ def _one_study(found: Sequence[SeriesInfo]) -> bool:
     their StudyInstanceUID and PatientID; a series without one known study never counts)."""
     keys = {s.study_key for s in found}
     return len(keys) == 1 and "" not in keys
+
+
+def _one_series_per_folder(src: Path, found: Sequence[SeriesInfo], series: str | None) -> bool:
+    """True when every top-level folder under ``src`` holds exactly one of the series asked for
+    (all of them without ``series``, which must then share one description): patient folders
+    of a cohort, not the series folders of one study."""
+    from medseg.io.dicom import match_series, split_series_rule
+
+    tops = [_top_folder(src, Path(s.folder)) for s in found]
+    if src in tops or len(set(tops)) < 2:
+        return False
+    if series is None:
+        return len(set(tops)) == len(tops) and len({s.description for s in found}) == 1
+    hits = Counter(tops[i] for i in match_series(found, split_series_rule(series)[0]))
+    return len(hits) == len(set(tops)) and all(n == 1 for n in hits.values())
 
 
 def _study_case(src: Path, found: Sequence[SeriesInfo], series: str | None) -> InputCase:

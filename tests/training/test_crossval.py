@@ -112,6 +112,13 @@ def test_rerun_skips_finished_folds_and_resumes_unfinished_ones(dataset_copy: Pa
     assert all(after[f"{c}.nii.gz"] > before[f"{c}.nii.gz"] for c in longer.folds[1].val_cases)
     summary = json.loads((crossval_dir(root, "3d") / "summary.json").read_text())
     assert [f["action"] for f in summary["folds"]] == ["resumed", "trained", "resumed"]
+    # Continuing with another loss is refused fold by fold unless asked for (and recorded).
+    with pytest.raises(ConfigError, match=r"loss .*--resume-changed"):
+        cross_validate(root, config=_config(epochs=3, loss="focal"), workers=1)
+    changed = cross_validate(root, config=_config(epochs=3, loss="focal"), workers=1, resume_changed=True)
+    assert [f.action for f in changed.folds] == ["resumed"] * 3
+    info = json.loads((root / "models" / "3d" / "fold_0" / "model.json").read_text())
+    assert info["resumed_with_changes"]
 
 
 def test_finished_folds_trained_otherwise_are_named_not_pooled_silently(

@@ -160,6 +160,13 @@ def crossval_command(
     budget_min: Annotated[
         float | None, typer.Option(help="stop each fold after this many minutes of training")
     ] = None,
+    resume_changed: Annotated[
+        bool,
+        typer.Option(
+            help="continue an interrupted fold even though the loss, optimiser, augmentation or plan "
+            "differ from its checkpoint's (recorded in model.json); without it such a fold is refused"
+        ),
+    ] = False,
     overwrite: Annotated[
         bool, typer.Option(help="retrain every fold from scratch and replace the predictions")
     ] = False,
@@ -191,6 +198,7 @@ def crossval_command(
             tta=tta,
             metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
             progress=True,
+            resume_changed=resume_changed,
         )
     except KeyboardInterrupt:
         if is_main_process():

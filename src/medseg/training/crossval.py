@@ -170,6 +170,7 @@ def cross_validate(
     metrics: Sequence[str] = ("dice", "iou"),
     progress: bool = False,
     slice_classifier: SliceClassifierConfig | None = None,
+    resume_changed: bool = False,
 ) -> CrossValResult:
     """Train all folds (resuming/skipping finished ones), predict out-of-fold, evaluate.
 
@@ -177,7 +178,9 @@ def cross_validate(
     splits.json with another number of folds is an error (delete it to re-split).
     ``overwrite`` retrains every fold from scratch and replaces the predictions.
     ``slice_classifier`` also trains each trained fold's empty-slice classifier (2D / 2.5D),
-    which the out-of-fold predictions then use.
+    which the out-of-fold predictions then use. ``resume_changed`` lets an interrupted fold
+    continue although its loss, optimiser, augmentation or plan differ from the request
+    (see :func:`medseg.training.trainer.train`); without it that fold is refused.
     """
     from medseg.data.splits import SPLITS_JSON, load_splits, make_splits
     from medseg.evaluation.evaluate import EvaluationConfig
@@ -258,6 +261,7 @@ def cross_validate(
             configuration=configuration,
             config=cfg,
             resume=state == "partial",
+            resume_changed=resume_changed and state == "partial",
             # "missing": no checkpoint at all, nothing worth keeping (a run that died before its
             # first epoch left only its JSON files).
             overwrite=True if state == "missing" else overwrite,

@@ -172,7 +172,7 @@ def check_resume(
             f"{path}: cannot resume with other settings than the checkpoint was trained with "
             f"({'; '.join(changes)}); resume with the original settings (only epochs, the time budget, "
             "device and validation settings may change), --overwrite to start over, or "
-            "`medseg train --resume --resume-changed` to continue with the new settings (recorded in model.json)"
+            "--resume-changed (`medseg train --resume` or `medseg crossval`) to continue with the new settings (recorded in model.json)"
         )
     if changes:
         log.warning(

@@ -67,3 +67,12 @@ def test_info_lists_only_the_ensemble_as_folds(tmp_path: Path) -> None:
     only = model_folder_summary(other)
     assert only is not None and [f["folder"] for f in only["folds"]] == ["a"]
     assert "not_in_ensemble" not in only
+    assert (
+        only["not_an_ensemble"] is True and "not_an_ensemble" not in summary
+    )  # info says predict refuses it
+    from typer.testing import CliRunner
+
+    from medseg.cli import app
+
+    res = CliRunner().invoke(app, ["info", str(other)])
+    assert res.exit_code == 0 and "not an ensemble" in res.output and "refuses this folder" in res.output

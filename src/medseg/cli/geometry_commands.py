@@ -32,7 +32,7 @@ def roi_command(
     png: bool = typer.Option(
         True,
         "--png/--no-png",
-        help="Draw the ROI on each series' middle slice (OUTPUT with suffix .roi.png).",
+        help="Draw the overlap on each series' slice through its centre (OUTPUT with suffix .roi.png).",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
@@ -70,11 +70,15 @@ def roi_command(
     if picture is not None:
         from medseg.export.overlay import render_roi_png
 
-        image = render_roi_png(
-            result.inputs,
-            roi.region.contains,
-            crop=(roi.box.lower, roi.box.upper),
-            centre=roi.region.vertices.mean(axis=0),
-        )
+        try:
+            image = render_roi_png(
+                result.inputs,
+                roi.region.contains,
+                crop=(roi.box.lower, roi.box.upper),
+                centre=roi.region.vertices.mean(axis=0),
+            )
+        except Exception as exc:  # the picture is a check: the crop and JSON written above stand
+            console.print(f"[yellow]warning:[/] the ROI picture could not be drawn: {exc}", soft_wrap=True)
+            return
         write_bytes_atomic(picture, image, overwrite=overwrite)
         console.print(f"wrote {picture} (the overlap outlined on each series)", markup=False, soft_wrap=True)

@@ -184,6 +184,12 @@ def _print_model(model: dict[str, Any]) -> None:
             ", ".join(files) or "[red]none[/]",
         )
     console.print(table)
+    if model.get("not_an_ensemble"):
+        console.print(
+            "[yellow]not an ensemble:[/] none of these is a fold_<k> folder, so `medseg predict -m` "
+            "refuses this folder; pass one of the models to -m (or name them fold_0, fold_1, ...)",
+            soft_wrap=True,
+        )
     if model.get("not_in_ensemble"):
         console.print(
             "[yellow]not in the ensemble[/] (not fold_* folders, or fold_all beside numbered folds; "

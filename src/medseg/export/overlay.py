@@ -467,6 +467,7 @@ def render_roi_png(
                     edgecolor=crop_rgb,
                     linewidth=1.6,
                     linestyle="--",
+                    zorder=4,  # above the overlap's outline, which it often runs along
                 )
             )
         inside_roi = "" if roi2d.any() else " -- the ROI misses this slice"

@@ -226,12 +226,14 @@ def model_folder_summary(path: str | Path) -> dict[str, Any] | None:
     if not root.is_dir():
         return None
     others: list[Path] = []
+    ensemble = True
     if is_model_folder(root):
         folders = [root]
     else:
         folders, others = ensemble_members(root)
         if not folders:
-            folders, others = others, []  # a folder of unrelated models: list them all
+            # a folder of unrelated models: list them all, saying predict refuses the folder
+            folders, others, ensemble = others, [], False
     if not folders:
         return None
     from medseg.preprocessing.plan import Plan
@@ -258,6 +260,8 @@ def model_folder_summary(path: str | Path) -> dict[str, Any] | None:
             }
         )
     summary: dict[str, Any] = {"path": str(root), "folds": folds}
+    if not ensemble:
+        summary["not_an_ensemble"] = True
     if others:
         # Model folders beneath an ensemble folder that `medseg predict -m` does not use.
         summary["not_in_ensemble"] = [p.name for p in others]

@@ -296,11 +296,7 @@ def render_html(
             + f"; a predicted and a reference object match at {rule}.</p>"
         )
         objects_file = f"; every object: <code>{OBJECTS_CSV}</code>"
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>medseg evaluation</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:center}}figure{{display:inline-block;margin:4px}}</style>
-</head><body>
+    return f"""{_page_head("medseg evaluation")}
 <h1>Segmentation evaluation</h1>
 <p>Prediction: <code>{esc(summary["prediction"])}</code><br>Reference: <code>{esc(summary["reference"])}</code><br>
 {summary["n_scored"]} of {summary["n_cases"]} cases scored. Empty-mask rule: <b>{esc(opts["empty_rule"])}</b>;
@@ -339,13 +335,29 @@ def write_report(
         (tmp / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, allow_nan=False), encoding="utf-8")
         _write_pngs(tmp, plots, overlays)
         (tmp / REPORT_HTML).write_text(page, encoding="utf-8")
+    return _report_files(target, plots, overlays, objects=bool(result.config.object_metrics))
+
+
+def _page_head(title: str) -> str:
+    """The opening of both report pages (evaluation, comparison): one style for both."""
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>\n'
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}\n"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:center}"
+        "figure{display:inline-block;margin:4px}</style>\n</head><body>"
+    )
+
+
+def _report_files(
+    target: Path, plots: Mapping[str, bytes], overlays: Mapping[str, bytes], *, objects: bool
+) -> ReportFiles:
     return ReportFiles(
         target,
         target / CASES_CSV,
         target / SUMMARY_JSON,
         target / REPORT_HTML,
         tuple(target / PLOTS_DIR / f"{m}.png" for m in plots),
-        target / OBJECTS_CSV if result.config.object_metrics else None,
+        target / OBJECTS_CSV if objects else None,
         tuple(target / OVERLAYS_DIR / f"{name}.png" for name in overlays),
     )
 
@@ -479,11 +491,7 @@ def render_comparison_html(
     )
     opts = summary["options"]
     overlay_part = _overlay_section(overlays or {}, with_image, several=True, every_case=every_case)
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>medseg comparison</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:center}}figure{{display:inline-block;margin:4px}}</style>
-</head><body>
+    return f"""{_page_head("medseg comparison")}
 <h1>Segmentation methods compared</h1>
 <p>Reference: <code>{esc(summary["reference"])}</code>, {summary["n_cases"]} cases.</p><ul>{methods}</ul>
 <p>Missing cases: {esc(summary["missing_cases_rule"])}. Empty-mask rule: <b>{esc(opts["empty_rule"])}</b>;
@@ -537,15 +545,7 @@ def write_comparison_report(
         (tmp / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, allow_nan=False), encoding="utf-8")
         _write_pngs(tmp, plots, overlays)
         (tmp / REPORT_HTML).write_text(page, encoding="utf-8")
-    return ReportFiles(
-        target,
-        target / CASES_CSV,
-        target / SUMMARY_JSON,
-        target / REPORT_HTML,
-        tuple(target / PLOTS_DIR / f"{m}.png" for m in plots),
-        target / OBJECTS_CSV if objects else None,
-        tuple(target / OVERLAYS_DIR / f"{name}.png" for name in overlays),
-    )
+    return _report_files(target, plots, overlays, objects=objects)
 
 
 __all__ = [

@@ -35,6 +35,8 @@ def test_quick_demo_runs_the_whole_path(tmp_path: Path) -> None:
     summary = json.loads((res.out / "demo_summary.json").read_text())
     assert set(summary["seconds"]) >= {"phantom", "train", "predict", "evaluate", "total"}
     assert res.evaluation.is_file()
+    page = res.evaluation.read_text() if res.evaluation.suffix == ".html" else ""
+    assert "overlays/" in page and "no image given" not in page  # drawn over the test images
     with pytest.raises(OutputExistsError):
         run_demo(tmp_path / "demo", quick=True)
 

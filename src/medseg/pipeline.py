@@ -197,7 +197,8 @@ def run_demo(
     t = time.monotonic()
     names = {v: k for k, v in plan.labels.items() if v != 0}
     evaluation = evaluate(preds, dataset / "labelsTs", EvaluationConfig(labels=names, workers=1))
-    report_files = write_report(evaluation, root / "evaluation", overwrite=True)
+    # the overlays over each case's image (imagesTs holds CASE_0000.nii.gz, matched by name)
+    report_files = write_report(evaluation, root / "evaluation", overwrite=True, image=dataset / "imagesTs")
     summary = evaluation.summary()
     times["evaluate"] = time.monotonic() - t
     dice = _mean_dice(summary, names)

@@ -73,10 +73,12 @@ def test_axis_aligned_boxes_known_overlap() -> None:
     )
 
 
-@pytest.mark.parametrize("angles", [(17.0, -9.0, 23.0), (90.0, 0.0, 0.0), (5.0, 40.0, -70.0)])
+@pytest.mark.parametrize("angles", [(17.0, -9.0, 23.0), (5.0, 30.0, -25.0), (-35.0, 10.0, 30.0)])
 def test_rigidly_moved_study_gives_the_same_index_box(angles: tuple[float, float, float]) -> None:
     """Rotating and shifting all three grids together (an oblique study with a non-zero
-    origin) must not change the ROI in index space, nor the overlap volume."""
+    origin) must not change the ROI in index space, nor the overlap volume. (A rotation
+    that turns each series into another plane, e.g. 90 degrees about x, is refused: in
+    patient coordinates that is a study given in the wrong order, see below.)"""
     rot = Rotation.from_euler("xyz", angles, degrees=True).as_matrix()
     shift = np.array([-31.5, 12.25, 80.0])
     axial, sagittal, coronal = (_transformed(v, rot, shift) for v in _box_case())
@@ -365,3 +367,47 @@ def test_real_prostatex_roi(real_study: tuple[str, Volume, Volume, Volume]) -> N
     assert all(a <= e for a, e in zip(aabb.box.lower, roi.box.lower, strict=True))
     assert all(a >= e for a, e in zip(aabb.box.upper, roi.box.upper, strict=True))
     assert np.prod(aabb.box.shape) > np.prod(roi.box.shape)
+
+
+# ------------------------------------------------------------------ inputs in the wrong order
+def test_series_given_in_another_plane_order_are_refused_with_the_order_that_fits() -> None:
+    axial, sagittal, coronal = _box_case()
+    sagittal.meta["source"] = "sag_dir"
+    axial.meta["source"] = "tra_dir"
+    coronal.meta["source"] = "cor_dir"
+    # A sagittal series given as the axial one would be cropped and segmented in its place.
+    with pytest.raises(GeometryError) as err:
+        multiplane_roi(sagittal, axial, coronal)
+    message = str(err.value)
+    assert "'sag_dir' (given as axial) is sagittal" in message
+    assert "'tra_dir' (given as sagittal) is axial" in message
+    assert "(given as coronal)" not in message  # the coronal one was right
+    assert message.endswith("give them as axial, sagittal, coronal: 'tra_dir', 'sag_dir', 'cor_dir'")
+    # The same happens to a whole study turned 90 degrees about x (axial <-> coronal).
+    rot = Rotation.from_euler("xyz", (90.0, 0.0, 0.0), degrees=True).as_matrix()
+    with pytest.raises(GeometryError, match="the series given as axial is coronal"):
+        multiplane_roi(*(_transformed(v, rot, np.zeros(3)) for v in _box_case()))
+    # Without file names (grids only) the roles name the inputs.
+    with pytest.raises(
+        GeometryError,
+        match="coronal: the series given as sagittal, the series given as coronal, the series given as axial$",
+    ):
+        compute_roi(coronal.geometry, axial.geometry, sagittal.geometry)
+
+
+def test_two_series_in_one_plane_only_warn(caplog: pytest.LogCaptureFixture) -> None:
+    axial, sagittal, _coronal = _box_case()
+    with caplog.at_level("WARNING", logger="medseg"):
+        roi = compute_roi(axial.geometry, sagittal.geometry, axial.geometry)
+    assert roi.box.lower[0] >= 0
+    assert "the series given as coronal has orientation" in caplog.text
+
+
+def test_a_series_near_45_degrees_between_planes_only_warns(caplog: pytest.LogCaptureFixture) -> None:
+    """Swapped by argmax but not clearly in either plane: an oblique study, not a mix-up."""
+    rot = Rotation.from_euler("xyz", (0.0, 0.0, 50.0), degrees=True).as_matrix()
+    axial, sagittal, coronal = (_transformed(v, rot, np.zeros(3)) for v in _box_case())
+    with caplog.at_level("WARNING", logger="medseg"):
+        roi = multiplane_roi(axial, sagittal, coronal)
+    assert roi.box == BOX_CASE_ANSWER
+    assert "its slices are not sagittal" in caplog.text

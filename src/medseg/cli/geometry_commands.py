@@ -38,7 +38,7 @@ def roi_command(
 ) -> None:
     """Crop the axial series to where the axial, sagittal and coronal series overlap (Meyer et al.).
 
-    Writes the crop, its box as JSON and a picture of the overlap outlined on each series (check it: a sagittal series given as the axial one gives a wrong crop).
+    Writes the crop, its box as JSON and a picture of the overlap outlined on each series (check it). Series given in another plane order (the sagittal one as the axial) are refused, naming the order that fits.
     """
     from medseg.geometry.roi import default_roi_png_path
     from medseg.io.atomic import check_writable, write_bytes_atomic

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -91,6 +92,9 @@ _FACE_SNAP = 1e-6
 
 # Which world axis (LPS x=0, y=1, z=2) the slice normal of each role should follow.
 _ROLE_NORMAL = {"axial": 2, "sagittal": 0, "coronal": 1}
+# A series whose slice normal is within 30 degrees of a world axis is clearly in that plane
+# (PROSTATEx's tilted axial T2 is 18 degrees off).
+_CLEAR_PLANE_COS = math.cos(math.radians(30.0))
 
 
 # ---------------------------------------------------------------- half-spaces
@@ -305,16 +309,51 @@ def check_frame_of_reference(volumes: Mapping[str, Volume]) -> None:
             )
 
 
-def _check_roles(geometries: Mapping[str, VolumeGeometry]) -> None:
-    for role, geom in geometries.items():
-        normal = geom.direction[:, 0]
-        if int(np.argmax(np.abs(normal))) != _ROLE_NORMAL[role]:
-            logger.warning(
-                "the %s series has orientation %s: its slices are not %s; check the order of the inputs",
-                role,
-                geom.orientation,
-                role,
-            )
+def _check_roles(geometries: Mapping[str, VolumeGeometry], sources: Mapping[str, str] | None = None) -> None:
+    """Refuse three series given in another plane order; warn about a series in no role's plane.
+
+    A sagittal series given as the axial one would be cropped and segmented in its place (the
+    ROI is an index box on the axial grid), so a clean permutation of the three planes is an
+    error naming the order that fits, when each misplaced series lies within 30 degrees of its
+    plane; other mismatches (two series in one plane, a series near 45 degrees between two
+    planes) stay warnings, since the overlap is still well defined.
+    """
+    roles = list(geometries)
+    planes = {role: int(np.argmax(np.abs(geometries[role].direction[:, 0]))) for role in roles}
+    wrong = [role for role in roles if planes[role] != _ROLE_NORMAL[role]]
+    if not wrong:
+        return
+
+    def name(role: str) -> str:
+        source = (sources or {}).get(role)
+        return f"'{source}' (given as {role})" if source else f"the series given as {role}"
+
+    by_normal = {normal: role for role, normal in _ROLE_NORMAL.items()}
+    clear = all(abs(geometries[role].direction[planes[role], 0]) >= _CLEAR_PLANE_COS for role in wrong)
+    if len(roles) == 3 and sorted(planes.values()) == [0, 1, 2] and clear:
+        actual = {role: by_normal[planes[role]] for role in roles}
+        given = "; ".join(
+            f"{name(role)} is {actual[role]} ({geometries[role].orientation})" for role in wrong
+        )
+
+        def plain(role: str) -> str:
+            source = (sources or {}).get(role)
+            return f"'{source}'" if source else f"the series given as {role}"
+
+        order = ", ".join(
+            plain(next(r for r in roles if actual[r] == want)) for want in ("axial", "sagittal", "coronal")
+        )
+        raise GeometryError(
+            f"the three series are given in another plane order: {given}; "
+            f"give them as axial, sagittal, coronal: {order}"
+        )
+    for role in wrong:
+        logger.warning(
+            "%s has orientation %s: its slices are not %s; check the order of the inputs",
+            name(role),
+            geometries[role].orientation,
+            role,
+        )
 
 
 def compute_roi(
@@ -324,11 +363,16 @@ def compute_roi(
     *,
     margin_mm: float = 0.0,
     method: RoiMethod = "exact",
+    sources: Mapping[str, str] | None = None,
 ) -> MultiPlaneROI:
-    """The ROI of three grids without cropping (see the module docstring for the method)."""
+    """The ROI of three grids without cropping (see the module docstring for the method).
+
+    Raises :class:`GeometryError` when the grids are a sagittal, coronal and axial series
+    given in another order (``sources`` maps the roles to file names for the message).
+    """
     if not np.isfinite(margin_mm) or margin_mm < 0:
         raise ConfigError(f"ROI margin must be a non-negative number of mm, found {margin_mm}")
-    _check_roles({"axial": axial, "sagittal": sagittal, "coronal": coronal})
+    _check_roles({"axial": axial, "sagittal": sagittal, "coronal": coronal}, sources)
     grids = (axial, sagittal, coronal)
     what = "the axial, sagittal and coronal volumes"
     if method == "exact":
@@ -360,6 +404,7 @@ def multiplane_roi(
     *,
     margin_mm: float = 0.0,
     method: RoiMethod = "exact",
+    sources: Mapping[str, str] | None = None,
 ) -> MultiPlaneROI:
     """Crop the axial volume to where the three series overlap.
 
@@ -367,8 +412,18 @@ def multiplane_roi(
     reference or do not overlap. ``result.cropped`` keeps world positions:
     ``result.cropped.index_to_world(0) == axial.index_to_world(result.box.lower)``.
     """
-    check_frame_of_reference({"axial": axial, "sagittal": sagittal, "coronal": coronal})
-    roi = compute_roi(axial.geometry, sagittal.geometry, coronal.geometry, margin_mm=margin_mm, method=method)
+    volumes = {"axial": axial, "sagittal": sagittal, "coronal": coronal}
+    check_frame_of_reference(volumes)
+    if sources is None:
+        sources = {role: str(vol.meta["source"]) for role, vol in volumes.items() if vol.meta.get("source")}
+    roi = compute_roi(
+        axial.geometry,
+        sagittal.geometry,
+        coronal.geometry,
+        margin_mm=margin_mm,
+        method=method,
+        sources=sources,
+    )
     return replace(roi, cropped=crop(axial, roi.box, outside="error"))
 
 
@@ -432,7 +487,12 @@ def write_roi(
         role: read_volume(p) for role, p in (("axial", axial), ("sagittal", sagittal), ("coronal", coronal))
     }
     roi = multiplane_roi(
-        volumes["axial"], volumes["sagittal"], volumes["coronal"], margin_mm=margin_mm, method=method
+        volumes["axial"],
+        volumes["sagittal"],
+        volumes["coronal"],
+        margin_mm=margin_mm,
+        method=method,
+        sources={"axial": str(axial), "sagittal": str(sagittal), "coronal": str(coronal)},
     )
     assert roi.cropped is not None
     document = {

@@ -390,7 +390,7 @@ def test_series_given_in_another_plane_order_are_refused_with_the_order_that_fit
     # Without file names (grids only) the roles name the inputs.
     with pytest.raises(
         GeometryError,
-        match="coronal: the series given as sagittal, the series given as coronal, the series given as axial$",
+        match=r"coronal: the series given as sagittal, the series given as coronal, the series given as axial$",
     ):
         compute_roi(coronal.geometry, axial.geometry, sagittal.geometry)
 

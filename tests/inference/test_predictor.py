@@ -528,6 +528,43 @@ def test_predict_cli(trained_model: Path, tmp_path: Path) -> None:
     assert fmt.exit_code == 2 and "unknown output format" in fmt.output
 
 
+def test_predict_cli_quiet_prints_only_errors_and_the_summary(
+    trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    import medseg.inference.predictor as predictor
+
+    folder = tmp_path / "cohort"
+    for seed in (1, 2):
+        _case_file(folder, seed)
+    (folder / "p9.nii.gz").write_bytes(b"broken")
+    bars: list[bool] = []
+    real_bar = predictor.progress_bar
+
+    def recording_bar(enabled: bool, description: str, total: int | None):  # type: ignore[no-untyped-def]
+        bars.append(enabled)
+        return real_bar(False, description, total)
+
+    monkeypatch.setattr(predictor, "progress_bar", recording_bar)
+    caplog.set_level(logging.INFO)
+    args = ["predict", str(folder), "-m", str(trained_model), "--format", "nifti,volumes"]
+    res = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "o"), "-q"])
+    assert res.exit_code == 1, res.output
+    assert bars == [False]
+    medseg_records = [r for r in caplog.records if r.name.startswith("medseg")]
+    assert medseg_records and all(r.levelno >= logging.ERROR for r in medseg_records), medseg_records
+    assert any("p9" in r.getMessage() for r in medseg_records)
+    assert res.stdout.strip().splitlines() == [f"2 of 3 case(s) segmented; outputs in {tmp_path / 'o'}"]
+    assert logging.getLogger("medseg").level == logging.NOTSET  # restored after the command
+    # Without -q: the progress bar, the info lines and the per-case table are back.
+    caplog.clear()
+    res = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "o2")])
+    assert res.exit_code == 1 and "outputs / error" in res.stdout and "volumes of every case" in res.stdout
+    assert bars == [False, True]
+    assert any(r.levelno == logging.INFO for r in caplog.records if r.name.startswith("medseg"))
+
+
 def test_prediction_on_the_multiplane_roi_lands_on_the_full_grid(trained_model: Path, tmp_path: Path) -> None:
     from medseg.data.phantom import make_prostate_case
     from medseg.export.dicom_seg import read_dicom_seg

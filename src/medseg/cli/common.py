@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import typer
@@ -52,6 +53,21 @@ def setup_logging(verbose: bool = False) -> None:
     if level > logging.DEBUG:
         for name in ("pydicom", "highdicom", "matplotlib"):
             logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def errors_only(enabled: bool = True) -> Iterator[None]:
+    """Within the block, medseg logs only errors (for a command's ``--quiet``); restored after."""
+    if not enabled:
+        yield
+        return
+    logger = logging.getLogger("medseg")
+    before = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def cli_command(func: F) -> F:

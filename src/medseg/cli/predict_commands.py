@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from medseg.cli.common import app, cli_command, console
+from medseg.cli.common import app, cli_command, console, errors_only
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -92,6 +92,14 @@ def predict_command(
         int | None,
         typer.Option(help="DICOM series holding several volumes (b-values, echoes): pick one (0-based)"),
     ] = None,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="print only errors and the final summary line (no progress bar, log lines or case table)",
+        ),
+    ] = False,
 ) -> None:
     """Segment new scans with a trained model; outputs land on the input's exact grid.
 
@@ -116,16 +124,18 @@ def predict_command(
         threads=threads,
         volume=volume,
     )
-    results = predict(input, model[0] if len(model) == 1 else model, out, cfg, progress=True)
-    table = Table("case", "status", "outputs / error", "seconds")
-    for r in results:
-        table.add_row(
-            escape(r.case_id),
-            "[yellow]exists[/]" if r.skipped else "ok" if r.ok else "[red]failed[/]",
-            escape(", ".join(r.outputs.values()) if r.ok else r.error),
-            "-" if r.skipped else f"{r.seconds:.1f}",
-        )
-    console.print(table)
+    with errors_only(quiet):  # a failed case is still logged as an error when it happens
+        results = predict(input, model[0] if len(model) == 1 else model, out, cfg, progress=not quiet)
+    if not quiet:
+        table = Table("case", "status", "outputs / error", "seconds")
+        for r in results:
+            table.add_row(
+                escape(r.case_id),
+                "[yellow]exists[/]" if r.skipped else "ok" if r.ok else "[red]failed[/]",
+                escape(", ".join(r.outputs.values()) if r.ok else r.error),
+                "-" if r.skipped else f"{r.seconds:.1f}",
+            )
+        console.print(table)
     failed = [r for r in results if not r.ok]
     skipped = [r for r in results if r.skipped]
     done = len(results) - len(failed) - len(skipped)
@@ -136,7 +146,7 @@ def predict_command(
         soft_wrap=True,
     )
     cohort = out / "cohort_volumes.csv"
-    if "volumes" in cfg.formats and cohort.is_file():
+    if "volumes" in cfg.formats and cohort.is_file() and not quiet:
         console.print(f"volumes of every case (mL): {escape(str(cohort))}")
     if failed:
         raise typer.Exit(1)

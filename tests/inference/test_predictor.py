@@ -92,6 +92,67 @@ def test_batch_continues_after_a_broken_case_and_shards(trained_model: Path, tmp
     assert [r.case_id for r in shard] == ["p2", "p9"]
 
 
+def test_a_rerun_that_segments_an_earlier_failed_case_replaces_its_failure(
+    trained_model: Path, tmp_path: Path
+) -> None:
+    """A case that failed in an earlier run into the same folder is no longer listed as failed
+    by any summary once a re-run (the same way, with SLURM shards, or without) segments it;
+    entries of cases the re-run did not touch stay as they are."""
+
+    def cases(summary: Path) -> dict[str, dict[str, object]]:
+        return {c["case_id"]: c for c in json.loads(summary.read_text())["cases"]}
+
+    folder = tmp_path / "cohort"
+    for seed in (1, 2, 3):
+        _case_file(folder, seed)
+    broken = folder / "p9.nii.gz"
+    out = tmp_path / "out"
+
+    def break_p9() -> None:
+        broken.unlink(missing_ok=True)
+        broken.write_bytes(b"broken")
+        for p in out.glob("p9*"):
+            p.unlink()
+
+    def fix_p9() -> None:
+        broken.unlink()
+        _case_file(folder, 9)
+
+    # 1. Same way: one summary, its entry replaced.
+    break_p9()
+    predict(folder, trained_model, out, PredictConfig())
+    assert not cases(out / "predictions.json")["p9"]["ok"]
+    fix_p9()
+    predict(folder, trained_model, out, PredictConfig())
+    entry = cases(out / "predictions.json")["p9"]
+    assert entry["ok"] and entry["error"] == "" and "nifti" in entry["outputs"]  # type: ignore[operator]
+    # 2. Failed in a run without shards, segmented again by a SLURM array (p1, p3 in shard 0 of
+    # 2; p2, p9 in shard 1): predictions.json no longer calls it failed, its other cases stay.
+    break_p9()
+    predict(folder, trained_model, out, PredictConfig())
+    before = cases(out / "predictions.json")
+    assert not before["p9"]["ok"]
+    fix_p9()
+    (res,) = [
+        r for r in predict(folder, trained_model, out, PredictConfig(shard=(1, 2))) if r.case_id == "p9"
+    ]
+    assert res.ok and not res.skipped
+    assert cases(out / "predictions_shard1of2.json")["p9"]["ok"]
+    after = cases(out / "predictions.json")
+    assert "p9" not in after and after == {k: v for k, v in before.items() if k != "p9"}
+    # 3. Failed in a shard, segmented by a run without shards: the shard's summary follows.
+    (out / "predictions.json").unlink()
+    break_p9()
+    predict(folder, trained_model, out, PredictConfig(shard=(1, 2)))
+    assert not cases(out / "predictions_shard1of2.json")["p9"]["ok"]
+    fix_p9()
+    predict(folder, trained_model, out, PredictConfig())
+    assert cases(out / "predictions.json")["p9"]["ok"]
+    assert set(cases(out / "predictions_shard1of2.json")) == {"p2"}
+    failed = [c["case_id"] for s in out.glob("predictions*.json") for c in cases(s).values() if not c["ok"]]
+    assert failed == []
+
+
 def test_cohort_volume_table_covers_every_shard(trained_model: Path, tmp_path: Path) -> None:
     """cohort_volumes.csv: one row per case with each label's mL, equal to the per-case tables,
     rebuilt by each shard from what is on disk (so the last shard's table covers them all);

@@ -939,6 +939,7 @@ def predict(
         + "\n",
         overwrite=True,
     )
+    _drop_superseded_failures(out, summary_name, {r.case_id for r in results if r.ok})
     if "volumes" in cfg.formats:
         from medseg.export.volumes import write_cohort_volumes
 
@@ -1027,3 +1028,45 @@ def _merge_with_earlier(
         else:  # failed now: say so, and keep naming the earlier outputs still on disk
             merged[case_id] = {**entry, "outputs": old_outputs}
     return list(merged.values())
+
+
+def _drop_superseded_failures(out: Path, own: str, done: set[str]) -> None:
+    """Remove from the folder's other summaries (``predictions.json`` and the SLURM shards'
+    ``predictions_shard*.json``) the failed entries of cases this run has segmented, so that
+    no summary keeps calling a case failed after a re-run (with other shards, or none)
+    succeeded for it; their other entries stay as they are.
+
+    A file is rewritten only when it holds such an entry, and only if it is unchanged since
+    it was read (shards of one array write their own summaries at the same time).
+    """
+    for other in sorted(out.glob("predictions*.json")):
+        if other.name == own:
+            continue
+        try:
+            before = other.stat()
+            data = json.loads(other.read_text(encoding="utf-8"))
+            cases = list(data["cases"])
+            stale = [c for c in cases if not c.get("ok") and str(c.get("case_id")) in done]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # not a summary this run can read: left as it is
+        if not stale:
+            continue
+        data["cases"] = [c for c in cases if not any(c is s for s in stale)]
+        try:
+            now = other.stat()
+        except OSError:
+            continue
+        if (now.st_mtime_ns, now.st_size, now.st_ino) != (before.st_mtime_ns, before.st_size, before.st_ino):
+            log.warning(
+                "%s changed while being updated; its failed entries of %s stay",
+                other,
+                ", ".join(sorted(str(c["case_id"]) for c in stale)),
+            )
+            continue
+        write_text_atomic(other, json.dumps(data, indent=2) + "\n", overwrite=True)
+        log.info(
+            "%s: earlier failure of %s dropped (segmented now, see %s)",
+            other,
+            ", ".join(str(c["case_id"]) for c in stale),
+            own,
+        )

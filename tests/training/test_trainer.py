@@ -252,6 +252,24 @@ def test_resume_of_a_finished_run_trains_and_writes_nothing(planned_dataset: Pat
     assert "trained" not in out.output and _snapshot(folder) == before
 
 
+def test_resume_of_a_finished_run_trained_on_another_split_is_refused(planned_dataset: Path) -> None:
+    """The training cases are checked against splits.json before a finished run is reported
+    complete, as for an unfinished one: a fold of an earlier split is not passed off as done."""
+    from medseg.data.splits import load_splits, make_splits
+
+    res = train(planned_dataset, 0, config=_config(epochs=1), folds=3)
+    trained = set(load_splits(planned_dataset).fold(0).train)
+    next(
+        s
+        for s in range(1, 50)
+        if set(make_splits(planned_dataset, k=3, seed=s, overwrite=True).fold(0).train) != trained
+    )
+    before = _snapshot(res.model_dir)
+    with pytest.raises(ConfigError, match=r"fold_0: this model was trained on other cases than fold 0"):
+        train(planned_dataset, 0, config=_config(epochs=1), resume=True, folds=3)
+    assert _snapshot(res.model_dir) == before
+
+
 def test_log_ends_at_the_checkpoints_epoch_after_an_interrupt(
     planned_dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1003,6 +1003,9 @@ def train(
         checkpoint = load_checkpoint(last)
         if not resume_changed:  # allowed changes are logged once, by Trainer.resume
             check_resume(last, checkpoint, cfg, plan, allow_changed=False)
+        # The training cases too, before a finished run is reported complete: a fold trained on
+        # an earlier split would otherwise pass as done and be scored on cases it trained on.
+        _check_resumed_cases(root, out, fold, folds)
         done = int(checkpoint["epoch"])
         if done >= cfg.epochs:
             message = _already_complete(fold, done)
@@ -1062,6 +1065,24 @@ def train(
     # a rank that returned (and exited) earlier would leave rank 0 alone in the group.
     _barrier()
     return result
+
+
+def _check_resumed_cases(root: Path, out: Path, fold: int | None, folds: int) -> None:
+    """Refuse to resume ``out`` when its model.json records other training cases than the fold
+    of splits.json (or, without one yet, the split ``train`` would write) now holds."""
+    from medseg.data.dataset import list_cases
+    from medseg.data.splits import SPLITS_JSON, compute_splits, load_splits
+    from medseg.training.checkpoint import check_trained_on
+
+    if fold is None:
+        check_trained_on(out, [c.case_id for c in list_cases(root, "Tr")], "the dataset")
+        return
+    if (root / SPLITS_JSON).is_file():
+        ids = load_splits(root).fold(fold).train
+    else:  # what train() writes next (make_splits with the same folds and seed), not written here
+        cases = list_cases(root, "Tr")
+        ids = compute_splits({c.case_id: c.group for c in cases}, k=folds, seed=0).fold(fold).train
+    check_trained_on(out, list(ids), f"fold {fold} of splits.json")
 
 
 def _barrier() -> None:

@@ -270,18 +270,70 @@ def test_resume_of_a_finished_run_trained_on_another_split_is_refused(planned_da
     assert _snapshot(res.model_dir) == before
 
 
+def test_best_checkpoint_keeps_no_optimiser_state_and_old_ones_still_work(
+    planned_dataset: Path, tmp_path: Path
+) -> None:
+    """checkpoint_best.pt holds what prediction needs, checkpoint_last.pt also the training
+    state a resume reads; best checkpoints of older medseg (with the optimiser) still predict,
+    export to ONNX, show in `medseg info` and join ensembles."""
+    import shutil
+
+    import numpy as np
+
+    from medseg.errors import InputError
+    from medseg.inference.onnx import export_onnx
+    from medseg.inference.predictor import SegmentationModel
+    from medseg.training.checkpoint import model_folder_summary
+    from tests.preprocessing.conftest import make_case
+
+    resume_only = {"optimizer", "scheduler", "scaler", "rng", "training_model", "ema_updates"}
+    res = train(planned_dataset, 0, config=_config(epochs=2), folds=3)
+    folder = res.model_dir
+    best, last = (load_checkpoint(folder / f"checkpoint_{n}.pt") for n in ("best", "last"))
+    assert not resume_only & set(best), sorted(best)
+    assert {"model", "architecture", "plan", "dataset", "epoch", "best_dice", "training_config"} <= set(best)
+    assert {"optimizer", "scheduler", "scaler", "rng"} <= set(last)
+    assert (folder / "checkpoint_best.pt").stat().st_size < (folder / "checkpoint_last.pt").stat().st_size
+    image, _ = make_case(5, shape=(9, 36, 30))
+    lean, _ = SegmentationModel(folder, device="cpu").predict([image])
+    # A model trained without validation (fold None): its best checkpoint is lean as well.
+    whole = train(planned_dataset, None, config=_config(epochs=1), folds=3)
+    assert not resume_only & set(load_checkpoint(whole.model_dir / "checkpoint_best.pt"))
+    # An older model folder whose best checkpoint kept the optimiser (here: last's, same weights
+    # when epoch 2 was the best) works everywhere the lean one does.
+    old = tmp_path / "ensemble" / "fold_0"
+    shutil.copytree(folder, old)
+    shutil.copyfile(old / "checkpoint_last.pt", old / "checkpoint_best.pt")
+    assert "optimizer" in load_checkpoint(old / "checkpoint_best.pt")
+    shutil.copytree(folder, tmp_path / "ensemble" / "fold_1")
+    fat, _ = SegmentationModel(old, device="cpu").predict([image])
+    assert fat.shape == lean.shape == image.shape
+    if res.best_epoch == 2:
+        np.testing.assert_array_equal(fat.array, lean.array)
+    assert len(SegmentationModel(tmp_path / "ensemble", device="cpu").networks) == 2
+    summary = model_folder_summary(tmp_path / "ensemble")
+    assert summary is not None and [f["checkpoint"] for f in summary["folds"]] == [True, True]
+    assert [p.parent.name for p in export_onnx(tmp_path / "ensemble")] == ["fold_0", "fold_1"]
+    # Resume reads checkpoint_last.pt (old and new folders alike); a lean one is refused by name.
+    more = train(planned_dataset, 0, config=_config(epochs=3), resume=True, folds=3, out_dir=old)
+    assert more.epochs_completed == 3
+    shutil.copyfile(folder / "checkpoint_best.pt", folder / "checkpoint_last.pt")
+    with pytest.raises(InputError, match=r"checkpoint_last\.pt: holds the weights only"):
+        train(planned_dataset, 0, config=_config(epochs=3), resume=True, folds=3)
+
+
 def test_log_ends_at_the_checkpoints_epoch_after_an_interrupt(
     planned_dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     original = Trainer.save
     calls = {"last": 0}
 
-    def interrupt_second_save(self: Trainer, name: str) -> Path:
+    def interrupt_second_save(self: Trainer, name: str, **kwargs: bool) -> Path:
         if name == "checkpoint_last.pt":
             calls["last"] += 1
             if calls["last"] == 2:  # epoch 2 is done and validated; its checkpoint is being written
                 raise KeyboardInterrupt
-        return original(self, name)
+        return original(self, name, **kwargs)
 
     monkeypatch.setattr(Trainer, "save", interrupt_second_save)
     with pytest.raises(KeyboardInterrupt):

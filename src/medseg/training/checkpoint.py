@@ -1,8 +1,11 @@
 """Checkpoints and model folders.
 
-A checkpoint holds everything needed to resume training exactly or to predict:
-model, optimiser, scheduler and AMP-scaler states, the epoch, RNG states, the plan,
-dataset.json, the training config and the architecture's constructor arguments.
+A checkpoint holds the weights, the epoch, the plan, dataset.json, the training config
+and the architecture's constructor arguments. The one training resumes from
+(checkpoint_last.pt) also holds what resuming exactly needs (:data:`RESUME_ONLY_KEYS`:
+optimiser, scheduler and AMP-scaler states, RNG states, EMA's optimised weights); the best
+one does not, as only prediction and export read it (older medseg kept them in both; such
+checkpoints still load).
 
 A model folder (what `medseg predict -m` takes) is::
 
@@ -11,7 +14,7 @@ A model folder (what `medseg predict -m` takes) is::
       plan.json               the plan used in training (preprocessing is replayed from it)
       dataset.json            labels and channel names of the training data
       postprocessing.json     per-class postprocessing rules
-      checkpoint_best.pt      weights (and training state) with the best validation Dice
+      checkpoint_best.pt      weights with the best validation Dice (no optimiser state)
       checkpoint_last.pt      the latest state (resume from here)
 
 A folder holding several ``fold_<k>`` model folders is an ensemble; their softmax outputs
@@ -42,6 +45,9 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "medseg-checkpoint"
 CHECKPOINT_VERSION = 1
 MODEL_FILES = ("model.json", "plan.json", "dataset.json")
+# Training state only a resume reads; left out of checkpoint_best.pt (the optimiser's moments
+# alone are twice the weights with Adam).
+RESUME_ONLY_KEYS = ("optimizer", "scheduler", "scaler", "rng", "training_model", "ema_updates")
 
 
 @dataclass(frozen=True)

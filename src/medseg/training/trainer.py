@@ -41,11 +41,12 @@ from torch import nn
 
 from medseg.config import to_dict
 from medseg.data.dataset import read_descriptor
-from medseg.errors import ConfigError, MedsegError
+from medseg.errors import ConfigError, InputError, MedsegError
 from medseg.io.atomic import atomic_file, write_text_atomic
 from medseg.preprocessing.plan import Plan
 from medseg.progress import progress_bar
 from medseg.training.checkpoint import (
+    RESUME_ONLY_KEYS,
     Architecture,
     load_checkpoint,
     load_weights,
@@ -550,8 +551,13 @@ class Trainer:
             "resume_changes": self.resume_changes,
         }
 
-    def save(self, name: str) -> Path:
-        return save_checkpoint(self.out / name, self._payload())
+    def save(self, name: str, *, resumable: bool = True) -> Path:
+        """Write checkpoint ``name``; without ``resumable`` only what prediction needs (the
+        best checkpoint: no optimiser, scheduler, scaler or RNG state)."""
+        payload = self._payload()
+        if not resumable:
+            payload = {k: v for k, v in payload.items() if k not in RESUME_ONLY_KEYS}
+        return save_checkpoint(self.out / name, payload)
 
     def resume(
         self, path: str | Path, *, allow_changed: bool = False, checkpoint: dict[str, Any] | None = None
@@ -562,6 +568,12 @@ class Trainer:
         unless ``allow_changed``; see :func:`check_resume`.
         """
         data = checkpoint if checkpoint is not None else load_checkpoint(path, map_location=self.device)
+        if "optimizer" not in data:
+            raise InputError(
+                path,
+                "holds the weights only (a best checkpoint), not the training state to resume from",
+                expected="checkpoint_last.pt",
+            )
         changes = check_resume(path, data, self.config, self.plan, allow_changed=allow_changed)
         arch = Architecture.from_dict(data["architecture"])
         if arch.to_dict() != self.architecture.to_dict():
@@ -777,8 +789,9 @@ class Trainer:
                 tb.close()
         if self.is_main:
             if self.best_epoch < 0:
-                # No validation happened (no validation cases): the last state is the model.
-                shutil.copyfile(self.out / "checkpoint_last.pt", self.out / "checkpoint_best.pt")
+                # No validation happened (no validation cases): the last state (just saved as
+                # checkpoint_last.pt) is the model.
+                self.save("checkpoint_best.pt", resumable=False)
             self._write_log()
             self._write_folder_files()
         return TrainResult(self.out, self.epoch, self.best_dice, self.best_epoch, self.history, stopped)
@@ -819,7 +832,7 @@ class Trainer:
         self._write_log()
         if record.val_dice and not math.isnan(mean) and mean > self.best_dice:
             self.best_dice, self.best_epoch = mean, record.epoch
-            self.save("checkpoint_best.pt")
+            self.save("checkpoint_best.pt", resumable=False)
         self.save("checkpoint_last.pt")
         dice = (
             ""
@@ -989,8 +1002,6 @@ def train(
     if resume_changed and not resume:
         raise ConfigError("--resume-changed only applies with --resume")
     if resume and not last.is_file():
-        from medseg.errors import InputError
-
         raise InputError(
             last, "nothing to resume from", expected="a checkpoint_last.pt written by an earlier run"
         )

@@ -55,6 +55,27 @@ def setup_logging(verbose: bool = False) -> None:
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def number_values(option: str, names: str, example: str, *, whole: bool = False) -> Callable[[str], Any]:
+    """``parser=`` of an option taking several numbers (``--patch Z Y X``, ``--spacing``); called
+    once per value. Given too few values, the parser takes the next option or argument as the
+    missing one: the error then says how many values the option takes (the raw message
+    names neither the count nor the value)."""
+    count = len(names.split())
+
+    def parse(text: str) -> int | float:
+        try:
+            return int(text) if whole else float(text)
+        except ValueError:
+            pass
+        raise typer.BadParameter(
+            f"expected {count} {'whole numbers' if whole else 'numbers'} {names} "
+            f"(e.g. {option} {example}), found {text!r} among them"
+            + (f"; were fewer than {count} values given?" if not text[:1].isdigit() else "")
+        )
+
+    return parse
+
+
 @contextlib.contextmanager
 def errors_only(enabled: bool = True) -> Iterator[None]:
     """Within the block, medseg logs only errors (for a command's ``--quiet``); restored after."""

@@ -11,7 +11,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from medseg.cli.common import app, cli_command, console
+from medseg.cli.common import app, cli_command, console, number_values
 from medseg.errors import ConfigError
 
 _METHODS = ("threshold", "otsu", "region-grow", "watershed", "kmeans")
@@ -383,6 +383,7 @@ def baseline_command(
         "--spacing",
         metavar="Z Y X",
         help="Voxel spacing in mm of a PNG/TIFF image, which carries none.",
+        parser=number_values("--spacing", "Z Y X", "3 0.5 0.5"),
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
 ) -> None:

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from medseg.cli.common import app, cli_command, console
+from medseg.cli.common import app, cli_command, console, number_values
 
 
 @app.command("export")
@@ -61,7 +61,11 @@ def export_command(
     ] = None,
     spacing: Annotated[
         tuple[float, float, float] | None,
-        typer.Option(metavar="Z Y X", help="voxel spacing in mm of PNG/TIFF inputs, which carry none"),
+        typer.Option(
+            metavar="Z Y X",
+            help="voxel spacing in mm of PNG/TIFF inputs, which carry none",
+            parser=number_values("--spacing", "Z Y X", "3 0.5 0.5"),
+        ),
     ] = None,
     algorithm_type: Annotated[
         str | None,

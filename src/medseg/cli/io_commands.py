@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from medseg.cli.common import app, cli_command, console
+from medseg.cli.common import app, cli_command, console, number_values
 from medseg.errors import MedsegError
 from medseg.volume import Volume
 
@@ -140,7 +140,11 @@ def info(
     series: str | None = typer.Option(None, "--series", "-s", help=SERIES_HELP),
     volume: int | None = typer.Option(None, "--volume", help=VOLUME_HELP),
     spacing: tuple[float, float, float] | None = typer.Option(
-        None, "--spacing", metavar="Z Y X", help=SPACING_HELP
+        None,
+        "--spacing",
+        metavar="Z Y X",
+        help=SPACING_HELP,
+        parser=number_values("--spacing", "Z Y X", "3 0.5 0.5"),
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
@@ -232,7 +236,11 @@ def convert(
     series: str | None = typer.Option(None, "--series", "-s", help=SERIES_HELP),
     volume: int | None = typer.Option(None, "--volume", help=VOLUME_HELP),
     spacing: tuple[float, float, float] | None = typer.Option(
-        None, "--spacing", metavar="Z Y X", help=SPACING_HELP
+        None,
+        "--spacing",
+        metavar="Z Y X",
+        help=SPACING_HELP,
+        parser=number_values("--spacing", "Z Y X", "3 0.5 0.5"),
     ),
     modality: str | None = typer.Option(
         None, "--modality", help="DICOM output: MR or CT image storage (default: the input's, else MR)."

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from medseg.cli.common import app, cli_command, console
+from medseg.cli.common import app, cli_command, console, number_values
 from medseg.errors import ConfigError
 
 Configuration = Annotated[str, typer.Option("--configuration", "-c", help="3d, 2d or 2.5d")]
@@ -45,10 +45,20 @@ def plan_command(
     dataset: Annotated[Path, typer.Argument(help="dataset folder (dataset.json, imagesTr/, labelsTr/)")],
     configuration: Configuration = "3d",
     spacing: Annotated[
-        tuple[float, float, float] | None, typer.Option(help="target spacing X Y Z in mm, e.g. 0.5 0.5 3")
+        tuple[float, float, float] | None,
+        typer.Option(
+            metavar="X Y Z",
+            help="target spacing X Y Z in mm, e.g. 0.5 0.5 3",
+            parser=number_values("--spacing", "X Y Z", "0.5 0.5 3"),
+        ),
     ] = None,
     patch: Annotated[
-        tuple[int, int, int] | None, typer.Option(help="patch size Z Y X in voxels, e.g. 21 128 128")
+        tuple[int, int, int] | None,
+        typer.Option(
+            metavar="Z Y X",
+            help="patch size Z Y X in voxels, e.g. 21 128 128 (2d / 2.5d plans: 1 Y X)",
+            parser=number_values("--patch", "Z Y X", "21 128 128, or 1 256 256 for a 2d plan", whole=True),
+        ),
     ] = None,
     batch_size: Annotated[int | None, typer.Option(help="training batch size")] = None,
     slab: Annotated[

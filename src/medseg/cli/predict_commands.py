@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from medseg.cli.common import app, cli_command, console, errors_only
+from medseg.cli.common import app, cli_command, console, errors_only, number_values
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -83,6 +83,7 @@ def predict_command(
         typer.Option(
             metavar="Z Y X",
             help="voxel spacing in mm of PNG/TIFF input, which carries none (else 1 mm is assumed)",
+            parser=number_values("--spacing", "Z Y X", "3 0.5 0.5"),
         ),
     ] = None,
     threads: Annotated[

@@ -349,3 +349,56 @@ def test_a_0_255_mask_against_a_0_1_label_map_names_the_likely_cause(tmp_path: P
     Image.fromarray(mask * 255).save(tmp_path / "ref.png")
     with pytest.raises(InputError, match=r"found in no reference.*0/255 mask image.*--mask-map 0=0,255=1"):
         evaluate(tmp_path / "pred.png", tmp_path / "ref.png", EvaluationConfig(metrics=("dice",)))
+
+
+def test_pooled_miou_sums_one_confusion_matrix_over_all_cases(tmp_path: Path) -> None:
+    """Hand-made cases where the pooled mIoU (one confusion matrix summed over the test set)
+    and the per-case mean differ; case b holds no label 2, which the pooled matrix still has.
+
+    a: ref 0 0 1 1 2 2, pred 0 1 1 1 2 0 -> IoU 1/3, 2/3, 1/2: mIoU 1/2
+    b: ref 0 0 0 1,     pred 0 0 1 1     -> IoU 2/3, 1/2:      mIoU 7/12
+    per-case mean (1/2 + 7/12) / 2 = 13/24; pooled [[3 2 0] [0 3 0] [1 0 1]] -> IoU 1/2, 3/5,
+    1/2: mIoU 8/15.
+    """
+    from typer.testing import CliRunner
+
+    from medseg.cli import app
+
+    arrays = {
+        "a": ([0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 2, 0]),
+        "b": ([0, 0, 0, 1], [0, 0, 1, 1]),
+    }
+    for name, (ref, pred) in arrays.items():
+        for folder, values in (("ref", ref), ("pred", pred)):
+            grid = make_oblique_volume(shape=(1, 1, len(values)))
+            write_volume(
+                grid.with_array(np.array(values, dtype=np.uint8).reshape(grid.shape)),
+                tmp_path / folder / f"{name}.nii.gz",
+            )
+    result = evaluate(tmp_path / "pred", tmp_path / "ref", _serial(metrics=("iou", "miou")))
+    np.testing.assert_array_equal(result.pooled_confusion(), [[3, 2, 0], [0, 3, 0], [1, 0, 1]])
+    assert [c.miou for c in result.cases] == [pytest.approx(1 / 2), pytest.approx(7 / 12)]
+    case_level = result.summary()["case_level"]
+    assert case_level["miou"]["mean"] == pytest.approx(13 / 24)
+    pooled = case_level["miou_pooled"]
+    assert pooled["value"] == pytest.approx(8 / 15) and pooled["n_cases"] == 2
+    assert pooled["per_class_iou"] == {
+        "background": pytest.approx(1 / 2),
+        "1": pytest.approx(3 / 5),
+        "2": pytest.approx(1 / 2),
+    }
+    # The pure functions: a label a case lacks counts 0; a class absent everywhere is NaN.
+    cm = M.pooled_confusion([((0, 1), [[2, 1], [0, 1]]), ((0, 2), [[4, 0], [1, 1]])], [0, 1, 2])
+    np.testing.assert_array_equal(cm, [[6, 1, 0], [0, 1, 0], [1, 0, 1]])
+    np.testing.assert_allclose(M.iou_per_class([[5, 0, 0], [0, 0, 0], [0, 0, 1]]), [1, np.nan, 1])
+    with pytest.raises(ConfigError, match=r"\[3\] not among them"):
+        M.pooled_confusion([((0, 3), [[1, 0], [0, 1]])], [0, 1, 2])
+    # Printed next to the per-case mean, each named.
+    res = CliRunner().invoke(
+        app, ["evaluate", str(tmp_path / "pred"), str(tmp_path / "ref"), "--metrics", "iou,miou"]
+    )
+    assert res.exit_code == 0, res.output
+    assert (
+        "mIoU (background included): per-case mean 0.542 ± 0.059 (0.542), "
+        "pooled over all cases (miou_pooled) 0.533"
+    ) in res.output

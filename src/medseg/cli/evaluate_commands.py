@@ -174,7 +174,7 @@ def evaluate_command(
             soft_wrap=True,
         )
     if "miou" in summary["case_level"]:
-        console.print(f"mIoU (background included): {_cell(summary['case_level']['miou'], 'miou')}")
+        console.print(f"mIoU (background included): {_miou_text(summary['case_level'])}", soft_wrap=True)
     for what, items in (
         ("missing predictions (scored empty)", summary["missing_predictions"]),
         ("failed cases", list(summary["failed_cases"])),
@@ -247,7 +247,7 @@ def _print_comparison(comparison: Any) -> None:
     for method, info in summary["per_method"].items():
         line = f"{method}: {info['n_scored']} of {summary['n_cases']} cases scored"
         if "miou" in info["case_level"]:
-            line += f"; mIoU (background included) {_cell(info['case_level']['miou'], 'miou')}"
+            line += f"; mIoU (background included) {_miou_text(info['case_level'])}"
         console.print(line, markup=False, soft_wrap=True)
         for what, items in (
             ("missing predictions (scored empty, a failure)", info["missing_predictions"]),
@@ -302,6 +302,16 @@ def _separator_values(spec: str | None, declared: dict[int, str] | None) -> tupl
                 f"({', '.join(by_name) or 'none known: declare them with --labels, e.g. membrane=1'})"
             ) from None
     return tuple(out)
+
+
+def _miou_text(case_level: dict[str, Any]) -> str:
+    """The per-case mIoU (mean ± SD (median) over cases) and the pooled one (one confusion
+    matrix summed over all cases), each named."""
+    text = f"per-case mean {_cell(case_level['miou'], 'miou')}"
+    pooled = case_level.get("miou_pooled", {}).get("value")
+    if pooled is not None:
+        text += f", pooled over all cases (miou_pooled) {pooled:.3f}"
+    return text
 
 
 def _cell(stats: dict[str, float | int | None], metric: str) -> str:

@@ -38,7 +38,10 @@ from medseg.evaluation.metrics import (
     _class_metrics_from,
     check_metric_names,
     grid_diagonal_mm,
+    iou_per_class,
     label_metrics,
+    mean_iou,
+    pooled_confusion,
 )
 from medseg.evaluation.objects import ObjectCounts, check_iou_threshold
 from medseg.io import read_volume
@@ -312,6 +315,10 @@ class CaseResult:
     diagonal_mm: float = math.nan
     # One row per connected object when object metrics were asked for (see object_rows).
     objects: tuple[Mapping[str, Any], ...] = ()
+    # The case's confusion matrix (rows: reference, columns: prediction) over
+    # ``confusion_labels`` (0 and the labels it was scored on), for the pooled mIoU.
+    confusion: tuple[tuple[int, ...], ...] = ()
+    confusion_labels: tuple[int, ...] = ()
 
 
 def _check_label_array(vol: Volume, case: str, role: str, path: Path | str) -> np.ndarray:
@@ -426,6 +433,8 @@ def evaluate_volumes(
         n_voxels=int(ref.size),
         diagonal_mm=grid_diagonal_mm(ref.shape, reference.spacing),
         objects=_object_rows(result, reference),
+        confusion=tuple(tuple(int(v) for v in row) for row in result.confusion),
+        confusion_labels=(0, *result.per_label),
     )
 
 
@@ -637,6 +646,33 @@ class EvaluationResult:
             "unmatched": n_pred - sum(o.pred_matched for o in counts),
         }
 
+    def pooled_confusion(self) -> np.ndarray | None:
+        """One confusion matrix over (0, *labels) summed over the scored cases (rows:
+        reference); None when a case carries no matrix (built by hand, not by evaluate)."""
+        cases = self.scored_cases
+        if not cases or any(not c.confusion_labels for c in cases):
+            return None
+        return pooled_confusion(((c.confusion_labels, c.confusion) for c in cases), [0, *self.labels])
+
+    def miou_pooled(self) -> dict[str, Any]:
+        """mIoU of the pooled confusion matrix (background included, classes absent from every
+        case left out, as per case) and each class's IoU: a test set scored as one volume,
+        where large cases weigh more than in the per-case mean."""
+
+        def clean(v: float) -> float | None:
+            return None if not math.isfinite(v) else float(v)
+
+        cm = self.pooled_confusion()
+        names = ["background", *self.labels.values()]
+        if cm is None:
+            return {"value": None, "per_class_iou": dict.fromkeys(names), "n_cases": len(self.scored_cases)}
+        ious = iou_per_class(cm)
+        return {
+            "value": clean(mean_iou(cm)),
+            "per_class_iou": {n: clean(float(v)) for n, v in zip(names, ious, strict=True)},
+            "n_cases": len(self.scored_cases),
+        }
+
     def object_rows(self) -> list[dict[str, Any]]:
         """One row per connected object (reference and prediction) of every scored case:
         where it is (world LPS, mm), how big (mL), its best IoU and whether it matched."""
@@ -663,7 +699,10 @@ class EvaluationResult:
                 per_class[cname]["objects"] = self.object_totals(lab)
         case_level: dict[str, Any] = {}
         if "miou" in self.config.metrics:
+            # miou: the per-case mIoU's mean, SD and median over the cases; miou_pooled: one
+            # mIoU of the confusion matrix summed over all cases (see miou_pooled()).
             case_level["miou"] = describe([c.miou for c in self.scored_cases]).as_dict()
+            case_level["miou_pooled"] = self.miou_pooled()
         return {
             "prediction": self.prediction,
             "reference": self.reference,

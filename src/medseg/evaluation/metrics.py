@@ -33,7 +33,10 @@ Conventions (published tools disagree; these are the ones used everywhere in med
   sqrt(sum(shape^2))) whatever the spacing; :func:`uw_madison_score` takes a ``spacing``
   for the same score in mm.
 * mIoU (``miou``, per case): the exercise's 1/k sum_c TP_c / (TP_c + FP_c + FN_c) over the
-  classes of the confusion matrix, background included.
+  classes of the confusion matrix, background included. The evaluator also reports a
+  pooled mIoU (``miou_pooled``): the same formula on one confusion matrix summed over all
+  cases (:func:`pooled_confusion`), so large cases weigh more; a paper that scores a whole
+  test set this way (as Meyer et al., ISBI 2019, may have) differs from the per-case mean.
 
 Empty masks, one rule per metric. "Both" means prediction and reference are both empty,
 "pred" only the prediction, "ref" only the reference:
@@ -395,6 +398,41 @@ def mean_iou(cm: ArrayLike) -> float:
     if not present.any():
         return math.nan
     return float(np.mean(tp[present] / den[present]))
+
+
+def iou_per_class(cm: ArrayLike) -> NDArray[np.float64]:
+    """TP_c / (TP_c + FP_c + FN_c) per class of a confusion matrix; NaN for a class absent
+    from both sides (the classes :func:`mean_iou` leaves out)."""
+    mat = np.asarray(cm, dtype=np.float64)
+    if mat.ndim != 2 or mat.shape[0] != mat.shape[1]:
+        raise ConfigError(f"confusion matrix must be square, found shape {mat.shape}")
+    tp = np.diag(mat)
+    den = mat.sum(axis=0) + mat.sum(axis=1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, tp / np.where(den > 0, den, 1.0), np.nan)
+
+
+def pooled_confusion(
+    matrices: Iterable[tuple[Sequence[int], ArrayLike]], labels: Sequence[int]
+) -> NDArray[np.int64]:
+    """One confusion matrix over ``labels`` summed from per-case ``(case_labels, cm)`` pairs.
+
+    Each case's matrix may cover fewer labels (those it was scored on); its counts are
+    placed at their labels' rows and columns, and a label it lacks counts 0 there.
+    """
+    index = {int(v): i for i, v in enumerate(labels)}
+    total = np.zeros((len(index), len(index)), dtype=np.int64)
+    for case_labels, cm in matrices:
+        mat = np.asarray(cm, dtype=np.int64)
+        unknown = [int(v) for v in case_labels if int(v) not in index]
+        if mat.shape != (len(case_labels), len(case_labels)) or unknown:
+            raise ConfigError(
+                f"a case's confusion matrix (shape {mat.shape}, labels {list(case_labels)}) does not fit "
+                f"the labels {list(labels)}" + (f": {unknown} not among them" if unknown else "")
+            )
+        at = [index[int(v)] for v in case_labels]
+        total[np.ix_(at, at)] += mat
+    return total
 
 
 # ------------------------------------------------------------ surface distances

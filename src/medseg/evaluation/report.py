@@ -258,9 +258,16 @@ def render_html(
     miou_line = ""
     if "miou" in summary["case_level"]:
         s = summary["case_level"]["miou"]
+        pooled = summary["case_level"].get("miou_pooled", {}).get("value")
         miou_line = (
             f"<p>Mean IoU over classes (background included, per case): "
-            f"{_fmt(s['mean'], 'miou')} ± {_fmt(s['std'], 'miou')} (median {_fmt(s['median'], 'miou')})</p>"
+            f"{_fmt(s['mean'], 'miou')} ± {_fmt(s['std'], 'miou')} (median {_fmt(s['median'], 'miou')})"
+            + (
+                f"; pooled over all cases (one confusion matrix, miou_pooled): {_fmt(pooled, 'miou')}"
+                if pooled is not None
+                else ""
+            )
+            + "</p>"
         )
     issues = []
     for name in summary["missing_predictions"]:

@@ -317,7 +317,7 @@ def test_evaluate_several_methods_in_one_table(tmp_path: Path) -> None:
     args = ["evaluate", str(pdir), f"U-Net={good}", str(rdir), "--labels", "body=1,core=2"]
     res = runner.invoke(app, [*args, "--metrics", "dice,hd95", "-o", str(out), "--workers", "1"])
     assert res.exit_code == 0, res.output
-    assert "2 methods" in res.output and "p vs pred (Dice)" in res.output
+    assert "2 methods" in res.output and "p vs pred (Dice)" in res.output and "Holm p" in res.output
     lines = [line for line in res.output.splitlines() if "U-Net" in line and "1.000 ± 0" in line]
     assert len(lines) == 2  # one row per class for the perfect method
     assert "pred: 2 of 2 cases scored" in res.output and "U-Net: 2 of 2 cases scored" in res.output
@@ -325,6 +325,7 @@ def test_evaluate_several_methods_in_one_table(tmp_path: Path) -> None:
     rows = (out / "cases.csv").read_text().splitlines()
     assert rows[0].startswith("method,case,") and len(rows) == 5
     summary = json.loads((out / "summary.json").read_text())
+    assert all("p_holm" in t for t in summary["paired_tests"])
     assert summary["per_method"]["U-Net"]["per_class"]["core"]["dice"]["mean"] == pytest.approx(1.0)
     assert summary["per_method"]["pred"]["per_class"]["core"]["dice"]["mean"] == pytest.approx(2 / 3)
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["a.png", "b.png"]

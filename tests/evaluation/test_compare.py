@@ -191,3 +191,33 @@ def test_comparison_report(methods, tmp_path: Path) -> None:  # type: ignore[no-
     assert "Paired comparison with shift" in page and "gaps: case_006: no prediction" in page
     assert page.count("data:image/png;base64,") == 2 + 6  # box plots, overlays
     assert "over the image" in page and "worst and the best" in page
+
+
+def test_holm_adjusted_p_values() -> None:
+    """Holm (1979) step-down by hand: sorted 0.005, 0.01, 0.03, 0.04 (m = 4) -> 4 x 0.005,
+    3 x 0.01, max(0.03, 2 x 0.03), max(0.06, 0.04); NaN is outside the family; capped at 1."""
+    from medseg.evaluation.compare import holm_adjust
+
+    got = holm_adjust([0.01, 0.04, 0.03, math.nan, 0.005])
+    assert got[:3] == [pytest.approx(0.03), pytest.approx(0.06), pytest.approx(0.06)]
+    assert math.isnan(got[3]) and got[4] == pytest.approx(0.02)
+    assert holm_adjust([0.5, 0.6]) == [1.0, 1.0] and holm_adjust([]) == []
+
+
+def test_paired_tests_carry_holm_adjusted_p_beside_the_raw_p(methods) -> None:  # type: ignore[no-untyped-def]
+    from medseg.evaluation.compare import holm_adjust
+
+    folders, ref, _ = methods
+    comp = compare(folders, ref, _serial(metrics=("dice",), on_missing="flag", label_names=LABELS))
+    tests = comp.paired_tests()
+    assert [(t.method, t.label) for t in tests] == [("close", 1), ("gaps", 1), ("close", 3), ("gaps", 3)]
+    raw = [t.p_value for t in tests]
+    assert sum(math.isfinite(p) for p in raw) >= 2
+    for t, expected in zip(tests, holm_adjust(raw), strict=True):
+        assert t.p_holm == pytest.approx(expected, nan_ok=True)
+        assert not math.isfinite(t.p_value) or t.p_value <= t.p_holm <= 1
+    summary = comp.summary()
+    assert [t["p_holm"] for t in summary["paired_tests"]] == [
+        None if math.isnan(p) else pytest.approx(p) for p in holm_adjust(raw)
+    ]
+    assert "Holm-Bonferroni" in summary["paired_test_note"]

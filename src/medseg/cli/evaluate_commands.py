@@ -234,14 +234,20 @@ def _print_comparison(comparison: Any) -> None:
         header = m.replace("obj_", "objects ") + (" (mm)" if m in MM_METRICS else "")
         table.add_column(header, justify="right", overflow="fold")
     if tests:
-        table.add_column(f"p vs {methods[0]} (Dice)", justify="right")
+        table.add_column(f"p vs {methods[0]} (Dice) (Holm p)", justify="right")
     for lab, cname in comparison.labels.items():
         for i, method in enumerate(methods):
             stats = summary["per_method"][method]["per_class"][cname]
             cells = [_cell(stats[m], m) for m in shown]
             if tests:
                 t = tests.get((lab, method))
-                cells.append("" if t is None else "–" if t["p_value"] is None else f"{t['p_value']:.3g}")
+                cells.append(
+                    ""
+                    if t is None
+                    else "–"
+                    if t["p_value"] is None
+                    else f"{t['p_value']:.3g} ({t['p_holm']:.3g})"
+                )
             table.add_row(cname if i == 0 else "", method, *cells, end_section=i == len(methods) - 1)
     console.print(table)
     for method, info in summary["per_method"].items():
@@ -262,6 +268,13 @@ def _print_comparison(comparison: Any) -> None:
     ]
     if notes:
         console.print("paired test: " + "; ".join(notes), markup=False, soft_wrap=True)
+    family = sum(1 for t in tests.values() if t["p_value"] is not None)
+    if family > 1:
+        console.print(
+            f"(Holm p): each p adjusted by Holm-Bonferroni over the table's {family} paired tests that have one",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 def _dataset_label_names(reference: Path) -> dict[int, str] | None:

@@ -15,6 +15,11 @@ dropped) of each method's per-case Dice against the first method's, per class, o
 cases scored in both with a finite Dice. Dice comes from the voxel counts, so the test is
 there whichever metrics were asked for. With fewer than 6 non-zero differences the exact
 test cannot reach p < 0.05, which the note says.
+
+Several methods and classes make several tests: next to each raw p stands its
+Holm-Bonferroni adjusted p (:func:`holm_adjust`) over the family of all the table's tests
+with a p (every method but the first, times every class), which keeps the chance of any
+false "significant" difference in the table at the chosen level.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +92,8 @@ class PairedTest:
     statistic: float
     p_value: float
     note: str = ""
+    # Holm-Bonferroni adjusted over all the comparison's tests with a p (see holm_adjust).
+    p_holm: float = math.nan
 
     def as_dict(self) -> dict[str, Any]:
         def clean(v: float) -> float | None:
@@ -101,6 +108,7 @@ class PairedTest:
             "median_difference": clean(self.median_difference),
             "statistic": clean(self.statistic),
             "p_value": clean(self.p_value),
+            "p_holm": clean(self.p_holm),
             "note": self.note,
         }
 
@@ -125,6 +133,25 @@ def wilcoxon_paired(
     if nonzero < 6:
         note = f"only {nonzero} non-zero difference(s): p cannot fall below 0.05"
     return int(diff.size), median, float(res.statistic), float(res.pvalue), note
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input order; NaN stays NaN and is not
+    counted in the family.
+
+    Written out rather than imported: scipy has no Holm step-down (only Benjamini-Hochberg's
+    ``false_discovery_control``) and statsmodels is no dependency of medseg. Holm (1979):
+    sort the m p-values ascending; the i-th (from 0) becomes max over j <= i of
+    min(1, (m - j) p_(j)), so the adjusted values keep the raw order.
+    """
+    finite = sorted((p, i) for i, p in enumerate(p_values) if math.isfinite(p))
+    m = len(finite)
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(finite):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
 
 
 @dataclass(frozen=True)
@@ -172,7 +199,8 @@ class ComparisonResult:
             for name in self.methods[1:]:
                 n, median, stat, p, note = wilcoxon_paired(per_case(self.results[name]), base)
                 tests.append(PairedTest(name, base_name, lab, metric, n, median, stat, p, note))
-        return tests
+        adjusted = holm_adjust([t.p_value for t in tests])
+        return [replace(t, p_holm=p) for t, p in zip(tests, adjusted, strict=True)]
 
     def summary(self) -> dict[str, Any]:
         """Per method: the single-method summary's statistics and lists; then the paired tests."""
@@ -202,7 +230,8 @@ class ComparisonResult:
             "per_method": per_method,
             "paired_tests": [t.as_dict() for t in self.paired_tests()],
             "paired_test_note": "Wilcoxon signed-rank, two-sided, each method minus the first, per case; "
-            "zero differences dropped; cases scored in both with finite values",
+            "zero differences dropped; cases scored in both with finite values; p_holm: p adjusted by "
+            "Holm-Bonferroni over all the tests listed here that have a p (methods x classes)",
         }
 
 
@@ -242,4 +271,4 @@ def compare(
     return ComparisonResult(results, str(reference))
 
 
-__all__ = ["ComparisonResult", "PairedTest", "compare", "parse_methods", "wilcoxon_paired"]
+__all__ = ["ComparisonResult", "PairedTest", "compare", "holm_adjust", "parse_methods", "wilcoxon_paired"]

@@ -464,13 +464,13 @@ def render_comparison_html(
     test_rows = "".join(
         f"<tr><td>{esc(comparison.labels[t['label']])}</td><td>{esc(t['method'])} − {esc(t['baseline'])}</td>"
         f"<td>{t['n']}</td><td>{_fmt(t['median_difference'], 'dice')}</td>"
-        f"<td>{_p_value(t['p_value'])}</td><td>{esc(t['note'])}</td></tr>"
+        f"<td>{_p_value(t['p_value'])}</td><td>{_p_value(t['p_holm'])}</td><td>{esc(t['note'])}</td></tr>"
         for t in tests
     )
     test_part = (
         f"<h2>Paired comparison with {esc(comparison.methods[0])} (Dice)</h2>"
         f"<p>{esc(summary['paired_test_note'])}.</p><table><tr><th>class</th><th>difference</th><th>n</th>"
-        f"<th>median difference</th><th>p</th><th>note</th></tr>{test_rows}</table>"
+        f"<th>median difference</th><th>p</th><th>Holm p</th><th>note</th></tr>{test_rows}</table>"
         if tests
         else ""
     )

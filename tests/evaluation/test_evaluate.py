@@ -402,3 +402,30 @@ def test_pooled_miou_sums_one_confusion_matrix_over_all_cases(tmp_path: Path) ->
         "mIoU (background included): per-case mean 0.542 ± 0.059 (0.542), "
         "pooled over all cases (miou_pooled) 0.533"
     ) in res.output
+
+
+def test_missing_predictions_and_images_name_the_first_20_cases(tmp_path: Path) -> None:
+    """Both 'missing ...' errors (one shared helper): the count, where, what was expected, and
+    the first 20 missing cases followed by '...'."""
+    from medseg.evaluation.evaluate import check_matching
+
+    names = [f"c{i:02d}" for i in range(23)]
+    for folder in ("ref", "pred", "img"):
+        (tmp_path / folder).mkdir()
+    for name in names:
+        (tmp_path / "ref" / f"{name}.nii.gz").write_bytes(b"")  # matched by name only
+    (tmp_path / "pred" / "c00.nii.gz").write_bytes(b"")
+    (tmp_path / "img" / "c00_0000.nii.gz").write_bytes(b"")
+    listed = "missing " + ", ".join(names[1:21]) + " ..."
+    with pytest.raises(InputError) as exc:
+        check_matching(tmp_path / "pred", tmp_path / "ref", _serial())
+    assert str(exc.value) == (
+        f"{tmp_path / 'pred'}: 22 reference case(s) have no prediction; expected one prediction per "
+        f"reference case (or --allow-missing to score them as empty); found {listed}"
+    )
+    with pytest.raises(InputError) as exc:
+        match_images(tmp_path / "img", names[:3])
+    assert str(exc.value) == (
+        f"{tmp_path / 'img'}: 2 case(s) have no image; expected one image per reference case, named "
+        "NAME or NAME_0000; found missing c01, c02"
+    )

@@ -248,14 +248,25 @@ def check_matching(prediction: str | Path, reference: str | Path, config: Evalua
     can check every input before scoring any."""
     matching = match_cases(prediction, reference)
     if matching.references_without_prediction and config.on_missing == "error":
-        missing = list(matching.references_without_prediction)
-        raise InputError(
+        raise _missing_cases_error(
             prediction,
-            f"{len(missing)} reference case(s) have no prediction",
-            expected="one prediction per reference case (or --allow-missing to score them as empty)",
-            found="missing " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""),
+            matching.references_without_prediction,
+            "reference case(s) have no prediction",
+            "one prediction per reference case (or --allow-missing to score them as empty)",
         )
     return matching
+
+
+def _missing_cases_error(
+    where: str | Path, missing: Sequence[str], problem: str, expected: str
+) -> InputError:
+    """``N <problem>`` at ``where``, naming the first 20 missing cases."""
+    return InputError(
+        where,
+        f"{len(missing)} {problem}",
+        expected=expected,
+        found="missing " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""),
+    )
 
 
 # nnU-Net names image channels NAME_0000.nii.gz, NAME_0001.nii.gz ...; the first is drawn.
@@ -287,11 +298,8 @@ def match_images(image: str | Path, cases: Sequence[str]) -> dict[str, Path]:
         else:
             out[name] = hit
     if missing:
-        raise InputError(
-            path,
-            f"{len(missing)} case(s) have no image",
-            expected="one image per reference case, named NAME or NAME_0000",
-            found="missing " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""),
+        raise _missing_cases_error(
+            path, missing, "case(s) have no image", "one image per reference case, named NAME or NAME_0000"
         )
     return out
 

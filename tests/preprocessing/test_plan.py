@@ -180,3 +180,27 @@ def test_plan_warns_about_a_patch_that_loses_pooling_and_reversed_spacing(
         plan_dataset(
             toy_dataset, "3d", overrides={"target_spacing": [0, 0.5, 0.5]}, workers=1, overwrite=True
         )
+
+
+def test_regions_travel_in_the_plan_and_leave_plans_without_them_unchanged(toy_dataset: Path) -> None:
+    import dataclasses
+
+    from medseg.preprocessing.pipeline import plan_dataset, plan_hash
+
+    plain, _ = plan_dataset(toy_dataset, "3d", workers=1)
+    text = plain.to_json()
+    assert "regions" not in json.loads(text)  # older plans: the same JSON, the same cache key
+    assert plain.num_outputs == 3 and plain.output_names == ["outer", "inner"]
+    desc = json.loads((toy_dataset / "dataset.json").read_text())
+    desc["regions"] = {"whole": [1, 2], "inner_only": [2]}
+    (toy_dataset / "dataset.json").write_text(json.dumps(desc))
+    regional, path = plan_dataset(toy_dataset, "3d", workers=1, overwrite=True)
+    assert regional.regions == {"whole": (1, 2), "inner_only": (2,)}
+    assert regional.regions_class_order == (1, 2)
+    assert regional.num_outputs == 2 and regional.output_names == ["whole", "inner_only"]
+    assert Plan.load(path) == regional
+    # the regions do not change how cases are preprocessed: the cache is shared
+    assert plan_hash(regional) == plan_hash(plain)
+    assert dataclasses.replace(regional, regions={}, regions_class_order=()).to_json() == text
+    with pytest.raises(ConfigError, match="plan regions: region 'x' names label value"):
+        dataclasses.replace(regional, regions={"x": (7,)}, regions_class_order=(1,))

@@ -69,6 +69,10 @@ class DatasetDescriptor:
     description: str = ""
     patients: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # Region-based training (medseg.data.regions): region name -> label values, and the
+    # label value each region is painted with. Empty: ordinary disjoint-label training.
+    regions: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    regions_class_order: tuple[int, ...] = ()
 
     @property
     def num_channels(self) -> int:
@@ -100,6 +104,9 @@ class DatasetDescriptor:
         )
         if self.patients:
             data["patients"] = self.patients
+        if self.regions:
+            data["regions"] = {k: list(v) for k, v in self.regions.items()}
+            data["regions_class_order"] = list(self.regions_class_order)
         return data
 
     @classmethod
@@ -151,6 +158,13 @@ class DatasetDescriptor:
                 labels[str(key)] = value
             elif isinstance(value, str) and str(key).isdigit():
                 labels[value] = int(key)
+            elif isinstance(value, list):
+                raise InputError(
+                    src,
+                    f"label entry {key!r}: {value!r} is a region (a list of label values)",
+                    expected="one value per label in 'labels', and regions under their own key, e.g. "
+                    '"regions": {"tumour_core": [2, 3]} (see README, region-based training)',
+                )
             else:
                 raise InputError(
                     src, f"label entry {key!r}: {value!r} is not understood", expected='{"name": int}'
@@ -159,6 +173,19 @@ class DatasetDescriptor:
             raise InputError(src, "labels must declare background as 0", found=str(labels))
         if len(set(labels.values())) != len(labels):
             raise InputError(src, "label values must be unique", found=str(labels))
+        regions: dict[str, tuple[int, ...]] = {}
+        class_order: tuple[int, ...] = ()
+        if "regions" in data:
+            from medseg.data.regions import validate_regions
+
+            try:
+                regions, class_order = validate_regions(
+                    data["regions"], labels, data.get("regions_class_order")
+                )
+            except ValueError as exc:
+                raise InputError(src, str(exc)) from None
+        elif "regions_class_order" in data:
+            raise InputError(src, "'regions_class_order' is given without 'regions'")
         known = {
             "name",
             "description",
@@ -168,6 +195,8 @@ class DatasetDescriptor:
             "numTraining",
             "file_ending",
             "patients",
+            "regions",
+            "regions_class_order",
         }
         return cls(
             channel_names={str(k): str(v) for k, v in channels_raw.items()},
@@ -178,6 +207,8 @@ class DatasetDescriptor:
             description=str(data.get("description", "")),
             patients={str(k): str(v) for k, v in patients_raw.items()},
             extra={k: v for k, v in data.items() if k not in known},
+            regions=regions,
+            regions_class_order=class_order,
         )
 
 

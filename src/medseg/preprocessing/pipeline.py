@@ -18,6 +18,7 @@ bounded by ``workers`` x one case; cases already done with the same plan are ski
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -69,6 +70,10 @@ class PreprocessInfo:
 
 
 def plan_hash(plan: Plan) -> str:
+    """Key of the preprocessing cache. Regions change what is learned, not how cases are
+    resampled and cropped: a plan with regions shares the cache of the same plan without."""
+    if plan.regions:
+        plan = dataclasses.replace(plan, regions={}, regions_class_order=())
     return hashlib.sha256(plan.to_json().encode()).hexdigest()[:16]
 
 
@@ -213,6 +218,35 @@ def restore_to_original(
     return restored
 
 
+def restore_regions_to_original(probabilities: np.ndarray, info: PreprocessInfo) -> np.ndarray:
+    """Region probabilities (R, Z, Y, X) on the preprocessed grid -> (R, *original shape).
+
+    Each region linearly resampled onto the cropped original grid and un-cropped (0 outside),
+    the same path as :func:`restore_to_original`'s class probabilities; thresholding happens
+    after, on the original grid. The grid is checked against the original.
+    """
+    pre = info.preprocessed_geometry
+    original = info.original_geometry
+    box = info.crop_box
+    if probabilities.ndim != 4 or tuple(probabilities.shape[1:]) != pre.shape:
+        raise GeometryError(
+            f"region probabilities of shape {probabilities.shape} do not match the preprocessed grid {pre.shape}"
+        )
+    crop_grid = cropped_geometry(original, box)
+    out = np.zeros((probabilities.shape[0], *original.shape), dtype=np.float32)
+    for r in range(probabilities.shape[0]):
+        prob = resample_image(
+            Volume(probabilities[r].astype(np.float32, copy=False), geometry=pre),
+            crop_grid,
+            interpolation="linear",
+            default_value=0.0,
+        )
+        restored = uncrop(prob, original, box, fill=0.0)
+        original.require_same(restored.geometry, what="restored region and input grid")
+        out[r] = restored.array
+    return out
+
+
 # ----------------------------------------------------------------------- dataset cache
 def _case_done(cache: Path, case_id: str, digest: str) -> bool:
     meta = cache / f"{case_id}.json"
@@ -346,7 +380,13 @@ def plan_dataset(
         raise OutputExistsError(target)
     fingerprint = compute_fingerprint(root, workers=workers, progress=progress)
     fingerprint.save(root / "plans" / "fingerprint.json")
-    plan = plan_from_fingerprint(fingerprint, configuration)  # type: ignore[arg-type]
+    desc = read_descriptor(root)
+    plan = plan_from_fingerprint(
+        fingerprint,
+        configuration,  # type: ignore[arg-type]
+        regions=desc.regions,
+        regions_class_order=desc.regions_class_order,
+    )
     if overrides:
         plan = plan.with_overrides(overrides)
         if "target_spacing" in overrides:

@@ -98,6 +98,11 @@ class Plan:
     label_interpolation: Literal["nearest", "onehot-linear"] = "nearest"
     foreground_fraction: float = 0.33
     median_shape: tuple[int, int, int] = (0, 0, 0)
+    # Region-based training (medseg.data.regions): one sigmoid output per region instead of
+    # a softmax over ``labels``. Written to JSON only when declared, so plans without
+    # regions keep their text (and their preprocessing cache key).
+    regions: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    regions_class_order: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.schema_version != PLAN_SCHEMA_VERSION:
@@ -130,6 +135,17 @@ class Plan:
             )
         if 0 in self.labels.values() and sorted(self.labels.values()) != list(range(len(self.labels))):
             raise ConfigError(f"label values must be 0..K without gaps, found {sorted(self.labels.values())}")
+        if self.regions or self.regions_class_order:
+            from medseg.data.regions import validate_regions
+
+            try:
+                validate_regions(
+                    {k: list(v) for k, v in self.regions.items()},
+                    self.labels,
+                    list(self.regions_class_order) if self.regions_class_order else None,
+                )
+            except ValueError as exc:
+                raise ConfigError(f"plan regions: {exc}") from None
         mult = pooling_product(self.network.pooling)
         bad = [p for p, m in zip(self.patch_size, mult, strict=True) if p % m]
         if self.network.name == "unet" and bad:
@@ -141,6 +157,18 @@ class Plan:
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+    @property
+    def num_outputs(self) -> int:
+        """Network output channels: one per region (sigmoid), else one per label (softmax)."""
+        return len(self.regions) if self.regions else len(self.labels)
+
+    @property
+    def output_names(self) -> list[str]:
+        """Names of the scored outputs: the regions, else the foreground labels by value."""
+        if self.regions:
+            return list(self.regions)
+        return [n for n, v in sorted(self.labels.items(), key=lambda kv: kv[1]) if v != 0]
 
     @property
     def spatial_dims(self) -> int:
@@ -162,6 +190,8 @@ class Plan:
             # Written only when used: a plan without it reads in earlier medseg versions (which
             # reject unknown keys) and keeps its preprocessing cache key (a hash of this text).
             del data["slab_step"]
+        if not self.regions:
+            del data["regions"], data["regions_class_order"]
         return json.dumps(data, indent=2) + "\n"
 
     def save(self, path: str | Path, *, overwrite: bool = True) -> Path:
@@ -362,8 +392,14 @@ def plan_from_fingerprint(
     patch_budget: int | None = None,
     slab_slices: int = 5,
     slab_step: int = 1,
+    regions: Mapping[str, Sequence[int]] | None = None,
+    regions_class_order: Sequence[int] = (),
 ) -> Plan:
-    """Derive a default plan for one configuration from dataset statistics."""
+    """Derive a default plan for one configuration from dataset statistics.
+
+    ``regions`` / ``regions_class_order``: the dataset's declared regions (region-based
+    training, see medseg.data.regions), carried so the model describes itself.
+    """
     if configuration not in ("2d", "2.5d", "3d"):
         raise ConfigError(f"configuration must be '2d', '2.5d' or '3d', found {configuration!r}")
     spacings = fingerprint.spacings
@@ -409,4 +445,6 @@ def plan_from_fingerprint(
         keep_native_slices=keep_native,
         foreground_fraction=0.33 if n_fg else 0.0,
         median_shape=(int(median_shape[0]), int(median_shape[1]), int(median_shape[2])),
+        regions={str(k): tuple(int(v) for v in vals) for k, vals in (regions or {}).items()},
+        regions_class_order=tuple(int(v) for v in regions_class_order),
     )

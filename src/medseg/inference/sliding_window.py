@@ -6,7 +6,9 @@ per forward pass); we measured no reason to replace it (benchmarks/predict_bench
 batch item of a 2D sliding window.
 
 Returns softmax probabilities (K, Z, Y, X) as float32 numpy; optional mirroring
-test-time augmentation averages the softmax over flips of the spatial axes.
+test-time augmentation averages the softmax over flips of the spatial axes. A region-based
+plan (``plan.regions``) gets one sigmoid probability per region (R, Z, Y, X) instead,
+averaged the same way.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ def predict_probabilities(
     mirror_axes: Sequence[int] | None = None,
     amp: bool = False,
 ) -> np.ndarray:
-    """Softmax probabilities (K, Z, Y, X) for a preprocessed image (C, Z, Y, X).
+    """Softmax probabilities (K, Z, Y, X) for a preprocessed image (C, Z, Y, X); for a
+    region-based plan, sigmoid probabilities (R, Z, Y, X), one per region.
 
     ``mirror``: average over every combination of flips along ``mirror_axes`` (spatial axes
     of the network input: (z, y, x) in 3D, (y, x) in 2D / 2.5D; None: all of them).
@@ -94,7 +97,7 @@ def predict_probabilities(
                 device=torch.device("cpu"),
             )
         assert isinstance(logits, torch.Tensor)
-        probs = torch.softmax(logits.float(), dim=1)
+        probs = torch.sigmoid(logits.float()) if plan.regions else torch.softmax(logits.float(), dim=1)
         if flip:
             probs = torch.flip(probs, flip)
         total = probs if total is None else total + probs

@@ -29,7 +29,7 @@ MONAI's ``DiceFocalLoss`` uses a *sigmoid* focal term, so Dice + focal here is M
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -368,6 +368,90 @@ class DiceFocalLoss(nn.Module):
         return result
 
 
+class RegionLoss(nn.Module):
+    """Loss of a region-based network: one sigmoid output per region (medseg.data.regions).
+
+    Takes logits ``(B, R, *spatial)`` and the integer label map; the target is built on the
+    fly as R binary channels (a voxel's label value belongs to region r or not), so the
+    label patch is augmented and downsampled as a label map and never interpolated. The
+    loss is MONAI's, with a sigmoid and every channel counted (no background channel):
+
+    - ``dice_ce``: ``lambda_dice * DiceLoss(sigmoid) + lambda_ce * BCEWithLogits`` (nnU-Net's
+      region loss; MONAI's DiceCELoss takes a softmax cross-entropy for several channels);
+    - ``dice_focal``: MONAI ``DiceFocalLoss(sigmoid=True)`` (a sigmoid focal term);
+    - ``dice``: ``DiceLoss(sigmoid=True)``; ``ce``: ``BCEWithLogitsLoss``;
+      ``focal``: MONAI ``FocalLoss`` (sigmoid).
+    """
+
+    OPTIONS: ClassVar[dict[str, set[str]]] = {
+        "dice_ce": {"batch", "smooth_nr", "smooth_dr", "lambda_dice", "lambda_ce"},
+        "dice_focal": {"batch", "smooth_nr", "smooth_dr", "lambda_dice", "lambda_focal", "gamma", "alpha"},
+        "dice": {"batch", "smooth_nr", "smooth_dr"},
+        "ce": set(),
+        "focal": {"gamma", "alpha"},
+    }
+
+    def __init__(self, name: str, regions: Sequence[Sequence[int]], **options: Any):
+        super().__init__()
+        from monai.losses import DiceFocalLoss as MonaiDiceFocalLoss
+        from monai.losses import DiceLoss, FocalLoss
+
+        if name not in self.OPTIONS:
+            raise ConfigError(f"unknown loss {name!r}; expected one of {', '.join(sorted(self.OPTIONS))}")
+        unknown = sorted(set(options) - self.OPTIONS[name])
+        if unknown:
+            allowed = ", ".join(sorted(self.OPTIONS[name])) or "none"
+            raise ConfigError(
+                f"loss {name!r} of a region-based model does not take {', '.join(unknown)} (it takes: {allowed})"
+            )
+        if not regions:
+            raise ConfigError("a region loss needs at least one region")
+        self.regions = [tuple(int(v) for v in r) for r in regions]
+        self.name = name
+        dice_kw = {k: options[k] for k in ("batch", "smooth_nr", "smooth_dr") if k in options}
+        self.lambda_dice = float(options.get("lambda_dice", 1.0))
+        self.lambda_ce = float(options.get("lambda_ce", 1.0))
+        if self.lambda_dice < 0 or self.lambda_ce < 0:
+            raise ConfigError(f"loss weights must be >= 0, found {self.lambda_dice}, {self.lambda_ce}")
+        self.dice: nn.Module | None = None
+        self.bce: nn.Module | None = None
+        self.other: nn.Module | None = None
+        if name in ("dice_ce", "dice"):
+            self.dice = DiceLoss(include_background=True, sigmoid=True, **dice_kw)
+        if name in ("dice_ce", "ce"):
+            self.bce = nn.BCEWithLogitsLoss()
+        if name == "dice_focal":
+            focal_kw = {
+                k: options[k] for k in ("gamma", "alpha", "lambda_dice", "lambda_focal") if k in options
+            }
+            self.other = MonaiDiceFocalLoss(include_background=True, sigmoid=True, **dice_kw, **focal_kw)
+        if name == "focal":
+            self.other = FocalLoss(include_background=True, use_softmax=False, **options)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        from medseg.data.regions import region_targets
+
+        if logits.ndim < 3 or logits.shape[1] != len(self.regions):
+            raise ValueError(
+                f"logits of shape {tuple(logits.shape)} do not have one channel per region ({len(self.regions)})"
+            )
+        truth = region_targets(target, self.regions)
+        if truth.shape != logits.shape:
+            raise ValueError(
+                f"labels of shape {tuple(target.shape)} do not match logits {tuple(logits.shape)}"
+            )
+        x = logits.float()
+        if self.other is not None:
+            out: torch.Tensor = self.other(x, truth)
+            return out
+        total = torch.zeros((), device=x.device)
+        if self.dice is not None:
+            total = total + self.lambda_dice * self.dice(x, truth)
+        if self.bce is not None:
+            total = total + self.lambda_ce * self.bce(x, truth)
+        return total
+
+
 LOSSES: dict[str, Callable[..., nn.Module]] = {
     "focal": SoftmaxFocalLoss,
     "dice": SoftDiceLoss,
@@ -387,14 +471,24 @@ def build_loss(name: str, **kwargs: Any) -> nn.Module:
         raise ConfigError(f"loss {name!r}: {exc}") from exc
 
 
+def build_region_loss(name: str, regions: Sequence[Sequence[int]], **kwargs: Any) -> nn.Module:
+    """The sigmoid counterpart of :func:`build_loss` for a region-based model (see RegionLoss)."""
+    try:
+        return RegionLoss(name, regions, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"loss {name!r}: {exc}") from exc
+
+
 __all__ = [
     "LOSSES",
     "CrossEntropyLoss",
     "DiceCELoss",
     "DiceFocalLoss",
+    "RegionLoss",
     "SoftDiceLoss",
     "SoftmaxFocalLoss",
     "border_weights",
     "build_loss",
+    "build_region_loss",
     "label_map",
 ]

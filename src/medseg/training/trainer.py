@@ -29,7 +29,7 @@ import random
 import shutil
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -211,7 +211,7 @@ def architecture_from_plan(plan: Plan) -> Architecture:
     else:
         kwargs = {"patch_size": patch, "spacing": spacing}
     kwargs.update(net.options)
-    return Architecture(net.name, dims, plan.in_channels, plan.num_classes, kwargs)
+    return Architecture(net.name, dims, plan.in_channels, plan.num_outputs, kwargs)
 
 
 def choose_device(requested: str) -> torch.device:
@@ -262,6 +262,21 @@ def dice_per_class(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> list[
     out = []
     for k in range(1, num_classes):
         p, r = pred == k, ref == k
+        denom = int(p.sum()) + int(r.sum())
+        out.append(float("nan") if denom == 0 else 2.0 * float(np.logical_and(p, r).sum()) / denom)
+    return out
+
+
+def dice_per_region(pred: np.ndarray, ref: np.ndarray, regions: Sequence[Sequence[int]]) -> list[float]:
+    """Dice per region of boolean masks ``pred`` (R, *shape) against a label map ``ref``.
+
+    A region of the reference is the union of its label values; NaN where both are empty.
+    """
+    from medseg.data.regions import region_masks
+
+    truth = region_masks(ref, regions)
+    out = []
+    for p, r in zip(pred, truth, strict=True):
         denom = int(p.sum()) + int(r.sum())
         out.append(float("nan") if denom == 0 else 2.0 * float(np.logical_and(p, r).sum()) / denom)
     return out
@@ -408,9 +423,12 @@ class Trainer:
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        from medseg.training.losses import build_loss
+        from medseg.training.losses import build_loss, build_region_loss
 
-        self.loss_fn = build_loss(config.loss, **config.loss_options)
+        if plan.regions:  # one sigmoid output per region, targets built from the label patch
+            self.loss_fn = build_region_loss(config.loss, list(plan.regions.values()), **config.loss_options)
+        else:
+            self.loss_fn = build_loss(config.loss, **config.loss_options)
         self.optimizer = build_optimizer(self.model, config)
         self.ema: torch.optim.swa_utils.AveragedModel | None = None
         if config.ema_decay is not None:
@@ -451,7 +469,7 @@ class Trainer:
 
         aug = AugmentationConfig.from_dict(self.config.augmentation)
         mirror_lr = aug.mirror_left_right
-        names = [n for n, v in self.plan.labels.items() if v != 0]
+        names = [n for n, v in self.plan.labels.items() if v != 0] + list(self.plan.regions)
         if mirror_lr is None:
             mirror_lr = not is_lateralised(names)
         if mirror_lr or aug.flip_axes is not None:
@@ -623,6 +641,14 @@ class Trainer:
             {
                 "configuration": self.plan.configuration,
                 "labels": self.plan.labels,
+                **(
+                    {
+                        "regions": {k: list(v) for k, v in self.plan.regions.items()},
+                        "regions_class_order": list(self.plan.regions_class_order),
+                    }
+                    if self.plan.regions
+                    else {}
+                ),
                 "mirror_axes": list(self.mirror_axes),
                 "channel_names": list(self.plan.channel_names),
                 "fold": self.fold,
@@ -708,7 +734,10 @@ class Trainer:
                 sw_batch_size=self.config.sw_batch_size,
                 amp=self.use_amp,
             )
-            per_case.append(dice_per_class(probs.argmax(0), label, self.plan.num_classes))
+            if self.plan.regions:
+                per_case.append(dice_per_region(probs > 0.5, label, list(self.plan.regions.values())))
+            else:
+                per_case.append(dice_per_class(probs.argmax(0), label, self.plan.num_classes))
         if not per_case:
             return []
         with np.errstate(all="ignore"):
@@ -734,7 +763,7 @@ class Trainer:
             message = _already_complete(self.fold, self.epoch)
             log.info(message)
             if self.is_main:
-                _repair_log(self.history, self.plan.labels, self.out)
+                _repair_log(self.history, self.plan.output_names, self.out)
             return TrainResult(
                 self.out, self.epoch, self.best_dice, self.best_epoch, self.history, message, True
             )
@@ -854,7 +883,7 @@ class Trainer:
                 tb.add_scalar("dice/val_mean", mean, record.epoch)
 
     def _write_log(self) -> None:
-        write_training_log(self.history, self.plan.labels, self.out)
+        write_training_log(self.history, self.plan.output_names, self.out)
 
     def _tensorboard(self) -> Any:
         if not (self.config.tensorboard and self.is_main):
@@ -871,9 +900,17 @@ def _already_complete(fold: int | None, epochs: int) -> str:
     return f"fold {'all' if fold is None else fold} already complete ({epochs} epochs); nothing to train"
 
 
-def write_training_log(history: Sequence[EpochRecord], labels: dict[str, int], out: Path) -> None:
-    """``log.csv`` (one row per epoch) and ``curves.png`` of ``history``."""
-    names = [n for n, v in sorted(labels.items(), key=lambda kv: kv[1]) if v != 0]
+def _output_names(plan: Mapping[str, Any]) -> list[str]:
+    """The scored outputs' names of a plan as a checkpoint stores it (``Plan.output_names``)."""
+    if plan.get("regions"):
+        return [str(n) for n in plan["regions"]]
+    labels = dict(plan["labels"])
+    return [n for n, v in sorted(labels.items(), key=lambda kv: kv[1]) if v != 0]
+
+
+def write_training_log(history: Sequence[EpochRecord], names: Sequence[str], out: Path) -> None:
+    """``log.csv`` (one row per epoch) and ``curves.png`` of ``history``; ``names``: the
+    scored outputs (foreground labels, or regions), one Dice column each."""
     with atomic_file(out / "log.csv", overwrite=True) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(
@@ -901,7 +938,7 @@ def write_training_log(history: Sequence[EpochRecord], labels: dict[str, int], o
     plot_curves(history, names, out / "curves.png")
 
 
-def _repair_log(history: Sequence[EpochRecord], labels: dict[str, int], out: Path) -> None:
+def _repair_log(history: Sequence[EpochRecord], names: Sequence[str], out: Path) -> None:
     """Rewrite log.csv / curves.png when they do not end at the checkpoint's last epoch (a run
     interrupted between writing them and its checkpoint, by an older medseg)."""
     path = out / "log.csv"
@@ -912,7 +949,7 @@ def _repair_log(history: Sequence[EpochRecord], labels: dict[str, int], out: Pat
         logged = []
     if logged != [r.epoch for r in history] or not (out / "curves.png").is_file():
         log.info("%s: rewriting log.csv and curves.png from the checkpoint's history", out)
-        write_training_log(history, labels, out)
+        write_training_log(history, names, out)
 
 
 def _install_sigterm_handler() -> Any:
@@ -997,6 +1034,7 @@ def train(
     root = Path(dataset)
     cfg = config or TrainingConfig()
     plan = load_dataset_plan(root, configuration)
+    _check_plan_regions(root, plan, configuration)
     out = Path(out_dir) if out_dir is not None else default_model_dir(root, configuration, fold)
     last = out / "checkpoint_last.pt"
     if resume_changed and not resume:
@@ -1023,7 +1061,7 @@ def train(
             log.info(message)
             history = [EpochRecord(**h) for h in checkpoint.get("history", [])]
             if rank == 0:
-                _repair_log(history, dict(checkpoint["plan"]["labels"]), out)
+                _repair_log(history, _output_names(checkpoint["plan"]), out)
             best_epoch = int(checkpoint.get("best_epoch", -1))
             best = float(checkpoint.get("best_dice", -1.0))
             return TrainResult(out, done, best, best_epoch, history, message, already_complete=True)
@@ -1094,6 +1132,25 @@ def _check_resumed_cases(root: Path, out: Path, fold: int | None, folds: int) ->
         cases = list_cases(root, "Tr")
         ids = compute_splits({c.case_id: c.group for c in cases}, k=folds, seed=0).fold(fold).train
     check_trained_on(out, list(ids), f"fold {fold} of splits.json")
+
+
+def _check_plan_regions(root: Path, plan: Plan, configuration: str) -> None:
+    """The plan must learn the regions dataset.json declares now (regions added or changed
+    after ``medseg plan`` would otherwise be silently ignored, or trained stale)."""
+    desc = read_descriptor(root)
+    if desc.regions != plan.regions or (
+        plan.regions and desc.regions_class_order != plan.regions_class_order
+    ):
+        from medseg.errors import InputError
+        from medseg.preprocessing.pipeline import plan_path
+
+        raise InputError(
+            plan_path(root, configuration),
+            "the plan's regions differ from those of dataset.json",
+            expected=f"regions {desc.regions or 'none'} (plan again: `medseg plan {root} -c {configuration} "
+            "--overwrite`)",
+            found=f"regions {plan.regions or 'none'}",
+        )
 
 
 def _barrier() -> None:

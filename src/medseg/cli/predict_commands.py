@@ -44,7 +44,7 @@ def predict_command(
         typer.Option(
             "--format",
             "-f",
-            help="comma list: nifti, nrrd, mha, probabilities, dicom-seg, rtstruct, mesh, volumes, "
+            help="comma list: nifti, nrrd, mha, probabilities, regions, dicom-seg, rtstruct, mesh, volumes, "
             "overlay, report",
         ),
     ] = "nifti",

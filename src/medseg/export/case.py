@@ -10,7 +10,8 @@ Both lay their outputs out the same way (:func:`case_targets`)::
     OUT/<case>/meshes/<value>_<name>.stl       surfaces in LPS mm (mesh)
     OUT/<case>/volumes.csv (+ .json)           volume in mL per label, source study/series UIDs (volumes)
     OUT/<case>/overlay.png, report.html        contour montage, self-contained report
-    OUT/<case>/probabilities/                  per-class probability maps (predict only)
+    OUT/<case>/probabilities/                  per-class (or per-region) probability maps (predict only)
+    OUT/<case>/regions/<i>_<name>.nii.gz       binary mask per region, overlaps kept (region models)
 
 :func:`export_label` never resamples silently: the label map must lie on the image's grid
 (within the tolerances of :meth:`VolumeGeometry.differences`), or ``resample=True`` puts it
@@ -62,6 +63,7 @@ FORMATS = (
     "nrrd",
     "mha",
     "probabilities",
+    "regions",
     "dicom-seg",
     "rtstruct",
     "mesh",
@@ -71,11 +73,13 @@ FORMATS = (
 )
 LABEL_SUFFIX = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha"}
 DICOM_FORMATS = ("dicom-seg", "rtstruct")
-# What `medseg export` can write: everything but the probabilities, which only a model has.
-EXPORT_FORMATS = tuple(f for f in FORMATS if f != "probabilities")
+# What `medseg export` can write: everything but the probabilities and region masks, which
+# only a model has.
+EXPORT_FORMATS = tuple(f for f in FORMATS if f not in ("probabilities", "regions"))
 DEFAULT_EXPORT_FORMATS = ("volumes", "overlay", "report")
 _CASE_TARGETS = {
     "probabilities": "probabilities",
+    "regions": "regions",
     "dicom-seg": "seg.dcm",
     "rtstruct": "rtstruct.dcm",
     "mesh": "meshes",
@@ -131,6 +135,8 @@ def write_case_outputs(
     *,
     series: Any = None,
     probabilities: np.ndarray | None = None,
+    probability_names: Mapping[int, str] | None = None,
+    regions: Mapping[str, np.ndarray] | None = None,
     model_info: Mapping[str, Any] | None = None,
     case_id: str,
     mesh_suffix: str = ".stl",
@@ -142,7 +148,9 @@ def write_case_outputs(
     """Write ``label`` (on ``image``'s grid) in every format of ``targets``; returns what was written.
 
     ``series`` is the source DICOM series (needed for dicom-seg / rtstruct), ``probabilities``
-    the (C, *shape) class probabilities (for "probabilities"). ``algorithm_type`` is how the
+    the (C, *shape) class probabilities (for "probabilities"; ``probability_names`` names
+    their channels, default background and ``names``), ``regions`` a region model's masks
+    by region name (for "regions"). ``algorithm_type`` is how the
     segments were made (one for all, or per label value), as the SEG and RTSTRUCT declare
     it; ``algorithm`` which algorithm made the automatic and semiautomatic ones (None: medseg,
     for a prediction of its own; a mapping names them per value and never falls back to
@@ -163,8 +171,19 @@ def write_case_outputs(
             from medseg.io.atomic import atomic_dir
 
             with atomic_dir(target, overwrite=overwrite) as tmp:
-                for k, name in {0: "background", **names}.items():
+                channel_names = probability_names or {0: "background", **names}
+                for k, name in channel_names.items():
                     write_volume(image.with_array(probabilities[k]), tmp / f"{k}_{safe_name(name)}.nii.gz")
+            written[fmt] = target
+        elif fmt == "regions":
+            if regions is None:
+                raise ConfigError("the regions output needs the region masks of a region-based model")
+            from medseg.io.atomic import atomic_dir
+
+            with atomic_dir(target, overwrite=overwrite) as tmp:
+                for k, (name, mask) in enumerate(regions.items()):
+                    mask_volume = image.with_array(np.asarray(mask, dtype=np.uint8))
+                    write_volume(mask_volume, tmp / f"{k}_{safe_name(name)}.nii.gz")
             written[fmt] = target
         elif fmt in DICOM_FORMATS:
             if not present:

@@ -192,6 +192,7 @@ class SegmentationModel:
                 len(self.folders),
             )
         self.last_suppressed_slices: list[int] = []
+        self.last_region_masks: dict[str, np.ndarray] = {}
         self.info = json.loads((self.folders[0] / "model.json").read_text())
         _warn_if_newer(self.folders[0], str(self.info.get("medseg_version") or ""))
         # Axes the network was trained to see mirrored (absent in older models: all).
@@ -216,12 +217,18 @@ class SegmentationModel:
     ) -> None:
         first = distinct[0]
         for plan in distinct[1:]:
-            if plan.labels != first.labels or list(plan.channel_names) != list(first.channel_names):
+            if (
+                plan.labels != first.labels
+                or plan.regions != first.regions
+                or plan.regions_class_order != first.regions_class_order
+                or list(plan.channel_names) != list(first.channel_names)
+            ):
                 raise InputError(
                     paths[0] if len(paths) == 1 else Path(", ".join(map(str, paths))),
-                    "the ensemble's models segment different labels or read different channels",
-                    expected=f"labels {first.labels} and channels {list(first.channel_names)} in every model",
-                    found=f"labels {plan.labels}, channels {list(plan.channel_names)}",
+                    "the ensemble's models segment different labels or regions or read different channels",
+                    expected=f"labels {first.labels}, regions {first.regions or 'none'} and channels "
+                    f"{list(first.channel_names)} in every model",
+                    found=f"labels {plan.labels}, regions {plan.regions or 'none'}, channels {list(plan.channel_names)}",
                 )
         groups = [[f for f, p in zip(self.folders, plans, strict=True) if p == plan] for plan in distinct]
         self.members = [
@@ -231,6 +238,7 @@ class SegmentationModel:
         self.plan, self.rules, self.info = lead.plan, lead.rules, lead.info
         self.mirror_axes = lead.mirror_axes
         self.networks, self.slice_filters, self.last_suppressed_slices = [], [], []
+        self.last_region_masks = {}
         log.info(
             "ensemble of %d configurations (%s): class probabilities averaged on the input grid",
             len(self.members),
@@ -299,6 +307,12 @@ class SegmentationModel:
     ) -> tuple[Volume, np.ndarray | None]:
         """Label map on the input grid (and class probabilities on it when asked).
 
+        A region-based model (``plan.regions``) averages one sigmoid probability per region
+        over folds and mirroring, thresholds each at 0.5 on the input grid and paints the
+        regions into the label map in ``regions_class_order``; its probabilities are the
+        regions' (R, *shape), and the masks, overlaps included, are kept in
+        ``last_region_masks`` (region name -> bool array on the input grid).
+
         With ``slice_filter`` and a model that has an empty-slice classifier, the slices
         (along the plan's slice axis, on the preprocessed grid) that it judges empty are
         set to background before the result goes back to the input grid; their indices
@@ -341,8 +355,16 @@ class SegmentationModel:
             from medseg.training.slice_classifier import suppress_slices
 
             empty = self._slice_foreground(image) < self.slice_threshold
-            total = suppress_slices(total, empty)
+            if self.plan.regions:
+                total[:, empty] = 0.0  # in no region
+            else:
+                total = suppress_slices(total, empty)
             self.last_suppressed_slices = [int(i) for i in np.flatnonzero(empty)]
+        if self.plan.regions:
+            from medseg.preprocessing.pipeline import restore_regions_to_original
+
+            region_probs = restore_regions_to_original(total, info)
+            return self._finish_regions(region_probs, channels, postprocess, with_probabilities)
         label = restore_to_original(total, info, is_probabilities=True)
         label.geometry.require_same(channels[0].geometry, "prediction and input grids")
         if postprocess and (self.rules.classes or self.rules.keep_largest_foreground):
@@ -359,6 +381,41 @@ class SegmentationModel:
             k: v for k, v in channels[0].meta.items() if k in ("modality", "series_description", "source")
         }
         return Volume(label.array, geometry=channels[0].geometry, meta=meta), probabilities
+
+    def _finish_regions(
+        self,
+        region_probs: np.ndarray,
+        channels: Sequence[Volume],
+        postprocess: bool,
+        with_probabilities: bool,
+    ) -> tuple[Volume, np.ndarray | None]:
+        """Region probabilities on the input grid -> masks (> 0.5) and the painted label map.
+
+        The masks (overlaps and all) are kept in ``last_region_masks`` (region name -> bool
+        array on the input grid); the label map paints them in ``regions_class_order``, a
+        later region over an earlier one, then gets the postprocessing rules.
+        """
+        from medseg.data.regions import paint_regions
+        from medseg.postprocessing.labels import apply_rules
+
+        masks = region_probs > 0.5
+        self.last_region_masks = {name: masks[r] for r, name in enumerate(self.plan.regions)}
+        labels = paint_regions(masks, self.plan.regions_class_order)
+        if postprocess and (self.rules.classes or self.rules.keep_largest_foreground):
+            labels = apply_rules(labels, self.rules, channels[0].spacing)
+        meta = {
+            k: v for k, v in channels[0].meta.items() if k in ("modality", "series_description", "source")
+        }
+        return Volume(labels, geometry=channels[0].geometry, meta=meta), (
+            region_probs if with_probabilities else None
+        )
+
+    @property
+    def probability_names(self) -> dict[int, str]:
+        """Channel index -> name of the probabilities ``predict`` returns (classes or regions)."""
+        if self.plan.regions:
+            return dict(enumerate(self.plan.regions))
+        return {0: "background", **self.label_names}
 
     @property
     def slice_threshold(self) -> float:
@@ -426,9 +483,12 @@ class SegmentationModel:
             maps = [m for m in (j.slice_foreground_map(channels, where) for j in judged) if m is not None]
             empty = np.mean(maps, axis=0) < np.mean([m.slice_threshold for m in judged])
             total[:, empty] = 0.0
-            total[0, empty] = 1.0
+            if not self.plan.regions:
+                total[0, empty] = 1.0
             # input-grid slices (array axis 0) cleared entirely, for the log and the report
             self.last_suppressed_slices = [int(k) for k in np.flatnonzero(empty.all(axis=(1, 2)))]
+        if self.plan.regions:  # the mean of the members' region probabilities, thresholded
+            return self._finish_regions(total, channels, postprocess, with_probabilities)
         values = np.argmax(total, axis=0)
         dtype = np.uint8 if total.shape[0] <= 256 else np.uint16
         labels = values.astype(dtype)
@@ -711,9 +771,10 @@ def predict_case(model: SegmentationModel, case: InputCase, out: Path, config: P
                     expected=f"{config.mesh_suffix} files, or --overwrite to replace the folder",
                 )
             kept["mesh"] = meshes
-        probabilities = targets.get("probabilities")
-        if probabilities is not None and probabilities.is_dir():
-            kept["probabilities"] = probabilities
+        for folder_format in ("probabilities", "regions"):
+            folder = targets.get(folder_format)
+            if folder is not None and folder.is_dir():
+                kept[folder_format] = folder
         if len(kept) == len(targets):
             raise OutputExistsError(next(iter(kept.values())))
         if kept:
@@ -758,6 +819,11 @@ def predict_case(model: SegmentationModel, case: InputCase, out: Path, config: P
         with_probabilities="probabilities" in config.formats,
         where=str(case.paths[0]),
     )
+    regions: dict[str, np.ndarray] | None = None
+    if "regions" in config.formats:
+        if not model.plan.regions:
+            raise ConfigError("the regions output needs a region-based model (its plan declares no regions)")
+        regions = dict(model.last_region_masks)
     if box is not None:
         # Back onto the full axial grid: outside the ROI is background (probability 1).
         from medseg.geometry.crop import uncrop_array
@@ -765,10 +831,12 @@ def predict_case(model: SegmentationModel, case: InputCase, out: Path, config: P
         full = channels[0].meta["roi_full_geometry"]
         label = Volume(uncrop_array(label.array, full.shape, box, fill=0), geometry=full, meta=label.meta)
         if probs is not None:
-            fills = [1.0] + [0.0] * (probs.shape[0] - 1)
+            fills = [0.0 if model.plan.regions else 1.0] + [0.0] * (probs.shape[0] - 1)
             probs = np.stack(
                 [uncrop_array(p, full.shape, box, fill=f) for p, f in zip(probs, fills, strict=True)]
             )
+        if regions is not None:
+            regions = {k: uncrop_array(m, full.shape, box, fill=False) for k, m in regions.items()}
         channels = channels[0].meta["roi_full_channels"]
     written = write_case_outputs(
         channels[0],
@@ -777,6 +845,8 @@ def predict_case(model: SegmentationModel, case: InputCase, out: Path, config: P
         targets,
         series=series,
         probabilities=probs,
+        probability_names=model.probability_names,
+        regions=regions,
         model_info=model.describe(),
         case_id=case.case_id,
         mesh_suffix=config.mesh_suffix,
@@ -797,7 +867,7 @@ def _kept_label_map(
     from medseg.export.case import LABEL_SUFFIX
 
     source = next((kept[f] for f in LABEL_SUFFIX if f in kept), None)
-    if source is None or "probabilities" in missing:
+    if source is None or "probabilities" in missing or "regions" in missing:
         if kept:
             log.warning(
                 "%s: kept outputs (%s) come from an earlier prediction; %s made from a new one",

@@ -1,0 +1,147 @@
+"""Region-based training end to end on a phantom with two overlapping structures."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medseg.data.regions import paint_regions, region_masks
+from medseg.errors import InputError
+from medseg.inference.predictor import PredictConfig, SegmentationModel, predict
+from medseg.io import read_volume, write_volume
+from medseg.preprocessing.pipeline import plan_dataset
+from medseg.training.config import TrainingConfig
+from medseg.training.trainer import train
+from medseg.volume import Volume
+from tests.conftest import oblique_direction
+
+REGIONS = {"left_blob": [1, 3], "right_blob": [2, 3]}  # 3: where the two blobs overlap
+
+
+def overlapping_case(
+    seed: int, shape=(10, 36, 32), spacing=(3.0, 0.8, 0.9), angles=(17.0, -9.0, 23.0)
+) -> tuple[Volume, Volume]:
+    """Two ellipsoids that overlap in the middle: label 1 / 2 for each alone, 3 for both."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    cz, cy = shape[0] / 2 + rng.uniform(-0.5, 0.5), shape[1] / 2 + rng.uniform(-2, 2)
+    cx = shape[2] / 2 + rng.uniform(-2, 2)
+
+    def blob(dx: float) -> np.ndarray:
+        r = (
+            ((z - cz) * spacing[0]) ** 2 / 81
+            + ((y - cy) * spacing[1]) ** 2 / 49
+            + ((x - cx - dx) * spacing[2]) ** 2 / 49
+        )
+        return r < 1
+
+    left, right = blob(-4.0), blob(4.0)
+    label = np.zeros(shape, np.uint8)
+    label[left] = 1
+    label[right] = 2
+    label[left & right] = 3
+    image = 100.0 + 80.0 * left + 50.0 * right + rng.normal(0, 4, shape)
+    origin = (-12.0 + seed, 18.5, 30.25)
+    img = Volume(image.astype(np.float32), spacing, origin, oblique_direction(angles))
+    return img, img.with_array(label)
+
+
+def write_overlap_dataset(root: Path, n: int = 5) -> Path:
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for i in range(n):
+        img, lab = overlapping_case(i)
+        write_volume(img, root / "imagesTr" / f"case_{i:03d}_0000.nii.gz")
+        write_volume(lab, root / "labelsTr" / f"case_{i:03d}.nii.gz")
+    desc = {
+        "name": "overlap",
+        "channel_names": {"0": "T2"},
+        "labels": {"background": 0, "left_only": 1, "right_only": 2, "both": 3},
+        "regions": REGIONS,
+        "regions_class_order": [1, 2],
+        "numTraining": n,
+        "file_ending": ".nii.gz",
+    }
+    (root / "dataset.json").write_text(json.dumps(desc))
+    return root
+
+
+@pytest.fixture(scope="module")
+def region_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.set_num_threads(1)
+    root = write_overlap_dataset(tmp_path_factory.mktemp("regions") / "overlap")
+    plan_dataset(root, "3d", overrides={"patch_size": [8, 16, 16], "batch_size": 2}, workers=1)
+    cfg = TrainingConfig(
+        epochs=3, iterations_per_epoch=8, val_every=1, num_workers=0, max_val_cases=1, learning_rate=3e-3
+    )
+    return train(root, 0, config=cfg, folds=3).model_dir
+
+
+def test_a_region_model_has_one_output_per_region_and_logs_region_dice(region_model: Path) -> None:
+    info = json.loads((region_model / "model.json").read_text())
+    assert info["architecture"]["out_channels"] == 2
+    assert info["regions"] == REGIONS and info["regions_class_order"] == [1, 2]
+    plan = json.loads((region_model / "plan.json").read_text())
+    assert plan["regions"] == REGIONS
+    rows = list(csv.DictReader((region_model / "log.csv").open()))
+    assert len(rows) == 3
+    assert {"val_dice_left_blob", "val_dice_right_blob"} <= set(rows[0])
+    assert all(0.0 <= float(r["val_dice_left_blob"]) <= 1.0 for r in rows)
+
+
+def test_region_prediction_lands_on_the_input_grid_with_its_masks(region_model: Path, tmp_path: Path) -> None:
+    # a case on another oblique grid than the training cases
+    image, _ = overlapping_case(11, shape=(9, 34, 30), spacing=(3.3, 0.85, 0.8), angles=(11.0, 4.0, -19.0))
+    model = SegmentationModel(region_model, device="cpu")
+    label, probs = model.predict([image], postprocess=False, with_probabilities=True, tta=True)
+    assert label.geometry == image.geometry and label.shape == image.shape
+    assert probs is not None and probs.shape == (2, *image.shape)
+    assert probs.min() >= 0.0 and probs.max() <= 1.0
+    masks = model.last_region_masks
+    assert list(masks) == ["left_blob", "right_blob"]
+    stacked = np.stack(list(masks.values()))
+    assert stacked.shape == (2, *image.shape) and stacked.dtype == bool
+    np.testing.assert_array_equal(stacked, probs > 0.5)
+    np.testing.assert_array_equal(label.array, paint_regions(stacked, (1, 2)))
+    assert set(np.unique(label.array)) <= {0, 1, 2}
+
+    write_volume(image, tmp_path / "in" / "case_x_0000.nii.gz")
+    out = tmp_path / "out"
+    results = predict(
+        tmp_path / "in",
+        model,
+        out,
+        PredictConfig(formats=("nifti", "regions", "probabilities"), device="cpu", postprocess=False),
+    )
+    assert [r.ok for r in results] == [True], results
+    written = read_volume(out / "case_x.nii.gz")
+    assert written.geometry.is_close(image.geometry)
+    files = sorted(p.name for p in (out / "case_x" / "regions").iterdir())
+    assert files == ["0_left_blob.nii.gz", "1_right_blob.nii.gz"]
+    right = read_volume(out / "case_x" / "regions" / "1_right_blob.nii.gz")
+    assert right.geometry.is_close(image.geometry)
+    assert sorted(p.name for p in (out / "case_x" / "probabilities").iterdir()) == files
+
+
+def test_region_masks_of_the_reference_are_what_the_model_learns() -> None:
+    _, label = overlapping_case(0)
+    masks = region_masks(label.array, list(REGIONS.values()))
+    assert (masks[0] & masks[1]).sum() == (label.array == 3).sum() > 0  # the overlap is in both
+
+
+def test_regions_added_after_planning_are_not_silently_ignored(tmp_path: Path) -> None:
+    root = write_overlap_dataset(tmp_path / "ds", n=3)
+    desc = json.loads((root / "dataset.json").read_text())
+    regions = desc.pop("regions")
+    order = desc.pop("regions_class_order")
+    (root / "dataset.json").write_text(json.dumps(desc))
+    plan_dataset(root, "3d", overrides={"patch_size": [8, 16, 16]}, workers=1)
+    desc.update(regions=regions, regions_class_order=order)
+    (root / "dataset.json").write_text(json.dumps(desc))
+    with pytest.raises(InputError, match=r"the plan.s regions differ from those of dataset\.json"):
+        train(root, 0, config=TrainingConfig(epochs=1, iterations_per_epoch=1, num_workers=0))

@@ -384,3 +384,33 @@ def test_evaluate_image_for_the_overlays(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "over the image" in (out / "report.html").read_text()
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["a.png", "b.png"]
+
+
+def test_evaluate_scores_the_regions_of_the_references_dataset_json(tmp_path: Path) -> None:
+    base = make_oblique_volume()
+    ref = np.zeros(base.shape, dtype=np.uint8)
+    ref[3:9, 5:15, 4:8] = 1
+    ref[3:9, 5:15, 8:10] = 3  # the overlap of the two structures
+    ref[3:9, 5:15, 10:13] = 2
+    pred = np.where(ref == 3, 2, ref).astype(np.uint8)  # painted: the overlap shows as 2
+    root = tmp_path / "ds"
+    write_volume(base.with_array(ref), root / "labelsTs" / "a.nii.gz")
+    write_volume(base.with_array(pred), tmp_path / "pred" / "a.nii.gz")
+    desc = {
+        "channel_names": {"0": "MR"},
+        "labels": {"background": 0, "large": 1, "small": 2, "both": 3},
+        "regions": {"large_bowel": [1, 3], "small_bowel": [2, 3]},
+        "regions_class_order": [1, 2],
+        "numTraining": 0,
+    }
+    (root / "dataset.json").write_text(json.dumps(desc))
+    out = tmp_path / "eval"
+    args = ["evaluate", str(tmp_path / "pred"), str(root / "labelsTs"), "--metrics", "dice", "--workers", "1"]
+    res = runner.invoke(app, [*args, "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "region large_bowel" in res.output
+    summary = json.loads((out / "summary.json").read_text())
+    # large bowel: reference 4 + 2 columns, prediction 4 columns -> 2 * 4 / (6 + 4)
+    assert summary["per_region"]["large_bowel"]["dice"]["mean"] == pytest.approx(0.8)
+    assert summary["per_region"]["small_bowel"]["dice"]["mean"] == pytest.approx(1.0)
+    assert "region_dice/small_bowel" in (out / "cases.csv").read_text()

@@ -429,3 +429,28 @@ def test_missing_predictions_and_images_name_the_first_20_cases(tmp_path: Path) 
         f"{tmp_path / 'img'}: 2 case(s) have no image; expected one image per reference case, named "
         "NAME or NAME_0000; found missing c01, c02"
     )
+
+
+def test_regions_add_a_dice_per_region_to_rows_and_summary(tmp_path: Path) -> None:
+    from medseg.evaluation.evaluate import EvaluationResult
+    from medseg.volume import Volume
+
+    ref = np.zeros((2, 3, 4), np.uint8)
+    ref[0, 0, :] = [1, 3, 3, 2]
+    pred = np.zeros_like(ref)
+    pred[0, 0, :] = [1, 1, 2, 2]
+    cfg = EvaluationConfig(metrics=("dice",), regions={"large": [1, 3], "small": [2, 3]})
+    case = evaluate_volumes(Volume(pred), Volume(ref), cfg, name="c")
+    # large: ref 3 voxels, pred 2 (both inside) -> 0.8; small: ref 3, pred 2, overlap 2 -> 0.8
+    assert case.per_region == {"large": pytest.approx(0.8), "small": pytest.approx(0.8)}
+    result = EvaluationResult((case,), {1: "a", 2: "b", 3: "ab"}, cfg)
+    row = result.rows()[0]
+    assert row["region_dice/large"] == pytest.approx(0.8)
+    summary = result.summary()
+    assert summary["per_region"]["small"]["labels"] == [2, 3]
+    assert summary["per_region"]["small"]["dice"]["mean"] == pytest.approx(0.8)
+    assert (
+        "per_region" not in EvaluationResult((case,), {1: "a"}, EvaluationConfig(metrics=("dice",))).summary()
+    )
+    with pytest.raises(ConfigError, match="foreground label values"):
+        EvaluationConfig(regions={"bad": [0, 1]})

@@ -359,3 +359,14 @@ def test_agreement_with_simpleitk_hausdorff(shift: tuple[int, int, int]) -> None
         to_sitk(Volume(pred.astype(np.uint8), **geometry)), to_sitk(Volume(ref.astype(np.uint8), **geometry))
     )
     assert M.hausdorff_distance(pred, ref, spacing) == pytest.approx(f.GetHausdorffDistance(), abs=1e-4)
+
+
+def test_region_dice_takes_the_union_of_each_regions_labels_on_both_sides() -> None:
+    # labels: 1 large bowel only, 2 small bowel only, 3 both (the overlap)
+    ref = np.array([[0, 1, 3, 3, 2, 0]])
+    pred = np.array([[0, 1, 1, 2, 2, 2]])  # a painted map: the overlap shows as 1 or 2
+    got = M.region_dice(pred, ref, {"large": (1, 3), "small": (2, 3), "absent": (4,)})
+    # large: ref {1,2,3}, pred {1,2} -> 2*2/(3+2); small: ref {2,3,4}, pred {3,4,5} -> 2*2/(3+3)
+    assert got == {"large": pytest.approx(0.8), "small": pytest.approx(2 / 3), "absent": 1.0}
+    with pytest.raises(GeometryError):
+        M.region_dice(pred[:, :5], ref, {"large": (1, 3)})

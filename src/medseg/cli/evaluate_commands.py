@@ -133,6 +133,7 @@ def evaluate_command(
     config = EvaluationConfig(
         labels=declared,
         label_names=class_names,
+        regions=_dataset_regions(reference),
         separators=_separator_values(separator, declared or class_names),
         object_iou=object_iou,
         metrics=names,
@@ -165,6 +166,12 @@ def evaluate_command(
     for cname, stats in summary["per_class"].items():
         table.add_row(cname, *[_cell(stats[m], m) for m in shown])
     console.print(table)
+    for rname, stats in summary.get("per_region", {}).items():
+        console.print(
+            f"region {rname} (labels {stats['labels']}): Dice {_cell(stats['dice'], 'dice')}",
+            markup=False,
+            soft_wrap=True,
+        )
     for cname, stats in summary["per_class"].items() if config.object_metrics else ():
         t = stats["objects"]
         console.print(
@@ -295,6 +302,24 @@ def _dataset_label_names(reference: Path) -> dict[int, str] | None:
         return None
     console.print(f"class names from {root / DATASET_JSON}", markup=False, soft_wrap=True)
     return {v: k for k, v in descriptor.foreground_labels.items()}
+
+
+def _dataset_regions(reference: Path) -> dict[str, tuple[int, ...]] | None:
+    """Regions declared by the dataset.json above a labelsTr/ or labelsTs/ reference folder."""
+    from medseg.data.dataset import DATASET_JSON, read_descriptor
+    from medseg.errors import InputError
+
+    folder = reference if reference.is_dir() else reference.parent
+    root = folder.resolve().parent
+    if not folder.resolve().name.lower().startswith("labels") or not (root / DATASET_JSON).is_file():
+        return None
+    try:
+        regions = read_descriptor(root).regions
+    except InputError:
+        return None  # _dataset_label_names has said why
+    if regions:
+        console.print(f"region Dice for the regions of {root / DATASET_JSON}", markup=False, soft_wrap=True)
+    return regions or None
 
 
 def _separator_values(spec: str | None, declared: dict[int, str] | None) -> tuple[int, ...]:

@@ -42,6 +42,7 @@ from medseg.evaluation.metrics import (
     label_metrics,
     mean_iou,
     pooled_confusion,
+    region_dice,
 )
 from medseg.evaluation.objects import ObjectCounts, check_iou_threshold
 from medseg.io import read_volume
@@ -72,6 +73,9 @@ class EvaluationConfig:
     class, 0.5 for regions between separators). See :mod:`medseg.evaluation.objects`.
     ``label_names`` names the label values found when ``labels`` is ``None`` (the CLI reads
     them from the dataset.json above a labelsTr/ or labelsTs/ reference folder).
+    ``regions`` (region-based models, medseg.data.regions; the CLI reads them from that
+    dataset.json too) adds a Dice per region, a region being the union of its label values
+    in the prediction and in the reference alike.
     """
 
     labels: Mapping[int, str] | None = None
@@ -85,6 +89,7 @@ class EvaluationConfig:
     separators: tuple[int, ...] = ()
     object_iou: float | None = None
     label_names: Mapping[int, str] | None = None
+    regions: Mapping[str, tuple[int, ...]] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", check_metric_names(self.metrics))
@@ -125,6 +130,13 @@ class EvaluationConfig:
             )
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"workers must be >= 1, found {self.workers}")
+        if self.regions is not None:
+            regions = {str(k): tuple(int(v) for v in vals) for k, vals in self.regions.items()}
+            if not regions or any(not vals or min(vals) <= 0 for vals in regions.values()):
+                raise ConfigError(
+                    f"regions must be non-empty lists of foreground label values, found {regions}"
+                )
+            object.__setattr__(self, "regions", regions)
         if self.labels is not None:
             labels = {int(k): str(v) for k, v in self.labels.items()}
             if not labels or any(k <= 0 for k in labels):
@@ -327,6 +339,8 @@ class CaseResult:
     # ``confusion_labels`` (0 and the labels it was scored on), for the pooled mIoU.
     confusion: tuple[tuple[int, ...], ...] = ()
     confusion_labels: tuple[int, ...] = ()
+    # Dice per region when the configuration declares regions.
+    per_region: Mapping[str, float] = field(default_factory=dict)
 
 
 def _check_label_array(vol: Volume, case: str, role: str, path: Path | str) -> np.ndarray:
@@ -443,6 +457,7 @@ def evaluate_volumes(
         objects=_object_rows(result, reference),
         confusion=tuple(tuple(int(v) for v in row) for row in result.confusion),
         confusion_labels=(0, *result.per_label),
+        per_region=region_dice(pred, ref, config.regions) if config.regions else {},
     )
 
 
@@ -635,6 +650,8 @@ class EvaluationResult:
                     for m in cm.flags:  # object metrics: which side has no *object*
                         side = cm.objects.empty if m in OBJECT_METRICS and cm.objects else cm.empty
                         flags.append(f"{m}/{cname}:{side}")
+            for region in self.config.regions or {}:
+                row[f"region_dice/{region}"] = case.per_region.get(region, math.nan)
             row["flags"] = " ".join(flags)
             row["resampled"] = case.resampled
             row["message"] = case.message
@@ -705,6 +722,13 @@ class EvaluationResult:
             }
             if self.config.object_metrics:
                 per_class[cname]["objects"] = self.object_totals(lab)
+        per_region = {
+            name: {
+                "labels": list(values),
+                "dice": describe([c.per_region.get(name, math.nan) for c in self.scored_cases]).as_dict(),
+            }
+            for name, values in (self.config.regions or {}).items()
+        }
         case_level: dict[str, Any] = {}
         if "miou" in self.config.metrics:
             # miou: the per-case mIoU's mean, SD and median over the cases; miou_pooled: one
@@ -729,6 +753,7 @@ class EvaluationResult:
             },
             "statistics_note": "mean, sample std (ddof=1) and median over finite values; n_nan counts NaNs left out",
             "per_class": per_class,
+            **({"per_region": per_region} if per_region else {}),
             "case_level": case_level,
             "missing_predictions": [c.name for c in self.cases if c.status == "missing_prediction"],
             "failed_cases": {c.name: c.message for c in self.failed_cases},

@@ -279,6 +279,19 @@ def dice(pred: ArrayLike, ref: ArrayLike) -> float:
     return dice_from_counts(OverlapCounts.from_masks(pred, ref))
 
 
+def region_dice(pred: ArrayLike, ref: ArrayLike, regions: Mapping[str, Sequence[int]]) -> dict[str, float]:
+    """Dice per region of two label maps (region-based models, medseg.data.regions).
+
+    A region is the union of its label values, on each side alike; both empty -> 1, as
+    :func:`dice`. ``pred`` and ``ref`` are label maps of one shape.
+    """
+    p, r = np.asarray(pred), np.asarray(ref)
+    _check_pair(p, r)
+    return {
+        name: dice(np.isin(p, list(values)), np.isin(r, list(values))) for name, values in regions.items()
+    }
+
+
 def iou(pred: ArrayLike, ref: ArrayLike) -> float:
     """IoU (Jaccard) = |P∩R| / |P∪R|; both empty -> 1."""
     return iou_from_counts(OverlapCounts.from_masks(pred, ref))

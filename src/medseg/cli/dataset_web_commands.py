@@ -142,6 +142,14 @@ def uwmadison_command(
             help="Where masks overlap, the class listed first wins.",
         ),
     ] = "stomach,large_bowel,small_bowel",
+    keep_overlaps: Annotated[
+        bool,
+        typer.Option(
+            "--keep-overlaps",
+            help="Keep overlapping masks as label values of their own and declare one region per class "
+            "in dataset.json (region-based training); the priority then only orders the painting.",
+        ),
+    ] = False,
     chunk: ChunkOpt = None,
     chunk_overlap: ChunkOverlapOpt = 0,
     skip_invalid: SkipOpt = False,
@@ -164,10 +172,17 @@ def uwmadison_command(
         skip_invalid=skip_invalid,
         overwrite=overwrite,
         progress=not quiet,
+        overlaps="regions" if keep_overlaps else "priority",
     )
     patients = len({s.patient for s in result.scans})
     console.print(f"imported {len(result.scans)} scans of {patients} cases into {result.out}", soft_wrap=True)
-    if result.overlap_pixels:
+    if result.overlap_pixels and keep_overlaps:
+        console.print(
+            f"{result.overlap_pixels} pixels where masks overlap were kept as label values of their own "
+            "(regions in dataset.json; counts per scan in uwmadison.json)",
+            soft_wrap=True,
+        )
+    elif result.overlap_pixels:
         console.print(
             f"{result.overlap_pixels} pixels where masks overlap were resolved by priority "
             f"{' > '.join(c.strip() for c in overlap_priority.split(','))} (counts per scan in uwmadison.json)",

@@ -30,7 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from medseg.config import load_json
-from medseg.errors import GeometryError, InputError, MedsegError
+from medseg.errors import ConfigError, GeometryError, InputError, MedsegError
 from medseg.io.atomic import atomic_dir, write_text_atomic
 from medseg.io.itk import write_itk
 from medseg.progress import progress_bar
@@ -395,12 +395,27 @@ class DatasetWriter:
         source_kind: str = "",
         chunk: int | None = None,
         chunk_overlap: int = 0,
+        regions: Mapping[str, Sequence[int]] | None = None,
+        regions_class_order: Sequence[int] | None = None,
     ) -> None:
         if not channel_names:
             raise InputError(None, "a dataset needs at least one channel name")
         self.root = Path(root)
         self.channel_names = {str(i): str(n) for i, n in enumerate(channel_names)}
         self.labels = validate_labels(labels)
+        self.regions: dict[str, tuple[int, ...]] = {}
+        self.regions_class_order: tuple[int, ...] = ()
+        if regions:
+            from medseg.data.regions import validate_regions
+
+            try:
+                self.regions, self.regions_class_order = validate_regions(
+                    {k: list(v) for k, v in regions.items()},
+                    self.labels,
+                    None if regions_class_order is None else list(regions_class_order),
+                )
+            except ValueError as exc:
+                raise ConfigError(f"dataset regions: {exc}") from None
         self.name = name
         self.description = description
         self.file_ending = file_ending
@@ -568,6 +583,8 @@ class DatasetWriter:
             description=self.description,
             patients=dict(sorted(self.patients.items())),
             extra=extra,
+            regions=self.regions,
+            regions_class_order=self.regions_class_order,
         )
         write_descriptor(self.root, desc)
         return desc

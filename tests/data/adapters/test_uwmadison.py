@@ -347,3 +347,33 @@ def test_cli_import(tmp_path: Path) -> None:
         ],
     )
     assert res.exit_code == 2 and "overlap_priority" in res.output
+
+
+def test_keep_overlaps_declares_regions_and_loses_no_mask(tmp_path: Path) -> None:
+    from medseg.data.adapters.uwmadison import REGION_LABELS, class_regions
+
+    truth = make_competition_folder(tmp_path / "src", overlap=True)
+    stomach = truth["case1_day0"][1][1] == LABELS["stomach"]
+    result = import_uwmadison(tmp_path / "src", tmp_path / "ds", overlaps="regions")
+    assert result.overlap_pixels == int(stomach.sum()) > 0
+    desc = read_descriptor(tmp_path / "ds")
+    assert desc.labels == REGION_LABELS
+    # lowest priority first, so the default priority's stomach is painted last (it wins)
+    assert desc.regions == {"small_bowel": (2, 4, 5, 7), "large_bowel": (3, 4, 6, 7), "stomach": (1, 5, 6, 7)}
+    assert desc.regions_class_order == (2, 3, 1)
+    label = read_itk(tmp_path / "ds" / "labelsTr" / "case1_day0.nii.gz").array
+    assert np.all(label[1][stomach] == REGION_LABELS["small_bowel+stomach"])
+    # the region label maps give back train.csv exactly, the overlapping masks included
+    rows = []
+    for case_day in ("case1_day0", "case1_day3", "case7_day0"):
+        vol = read_itk(tmp_path / "ds" / "labelsTr" / f"{case_day}.nii.gz")
+        rows += labels_to_rows(vol, case_day, regions=desc.regions)
+    assert rows == _csv_rows(tmp_path / "src" / "train.csv")
+    assert json.loads((tmp_path / "ds" / "uwmadison.json").read_text())["overlaps"] == "regions"
+    # the default import is unchanged: no regions, the priority's label map
+    import_uwmadison(tmp_path / "src", tmp_path / "plain")
+    assert read_descriptor(tmp_path / "plain").regions == {}
+    regions, order = class_regions(("small_bowel", "stomach", "large_bowel"))
+    assert list(regions) == ["large_bowel", "stomach", "small_bowel"] and order == [3, 1, 2]
+    with pytest.raises(ConfigError, match="overlaps must be"):
+        import_uwmadison(tmp_path / "src", tmp_path / "x", overlaps="union")  # type: ignore[arg-type]

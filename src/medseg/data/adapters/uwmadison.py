@@ -24,6 +24,13 @@ number of overlapping pixels is counted per scan, reported and saved in
 ``uwmadison.json`` next to dataset.json. Because of this, label -> RLE reproduces the CSV
 exactly only where no masks overlap.
 
+``overlaps="regions"`` keeps the overlaps instead, for region-based training
+(:mod:`medseg.data.regions`): each combination of classes gets a label value of its own
+(:data:`REGION_LABELS`; 1-3 stay the single classes) and dataset.json declares one region
+per class (:func:`class_regions`) holding every value that contains it, so the label map
+holds the competition's masks exactly; the overlap priority then only sets the painting
+order of the regions (the class listed first is painted last, so it wins there).
+
 :func:`labels_to_rows` and :func:`write_submission_csv` turn a predicted label volume
 back into the competition's ``id,class,predicted`` submission rows.
 """
@@ -37,6 +44,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -54,10 +62,12 @@ __all__ = [
     "CLASS_NAMES",
     "DEFAULT_OVERLAP_PRIORITY",
     "LABELS",
+    "REGION_LABELS",
     "SLICE_THICKNESS_MM",
     "ScanReport",
     "SliceFile",
     "UWMadisonImport",
+    "class_regions",
     "import_uwmadison",
     "labels_to_rows",
     "parse_slice_filename",
@@ -69,6 +79,37 @@ __all__ = [
 CLASS_NAMES = ("large_bowel", "small_bowel", "stomach")  # the order of the rows in train.csv
 LABELS = {"background": 0, "stomach": 1, "small_bowel": 2, "large_bowel": 3}
 DEFAULT_OVERLAP_PRIORITY = ("stomach", "large_bowel", "small_bowel")
+# overlaps="regions": one label value per combination of classes; 1-3 as in LABELS.
+REGION_LABELS = {
+    **LABELS,
+    "large_bowel+small_bowel": 4,
+    "small_bowel+stomach": 5,
+    "large_bowel+stomach": 6,
+    "large_bowel+small_bowel+stomach": 7,
+}
+OverlapMode = Literal["priority", "regions"]
+
+
+def _combination_value(classes: Sequence[str]) -> int:
+    return REGION_LABELS["+".join(sorted(classes))] if classes else 0
+
+
+def class_regions(
+    priority: Sequence[str] = DEFAULT_OVERLAP_PRIORITY,
+) -> tuple[dict[str, list[int]], list[int]]:
+    """Regions (class -> every REGION_LABELS value that contains it) and their painting order.
+
+    Regions are listed lowest priority first, so painting them in order lets the class
+    listed first in ``priority`` win where they overlap, as the priority import does.
+    """
+    prio = _check_priority(priority)
+    regions = {
+        cls: sorted(v for name, v in REGION_LABELS.items() if cls in name.split("+"))
+        for cls in reversed(prio)
+    }
+    return regions, [LABELS[cls] for cls in regions]
+
+
 SLICE_THICKNESS_MM = 3.0
 RLE_ORDER: RleOrder = "C"
 SIDECAR = "uwmadison.json"  # per-scan facts next to dataset.json
@@ -313,10 +354,13 @@ def load_scan(
     slice_thickness: float = SLICE_THICKNESS_MM,
     overlap_priority: Sequence[str] = DEFAULT_OVERLAP_PRIORITY,
     csv_name: str = "train.csv",
+    overlaps: OverlapMode = "priority",
 ) -> tuple[Volume, Volume, ScanReport]:
     """Stack one case/day's PNG slices and decode its masks into (image, label, report).
 
-    ``csv_name`` names the CSV the masks came from in error messages.
+    ``csv_name`` names the CSV the masks came from in error messages. ``overlaps``:
+    "priority" paints overlapping masks by ``overlap_priority``; "regions" gives each
+    combination of classes its REGION_LABELS value (nothing is lost).
     """
     prio = _check_priority(overlap_priority)
     first = slices[0]
@@ -367,6 +411,18 @@ def load_scan(
                 n = int((decoded[a] & decoded[b]).sum())
                 if n:
                     pair_counts[f"{a}+{b}"] = pair_counts.get(f"{a}+{b}", 0) + n
+        if overlaps == "regions":
+            # bits: large_bowel 1, small_bowel 2, stomach 4 (CLASS_NAMES order) -> combination value
+            bits = sum(decoded[cls].astype(np.uint8) << i for i, cls in enumerate(CLASS_NAMES))
+            table = np.array(
+                [
+                    _combination_value([c for i, c in enumerate(CLASS_NAMES) if b >> i & 1])
+                    for b in range(2 ** len(CLASS_NAMES))
+                ],
+                dtype=np.uint8,
+            )
+            label[z] = table[bits]
+            continue
         for cls in reversed(prio):  # paint lowest priority first; the first-listed class wins
             label[z][decoded[cls]] = LABELS[cls]
 
@@ -399,6 +455,7 @@ def import_uwmadison(
     skip_invalid: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    overlaps: OverlapMode = "priority",
 ) -> UWMadisonImport:
     """Convert the competition folder ``src`` (train.csv + train/) into a dataset at ``out``.
 
@@ -408,10 +465,19 @@ def import_uwmadison(
     (listed in dataset.json) instead of stopping; ``chunk`` splits volumes into chunks of
     that many slices. Besides dataset.json, ``uwmadison.json`` records the RLE order, slice
     thickness, overlap priority, first slice number and overlap counts per scan, which
-    :func:`labels_to_rows` needs to write a submission.
+    :func:`labels_to_rows` needs to write a submission. ``overlaps="regions"`` keeps
+    overlapping masks as label values of their own and declares one region per class in
+    dataset.json (region-based training; see the module docstring).
     """
     root = Path(src)
     prio = _check_priority(overlap_priority)
+    if overlaps not in ("priority", "regions"):
+        raise ConfigError(f"overlaps must be 'priority' or 'regions', found {overlaps!r}")
+    labels = REGION_LABELS if overlaps == "regions" else LABELS
+    region_options: dict[str, object] = {}
+    if overlaps == "regions":
+        regions, order = class_regions(prio)
+        region_options = {"regions": regions, "regions_class_order": order}
     if slice_thickness <= 0:
         raise ConfigError(f"slice_thickness must be positive, found {slice_thickness}")
     check_writable(out, overwrite)
@@ -433,12 +499,13 @@ def import_uwmadison(
         source=root,
         overwrite=overwrite,
         channel_names=["MR"],
-        labels=LABELS,
+        labels=labels,
         name="UWMadisonGITract",
         description="UW-Madison GI Tract Image Segmentation (Kaggle 2022), one volume per case/day",
         source_kind="uwmadison",
         chunk=chunk,
         chunk_overlap=chunk_overlap,
+        **region_options,
     ) as writer:
 
         def add(case_day: str) -> None:
@@ -449,6 +516,7 @@ def import_uwmadison(
                 slice_thickness=slice_thickness,
                 overlap_priority=prio,
                 csv_name=csv_file.name,
+                overlaps=overlaps,
             )
             writer.add_case(
                 case_day,
@@ -458,7 +526,7 @@ def import_uwmadison(
                 source=scans[case_day][0].path.parent,
                 label_source=csv_file,
             )
-            if report.overlap_pixels:
+            if report.overlap_pixels and overlaps == "priority":
                 logger.info(
                     "%s: %d pixels where masks overlap, resolved by priority %s",
                     case_day,
@@ -480,7 +548,8 @@ def import_uwmadison(
             "rle_order": RLE_ORDER,
             "slice_thickness_mm": slice_thickness,
             "overlap_priority": list(prio),
-            "labels": dict(LABELS),
+            "overlaps": overlaps,
+            "labels": dict(labels),
             "scans": {
                 r.case_day: {
                     "patient": r.patient,
@@ -496,11 +565,12 @@ def import_uwmadison(
         write_text_atomic(writer.root / SIDECAR, json.dumps(info, indent=2) + "\n", overwrite=True)
     target = Path(out)
     logger.info(
-        "imported %d scans of %d cases into %s (%d overlapping mask pixels resolved by priority)",
+        "imported %d scans of %d cases into %s (%d overlapping mask pixels %s)",
         len(reports),
         len({r.patient for r in reports}),
         target,
         sum(r.overlap_pixels for r in reports),
+        "kept as label values of their own" if overlaps == "regions" else "resolved by priority",
     )
     return UWMadisonImport(out=target, scans=reports)
 
@@ -511,25 +581,34 @@ def labels_to_rows(
     *,
     first_slice: int = 1,
     labels: Mapping[str, int] = LABELS,
+    regions: Mapping[str, Sequence[int]] | None = None,
 ) -> list[tuple[str, str, str]]:
     """A (z, y, x) label volume of one case/day -> competition rows ``(id, class, rle)``.
 
     Rows come slice by slice, classes in train.csv's order; array slice ``z`` is the
-    competition's slice number ``first_slice + z``.
+    competition's slice number ``first_slice + z``. With ``regions`` (class -> label
+    values, e.g. :func:`class_regions` for an ``overlaps="regions"`` import) a class's mask
+    is every voxel whose value its region holds, so overlapping masks come back whole.
     """
     if not _SCAN_DIR_RE.match(case_day):
         raise InputError(None, f"case/day id {case_day!r} is not understood", expected="caseN_dayM")
     arr = label.array if isinstance(label, Volume) else np.asarray(label)
     if arr.ndim != 3:
         raise InputError(None, "label volume must be 3D (slices, rows, columns)", found=f"shape {arr.shape}")
-    missing = [c for c in CLASS_NAMES if c not in labels]
+    values: dict[str, list[int]] = (
+        {c: [labels[c]] for c in CLASS_NAMES if c in labels}
+        if regions is None
+        else {c: [int(v) for v in regions[c]] for c in CLASS_NAMES if c in regions}
+    )
+    missing = [c for c in CLASS_NAMES if c not in values]
     if missing:
-        raise ConfigError(f"labels must give a value for each of {', '.join(CLASS_NAMES)}; missing {missing}")
+        what = "labels" if regions is None else "regions"
+        raise ConfigError(f"{what} must give a value for each of {', '.join(CLASS_NAMES)}; missing {missing}")
     rows: list[tuple[str, str, str]] = []
     for z in range(arr.shape[0]):
         slice_id = f"{case_day}_slice_{first_slice + z:04d}"
         for cls in CLASS_NAMES:
-            rows.append((slice_id, cls, rle_encode(arr[z] == labels[cls], order=RLE_ORDER)))
+            rows.append((slice_id, cls, rle_encode(np.isin(arr[z], values[cls]), order=RLE_ORDER)))
     return rows
 
 

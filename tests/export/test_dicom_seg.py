@@ -341,3 +341,34 @@ def test_a_seg_naming_only_segment_algorithm_name_reads_with_unknown_version(
     ds.save_as(tmp_path / "old.dcm")
     meta = read_dicom_seg(tmp_path / "old.dcm", synthetic_series.image, ZONES).meta
     assert meta["algorithms"] == dict.fromkeys((1, 2, 4), AlgorithmId("OldTool", "unknown", UNKNOWN_FAMILY))
+
+
+def test_region_masks_become_overlapping_segments_on_their_source_images(
+    tmp_path: Path, synthetic_series: Series
+) -> None:
+    image = synthetic_series.image
+    z, y, x = np.meshgrid(*[np.arange(s) for s in image.shape], indexing="ij")
+    large = (x < 16) & (y > 6) & (y < 30) & (z > 1)
+    small = (x > 10) & (y > 10) & (y < 26) & (z < 6)
+    assert (large & small).any()  # they overlap
+    masks = {"large_bowel": large, "small_bowel": small, "stomach": np.zeros_like(large)}
+    painted = image.with_array(np.where(small, 2, np.where(large, 1, 0)).astype(np.uint8))
+    out = write_dicom_seg(
+        painted, synthetic_series.datasets(shuffle=2), tmp_path / "seg.dcm", region_masks=masks
+    )
+    seg = pydicom.dcmread(out)
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == [
+        "large_bowel",
+        "small_bowel",
+    ]  # empty one left out
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in synthetic_series.datasets()}
+    frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
+    seen = np.zeros((2, *image.shape), dtype=bool)
+    for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        ref_uid = str(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+        position = [float(v) for v in by_uid[ref_uid].ImagePositionPatient]
+        k = int(np.rint(image.world_to_index(position)[0]))
+        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        seen[number - 1, k] = frame.astype(bool)
+    np.testing.assert_array_equal(seen[0], large)
+    np.testing.assert_array_equal(seen[1], small)

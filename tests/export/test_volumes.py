@@ -128,3 +128,17 @@ def test_cohort_table_reads_old_tables_and_tables_without_rows(tmp_path: Path) -
             source.series_uid,
         )
     assert cohort["empty"]["liver_ml"] == "0.0000"
+
+
+def test_region_statistics_count_overlapping_regions_each_in_full() -> None:
+    from medseg.export.volumes import region_statistics
+
+    image = Volume(np.zeros((2, 3, 4), np.float32), (2.0, 1.0, 0.5), (1.0, 2.0, 3.0), oblique_direction())
+    a = np.zeros(image.shape, bool)
+    b = np.zeros(image.shape, bool)
+    a[0, :2, :] = True  # 8 voxels
+    b[0, 1:, :2] = True  # 4 voxels, 2 of them shared with a
+    rows = region_statistics(image, {"a": a, "b": b, "none": np.zeros(image.shape, bool)})
+    assert [(r.value, r.name, r.voxel_count) for r in rows] == [(1, "a", 8), (2, "b", 4), (3, "none", 0)]
+    assert rows[0].volume_ml == pytest.approx(8 * 1.0 / 1000) and rows[1].volume_ml == pytest.approx(0.004)
+    assert rows[2].centroid_lps is None

@@ -116,7 +116,9 @@ def test_region_prediction_lands_on_the_input_grid_with_its_masks(region_model: 
         tmp_path / "in",
         model,
         out,
-        PredictConfig(formats=("nifti", "regions", "probabilities"), device="cpu", postprocess=False),
+        PredictConfig(
+            formats=("nifti", "regions", "probabilities", "volumes"), device="cpu", postprocess=False
+        ),
     )
     assert [r.ok for r in results] == [True], results
     written = read_volume(out / "case_x.nii.gz")
@@ -126,6 +128,12 @@ def test_region_prediction_lands_on_the_input_grid_with_its_masks(region_model: 
     right = read_volume(out / "case_x" / "regions" / "1_right_blob.nii.gz")
     assert right.geometry.is_close(image.geometry)
     assert sorted(p.name for p in (out / "case_x" / "probabilities").iterdir()) == files
+    table = list(csv.DictReader((out / "case_x" / "region_volumes.csv").open()))
+    assert [r["name"] for r in table] == ["left_blob", "right_blob"]
+    voxel_ml = image.geometry.voxel_volume_mm3 / 1000
+    again = model.last_region_masks  # the same network and input: the same masks
+    assert [int(r["voxel_count"]) for r in table] == [int(m.sum()) for m in again.values()]
+    assert float(table[1]["volume_ml"]) == pytest.approx(int(again["right_blob"].sum()) * voxel_ml, abs=1e-4)
 
 
 def test_region_masks_of_the_reference_are_what_the_model_learns() -> None:

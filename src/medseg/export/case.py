@@ -9,6 +9,7 @@ Both lay their outputs out the same way (:func:`case_targets`)::
     OUT/<case>/seg.dcm, rtstruct.dcm           DICOM SEG, RTSTRUCT on the source series
     OUT/<case>/meshes/<value>_<name>.stl       surfaces in LPS mm (mesh)
     OUT/<case>/volumes.csv (+ .json)           volume in mL per label, source study/series UIDs (volumes)
+    OUT/<case>/region_volumes.csv              volume in mL per region (volumes, region models)
     OUT/<case>/overlay.png, report.html        contour montage, self-contained report
     OUT/<case>/probabilities/                  per-class (or per-region) probability maps (predict only)
     OUT/<case>/regions/<i>_<name>.nii.gz       binary mask per region, overlaps kept (region models)
@@ -87,6 +88,7 @@ _CASE_TARGETS = {
     "overlay": "overlay.png",
     "report": "report.html",
 }
+REGION_VOLUMES_CSV = "region_volumes.csv"  # next to volumes.csv, for region-based models
 MAX_LABELS = 1000  # more distinct values than any atlas: an image given as the label map
 _LABEL_FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 
@@ -150,7 +152,8 @@ def write_case_outputs(
     ``series`` is the source DICOM series (needed for dicom-seg / rtstruct), ``probabilities``
     the (C, *shape) class probabilities (for "probabilities"; ``probability_names`` names
     their channels, default background and ``names``), ``regions`` a region model's masks
-    by region name (for "regions"). ``algorithm_type`` is how the
+    by region name (for "regions"; with them the DICOM SEG holds one, possibly overlapping,
+    segment per region and "volumes" adds region_volumes.csv). ``algorithm_type`` is how the
     segments were made (one for all, or per label value), as the SEG and RTSTRUCT declare
     it; ``algorithm`` which algorithm made the automatic and semiautomatic ones (None: medseg,
     for a prediction of its own; a mapping names them per value and never falls back to
@@ -202,6 +205,7 @@ def write_case_outputs(
                     algorithm_type=algorithm_type,
                     algorithm=algorithm,
                     overwrite=overwrite,
+                    region_masks=regions,  # a region model: one segment per region, overlaps kept
                 )
             else:
                 from medseg.export.rtstruct import write_rtstruct
@@ -237,6 +241,15 @@ def write_case_outputs(
 
             stats = stats or label_statistics(label, names)
             source = SourceUids.of(image)
+            if regions is not None:  # per region too: the painted labels lose the overlaps
+                from medseg.export.volumes import region_statistics
+
+                write_volumes_csv(
+                    region_statistics(image, regions),
+                    target.with_name(REGION_VOLUMES_CSV),
+                    source=source,
+                    overwrite=True,
+                )
             # JSON first: volumes.csv, the file that marks the output as done, comes last.
             write_volumes_json(stats, target.with_suffix(".json"), label=label, source=source, overwrite=True)
             written[fmt] = write_volumes_csv(stats, target, source=source, overwrite=overwrite)

@@ -109,6 +109,7 @@ def write_dicom_seg(
     algorithm: AlgorithmId | Mapping[int, AlgorithmId] | None = None,
     manufacturer: str = "medseg",
     algorithm_type: AlgorithmType | Mapping[int, AlgorithmType] = "automatic",
+    region_masks: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
     """Write ``label`` (values 0..K on the source grid) as a DICOM SEG referencing ``source``.
 
@@ -119,9 +120,24 @@ def write_dicom_seg(
     label value) names the algorithm of the others; None means medseg, for a prediction of
     its own. A mapping that lacks an automatic or semiautomatic value raises ConfigError
     rather than naming medseg for it. Returns the written path.
+
+    ``region_masks`` (a region-based model's masks by region name, on ``label``'s grid)
+    writes one segment per non-empty region instead of one per label value: BINARY
+    segments may overlap, so the overlaps a painted label map loses are kept. Segment
+    numbers (and the values ``algorithm_type`` / ``algorithm`` / ``colors`` mappings refer
+    to) are then 1..R in region order, empty regions skipped.
     """
     target = check_writable(path, overwrite)
-    segments = segments_for_label(label, segment_names, colors)
+    if region_masks is not None:
+        kept = {i + 1: (name, np.asarray(m, dtype=bool)) for i, (name, m) in enumerate(region_masks.items())}
+        kept = {k: v for k, v in kept.items() if v[1].any()}
+        if any(m.shape != label.shape for _, m in kept.values()):
+            raise GeometryError(f"{target}: region masks are not on the label map's grid {label.shape}")
+        empty_map = label.with_array(np.zeros(label.shape, dtype=np.uint8))
+        names = {k: name for k, (name, _) in kept.items()}
+        segments = segments_for_label(empty_map, names, colors, include_absent=True)
+    else:
+        segments = segments_for_label(label, segment_names, colors)
     if not segments:
         raise InputError(
             target,
@@ -150,7 +166,10 @@ def write_dicom_seg(
         if named
         else "manual segmentation"
     )
-    stacked = np.stack([label.array == s.value for s in segments], axis=-1).astype(np.uint8)
+    if region_masks is not None:
+        stacked = np.stack([kept[s.value][1] for s in segments], axis=-1).astype(np.uint8)
+    else:
+        stacked = np.stack([label.array == s.value for s in segments], axis=-1).astype(np.uint8)
     try:
         with warnings.catch_warnings(), disable_value_validation():
             # highdicom warns about single-component person names and pydicom about malformed
@@ -207,7 +226,8 @@ def read_dicom_seg(
     ``meta["algorithm_types"]`` value -> "automatic", "semiautomatic" or "manual" (segments
     with another Segment Algorithm Type are left out), ``meta["algorithms"]`` value ->
     :class:`AlgorithmId` of the segments that name their algorithm.
-    Overlapping segments are not supported (medseg writes none).
+    Overlapping segments are not supported (medseg writes them only for region-based
+    models, ``region_masks``).
     """
     src = Path(path)
     geometry = _reference_geometry(reference)

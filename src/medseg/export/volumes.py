@@ -13,6 +13,7 @@ UIDs identify images, not patients; patient names, IDs and birth dates are never
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -32,6 +33,7 @@ __all__ = [
     "LabelStats",
     "SourceUids",
     "label_statistics",
+    "region_statistics",
     "volumes_to_csv",
     "write_cohort_volumes",
     "write_volumes_csv",
@@ -104,6 +106,17 @@ def label_statistics(label: Volume, segment_names: Mapping[int, str] | None = No
                 extent_max_lps=_triple(centres.max(axis=0) + half),
             )
         )
+    return rows
+
+
+def region_statistics(image: Volume, masks: Mapping[str, np.ndarray]) -> list[LabelStats]:
+    """One row per region of a region-based model (``label`` = region number 1..R, in
+    order; ``name`` = region name); regions may overlap, so their volumes may add up to
+    more than the foreground's."""
+    rows = []
+    for i, (name, mask) in enumerate(masks.items()):
+        one = label_statistics(image.with_array(np.asarray(mask, dtype=np.uint8)), {1: name})[0]
+        rows.append(dataclasses.replace(one, value=i + 1))
     return rows
 
 

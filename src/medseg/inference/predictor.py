@@ -791,8 +791,11 @@ def predict_case(model: SegmentationModel, case: InputCase, out: Path, config: P
             "DICOM SEG and RTSTRUCT outputs need a DICOM input series",
             found="a non-DICOM file",
         )
+    if "regions" in config.formats and not model.plan.regions:
+        raise ConfigError("the regions output needs a region-based model (its plan declares no regions)")
     channels, series = _read_case(case, config.spacing, config.volume)
-    reused = _kept_label_map(kept, targets, channels[0], case.case_id)
+    # A region model's outputs need its masks, which a kept label map (painted) has lost.
+    reused = None if model.plan.regions else _kept_label_map(kept, targets, channels[0], case.case_id)
     if reused is not None:
         written = write_case_outputs(
             channels[0],
@@ -819,11 +822,8 @@ def predict_case(model: SegmentationModel, case: InputCase, out: Path, config: P
         with_probabilities="probabilities" in config.formats,
         where=str(case.paths[0]),
     )
-    regions: dict[str, np.ndarray] | None = None
-    if "regions" in config.formats:
-        if not model.plan.regions:
-            raise ConfigError("the regions output needs a region-based model (its plan declares no regions)")
-        regions = dict(model.last_region_masks)
+    # A region model's masks (overlaps kept) also feed the DICOM SEG and the volume tables.
+    regions = dict(model.last_region_masks) if model.plan.regions else None
     if box is not None:
         # Back onto the full axial grid: outside the ROI is background (probability 1).
         from medseg.geometry.crop import uncrop_array

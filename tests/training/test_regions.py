@@ -153,3 +153,18 @@ def test_regions_added_after_planning_are_not_silently_ignored(tmp_path: Path) -
     (root / "dataset.json").write_text(json.dumps(desc))
     with pytest.raises(InputError, match=r"the plan.s regions differ from those of dataset\.json"):
         train(root, 0, config=TrainingConfig(epochs=1, iterations_per_epoch=1, num_workers=0))
+
+
+def test_cross_validation_of_a_region_model_reports_a_dice_per_region(tmp_path: Path) -> None:
+    from medseg.training.crossval import cross_validate
+
+    torch.set_num_threads(1)
+    root = write_overlap_dataset(tmp_path / "ds", n=4)
+    plan_dataset(root, "3d", overrides={"patch_size": [8, 16, 16], "batch_size": 2}, workers=1)
+    cfg = TrainingConfig(epochs=1, iterations_per_epoch=2, val_every=1, num_workers=0, max_val_cases=1)
+    result = cross_validate(root, config=cfg, folds=2, workers=1)
+    assert list(result.per_region_dice) == ["left_blob", "right_blob"]
+    summary = json.loads(result.summary_path.read_text())
+    assert list(summary["per_region_mean_dice"]) == ["left_blob", "right_blob"]
+    evaluation = json.loads((result.folder / "evaluation" / "summary.json").read_text())
+    assert evaluation["per_region"]["left_blob"]["labels"] == [1, 3]

@@ -222,6 +222,11 @@ def crossval_command(
     dice = ", ".join(f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in result.per_class_dice.items())
     mean = "n/a" if result.mean_dice is None else f"{result.mean_dice:.4f}"
     console.print(f"out-of-fold Dice over {result.n_cases} cases: {dice}; mean {mean}")
+    if result.per_region_dice:
+        text = ", ".join(
+            f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in result.per_region_dice.items()
+        )
+        console.print(f"out-of-fold Dice per region: {text}")
     for metric, values in result.per_class_means.items():
         text = ", ".join(f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in values.items())
         console.print(f"out-of-fold {metric}: {text}")

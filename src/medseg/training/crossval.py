@@ -80,6 +80,8 @@ class CrossValResult:
     per_class_means: dict[str, dict[str, float | None]] = field(default_factory=dict)
     # Case-level metrics asked for ("miou"): the mean over the out-of-fold cases.
     case_level_means: dict[str, float | None] = field(default_factory=dict)
+    # Region-based models: region -> mean out-of-fold Dice (a region = union of its labels).
+    per_region_dice: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def summary_path(self) -> Path:
@@ -199,7 +201,9 @@ def cross_validate(
     cfg = config or TrainingConfig()
     plan = load_dataset_plan(root, configuration)  # fails early when there is no plan
     eval_cfg = EvaluationConfig(
-        labels={v: k for k, v in plan.labels.items() if v != 0}, metrics=tuple(metrics)
+        labels={v: k for k, v in plan.labels.items() if v != 0},
+        metrics=tuple(metrics),
+        regions=plan.regions or None,  # region models: a Dice per region too
     )
     if "dice" not in eval_cfg.metrics:
         raise ConfigError(f"cross-validation needs the 'dice' metric, found {list(eval_cfg.metrics)}")
@@ -413,6 +417,10 @@ def evaluate_out_of_fold(
     case_level = (
         {"miou": _clean(describe([c.miou for c in scored]).mean)} if "miou" in eval_cfg.metrics else {}
     )
+    per_region = {
+        name: _clean(describe([c.per_region.get(name, math.nan) for c in scored]).mean)
+        for name in eval_cfg.regions or {}
+    }
     per_fold: dict[str, dict[str, float | None]] = {}
     for record in records:
         fold_cases = [c for c in scored if fold_of[c.name] == record.fold]
@@ -430,6 +438,7 @@ def evaluate_out_of_fold(
         "per_class_mean_dice": per_class,
         "mean_foreground_dice": mean,
         "per_fold_mean_dice": per_fold,
+        **({"per_region_mean_dice": per_region} if per_region else {}),
         "per_class_mean": others,
         # mIoU: per case over the confusion matrix's classes, background included, then the mean
         "case_level_mean": case_level,
@@ -462,4 +471,5 @@ def evaluate_out_of_fold(
         evaluated=True,
         per_class_means=others,
         case_level_means=case_level,
+        per_region_dice=per_region,
     )

@@ -19,6 +19,14 @@ def _plan_table(plan: Any) -> Table:
     table = Table(title=f"plan {plan.configuration} for {plan.dataset_name}", show_header=False)
     table.add_row("channels", ", ".join(plan.channel_names))
     table.add_row("labels", ", ".join(f"{v}={k}" for k, v in plan.labels.items()))
+    if plan.regions:
+        table.add_row(
+            "regions (sigmoid)",
+            ", ".join(
+                f"{name}={list(vals)} painted as {value}"
+                for (name, vals), value in zip(plan.regions.items(), plan.regions_class_order, strict=True)
+            ),
+        )
     table.add_row(
         "target spacing x, y, z",
         f"{sx[2]:.3g} x {sx[1]:.3g} x {sx[0]:.3g} mm" + (" (z native)" if plan.keep_native_slices else ""),

@@ -146,3 +146,33 @@ def test_a_broken_scan_stops_the_run_before_any_prediction(
     with pytest.raises(InputError, match="slices of case1_day0 are not consecutive"):
         predict_uwmadison_submission(test_dir, model, tmp_path / "s.csv")
     assert calls == [] and not (tmp_path / "s.csv").exists()
+
+
+def test_a_region_models_overlapping_masks_are_all_submitted() -> None:
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from medseg.inference.submission import _region_rows
+    from medseg.io.rle import rle_encode
+
+    large = np.zeros((2, 2, 3), bool)
+    small = np.zeros((2, 2, 3), bool)
+    large[1, 0, :2] = True
+    small[1, 0, 1:] = True  # overlaps large at (1, 0, 1)
+    stomach = np.zeros((2, 2, 3), bool)
+    model = SimpleNamespace(
+        last_region_masks={"stomach": stomach, "small_bowel": small, "large_bowel": large}
+    )
+    rows = _region_rows(model, "case9_day2", 5)  # type: ignore[arg-type]
+    assert rows[:3] == [
+        ("case9_day2_slice_0005", "large_bowel", ""),
+        ("case9_day2_slice_0005", "small_bowel", ""),
+        ("case9_day2_slice_0005", "stomach", ""),
+    ]
+    assert rows[3:] == [
+        ("case9_day2_slice_0006", "large_bowel", rle_encode(large[1])),
+        ("case9_day2_slice_0006", "small_bowel", rle_encode(small[1])),
+        ("case9_day2_slice_0006", "stomach", ""),
+    ]
+    assert rle_encode(large[1]) == "1 2" and rle_encode(small[1]) == "2 2"

@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from medseg.data.adapters.uwmadison import (
     CLASS_NAMES,
     SLICE_THICKNESS_MM,
@@ -46,7 +48,19 @@ class SubmissionResult:
     rows_with_masks: int
 
 
+def _region_rows(model: SegmentationModel, case_day: str, first_slice: int) -> list[tuple[str, str, str]]:
+    """Rows from a region model's masks (one region per class), so overlapping predicted
+    masks are all submitted: each voxel gets a bit per class, each class the values with its bit."""
+    masks = model.last_region_masks
+    bits = sum(np.asarray(masks[c], dtype=np.uint8) << i for i, c in enumerate(CLASS_NAMES))
+    combos = range(1, 2 ** len(CLASS_NAMES))
+    regions = {c: [v for v in combos if v >> i & 1] for i, c in enumerate(CLASS_NAMES)}
+    return labels_to_rows(np.asarray(bits), case_day, first_slice=first_slice, regions=regions)
+
+
 def _model_labels(model: SegmentationModel) -> dict[str, int]:
+    if set(CLASS_NAMES) <= set(model.plan.regions):
+        return dict(model.plan.labels)  # a region model: rows come from its region masks
     labels = {name: int(value) for name, value in model.plan.labels.items()}
     missing = [c for c in CLASS_NAMES if c not in labels]
     if missing:
@@ -129,7 +143,10 @@ def predict_uwmadison_submission(
         for case_day, slices in sorted(scans.items()):
             image = stack_scan(case_day, slices, slice_thickness=slice_thickness)
             label, _ = seg.predict([image], tta=tta, where=str(slices[0].path.parent))
-            rows.extend(labels_to_rows(label, case_day, first_slice=slices[0].number, labels=labels))
+            if set(CLASS_NAMES) <= set(seg.plan.regions):
+                rows.extend(_region_rows(seg, case_day, slices[0].number))
+            else:
+                rows.extend(labels_to_rows(label, case_day, first_slice=slices[0].number, labels=labels))
             advance()
     if order is not None:
         rows = _in_sample_order(rows, order, Path(str(sample_submission)))

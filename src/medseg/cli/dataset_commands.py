@@ -272,7 +272,12 @@ def import_chaos_command(
 
 OverlapOpt = Annotated[
     str,
-    typer.Option("--overlap", help="Overlapping segments: 'error' or 'overwrite' (higher label value wins)."),
+    typer.Option(
+        "--overlap",
+        help="Overlapping segments: 'error', 'overwrite' (higher label value wins) or 'regions' (each "
+        "overlap gets a label value of its own and dataset.json one region per segment, for "
+        "region-based training).",
+    ),
 ]
 
 

@@ -327,3 +327,56 @@ def test_pseudonyms_are_keyed_and_cannot_be_recomputed_from_the_id() -> None:
     assert pseudonym("JANCT000") != unkeyed
     assert pseudonym("JANCT000", b"k1") != pseudonym("JANCT000", b"k2")
     assert len(pseudonym("x")) == 13 and pseudonym("x").startswith("p")
+
+
+def test_overlapping_segments_kept_as_regions(tmp_path: Path, shared_data: Path) -> None:
+    """dcmqi's partial_overlaps.dcm: with on_overlap='regions' every segment survives whole as a
+    region (the union of its own value and the overlap values containing it), and painting the
+    regions gives what 'overwrite' gives."""
+    from medseg.data.regions import paint_regions, region_masks
+
+    src = shared_data / "dcmqi_seg" / "segmentations"
+    seg = src / "partial_overlaps.dcm"
+    out = import_dicom_seg(src, tmp_path / "out", seg_files=[seg], on_overlap="regions", progress=False)
+    desc = read_descriptor(out)
+    singles = {"GREEN": 1, "ORANGE": 2, "PURPLE": 3, "LIGHT_BLUE": 4, "DARK_BLUE": 5}
+    assert {k: v for k, v in desc.labels.items() if "+" not in k} == {"background": 0, **singles}
+    combos = {k: v for k, v in desc.labels.items() if "+" in k}
+    assert combos and min(combos.values()) == 6  # after the declared values
+    assert list(desc.regions) == list(singles)
+    assert desc.regions_class_order == tuple(singles.values())
+    for name, values in desc.regions.items():
+        assert singles[name] in values
+        assert all(name in combo.split("+") for combo, v in combos.items() if v in values)
+    _, label = _only_case(out)
+    parts = [read_itk(src / f"partial_overlaps-{i}.nrrd").array for i in (1, 2, 3)]
+    masks = region_masks(label.array, list(desc.regions.values()))
+    for (name, value), mask in zip(singles.items(), masks, strict=True):
+        truth = np.logical_or.reduce([p == value for p in parts])
+        np.testing.assert_array_equal(mask, truth, err_msg=name)
+    assert masks.sum(axis=0).max() >= 2  # the overlaps are really there
+    painted = paint_regions(masks, desc.regions_class_order)
+    np.testing.assert_array_equal(painted, np.maximum.reduce(parts))
+
+
+def test_overlapping_rois_kept_as_regions(tmp_path: Path, shared_data: Path) -> None:
+    import copy
+
+    rt_path = _rt_copy(shared_data, tmp_path / "src")
+    ref = _only_case(import_rtstruct(tmp_path / "src", tmp_path / "ref", progress=False))[1].array > 0
+    ds = pydicom.dcmread(rt_path)
+    roi = copy.deepcopy(ds.StructureSetROISequence[0])
+    roi.ROINumber, roi.ROIName = 2, "Copy"
+    ds.StructureSetROISequence.append(roi)
+    contour = copy.deepcopy(ds.ROIContourSequence[0])
+    contour.ReferencedROINumber = 2
+    ds.ROIContourSequence.append(contour)
+    ds.save_as(rt_path)
+    out = import_rtstruct(tmp_path / "src", tmp_path / "out", on_overlap="regions", progress=False)
+    desc = read_descriptor(out)
+    name = ds.StructureSetROISequence[0].ROIName
+    assert desc.labels == {"background": 0, name: 1, "Copy": 2, f"{name}+Copy": 3}
+    assert desc.regions == {name: (1, 3), "Copy": (2, 3)}
+    label = _only_case(out)[1].array
+    assert set(np.unique(label)) == {0, 3}  # the copy lies exactly on the original
+    np.testing.assert_array_equal(label == 3, ref)

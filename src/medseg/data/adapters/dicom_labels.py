@@ -21,7 +21,12 @@ on that series' grid.
 
 Label names (SEG SegmentLabel, RTSTRUCT ROIName) map to label values through ``labels``;
 without it every name found gets a value, in order of first appearance. A voxel claimed by
-two segments is an error unless ``on_overlap="overwrite"`` (the higher label value wins).
+two segments is an error unless ``on_overlap="overwrite"`` (the higher label value wins) or
+``on_overlap="regions"``: each combination of segments found overlapping gets a label value
+of its own (after the declared ones, named ``a+b``, in order of first appearance over the
+import) and dataset.json declares one region per segment name holding every value that
+contains it, for region-based training (:mod:`medseg.data.regions`); nothing is lost, and
+painting the regions back gives what "overwrite" gives.
 Patient ids are replaced by a keyed hash (``p`` + 12 hex digits of HMAC-SHA-256 under a
 random key that is not stored), never stored themselves.
 """
@@ -56,7 +61,7 @@ logger = logging.getLogger(__name__)
 
 SEG_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")  # SEG, label-map SEG
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
-OverlapRule = Literal["error", "overwrite"]
+OverlapRule = Literal["error", "overwrite", "regions"]
 _HEADER_TAGS = [
     "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "PatientID", "Modality",
     "NumberOfFrames", "ImagePositionPatient", "ImageOrientationPatient", "Rows", "Columns",
@@ -213,9 +218,17 @@ def _seg_segments(seg: Any) -> list[tuple[int, str]]:
 
 
 def read_seg_label(
-    path: Path, image: LoadedSeries, labels: Mapping[str, int], on_overlap: OverlapRule = "error"
+    path: Path,
+    image: LoadedSeries,
+    labels: Mapping[str, int],
+    on_overlap: OverlapRule = "error",
+    combinations: OverlapCombinations | None = None,
 ) -> Volume:
-    """Label map of a DICOM SEG on the grid of ``image``."""
+    """Label map of a DICOM SEG on the grid of ``image``.
+
+    With ``on_overlap="regions"`` overlapping segments get the values of ``combinations``
+    (a new one per import when not given; its ``values`` then tell what was added).
+    """
     import highdicom as hd
 
     try:
@@ -245,19 +258,27 @@ def read_seg_label(
     if not aligned:
         logger.warning("%s: SEG frames do not lie on the image voxels; nearest-neighbour mapping", path)
     claimed = np.zeros(target.shape, dtype=bool)
+    kept: list[tuple[str, NDArray[np.bool_]]] = []
     for i, (number, name) in sorted(enumerate(segments), key=lambda t: labels[t[1][1]]):
         mask = Volume((arr[..., i] > 0).astype(np.uint8), geometry=geom)
         _check_inside(mask, target, path, name)
         on_grid = resample_label(mask, target).array.astype(bool)
+        if on_overlap == "regions":
+            kept.append((name, on_grid))
+            continue
         overlap = on_grid & claimed
         if overlap.any() and on_overlap == "error":
             raise InputError(
                 path,
                 f"segment {number} '{name}' overlaps other segments in {int(overlap.sum())} voxels",
-                expected="non-overlapping segments (or on_overlap='overwrite': higher label wins)",
+                expected="non-overlapping segments (or --overlap overwrite: higher label wins; "
+                "--overlap regions: overlaps kept for region-based training)",
             )
         out[on_grid] = labels[name]
         claimed |= on_grid
+    if on_overlap == "regions":
+        combos = combinations if combinations is not None else OverlapCombinations(labels)
+        return image.volume.with_array(_combine_overlaps(kept, target.shape, combos, path))
     return image.volume.with_array(out.astype(np.uint8) if out.max() < 256 else out)
 
 
@@ -271,6 +292,75 @@ def _grid_offsets(seg_geom: VolumeGeometry, target: VolumeGeometry) -> list[str]
     if np.abs(idx - np.round(idx)).max() > 1e-2:
         problems.append("voxel centres differ")
     return problems
+
+
+# ------------------------------------------------------------------ overlaps as regions
+@dataclass
+class OverlapCombinations:
+    """Label values of overlapping segment combinations (``on_overlap="regions"``).
+
+    Shared by all cases of one import, so one combination has one value across the dataset.
+    """
+
+    declared: Mapping[str, int]
+    values: dict[frozenset[str], int] = field(default_factory=dict)
+
+    def value(self, names: frozenset[str]) -> int:
+        if len(names) == 1:
+            return int(self.declared[next(iter(names))])
+        if names not in self.values:
+            self.values[names] = max([*self.declared.values(), *self.values.values()]) + 1
+        return self.values[names]
+
+    def name(self, names: frozenset[str]) -> str:
+        return "+".join(sorted(names, key=lambda n: self.declared[n]))
+
+    def labels(self) -> dict[str, int]:
+        out = dict(self.declared)
+        for names, value in self.values.items():
+            combined = self.name(names)
+            if combined in out:
+                raise ConfigError(
+                    f"the overlap of {sorted(names)} would be named {combined!r}, which is already a label name"
+                )
+            out[combined] = value
+        return out
+
+    def regions(self) -> tuple[dict[str, list[int]], list[int]]:
+        """One region per declared segment name (every value containing it), painted in order
+        of the declared values (the higher value last, so it wins as with "overwrite")."""
+        names = sorted((n for n, v in self.declared.items() if v != 0), key=lambda n: self.declared[n])
+        regions = {
+            n: sorted([self.declared[n], *(v for combo, v in self.values.items() if n in combo)])
+            for n in names
+        }
+        return regions, [int(self.declared[n]) for n in names]
+
+
+def _combine_overlaps(
+    masks: Sequence[tuple[str, NDArray[np.bool_]]],
+    shape: Sequence[int],
+    combos: OverlapCombinations,
+    path: Path,
+) -> NDArray[Any]:
+    """One label map from possibly overlapping masks: each voxel gets the value of the set of
+    names covering it (a single name keeps its declared value)."""
+    names = sorted({n for n, _ in masks}, key=lambda n: combos.declared[n])
+    if len(names) > 63:
+        raise InputError(
+            path, "has too many segments to combine overlaps", expected="at most 63", found=str(len(names))
+        )
+    bit = {n: np.uint64(1) << np.uint64(i) for i, n in enumerate(names)}
+    bits = np.zeros(tuple(shape), dtype=np.uint64)
+    for n, m in masks:
+        bits[np.asarray(m, dtype=bool)] |= bit[n]
+    present, inverse = np.unique(bits, return_inverse=True)
+    table = [
+        0 if int(u) == 0 else combos.value(frozenset(n for i, n in enumerate(names) if int(u) >> i & 1))
+        for u in present
+    ]
+    dtype = np.uint8 if max(table) < 256 else np.uint16
+    return np.asarray(table, dtype=dtype)[inverse.reshape(-1)].reshape(tuple(shape))
 
 
 # -------------------------------------------------------------------------- RTSTRUCT
@@ -356,8 +446,9 @@ def read_rtstruct_label(
     labels: Mapping[str, int],
     on_overlap: OverlapRule = "error",
     writer: DatasetWriter | None = None,
+    combinations: OverlapCombinations | None = None,
 ) -> Volume:
-    """Label map of an RTSTRUCT on the grid of ``image``."""
+    """Label map of an RTSTRUCT on the grid of ``image`` (overlaps as in :func:`read_seg_label`)."""
     try:
         ds = pydicom.dcmread(path)
     except Exception as exc:
@@ -406,6 +497,10 @@ def read_rtstruct_label(
     else:
         for number, name in names.items():
             masks[name] = _fill_contours(ds, number, image, path, writer)
+    if on_overlap == "regions":
+        combos = combinations if combinations is not None else OverlapCombinations(labels)
+        combined = _combine_overlaps(list(masks.items()), image.volume.shape, combos, path)
+        return image.volume.with_array(combined)
     out = np.zeros(image.volume.shape, dtype=np.uint16)
     claimed = np.zeros(image.volume.shape, dtype=bool)
     for name in sorted(masks, key=lambda n: labels[n]):
@@ -414,7 +509,8 @@ def read_rtstruct_label(
             raise InputError(
                 path,
                 f"ROI '{name}' overlaps other ROIs in {int(overlap.sum())} voxels",
-                expected="non-overlapping ROIs (or on_overlap='overwrite': higher label wins)",
+                expected="non-overlapping ROIs (or --overlap overwrite: higher label wins; "
+                "--overlap regions: overlaps kept for region-based training)",
             )
         out[masks[name]] = labels[name]
         claimed |= masks[name]
@@ -470,8 +566,8 @@ def _import_dicom_labels(
         raise InputError(
             src, "is not a folder", expected="a folder with DICOM image series and label objects"
         )
-    if on_overlap not in ("error", "overwrite"):
-        raise ConfigError(f"on_overlap must be 'error' or 'overwrite', found {on_overlap!r}")
+    if on_overlap not in ("error", "overwrite", "regions"):
+        raise ConfigError(f"on_overlap must be 'error', 'overwrite' or 'regions', found {on_overlap!r}")
     what = "DICOM SEG" if kind == "seg" else "RTSTRUCT"
     index = index_dicom_tree(src)
     found = index.segs if kind == "seg" else index.rtstructs
@@ -499,6 +595,7 @@ def _import_dicom_labels(
                     found=str(unknown),
                 )
 
+    combos = OverlapCombinations(declared) if on_overlap == "regions" else None
     with create_dataset(
         out_dir,
         source=src,
@@ -533,9 +630,11 @@ def _import_dicom_labels(
                 )
             image = load_series(index.series[uid])
             if kind == "seg":
-                label = read_seg_label(path, image, declared, on_overlap)
+                label = read_seg_label(path, image, declared, on_overlap, combos)
             else:
-                label = read_rtstruct_label(path, image, declared, on_overlap, writer)
+                label = read_rtstruct_label(path, image, declared, on_overlap, writer, combos)
+            if combos is not None:  # combinations first seen in this case become labels
+                writer.labels = combos.labels()
             modality = modality or str(image.volume.meta.get("modality", ""))
             writer.add_case(
                 case_id,
@@ -560,7 +659,25 @@ def _import_dicom_labels(
             )
         if modality:
             writer.channel_names = {"0": modality}
+        if combos is not None:
+            _declare_regions(writer, combos)
     return Path(out_dir)
+
+
+def _declare_regions(writer: DatasetWriter, combos: OverlapCombinations) -> None:
+    """dataset.json of an ``on_overlap="regions"`` import: the combinations' labels and one
+    region per segment name."""
+    from medseg.data.regions import validate_regions
+
+    writer.labels = combos.labels()
+    regions, order = combos.regions()
+    writer.regions, writer.regions_class_order = validate_regions(regions, writer.labels, order)
+    if combos.values:
+        logger.info(
+            "overlapping segments kept as %d label value(s) of their own: %s",
+            len(combos.values),
+            ", ".join(f"{combos.name(n)} = {v}" for n, v in combos.values.items()),
+        )
 
 
 def import_dicom_seg(

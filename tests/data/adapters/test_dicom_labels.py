@@ -270,11 +270,11 @@ def test_contours_without_image_references_are_placed_by_position(tmp_path: Path
         import_rtstruct(tmp_path / "src", tmp_path / "out2", progress=False)
 
 
-def test_overlapping_and_undeclared_rois(tmp_path: Path, shared_data: Path) -> None:
-    rt_path = _rt_copy(shared_data, tmp_path / "src")
-    ds = pydicom.dcmread(rt_path)
+def _add_copy_of_first_roi(rt_path: Path) -> pydicom.Dataset:
+    """ROI 2 'Copy': the first ROI's contours again (it overlaps it everywhere)."""
     import copy
 
+    ds = pydicom.dcmread(rt_path)
     roi = copy.deepcopy(ds.StructureSetROISequence[0])
     roi.ROINumber, roi.ROIName = 2, "Copy"
     ds.StructureSetROISequence.append(roi)
@@ -282,6 +282,12 @@ def test_overlapping_and_undeclared_rois(tmp_path: Path, shared_data: Path) -> N
     contour.ReferencedROINumber = 2
     ds.ROIContourSequence.append(contour)
     ds.save_as(rt_path)
+    return ds
+
+
+def test_overlapping_and_undeclared_rois(tmp_path: Path, shared_data: Path) -> None:
+    rt_path = _rt_copy(shared_data, tmp_path / "src")
+    _add_copy_of_first_roi(rt_path)
     with pytest.raises(InputError, match=r"rt\.dcm: ROI 'Copy' overlaps other ROIs in 1660 voxels"):
         import_rtstruct(tmp_path / "src", tmp_path / "out", progress=False)
     out = import_rtstruct(tmp_path / "src", tmp_path / "out", on_overlap="overwrite", progress=False)
@@ -360,18 +366,9 @@ def test_overlapping_segments_kept_as_regions(tmp_path: Path, shared_data: Path)
 
 
 def test_overlapping_rois_kept_as_regions(tmp_path: Path, shared_data: Path) -> None:
-    import copy
-
     rt_path = _rt_copy(shared_data, tmp_path / "src")
     ref = _only_case(import_rtstruct(tmp_path / "src", tmp_path / "ref", progress=False))[1].array > 0
-    ds = pydicom.dcmread(rt_path)
-    roi = copy.deepcopy(ds.StructureSetROISequence[0])
-    roi.ROINumber, roi.ROIName = 2, "Copy"
-    ds.StructureSetROISequence.append(roi)
-    contour = copy.deepcopy(ds.ROIContourSequence[0])
-    contour.ReferencedROINumber = 2
-    ds.ROIContourSequence.append(contour)
-    ds.save_as(rt_path)
+    ds = _add_copy_of_first_roi(rt_path)
     out = import_rtstruct(tmp_path / "src", tmp_path / "out", on_overlap="regions", progress=False)
     desc = read_descriptor(out)
     name = ds.StructureSetROISequence[0].ROIName

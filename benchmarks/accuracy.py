@@ -26,7 +26,7 @@ What one run does:
 
 No contender selects a checkpoint on the held-out fold: every trained model is the state at
 the end of its budget (medseg's model folders therefore hold no validation cases). The
-medseg model folders (benchmarks/work/<dataset>/runs/<run>/<contender>/fold_<k>/model) are
+medseg model folders (benchmarks/work/<dataset>/runs/<run>/fold_<k>/<contender>/model) are
 ordinary model folders: ``medseg predict NEW_CASES -m MODEL_DIR -o OUT`` works on them.
 
 Budget clock: by default the budget is CPU time (benchmarks/cpu_budget.py: the CPU seconds of

@@ -96,7 +96,11 @@ def query_command(
     patient: Annotated[str | None, typer.Option("--patient", help="PatientID (exact).")] = None,
     date: Annotated[
         str | None,
-        typer.Option("--date", help="Study date YYYYMMDD, or a range YYYYMMDD-YYYYMMDD (ends may be open)."),
+        typer.Option(
+            "--date",
+            help="Study date YYYYMMDD or YYYY-MM-DD, or a range YYYYMMDD-YYYYMMDD or "
+            "YYYY-MM-DD..YYYY-MM-DD (either end may be open).",
+        ),
     ] = None,
     modality: Annotated[str | None, typer.Option("--modality", help="Modality, e.g. MR, CT, SEG.")] = None,
     description: Annotated[

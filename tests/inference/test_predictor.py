@@ -255,6 +255,25 @@ def test_bad_inputs_give_clear_errors(trained_model: Path, tmp_path: Path) -> No
     assert not (tmp_path / "o2").exists()
 
 
+def test_the_picture_medseg_roi_draws_beside_a_crop_is_not_a_case(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from PIL import Image
+
+    # `medseg roi -o roi/P0000.nii.gz` writes roi/P0000.roi.png (RGBA) beside the crop; the
+    # folder of crops is then predicted as a whole (docs/prostate.md).
+    crop, _ = _case_file(tmp_path / "roi", 1, "P0000")
+    Image.new("RGBA", (8, 8)).save(tmp_path / "roi" / "P0000.roi.png")
+    (tmp_path / "roi" / "P0000.roi.json").write_text("{}")
+    with caplog.at_level("INFO"):
+        cases = discover_cases(tmp_path / "roi")
+    assert [(c.case_id, c.paths) for c in cases] == [("P0000", (crop,))]
+    assert "P0000.roi.png" in caplog.text
+    # A PNG of that name without its crop beside it is an image like any other.
+    crop.unlink()
+    assert [c.case_id for c in discover_cases(tmp_path / "roi")] == ["P0000.roi"]
+
+
 def test_several_series_ask_for_series(trained_model: Path, tmp_path: Path) -> None:
     study = tmp_path / "study"
     vol = make_oblique_volume(dtype=np.int16)

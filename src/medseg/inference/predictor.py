@@ -36,7 +36,7 @@ from medseg.export.case import (
     check_mesh_suffix,
     write_case_outputs,
 )
-from medseg.io import IMAGE_2D_SUFFIXES, describe_path, read_channels
+from medseg.io import IMAGE_2D_SUFFIXES, describe_path, read_channels, sidecar_path
 from medseg.io.atomic import write_text_atomic
 from medseg.io.itk import has_itk_suffix
 from medseg.preprocessing.pipeline import preprocess_case, restore_to_original
@@ -552,6 +552,18 @@ def discover_cases(path: str | Path, *, series: str | None = None, channels: int
         and not f.name.startswith(".")
         and (has_itk_suffix(f) or f.suffix.lower() in IMAGE_2D_SUFFIXES)
     )
+    # `medseg roi -o CROP.nii.gz` draws CROP.roi.png beside the crop: a picture to look at,
+    # not a case (read as one, a colour PNG fails the run).
+    pictures = {sidecar_path(f, ".roi.png") for f in files if has_itk_suffix(f)}
+    roi_pictures = [f for f in files if f in pictures]
+    if roi_pictures:
+        log.info(
+            "%s: %d picture(s) that `medseg roi` drew beside its crops are not cases: %s",
+            src,
+            len(roi_pictures),
+            ", ".join(f.name for f in roi_pictures),
+        )
+        files = [f for f in files if f not in pictures]
     if files:  # image files (a folder of PNG/TIFF slices too: one 2D case per file)
         groups: dict[str, dict[int, Path]] = {}
         for f in files:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -82,7 +83,9 @@ def test_every_case_is_predicted_out_of_fold_and_scored(crossvalidated: Path) ->
     assert len(list((out / "evaluation" / "overlays").glob("case_*.png"))) == 6
 
 
-def test_rerun_skips_finished_folds_and_resumes_unfinished_ones(dataset_copy: Path) -> None:
+def test_rerun_skips_finished_folds_and_resumes_unfinished_ones(
+    dataset_copy: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     root = dataset_copy
     preds = crossval_dir(root, "3d") / "predictions"
     before = {p.name: p.stat().st_mtime_ns for p in preds.iterdir()}
@@ -90,7 +93,10 @@ def test_rerun_skips_finished_folds_and_resumes_unfinished_ones(dataset_copy: Pa
     # A finished fold needs only its best checkpoint to count as complete.
     last = root / "models" / "3d" / "fold_2" / "checkpoint_last.pt"
     last.rename(last.with_suffix(".kept"))
-    again = cross_validate(root, config=_config(), workers=1)  # folds taken from splits.json
+    with caplog.at_level(logging.INFO, logger="medseg.training.crossval"):
+        again = cross_validate(root, config=_config(), workers=1)  # folds taken from splits.json
+    # the log rounds the mean Dice as the tables do
+    assert re.search(r"mean foreground Dice \d\.\d{4} over 6 cases$", caplog.text, re.M), caplog.text
     assert [f.action for f in again.folds] == ["skipped"] * 3
     last.with_suffix(".kept").rename(last)
     assert {p.name: p.stat().st_mtime_ns for p in preds.iterdir()} == before  # predictions reused

@@ -461,7 +461,11 @@ def evaluate_out_of_fold(
     write_text_atomic(
         out / SUMMARY_JSON, json.dumps(summary, indent=2, allow_nan=False) + "\n", overwrite=True
     )
-    log.info("cross-validation: mean foreground Dice %s over %d cases", mean, len(scored))
+    log.info(
+        "cross-validation: mean foreground Dice %s over %d cases",
+        "n/a" if mean is None else f"{mean:.4f}",
+        len(scored),
+    )
     return CrossValResult(
         out,
         tuple(records),

@@ -366,7 +366,12 @@ def model_folders(path: str | Path, *, onnx: bool = False) -> list[Path]:
                 "model folder is incomplete",
                 expected="model.json, plan.json, dataset.json, "
                 + ("model.onnx (`medseg export-onnx`)" if onnx else "checkpoint_best.pt"),
-                found=f"missing {', '.join(missing)}",
+                found=f"missing {', '.join(missing)}"
+                + (
+                    " (it has model.onnx: a lean ONNX copy predicts with --onnx)"
+                    if not onnx and not has_checkpoint and (folder / "model.onnx").is_file()
+                    else ""
+                ),
             )
     return folders
 

@@ -21,6 +21,7 @@ def test_quick_demo_runs_the_whole_path(tmp_path: Path) -> None:
     lines: list[str] = []
     res = run_demo(tmp_path / "demo", minutes=1.0, n_train=3, quick=True, say=lines.append)
     assert [line[:3] for line in lines] == [f"{i}/7" for i in range(1, 8)]
+    assert "_roi.nii.gz" in lines[1] and str(res.roi_json) in lines[1]  # the crop and its box named
     case_dir = res.report.parent
     for name in ("seg.dcm", "rtstruct.dcm", "volumes.csv", "volumes.json", "overlay.png", "report.html"):
         assert (case_dir / name).is_file(), name

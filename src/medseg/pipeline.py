@@ -136,7 +136,10 @@ def run_demo(
         views / f"{case}_coronal.nii.gz",
         root / "roi" / f"{case}_roi.nii.gz",
     )
-    tell(f"2/7 multi-plane ROI of {case}: cropped axial volume and box written to {roi_files.json_path}")
+    tell(
+        f"2/7 multi-plane ROI of {case}: cropped axial volume {roi_files.volume_path}, "
+        f"its box {roi_files.json_path}"
+    )
 
     # 3. plan: the exercise's anisotropic spacing kept along z, a CPU-sized patch
     t = time.monotonic()

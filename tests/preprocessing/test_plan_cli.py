@@ -52,3 +52,23 @@ def test_plan_takes_a_2_5d_slab_and_its_step(toy_dataset: Path) -> None:
 def test_plan_refuses_a_zero_spacing_in_the_order_given(toy_dataset: Path) -> None:
     res = runner.invoke(app, ["plan", str(toy_dataset), "--spacing", "0", "0.8", "0.8"])
     assert res.exit_code == 2 and "found 0 0.8 0.8" in res.output
+
+
+def test_plan_refuses_network_options_its_network_cannot_take(toy_dataset: Path, tmp_path: Path) -> None:
+    # One encoder block count per level: refused when planning, not when training starts.
+    cfg = tmp_path / "net.json"
+    cfg.write_text(
+        '{"network": {"options": {"residual_encoder": true, "encoder_blocks": [1, 1, 1, 1, 1, 1, 1, 1, 1]}}}'
+    )
+    res = runner.invoke(app, ["plan", str(toy_dataset), "--config", str(cfg)])
+    assert res.exit_code == 2 and "encoder_blocks" in res.output and "levels" in res.output, res.output
+    assert not (toy_dataset / "plans" / "3d.json").exists()
+    res = runner.invoke(app, ["plan", str(toy_dataset)])
+    assert res.exit_code == 0, res.output
+    levels = len(Plan.load(toy_dataset / "plans" / "3d.json").network.pooling) + 1
+    blocks = ", ".join(["1"] * levels)
+    cfg.write_text(
+        f'{{"network": {{"options": {{"residual_encoder": true, "encoder_blocks": [{blocks}]}}}}}}'
+    )
+    res = runner.invoke(app, ["plan", str(toy_dataset), "--config", str(cfg), "--overwrite"])
+    assert res.exit_code == 0, res.output

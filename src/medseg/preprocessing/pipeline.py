@@ -32,7 +32,7 @@ import numpy as np
 
 from medseg.config import from_dict, load_json, to_dict
 from medseg.data.dataset import CaseFiles, list_cases, read_descriptor
-from medseg.errors import GeometryError, InputError, MedsegError
+from medseg.errors import ConfigError, GeometryError, InputError, MedsegError
 from medseg.geometry.crop import CropBox, bounding_box, crop, cropped_geometry, uncrop
 from medseg.geometry.resample import grid_for_spacing, resample_image, resample_label
 from medseg.io import read_volume
@@ -391,8 +391,24 @@ def plan_dataset(
         plan = plan.with_overrides(overrides)
         if "target_spacing" in overrides:
             _warn_axis_order(plan.target_spacing, np.median(fingerprint.spacings, axis=0))
+        if "network" in overrides:
+            _check_network_builds(plan)
     plan.save(target, overwrite=True)
     return plan, target
+
+
+def _check_network_builds(plan: Plan) -> None:
+    """Refuse network overrides (``"network": {"options": ...}``) that the network cannot be
+    built with, here rather than when training starts."""
+    from medseg.training.trainer import architecture_from_plan
+
+    try:
+        architecture_from_plan(plan).build()
+    except ConfigError as exc:
+        raise ConfigError(
+            f"the planned network ({plan.network.name}, {len(plan.network.pooling) + 1} levels: "
+            f"{len(plan.network.pooling)} pooling steps) cannot be built with these network settings: {exc}"
+        ) from None
 
 
 def _warn_axis_order(target: Sequence[float], median: Sequence[float]) -> None:

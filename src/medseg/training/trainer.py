@@ -631,7 +631,7 @@ class Trainer:
         write_text_atomic(self.out / "training_config.json", self.config.to_json(), overwrite=True)
         post = self.out / "postprocessing.json"
         if not post.exists():
-            # No clean-up by default; `medseg postprocess-tune` style selection can replace it.
+            # No clean-up by default (medseg has no command that tunes these rules: edit the file).
             from medseg.postprocessing.labels import PostprocessingRules, write_rules
 
             write_rules(PostprocessingRules(), post)

@@ -577,7 +577,11 @@ def test_model_for_other_channels_is_refused(model_copy: Path) -> None:
         raise OutputExistsError(model_copy)
 
 
-def test_predict_cli(trained_model: Path, tmp_path: Path) -> None:
+def test_predict_cli(trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medseg.cli.common import console
+
+    # an 80-column terminal: the table folds the output paths instead of cutting them with '…'
+    monkeypatch.setattr(console, "width", 80)
     path, _ = _case_file(tmp_path / "in", 2)
     runner = CliRunner()
     res = runner.invoke(
@@ -595,6 +599,8 @@ def test_predict_cli(trained_model: Path, tmp_path: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "o" / "p2.nii.gz").is_file()
+    outputs = "".join(row.split("│")[3].strip() for row in res.stdout.splitlines() if row.count("│") == 5)
+    assert "…" not in res.stdout and str(tmp_path / "o" / "p2.nii.gz") in outputs, res.stdout
     assert "cohort_volumes.csv" in res.stdout and (tmp_path / "o" / "cohort_volumes.csv").is_file()
     summary = json.loads((tmp_path / "o" / "predictions.json").read_text())
     import medseg

@@ -127,6 +127,7 @@ def export_command(
     )
     result = export_label(label, image, out, cfg)
     table = Table("output", "path")
+    table.columns[1].overflow = "fold"  # whole paths, also in a narrow terminal
     for fmt, path in result.outputs.items():
         table.add_row(fmt, escape(str(path)))
     console.print(table)

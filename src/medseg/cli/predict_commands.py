@@ -129,6 +129,7 @@ def predict_command(
         results = predict(input, model[0] if len(model) == 1 else model, out, cfg, progress=not quiet)
     if not quiet:
         table = Table("case", "status", "outputs / error", "seconds")
+        table.columns[2].overflow = "fold"  # whole paths and errors, also in a narrow terminal
         for r in results:
             table.add_row(
                 escape(r.case_id),

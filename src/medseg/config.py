@@ -62,7 +62,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
                 raise ConfigError(f"{where}: missing required key '{name}'")
         try:
             return tp(**kwargs)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, ConfigError) as exc:  # ConfigError: a value __post_init__ refuses
             raise ConfigError(f"{where}: {exc}") from None
     if origin in (Union, types.UnionType):
         args = get_args(tp)

@@ -370,6 +370,13 @@ def test_training_config_file_is_strict(tmp_path: Path) -> None:
     cfg.write_text(json.dumps({"epochs": "ten"}))
     with pytest.raises(ConfigError, match="epochs"):
         load_training_config(cfg)
+    # values refused by the config itself, and a nested augmentation typo, name the file too
+    cfg.write_text(json.dumps({"learning_rate": -1}))
+    with pytest.raises(ConfigError, match=r"train\.json: learning_rate must be positive"):
+        load_training_config(cfg)
+    cfg.write_text(json.dumps({"augmentation": {"flip_axis": [2]}}))
+    with pytest.raises(ConfigError, match=r"train\.json: augmentation: unknown key\(s\) \['flip_axis'\]"):
+        load_training_config(cfg)
 
 
 def test_step_schedule_matches_the_exercise() -> None:

@@ -102,4 +102,12 @@ def load_training_config(
     path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
 ) -> TrainingConfig:
     base = from_dict(TrainingConfig, load_config_file(path), where=str(path)) if path else TrainingConfig()
-    return base.with_overrides(overrides or {})
+    config = base.with_overrides(overrides or {})
+    if config.augmentation:  # checked now, naming the file, not when training starts
+        from medseg.data.augment import AugmentationConfig
+
+        try:
+            AugmentationConfig.from_dict(config.augmentation)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
+    return config

@@ -2,7 +2,7 @@
 
 The CLI's commands are thin calls into these (or into the functions re-exported here:
 ``convert``, ``multiplane_roi``, ``plan_dataset``, ``train``, ``cross_validate``,
-``predict``, ``export_onnx``, ``export_label``, ``evaluate`` + ``write_report``,
+``tune_postprocessing``, ``predict``, ``export_onnx``, ``export_label``, ``evaluate`` + ``write_report``,
 ``compare`` + ``write_comparison_report`` (several methods against one reference),
 ``predict_uwmadison_submission``), so ``medseg predict IN -m MODEL -o OUT --format
 nifti,report`` is::
@@ -40,7 +40,7 @@ from medseg.inference.submission import predict_uwmadison_submission
 from medseg.io import convert, read_volume, write_volume
 from medseg.preprocessing.pipeline import plan_dataset, preprocess_dataset
 from medseg.training.config import TrainingConfig
-from medseg.training.crossval import cross_validate
+from medseg.training.crossval import cross_validate, tune_postprocessing
 from medseg.training.trainer import train
 
 __all__ = [
@@ -64,6 +64,7 @@ __all__ = [
     "read_volume",
     "run_demo",
     "train",
+    "tune_postprocessing",
     "write_comparison_report",
     "write_report",
     "write_volume",

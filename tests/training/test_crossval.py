@@ -289,3 +289,38 @@ def test_info_summarises_a_model_folder_without_loading_weights(crossvalidated: 
     assert model["plan"]["configuration"] == "3d" and model["plan"]["labels"]["outer"] == 1
     table = CliRunner().invoke(app, ["info", str(models / "fold_1")])
     assert table.exit_code == 0 and "fold_1" in table.stdout and "outer" in table.stdout
+
+
+def test_postprocessing_is_chosen_on_the_out_of_fold_predictions_and_stored_with_every_fold(
+    dataset_copy: Path,
+) -> None:
+    """The out-of-fold predictions replaced by the references plus a stray island of class 1
+    far from the organ: keeping the largest foreground component is adopted, and predict's
+    rules in every fold folder say so."""
+    from medseg.io import write_volume
+    from medseg.postprocessing.labels import read_rules
+    from medseg.training.crossval import tune_postprocessing
+
+    out = crossval_dir(dataset_copy, "3d")
+    for pred_path in sorted((out / "predictions").glob("*.nii.gz")):
+        ref = read_volume(dataset_copy / "labelsTr" / pred_path.name)
+        arr = ref.array.copy()
+        assert arr[0, :2, :2].max() == 0
+        arr[0, :2, :2] = 1
+        write_volume(ref.with_array(arr), pred_path, overwrite=True)
+    res = CliRunner().invoke(app, ["tune-postprocessing", str(dataset_copy), "-c", "3d"])
+    assert res.exit_code == 0, res.output
+    assert "keep_largest_foreground" in res.output and "yes" in res.output
+    record = json.loads((out / "postprocessing.json").read_text())
+    assert record["n_cases"] == 6 and record["rules"]["keep_largest_foreground"] is True
+    first = record["steps"][0]
+    assert first["adopted"] and first["mean_dice_after"]["outer"] > first["mean_dice_before"]["outer"]
+    for k in range(3):
+        rules = read_rules(dataset_copy / "models" / "3d" / f"fold_{k}" / "postprocessing.json")
+        assert rules.keep_largest_foreground
+    # The predictions were made before these rules: choosing again on them is refused.
+    with pytest.raises(InputError, match=r"fold_0/postprocessing.json: holds postprocessing rules already"):
+        tune_postprocessing(dataset_copy, configuration="3d")
+    (out / "summary.json").unlink()
+    with pytest.raises(InputError, match=r"crossval/summary.json: not found.*medseg crossval"):
+        tune_postprocessing(dataset_copy, configuration="3d")

@@ -237,3 +237,32 @@ def crossval_command(
             f"{'n/a' if value is None else f'{value:.4f}'}"
         )
     console.print(f"summary: {result.summary_path}")
+
+
+@app.command("tune-postprocessing")
+@cli_command
+def tune_postprocessing_command(
+    dataset: Annotated[Path, typer.Argument(help="dataset folder after `medseg crossval`")],
+    configuration: Annotated[str, typer.Option("--configuration", "-c", help="3d, 2d or 2.5d")] = "3d",
+    min_gain: Annotated[
+        float, typer.Option(help="Dice a rule must add to be adopted (default: any gain)", min=0.0)
+    ] = 0.0,
+) -> None:
+    """Choose largest-component clean-up rules on the cross-validation predictions (as nnU-Net does) and store them with every fold's model, so predict applies them."""
+    from rich.table import Table
+
+    from medseg.training.crossval import tune_postprocessing
+
+    choice, record = tune_postprocessing(dataset, configuration=configuration, min_gain=min_gain)
+    table = Table("rule", "mean Dice before", "after", "adopted")
+    for step in choice.steps:
+        before = [v for v in step.dice_before.values() if v == v]
+        after = [v for v in step.dice_after.values() if v == v]
+        table.add_row(
+            step.rule,
+            f"{sum(before) / len(before):.4f}" if before else "n/a",
+            f"{sum(after) / len(after):.4f}" if after else "n/a",
+            "[green]yes[/]" if step.adopted else "no",
+        )
+    console.print(table)
+    console.print(f"rules over {choice.n_cases} out-of-fold cases written to every fold; details: {record}")

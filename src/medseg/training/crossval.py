@@ -477,3 +477,100 @@ def evaluate_out_of_fold(
         case_level_means=case_level,
         per_region_dice=per_region,
     )
+
+
+POSTPROCESSING_JSON = "postprocessing.json"
+
+
+def tune_postprocessing(
+    dataset: str | Path, *, configuration: str = "3d", min_gain: float = 0.0
+) -> tuple[Any, Path]:
+    """Choose largest-component rules on the out-of-fold predictions of ``medseg crossval``
+    (:func:`medseg.postprocessing.tuning.choose_rules`) and store them with every fold's model.
+
+    Writes each ``fold_k/postprocessing.json`` (which ``predict`` applies) and
+    ``crossval/postprocessing.json`` (the rules and, per candidate, the out-of-fold mean Dice
+    before and after). Returns the choice and that file. The predictions must have been made
+    without rules: a fold whose postprocessing.json already holds rules is refused, naming it.
+    """
+    from medseg.data.dataset import list_cases, read_descriptor
+    from medseg.io import read_volume
+    from medseg.postprocessing.labels import read_rules, write_rules
+    from medseg.postprocessing.tuning import choose_rules
+    from medseg.preprocessing.pipeline import load_dataset_plan
+    from medseg.training.trainer import default_model_dir
+
+    root = Path(dataset)
+    plan = load_dataset_plan(root, configuration)
+    if plan.regions:
+        raise ConfigError(
+            "postprocessing rules are chosen for label maps of disjoint classes; this plan declares "
+            "regions (the painted label map holds no overlap values), so none are chosen"
+        )
+    out = crossval_dir(root, configuration)
+    summary_path = out / SUMMARY_JSON
+    if not summary_path.is_file():
+        raise InputError(
+            summary_path,
+            "not found",
+            expected=f"a finished cross-validation (medseg crossval {root} -c {configuration})",
+        )
+    try:
+        summary = json.loads(summary_path.read_text())
+        # The fold folders beside crossval/ (the summary's paths may be of a moved dataset).
+        folds = [
+            (default_model_dir(root, configuration, int(f["fold"])), [str(c) for c in f["val_cases"]])
+            for f in summary["folds"]
+        ]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(summary_path, "is not a crossval summary", found=str(exc)) from None
+    for folder, _ in folds:
+        post = folder / POSTPROCESSING_JSON
+        if post.is_file():
+            rules = read_rules(post)
+            if rules.classes or rules.keep_largest_foreground:
+                raise InputError(
+                    post,
+                    "holds postprocessing rules already, and the out-of-fold predictions were made with "
+                    "them, so they cannot show what each rule does",
+                    expected="no rules: to choose anew, write {} into every fold's postprocessing.json, "
+                    f"delete {out / 'predictions'} and rerun medseg crossval (trained folds are kept)",
+                )
+    cases = {c.case_id: c for c in list_cases(root, "Tr")}
+    predictions = out / "predictions"
+    loaders = []
+    for _, val in folds:
+        for case_id in val:
+            pred_path = predictions / f"{case_id}.nii.gz"
+            if not pred_path.is_file():
+                raise InputError(
+                    pred_path, "not found", expected="every out-of-fold prediction of medseg crossval"
+                )
+            ref_path = cases[case_id].label if case_id in cases else None
+            if ref_path is None:
+                raise InputError(root / "labelsTr", f"case '{case_id}' has no label")
+
+            def load(p: Path = pred_path, r: Path = ref_path) -> tuple[Any, Any]:
+                return read_volume(p).array, read_volume(r).array
+
+            loaders.append(load)
+    labels = [v for v in plan.labels.values() if v != 0]
+    choice = choose_rules(loaders, labels, min_gain=min_gain)
+    names = {v: k for k, v in plan.labels.items()}
+    for folder, _ in folds:
+        write_rules(choice.rules, folder / POSTPROCESSING_JSON, overwrite=True)
+    record = {
+        "dataset": read_descriptor(root).name or root.name,
+        "configuration": configuration,
+        "n_cases": choice.n_cases,
+        "method": "greedy on the out-of-fold predictions: largest foreground component, then the "
+        "largest component of each class, each adopted when it raises the mean Dice "
+        f"(by more than {min_gain})",
+        "rules": choice.rules.to_json(),
+        "steps": [s.to_json(names) for s in choice.steps],
+        "written_to": [str(folder / POSTPROCESSING_JSON) for folder, _ in folds],
+    }
+    target = write_text_atomic(
+        out / POSTPROCESSING_JSON, json.dumps(record, indent=2, allow_nan=False) + "\n", overwrite=True
+    )
+    return choice, target

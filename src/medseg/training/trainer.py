@@ -631,7 +631,7 @@ class Trainer:
         write_text_atomic(self.out / "training_config.json", self.config.to_json(), overwrite=True)
         post = self.out / "postprocessing.json"
         if not post.exists():
-            # No clean-up by default (medseg has no command that tunes these rules: edit the file).
+            # No clean-up by default (`medseg tune-postprocessing` chooses rules after crossval, or edit the file).
             from medseg.postprocessing.labels import PostprocessingRules, write_rules
 
             write_rules(PostprocessingRules(), post)

@@ -132,7 +132,7 @@ def test_stitch_gives_back_the_real_scan_label(tmp_path: Path, shared_data: Path
     result = runner.invoke(app, ["dataset", "stitch", str(tmp_path / "hip"), str(tmp_path / "hip" / "labelsTr"),
                                  "-o", str(tmp_path / "stitched")])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "stitched 1 scans into" in result.output
+    assert "stitched 1 scan into" in result.output
     original = read_itk(msd / "labelsTr" / "hippocampus_001.nii.gz")
     back = read_itk(tmp_path / "stitched" / "hippocampus_001.nii.gz")
     np.testing.assert_array_equal(back.array, original.array)

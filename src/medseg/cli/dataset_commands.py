@@ -216,7 +216,11 @@ def stitch_command(
     from medseg.data.chunking import stitch_chunk_files
 
     written = stitch_chunk_files(root, folder, out, overwrite=overwrite)
-    console.print(f"stitched {len(written)} scans into {out}", soft_wrap=True, markup=False)
+    console.print(
+        f"stitched {len(written)} scan{'' if len(written) == 1 else 's'} into {out}",
+        soft_wrap=True,
+        markup=False,
+    )
 
 
 # --------------------------------------------------------------------------- import

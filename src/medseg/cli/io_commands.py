@@ -19,7 +19,7 @@ SERIES_HELP = (
     "DICOM folder with several series: pick one by the '#' column of `medseg info` (not the "
     "series number 'No.'), its UID or its description (case-insensitive; shell wildcards such as "
     "'t2_tse_tra*'). A description matching several series (a repeated sequence) needs a rule: "
-    "'t2_tse_tra*@last' takes the latest acquired (SeriesTime, else SeriesNumber), '@first' the earliest."
+    "'t2_tse_tra*@last' takes the latest acquired (by SeriesDate/SeriesTime, else AcquisitionTime, else SeriesNumber), '@first' the earliest."
 )
 VOLUME_HELP = (
     "DICOM series holding several volumes at the same positions (b-values, echoes): pick one (0-based)."

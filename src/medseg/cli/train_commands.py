@@ -109,7 +109,8 @@ def train_command(
         if result.best_epoch < 0
         else f"{result.best_dice:.4f} at epoch {result.best_epoch}"
     )
-    console.print(f"trained {result.epochs_completed} epochs; best validation mean Dice {best}")
+    n = result.epochs_completed
+    console.print(f"trained {n} epoch{'' if n == 1 else 's'}; best validation mean Dice {best}")
     if result.stopped_early:
         console.print(result.stopped_early)
     console.print(f"model folder: {result.model_dir}")

@@ -266,7 +266,8 @@ def download_file(
             logger.debug("%s already downloaded", target)
             return target
         raise DownloadError(
-            shown, f"{target} exists but fails verification ({problem}); delete it or pass overwrite=True"
+            shown,
+            f"{target} exists but fails verification ({problem}); delete it or pass --overwrite (overwrite=True)",
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")

@@ -238,6 +238,21 @@ def test_crossval_command(dataset_copy: Path, tmp_path: Path) -> None:
     assert summary["per_class_mean"]["uw"]["outer"] == pytest.approx(float(np.mean(uw_outer)))
     miou = [float(r["miou"]) for r in rows if r["miou"] not in ("", "nan")]
     assert summary["case_level_mean"]["miou"] == pytest.approx(float(np.mean(miou)))
+    # pooled: one confusion matrix over the out-of-fold predictions, recomputed here
+    labels = [0, 1, 2]
+    cm = np.zeros((3, 3), np.int64)
+    for r in rows:
+        pred = read_volume(crossval_dir(dataset_copy, "3d") / "predictions" / f"{r['case']}.nii.gz").array
+        ref = read_volume(dataset_copy / "labelsTr" / f"{r['case']}.nii.gz").array
+        for i in labels:
+            for j in labels:
+                cm[i, j] += int(((ref == i) & (pred == j)).sum())
+    inter = np.diag(cm).astype(float)
+    union = cm.sum(0) + cm.sum(1) - inter
+    present = union > 0
+    pooled = float(np.mean(inter[present] / union[present]))
+    assert summary["case_level_mean"]["miou_pooled"] == pytest.approx(pooled)
+    assert f"pooled over all cases (miou_pooled): {pooled:.4f}" in res.output
     assert "out-of-fold mIoU (per case, background included" in res.output
     res = runner.invoke(app, ["crossval", str(dataset_copy), "--folds", "4", "--config", str(config)])
     assert res.exit_code == 2 and "3 folds but 4" in res.output

@@ -233,9 +233,11 @@ def crossval_command(
         console.print(f"out-of-fold {metric}: {text}")
     if "miou" in result.case_level_means:
         value = result.case_level_means["miou"]
+        pooled = result.case_level_means.get("miou_pooled")
         console.print(
             f"out-of-fold mIoU (per case, background included; mean over cases): "
-            f"{'n/a' if value is None else f'{value:.4f}'}"
+            f"{'n/a' if value is None else f'{value:.4f}'}; pooled over all cases (miou_pooled): "
+            f"{'n/a' if pooled is None else f'{pooled:.4f}'}"
         )
     console.print(f"summary: {result.summary_path}")
 

@@ -415,7 +415,13 @@ def evaluate_out_of_fold(
         if metric != "dice" and metric in per_label_metrics
     }
     case_level = (
-        {"miou": _clean(describe([c.miou for c in scored]).mean)} if "miou" in eval_cfg.metrics else {}
+        {
+            "miou": _clean(describe([c.miou for c in scored]).mean),
+            # one confusion matrix over all out-of-fold cases (a test set scored as one volume)
+            "miou_pooled": result.miou_pooled()["value"],
+        }
+        if "miou" in eval_cfg.metrics
+        else {}
     )
     per_region = {
         name: _clean(describe([c.per_region.get(name, math.nan) for c in scored]).mean)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -454,3 +455,33 @@ def test_regions_add_a_dice_per_region_to_rows_and_summary(tmp_path: Path) -> No
     )
     with pytest.raises(ConfigError, match="foreground label values"):
         EvaluationConfig(regions={"bad": [0, 1]})
+
+
+def test_region_dice_reads_the_region_masks_predict_wrote_next_to_the_label_map(tmp_path: Path) -> None:
+    """A region model's label map is painted (one value per voxel, overlaps lost); the masks
+    `predict --format regions` writes keep them, and the region Dice must come from them."""
+    from medseg.io import write_volume
+    from medseg.volume import Volume
+
+    ref = np.zeros((2, 3, 4), np.uint8)
+    ref[0, 0, :] = [1, 3, 3, 2]  # 3: both regions
+    painted = np.zeros_like(ref)
+    painted[0, 0, :] = [1, 2, 2, 2]  # the overlap painted as the later region
+    large = np.isin(ref, [1, 3]).astype(np.uint8)
+    small = np.isin(ref, [2, 3]).astype(np.uint8)
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "ref").mkdir()
+    write_volume(Volume(ref), tmp_path / "ref" / "c.nii.gz")
+    write_volume(Volume(painted), tmp_path / "pred" / "c.nii.gz")
+    write_volume(Volume(large), tmp_path / "pred" / "c" / "regions" / "0_large.nii.gz")
+    write_volume(Volume(small), tmp_path / "pred" / "c" / "regions" / "1_small.nii.gz")
+    cfg = EvaluationConfig(
+        metrics=("dice",), labels={1: "a", 2: "b", 3: "ab"}, regions={"large": [1, 3], "small": [2, 3]}
+    )
+    result = evaluate(tmp_path / "pred", tmp_path / "ref", cfg)
+    assert result.cases[0].per_region == {"large": pytest.approx(1.0), "small": pytest.approx(1.0)}
+    # a masks folder that lacks a region's file is an error naming the file
+    (tmp_path / "pred" / "c" / "regions" / "1_small.nii.gz").unlink()
+    result = evaluate(tmp_path / "pred", tmp_path / "ref", dataclasses.replace(cfg, on_case_error="flag"))
+    assert result.cases[0].status == "error"
+    assert str(tmp_path / "pred" / "c" / "regions" / "1_small.nii.gz") in result.cases[0].message

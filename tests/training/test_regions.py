@@ -168,3 +168,15 @@ def test_cross_validation_of_a_region_model_reports_a_dice_per_region(tmp_path: 
     assert list(summary["per_region_mean_dice"]) == ["left_blob", "right_blob"]
     evaluation = json.loads((result.folder / "evaluation" / "summary.json").read_text())
     assert evaluation["per_region"]["left_blob"]["labels"] == [1, 3]
+    # scored on the out-of-fold region masks (overlaps kept), not on the painted label maps
+    predictions = result.folder / "predictions"
+    rows = list(csv.DictReader((result.folder / "evaluation" / "cases.csv").open()))
+    assert len(rows) == 4
+    for row in rows:
+        reference = read_volume(root / "labelsTr" / f"{row['case']}.nii.gz").array
+        for k, (name, values) in enumerate(REGIONS.items()):
+            mask = read_volume(predictions / row["case"] / "regions" / f"{k}_{name}.nii.gz").array > 0
+            truth = np.isin(reference, values)
+            denom = int(mask.sum() + truth.sum())
+            expected = 1.0 if denom == 0 else 2.0 * float((mask & truth).sum()) / denom
+            assert float(row[f"region_dice/{name}"]) == pytest.approx(expected)

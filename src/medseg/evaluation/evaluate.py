@@ -390,8 +390,14 @@ def evaluate_volumes(
     name: str = "case",
     prediction_path: str | Path = "",
     reference_path: str | Path = "",
+    region_masks: Mapping[str, Volume] | None = None,
 ) -> CaseResult:
-    """Check and score one prediction against its reference (raises on a bad case)."""
+    """Check and score one prediction against its reference (raises on a bad case).
+
+    ``region_masks`` (region name -> binary mask on the prediction's grid): a region model's
+    masks (``predict --format regions``), which keep the overlaps its painted label map
+    loses; with ``config.regions`` the Dice per region comes from them.
+    """
     resampled = False
     pred_vol = prediction
     if not prediction.geometry.is_close(reference.geometry):
@@ -457,8 +463,67 @@ def evaluate_volumes(
         objects=_object_rows(result, reference),
         confusion=tuple(tuple(int(v) for v in row) for row in result.confusion),
         confusion_labels=(0, *result.per_label),
-        per_region=region_dice(pred, ref, config.regions) if config.regions else {},
+        per_region=_region_dice(pred, ref, config, prediction, reference, region_masks, name),
     )
+
+
+def _region_dice(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    config: EvaluationConfig,
+    prediction: Volume,
+    reference: Volume,
+    masks: Mapping[str, Volume] | None,
+    name: str,
+) -> dict[str, float]:
+    """Dice per region: from the region masks when given, else from the label map."""
+    if not config.regions:
+        return {}
+    if masks is None:
+        return region_dice(pred, ref, config.regions)
+    from medseg.evaluation.metrics import dice
+
+    out: dict[str, float] = {}
+    for region, values in config.regions.items():
+        mask = masks[region]
+        if not mask.geometry.is_close(prediction.geometry):
+            raise GeometryError(
+                f"case '{name}': the mask of region '{region}' is not on its label map's grid: "
+                + "; ".join(mask.geometry.differences(prediction.geometry))
+            )
+        if not prediction.geometry.is_close(reference.geometry):  # resampled like the label map
+            from medseg.geometry.resample import resample_to_reference
+
+            mask = resample_to_reference(mask, reference, is_label=True)
+        out[region] = dice(np.asarray(mask.array) > 0, np.isin(ref, list(values)))
+    return out
+
+
+def region_mask_files(prediction: str | Path, regions: Sequence[str]) -> list[Path] | None:
+    """Where ``predict --format regions`` wrote the masks of the label map ``prediction``
+    (``OUT/<case>/regions/<i>_<name>.nii.gz``); None when it wrote none."""
+    from medseg.export.case import safe_name
+
+    path = Path(prediction)
+    folder = path.parent / case_name(path) / "regions"
+    if not folder.is_dir():
+        return None
+    return [folder / f"{i}_{safe_name(region)}.nii.gz" for i, region in enumerate(regions)]
+
+
+def read_region_masks(prediction: str | Path, regions: Sequence[str]) -> dict[str, Volume] | None:
+    """The region masks written next to the label map ``prediction`` (None when there are none)."""
+    files = region_mask_files(prediction, regions)
+    if files is None:
+        return None
+    for f in files:
+        if not f.is_file():
+            raise InputError(
+                f,
+                "is missing from the region masks next to the prediction",
+                expected="one mask per region, as `medseg predict --format regions` writes them",
+            )
+    return {region: read_volume(f) for region, f in zip(regions, files, strict=True)}
 
 
 def _object_rows(result: LabelMapMetrics, reference: Volume) -> tuple[dict[str, Any], ...]:
@@ -498,6 +563,7 @@ def _evaluate_pair(pair: CasePair, config: EvaluationConfig) -> CaseResult:
             return _missing_prediction(pair, config)
         reference = read_volume(pair.reference)
         prediction = read_volume(pair.prediction)
+        masks = read_region_masks(pair.prediction, list(config.regions)) if config.regions else None
         return evaluate_volumes(
             prediction,
             reference,
@@ -505,6 +571,7 @@ def _evaluate_pair(pair: CasePair, config: EvaluationConfig) -> CaseResult:
             name=pair.name,
             prediction_path=pair.prediction,
             reference_path=pair.reference,
+            region_masks=masks,
         )
     except MedsegError as exc:
         return CaseResult(

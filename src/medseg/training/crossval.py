@@ -321,6 +321,7 @@ def predict_out_of_fold(
     """Predict each fold's validation cases with that fold's model, from the original images."""
     from medseg.data.dataset import list_cases
     from medseg.inference.predictor import InputCase, PredictConfig, SegmentationModel, predict_case
+    from medseg.preprocessing.plan import Plan
     from medseg.progress import progress_bar
     from medseg.training.checkpoint import best_checkpoint
 
@@ -328,14 +329,20 @@ def predict_out_of_fold(
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     total = sum(len(r.val_cases) for r in records)
-    pcfg = PredictConfig(formats=("nifti",), tta=tta, device=device, overwrite=True)  # type: ignore[arg-type]
     with progress_bar(progress, "out-of-fold prediction", total) as advance:
         for record in records:
             checkpoint_time = best_checkpoint(record.model_dir).stat().st_mtime
+            # A region model's masks too: its painted label map loses the overlaps, and the
+            # Dice per region is scored on the masks.
+            regional = bool(Plan.load(record.model_dir / "plan.json").regions)
+            formats = ("nifti", "regions") if regional else ("nifti",)
+            pcfg = PredictConfig(formats=formats, tta=tta, device=device, overwrite=True)  # type: ignore[arg-type]
             model = None
             for case_id in record.val_cases:
                 target = out / f"{case_id}.nii.gz"
                 fresh = target.is_file() and target.stat().st_mtime >= checkpoint_time
+                if regional:
+                    fresh = fresh and (out / case_id / "regions").is_dir()
                 if fresh and not overwrite:
                     written.append(target)
                     advance()
@@ -366,7 +373,7 @@ def evaluate_out_of_fold(
 ) -> CrossValResult:
     """Score the out-of-fold predictions against labelsTr; write evaluation/ and summary.json."""
     from medseg.data.dataset import list_cases, read_descriptor
-    from medseg.evaluation.evaluate import EvaluationResult, describe, evaluate_volumes
+    from medseg.evaluation.evaluate import EvaluationResult, describe, evaluate_volumes, read_region_masks
     from medseg.evaluation.report import write_report
     from medseg.io import read_volume
 
@@ -379,6 +386,7 @@ def evaluate_out_of_fold(
             ref_path = cases[case_id].label
             assert ref_path is not None  # list_cases("Tr") requires labels
             pred_path = predictions / f"{case_id}.nii.gz"
+            masks = read_region_masks(pred_path, list(eval_cfg.regions)) if eval_cfg.regions else None
             scored.append(
                 evaluate_volumes(
                     read_volume(pred_path),
@@ -387,6 +395,7 @@ def evaluate_out_of_fold(
                     name=case_id,
                     prediction_path=pred_path,
                     reference_path=ref_path,
+                    region_masks=masks,
                 )
             )
             fold_of[case_id] = record.fold

@@ -62,6 +62,7 @@ def test_a_dataset_without_regions_is_unchanged(tmp_path: Path) -> None:
         ({"large": [2, 4], "small": [3, 4]}, [2], "one label value per region"),
         ({"large": [2, 4], "small": [3, 4]}, [2, 0], r"holds \[0\]"),
         ({"large": [2, 4], "small": [3, 4]}, [2, 7], r"holds \[7\]"),
+        ({"large": [2, 4], "small": [3, 4]}, [3, 2], r"paints region 'large' with 3, which is not one of"),
     ],
 )
 def test_bad_regions_are_refused_naming_the_file(

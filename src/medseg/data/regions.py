@@ -36,7 +36,8 @@ def validate_regions(
 
     Rules: a mapping of distinct non-empty names to non-empty lists of distinct label
     values that the labels declare, never background (0); no two regions with the same
-    values; ``class_order`` (optional) one declared foreground label value per region.
+    values; ``class_order`` (optional) one declared foreground label value per region, a
+    value of that region.
     """
     if not isinstance(regions, Mapping) or not regions:
         raise ValueError(
@@ -91,6 +92,13 @@ def validate_regions(
                 f"(declared: {sorted(k for k in known if k)})"
             )
         order = tuple(int(v) for v in class_order)
+        for (name, values), value in zip(out.items(), order, strict=True):
+            if value not in values:
+                # Its painted voxels would read back as outside the region (and inside others).
+                raise ValueError(
+                    f"'regions_class_order' paints region {name!r} with {value}, which is not one of "
+                    f"its label values {list(values)}"
+                )
     return out, order
 
 

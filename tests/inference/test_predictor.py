@@ -253,6 +253,10 @@ def test_bad_inputs_give_clear_errors(trained_model: Path, tmp_path: Path) -> No
             nifti_in.parent, model, tmp_path / "o2", PredictConfig(formats=("nifti", "dicom-seg", "rtstruct"))
         )
     assert not (tmp_path / "o2").exists()
+    # So is the regions output of a model without regions (not one failed case after another).
+    with pytest.raises(ConfigError, match="regions output needs a region-based model"):
+        predict(nifti_in.parent, model, tmp_path / "o3", PredictConfig(formats=("nifti", "regions")))
+    assert not (tmp_path / "o3").exists()
 
 
 def test_the_picture_medseg_roi_draws_beside_a_crop_is_not_a_case(

@@ -956,6 +956,10 @@ def predict(
         )
     for plan in seg.plans:
         _check_slices_for_volume_model(input_path, cases, plan)
+    if "regions" in cfg.formats and not seg.plan.regions:
+        raise ConfigError(
+            f"{seg.path}: the regions output needs a region-based model (its plan declares no regions)"
+        )
     dicom_formats = [f for f in cfg.formats if f in DICOM_FORMATS]
     if dicom_formats and cases and not any(c.kind == "dicom" for c in cases):
         raise InputError(

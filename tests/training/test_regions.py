@@ -94,6 +94,20 @@ def test_a_region_model_has_one_output_per_region_and_logs_region_dice(region_mo
     assert all(0.0 <= float(r["val_dice_left_blob"]) <= 1.0 for r in rows)
 
 
+def test_info_shows_a_region_models_regions(region_model: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medseg.cli import app
+    from medseg.training.checkpoint import model_folder_summary
+
+    summary = model_folder_summary(region_model)
+    assert summary is not None
+    assert summary["plan"]["regions"] == REGIONS and summary["plan"]["regions_class_order"] == [1, 2]
+    res = CliRunner().invoke(app, ["info", str(region_model)])
+    assert res.exit_code == 0, res.output
+    assert "left_blob=[1, 3] painted as 1" in res.output.replace("\n", " ")
+
+
 def test_region_prediction_lands_on_the_input_grid_with_its_masks(region_model: Path, tmp_path: Path) -> None:
     # a case on another oblique grid than the training cases
     image, _ = overlapping_case(11, shape=(9, 34, 30), spacing=(3.3, 0.85, 0.8), angles=(11.0, 4.0, -19.0))

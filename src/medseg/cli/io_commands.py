@@ -172,6 +172,18 @@ def _print_model(model: dict[str, Any]) -> None:
             soft_wrap=True,
             highlight=False,
         )
+        if plan.get("regions"):
+            regions = ", ".join(
+                f"{name}={values} painted as {value}"
+                for (name, values), value in zip(
+                    plan["regions"].items(), plan["regions_class_order"], strict=True
+                )
+            )
+            console.print(
+                f"regions (one sigmoid output each; best val Dice is their mean): {escape(regions)}",
+                soft_wrap=True,
+                highlight=False,
+            )
     table = Table("folder", "fold", "medseg", "epochs", "best val Dice", "train cases", "weights")
     for f in model["folds"]:
         files = [n for n, present in (("pt", f["checkpoint"]), ("onnx", f["onnx"])) if present]

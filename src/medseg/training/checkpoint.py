@@ -281,6 +281,9 @@ def model_folder_summary(path: str | Path) -> dict[str, Any] | None:
             "slab_slices": plan.slab_slices,
             "slab_step": plan.slab_step,
         }
+        if plan.regions:  # a region model: one sigmoid output per region
+            summary["plan"]["regions"] = {k: list(v) for k, v in plan.regions.items()}
+            summary["plan"]["regions_class_order"] = list(plan.regions_class_order)
     return summary
 
 

@@ -117,3 +117,27 @@ def test_painting_follows_the_order_later_regions_over_earlier_ones() -> None:
     assert paint_regions(reversed_masks, (3, 2, 1)).tolist() == [1, 1, 1, 1, 3]
     with pytest.raises(ValueError, match="3 region masks but 2 values"):
         paint_regions(masks, (1, 2))
+
+
+def test_an_overlap_declared_as_a_value_of_its_own_survives_painting() -> None:
+    """UW-Madison --keep-overlaps style: 1 large bowel, 2 small bowel, 3 both; regions
+    large [1, 3], small [2, 3]. Painting by order alone would give the overlap 2 (small over
+    large); with the declared values it gets 3, and region_masks gives the masks back."""
+    regions = [(1, 3), (2, 3)]
+    large = np.array([1, 1, 0, 0], bool)
+    small = np.array([0, 1, 1, 0], bool)
+    masks = np.stack([large, small])
+    assert paint_regions(masks, (1, 2)).tolist() == [1, 2, 2, 0]
+    painted = paint_regions(masks, (1, 2), regions, [0, 1, 2, 3])
+    assert painted.tolist() == [1, 3, 2, 0]
+    np.testing.assert_array_equal(region_masks(painted, regions), masks)
+    # Nested regions paint exactly as by order (each value's set is what the order gives) ...
+    whole = np.array([1, 1, 1, 1, 0], bool)
+    core = np.array([0, 1, 1, 0, 0], bool)
+    enhancing = np.array([0, 0, 1, 0, 1], bool)
+    nested = np.stack([whole, core, enhancing])
+    nested_regions = [(1, 2, 3), (2, 3), (3,)]
+    assert paint_regions(nested, (1, 2, 3), nested_regions, [0, 1, 2, 3]).tolist() == [1, 2, 3, 1, 3]
+    # ... and a set no declared value has (enhancing outside whole) falls back to the order.
+    # Two values with the same set of regions are ambiguous: the order decides.
+    assert paint_regions(masks, (1, 2), [(1, 3, 4), (2, 3, 4)], [1, 2, 3, 4]).tolist() == [1, 2, 2, 0]

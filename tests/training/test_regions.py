@@ -121,8 +121,12 @@ def test_region_prediction_lands_on_the_input_grid_with_its_masks(region_model: 
     stacked = np.stack(list(masks.values()))
     assert stacked.shape == (2, *image.shape) and stacked.dtype == bool
     np.testing.assert_array_equal(stacked, probs > 0.5)
-    np.testing.assert_array_equal(label.array, paint_regions(stacked, (1, 2)))
-    assert set(np.unique(label.array)) <= {0, 1, 2}
+    # the overlap keeps its own value ("both" = 3): the label map gives the masks back
+    painted = paint_regions(stacked, (1, 2), list(REGIONS.values()), [0, 1, 2, 3])
+    np.testing.assert_array_equal(label.array, painted)
+    np.testing.assert_array_equal(region_masks(label.array, list(REGIONS.values())), stacked)
+    assert (label.array == 3).sum() == (stacked[0] & stacked[1]).sum() > 0
+    assert set(np.unique(label.array)) <= {0, 1, 2, 3}
 
     write_volume(image, tmp_path / "in" / "case_x_0000.nii.gz")
     out = tmp_path / "out"

@@ -122,18 +122,48 @@ def region_masks(labels: NDArray[Any], regions: Sequence[Sequence[int]]) -> NDAr
     return np.stack([np.isin(labels, list(r)) for r in regions])
 
 
-def paint_regions(masks: NDArray[Any], class_order: Sequence[int]) -> NDArray[Any]:
-    """Boolean region masks ``(R, *shape)`` -> one label map, regions painted in order.
+def paint_regions(
+    masks: NDArray[Any],
+    class_order: Sequence[int],
+    regions: Sequence[Sequence[int]] | None = None,
+    labels: Sequence[int] | None = None,
+) -> NDArray[Any]:
+    """Boolean region masks ``(R, *shape)`` -> one label map.
 
     Region r's voxels get ``class_order[r]``; a later region overwrites an earlier one
-    (nested regions are declared outermost first), voxels in no region stay 0.
+    (nested regions are declared outermost first), voxels in no region stay 0. With
+    ``regions`` (each region's label values) and ``labels`` (the declared values), a voxel
+    whose set of regions is exactly that of one declared value gets that value instead: an
+    overlap declared as a value of its own (UW-Madison's large+small bowel = 4) survives in
+    the label map, so ``region_masks`` of the result gives the masks back. Nested regions
+    paint as before (each value's set is the painting order's answer).
     """
     if len(masks) != len(class_order):
         raise ValueError(f"{len(masks)} region masks but {len(class_order)} values to paint them with")
-    dtype = np.uint8 if max(class_order, default=0) <= 255 else np.uint16
+    values = [int(v) for v in class_order]
+    if regions is not None and labels is not None:
+        values += [int(v) for v in labels]
+    dtype = np.uint8 if max(values, default=0) <= 255 else np.uint16
     out = np.zeros(masks.shape[1:], dtype=dtype)
     for mask, value in zip(masks, class_order, strict=True):
         out[np.asarray(mask, dtype=bool)] = value
+    if regions is None or labels is None or len(masks) > 62:
+        return out
+    if len(regions) != len(masks):
+        raise ValueError(f"{len(masks)} region masks but {len(regions)} regions")
+    # Each voxel's set of regions as bits; each declared value's set likewise.
+    bits = np.zeros(masks.shape[1:], dtype=np.int64)
+    for r, mask in enumerate(masks):
+        bits |= np.asarray(mask, dtype=np.int64) << r
+    by_set: dict[int, list[int]] = {}
+    for value in labels:
+        if int(value) == 0:
+            continue
+        key = sum(1 << r for r, members in enumerate(regions) if int(value) in members)
+        by_set.setdefault(key, []).append(int(value))
+    for key, candidates in by_set.items():
+        if key and len(candidates) == 1:  # one value means exactly this set of regions
+            out[bits == key] = candidates[0]
     return out
 
 

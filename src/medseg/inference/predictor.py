@@ -393,14 +393,21 @@ class SegmentationModel:
 
         The masks (overlaps and all) are kept in ``last_region_masks`` (region name -> bool
         array on the input grid); the label map paints them in ``regions_class_order``, a
-        later region over an earlier one, then gets the postprocessing rules.
+        later region over an earlier one, except where a voxel's set of regions is that of one
+        declared label value (an overlap with a value of its own keeps it), then gets the
+        postprocessing rules.
         """
         from medseg.data.regions import paint_regions
         from medseg.postprocessing.labels import apply_rules
 
         masks = region_probs > 0.5
         self.last_region_masks = {name: masks[r] for r, name in enumerate(self.plan.regions)}
-        labels = paint_regions(masks, self.plan.regions_class_order)
+        labels = paint_regions(
+            masks,
+            self.plan.regions_class_order,
+            list(self.plan.regions.values()),
+            list(self.plan.labels.values()),
+        )
         if postprocess and (self.rules.classes or self.rules.keep_largest_foreground):
             labels = apply_rules(labels, self.rules, channels[0].spacing)
         meta = {

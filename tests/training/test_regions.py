@@ -184,6 +184,12 @@ def test_cross_validation_of_a_region_model_reports_a_dice_per_region(tmp_path: 
     assert list(result.per_region_dice) == ["left_blob", "right_blob"]
     summary = json.loads(result.summary_path.read_text())
     assert list(summary["per_region_mean_dice"]) == ["left_blob", "right_blob"]
+    # the headline mean is over the regions, as training's validation Dice; classes kept beside
+    regions_mean = np.mean([v for v in summary["per_region_mean_dice"].values() if v is not None])
+    assert summary["mean_foreground_dice"] == pytest.approx(regions_mean)
+    assert result.mean_dice == pytest.approx(regions_mean)
+    classes = [v for v in summary["per_class_mean_dice"].values() if v is not None]
+    assert summary["mean_class_dice"] == pytest.approx(np.mean(classes))
     evaluation = json.loads((result.folder / "evaluation" / "summary.json").read_text())
     assert evaluation["per_region"]["left_blob"]["labels"] == [1, 3]
     # scored on the out-of-fold region masks (overlaps kept), not on the painted label maps

@@ -222,12 +222,14 @@ def crossval_command(
             )
     dice = ", ".join(f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in result.per_class_dice.items())
     mean = "n/a" if result.mean_dice is None else f"{result.mean_dice:.4f}"
-    console.print(f"out-of-fold Dice over {result.n_cases} cases: {dice}; mean {mean}")
-    if result.per_region_dice:
+    if result.per_region_dice:  # a region model: the mean is over the regions
+        console.print(f"out-of-fold Dice per class over {result.n_cases} cases: {dice}")
         text = ", ".join(
             f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in result.per_region_dice.items()
         )
-        console.print(f"out-of-fold Dice per region: {text}")
+        console.print(f"out-of-fold Dice per region: {text}; mean over regions {mean}")
+    else:
+        console.print(f"out-of-fold Dice over {result.n_cases} cases: {dice}; mean {mean}")
     for metric, values in result.per_class_means.items():
         text = ", ".join(f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in values.items())
         console.print(f"out-of-fold {metric}: {text}")

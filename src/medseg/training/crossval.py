@@ -436,6 +436,10 @@ def evaluate_out_of_fold(
         name: _clean(describe([c.per_region.get(name, math.nan) for c in scored]).mean)
         for name in eval_cfg.regions or {}
     }
+    class_mean = mean
+    if per_region:  # a region model is judged by its regions (overlap classes are often empty)
+        finite_regions = [v for v in per_region.values() if v is not None]
+        mean = float(sum(finite_regions) / len(finite_regions)) if finite_regions else None
     per_fold: dict[str, dict[str, float | None]] = {}
     for record in records:
         fold_cases = [c for c in scored if fold_of[c.name] == record.fold]
@@ -449,9 +453,11 @@ def evaluate_out_of_fold(
         "k": len(records),
         "n_cases": len(scored),
         "statistic": "per-class mean Dice over all out-of-fold cases (cases where prediction and "
-        "reference are both empty are left out); mean_foreground_dice is the mean over classes",
+        "reference are both empty are left out); mean_foreground_dice is the mean over classes"
+        + (", for a region model over regions (as training's validation Dice)" if per_region else ""),
         "per_class_mean_dice": per_class,
         "mean_foreground_dice": mean,
+        **({"mean_class_dice": class_mean} if per_region else {}),
         "per_fold_mean_dice": per_fold,
         **({"per_region_mean_dice": per_region} if per_region else {}),
         "per_class_mean": others,

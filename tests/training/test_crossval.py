@@ -290,6 +290,13 @@ def test_slice_classifier_reaches_every_fold_within_a_tenth_of_the_budget(
     )
     assert res.exit_code == 0, res.output
     assert len(seen) == 3 and all(getattr(c, "time_budget_minutes", None) == pytest.approx(0.2) for c in seen)
+    # no more iterations than the network's 1 epoch x 2 (a smoke run spent minutes on 400)
+    assert all(getattr(c, "iterations", None) == 2 for c in seen)
+    from medseg.cli.train_commands import _slice_classifier_config
+
+    real = _slice_classifier_config(True, _config(epochs=100, iterations_per_epoch=250))
+    assert real is not None and real.iterations == 400 and real.time_budget_minutes is None
+    assert _slice_classifier_config(False, _config()) is None
 
 
 def test_info_summarises_a_model_folder_without_loading_weights(crossvalidated: Path) -> None:

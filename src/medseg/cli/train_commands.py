@@ -15,8 +15,9 @@ if TYPE_CHECKING:
 
 
 SLICE_CLASSIFIER_HELP = (
-    "also train an empty-slice classifier (2D / 2.5D models; with --budget-min it gets a tenth of "
-    "that budget more): `medseg predict` then clears the slices it judges empty"
+    "also train an empty-slice classifier (2D / 2.5D models; 400 iterations, or as many as the network "
+    "when fewer; with --budget-min at most a tenth of that budget more): `medseg predict` then clears "
+    "the slices it judges empty"
 )
 
 
@@ -27,7 +28,12 @@ def _slice_classifier_config(enabled: bool, cfg: TrainingConfig) -> SliceClassif
     if not enabled:
         return None
     budget = cfg.time_budget_minutes
-    return SliceClassifierConfig(time_budget_minutes=None if budget is None else budget / 10)
+    # Never more iterations than the segmentation network gets (a 2-iteration smoke run
+    # spent minutes on the classifier's 400); real runs get the classifier's default.
+    iterations = min(SliceClassifierConfig.iterations, cfg.epochs * cfg.iterations_per_epoch)
+    return SliceClassifierConfig(
+        iterations=iterations, time_budget_minutes=None if budget is None else budget / 10
+    )
 
 
 @app.command("train")

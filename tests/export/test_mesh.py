@@ -167,3 +167,20 @@ def test_empty_label_writes_no_meshes(tmp_path: Path) -> None:
     empty = label.with_array(np.zeros(label.shape, np.uint8))
     assert write_label_meshes(empty, tmp_path / "meshes") == {}
     assert not (tmp_path / "meshes").exists()
+
+
+def test_region_masks_give_one_mesh_per_region_each_whole(tmp_path: Path) -> None:
+    """Nested regions (the small ellipsoid inside the big one): the outer region's mesh is the
+    whole big ellipsoid, not the label map's big-minus-small shell."""
+    label, _ = _anisotropic_volume()
+    outer, inner = label.array > 0, label.array == 2
+    masks = {"outer": outer, "inner": inner, "empty": np.zeros_like(outer)}
+    written = write_label_meshes(label, tmp_path / "m", suffix=".stl", region_masks=masks)
+    assert sorted(p.name for p in written.values()) == ["01_outer.stl", "02_inner.stl"]
+    voxel_mm3 = label.geometry.voxel_volume_mm3
+    for value, mask in ((1, outer), (2, inner)):
+        mesh = trimesh.load(written[value])
+        assert mesh.is_watertight
+        assert mesh.volume == pytest.approx(float(mask.sum()) * voxel_mm3, rel=0.05)
+    shell = label_mesh(label, 1)  # the label map's value 1 alone has the inner one cut out
+    assert trimesh.load(written[1]).volume > shell.volume + 0.5 * float(inner.sum()) * voxel_mm3

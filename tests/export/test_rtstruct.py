@@ -313,3 +313,30 @@ def test_roi_generation_names_the_algorithm_and_carries_a_description(
     assert read_rtstruct(own, synthetic_series.image, ZONES).meta["algorithms"] == dict.fromkeys(
         (1, 2, 4), medseg_algorithm()
     )
+
+
+def test_region_masks_become_overlapping_rois(tmp_path: Path, synthetic_series: Series) -> None:
+    """A region model: one ROI per non-empty region, each holding its whole mask (overlap too)."""
+    import copy
+
+    image = synthetic_series.image
+    large = np.zeros(image.shape, bool)
+    large[1:7, 6:28, 4:16] = True
+    small = np.zeros(image.shape, bool)
+    small[2:6, 10:24, 10:22] = True
+    painted = image.with_array(np.where(small, 2, np.where(large, 1, 0)).astype(np.uint8))
+    masks = {"large_bowel": large, "small_bowel": small, "stomach": np.zeros_like(large)}
+    out = write_rtstruct(painted, synthetic_series.files, tmp_path / "rt.dcm", region_masks=masks)
+    ds = pydicom.dcmread(out)
+    assert [r.ROIName for r in ds.StructureSetROISequence] == ["large_bowel", "small_bowel"]
+    for k, expected in enumerate((large, small)):
+        one = copy.deepcopy(ds)
+        one.StructureSetROISequence = [ds.StructureSetROISequence[k]]
+        one.ROIContourSequence = [ds.ROIContourSequence[k]]
+        one.save_as(tmp_path / f"roi{k}.dcm")
+        back = read_rtstruct(tmp_path / f"roi{k}.dcm", image)
+        np.testing.assert_array_equal(back.array > 0, expected)
+    with pytest.raises(GeometryError, match="region mask 'large_bowel' is not on the label map's grid"):
+        write_rtstruct(
+            painted, synthetic_series.files, tmp_path / "bad.dcm", region_masks={"large_bowel": large[1:]}
+        )

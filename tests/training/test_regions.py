@@ -135,7 +135,7 @@ def test_region_prediction_lands_on_the_input_grid_with_its_masks(region_model: 
         model,
         out,
         PredictConfig(
-            formats=("nifti", "regions", "probabilities", "volumes"), device="cpu", postprocess=False
+            formats=("nifti", "regions", "probabilities", "volumes", "mesh"), device="cpu", postprocess=False
         ),
     )
     assert [r.ok for r in results] == [True], results
@@ -152,6 +152,9 @@ def test_region_prediction_lands_on_the_input_grid_with_its_masks(region_model: 
     again = model.last_region_masks  # the same network and input: the same masks
     assert [int(r["voxel_count"]) for r in table] == [int(m.sum()) for m in again.values()]
     assert float(table[1]["volume_ml"]) == pytest.approx(int(again["right_blob"].sum()) * voxel_ml, abs=1e-4)
+    # one mesh per predicted region (each whole, overlap included), not per painted value
+    meshes = sorted(p.name for p in (out / "case_x" / "meshes").iterdir())
+    assert meshes == [f"{k + 1:02d}_{n}.stl" for k, (n, m) in enumerate(again.items()) if m.any()]
 
 
 def test_region_masks_of_the_reference_are_what_the_model_learns() -> None:

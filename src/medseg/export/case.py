@@ -219,6 +219,7 @@ def write_case_outputs(
                     algorithm=algorithm,
                     generation_descriptions=generation_descriptions,
                     overwrite=overwrite,
+                    region_masks=regions,  # a region model: one ROI per region, overlaps kept
                 )
         elif fmt == "mesh":
             if not present:
@@ -228,7 +229,8 @@ def write_case_outputs(
             from medseg.io.atomic import atomic_dir
 
             with atomic_dir(target, overwrite=overwrite) as tmp:  # the folder appears complete or not at all
-                meshes = write_label_meshes(label, tmp, names, suffix=mesh_suffix)
+                # a region model: one mesh per region (overlaps included)
+                meshes = write_label_meshes(label, tmp, names, suffix=mesh_suffix, region_masks=regions)
             log.info("wrote %d meshes to %s", len(meshes), target)
             written[fmt] = target
         elif fmt == "volumes":

@@ -34,7 +34,7 @@ import numpy as np
 import trimesh
 from skimage.measure import marching_cubes
 
-from medseg.errors import InputError, OutputExistsError
+from medseg.errors import GeometryError, InputError, OutputExistsError
 from medseg.export.codes import segments_for_label
 from medseg.io.atomic import atomic_file, check_writable
 from medseg.volume import Volume
@@ -212,8 +212,13 @@ def write_label_meshes(
     options: MeshOptions | None = None,
     overwrite: bool = False,
     values: Sequence[int] | None = None,
+    region_masks: Mapping[str, np.ndarray] | None = None,
 ) -> dict[int, Path]:
     """Write one mesh file per label value present into ``folder``; returns value -> path.
+
+    ``region_masks`` (a region-based model's masks by region name, on ``label``'s grid)
+    writes one mesh per non-empty region instead (numbered 1..R in region order), each of
+    the whole region, overlaps included.
 
     Every target is checked before anything is written, so an existing file (without
     ``overwrite``) leaves the folder untouched. An empty label map writes nothing and
@@ -221,6 +226,23 @@ def write_label_meshes(
     """
     out = Path(folder)
     _mesh_suffix(Path(f"x{suffix}"))
+    if region_masks is not None:
+        masks = {i + 1: (name, np.asarray(m, dtype=bool)) for i, (name, m) in enumerate(region_masks.items())}
+        if any(m.shape != label.shape for _, m in masks.values()):
+            raise GeometryError(f"{out}: region masks are not on the label map's grid {label.shape}")
+        written_regions: dict[int, Path] = {}
+        for value, (name, m) in masks.items():
+            if not m.any() or (values is not None and value not in values):
+                continue
+            one = label.with_array(np.where(m, value, 0).astype(np.uint16 if value > 255 else np.uint8))
+            written_regions.update(
+                write_label_meshes(
+                    one, out, {value: name}, suffix=suffix, options=options, overwrite=overwrite
+                )
+            )
+        if not written_regions:
+            log.warning("no region has voxels: no meshes written to %s", out)
+        return written_regions
     segments = [s for s in segments_for_label(label, segment_names) if values is None or s.value in values]
     if not segments:
         log.warning("the label map has no foreground: no meshes written to %s", out)

@@ -105,8 +105,13 @@ def write_rtstruct(
     algorithm_type: AlgorithmType | Mapping[int, AlgorithmType] = "automatic",
     algorithm: AlgorithmId | Mapping[int, AlgorithmId] | None = None,
     generation_descriptions: Mapping[int, str] | None = None,
+    region_masks: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
     """Write one ROI per label value present in ``label`` as an RTSTRUCT on ``source``.
+
+    ``region_masks`` (a region-based model's masks by region name, on ``label``'s grid)
+    writes one ROI per non-empty region instead, overlaps kept (ROIs may overlap); the
+    values the mappings refer to are then 1..R in region order, as for the DICOM SEG.
 
     ``source`` is the source series (a folder, files, datasets read from files, or an
     object with ``.datasets``/``.files``) in any order; rt-utils needs the files.
@@ -119,7 +124,20 @@ def write_rtstruct(
     that ROI; manual ROIs name no algorithm. An empty label map raises :class:`InputError`.
     """
     target = check_writable(path, overwrite)
-    segments = segments_for_label(label, segment_names, colors)
+    kept: dict[int, np.ndarray] = {}
+    if region_masks is not None:
+        for i, (name, m) in enumerate(region_masks.items()):
+            if np.asarray(m).shape != label.shape:
+                raise GeometryError(
+                    f"{target}: region mask '{name}' is not on the label map's grid {label.shape}"
+                )
+            if np.any(m):
+                kept[i + 1] = np.asarray(m, dtype=bool)
+        names = {k: list(region_masks)[k - 1] for k in kept}
+        empty_map = label.with_array(np.zeros(label.shape, dtype=np.uint8))
+        segments = segments_for_label(empty_map, names, colors, include_absent=True)
+    else:
+        segments = segments_for_label(label, segment_names, colors)
     if not segments:
         raise InputError(
             target,
@@ -177,7 +195,8 @@ def write_rtstruct(
         rtstruct.set_series_description(series_description[:64])
         for segment in segments:
             # rt-utils wants mask[row, column, slice] in its own slice order.
-            mask = np.moveaxis(label.array == segment.value, 0, -1)[:, :, order]
+            voxels = kept[segment.value] if region_masks is not None else label.array == segment.value
+            mask = np.moveaxis(voxels, 0, -1)[:, :, order]
             with contextlib.redirect_stdout(io.StringIO()):
                 rtstruct.add_roi(
                     mask=np.ascontiguousarray(mask),

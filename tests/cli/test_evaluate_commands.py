@@ -414,3 +414,37 @@ def test_evaluate_scores_the_regions_of_the_references_dataset_json(tmp_path: Pa
     assert summary["per_region"]["large_bowel"]["dice"]["mean"] == pytest.approx(0.8)
     assert summary["per_region"]["small_bowel"]["dice"]["mean"] == pytest.approx(1.0)
     assert "region_dice/small_bowel" in (out / "cases.csv").read_text()
+
+
+def test_regions_are_given_on_the_command_line_or_by_a_dataset_json(tmp_path: Path) -> None:
+    """References outside a dataset (no labelsTr/ above them): --regions names the regions."""
+    base = make_oblique_volume(shape=(1, 1, 6))
+    ref = np.array([1, 1, 3, 2, 2, 0], np.uint8).reshape(base.shape)
+    pred = np.array([1, 3, 3, 2, 0, 0], np.uint8).reshape(base.shape)
+    write_volume(base.with_array(ref), tmp_path / "ref" / "a.nii.gz")
+    write_volume(base.with_array(pred), tmp_path / "pred" / "a.nii.gz")
+    # large = {1, 3}: ref voxels 0,1,2 / pred 0,1,2 -> Dice 1; small = {2, 3}: ref 2,3,4 / pred 1,2,3 -> 2/3
+    runner = CliRunner()
+    args = ["evaluate", str(tmp_path / "pred"), str(tmp_path / "ref"), "--metrics", "dice"]
+    for i, spec in enumerate(["large=1+3,small=2+3", str(tmp_path / "ds" / "dataset.json")]):
+        if i == 1:
+            (tmp_path / "ds").mkdir()
+            (tmp_path / "ds" / "dataset.json").write_text(
+                json.dumps(
+                    {
+                        "channel_names": {"0": "MR"},
+                        "labels": {"background": 0, "large_only": 1, "small_only": 2, "both": 3},
+                        "regions": {"large": [1, 3], "small": [2, 3]},
+                        "numTraining": 0,
+                        "file_ending": ".nii.gz",
+                    }
+                )
+            )
+        out = tmp_path / f"out{i}"
+        res = runner.invoke(app, [*args, "--regions", spec, "-o", str(out)])
+        assert res.exit_code == 0, res.output
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["per_region"]["large"]["dice"]["mean"] == pytest.approx(1.0)
+        assert summary["per_region"]["small"]["dice"]["mean"] == pytest.approx(2 / 3)
+    res = runner.invoke(app, [*args, "--regions", "large=1+x"])
+    assert res.exit_code == 2 and "--regions: cannot read 'large=1+x'" in res.output

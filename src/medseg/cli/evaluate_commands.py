@@ -93,6 +93,13 @@ def evaluate_command(
         "case, the worst and best 3 when more than 6) and report.html (+ objects.csv with object metrics).",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    regions: str | None = typer.Option(
+        None,
+        "--regions",
+        help="Also a Dice per region (region-based models): 'large_bowel=1+3,small_bowel=2+3', or a "
+        "dataset.json / model folder declaring them. Default: the dataset.json above a labelsTr/ or "
+        "labelsTs/ reference.",
+    ),
 ) -> None:
     """Score predictions against references: Dice, IoU, distances in mm, and a report.
 
@@ -133,7 +140,7 @@ def evaluate_command(
     config = EvaluationConfig(
         labels=declared,
         label_names=class_names,
-        regions=_dataset_regions(reference),
+        regions=_parse_regions(regions) if regions is not None else _dataset_regions(reference),
         separators=_separator_values(separator, declared or class_names),
         object_iou=object_iou,
         metrics=names,
@@ -302,6 +309,44 @@ def _dataset_label_names(reference: Path) -> dict[int, str] | None:
         return None
     console.print(f"class names from {root / DATASET_JSON}", markup=False, soft_wrap=True)
     return {v: k for k, v in descriptor.foreground_labels.items()}
+
+
+def _parse_regions(spec: str) -> dict[str, tuple[int, ...]]:
+    """``--regions``: 'name=1+3,other=2+3', or a dataset.json / plan.json / model folder."""
+    from medseg.data.dataset import DATASET_JSON, read_descriptor
+    from medseg.errors import InputError
+
+    path = Path(spec)
+    if path.exists():
+        if path.is_dir() and (path / "plan.json").is_file():  # a model folder
+            from medseg.preprocessing.plan import Plan
+
+            found = dict(Plan.load(path / "plan.json").regions)
+            source = path / "plan.json"
+        else:
+            root = path if path.is_dir() else path.parent
+            if path.is_file() and path.name != DATASET_JSON:
+                raise InputError(path, "is not a dataset.json", expected="a dataset.json or a model folder")
+            found = dict(read_descriptor(root).regions)
+            source = root / DATASET_JSON
+        if not found:
+            raise InputError(source, "declares no regions", expected='"regions": {"name": [label values]}')
+        console.print(f"region Dice for the regions of {source}", markup=False, soft_wrap=True)
+        return {str(k): tuple(int(v) for v in vals) for k, vals in found.items()}
+    out: dict[str, tuple[int, ...]] = {}
+    for item in spec.split(","):
+        name, sep, values = item.partition("=")
+        try:
+            parsed = tuple(int(v) for v in values.split("+")) if sep else ()
+        except ValueError:
+            parsed = ()
+        if not name.strip() or not parsed or min(parsed) <= 0:
+            raise ConfigError(
+                f"--regions: cannot read {item!r}; expected name=label values joined by '+', e.g. "
+                "'large_bowel=1+3,small_bowel=2+3', or a dataset.json / model folder"
+            )
+        out[name.strip()] = parsed
+    return out
 
 
 def _dataset_regions(reference: Path) -> dict[str, tuple[int, ...]] | None:

@@ -108,6 +108,26 @@ def test_info_shows_a_region_models_regions(region_model: Path) -> None:
     assert "left_blob=[1, 3] painted as 1" in res.output.replace("\n", " ")
 
 
+def test_evaluate_takes_the_regions_of_a_model_folder(region_model: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medseg.cli import app
+
+    _, label = overlapping_case(0)
+    write_volume(label, tmp_path / "ref" / "a.nii.gz")
+    write_volume(label, tmp_path / "pred" / "a.nii.gz")
+    out = tmp_path / "ev"
+    res = CliRunner().invoke(
+        app,
+        ["evaluate", str(tmp_path / "pred"), str(tmp_path / "ref"), "--metrics", "dice",
+         "--regions", str(region_model), "-o", str(out)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert {k: v["labels"] for k, v in summary["per_region"].items()} == REGIONS
+    assert summary["per_region"]["right_blob"]["dice"]["mean"] == pytest.approx(1.0)
+
+
 def test_region_prediction_lands_on_the_input_grid_with_its_masks(region_model: Path, tmp_path: Path) -> None:
     # a case on another oblique grid than the training cases
     image, _ = overlapping_case(11, shape=(9, 34, 30), spacing=(3.3, 0.85, 0.8), angles=(11.0, 4.0, -19.0))

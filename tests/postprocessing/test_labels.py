@@ -216,3 +216,31 @@ def test_read_rules_errors_name_the_file(tmp_path: Path) -> None:
     unknown.write_text(json.dumps({"classes": {}, "extra": 1}))
     with pytest.raises(ConfigError, match=r"unknown\.json: .*unknown key"):
         read_rules(unknown)
+
+
+def test_rules_on_region_masks_act_on_each_whole_region() -> None:
+    """Overlapping regions painted 1 and 2: region 0 takes value 1's rule (keep largest) on its
+    whole mask, overlap included; region 1 (no rule) keeps its island; then the largest
+    component of the union removes what lies apart from everything."""
+    from medseg.postprocessing.labels import apply_rules_to_masks
+
+    large = np.zeros((3, 10, 10), bool)
+    large[1, 1:6, 1:6] = True
+    large[1, 8, 8] = True  # an island of region 0 inside region 1's island
+    small = np.zeros_like(large)
+    small[1, 4:7, 4:7] = True  # overlaps region 0's blob
+    small[1, 8:10, 7:10] = True  # region 1's own island (holds region 0's island)
+    far = np.zeros_like(large)
+    far[0, 0, 9] = True  # a third region, far from the others
+    masks = np.stack([large, small, far])
+    rules = PostprocessingRules(classes={1: ClassRule(keep_largest=True)})
+    out = apply_rules_to_masks(masks, (1, 2, 3), rules)
+    expected0 = large.copy()
+    expected0[1, 8, 8] = False
+    np.testing.assert_array_equal(out[0], expected0)
+    np.testing.assert_array_equal(out[1], small)  # no rule for value 2
+    np.testing.assert_array_equal(out[2], far)
+    assert masks[0, 1, 8, 8]  # the input is not modified
+    both = apply_rules_to_masks(masks, (1, 2, 3), PostprocessingRules(keep_largest_foreground=True))
+    assert not both[2].any() and not both[1, 1, 8:10, 7:10].any()  # apart from the largest union
+    np.testing.assert_array_equal(both[0], expected0)  # its island lay in the removed component

@@ -227,3 +227,37 @@ def test_cross_validation_of_a_region_model_reports_a_dice_per_region(tmp_path: 
             denom = int(mask.sum() + truth.sum())
             expected = 1.0 if denom == 0 else 2.0 * float((mask & truth).sum()) / denom
             assert float(row[f"region_dice/{name}"]) == pytest.approx(expected)
+
+
+def test_a_region_models_postprocessing_acts_on_its_masks(region_model: Path, tmp_path: Path) -> None:
+    """The model's rules (keep the largest component of the region painted 1) apply to that
+    region's whole mask; the painted map is painted from the cleaned masks, so they agree."""
+    import shutil
+
+    import cc3d
+
+    from medseg.postprocessing.labels import ClassRule, PostprocessingRules, write_rules
+
+    folder = tmp_path / "model"
+    shutil.copytree(region_model, folder)
+    # value 1's region: its largest component; value 2's: components under 10^9 voxels (all) go
+    rules = PostprocessingRules(
+        classes={1: ClassRule(keep_largest=True), 2: ClassRule(min_size_voxels=10**9)}
+    )
+    write_rules(rules, folder / "postprocessing.json", overwrite=True)
+    image, _ = overlapping_case(11, shape=(9, 34, 30), spacing=(3.3, 0.85, 0.8), angles=(11.0, 4.0, -19.0))
+    raw = SegmentationModel(region_model, device="cpu")
+    raw.predict([image], postprocess=False)
+    raw_left = raw.last_region_masks["left_blob"]
+    assert raw.last_region_masks["right_blob"].any()
+    model = SegmentationModel(folder, device="cpu")
+    label, _ = model.predict([image])
+    left = model.last_region_masks["left_blob"]
+    assert int(cc3d.connected_components(left.astype(np.uint8)).max()) <= 1
+    assert left.sum() <= raw_left.sum() and not (left & ~raw_left).any()
+    assert not model.last_region_masks["right_blob"].any()  # the whole region, overlap included
+    assert set(np.unique(label.array)) <= {0, 1}
+    stacked = np.stack(list(model.last_region_masks.values()))
+    np.testing.assert_array_equal(
+        label.array, paint_regions(stacked, (1, 2), list(REGIONS.values()), [0, 1, 2, 3])
+    )

@@ -394,13 +394,18 @@ class SegmentationModel:
         The masks (overlaps and all) are kept in ``last_region_masks`` (region name -> bool
         array on the input grid); the label map paints them in ``regions_class_order``, a
         later region over an earlier one, except where a voxel's set of regions is that of one
-        declared label value (an overlap with a value of its own keeps it), then gets the
-        postprocessing rules.
+        declared label value (an overlap with a value of its own keeps it). The postprocessing
+        rules act on the masks first (a region takes the rule of the value it is painted with).
         """
         from medseg.data.regions import paint_regions
-        from medseg.postprocessing.labels import apply_rules
+        from medseg.postprocessing.labels import apply_rules_to_masks
 
         masks = region_probs > 0.5
+        if postprocess and (self.rules.classes or self.rules.keep_largest_foreground):
+            # on the masks (each region whole), so the masks and the painted map agree
+            masks = apply_rules_to_masks(
+                masks, self.plan.regions_class_order, self.rules, channels[0].spacing
+            )
         self.last_region_masks = {name: masks[r] for r, name in enumerate(self.plan.regions)}
         labels = paint_regions(
             masks,
@@ -408,8 +413,6 @@ class SegmentationModel:
             list(self.plan.regions.values()),
             list(self.plan.labels.values()),
         )
-        if postprocess and (self.rules.classes or self.rules.keep_largest_foreground):
-            labels = apply_rules(labels, self.rules, channels[0].spacing)
         meta = {
             k: v for k, v in channels[0].meta.items() if k in ("modality", "series_description", "source")
         }

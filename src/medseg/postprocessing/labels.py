@@ -380,6 +380,34 @@ def apply_rules(
     return out
 
 
+def apply_rules_to_masks(
+    masks: NDArray[Any],
+    class_order: Sequence[int],
+    rules: PostprocessingRules,
+    spacing: Sequence[float] | None = None,
+) -> NDArray[np.bool_]:
+    """Apply ``rules`` to a region model's boolean masks ``(R, *shape)`` (overlaps allowed).
+
+    Region r takes the rule of the label value it is painted with (``class_order[r]``), on its
+    own whole mask; ``keep_largest_foreground`` keeps the largest component of the union of
+    the regions. Painting the result gives what the rules mean for the label map, and the
+    masks, SEG, RTSTRUCT and meshes agree with it.
+    """
+    if len(masks) != len(class_order):
+        raise ConfigError(f"{len(masks)} region masks but {len(class_order)} painting values")
+    out = np.asarray(masks, dtype=bool).copy()
+    for r, value in enumerate(class_order):
+        rule = rules.classes.get(int(value))
+        if rule is None or rule.is_identity or not out[r].any():
+            continue
+        single = PostprocessingRules(classes={1: rule}, connectivity=rules.connectivity)
+        out[r] = apply_rules(out[r].astype(np.uint8), single, spacing) == 1
+    if rules.keep_largest_foreground and len(out):
+        union = np.asarray(out.any(axis=0), dtype=np.uint8)
+        out &= keep_largest_foreground(union, connectivity=rules.connectivity).astype(bool)[None]
+    return out
+
+
 def write_rules(rules: PostprocessingRules, path: str | Path, *, overwrite: bool = False) -> Path:
     """Write rules as JSON atomically."""
     from medseg.io.atomic import write_text_atomic

@@ -346,3 +346,33 @@ def test_postprocessing_is_chosen_on_the_out_of_fold_predictions_and_stored_with
     (out / "summary.json").unlink()
     with pytest.raises(InputError, match=r"crossval/summary.json: not found.*medseg crossval"):
         tune_postprocessing(dataset_copy, configuration="3d")
+
+
+def test_postprocessing_is_not_chosen_on_predictions_older_than_a_fold_or_without_a_fold(
+    dataset_copy: Path,
+) -> None:
+    """A fold retrained after crossval made the out-of-fold predictions of its cases with an
+    older model: choosing rules on them is refused (crossval would predict them anew). A fold
+    folder gone is refused too, and no stray fold folder holding only postprocessing.json is
+    left behind (predict would refuse the ensemble for it)."""
+    import os
+
+    from medseg.training.crossval import tune_postprocessing
+
+    models = dataset_copy / "models" / "3d"
+    out = crossval_dir(dataset_copy, "3d")
+    summary = json.loads((out / "summary.json").read_text())
+    case = summary["folds"][1]["val_cases"][0]
+    newest = max(p.stat().st_mtime for p in (out / "predictions").glob("*.nii.gz"))
+    best = models / "fold_1" / "checkpoint_best.pt"
+    os.utime(best, (newest + 60, newest + 60))  # fold 1 retrained since
+    with pytest.raises(InputError, match=rf"{case}.nii.gz: is older than fold 1's model.*medseg crossval"):
+        tune_postprocessing(dataset_copy, configuration="3d")
+    assert json.loads((models / "fold_0" / "postprocessing.json").read_text())["classes"] == {}
+
+    os.utime(best, (newest - 60, newest - 60))
+    shutil.rmtree(models / "fold_2")
+    with pytest.raises(InputError, match=r"fold_2: .*no trained model"):
+        tune_postprocessing(dataset_copy, configuration="3d")
+    assert not (models / "fold_2").exists()
+    assert json.loads((models / "fold_0" / "postprocessing.json").read_text())["classes"] == {}

@@ -519,6 +519,7 @@ def tune_postprocessing(
     from medseg.postprocessing.labels import read_rules, write_rules
     from medseg.postprocessing.tuning import choose_rules
     from medseg.preprocessing.pipeline import load_dataset_plan
+    from medseg.training.checkpoint import best_checkpoint, is_model_folder
     from medseg.training.trainer import default_model_dir
 
     root = Path(dataset)
@@ -539,13 +540,22 @@ def tune_postprocessing(
     try:
         summary = json.loads(summary_path.read_text())
         # The fold folders beside crossval/ (the summary's paths may be of a moved dataset).
+        fold_numbers = [int(f["fold"]) for f in summary["folds"]]
         folds = [
-            (default_model_dir(root, configuration, int(f["fold"])), [str(c) for c in f["val_cases"]])
-            for f in summary["folds"]
+            (default_model_dir(root, configuration, k), [str(c) for c in f["val_cases"]])
+            for k, f in zip(fold_numbers, summary["folds"], strict=True)
         ]
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(summary_path, "is not a crossval summary", found=str(exc)) from None
     for folder, _ in folds:
+        # Rules are written into each fold's folder: a fold gone would come back as a folder
+        # holding only postprocessing.json, which predict refuses as an incomplete model.
+        if not (is_model_folder(folder) and best_checkpoint(folder).is_file()):
+            raise InputError(
+                folder,
+                "holds no trained model",
+                expected=f"every fold of {summary_path} (rerun medseg crossval {root} -c {configuration})",
+            )
         post = folder / POSTPROCESSING_JSON
         if post.is_file():
             rules = read_rules(post)
@@ -560,12 +570,22 @@ def tune_postprocessing(
     cases = {c.case_id: c for c in list_cases(root, "Tr")}
     predictions = out / "predictions"
     loaders = []
-    for _, val in folds:
+    for fold, (folder, val) in enumerate(folds):
+        checkpoint_time = best_checkpoint(folder).stat().st_mtime
         for case_id in val:
             pred_path = predictions / f"{case_id}.nii.gz"
             if not pred_path.is_file():
                 raise InputError(
                     pred_path, "not found", expected="every out-of-fold prediction of medseg crossval"
+                )
+            if pred_path.stat().st_mtime < checkpoint_time:
+                # crossval predicts such a case anew (predict_out_of_fold): the rules must be
+                # chosen on what the fold's present model predicts
+                raise InputError(
+                    pred_path,
+                    f"is older than fold {fold_numbers[fold]}'s model {best_checkpoint(folder)} (retrained since)",
+                    expected=f"predictions of the present models: rerun medseg crossval {root} -c {configuration} "
+                    "(trained folds are kept, their out-of-fold cases predicted anew)",
                 )
             ref_path = cases[case_id].label if case_id in cases else None
             if ref_path is None:

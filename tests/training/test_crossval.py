@@ -376,3 +376,42 @@ def test_postprocessing_is_not_chosen_on_predictions_older_than_a_fold_or_withou
         tune_postprocessing(dataset_copy, configuration="3d")
     assert not (models / "fold_2").exists()
     assert json.loads((models / "fold_0" / "postprocessing.json").read_text())["classes"] == {}
+
+
+def test_a_class_absent_from_both_prediction_and_reference_is_left_out_of_its_mean(
+    dataset_copy: Path,
+) -> None:
+    """summary.json's statistic says cases where prediction and reference of a class are both
+    empty are left out (as training's validation Dice and tune-postprocessing do): such a case
+    must not count as a perfect 1.0 in the class's mean or its fold's."""
+    from medseg.io import write_volume
+
+    out = crossval_dir(dataset_copy, "3d")
+    summary = json.loads((out / "summary.json").read_text())
+    fold = summary["folds"][0]
+    gone = fold["val_cases"][0]
+    for path in (dataset_copy / "labelsTr" / f"{gone}.nii.gz", out / "predictions" / f"{gone}.nii.gz"):
+        vol = read_volume(path)
+        arr = vol.array.copy()
+        arr[arr == 2] = 0  # class 2 ('inner') absent from this case on both sides
+        write_volume(vol.with_array(arr), path, overwrite=True)
+    result = cross_validate(dataset_copy, config=_config(), folds=3, workers=1)
+    assert [f.action for f in result.folds] == ["skipped"] * 3
+    inner: list[float] = []
+    inner_fold: list[float] = []
+    for f in summary["folds"]:
+        for case in f["val_cases"]:
+            ref = read_volume(dataset_copy / "labelsTr" / f"{case}.nii.gz").array
+            pred = read_volume(out / "predictions" / f"{case}.nii.gz").array
+            d = _dice(pred, ref, 2)
+            inner.append(d)
+            if f is fold:
+                inner_fold.append(d)
+    assert sum(np.isnan(inner)) == 1
+    new = json.loads((out / "summary.json").read_text())
+    assert new["per_class_mean_dice"]["inner"] == pytest.approx(float(np.nanmean(inner)), abs=1e-9)
+    fold_mean = new["per_fold_mean_dice"][str(fold["fold"])]["inner"]
+    if np.isnan(inner_fold).all():
+        assert fold_mean is None
+    else:
+        assert fold_mean == pytest.approx(float(np.nanmean(inner_fold)), abs=1e-9)

@@ -414,7 +414,15 @@ def evaluate_out_of_fold(
         log.warning("evaluation overlays drawn without the images: %s", exc)
         write_report(result, out / "evaluation", overwrite=True)
     labels: dict[int, str] = dict(eval_cfg.labels)
-    per_class = {name: _clean(describe(result.column("dice", lab)).mean) for lab, name in labels.items()}
+
+    def class_dice(cases: Sequence[Any], lab: int) -> float | None:
+        # A case where prediction and reference are both empty scores 1 in the evaluation
+        # (its convention); left out here, as the statistic says (and as training's
+        # validation Dice and tune-postprocessing do), not counted as a perfect case.
+        values = [c.per_label[lab].values["dice"] for c in cases if c.per_label[lab].empty != "both"]
+        return _clean(describe(values).mean)
+
+    per_class = {name: class_dice(scored, lab) for lab, name in labels.items()}
     finite = [v for v in per_class.values() if v is not None]
     mean = float(sum(finite) / len(finite)) if finite else None
     per_label_metrics = set(next(iter(scored[0].per_label.values())).values) if scored else set()
@@ -443,10 +451,7 @@ def evaluate_out_of_fold(
     per_fold: dict[str, dict[str, float | None]] = {}
     for record in records:
         fold_cases = [c for c in scored if fold_of[c.name] == record.fold]
-        per_fold[str(record.fold)] = {
-            name: _clean(describe([c.per_label[lab].values["dice"] for c in fold_cases]).mean)
-            for lab, name in labels.items()
-        }
+        per_fold[str(record.fold)] = {name: class_dice(fold_cases, lab) for lab, name in labels.items()}
     summary = {
         "dataset": read_descriptor(root).name or root.name,
         "configuration": configuration,

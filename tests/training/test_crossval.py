@@ -340,7 +340,26 @@ def test_postprocessing_is_chosen_on_the_out_of_fold_predictions_and_stored_with
     for k in range(3):
         rules = read_rules(dataset_copy / "models" / "3d" / f"fold_{k}" / "postprocessing.json")
         assert rules.keep_largest_foreground
-    # The predictions were made before these rules: choosing again on them is refused.
+    # The predictions were made before these rules: choosing again (another --min-gain) is fine.
+    res = CliRunner().invoke(app, ["tune-postprocessing", str(dataset_copy), "--min-gain", "0.9"])
+    assert res.exit_code == 0, res.output
+    again = json.loads((out / "postprocessing.json").read_text())
+    assert again["rules"]["keep_largest_foreground"] is False  # no rule adds 0.9
+    # ... but not on a prediction made after rules were written (with them),
+    tune_postprocessing(dataset_copy, configuration="3d")
+    import os
+    import time
+
+    first_pred = sorted((out / "predictions").glob("*.nii.gz"))[0]
+    later = time.time() + 10
+    os.utime(first_pred, (later, later))
+    with pytest.raises(InputError, match=r"was predicted after the fold's postprocessing rules were written"):
+        tune_postprocessing(dataset_copy, configuration="3d")
+    # ... nor with rules written by hand (not the ones this command chose).
+    from medseg.postprocessing.labels import ClassRule, PostprocessingRules, write_rules
+
+    hand = PostprocessingRules(classes={2: ClassRule(fill_holes="3d")})
+    write_rules(hand, dataset_copy / "models" / "3d" / "fold_0" / "postprocessing.json", overwrite=True)
     with pytest.raises(InputError, match=r"fold_0/postprocessing.json: holds postprocessing rules already"):
         tune_postprocessing(dataset_copy, configuration="3d")
     (out / "summary.json").unlink()

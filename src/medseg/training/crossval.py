@@ -552,6 +552,21 @@ def tune_postprocessing(
         ]
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(summary_path, "is not a crossval summary", found=str(exc)) from None
+    # Rules written by an earlier run of this command (crossval/postprocessing.json) may be chosen
+    # again (another --min-gain) on the predictions made before them.
+    tuned: tuple[Any, float] | None = None
+    record_path = out / POSTPROCESSING_JSON
+    if record_path.is_file():
+        from medseg.postprocessing.labels import PostprocessingRules
+
+        try:
+            tuned = (
+                PostprocessingRules.from_json(json.loads(record_path.read_text())["rules"]),
+                record_path.stat().st_mtime,
+            )
+        except (ValueError, KeyError, TypeError, MedsegError):
+            tuned = None
+    retuning = False
     for folder, _ in folds:
         # Rules are written into each fold's folder: a fold gone would come back as a folder
         # holding only postprocessing.json, which predict refuses as an incomplete model.
@@ -564,7 +579,10 @@ def tune_postprocessing(
         post = folder / POSTPROCESSING_JSON
         if post.is_file():
             rules = read_rules(post)
-            if rules.classes or rules.keep_largest_foreground:
+            active = rules.keep_largest_foreground or any(not r.is_identity for r in rules.classes.values())
+            if active and tuned is not None and rules == tuned[0]:
+                retuning = True  # rules this command wrote: predictions older than them were made without
+            elif active:
                 raise InputError(
                     post,
                     "holds postprocessing rules already, and the out-of-fold predictions were made with "
@@ -591,6 +609,13 @@ def tune_postprocessing(
                     f"is older than fold {fold_numbers[fold]}'s model {best_checkpoint(folder)} (retrained since)",
                     expected=f"predictions of the present models: rerun medseg crossval {root} -c {configuration} "
                     "(trained folds are kept, their out-of-fold cases predicted anew)",
+                )
+            if retuning and tuned is not None and pred_path.stat().st_mtime > tuned[1]:
+                raise InputError(
+                    pred_path,
+                    "was predicted after the fold's postprocessing rules were written, so with them",
+                    expected="predictions without rules: write {} into every fold's postprocessing.json, "
+                    f"delete {predictions} and rerun medseg crossval (trained folds are kept)",
                 )
             ref_path = cases[case_id].label if case_id in cases else None
             if ref_path is None:

@@ -362,6 +362,10 @@ def test_postprocessing_is_chosen_on_the_out_of_fold_predictions_and_stored_with
     write_rules(hand, dataset_copy / "models" / "3d" / "fold_0" / "postprocessing.json", overwrite=True)
     with pytest.raises(InputError, match=r"fold_0/postprocessing.json: holds postprocessing rules already"):
         tune_postprocessing(dataset_copy, configuration="3d")
+    # crossval again: the folds are kept, the out-of-fold cases predicted anew with the rules
+    rules_time = (dataset_copy / "models" / "3d" / "fold_1" / "postprocessing.json").stat().st_mtime
+    cross_validate(dataset_copy, config=_config(), folds=3, workers=1)
+    assert all(p.stat().st_mtime >= rules_time for p in (out / "predictions").glob("*.nii.gz"))
     (out / "summary.json").unlink()
     with pytest.raises(InputError, match=r"crossval/summary.json: not found.*medseg crossval"):
         tune_postprocessing(dataset_copy, configuration="3d")

@@ -11,7 +11,7 @@ For a planned dataset with K folds (splits.json; created when absent):
    imagesTr (the same path as ``medseg predict``: preprocessing replayed from the plan,
    the label map back on the input grid), written as NIfTI to
    ``DATASET/models/<config>/crossval/predictions/<case>.nii.gz``. A prediction newer than
-   its fold's checkpoint is reused;
+   its fold's checkpoint and postprocessing.json is reused;
 3. the out-of-fold predictions are evaluated against labelsTr with
    :mod:`medseg.evaluation.evaluate` (per-case table, statistics, plots and HTML in
    ``crossval/evaluation/``), and ``crossval/summary.json`` holds the per-class mean Dice
@@ -331,7 +331,12 @@ def predict_out_of_fold(
     total = sum(len(r.val_cases) for r in records)
     with progress_bar(progress, "out-of-fold prediction", total) as advance:
         for record in records:
+            # A prediction older than the fold's weights or its postprocessing rules (e.g. after
+            # `medseg tune-postprocessing`) is made anew: the summary scores what predict does.
             checkpoint_time = best_checkpoint(record.model_dir).stat().st_mtime
+            rules_file = record.model_dir / "postprocessing.json"
+            if rules_file.is_file():
+                checkpoint_time = max(checkpoint_time, rules_file.stat().st_mtime)
             # A region model's masks too: its painted label map loses the overlaps, and the
             # Dice per region is scored on the masks.
             regional = bool(Plan.load(record.model_dir / "plan.json").regions)

@@ -444,6 +444,11 @@ def test_regions_add_a_dice_per_region_to_rows_and_summary(tmp_path: Path) -> No
     case = evaluate_volumes(Volume(pred), Volume(ref), cfg, name="c")
     # large: ref 3 voxels, pred 2 (both inside) -> 0.8; small: ref 3, pred 2, overlap 2 -> 0.8
     assert case.per_region == {"large": pytest.approx(0.8), "small": pytest.approx(0.8)}
+    assert case.regions_both_empty == ()
+    # a region absent from both sides: Dice 1 by convention, and named so means can leave it out
+    cfg4 = EvaluationConfig(metrics=("dice",), regions={"large": [1, 3], "other": [4]})
+    other = evaluate_volumes(Volume(pred), Volume(ref), cfg4, name="c")
+    assert other.per_region["other"] == 1.0 and other.regions_both_empty == ("other",)
     result = EvaluationResult((case,), {1: "a", 2: "b", 3: "ab"}, cfg)
     row = result.rows()[0]
     assert row["region_dice/large"] == pytest.approx(0.8)

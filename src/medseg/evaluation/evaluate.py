@@ -42,7 +42,6 @@ from medseg.evaluation.metrics import (
     label_metrics,
     mean_iou,
     pooled_confusion,
-    region_dice,
 )
 from medseg.evaluation.objects import ObjectCounts, check_iou_threshold
 from medseg.io import read_volume
@@ -339,8 +338,10 @@ class CaseResult:
     # ``confusion_labels`` (0 and the labels it was scored on), for the pooled mIoU.
     confusion: tuple[tuple[int, ...], ...] = ()
     confusion_labels: tuple[int, ...] = ()
-    # Dice per region when the configuration declares regions.
+    # Dice per region when the configuration declares regions, and the regions empty in both
+    # prediction and reference (Dice 1 by convention; means that leave such cases out need it).
     per_region: Mapping[str, float] = field(default_factory=dict)
+    regions_both_empty: tuple[str, ...] = ()
 
 
 def _check_label_array(vol: Volume, case: str, role: str, path: Path | str) -> np.ndarray:
@@ -448,6 +449,7 @@ def evaluate_volumes(
         raise InputError(
             where or None, f"case '{name}': {exc.problem}", expected=exc.expected, found=exc.found
         ) from None
+    region_scores = _region_dice(pred, ref, config, prediction, reference, region_masks, name)
     return CaseResult(
         name=name,
         status="ok",
@@ -463,7 +465,8 @@ def evaluate_volumes(
         objects=_object_rows(result, reference),
         confusion=tuple(tuple(int(v) for v in row) for row in result.confusion),
         confusion_labels=(0, *result.per_label),
-        per_region=_region_dice(pred, ref, config, prediction, reference, region_masks, name),
+        per_region=region_scores[0],
+        regions_both_empty=region_scores[1],
     )
 
 
@@ -475,28 +478,35 @@ def _region_dice(
     reference: Volume,
     masks: Mapping[str, Volume] | None,
     name: str,
-) -> dict[str, float]:
-    """Dice per region: from the region masks when given, else from the label map."""
+) -> tuple[dict[str, float], tuple[str, ...]]:
+    """Dice per region (from the region masks when given, else from the label map) and the
+    regions empty on both sides."""
     if not config.regions:
-        return {}
-    if masks is None:
-        return region_dice(pred, ref, config.regions)
+        return {}, ()
     from medseg.evaluation.metrics import dice
 
     out: dict[str, float] = {}
+    both_empty: list[str] = []
     for region, values in config.regions.items():
-        mask = masks[region]
-        if not mask.geometry.is_close(prediction.geometry):
-            raise GeometryError(
-                f"case '{name}': the mask of region '{region}' is not on its label map's grid: "
-                + "; ".join(mask.geometry.differences(prediction.geometry))
-            )
-        if not prediction.geometry.is_close(reference.geometry):  # resampled like the label map
-            from medseg.geometry.resample import resample_to_reference
+        if masks is None:
+            predicted = np.isin(pred, list(values))
+        else:
+            mask = masks[region]
+            if not mask.geometry.is_close(prediction.geometry):
+                raise GeometryError(
+                    f"case '{name}': the mask of region '{region}' is not on its label map's grid: "
+                    + "; ".join(mask.geometry.differences(prediction.geometry))
+                )
+            if not prediction.geometry.is_close(reference.geometry):  # resampled like the label map
+                from medseg.geometry.resample import resample_to_reference
 
-            mask = resample_to_reference(mask, reference, is_label=True)
-        out[region] = dice(np.asarray(mask.array) > 0, np.isin(ref, list(values)))
-    return out
+                mask = resample_to_reference(mask, reference, is_label=True)
+            predicted = np.asarray(mask.array) > 0
+        truth = np.isin(ref, list(values))
+        out[region] = dice(predicted, truth)
+        if not predicted.any() and not truth.any():
+            both_empty.append(region)
+    return out, tuple(both_empty)
 
 
 def region_mask_files(prediction: str | Path, regions: Sequence[str]) -> list[Path] | None:

@@ -445,8 +445,12 @@ def evaluate_out_of_fold(
         if "miou" in eval_cfg.metrics
         else {}
     )
-    per_region = {
-        name: _clean(describe([c.per_region.get(name, math.nan) for c in scored]).mean)
+    per_region = {  # cases where the region is empty on both sides left out, as for the classes
+        name: _clean(
+            describe(
+                [c.per_region.get(name, math.nan) for c in scored if name not in c.regions_both_empty]
+            ).mean
+        )
         for name in eval_cfg.regions or {}
     }
     class_mean = mean

@@ -65,3 +65,19 @@ def test_bad_requests() -> None:
         choose_rules([lambda: (np.zeros(3), np.zeros(3))], [0])
     with pytest.raises(ConfigError, match=r"shape \(3,\) is scored against a reference of \(4,\)"):
         choose_rules([lambda: (np.zeros(3, np.uint8), np.zeros(4, np.uint8))], [1])
+
+
+def test_cases_are_read_once_while_they_fit_the_cache() -> None:
+    calls = {"n": 0}
+    pair = _case(0)
+
+    def load() -> tuple[np.ndarray, np.ndarray]:
+        calls["n"] += 1
+        return pair
+
+    first = choose_rules([load], [1, 2])
+    assert calls["n"] == 1  # three candidates and the baseline, one read
+    calls["n"] = 0
+    second = choose_rules([load], [1, 2], cache_bytes=0)
+    assert calls["n"] == 4  # baseline + foreground + one per class
+    assert first.rules == second.rules

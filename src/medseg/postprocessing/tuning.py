@@ -98,17 +98,46 @@ def _overall(d: dict[int, float]) -> float:
     return sum(finite) / len(finite) if finite else math.nan
 
 
+# Label maps kept in memory between candidates up to this many bytes (the rest read again).
+CACHE_BYTES = 2 * 1024**3
+
+
+def _cached(cases: Sequence[CaseLoader], limit: int) -> list[CaseLoader]:
+    """Loaders that keep what they read while the total stays under ``limit`` bytes (each
+    candidate rule scores every case: 2 + classes passes over the data)."""
+    used = 0
+    out: list[CaseLoader] = []
+    for load in cases:
+        kept: list[tuple[NDArray[Any], NDArray[Any]]] = []
+
+        def cached(load: CaseLoader = load, kept: list[tuple[NDArray[Any], NDArray[Any]]] = kept) -> Any:
+            nonlocal used
+            if kept:
+                return kept[0]
+            pair = load()
+            size = int(pair[0].nbytes) + int(pair[1].nbytes)
+            if used + size <= limit:
+                used += size
+                kept.append(pair)
+            return pair
+
+        out.append(cached)
+    return out
+
+
 def choose_rules(
     cases: Sequence[CaseLoader],
     labels: Sequence[int],
     *,
     connectivity: int = 26,
     min_gain: float = 0.0,
+    cache_bytes: int = CACHE_BYTES,
 ) -> RuleChoice:
     """Greedy choice of largest-component rules on out-of-fold predictions (module docstring)."""
     labels = [int(v) for v in labels if int(v) != 0]
     if not cases:
         raise ConfigError("postprocessing cannot be chosen without cases")
+    cases = _cached(cases, cache_bytes)
     if not labels:
         raise ConfigError("postprocessing cannot be chosen without foreground labels")
     if min_gain < 0:

@@ -342,3 +342,20 @@ def test_error_messages_show_bracketed_paths_literally(tmp_path: Path) -> None:
     code, _, err = run("info", missing)
     assert code == 2
     assert f"{missing}: does not exist" in " ".join(err.split())
+
+
+def test_info_on_a_series_of_several_volumes_says_how_to_see_one(tmp_path: Path) -> None:
+    """Several volumes at the same positions (b-values, echoes) is what info is asked to show:
+    the table and a note, exit 0; --volume shows one."""
+    from tests.conftest import write_stacked_series
+
+    vol = make_oblique_volume(dtype=np.int16)
+    write_stacked_series(tmp_path / "s", vol, vol.with_array(vol.array * 2))
+    code, out, err = run("info", tmp_path / "s")
+    assert code == 0, err
+    assert "holds 2 volumes at the same slice positions; see one with --volume i" in " ".join(out.split())
+    code, out, err = run("info", tmp_path / "s", "--json")
+    assert code == 0 and "error" not in json.loads(out) and "volume" not in json.loads(out)
+    code, out, err = run("info", tmp_path / "s", "--volume", "1", "--json")
+    assert code == 0, err
+    assert json.loads(out)["volume"]["max"] == float(vol.array.max() * 2)

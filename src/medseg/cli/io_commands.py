@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from medseg.cli.common import app, cli_command, console, number_values
-from medseg.errors import MedsegError
+from medseg.errors import InputError, MedsegError
 from medseg.volume import Volume
 
 SERIES_HELP = (
@@ -121,7 +121,17 @@ def gather_info(
 
         infos, loaded, problem = inspect_folder(path, series, volume=volume)
         report["series"] = [i.to_dict() for i in infos]
-        if problem is not None:
+        picked = [i for i in infos if i.n_volumes > 1]
+        if problem is not None and volume is None and len(infos) == 1 and picked:
+            # Several volumes in one series (b-values, echoes) is what info is asked to show,
+            # not an error: say how to see one.
+            report["note"] = (
+                f"the series holds {picked[0].n_volumes} volumes at the same slice positions; "
+                f"see one with --volume i ({problem.found})"
+                if isinstance(problem, InputError) and problem.found
+                else f"the series holds {picked[0].n_volumes} volumes; see one with --volume i"
+            )
+        elif problem is not None:
             report["error"] = str(problem)
         if loaded is not None:
             report["volume"] = volume_summary(loaded.volume)
@@ -228,6 +238,8 @@ def _print_report(report: dict[str, Any]) -> None:
         console.print(_volume_table(report["volume"]))
         for w in report.get("warnings", []):
             console.print(f"[yellow]warning:[/] {escape(w)}")
+    elif "note" in report:
+        console.print(escape(report["note"]), soft_wrap=True, highlight=False)
     elif "series" in report and "error" not in report:
         console.print(
             "Several series: pick one with --series (index, UID, description or pattern, "

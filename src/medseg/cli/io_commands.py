@@ -121,7 +121,7 @@ def gather_info(
 
         infos, loaded, problem = inspect_folder(path, series, volume=volume)
         report["series"] = [i.to_dict() for i in infos]
-        picked = [i for i in infos if i.n_volumes > 1]
+        picked = [i for i in infos if i.n_volumes > 1 and i.orientations == 1]
         if problem is not None and volume is None and len(infos) == 1 and picked:
             # Several volumes in one series (b-values, echoes) is what info is asked to show,
             # not an error: say how to see one.

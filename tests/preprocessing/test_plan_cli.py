@@ -72,3 +72,12 @@ def test_plan_refuses_network_options_its_network_cannot_take(toy_dataset: Path,
     )
     res = runner.invoke(app, ["plan", str(toy_dataset), "--config", str(cfg), "--overwrite"])
     assert res.exit_code == 0, res.output
+
+
+def test_a_bad_plan_setting_in_a_config_file_names_the_file(toy_dataset: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "plan.json"
+    cfg.write_text('{"network": {"base_features": "many"}}')
+    res = runner.invoke(app, ["plan", str(toy_dataset), "--config", str(cfg)])
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert "plan.json (plan settings)" in text and "plan override" not in text, text

@@ -106,9 +106,15 @@ def plan_command(
         overrides["slab_step"] = slab_step
     if network is not None:
         overrides.setdefault("network", {})["name"] = network
-    plan, path = plan_dataset(
-        dataset, configuration, overrides=overrides, workers=workers, progress=True, overwrite=overwrite
-    )
+    try:
+        plan, path = plan_dataset(
+            dataset, configuration, overrides=overrides, workers=workers, progress=True, overwrite=overwrite
+        )
+    except ConfigError as exc:
+        if config is None or not str(exc).startswith("plan override"):
+            raise
+        # name the file the user wrote (the options above are checked before they get here)
+        raise ConfigError(str(exc).replace("plan override", f"{config} (plan settings)", 1)) from None
     console.print(_plan_table(plan))
     console.print(f"wrote {path}")
 

@@ -478,7 +478,8 @@ def test_prostatex_study_folder_with_last_is_one_case(
     study = root / "ProstateX-0001" / "07-08-2011"
     with caplog.at_level("INFO", logger="medseg.inference.predictor"):
         cases = discover_cases(study, series="t2_tse_tra@last")
-    assert [(c.case_id, c.paths) for c in cases] == [("07-08-2011", (study,))]
+    # named after the patient folder too: a date alone would clash between patients
+    assert [(c.case_id, c.paths) for c in cases] == [("ProstateX-0001_07-08-2011", (study,))]
     assert "one study, 11 series: picked No. 10 't2_tse_tra'" in caplog.text
     read = load_series(cases[0].paths[0], series=cases[0].series)
     assert read.info.series_number == 10

@@ -709,7 +709,21 @@ def _study_case(src: Path, found: Sequence[SeriesInfo], series: str | None) -> I
         picked.description,
         series,
     )
-    return InputCase(src.name, "dicom", (src,), series)
+    return InputCase(_study_case_id(src), "dicom", (src,), series)
+
+
+# TCIA and many PACS exports name a study folder after its date ("07-08-2011", "2011-07-08-NA-...").
+_DATE_FOLDER = re.compile(r"^\d{1,4}[-./_]\d{1,2}[-./_]\d{1,4}(?!\d)")
+
+
+def _study_case_id(src: Path) -> str:
+    """The case name of one study folder: its name, or, when that is a date (two patients
+    scanned the same day would write the same output), ``<patient folder>_<date>``."""
+    resolved = src if src.name else src.resolve()
+    parent = resolved.parent.name or resolved.resolve().parent.name
+    if _DATE_FOLDER.match(resolved.name) and parent:
+        return f"{parent}_{resolved.name}"
+    return resolved.name
 
 
 def _log_cohort(n_folders: int, n_cases: int) -> None:

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -129,3 +129,7 @@ def main() -> None:
         app()
     except SystemExit as exc:
         sys.exit(exc.code)
+
+
+# The -c option of plan, preprocess, train, crossval and tune-postprocessing.
+Configuration = Annotated[str, typer.Option("--configuration", "-c", help="3d, 2d or 2.5d")]

@@ -8,10 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from medseg.cli.common import app, cli_command, console, number_values
+from medseg.cli.common import Configuration, app, cli_command, console, number_values
 from medseg.errors import ConfigError
-
-Configuration = Annotated[str, typer.Option("--configuration", "-c", help="3d, 2d or 2.5d")]
 
 
 def _plan_table(plan: Any) -> Table:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from medseg.cli.common import app, cli_command, console
+from medseg.cli.common import Configuration, app, cli_command, console
 
 if TYPE_CHECKING:
     from medseg.training.config import TrainingConfig
@@ -43,7 +43,7 @@ def train_command(
     fold: Annotated[
         str, typer.Option(help="fold index, or 'all' to train on every case without validation")
     ] = "0",
-    configuration: Annotated[str, typer.Option("--configuration", "-c", help="3d, 2d or 2.5d")] = "3d",
+    configuration: Configuration = "3d",
     config: Annotated[
         Path | None, typer.Option(help="JSON/YAML training config (see TrainingConfig)")
     ] = None,
@@ -151,7 +151,7 @@ def _training_config(
 @cli_command
 def crossval_command(
     dataset: Annotated[Path, typer.Argument(help="dataset folder with a plan (`medseg plan` first)")],
-    configuration: Annotated[str, typer.Option("--configuration", "-c", help="3d, 2d or 2.5d")] = "3d",
+    configuration: Configuration = "3d",
     folds: Annotated[
         int | None, typer.Option(help="number of folds (default: splits.json's, or 5 when it is created)")
     ] = None,
@@ -254,7 +254,7 @@ def crossval_command(
 @cli_command
 def tune_postprocessing_command(
     dataset: Annotated[Path, typer.Argument(help="dataset folder after `medseg crossval`")],
-    configuration: Annotated[str, typer.Option("--configuration", "-c", help="3d, 2d or 2.5d")] = "3d",
+    configuration: Configuration = "3d",
     min_gain: Annotated[
         float, typer.Option(help="Dice a rule must add to be adopted (default: any gain)", min=0.0)
     ] = 0.0,

@@ -379,3 +379,32 @@ def test_overlapping_rois_kept_as_regions(tmp_path: Path, shared_data: Path) -> 
     label = _only_case(out)[1].array
     assert set(np.unique(label)) == {0, 3}  # the copy lies exactly on the original
     np.testing.assert_array_equal(label == 3, ref)
+
+
+def test_a_skipped_case_takes_its_overlap_values_back(
+    tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--overlap regions --skip-invalid: the overlapping SEG fails when written (here: forced),
+    so dataset.json must not declare the overlap values only it had."""
+    from medseg.data.dataset import DatasetWriter
+
+    src = shared_data / "dcmqi_seg" / "segmentations"
+    real_add = DatasetWriter.add_case
+
+    def failing(self: DatasetWriter, case_id: str, *args: object, **kwargs: object) -> list[str]:
+        if case_id == "case_0001":
+            raise InputError(None, "forced failure")
+        return real_add(self, case_id, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DatasetWriter, "add_case", failing)
+    out = import_dicom_seg(
+        src,
+        tmp_path / "out",
+        seg_files=[src / "partial_overlaps.dcm", src / "liver.dcm"],
+        on_overlap="regions",
+        skip_invalid=True,
+        progress=False,
+    )
+    desc = read_descriptor(out)
+    assert not any("+" in name for name in desc.labels), desc.labels
+    assert all(len(values) == 1 for values in desc.regions.values())

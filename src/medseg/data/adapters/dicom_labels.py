@@ -629,21 +629,31 @@ def _import_dicom_labels(
                     expected="the referenced series in the source folder",
                 )
             image = load_series(index.series[uid])
-            if kind == "seg":
-                label = read_seg_label(path, image, declared, on_overlap, combos)
-            else:
-                label = read_rtstruct_label(path, image, declared, on_overlap, writer, combos)
-            if combos is not None:  # combinations first seen in this case become labels
-                writer.labels = combos.labels()
+            # A case that fails (skipped with skip_invalid) must not leave the overlap values it
+            # found in dataset.json: they are taken back with it.
+            known_combos = dict(combos.values) if combos is not None else {}
+            known_labels = dict(writer.labels)
+            try:
+                if kind == "seg":
+                    label = read_seg_label(path, image, declared, on_overlap, combos)
+                else:
+                    label = read_rtstruct_label(path, image, declared, on_overlap, writer, combos)
+                if combos is not None:  # combinations first seen in this case become labels
+                    writer.labels = combos.labels()
+                writer.add_case(
+                    case_id,
+                    [image.volume],
+                    label,
+                    patient_id=index.series[uid].patient,
+                    source=image.files[0].parent,
+                    label_source=path,
+                )
+            except Exception:
+                if combos is not None:
+                    combos.values = known_combos
+                    writer.labels = known_labels
+                raise
             modality = modality or str(image.volume.meta.get("modality", ""))
-            writer.add_case(
-                case_id,
-                [image.volume],
-                label,
-                patient_id=index.series[uid].patient,
-                source=image.files[0].parent,
-                label_source=path,
-            )
 
         # pydicom's value validation would quote malformed values (names, birth dates) in
         # warnings and logs while highdicom and rt-utils read the files.

@@ -490,3 +490,30 @@ def test_region_dice_reads_the_region_masks_predict_wrote_next_to_the_label_map(
     result = evaluate(tmp_path / "pred", tmp_path / "ref", dataclasses.replace(cfg, on_case_error="flag"))
     assert result.cases[0].status == "error"
     assert str(tmp_path / "pred" / "c" / "regions" / "1_small.nii.gz") in result.cases[0].message
+
+
+def test_region_masks_are_found_by_name_when_fewer_or_reordered_regions_are_scored(tmp_path: Path) -> None:
+    """`--regions 'small=2+3'` (one region of a two-region model, or the regions in another
+    order) must read `1_small.nii.gz`, the mask predict wrote for that region, not look for
+    `0_small.nii.gz` by the region's position in the --regions list."""
+    from medseg.io import write_volume
+    from medseg.volume import Volume
+
+    ref = np.zeros((2, 3, 4), np.uint8)
+    ref[0, 0, :] = [1, 3, 3, 2]
+    painted = np.zeros_like(ref)
+    painted[0, 0, :] = [1, 2, 2, 2]  # the overlap painted as the later region
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "ref").mkdir()
+    write_volume(Volume(ref), tmp_path / "ref" / "c.nii.gz")
+    write_volume(Volume(painted), tmp_path / "pred" / "c.nii.gz")
+    write_volume(
+        Volume(np.isin(ref, [1, 3]).astype(np.uint8)), tmp_path / "pred" / "c" / "regions" / "0_large.nii.gz"
+    )
+    write_volume(
+        Volume(np.isin(ref, [2, 3]).astype(np.uint8)), tmp_path / "pred" / "c" / "regions" / "1_small.nii.gz"
+    )
+    for regions in ({"small": [2, 3]}, {"small": [2, 3], "large": [1, 3]}):
+        cfg = EvaluationConfig(metrics=("dice",), labels={1: "a", 2: "b", 3: "ab"}, regions=regions)
+        result = evaluate(tmp_path / "pred", tmp_path / "ref", cfg)
+        assert result.cases[0].per_region == {name: pytest.approx(1.0) for name in regions}

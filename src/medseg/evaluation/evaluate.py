@@ -16,6 +16,7 @@ import logging
 import math
 import multiprocessing
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
@@ -511,14 +512,28 @@ def _region_dice(
 
 def region_mask_files(prediction: str | Path, regions: Sequence[str]) -> list[Path] | None:
     """Where ``predict --format regions`` wrote the masks of the label map ``prediction``
-    (``OUT/<case>/regions/<i>_<name>.nii.gz``); None when it wrote none."""
+    (``OUT/<case>/regions/<i>_<name>.nii.gz``); None when it wrote none.
+
+    A mask is found by its region's name, whatever its position ``<i>`` in the model: scoring
+    fewer regions, or the same in another order (``--regions 'small=2+3'``), reads the mask
+    predict wrote for that region. A region without a mask is given as ``<i>_<name>``."""
     from medseg.export.case import safe_name
 
     path = Path(prediction)
     folder = path.parent / case_name(path) / "regions"
     if not folder.is_dir():
         return None
-    return [folder / f"{i}_{safe_name(region)}.nii.gz" for i, region in enumerate(regions)]
+    found: dict[str, list[Path]] = {}
+    for f in sorted(folder.iterdir()):
+        match = re.fullmatch(r"(\d+)_(.+)\.nii\.gz", f.name)
+        if match:
+            found.setdefault(match.group(2), []).append(f)
+    out = []
+    for i, region in enumerate(regions):
+        expected = folder / f"{i}_{safe_name(region)}.nii.gz"
+        named = found.get(safe_name(region), [])
+        out.append(expected if expected.is_file() or len(named) != 1 else named[0])
+    return out
 
 
 def read_region_masks(prediction: str | Path, regions: Sequence[str]) -> dict[str, Volume] | None:

@@ -512,3 +512,19 @@ def test_left_right_labels_turn_off_mirroring_along_the_left_right_axis(tmp_path
         folds=2,
     )
     assert json.loads((res2.model_dir / "model.json").read_text())["mirror_axes"] == [0, 1, 2]
+
+
+def test_training_longer_follows_the_schedule_of_the_new_epoch_count(planned_dataset: Path) -> None:
+    """Resuming a finished 1-epoch run with 2 epochs: poly had brought the learning rate to 0
+    at the end of the old schedule; the added epoch must run at the new schedule's rate
+    (1e-3 * (1 - 1/2) ** 0.9), not at 0, which would train nothing."""
+    train(planned_dataset, 0, config=_config(epochs=1, schedule="poly", learning_rate=1e-3), folds=3)
+    longer = train(
+        planned_dataset,
+        0,
+        config=_config(epochs=2, schedule="poly", learning_rate=1e-3),
+        resume=True,
+        folds=3,
+    )
+    assert [h.epoch for h in longer.history] == [1, 2]
+    assert longer.history[1].learning_rate == pytest.approx(1e-3 * 0.5**0.9)

@@ -612,6 +612,13 @@ class Trainer:
         self.scheduler.load_state_dict(data["scheduler"])
         self.scaler.load_state_dict(data["scaler"])
         self.epoch = int(data["epoch"])
+        recorded_epochs = (data.get("training_config") or {}).get("epochs")
+        if recorded_epochs is not None and int(recorded_epochs) != self.config.epochs:
+            # Training longer (or shorter): the restored learning rate is the old schedule's
+            # (poly ends at 0 at the old last epoch); take the new epoch count's from here on.
+            factor = _lr_lambda(self.config)(self.epoch)
+            for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
+                group["lr"] = base * factor
         self.best_dice = float(data["best_dice"])
         self.best_epoch = int(data["best_epoch"])
         self.history = [EpochRecord(**h) for h in data.get("history", [])]

@@ -261,3 +261,13 @@ def test_a_region_models_postprocessing_acts_on_its_masks(region_model: Path, tm
     np.testing.assert_array_equal(
         label.array, paint_regions(stacked, (1, 2), list(REGIONS.values()), [0, 1, 2, 3])
     )
+
+
+def test_tune_postprocessing_points_region_models_to_hand_written_rules(tmp_path: Path) -> None:
+    from medseg.errors import ConfigError
+    from medseg.training.crossval import tune_postprocessing
+
+    root = write_overlap_dataset(tmp_path / "ds", n=2)
+    plan_dataset(root, "3d", overrides={"patch_size": [8, 16, 16], "batch_size": 2}, workers=1)
+    with pytest.raises(ConfigError, match="write a region model's rules by hand"):
+        tune_postprocessing(root, configuration="3d")

@@ -540,8 +540,9 @@ def tune_postprocessing(
     plan = load_dataset_plan(root, configuration)
     if plan.regions:
         raise ConfigError(
-            "postprocessing rules are chosen for label maps of disjoint classes; this plan declares "
-            "regions (the painted label map holds no overlap values), so none are chosen"
+            "tune-postprocessing chooses rules for models of disjoint classes; this plan declares "
+            "regions: write a region model's rules by hand (postprocessing.json in each fold; a region "
+            "takes the rule of the label value it is painted with, on its whole mask)"
         )
     out = crossval_dir(root, configuration)
     summary_path = out / SUMMARY_JSON

@@ -321,7 +321,8 @@ class OverlapCombinations:
             combined = self.name(names)
             if combined in out:
                 raise ConfigError(
-                    f"the overlap of {sorted(names)} would be named {combined!r}, which is already a label name"
+                    f"the overlap of {sorted(names)} would be named {combined!r}, which is already a label name; "
+                    "leave overlaps out of --labels (the import numbers each one it finds after the declared values)"
                 )
             out[combined] = value
         return out
@@ -567,7 +568,7 @@ def _import_dicom_labels(
             src, "is not a folder", expected="a folder with DICOM image series and label objects"
         )
     if on_overlap not in ("error", "overwrite", "regions"):
-        raise ConfigError(f"on_overlap must be 'error', 'overwrite' or 'regions', found {on_overlap!r}")
+        raise ConfigError(f"--overlap must be 'error', 'overwrite' or 'regions', found {on_overlap!r}")
     what = "DICOM SEG" if kind == "seg" else "RTSTRUCT"
     index = index_dicom_tree(src)
     found = index.segs if kind == "seg" else index.rtstructs

@@ -336,7 +336,10 @@ def test_region_masks_become_overlapping_rois(tmp_path: Path, synthetic_series: 
         one.save_as(tmp_path / f"roi{k}.dcm")
         back = read_rtstruct(tmp_path / f"roi{k}.dcm", image)
         np.testing.assert_array_equal(back.array > 0, expected)
-    with pytest.raises(GeometryError, match="region mask 'large_bowel' is not on the label map's grid"):
+    with pytest.raises(
+        GeometryError,
+        match=r"region mask 'large_bowel' of shape \(7, 36, 28\) is not on the label map's grid \(8, 36, 28\)",
+    ):
         write_rtstruct(
             painted, synthetic_series.files, tmp_path / "bad.dcm", region_masks={"large_bowel": large[1:]}
         )

@@ -35,13 +35,15 @@ from numpy.typing import NDArray
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from medseg.errors import ConfigError, InputError
+from medseg.errors import ConfigError, GeometryError, InputError
 from medseg.volume import Volume
 
 __all__ = [
     "Segment",
     "SegmentCode",
     "label_values",
+    "numbered_region_masks",
+    "region_segments",
     "segment_code",
     "segment_color",
     "segments_for_label",
@@ -232,3 +234,35 @@ def segments_for_label(
             raise ConfigError(f"colour for label {value} must be three integers 0-255, found {rgb}")
         segments.append(Segment(value, name, segment_code(name), (rgb[0], rgb[1], rgb[2])))
     return segments
+
+
+def numbered_region_masks(
+    label: Volume, region_masks: Mapping[str, Any], where: object
+) -> dict[int, tuple[str, NDArray[np.bool_]]]:
+    """A region model's masks numbered 1..R in region order, the non-empty ones only, each
+    checked to lie on ``label``'s grid (``where`` names the output in the error)."""
+    out: dict[int, tuple[str, NDArray[np.bool_]]] = {}
+    for i, (name, m) in enumerate(region_masks.items()):
+        mask = np.asarray(m, dtype=bool)
+        if mask.shape != label.shape:
+            raise GeometryError(
+                f"{where}: region mask '{name}' of shape {mask.shape} is not on the label map's grid {label.shape}"
+            )
+        if mask.any():
+            out[i + 1] = (str(name), mask)
+    return out
+
+
+def region_segments(
+    label: Volume,
+    region_masks: Mapping[str, Any],
+    colors: Mapping[int, Sequence[int]] | None,
+    where: object,
+) -> tuple[list[Segment], dict[int, NDArray[np.bool_]]]:
+    """Segments (values 1..R in region order, empty regions left out) and their masks, for a
+    DICOM SEG or RTSTRUCT holding one, possibly overlapping, segment per region."""
+    kept = numbered_region_masks(label, region_masks, where)
+    empty_map = label.with_array(np.zeros(label.shape, dtype=np.uint8))
+    names = {k: name for k, (name, _) in kept.items()}
+    segments = segments_for_label(empty_map, names, colors, include_absent=True)
+    return segments, {k: mask for k, (_, mask) in kept.items()}

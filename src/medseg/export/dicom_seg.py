@@ -48,7 +48,7 @@ from medseg.export.algorithm import (
     read_algorithm_id,
     read_algorithm_type,
 )
-from medseg.export.codes import Segment, segments_for_label
+from medseg.export.codes import Segment, region_segments, segments_for_label
 from medseg.export.dicom_source import SourceLike, match_source_series
 from medseg.io.atomic import atomic_file, check_writable
 from medseg.io.dicom import safe_error_text
@@ -128,14 +128,9 @@ def write_dicom_seg(
     to) are then 1..R in region order, empty regions skipped.
     """
     target = check_writable(path, overwrite)
+    kept: dict[int, np.ndarray] = {}
     if region_masks is not None:
-        kept = {i + 1: (name, np.asarray(m, dtype=bool)) for i, (name, m) in enumerate(region_masks.items())}
-        kept = {k: v for k, v in kept.items() if v[1].any()}
-        if any(m.shape != label.shape for _, m in kept.values()):
-            raise GeometryError(f"{target}: region masks are not on the label map's grid {label.shape}")
-        empty_map = label.with_array(np.zeros(label.shape, dtype=np.uint8))
-        names = {k: name for k, (name, _) in kept.items()}
-        segments = segments_for_label(empty_map, names, colors, include_absent=True)
+        segments, kept = region_segments(label, region_masks, colors, target)
     else:
         segments = segments_for_label(label, segment_names, colors)
     if not segments:
@@ -167,7 +162,7 @@ def write_dicom_seg(
         else "manual segmentation"
     )
     if region_masks is not None:
-        stacked = np.stack([kept[s.value][1] for s in segments], axis=-1).astype(np.uint8)
+        stacked = np.stack([kept[s.value] for s in segments], axis=-1).astype(np.uint8)
     else:
         stacked = np.stack([label.array == s.value for s in segments], axis=-1).astype(np.uint8)
     try:

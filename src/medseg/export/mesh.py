@@ -34,8 +34,8 @@ import numpy as np
 import trimesh
 from skimage.measure import marching_cubes
 
-from medseg.errors import GeometryError, InputError, OutputExistsError
-from medseg.export.codes import segments_for_label
+from medseg.errors import InputError, OutputExistsError
+from medseg.export.codes import numbered_region_masks, segments_for_label
 from medseg.io.atomic import atomic_file, check_writable
 from medseg.volume import Volume
 
@@ -227,12 +227,9 @@ def write_label_meshes(
     out = Path(folder)
     _mesh_suffix(Path(f"x{suffix}"))
     if region_masks is not None:
-        masks = {i + 1: (name, np.asarray(m, dtype=bool)) for i, (name, m) in enumerate(region_masks.items())}
-        if any(m.shape != label.shape for _, m in masks.values()):
-            raise GeometryError(f"{out}: region masks are not on the label map's grid {label.shape}")
         written_regions: dict[int, Path] = {}
-        for value, (name, m) in masks.items():
-            if not m.any() or (values is not None and value not in values):
+        for value, (name, m) in numbered_region_masks(label, region_masks, out).items():
+            if values is not None and value not in values:
                 continue
             one = label.with_array(np.where(m, value, 0).astype(np.uint16 if value > 255 else np.uint8))
             written_regions.update(

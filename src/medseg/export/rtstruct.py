@@ -50,7 +50,7 @@ from medseg.export.algorithm import (
     read_algorithm_id,
     read_algorithm_type,
 )
-from medseg.export.codes import segments_for_label
+from medseg.export.codes import region_segments, segments_for_label
 from medseg.export.dicom_source import SourceLike, match_source_series
 from medseg.io.atomic import atomic_file, check_writable
 from medseg.io.dicom import safe_error_text
@@ -126,16 +126,7 @@ def write_rtstruct(
     target = check_writable(path, overwrite)
     kept: dict[int, np.ndarray] = {}
     if region_masks is not None:
-        for i, (name, m) in enumerate(region_masks.items()):
-            if np.asarray(m).shape != label.shape:
-                raise GeometryError(
-                    f"{target}: region mask '{name}' is not on the label map's grid {label.shape}"
-                )
-            if np.any(m):
-                kept[i + 1] = np.asarray(m, dtype=bool)
-        names = {k: list(region_masks)[k - 1] for k in kept}
-        empty_map = label.with_array(np.zeros(label.shape, dtype=np.uint8))
-        segments = segments_for_label(empty_map, names, colors, include_absent=True)
+        segments, kept = region_segments(label, region_masks, colors, target)
     else:
         segments = segments_for_label(label, segment_names, colors)
     if not segments:

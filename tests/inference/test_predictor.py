@@ -962,3 +962,57 @@ def test_a_series_of_stacked_volumes_takes_a_volume_choice(trained_model: Path, 
         ],
     )
     assert code.exit_code == 0, code.output
+
+
+def test_a_rerun_with_another_model_or_options_is_refused_before_mixing_outputs(
+    trained_model: Path, model_copy: Path, tmp_path: Path
+) -> None:
+    """Outputs are kept on a re-run only when the same prediction made them: another model
+    (by content, not path), TTA or postprocessing would leave the old segmentations beside a
+    summary naming the new ones. --overwrite redoes the cases; the copy of a model matches."""
+    from medseg.config import to_dict
+    from medseg.inference.provenance import prediction_key
+
+    path, _ = _case_file(tmp_path / "in", 5)
+    out = tmp_path / "out"
+    (first,) = predict(path, trained_model, out, PredictConfig())
+    assert first.ok and not first.skipped
+    summary = json.loads((out / "predictions.json").read_text())
+    made = summary["cases"][0]["prediction_id"]
+    assert made == summary["prediction"]["id"]
+    # The same model moved elsewhere, and more formats: the kept label map is reused.
+    (res,) = predict(path, model_copy, out, PredictConfig(formats=("nifti", "volumes")))
+    assert res.ok and set(res.outputs) == {"nifti", "volumes"}
+    # TTA changes the label map: refused before anything is predicted or written.
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(InputError, match=r"holds outputs of 1 of these cases \(p5\).*tta False -> True"):
+        predict(path, trained_model, out, PredictConfig(tta=True))
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    # Other postprocessing rules in the model folder: another model.
+    (model_copy / "postprocessing.json").write_text(
+        json.dumps({"classes": {"1": {"keep_largest": True}}, "schema_version": 1})
+    )
+    res_cli = CliRunner().invoke(app, ["predict", str(path), "-m", str(model_copy), "-o", str(out)])
+    assert res_cli.exit_code != 0
+    assert "another prediction" in res_cli.output
+    assert "postprocessing none -> (label 1: keep_largest=True)" in " ".join(res_cli.output.split())
+    # ... unless its rules are switched off, which is the first prediction again.
+    (res,) = predict(path, model_copy, out, PredictConfig(postprocess=False))
+    assert res.ok and res.skipped
+    options = to_dict(PredictConfig(postprocess=False))
+    assert prediction_key([model_copy], options, backend="torch")["id"] == made
+    # --overwrite redoes the case with the new model; then the first model is the other one.
+    (res,) = predict(path, model_copy, out, PredictConfig(overwrite=True))
+    assert res.ok and not res.skipped
+    entry = json.loads((out / "predictions.json").read_text())["cases"][0]
+    assert entry["prediction_id"] != made
+    with pytest.raises(InputError, match="another prediction"):
+        predict(path, trained_model, out, PredictConfig())
+    # A summary of an older medseg (no identities) is not second-guessed.
+    old = tmp_path / "old"
+    predict(path, trained_model, old, PredictConfig())
+    data = json.loads((old / "predictions.json").read_text())
+    del data["prediction"], data["cases"][0]["prediction_id"]
+    (old / "predictions.json").write_text(json.dumps(data))
+    (res,) = predict(path, model_copy, old, PredictConfig())
+    assert res.ok and res.skipped

@@ -73,7 +73,13 @@ def predict_command(
     ] = None,
     onnx: Annotated[bool, typer.Option(help="use ONNX Runtime (after `medseg export-onnx`)")] = False,
     mesh_format: Annotated[str, typer.Option(help="stl, obj or ply")] = "stl",
-    overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="predict again and replace existing outputs (without it, outputs of the same "
+            "model and options are kept and only missing formats made; another model's are refused)"
+        ),
+    ] = False,
     roi_views: Annotated[
         tuple[Path, Path] | None,
         typer.Option(help="SAGITTAL CORONAL views: predict on the multi-plane ROI, output on the full grid"),

@@ -962,7 +962,9 @@ def predict(
     earlier run's file in the folder so that it describes every case on disk. Without
     ``overwrite``, existing outputs are kept: a case with all of them is not redone (its
     result has ``skipped=True``), a case with some is predicted and only the missing formats
-    are written (see :func:`_merge_with_earlier`).
+    are written (see :func:`_merge_with_earlier`). Kept outputs must come from the same
+    prediction (model content, acting rules and options; ``medseg.inference.provenance``):
+    otherwise the run is refused before anything is written.
     """
     cfg = config or PredictConfig()
     seg = (
@@ -999,6 +1001,14 @@ def predict(
     from medseg.io.atomic import prepare_output_folder
 
     out = prepare_output_folder(out_dir)
+    from medseg.inference.provenance import check_kept_outputs_match, prediction_key
+
+    key = prediction_key(seg.folders, to_dict(cfg), backend=seg.backend, rules=seg.rules)
+    if not cfg.overwrite:
+        kept_cases = [
+            c.case_id for c in cases if any(p.exists() for p in _outputs_for(c.case_id, out, cfg).values())
+        ]
+        check_kept_outputs_match(out, key, kept_cases)
     log.info(
         "predicting %d case(s) with %s (%s, %d fold(s), %s on %s%s)",
         len(cases),
@@ -1033,7 +1043,10 @@ def predict(
         "predictions.json" if cfg.shard is None else f"predictions_shard{cfg.shard[0]}of{cfg.shard[1]}.json"
     )
     model_name = ", ".join(str(p) for p in seg.paths)
-    entries = _merge_with_earlier(out / summary_name, [to_dict(r) for r in results], existing, model_name)
+    new_entries = [
+        {**to_dict(r), "prediction_id": key["id"]} if r.ok and not r.skipped else to_dict(r) for r in results
+    ]
+    entries = _merge_with_earlier(out / summary_name, new_entries, existing, model_name)
     write_text_atomic(
         out / summary_name,
         json.dumps(
@@ -1042,6 +1055,7 @@ def predict(
                 "model": model_name,
                 "model_info": seg.describe(),
                 "config": to_dict(cfg),
+                "prediction": key,
                 "cases": entries,
             },
             indent=2,

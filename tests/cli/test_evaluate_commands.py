@@ -121,6 +121,45 @@ def test_baseline_world_seed(tmp_path: Path) -> None:
     assert int(read_volume(out).array.sum()) == 294
 
 
+def test_baseline_seeds_as_separate_numbers(tmp_path: Path) -> None:
+    """The form USERS.md shows (`--seed 120 140 12`, unquoted; repeatable; negative world
+    coordinates) gives what the quoted form gives; other commands' --seed stays one value."""
+    from medseg.cli.common import join_point_values
+
+    img = _blob_image(tmp_path)
+    world = [f"{v:.4f}" for v in read_volume(img).index_to_world([5, 6, 6])]
+    assert any(v.startswith("-") for v in world)  # the blob image's origin makes one negative
+    for name, seed in (("quoted", ["--seed", "5 6 6"]), ("split", ["--seed", "5", "6", "6"])):
+        res = runner.invoke(
+            app, ["baseline", "region-grow", str(img), *seed, "-o", str(tmp_path / f"{name}.nii.gz")]
+        )
+        assert res.exit_code == 0, res.output
+    res = runner.invoke(
+        app,
+        ["baseline", "region-grow", str(img), "--seed-world", *world, "--seed", "5", "6", "7",
+         "--multiplier", "3", "-o", str(tmp_path / "world.nii.gz")],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    quoted, split = (read_volume(tmp_path / f"{n}.nii.gz").array for n in ("quoted", "split"))
+    np.testing.assert_array_equal(quoted, split)
+    assert int(read_volume(tmp_path / "world.nii.gz").array.sum()) == 294
+    assert join_point_values(["baseline", "x", "--seed", "1", "2", "3", "4"]) == [
+        "baseline", "x", "--seed", "1 2 3", "4"
+    ]  # fmt: skip
+    assert join_point_values(["phantom", "out", "--seed", "1", "2"]) == ["phantom", "out", "--seed", "1", "2"]
+    assert join_point_values(["baseline", "x", "--seed", "7", "img"]) == [
+        "baseline",
+        "x",
+        "--seed",
+        "7",
+        "img",
+    ]
+    res = runner.invoke(
+        app, ["baseline", "region-grow", str(img), "-o", str(tmp_path / "o.nii.gz"), "--seed", "5"]
+    )
+    assert res.exit_code == 2 and "three numbers" in res.output
+
+
 def test_baseline_errors(tmp_path: Path) -> None:
     img = _blob_image(tmp_path)
     out = tmp_path / "o.nii.gz"

@@ -11,13 +11,58 @@ from collections.abc import Callable, Iterator
 from typing import Annotated, Any, TypeVar
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
 from medseg.errors import MedsegError
 
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+# Options of `medseg baseline` that take one point of 2 or 3 numbers and may be repeated.
+# Click gives an option a fixed number of values (and a repeatable one cannot vary it), so
+# `--seed 120 140 12` would leave '140 12' as stray arguments: the group joins such a run of
+# numbers into the one value the command splits ('120 140 12'; quoting it works too).
+_POINT_OPTIONS = {"baseline": ("--seed", "--seed-world")}
+
+
+def join_point_values(args: list[str]) -> list[str]:
+    """``[.., '--seed', '120', '140', '12', ..]`` -> ``[.., '--seed', '120 140 12', ..]`` for the
+    commands in ``_POINT_OPTIONS`` (2 or 3 numbers; a single value is left as it is)."""
+    command = next((a for a in args if not a.startswith("-")), None)
+    options = _POINT_OPTIONS.get(command or "", ())
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        out.append(args[i])
+        if args[i] in options:
+            run = 0
+            while run < 3 and i + 1 + run < len(args) and _is_number(args[i + 1 + run]):
+                run += 1
+            if run >= 2:
+                out.append(" ".join(args[i + 1 : i + 1 + run]))
+                i += run
+        i += 1
+    return out
+
+
+class MedsegGroup(typer.core.TyperGroup):
+    """The top-level command group; joins multi-number point options (see ``join_point_values``)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, join_point_values(list(args)))
+
+
 app = typer.Typer(
+    cls=MedsegGroup,
     name="medseg",
     help="Medical image segmentation: read, convert, crop, train, predict, evaluate and export.",
     no_args_is_help=True,

@@ -427,11 +427,11 @@ def baseline_command(
     seed: list[str] | None = typer.Option(
         None,
         "--seed",
-        help="Seed voxel 'Z Y X' in quotes (array indices, 0-based, as the overlay titles show; "
-        "'Y X' for a 2D image; repeatable), e.g. --seed '12 80 95'.",
+        help="Seed voxel Z Y X (array indices, 0-based, as the overlay titles show; "
+        "Y X for a 2D image; repeatable), e.g. --seed 12 80 95 (quoted '12 80 95' works too).",
     ),
     seed_world: list[str] | None = typer.Option(
-        None, "--seed-world", help="Seed point 'X Y Z' in LPS mm (repeatable)."
+        None, "--seed-world", help="Seed point X Y Z in LPS mm (repeatable), e.g. --seed-world -12.5 30 4."
     ),
     seed_mask: Path | None = typer.Option(
         None, "--seed-mask", help="Label map whose non-zero voxels are seeds."
@@ -655,4 +655,4 @@ def _triple(text: str, option: str, kind: type) -> tuple:
             raise ValueError
         return tuple(kind(p) for p in parts)
     except ValueError:
-        raise ConfigError(f"{option} needs three numbers, e.g. {option} '12 80 95'; found '{text}'") from None
+        raise ConfigError(f"{option} needs three numbers, e.g. {option} 12 80 95; found '{text}'") from None

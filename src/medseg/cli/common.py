@@ -178,3 +178,41 @@ def main() -> None:
 
 # The -c option of plan, preprocess, train, crossval and tune-postprocessing.
 Configuration = Annotated[str, typer.Option("--configuration", "-c", help="3d, 2d or 2.5d")]
+
+
+def _print_version(value: bool) -> None:
+    """``medseg --version``: medseg's version and the libraries a bug report needs (read from
+    the installed packages' metadata, without importing them: it answers at once)."""
+    if not value:
+        return
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import medseg
+
+    found = []
+    for package in ("torch", "monai", "SimpleITK", "nibabel", "pydicom", "highdicom", "onnxruntime"):
+        try:
+            found.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            found.append(f"{package} not installed")
+    console.print(f"medseg {medseg.__version__}")
+    console.print(
+        f"Python {platform.python_version()} on {platform.system()} {platform.machine()}; " + ", ".join(found)
+    )
+    raise typer.Exit()
+
+
+@app.callback()
+def _top_level(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Show medseg's version and those of the libraries it runs on, then exit.",
+        ),
+    ] = False,
+) -> None:
+    """Medical image segmentation: read, convert, crop, train, predict, evaluate and export."""

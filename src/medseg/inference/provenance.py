@@ -34,12 +34,21 @@ if TYPE_CHECKING:
 RESULT_OPTIONS = ("tta", "overlap", "slice_filter", "series", "volume", "spacing", "roi_views")
 
 
+# A service calling predict per request with one loaded model hashes its checkpoint once:
+# digests are kept per (file, size, modification time).
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
 def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    stat = path.stat()
+    cache_key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if cache_key not in _DIGESTS:
+        h = hashlib.sha256()
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[cache_key] = h.hexdigest()[:16]
+    return _DIGESTS[cache_key]
 
 
 def model_files(folder: Path, *, backend: str, slice_filter: bool) -> list[Path]:

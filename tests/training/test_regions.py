@@ -263,11 +263,48 @@ def test_a_region_models_postprocessing_acts_on_its_masks(region_model: Path, tm
     )
 
 
-def test_tune_postprocessing_points_region_models_to_hand_written_rules(tmp_path: Path) -> None:
-    from medseg.errors import ConfigError
-    from medseg.training.crossval import tune_postprocessing
+def test_tune_postprocessing_chooses_a_region_models_rules_on_its_out_of_fold_masks(tmp_path: Path) -> None:
+    """A region model's rules are chosen on its region masks (overlaps kept), one Dice per
+    region: an island added to one region's out-of-fold masks, inside the other region (so the
+    foreground stays one piece), makes its largest-component rule pay (written under the value
+    it is painted with); the other region's rule changes nothing."""
+    from medseg.evaluation.evaluate import region_mask_files
+    from medseg.postprocessing.labels import read_rules
+    from medseg.training.crossval import cross_validate, tune_postprocessing
 
-    root = write_overlap_dataset(tmp_path / "ds", n=2)
+    torch.set_num_threads(1)
+    root = write_overlap_dataset(tmp_path / "ds", n=4)
     plan_dataset(root, "3d", overrides={"patch_size": [8, 16, 16], "batch_size": 2}, workers=1)
-    with pytest.raises(ConfigError, match="write a region model's rules by hand"):
-        tune_postprocessing(root, configuration="3d")
+    cfg = TrainingConfig(epochs=1, iterations_per_epoch=2, val_every=1, num_workers=0, max_val_cases=1)
+    result = cross_validate(root, config=cfg, folds=2, workers=1)
+    # As if the model were exact but for one stray voxel of left_blob at the far side of right_blob.
+    for case in (f"case_{i:03d}" for i in range(4)):
+        reference = read_volume(root / "labelsTr" / f"{case}.nii.gz")
+        files = region_mask_files(result.folder / "predictions" / f"{case}.nii.gz", list(REGIONS))
+        assert files is not None
+        for (name, values), path in zip(REGIONS.items(), files, strict=True):
+            mask = np.isin(reference.array, values).astype(np.uint8)
+            if name == "left_blob":
+                right_only = np.argwhere(reference.array == 2)
+                mask[tuple(right_only[np.argmax(right_only[:, 2])])] = 1
+            write_volume(reference.with_array(mask), path, overwrite=True)
+    from typer.testing import CliRunner
+
+    from medseg.cli import app
+
+    res = CliRunner().invoke(app, ["tune-postprocessing", str(root), "-c", "3d"])
+    assert res.exit_code == 0, res.output
+    assert "keep_largest:1 (left_blob)" in res.output and "keep_largest:2 (right_blob)" in res.output
+    # chosen again (its own rules, on the predictions made before them): the same choice
+    choice, record_path = tune_postprocessing(root, configuration="3d")
+    record = json.loads(record_path.read_text())
+    assert record["regions"] == {"left_blob": 1, "right_blob": 2}
+    steps = {s["rule"]: s for s in record["steps"]}
+    assert not steps["keep_largest_foreground"]["adopted"]
+    assert steps["keep_largest:1"]["adopted"] and not steps["keep_largest:2"]["adopted"]
+    assert steps["keep_largest:1"]["mean_dice_after"]["left_blob"] == pytest.approx(1.0)
+    assert steps["keep_largest:1"]["mean_dice_before"]["left_blob"] < 1.0
+    assert steps["keep_largest:2"]["mean_dice_after"]["right_blob"] == pytest.approx(1.0)
+    for k in range(2):
+        rules = read_rules(root / "models" / "3d" / f"fold_{k}" / "postprocessing.json")
+        assert rules == choice.rules and set(rules.classes) == {1} and rules.classes[1].keep_largest

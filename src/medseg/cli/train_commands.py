@@ -259,18 +259,27 @@ def tune_postprocessing_command(
         float, typer.Option(help="Dice a rule must add to be adopted (default: any gain)", min=0.0)
     ] = 0.0,
 ) -> None:
-    """Choose largest-component clean-up rules on the cross-validation predictions (as nnU-Net does) and store them with every fold's model, so predict applies them."""
+    """Choose largest-component clean-up rules on the cross-validation predictions (as nnU-Net does) and store them with every fold's model, so predict applies them (a region model's are chosen on its region masks)."""
     from rich.table import Table
 
+    from medseg.preprocessing.pipeline import load_dataset_plan
     from medseg.training.crossval import tune_postprocessing
 
     choice, record = tune_postprocessing(dataset, configuration=configuration, min_gain=min_gain)
+    plan = load_dataset_plan(dataset, configuration)
+    # what each keep_largest:<value> acts on: the class of that value, or the region painted with it
+    acts_on = (
+        dict(zip((str(v) for v in plan.regions_class_order), plan.regions, strict=True))
+        if plan.regions
+        else {str(v): name for name, v in plan.labels.items()}
+    )
     table = Table("rule", "mean Dice before", "after", "adopted")
     for step in choice.steps:
+        value = step.rule.partition(":")[2]
         before = [v for v in step.dice_before.values() if v == v]
         after = [v for v in step.dice_after.values() if v == v]
         table.add_row(
-            step.rule,
+            f"{step.rule} ({acts_on[value]})" if value in acts_on else step.rule,
             f"{sum(before) / len(before):.4f}" if before else "n/a",
             f"{sum(after) / len(after):.4f}" if after else "n/a",
             "[green]yes[/]" if step.adopted else "no",

@@ -11,6 +11,10 @@ so what is chosen is exactly what ``predict`` applies:
 2. then, for each class in turn, ``keep_largest`` for that class is adopted when it raises that
    class's mean Dice without lowering the mean over classes.
 
+For a region-based model (:func:`choose_region_rules`) the same steps run on the region masks:
+the foreground is the union of the regions, each region's candidate is the largest component
+of its mask (the rule of the value it is painted with), scored by each region's Dice.
+
 A rule must improve strictly (by more than ``min_gain``): a rule that changes nothing is not
 adopted. Cases where prediction and reference of a class are both empty do not count for it.
 No library offers this choice on medseg's rules (nnU-Net's works on its own folder layout and
@@ -25,10 +29,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 from numpy.typing import NDArray
 
 from medseg.errors import ConfigError
-from medseg.postprocessing.labels import ClassRule, PostprocessingRules, apply_rules
+from medseg.postprocessing.labels import ClassRule, PostprocessingRules, apply_rules, apply_rules_to_masks
 
 log = logging.getLogger(__name__)
 
@@ -73,24 +78,46 @@ def _class_dice(pred: NDArray[Any], ref: NDArray[Any], label: int) -> float:
     return 2.0 * int((p & r).sum()) / total
 
 
+def _mask_dice(p: NDArray[Any], r: NDArray[Any]) -> float:
+    total = int(p.sum()) + int(r.sum())
+    if total == 0:
+        return math.nan
+    return 2.0 * int((p & r).sum()) / total
+
+
+@dataclass(frozen=True)
+class _Scoring:
+    """How a candidate is scored: ``apply`` puts rules on a prediction, ``dice`` scores key k
+    (a label value, or a region's index) of the result against the reference."""
+
+    apply: Callable[[NDArray[Any], PostprocessingRules], NDArray[Any]]
+    dice: Callable[[NDArray[Any], NDArray[Any], int], float]
+
+
+_LABELS = _Scoring(
+    apply=lambda pred, rules: apply_rules(pred, rules),
+    dice=_class_dice,
+)
+
+
 def _mean_dice(
-    cases: Sequence[CaseLoader], labels: Sequence[int], rules: PostprocessingRules
+    cases: Sequence[CaseLoader], keys: Sequence[int], rules: PostprocessingRules, scoring: _Scoring = _LABELS
 ) -> dict[int, float]:
-    sums = dict.fromkeys(labels, 0.0)
-    counts = dict.fromkeys(labels, 0)
+    sums = dict.fromkeys(keys, 0.0)
+    counts = dict.fromkeys(keys, 0)
     for load in cases:
         pred, ref = load()
         if pred.shape != ref.shape:
             raise ConfigError(
                 f"a prediction of shape {pred.shape} is scored against a reference of {ref.shape}"
             )
-        out = apply_rules(pred, rules) if (rules.classes or rules.keep_largest_foreground) else pred
-        for lab in labels:
-            d = _class_dice(out, ref, lab)
+        out = scoring.apply(pred, rules) if (rules.classes or rules.keep_largest_foreground) else pred
+        for key in keys:
+            d = scoring.dice(out, ref, key)
             if not math.isnan(d):
-                sums[lab] += d
-                counts[lab] += 1
-    return {lab: (sums[lab] / counts[lab] if counts[lab] else math.nan) for lab in labels}
+                sums[key] += d
+                counts[key] += 1
+    return {key: (sums[key] / counts[key] if counts[key] else math.nan) for key in keys}
 
 
 def _overall(d: dict[int, float]) -> float:
@@ -135,32 +162,73 @@ def choose_rules(
 ) -> RuleChoice:
     """Greedy choice of largest-component rules on out-of-fold predictions (module docstring)."""
     labels = [int(v) for v in labels if int(v) != 0]
+    if not labels:
+        raise ConfigError("postprocessing cannot be chosen without foreground labels")
+    return _greedy(cases, {v: v for v in labels}, _LABELS, connectivity, min_gain, cache_bytes)
+
+
+def choose_region_rules(
+    cases: Sequence[CaseLoader],
+    class_order: Sequence[int],
+    *,
+    connectivity: int = 26,
+    min_gain: float = 0.0,
+    cache_bytes: int = CACHE_BYTES,
+) -> RuleChoice:
+    """The same greedy choice for a region-based model: each case loads boolean masks
+    ``(R, *shape)`` (prediction, reference), scored by the Dice of each region (its index r).
+
+    Region r's candidate is ``keep_largest`` for the label value it is painted with
+    (``class_order[r]``), which is how predict applies rules to a region model
+    (:func:`medseg.postprocessing.labels.apply_rules_to_masks`); the foreground is the union of
+    the regions. ``RuleStep`` Dice keys are region indices.
+    """
+    order = [int(v) for v in class_order]
+    if not order:
+        raise ConfigError("postprocessing cannot be chosen without regions")
+    if len(set(order)) != len(order):
+        raise ConfigError(f"regions painted with one value share its rule; found painting values {order}")
+    scoring = _Scoring(
+        apply=lambda masks, rules: apply_rules_to_masks(masks, order, rules),
+        dice=lambda out, ref, r: _mask_dice(np.asarray(out[r], bool), np.asarray(ref[r], bool)),
+    )
+    return _greedy(cases, dict(enumerate(order)), scoring, connectivity, min_gain, cache_bytes)
+
+
+def _greedy(
+    cases: Sequence[CaseLoader],
+    rule_values: dict[int, int],
+    scoring: _Scoring,
+    connectivity: int,
+    min_gain: float,
+    cache_bytes: int,
+) -> RuleChoice:
+    """``rule_values``: scored key -> the label value whose rule acts on it."""
     if not cases:
         raise ConfigError("postprocessing cannot be chosen without cases")
     cases = _cached(cases, cache_bytes)
-    if not labels:
-        raise ConfigError("postprocessing cannot be chosen without foreground labels")
     if min_gain < 0:
         raise ConfigError(f"min_gain must be >= 0, found {min_gain}")
+    keys = list(rule_values)
     current = PostprocessingRules(connectivity=connectivity)  # type: ignore[arg-type]
-    baseline = _mean_dice(cases, labels, current)
+    baseline = _mean_dice(cases, keys, current, scoring)
     steps: list[RuleStep] = []
 
     candidate = replace(current, keep_largest_foreground=True)
-    after = _mean_dice(cases, labels, candidate)
+    after = _mean_dice(cases, keys, candidate, scoring)
     adopted = _overall(after) > _overall(baseline) + min_gain
     steps.append(RuleStep("keep_largest_foreground", baseline, after, adopted))
     if adopted:
         current, baseline = candidate, after
-    for lab in labels:
-        if math.isnan(baseline[lab]):
+    for key in keys:
+        if math.isnan(baseline[key]):
             continue
         classes = dict(current.classes)
-        classes[lab] = ClassRule(keep_largest=True)
+        classes[rule_values[key]] = ClassRule(keep_largest=True)
         candidate = replace(current, classes=classes)
-        after = _mean_dice(cases, labels, candidate)
-        adopted = after[lab] > baseline[lab] + min_gain and not _overall(after) < _overall(baseline)
-        steps.append(RuleStep(f"keep_largest:{lab}", baseline, after, adopted))
+        after = _mean_dice(cases, keys, candidate, scoring)
+        adopted = after[key] > baseline[key] + min_gain and not _overall(after) < _overall(baseline)
+        steps.append(RuleStep(f"keep_largest:{rule_values[key]}", baseline, after, adopted))
         if adopted:
             current, baseline = candidate, after
     for step in steps:

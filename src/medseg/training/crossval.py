@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -517,6 +517,29 @@ def evaluate_out_of_fold(
 POSTPROCESSING_JSON = "postprocessing.json"
 
 
+def _region_case_loader(pred_path: Path, ref_path: Path, regions: Mapping[str, Sequence[int]]) -> Any:
+    """A loader of (predicted masks, reference masks), each ``(R, *shape)``, for one case of a
+    region model: the masks crossval wrote beside the label map, the reference's from its labels."""
+    import numpy as np
+
+    from medseg.evaluation.evaluate import read_region_masks
+    from medseg.io import read_volume
+
+    def load() -> tuple[Any, Any]:
+        masks = read_region_masks(pred_path, list(regions))
+        if masks is None:
+            raise InputError(
+                pred_path.parent / pred_path.name.removesuffix(".nii.gz") / "regions",
+                "not found: a region model's rules are chosen on its region masks",
+                expected="the masks crossval writes (rerun medseg crossval; trained folds are kept)",
+            )
+        ref = read_volume(ref_path).array
+        pred = np.stack([masks[name].array != 0 for name in regions])
+        return pred, np.stack([np.isin(ref, list(values)) for values in regions.values()])
+
+    return load
+
+
 def tune_postprocessing(
     dataset: str | Path, *, configuration: str = "3d", min_gain: float = 0.0
 ) -> tuple[Any, Path]:
@@ -531,19 +554,13 @@ def tune_postprocessing(
     from medseg.data.dataset import list_cases, read_descriptor
     from medseg.io import read_volume
     from medseg.postprocessing.labels import read_rules, write_rules
-    from medseg.postprocessing.tuning import choose_rules
+    from medseg.postprocessing.tuning import choose_region_rules, choose_rules
     from medseg.preprocessing.pipeline import load_dataset_plan
     from medseg.training.checkpoint import best_checkpoint, is_model_folder
     from medseg.training.trainer import default_model_dir
 
     root = Path(dataset)
     plan = load_dataset_plan(root, configuration)
-    if plan.regions:
-        raise ConfigError(
-            "tune-postprocessing chooses rules for models of disjoint classes; this plan declares "
-            "regions: write a region model's rules by hand (postprocessing.json in each fold; a region "
-            "takes the rule of the label value it is painted with, on its whole mask)"
-        )
     out = crossval_dir(root, configuration)
     summary_path = out / SUMMARY_JSON
     if not summary_path.is_file():
@@ -631,13 +648,22 @@ def tune_postprocessing(
             if ref_path is None:
                 raise InputError(root / "labelsTr", f"case '{case_id}' has no label")
 
-            def load(p: Path = pred_path, r: Path = ref_path) -> tuple[Any, Any]:
-                return read_volume(p).array, read_volume(r).array
+            if plan.regions:
+                loaders.append(_region_case_loader(pred_path, ref_path, plan.regions))
+            else:
 
-            loaders.append(load)
-    labels = [v for v in plan.labels.values() if v != 0]
-    choice = choose_rules(loaders, labels, min_gain=min_gain)
-    names = {v: k for k, v in plan.labels.items()}
+                def load(p: Path = pred_path, r: Path = ref_path) -> tuple[Any, Any]:
+                    return read_volume(p).array, read_volume(r).array
+
+                loaders.append(load)
+    if plan.regions:
+        # A region model: its masks (overlaps kept, as crossval writes them), one Dice per region.
+        choice = choose_region_rules(loaders, plan.regions_class_order, min_gain=min_gain)
+        names = dict(enumerate(plan.regions))
+    else:
+        labels = [v for v in plan.labels.values() if v != 0]
+        choice = choose_rules(loaders, labels, min_gain=min_gain)
+        names = {v: k for k, v in plan.labels.items()}
     for folder, _ in folds:
         write_rules(choice.rules, folder / POSTPROCESSING_JSON, overwrite=True)
     record = {
@@ -645,8 +671,17 @@ def tune_postprocessing(
         "configuration": configuration,
         "n_cases": choice.n_cases,
         "method": "greedy on the out-of-fold predictions: largest foreground component, then the "
-        "largest component of each class, each adopted when it raises the mean Dice "
-        f"(by more than {min_gain})",
+        f"largest component of each {'region' if plan.regions else 'class'}, each adopted when it raises "
+        f"the mean Dice (by more than {min_gain})",
+        **(
+            {
+                "regions": {
+                    name: int(v) for name, v in zip(plan.regions, plan.regions_class_order, strict=True)
+                }
+            }
+            if plan.regions
+            else {}
+        ),
         "rules": choice.rules.to_json(),
         "steps": [s.to_json(names) for s in choice.steps],
         "written_to": [str(folder / POSTPROCESSING_JSON) for folder, _ in folds],

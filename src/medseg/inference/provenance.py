@@ -84,6 +84,8 @@ def prediction_key(
             h.update(f"{f.name}:{_file_digest(f)};".encode())
         models.append(f"{folder.name}:{h.hexdigest()[:16]}")
     chosen = {k: _plain(options.get(k)) for k in RESULT_OPTIONS}
+    if chosen.get("roi_views"):  # the same views given by another (relative) path are the same
+        chosen["roi_views"] = [str(Path(v).resolve()) for v in chosen["roi_views"]]
     acting = None
     if rules is not None and options.get("postprocess", True):
         classes = {str(k): r.to_json() for k, r in rules.classes.items() if not r.is_identity}

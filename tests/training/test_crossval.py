@@ -258,6 +258,28 @@ def test_crossval_command(dataset_copy: Path, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "3 folds but 4" in res.output
 
 
+def test_crossval_quiet_prints_the_result_without_progress_bars_table_or_log_lines(
+    dataset_copy: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`medseg crossval -q`: the out-of-fold Dice and the summary path only; no progress bar,
+    fold table or INFO lines (a warning would still show)."""
+    caplog.set_level(logging.INFO)
+    config = dataset_copy / "fast.json"
+    config.write_text(json.dumps(FAST))
+    argv = ["crossval", str(dataset_copy), "--config", str(config), "--device", "cpu"]
+    loud = CliRunner().invoke(app, argv)
+    assert loud.exit_code == 0, loud.output
+    assert "out-of-fold prediction" in loud.output and "val cases" in loud.output  # bar and table
+    assert any(r.levelno == logging.INFO and r.name.startswith("medseg") for r in caplog.records)
+    caplog.clear()
+    quiet = CliRunner().invoke(app, [*argv, "--quiet"])
+    assert quiet.exit_code == 0, quiet.output
+    assert "out-of-fold prediction" not in quiet.output and "val cases" not in quiet.output
+    assert not [r for r in caplog.records if r.name.startswith("medseg") and r.levelno < logging.WARNING]
+    assert "out-of-fold Dice over 6 cases" in quiet.output and "summary:" in quiet.output
+    assert CliRunner().invoke(app, [*argv, "-q"]).exit_code == 0
+
+
 def test_slice_classifier_reaches_every_fold_within_a_tenth_of_the_budget(
     dataset_copy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -528,3 +528,37 @@ def test_training_longer_follows_the_schedule_of_the_new_epoch_count(planned_dat
     )
     assert [h.epoch for h in longer.history] == [1, 2]
     assert longer.history[1].learning_rate == pytest.approx(1e-3 * 0.5**0.9)
+
+
+def test_train_quiet_shows_warnings_and_the_result_but_no_progress_bar_or_log_lines(
+    planned_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`medseg train -q` (as `predict -q`): no progress bars, no INFO lines; a warning (here a
+    resume with changed settings) and the final result still show."""
+    import logging
+
+    from typer.testing import CliRunner
+
+    from medseg.cli import app
+
+    caplog.set_level(logging.INFO)
+    config_file = tmp_path / "fast.json"
+    config_file.write_text(json.dumps({**FAST, "epochs": 1}))
+    argv = ["train", str(planned_dataset), "--folds", "3", "--config", str(config_file), "--device", "cpu"]
+    loud = CliRunner().invoke(app, argv, catch_exceptions=False)
+    assert loud.exit_code == 0, loud.output
+    assert "training fold 0" in loud.output  # the bar, for the contrast below
+    assert any(r.levelno == logging.INFO and r.name.startswith("medseg") for r in caplog.records)
+    caplog.clear()
+    quiet = CliRunner().invoke(
+        app,
+        [*argv, "--epochs", "2", "--loss", "focal", "--resume", "--resume-changed", "-q"],
+        catch_exceptions=False,
+    )
+    assert quiet.exit_code == 0, quiet.output
+    assert "training fold 0" not in quiet.output and "preprocess" not in quiet.output
+    medseg_records = [r for r in caplog.records if r.name.startswith("medseg")]
+    assert medseg_records and all(r.levelno >= logging.WARNING for r in medseg_records)
+    assert any("resuming at epoch 1 with changed settings" in r.getMessage() for r in medseg_records)
+    assert "trained 2 epochs" in quiet.output and "model folder:" in quiet.output
+    assert logging.getLogger("medseg").level == logging.NOTSET  # restored after the command

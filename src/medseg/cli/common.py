@@ -122,18 +122,28 @@ def number_values(option: str, names: str, example: str, *, whole: bool = False)
 
 
 @contextlib.contextmanager
-def errors_only(enabled: bool = True) -> Iterator[None]:
-    """Within the block, medseg logs only errors (for a command's ``--quiet``); restored after."""
+def _medseg_log_level(enabled: bool, level: int) -> Iterator[None]:
     if not enabled:
         yield
         return
     logger = logging.getLogger("medseg")
     before = logger.level
-    logger.setLevel(logging.ERROR)
+    logger.setLevel(level)
     try:
         yield
     finally:
         logger.setLevel(before)
+
+
+def errors_only(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
+    """Within the block, medseg logs only errors (predict's ``--quiet``); restored after."""
+    return _medseg_log_level(enabled, logging.ERROR)
+
+
+def warnings_only(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
+    """Within the block, medseg logs only warnings and errors (train's and crossval's
+    ``--quiet``: a warning such as a resume with changed settings still shows); restored after."""
+    return _medseg_log_level(enabled, logging.WARNING)
 
 
 def cli_command(func: F) -> F:

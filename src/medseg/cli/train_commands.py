@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from medseg.cli.common import Configuration, app, cli_command, console
+from medseg.cli.common import Configuration, app, cli_command, console, warnings_only
 
 if TYPE_CHECKING:
     from medseg.training.config import TrainingConfig
@@ -19,6 +19,16 @@ SLICE_CLASSIFIER_HELP = (
     "when fewer; with --budget-min at most a tenth of that budget more): `medseg predict` then clears "
     "the slices it judges empty"
 )
+
+# --quiet of train and crossval (predict's -q also hides warnings: it runs cohorts unattended).
+Quiet = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="print only warnings, errors and the final result lines (no progress bars or log lines)",
+    ),
+]
 
 
 def _slice_classifier_config(enabled: bool, cfg: TrainingConfig) -> SliceClassifierConfig | None:
@@ -72,6 +82,7 @@ def train_command(
         bool,
         typer.Option(help=SLICE_CLASSIFIER_HELP),
     ] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Train a U-Net on one fold; Ctrl-C saves a checkpoint, --resume continues it."""
     from medseg.errors import ConfigError
@@ -86,20 +97,21 @@ def train_command(
         except ValueError:
             raise ConfigError(f"--fold must be an integer or 'all', found {fold!r}") from None
     try:
-        result = train(
-            dataset,
-            fold_index,
-            configuration=configuration,
-            config=cfg,
-            out_dir=out,
-            resume=resume,
-            overwrite=overwrite,
-            folds=folds,
-            workers=workers,
-            progress=True,
-            slice_classifier=_slice_classifier_config(slice_classifier, cfg),
-            resume_changed=resume_changed,
-        )
+        with warnings_only(quiet):
+            result = train(
+                dataset,
+                fold_index,
+                configuration=configuration,
+                config=cfg,
+                out_dir=out,
+                resume=resume,
+                overwrite=overwrite,
+                folds=folds,
+                workers=workers,
+                progress=not quiet,
+                slice_classifier=_slice_classifier_config(slice_classifier, cfg),
+                resume_changed=resume_changed,
+            )
     except KeyboardInterrupt:
         if is_main_process():
             console.print("[yellow]interrupted:[/] checkpoint_last.pt saved; continue with --resume")
@@ -185,6 +197,7 @@ def crossval_command(
         str, typer.Option(help="comma list of evaluation metrics (dice is required)")
     ] = "dice,iou",
     slice_classifier: Annotated[bool, typer.Option(help=SLICE_CLASSIFIER_HELP)] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Train every fold (finished folds are skipped, interrupted ones resumed), then predict and evaluate each fold's validation cases; writes models/<config>/crossval/summary.json."""
     from rich.table import Table
@@ -194,19 +207,20 @@ def crossval_command(
 
     cfg = _training_config(config, loss, epochs, iterations, lr, batch_size, device, budget_min)
     try:
-        result = cross_validate(
-            dataset,
-            configuration=configuration,
-            config=cfg,
-            slice_classifier=_slice_classifier_config(slice_classifier, cfg),
-            folds=folds,
-            workers=workers,
-            overwrite=overwrite,
-            tta=tta,
-            metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
-            progress=True,
-            resume_changed=resume_changed,
-        )
+        with warnings_only(quiet):
+            result = cross_validate(
+                dataset,
+                configuration=configuration,
+                config=cfg,
+                slice_classifier=_slice_classifier_config(slice_classifier, cfg),
+                folds=folds,
+                workers=workers,
+                overwrite=overwrite,
+                tta=tta,
+                metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
+                progress=not quiet,
+                resume_changed=resume_changed,
+            )
     except KeyboardInterrupt:
         if is_main_process():
             console.print(
@@ -215,11 +229,12 @@ def crossval_command(
         raise typer.Exit(130) from None
     if not result.evaluated:  # torchrun: rank 0 reports
         return
-    table = Table("fold", "action", "epochs", "best val Dice", "val cases")
-    for r in result.folds:
-        best = "n/a" if r.best_val_dice is None else f"{r.best_val_dice:.4f}"
-        table.add_row(str(r.fold), r.action, str(r.epochs_completed), best, str(len(r.val_cases)))
-    console.print(table)
+    if not quiet:
+        table = Table("fold", "action", "epochs", "best val Dice", "val cases")
+        for r in result.folds:
+            best = "n/a" if r.best_val_dice is None else f"{r.best_val_dice:.4f}"
+            table.add_row(str(r.fold), r.action, str(r.epochs_completed), best, str(len(r.val_cases)))
+        console.print(table)
     for r in result.folds:
         if r.differences:
             console.print(

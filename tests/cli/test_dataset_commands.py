@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -67,6 +68,75 @@ def test_import_check_split(tmp_path: Path) -> None:
     assert splits.k == 3 and len(splits.test) == 2 and splits.seed == 1
     result = runner.invoke(app, ["dataset", "split", str(out), "--folds", "7"])
     assert result.exit_code == 2 and "cannot make 7 folds from 6 patients" in result.output
+
+
+@pytest.mark.parametrize(
+    ("spacing", "expected"),
+    [
+        (["0.5", "0.25"], (0.5, 0.5, 0.25)),  # as every other option taking numbers
+        (["2", "0.5", "0.25"], (2.0, 0.5, 0.25)),  # with the slice spacing
+        (["0.5,0.25"], (0.5, 0.5, 0.25)),  # the comma form of older releases
+        (["2,0.5,0.25"], (2.0, 0.5, 0.25)),
+    ],
+)
+def test_images2d_spacing_takes_space_separated_numbers(
+    tmp_path: Path, spacing: list[str], expected: tuple[float, ...]
+) -> None:
+    images, masks = _pairs(tmp_path, n=1)
+    out = tmp_path / "ds"
+    # --spacing before the IMAGES argument and before another option: the numbers end at either
+    args = ["dataset", "import", "images2d", "--spacing", *spacing, str(images), "-o", str(out),
+            "--masks", str(masks), "--mask-map", "0=1,255=0", "--spacing", *spacing, "-q"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert read_itk(out / "imagesTr" / "s0_0000.nii.gz").geometry.spacing == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("spacing", "expected"),
+    [
+        (["0.5", "0.5x"], "found '0.5x' among them"),
+        (["0.5,a"], "found 'a' among them"),
+        (["0.5"], "found 1: 0.5"),
+        (["1", "2", "3", "4"], "found 4: 1 2 3 4"),
+        (["0.5", "--mask-map", "0=1"], "found 1: 0.5"),
+    ],
+)
+def test_images2d_spacing_errors_name_the_option_and_value(
+    tmp_path: Path, spacing: list[str], expected: str
+) -> None:
+    images, masks = _pairs(tmp_path, n=1)
+    args = ["dataset", "import", "images2d", str(images), "-o", str(tmp_path / "ds"), "--masks", str(masks),
+            "--spacing", *spacing]  # fmt: skip
+    result = runner.invoke(app, args)
+    text = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2, result.output
+    assert expected in text, text
+    assert (
+        "Invalid value for '--spacing': expected 2 or 3 numbers [Z] ROW COL (e.g. --spacing 0.5 0.5)" in text
+    )
+    assert not (tmp_path / "ds").exists()
+
+
+def test_join_number_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medseg.cli.common import join_number_tokens
+
+    assert join_number_tokens(["x", "--spacing", "1", "-2", ".5", "7x", "y"], "--spacing") == [
+        "x", "--spacing", "1,-2,.5,7x", "y",
+    ]  # fmt: skip
+    assert join_number_tokens(["--spacing", "1,2", "-q"], "--spacing") == ["--spacing", "1,2", "-q"]
+    assert join_number_tokens(["--spacing", "--other", "1"], "--spacing") == ["--spacing", "--other", "1"]
+    # after "--" every token is an argument, even one spelled like the option
+    assert join_number_tokens(["--", "--spacing", "1", "2"], "--spacing") == ["--", "--spacing", "1", "2"]
+    # an existing folder named like a number is the IMAGES argument
+    monkeypatch.chdir(tmp_path)
+    Path("2024_scans").mkdir()
+    assert join_number_tokens(["--spacing", "1", "1", "2024_scans"], "--spacing") == [
+        "--spacing", "1,1", "2024_scans",
+    ]  # fmt: skip
+    assert join_number_tokens(["--spacing", "1", "1", "2025_scans"], "--spacing") == [
+        "--spacing", "1,1,2025_scans",  # no such folder: a mistyped number, which the parser names
+    ]  # fmt: skip
 
 
 def test_check_reports_problems_with_exit_code_1(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -15,6 +16,7 @@ import typer.core
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
+from typer.core import TyperCommand
 
 from medseg.errors import MedsegError
 
@@ -117,6 +119,85 @@ def number_values(option: str, names: str, example: str, *, whole: bool = False)
             f"(e.g. {option} {example}), found {text!r} among them"
             + (f"; were fewer than {count} values given?" if not text[:1].isdigit() else "")
         )
+
+    return parse
+
+
+class NumberList(tuple[float, ...]):
+    """The values of an option taking a varying count of numbers (see :func:`number_list`)."""
+
+
+def _number_like(token: str) -> bool:
+    """``0.5``, ``-3``, ``.5``, ``12x8``: a number or a mistyped one, not an option or a path."""
+    body = token[1:] if token[:1] in "+-" else token
+    return body[:1].isdigit() or (body[:1] == "." and body[1:2].isdigit())
+
+
+def _argument_path(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return Path(token).exists()
+    return False
+
+
+def join_number_tokens(args: list[str], option: str) -> list[str]:
+    """``OPTION a b [c]`` -> ``OPTION a,b[,c]``: the number-like tokens after ``option`` become
+    its one value, which :func:`number_list` parses (and refuses with the count when there are
+    too many). They end at an option, or at an existing file or folder that is no number (an
+    argument named ``2024_scans``). A single token is left as it is (the comma form ``a,b`` of
+    older releases, or a value for the parser to refuse)."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        token = args[i]
+        out.append(token)
+        i += 1
+        if token == "--":  # the rest are arguments
+            out.extend(args[i:])
+            break
+        if token == option:
+            values: list[str] = []
+            while i < len(args) and _number_like(args[i]) and not _argument_path(args[i]):
+                values.append(args[i])
+                i += 1
+            if values:
+                out.append(",".join(values))
+    return out
+
+
+def number_list_command(option: str) -> type[TyperCommand]:
+    """``cls=`` of a command whose ``option`` takes a varying count of space-separated numbers
+    (``--spacing ROW COL`` or ``--spacing Z ROW COL``): a Click option takes a fixed count of
+    values, so the command joins them into one before parsing (:func:`join_number_tokens`)."""
+
+    class NumberListCommand(TyperCommand):
+        def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+            result: list[str] = super().parse_args(ctx, join_number_tokens(args, option))
+            return result
+
+    return NumberListCommand
+
+
+def number_list(
+    option: str, names: str, example: str, counts: tuple[int, ...]
+) -> Callable[[str], NumberList]:
+    """``parser=`` of an option of a :func:`number_list_command`: ``counts`` numbers given
+    space-separated (as every other option taking numbers) or, for compatibility, in one
+    comma-separated value (``0.5,0.5``)."""
+    expected = f"expected {' or '.join(map(str, counts))} numbers {names} (e.g. {option} {example})"
+
+    def parse(text: str) -> NumberList:
+        pieces = [p.strip() for p in text.split(",")]
+        values: list[float] = []
+        for piece in pieces:
+            try:
+                values.append(float(piece))
+            except ValueError:
+                raise typer.BadParameter(f"{expected}, found {piece!r} among them") from None
+        if len(values) not in counts:
+            raise typer.BadParameter(f"{expected}, found {len(values)}: {' '.join(pieces)}")
+        return NumberList(values)
 
     return parse
 

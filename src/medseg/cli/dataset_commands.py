@@ -15,7 +15,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from medseg.cli.common import app, cli_command, console, err_console
+from medseg.cli.common import (
+    NumberList,
+    app,
+    cli_command,
+    console,
+    err_console,
+    number_list,
+    number_list_command,
+)
 from medseg.errors import ConfigError
 
 dataset_app = typer.Typer(
@@ -57,13 +65,6 @@ def _labels(text: str | None) -> dict[str, int] | None:
     from medseg.data.dataset import parse_labels
 
     return parse_labels(text) if text else None
-
-
-def _floats(text: str, what: str) -> list[float]:
-    try:
-        return [float(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise ConfigError(f"{what} must be comma-separated numbers, found {text!r}") from None
 
 
 def _int_map(text: str) -> dict[int, int]:
@@ -340,13 +341,22 @@ def import_rtstruct_command(
     _imported(result)
 
 
-@import_app.command("images2d")
+@import_app.command("images2d", cls=number_list_command("--spacing"))
 @cli_command
 def import_images2d_command(
     images: Annotated[Path, typer.Argument(help="Folder of 2D images (PNG/TIFF/...).")],
     out: OutOpt,
     masks: Annotated[Path, typer.Option("--masks", help="Folder of masks, paired with images by file stem.")],
-    spacing: Annotated[str, typer.Option("--spacing", help="Pixel spacing ROW,COL in mm (or Z,ROW,COL).")],
+    spacing: Annotated[
+        NumberList,
+        typer.Option(
+            "--spacing",
+            metavar="[Z] ROW COL",
+            help="Pixel spacing in mm, array order: ROW COL (e.g. 0.5 0.5), or Z ROW COL with the slice "
+            "spacing (default: the larger in-plane one). The comma form ROW,COL of older releases still works.",
+            parser=number_list("--spacing", "[Z] ROW COL", "0.5 0.5", (2, 3)),
+        ),
+    ],
     test: Annotated[Path | None, typer.Option("--test", help="Folder of unlabelled test images.")] = None,
     mask_map: Annotated[
         str | None,
@@ -368,7 +378,7 @@ def import_images2d_command(
     from medseg.data.adapters.images2d import import_images2d
 
     result = import_images2d(
-        images, out, masks=masks, spacing=_floats(spacing, "--spacing"), test_images=test,
+        images, out, masks=masks, spacing=spacing, test_images=test,
         mask_map=_int_map(mask_map) if mask_map else None, label_name=label_name,
         channel_name=channel_name, mask_suffix=mask_suffix, case_prefix=case_prefix,
         group_pattern=group_pattern, cases=case, skip_invalid=skip_invalid, overwrite=overwrite,

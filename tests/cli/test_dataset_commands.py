@@ -95,8 +95,9 @@ def test_images2d_spacing_takes_space_separated_numbers(
 @pytest.mark.parametrize(
     ("spacing", "expected"),
     [
-        (["0.5", "0.5x"], "found '0.5x' among them"),
-        (["0.5,a"], "found 'a' among them"),
+        (["0.5", "0.5x"], "found '0.5x', which is not a number"),
+        (["0.5,a"], "found 'a', which is not a number"),
+        (["--mask-map", "0=1"], "found '--mask-map' among them; were fewer values given?"),
         (["0.5"], "found 1: 0.5"),
         (["1", "2", "3", "4"], "found 4: 1 2 3 4"),
         (["0.5", "--mask-map", "0=1"], "found 1: 0.5"),

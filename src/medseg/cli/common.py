@@ -108,19 +108,36 @@ def number_values(option: str, names: str, example: str, *, whole: bool = False)
     missing one: the error then says how many values the option takes (the raw message
     names neither the count nor the value)."""
     count = len(names.split())
+    expected = f"expected {count} {'whole numbers' if whole else 'numbers'} {names} (e.g. {option} {example})"
 
     def parse(text: str) -> int | float:
         try:
             return int(text) if whole else float(text)
         except ValueError:
             pass
-        raise typer.BadParameter(
-            f"expected {count} {'whole numbers' if whole else 'numbers'} {names} "
-            f"(e.g. {option} {example}), found {text!r} among them"
-            + (f"; were fewer than {count} values given?" if not text[:1].isdigit() else "")
-        )
+        raise typer.BadParameter(_not_a_number(expected, text, f"fewer than {count}", whole=whole))
 
     return parse
+
+
+def _misplaced(token: str) -> bool:
+    """Whether ``token``, refused as a number, is rather the next option or an argument (an
+    option given too few values takes it as one), not a mistyped number like ``12x8``."""
+    if token.startswith("-") and not _number_like(token):
+        return True  # an option
+    if any(sep in token for sep in "/\\") or Path(token).exists():
+        return True  # a file or folder argument
+    return not any(c.isdigit() for c in token)  # a word, no number
+
+
+def _not_a_number(expected: str, token: str, fewer: str | None, *, whole: bool = False) -> str:
+    """The error for ``token`` refused by an option taking numbers: asks whether (``fewer``)
+    values are missing only when the token looks like the next option or argument; else it
+    names the token as a mistyped number. ``fewer=None``: the token cannot be another's."""
+    if fewer is not None and _misplaced(token):
+        return f"{expected}, found {token!r} among them; were {fewer} values given?"
+    text = f"{expected}, found {token!r}, which is not a {'whole ' if whole else ''}number"
+    return text + (" (separate the numbers by spaces)" if "," in token else "")
 
 
 class NumberList(tuple[float, ...]):
@@ -194,7 +211,9 @@ def number_list(
             try:
                 values.append(float(piece))
             except ValueError:
-                raise typer.BadParameter(f"{expected}, found {piece!r} among them") from None
+                # one piece: maybe the next option, taken as the value; a comma list's piece is ours
+                fewer = "fewer" if len(pieces) == 1 else None
+                raise typer.BadParameter(_not_a_number(expected, piece, fewer)) from None
         if len(values) not in counts:
             raise typer.BadParameter(f"{expected}, found {len(values)}: {' '.join(pieces)}")
         return NumberList(values)

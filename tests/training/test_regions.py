@@ -308,3 +308,26 @@ def test_tune_postprocessing_chooses_a_region_models_rules_on_its_out_of_fold_ma
     for k in range(2):
         rules = read_rules(root / "models" / "3d" / f"fold_{k}" / "postprocessing.json")
         assert rules == choice.rules and set(rules.classes) == {1} and rules.classes[1].keep_largest
+
+
+@pytest.mark.parametrize("command", ["train", "crossval"])
+def test_softmax_loss_options_of_a_region_plan_are_refused_before_preprocessing(
+    tmp_path: Path, command: str
+) -> None:
+    """ce_weight / border_weight (softmax only) with a region plan: refused at once, before any
+    case is preprocessed (it used to come after preprocessing, which takes minutes on real data)."""
+    from typer.testing import CliRunner
+
+    from medseg.cli import app
+
+    root = write_overlap_dataset(tmp_path / "ds", n=3)
+    plan_dataset(root, "3d", overrides={"patch_size": [8, 16, 16]}, workers=1)
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({"epochs": 1, "loss_options": {"ce_weight": [1, 2], "border_weight": 3}}))
+    argv = [command, str(root), "--folds", "3", "--config", str(config), "--device", "cpu", "-q"]
+    res = CliRunner().invoke(app, argv)
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert "loss 'dice_ce' of a region-based model does not take border_weight, ce_weight" in text
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # no preprocessed/, splits, models

@@ -190,6 +190,7 @@ def cross_validate(
     from medseg.training.checkpoint import check_trained_on
     from medseg.training.trainer import (
         _barrier,
+        build_plan_loss,
         choose_device,
         default_model_dir,
         init_distributed,
@@ -200,6 +201,7 @@ def cross_validate(
     root = Path(dataset)
     cfg = config or TrainingConfig()
     plan = load_dataset_plan(root, configuration)  # fails early when there is no plan
+    build_plan_loss(plan, cfg)  # loss options the plan's outputs do not take: refused before any fold
     eval_cfg = EvaluationConfig(
         labels={v: k for k, v in plan.labels.items() if v != 0},
         metrics=tuple(metrics),

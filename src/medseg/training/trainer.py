@@ -423,12 +423,7 @@ class Trainer:
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        from medseg.training.losses import build_loss, build_region_loss
-
-        if plan.regions:  # one sigmoid output per region, targets built from the label patch
-            self.loss_fn = build_region_loss(config.loss, list(plan.regions.values()), **config.loss_options)
-        else:
-            self.loss_fn = build_loss(config.loss, **config.loss_options)
+        self.loss_fn = build_plan_loss(plan, config)
         self.optimizer = build_optimizer(self.model, config)
         self.ema: torch.optim.swa_utils.AveragedModel | None = None
         if config.ema_decay is not None:
@@ -999,6 +994,18 @@ def plot_curves(history: Sequence[EpochRecord], class_names: Sequence[str], path
     plt.close(fig)
 
 
+def build_plan_loss(plan: Plan, config: TrainingConfig) -> nn.Module:
+    """The loss ``config`` names for ``plan``'s outputs: one sigmoid per region for a region-based
+    plan, else a softmax over the labels. Raises ``ConfigError`` for options the loss does not
+    take (e.g. ``ce_weight`` or ``border_weight``, softmax-only, with a region plan), so that
+    :func:`train` and cross-validation call it before preprocessing, to refuse them at once."""
+    from medseg.training.losses import build_loss, build_region_loss
+
+    if plan.regions:  # one sigmoid output per region, targets built from the label patch
+        return build_region_loss(config.loss, list(plan.regions.values()), **config.loss_options)
+    return build_loss(config.loss, **config.loss_options)
+
+
 def dataset_json_for_model(root: str | Path) -> dict[str, Any]:
     return read_descriptor(root).to_json()
 
@@ -1042,6 +1049,7 @@ def train(
     cfg = config or TrainingConfig()
     plan = load_dataset_plan(root, configuration)
     _check_plan_regions(root, plan, configuration)
+    build_plan_loss(plan, cfg)  # its options checked now, not after minutes of preprocessing
     out = Path(out_dir) if out_dir is not None else default_model_dir(root, configuration, fold)
     last = out / "checkpoint_last.pt"
     if resume_changed and not resume:

@@ -213,6 +213,7 @@ def test_cli(tmp_path: Path, synthetic_series: Series) -> None:
         res.stdout.replace("\n", " ")
     )
     assert (tmp_path / "out" / "zones" / "meshes" / "02_tz.ply").is_file()
+    assert "meshes" in res.stderr and "4/4" in res.stderr  # a progress bar over the 4 zones' meshes
     seg = read_dicom_seg(tmp_path / "out" / "zones" / "seg.dcm", synthetic_series.image, ZONES)
     np.testing.assert_array_equal(seg.array, label.array)
     again = runner.invoke(

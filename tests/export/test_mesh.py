@@ -184,3 +184,19 @@ def test_region_masks_give_one_mesh_per_region_each_whole(tmp_path: Path) -> Non
         assert mesh.volume == pytest.approx(float(mask.sum()) * voxel_mm3, rel=0.05)
     shell = label_mesh(label, 1)  # the label map's value 1 alone has the inner one cut out
     assert trimesh.load(written[1]).volume > shell.volume + 0.5 * float(inner.sum()) * voxel_mm3
+
+
+def test_several_meshes_show_a_progress_bar_one_does_not(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    label, _ = _anisotropic_volume()
+    write_label_meshes(label, tmp_path / "two", progress=True)
+    err = capsys.readouterr().err
+    assert "meshes" in err and "2/2" in err  # the bar, on stderr
+    write_label_meshes(label, tmp_path / "quiet", progress=False)
+    write_label_meshes(label, tmp_path / "one", values=[2], progress=True)  # nothing to follow
+    assert capsys.readouterr().err == ""
+    masks = {"outer": label.array > 0, "inner": label.array == 2}
+    write_label_meshes(label, tmp_path / "regions", region_masks=masks, progress=True)
+    err = capsys.readouterr().err
+    assert err.count("meshes") == 1 and "2/2" in err  # one bar over the regions, none per region

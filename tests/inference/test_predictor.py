@@ -928,6 +928,38 @@ def test_added_formats_come_from_the_kept_label_map(trained_model: Path, tmp_pat
         )
 
 
+def test_meshes_of_one_case_show_a_bar_of_their_own_not_inside_the_case_bar(
+    trained_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One case: its several meshes get a progress bar. Several cases: the case bar only (Rich
+    shows one live display at a time; a second inside it would fail)."""
+    cases = [_case_file(tmp_path / "in", seed)[0] for seed in (4, 5)]
+    out = tmp_path / "out"
+    predict(tmp_path / "in", trained_model, out, PredictConfig(formats=("nifti",)))
+    for path in cases:  # kept label maps with two labels each, which the mesh output is made from
+        nifti = out / f"{path.name.split('.')[0]}.nii.gz"
+        edited = read_volume(nifti)
+        edited.array[...] = 0
+        edited.array[2:4, 5:9, 5:9] = 1
+        edited.array[5:7, 5:9, 5:9] = 2
+        write_volume(edited, nifti, overwrite=True)
+    capsys.readouterr()
+    (one,) = predict(cases[0], trained_model, out, PredictConfig(formats=("nifti", "mesh")), progress=True)
+    assert one.ok and len(list(Path(one.outputs["mesh"]).iterdir())) == 2
+    err = capsys.readouterr().err
+    assert "meshes" in err and "2/2" in err
+    both = predict(
+        tmp_path / "in", trained_model, out, PredictConfig(formats=("nifti", "mesh")), progress=True
+    )
+    assert [r.ok for r in both] == [True, True], [r.error for r in both]
+    err = capsys.readouterr().err
+    assert "predict" in err and "meshes" not in err
+    quiet = predict(
+        cases[0], trained_model, tmp_path / "o2", PredictConfig(formats=("mesh",)), progress=False
+    )
+    assert quiet[0].ok and "meshes" not in capsys.readouterr().err
+
+
 def test_an_output_folder_holding_the_input_is_refused(trained_model: Path, tmp_path: Path) -> None:
     path, _ = _case_file(tmp_path / "in", 3)
     (res,) = predict(path, trained_model, path.parent, PredictConfig(formats=("nifti", "volumes")))

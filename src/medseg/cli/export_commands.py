@@ -125,7 +125,7 @@ def export_command(
         algorithm_family=algorithm_family,
         overwrite=overwrite,
     )
-    result = export_label(label, image, out, cfg)
+    result = export_label(label, image, out, cfg, progress=True)
     table = Table("output", "path")
     table.columns[1].overflow = "fold"  # whole paths, also in a narrow terminal
     for fmt, path in result.outputs.items():

@@ -146,6 +146,7 @@ def write_case_outputs(
     algorithm: AlgorithmId | Mapping[int, AlgorithmId] | None = None,
     generation_descriptions: Mapping[int, str] | None = None,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> dict[str, Path]:
     """Write ``label`` (on ``image``'s grid) in every format of ``targets``; returns what was written.
 
@@ -160,7 +161,7 @@ def write_case_outputs(
     medseg), ``generation_descriptions`` an input RTSTRUCT's ROI Generation Descriptions to
     carry. The volume tables name the study and series ``image`` was read from (its DICOM UIDs;
     empty for other formats). DICOM outputs of an empty label map are skipped with a warning
-    (a SEG or RTSTRUCT cannot be empty).
+    (a SEG or RTSTRUCT cannot be empty). ``progress`` shows a bar over several meshes.
     """
     written: dict[str, Path] = {}
     present = bool(np.any(label.array > 0))
@@ -230,7 +231,9 @@ def write_case_outputs(
 
             with atomic_dir(target, overwrite=overwrite) as tmp:  # the folder appears complete or not at all
                 # a region model: one mesh per region (overlaps included)
-                meshes = write_label_meshes(label, tmp, names, suffix=mesh_suffix, region_masks=regions)
+                meshes = write_label_meshes(
+                    label, tmp, names, suffix=mesh_suffix, region_masks=regions, progress=progress
+                )
             log.info("wrote %d meshes to %s", len(meshes), target)
             written[fmt] = target
         elif fmt == "volumes":
@@ -459,12 +462,15 @@ def export_label(
     image_path: str | Path,
     out_dir: str | Path,
     config: ExportConfig | None = None,
+    *,
+    progress: bool = False,
 ) -> ExportResult:
     """Write the clinical outputs of an existing label map on its image (see the module docstring).
 
     ``image_path`` is the scan the labels were drawn on: a DICOM series folder (needed for
     dicom-seg / rtstruct, which reference it) or any image file medseg reads. Raises
     :class:`GeometryError` when the label map lies on another grid and ``resample`` is off.
+    ``progress`` shows a bar while several meshes are made.
     """
     cfg = config or ExportConfig()
     label_file, image_file, out = Path(label_path), Path(image_path), Path(out_dir)
@@ -597,6 +603,7 @@ def export_label(
         algorithm=made_by,
         generation_descriptions=descriptions,
         overwrite=cfg.overwrite,
+        progress=progress,
     )
     return ExportResult(case_id, written, names, resampled, kinds, made_by, types_from)
 

@@ -783,8 +783,11 @@ def _read_channels(path: Path, spacing: tuple[float, float, float] | None) -> li
     return read_channels(path)
 
 
-def predict_case(model: SegmentationModel, case: InputCase, out: Path, config: PredictConfig) -> CaseResult:
-    """Predict one case and write its outputs; raises MedsegError on bad input."""
+def predict_case(
+    model: SegmentationModel, case: InputCase, out: Path, config: PredictConfig, *, progress: bool = False
+) -> CaseResult:
+    """Predict one case and write its outputs; raises MedsegError on bad input. ``progress``
+    shows a bar over several meshes (not inside another bar: Rich shows one at a time)."""
     start = time.monotonic()
     targets = _outputs_for(case.case_id, out, config)
     inputs = {p.resolve() for p in case.paths}
@@ -842,6 +845,7 @@ def predict_case(model: SegmentationModel, case: InputCase, out: Path, config: P
             model_info=model.describe(),
             case_id=case.case_id,
             mesh_suffix=config.mesh_suffix,
+            progress=progress,
         )
         outputs = {k: str(v) for k, v in {**kept, **written}.items()}
         return CaseResult(case.case_id, True, outputs, seconds=time.monotonic() - start)
@@ -887,6 +891,7 @@ def predict_case(model: SegmentationModel, case: InputCase, out: Path, config: P
         case_id=case.case_id,
         mesh_suffix=config.mesh_suffix,
         overwrite=config.overwrite,
+        progress=progress,
     )
     outputs = {k: str(v) for k, v in {**kept, **written}.items()}
     return CaseResult(case.case_id, True, outputs, seconds=time.monotonic() - start)
@@ -1026,7 +1031,8 @@ def predict(
             if len(cases) == 1:  # no progress bar for one case: say what is running
                 log.info("case %s ...", case.case_id)
             try:
-                results.append(predict_case(seg, case, out, cfg))
+                # one case: no case bar, so its meshes may have theirs
+                results.append(predict_case(seg, case, out, cfg, progress=progress and len(cases) == 1))
             except OutputExistsError:
                 log.info("case %s not redone: its outputs exist (overwrite redoes them)", case.case_id)
                 existing[case.case_id] = _outputs_for(case.case_id, out, cfg)

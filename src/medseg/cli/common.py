@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-import typer.core
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
@@ -20,51 +19,7 @@ from typer.core import TyperCommand
 
 from medseg.errors import MedsegError
 
-
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return True
-
-
-# Options of `medseg baseline` that take one point of 2 or 3 numbers and may be repeated.
-# Click gives an option a fixed number of values (and a repeatable one cannot vary it), so
-# `--seed 120 140 12` would leave '140 12' as stray arguments: the group joins such a run of
-# numbers into the one value the command splits ('120 140 12'; quoting it works too).
-_POINT_OPTIONS = {"baseline": ("--seed", "--seed-world")}
-
-
-def join_point_values(args: list[str]) -> list[str]:
-    """``[.., '--seed', '120', '140', '12', ..]`` -> ``[.., '--seed', '120 140 12', ..]`` for the
-    commands in ``_POINT_OPTIONS`` (2 or 3 numbers; a single value is left as it is)."""
-    command = next((a for a in args if not a.startswith("-")), None)
-    options = _POINT_OPTIONS.get(command or "", ())
-    out: list[str] = []
-    i = 0
-    while i < len(args):
-        out.append(args[i])
-        if args[i] in options:
-            run = 0
-            while run < 3 and i + 1 + run < len(args) and _is_number(args[i + 1 + run]):
-                run += 1
-            if run >= 2:
-                out.append(" ".join(args[i + 1 : i + 1 + run]))
-                i += run
-        i += 1
-    return out
-
-
-class MedsegGroup(typer.core.TyperGroup):
-    """The top-level command group; joins multi-number point options (see ``join_point_values``)."""
-
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, join_point_values(list(args)))
-
-
 app = typer.Typer(
-    cls=MedsegGroup,
     name="medseg",
     help="Medical image segmentation: read, convert, crop, train, predict, evaluate and export.",
     no_args_is_help=True,
@@ -158,10 +113,10 @@ def _argument_path(token: str) -> bool:
     return False
 
 
-def join_number_tokens(args: list[str], option: str) -> list[str]:
-    """``OPTION a b [c]`` -> ``OPTION a,b[,c]``: the number-like tokens after ``option`` become
-    its one value, which :func:`number_list` parses (and refuses with the count when there are
-    too many). They end at an option, or at an existing file or folder that is no number (an
+def join_number_tokens(args: list[str], *options: str) -> list[str]:
+    """``OPTION a b [c]`` -> ``OPTION a,b[,c]``: the number-like tokens after one of ``options``
+    become its one value, which the option's parser splits (and refuses with the count when
+    there are too many). They end at an option, or at an existing file or folder that is no number (an
     argument named ``2024_scans``). A single token is left as it is (the comma form ``a,b`` of
     older releases, or a value for the parser to refuse)."""
     out: list[str] = []
@@ -173,7 +128,7 @@ def join_number_tokens(args: list[str], option: str) -> list[str]:
         if token == "--":  # the rest are arguments
             out.extend(args[i:])
             break
-        if token == option:
+        if token in options:
             values: list[str] = []
             while i < len(args) and _number_like(args[i]) and not _argument_path(args[i]):
                 values.append(args[i])
@@ -183,14 +138,15 @@ def join_number_tokens(args: list[str], option: str) -> list[str]:
     return out
 
 
-def number_list_command(option: str) -> type[TyperCommand]:
-    """``cls=`` of a command whose ``option`` takes a varying count of space-separated numbers
-    (``--spacing ROW COL`` or ``--spacing Z ROW COL``): a Click option takes a fixed count of
-    values, so the command joins them into one before parsing (:func:`join_number_tokens`)."""
+def number_list_command(*options: str) -> type[TyperCommand]:
+    """``cls=`` of a command whose ``options`` take a varying count of space-separated numbers
+    (``--spacing ROW COL`` or ``--spacing Z ROW COL``; ``baseline --seed Z Y X``, repeatable): a
+    Click option takes a fixed count of values (a repeatable one cannot vary it), so the command
+    joins them into one before parsing (:func:`join_number_tokens`)."""
 
     class NumberListCommand(TyperCommand):
         def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-            result: list[str] = super().parse_args(ctx, join_number_tokens(args, option))
+            result: list[str] = super().parse_args(ctx, join_number_tokens(args, *options))
             return result
 
     return NumberListCommand

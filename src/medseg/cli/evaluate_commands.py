@@ -11,7 +11,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from medseg.cli.common import app, cli_command, console, number_values
+from medseg.cli.common import app, cli_command, console, number_list_command, number_values
 from medseg.errors import ConfigError
 
 _METHODS = ("threshold", "otsu", "region-grow", "watershed", "kmeans")
@@ -410,7 +410,7 @@ def _cell(stats: dict[str, float | int | None], metric: str) -> str:
     return f"{fmt.format(mean)} ± {sd} ({fmt.format(median)})"
 
 
-@app.command("baseline")
+@app.command("baseline", cls=number_list_command("--seed", "--seed-world"))
 @cli_command
 def baseline_command(
     method: str = typer.Argument(..., help="One of: threshold, otsu, region-grow, watershed, kmeans."),

@@ -37,8 +37,45 @@ def test_regions_are_read_with_their_painting_order(tmp_path: Path) -> None:
 
 
 def test_without_an_order_each_region_is_painted_with_its_smallest_value() -> None:
-    _, order = validate_regions({"whole": [1, 2, 3], "core": [2, 3], "enhancing": [3]}, LABELS)
+    brats = {"background": 0, "edema": 1, "necrosis": 2, "enhancing": 3}
+    _, order = validate_regions({"whole": [1, 2, 3], "core": [2, 3], "enhancing": [3]}, brats)
     assert order == (1, 2, 3)
+
+
+def test_a_label_in_no_region_is_refused_naming_the_file_and_the_label(tmp_path: Path) -> None:
+    """Every region's target is 0 on a label in no region: it would train as background and
+    the region model could never predict it."""
+    root = _dataset_json(tmp_path, regions={"large": [2, 4], "small": [3, 4]})
+    with pytest.raises(InputError, match=r"'stomach' = 1 lie in no region") as err:
+        read_descriptor(root)
+    message = str(err.value)
+    assert str(root / "dataset.json") in message
+    assert "add each to a region" in message and "drop it from 'labels'" in message
+    assert "both_bowels" not in message  # only the labels outside every region are named
+    # two of them are both named
+    with pytest.raises(ValueError, match=r"'stomach' = 1, 'small_bowel' = 3 lie in no region"):
+        validate_regions({"large": [2, 4]}, LABELS)
+    # covered by a region of its own, the same labels are accepted
+    validate_regions({"large": [2, 4], "small": [3, 4], "stomach": [1]}, LABELS)
+
+
+def test_a_dataset_writer_refuses_regions_that_leave_a_label_out(tmp_path: Path) -> None:
+    from medseg.data.dataset import create_dataset
+    from medseg.errors import ConfigError
+
+    src = tmp_path / "src"
+    src.mkdir()
+    with (
+        pytest.raises(ConfigError, match=r"dataset regions: label\(s\) 'stomach' = 1 lie in no region"),
+        create_dataset(
+            tmp_path / "ds",
+            source=src,
+            channel_names=["MR"],
+            labels=LABELS,
+            regions={"large": [2, 4], "small": [3, 4]},
+        ),
+    ):
+        pass
 
 
 def test_a_dataset_without_regions_is_unchanged(tmp_path: Path) -> None:

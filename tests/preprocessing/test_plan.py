@@ -204,3 +204,6 @@ def test_regions_travel_in_the_plan_and_leave_plans_without_them_unchanged(toy_d
     assert dataclasses.replace(regional, regions={}, regions_class_order=()).to_json() == text
     with pytest.raises(ConfigError, match="plan regions: region 'x' names label value"):
         dataclasses.replace(regional, regions={"x": (7,)}, regions_class_order=(1,))
+    # dataset.json refuses a label in no region; a plan saved before that rule still loads
+    older = dataclasses.replace(regional, regions={"inner_only": (2,)}, regions_class_order=(2,))
+    assert Plan.load(older.save(path)) == older

@@ -30,14 +30,21 @@ Regions = dict[str, tuple[int, ...]]
 
 
 def validate_regions(
-    regions: Any, labels: Mapping[str, int], class_order: Any = None
+    regions: Any,
+    labels: Mapping[str, int],
+    class_order: Any = None,
+    *,
+    cover_labels: bool = True,
 ) -> tuple[Regions, tuple[int, ...]]:
     """Checked regions and painting order; raises ValueError saying what is wrong.
 
     Rules: a mapping of distinct non-empty names to non-empty lists of distinct label
     values that the labels declare, never background (0); no two regions with the same
     values; ``class_order`` (optional) one declared foreground label value per region, a
-    value of that region.
+    value of that region. With ``cover_labels`` every declared foreground label lies in
+    some region: a label in none trains as background (every region's target is 0
+    there), so the model could never predict it. Plans saved before this rule pass
+    ``cover_labels=False`` so that trained models stay loadable.
     """
     if not isinstance(regions, Mapping) or not regions:
         raise ValueError(
@@ -99,6 +106,15 @@ def validate_regions(
                     f"'regions_class_order' paints region {name!r} with {value}, which is not one of "
                     f"its label values {list(values)}"
                 )
+    if cover_labels:
+        covered = {v for values in out.values() for v in values}
+        outside = {name: value for value, name in sorted(known.items()) if value and value not in covered}
+        if outside:
+            raise ValueError(
+                f"label(s) {', '.join(f'{n!r} = {v}' for n, v in outside.items())} lie in no region, so a "
+                "region model would train them as background and could never predict them; add each to "
+                "a region (e.g. a region of its own) or drop it from 'labels'"
+            )
     return out, order
 
 

@@ -143,6 +143,9 @@ class Plan:
                     {k: list(v) for k, v in self.regions.items()},
                     self.labels,
                     list(self.regions_class_order) if self.regions_class_order else None,
+                    # dataset.json is checked for this; a plan (and the model trained
+                    # with it) from before that check must still load.
+                    cover_labels=False,
                 )
             except ValueError as exc:
                 raise ConfigError(f"plan regions: {exc}") from None

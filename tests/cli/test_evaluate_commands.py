@@ -475,3 +475,51 @@ def test_regions_are_given_on_the_command_line_or_by_a_dataset_json(tmp_path: Pa
         assert summary["per_region"]["small"]["dice"]["mean"] == pytest.approx(2 / 3)
     res = runner.invoke(app, [*args, "--regions", "large=1+x"])
     assert res.exit_code == 2 and "--regions: cannot read 'large=1+x'" in res.output
+
+
+def test_a_region_value_no_label_has_is_refused_naming_it_and_the_values_there_are(tmp_path: Path) -> None:
+    """'large=1+5' where the labels are 1..3: value 5 would silently score as nothing."""
+    base = make_oblique_volume(shape=(1, 1, 6))
+    ref = np.array([1, 1, 3, 2, 2, 0], np.uint8).reshape(base.shape)
+    write_volume(base.with_array(ref), tmp_path / "ref" / "a.nii.gz")
+    write_volume(base.with_array(ref), tmp_path / "pred" / "a.nii.gz")
+    runner = CliRunner()
+    args = ["evaluate", str(tmp_path / "pred"), str(tmp_path / "ref"), "--metrics", "dice"]
+    # values found in the references
+    res = runner.invoke(app, [*args, "--regions", "large=1+5,small=2+3"])
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert "region 'large' holds label value(s) [5] that no label has" in text
+    assert "found in the references: [1, 2, 3]" in text
+    # values declared with --labels
+    res = runner.invoke(app, [*args, "--labels", "1,2,3", "--regions", "large=1+3,small=2+4"])
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert "region 'small' holds label value(s) [4]" in text and "declared with --labels: [1, 2, 3]" in text
+    # values declared by the dataset.json above labelsTr/
+    root = tmp_path / "ds"
+    write_volume(base.with_array(ref), root / "labelsTr" / "a.nii.gz")
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "MR"},
+                "labels": {"background": 0, "large_only": 1, "small_only": 2, "both": 3, "rare": 4},
+                "numTraining": 0,
+                "file_ending": ".nii.gz",
+            }
+        )
+    )
+    dataset_args = ["evaluate", str(tmp_path / "pred"), str(root / "labelsTr"), "--metrics", "dice"]
+    res = runner.invoke(app, [*dataset_args, "--regions", "large=1+3,small=2+7"])
+    assert res.exit_code == 2, res.output
+    assert "declared by the dataset: [1, 2, 3, 4]" in " ".join(res.output.split())
+    # a declared value these references do not hold is accepted (a region empty on both sides)
+    res = runner.invoke(app, [*dataset_args, "--regions", "large=1+3,rare=4"])
+    assert res.exit_code == 0, res.output
+    # so is a dataset.json's region whose values no reference holds, given with --regions FILE
+    desc = json.loads((root / "dataset.json").read_text())
+    desc["regions"] = {"large": [1, 3], "small": [2, 3], "rare": [4]}
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "dataset.json").write_text(json.dumps(desc))
+    res = runner.invoke(app, [*args, "--regions", str(tmp_path / "other" / "dataset.json")])
+    assert res.exit_code == 0, res.output

@@ -460,6 +460,25 @@ def test_regions_add_a_dice_per_region_to_rows_and_summary(tmp_path: Path) -> No
     )
     with pytest.raises(ConfigError, match="foreground label values"):
         EvaluationConfig(regions={"bad": [0, 1]})
+    with pytest.raises(ConfigError, match=r"region 'large' holds label value\(s\) \[5\] that no label has"):
+        EvaluationConfig(labels={1: "a", 2: "b", 3: "ab"}, regions={"large": [1, 5]})
+    with pytest.raises(ConfigError, match=r"declared by the dataset: \[1, 2\]"):
+        EvaluationConfig(label_names={1: "a", 2: "b"}, regions={"large": [1, 3]})
+
+
+def test_a_region_value_found_in_no_reference_is_refused(tmp_path: Path) -> None:
+    from medseg.io import write_volume
+    from medseg.volume import Volume
+
+    ref = np.zeros((2, 3, 4), np.uint8)
+    ref[0, 0, :] = [1, 3, 3, 2]
+    write_volume(Volume(ref), tmp_path / "ref" / "c.nii.gz")
+    write_volume(Volume(ref), tmp_path / "pred" / "c.nii.gz")
+    cfg = EvaluationConfig(metrics=("dice",), regions={"large": [1, 3], "small": [2, 6]})
+    with pytest.raises(
+        ConfigError, match=r"\[6\] that no label has \(label values found in the references: \[1, 2, 3\]"
+    ):
+        evaluate(tmp_path / "pred", tmp_path / "ref", cfg)
 
 
 def test_region_dice_reads_the_region_masks_predict_wrote_next_to_the_label_map(tmp_path: Path) -> None:

@@ -137,10 +137,17 @@ def evaluate_command(
     names = tuple(metrics.split(","))  # groups such as 'all' and 'objects' expand in the config
     declared = parse_labels(labels)
     class_names = None if declared is not None else _dataset_label_names(reference)
+    region_map, region_labels = _parse_regions(regions) if regions is not None else (None, None)
+    if region_map is None:
+        region_map = _dataset_regions(reference)
+    if declared is None and class_names is None and region_labels:
+        # --regions MODEL_OR_DATASET_JSON: its labels name the classes (and the regions' values
+        # are checked against them, not against the values these references happen to hold).
+        class_names = region_labels
     config = EvaluationConfig(
         labels=declared,
         label_names=class_names,
-        regions=_parse_regions(regions) if regions is not None else _dataset_regions(reference),
+        regions=region_map,
         separators=_separator_values(separator, declared or class_names),
         object_iou=object_iou,
         metrics=names,
@@ -311,8 +318,13 @@ def _dataset_label_names(reference: Path) -> dict[int, str] | None:
     return {v: k for k, v in descriptor.foreground_labels.items()}
 
 
-def _parse_regions(spec: str) -> dict[str, tuple[int, ...]]:
-    """``--regions``: 'name=1+3,other=2+3', or a dataset.json / plan.json / model folder."""
+def _parse_regions(spec: str) -> tuple[dict[str, tuple[int, ...]], dict[int, str] | None]:
+    """``--regions``: 'name=1+3,other=2+3', or a dataset.json / plan.json / model folder.
+
+    Returns the regions and, when a file declared them, its foreground labels (value -> name);
+    the values of regions given as text are checked by EvaluationConfig / evaluate against
+    --labels, the dataset's labels or the values the references hold.
+    """
     from medseg.data.dataset import DATASET_JSON, read_descriptor
     from medseg.errors import InputError
 
@@ -321,18 +333,22 @@ def _parse_regions(spec: str) -> dict[str, tuple[int, ...]]:
         if path.is_dir() and (path / "plan.json").is_file():  # a model folder
             from medseg.preprocessing.plan import Plan
 
-            found = dict(Plan.load(path / "plan.json").regions)
+            plan = Plan.load(path / "plan.json")
+            found = dict(plan.regions)
+            declared = {int(v): str(k) for k, v in plan.labels.items() if int(v) != 0}
             source = path / "plan.json"
         else:
             root = path if path.is_dir() else path.parent
             if path.is_file() and path.name != DATASET_JSON:
                 raise InputError(path, "is not a dataset.json", expected="a dataset.json or a model folder")
-            found = dict(read_descriptor(root).regions)
+            descriptor = read_descriptor(root)
+            found = dict(descriptor.regions)
+            declared = {int(v): str(k) for k, v in descriptor.foreground_labels.items()}
             source = root / DATASET_JSON
         if not found:
             raise InputError(source, "declares no regions", expected='"regions": {"name": [label values]}')
         console.print(f"region Dice for the regions of {source}", markup=False, soft_wrap=True)
-        return {str(k): tuple(int(v) for v in vals) for k, vals in found.items()}
+        return {str(k): tuple(int(v) for v in vals) for k, vals in found.items()}, declared
     out: dict[str, tuple[int, ...]] = {}
     for item in spec.split(","):
         name, sep, values = item.partition("=")
@@ -346,7 +362,7 @@ def _parse_regions(spec: str) -> dict[str, tuple[int, ...]]:
                 "'large_bowel=1+3,small_bowel=2+3', or a dataset.json / model folder"
             )
         out[name.strip()] = parsed
-    return out
+    return out, None
 
 
 def _dataset_regions(reference: Path) -> dict[str, tuple[int, ...]] | None:

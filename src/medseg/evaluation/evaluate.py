@@ -146,6 +146,11 @@ class EvaluationConfig:
             if len(set(labels.values())) != len(labels):
                 raise ConfigError(f"label names must be distinct, found {list(labels.values())}")
             object.__setattr__(self, "labels", dict(sorted(labels.items())))
+        if self.regions:
+            if self.labels is not None:
+                _check_region_values(self.regions, self.labels, "declared with --labels")
+            elif self.label_names:
+                _check_region_values(self.regions, self.label_names, "declared by the dataset")
 
     @property
     def class_metrics(self) -> tuple[str, ...]:
@@ -154,6 +159,20 @@ class EvaluationConfig:
     @property
     def object_metrics(self) -> tuple[str, ...]:
         return tuple(m for m in self.metrics if m in OBJECT_METRICS)
+
+
+def _check_region_values(regions: Mapping[str, Sequence[int]], labels: Mapping[int, str], where: str) -> None:
+    """Every value of every region must be a label value: one that is not (a typo such as
+    'a=1+5' where the labels are 1..3) would silently score the region as if it were left out."""
+    known = sorted(int(v) for v in labels)
+    for region, values in regions.items():
+        unknown = sorted(set(int(v) for v in values) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"region {region!r} holds label value(s) {unknown} that no label has (label values "
+                f"{where}: {known}); give each region values of those labels, e.g. "
+                "--regions 'large_bowel=1+3,small_bowel=2+3'"
+            )
 
 
 def parse_labels(spec: str | Sequence[str] | None) -> dict[int, str] | None:
@@ -943,6 +962,8 @@ def evaluate(
     _run_pairs(matching.pairs, cfg, progress, collect)
     cases = [results[p.name] for p in matching.pairs]
     labels = dict(found_labels) if cfg.labels is None and found_labels else _final_labels(cases, cfg)
+    if cfg.regions and cfg.labels is None and not cfg.label_names:
+        _check_region_values(cfg.regions, labels, "found in the references")
     final: list[CaseResult] = []
     for case in cases:
         if case.status != "error":

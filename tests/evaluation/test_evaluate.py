@@ -497,24 +497,28 @@ def test_region_dice_reads_the_region_masks_predict_wrote_next_to_the_label_map(
     (tmp_path / "ref").mkdir()
     write_volume(Volume(ref), tmp_path / "ref" / "c.nii.gz")
     write_volume(Volume(painted), tmp_path / "pred" / "c.nii.gz")
-    write_volume(Volume(large), tmp_path / "pred" / "c" / "regions" / "0_large.nii.gz")
-    write_volume(Volume(small), tmp_path / "pred" / "c" / "regions" / "1_small.nii.gz")
+    write_volume(Volume(large), tmp_path / "pred" / "c" / "regions" / "1_large.nii.gz")
+    write_volume(Volume(small), tmp_path / "pred" / "c" / "regions" / "2_small.nii.gz")
     cfg = EvaluationConfig(
         metrics=("dice",), labels={1: "a", 2: "b", 3: "ab"}, regions={"large": [1, 3], "small": [2, 3]}
     )
     result = evaluate(tmp_path / "pred", tmp_path / "ref", cfg)
     assert result.cases[0].per_region == {"large": pytest.approx(1.0), "small": pytest.approx(1.0)}
     # a masks folder that lacks a region's file is an error naming the file
-    (tmp_path / "pred" / "c" / "regions" / "1_small.nii.gz").unlink()
+    (tmp_path / "pred" / "c" / "regions" / "2_small.nii.gz").unlink()
     result = evaluate(tmp_path / "pred", tmp_path / "ref", dataclasses.replace(cfg, on_case_error="flag"))
     assert result.cases[0].status == "error"
-    assert str(tmp_path / "pred" / "c" / "regions" / "1_small.nii.gz") in result.cases[0].message
+    assert str(tmp_path / "pred" / "c" / "regions" / "2_small.nii.gz") in result.cases[0].message
 
 
-def test_region_masks_are_found_by_name_when_fewer_or_reordered_regions_are_scored(tmp_path: Path) -> None:
+@pytest.mark.parametrize("first", [1, 0])  # predict numbers regions 1..R; earlier outputs 0..R-1
+def test_region_masks_are_found_by_name_when_fewer_or_reordered_regions_are_scored(
+    tmp_path: Path, first: int
+) -> None:
     """`--regions 'small=2+3'` (one region of a two-region model, or the regions in another
-    order) must read `1_small.nii.gz`, the mask predict wrote for that region, not look for
-    `0_small.nii.gz` by the region's position in the --regions list."""
+    order) must read `2_small.nii.gz`, the mask predict wrote for that region, not look for
+    `1_small.nii.gz` by the region's position in the --regions list (nor, in an output of an
+    earlier medseg that numbered from 0, `0_small.nii.gz` for `1_small.nii.gz`)."""
     from medseg.io import write_volume
     from medseg.volume import Volume
 
@@ -526,12 +530,9 @@ def test_region_masks_are_found_by_name_when_fewer_or_reordered_regions_are_scor
     (tmp_path / "ref").mkdir()
     write_volume(Volume(ref), tmp_path / "ref" / "c.nii.gz")
     write_volume(Volume(painted), tmp_path / "pred" / "c.nii.gz")
-    write_volume(
-        Volume(np.isin(ref, [1, 3]).astype(np.uint8)), tmp_path / "pred" / "c" / "regions" / "0_large.nii.gz"
-    )
-    write_volume(
-        Volume(np.isin(ref, [2, 3]).astype(np.uint8)), tmp_path / "pred" / "c" / "regions" / "1_small.nii.gz"
-    )
+    folder = tmp_path / "pred" / "c" / "regions"
+    write_volume(Volume(np.isin(ref, [1, 3]).astype(np.uint8)), folder / f"{first}_large.nii.gz")
+    write_volume(Volume(np.isin(ref, [2, 3]).astype(np.uint8)), folder / f"{first + 1}_small.nii.gz")
     for regions in ({"small": [2, 3]}, {"small": [2, 3], "large": [1, 3]}):
         cfg = EvaluationConfig(metrics=("dice",), labels={1: "a", 2: "b", 3: "ab"}, regions=regions)
         result = evaluate(tmp_path / "pred", tmp_path / "ref", cfg)

@@ -162,12 +162,14 @@ def test_region_prediction_lands_on_the_input_grid_with_its_masks(region_model: 
     written = read_volume(out / "case_x.nii.gz")
     assert written.geometry.is_close(image.geometry)
     files = sorted(p.name for p in (out / "case_x" / "regions").iterdir())
-    assert files == ["0_left_blob.nii.gz", "1_right_blob.nii.gz"]
-    right = read_volume(out / "case_x" / "regions" / "1_right_blob.nii.gz")
+    # numbered 1..R like region_volumes.csv's label column and the meshes
+    assert files == ["1_left_blob.nii.gz", "2_right_blob.nii.gz"]
+    right = read_volume(out / "case_x" / "regions" / "2_right_blob.nii.gz")
     assert right.geometry.is_close(image.geometry)
     assert sorted(p.name for p in (out / "case_x" / "probabilities").iterdir()) == files
     table = list(csv.DictReader((out / "case_x" / "region_volumes.csv").open()))
     assert [r["name"] for r in table] == ["left_blob", "right_blob"]
+    assert [f"{r['label']}_{r['name']}.nii.gz" for r in table] == files
     voxel_ml = image.geometry.voxel_volume_mm3 / 1000
     again = model.last_region_masks  # the same network and input: the same masks
     assert [int(r["voxel_count"]) for r in table] == [int(m.sum()) for m in again.values()]
@@ -221,7 +223,7 @@ def test_cross_validation_of_a_region_model_reports_a_dice_per_region(tmp_path: 
     assert len(rows) == 4
     for row in rows:
         reference = read_volume(root / "labelsTr" / f"{row['case']}.nii.gz").array
-        for k, (name, values) in enumerate(REGIONS.items()):
+        for k, (name, values) in enumerate(REGIONS.items(), start=1):
             mask = read_volume(predictions / row["case"] / "regions" / f"{k}_{name}.nii.gz").array > 0
             truth = np.isin(reference, values)
             denom = int(mask.sum() + truth.sum())

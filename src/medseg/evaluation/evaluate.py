@@ -531,12 +531,13 @@ def _region_dice(
 
 def region_mask_files(prediction: str | Path, regions: Sequence[str]) -> list[Path] | None:
     """Where ``predict --format regions`` wrote the masks of the label map ``prediction``
-    (``OUT/<case>/regions/<i>_<name>.nii.gz``); None when it wrote none.
+    (``OUT/<case>/regions/<n>_<name>.nii.gz``, n = 1..R); None when it wrote none.
 
-    A mask is found by its region's name, whatever its position ``<i>`` in the model: scoring
+    A mask is found by its region's name, whatever its number ``<n>`` in the model: scoring
     fewer regions, or the same in another order (``--regions 'small=2+3'``), reads the mask
-    predict wrote for that region. A region without a mask is given as ``<i>_<name>``."""
-    from medseg.export.case import safe_name
+    predict wrote for that region; outputs of earlier medseg, numbered 0..R-1, read the same.
+    A region without a mask is given as ``<n>_<name>``, n its position in ``regions``."""
+    from medseg.export.case import region_file_name, safe_name
 
     path = Path(prediction)
     folder = path.parent / case_name(path) / "regions"
@@ -549,7 +550,7 @@ def region_mask_files(prediction: str | Path, regions: Sequence[str]) -> list[Pa
             found.setdefault(match.group(2), []).append(f)
     out = []
     for i, region in enumerate(regions):
-        expected = folder / f"{i}_{safe_name(region)}.nii.gz"
+        expected = folder / region_file_name(i, region)
         named = found.get(safe_name(region), [])
         out.append(expected if expected.is_file() or len(named) != 1 else named[0])
     return out

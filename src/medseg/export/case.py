@@ -12,7 +12,11 @@ Both lay their outputs out the same way (:func:`case_targets`)::
     OUT/<case>/region_volumes.csv              volume in mL per region (volumes, region models)
     OUT/<case>/overlay.png, report.html        contour montage, self-contained report
     OUT/<case>/probabilities/                  per-class (or per-region) probability maps (predict only)
-    OUT/<case>/regions/<i>_<name>.nii.gz       binary mask per region, overlaps kept (region models)
+    OUT/<case>/regions/<n>_<name>.nii.gz       binary mask per region, overlaps kept (region models)
+
+A region model numbers its regions 1..R in the model's order everywhere: the files under
+``regions/`` and ``probabilities/``, the ``label`` column of region_volumes.csv, the mesh
+names and the DICOM SEG segment / RTSTRUCT ROI numbers (of the regions not empty).
 
 :func:`export_label` never resamples silently: the label map must lie on the image's grid
 (within the tolerances of :meth:`VolumeGeometry.differences`), or ``resample=True`` puts it
@@ -129,6 +133,14 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "label"
 
 
+def region_file_name(index: int, name: str) -> str:
+    """File of region ``index`` (its 0-based position in the model) under ``regions/`` and a
+    region model's ``probabilities/``: numbered 1..R, as in region_volumes.csv, the DICOM SEG's
+    segment numbers, the RTSTRUCT's ROI numbers and the mesh names. (Earlier outputs were
+    numbered 0..R-1; :func:`medseg.evaluation.evaluate.region_mask_files` still reads them.)"""
+    return f"{index + 1}_{safe_name(name)}.nii.gz"
+
+
 def write_case_outputs(
     image: Volume,
     label: Volume,
@@ -177,7 +189,11 @@ def write_case_outputs(
             with atomic_dir(target, overwrite=overwrite) as tmp:
                 channel_names = probability_names or {0: "background", **names}
                 for k, name in channel_names.items():
-                    write_volume(image.with_array(probabilities[k]), tmp / f"{k}_{safe_name(name)}.nii.gz")
+                    # a region model's channel k is region k: named as under regions/ (1..R)
+                    file_name = (
+                        region_file_name(k, name) if regions is not None else f"{k}_{safe_name(name)}.nii.gz"
+                    )
+                    write_volume(image.with_array(probabilities[k]), tmp / file_name)
             written[fmt] = target
         elif fmt == "regions":
             if regions is None:
@@ -187,7 +203,7 @@ def write_case_outputs(
             with atomic_dir(target, overwrite=overwrite) as tmp:
                 for k, (name, mask) in enumerate(regions.items()):
                     mask_volume = image.with_array(np.asarray(mask, dtype=np.uint8))
-                    write_volume(mask_volume, tmp / f"{k}_{safe_name(name)}.nii.gz")
+                    write_volume(mask_volume, tmp / region_file_name(k, name))
             written[fmt] = target
         elif fmt in DICOM_FORMATS:
             if not present:

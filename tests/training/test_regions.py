@@ -333,3 +333,50 @@ def test_softmax_loss_options_of_a_region_plan_are_refused_before_preprocessing(
     text = " ".join(res.output.split())
     assert "loss 'dice_ce' of a region-based model does not take border_weight, ce_weight" in text
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # no preprocessed/, splits, models
+
+
+def test_cohort_volumes_of_a_region_model_have_a_column_per_region(
+    region_model: Path, tmp_path: Path
+) -> None:
+    """cohort_volumes.csv: the label columns as before, then one region/<name>_ml column per
+    region, equal to each case's region_volumes.csv (regions overlap, so they stay apart)."""
+    import shutil
+
+    from medseg.export.volumes import write_cohort_volumes
+
+    for i in (20, 21):
+        image, _ = overlapping_case(i, shape=(6, 32, 32))
+        write_volume(image, tmp_path / "in" / f"case_{i}_0000.nii.gz")
+    out = tmp_path / "out"
+    results = predict(
+        tmp_path / "in",
+        SegmentationModel(region_model, device="cpu"),
+        out,
+        PredictConfig(formats=("nifti", "volumes"), device="cpu", postprocess=False),
+    )
+    assert [r.ok for r in results] == [True, True], results
+    with (out / "cohort_volumes.csv").open() as fh:
+        reader = csv.DictReader(fh)
+        header = list(reader.fieldnames or [])
+        cohort = {r["case"]: r for r in reader}
+    assert header == [
+        "case", "left_only_ml", "right_only_ml", "both_ml", "status", "study_uid", "series_uid",
+        "region/left_blob_ml", "region/right_blob_ml",
+    ]  # fmt: skip
+    for case in ("case_20", "case_21"):
+        regions = list(csv.DictReader((out / case / "region_volumes.csv").open()))
+        assert [r["name"] for r in regions] == list(REGIONS)
+        for r in regions:
+            assert cohort[case][f"region/{r['name']}_ml"] == r["volume_ml"]
+        labels = {r["name"]: r["volume_ml"] for r in csv.DictReader((out / case / "volumes.csv").open())}
+        assert {k: cohort[case][f"{k}_ml"] for k in labels} == labels
+        # the overlap counts in both regions: each region is its own label plus "both"
+        left = float(cohort[case]["region/left_blob_ml"])
+        assert left == pytest.approx(float(labels["left_only"]) + float(labels["both"]), abs=1e-3)
+    # a case without a region table (another model's) has its region cells empty, not 0
+    (out / "other").mkdir()
+    shutil.copy(out / "case_20" / "volumes.csv", out / "other" / "volumes.csv")
+    with write_cohort_volumes(out).open() as fh:  # type: ignore[union-attr]
+        other = {r["case"]: r for r in csv.DictReader(fh)}["other"]
+    assert other["region/left_blob_ml"] == other["region/right_blob_ml"] == ""
+    assert other["left_only_ml"] == cohort["case_20"]["left_only_ml"]

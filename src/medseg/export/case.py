@@ -58,6 +58,7 @@ from medseg.export.algorithm import (
     check_algorithm_text,
     check_algorithm_type,
 )
+from medseg.export.volumes import REGION_VOLUMES_CSV
 from medseg.io import IMAGE_2D_SUFFIXES, write_volume
 from medseg.volume import Volume
 
@@ -92,7 +93,6 @@ _CASE_TARGETS = {
     "overlay": "overlay.png",
     "report": "report.html",
 }
-REGION_VOLUMES_CSV = "region_volumes.csv"  # next to volumes.csv, for region-based models
 MAX_LABELS = 1000  # more distinct values than any atlas: an image given as the label map
 _LABEL_FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 

@@ -202,6 +202,7 @@ def write_volumes_json(
 
 
 COHORT_CSV = "cohort_volumes.csv"
+REGION_VOLUMES_CSV = "region_volumes.csv"  # next to volumes.csv, for region-based models
 
 
 def _case_source(table: Path, rows: Sequence[Mapping[str, str]]) -> SourceUids:
@@ -233,17 +234,33 @@ def _failed_cases(out: Path) -> list[str]:
     return sorted(failed)
 
 
+def _region_volumes(path: Path) -> dict[str, tuple[int, str]] | None:
+    """A per-case region_volumes.csv as region name -> (number, mL); None when there is none."""
+    if not path.is_file():
+        return None
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if not {"label", "name", "volume_ml"} <= set(reader.fieldnames or []):
+            log.warning("%s is not a medseg region volume table; left out of %s", path, COHORT_CSV)
+            return None
+        return {row["name"]: (int(row["label"]), row["volume_ml"]) for row in reader}
+
+
 def write_cohort_volumes(out_dir: str | Path, case_ids: Sequence[str] | None = None) -> Path | None:
     """One row per case, one ``<name>_ml`` column per label: the volume table of a whole cohort.
 
     Built from the per-case ``<case>/volumes.csv`` files under ``out_dir`` (of ``case_ids``, or
     every case folder that has one), so that it covers the cases of earlier runs and of the
     other shards of a SLURM array as well; written atomically to ``out_dir/cohort_volumes.csv``
-    (replacing an earlier one). The last columns, ``study_uid`` and ``series_uid``, name the DICOM series each case was segmented on (empty for non-DICOM images and for
+    (replacing an earlier one). The columns ``study_uid`` and ``series_uid``, after the label volumes, name the DICOM series each case was segmented on (empty for non-DICOM images and for
     per-case tables of medseg versions that did not record them). ``status`` is ``ok`` for a
     case with a volume table and ``failed`` for one that a ``predict`` summary in ``out_dir``
     lists as failed and that has none (its volume cells are empty, not 0), so a failed case is
-    not silently missing from the cohort. Returns None when no case has a volume table.
+    not silently missing from the cohort. A region model's cases (``<case>/region_volumes.csv``)
+    add one ``region/<name>_ml`` column per region after those, in region order: regions may
+    overlap, so they come last and apart from the label columns, which add up to the
+    foreground; a case without a region table has them empty. Returns None when no case has a
+    volume table.
     """
     out = Path(out_dir)
     if case_ids is None:
@@ -254,6 +271,8 @@ def write_cohort_volumes(out_dir: str | Path, case_ids: Sequence[str] | None = N
         return None
     columns: dict[int, str] = {}
     rows: list[tuple[str, SourceUids, dict[int, str]]] = []
+    region_columns: dict[str, int] = {}  # region name -> its number (1..R) where first seen
+    region_rows: dict[str, dict[str, str]] = {}
     for path in files:
         volumes: dict[int, str] = {}
         with path.open(newline="", encoding="utf-8") as fh:
@@ -269,8 +288,14 @@ def write_cohort_volumes(out_dir: str | Path, case_ids: Sequence[str] | None = N
                 log.warning("%s: label %d is '%s' here but '%s' elsewhere", path, value, name, columns[value])
             volumes[value] = row["volume_ml"]
         rows.append((path.parent.name, _case_source(path, table), volumes))
+        regions = _region_volumes(path.with_name(REGION_VOLUMES_CSV))
+        if regions is not None:
+            region_rows[path.parent.name] = {name: ml for name, (_, ml) in regions.items()}
+            for name, (number, _) in regions.items():
+                region_columns.setdefault(name, number)
     if not rows:
         return None
+    region_order = sorted(region_columns, key=lambda n: (region_columns[n], n))
     order = sorted(columns)
     done = {case for case, _, _ in rows}
     wanted = None if case_ids is None else set(case_ids)
@@ -279,13 +304,26 @@ def write_cohort_volumes(out_dir: str | Path, case_ids: Sequence[str] | None = N
     writer = csv.writer(buffer, lineterminator="\n")
     # The volumes come right after the case (as before these columns existed), so scripts
     # that read columns 2.. as mL keep working; status and UIDs are appended.
-    writer.writerow(["case", *(f"{columns[v]}_ml" for v in order), "status", "study_uid", "series_uid"])
+    writer.writerow(
+        [
+            "case",
+            *(f"{columns[v]}_ml" for v in order),
+            "status",
+            "study_uid",
+            "series_uid",
+            *(f"region/{name}_ml" for name in region_order),
+        ]
+    )
     table_rows = [
         # A label missing from a case's table: 0 mL (the per-case table lists every named label).
         [case, *(volumes.get(v, "0.0000") for v in order), "ok", source.study_uid, source.series_uid]
+        # A region missing (no region table, or one of another model): unknown, so empty.
+        + [region_rows.get(case, {}).get(name, "") for name in region_order]
         for case, source, volumes in rows
     ]
-    table_rows += [[case, *([""] * len(order)), "failed", "", ""] for case in failed]
+    table_rows += [
+        [case, *([""] * len(order)), "failed", "", "", *([""] * len(region_order))] for case in failed
+    ]
     for line in sorted(table_rows, key=lambda r: r[0]):
         writer.writerow(line)
     target = out / COHORT_CSV

@@ -351,19 +351,22 @@ def test_region_masks_become_overlapping_segments_on_their_source_images(
     large = (x < 16) & (y > 6) & (y < 30) & (z > 1)
     small = (x > 10) & (y > 10) & (y < 26) & (z < 6)
     assert (large & small).any()  # they overlap
-    masks = {"large_bowel": large, "small_bowel": small, "stomach": np.zeros_like(large)}
-    painted = image.with_array(np.where(small, 2, np.where(large, 1, 0)).astype(np.uint8))
+    # an empty region between two others: it keeps its number, so the next one keeps its own
+    masks = {"large_bowel": large, "stomach": np.zeros_like(large), "small_bowel": small}
+    painted = image.with_array(np.where(small, 3, np.where(large, 1, 0)).astype(np.uint8))
     out = write_dicom_seg(
         painted, synthetic_series.datasets(shuffle=2), tmp_path / "seg.dcm", region_masks=masks
     )
     seg = pydicom.dcmread(out)
-    assert [s.SegmentLabel for s in seg.SegmentSequence] == [
-        "large_bowel",
-        "small_bowel",
-    ]  # empty one left out
+    # segment r is region r in every case: the empty one is described, without frames
+    assert [(int(s.SegmentNumber), s.SegmentLabel) for s in seg.SegmentSequence] == [
+        (1, "large_bowel"),
+        (2, "stomach"),
+        (3, "small_bowel"),
+    ]
     by_uid = {str(ds.SOPInstanceUID): ds for ds in synthetic_series.datasets()}
     frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
-    seen = np.zeros((2, *image.shape), dtype=bool)
+    seen = np.zeros((3, *image.shape), dtype=bool)
     for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
         ref_uid = str(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
         position = [float(v) for v in by_uid[ref_uid].ImagePositionPatient]
@@ -371,4 +374,18 @@ def test_region_masks_become_overlapping_segments_on_their_source_images(
         number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
         seen[number - 1, k] = frame.astype(bool)
     np.testing.assert_array_equal(seen[0], large)
-    np.testing.assert_array_equal(seen[1], small)
+    assert not seen[1].any()
+    np.testing.assert_array_equal(seen[2], small)
+    # highdicom reads every segment back, the one without frames as empty ...
+    import highdicom as hd
+
+    volume = hd.seg.segread(out).get_volume(segment_numbers=[1, 2, 3], combine_segments=False)
+    assert [int(volume.array[..., k].sum()) for k in range(3)] == [int(large.sum()), 0, int(small.sum())]
+    # ... and every region empty is still no SEG at all
+    with pytest.raises(InputError, match="empty label map"):
+        write_dicom_seg(
+            painted,
+            synthetic_series.datasets(),
+            tmp_path / "none.dcm",
+            region_masks={k: np.zeros_like(m) for k, m in masks.items()},
+        )

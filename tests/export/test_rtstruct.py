@@ -325,17 +325,32 @@ def test_region_masks_become_overlapping_rois(tmp_path: Path, synthetic_series: 
     small = np.zeros(image.shape, bool)
     small[2:6, 10:24, 10:22] = True
     painted = image.with_array(np.where(small, 2, np.where(large, 1, 0)).astype(np.uint8))
-    masks = {"large_bowel": large, "small_bowel": small, "stomach": np.zeros_like(large)}
+    # an empty region between two others keeps its number, so the next one keeps its own
+    masks = {"large_bowel": large, "stomach": np.zeros_like(large), "small_bowel": small}
     out = write_rtstruct(painted, synthetic_series.files, tmp_path / "rt.dcm", region_masks=masks)
     ds = pydicom.dcmread(out)
-    assert [r.ROIName for r in ds.StructureSetROISequence] == ["large_bowel", "small_bowel"]
-    for k, expected in enumerate((large, small)):
+    assert [(int(r.ROINumber), r.ROIName) for r in ds.StructureSetROISequence] == [
+        (1, "large_bowel"),
+        (2, "stomach"),
+        (3, "small_bowel"),
+    ]
+    assert [int(c.ReferencedROINumber) for c in ds.ROIContourSequence] == [1, 2, 3]
+    assert not list(getattr(ds.ROIContourSequence[1], "ContourSequence", []))  # no contours
+    assert read_rtstruct(out, image).meta["segments"] == {1: "large_bowel", 2: "stomach", 3: "small_bowel"}
+    for k, expected in zip((0, 2), (large, small), strict=True):
         one = copy.deepcopy(ds)
         one.StructureSetROISequence = [ds.StructureSetROISequence[k]]
         one.ROIContourSequence = [ds.ROIContourSequence[k]]
         one.save_as(tmp_path / f"roi{k}.dcm")
         back = read_rtstruct(tmp_path / f"roi{k}.dcm", image)
         np.testing.assert_array_equal(back.array > 0, expected)
+    with pytest.raises(InputError, match="empty label map"):  # every region empty: no RTSTRUCT
+        write_rtstruct(
+            painted,
+            synthetic_series.files,
+            tmp_path / "none.dcm",
+            region_masks={k: np.zeros_like(m) for k, m in masks.items()},
+        )
     with pytest.raises(
         GeometryError,
         match=r"region mask 'large_bowel' of shape \(7, 36, 28\) is not on the label map's grid \(8, 36, 28\)",

@@ -16,7 +16,8 @@ Both lay their outputs out the same way (:func:`case_targets`)::
 
 A region model numbers its regions 1..R in the model's order everywhere: the files under
 ``regions/`` and ``probabilities/``, the ``label`` column of region_volumes.csv, the mesh
-names and the DICOM SEG segment / RTSTRUCT ROI numbers (of the regions not empty).
+names (of the regions not empty) and the DICOM SEG segment / RTSTRUCT ROI numbers (an empty
+region is a segment without frames, an ROI without contours).
 
 :func:`export_label` never resamples silently: the label map must lie on the image's grid
 (within the tolerances of :meth:`VolumeGeometry.differences`), or ``resample=True`` puts it

@@ -237,10 +237,11 @@ def segments_for_label(
 
 
 def numbered_region_masks(
-    label: Volume, region_masks: Mapping[str, Any], where: object
+    label: Volume, region_masks: Mapping[str, Any], where: object, *, include_empty: bool = False
 ) -> dict[int, tuple[str, NDArray[np.bool_]]]:
-    """A region model's masks numbered 1..R in region order, the non-empty ones only, each
-    checked to lie on ``label``'s grid (``where`` names the output in the error)."""
+    """A region model's masks numbered 1..R in region order, the non-empty ones only unless
+    ``include_empty``, each checked to lie on ``label``'s grid (``where`` names the output in
+    the error). A region keeps its number whether or not the others are empty."""
     out: dict[int, tuple[str, NDArray[np.bool_]]] = {}
     for i, (name, m) in enumerate(region_masks.items()):
         mask = np.asarray(m, dtype=bool)
@@ -248,7 +249,7 @@ def numbered_region_masks(
             raise GeometryError(
                 f"{where}: region mask '{name}' of shape {mask.shape} is not on the label map's grid {label.shape}"
             )
-        if mask.any():
+        if include_empty or mask.any():
             out[i + 1] = (str(name), mask)
     return out
 
@@ -259,9 +260,16 @@ def region_segments(
     colors: Mapping[int, Sequence[int]] | None,
     where: object,
 ) -> tuple[list[Segment], dict[int, NDArray[np.bool_]]]:
-    """Segments (values 1..R in region order, empty regions left out) and their masks, for a
-    DICOM SEG or RTSTRUCT holding one, possibly overlapping, segment per region."""
-    kept = numbered_region_masks(label, region_masks, where)
+    """Segments (values 1..R in region order) and their masks, for a DICOM SEG or RTSTRUCT
+    holding one, possibly overlapping, segment per region.
+
+    Every region is a segment, an empty one too (described, without frames or contours, as
+    DICOM allows), so segment / ROI number r is region r in every case of a cohort, as in
+    region_volumes.csv and ``regions/``. None at all when every region is empty: a SEG or
+    RTSTRUCT needs some foreground."""
+    kept = numbered_region_masks(label, region_masks, where, include_empty=True)
+    if not any(mask.any() for _, mask in kept.values()):
+        return [], {}
     empty_map = label.with_array(np.zeros(label.shape, dtype=np.uint8))
     names = {k: name for k, (name, _) in kept.items()}
     segments = segments_for_label(empty_map, names, colors, include_absent=True)

@@ -122,10 +122,11 @@ def write_dicom_seg(
     rather than naming medseg for it. Returns the written path.
 
     ``region_masks`` (a region-based model's masks by region name, on ``label``'s grid)
-    writes one segment per non-empty region instead of one per label value: BINARY
-    segments may overlap, so the overlaps a painted label map loses are kept. Segment
-    numbers (and the values ``algorithm_type`` / ``algorithm`` / ``colors`` mappings refer
-    to) are then 1..R in region order, empty regions skipped.
+    writes one segment per region instead of one per label value: BINARY segments may
+    overlap, so the overlaps a painted label map loses are kept. Segment numbers (and the
+    values ``algorithm_type`` / ``algorithm`` / ``colors`` mappings refer to) are then 1..R
+    in region order in every case: a region empty in this case is described but has no
+    frames (DICOM allows a segment without frames), so segment r is always region r.
     """
     target = check_writable(path, overwrite)
     kept: dict[int, np.ndarray] = {}

@@ -110,8 +110,9 @@ def write_rtstruct(
     """Write one ROI per label value present in ``label`` as an RTSTRUCT on ``source``.
 
     ``region_masks`` (a region-based model's masks by region name, on ``label``'s grid)
-    writes one ROI per non-empty region instead, overlaps kept (ROIs may overlap); the
-    values the mappings refer to are then 1..R in region order, as for the DICOM SEG.
+    writes one ROI per region instead, overlaps kept (ROIs may overlap); the ROI numbers
+    and the values the mappings refer to are then 1..R in region order, as for the DICOM
+    SEG: a region empty in this case is an ROI without contours, so ROI r is always region r.
 
     ``source`` is the source series (a folder, files, datasets read from files, or an
     object with ``.datasets``/``.files``) in any order; rt-utils needs the files.

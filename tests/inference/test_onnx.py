@@ -127,6 +127,44 @@ def test_a_lean_onnx_folder_predicts_without_checkpoints(model_copy: Path, tmp_p
         SegmentationModel(model_copy, device="cpu")
 
 
+def test_a_lean_copy_with_older_rules_than_its_source_warns_naming_both(
+    model_copy: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lean ONNX copy made before `tune-postprocessing` keeps the old postprocessing.json (the
+    rules are not in the graph): predict --onnx warns, naming the copy's and the source's files."""
+    import logging
+
+    from medseg.postprocessing.labels import ClassRule, PostprocessingRules, read_rules, write_rules
+
+    written = export_onnx(model_copy)
+    assert read_metadata(written[0])["source_folder"] == str(model_copy.resolve())
+    lean = tmp_path / "lean"
+    lean.mkdir()
+    for name in ("model.onnx", "model.json", "plan.json", "dataset.json", "postprocessing.json"):
+        shutil.copy2(model_copy / name, lean / name)
+    with caplog.at_level(logging.WARNING, logger="medseg.inference.onnx"):
+        SegmentationModel(lean, device="cpu", backend="onnx")
+    assert not caplog.records  # same rules: nothing to say
+    tuned = PostprocessingRules(classes={1: ClassRule(keep_largest=True)}, keep_largest_foreground=True)
+    write_rules(tuned, model_copy / "postprocessing.json", overwrite=True)  # tuned after the copy
+    with caplog.at_level(logging.WARNING, logger="medseg.inference.onnx"):
+        model = SegmentationModel(lean, device="cpu", backend="onnx")
+    assert model.rules.is_identity  # the copy's rules apply, as the warning says
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert f"{lean / 'postprocessing.json'}: this copy's postprocessing rules (none)" in message
+    assert f"{model_copy.resolve() / 'postprocessing.json'}" in message
+    assert "label 1: keep largest; largest foreground component" in message
+    assert "the copy's rules apply" in message and "need not be exported again" in message
+    # The source itself never warns about itself; an identical copy is quiet again.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medseg.inference.onnx"):
+        SegmentationModel(model_copy, device="cpu", backend="onnx")
+        shutil.copy2(model_copy / "postprocessing.json", lean / "postprocessing.json")
+        assert read_rules(lean / "postprocessing.json") == tuned
+        SegmentationModel(lean, device="cpu", backend="onnx")
+    assert not caplog.records
+
+
 def test_network_has_a_dynamic_batch_and_fixed_window(model_copy: Path) -> None:
     export_onnx(model_copy)
     net = OnnxNetwork(model_copy / "model.onnx", "cpu", threads=1)

@@ -393,6 +393,58 @@ def test_postprocessing_is_chosen_on_the_out_of_fold_predictions_and_stored_with
         tune_postprocessing(dataset_copy, configuration="3d")
 
 
+def test_tuned_postprocessing_reaches_fold_all_and_names_rules_it_replaces(
+    dataset_copy: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`train --fold all` (the configuration trained on every case) takes the rules chosen on
+    the folds' out-of-fold predictions, whether trained before tuning or after: it used to keep
+    {} and predict without them. Rules written there by hand are replaced, with a warning
+    naming both."""
+    from medseg.io import write_volume
+    from medseg.postprocessing.labels import ClassRule, PostprocessingRules, read_rules, write_rules
+    from medseg.training.crossval import tune_postprocessing
+    from medseg.training.trainer import train
+
+    models = dataset_copy / "models" / "3d"
+    fold_all = train(dataset_copy, None, config=_config(), folds=3).model_dir
+    assert fold_all == models / "fold_all"
+    assert read_rules(fold_all / "postprocessing.json").is_identity
+    out = crossval_dir(dataset_copy, "3d")
+    for pred_path in sorted((out / "predictions").glob("*.nii.gz")):  # a stray island in every case
+        ref = read_volume(dataset_copy / "labelsTr" / pred_path.name)
+        arr = ref.array.copy()
+        arr[0, :2, :2] = 1
+        write_volume(ref.with_array(arr), pred_path, overwrite=True)
+    hand = PostprocessingRules(classes={2: ClassRule(fill_holes="3d")})
+    write_rules(hand, fold_all / "postprocessing.json", overwrite=True)
+    with caplog.at_level(logging.WARNING, logger="medseg.training.crossval"):
+        res = CliRunner().invoke(app, ["tune-postprocessing", str(dataset_copy), "-c", "3d"])
+    assert res.exit_code == 0, res.output
+    assert "every fold and fold_all" in " ".join(res.output.split())
+    rules = read_rules(fold_all / "postprocessing.json")
+    assert rules.keep_largest_foreground and rules == read_rules(models / "fold_0" / "postprocessing.json")
+    record = json.loads((out / "postprocessing.json").read_text())
+    assert str(fold_all / "postprocessing.json") in record["written_to"] and len(record["written_to"]) == 4
+    warned = [r.getMessage() for r in caplog.records if "fold_all" in r.getMessage()]
+    assert len(warned) == 1
+    assert "label 2 (inner): fill holes 3d" in warned[0] and "largest foreground component" in warned[0]
+    # Choosing again replaces the rules the first run wrote, without a warning.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medseg.training.crossval"):
+        tune_postprocessing(dataset_copy, configuration="3d", min_gain=0.9)
+    assert read_rules(fold_all / "postprocessing.json").is_identity
+    assert not [r for r in caplog.records if "fold_all" in r.getMessage()]
+    # fold_all trained after tuning starts with the tuned rules (it used to start with none)
+    tune_postprocessing(dataset_copy, configuration="3d")
+    tuned = read_rules(models / "fold_0" / "postprocessing.json")
+    assert tuned.keep_largest_foreground
+    again = train(dataset_copy, None, config=_config(), folds=3, overwrite=True).model_dir
+    assert read_rules(again / "postprocessing.json") == tuned
+    # a numbered fold trained anew is not given rules it was not tuned with
+    other = train(dataset_copy, 0, config=_config(), folds=3, out_dir=dataset_copy / "other").model_dir
+    assert read_rules(other / "postprocessing.json").is_identity
+
+
 def test_postprocessing_is_not_chosen_on_predictions_older_than_a_fold_or_without_a_fold(
     dataset_copy: Path,
 ) -> None:

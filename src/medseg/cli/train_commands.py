@@ -274,7 +274,7 @@ def tune_postprocessing_command(
         float, typer.Option(help="Dice a rule must add to be adopted (default: any gain)", min=0.0)
     ] = 0.0,
 ) -> None:
-    """Choose largest-component clean-up rules on the cross-validation predictions (as nnU-Net does) and store them with every fold's model, so predict applies them (a region model's are chosen on its region masks)."""
+    """Choose largest-component clean-up rules on the cross-validation predictions (as nnU-Net does) and store them with every fold's model and fold_all's (if trained), so predict applies them (a region model's are chosen on its region masks); copy postprocessing.json again into a lean ONNX copy made before."""
     from rich.table import Table
 
     from medseg.preprocessing.pipeline import load_dataset_plan
@@ -300,4 +300,13 @@ def tune_postprocessing_command(
             "[green]yes[/]" if step.adopted else "no",
         )
     console.print(table)
-    console.print(f"rules over {choice.n_cases} out-of-fold cases written to every fold; details: {record}")
+    import json
+
+    written = json.loads(record.read_text())["written_to"]
+    also = " and fold_all" if any(Path(w).parent.name == "fold_all" for w in written) else ""
+    console.print(
+        f"rules over {choice.n_cases} out-of-fold cases written to every fold{also}; details: {record}"
+    )
+    console.print(
+        "a lean ONNX copy made before this keeps its old postprocessing.json: copy the new one into it"
+    )

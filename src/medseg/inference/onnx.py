@@ -16,6 +16,11 @@ Every export is verified before it is written: ONNX Runtime and PyTorch run the 
 random batch of two patches and the largest absolute logit difference must be small.
 The ONNX file records the SHA-256 of the checkpoint it came from, so a model that was
 retrained after its export is refused instead of silently predicting with old weights.
+It also records the folder it was exported from: the postprocessing rules are not in the
+graph but in the folder's ``postprocessing.json``, so a lean copy made before ``medseg
+tune-postprocessing`` (or before rules were edited) keeps the old ones;
+:func:`warn_if_rules_differ_from_source` names both files when the source folder can still
+be read (the export itself need not be redone: copy the new postprocessing.json).
 
 ``OnnxNetwork(path, device)`` is a callable with the torch network's contract (a
 ``(B, C, *patch)`` tensor in, logits out) that runs the graph with ONNX Runtime.
@@ -47,6 +52,8 @@ ONNX_FILE = "model.onnx"
 DEFAULT_OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
+#: Metadata key of the absolute path of the model folder an export was made from.
+SOURCE_KEY = "source_folder"
 #: Verification tolerance: |onnx - torch| <= ATOL + RTOL * max|torch logits|.
 ATOL = 1e-3
 RTOL = 1e-4
@@ -177,6 +184,7 @@ def export_onnx(model_dir: str | Path, *, opset: int = DEFAULT_OPSET, overwrite:
                 "medseg_version": __version__,
                 "checkpoint": ckpt.name,
                 "checkpoint_sha256": _sha256(ckpt),
+                SOURCE_KEY: str(folder.resolve()),
                 "input_shape": json.dumps(list(shape)),
                 "verified_max_abs_diff": f"{diff:.3g}",
             },
@@ -215,6 +223,52 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     except Exception as exc:  # protobuf DecodeError and friends
         raise InputError(path, "is not a readable ONNX model", found=f"{type(exc).__name__}: {exc}") from None
     return {p.key: p.value for p in proto.metadata_props}
+
+
+def warn_if_rules_differ_from_source(folder: str | Path, meta: dict[str, str]) -> bool:
+    """Warn when ``folder`` is a copy of the model folder an export was made from (``meta``:
+    its ONNX metadata) and the two folders' postprocessing rules differ; True when warned.
+
+    The copy's rules are the ones predict applies. Nothing is compared when the export does
+    not record its source (made by an older medseg), the copy is the source itself, or the
+    source folder cannot be read here (another machine): then only the README's advice holds.
+    """
+    from medseg.postprocessing.labels import PostprocessingRules, read_rules
+
+    here = Path(folder)
+    source = meta.get(SOURCE_KEY)
+    if not source:
+        return False
+    src = Path(source)
+    try:
+        if src.resolve() == here.resolve():
+            return False
+    except OSError:
+        return False
+    src_post, own_post = src / "postprocessing.json", here / "postprocessing.json"
+    if not src_post.is_file():
+        return False
+    try:
+        theirs = read_rules(src_post)
+        mine = read_rules(own_post) if own_post.is_file() else PostprocessingRules()
+    except MedsegError:
+        return False  # an unreadable copy fails on its own when the predictor reads it
+    if theirs.effective() == mine.effective():
+        return False
+    newer = own_post.is_file() and src_post.stat().st_mtime > own_post.stat().st_mtime
+    log.warning(
+        "%s: this copy's postprocessing rules (%s) differ from those of %s, the model folder it was "
+        "exported from (%s)%s; the copy's rules apply. To use the source's (e.g. chosen by medseg "
+        "tune-postprocessing after the copy was made), copy %s into %s (model.onnx need not be exported again)",
+        own_post,
+        mine.describe(),
+        src_post,
+        theirs.describe(),
+        ", which is newer" if newer else "",
+        src_post,
+        here,
+    )
+    return True
 
 
 class OnnxNetwork:
@@ -258,8 +312,10 @@ class OnnxNetwork:
                 "is not a readable ONNX model (truncated or corrupt?)",
                 found=f"{type(exc).__name__}: {exc}",
             ) from None
+        #: what the export recorded (checkpoint digest, source folder, medseg version)
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         if check_checkpoint:
-            self._check_fresh(dict(self.session.get_modelmeta().custom_metadata_map))
+            self._check_fresh(self.metadata)
         self.providers: list[str] = list(self.session.get_providers())
         inp = self.session.get_inputs()[0]
         self.input_name: str = inp.name
@@ -303,4 +359,5 @@ __all__ = [
     "network_input_shape",
     "read_metadata",
     "verify_onnx",
+    "warn_if_rules_differ_from_source",
 ]

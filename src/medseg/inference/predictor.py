@@ -202,9 +202,11 @@ class SegmentationModel:
         for folder in self.folders:
             arch = Architecture.from_dict(json.loads((folder / "model.json").read_text())["architecture"])
             if backend == "onnx":
-                from medseg.inference.onnx import OnnxNetwork
+                from medseg.inference.onnx import OnnxNetwork, warn_if_rules_differ_from_source
 
-                self.networks.append(OnnxNetwork(folder / "model.onnx", self.device))
+                network = OnnxNetwork(folder / "model.onnx", self.device)
+                warn_if_rules_differ_from_source(folder, network.metadata)
+                self.networks.append(network)
                 continue
             net = arch.build()
             ckpt = best_checkpoint(folder)

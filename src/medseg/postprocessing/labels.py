@@ -240,6 +240,19 @@ class ClassRule:
             and self.min_size_ml == 0
         )
 
+    def describe(self) -> str:
+        """The rule in words ("keep largest, fill holes 3d"; "none" for a rule that changes nothing)."""
+        parts = []
+        if self.min_size_voxels:
+            parts.append(f"remove < {self.min_size_voxels} voxels")
+        if self.min_size_ml:
+            parts.append(f"remove < {self.min_size_ml:g} ml")
+        if self.keep_largest:
+            parts.append("keep largest")
+        if self.fill_holes != "none":
+            parts.append(f"fill holes {self.fill_holes}")
+        return ", ".join(parts) or "none"
+
     def to_json(self) -> dict[str, Any]:
         return {
             "keep_largest": self.keep_largest,
@@ -308,6 +321,37 @@ class PostprocessingRules:
             connectivity=connectivity,
             keep_largest_foreground=keep_largest_foreground,
         )
+
+    @property
+    def is_identity(self) -> bool:
+        """True when applying the rules changes no voxel."""
+        return not self.keep_largest_foreground and all(r.is_identity for r in self.classes.values())
+
+    def effective(self) -> PostprocessingRules:
+        """The same rules without the parts that change nothing, so that two files acting the
+        same compare equal (a class rule that does nothing; the connectivity of no rule)."""
+        if self.is_identity:
+            return PostprocessingRules()
+        return PostprocessingRules(
+            {k: r for k, r in self.classes.items() if not r.is_identity},
+            connectivity=self.connectivity,
+            keep_largest_foreground=self.keep_largest_foreground,
+        )
+
+    def describe(self, names: Mapping[int, str] | None = None) -> str:
+        """The rules in one line ("none"; "label 1 (liver): keep largest; largest foreground
+        component; connectivity 26"), for messages."""
+        rules = self.effective()
+        if rules.is_identity:
+            return "none"
+        parts = [
+            f"label {k}{f' ({names[k]})' if names and k in names else ''}: {r.describe()}"
+            for k, r in rules.classes.items()
+        ]
+        if rules.keep_largest_foreground:
+            parts.append("largest foreground component")
+        parts.append(f"connectivity {rules.connectivity}")
+        return "; ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -542,6 +542,32 @@ def _region_case_loader(pred_path: Path, ref_path: Path, regions: Mapping[str, S
     return load
 
 
+def _warn_replaced_rules(
+    path: Path, new: Any, tuned: tuple[Any, float] | None, names: dict[int, str]
+) -> None:
+    """Name the rules of ``fold_all`` that tuning replaces, unless they act as the new ones or
+    are the rules an earlier tuning wrote."""
+    from medseg.postprocessing.labels import read_rules
+
+    if not path.is_file():
+        return
+    try:
+        old = read_rules(path)
+    except MedsegError as exc:
+        log.warning("%s: unreadable rules replaced by the tuned ones (%s)", path, exc)
+        return
+    if old.is_identity or old.effective() == new.effective():
+        return
+    if tuned is not None and old.effective() == tuned[0].effective():
+        return
+    log.warning(
+        "%s: its rules (%s) are replaced by those chosen on the cross-validation (%s)",
+        path,
+        old.describe(names),
+        new.describe(names),
+    )
+
+
 def tune_postprocessing(
     dataset: str | Path, *, configuration: str = "3d", min_gain: float = 0.0
 ) -> tuple[Any, Path]:
@@ -552,6 +578,14 @@ def tune_postprocessing(
     ``crossval/postprocessing.json`` (the rules and, per candidate, the out-of-fold mean Dice
     before and after). Returns the choice and that file. The predictions must have been made
     without rules: a fold whose postprocessing.json already holds rules is refused, naming it.
+
+    A ``fold_all`` model of the configuration (``medseg train --fold all``: the same plan
+    trained on every case, which has no out-of-fold predictions of its own) gets the same
+    rules, as in nnU-Net; rules it held that differ are named in a warning as they are
+    replaced (one trained after this starts with them: :func:`medseg.training.trainer.train`
+    reads ``crossval/postprocessing.json``). A lean ONNX copy of a model made before this (model.onnx and the JSON files
+    copied elsewhere) keeps its old postprocessing.json: copy the new one into it
+    (``predict --onnx`` warns when the copy's rules differ from its source folder's).
     """
     from medseg.data.dataset import list_cases, read_descriptor
     from medseg.io import read_volume
@@ -662,11 +696,17 @@ def tune_postprocessing(
         # A region model: its masks (overlaps kept, as crossval writes them), one Dice per region.
         choice = choose_region_rules(loaders, plan.regions_class_order, min_gain=min_gain)
         names = dict(enumerate(plan.regions))
+        rule_names = dict(zip(plan.regions_class_order, plan.regions, strict=True))
     else:
         labels = [v for v in plan.labels.values() if v != 0]
         choice = choose_rules(loaders, labels, min_gain=min_gain)
-        names = {v: k for k, v in plan.labels.items()}
-    for folder, _ in folds:
+        names = rule_names = {v: k for k, v in plan.labels.items()}
+    targets = [folder for folder, _ in folds]
+    fold_all = default_model_dir(root, configuration, None)
+    if fold_all not in targets and is_model_folder(fold_all):
+        _warn_replaced_rules(fold_all / POSTPROCESSING_JSON, choice.rules, tuned, rule_names)
+        targets.append(fold_all)
+    for folder in targets:
         write_rules(choice.rules, folder / POSTPROCESSING_JSON, overwrite=True)
     record = {
         "dataset": read_descriptor(root).name or root.name,
@@ -686,7 +726,7 @@ def tune_postprocessing(
         ),
         "rules": choice.rules.to_json(),
         "steps": [s.to_json(names) for s in choice.steps],
-        "written_to": [str(folder / POSTPROCESSING_JSON) for folder, _ in folds],
+        "written_to": [str(folder / POSTPROCESSING_JSON) for folder in targets],
     }
     target = write_text_atomic(
         out / POSTPROCESSING_JSON, json.dumps(record, indent=2, allow_nan=False) + "\n", overwrite=True

@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -57,6 +57,9 @@ from medseg.training.checkpoint import (
 )
 from medseg.training.config import TrainingConfig, check_device_name
 from medseg.training.slice_classifier import SliceClassifierConfig
+
+if TYPE_CHECKING:
+    from medseg.postprocessing.labels import PostprocessingRules
 
 log = logging.getLogger(__name__)
 
@@ -386,9 +389,12 @@ class Trainer:
         dataset_json: dict[str, Any] | None = None,
         fold: int | None = None,
         progress: bool = False,
+        initial_rules: PostprocessingRules | None = None,
     ) -> None:
         if not train_ids:
             raise ConfigError("no training cases in this fold")
+        # postprocessing.json of a new model folder (default: no rules)
+        self.initial_rules = initial_rules
         self.plan = plan
         self.cache = Path(cache_dir)
         self.train_ids = list(train_ids)
@@ -633,10 +639,11 @@ class Trainer:
         write_text_atomic(self.out / "training_config.json", self.config.to_json(), overwrite=True)
         post = self.out / "postprocessing.json"
         if not post.exists():
-            # No clean-up by default (`medseg tune-postprocessing` chooses rules after crossval, or edit the file).
+            # No clean-up by default (`medseg tune-postprocessing` chooses rules after crossval, or edit
+            # the file); fold_all starts with the rules already chosen on the cross-validation.
             from medseg.postprocessing.labels import PostprocessingRules, write_rules
 
-            write_rules(PostprocessingRules(), post)
+            write_rules(self.initial_rules or PostprocessingRules(), post)
         write_model_json(
             self.out,
             self.architecture,
@@ -1010,6 +1017,23 @@ def dataset_json_for_model(root: str | Path) -> dict[str, Any]:
     return read_descriptor(root).to_json()
 
 
+def _tuned_rules(root: Path, configuration: str) -> PostprocessingRules | None:
+    """The rules ``medseg tune-postprocessing`` chose for this configuration, if it has run."""
+    from medseg.postprocessing.labels import PostprocessingRules
+    from medseg.training.crossval import POSTPROCESSING_JSON, crossval_dir
+
+    record = crossval_dir(root, configuration) / POSTPROCESSING_JSON
+    if not record.is_file():
+        return None
+    try:
+        rules = PostprocessingRules.from_json(json.loads(record.read_text())["rules"])
+    except (ValueError, KeyError, TypeError, MedsegError) as exc:
+        log.warning("%s: not read (%s); the model folder starts without postprocessing rules", record, exc)
+        return None
+    log.info("postprocessing rules chosen on the cross-validation (%s): %s", record, rules.describe())
+    return rules
+
+
 def default_model_dir(root: str | Path, configuration: str, fold: int | None) -> Path:
     return Path(root) / "models" / configuration / ("fold_all" if fold is None else f"fold_{fold}")
 
@@ -1040,6 +1064,8 @@ def train(
     folds) when absent, and writes the model folder (default DATASET/models/<config>/fold_k).
     With ``slice_classifier`` an empty-slice classifier is trained afterwards on the same
     training cases and saved in the model folder (see training/slice_classifier.py).
+    A new ``fold=None`` model folder starts with the rules ``medseg tune-postprocessing``
+    chose on this configuration's cross-validation, when it has run (otherwise none).
     """
     from medseg.data.splits import SPLITS_JSON, load_splits, make_splits
     from medseg.errors import OutputExistsError
@@ -1117,6 +1143,7 @@ def train(
         dataset_json=dataset_json_for_model(root),
         fold=fold,
         progress=progress,
+        initial_rules=_tuned_rules(root, configuration) if fold is None else None,
     )
     result = trainer.fit(
         resume_from=last if resume else None, allow_changed=resume_changed, checkpoint=checkpoint

@@ -849,6 +849,51 @@ def test_a_model_from_a_newer_medseg_is_flagged(model_copy: Path, caplog: pytest
         SegmentationModel(model_copy, device="cpu")
 
 
+def test_an_ensemble_of_configurations_with_different_rules_warns_once_naming_each(
+    trained_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 3D and a 2D model with different postprocessing.json: the first -m's rules apply (as
+    the docstring says), and one warning names each member, its rules and which apply."""
+    from medseg.postprocessing.labels import ClassRule, PostprocessingRules, apply_rules, write_rules
+    from medseg.preprocessing.pipeline import plan_dataset
+    from medseg.training.config import TrainingConfig
+    from medseg.training.trainer import train
+    from tests.preprocessing.conftest import write_dataset
+
+    root = write_dataset(tmp_path / "toy", n=4)
+    plan_dataset(root, "2d", overrides={"patch_size": [1, 16, 16], "batch_size": 2}, workers=1)
+    cfg = TrainingConfig(epochs=1, iterations_per_epoch=3, val_every=1, num_workers=0, max_val_cases=1)
+    model_2d = train(root, 0, configuration="2d", config=cfg, folds=2).model_dir
+    model_3d = tmp_path / "m3d"
+    shutil.copytree(trained_model, model_3d)
+    with caplog.at_level("WARNING", logger="medseg.inference.predictor"):
+        SegmentationModel([model_3d, model_2d], device="cpu")
+    assert not caplog.records  # both without rules: nothing to say
+    rules_3d = PostprocessingRules(classes={1: ClassRule(keep_largest=True)})
+    rules_2d = PostprocessingRules(classes={2: ClassRule(fill_holes="2d")}, keep_largest_foreground=True)
+    write_rules(rules_3d, model_3d / "postprocessing.json", overwrite=True)
+    write_rules(rules_2d, model_2d / "postprocessing.json", overwrite=True)
+    with caplog.at_level("WARNING", logger="medseg.inference.predictor"):
+        both = SegmentationModel([model_3d, model_2d], device="cpu")
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert f"3d ({model_3d / 'postprocessing.json'}): label 1 (outer): keep largest" in message
+    assert f"2d ({model_2d / 'postprocessing.json'}): label 2 (inner): fill holes 2d" in message
+    assert "largest foreground component" in message and "The first model's (3d) apply" in message
+    assert both.rules == rules_3d
+    img, _ = make_case(6, shape=(9, 36, 30))
+    raw, _ = both.predict([img], postprocess=False)
+    np.testing.assert_array_equal(both.predict([img])[0].array, apply_rules(raw.array, rules_3d, raw.spacing))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medseg.inference.predictor"):
+        other = SegmentationModel([model_2d, model_3d], device="cpu")  # the order chooses
+    assert other.rules == rules_2d and "The first model's (2d) apply" in caplog.records[0].getMessage()
+    caplog.clear()
+    write_rules(rules_3d, model_2d / "postprocessing.json", overwrite=True)
+    with caplog.at_level("WARNING", logger="medseg.inference.predictor"):
+        SegmentationModel([model_3d, model_2d], device="cpu")
+    assert not caplog.records
+
+
 def test_an_ensemble_of_configurations_averages_probabilities_on_the_input_grid(
     trained_model: Path, tmp_path: Path
 ) -> None:

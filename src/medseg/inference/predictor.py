@@ -121,7 +121,13 @@ class SegmentationModel:
     softmax on the preprocessed grid). Folders with *different* plans (e.g. a 2.5D and a 3D
     model of the same labels) form a multi-configuration ensemble: each configuration
     predicts class probabilities on the input grid, their mean decides each voxel, and the
-    first model's postprocessing rules apply.
+    first model's postprocessing rules apply (the first ``-m``: the order chooses). Rules
+    are chosen per configuration (``tune-postprocessing``) on that configuration's own
+    predictions, and none were chosen on the ensemble's, so no member's rules are right for
+    it by construction; when the members' rules differ, one warning names each member with
+    its rules and says which apply. Applying only the rules common to all members was not
+    chosen: it would drop silently a rule one member's tuning found useful, and "common" has
+    no clear meaning for rules of one class with different sizes.
     """
 
     def __init__(
@@ -238,6 +244,7 @@ class SegmentationModel:
         ]
         lead = self.members[0]
         self.plan, self.rules, self.info = lead.plan, lead.rules, lead.info
+        self._warn_if_member_rules_differ()
         self.mirror_axes = lead.mirror_axes
         self.networks, self.slice_filters, self.last_suppressed_slices = [], [], []
         self.last_region_masks = {}
@@ -245,6 +252,25 @@ class SegmentationModel:
             "ensemble of %d configurations (%s): class probabilities averaged on the input grid",
             len(self.members),
             ", ".join(f"{m.plan.configuration}: {len(m.folders)} fold(s)" for m in self.members),
+        )
+
+    def _warn_if_member_rules_differ(self) -> None:
+        """One warning when a configuration ensemble's members hold different rules (see the
+        class docstring): each member's rules, and which apply."""
+        effective = [m.rules.effective() for m in self.members]
+        if all(r == effective[0] for r in effective[1:]):
+            return
+        names = self.label_names
+        lines = [
+            f"{m.plan.configuration} ({m.folders[0] / 'postprocessing.json'}): {m.rules.describe(names)}"
+            for m in self.members
+        ]
+        log.warning(
+            "the ensemble's configurations hold different postprocessing rules: %s. The first "
+            "model's (%s) apply to the ensemble: give another -m first to apply its rules, or write "
+            "the same postprocessing.json into every member (predict --no-postprocess applies none)",
+            "; ".join(lines),
+            self.members[0].plan.configuration,
         )
 
     @property

@@ -58,6 +58,17 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar."
 LabelsOpt = Annotated[
     str | None, typer.Option("--labels", help="Label declaration NAME=VALUE,... (background=0 included).")
 ]
+DicomLabelsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--labels",
+        help="Segment/ROI name -> value, NAME=VALUE,... (background=0 included), declared in dataset.json "
+        "exactly as given, even a name that no imported case holds, so one mapping stays the same across "
+        "imports (such names are listed in a warning). Default: the names of the imported cases, numbered "
+        "1, 2, ... in order of first appearance; a case left out by --skip-invalid takes its own names "
+        "with it.",
+    ),
+]
 CaseOpt = Annotated[list[str] | None, typer.Option("--case", help="Import only this case (repeatable).")]
 
 
@@ -294,7 +305,7 @@ def import_seg_command(
     seg: Annotated[
         list[Path] | None, typer.Option("--seg", help="SEG file to import (repeatable; default: all found).")
     ] = None,
-    labels: LabelsOpt = None,
+    labels: DicomLabelsOpt = None,
     overlap: OverlapOpt = "error",
     chunk: ChunkOpt = None,
     chunk_overlap: ChunkOverlapOpt = 0,
@@ -322,7 +333,7 @@ def import_rtstruct_command(
         list[Path] | None,
         typer.Option("--rtstruct", help="RTSTRUCT file to import (repeatable; default: all found)."),
     ] = None,
-    labels: LabelsOpt = None,
+    labels: DicomLabelsOpt = None,
     overlap: OverlapOpt = "error",
     chunk: ChunkOpt = None,
     chunk_overlap: ChunkOverlapOpt = 0,

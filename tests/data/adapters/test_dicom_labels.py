@@ -145,6 +145,8 @@ def test_whole_tree_with_skip_invalid(tmp_path: Path, shared_data: Path) -> None
         "sr-example/seg.dcm",
     ]
     assert len(list_cases(out)) == 5
+    # only the skipped files named GREEN ... DARK_BLUE and 'Neoplasm, Primary': not declared
+    assert read_descriptor(out).labels == {"background": 0, "Liver": 1}
     assert any("multiframe/mf.dcm" in f for f in record["ignored_files"])
     assert str(src) not in json.dumps(record)
 
@@ -298,6 +300,58 @@ def test_overlapping_and_undeclared_rois(tmp_path: Path, shared_data: Path) -> N
         import_rtstruct(
             tmp_path / "src", tmp_path / "o2", labels={"background": 0, "ROI-1": 1}, progress=False
         )
+
+
+def _renamed_copy(rt_path: Path, name: str, *, between_slices: bool = False) -> Path:
+    """A copy of the real RTSTRUCT with its ROI renamed (and, if asked, its contours moved
+    between the slices at 60 and 65 mm, which the import refuses)."""
+    ds = pydicom.dcmread(rt_path)
+    ds.StructureSetROISequence[0].ROIName = name
+    ds.SOPInstanceUID = generate_uid()
+    if between_slices:
+        for contour in ds.ROIContourSequence[0].ContourSequence:
+            del contour.ContourImageSequence
+            contour.ContourData = [v + 2.5 if i % 3 == 2 else v for i, v in enumerate(contour.ContourData)]
+    out = rt_path.with_name(f"rt_{name}.dcm")
+    ds.save_as(out)
+    return out
+
+
+def test_a_skipped_rtstruct_takes_back_the_names_only_it_had(
+    tmp_path: Path, shared_data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--skip-invalid without --labels: dataset.json declares the names of the imported cases
+    only, numbered without a gap (it used to declare 'Broken' = 2, which no case holds).
+    With --labels the mapping is kept as given, and the name no case holds is named."""
+    rt = _rt_copy(shared_data, tmp_path / "src")
+    broken = _renamed_copy(rt, "Broken", between_slices=True)
+    later = _renamed_copy(rt, "Later")
+    files = [rt, broken, later]
+    out = import_rtstruct(
+        tmp_path / "src", tmp_path / "out", rtstruct_files=files, skip_invalid=True, progress=False
+    )
+    desc = read_descriptor(out)
+    assert desc.labels == {"background": 0, "ROI-1": 1, "Later": 2}
+    assert [s["source"] for s in desc.extra[IMPORT_KEY]["skipped"]] == ["rt_Broken.dcm"]
+    cases = list_cases(out)
+    assert [c.case_id for c in cases] == ["case_0001", "case_0003"]
+    assert [int(read_itk(c.label).array.max()) for c in cases] == [1, 2]  # type: ignore[arg-type]
+    assert check_dataset(out).ok
+    # --labels: what the user named stays, even the name only the skipped file had
+    named = {"background": 0, "ROI-1": 1, "Broken": 2, "Later": 3}
+    with caplog.at_level("WARNING", logger="medseg.data.adapters.dicom_labels"):
+        out2 = import_rtstruct(
+            tmp_path / "src",
+            tmp_path / "out2",
+            rtstruct_files=files,
+            labels=named,
+            skip_invalid=True,
+            progress=False,
+        )
+    assert read_descriptor(out2).labels == named
+    assert [int(read_itk(c.label).array.max()) for c in list_cases(out2)] == [1, 3]  # type: ignore[arg-type]
+    (warning,) = [r.getMessage() for r in caplog.records if "--labels declares" in r.getMessage()]
+    assert "Broken=2" in warning and "1 case(s) skipped" in warning and "keeps them as given" in warning
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pydicom warnings from rt-utils save()

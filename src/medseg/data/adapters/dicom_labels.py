@@ -19,14 +19,18 @@ on that series' grid.
   pixel centres, OpenCV ``fillPoly`` of all contours of a slice, so nested contours are
   holes) is applied here with medseg's exact world->index transform.
 
-Label names (SEG SegmentLabel, RTSTRUCT ROIName) map to label values through ``labels``;
-without it every name found gets a value, in order of first appearance. A voxel claimed by
+Label names (SEG SegmentLabel, RTSTRUCT ROIName) map to label values through ``labels``,
+which dataset.json then declares as given, every name, even one no imported case holds
+(a mapping named on purpose stays the same from one import to the next; such names are
+listed in a warning). Without it every name of the imported cases gets a value, 1, 2, ...
+in order of first appearance: a case left out (``skip_invalid``) takes back the names only
+it had, so dataset.json declares no label that no case can hold. A voxel claimed by
 two segments is an error unless ``on_overlap="overwrite"`` (the higher label value wins) or
 ``on_overlap="regions"``: each combination of segments found overlapping gets a label value
-of its own (after the declared ones, named ``a+b``, in order of first appearance over the
-import) and dataset.json declares one region per segment name holding every value that
-contains it, for region-based training (:mod:`medseg.data.regions`); nothing is lost, and
-painting the regions back gives what "overwrite" gives.
+of its own (named ``a+b``, in order of first appearance over the import, after the values
+of the names known then) and dataset.json declares one region per segment name holding
+every value that contains it, for region-based training (:mod:`medseg.data.regions`);
+nothing is lost, and painting the regions back gives what "overwrite" gives.
 Patient ids are replaced by a keyed hash (``p`` + 12 hex digits of HMAC-SHA-256 under a
 random key that is not stored), never stored themselves.
 """
@@ -579,11 +583,10 @@ def _import_dicom_labels(
         if not f.is_file():
             raise InputError(f, "does not exist")
     names_per_file = {f: _label_names(f, kind) for f in files}
+    # Without --labels, names get values as the cases that hold them are imported (module docstring).
+    numbering = labels is None
     if labels is None:
         declared = {"background": 0}
-        for f in files:
-            for n in names_per_file[f]:
-                declared.setdefault(n, len(declared))
     else:
         declared = dict(labels)
         for f, names in names_per_file.items():
@@ -615,6 +618,7 @@ def _import_dicom_labels(
         for f in files:
             cases.append((f"case_{len(cases) + 1:04d}", f))
         modality = ""
+        imported_names: set[str] = set()
 
         def add(item: tuple[str, Path]) -> None:
             nonlocal modality
@@ -634,6 +638,14 @@ def _import_dicom_labels(
             # found in dataset.json: they are taken back with it.
             known_combos = dict(combos.values) if combos is not None else {}
             known_labels = dict(writer.labels)
+            new_names = []
+            if numbering:  # this case's names not seen before take the next free values
+                for n in names_per_file[path]:
+                    if n not in declared:
+                        taken = [*declared.values(), *(combos.values.values() if combos else ())]
+                        declared[n] = max(taken) + 1
+                        new_names.append(n)
+                writer.labels = combos.labels() if combos is not None else dict(declared)
             try:
                 if kind == "seg":
                     label = read_seg_label(path, image, declared, on_overlap, combos)
@@ -652,8 +664,11 @@ def _import_dicom_labels(
             except Exception:
                 if combos is not None:
                     combos.values = known_combos
-                    writer.labels = known_labels
+                for n in new_names:
+                    del declared[n]
+                writer.labels = known_labels
                 raise
+            imported_names.update(names_per_file[path])
             modality = modality or str(image.volume.meta.get("modality", ""))
 
         # pydicom's value validation would quote malformed values (names, birth dates) in
@@ -672,6 +687,14 @@ def _import_dicom_labels(
             writer.channel_names = {"0": modality}
         if combos is not None:
             _declare_regions(writer, combos)
+        unheld = [n for n, v in declared.items() if v != 0 and n not in imported_names]
+        if unheld:
+            logger.warning(
+                "--labels declares %s, which no imported %s names%s; dataset.json keeps them as given",
+                ", ".join(f"{n}={declared[n]}" for n in unheld),
+                what,
+                f" ({len(writer.skipped)} case(s) skipped)" if writer.skipped else "",
+            )
     return Path(out_dir)
 
 

@@ -302,6 +302,85 @@ def test_overlapping_and_undeclared_rois(tmp_path: Path, shared_data: Path) -> N
         )
 
 
+def _shifted_rois(rt_path: Path, dx_mm: float, *, duplicate: bool, refs: bool) -> pydicom.Dataset:
+    """The real RTSTRUCT with its ROI 'ROI-1' drawn again dx_mm to the side: as ROI 2 of the
+    same name (``duplicate``), or instead of the original. ``refs=False`` drops the contours'
+    image references (the import then fills them itself rather than through rt-utils)."""
+    import copy
+
+    ds = pydicom.dcmread(rt_path)
+    shifted = copy.deepcopy(ds.ROIContourSequence[0])
+    for contour in shifted.ContourSequence:
+        contour.ContourData = [v + dx_mm if i % 3 == 0 else v for i, v in enumerate(contour.ContourData)]
+    if duplicate:
+        roi = copy.deepcopy(ds.StructureSetROISequence[0])
+        roi.ROINumber = 2
+        shifted.ReferencedROINumber = 2
+        ds.StructureSetROISequence.append(roi)
+        ds.ROIContourSequence.append(shifted)
+    else:
+        ds.ROIContourSequence[0] = shifted
+    if not refs:
+        for roi_contour in ds.ROIContourSequence:
+            for contour in roi_contour.ContourSequence:
+                del contour.ContourImageSequence
+    ds.save_as(rt_path)
+    return ds
+
+
+@pytest.mark.parametrize("refs", [True, False], ids=["rt-utils fill", "own fill"])
+def test_rois_sharing_a_name_are_merged_with_a_warning(
+    tmp_path: Path, shared_data: Path, caplog: pytest.LogCaptureFixture, refs: bool
+) -> None:
+    """Two ROIs named 'ROI-1' in one RTSTRUCT (the real rt-utils file, its ROI drawn again
+    12 mm to the side as ROI 2): the label is their union, and a warning names the ROI, both
+    numbers and the file. It used to keep only one of them."""
+    masks = {}
+    for what in ("first", "second"):
+        rt = _rt_copy(shared_data, tmp_path / what)
+        _shifted_rois(rt, 0.0 if what == "first" else 12.0, duplicate=False, refs=refs)
+        masks[what] = _only_case(import_rtstruct(rt.parent, tmp_path / f"{what}_out", progress=False))[
+            1
+        ].array
+    assert (masks["first"] & masks["second"]).any() and (masks["second"] & ~masks["first"].astype(bool)).any()
+    rt = _rt_copy(shared_data, tmp_path / "both")
+    _shifted_rois(rt, 12.0, duplicate=True, refs=refs)
+    with caplog.at_level("WARNING", logger="medseg.data.adapters.dicom_labels"):
+        out = import_rtstruct(rt.parent, tmp_path / "out", progress=False)
+    assert read_descriptor(out).labels == {"background": 0, "ROI-1": 1}
+    label = _only_case(out)[1].array
+    union = (masks["first"] > 0) | (masks["second"] > 0)
+    np.testing.assert_array_equal(label, union.astype(label.dtype))
+    (message,) = [r.getMessage() for r in caplog.records if "share the name" in r.getMessage()]
+    assert f"{rt}: ROIs 1 and 2 share the name 'ROI-1'" in message
+    assert f"union: {int(union.sum())} voxels" in message
+    assert f"ROI 1: {int((masks['first'] > 0).sum())}, ROI 2: {int((masks['second'] > 0).sum())}" in message
+    # --labels names it once, and --overlap regions makes no 'ROI-1+ROI-1'
+    declared = {"background": 0, "ROI-1": 1}
+    out2 = import_rtstruct(
+        rt.parent, tmp_path / "out2", labels=declared, on_overlap="regions", progress=False
+    )
+    assert read_descriptor(out2).labels == declared
+    np.testing.assert_array_equal(_only_case(out2)[1].array, label)
+
+
+def test_an_roi_without_contours_is_an_empty_label(tmp_path: Path, shared_data: Path) -> None:
+    """An empty structure (declared, never contoured) in the real RTSTRUCT: a declared label
+    with no voxels, on the rt-utils path too (rt-utils raised a bare Exception for it)."""
+    import copy
+
+    rt = _rt_copy(shared_data, tmp_path / "src")
+    ref = _only_case(import_rtstruct(rt.parent, tmp_path / "ref", progress=False))[1].array
+    ds = pydicom.dcmread(rt)
+    roi = copy.deepcopy(ds.StructureSetROISequence[0])
+    roi.ROINumber, roi.ROIName = 2, "Empty"
+    ds.StructureSetROISequence.append(roi)
+    ds.save_as(rt)
+    out = import_rtstruct(rt.parent, tmp_path / "out", progress=False)
+    assert read_descriptor(out).labels == {"background": 0, "ROI-1": 1, "Empty": 2}
+    np.testing.assert_array_equal(_only_case(out)[1].array, ref)
+
+
 def _renamed_copy(rt_path: Path, name: str, *, between_slices: bool = False) -> Path:
     """A copy of the real RTSTRUCT with its ROI renamed (and, if asked, its contours moved
     between the slices at 60 and 65 mm, which the import refuses)."""

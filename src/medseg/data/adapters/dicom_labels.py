@@ -19,6 +19,9 @@ on that series' grid.
   pixel centres, OpenCV ``fillPoly`` of all contours of a slice, so nested contours are
   holes) is applied here with medseg's exact world->index transform.
 
+ROIs of one RTSTRUCT that share a name (a structure contoured in parts, or exported twice)
+become one label, the union of their masks, named with their ROI numbers in a warning.
+
 Label names (SEG SegmentLabel, RTSTRUCT ROIName) map to label values through ``labels``,
 which dataset.json then declares as given, every name, even one no imported case holds
 (a mapping named on purpose stays the same from one import to the next; such names are
@@ -445,6 +448,34 @@ def _fill_contours(
     return mask.astype(bool)
 
 
+def _merge_same_names(
+    names: Mapping[int, str], per_number: Mapping[int, NDArray[np.bool_]], path: Path
+) -> dict[str, NDArray[np.bool_]]:
+    """One mask per ROI name: ROIs that share a name (a structure drawn in parts, or saved
+    twice by a planning system) become their union, named with their numbers in a warning
+    (a label map holds one value per name, so one of them would otherwise be lost)."""
+    numbers_of: dict[str, list[int]] = {}
+    for number, name in names.items():
+        numbers_of.setdefault(name, []).append(number)
+    masks: dict[str, NDArray[np.bool_]] = {}
+    for name, numbers in numbers_of.items():
+        merged = per_number[numbers[0]].copy()
+        for number in numbers[1:]:
+            merged |= per_number[number]
+        masks[name] = merged
+        if len(numbers) > 1:
+            sizes = ", ".join(f"ROI {n}: {int(per_number[n].sum())}" for n in numbers)
+            logger.warning(
+                "%s: ROIs %s share the name '%s'; their masks are merged into one label (union: %d voxels; %s)",
+                path,
+                " and ".join(str(n) for n in numbers),
+                name,
+                int(merged.sum()),
+                sizes,
+            )
+    return masks
+
+
 def read_rtstruct_label(
     path: Path,
     image: LoadedSeries,
@@ -476,9 +507,9 @@ def read_rtstruct_label(
                         f"({len(in_series)} slices)",
                         found=f"SOPInstanceUID {ref.ReferencedSOPInstanceUID}",
                     )
-    masks: dict[str, NDArray[np.bool_]] = {}
+    per_number: dict[int, NDArray[np.bool_]] = {}  # one mask per ROI number (names may repeat)
     if _square(image) and all_referenced:
-        from rt_utils import RTStructBuilder
+        from rt_utils import RTStructBuilder, image_helper
 
         with _series_folder(image.files) as folder:
             try:
@@ -496,12 +527,27 @@ def read_rtstruct_label(
                     found=f"{len(rt_order)} (compressed pixel data without a decoder?)",
                 )
             perm = [rt_order.index(uid) for uid in image.sop_uids]
-            for name in names.values():
-                m = np.asarray(rt.get_roi_mask_by_name(name))  # (rows, cols, slices), rt-utils order
-                masks[name] = np.transpose(m, (2, 0, 1))[perm].astype(bool)
+            for number in names:
+                # rt-utils' get_roi_mask_by_name, by number: it fills only the first ROI of a name
+                contours = [
+                    c
+                    for roi in ds.get("ROIContourSequence", [])
+                    if int(roi.ReferencedROINumber) == number
+                    for c in roi.get("ContourSequence", [])
+                ]
+                if not contours:  # an ROI without contours (an empty structure) is empty
+                    per_number[number] = np.zeros(image.volume.shape, dtype=bool)
+                    continue
+                m = np.asarray(
+                    image_helper.create_series_mask_from_contour_sequence(rt.series_data, contours)
+                )
+                per_number[number] = np.transpose(m, (2, 0, 1))[perm].astype(
+                    bool
+                )  # from (rows, cols, slices)
     else:
-        for number, name in names.items():
-            masks[name] = _fill_contours(ds, number, image, path, writer)
+        for number in names:
+            per_number[number] = _fill_contours(ds, number, image, path, writer)
+    masks = _merge_same_names(names, per_number, path)
     if on_overlap == "regions":
         combos = combinations if combinations is not None else OverlapCombinations(labels)
         combined = _combine_overlaps(list(masks.items()), image.volume.shape, combos, path)
@@ -536,7 +582,7 @@ def _label_names(path: Path, kind: str) -> list[str]:
         ]
     if str(ds.get("SOPClassUID", "")) != RTSTRUCT_SOP_CLASS:
         raise InputError(path, "is not an RTSTRUCT", found=f"SOP class {ds.get('SOPClassUID', '?')}")
-    return list(_roi_names(ds).values())
+    return list(dict.fromkeys(_roi_names(ds).values()))  # ROIs sharing a name are one label
 
 
 def _seg_series_uid(path: Path, index: DicomIndex) -> str | None:
@@ -765,7 +811,8 @@ def import_rtstruct(
     """One case per RTSTRUCT: the referenced series under ``source`` and its ROIs as labels.
 
     ``rtstruct_files`` picks files (default: every RTSTRUCT under ``source``); ``labels``
-    maps ROI names to values. Raises :class:`InputError` naming the RTSTRUCT for contours
+    maps ROI names to values. ROIs of one file that share a name are merged (union, with a
+    warning naming their numbers). Raises :class:`InputError` naming the RTSTRUCT for contours
     on images missing from the series, no referenced series, undeclared or overlapping
     ROIs, contours between slices or an unreadable file.
     """

@@ -1093,3 +1093,38 @@ def test_a_rerun_with_another_model_or_options_is_refused_before_mixing_outputs(
     (old / "predictions.json").write_text(json.dumps(data))
     (res,) = predict(path, model_copy, old, PredictConfig())
     assert res.ok and res.skipped
+
+
+@pytest.mark.parametrize(("tta", "overlap"), [(False, 0.5), (True, 0.25)])
+def test_one_case_shows_a_bar_over_its_network_passes_whose_total_is_known_at_once(
+    trained_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], tta: bool, overlap: float
+) -> None:
+    """A long single case (a CT, TTA, several folds) reports each pass of the sliding window;
+    the total, counted with MONAI's own window grid before the first pass, is what ran."""
+    from medseg.inference.sliding_window import window_progress
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.announced: list[int | None] = []
+            self.steps = 0
+
+        def begin(self, passes: int | None) -> None:
+            self.announced.append(passes)
+
+        def step(self) -> None:
+            self.steps += 1
+
+    path, _ = _case_file(tmp_path / "in", 6)
+    seg = SegmentationModel(trained_model, device="cpu")
+    recorder = Recorder()
+    with window_progress(recorder):
+        seg.predict([read_volume(path)], tta=tta, overlap=overlap, sw_batch_size=3)
+    assert len(recorder.announced) == len(seg.networks) and None not in recorder.announced
+    assert sum(p for p in recorder.announced if p) == recorder.steps > (7 if tta else 0)
+    seg.predict([read_volume(path)], tta=tta)  # outside the block: nobody is told
+    assert recorder.steps == sum(p for p in recorder.announced if p)
+    capsys.readouterr()
+    cfg = PredictConfig(tta=tta, overlap=overlap, sw_batch_size=3)
+    (res,) = predict(path, seg, tmp_path / "out", cfg, progress=True)
+    err = capsys.readouterr().err
+    assert res.ok and "segment p6" in err and f"{recorder.steps}/{recorder.steps}" in err

@@ -815,7 +815,8 @@ def predict_case(
     model: SegmentationModel, case: InputCase, out: Path, config: PredictConfig, *, progress: bool = False
 ) -> CaseResult:
     """Predict one case and write its outputs; raises MedsegError on bad input. ``progress``
-    shows a bar over several meshes (not inside another bar: Rich shows one at a time)."""
+    shows a bar over the network passes and one over several meshes (not inside another
+    bar: Rich shows one at a time)."""
     start = time.monotonic()
     targets = _outputs_for(case.case_id, out, config)
     inputs = {p.resolve() for p in case.paths}
@@ -880,16 +881,26 @@ def predict_case(
     box = None
     if config.roi_views is not None:
         channels, box = _crop_to_multiplane_roi(channels, config.roi_views)
-    label, probs = model.predict(
-        channels,
-        tta=config.tta,
-        overlap=config.overlap,
-        sw_batch_size=config.sw_batch_size,
-        postprocess=config.postprocess,
-        slice_filter=config.slice_filter,
-        with_probabilities="probabilities" in config.formats,
-        where=str(case.paths[0]),
-    )
+    from medseg.inference.sliding_window import window_progress
+    from medseg.progress import growing_progress_bar
+
+    # One case can take minutes on a CPU (a CT, TTA, five folds): a bar over the network
+    # passes of every fold and configuration, closed before the outputs' own bars.
+    calls = sum(len(m.networks) for m in model.members) if model.members else len(model.networks)
+    with (
+        growing_progress_bar(progress, f"segment {case.case_id}", calls) as reporter,
+        window_progress(reporter),
+    ):
+        label, probs = model.predict(
+            channels,
+            tta=config.tta,
+            overlap=config.overlap,
+            sw_batch_size=config.sw_batch_size,
+            postprocess=config.postprocess,
+            slice_filter=config.slice_filter,
+            with_probabilities="probabilities" in config.formats,
+            where=str(case.paths[0]),
+        )
     # A region model's masks (overlaps kept) also feed the DICOM SEG and the volume tables.
     regions = dict(model.last_region_masks) if model.plan.regions else None
     if box is not None:

@@ -13,8 +13,12 @@ averaged the same way.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -23,6 +27,45 @@ from monai.inferers import sliding_window_inference
 from medseg.preprocessing.plan import Plan
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
+
+
+class WindowProgress(Protocol):
+    """Told of the network passes of :func:`predict_probabilities` (a bar for one long case)."""
+
+    def begin(self, passes: int | None) -> None: ...  # passes of the call starting (None: unknown)
+
+    def step(self) -> None: ...  # one pass (a batch of windows) done
+
+
+_PROGRESS: ContextVar[WindowProgress | None] = ContextVar("medseg_window_progress", default=None)
+
+
+@contextlib.contextmanager
+def window_progress(reporter: WindowProgress | None) -> Iterator[None]:
+    """Within the block, :func:`predict_probabilities` reports its network passes to
+    ``reporter``: the callers in between (ensembles, folds, TTA) need not pass it along."""
+    token = _PROGRESS.set(reporter)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def network_passes(
+    image_size: Sequence[int], roi: Sequence[int], overlap: float, batch: int, sw_batch: int
+) -> int | None:
+    """How many network calls MONAI's sliding window makes for one image batch (its own
+    window grid, so the count matches; None if this MONAI computes it otherwise)."""
+    try:
+        from monai.data.utils import dense_patch_slices
+        from monai.inferers.utils import _get_scan_interval
+
+        size = tuple(max(int(s), int(r)) for s, r in zip(image_size, roi, strict=True))
+        interval = _get_scan_interval(size, tuple(int(r) for r in roi), len(roi), (overlap,) * len(roi))
+        windows = len(dense_patch_slices(size, tuple(int(r) for r in roi), interval))
+    except Exception:  # a private MONAI helper moved: the bar counts without a total
+        return None
+    return math.ceil(windows * batch / sw_batch)
 
 
 def slab_stack(image: np.ndarray | torch.Tensor, slab: int, step: int = 1) -> torch.Tensor:
@@ -83,6 +126,17 @@ def predict_probabilities(
     total: torch.Tensor | None = None
     flips = _flips(plan.spatial_dims, mirror, mirror_axes)
     autocast = torch.autocast(device_type=dev.type, enabled=amp and dev.type == "cuda")
+    predictor: Predictor = model
+    reporter = _PROGRESS.get()
+    if reporter is not None:
+        passes = network_passes(inputs.shape[2:], roi, overlap, inputs.shape[0], sw_batch_size)
+        reporter.begin(None if passes is None else passes * len(flips))
+
+        def predictor(x: torch.Tensor) -> torch.Tensor:
+            out = model(x)
+            reporter.step()
+            return out
+
     for flip in flips:
         inp = torch.flip(inputs, flip) if flip else inputs
         with autocast:
@@ -90,7 +144,7 @@ def predict_probabilities(
                 inp,
                 roi_size=tuple(int(r) for r in roi),
                 sw_batch_size=sw_batch_size,
-                predictor=model,
+                predictor=predictor,
                 overlap=overlap,
                 mode="gaussian",
                 sw_device=dev,

@@ -1072,7 +1072,7 @@ def test_a_rerun_with_another_model_or_options_is_refused_before_mixing_outputs(
     res_cli = CliRunner().invoke(app, ["predict", str(path), "-m", str(model_copy), "-o", str(out)])
     assert res_cli.exit_code != 0
     assert "another prediction" in res_cli.output
-    assert "postprocessing none -> (label 1: keep_largest=True)" in " ".join(res_cli.output.split())
+    assert "postprocessing none -> label 1: keep largest; connectivity 26" in " ".join(res_cli.output.split())
     # ... unless its rules are switched off, which is the first prediction again.
     (res,) = predict(path, model_copy, out, PredictConfig(postprocess=False))
     assert res.ok and res.skipped

@@ -310,6 +310,15 @@ def test_tune_postprocessing_chooses_a_region_models_rules_on_its_out_of_fold_ma
     for k in range(2):
         rules = read_rules(root / "models" / "3d" / f"fold_{k}" / "postprocessing.json")
         assert rules == choice.rules and set(rules.classes) == {1} and rules.classes[1].keep_largest
+    # `medseg info` shows what predict will apply, named by region; and folds that disagree
+    res = CliRunner().invoke(app, ["info", str(root / "models" / "3d")])
+    assert "postprocessing (every fold): label 1 (left_blob): keep largest; connectivity 26" in " ".join(
+        res.output.split()
+    )
+    (root / "models" / "3d" / "fold_1" / "postprocessing.json").write_text("{}")
+    res = CliRunner().invoke(app, ["info", str(root / "models" / "3d")])
+    text = " ".join(res.output.split())
+    assert "postprocessing differs between the folds" in text and "fold_1: none" in text
 
 
 @pytest.mark.parametrize("command", ["train", "crossval"])

@@ -210,6 +210,16 @@ def _print_model(model: dict[str, Any]) -> None:
             ", ".join(files) or "[red]none[/]",
         )
     console.print(table)
+    rules = {f["folder"]: f.get("postprocessing", "none") for f in model["folds"]}
+    if len(set(rules.values())) <= 1:
+        every = "every fold" if len(rules) > 1 else "predict applies"
+        console.print(
+            f"postprocessing ({every}): {escape(next(iter(rules.values()), 'none'))}", soft_wrap=True
+        )
+    else:
+        console.print("[yellow]postprocessing differs between the folds[/] (the first fold's apply):")
+        for folder, text in rules.items():
+            console.print(f"  {escape(folder)}: {escape(text)}", soft_wrap=True)
     if model.get("not_an_ensemble"):
         console.print(
             "[yellow]not an ensemble:[/] none of these is a fold_<k> folder, so `medseg predict -m` "

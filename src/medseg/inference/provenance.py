@@ -108,16 +108,16 @@ def _plain(value: Any) -> Any:
 
 
 def _rules_in_words(rules: Any) -> str:
+    """Stored acting rules (``prediction_key``) in the words ``medseg info`` uses."""
+    from medseg.errors import MedsegError
+    from medseg.postprocessing.labels import PostprocessingRules
+
     if not isinstance(rules, Mapping):
         return "none"
-    words = [
-        f"label {label}: "
-        + ", ".join(f"{k}={v}" for k, v in dict(rule).items() if v not in (False, "none", 0, 0.0))
-        for label, rule in dict(rules.get("classes", {})).items()
-    ]
-    if rules.get("keep_largest_foreground"):
-        words.append("largest foreground component")
-    return "(" + "; ".join(words) + ")"
+    try:
+        return PostprocessingRules.from_json(rules).describe()
+    except MedsegError:
+        return str(dict(rules))
 
 
 def describe_difference(before: Mapping[str, Any] | None, now: Mapping[str, Any]) -> str:

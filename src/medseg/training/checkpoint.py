@@ -245,6 +245,13 @@ def model_folder_summary(path: str | Path) -> dict[str, Any] | None:
     from medseg.preprocessing.plan import Plan
 
     plan = Plan.load(folders[0] / "plan.json") if (folders[0] / "plan.json").is_file() else None
+    names: dict[int, str] = {}
+    if plan is not None:
+        names = (
+            dict(zip(plan.regions_class_order, plan.regions, strict=True))
+            if plan.regions
+            else {v: k for k, v in plan.labels.items()}
+        )
     folds = []
     for folder in folders:
         try:
@@ -263,6 +270,7 @@ def model_folder_summary(path: str | Path) -> dict[str, Any] | None:
                 "checkpoint": (folder / "checkpoint_best.pt").is_file(),
                 "onnx": (folder / "model.onnx").is_file(),
                 "slice_classifier": (folder / "slice_classifier.json").is_file(),
+                "postprocessing": _rules_in_words(folder / "postprocessing.json", names),
             }
         )
     summary: dict[str, Any] = {"path": str(root), "folds": folds}
@@ -285,6 +293,19 @@ def model_folder_summary(path: str | Path) -> dict[str, Any] | None:
             summary["plan"]["regions"] = {k: list(v) for k, v in plan.regions.items()}
             summary["plan"]["regions_class_order"] = list(plan.regions_class_order)
     return summary
+
+
+def _rules_in_words(path: Path, names: dict[int, str]) -> str:
+    """The postprocessing rules predict applies with this folder, in words (``none``)."""
+    from medseg.errors import MedsegError
+    from medseg.postprocessing.labels import read_rules
+
+    if not path.is_file():
+        return "none"
+    try:
+        return read_rules(path).describe(names)
+    except MedsegError as exc:
+        return f"unreadable ({exc})"
 
 
 FOLD_FOLDER = re.compile(r"fold_(\d+|all)")

@@ -1128,3 +1128,23 @@ def test_one_case_shows_a_bar_over_its_network_passes_whose_total_is_known_at_on
     (res,) = predict(path, seg, tmp_path / "out", cfg, progress=True)
     err = capsys.readouterr().err
     assert res.ok and "segment p6" in err and f"{recorder.steps}/{recorder.steps}" in err
+
+
+def test_a_rerun_asking_only_for_new_formats_is_refused_too(trained_model: Path, tmp_path: Path) -> None:
+    """The case's earlier outputs of other formats stay in the folder (and in its entry): a
+    re-run with other options asking only for formats not yet written must be refused as well,
+    or the folder would hold the old label map beside volumes of another prediction."""
+    path, _ = _case_file(tmp_path / "in", 5)
+    out = tmp_path / "out"
+    (first,) = predict(path, trained_model, out, PredictConfig(formats=("nifti",)))
+    assert first.ok
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(InputError, match=r"another prediction.*tta False -> True"):
+        predict(path, trained_model, out, PredictConfig(formats=("volumes",), tta=True))
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    # the same prediction may still add the format
+    (res,) = predict(path, trained_model, out, PredictConfig(formats=("volumes",)))
+    assert res.ok and set(json.loads((out / "predictions.json").read_text())["cases"][0]["outputs"]) == {
+        "nifti",
+        "volumes",
+    }

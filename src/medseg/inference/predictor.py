@@ -31,6 +31,7 @@ from medseg.config import to_dict
 from medseg.errors import ConfigError, InputError, MedsegError, OutputExistsError
 from medseg.export.case import (
     DICOM_FORMATS,
+    FORMATS,
     case_targets,
     check_formats,
     check_mesh_suffix,
@@ -1049,8 +1050,12 @@ def predict(
 
     key = prediction_key(seg.folders, to_dict(cfg), backend=seg.backend, rules=seg.rules)
     if not cfg.overwrite:
+        # Outputs of every format count, not only those asked for now: a case re-run for a new
+        # format keeps its other outputs (and its summary entry names them with this run's id).
         kept_cases = [
-            c.case_id for c in cases if any(p.exists() for p in _outputs_for(c.case_id, out, cfg).values())
+            c.case_id
+            for c in cases
+            if any(p.exists() for p in case_targets(c.case_id, out, FORMATS).values())
         ]
         check_kept_outputs_match(out, key, kept_cases)
     log.info(

@@ -1148,3 +1148,26 @@ def test_a_rerun_asking_only_for_new_formats_is_refused_too(trained_model: Path,
         "nifti",
         "volumes",
     }
+
+
+def test_overwrite_with_another_prediction_stops_listing_the_formats_it_did_not_redo(
+    trained_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--overwrite redoes only the formats asked for: the case's other outputs hold the earlier
+    prediction, so its entry (which names the new prediction) must not list them as its own."""
+    path, _ = _case_file(tmp_path / "in", 5)
+    out = tmp_path / "out"
+    predict(path, trained_model, out, PredictConfig(formats=("nifti", "volumes")))
+    with caplog.at_level("WARNING", logger="medseg.inference.predictor"):
+        (res,) = predict(path, trained_model, out, PredictConfig(tta=True, overwrite=True))
+    assert res.ok and not res.skipped
+    (entry,) = json.loads((out / "predictions.json").read_text())["cases"]
+    assert set(entry["outputs"]) == {"nifti"}
+    assert any(
+        "volumes.csv" in r.getMessage() and "earlier prediction" in r.getMessage() for r in caplog.records
+    )
+    # the same prediction redone keeps listing the other formats
+    predict(path, trained_model, out, PredictConfig(formats=("volumes",), tta=True, overwrite=True))
+    predict(path, trained_model, out, PredictConfig(tta=True, overwrite=True))
+    (entry,) = json.loads((out / "predictions.json").read_text())["cases"]
+    assert set(entry["outputs"]) == {"nifti", "volumes"}

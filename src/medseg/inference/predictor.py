@@ -1198,6 +1198,20 @@ def _merge_with_earlier(
                 "note": "not redone: its outputs exist (--overwrite redoes them)",
             }
         elif entry.get("ok"):
+            made_by = (old or {}).get("prediction_id")
+            if made_by and entry.get("prediction_id") and made_by != entry["prediction_id"]:
+                # --overwrite with another model or options: the formats not redone hold the
+                # earlier prediction, so they are not listed as this one's
+                stale = {k: v for k, v in old_outputs.items() if k not in entry["outputs"]}
+                if stale:
+                    log.warning(
+                        "%s: %s made by the earlier prediction remain on disk and are no longer listed "
+                        "in %s (ask for these formats with --overwrite to redo them, or delete them)",
+                        case_id,
+                        ", ".join(stale.values()),
+                        summary,
+                    )
+                old_outputs = {}
             merged[case_id] = {**entry, "outputs": {**old_outputs, **entry["outputs"]}}
         else:  # failed now: say so, and keep naming the earlier outputs still on disk
             merged[case_id] = {**entry, "outputs": old_outputs}

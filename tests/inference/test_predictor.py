@@ -1171,3 +1171,19 @@ def test_overwrite_with_another_prediction_stops_listing_the_formats_it_did_not_
     predict(path, trained_model, out, PredictConfig(tta=True, overwrite=True))
     (entry,) = json.loads((out / "predictions.json").read_text())["cases"]
     assert set(entry["outputs"]) == {"nifti", "volumes"}
+
+
+def test_the_newest_summary_says_which_prediction_made_a_case(trained_model: Path, tmp_path: Path) -> None:
+    """A case predicted by a SLURM shard, then again without shards (--overwrite, TTA): the
+    shard's summary still holds its entry, but the outputs on disk are the newer run's, so a
+    re-run of that newer prediction is not refused."""
+    path, _ = _case_file(tmp_path / "in", 5)
+    out = tmp_path / "out"
+    (first,) = predict(path, trained_model, out, PredictConfig(shard=(0, 1)))
+    assert first.ok and (out / "predictions_shard0of1.json").is_file()
+    (second,) = predict(path, trained_model, out, PredictConfig(tta=True, overwrite=True))
+    assert second.ok and not second.skipped
+    (again,) = predict(path, trained_model, out, PredictConfig(tta=True))
+    assert again.ok and again.skipped
+    with pytest.raises(InputError, match="another prediction"):
+        predict(path, trained_model, out, PredictConfig())

@@ -146,6 +146,13 @@ def describe_difference(before: Mapping[str, Any] | None, now: Mapping[str, Any]
     return "; ".join(parts) or "another model or other options"
 
 
+def _written_at(summary: Path) -> tuple[int, str]:
+    try:
+        return summary.stat().st_mtime_ns, summary.name
+    except OSError:
+        return 0, summary.name
+
+
 def check_kept_outputs_match(
     out: Path,
     key: Mapping[str, Any],
@@ -159,7 +166,9 @@ def check_kept_outputs_match(
     """
     made_by: dict[str, str] = {}
     keys: dict[str, Mapping[str, Any]] = {}
-    for summary in sorted(out.glob("predictions*.json")):
+    # Oldest first, so that a case in several summaries (a SLURM shard's, then a run without
+    # shards that redid it with --overwrite) is attributed to the run that wrote it last.
+    for summary in sorted(out.glob("predictions*.json"), key=_written_at):
         try:
             data = json.loads(summary.read_text(encoding="utf-8"))
             top = data.get("prediction")

@@ -568,3 +568,26 @@ def test_volume_tables_name_the_source_series(tmp_path: Path, synthetic_series: 
         )
     text = table.read_text() + (out / "dicom_case" / "volumes.csv").read_text()
     assert "SYN0001" not in text and "SYNTHETIC" not in text  # UIDs, never the patient
+
+
+def test_volumes_without_regions_drop_a_region_table_left_by_an_earlier_region_model(tmp_path: Path) -> None:
+    """A case written again (--overwrite) by a model without regions: the region_volumes.csv of
+    the earlier region model would describe another segmentation and still enter the cohort
+    table's region columns, so it goes with the volumes it belonged to."""
+    from medseg.export.case import case_targets, write_case_outputs
+    from medseg.export.volumes import write_cohort_volumes
+    from tests.conftest import make_oblique_volume
+
+    image = make_oblique_volume(shape=(4, 6, 5))
+    arr = np.zeros(image.shape, np.uint8)
+    arr[1:3, 1:4, 1:4] = 1
+    label = image.with_array(arr)
+    out = tmp_path / "out"
+    targets = case_targets("c", out, ("volumes",))
+    regions = {"whole": arr > 0}
+    write_case_outputs(image, label, {1: "a"}, targets, regions=regions, case_id="c")
+    assert (out / "c" / "region_volumes.csv").is_file()
+    assert "region/whole_ml" in write_cohort_volumes(out).read_text()  # type: ignore[union-attr]
+    write_case_outputs(image, label, {1: "a"}, targets, overwrite=True, case_id="c")
+    assert not (out / "c" / "region_volumes.csv").exists()
+    assert "region/" not in write_cohort_volumes(out).read_text()  # type: ignore[union-attr]

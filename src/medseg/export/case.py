@@ -275,6 +275,12 @@ def write_case_outputs(
             # JSON first: volumes.csv, the file that marks the output as done, comes last.
             write_volumes_json(stats, target.with_suffix(".json"), label=label, source=source, overwrite=True)
             written[fmt] = write_volumes_csv(stats, target, source=source, overwrite=overwrite)
+            stale = target.with_name(REGION_VOLUMES_CSV)
+            if regions is None and stale.is_file():
+                # left by an earlier region model's volumes, which these replaced: it describes
+                # another segmentation (and would still fill the cohort table's region columns)
+                log.warning("%s: removed (it belonged to the volumes just replaced)", stale)
+                stale.unlink()
         elif fmt == "overlay":
             from medseg.export.overlay import write_overlay
 

@@ -541,3 +541,31 @@ def test_a_skipped_case_takes_its_overlap_values_back(
     desc = read_descriptor(out)
     assert not any("+" in name for name in desc.labels), desc.labels
     assert all(len(values) == 1 for values in desc.regions.values())
+
+
+def test_a_case_whose_name_clashes_with_an_overlap_is_skipped_alone(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """--overlap regions --skip-invalid without --labels: one RTSTRUCT's ROIs 'a' and 'b'
+    overlap (their overlap is the label 'a+b'), another holds an ROI named 'a+b'. That file is
+    skipped and takes its name back; the import of the others goes on (it used to keep the
+    name and fail at the end, after every case)."""
+    rt = _rt_copy(shared_data, tmp_path / "src")
+    clash = _renamed_copy(rt, "a+b")
+    ds = _shifted_rois(rt, 12.0, duplicate=True, refs=True)
+    ds.StructureSetROISequence[0].ROIName = "a"
+    ds.StructureSetROISequence[1].ROIName = "b"
+    ds.save_as(rt)
+    out = import_rtstruct(
+        tmp_path / "src",
+        tmp_path / "out",
+        rtstruct_files=[rt, clash],
+        on_overlap="regions",
+        skip_invalid=True,
+        progress=False,
+    )
+    desc = read_descriptor(out)
+    assert desc.labels == {"background": 0, "a": 1, "b": 2, "a+b": 3}
+    (skipped,) = desc.extra[IMPORT_KEY]["skipped"]
+    assert skipped["source"] == "rt_a+b.dcm" and "rename the segment or ROI of that name" in skipped["reason"]
+    assert desc.regions == {"a": (1, 3), "b": (2, 3)}

@@ -329,7 +329,8 @@ class OverlapCombinations:
             if combined in out:
                 raise ConfigError(
                     f"the overlap of {sorted(names)} would be named {combined!r}, which is already a label name; "
-                    "leave overlaps out of --labels (the import numbers each one it finds after the declared values)"
+                    "rename the segment or ROI of that name, and leave overlaps out of --labels (the import "
+                    "numbers each one it finds after the declared values)"
                 )
             out[combined] = value
         return out
@@ -685,14 +686,15 @@ def _import_dicom_labels(
             known_combos = dict(combos.values) if combos is not None else {}
             known_labels = dict(writer.labels)
             new_names = []
-            if numbering:  # this case's names not seen before take the next free values
-                for n in names_per_file[path]:
-                    if n not in declared:
-                        taken = [*declared.values(), *(combos.values.values() if combos else ())]
-                        declared[n] = max(taken) + 1
-                        new_names.append(n)
-                writer.labels = combos.labels() if combos is not None else dict(declared)
             try:
+                if numbering:  # this case's names not seen before take the next free values
+                    for n in names_per_file[path]:
+                        if n not in declared:
+                            taken = [*declared.values(), *(combos.values.values() if combos else ())]
+                            declared[n] = max(taken) + 1
+                            new_names.append(n)
+                    # inside the try: a name clashing with an overlap's is taken back with the case
+                    writer.labels = combos.labels() if combos is not None else dict(declared)
                 if kind == "seg":
                     label = read_seg_label(path, image, declared, on_overlap, combos)
                 else:

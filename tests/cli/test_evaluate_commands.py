@@ -145,7 +145,7 @@ def test_baseline_seeds_as_separate_numbers(tmp_path: Path) -> None:
     for seed in (["5", "6", "6", "4"], ["5"]):
         argv = ["baseline", "region-grow", str(img), "-o", str(tmp_path / "o.nii.gz"), "--seed", *seed]
         res = runner.invoke(app, argv)
-        assert res.exit_code == 2 and "three numbers" in res.output, res.output
+        assert res.exit_code == 2 and f"found '{' '.join(seed)}'" in res.output, res.output
 
 
 def test_baseline_errors(tmp_path: Path) -> None:

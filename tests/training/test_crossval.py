@@ -355,6 +355,7 @@ def test_postprocessing_is_chosen_on_the_out_of_fold_predictions_and_stored_with
     res = CliRunner().invoke(app, ["tune-postprocessing", str(dataset_copy), "-c", "3d"])
     assert res.exit_code == 0, res.output
     assert "keep_largest_foreground" in res.output and "yes" in res.output
+    assert "lean ONNX copy" not in res.output  # nothing exported: no copy to update
     record = json.loads((out / "postprocessing.json").read_text())
     assert record["n_cases"] == 6 and record["rules"]["keep_largest_foreground"] is True
     first = record["steps"][0]
@@ -363,8 +364,11 @@ def test_postprocessing_is_chosen_on_the_out_of_fold_predictions_and_stored_with
         rules = read_rules(dataset_copy / "models" / "3d" / f"fold_{k}" / "postprocessing.json")
         assert rules.keep_largest_foreground
     # The predictions were made before these rules: choosing again (another --min-gain) is fine.
+    (dataset_copy / "models" / "3d" / "fold_1" / "model.onnx").write_bytes(b"exported")
     res = CliRunner().invoke(app, ["tune-postprocessing", str(dataset_copy), "--min-gain", "0.9"])
     assert res.exit_code == 0, res.output
+    assert "lean ONNX copy made before this keeps its old postprocessing.json" in " ".join(res.output.split())
+    (dataset_copy / "models" / "3d" / "fold_1" / "model.onnx").unlink()
     again = json.loads((out / "postprocessing.json").read_text())
     assert again["rules"]["keep_largest_foreground"] is False  # no rule adds 0.9
     # ... but not on a prediction made after rules were written (with them),

@@ -671,4 +671,5 @@ def _triple(text: str, option: str, kind: type) -> tuple:
             raise ValueError
         return tuple(kind(p) for p in parts)
     except ValueError:
-        raise ConfigError(f"{option} needs three numbers, e.g. {option} 12 80 95; found '{text}'") from None
+        shown = " ".join(text.replace(",", " ").split())  # as typed: the CLI joined the numbers with commas
+        raise ConfigError(f"{option} needs three numbers, e.g. {option} 12 80 95; found '{shown}'") from None

@@ -307,6 +307,7 @@ def tune_postprocessing_command(
     console.print(
         f"rules over {choice.n_cases} out-of-fold cases written to every fold{also}; details: {record}"
     )
-    console.print(
-        "a lean ONNX copy made before this keeps its old postprocessing.json: copy the new one into it"
-    )
+    if any((Path(w).parent / "model.onnx").is_file() for w in written):  # exported: copies may exist
+        console.print(
+            "a lean ONNX copy made before this keeps its old postprocessing.json: copy the new one into it"
+        )

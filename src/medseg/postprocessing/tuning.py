@@ -71,11 +71,7 @@ class RuleChoice:
 
 
 def _class_dice(pred: NDArray[Any], ref: NDArray[Any], label: int) -> float:
-    p, r = pred == label, ref == label
-    total = int(p.sum()) + int(r.sum())
-    if total == 0:
-        return math.nan
-    return 2.0 * int((p & r).sum()) / total
+    return _mask_dice(pred == label, ref == label)
 
 
 def _mask_dice(p: NDArray[Any], r: NDArray[Any]) -> float:
@@ -187,7 +183,10 @@ def choose_region_rules(
     if not order:
         raise ConfigError("postprocessing cannot be chosen without regions")
     if len(set(order)) != len(order):
-        raise ConfigError(f"regions painted with one value share its rule; found painting values {order}")
+        raise ConfigError(
+            f"regions painted with one value would share its rule; found painting values {order} "
+            "(regions_class_order in dataset.json and the plan: one value per region)"
+        )
     scoring = _Scoring(
         apply=lambda masks, rules: apply_rules_to_masks(masks, order, rules),
         dice=lambda out, ref, r: _mask_dice(np.asarray(out[r], bool), np.asarray(ref[r], bool)),

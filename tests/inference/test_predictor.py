@@ -1187,3 +1187,33 @@ def test_the_newest_summary_says_which_prediction_made_a_case(trained_model: Pat
     assert again.ok and again.skipped
     with pytest.raises(InputError, match="another prediction"):
         predict(path, trained_model, out, PredictConfig())
+
+
+def test_a_killed_run_leaves_a_summary_of_the_cases_it_finished(
+    trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The summary is written after every case: a run killed at its second case lists the
+    first, so a resume with other options is refused for it and the same resume goes on."""
+    import medseg.inference.predictor as predictor_module
+
+    for seed in (7, 8):
+        _case_file(tmp_path / "in", seed)
+    out = tmp_path / "out"
+    real = predictor_module.predict_case
+
+    def killed_at_p8(model, case, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if case.case_id == "p8":
+            raise KeyboardInterrupt
+        return real(model, case, *args, **kwargs)
+
+    monkeypatch.setattr(predictor_module, "predict_case", killed_at_p8)
+    with pytest.raises(KeyboardInterrupt):
+        predict(tmp_path / "in", trained_model, out, PredictConfig())
+    monkeypatch.undo()
+    summary = json.loads((out / "predictions.json").read_text())
+    assert [(c["case_id"], c["ok"]) for c in summary["cases"]] == [("p7", True)]
+    assert summary["cases"][0]["prediction_id"] == summary["prediction"]["id"]
+    with pytest.raises(InputError, match=r"\(p7\).*tta False -> True"):
+        predict(tmp_path / "in", trained_model, out, PredictConfig(tta=True))
+    resumed = predict(tmp_path / "in", trained_model, out, PredictConfig())
+    assert [(r.case_id, r.ok, r.skipped) for r in resumed] == [("p7", True, True), ("p8", True, False)]

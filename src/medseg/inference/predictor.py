@@ -1070,6 +1070,36 @@ def predict(
     )
     results: list[CaseResult] = []
     existing: dict[str, dict[str, Path]] = {}  # cases not redone: their outputs exist
+    summary_name = (
+        "predictions.json" if cfg.shard is None else f"predictions_shard{cfg.shard[0]}of{cfg.shard[1]}.json"
+    )
+    model_name = ", ".join(str(p) for p in seg.paths)
+    earlier = _read_earlier(out / summary_name, model_name)
+    warned: set[str] = set()
+
+    def write_summary() -> None:
+        new_entries = [
+            {**to_dict(r), "prediction_id": key["id"]} if r.ok and not r.skipped else to_dict(r)
+            for r in results
+        ]
+        entries = _merge_with_earlier(out / summary_name, new_entries, existing, earlier, warned)
+        write_text_atomic(
+            out / summary_name,
+            json.dumps(
+                {
+                    "medseg_version": medseg.__version__,
+                    "model": model_name,
+                    "model_info": seg.describe(),
+                    "config": to_dict(cfg),
+                    "prediction": key,
+                    "cases": entries,
+                },
+                indent=2,
+            )
+            + "\n",
+            overwrite=True,
+        )
+
     with progress_bar(progress and len(cases) > 1, "predict", len(cases)) as advance:
         for case in cases:
             if len(cases) == 1:  # no progress bar for one case: say what is running
@@ -1088,31 +1118,11 @@ def predict(
             except OSError as exc:  # e.g. disk full while writing: nothing partial is left (atomic writes)
                 log.error("case %s failed while writing: %s", case.case_id, exc)
                 results.append(CaseResult(case.case_id, False, error=f"{type(exc).__name__}: {exc}"))
+            # after every case, so that a killed run's outputs say which prediction made them
+            # (a resume with another model is refused) and its summary lists what it did
+            write_summary()
             advance()
-    summary_name = (
-        "predictions.json" if cfg.shard is None else f"predictions_shard{cfg.shard[0]}of{cfg.shard[1]}.json"
-    )
-    model_name = ", ".join(str(p) for p in seg.paths)
-    new_entries = [
-        {**to_dict(r), "prediction_id": key["id"]} if r.ok and not r.skipped else to_dict(r) for r in results
-    ]
-    entries = _merge_with_earlier(out / summary_name, new_entries, existing, model_name)
-    write_text_atomic(
-        out / summary_name,
-        json.dumps(
-            {
-                "medseg_version": medseg.__version__,
-                "model": model_name,
-                "model_info": seg.describe(),
-                "config": to_dict(cfg),
-                "prediction": key,
-                "cases": entries,
-            },
-            indent=2,
-        )
-        + "\n",
-        overwrite=True,
-    )
+    write_summary()
     _drop_superseded_failures(out, summary_name, {r.case_id for r in results if r.ok})
     if "volumes" in cfg.formats:
         from medseg.export.volumes import write_cohort_volumes
@@ -1163,26 +1173,37 @@ def _check_slices_for_volume_model(input_path: str | Path, cases: Sequence[Input
     )
 
 
+def _read_earlier(summary: Path, model: str) -> dict[str, dict[str, Any]]:
+    """The case entries of the folder's summary as it was before this run (read once: the run
+    rewrites the file after every case)."""
+    if not summary.is_file():
+        return {}
+    try:
+        data = json.loads(summary.read_text(encoding="utf-8"))
+        earlier = {str(c["case_id"]): c for c in data["cases"]}
+        if data.get("model") not in (None, model):
+            log.warning("%s: earlier cases were predicted with %s", summary, data.get("model"))
+        return earlier
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s: earlier summary unreadable (%s); writing this run's cases only", summary, exc)
+        return {}
+
+
 def _merge_with_earlier(
-    summary: Path, entries: list[dict[str, Any]], existing: Mapping[str, Mapping[str, Path]], model: str
+    summary: Path,
+    entries: list[dict[str, Any]],
+    existing: Mapping[str, Mapping[str, Path]],
+    earlier: Mapping[str, dict[str, Any]],
+    warned: set[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Merge this run's case entries into an earlier ``predictions.json`` of the folder, so
-    that the file describes every case whose outputs are on disk.
+    """Merge this run's case entries into the folder's earlier summary (``earlier``, from
+    :func:`_read_earlier`), so that the file describes every case whose outputs are on disk.
 
     Cases this run did not touch keep their earlier entry. A case not redone because its
-    outputs exist (a re-run without ``--overwrite``, or the resume of a killed run that never
-    wrote its summary) is recorded with the outputs found on disk. A case done again keeps
-    the earlier outputs of other formats that still exist.
+    outputs exist (a re-run without ``--overwrite``, or the resume of a killed run) is
+    recorded with the outputs found on disk. A case done again keeps the earlier outputs of
+    other formats that still exist.
     """
-    earlier: dict[str, dict[str, Any]] = {}
-    if summary.is_file():
-        try:
-            data = json.loads(summary.read_text(encoding="utf-8"))
-            earlier = {str(c["case_id"]): c for c in data["cases"]}
-            if data.get("model") not in (None, model):
-                log.warning("%s: earlier cases were predicted with %s", summary, data.get("model"))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("%s: earlier summary unreadable (%s); writing this run's cases only", summary, exc)
     merged = dict(earlier)
     for entry in entries:
         case_id = str(entry["case_id"])
@@ -1203,7 +1224,9 @@ def _merge_with_earlier(
                 # --overwrite with another model or options: the formats not redone hold the
                 # earlier prediction, so they are not listed as this one's
                 stale = {k: v for k, v in old_outputs.items() if k not in entry["outputs"]}
-                if stale:
+                if stale and (warned is None or case_id not in warned):
+                    if warned is not None:
+                        warned.add(case_id)  # the summary is rewritten after every case: say it once
                     log.warning(
                         "%s: %s made by the earlier prediction remain on disk and are no longer listed "
                         "in %s (ask for these formats with --overwrite to redo them, or delete them)",

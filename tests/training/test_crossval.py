@@ -472,6 +472,14 @@ def test_postprocessing_is_not_chosen_on_predictions_older_than_a_fold_or_withou
     assert json.loads((models / "fold_0" / "postprocessing.json").read_text())["classes"] == {}
 
     os.utime(best, (newest - 60, newest - 60))
+    # a prediction off its reference's grid is named (not a bare shape error)
+    from medseg.io import write_volume
+    from medseg.volume import Volume
+
+    odd = out / "predictions" / f"{case}.nii.gz"
+    write_volume(Volume(read_volume(odd).array[:-1]), odd, overwrite=True)
+    with pytest.raises(InputError, match=rf"{case}.nii.gz: is not on its reference's grid.*expected shape"):
+        tune_postprocessing(dataset_copy, configuration="3d")
     shutil.rmtree(models / "fold_2")
     with pytest.raises(InputError, match=r"fold_2: .*no trained model"):
         tune_postprocessing(dataset_copy, configuration="3d")

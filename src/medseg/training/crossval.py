@@ -519,6 +519,18 @@ def evaluate_out_of_fold(
 POSTPROCESSING_JSON = "postprocessing.json"
 
 
+def _check_same_shape(
+    pred_path: Path, pred_shape: Sequence[int], ref_path: Path, ref_shape: Sequence[int]
+) -> None:
+    if tuple(pred_shape) != tuple(ref_shape):
+        raise InputError(
+            pred_path,
+            "is not on its reference's grid, so its Dice cannot choose rules",
+            expected=f"shape {tuple(ref_shape)} of {ref_path}",
+            found=f"shape {tuple(pred_shape)}",
+        )
+
+
 def _region_case_loader(pred_path: Path, ref_path: Path, regions: Mapping[str, Sequence[int]]) -> Any:
     """A loader of (predicted masks, reference masks), each ``(R, *shape)``, for one case of a
     region model: the masks crossval wrote beside the label map, the reference's from its labels."""
@@ -537,6 +549,7 @@ def _region_case_loader(pred_path: Path, ref_path: Path, regions: Mapping[str, S
             )
         ref = read_volume(ref_path).array
         pred = np.stack([masks[name].array != 0 for name in regions])
+        _check_same_shape(pred_path, pred.shape[1:], ref_path, ref.shape)
         return pred, np.stack([np.isin(ref, list(values)) for values in regions.values()])
 
     return load
@@ -689,7 +702,9 @@ def tune_postprocessing(
             else:
 
                 def load(p: Path = pred_path, r: Path = ref_path) -> tuple[Any, Any]:
-                    return read_volume(p).array, read_volume(r).array
+                    pred, ref = read_volume(p).array, read_volume(r).array
+                    _check_same_shape(p, pred.shape, r, ref.shape)
+                    return pred, ref
 
                 loaders.append(load)
     if plan.regions:

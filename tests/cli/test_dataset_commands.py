@@ -218,3 +218,16 @@ def test_stitch_gives_back_the_real_scan_label(tmp_path: Path, shared_data: Path
     result = runner.invoke(app, ["dataset", "stitch", str(tmp_path / "whole"), str(tmp_path / "whole" / "labelsTr"),
                                  "-o", str(tmp_path / "s2")])  # fmt: skip
     assert result.exit_code == 2 and "records no chunks" in result.output
+
+
+def test_import_dicom_seg_labels_name_an_overlap(tmp_path: Path, shared_data: Path) -> None:
+    """--labels GREEN+ORANGE=20 --overlap regions on the real partial_overlaps.dcm: accepted, and
+    dataset.json gives that overlap 20 (the command refused it before)."""
+    seg = shared_data / "dcmqi_seg" / "segmentations"
+    labels = "background=0,GREEN=1,ORANGE=2,PURPLE=3,LIGHT_BLUE=4,DARK_BLUE=5,GREEN+ORANGE=20"
+    result = runner.invoke(app, ["dataset", "import", "dicom-seg", str(seg), "-o", str(tmp_path / "seg"),
+                                 "--seg", str(seg / "partial_overlaps.dcm"), "--overlap", "regions",
+                                 "--labels", labels, "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    desc = read_descriptor(tmp_path / "seg")
+    assert desc.labels["GREEN+ORANGE"] == 20 and 20 in desc.regions["ORANGE"]

@@ -291,8 +291,9 @@ OverlapOpt = Annotated[
     typer.Option(
         "--overlap",
         help="Overlapping segments: 'error', 'overwrite' (higher label value wins) or 'regions' (each "
-        "overlap gets a label value of its own and dataset.json one region per segment, for "
-        "region-based training).",
+        "overlap gets a label value of its own, named A+B (segment names in order of their values; "
+        "--labels A+B=VALUE sets it), and dataset.json one region per segment, for region-based "
+        "training; no regions when no case has an overlap).",
     ),
 ]
 

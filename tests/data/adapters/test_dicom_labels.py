@@ -540,7 +540,7 @@ def test_a_skipped_case_takes_its_overlap_values_back(
     )
     desc = read_descriptor(out)
     assert not any("+" in name for name in desc.labels), desc.labels
-    assert all(len(values) == 1 for values in desc.regions.values())
+    assert desc.regions == {}  # the case imported has no overlap: plain labels
 
 
 def test_a_case_whose_name_clashes_with_an_overlap_is_skipped_alone(
@@ -567,5 +567,89 @@ def test_a_case_whose_name_clashes_with_an_overlap_is_skipped_alone(
     desc = read_descriptor(out)
     assert desc.labels == {"background": 0, "a": 1, "b": 2, "a+b": 3}
     (skipped,) = desc.extra[IMPORT_KEY]["skipped"]
-    assert skipped["source"] == "rt_a+b.dcm" and "rename the segment or ROI of that name" in skipped["reason"]
+    assert skipped["source"] == "rt_a+b.dcm" and "rename one of them" in skipped["reason"]
     assert desc.regions == {"a": (1, 3), "b": (2, 3)}
+
+
+_PARTIAL_SINGLES = {"background": 0, "GREEN": 1, "ORANGE": 2, "PURPLE": 3, "LIGHT_BLUE": 4, "DARK_BLUE": 5}
+
+
+def test_labels_entry_sets_the_value_of_an_overlap(
+    tmp_path: Path, shared_data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--labels GREEN+ORANGE=20 on the real partial_overlaps.dcm: that overlap gets 20 (it used to
+    be refused), the others are numbered after it, each voxel keeps its combination of segments,
+    and the regions hold the given value; a declared overlap no case has stays declared, with a
+    warning naming it."""
+    src = shared_data / "dcmqi_seg" / "segmentations"
+    seg = src / "partial_overlaps.dcm"
+    ref_out = import_dicom_seg(src, tmp_path / "ref", seg_files=[seg], on_overlap="regions", progress=False)
+    ref_labels = read_descriptor(ref_out).labels
+    ref = _only_case(ref_out)[1].array
+    declared = {**_PARTIAL_SINGLES, "GREEN+ORANGE": 20, "LIGHT_BLUE+DARK_BLUE": 30}
+    with caplog.at_level("WARNING", logger="medseg.data.adapters.dicom_labels"):
+        out = import_dicom_seg(
+            src, tmp_path / "out", seg_files=[seg], labels=declared, on_overlap="regions", progress=False
+        )
+    desc = read_descriptor(out)
+    assert {k: desc.labels[k] for k in declared} == declared
+    assert set(desc.labels) == set(ref_labels) | set(declared)
+    numbered = sorted(v for k, v in desc.labels.items() if k not in declared)
+    assert numbered == list(range(31, 31 + len(numbered)))  # after every declared value
+    label = _only_case(out)[1].array
+    for name, value in ref_labels.items():
+        np.testing.assert_array_equal(label == desc.labels[name], ref == value, err_msg=name)
+    assert (label == 20).any()
+    green = sorted(v for k, v in desc.labels.items() if "GREEN" in k.split("+"))
+    assert 20 in green and desc.regions["GREEN"] == tuple(green)
+    assert desc.regions["LIGHT_BLUE"] == (4, 30) and desc.regions["DARK_BLUE"] == (5, 30)
+    assert "GREEN+ORANGE" not in desc.regions and "LIGHT_BLUE+DARK_BLUE" not in desc.regions
+    (message,) = [r.getMessage() for r in caplog.records if "--labels declares" in r.getMessage()]
+    assert "LIGHT_BLUE+DARK_BLUE=30" in message and "GREEN+ORANGE" not in message
+    assert check_dataset(out, progress=False).ok
+
+
+def test_labels_entry_naming_an_overlap_in_another_order_is_refused(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    from medseg.errors import ConfigError
+
+    src = shared_data / "dcmqi_seg" / "segmentations"
+    declared = {**_PARTIAL_SINGLES, "ORANGE+GREEN": 20}
+    with pytest.raises(ConfigError, match=r"'ORANGE\+GREEN'.*names 'GREEN\+ORANGE'.*write GREEN\+ORANGE=20"):
+        import_dicom_seg(
+            src,
+            tmp_path / "out",
+            seg_files=[src / "partial_overlaps.dcm"],
+            labels=declared,
+            on_overlap="regions",
+            progress=False,
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_overlap_found_declares_no_regions(
+    tmp_path: Path, shared_data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--overlap regions on cases without overlaps (the real liver SEG, the real rt-utils
+    RTSTRUCT): plain labels, no regions in dataset.json, and one log line saying so."""
+    src = shared_data / "dcmqi_seg" / "segmentations"
+    rt_src = _rt_copy(shared_data, tmp_path / "rt_src").parent
+    for kind, run in [
+        ("DICOM SEG", lambda out: import_dicom_seg(
+            src, out, seg_files=[src / "liver.dcm"], on_overlap="regions", progress=False)),
+        ("RTSTRUCT", lambda out: import_rtstruct(rt_src, out, on_overlap="regions", progress=False)),
+    ]:  # fmt: skip
+        caplog.clear()
+        with caplog.at_level("INFO", logger="medseg.data.adapters.dicom_labels"):
+            out = run(tmp_path / kind.replace(" ", "_"))
+        desc = read_descriptor(out)
+        assert desc.regions == {} and desc.regions_class_order == ()
+        assert "regions" not in json.loads((out / "dataset.json").read_text())
+        assert not any("+" in name for name in desc.labels)
+        lines = [r.getMessage() for r in caplog.records if "overlap" in r.getMessage()]
+        assert lines == [
+            f"--overlap regions: no {kind} segments overlap in the 1 imported case(s); "
+            "dataset.json declares plain labels, no regions"
+        ]
+        assert check_dataset(out, progress=False).ok

@@ -30,10 +30,12 @@ in order of first appearance: a case left out (``skip_invalid``) takes back the 
 it had, so dataset.json declares no label that no case can hold. A voxel claimed by
 two segments is an error unless ``on_overlap="overwrite"`` (the higher label value wins) or
 ``on_overlap="regions"``: each combination of segments found overlapping gets a label value
-of its own (named ``a+b``, in order of first appearance over the import, after the values
-of the names known then) and dataset.json declares one region per segment name holding
-every value that contains it, for region-based training (:mod:`medseg.data.regions`);
-nothing is lost, and painting the regions back gives what "overwrite" gives.
+of its own (named ``a+b``, segment names in order of their values; numbered in order of
+first appearance over the import, after the values of the names known then, unless
+``labels`` gives that name a value) and dataset.json declares one region per segment name
+holding every value that contains it, for region-based training (:mod:`medseg.data.regions`);
+nothing is lost, and painting the regions back gives what "overwrite" gives. When no case
+has an overlap (and ``labels`` names none) dataset.json declares plain labels, no regions.
 Patient ids are replaced by a keyed hash (``p`` + 12 hex digits of HMAC-SHA-256 under a
 random key that is not stored), never stored themselves.
 """
@@ -307,16 +309,24 @@ class OverlapCombinations:
     """Label values of overlapping segment combinations (``on_overlap="regions"``).
 
     Shared by all cases of one import, so one combination has one value across the dataset.
+    ``declared`` holds the label names given (``--labels``) or numbered so far; ``given``
+    the combinations among them (a ``--labels`` entry named as the import names the
+    overlap, ``a+b``), which keep their declared values. ``values`` holds the combinations
+    found in the imported cases, given or numbered here.
     """
 
     declared: Mapping[str, int]
     values: dict[frozenset[str], int] = field(default_factory=dict)
+    given: Mapping[frozenset[str], int] = field(default_factory=dict)
 
     def value(self, names: frozenset[str]) -> int:
         if len(names) == 1:
             return int(self.declared[next(iter(names))])
         if names not in self.values:
-            self.values[names] = max([*self.declared.values(), *self.values.values()]) + 1
+            if names in self.given:
+                self.values[names] = int(self.given[names])
+            else:
+                self.values[names] = max([*self.declared.values(), *self.values.values()]) + 1
         return self.values[names]
 
     def name(self, names: frozenset[str]) -> str:
@@ -325,25 +335,76 @@ class OverlapCombinations:
     def labels(self) -> dict[str, int]:
         out = dict(self.declared)
         for names, value in self.values.items():
+            if names in self.given:  # declared under this name already
+                continue
             combined = self.name(names)
             if combined in out:
                 raise ConfigError(
-                    f"the overlap of {sorted(names)} would be named {combined!r}, which is already a label name; "
-                    "rename the segment or ROI of that name, and leave overlaps out of --labels (the import "
-                    "numbers each one it finds after the declared values)"
+                    f"the overlap of {sorted(names)} would be named {combined!r}, which is already the name "
+                    "of a segment; rename one of them (an overlap is named by its segment names joined by '+')"
                 )
             out[combined] = value
         return out
 
     def regions(self) -> tuple[dict[str, list[int]], list[int]]:
         """One region per declared segment name (every value containing it), painted in order
-        of the declared values (the higher value last, so it wins as with "overwrite")."""
-        names = sorted((n for n, v in self.declared.items() if v != 0), key=lambda n: self.declared[n])
+        of the declared values (the higher value last, so it wins as with "overwrite").
+
+        A combination ``given`` in ``--labels`` counts even where no case holds it, so one
+        mapping declares the same regions from one import to the next."""
+        combos = {**self.given, **self.values}
+        names = sorted(
+            (n for n, v in self.declared.items() if v != 0 and v not in combos.values()),
+            key=lambda n: self.declared[n],
+        )
         regions = {
-            n: sorted([self.declared[n], *(v for combo, v in self.values.items() if n in combo)])
-            for n in names
+            n: sorted([self.declared[n], *(v for combo, v in combos.items() if n in combo)]) for n in names
         }
         return regions, [int(self.declared[n]) for n in names]
+
+
+def _declared_combinations(
+    declared: Mapping[str, int], held: set[str], what: str
+) -> dict[frozenset[str], int]:
+    """The ``--labels`` entries that name an overlap: a name no imported case holds, spelt as
+    the import names that overlap (its segment names joined by ``+`` in order of their values,
+    e.g. ``GREEN+ORANGE``). Such an entry sets the value of that overlap. One naming known
+    segments in another order is refused with the spelling to use (dataset.json would otherwise
+    declare one overlap under two names across imports)."""
+    candidates = [n for n, v in declared.items() if v != 0 and "+" in n and n not in held]
+    singles = {n: v for n, v in declared.items() if v != 0 and n not in candidates}
+    out: dict[frozenset[str], int] = {}
+    for entry in candidates:
+        parts = _split_combination(entry, singles)
+        if parts is None:
+            continue  # a plain label name with '+' in it
+        canonical = "+".join(sorted(parts, key=lambda n: singles[n]))
+        if entry != canonical:
+            raise ConfigError(
+                f"--labels entry {entry!r} names the overlap of {' and '.join(parts)}, which the import "
+                f"names {canonical!r} (its {what} names joined by '+' in order of their values); "
+                f"write {canonical}={declared[entry]}"
+            )
+        out[frozenset(parts)] = int(declared[entry])
+    return out
+
+
+def _split_combination(text: str, singles: Mapping[str, int]) -> list[str] | None:
+    """``text`` as 2 or more distinct names of ``singles`` joined by ``+`` (None if it is not);
+    names may hold ``+`` themselves, so every split is tried."""
+
+    def split(rest: str, used: list[str]) -> list[str] | None:
+        if rest in singles and rest not in used:
+            return [*used, rest]
+        for name in singles:
+            if name not in used and rest.startswith(name + "+"):
+                found = split(rest[len(name) + 1 :], [*used, name])
+                if found is not None:
+                    return found
+        return None
+
+    parts = split(text, [])
+    return parts if parts is not None and len(parts) >= 2 else None
 
 
 def _combine_overlaps(
@@ -646,7 +707,11 @@ def _import_dicom_labels(
                     found=str(unknown),
                 )
 
-    combos = OverlapCombinations(declared) if on_overlap == "regions" else None
+    combos = None
+    if on_overlap == "regions":
+        held = {n for names in names_per_file.values() for n in names}
+        given = {} if numbering else _declared_combinations(declared, held, what)
+        combos = OverlapCombinations(declared, given=given)
     with create_dataset(
         out_dir,
         source=src,
@@ -666,6 +731,7 @@ def _import_dicom_labels(
             cases.append((f"case_{len(cases) + 1:04d}", f))
         modality = ""
         imported_names: set[str] = set()
+        imported_files: list[Path] = []
 
         def add(item: tuple[str, Path]) -> None:
             nonlocal modality
@@ -717,6 +783,7 @@ def _import_dicom_labels(
                 writer.labels = known_labels
                 raise
             imported_names.update(names_per_file[path])
+            imported_files.append(path)
             modality = modality or str(image.volume.meta.get("modality", ""))
 
         # pydicom's value validation would quote malformed values (names, birth dates) in
@@ -734,8 +801,22 @@ def _import_dicom_labels(
         if modality:
             writer.channel_names = {"0": modality}
         if combos is not None:
-            _declare_regions(writer, combos)
-        unheld = [n for n, v in declared.items() if v != 0 and n not in imported_names]
+            _declare_regions(writer, combos, what, len(imported_files))
+            combo_names = {combos.name(c) for c in combos.given}
+            unheld_combos = [combos.name(c) for c in combos.given if c not in combos.values]
+            if unheld_combos:
+                logger.warning(
+                    "--labels declares the overlap(s) %s, which no imported %s has%s; dataset.json keeps them "
+                    "as given",
+                    ", ".join(f"{n}={declared[n]}" for n in unheld_combos),
+                    what,
+                    f" ({len(writer.skipped)} case(s) skipped)" if writer.skipped else "",
+                )
+        else:
+            combo_names = set()
+        unheld = [
+            n for n, v in declared.items() if v != 0 and n not in imported_names and n not in combo_names
+        ]
         if unheld:
             logger.warning(
                 "--labels declares %s, which no imported %s names%s; dataset.json keeps them as given",
@@ -746,12 +827,22 @@ def _import_dicom_labels(
     return Path(out_dir)
 
 
-def _declare_regions(writer: DatasetWriter, combos: OverlapCombinations) -> None:
+def _declare_regions(writer: DatasetWriter, combos: OverlapCombinations, what: str, imported: int) -> None:
     """dataset.json of an ``on_overlap="regions"`` import: the combinations' labels and one
-    region per segment name."""
+    region per segment name; no regions when no case has an overlap and ``--labels`` names
+    none (a plain label dataset, said in one log line)."""
     from medseg.data.regions import validate_regions
 
     writer.labels = combos.labels()
+    if not combos.values and not combos.given:
+        writer.regions, writer.regions_class_order = {}, ()
+        logger.warning(
+            "--overlap regions: no %s segments overlap in the %d imported case(s); dataset.json declares "
+            "plain labels, no regions",
+            what,
+            imported,
+        )
+        return
     regions, order = combos.regions()
     writer.regions, writer.regions_class_order = validate_regions(regions, writer.labels, order)
     if combos.values:

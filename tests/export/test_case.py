@@ -226,6 +226,34 @@ def test_cli(tmp_path: Path, synthetic_series: Series) -> None:
     assert res.exit_code == 2 and "output exists" in res.stderr and "--overwrite" in res.stderr
 
 
+def test_cli_quiet_shows_warnings_but_no_progress_or_info(
+    tmp_path: Path, synthetic_series: Series, caplog: pytest.LogCaptureFixture
+) -> None:
+    """export -q (as predict/train/crossval): no progress bar, no INFO log lines, no table; a
+    warning (here the thin zone's mesh) still shows, and one final line says where the outputs are."""
+    import logging
+
+    label = prostate_zones(synthetic_series.image)
+    path = write_volume(label, tmp_path / "zones.nii.gz")
+    args = ["export", str(path), str(synthetic_series.folder), "-f", "dicom-seg,mesh", "--labels",
+            "PZ=1,TZ=2,DPU=3,AFS=4", "--algorithm-name", "nnU-Net"]  # fmt: skip
+    with caplog.at_level("INFO"):
+        loud = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "loud")])
+    assert loud.exit_code == 0, loud.output
+    assert any(r.levelno == logging.INFO and r.name.startswith("medseg") for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        res = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "out"), "-q"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "out" / "zones" / "seg.dcm").is_file()
+    assert "4/4" not in res.stderr and "meshes" not in res.stderr  # no progress bar
+    medseg_records = [r for r in caplog.records if r.name.startswith("medseg")]
+    assert medseg_records and all(r.levelno >= logging.WARNING for r in medseg_records)
+    assert any("mesh volume kept" in r.getMessage() for r in medseg_records)
+    assert " ".join(res.stdout.split()) == f"case zones: 2 output(s) in {tmp_path / 'out'}"
+    assert logging.getLogger("medseg").level == logging.NOTSET  # restored after the command
+
+
 def test_third_party_seg_on_real_ct(tmp_path: Path, shared_data: Path) -> None:
     """dcmqi's liver SEG on its real 3-slice CT (file order running down in z): to NIfTI equal to
     dcmqi's own NRRD, and to an RTSTRUCT whose contours rasterise back onto it."""

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from medseg.cli.common import app, cli_command, console, number_values
+from medseg.cli.common import app, cli_command, console, number_values, warnings_only
+
+if TYPE_CHECKING:
+    from medseg.export.case import ExportConfig, ExportResult
 
 
 @app.command("export")
@@ -102,13 +105,21 @@ def export_command(
         ),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="print only warnings, errors and one final line (no progress bar, log lines or output table)",
+        ),
+    ] = False,
 ) -> None:
     """Write DICOM SEG, RTSTRUCT, meshes, volumes, overlay or a report for an existing label map.
 
     For a segmentation made elsewhere (another tool, a manual correction) or earlier; a DICOM SEG becomes an RTSTRUCT and back. The label map must lie on the image's grid, or --resample puts it there (nearest neighbour). SEG and RTSTRUCT segments keep the algorithm type and algorithm a SEG or RTSTRUCT input declares; any other label map is marked AUTOMATIC. --algorithm-type sets the type of every segment and --algorithm-name the algorithm, replacing what the input declares. A DICOM SEG must name the algorithm of automatic and semiautomatic segments: for a label map that names none, give --algorithm-name or --algorithm-type manual. volumes.csv names the study and series UIDs of a DICOM image (empty for other images).
     """
     from medseg.evaluation import parse_labels
-    from medseg.export.case import ExportConfig, describe_algorithms, export_label
+    from medseg.export.case import ExportConfig, export_label
 
     declared = parse_labels(labels)
     cfg = ExportConfig(
@@ -125,7 +136,24 @@ def export_command(
         algorithm_family=algorithm_family,
         overwrite=overwrite,
     )
-    result = export_label(label, image, out, cfg, progress=True)
+    with warnings_only(quiet):  # a warning (a thin structure's mesh, a resampled grid) still shows
+        result = export_label(label, image, out, cfg, progress=not quiet)
+    skipped = [f for f in cfg.formats if f not in result.outputs]
+    if quiet:
+        console.print(
+            f"case {escape(result.case_id)}: {len(result.outputs)} output(s) in {escape(str(out))}",
+            soft_wrap=True,
+        )
+    else:
+        _report(result, cfg, label)
+    if skipped:
+        console.print(f"[yellow]not written:[/] {', '.join(skipped)} (nothing segmented)")
+
+
+def _report(result: ExportResult, cfg: ExportConfig, label: Path) -> None:
+    """The outputs written, the label names and, for DICOM outputs, how the segments are marked."""
+    from medseg.export.case import describe_algorithms
+
     table = Table("output", "path")
     table.columns[1].overflow = "fold"  # whole paths, also in a narrow terminal
     for fmt, path in result.outputs.items():
@@ -145,6 +173,3 @@ def export_command(
         if cfg.algorithm_name is not None:
             source += "; algorithm: --algorithm-name"
         console.print(f"segments marked {escape(made)} ({escape(source)})", soft_wrap=True)
-    skipped = [f for f in cfg.formats if f not in result.outputs]
-    if skipped:
-        console.print(f"[yellow]not written:[/] {', '.join(skipped)} (nothing segmented)")

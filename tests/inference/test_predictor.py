@@ -894,6 +894,48 @@ def test_an_ensemble_of_configurations_with_different_rules_warns_once_naming_ea
     assert not caplog.records
 
 
+def test_an_ensemble_of_folds_with_different_rules_warns_once_naming_them(
+    trained_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three folds of one configuration, one postprocessing.json edited by hand: the first
+    fold's rules apply (as before), and one warning names the folds whose rules differ, with
+    their rules, and the rules applied (the same helper as for configuration ensembles)."""
+    from medseg.postprocessing.labels import ClassRule, PostprocessingRules, apply_rules, write_rules
+
+    ens = tmp_path / "ensemble"
+    for k in range(3):
+        shutil.copytree(trained_model, ens / f"fold_{k}")
+    tuned = PostprocessingRules(classes={1: ClassRule(keep_largest=True)})
+    for k in range(3):
+        write_rules(tuned, ens / f"fold_{k}" / "postprocessing.json", overwrite=True)
+    with caplog.at_level("WARNING", logger="medseg.inference.predictor"):
+        SegmentationModel(ens, device="cpu")
+    assert not caplog.records  # as tune-postprocessing leaves them: nothing to say
+    edited = PostprocessingRules(classes={2: ClassRule(fill_holes="3d")})
+    write_rules(edited, ens / "fold_2" / "postprocessing.json", overwrite=True)
+    with caplog.at_level("WARNING", logger="medseg.inference.predictor"):
+        model = SegmentationModel(ens, device="cpu")
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "the 3d ensemble's folds hold different postprocessing rules" in message
+    post = {k: ens / f"fold_{k}" / "postprocessing.json" for k in range(3)}
+    assert (
+        f"fold_0 ({post[0]}): label 1 (outer): keep largest; connectivity 26 (as do fold_1 ({post[1]}))"
+        in message
+    )
+    assert f"fold_2 ({post[2]}): label 2 (inner): fill holes 3d" in message
+    assert "The first fold's (fold_0) apply to every fold" in message
+    assert model.rules == tuned
+    img, _ = make_case(6, shape=(9, 36, 30))
+    raw, _ = model.predict([img], postprocess=False)
+    np.testing.assert_array_equal(model.predict([img])[0].array, apply_rules(raw.array, tuned, raw.spacing))
+    caplog.clear()
+    (ens / "fold_0" / "postprocessing.json").unlink()  # a fold without a file holds no rules
+    with caplog.at_level("WARNING", logger="medseg.inference.predictor"):
+        assert SegmentationModel(ens, device="cpu").rules == PostprocessingRules()
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert f"fold_0 (no {post[0]}): none; fold_1 ({post[1]}): label 1 (outer): keep largest" in message
+
+
 def test_an_ensemble_of_configurations_averages_probabilities_on_the_input_grid(
     trained_model: Path, tmp_path: Path
 ) -> None:

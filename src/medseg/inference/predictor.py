@@ -48,6 +48,7 @@ from medseg.volume import Volume
 
 if TYPE_CHECKING:
     from medseg.io.dicom import SeriesInfo
+    from medseg.postprocessing.labels import PostprocessingRules
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +115,34 @@ def _warn_if_newer(folder: Path, written_by: str) -> None:
         )
 
 
+def _warn_if_rules_differ(
+    held: Sequence[tuple[str, PostprocessingRules]], names: Mapping[int, str], ensemble: str, remedy: str
+) -> None:
+    """One warning when the parts of an ensemble (its configurations, or the folds of one) hold
+    different postprocessing rules: the first part, whose rules apply, and each part whose rules
+    differ from them, named with its rules (parts holding the first's are named beside it)."""
+    effective = [rules.effective() for _, rules in held]
+    if all(r == effective[0] for r in effective[1:]):
+        return
+    same = [name for (name, _), r in zip(held[1:], effective[1:], strict=True) if r == effective[0]]
+    first = f"{held[0][0]}: {held[0][1].describe(names)}" + (f" (as do {', '.join(same)})" if same else "")
+    others = [
+        f"{name}: {rules.describe(names)}"
+        for (name, rules), r in zip(held[1:], effective[1:], strict=True)
+        if r != effective[0]
+    ]
+    log.warning(
+        "%s hold different postprocessing rules: %s. %s", ensemble, "; ".join([first, *others]), remedy
+    )
+
+
 class SegmentationModel:
     """A model folder, or an ensemble, ready to predict.
 
     ``path`` is a model folder, a folder of ``fold_*`` model folders, or a list of such
     paths. Folds trained with the same plan are averaged inside the network pass (their
-    softmax on the preprocessed grid). Folders with *different* plans (e.g. a 2.5D and a 3D
+    softmax on the preprocessed grid), and the first fold's postprocessing rules apply (one
+    warning names the folds whose rules differ, which only a hand-edited file makes). Folders with *different* plans (e.g. a 2.5D and a 3D
     model of the same labels) form a multi-configuration ensemble: each configuration
     predicts class probabilities on the input grid, their mean decides each voxel, and the
     first model's postprocessing rules apply (the first ``-m``: the order chooses). Rules
@@ -186,8 +209,21 @@ class SegmentationModel:
             self._init_members(distinct, plans, paths, device, backend)
             return
         self.plan = plans[0]
-        post = self.folders[0] / "postprocessing.json"
-        self.rules = read_rules(post) if post.is_file() else PostprocessingRules()
+        # The first fold's rules apply; tune-postprocessing writes the same into every fold, but
+        # a fold's file may have been edited by hand since.
+        fold_rules = []
+        for folder in self.folders:
+            post = folder / "postprocessing.json"
+            rules = read_rules(post) if post.is_file() else PostprocessingRules()
+            fold_rules.append((f"{folder.name} ({'' if post.is_file() else 'no '}{post})", rules))
+        self.rules = fold_rules[0][1]
+        _warn_if_rules_differ(
+            fold_rules,
+            self.label_names,
+            f"the {self.plan.configuration} ensemble's folds",
+            f"The first fold's ({self.folders[0].name}) apply to every fold: write one postprocessing.json "
+            "into every fold (tune-postprocessing does) to choose (predict --no-postprocess applies none)",
+        )
         # Empty-slice classifiers (2D / 2.5D models; training/slice_classifier.py), one per
         # fold folder that has one; an ensemble averages their probabilities.
         filters = [SliceFilter.from_model_folder(f, device=self.device) for f in self.folders]
@@ -258,20 +294,16 @@ class SegmentationModel:
     def _warn_if_member_rules_differ(self) -> None:
         """One warning when a configuration ensemble's members hold different rules (see the
         class docstring): each member's rules, and which apply."""
-        effective = [m.rules.effective() for m in self.members]
-        if all(r == effective[0] for r in effective[1:]):
-            return
-        names = self.label_names
-        lines = [
-            f"{m.plan.configuration} ({m.folders[0] / 'postprocessing.json'}): {m.rules.describe(names)}"
-            for m in self.members
-        ]
-        log.warning(
-            "the ensemble's configurations hold different postprocessing rules: %s. The first "
-            "model's (%s) apply to the ensemble: give another -m first to apply its rules, or write "
-            "the same postprocessing.json into every member (predict --no-postprocess applies none)",
-            "; ".join(lines),
-            self.members[0].plan.configuration,
+        _warn_if_rules_differ(
+            [
+                (f"{m.plan.configuration} ({m.folders[0] / 'postprocessing.json'})", m.rules)
+                for m in self.members
+            ],
+            self.label_names,
+            "the ensemble's configurations",
+            f"The first model's ({self.members[0].plan.configuration}) apply to the ensemble: give another -m "
+            "first to apply its rules, or write the same postprocessing.json into every member (predict "
+            "--no-postprocess applies none)",
         )
 
     @property

@@ -197,3 +197,53 @@ def test_ensemble_averages_the_folds_classifiers(model_25d: tuple[Path, Path], t
     assert len(partial.slice_filters) == 1
     partial.predict([image])
     assert partial.last_suppressed_slices == single.last_suppressed_slices
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["same preprocessing", "other preprocessing"])
+def test_a_configuration_ensemble_preprocesses_once_per_distinct_preprocessing(
+    model_25d: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared: bool
+) -> None:
+    """Two configurations, both with empty-slice classifiers: members whose plans preprocess
+    alike share one preprocessed case (for their networks and classifiers: once, where it was
+    four times), others get their own (twice); the result is what each member's own
+    preprocessing gives, to the bit."""
+    import medseg.inference.predictor as predictor
+
+    root, model_dir = model_25d
+    other = tmp_path / "other"  # another plan: a training setting, or the image interpolation
+    shutil.copytree(model_dir, other)
+    plan = json.loads((other / "plan.json").read_text())
+    if shared:
+        plan["batch_size"] += 1
+    else:
+        plan["image_interpolation"] = "bspline"
+    (other / "plan.json").write_text(json.dumps(plan))
+    image = read_volume(root / "imagesTr" / "case_000_0000.nii.gz")
+    both = SegmentationModel([model_dir, other], device="cpu")
+    assert len(both.members) == 2 and all(m.slice_filters for m in both.members)
+    # what each member's own preprocessing gives (the public per-member calls)
+    each = [
+        m.predict([image], with_probabilities=True, postprocess=False, slice_filter=False)[1]
+        for m in both.members
+    ]
+    assert each[0] is not None and each[1] is not None
+    expected = each[0] + each[1]
+    expected /= 2
+    maps = [m.slice_foreground_map([image]) for m in both.members]
+    empty = np.mean(maps, axis=0) < np.mean([m.slice_threshold for m in both.members])
+    assert empty.any()
+    expected[:, empty] = 0.0
+    expected[0, empty] = 1.0
+
+    calls: list[str] = []
+    real = predictor.preprocess_case
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(args[2].image_interpolation)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predictor, "preprocess_case", counting)
+    label, probs = both.predict([image], with_probabilities=True, postprocess=False)
+    assert calls == (["linear"] if shared else ["linear", "bspline"])
+    np.testing.assert_array_equal(probs, expected)
+    np.testing.assert_array_equal(label.array, np.argmax(expected, axis=0))

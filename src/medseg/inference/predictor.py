@@ -40,7 +40,12 @@ from medseg.export.case import (
 from medseg.io import IMAGE_2D_SUFFIXES, describe_path, read_channels, sidecar_path
 from medseg.io.atomic import write_text_atomic
 from medseg.io.itk import has_itk_suffix
-from medseg.preprocessing.pipeline import preprocess_case, restore_to_original
+from medseg.preprocessing.pipeline import (
+    PreprocessInfo,
+    preprocess_case,
+    preprocessing_key,
+    restore_to_original,
+)
 from medseg.preprocessing.plan import Plan
 from medseg.progress import progress_bar
 from medseg.training.config import check_device_name
@@ -379,9 +384,6 @@ class SegmentationModel:
         set to background before the result goes back to the input grid; their indices
         are kept in ``last_suppressed_slices``.
         """
-        from medseg.inference.sliding_window import predict_probabilities
-        from medseg.postprocessing.labels import apply_rules
-
         if self.members:
             return self._predict_members(
                 channels,
@@ -395,6 +397,35 @@ class SegmentationModel:
             )
         self.check_input(channels, where)
         image, _, info = preprocess_case(channels, None, self.plan, where)
+        return self._predict_preprocessed(
+            channels,
+            image,
+            info,
+            tta=tta,
+            overlap=overlap,
+            sw_batch_size=sw_batch_size,
+            postprocess=postprocess,
+            with_probabilities=with_probabilities,
+            slice_filter=slice_filter,
+        )
+
+    def _predict_preprocessed(
+        self,
+        channels: Sequence[Volume],
+        image: np.ndarray,
+        info: PreprocessInfo,
+        *,
+        tta: bool,
+        overlap: float,
+        sw_batch_size: int,
+        postprocess: bool,
+        with_probabilities: bool,
+        slice_filter: bool,
+    ) -> tuple[Volume, np.ndarray | None]:
+        """:meth:`predict` of ``channels`` already preprocessed with this plan (``image``, ``info``)."""
+        from medseg.inference.sliding_window import predict_probabilities
+        from medseg.postprocessing.labels import apply_rules
+
         total: np.ndarray | None = None
         for net in self.networks:
             probs = predict_probabilities(
@@ -508,6 +539,10 @@ class SegmentationModel:
         if not self.slice_filters:
             return None
         image, _, info = preprocess_case(channels, None, self.plan, where)
+        return self._slice_foreground_on_input(image, info)
+
+    def _slice_foreground_on_input(self, image: np.ndarray, info: PreprocessInfo) -> np.ndarray:
+        """:meth:`slice_foreground_map` of a case already preprocessed with this plan."""
         p = self._slice_foreground(image).astype(np.float32)
         per_voxel = np.ascontiguousarray(np.broadcast_to(p[:, None, None], image.shape[1:]))
         return restore_probability(per_voxel, info, default=1.0)
@@ -529,29 +564,48 @@ class SegmentationModel:
         Members' empty-slice classifiers are applied after the mean: a voxel whose slice the
         classifiers judge empty (their mean probability, on the input grid, below their
         threshold) is certain background, whatever the other members predicted there.
+
+        The case is preprocessed once per distinct preprocessing (:func:`preprocessing_key`:
+        members whose plans differ only in the network, patch or training settings share it),
+        for the members' networks and classifiers alike, and let go after its last member.
         """
         from medseg.postprocessing.labels import apply_rules
 
         total: np.ndarray | None = None
         judged = [m for m in self.members if m.slice_filters] if slice_filter else []
-        for member in self.members:
-            _, probs = member.predict(
+        keys = [preprocessing_key(m.plan) for m in self.members]
+        left = Counter(keys)
+        prepared: dict[tuple[Any, ...], tuple[np.ndarray, PreprocessInfo]] = {}
+        maps: list[np.ndarray] = []
+        for member, key in zip(self.members, keys, strict=True):
+            member.check_input(channels, where)
+            if key not in prepared:
+                image, _, info = preprocess_case(channels, None, member.plan, where)
+                prepared[key] = (image, info)
+            image, info = prepared[key]
+            left[key] -= 1
+            if not left[key]:
+                del prepared[key]
+            _, probs = member._predict_preprocessed(
                 channels,
+                image,
+                info,
                 tta=tta,
                 overlap=overlap,
                 sw_batch_size=sw_batch_size,
                 postprocess=False,
                 with_probabilities=True,
-                where=where,
                 slice_filter=False,  # applied below, after the mean
             )
+            if member in judged:
+                maps.append(member._slice_foreground_on_input(image, info))
+            del image
             assert probs is not None
             total = probs if total is None else total + probs
         assert total is not None
         total /= len(self.members)
         self.last_suppressed_slices = []
         if judged:
-            maps = [m for m in (j.slice_foreground_map(channels, where) for j in judged) if m is not None]
             empty = np.mean(maps, axis=0) < np.mean([m.slice_threshold for m in judged])
             total[:, empty] = 0.0
             if not self.plan.regions:

@@ -104,6 +104,19 @@ def _check_resampled_size(source: VolumeGeometry, target: VolumeGeometry, plan: 
         )
 
 
+def preprocessing_key(plan: Plan) -> tuple[Any, ...]:
+    """What :func:`preprocess_case` reads from ``plan`` for an image: plans with equal keys
+    preprocess a case to the same arrays (a configuration ensemble preprocesses it once)."""
+    return (
+        len(plan.channel_names),
+        plan.crop_to_nonzero,
+        tuple(plan.target_spacing),
+        plan.keep_native_slices,
+        tuple(plan.normalization),
+        plan.image_interpolation,
+    )
+
+
 def preprocess_case(
     images: Sequence[Volume], label: Volume | None, plan: Plan, case_id: str = "case"
 ) -> tuple[np.ndarray, np.ndarray | None, PreprocessInfo]:

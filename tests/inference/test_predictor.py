@@ -442,6 +442,37 @@ def test_patient_folders_of_series_folders_stay_a_cohort(
     assert one.paths == (cohort / "p2",)
 
 
+def test_one_unreadable_study_fails_alone_in_a_cohort(
+    trained_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A patient folder holding a DICOM file cut short is one failed case of the cohort: the
+    other patients are segmented (it used to stop the whole run before the first case)."""
+    cohort = tmp_path / "cohort"
+    for p, seed in (("p1", 1), ("p3", 5)):
+        _write_study(cohort / p / "study", seed)
+    good = next((cohort / "p1" / "study" / "10-t2tsetra").iterdir())
+    (cohort / "p2" / "study").mkdir(parents=True)
+    (cohort / "p2" / "study" / "1.dcm").write_bytes(good.read_bytes()[:600])  # header cut short
+    with caplog.at_level("WARNING"):
+        cases = discover_cases(cohort, series="t2_tse_tra@last")
+    assert [(c.case_id, c.paths) for c in cases] == [(p, (cohort / p,)) for p in ("p1", "p2", "p3")]
+    assert "1 of 3 patient folders hold an unreadable DICOM file and fail alone: p2" in caplog.text
+    out = tmp_path / "out"
+    predict(cohort, trained_model, out, PredictConfig(formats=("volumes",), series="t2_tse_tra@last"))
+    with (out / "cohort_volumes.csv").open() as fh:
+        status = {r["case"]: r["status"] for r in csv.DictReader(fh)}
+    assert status == {"p1": "ok", "p2": "failed", "p3": "ok"}
+    entries = {c["case_id"]: c for c in json.loads((out / "predictions.json").read_text())["cases"]}
+    assert "p2/study/1.dcm: is truncated or corrupt" in entries["p2"]["error"]
+    # one study whose series folder holds the broken file is still refused, naming the file
+    study = tmp_path / "study"
+    _write_study(study, 7)
+    (study / "12-broken").mkdir()
+    (study / "12-broken" / "1.dcm").write_bytes(good.read_bytes()[:600])
+    with pytest.raises(InputError, match=r"12-broken/1.dcm: is truncated or corrupt"):
+        discover_cases(study, series="t2_tse_tra@last")
+
+
 def test_anonymised_patient_folders_sharing_one_study_uid_stay_a_cohort(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

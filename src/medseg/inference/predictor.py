@@ -706,9 +706,62 @@ def discover_cases(path: str | Path, *, series: str | None = None, channels: int
         for case, chans in sorted(groups.items()):
             out.append(InputCase(case, "files", tuple(chans[c] for c in sorted(chans))))
         return out
-    from medseg.io.dicom import list_series, match_series, split_series_rule
+    found, broken = _list_cohort_series(src)
+    if not broken:
+        return _dicom_cases(src, found, series)
+    # One patient folder's unreadable file fails that case alone (read again when the case
+    # runs, so its error is the case's), not the cohort.
+    good_roots = {_top_folder(src, Path(s.folder)) for s in found}
+    if _one_study(found) and len(good_roots) > 1:
+        raise broken[0][1]  # series folders of one study, one of them unreadable: not a cohort
+    if len(good_roots) == 1:  # one readable patient folder left
+        (root,) = good_roots
+        cases = [InputCase(root.name, "dicom", (root,), series)]
+    else:
+        cases = _dicom_cases(src, found, series)
+    if any(src in c.paths for c in cases):
+        raise broken[0][1]
+    log.warning(
+        "%d of %d patient folders hold an unreadable DICOM file and fail alone: %s",
+        len(broken),
+        len(broken) + len({p for c in cases for p in c.paths}),
+        ", ".join(b.name for b, _ in broken[:10]) + (" ..." if len(broken) > 10 else ""),
+    )
+    cases += [InputCase(b.name, "dicom", (b,), series) for b, _ in broken]
+    return sorted(cases, key=lambda c: c.case_id)
 
-    found = list_series(src)
+
+def _list_cohort_series(src: Path) -> tuple[list[SeriesInfo], list[tuple[Path, InputError]]]:
+    """The image series under ``src`` and the top-level folders that could not be read (each with
+    its error): a file that stops the scan of a folder of patient folders stops only its own
+    folder's. An unreadable file directly in ``src``, or in every folder, is raised."""
+    from medseg.io.dicom import list_series
+
+    try:
+        return list_series(src), []
+    except InputError as exc:
+        bad = exc.path
+        if bad is None or _top_folder(src, bad.parent) == src:
+            raise
+        first = exc
+    found: list[SeriesInfo] = []
+    broken: list[tuple[Path, InputError]] = []
+    for child in sorted(c for c in src.iterdir() if c.is_dir() and not c.name.startswith(".")):
+        try:
+            found += list_series(child)
+        except InputError as exc:
+            if exc.problem.startswith("holds no DICOM image series"):
+                continue  # a folder of other files: not a case, as in one scan of ``src``
+            broken.append((child, exc))
+    if not found or not broken:
+        raise first
+    return found, broken
+
+
+def _dicom_cases(src: Path, found: list[SeriesInfo], series: str | None) -> list[InputCase]:
+    """The cases of the DICOM series ``found`` under the folder ``src``."""
+    from medseg.io.dicom import match_series, split_series_rule
+
     if not found:
         raise InputError(src, "holds no images", expected="image files or DICOM series")
     if len(found) == 1:

@@ -1146,6 +1146,12 @@ def test_a_rerun_with_another_model_or_options_is_refused_before_mixing_outputs(
     assert res_cli.exit_code != 0
     assert "another prediction" in res_cli.output
     assert "postprocessing none -> label 1: keep largest; connectivity 26" in " ".join(res_cli.output.split())
+    # Another model in a folder of the same name (every fold is fold_<k>): both named by path.
+    other = tmp_path / "other_dataset" / trained_model.name
+    shutil.copytree(trained_model, other)
+    (other / "plan.json").write_text((other / "plan.json").read_text() + "\n")  # other content
+    with pytest.raises(InputError, match=rf"found model {model_copy} -> {other} \(other weights"):
+        predict(path, other, out, PredictConfig())
     # ... unless its rules are switched off, which is the first prediction again.
     (res,) = predict(path, model_copy, out, PredictConfig(postprocess=False))
     assert res.ok and res.skipped

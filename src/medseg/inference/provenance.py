@@ -77,12 +77,14 @@ def prediction_key(
     ``--no-postprocess`` all give the same key.
     """
     slice_filter = bool(options.get("slice_filter", True))
-    models = []  # "folder name:digest"; the name only helps a reader
+    # "folder:digest"; the folder only helps a reader, so it is the path as given: every fold's
+    # folder is named fold_<k>, and "model fold_0 -> fold_0" would not say which models differ
+    models = []
     for folder in folders:
         h = hashlib.sha256()
         for f in model_files(folder, backend=backend, slice_filter=slice_filter):
             h.update(f"{f.name}:{_file_digest(f)};".encode())
-        models.append(f"{folder.name}:{h.hexdigest()[:16]}")
+        models.append(f"{folder}:{h.hexdigest()[:16]}")
     chosen = {k: _plain(options.get(k)) for k in RESULT_OPTIONS}
     if chosen.get("roi_views"):  # the same views given by another (relative) path are the same
         chosen["roi_views"] = [str(Path(v).resolve()) for v in chosen["roi_views"]]

@@ -453,10 +453,11 @@ def test_one_unreadable_study_fails_alone_in_a_cohort(
     good = next((cohort / "p1" / "study" / "10-t2tsetra").iterdir())
     (cohort / "p2" / "study").mkdir(parents=True)
     (cohort / "p2" / "study" / "1.dcm").write_bytes(good.read_bytes()[:600])  # header cut short
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("INFO", logger="medseg.inference.predictor"):
         cases = discover_cases(cohort, series="t2_tse_tra@last")
     assert [(c.case_id, c.paths) for c in cases] == [(p, (cohort / p,)) for p in ("p1", "p2", "p3")]
     assert "1 of 3 patient folders hold an unreadable DICOM file and fail alone: p2" in caplog.text
+    assert "cohort of 3 patient folders (not one study): 3 cases" in caplog.text  # p2 counted
     out = tmp_path / "out"
     predict(cohort, trained_model, out, PredictConfig(formats=("volumes",), series="t2_tse_tra@last"))
     with (out / "cohort_volumes.csv").open() as fh:

@@ -717,8 +717,9 @@ def discover_cases(path: str | Path, *, series: str | None = None, channels: int
     if len(good_roots) == 1:  # one readable patient folder left
         (root,) = good_roots
         cases = [InputCase(root.name, "dicom", (root,), series)]
+        _log_cohort(1 + len(broken), 1 + len(broken))
     else:
-        cases = _dicom_cases(src, found, series)
+        cases = _dicom_cases(src, found, series, unreadable=len(broken))
     if any(src in c.paths for c in cases):
         raise broken[0][1]
     log.warning(
@@ -758,8 +759,11 @@ def _list_cohort_series(src: Path) -> tuple[list[SeriesInfo], list[tuple[Path, I
     return found, broken
 
 
-def _dicom_cases(src: Path, found: list[SeriesInfo], series: str | None) -> list[InputCase]:
-    """The cases of the DICOM series ``found`` under the folder ``src``."""
+def _dicom_cases(
+    src: Path, found: list[SeriesInfo], series: str | None, unreadable: int = 0
+) -> list[InputCase]:
+    """The cases of the DICOM series ``found`` under the folder ``src``; ``unreadable`` patient
+    folders beside them (each a failing case, added by the caller) count in the cohort's log."""
     from medseg.io.dicom import match_series, split_series_rule
 
     if not found:
@@ -810,11 +814,11 @@ def _dicom_cases(src: Path, found: list[SeriesInfo], series: str | None) -> list
                 series,
                 ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""),
             )
-        _log_cohort(len(per_root), len(roots))
+        _log_cohort(len(per_root) + unreadable, len(roots) + unreadable)
         return [InputCase(r.name, "dicom", (r,), series) for r in sorted(roots)]
     roots_all = [_top_folder(src, Path(s.folder)) for s in found]
     if len(set(roots_all)) == len(found) and all(r != src for r in roots_all):
-        _log_cohort(len(found), len(found))
+        _log_cohort(len(found) + unreadable, len(found) + unreadable)
         return [InputCase(r.name, "dicom", (r,)) for r in sorted(set(roots_all))]
     per_folder = Counter(roots_all)
     if len(per_folder) > 1 and src not in per_folder and min(per_folder.values()) == 1:
@@ -827,7 +831,7 @@ def _dicom_cases(src: Path, found: list[SeriesInfo], series: str | None) -> list
             len(per_folder),
             ", ".join(several[:10]) + (" ..." if len(several) > 10 else ""),
         )
-        _log_cohort(len(per_folder), len(per_folder))
+        _log_cohort(len(per_folder) + unreadable, len(per_folder) + unreadable)
         return [InputCase(r.name, "dicom", (r,)) for r in sorted(per_folder)]
     listing = "; ".join(
         f"[{i}] {s.description or '?'} ({s.modality}, {s.n_files} files, UID {s.series_uid})"

@@ -356,6 +356,8 @@ def test_postprocessing_is_chosen_on_the_out_of_fold_predictions_and_stored_with
     assert res.exit_code == 0, res.output
     assert "keep_largest_foreground" in res.output and "yes" in res.output
     assert "lean ONNX copy" not in res.output  # nothing exported: no copy to update
+    assert "┃ gain " in res.output
+
     record = json.loads((out / "postprocessing.json").read_text())
     assert record["n_cases"] == 6 and record["rules"]["keep_largest_foreground"] is True
     first = record["steps"][0]
@@ -524,3 +526,15 @@ def test_a_class_absent_from_both_prediction_and_reference_is_left_out_of_its_me
         assert fold_mean is None
     else:
         assert fold_mean == pytest.approx(float(np.nanmean(inner_fold)), abs=1e-9)
+
+
+def test_tuning_table_shows_a_gain_rounding_would_hide() -> None:
+    """A rule adopted for a Dice gain of 0.000001 (it raised the class's Dice: adopted) read
+    '0.3004 -> 0.3004 yes'; the table's gain column shows the digits it needs."""
+    from medseg.cli.train_commands import gain_text
+
+    assert gain_text(0.038334, 0.038335) == "+1.0e-06"
+    assert gain_text(0.304572, 0.307393) == "+0.0028"
+    assert gain_text(0.36825, 0.179811) == "-0.1884"
+    assert gain_text(0.5, 0.5) == "+0.0000"
+    assert gain_text(float("nan"), 0.5) == "n/a"

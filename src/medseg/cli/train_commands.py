@@ -265,6 +265,17 @@ def crossval_command(
     console.print(f"summary: {result.summary_path}")
 
 
+def gain_text(before: float, after: float) -> str:
+    """A Dice gain as the tuning table shows it: 4 decimals, or the digits a gain (or loss)
+    smaller than that needs, so that a rule adopted for +0.000001 does not read '+0.0000'."""
+    if before != before or after != after:
+        return "n/a"
+    gain = after - before
+    if gain == 0 or abs(gain) >= 5e-5:
+        return f"{gain:+.4f}"
+    return f"{gain:+.1e}"
+
+
 @app.command("tune-postprocessing")
 @cli_command
 def tune_postprocessing_command(
@@ -288,15 +299,38 @@ def tune_postprocessing_command(
         if plan.regions
         else {str(v): name for name, v in plan.labels.items()}
     )
-    table = Table("rule", "mean Dice before", "after", "adopted")
+    # the Dice whose gain decides a rule: the mean for the largest foreground component, the
+    # class's (region's) own for its largest component (keyed by label value, or region index)
+    scored_key = (
+        {str(v): i for i, v in enumerate(plan.regions_class_order)}
+        if plan.regions
+        else {str(v): v for v in plan.labels.values()}
+    )
+    table = Table(
+        "rule",
+        "mean Dice before",
+        "after",
+        "gain",
+        "adopted",
+        caption="gain: of the mean Dice for the foreground rule, of its class's Dice for a class "
+        "rule (what decides)",
+    )
     for step in choice.steps:
         value = step.rule.partition(":")[2]
         before = [v for v in step.dice_before.values() if v == v]
         after = [v for v in step.dice_after.values() if v == v]
+        if value in scored_key:
+            key = scored_key[value]
+            gain = gain_text(step.dice_before[key], step.dice_after[key])  # the class's own Dice
+        else:
+            gain = (
+                gain_text(sum(before) / len(before), sum(after) / len(after)) if before and after else "n/a"
+            )
         table.add_row(
             f"{step.rule} ({acts_on[value]})" if value in acts_on else step.rule,
             f"{sum(before) / len(before):.4f}" if before else "n/a",
             f"{sum(after) / len(after):.4f}" if after else "n/a",
+            gain,
             "[green]yes[/]" if step.adopted else "no",
         )
     console.print(table)

@@ -68,8 +68,14 @@ def test_seed_outside_the_image_is_a_clear_error() -> None:
     vol = _two_blobs()
     with pytest.raises(InputError, match=r"seed \(z, y, x\) = \(10, 0, 0\) lies outside the image"):
         region_grow(vol, [(10, 0, 0)])
-    with pytest.raises(InputError, match="outside the image"):
+    with pytest.raises(InputError, match="outside the image") as err:
         region_grow(vol, [(0, -1, 0)])
+    assert "read as x, y, z" not in str(err.value)
+    # a seed given X Y Z (as a viewer shows it) that fits read backwards: the error says so
+    z, y, x = SHAPE[0] - 1, 1, SHAPE[2] - 1
+    assert x >= SHAPE[0]  # out of range as z
+    with pytest.raises(InputError, match=rf"read as x, y, z it lies inside: --seed {z} {y} {x}"):
+        region_grow(vol, [(x, y, z)])
     far = vol.index_to_world([5, 6, -3])
     with pytest.raises(InputError, match=r"world seed .* lies outside the image"):
         region_grow(vol, seeds_world=[far])

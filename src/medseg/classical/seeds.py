@@ -35,11 +35,19 @@ def seed_indices(
                 None, "a seed must be three integer voxel indices (z, y, x)", found=f"{list(seed)}"
             )
         if np.any(idx < 0) or np.any(idx >= shape):
+            found = "an index out of range"
+            flipped = idx[::-1]
+            if np.all(flipped >= 0) and np.all(flipped < shape):
+                # given X Y Z, as viewers (and world coordinates) order them: say so
+                found += (
+                    f"; read as x, y, z it lies inside: --seed {' '.join(str(int(v)) for v in flipped)} "
+                    "(the order is z, y, x, as the overlay titles show)"
+                )
             raise InputError(
                 None,
                 f"seed (z, y, x) = {tuple(int(v) for v in idx)} lies outside the image",
                 expected=f"0 <= z < {shape[0]}, 0 <= y < {shape[1]}, 0 <= x < {shape[2]}",
-                found="an index out of range",
+                found=found,
             )
         out.append((int(idx[0]), int(idx[1]), int(idx[2])))
     for point in seeds_world or ():

@@ -26,6 +26,16 @@ def test_plan_and_preprocess_commands(toy_dataset: Path) -> None:
     assert (toy_dataset / "preprocessed" / "3d" / "case_000_image.npy").is_file()
 
 
+def test_plan_and_preprocess_take_quiet_as_train_does(toy_dataset: Path) -> None:
+    """`medseg plan -q` / `preprocess -q` (as `train -q`, `crossval -q`): only the result line."""
+    res = runner.invoke(app, ["plan", str(toy_dataset), "-q"])
+    assert res.exit_code == 0, res.output
+    assert "".join(res.output.split()) == f"wrote{toy_dataset / 'plans' / '3d.json'}"  # Rich wraps paths
+    res = runner.invoke(app, ["preprocess", str(toy_dataset), "--workers", "1", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "".join(res.output.split()) == f"preprocessedcasesarein{toy_dataset / 'preprocessed' / '3d'}"
+
+
 def test_preprocess_without_plan_and_bad_config(toy_dataset: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, ["preprocess", str(toy_dataset)])
     assert res.exit_code == 2 and "medseg plan" in res.output

@@ -245,6 +245,17 @@ def main() -> None:
 # The -c option of plan, preprocess, train, crossval and tune-postprocessing.
 Configuration = Annotated[str, typer.Option("--configuration", "-c", help="3d, 2d or 2.5d")]
 
+# --quiet of plan, preprocess, train and crossval (predict's -q also hides warnings: it runs
+# cohorts unattended).
+Quiet = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="print only warnings, errors and the final result lines (no progress bars or log lines)",
+    ),
+]
+
 
 def _print_version(value: bool) -> None:
     """``medseg --version``: medseg's version and the libraries a bug report needs (read from

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from medseg.cli.common import Configuration, app, cli_command, console, number_values
+from medseg.cli.common import Configuration, Quiet, app, cli_command, console, number_values, warnings_only
 from medseg.errors import ConfigError
 
 
@@ -80,6 +80,7 @@ def plan_command(
     config: Annotated[Path | None, typer.Option(help="JSON/YAML file of plan fields to override")] = None,
     workers: Annotated[int, typer.Option(help="worker processes")] = 2,
     overwrite: Annotated[bool, typer.Option(help="replace an existing plan")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Fingerprint a dataset and write its plan (spacing, patch, normalisation, network)."""
     from medseg.config import load_config_file
@@ -105,15 +106,22 @@ def plan_command(
     if network is not None:
         overrides.setdefault("network", {})["name"] = network
     try:
-        plan, path = plan_dataset(
-            dataset, configuration, overrides=overrides, workers=workers, progress=True, overwrite=overwrite
-        )
+        with warnings_only(quiet):
+            plan, path = plan_dataset(
+                dataset,
+                configuration,
+                overrides=overrides,
+                workers=workers,
+                progress=not quiet,
+                overwrite=overwrite,
+            )
     except ConfigError as exc:
         if config is None or not str(exc).startswith("plan override"):
             raise
         # name the file the user wrote (the options above are checked before they get here)
         raise ConfigError(str(exc).replace("plan override", f"{config} (plan settings)", 1)) from None
-    console.print(_plan_table(plan))
+    if not quiet:
+        console.print(_plan_table(plan))
     console.print(f"wrote {path}")
 
 
@@ -123,10 +131,12 @@ def preprocess_command(
     dataset: Annotated[Path, typer.Argument(help="dataset folder with a plan (run `medseg plan` first)")],
     configuration: Configuration = "3d",
     workers: Annotated[int, typer.Option(help="worker processes (each holds one case in memory)")] = 2,
+    quiet: Quiet = False,
 ) -> None:
     """Crop, resample and normalise every training case into the cache the trainer reads."""
     from medseg.preprocessing.pipeline import load_dataset_plan, preprocess_dataset
 
     plan = load_dataset_plan(dataset, configuration)
-    out = preprocess_dataset(dataset, plan, workers=workers, progress=True)
+    with warnings_only(quiet):
+        out = preprocess_dataset(dataset, plan, workers=workers, progress=not quiet)
     console.print(f"preprocessed cases are in {out}")

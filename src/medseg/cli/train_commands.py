@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from medseg.cli.common import Configuration, app, cli_command, console, warnings_only
+from medseg.cli.common import Configuration, Quiet, app, cli_command, console, warnings_only
 
 if TYPE_CHECKING:
     from medseg.training.config import TrainingConfig
@@ -19,16 +19,6 @@ SLICE_CLASSIFIER_HELP = (
     "when fewer; with --budget-min at most a tenth of that budget more): `medseg predict` then clears "
     "the slices it judges empty"
 )
-
-# --quiet of train and crossval (predict's -q also hides warnings: it runs cohorts unattended).
-Quiet = Annotated[
-    bool,
-    typer.Option(
-        "--quiet",
-        "-q",
-        help="print only warnings, errors and the final result lines (no progress bars or log lines)",
-    ),
-]
 
 
 def _slice_classifier_config(enabled: bool, cfg: TrainingConfig) -> SliceClassifierConfig | None:

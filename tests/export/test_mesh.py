@@ -85,6 +85,28 @@ def test_organ_touching_the_border_is_closed() -> None:
     assert mesh.volume == pytest.approx(_voxel_volume(label, 1), rel=1e-3)
 
 
+def test_voxels_touching_at_an_edge_or_a_corner_give_a_closed_manifold_surface() -> None:
+    """A 3 x 3 x 3 piece of a PROSTATEx prediction (a diagonal of voxels touching at edges and
+    corners): scikit-image's default marching cubes (Lewiner) made edges shared by four
+    triangles there, and the STL was 'not watertight'."""
+    piece = np.array(
+        [
+            [[0, 0, 0], [0, 0, 0], [0, 0, 0]],
+            [[0, 0, 0], [0, 0, 1], [0, 1, 0]],
+            [[0, 0, 1], [0, 1, 0], [1, 0, 0]],
+        ],
+        dtype=np.uint8,
+    )
+    for smoothing in (0, 10):
+        mesh = label_mesh(
+            Volume(piece, spacing=(3.0, 0.5, 0.5)),
+            1,
+            MeshOptions(smoothing_iterations=smoothing, preserve_volume=False),
+        )
+        _, uses = np.unique(mesh.edges_sorted, axis=0, return_counts=True)
+        assert mesh.is_watertight and int((uses != 2).sum()) == 0
+
+
 def test_decimation_reduces_faces_and_stays_closed() -> None:
     pytest.importorskip("fast_simplification")
     label, _ = _anisotropic_volume()

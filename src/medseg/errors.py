@@ -46,4 +46,6 @@ class OutputExistsError(MedsegError):
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        super().__init__(f"{self.path}: output exists; pass --overwrite (overwrite=True) to replace it")
+        super().__init__(
+            f"{self.path}: output exists; use --overwrite (in Python: overwrite=True) to replace it"
+        )

@@ -270,7 +270,7 @@ def _bad_case(tmp_path: Path, case: str) -> tuple[list[str | Path], str]:
     if case == "output-exists":
         write_volume(vol, inputs / "v.nii.gz")
         write_volume(vol, out / "v.nrrd")
-        return ["convert", inputs / "v.nii.gz", out / "v.nrrd"], "v.nrrd: output exists; pass --overwrite"
+        return ["convert", inputs / "v.nii.gz", out / "v.nrrd"], "v.nrrd: output exists; use --overwrite"
     if case == "output-exists-dicom":
         write_volume(vol, inputs / "v.nii.gz")
         write_dicom_series(vol, out / "dcm")

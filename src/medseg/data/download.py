@@ -267,7 +267,7 @@ def download_file(
             return target
         raise DownloadError(
             shown,
-            f"{target} exists but fails verification ({problem}); delete it or pass --overwrite (overwrite=True)",
+            f"{target} exists but fails verification ({problem}); delete it or use --overwrite (in Python: overwrite=True)",
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")

@@ -1297,3 +1297,21 @@ def test_a_killed_run_leaves_a_summary_of_the_cases_it_finished(
         predict(tmp_path / "in", trained_model, out, PredictConfig(tta=True))
     resumed = predict(tmp_path / "in", trained_model, out, PredictConfig())
     assert [(r.case_id, r.ok, r.skipped) for r in resumed] == [("p7", True, True), ("p8", True, False)]
+
+
+def test_a_second_predict_into_a_folder_being_written_is_refused(trained_model: Path, tmp_path: Path) -> None:
+    """Two runs into one folder at the same time would interleave their outputs and summary:
+    the second is refused, naming the running one; a shard's summary has a lock of its own."""
+    import os
+    import socket
+
+    path, _ = _case_file(tmp_path / "in", 9)
+    out = tmp_path / "out"
+    out.mkdir()
+    running = {"host": socket.gethostname(), "pid": os.getpid(), "since": "2026-12-08 01:00:00"}
+    (out / ".predictions.json.lock").write_text(json.dumps(running))
+    with pytest.raises(InputError, match=r"out: is being written by another medseg predict \(process"):
+        predict(path, trained_model, out, PredictConfig())
+    assert not (out / "p9.nii.gz").exists()
+    (res,) = predict(path, trained_model, out, PredictConfig(shard=(0, 1)))  # its own summary, own lock
+    assert res.ok and not (out / ".predictions_shard0of1.json.lock").exists()

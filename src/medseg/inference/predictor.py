@@ -1186,9 +1186,28 @@ def predict(
     if cfg.shard is not None:
         i, n = cfg.shard
         cases = cases[i::n]
-    from medseg.io.atomic import prepare_output_folder
+    from medseg.io.atomic import prepare_output_folder, run_lock
 
     out = prepare_output_folder(out_dir)
+    summary_name = (
+        "predictions.json" if cfg.shard is None else f"predictions_shard{cfg.shard[0]}of{cfg.shard[1]}.json"
+    )
+    # One run per summary at a time (the shards of a SLURM array write their own): a second
+    # run into the folder would interleave its outputs and summary with this one's.
+    with run_lock(out / f".{summary_name}.lock", "medseg predict"):
+        return _predict_into(seg, cases, out, cfg, summary_name, progress)
+
+
+def _predict_into(
+    seg: SegmentationModel,
+    cases: Sequence[InputCase],
+    out: Path,
+    cfg: PredictConfig,
+    summary_name: str,
+    progress: bool,
+) -> list[CaseResult]:
+    """:func:`predict` once its output folder is held: check kept outputs, predict every case,
+    write the summary (after every case) and the cohort table."""
     from medseg.inference.provenance import check_kept_outputs_match, prediction_key
 
     key = prediction_key(seg.folders, to_dict(cfg), backend=seg.backend, rules=seg.rules)
@@ -1213,9 +1232,6 @@ def predict(
     )
     results: list[CaseResult] = []
     existing: dict[str, dict[str, Path]] = {}  # cases not redone: their outputs exist
-    summary_name = (
-        "predictions.json" if cfg.shard is None else f"predictions_shard{cfg.shard[0]}of{cfg.shard[1]}.json"
-    )
     model_name = ", ".join(str(p) for p in seg.paths)
     earlier = _read_earlier(out / summary_name, model_name)
     warned: set[str] = set()

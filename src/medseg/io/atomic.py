@@ -138,3 +138,57 @@ def prepare_output_folder(path: str | Path) -> Path:
     except OSError as exc:
         raise InputError(out, "cannot create the output folder", found=exc.strerror or str(exc)) from None
     return out
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(lock: str | Path, what: str) -> Iterator[Path]:
+    """Hold ``lock`` (a file) while one run writes a folder, so that a second run into it at the
+    same time is refused instead of interleaving its outputs and summary with the first's.
+
+    The file names the host and process; a lock left by a process of this host that no longer
+    runs (killed) is taken over. One of another host cannot be checked: the error says to
+    remove it if no run is using it. No library offers this for an output folder (filelock
+    gives no owner to report), hence written here.
+    """
+    import json
+    import socket
+    import time
+
+    path = Path(lock)
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for attempt in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = json.loads(path.read_text(encoding="utf-8"))
+                host, pid = str(owner["host"]), int(owner["pid"])
+            except (OSError, ValueError, KeyError, TypeError):
+                owner, host, pid = {}, "", -1
+            if attempt == 0 and host == me["host"] and pid > 0 and not _process_alive(pid):
+                path.unlink(missing_ok=True)  # left by a killed run of this machine
+                continue
+            raise InputError(
+                path.parent,
+                f"is being written by another {what} (process {pid} on {host or '?'}, since "
+                f"{owner.get('since', '?')})",
+                expected=f"one run per output folder at a time; another folder, or remove {path} "
+                "if no run is using it",
+            ) from None
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(me, fh)
+        break
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)

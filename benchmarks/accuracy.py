@@ -518,6 +518,10 @@ def run_medseg(job: Mapping[str, Any]) -> dict[str, Any]:
             "threads": threads,
             "num_workers": 1,
             "seed": int(job.get("seed", 0)),
+            # explicit, not the library's "auto": bf16 comes from the row's "bf16" option (the
+            # subclass below, as every recorded run), the layout from the row's train options
+            "cpu_bf16": False,
+            "channels_last": False,
             **opts.get("train", {}),
         }
     )

@@ -460,7 +460,7 @@ def test_channels_last_trains_the_same_network_in_the_channels_last_layout(
         return loss
 
     for channels_last in (False, True):
-        cfg = _config(epochs=2, val_every=1, channels_last=channels_last, deterministic=True)
+        cfg = _config(epochs=2, val_every=1, channels_last=channels_last, deterministic=True, cpu_bf16=False)
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(Trainer, "_loss", spy)
             res = train(
@@ -483,6 +483,76 @@ def test_channels_last_trains_the_same_network_in_the_channels_last_layout(
         assert b == pytest.approx(a, rel=2e-3)
     saved = load_checkpoint(tmp_path / "model_True" / "checkpoint_last.pt")
     assert saved["training_config"]["channels_last"] is True
+
+
+def test_cpu_speed_settings_resolve_by_device_and_network() -> None:
+    from medseg.training import trainer as trainer_module
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    with pytest.MonkeyPatch.context() as mp:
+        for native in (False, True):
+            mp.setattr(trainer_module, "cpu_has_native_bf16", lambda native=native: native)
+            assert trainer_module.resolve_cpu_bf16("auto", cpu) is native
+            assert trainer_module.resolve_cpu_bf16(True, cpu) is True
+            assert trainer_module.resolve_cpu_bf16(False, cpu) is False
+            # CUDA trains in float16 AMP, never in CPU bf16 autocast
+            assert trainer_module.resolve_cpu_bf16("auto", cuda) is False
+            assert trainer_module.resolve_cpu_bf16(True, cuda) is False
+    assert trainer_module.resolve_channels_last("auto", cpu, 3) is True
+    assert trainer_module.resolve_channels_last("auto", cpu, 2) is False  # measured slower in 2D
+    assert trainer_module.resolve_channels_last("auto", cuda, 3) is False
+    assert trainer_module.resolve_channels_last(True, cpu, 2) is True
+    assert trainer_module.resolve_channels_last(False, cpu, 3) is False
+
+
+def test_default_cpu_training_uses_bf16_only_where_native_and_channels_last_in_3d(
+    planned_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The defaults ("auto") follow the CPU: bf16 autocast with native support, float32 without."""
+    from medseg.training import trainer as trainer_module
+
+    assert TrainingConfig().cpu_bf16 == "auto" and TrainingConfig().channels_last == "auto"
+    seen: list[tuple[bool, torch.dtype, bool]] = []
+    original = Trainer._loss
+
+    def spy(self: Trainer, logits: object, label: torch.Tensor) -> torch.Tensor:
+        first = logits[0] if isinstance(logits, (list, tuple)) else logits
+        assert isinstance(first, torch.Tensor)
+        conv = next(p for p in self.model.parameters() if p.dim() == 5 and p.shape[1] > 1)
+        in_layout = conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_contiguous()
+        seen.append((native, first.dtype, in_layout))
+        return original(self, logits, label)
+
+    monkeypatch.setattr(Trainer, "_loss", spy)
+    for native in (False, True):
+        monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda native=native: native)
+        res = train(
+            planned_dataset,
+            0,
+            config=_config(epochs=1, device="cpu"),
+            folds=3,
+            out_dir=planned_dataset / f"m{native}",
+        )
+        assert res.epochs_completed == 1
+        saved = json.loads((res.model_dir / "training_config.json").read_text())
+        assert saved["cpu_bf16"] == "auto"  # the setting, resolved again on the machine that resumes
+    assert {dtype for native, dtype, _ in seen if not native} == {torch.float32}
+    assert {dtype for native, dtype, _ in seen if native} == {torch.bfloat16}
+    assert all(layout for _, _, layout in seen)  # a 3D network on a CPU: channels-last
+
+
+def test_cpu_speed_settings_in_a_config_file(tmp_path: Path) -> None:
+    from medseg.errors import ConfigError
+    from medseg.training.config import load_training_config
+
+    good = tmp_path / "train.json"
+    good.write_text(json.dumps({"cpu_bf16": False, "channels_last": "auto"}))
+    cfg = load_training_config(good)
+    assert cfg.cpu_bf16 is False and cfg.channels_last == "auto"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"cpu_bf16": "yes"}))
+    with pytest.raises(ConfigError, match="cpu_bf16"):
+        load_training_config(bad)
 
 
 def test_left_right_labels_turn_off_mirroring_along_the_left_right_axis(tmp_path: Path) -> None:

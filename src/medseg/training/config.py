@@ -54,15 +54,19 @@ class TrainingConfig:
     seed: int = 0
     deterministic: bool = False
     amp: bool = True
-    # bfloat16 autocast for CPU training: about 2x faster on CPUs with native bf16
-    # (AVX512-BF16/AMX; measured on the benchmark machine), slower where it is emulated.
-    cpu_bf16: bool = False
+    # bfloat16 autocast for CPU training. "auto" (the default): on where the CPU computes
+    # bfloat16 natively (AVX512-BF16 or AMX), off elsewhere (emulated bf16 is slower). Measured on
+    # the benchmark machine (AVX512-BF16; benchmarks/channels_last_bench.py, float32 vs bf16 rows):
+    # 1.3x per 3D U-Net step, 1.7x per 2.5D step, 1.2x per 2D ISBI step. Weights, optimiser,
+    # validation and prediction stay float32. false: always float32.
+    cpu_bf16: bool | Literal["auto"] = "auto"
     # Channels-last memory layout (NDHWC / NHWC) for the network and its input batches: oneDNN's
     # faster convolution kernels on CPU (1.3-1.6x per 3D U-Net step measured on the benchmark
     # machine, benchmarks/channels_last_bench.py); the results agree up to float rounding.
     # For 3D only: the 2D/2.5D networks of the CHAOS and ISBI benchmarks were 0.86-0.97x
-    # (slower) in NHWC on the same machine (``--case chaos-2.5d`` / ``--case isbi``).
-    channels_last: bool = False
+    # (slower) in NHWC on the same machine (``--case chaos-2.5d`` / ``--case isbi``). "auto" (the
+    # default): on for 3D networks trained on a CPU, off for 2D / 2.5D and on CUDA (unmeasured).
+    channels_last: bool | Literal["auto"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     time_budget_minutes: float | None = None
     sw_overlap: float = 0.25

@@ -228,6 +228,32 @@ def choose_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX tiles), as oneDNN uses it.
+
+    torch exposes the check only as private helpers of ``torch.cpu``; where they are missing
+    (other torch versions, other architectures) the answer is no, and training stays float32.
+    """
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_cpu_bf16(setting: bool | str, device: torch.device) -> bool:
+    """``cpu_bf16`` as training uses it: never on CUDA (float16 AMP there); ``auto`` follows the CPU."""
+    if device.type != "cpu":
+        return False
+    return cpu_has_native_bf16() if setting == "auto" else bool(setting)
+
+
+def resolve_channels_last(setting: bool | str, device: torch.device, spatial_dims: int) -> bool:
+    """``channels_last`` as training uses it; ``auto``: 3D networks on a CPU (see TrainingConfig)."""
+    if setting == "auto":
+        return device.type == "cpu" and spatial_dims == 3
+    return bool(setting)
+
+
 def _memory_format(channels_last: bool, spatial_dims: int) -> torch.memory_format:
     """The tensor layout for a network of ``spatial_dims`` (2D and 2.5D nets see 4D batches)."""
     if not channels_last:
@@ -420,7 +446,8 @@ class Trainer:
         self.architecture = architecture_from_plan(plan)
         torch.manual_seed(config.seed)
         self.model = self.architecture.build().to(self.device)
-        self.memory_format = _memory_format(config.channels_last, plan.spatial_dims)
+        self.use_channels_last = resolve_channels_last(config.channels_last, self.device, plan.spatial_dims)
+        self.memory_format = _memory_format(self.use_channels_last, plan.spatial_dims)
         # In place: the parameters keep their identity, so the optimiser built below and
         # checkpoints (state_dict copies values whatever the layout) are unaffected.
         self.model.to(memory_format=self.memory_format)  # type: ignore[call-overload]  # untyped overload
@@ -442,7 +469,13 @@ class Trainer:
             )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(config))
         self.use_amp = config.amp and self.device.type == "cuda"
-        self.use_cpu_bf16 = config.cpu_bf16 and self.device.type == "cpu"
+        self.use_cpu_bf16 = resolve_cpu_bf16(config.cpu_bf16, self.device)
+        if self.is_main and self.device.type == "cpu":
+            log.info(
+                "CPU training: %s, %s layout",
+                "bfloat16 autocast" if self.use_cpu_bf16 else "float32",
+                "channels-last" if self.use_channels_last else "default",
+            )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.epoch = 0
         self.best_dice = -1.0

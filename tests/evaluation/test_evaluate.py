@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -479,6 +480,44 @@ def test_a_region_value_found_in_no_reference_is_refused(tmp_path: Path) -> None
         ConfigError, match=r"\[6\] that no label has \(label values found in the references: \[1, 2, 3\]"
     ):
         evaluate(tmp_path / "pred", tmp_path / "ref", cfg)
+
+
+def test_a_region_value_found_in_no_reference_is_refused_before_any_case_is_scored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The references' values are read first (until every region value is seen), so a typo
+    such as 'small=2+6' is refused without scoring the cohort first."""
+    import importlib
+
+    from medseg.io import write_volume
+    from medseg.volume import Volume
+
+    evaluate_module = importlib.import_module("medseg.evaluation.evaluate")  # the package exports evaluate()
+    first = np.zeros((2, 3, 4), np.uint8)
+    first[0, 0, :] = [1, 3, 3, 0]
+    second = first.copy()
+    second[1, 0, 0] = 2  # value 2 only in the second reference
+    for name, ref in (("a", first), ("b", second)):
+        write_volume(Volume(ref), tmp_path / "ref" / f"{name}.nii.gz")
+        write_volume(Volume(ref), tmp_path / "pred" / f"{name}.nii.gz")
+    scored: list[str] = []
+    real_run_pairs = evaluate_module._run_pairs
+
+    def run_pairs(pairs: Any, *args: Any) -> None:
+        scored.extend(p.name for p in pairs)
+        real_run_pairs(pairs, *args)
+
+    monkeypatch.setattr(evaluate_module, "_run_pairs", run_pairs)
+    cfg = EvaluationConfig(metrics=("dice",), regions={"large": [1, 3], "small": [2, 6]}, workers=1)
+    with pytest.raises(
+        ConfigError, match=r"\[6\] that no label has \(label values found in the references: \[1, 2, 3\]"
+    ):
+        evaluate(tmp_path / "pred", tmp_path / "ref", cfg)
+    assert scored == []
+    # a value found only in a later reference is no error
+    ok = EvaluationConfig(metrics=("dice",), regions={"large": [1, 3], "small": [2, 3]}, workers=1)
+    result = evaluate(tmp_path / "pred", tmp_path / "ref", ok)
+    assert scored == ["a", "b"] and result.summary()["per_region"]["small"]["dice"]["mean"] == 1.0
 
 
 def test_region_dice_reads_the_region_masks_predict_wrote_next_to_the_label_map(tmp_path: Path) -> None:

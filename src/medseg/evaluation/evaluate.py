@@ -175,6 +175,40 @@ def _check_region_values(regions: Mapping[str, Sequence[int]], labels: Mapping[i
             )
 
 
+def _check_region_values_in_references(
+    regions: Mapping[str, Sequence[int]], pairs: Sequence[CasePair]
+) -> None:
+    """Before scoring: every region value must be in some reference (labels neither declared
+    nor named). References are read until all the values are seen, usually just the first;
+    a value in none of them is refused after reading the label maps, not scoring every case."""
+    wanted = {int(v) for values in regions.values() for v in values}
+    seen: set[int] = set()
+    for pair in pairs:
+        try:
+            reference = read_volume(pair.reference)
+            ref = _check_label_array(reference, pair.name, "reference", pair.reference)
+        except MedsegError:
+            continue  # a bad reference is that case's error, reported (or flagged) by its scoring
+        seen.update(_foreground_values(ref))
+        if wanted <= seen:
+            return
+    if not seen:
+        return  # no foreground anywhere (or no readable reference): scoring says which
+    _check_region_values(regions, {v: str(v) for v in seen}, "found in the references")
+
+
+def _foreground_values(arr: np.ndarray) -> set[int]:
+    """The non-zero values of a label array (a histogram when the values are small: faster
+    than sorting a whole CT-sized label map)."""
+    if arr.size == 0:
+        return set()
+    top = int(arr.max())
+    if top < 1 << 16:
+        counts = np.bincount(arr.ravel().astype(np.intp, copy=False), minlength=1)
+        return {int(v) for v in np.flatnonzero(counts) if v != 0}
+    return {int(v) for v in np.unique(arr) if v != 0}
+
+
 def parse_labels(spec: str | Sequence[str] | None) -> dict[int, str] | None:
     """Parse ``"1,2,3"`` or ``"liver=1,spleen=4"`` (or a list of such items) into {value: name}."""
     if spec is None:
@@ -951,6 +985,8 @@ def evaluate(
             len(matching.predictions_without_reference),
             ", ".join(matching.predictions_without_reference[:20]),
         )
+    if cfg.regions and cfg.labels is None and not cfg.label_names and not found_labels:
+        _check_region_values_in_references(cfg.regions, matching.pairs)
     results: dict[str, CaseResult] = {}
 
     def collect(res: CaseResult) -> None:

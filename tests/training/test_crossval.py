@@ -451,6 +451,60 @@ def test_tuned_postprocessing_reaches_fold_all_and_names_rules_it_replaces(
     assert read_rules(other / "postprocessing.json").is_identity
 
 
+def test_rules_are_given_to_no_model_trained_with_another_plan_than_they_were_chosen_for(
+    dataset_copy: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """fold_all takes the rules chosen on the numbered folds only when it was trained with
+    their plan: tuning refuses a fold_all (or a numbered fold) of another plan, naming the
+    difference, before writing anything; a fold_all trained after tuning with another plan
+    starts without the rules, with a warning naming the difference."""
+    import dataclasses
+
+    from medseg.postprocessing.labels import read_rules
+    from medseg.preprocessing.plan import Plan
+    from medseg.training.crossval import tune_postprocessing
+    from medseg.training.trainer import train
+
+    models = dataset_copy / "models" / "3d"
+    out = crossval_dir(dataset_copy, "3d")
+    fold_all = train(dataset_copy, None, config=_config(), folds=3).model_dir
+    plan = Plan.load(fold_all / "plan.json")
+    other = dataclasses.replace(plan, batch_size=plan.batch_size + 1)
+    other.save(fold_all / "plan.json")
+    with pytest.raises(ConfigError, match=r"fold_all: trained with a different plan") as err:
+        tune_postprocessing(dataset_copy, configuration="3d")
+    text = str(err.value)
+    assert f"batch_size {plan.batch_size + 1} -> {plan.batch_size}" in text and "plans/3d.json" in text
+    assert "--fold all --overwrite" in text
+    assert not (out / "postprocessing.json").exists()
+    assert read_rules(models / "fold_0" / "postprocessing.json").is_identity
+    plan.save(fold_all / "plan.json")
+    other.save(models / "fold_1" / "plan.json")  # a numbered fold: the same check
+    with pytest.raises(ConfigError, match=r"fold_1: trained with a different plan.*batch_size"):
+        tune_postprocessing(dataset_copy, configuration="3d")
+    plan.save(models / "fold_1" / "plan.json")
+    tune_postprocessing(dataset_copy, configuration="3d")
+    record = json.loads((out / "postprocessing.json").read_text())
+    assert Plan.from_mapping(record["plan"]) == plan
+    # rules recorded for another plan (e.g. the dataset planned anew since) are not taken
+    record["rules"]["keep_largest_foreground"] = True
+    record["plan"]["batch_size"] = plan.batch_size + 1
+    (out / "postprocessing.json").write_text(json.dumps(record))
+    with caplog.at_level(logging.WARNING, logger="medseg.training.trainer"):
+        again = train(dataset_copy, None, config=_config(), folds=3, overwrite=True).model_dir
+    assert read_rules(again / "postprocessing.json").is_identity
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert (
+        "chosen for another plan" in warned
+        and f"batch_size {plan.batch_size + 1} -> {plan.batch_size}" in warned
+    )
+    # ... and rules recorded for this plan are
+    record["plan"]["batch_size"] = plan.batch_size
+    (out / "postprocessing.json").write_text(json.dumps(record))
+    again = train(dataset_copy, None, config=_config(), folds=3, overwrite=True).model_dir
+    assert read_rules(again / "postprocessing.json").keep_largest_foreground
+
+
 def test_postprocessing_is_not_chosen_on_predictions_older_than_a_fold_or_without_a_fold(
     dataset_copy: Path,
 ) -> None:

@@ -581,6 +581,26 @@ def _warn_replaced_rules(
     )
 
 
+def _check_plan_of_rules(folder: Path, plan: Any, plan_file: Path, remedy: str) -> None:
+    """A model folder that takes the tuned rules must have been trained with the plan they are
+    chosen for (the dataset's, which crossval checks every numbered fold against): rules chosen
+    for one preprocessing, network or label set mean something else under another."""
+    from medseg.preprocessing.plan import Plan
+    from medseg.training.trainer import plan_differences
+
+    path = folder / "plan.json"
+    if not path.is_file():
+        return
+    trained = Plan.load(path)
+    if trained == plan:
+        return
+    changes = "; ".join(plan_differences(trained, plan)) or "(the plans differ)"
+    raise ConfigError(
+        f"{folder}: trained with a different plan ({path}) than the one the postprocessing rules "
+        f"are chosen for ({plan_file}); {path.name} -> {plan_file.name}: {changes}; {remedy}"
+    )
+
+
 def tune_postprocessing(
     dataset: str | Path, *, configuration: str = "3d", min_gain: float = 0.0
 ) -> tuple[Any, Path]:
@@ -596,7 +616,10 @@ def tune_postprocessing(
     trained on every case, which has no out-of-fold predictions of its own) gets the same
     rules, as in nnU-Net; rules it held that differ are named in a warning as they are
     replaced (one trained after this starts with them: :func:`medseg.training.trainer.train`
-    reads ``crossval/postprocessing.json``). A lean ONNX copy of a model made before this (model.onnx and the JSON files
+    reads ``crossval/postprocessing.json``, which records the plan, and takes them only when
+    trained with it). A fold or fold_all trained with another plan than the dataset's is
+    refused before anything is written, naming the fields that differ (as crossval refuses a
+    numbered fold of another plan). A lean ONNX copy of a model made before this (model.onnx and the JSON files
     copied elsewhere) keeps its old postprocessing.json: copy the new one into it
     (``predict --onnx`` warns when the copy's rules differ from its source folder's).
     """
@@ -604,12 +627,13 @@ def tune_postprocessing(
     from medseg.io import read_volume
     from medseg.postprocessing.labels import read_rules, write_rules
     from medseg.postprocessing.tuning import choose_region_rules, choose_rules
-    from medseg.preprocessing.pipeline import load_dataset_plan
+    from medseg.preprocessing.pipeline import load_dataset_plan, plan_path
     from medseg.training.checkpoint import best_checkpoint, is_model_folder
     from medseg.training.trainer import default_model_dir
 
     root = Path(dataset)
     plan = load_dataset_plan(root, configuration)
+    plan_file = plan_path(root, configuration)
     out = crossval_dir(root, configuration)
     summary_path = out / SUMMARY_JSON
     if not summary_path.is_file():
@@ -652,6 +676,12 @@ def tune_postprocessing(
                 "holds no trained model",
                 expected=f"every fold of {summary_path} (rerun medseg crossval {root} -c {configuration})",
             )
+        _check_plan_of_rules(
+            folder,
+            plan,
+            plan_file,
+            f"rerun medseg crossval {root} -c {configuration} --overwrite to retrain every fold with it",
+        )
         post = folder / POSTPROCESSING_JSON
         if post.is_file():
             rules = read_rules(post)
@@ -666,6 +696,16 @@ def tune_postprocessing(
                     expected="no rules: to choose anew, write {} into every fold's postprocessing.json, "
                     f"delete {out / 'predictions'} and rerun medseg crossval (trained folds are kept)",
                 )
+    fold_all = default_model_dir(root, configuration, None)
+    fold_all_takes_rules = fold_all not in [f for f, _ in folds] and is_model_folder(fold_all)
+    if fold_all_takes_rules:  # before choosing: it would take rules chosen for another plan
+        _check_plan_of_rules(
+            fold_all,
+            plan,
+            plan_file,
+            f"retrain it with that plan (medseg train {root} -c {configuration} --fold all --overwrite) "
+            "or move it away, then choose the rules again",
+        )
     cases = {c.case_id: c for c in list_cases(root, "Tr")}
     predictions = out / "predictions"
     loaders = []
@@ -717,8 +757,7 @@ def tune_postprocessing(
         choice = choose_rules(loaders, labels, min_gain=min_gain)
         names = rule_names = {v: k for k, v in plan.labels.items()}
     targets = [folder for folder, _ in folds]
-    fold_all = default_model_dir(root, configuration, None)
-    if fold_all not in targets and is_model_folder(fold_all):
+    if fold_all_takes_rules:
         _warn_replaced_rules(fold_all / POSTPROCESSING_JSON, choice.rules, tuned, rule_names)
         targets.append(fold_all)
     for folder in targets:
@@ -740,6 +779,8 @@ def tune_postprocessing(
             else {}
         ),
         "rules": choice.rules.to_json(),
+        # The plan the rules were chosen for: a fold_all trained later with another takes none.
+        "plan": json.loads(plan.to_json()),
         "steps": [s.to_json(names) for s in choice.steps],
         "written_to": [str(folder / POSTPROCESSING_JSON) for folder in targets],
     }

@@ -162,6 +162,13 @@ def resume_differences(checkpoint: dict[str, Any], config: TrainingConfig, plan:
     return out
 
 
+def plan_differences(recorded: Mapping[str, Any] | Plan, plan: Plan) -> list[str]:
+    """``field old -> new`` for every field of ``plan`` that differs from ``recorded`` (a plan or
+    its JSON record), nested fields by name: says how two models' plans differ."""
+    record = _plain(recorded) if isinstance(recorded, Plan) else dict(recorded)
+    return _differences(record, plan, frozenset())
+
+
 def check_resume(
     path: str | Path, checkpoint: dict[str, Any], config: TrainingConfig, plan: Plan, *, allow_changed: bool
 ) -> list[str]:
@@ -1050,8 +1057,9 @@ def dataset_json_for_model(root: str | Path) -> dict[str, Any]:
     return read_descriptor(root).to_json()
 
 
-def _tuned_rules(root: Path, configuration: str) -> PostprocessingRules | None:
-    """The rules ``medseg tune-postprocessing`` chose for this configuration, if it has run."""
+def _tuned_rules(root: Path, configuration: str, plan: Plan) -> PostprocessingRules | None:
+    """The rules ``medseg tune-postprocessing`` chose for this configuration, if it has run
+    with ``plan`` (a record of an earlier medseg names no plan and is taken as it is)."""
     from medseg.postprocessing.labels import PostprocessingRules
     from medseg.training.crossval import POSTPROCESSING_JSON, crossval_dir
 
@@ -1059,9 +1067,21 @@ def _tuned_rules(root: Path, configuration: str) -> PostprocessingRules | None:
     if not record.is_file():
         return None
     try:
-        rules = PostprocessingRules.from_json(json.loads(record.read_text())["rules"])
+        data = json.loads(record.read_text())
+        rules = PostprocessingRules.from_json(data["rules"])
+        tuned_plan = Plan.from_mapping(data["plan"], where=f"{record}: plan") if "plan" in data else None
     except (ValueError, KeyError, TypeError, MedsegError) as exc:
         log.warning("%s: not read (%s); the model folder starts without postprocessing rules", record, exc)
+        return None
+    if tuned_plan is not None and tuned_plan != plan:
+        # As crossval refuses a numbered fold of another plan: rules chosen for one
+        # preprocessing, network or label set are not this model's.
+        log.warning(
+            "%s: its postprocessing rules were chosen for another plan (%s); the model folder starts "
+            "without rules (rerun medseg crossval and tune-postprocessing with this plan to choose them)",
+            record,
+            "; ".join(plan_differences(tuned_plan, plan)) or "the plans differ",
+        )
         return None
     log.info("postprocessing rules chosen on the cross-validation (%s): %s", record, rules.describe())
     return rules
@@ -1176,7 +1196,7 @@ def train(
         dataset_json=dataset_json_for_model(root),
         fold=fold,
         progress=progress,
-        initial_rules=_tuned_rules(root, configuration) if fold is None else None,
+        initial_rules=_tuned_rules(root, configuration, plan) if fold is None else None,
     )
     result = trainer.fit(
         resume_from=last if resume else None, allow_changed=resume_changed, checkpoint=checkpoint

@@ -128,16 +128,20 @@ def test_a_lean_onnx_folder_predicts_without_checkpoints(model_copy: Path, tmp_p
 
 
 def test_a_lean_copy_with_older_rules_than_its_source_warns_naming_both(
-    model_copy: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    model_copy: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A lean ONNX copy made before `tune-postprocessing` keeps the old postprocessing.json (the
-    rules are not in the graph): predict --onnx warns, naming the copy's and the source's files."""
+    rules are not in the graph): predict --onnx warns, naming the copy's and the source's files.
+    model.onnx finds its source by a path relative to the home folder, not an absolute one."""
     import logging
 
     from medseg.postprocessing.labels import ClassRule, PostprocessingRules, read_rules, write_rules
 
+    monkeypatch.setenv("HOME", str(tmp_path))
     written = export_onnx(model_copy)
-    assert read_metadata(written[0])["source_folder"] == str(model_copy.resolve())
+    meta = read_metadata(written[0])
+    assert meta["source_folder_in_home"] == "~/model" and "source_folder" not in meta
+    assert not any(str(tmp_path) in value for value in meta.values())  # no absolute path, no user name
     lean = tmp_path / "lean"
     lean.mkdir()
     for name in ("model.onnx", "model.json", "plan.json", "dataset.json", "postprocessing.json"):
@@ -163,6 +167,78 @@ def test_a_lean_copy_with_older_rules_than_its_source_warns_naming_both(
         assert read_rules(lean / "postprocessing.json") == tuned
         SegmentationModel(lean, device="cpu", backend="onnx")
     assert not caplog.records
+
+
+def _with_source_metadata(onnx_file: Path, meta: dict[str, str]) -> None:
+    """Rewrite model.onnx's source metadata as ``meta`` (e.g. as an older medseg wrote it)."""
+    import onnx
+
+    proto = onnx.load(str(onnx_file))
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in meta and "source" not in p.key]
+    del proto.metadata_props[:]
+    for key, value in [*kept, *meta.items()]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx_file.write_bytes(proto.SerializeToString())
+
+
+def _lean_copy(model: Path, lean: Path) -> Path:
+    lean.mkdir()
+    for name in ("model.onnx", "model.json", "plan.json", "dataset.json", "postprocessing.json"):
+        shutil.copy2(model / name, lean / name)
+    return lean
+
+
+def test_an_export_of_an_older_medseg_still_finds_its_source_by_its_absolute_path(
+    model_copy: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from medseg.postprocessing.labels import PostprocessingRules, write_rules
+
+    export_onnx(model_copy)
+    _with_source_metadata(model_copy / "model.onnx", {"source_folder": str(model_copy.resolve())})
+    lean = _lean_copy(model_copy, tmp_path / "lean")
+    write_rules(
+        PostprocessingRules(keep_largest_foreground=True), model_copy / "postprocessing.json", overwrite=True
+    )
+    with caplog.at_level(logging.WARNING, logger="medseg.inference.onnx"):
+        SegmentationModel(lean, device="cpu", backend="onnx")
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert f"{model_copy.resolve() / 'postprocessing.json'}" in message and "this copy's" in message
+
+
+def test_a_copy_whose_source_is_out_of_reach_compares_its_rules_with_those_exported(
+    model_copy: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exported outside the home folder (no source recorded) or read on another machine: the
+    rules recorded at export tell the copy (info, not a warning: newer rules copied in on
+    purpose differ too) that its postprocessing.json is not the one it was exported with."""
+    import logging
+
+    from medseg.postprocessing.labels import PostprocessingRules, write_rules
+
+    monkeypatch.setenv("HOME", str(tmp_path / "elsewhere"))
+    meta = read_metadata(export_onnx(model_copy)[0])
+    assert "source_folder_in_home" not in meta and "source_folder" not in meta
+    assert json.loads(meta["postprocessing_rules"])["keep_largest_foreground"] is False
+    lean = _lean_copy(model_copy, tmp_path / "lean")
+    with caplog.at_level(logging.INFO, logger="medseg.inference.onnx"):
+        SegmentationModel(lean, device="cpu", backend="onnx")
+    assert not [r for r in caplog.records if "postprocessing" in r.getMessage()]  # as exported
+    write_rules(
+        PostprocessingRules(keep_largest_foreground=True), lean / "postprocessing.json", overwrite=True
+    )
+    with caplog.at_level(logging.INFO, logger="medseg.inference.onnx"):
+        SegmentationModel(lean, device="cpu", backend="onnx")
+    (record,) = [r for r in caplog.records if "postprocessing" in r.getMessage()]
+    assert record.levelno == logging.INFO
+    message = record.getMessage()
+    assert (
+        f"{lean / 'postprocessing.json'}: the postprocessing rules here (largest foreground component"
+        in message
+    )
+    assert "not those" in message and "exported with (none)" in message
 
 
 def test_network_has_a_dynamic_batch_and_fixed_window(model_copy: Path) -> None:

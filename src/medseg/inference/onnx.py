@@ -16,11 +16,15 @@ Every export is verified before it is written: ONNX Runtime and PyTorch run the 
 random batch of two patches and the largest absolute logit difference must be small.
 The ONNX file records the SHA-256 of the checkpoint it came from, so a model that was
 retrained after its export is refused instead of silently predicting with old weights.
-It also records the folder it was exported from: the postprocessing rules are not in the
+It also records where it was exported from: the postprocessing rules are not in the
 graph but in the folder's ``postprocessing.json``, so a lean copy made before ``medseg
 tune-postprocessing`` (or before rules were edited) keeps the old ones;
 :func:`warn_if_rules_differ_from_source` names both files when the source folder can still
-be read (the export itself need not be redone: copy the new postprocessing.json).
+be read (the export itself need not be redone: copy the new postprocessing.json). The
+folder is recorded relative to the home folder (``~/...``), never as an absolute path, which
+would carry the user's name into every copy (a folder outside the home folder is not
+recorded); the rules the folder held at export are recorded too, so a copy whose source
+cannot be read can still say that its rules are not those it was exported with.
 
 ``OnnxNetwork(path, device)`` is a callable with the torch network's contract (a
 ``(B, C, *patch)`` tensor in, logits out) that runs the graph with ONNX Runtime.
@@ -52,8 +56,13 @@ ONNX_FILE = "model.onnx"
 DEFAULT_OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
-#: Metadata key of the absolute path of the model folder an export was made from.
+#: Metadata key of the model folder an export was made from, relative to the home folder
+#: ("~/data/models/3d/fold_0"); absent when the folder was outside it.
+SOURCE_HOME_KEY = "source_folder_in_home"
+#: The absolute path of that folder, as medseg recorded it before SOURCE_HOME_KEY: still read.
 SOURCE_KEY = "source_folder"
+#: Metadata key of the postprocessing rules (JSON) the folder held when it was exported.
+RULES_KEY = "postprocessing_rules"
 #: Verification tolerance: |onnx - torch| <= ATOL + RTOL * max|torch logits|.
 ATOL = 1e-3
 RTOL = 1e-4
@@ -184,7 +193,7 @@ def export_onnx(model_dir: str | Path, *, opset: int = DEFAULT_OPSET, overwrite:
                 "medseg_version": __version__,
                 "checkpoint": ckpt.name,
                 "checkpoint_sha256": _sha256(ckpt),
-                SOURCE_KEY: str(folder.resolve()),
+                **_source_metadata(folder),
                 "input_shape": json.dumps(list(shape)),
                 "verified_max_abs_diff": f"{diff:.3g}",
             },
@@ -201,6 +210,32 @@ def export_onnx(model_dir: str | Path, *, opset: int = DEFAULT_OPSET, overwrite:
         write_bytes_atomic(target, data, overwrite=overwrite)
         for target, data in zip(targets, exports, strict=True)
     ]
+
+
+def _home_relative(folder: Path) -> str | None:
+    """``folder`` as ``~/...`` when it lies in the home folder, else None."""
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, OSError):  # no home folder known
+        return None
+    try:
+        return "~/" + folder.resolve().relative_to(home).as_posix()
+    except ValueError:
+        return None
+
+
+def _source_metadata(folder: Path) -> dict[str, str]:
+    """Where the export comes from, without an absolute path: the folder relative to the home
+    folder (when in it) and the rules it holds (read here, so a bad file fails the export)."""
+    from medseg.postprocessing.labels import PostprocessingRules, read_rules
+
+    post = folder / "postprocessing.json"
+    rules = read_rules(post) if post.is_file() else PostprocessingRules()
+    meta = {RULES_KEY: json.dumps(rules.to_json(), sort_keys=True)}
+    located = _home_relative(folder)
+    if located is not None:
+        meta[SOURCE_HOME_KEY] = located
+    return meta
 
 
 def _with_metadata(model: bytes, meta: dict[str, str]) -> bytes:
@@ -225,28 +260,42 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
+def _recorded_source(meta: dict[str, str]) -> Path | None:
+    """The exported folder the metadata names: ``~/...`` in this user's home folder, or the
+    absolute path an export of an older medseg recorded."""
+    located = meta.get(SOURCE_HOME_KEY)
+    if located:
+        try:
+            return Path(located).expanduser()
+        except RuntimeError:  # no home folder known here
+            return None
+    old = meta.get(SOURCE_KEY)
+    return Path(old) if old else None
+
+
 def warn_if_rules_differ_from_source(folder: str | Path, meta: dict[str, str]) -> bool:
     """Warn when ``folder`` is a copy of the model folder an export was made from (``meta``:
     its ONNX metadata) and the two folders' postprocessing rules differ; True when warned.
 
     The copy's rules are the ones predict applies. Nothing is compared when the export does
-    not record its source (made by an older medseg), the copy is the source itself, or the
-    source folder cannot be read here (another machine): then only the README's advice holds.
+    not record its source (made by an older medseg, or outside the home folder), the copy is
+    the source itself, or the source folder cannot be read here (another machine): then the
+    copy's rules are compared with those the export recorded, and a difference is only
+    logged (info), since it is what copying newer rules into the copy makes too.
     """
     from medseg.postprocessing.labels import PostprocessingRules, read_rules
 
     here = Path(folder)
-    source = meta.get(SOURCE_KEY)
-    if not source:
-        return False
-    src = Path(source)
+    own_post = here / "postprocessing.json"
+    src = _recorded_source(meta)
     try:
-        if src.resolve() == here.resolve():
-            return False
+        is_source = src is not None and src.resolve() == here.resolve()
     except OSError:
-        return False
-    src_post, own_post = src / "postprocessing.json", here / "postprocessing.json"
-    if not src_post.is_file():
+        is_source = False
+    src_post = src / "postprocessing.json" if src is not None and not is_source else None
+    if src_post is None or not src_post.is_file():
+        if not is_source:
+            _note_rules_differ_from_export(here, meta)
         return False
     try:
         theirs = read_rules(src_post)
@@ -269,6 +318,32 @@ def warn_if_rules_differ_from_source(folder: str | Path, meta: dict[str, str]) -
         here,
     )
     return True
+
+
+def _note_rules_differ_from_export(folder: Path, meta: dict[str, str]) -> None:
+    """A copy whose source cannot be read: say (info) when its rules are not those recorded at
+    export, which is either newer rules copied in or an older postprocessing.json."""
+    from medseg.postprocessing.labels import PostprocessingRules, read_rules
+
+    recorded = meta.get(RULES_KEY)
+    if not recorded:
+        return
+    own_post = folder / "postprocessing.json"
+    try:
+        exported = PostprocessingRules.from_json(json.loads(recorded))
+        mine = read_rules(own_post) if own_post.is_file() else PostprocessingRules()
+    except (ValueError, MedsegError):
+        return
+    if exported.effective() != mine.effective():
+        log.info(
+            "%s: the postprocessing rules here (%s) are not those %s was exported with (%s); these "
+            "apply. Newer rules copied in on purpose need nothing more; otherwise copy the model "
+            "folder's postprocessing.json here",
+            own_post,
+            mine.describe(),
+            folder / ONNX_FILE,
+            exported.describe(),
+        )
 
 
 class OnnxNetwork:

@@ -135,9 +135,21 @@ def test_join_number_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert join_number_tokens(["--spacing", "1", "1", "2024_scans"], "--spacing") == [
         "--spacing", "1,1", "2024_scans",
     ]  # fmt: skip
-    assert join_number_tokens(["--spacing", "1", "1", "2025_scans"], "--spacing") == [
-        "--spacing", "1,1,2025_scans",  # no such folder: a mistyped number, which the parser names
+    # only numbers are joined: an argument starting with a digit ends them, existing or not
+    # (an output file, a folder to create), as does a name Python's float() would read (1_0)
+    for argument in ("2025_scans", "2_out.nii.gz", "3d/out.nii.gz", "1_0", "3d\\out"):
+        assert join_number_tokens(["--seed", "120", "140", "12", argument], "--seed") == [
+            "--seed", "120,140,12", argument,
+        ]  # fmt: skip
+    assert join_number_tokens(["--seed-world", "-12.5", "3e1", "-.5", "4_x"], "--seed", "--seed-world") == [
+        "--seed-world", "-12.5,3e1,-.5", "4_x",
     ]  # fmt: skip
+    # a token that is neither a number nor a file name is joined, for the parser to name it
+    assert join_number_tokens(["--seed", "12", "80x", "95", "out"], "--seed") == [
+        "--seed",
+        "12,80x,95",
+        "out",
+    ]
 
 
 def test_check_reports_problems_with_exit_code_1(tmp_path: Path) -> None:

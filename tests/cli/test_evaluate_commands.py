@@ -148,6 +148,42 @@ def test_baseline_seeds_as_separate_numbers(tmp_path: Path) -> None:
         assert res.exit_code == 2 and f"found '{' '.join(seed)}'" in res.output, res.output
 
 
+def test_an_argument_starting_with_a_digit_after_the_seed_is_no_seed_number(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--seed 5 6 6 3d/scan.nii.gz`: the path is the IMAGE argument, not a fourth number (it was
+    joined to the seed, and Click then said only 'Missing argument image')."""
+    img = _blob_image(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "2_scan.nii.gz").write_bytes(img.read_bytes())
+    res = runner.invoke(
+        app, ["baseline", "region-grow", "--seed", "5", "6", "6", "2_scan.nii.gz", "-o", "1.nii.gz"]
+    )
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(
+        app, ["baseline", "region-grow", "--seed", "5", "6", "6", "3d/scan.nii.gz", "-o", "o.nii.gz"]
+    )
+    assert res.exit_code == 2 and "3d/scan.nii.gz: does not exist" in res.output, res.output
+    argv = [
+        "baseline",
+        "region-grow",
+        "2_scan.nii.gz",
+        "-o",
+        "o.nii.gz",
+        "--seed",
+        "5",
+        "6",
+        "6",
+        "2_out.nii.gz",
+    ]
+    res = runner.invoke(app, argv)
+    assert res.exit_code == 2 and "unexpected extra argument(s) (2_out.nii.gz)" in res.output, res.output
+    # a mistyped number is still named as one
+    argv = ["baseline", "region-grow", "2_scan.nii.gz", "-o", "o.nii.gz", "--seed", "5", "6x", "6"]
+    res = runner.invoke(app, argv)
+    assert res.exit_code == 2 and "found '5 6x 6'" in res.output, res.output
+
+
 def test_baseline_errors(tmp_path: Path) -> None:
     img = _blob_image(tmp_path)
     out = tmp_path / "o.nii.gz"

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -105,20 +106,38 @@ def _number_like(token: str) -> bool:
     return body[:1].isdigit() or (body[:1] == "." and body[1:2].isdigit())
 
 
-def _argument_path(token: str) -> bool:
+def _is_number(token: str) -> bool:
+    """``12``, ``-12.5``, ``.5``, ``1e-3``: a number as written on a command line (not
+    ``1_000``, which Python's float() reads but is rather a name such as ``2_out.nii.gz``'s)."""
+    if "_" in token or not _number_like(token):
+        return False
     try:
         float(token)
     except ValueError:
-        return Path(token).exists()
-    return False
+        return False
+    return True
+
+
+def _mistyped_number(token: str) -> bool:
+    """A number-like token that is no number and cannot be a file name either (``7x``,
+    ``12x8``, ``0.5,0.5``): joined with the numbers so that the option's parser names it.
+    One with a path separator, an underscore or a suffix (``3d/out.nii.gz``, ``2_out.nii.gz``,
+    ``2024_scans``), or that exists, is the next argument."""
+    if not _number_like(token) or any(c in token for c in "/\\_"):
+        return False
+    if re.search(r"\.[A-Za-z]", token):
+        return False
+    return not Path(token).exists()
 
 
 def join_number_tokens(args: list[str], *options: str) -> list[str]:
-    """``OPTION a b [c]`` -> ``OPTION a,b[,c]``: the number-like tokens after one of ``options``
-    become its one value, which the option's parser splits (and refuses with the count when
-    there are too many). They end at an option, or at an existing file or folder that is no number (an
-    argument named ``2024_scans``). A single token is left as it is (the comma form ``a,b`` of
-    older releases, or a value for the parser to refuse)."""
+    """``OPTION a b [c]`` -> ``OPTION a,b[,c]``: the numbers after one of ``options`` become its
+    one value, which the option's parser splits (and refuses with the count when there are too
+    many). They end at the first token that is no number: an option, or an argument even when
+    it starts with a digit (``2_out.nii.gz``, ``3d/scan.nii.gz``, an existing ``2024``); only a
+    token that can be neither a number nor a file name (``7x``) is joined too, for the parser
+    to name it. A single token is left as it is (the comma form ``a,b`` of older releases, or a
+    value for the parser to refuse)."""
     out: list[str] = []
     i = 0
     while i < len(args):
@@ -130,7 +149,7 @@ def join_number_tokens(args: list[str], *options: str) -> list[str]:
             break
         if token in options:
             values: list[str] = []
-            while i < len(args) and _number_like(args[i]) and not _argument_path(args[i]):
+            while i < len(args) and (_is_number(args[i]) or _mistyped_number(args[i])):
                 values.append(args[i])
                 i += 1
             if values:

@@ -48,6 +48,8 @@ SETTINGS = {
     "device": "cpu",
     "threads": 1,
     "amp": False,
+    # float32 (not the CPU's bf16 autocast), so 2 ranks and 1 process agree to float rounding
+    "cpu_bf16": False,
 }
 
 # Runs inside every torchrun rank: record what the rank trained on and its final weights,

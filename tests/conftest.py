@@ -82,3 +82,48 @@ def write_stacked_series(folder: Path, first: Volume, second: Volume) -> None:
         ds = pydicom.dcmread(f)
         ds.EchoTime = 10
         ds.save_as(f)
+
+
+# Awkward grids for property-style geometry tests: anisotropic spacing (0.6 x 0.45 x 3.3 mm),
+# odd sizes, non-zero origins, oblique and left-handed directions. ITK's direction matrix is
+# "left-handed" when its determinant is -1 (the slice axis runs against row x column);
+# medseg's array-order direction is ITK's with its columns reversed, so its determinant
+# has the opposite sign.
+def _left_handed(direction: np.ndarray) -> np.ndarray:
+    flipped = direction.copy()
+    flipped[:, 0] *= -1  # the slice (z) axis
+    return flipped
+
+
+# ITK columns x -> P, y -> I, z -> L (a sagittal series stacked right to left): det -1
+_SAGITTAL_ITK = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+
+AWKWARD_GRIDS: dict[str, tuple[np.ndarray, tuple[float, float, float], tuple[float, float, float]]] = {
+    # name: (direction in array order, spacing (z, y, x), origin LPS)
+    "oblique": (oblique_direction(), (3.3, 0.45, 0.6), (-101.25, 33.5, 12.125)),
+    "oblique-left-handed": (_left_handed(oblique_direction()), (3.3, 0.45, 0.6), (-101.25, 33.5, 12.125)),
+    "sagittal-left-handed": (_SAGITTAL_ITK[:, ::-1].copy(), (0.6, 3.3, 0.45), (57.0, -20.5, 91.75)),
+    "oblique-44deg-left-handed": (
+        _left_handed(oblique_direction((44.0, -3.0, 12.0))),
+        (0.45, 3.3, 0.6),
+        (7.5, 140.0, -66.6),
+    ),
+}
+AWKWARD_SHAPE = (7, 11, 9)
+
+
+def make_awkward_volume(
+    grid: str, dtype: type = np.int16, shape: tuple[int, int, int] = AWKWARD_SHAPE, seed: int = 0
+) -> Volume:
+    """A small volume on one of :data:`AWKWARD_GRIDS` with distinct-looking voxel values.
+
+    Integer dtypes get labels 0..4 in blobs (label-like); float dtypes a smooth ramp plus noise.
+    """
+    direction, spacing, origin = AWKWARD_GRIDS[grid]
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.arange(s, dtype=float) for s in shape], indexing="ij")
+    if np.dtype(dtype).kind in "iub":
+        array = ((z // 2 + y // 3 + x // 2 + rng.integers(0, 2, shape)) % 5).astype(dtype)
+    else:
+        array = (50 + 7 * z + 3 * y + x + rng.normal(0, 1, shape)).astype(dtype)
+    return Volume(array, spacing, origin, direction)

@@ -78,7 +78,12 @@ def _resample_array(
         float(default_value),
         out_type,
     )
-    return sitk.GetArrayFromImage(res).reshape(target.shape)
+    arr = sitk.GetArrayFromImage(res).reshape(target.shape)
+    if output_pixel is None and arr.dtype != volume.array.dtype:
+        # ITK has no bool (or float16) pixels: to_sitk widened them; nearest neighbour only
+        # copies values, so the input's type holds them exactly (a mask stays a bool mask)
+        arr = arr.astype(volume.array.dtype)
+    return arr
 
 
 def resample_image(

@@ -127,3 +127,14 @@ def make_awkward_volume(
     else:
         array = (50 + 7 * z + 3 * y + x + rng.normal(0, 1, shape)).astype(dtype)
     return Volume(array, spacing, origin, direction)
+
+
+def assert_same_world_values(a: Volume, b: Volume, atol: float = 1e-6) -> None:
+    """Every voxel of ``b`` sits on a voxel centre of ``a`` (within ``atol`` voxels) with the same value."""
+    idx_b = np.argwhere(np.ones(b.shape, dtype=bool))
+    idx_a = a.world_to_index(b.index_to_world(idx_b))
+    rounded = np.round(idx_a)
+    np.testing.assert_allclose(idx_a, rounded, atol=atol)
+    rounded = rounded.astype(int)
+    assert np.all(rounded >= 0) and np.all(rounded < np.asarray(a.shape))
+    np.testing.assert_array_equal(a.array[tuple(rounded.T)], b.array[tuple(idx_b.T)])

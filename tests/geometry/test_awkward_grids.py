@@ -15,22 +15,11 @@ from medseg.data.chunking import chunk_volume, join_chunks
 from medseg.geometry.crop import CropBox, crop, pad, pad_to_multiple, uncrop, unpad
 from medseg.geometry.orientation import closest_orientation, plan_reorientation, reorient
 from medseg.geometry.resample import grid_for_spacing, resample_image, resample_label
-from medseg.volume import Volume, VolumeGeometry
-from tests.conftest import AWKWARD_GRIDS, make_awkward_volume
+from medseg.volume import VolumeGeometry
+from tests.conftest import AWKWARD_GRIDS, assert_same_world_values, make_awkward_volume
 
 GRIDS = sorted(AWKWARD_GRIDS)
 EXACT = {"spacing_atol": 0.0, "origin_atol": 1e-9, "direction_atol": 1e-12}
-
-
-def assert_same_world_values(a: Volume, b: Volume) -> None:
-    """Every voxel of ``b`` sits on a voxel centre of ``a`` and holds the same value."""
-    idx_b = np.argwhere(np.ones(b.shape, dtype=bool))
-    idx_a = a.world_to_index(b.index_to_world(idx_b))
-    rounded = np.round(idx_a)
-    np.testing.assert_allclose(idx_a, rounded, atol=1e-6)
-    rounded = rounded.astype(int)
-    assert np.all(rounded >= 0) and np.all(rounded < np.asarray(a.shape))
-    np.testing.assert_array_equal(a.array[tuple(rounded.T)], b.array[tuple(idx_b.T)])
 
 
 # ------------------------------------------------------------------ reorientation

@@ -411,3 +411,23 @@ def test_a_series_near_45_degrees_between_planes_only_warns(caplog: pytest.LogCa
         roi = multiplane_roi(axial, sagittal, coronal)
     assert roi.box == BOX_CASE_ANSWER
     assert "its slices are not sagittal" in caplog.text
+
+
+@pytest.mark.parametrize("code", ["LPI", "RAS", "LAS"])
+def test_roi_of_a_reoriented_axial_grid_holds_the_same_voxels(code: str) -> None:
+    """A left-handed axial grid (one axis flipped: LPI, LAS) or a rotated one (RAS) gives
+    the same ROI: the same region, and a crop holding the same voxels at the same places."""
+    from medseg.geometry.orientation import reorient
+    from tests.conftest import assert_same_world_values
+
+    axial, sagittal, coronal = _tilted_case(20.0)
+    moved = reorient(axial, code)
+    assert (np.linalg.det(moved.geometry.direction_itk) < 0) == (code != "RAS")
+    roi = multiplane_roi(axial, sagittal, coronal)
+    other = multiplane_roi(moved, sagittal, coronal)
+    assert other.region.volume_mm3 == pytest.approx(roi.region.volume_mm3, rel=1e-9)
+    assert roi.cropped is not None and other.cropped is not None
+    assert other.cropped.array.size == roi.cropped.array.size
+    assert_same_world_values(roi.cropped, other.cropped)
+    back = uncrop(other.cropped, moved.geometry, other.box)
+    np.testing.assert_array_equal(back.array[other.box.slices], moved.array[other.box.slices])

@@ -4,6 +4,7 @@ nibabel and pydicom reading the same files; and on the real files of ../shared/d
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
@@ -231,3 +232,30 @@ def test_real_nifti_affine_survives_a_round_trip(shared_data: Path, tmp_path: Pa
     np.testing.assert_allclose(after.affine, before.affine, atol=1e-5)
     np.testing.assert_allclose(after.header.get_qform(), before.affine, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(after.dataobj), np.asarray(before.dataobj))
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_convert_through_every_format_keeps_every_voxel_in_place(tmp_path: Path, grid: str) -> None:
+    """NIfTI -> NRRD -> MHA -> DICOM series -> NIfTI with medseg's ``convert``; then PNG, which
+    keeps the voxel values and spacing but, having no position, none of the rest."""
+    from medseg.io import convert
+
+    vol = make_awkward_volume(grid, dtype=np.int16)
+    chain = [
+        tmp_path / "a.nii.gz",
+        tmp_path / "b.nrrd",
+        tmp_path / "c.mha",
+        tmp_path / "d",
+        tmp_path / "e.nii.gz",
+    ]
+    write_volume(vol, chain[0])
+    for src, dst in itertools.pairwise(chain):
+        convert(src, dst, to="dicom" if dst.suffix == "" else None)
+        assert_same_world_values(vol, read_volume(dst), atol=1e-4)
+    end = read_volume(chain[-1])
+    np.testing.assert_array_equal(np.sort(end.array, axis=None), np.sort(vol.array, axis=None))
+    # PNG: values and the slice order of the file come back; the grid is the identity one
+    convert(chain[-1], tmp_path / "png", to="png")
+    png = read_volume(tmp_path / "png", spacing=end.spacing)
+    np.testing.assert_array_equal(png.array, end.array)
+    assert png.spacing == pytest.approx(end.spacing)

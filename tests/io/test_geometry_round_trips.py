@@ -259,3 +259,59 @@ def test_convert_through_every_format_keeps_every_voxel_in_place(tmp_path: Path,
     png = read_volume(tmp_path / "png", spacing=end.spacing)
     np.testing.assert_array_equal(png.array, end.array)
     assert png.spacing == pytest.approx(end.spacing)
+
+
+def _nifti_with_two_transforms(path: Path, dtype: type, sform_code: int, shear: float = 0.0) -> Path:
+    """A NIfTI whose sform lies 5 mm (along x) from its qform (code 1, scanner)."""
+    vol = make_awkward_volume("oblique-left-handed", dtype=dtype)
+    write_volume(vol, path)
+    img = nib.load(path)
+    qform = img.header.get_qform()
+    sform = qform.copy()
+    sform[0, 3] += 5.0
+    sform[:3, :3] = sform[:3, :3] @ np.array([[1.0, shear, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    out = nib.Nifti1Image(np.asarray(img.dataobj), None, img.header)
+    out.set_qform(qform, code=1)
+    out.set_sform(sform, code=sform_code)
+    nib.save(out, path)
+    return path
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])  # ITK's reader / nibabel's array path
+@pytest.mark.parametrize(
+    ("sform_code", "shear", "used"), [(2, 0.0, "qform"), (4, 0.1, "qform"), (1, 0.0, "sform")]
+)
+def test_a_nifti_whose_qform_and_sform_disagree_is_read_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, dtype: type, sform_code: int, shear: float, used: str
+) -> None:
+    """ITK (so medseg) reads the sform only when its code is 1 (scanner); nibabel whenever it is
+    set. The user must hear which one medseg read, since its outputs carry it in both fields."""
+    from medseg.io import read_channels
+
+    path = _nifti_with_two_transforms(tmp_path / "two.nii.gz", dtype, sform_code, shear)
+    header = nib.load(path).header
+    with caplog.at_level("WARNING", logger="medseg.io.itk"):
+        vol = read_volume(path)
+    assert len(caplog.records) == 1
+    message = caplog.records[0].getMessage()
+    assert "qform (code 1, scanner)" in message and f"sform (code {sform_code}," in message
+    assert f"medseg reads the {used}" in message
+    assert "5 mm apart" in message or shear
+    chosen = header.get_qform() if used == "qform" else header.get_sform()
+    ijk = _corner_indices(vol)[:, ::-1]
+    np.testing.assert_allclose(
+        vol.index_to_world(ijk[:, ::-1]) * LPS_TO_RAS, nib.affines.apply_affine(chosen, ijk), atol=1e-3
+    )
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medseg.io.itk"):
+        read_channels(path)
+    assert len(caplog.records) == 1
+
+
+def test_a_nifti_written_by_medseg_reads_without_a_transform_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write_volume(make_awkward_volume("oblique-44deg-left-handed"), tmp_path / "v.nii.gz")
+    with caplog.at_level("WARNING", logger="medseg.io.itk"):
+        read_volume(path)
+    assert not caplog.records

@@ -7,6 +7,7 @@ module is the one place where medseg's array-order geometry is turned into ITK's
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ import SimpleITK as sitk
 from medseg.errors import GeometryError, InputError
 from medseg.io.atomic import atomic_file
 from medseg.volume import Volume, VolumeGeometry
+
+log = logging.getLogger(__name__)
 
 ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -184,7 +187,9 @@ def read_itk(path: str | Path) -> Volume:
             expected="one 3D volume (split channels with read_channels())",
             found=f"size {size}",
         )
-    _check_nifti_complete(src)
+    header = _check_nifti_complete(src)
+    if header is not None:
+        _warn_if_nifti_transforms_differ(src, header, _reader_geometry(reader))
     arrays = _nifti_arrays(src, reader)
     if arrays is not None:
         return Volume(arrays[0], geometry=_reader_geometry(reader), meta={"source": src.name})
@@ -201,7 +206,9 @@ def read_channels(path: str | Path) -> list[Volume]:
     """Read a 3D or 4D image (e.g. MSD's T2+ADC NIfTI) as one Volume per channel."""
     src = Path(path)
     reader = _open(src)
-    _check_nifti_complete(src)
+    header = _check_nifti_complete(src)
+    if header is not None:
+        _warn_if_nifti_transforms_differ(src, header, _reader_geometry(reader))
     arrays = _nifti_arrays(src, reader)
     if arrays is not None:
         geometry = _reader_geometry(reader)
@@ -241,16 +248,17 @@ def write_itk(volume: Volume, path: str | Path, *, overwrite: bool = False, comp
     return target
 
 
-def _check_nifti_complete(path: Path) -> None:
+def _check_nifti_complete(path: Path) -> Any:
     """ITK's NIfTI reader silently zero-fills truncated files; detect truncation here.
 
     Uncompressed: the file must hold vox_offset + data bytes. Gzipped: the gzip trailer
     stores the uncompressed size (mod 2**32); when it disagrees, decompress fully to
-    tell a truncated file from a multi-member gzip stream.
+    tell a truncated file from a multi-member gzip stream. Returns the NIfTI header
+    (nibabel's), None for other formats.
     """
     name = path.name.lower()
     if not (name.endswith(".nii") or name.endswith(".nii.gz")):
-        return
+        return None
     import gzip
     import struct
 
@@ -268,12 +276,12 @@ def _check_nifti_complete(path: Path) -> None:
         size = path.stat().st_size
         if size < expected:
             raise InputError(path, "is truncated", expected=f"{expected} bytes", found=f"{size} bytes")
-        return
+        return header
     with path.open("rb") as fh:
         fh.seek(-4, 2)
         (isize,) = struct.unpack("<I", fh.read(4))
     if isize == expected % 2**32:
-        return
+        return header
     try:
         with gzip.open(path, "rb") as gz:
             total = 0
@@ -283,6 +291,56 @@ def _check_nifti_complete(path: Path) -> None:
         raise InputError(path, "is truncated or corrupt", found=str(exc)) from None
     if total < expected:
         raise InputError(path, "is truncated", expected=f"{expected} bytes of image data", found=f"{total}")
+    return header
+
+
+# Two transforms further apart than this (mm, at a grid corner) are told apart: NIfTI keeps
+# both in float32 (the qform as a quaternion), which agree to about 1e-4 mm.
+_QFORM_SFORM_MM = 0.01
+_XFORM_NAMES = {1: "scanner", 2: "aligned", 3: "Talairach", 4: "MNI", 5: "template"}
+
+
+def _warn_if_nifti_transforms_differ(path: Path, header: Any, geometry: VolumeGeometry) -> None:
+    """Warn when a NIfTI's qform and sform place the grid in different places.
+
+    NIfTI allows both (e.g. the scanner's qform and an sform aligned to another scan or an
+    atlas). ITK, and so medseg, uses the sform only when its code is 1 (scanner) or there
+    is no qform; nibabel, FSL and most viewers use the sform whenever it is set. medseg's
+    outputs carry the transform it used in both fields, so a viewer that prefers the sform
+    would show them displaced from this input.
+    """
+    q_code, s_code = int(header["qform_code"]), int(header["sform_code"])
+    if q_code == 0 or s_code == 0:
+        return
+    z, y, x = (s - 1 for s in geometry.shape)
+    ijk = np.array([[i, j, k, 1.0] for i in (0, x) for j in (0, y) for k in (0, z)])
+    qform = ijk @ np.asarray(header.get_qform(), dtype=float).T
+    sform = ijk @ np.asarray(header.get_sform(), dtype=float).T
+    apart = float(np.max(np.linalg.norm(qform[:, :3] - sform[:, :3], axis=1)))
+    if apart <= _QFORM_SFORM_MM:
+        return
+    ours = geometry.index_to_world(ijk[:, 2::-1]) * np.array([-1.0, -1.0, 1.0])  # LPS -> RAS
+    used = "qform" if np.max(np.abs(ours - qform[:, :3])) < np.max(np.abs(ours - sform[:, :3])) else "sform"
+    if used == "qform":
+        consequence = (
+            "medseg reads the qform, as ITK does, while nibabel, FSL and most viewers read the sform; "
+            "medseg's outputs carry the qform in both fields, so there they appear shifted from this image"
+        )
+    else:
+        consequence = (
+            "medseg reads the sform (as ITK, nibabel and FSL do); its outputs carry the sform in both "
+            "fields, so a reader of the qform shows them shifted from this image"
+        )
+    log.warning(
+        "%s: its qform (code %d, %s) and sform (code %d, %s) place the grid up to %.3g mm apart; %s",
+        path,
+        q_code,
+        _XFORM_NAMES.get(q_code, "unknown"),
+        s_code,
+        _XFORM_NAMES.get(s_code, "unknown"),
+        apart,
+        consequence,
+    )
 
 
 def _first_line(exc: BaseException) -> str:

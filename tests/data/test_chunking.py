@@ -199,3 +199,32 @@ def test_stitch_needs_a_chunked_dataset(tmp_path: Path) -> None:
         w.add_case("scan", [image], image.with_array(np.zeros(image.shape, np.uint8)), source="scan")
     with pytest.raises(InputError, match=r"dataset.json: records no chunks.*--chunk"):
         read_chunk_records(tmp_path / "ds")
+
+
+@pytest.mark.parametrize("ending", [".nii.gz", ".nrrd", ".mha"])
+@pytest.mark.parametrize("grid", ["oblique-left-handed", "sagittal-left-handed"])
+def test_stitch_puts_chunks_of_a_left_handed_scan_back_voxel_for_voxel(
+    tmp_path: Path, ending: str, grid: str
+) -> None:
+    from tests.conftest import make_awkward_volume
+
+    image = make_awkward_volume(grid, dtype=np.float32, shape=(11, 9, 7))
+    label = image.with_array(make_awkward_volume(grid, dtype=np.uint8, shape=(11, 9, 7)).array)
+    source = tmp_path / "src"
+    source.mkdir()
+    with create_dataset(
+        tmp_path / "ds",
+        source=source,
+        channel_names=["MR"],
+        labels=LABELS | {"x": 2, "y": 4},
+        file_ending=ending,
+        chunk=4,
+        chunk_overlap=1,
+    ) as w:
+        w.add_case("scan", [image], label, source="scan")
+    (written,) = stitch_chunk_files(tmp_path / "ds", tmp_path / "ds" / "labelsTr", tmp_path / "out")
+    assert written.name == f"scan{ending}"
+    back = read_itk(written)
+    np.testing.assert_array_equal(back.array, label.array)
+    tolerance = {"origin_atol": 1e-4, "direction_atol": 1e-6} if ending == ".nii.gz" else {}
+    back.geometry.require_same(label.geometry, **tolerance)

@@ -1315,3 +1315,31 @@ def test_a_second_predict_into_a_folder_being_written_is_refused(trained_model: 
     assert not (out / "p9.nii.gz").exists()
     (res,) = predict(path, trained_model, out, PredictConfig(shard=(0, 1)))  # its own summary, own lock
     assert res.ok and not (out / ".predictions_shard0of1.json.lock").exists()
+
+
+def test_a_left_handed_anisotropic_input_gets_its_prediction_on_its_own_grid(
+    trained_model: Path, tmp_path: Path
+) -> None:
+    """NRRD and MHA inputs (exact double headers) on a left-handed grid with 0.7 x 0.85 mm
+    pixels: every label output lies on the input grid, and both inputs give the same labels."""
+    img, _ = make_case(11, shape=(9, 36, 30))
+    direction = img.direction.copy()
+    direction[:, 0] *= -1  # slices stacked against row x column
+    vol = Volume(img.array, (3.3, 0.7, 0.85), (12.5, -33.25, 71.0), direction)
+    assert np.linalg.det(vol.geometry.direction_itk) < 0
+    labels = {}
+    for suffix in (".nrrd", ".mha"):
+        path = write_volume(vol, tmp_path / f"in{suffix}" / f"case{suffix}")
+        out = tmp_path / f"out{suffix}"
+        results = predict(path, trained_model, out, PredictConfig(formats=("nrrd", "mha", "nifti")))
+        assert [r.ok for r in results] == [True], results
+        for name in ("case.nrrd", "case.mha"):
+            label = read_volume(out / name)
+            label.geometry.require_same(
+                vol.geometry, spacing_atol=1e-12, origin_atol=1e-9, direction_atol=1e-12
+            )
+        nifti = read_volume(out / "case.nii.gz")
+        nifti.geometry.require_same(vol.geometry, spacing_atol=1e-5, origin_atol=1e-4, direction_atol=1e-6)
+        np.testing.assert_array_equal(nifti.array, label.array)
+        labels[suffix] = label.array
+    np.testing.assert_array_equal(labels[".nrrd"], labels[".mha"])

@@ -114,6 +114,19 @@ def test_label_resampling_keeps_the_dtype_and_only_existing_values(dtype: type, 
     assert set(np.unique(out.array).tolist()) <= set(np.unique(label.array).tolist())
 
 
+@pytest.mark.parametrize("mode", ["nearest", "onehot-linear"])
+@pytest.mark.parametrize("values", [(2,), (1, 3)])
+def test_outside_the_source_is_background_even_when_the_map_holds_none(
+    mode: str, values: tuple[int, ...]
+) -> None:
+    """A mask filling its whole grid (no background voxel) resampled onto a larger grid."""
+    label = make_awkward_volume("oblique-left-handed", dtype=np.uint8)
+    label = label.with_array(np.asarray(values, dtype=np.uint8)[label.array % len(values)])
+    padded = pad(label, 2, 3, value=0)
+    out = resample_label(label, padded.geometry, interpolation=mode)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(out.array, padded.array)
+
+
 def test_nearest_image_resampling_keeps_a_boolean_mask_boolean() -> None:
     mask = make_awkward_volume("sagittal-left-handed", dtype=np.uint8)
     mask = mask.with_array(mask.array > 2)

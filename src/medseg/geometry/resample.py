@@ -123,7 +123,9 @@ def resample_label(
         return Volume(arr, geometry=target, meta=volume.meta)
     if interpolation != "onehot-linear":
         raise GeometryError(f"labels must use 'nearest' or 'onehot-linear', found '{interpolation}'")
-    labels = np.unique(volume.array)
+    # Background competes even where the map holds none (a mask filling its whole grid):
+    # outside the source it alone has probability 1, as nearest neighbour fills it there.
+    labels = np.union1d(np.unique(volume.array), np.asarray([background], dtype=volume.array.dtype))
     best = np.full(target.shape, -1.0, dtype=np.float32)
     out = np.full(target.shape, background, dtype=volume.array.dtype)
     for value in labels:

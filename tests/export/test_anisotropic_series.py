@@ -65,3 +65,15 @@ def test_rtstruct_contours_are_read_onto_a_grid_of_non_square_pixels(
     expected = ellipsoid_labels(aniso, shapes)
     for value in (1, 2):
         assert dice(back.array == value, expected.array == value) >= 0.85, value
+
+
+def test_medseg_reads_the_independently_written_series_onto_its_grid(anisotropic_series: Series) -> None:
+    """The series files come from pydicom alone (tests/export/conftest.py): medseg's reader must
+    take PixelSpacing as (between rows, between columns) and stack the slices in place."""
+    from medseg.io.dicom import read_dicom_series
+    from tests.conftest import assert_same_world_values
+
+    image = anisotropic_series.image
+    back = read_dicom_series(anisotropic_series.folder)
+    assert back.spacing == pytest.approx(SPACING, abs=1e-6)
+    assert_same_world_values(image, back, atol=1e-5)

@@ -315,3 +315,27 @@ def test_a_nifti_written_by_medseg_reads_without_a_transform_warning(
     with caplog.at_level("WARNING", logger="medseg.io.itk"):
         read_volume(path)
     assert not caplog.records
+
+
+@pytest.mark.parametrize(("qform_code", "sform_code"), [(1, 0), (0, 2), (0, 1), (2, 2)])
+def test_a_nifti_with_one_transform_or_two_that_agree_is_read_as_nibabel_reads_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, qform_code: int, sform_code: int
+) -> None:
+    vol = make_awkward_volume("oblique-44deg-left-handed")
+    path = write_volume(vol, tmp_path / "v.nii.gz")
+    img = nib.load(path)
+    affine = img.header.get_sform()
+    out = nib.Nifti1Image(np.asarray(img.dataobj), None, img.header)
+    out.set_qform(affine, code=qform_code)
+    out.set_sform(affine, code=sform_code)
+    nib.save(out, path)
+    with caplog.at_level("WARNING", logger="medseg.io.itk"):
+        back = read_volume(path)
+    assert not caplog.records
+    ijk = _corner_indices(vol)[:, ::-1]
+    np.testing.assert_allclose(
+        back.index_to_world(ijk[:, ::-1]) * LPS_TO_RAS,
+        nib.affines.apply_affine(nib.load(path).affine, ijk),
+        atol=1e-4,
+    )
+    np.testing.assert_array_equal(back.array, vol.array)

@@ -167,3 +167,16 @@ def test_chunks_keep_world_positions_and_join_back(grid: str) -> None:
     joined = join_chunks(chunks[::-1], vol.geometry)
     np.testing.assert_array_equal(joined.array, vol.array)
     joined.geometry.require_same(vol.geometry, **EXACT)
+
+
+@pytest.mark.parametrize("interpolation", ["linear", "bspline", "nearest"])
+@pytest.mark.parametrize("dtype", [np.int16, np.float64])
+def test_image_resampling_gives_one_type_whatever_the_target_grid(interpolation: str, dtype: type) -> None:
+    """float32 unless nearest (then the input's type), onto its own grid as onto another."""
+    image = make_awkward_volume("oblique-left-handed", dtype=dtype)
+    expected = np.dtype(dtype) if interpolation == "nearest" else np.dtype(np.float32)
+    for target in (image.geometry, grid_for_spacing(image.geometry, (1.0, 1.0, 1.0))):
+        out = resample_image(image, target, interpolation=interpolation)  # type: ignore[arg-type]
+        assert out.dtype == expected
+    same = resample_image(image, image.geometry, interpolation=interpolation)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(same.array, image.array.astype(expected))

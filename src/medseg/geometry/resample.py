@@ -94,12 +94,14 @@ def resample_image(
     default_value: float = 0.0,
 ) -> Volume:
     """Resample an intensity image onto ``target``; returns float32 unless ``nearest``."""
-    if volume.geometry.is_close(target):
-        return Volume(volume.array.copy(), geometry=target, meta=volume.meta)
     if interpolation not in _SITK_INTERP:
         raise GeometryError(
             f"unknown interpolation '{interpolation}', expected one of {sorted(_SITK_INTERP)}"
         )
+    if volume.geometry.is_close(target):
+        # nothing to interpolate, but the same type as from any other grid
+        same = volume.array.copy() if interpolation == "nearest" else volume.array.astype(np.float32)
+        return Volume(same, geometry=target, meta=volume.meta)
     if interpolation == "nearest":
         arr = _resample_array(volume, target, sitk.sitkNearestNeighbor, default_value)
     else:

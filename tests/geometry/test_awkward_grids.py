@@ -180,3 +180,16 @@ def test_image_resampling_gives_one_type_whatever_the_target_grid(interpolation:
         assert out.dtype == expected
     same = resample_image(image, image.geometry, interpolation=interpolation)  # type: ignore[arg-type]
     np.testing.assert_array_equal(same.array, image.array.astype(expected))
+
+
+@pytest.mark.parametrize("same_grid", [True, False])
+def test_linear_interpolation_of_labels_is_refused_onto_any_grid(same_grid: bool) -> None:
+    from medseg.errors import GeometryError
+    from medseg.geometry.resample import resample_to_reference
+
+    label = make_awkward_volume("sagittal-left-handed", dtype=np.uint8)
+    target = label.geometry if same_grid else grid_for_spacing(label.geometry, (1.0, 1.0, 1.0))
+    with pytest.raises(GeometryError, match="labels must use"):
+        resample_label(label, target, interpolation="linear")  # type: ignore[arg-type]
+    with pytest.raises(GeometryError, match="labels must use"):
+        resample_to_reference(label, target, is_label=True, interpolation="bspline")

@@ -118,13 +118,13 @@ def resample_label(
     background: int = 0,
 ) -> Volume:
     """Resample a label map onto ``target``; output values are a subset of the input's."""
+    if interpolation not in ("nearest", "onehot-linear"):
+        raise GeometryError(f"labels must use 'nearest' or 'onehot-linear', found '{interpolation}'")
     if volume.geometry.is_close(target):
         return Volume(volume.array.copy(), geometry=target, meta=volume.meta)
     if interpolation == "nearest":
         arr = _resample_array(volume, target, sitk.sitkNearestNeighbor, background)
         return Volume(arr, geometry=target, meta=volume.meta)
-    if interpolation != "onehot-linear":
-        raise GeometryError(f"labels must use 'nearest' or 'onehot-linear', found '{interpolation}'")
     # Background competes even where the map holds none (a mask filling its whole grid):
     # outside the source it alone has probability 1, as nearest neighbour fills it there.
     labels = np.union1d(np.unique(volume.array), np.asarray([background], dtype=volume.array.dtype))

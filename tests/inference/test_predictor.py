@@ -1343,3 +1343,36 @@ def test_a_left_handed_anisotropic_input_gets_its_prediction_on_its_own_grid(
         np.testing.assert_array_equal(nifti.array, label.array)
         labels[suffix] = label.array
     np.testing.assert_array_equal(labels[".nrrd"], labels[".mha"])
+
+
+def test_a_nifti_input_whose_qform_and_sform_disagree_gets_both_in_its_nifti_outputs(
+    trained_model: Path, tmp_path: Path
+) -> None:
+    """An input whose sform (code 2, aligned) lies 5 mm from its qform: medseg reads the qform,
+    as ITK does, and FSL / nibabel read the sform; the predicted label map and probabilities
+    carry both, so either kind of viewer shows them over the input."""
+    import nibabel as nib
+
+    img, _ = make_case(12, shape=(9, 36, 30))
+    path = write_volume(img, tmp_path / "in" / "case.nii.gz")
+    src = nib.load(path)
+    qform = src.header.get_qform()
+    sform = qform.copy()
+    sform[0, 3] += 5.0
+    two = nib.Nifti1Image(np.asarray(src.dataobj), None, src.header)
+    two.set_qform(qform, code=1)
+    two.set_sform(sform, code=2)
+    nib.save(two, path)
+    out = tmp_path / "out"
+    (res,) = predict(path, trained_model, out, PredictConfig(formats=("nifti", "probabilities")))
+    assert res.ok, res
+    outputs = [out / "case.nii.gz", *sorted((out / "case" / "probabilities").glob("*.nii.gz"))]
+    assert len(outputs) >= 2, outputs
+    for output in outputs:
+        written = nib.load(output)
+        assert (int(written.header["qform_code"]), int(written.header["sform_code"])) == (1, 2), output
+        np.testing.assert_allclose(written.header.get_qform(), qform, atol=1e-5)
+        np.testing.assert_allclose(written.header.get_sform(), sform, atol=1e-5)
+        read_volume(output).geometry.require_same(
+            read_volume(path).geometry, spacing_atol=1e-5, origin_atol=1e-4, direction_atol=1e-6
+        )

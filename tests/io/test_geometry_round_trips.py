@@ -339,3 +339,47 @@ def test_a_nifti_with_one_transform_or_two_that_agree_is_read_as_nibabel_reads_i
         atol=1e-4,
     )
     np.testing.assert_array_equal(back.array, vol.array)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+@pytest.mark.parametrize(("sform_code", "shear"), [(2, 0.0), (4, 0.1), (1, 0.0)])
+def test_a_nifti_output_on_the_grid_of_a_two_transform_input_carries_both(
+    tmp_path: Path, suffix: str, sform_code: int, shear: float
+) -> None:
+    """Where a NIfTI's qform and sform disagree, an output on its grid gets both of them (and
+    their codes), so a viewer reading either transform shows the output over the input; the
+    voxels are written as usual and medseg reads the output onto the input's grid."""
+    src = _nifti_with_two_transforms(tmp_path / "two.nii.gz", np.int16, sform_code, shear)
+    before = nib.load(src)
+    vol = read_volume(src)
+    label = vol.with_array((vol.array > np.median(vol.array)).astype(np.uint8))
+    out = write_volume(label, tmp_path / f"label{suffix}")
+    after = nib.load(out)
+    for field in ("qform_code", "sform_code"):
+        assert int(after.header[field]) == int(before.header[field])
+    np.testing.assert_allclose(after.header.get_qform(), before.header.get_qform(), atol=1e-5)
+    np.testing.assert_allclose(after.header.get_sform(), before.header.get_sform(), atol=1e-5)
+    np.testing.assert_allclose(after.affine, before.affine, atol=1e-5)  # what nibabel / FSL use
+    assert after.shape == before.shape
+    # the voxels in the file's own order: (i, j, k) of the output is (i, j, k) of the input
+    np.testing.assert_array_equal(np.asarray(after.dataobj), np.transpose(label.array, (2, 1, 0)))
+    back = read_volume(out)
+    back.geometry.require_same(vol.geometry, spacing_atol=1e-5, origin_atol=1e-4, direction_atol=1e-6)
+    np.testing.assert_array_equal(back.array, label.array)
+
+
+def test_an_output_off_the_grid_of_a_two_transform_input_carries_medsegs_transform(tmp_path: Path) -> None:
+    """Once cropped (another grid), or written as NRRD, an output holds the transform medseg read."""
+    from medseg.geometry.crop import CropBox, crop
+
+    src = _nifti_with_two_transforms(tmp_path / "two.nii.gz", np.float32, 2)
+    vol = read_volume(src)
+    cropped = crop(vol, CropBox((1, 2, 0), (5, 9, 6)))
+    out = nib.load(write_volume(cropped, tmp_path / "crop.nii.gz"))
+    assert int(out.header["qform_code"]) == 1 and int(out.header["sform_code"]) == 1
+    np.testing.assert_allclose(out.header.get_qform(), out.header.get_sform(), atol=1e-4)
+    read_volume(tmp_path / "crop.nii.gz").geometry.require_same(
+        cropped.geometry, spacing_atol=1e-5, origin_atol=1e-4, direction_atol=1e-6
+    )
+    nrrd = read_volume(write_volume(vol, tmp_path / "v.nrrd"))
+    nrrd.geometry.require_same(vol.geometry, spacing_atol=1e-9, origin_atol=1e-9, direction_atol=1e-9)

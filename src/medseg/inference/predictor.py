@@ -469,9 +469,7 @@ class SegmentationModel:
                     for k in range(total.shape[0])
                 ]
             )
-        meta = {
-            k: v for k, v in channels[0].meta.items() if k in ("modality", "series_description", "source")
-        }
+        meta = _output_meta(channels[0])
         return Volume(label.array, geometry=channels[0].geometry, meta=meta), probabilities
 
     def _finish_regions(
@@ -505,9 +503,7 @@ class SegmentationModel:
             list(self.plan.regions.values()),
             list(self.plan.labels.values()),
         )
-        meta = {
-            k: v for k, v in channels[0].meta.items() if k in ("modality", "series_description", "source")
-        }
+        meta = _output_meta(channels[0])
         return Volume(labels, geometry=channels[0].geometry, meta=meta), (
             region_probs if with_probabilities else None
         )
@@ -619,10 +615,17 @@ class SegmentationModel:
         labels = values.astype(dtype)
         if postprocess and (self.rules.classes or self.rules.keep_largest_foreground):
             labels = apply_rules(labels, self.rules, channels[0].spacing)
-        meta = {
-            k: v for k, v in channels[0].meta.items() if k in ("modality", "series_description", "source")
-        }
+        meta = _output_meta(channels[0])
         return Volume(labels, geometry=channels[0].geometry, meta=meta), total if with_probabilities else None
+
+
+def _output_meta(image: Volume) -> dict[str, Any]:
+    """What a prediction keeps of its input's ``meta``: non-identifying facts, and a NIfTI
+    input's two transforms where they disagree (its NIfTI outputs then carry both)."""
+    from medseg.io.itk import NIFTI_TRANSFORMS_KEY
+
+    keep = ("modality", "series_description", "source", NIFTI_TRANSFORMS_KEY)
+    return {k: v for k, v in image.meta.items() if k in keep}
 
 
 def restore_probability(prob: np.ndarray, info: Any, default: float) -> np.ndarray:

@@ -21,6 +21,9 @@ from medseg.volume import Volume, VolumeGeometry
 log = logging.getLogger(__name__)
 
 ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: ``Volume.meta`` key of a NIfTI input's qform and sform where the two disagree (see
+#: ``_nifti_transforms_if_they_differ``): NIfTI outputs on its grid carry both.
+NIFTI_TRANSFORMS_KEY = "nifti_transforms"
 
 # dtypes that every ITK writer accepts; anything else is converted (bool -> uint8, float16 -> float32)
 _DTYPE_FOR_WRITE = {np.dtype(bool): np.uint8, np.dtype(np.float16): np.float32}
@@ -187,35 +190,40 @@ def read_itk(path: str | Path) -> Volume:
             expected="one 3D volume (split channels with read_channels())",
             found=f"size {size}",
         )
-    header = _check_nifti_complete(src)
-    if header is not None:
-        _warn_if_nifti_transforms_differ(src, header, _reader_geometry(reader))
+    base = _source_meta(src, reader)
     arrays = _nifti_arrays(src, reader)
     if arrays is not None:
-        return Volume(arrays[0], geometry=_reader_geometry(reader), meta={"source": src.name})
+        return Volume(arrays[0], geometry=_reader_geometry(reader), meta=base)
     try:
         image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(src, "cannot be read as a medical image", found=_first_line(exc)) from None
     if image.GetDimension() == 4:
         image = image[:, :, :, 0]
-    return from_sitk(image, meta={"source": src.name})
+    return from_sitk(image, meta=base)
+
+
+def _source_meta(src: Path, reader: sitk.ImageFileReader) -> dict[str, Any]:
+    """``meta`` of a volume read from ``src``: its file name and, for a NIfTI whose qform and
+    sform disagree, both transforms (checked for truncation first, as every NIfTI read is)."""
+    meta: dict[str, Any] = {"source": src.name}
+    header = _check_nifti_complete(src)
+    if header is not None:
+        transforms = _nifti_transforms_if_they_differ(src, header, _reader_geometry(reader))
+        if transforms is not None:
+            meta[NIFTI_TRANSFORMS_KEY] = transforms
+    return meta
 
 
 def read_channels(path: str | Path) -> list[Volume]:
     """Read a 3D or 4D image (e.g. MSD's T2+ADC NIfTI) as one Volume per channel."""
     src = Path(path)
     reader = _open(src)
-    header = _check_nifti_complete(src)
-    if header is not None:
-        _warn_if_nifti_transforms_differ(src, header, _reader_geometry(reader))
+    base = _source_meta(src, reader)
     arrays = _nifti_arrays(src, reader)
     if arrays is not None:
         geometry = _reader_geometry(reader)
-        meta = [
-            {"source": src.name, "channel": c} if len(arrays) > 1 else {"source": src.name}
-            for c in range(len(arrays))
-        ]
+        meta = [{**base, "channel": c} if len(arrays) > 1 else dict(base) for c in range(len(arrays))]
         return [Volume(a, geometry=geometry, meta=m) for a, m in zip(arrays, meta, strict=True)]
     try:
         image = reader.Execute()
@@ -223,13 +231,13 @@ def read_channels(path: str | Path) -> list[Volume]:
         raise InputError(src, "cannot be read as a medical image", found=_first_line(exc)) from None
     if image.GetDimension() == 4:
         size = image.GetSize()
-        return [from_sitk(image[:, :, :, c], meta={"source": src.name, "channel": c}) for c in range(size[3])]
+        return [from_sitk(image[:, :, :, c], meta={**base, "channel": c}) for c in range(size[3])]
     if image.GetNumberOfComponentsPerPixel() > 1:
         return [
-            from_sitk(sitk.VectorIndexSelectionCast(image, c), meta={"source": src.name, "channel": c})
+            from_sitk(sitk.VectorIndexSelectionCast(image, c), meta={**base, "channel": c})
             for c in range(image.GetNumberOfComponentsPerPixel())
         ]
-    return [from_sitk(image, meta={"source": src.name})]
+    return [from_sitk(image, meta=base)]
 
 
 def write_itk(volume: Volume, path: str | Path, *, overwrite: bool = False, compress: bool = True) -> Path:
@@ -240,12 +248,54 @@ def write_itk(volume: Volume, path: str | Path, *, overwrite: bool = False, comp
     if target.name.lower().endswith(".mhd"):
         raise InputError(target, "MHD writes two files and cannot be written atomically", expected=".mha")
     image = to_sitk(volume)
+    transforms = _nifti_transforms_for(volume, target)
     with atomic_file(target, overwrite=overwrite) as tmp:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=compress)
         except RuntimeError as exc:
             raise InputError(target, "could not be written", found=_first_line(exc)) from None
+        if transforms is not None:
+            _set_nifti_transforms(tmp, transforms)
     return target
+
+
+def _nifti_transforms_for(volume: Volume, target: Path) -> dict[str, Any] | None:
+    """The input's own qform and sform, for a NIfTI output still on the grid they were read with.
+
+    Only recorded where the input's two transforms disagree (see
+    :func:`_nifti_transforms_if_they_differ`); a volume resampled, cropped or reoriented since
+    has another grid, and its output carries medseg's transform in both fields as usual.
+    """
+    record = volume.meta.get(NIFTI_TRANSFORMS_KEY)
+    name = target.name.lower()
+    if not record or not (name.endswith(".nii") or name.endswith(".nii.gz")):
+        return None
+    if not VolumeGeometry.from_dict(record["grid"]).is_close(volume.geometry):
+        return None
+    return dict(record)
+
+
+def _set_nifti_transforms(path: Path, record: dict[str, Any]) -> None:
+    """Put the input's qform and sform (and their codes) into the header ITK just wrote.
+
+    Only the header (348 bytes, NIfTI-1; 540, NIfTI-2) changes; the voxel bytes stay those ITK
+    wrote, in the input's voxel order (ITK does not reorder a NIfTI's voxels).
+    """
+    import gzip
+    import io
+
+    import nibabel as nib
+
+    packed = path.name.lower().endswith(".gz")
+    raw = path.read_bytes()
+    data = gzip.decompress(raw) if packed else raw
+    nifti2 = data[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c")  # sizeof_hdr 540, either byte order
+    header = (nib.Nifti2Header if nifti2 else nib.Nifti1Header).from_fileobj(io.BytesIO(data))
+    header.set_qform(np.asarray(record["qform"], dtype=float), code=int(record["qform_code"]))
+    header.set_sform(np.asarray(record["sform"], dtype=float), code=int(record["sform_code"]))
+    block = header.binaryblock
+    data = block + data[len(block) :]
+    path.write_bytes(gzip.compress(data, compresslevel=6) if packed else data)
 
 
 def _check_nifti_complete(path: Path) -> Any:
@@ -300,37 +350,41 @@ _QFORM_SFORM_MM = 0.01
 _XFORM_NAMES = {1: "scanner", 2: "aligned", 3: "Talairach", 4: "MNI", 5: "template"}
 
 
-def _warn_if_nifti_transforms_differ(path: Path, header: Any, geometry: VolumeGeometry) -> None:
+def _nifti_transforms_if_they_differ(
+    path: Path, header: Any, geometry: VolumeGeometry
+) -> dict[str, Any] | None:
     """Warn when a NIfTI's qform and sform place the grid in different places.
 
     NIfTI allows both (e.g. the scanner's qform and an sform aligned to another scan or an
     atlas). ITK, and so medseg, uses the sform only when its code is 1 (scanner) or there
-    is no qform; nibabel, FSL and most viewers use the sform whenever it is set. medseg's
-    outputs carry the transform it used in both fields, so a viewer that prefers the sform
-    would show them displaced from this input.
+    is no qform; nibabel, FSL and most viewers use the sform whenever it is set. Returns the
+    two transforms, their codes and the grid medseg read (``meta[NIFTI_TRANSFORMS_KEY]`` of
+    the volume), so that a NIfTI output on that grid gets this input's own qform and sform
+    (:func:`write_itk`) and lines up with it in every viewer, whichever transform it uses;
+    None when they agree or one of them is unset.
     """
     q_code, s_code = int(header["qform_code"]), int(header["sform_code"])
     if q_code == 0 or s_code == 0:
-        return
+        return None
     z, y, x = (s - 1 for s in geometry.shape)
     ijk = np.array([[i, j, k, 1.0] for i in (0, x) for j in (0, y) for k in (0, z)])
     qform = ijk @ np.asarray(header.get_qform(), dtype=float).T
     sform = ijk @ np.asarray(header.get_sform(), dtype=float).T
     apart = float(np.max(np.linalg.norm(qform[:, :3] - sform[:, :3], axis=1)))
     if apart <= _QFORM_SFORM_MM:
-        return
+        return None
     ours = geometry.index_to_world(ijk[:, 2::-1]) * np.array([-1.0, -1.0, 1.0])  # LPS -> RAS
     used = "qform" if np.max(np.abs(ours - qform[:, :3])) < np.max(np.abs(ours - sform[:, :3])) else "sform"
     if used == "qform":
         consequence = (
-            "medseg reads the qform, as ITK does, while nibabel, FSL and most viewers read the sform; "
-            "medseg's outputs carry the qform in both fields, so there they appear shifted from this image"
+            "medseg reads the qform, as ITK does, while nibabel, FSL and most viewers read the sform"
         )
     else:
-        consequence = (
-            "medseg reads the sform (as ITK, nibabel and FSL do); its outputs carry the sform in both "
-            "fields, so a reader of the qform shows them shifted from this image"
-        )
+        consequence = "medseg reads the sform (as ITK, nibabel and FSL do)"
+    consequence += (
+        "; NIfTI outputs on this grid get both of this file's transforms, so they line up with it in "
+        "any viewer; outputs in other formats (NRRD, MHA, DICOM) and on other grids hold the one medseg reads"
+    )
     log.warning(
         "%s: its qform (code %d, %s) and sform (code %d, %s) place the grid up to %.3g mm apart; %s",
         path,
@@ -341,6 +395,13 @@ def _warn_if_nifti_transforms_differ(path: Path, header: Any, geometry: VolumeGe
         apart,
         consequence,
     )
+    return {
+        "qform": np.asarray(header.get_qform(), dtype=float).tolist(),
+        "qform_code": q_code,
+        "sform": np.asarray(header.get_sform(), dtype=float).tolist(),
+        "sform_code": s_code,
+        "grid": geometry.to_dict(),
+    }
 
 
 def _first_line(exc: BaseException) -> str:

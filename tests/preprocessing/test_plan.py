@@ -89,6 +89,33 @@ def test_exercise_overrides(toy_dataset: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    "network",
+    [
+        {"options": {"residual_encoder": True}},
+        {"name": "unet"},
+        {"base_features": 8, "deep_supervision": True},
+    ],
+)
+def test_network_settings_keep_the_pooling_of_the_patch(
+    toy_dataset: Path, network: dict[str, object]
+) -> None:
+    """A --config naming network options (README: "network": {"options": ...}) or `plan --network`
+    beside --patch / --spacing: the pooling is still derived for the new patch and spacing (it
+    kept the dataset's default plan's, for another patch and spacing)."""
+    plan = plan_from_fingerprint(compute_fingerprint(toy_dataset, workers=1), "3d")
+    change = {"target_spacing": [3.0, 0.5, 0.5], "patch_size": [21, 128, 128]}
+    alone = plan.with_overrides(change)
+    both = plan.with_overrides({**change, "network": network})
+    assert both.network.pooling == alone.network.pooling and both.network.kernels == alone.network.kernels
+    for key, value in network.items():
+        assert getattr(both.network, key) == value
+    # pooling given explicitly is kept as given
+    given = {"pooling": [[1, 2, 2], [1, 2, 2]], "kernels": [[1, 3, 3], [1, 3, 3], [1, 3, 3]]}
+    explicit = plan.with_overrides({**change, "network": {**network, **given}})
+    assert [list(p) for p in explicit.network.pooling] == given["pooling"]
+
+
+@pytest.mark.parametrize(
     "change, match",
     [
         ({"learning_rate": 1}, "unknown key"),

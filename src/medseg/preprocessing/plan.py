@@ -216,12 +216,18 @@ class Plan:
     def with_overrides(self, overrides: Mapping[str, Any]) -> Plan:
         """A copy with fields replaced, type-checked.
 
-        When the patch size or spacing changes and the network is not given, the pooling
-        is re-derived: a user's patch is kept exactly (an axis is pooled only while it
-        divides evenly); a changed spacing rounds the patch to the new pooling.
+        When the patch size or spacing changes and the network's pooling and kernels are not
+        given (other network settings may be: ``"network": {"options": ...}``, ``plan
+        --network``), the pooling is re-derived: a user's patch is kept exactly (an axis is
+        pooled only while it divides evenly); a changed spacing rounds the patch to the new
+        pooling.
         """
         data = dict(overrides)
-        if ("patch_size" in data or "target_spacing" in data) and "network" not in data:
+        network = data.get("network")
+        network_given = network is not None and (
+            not isinstance(network, Mapping) or "pooling" in network or "kernels" in network
+        )
+        if ("patch_size" in data or "target_spacing" in data) and not network_given:
             try:
                 patch = tuple(int(v) for v in data.get("patch_size", self.patch_size))
                 spacing = tuple(float(v) for v in data.get("target_spacing", self.target_spacing))
@@ -238,6 +244,7 @@ class Plan:
                 else:
                     data["patch_size"] = list(round_patch_to_pooling(patch, pooling))
                 data["network"] = {
+                    **(dict(network) if isinstance(network, Mapping) else {}),
                     "pooling": [list(p) for p in pooling],
                     "kernels": [list(k) for k in kernels],
                 }

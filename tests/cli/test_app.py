@@ -22,3 +22,19 @@ def test_version_names_medseg_and_its_libraries() -> None:
 def test_no_arguments_show_the_commands() -> None:
     res = runner.invoke(app, [])
     assert "predict" in res.output and "--version" in res.output
+
+
+def _help(*command: str) -> str:
+    res = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    return " ".join(res.output.split())
+
+
+def test_help_says_what_the_readme_says() -> None:
+    """Help texts that had drifted from README.md (each statement checked against the code)."""
+    predict = _help("predict")
+    assert "the exit code is then 1" in predict  # README: exits with 1 when any case failed
+    assert "--roi-views SAGITTAL CORONAL" in predict  # was <Path,Path>...
+    assert "model folder" in _help("info")  # `medseg info MODEL` summarises a model
+    for command in ("query", "pull", "push", "segment"):  # every key docs/pacs.md lists
+        assert "url, user, password, token, ca_bundle, insecure, timeout" in _help("pacs", command)

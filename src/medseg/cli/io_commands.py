@@ -160,7 +160,7 @@ def info(
 ) -> None:
     """Show shape, spacing (z, y, x), orientation, direction, origin, type and value range.
 
-    For a DICOM folder, also the table of series it holds.
+    For a DICOM folder, also the table of series it holds. For a model folder, a summary without loading it: configuration, labels, spacing, per fold the medseg version, epochs, best validation Dice and weights present, and the postprocessing rules predict applies.
     """
     report = gather_info(path, series=series, volume=volume, spacing=spacing)
     if as_json:

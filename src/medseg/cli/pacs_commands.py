@@ -35,7 +35,9 @@ UrlOpt = Annotated[
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(
-        "--config", help="JSON config with url/user/password/token (default ~/.config/medseg/pacs.json)."
+        "--config",
+        help="JSON config file with the keys url, user, password, token, ca_bundle, insecure, timeout "
+        "(or MEDSEG_PACS_CONFIG; default ~/.config/medseg/pacs.json).",
     ),
 ]
 UserOpt = Annotated[str | None, typer.Option("--user", help="Basic-auth user (or MEDSEG_PACS_USER).")]

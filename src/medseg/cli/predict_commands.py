@@ -82,7 +82,11 @@ def predict_command(
     ] = False,
     roi_views: Annotated[
         tuple[Path, Path] | None,
-        typer.Option(help="SAGITTAL CORONAL views: predict on the multi-plane ROI, output on the full grid"),
+        typer.Option(
+            metavar="SAGITTAL CORONAL",
+            help="sagittal and coronal series of the same study: predict on the multi-plane ROI, output on the "
+            "full grid",
+        ),
     ] = None,
     spacing: Annotated[
         tuple[float, float, float] | None,
@@ -111,6 +115,8 @@ def predict_command(
     """Segment new scans with a trained model; outputs land on the input's exact grid.
 
     DICOM SEG and RTSTRUCT segments are marked AUTOMATIC (`medseg export --algorithm-type` marks a corrected label map). volumes.csv and cohort_volumes.csv name each DICOM case's StudyInstanceUID and SeriesInstanceUID (empty for NIfTI and other files).
+
+    A cohort goes on past a case that fails (listed in OUT/predictions.json); the exit code is then 1.
     """
     from medseg.inference.predictor import PredictConfig, predict
 

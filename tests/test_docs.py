@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import ast
 import functools
+import importlib
 import re
 import shlex
 from pathlib import Path
 
 import pytest
+import typer
 from typer.core import TyperGroup
 from typer.main import get_command
 
@@ -141,6 +143,44 @@ def test_every_option_the_pages_name_exists() -> None:
     assert not missing, f"options named in the docs that no medseg command has: {sorted(missing)}"
 
 
+def _inline_commands() -> list[tuple[str, str]]:
+    """``medseg ...`` spans in the prose (outside code blocks), e.g. `medseg predict --shard i/n`."""
+    found = []
+    for page in PAGES:
+        prose = re.sub(r"```.*?```", "", (ROOT / page).read_text(), flags=re.S).replace("\n", " ")
+        found += [(page, span) for span in re.findall(r"`(medseg [^`]+)`", prose)]
+    return found
+
+
+def test_commands_named_in_the_prose_have_their_options() -> None:
+    """A span may leave arguments out (`medseg predict --shard i/n`), but its command and options
+    must exist. Spans whose second word is no command are not commands (`medseg segmentation`
+    is a series description, `medseg COMMAND --help` a pattern)."""
+    commands = _leaf_commands()
+    groups = {name.split()[0] for name in commands if " " in name}
+    checked = 0
+    for page, span in _inline_commands():
+        words = shlex.split(span)[1:]
+        if not words or (words[0] not in groups and words[0] not in commands):
+            continue
+        path: list[str] = []
+        while words and " ".join(path) not in commands and not words[0].startswith("-"):
+            path.append(words.pop(0))
+        if " ".join(path) not in commands:
+            continue  # a group alone (`medseg pacs`)
+        command = commands[" ".join(path)]
+        try:
+            command.make_context("medseg " + " ".join(path), words)  # type: ignore[attr-defined]
+        except typer.BadParameter as exc:
+            # unknown options are found before missing arguments, which a span may leave out
+            if type(exc).__name__ != "MissingParameter":
+                raise AssertionError(f"{page}: `{span}`: {exc}") from None
+        except Exception as exc:
+            raise AssertionError(f"{page}: `{span}`: {exc}") from None
+        checked += 1
+    assert checked > 20
+
+
 def _python_blocks() -> list[tuple[str, str]]:
     return [(page, block) for page in PAGES for block in _blocks((ROOT / page).read_text(), ("python",))]
 
@@ -151,3 +191,24 @@ def test_python_examples_compile_and_import(page: str, block: str) -> None:
     imports = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
     assert imports, f"{page}: a Python example without imports"
     exec(compile(ast.Module(body=imports, type_ignores=[]), page, "exec"), {})
+
+
+def test_python_names_the_pages_give_exist() -> None:
+    """`medseg.io.dicom.write_dicom_series`, `medseg.pipeline.SegmentationModel`, ...: each
+    dotted name in the pages is a module, or an attribute of one."""
+    missing = []
+    for page in PAGES:
+        for name in sorted(set(re.findall(r"\bmedseg(?:\.[A-Za-z_]\w*)+", (ROOT / page).read_text()))):
+            parts = name.split(".")
+            for i in range(len(parts), 0, -1):
+                try:
+                    obj: object = importlib.import_module(".".join(parts[:i]))
+                    break
+                except ImportError:
+                    continue
+            for attr in parts[i:]:
+                if not hasattr(obj, attr):
+                    missing.append(f"{page}: {name}")
+                    break
+                obj = getattr(obj, attr)
+    assert not missing, missing

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib
+import inspect
 import re
 import shlex
 from pathlib import Path
@@ -186,11 +187,22 @@ def _python_blocks() -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize(("page", "block"), _python_blocks())
-def test_python_examples_compile_and_import(page: str, block: str) -> None:
+def test_python_examples_import_and_call_with_valid_arguments(page: str, block: str) -> None:
     tree = ast.parse(block, filename=page)
     imports = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
     assert imports, f"{page}: a Python example without imports"
-    exec(compile(ast.Module(body=imports, type_ignores=[]), page, "exec"), {})
+    names: dict[str, object] = {}
+    exec(compile(ast.Module(body=imports, type_ignores=[]), page, "exec"), names)
+    # every call of an imported function or class passes arguments its signature takes
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in names:
+            target = names[node.func.id]
+            args = [None] * len(node.args)
+            kwargs = {k.arg: None for k in node.keywords if k.arg is not None}
+            try:
+                inspect.signature(target).bind(*args, **kwargs)  # type: ignore[arg-type]
+            except TypeError as exc:
+                raise AssertionError(f"{page}: {ast.unparse(node)}: {exc}") from None
 
 
 def test_python_names_the_pages_give_exist() -> None:

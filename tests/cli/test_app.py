@@ -35,6 +35,7 @@ def test_help_says_what_the_readme_says() -> None:
     predict = _help("predict")
     assert "the exit code is then 1" in predict  # README: exits with 1 when any case failed
     assert "--roi-views SAGITTAL CORONAL" in predict  # was <Path,Path>...
+    assert "predictions_shard<i>of<n>.json" in predict
     assert "model folder" in _help("info")  # `medseg info MODEL` summarises a model
     for command in ("query", "pull", "push", "segment"):  # every key docs/pacs.md lists
         assert "url, user, password, token, ca_bundle, insecure, timeout" in _help("pacs", command)

@@ -69,7 +69,11 @@ def predict_command(
         typer.Option("--no-slice-filter", help="ignore the model's empty-slice classifier, if it has one"),
     ] = False,
     shard: Annotated[
-        str | None, typer.Option(help="i/n: predict every n-th case from i (SLURM arrays)")
+        str | None,
+        typer.Option(
+            help="i/n: predict every n-th case from i (SLURM arrays), listed in OUT/predictions_shard<i>of<n>.json "
+            "instead of OUT/predictions.json"
+        ),
     ] = None,
     onnx: Annotated[bool, typer.Option(help="use ONNX Runtime (after `medseg export-onnx`)")] = False,
     mesh_format: Annotated[str, typer.Option(help="stl, obj or ply")] = "stl",

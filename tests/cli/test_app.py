@@ -37,6 +37,9 @@ def test_help_says_what_the_readme_says() -> None:
     assert "--roi-views SAGITTAL CORONAL" in predict  # was <Path,Path>...
     assert "predictions_shard<i>of<n>.json" in predict
     assert "model folder" in _help("info")  # `medseg info MODEL` summarises a model
+    assert "summarise a model folder" in " ".join(
+        runner.invoke(app, ["--help"], env={"COLUMNS": "200"}).output.split()
+    )
     for command in ("query", "pull", "push", "segment"):  # every key docs/pacs.md lists
         assert "url, user, password, token, ca_bundle, insecure, timeout" in _help("pacs", command)
     for command in ("plan", "train", "crossval"):  # PyYAML is no dependency: a YAML config needs it installed

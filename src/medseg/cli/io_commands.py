@@ -158,9 +158,9 @@ def info(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
-    """Show shape, spacing (z, y, x), orientation, direction, origin, type and value range.
+    """Show an image's shape, spacing (z, y, x), orientation, origin and values, or summarise a model folder.
 
-    For a DICOM folder, also the table of series it holds. For a model folder, a summary without loading it: configuration, labels, spacing, per fold the medseg version, epochs, best validation Dice and weights present, and the postprocessing rules predict applies.
+    An image: also its direction matrix and data type; a DICOM folder: the table of series it holds. A model folder, without loading it: configuration, labels, spacing, per fold the medseg version, epochs, best validation Dice and weights present, and the postprocessing rules predict applies.
     """
     report = gather_info(path, series=series, volume=volume, spacing=spacing)
     if as_json:

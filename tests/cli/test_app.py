@@ -42,5 +42,3 @@ def test_help_says_what_the_readme_says() -> None:
     )
     for command in ("query", "pull", "push", "segment"):  # every key docs/pacs.md lists
         assert "url, user, password, token, ca_bundle, insecure, timeout" in _help("pacs", command)
-    for command in ("plan", "train", "crossval"):  # PyYAML is no dependency: a YAML config needs it installed
-        assert "YAML needs PyYAML installed" in _help(command)

@@ -77,9 +77,7 @@ def plan_command(
         ),
     ] = None,
     network: Annotated[str | None, typer.Option(help="network name from the model registry")] = None,
-    config: Annotated[
-        Path | None, typer.Option(help="JSON file of plan fields to override (YAML needs PyYAML installed)")
-    ] = None,
+    config: Annotated[Path | None, typer.Option(help="JSON/YAML file of plan fields to override")] = None,
     workers: Annotated[int, typer.Option(help="worker processes")] = 2,
     overwrite: Annotated[bool, typer.Option(help="replace an existing plan")] = False,
     quiet: Quiet = False,

@@ -45,8 +45,7 @@ def train_command(
     ] = "0",
     configuration: Configuration = "3d",
     config: Annotated[
-        Path | None,
-        typer.Option(help="JSON training config, the fields of TrainingConfig (YAML needs PyYAML installed)"),
+        Path | None, typer.Option(help="JSON/YAML training config (see TrainingConfig)")
     ] = None,
     loss: Annotated[str | None, typer.Option(help="dice_ce, focal, dice_focal, dice or ce")] = None,
     epochs: Annotated[int | None, typer.Option(help="number of epochs")] = None,
@@ -159,8 +158,7 @@ def crossval_command(
         int | None, typer.Option(help="number of folds (default: splits.json's, or 5 when it is created)")
     ] = None,
     config: Annotated[
-        Path | None,
-        typer.Option(help="JSON training config, the fields of TrainingConfig (YAML needs PyYAML installed)"),
+        Path | None, typer.Option(help="JSON/YAML training config (see TrainingConfig)")
     ] = None,
     loss: Annotated[str | None, typer.Option(help="dice_ce, focal, dice_focal, dice or ce")] = None,
     epochs: Annotated[int | None, typer.Option(help="number of epochs")] = None,

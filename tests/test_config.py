@@ -73,3 +73,17 @@ def test_config_file_errors(tmp_path: Path) -> None:
     lst.write_text("[1, 2]")
     with pytest.raises(InputError, match="one object"):
         load_config_file(lst)
+
+
+def test_a_yaml_training_config_loads_like_its_json(tmp_path: Path) -> None:
+    """PyYAML is a dependency: `medseg train --config train.yaml` works on a default install."""
+    from medseg.training.config import load_training_config
+
+    (tmp_path / "train.yaml").write_text("loss: focal\nlearning_rate: 1.0e-4\nloss_options:\n  gamma: 2.0\n")
+    (tmp_path / "train.json").write_text(
+        '{"loss": "focal", "learning_rate": 1e-4, "loss_options": {"gamma": 2.0}}'
+    )
+    assert load_training_config(tmp_path / "train.yaml") == load_training_config(tmp_path / "train.json")
+    (tmp_path / "bad.yaml").write_text("loss: [focal\n")
+    with pytest.raises(InputError, match=r"bad\.yaml.*not valid YAML"):
+        load_config_file(tmp_path / "bad.yaml")

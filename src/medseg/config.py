@@ -142,7 +142,8 @@ def load_json(path: str | Path) -> Any:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """A JSON (or YAML when PyYAML is installed) file holding one object."""
+    """A JSON or YAML file holding one object (PyYAML is a dependency; the ImportError path
+    is for environments that removed it)."""
     src = Path(path)
     if src.suffix.lower() in (".yaml", ".yml"):
         try:

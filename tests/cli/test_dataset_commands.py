@@ -163,7 +163,7 @@ def test_check_reports_problems_with_exit_code_1(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "s1: " in result.output and "undeclared label values [3, 4]" in result.output
     assert "│ s0" not in result.output  # --problems-only hides good cases
-    assert "1 problems (1 cases, 0 dataset-level)" in " ".join(result.output.split())
+    assert "1 problem (1 case, 0 dataset-level)" in " ".join(result.output.split())
 
 
 def test_import_errors_are_one_line(tmp_path: Path, shared_data: Path) -> None:

@@ -162,12 +162,13 @@ def check_command(
         write_text_atomic(json_out, json.dumps(report.to_json(), indent=2) + "\n", overwrite=True)
     n_bad = len(report.bad_cases)
     what = "checked" if report.values_checked else "checked (headers only)"
+    checked = f"{len(report.cases)} case{'' if len(report.cases) == 1 else 's'} {what}"
     if report.ok:
-        console.print(f"[green]{len(report.cases)} cases {what}: no problems[/]")
+        console.print(f"[green]{checked}: no problems[/]")
         return
     console.print(
-        f"[red]{len(report.cases)} cases {what}: {report.num_problems} problems "
-        f"({n_bad} cases, {len(report.problems)} dataset-level)[/]"
+        f"[red]{checked}: {report.num_problems} problem{'' if report.num_problems == 1 else 's'} "
+        f"({n_bad} case{'' if n_bad == 1 else 's'}, {len(report.problems)} dataset-level)[/]"
     )
     raise typer.Exit(1)
 

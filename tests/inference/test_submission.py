@@ -176,3 +176,44 @@ def test_a_region_models_overlapping_masks_are_all_submitted() -> None:
         ("case9_day2_slice_0006", "stomach", ""),
     ]
     assert rle_encode(large[1]) == "1 2" and rle_encode(small[1]) == "2 2"
+
+
+def test_repeated_model_options_ensemble_the_configurations(
+    uw_model: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`submission -m 2.5d -m 2d` ensembles both configurations (as `predict` does); it used to
+    keep only the last -m without a word."""
+    import medseg.inference.submission as submission
+
+    root, model_25d = uw_model
+    plan_dataset(root / "ds", "2d", overrides={"patch_size": [1, 8, 8], "batch_size": 2}, workers=1)
+    cfg = TrainingConfig(epochs=1, iterations_per_epoch=2, val_every=1, num_workers=0, max_val_cases=1)
+    model_2d = train(root / "ds", 0, configuration="2d", config=cfg, folds=2).model_dir
+    seen: list[object] = []
+    real = submission.predict_uwmadison_submission
+
+    def spy(test_dir: Path, model: object, *args: object, **kwargs: object) -> object:
+        seen.append(model)
+        return real(test_dir, model, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(submission, "predict_uwmadison_submission", spy)
+    out = tmp_path / "ensemble.csv"
+    res = CliRunner().invoke(
+        app,
+        [
+            "submission",
+            str(root / "src" / "train"),
+            "-m",
+            str(model_25d),
+            "-m",
+            str(model_2d),
+            "-o",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert seen == [[model_25d, model_2d]]
+    ensemble = SegmentationModel([model_25d, model_2d], device="cpu")
+    assert [m.plan.configuration for m in ensemble.members] == ["2.5d", "2d"]
+    expected = predict_uwmadison_submission(root / "src" / "train", ensemble, tmp_path / "api.csv")
+    assert _rows(out) == _rows(expected.path)

@@ -192,7 +192,14 @@ def submission_command(
         Path, typer.Argument(help="the competition's test/ folder (caseN/caseN_dayM/scans/*.png)")
     ],
     model: Annotated[
-        Path, typer.Option("--model", "-m", help="model folder (or ensemble of fold_* folders)")
+        list[Path],
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="MODEL",
+            help="model folder (or ensemble of fold_* folders); repeat to ensemble configurations, "
+            "e.g. -m models/2.5d -m models/3d (class probabilities averaged)",
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="submission CSV to write")] = Path(
         "submission.csv"
@@ -213,7 +220,7 @@ def submission_command(
 
     result = predict_uwmadison_submission(
         test_dir,
-        model,
+        model[0] if len(model) == 1 else model,
         out,
         sample_submission=sample_submission,
         tta=tta,

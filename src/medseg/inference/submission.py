@@ -109,7 +109,7 @@ def _check_sample_against_scans(
 
 def predict_uwmadison_submission(
     test_dir: str | Path,
-    model: str | Path | SegmentationModel,
+    model: str | Path | Sequence[str | Path] | SegmentationModel,
     out_csv: str | Path,
     *,
     sample_submission: str | Path | None = None,
@@ -120,6 +120,9 @@ def predict_uwmadison_submission(
     progress: bool = False,
 ) -> SubmissionResult:
     """Predict every scan under ``test_dir`` and write the ``id,class,predicted`` CSV.
+
+    ``model`` is what :class:`SegmentationModel` takes: a model folder, a folder of folds,
+    or a list of configurations' folders (an ensemble, probabilities averaged).
 
     With ``sample_submission``, the rows follow its order and every row it lists must be
     predicted (an error names the first missing ones); rows it does not list are dropped
@@ -137,7 +140,7 @@ def predict_uwmadison_submission(
     if sample_submission is not None:
         order = _sample_order(Path(sample_submission))
         _check_sample_against_scans(order, scans, Path(sample_submission))
-    log.info("predicting %d test scan(s) with %s", len(scans), seg.path)
+    log.info("predicting %d test scan(s) with %s", len(scans), " + ".join(str(p) for p in seg.paths))
     rows: list[tuple[str, str, str]] = []
     with progress_bar(progress, "test scans", len(scans)) as advance:
         for case_day, slices in sorted(scans.items()):

@@ -188,7 +188,9 @@ def test_baseline_errors(tmp_path: Path) -> None:
     img = _blob_image(tmp_path)
     out = tmp_path / "o.nii.gz"
     res = runner.invoke(app, ["baseline", "region-grow", str(img), "-o", str(out), "--seed", "10 0 0"])
-    assert res.exit_code == 2 and "lies outside the image" in res.output
+    assert res.exit_code == 2 and f"{img}: seed (z, y, x) = (10, 0, 0) lies outside the image" in res.output
+    res = runner.invoke(app, ["baseline", "watershed", str(img), "-o", str(out), "--seed-world", "0 0 1e4"])
+    assert res.exit_code == 2 and f"{img}: world seed (x, y, z)" in res.output, res.output
     res = runner.invoke(app, ["baseline", "region-grow", str(img), "-o", str(out), "--seed", "1 2"])
     assert res.exit_code == 2 and "three numbers" in res.output
     res = runner.invoke(app, ["baseline", "snake", str(img), "-o", str(out)])

@@ -533,6 +533,8 @@ def baseline_command(
     seeds = [_seed(s, volume.shape) for s in seed or []]
     seeds_world = [_triple(s, "--seed-world", float) for s in seed_world or []]
     mask_vol = read_volume(seed_mask) if seed_mask is not None else None
+    if seeds or seeds_world:
+        _check_seeds(volume, image, seeds, seeds_world)
     if method == "threshold":
         result = classical.threshold(volume, threshold, upper)
     elif method == "otsu":
@@ -628,6 +630,19 @@ def _check_options(method: str, given: Sequence[str]) -> None:
             f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to {method}{hint}; "
             f"it takes {', '.join(sorted(_METHOD_OPTIONS[method]))}"
         )
+
+
+def _check_seeds(
+    volume: Any, image: Path, seeds: Sequence[Sequence[int]], seeds_world: Sequence[Sequence[float]]
+) -> None:
+    """A seed outside the image is an error naming the image (the library's names no file)."""
+    from medseg.classical.seeds import seed_indices
+    from medseg.errors import InputError
+
+    try:
+        seed_indices(volume, seeds, seeds_world=seeds_world)
+    except InputError as exc:
+        raise InputError(image, exc.problem, expected=exc.expected, found=exc.found) from None
 
 
 def _relabel(result: Any, label: int | None, keep_class: int | None) -> Any:

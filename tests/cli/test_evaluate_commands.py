@@ -196,7 +196,9 @@ def test_baseline_errors(tmp_path: Path) -> None:
     res = runner.invoke(app, ["baseline", "snake", str(img), "-o", str(out)])
     assert res.exit_code == 2 and "unknown baseline 'snake'" in res.output
     res = runner.invoke(app, ["baseline", "threshold", str(img), "-o", str(out)])
-    assert res.exit_code == 2 and "lower bound" in res.output
+    low, high = (float(f(read_volume(img).array)) for f in (np.min, np.max))
+    assert res.exit_code == 2 and "--threshold T (keeps values >= T), --upper U" in res.output, res.output
+    assert f"holds values {low:.6g} .. {high:.6g}" in res.output
     write_volume(Volume(np.zeros((2, 2, 2), dtype=np.uint8)), out)
     res = runner.invoke(app, ["baseline", "otsu", str(img), "-o", str(out)])
     assert res.exit_code == 2 and "--overwrite" in res.output

@@ -536,6 +536,12 @@ def baseline_command(
     if seeds or seeds_world:
         _check_seeds(volume, image, seeds, seeds_world)
     if method == "threshold":
+        if threshold is None and upper is None:
+            raise ConfigError(
+                "threshold needs a bound: --threshold T (keeps values >= T), --upper U (values <= U) "
+                f"or both; {image} holds values {float(np.nanmin(volume.array)):.6g} .. "
+                f"{float(np.nanmax(volume.array)):.6g}"
+            )
         result = classical.threshold(volume, threshold, upper)
     elif method == "otsu":
         result = classical.otsu(volume, 2 if classes is None else classes)

@@ -31,6 +31,7 @@ from typing import Any
 from medseg.errors import GeometryError
 from medseg.evaluation.compare import ComparisonResult
 from medseg.evaluation.evaluate import (
+    CaseResult,
     EvaluationResult,
     case_dice,
     describe,
@@ -176,8 +177,7 @@ def overlay_pngs(
             ref, pred = load_case_volumes(case)
             if reference is None:
                 reference = ref
-            dice = case_dice(case)
-            score = f"Dice {dice:.3f}" if math.isfinite(dice) else "no foreground"
+            score = panel_score(case)
             if case.status == "missing_prediction":
                 score = "no prediction, scored empty"
             panels[f"{method if several else 'prediction'} ({score})"] = pred
@@ -194,6 +194,17 @@ def overlay_pngs(
                 )
         pngs[name] = render_comparison_png(reference, panels, scan, dict(results_labels(results)), title=name)
     return pngs
+
+
+def panel_score(case: CaseResult) -> str:
+    """The Dice an overlay panel's title gives: one class's, or the mean over the classes
+    present (:func:`~medseg.evaluation.evaluate.case_dice`) said to be one, since the
+    table shows only per-class values and a bare "Dice 0.040" matched none of them."""
+    dice = case_dice(case)
+    if not math.isfinite(dice):
+        return "no foreground"
+    present = sum(1 for cm in case.per_label.values() if cm.counts.tp + cm.counts.fp + cm.counts.fn > 0)
+    return f"Dice {dice:.3f}" if present == 1 else f"mean Dice {dice:.3f} of {present} classes"
 
 
 def results_labels(results: Mapping[str, EvaluationResult]) -> Mapping[int, str]:

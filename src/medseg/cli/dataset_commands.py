@@ -23,6 +23,7 @@ from medseg.cli.common import (
     err_console,
     number_list,
     number_list_command,
+    warnings_only,
 )
 from medseg.errors import ConfigError
 
@@ -54,7 +55,14 @@ SkipOpt = Annotated[
     bool,
     typer.Option("--skip-invalid", help="Leave out bad cases (listed in dataset.json) instead of stopping."),
 ]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+QuietOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="print only warnings, errors and the final result lines (no progress bar or log lines)",
+    ),
+]
 LabelsOpt = Annotated[
     str | None, typer.Option("--labels", help="Label declaration NAME=VALUE,... (background=0 included).")
 ]
@@ -131,7 +139,8 @@ def check_command(
 
     if json_out is not None and json_out.exists() and Path(root).resolve() in json_out.resolve().parents:
         raise ConfigError(f"{json_out}: --json would overwrite a file of the dataset it checks")
-    report = check_dataset(root, read_values=not headers_only, progress=not quiet)
+    with warnings_only(quiet):
+        report = check_dataset(root, read_values=not headers_only, progress=not quiet)
     table = Table(title=f"dataset check: {escape(str(root))}", title_justify="left")
     for col in ("case", "set", "shape zyx", "spacing zyx mm", "orient.", "labels", "status"):
         table.add_column(col, overflow="fold")
@@ -257,11 +266,12 @@ def import_msd_command(
     """Medical Segmentation Decathlon task (4D multi-channel NIfTI split into channels)."""
     from medseg.data.adapters.msd import import_msd
 
-    result = import_msd(
-        source, out, overwrite=overwrite, labels=_labels(labels),
-        channel_names=channels.split(",") if channels else None, cases=case, include_test=not no_test,
-        chunk=chunk, chunk_overlap=chunk_overlap, skip_invalid=skip_invalid, progress=not quiet,
-    )  # fmt: skip
+    with warnings_only(quiet):
+        result = import_msd(
+            source, out, overwrite=overwrite, labels=_labels(labels),
+            channel_names=channels.split(",") if channels else None, cases=case, include_test=not no_test,
+            chunk=chunk, chunk_overlap=chunk_overlap, skip_invalid=skip_invalid, progress=not quiet,
+        )  # fmt: skip
     _imported(result)
 
 
@@ -280,10 +290,11 @@ def import_chaos_command(
     """CHAOS MR T2-SPIR (liver, right/left kidney, spleen)."""
     from medseg.data.adapters.chaos import import_chaos
 
-    result = import_chaos(
-        source, out, overwrite=overwrite, cases=case, chunk=chunk, chunk_overlap=chunk_overlap,
-        skip_invalid=skip_invalid, progress=not quiet,
-    )  # fmt: skip
+    with warnings_only(quiet):
+        result = import_chaos(
+            source, out, overwrite=overwrite, cases=case, chunk=chunk, chunk_overlap=chunk_overlap,
+            skip_invalid=skip_invalid, progress=not quiet,
+        )  # fmt: skip
     _imported(result)
 
 
@@ -318,11 +329,12 @@ def import_seg_command(
     """DICOM series with DICOM SEG labels (one case per SEG)."""
     from medseg.data.adapters.dicom_labels import import_dicom_seg
 
-    result = import_dicom_seg(
-        source, out, seg_files=seg, overwrite=overwrite, labels=_labels(labels),
-        on_overlap=overlap,  # type: ignore[arg-type]  # checked by the adapter
-        chunk=chunk, chunk_overlap=chunk_overlap, skip_invalid=skip_invalid, progress=not quiet,
-    )  # fmt: skip
+    with warnings_only(quiet):
+        result = import_dicom_seg(
+            source, out, seg_files=seg, overwrite=overwrite, labels=_labels(labels),
+            on_overlap=overlap,  # type: ignore[arg-type]  # checked by the adapter
+            chunk=chunk, chunk_overlap=chunk_overlap, skip_invalid=skip_invalid, progress=not quiet,
+        )  # fmt: skip
     _imported(result)
 
 
@@ -346,11 +358,12 @@ def import_rtstruct_command(
     """DICOM series with RTSTRUCT contours (one case per RTSTRUCT; ROI names become labels)."""
     from medseg.data.adapters.dicom_labels import import_rtstruct
 
-    result = import_rtstruct(
-        source, out, rtstruct_files=rtstruct, overwrite=overwrite, labels=_labels(labels),
-        on_overlap=overlap,  # type: ignore[arg-type]  # checked by the adapter
-        chunk=chunk, chunk_overlap=chunk_overlap, skip_invalid=skip_invalid, progress=not quiet,
-    )  # fmt: skip
+    with warnings_only(quiet):
+        result = import_rtstruct(
+            source, out, rtstruct_files=rtstruct, overwrite=overwrite, labels=_labels(labels),
+            on_overlap=overlap,  # type: ignore[arg-type]  # checked by the adapter
+            chunk=chunk, chunk_overlap=chunk_overlap, skip_invalid=skip_invalid, progress=not quiet,
+        )  # fmt: skip
     _imported(result)
 
 
@@ -390,11 +403,12 @@ def import_images2d_command(
     """2D image/mask pairs, each a one-slice volume. ISBI 2012 EM: --mask-map 0=1,255=0 --label-name membrane."""
     from medseg.data.adapters.images2d import import_images2d
 
-    result = import_images2d(
-        images, out, masks=masks, spacing=spacing, test_images=test,
-        mask_map=_int_map(mask_map) if mask_map else None, label_name=label_name,
-        channel_name=channel_name, mask_suffix=mask_suffix, case_prefix=case_prefix,
-        group_pattern=group_pattern, cases=case, skip_invalid=skip_invalid, overwrite=overwrite,
-        progress=not quiet,
-    )  # fmt: skip
+    with warnings_only(quiet):
+        result = import_images2d(
+            images, out, masks=masks, spacing=spacing, test_images=test,
+            mask_map=_int_map(mask_map) if mask_map else None, label_name=label_name,
+            channel_name=channel_name, mask_suffix=mask_suffix, case_prefix=case_prefix,
+            group_pattern=group_pattern, cases=case, skip_invalid=skip_invalid, overwrite=overwrite,
+            progress=not quiet,
+        )  # fmt: skip
     _imported(result)

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from medseg.cli.common import cli_command, console, err_console
+from medseg.cli.common import cli_command, console, err_console, warnings_only
 from medseg.cli.dataset_commands import (
     ChunkOpt,
     ChunkOverlapOpt,
@@ -88,25 +88,26 @@ def prostatex_command(
     """
     from medseg.data.adapters import prostatex
 
-    result = prostatex.download_prostatex(
-        out,
-        patients or None,
-        base_url=base_url or prostatex.TCIA_BASE_URL,
-        labels=labels,
-        labels_url=labels_url or prostatex.MEYER_LABELS_URL,
-        labels_sha256=labels_sha256,
-        cache_dir=cache,
-        meyer_split=not all_train,
-        crop_roi=crop_roi,
-        roi_margin_mm=roi_margin,
-        verify_md5=not no_md5,
-        keep_archives=keep_archives,
-        skip_invalid=skip_invalid,
-        overwrite=overwrite,
-        retries=retries,
-        timeout=timeout,
-        progress=not quiet,
-    )
+    with warnings_only(quiet):
+        result = prostatex.download_prostatex(
+            out,
+            patients or None,
+            base_url=base_url or prostatex.TCIA_BASE_URL,
+            labels=labels,
+            labels_url=labels_url or prostatex.MEYER_LABELS_URL,
+            labels_sha256=labels_sha256,
+            cache_dir=cache,
+            meyer_split=not all_train,
+            crop_roi=crop_roi,
+            roi_margin_mm=roi_margin,
+            verify_md5=not no_md5,
+            keep_archives=keep_archives,
+            skip_invalid=skip_invalid,
+            overwrite=overwrite,
+            retries=retries,
+            timeout=timeout,
+            progress=not quiet,
+        )
     n_test = 0 if all_train else sum(c.split == "Test" for c in result.cases)
     resampled = [c.case_id for c in result.cases if c.label_resampled]
     console.print(
@@ -161,19 +162,20 @@ def uwmadison_command(
 
     if slice_thickness <= 0:
         raise ConfigError(f"--slice-thickness must be positive, found {slice_thickness}")
-    result = import_uwmadison(
-        source,
-        out,
-        csv_path=csv_path,
-        slice_thickness=slice_thickness,
-        overlap_priority=[c.strip() for c in overlap_priority.split(",") if c.strip()],
-        chunk=chunk,
-        chunk_overlap=chunk_overlap,
-        skip_invalid=skip_invalid,
-        overwrite=overwrite,
-        progress=not quiet,
-        overlaps="regions" if keep_overlaps else "priority",
-    )
+    with warnings_only(quiet):
+        result = import_uwmadison(
+            source,
+            out,
+            csv_path=csv_path,
+            slice_thickness=slice_thickness,
+            overlap_priority=[c.strip() for c in overlap_priority.split(",") if c.strip()],
+            chunk=chunk,
+            chunk_overlap=chunk_overlap,
+            skip_invalid=skip_invalid,
+            overwrite=overwrite,
+            progress=not quiet,
+            overlaps="regions" if keep_overlaps else "priority",
+        )
     patients = len({s.patient for s in result.scans})
     console.print(f"imported {len(result.scans)} scans of {patients} cases into {result.out}", soft_wrap=True)
     if result.overlap_pixels and keep_overlaps:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -315,17 +316,24 @@ def test_labels_to_rows_checks_its_input() -> None:
     ]
 
 
-def test_cli_import(tmp_path: Path) -> None:
+def test_cli_import(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from typer.testing import CliRunner
 
     from medseg.cli import app
 
     make_competition_folder(tmp_path / "src", overlap=True)
     runner = CliRunner()
+    caplog.set_level(logging.INFO, logger="medseg")
     res = runner.invoke(
         app, ["dataset", "import", "uwmadison", str(tmp_path / "src"), "--out", str(tmp_path / "ds"), "-q"]
     )
     assert res.exit_code == 0, res.output
+    # -q: the final lines only, not the per-scan log lines (nor the summary's log line twice)
+    assert [r.getMessage() for r in caplog.records if r.levelno < logging.WARNING] == []
+    res = runner.invoke(
+        app, ["dataset", "import", "uwmadison", str(tmp_path / "src"), "--out", str(tmp_path / "loud")]
+    )
+    assert res.exit_code == 0 and any("overlap" in r.getMessage() for r in caplog.records)
     assert "imported 3 scans of 2 cases" in res.output
     assert "resolved by priority stomach > large_bowel > small_bowel" in res.output
     assert read_descriptor(tmp_path / "ds").num_training == 3

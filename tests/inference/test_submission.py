@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -117,7 +118,9 @@ def test_sample_submission_order_and_gaps(uw_model: tuple[Path, Path], tmp_path:
         predict_uwmadison_submission(root / "src" / "train", model, tmp_path / "a.csv")
 
 
-def test_errors_and_cli(uw_model: tuple[Path, Path], trained_model: Path, tmp_path: Path) -> None:
+def test_errors_and_cli(
+    uw_model: tuple[Path, Path], trained_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     root, model = uw_model
     with pytest.raises(ConfigError, match="are not the competition's"):
         predict_uwmadison_submission(root / "src" / "train", trained_model, tmp_path / "x.csv")
@@ -126,6 +129,11 @@ def test_errors_and_cli(uw_model: tuple[Path, Path], trained_model: Path, tmp_pa
     )
     assert res.exit_code == 0, res.output
     assert "27 rows for 3 scan(s)" in res.stdout and (tmp_path / "s.csv").is_file()
+    caplog.set_level(logging.INFO, logger="medseg")
+    argv = ["submission", str(root / "src" / "train"), "-m", str(model), "-o", str(tmp_path / "q.csv"), "-q"]
+    res = CliRunner().invoke(app, argv)  # -q: the final line only, no log lines
+    assert res.exit_code == 0 and "27 rows for 3 scan(s)" in res.stdout, res.output
+    assert [r.getMessage() for r in caplog.records if r.levelno < logging.WARNING] == []
     res = CliRunner().invoke(
         app, ["submission", str(tmp_path / "nothing"), "-m", str(model), "-o", str(tmp_path / "n.csv")]
     )

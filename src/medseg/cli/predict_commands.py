@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from medseg.cli.common import app, cli_command, console, errors_only, number_values
+from medseg.cli.common import Quiet, app, cli_command, console, errors_only, number_values, warnings_only
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -214,21 +214,23 @@ def submission_command(
         float, typer.Option(help="slice spacing in mm used to stack the PNGs (as at import)")
     ] = 3.0,
     overwrite: Annotated[bool, typer.Option(help="replace an existing CSV")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """UW-Madison GI Tract (Kaggle 2022): predict the test scans and write id,class,predicted (RLE)."""
     from medseg.inference.submission import predict_uwmadison_submission
 
-    result = predict_uwmadison_submission(
-        test_dir,
-        model[0] if len(model) == 1 else model,
-        out,
-        sample_submission=sample_submission,
-        tta=tta,
-        slice_thickness=slice_thickness,
-        device=device,
-        overwrite=overwrite,
-        progress=True,
-    )
+    with warnings_only(quiet):
+        result = predict_uwmadison_submission(
+            test_dir,
+            model[0] if len(model) == 1 else model,
+            out,
+            sample_submission=sample_submission,
+            tta=tta,
+            slice_thickness=slice_thickness,
+            device=device,
+            overwrite=overwrite,
+            progress=not quiet,
+        )
     console.print(
         f"wrote {escape(str(result.path))}: {result.rows} rows for {result.scans} scan(s), "
         f"{result.rows_with_masks} with a mask",

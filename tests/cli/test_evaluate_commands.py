@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -563,3 +564,24 @@ def test_a_region_value_no_label_has_is_refused_naming_it_and_the_values_there_a
     (tmp_path / "other" / "dataset.json").write_text(json.dumps(desc))
     res = runner.invoke(app, [*args, "--regions", str(tmp_path / "other" / "dataset.json")])
     assert res.exit_code == 0, res.output
+
+
+def test_evaluate_one_organ_of_a_multi_organ_reference(tmp_path: Path) -> None:
+    """The lecturer's `baseline ... --label 2` scored against a reference holding 1 and 2."""
+    pdir, rdir = _pair(tmp_path)
+    pred = read_volume(pdir / "a.nii.gz")
+    organ = tmp_path / "organ.nii.gz"
+    write_volume(pred.with_array(np.where(pred.array == 2, 2, 0).astype(np.uint8)), organ)
+    args = ["evaluate", str(organ), str(rdir / "a.nii.gz"), "--labels", "core=2", "--metrics", "dice"]
+    res = runner.invoke(app, args)
+    assert (
+        res.exit_code == 2 and "reference holds [1]" in res.output and "--ignore-other-labels" in res.output
+    )
+    res = runner.invoke(app, [*args, "--ignore-other-labels", "-o", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    row = next(csv.DictReader((tmp_path / "out" / "cases.csv").open()))
+    ref = read_volume(rdir / "a.nii.gz").array
+    expected = 2 * np.sum((pred.array == 2) & (ref == 2)) / (np.sum(pred.array == 2) + np.sum(ref == 2))
+    assert float(row["dice/core"]) == pytest.approx(expected)
+    res = runner.invoke(app, ["evaluate", str(organ), str(rdir / "a.nii.gz"), "--ignore-other-labels"])
+    assert res.exit_code == 2 and "give --labels too" in res.output

@@ -25,7 +25,7 @@ from medseg.evaluation import (
     write_report,
 )
 from medseg.evaluation import metrics as M
-from medseg.evaluation.evaluate import case_dice, describe
+from medseg.evaluation.evaluate import case_dice, describe, load_case_volumes
 from medseg.evaluation.report import overlay_cases
 from medseg.export.codes import segment_color
 from medseg.export.overlay import COMPARISON_MARGIN_IN, COMPARISON_PANEL_IN
@@ -576,3 +576,30 @@ def test_region_masks_are_found_by_name_when_fewer_or_reordered_regions_are_scor
         cfg = EvaluationConfig(metrics=("dice",), labels={1: "a", 2: "b", 3: "ab"}, regions=regions)
         result = evaluate(tmp_path / "pred", tmp_path / "ref", cfg)
         assert result.cases[0].per_region == {name: pytest.approx(1.0) for name in regions}
+
+
+def test_ignore_other_labels_scores_one_organ_of_a_multi_organ_reference(folders) -> None:  # type: ignore[no-untyped-def]
+    """A one-organ result (a baseline's --label 3) against references holding labels 1 and 3:
+    an error naming the way out, or with ignore_other_labels label 3 alone, the others
+    background on both sides, in the scores and in the overlays' label maps alike."""
+    pred_dir, ref_dir, cases = folders
+    one_organ = pred_dir.parent / "inner_only"
+    for name, (pred, _) in cases.items():
+        write_volume(
+            pred.with_array(np.where(pred.array == 3, 3, 0).astype(np.uint8)), one_organ / f"{name}.nii.gz"
+        )
+    with pytest.raises(InputError, match=r"reference holds \[1\]") as err:
+        evaluate(one_organ, ref_dir, _serial(labels={3: "inner"}, metrics=("dice",)))
+    assert "--ignore-other-labels" in str(err.value)
+    with pytest.raises(ConfigError, match="give --labels too"):
+        _serial(ignore_other_labels=True)
+    result = evaluate(
+        one_organ, ref_dir, _serial(labels={3: "inner"}, metrics=("dice",), ignore_other_labels=True)
+    )
+    assert list(result.labels) == [3]
+    for case in result.cases:
+        pred, ref = cases[case.name]
+        assert case.per_label[3]["dice"] == pytest.approx(M.dice(pred.array == 3, ref.array == 3))
+        shown_ref, shown_pred = load_case_volumes(case)
+        assert set(np.unique(shown_ref.array)) == set(np.unique(shown_pred.array)) == {0, 3}
+        assert shown_ref.geometry.is_close(ref.geometry)

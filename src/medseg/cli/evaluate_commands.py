@@ -79,6 +79,12 @@ def evaluate_command(
         help="Score references without a prediction as empty predictions (flagged; with several "
         "methods, a failure of that method, so every method is scored on the same cases).",
     ),
+    ignore_other_labels: bool = typer.Option(
+        False,
+        "--ignore-other-labels",
+        help="With --labels: values not declared count as background in both label maps, "
+        "instead of being an error (score one organ of a multi-organ reference: --labels spleen=4).",
+    ),
     keep_going: bool = typer.Option(
         False,
         "--keep-going",
@@ -157,6 +163,7 @@ def evaluate_command(
         on_missing="flag" if allow_missing else "error",
         on_case_error="flag" if keep_going else "raise",
         workers=workers,
+        ignore_other_labels=ignore_other_labels,
     )
     if image is not None:  # before the work: every reference case needs its image
         match_images(image, [pair.name for pair in match_cases(first, reference).pairs])

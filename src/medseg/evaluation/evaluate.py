@@ -76,6 +76,9 @@ class EvaluationConfig:
     ``regions`` (region-based models, medseg.data.regions; the CLI reads them from that
     dataset.json too) adds a Dice per region, a region being the union of its label values
     in the prediction and in the reference alike.
+    ``ignore_other_labels`` (needs ``labels``): values not declared count as background in
+    both label maps instead of being an error, to score one organ of a multi-organ
+    reference (a classical baseline's ``--label 4`` against a CHAOS label map).
     """
 
     labels: Mapping[int, str] | None = None
@@ -90,6 +93,7 @@ class EvaluationConfig:
     object_iou: float | None = None
     label_names: Mapping[int, str] | None = None
     regions: Mapping[str, tuple[int, ...]] | None = None
+    ignore_other_labels: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", check_metric_names(self.metrics))
@@ -146,6 +150,11 @@ class EvaluationConfig:
             if len(set(labels.values())) != len(labels):
                 raise ConfigError(f"label names must be distinct, found {list(labels.values())}")
             object.__setattr__(self, "labels", dict(sorted(labels.items())))
+        if self.ignore_other_labels and self.labels is None:
+            raise ConfigError(
+                "ignoring the labels not declared needs the declared ones: give --labels too "
+                "(e.g. --labels spleen=4 --ignore-other-labels)"
+            )
         if self.regions:
             if self.labels is not None:
                 _check_region_values(self.regions, self.labels, "declared with --labels")
@@ -485,6 +494,8 @@ def evaluate_volumes(
     pred = _check_label_array(pred_vol, name, "prediction", prediction_path or "(prediction)")
     ref = _check_label_array(reference, name, "reference", reference_path or "(reference)")
     labels = None if config.labels is None else list(config.labels)
+    if config.ignore_other_labels and labels is not None:
+        pred, ref = (np.where(np.isin(a, labels), a, 0).astype(a.dtype) for a in (pred, ref))
     try:
         result: LabelMapMetrics = label_metrics(
             pred,
@@ -500,8 +511,11 @@ def evaluate_volumes(
         )
     except InputError as exc:  # undeclared label values: say which case and file
         where = prediction_path if "prediction holds" in exc.found else reference_path
+        expected = exc.expected
+        if labels is not None:
+            expected += " (--ignore-other-labels scores only the declared ones, the others as background)"
         raise InputError(
-            where or None, f"case '{name}': {exc.problem}", expected=exc.expected, found=exc.found
+            where or None, f"case '{name}': {exc.problem}", expected=expected, found=exc.found
         ) from None
     region_scores = _region_dice(pred, ref, config, prediction, reference, region_masks, name)
     return CaseResult(
@@ -677,20 +691,26 @@ def _missing_prediction(pair: CasePair, config: EvaluationConfig) -> CaseResult:
 
 def load_case_volumes(case: CaseResult) -> tuple[Volume, Volume]:
     """Reference and prediction of a scored case as label maps on the reference grid, as
-    they were scored: resampled when the case was, all background when it had no prediction."""
+    they were scored: resampled when the case was, all background when it had no prediction,
+    values outside the scored labels (``ignore_other_labels``) background."""
     if case.status == "error":
         raise ValueError(f"case '{case.name}' was not scored: {case.message}")
     reference = read_volume(case.reference)
-    ref = reference.with_array(_check_label_array(reference, case.name, "reference", case.reference))
+    ref = _scored_only(_check_label_array(reference, case.name, "reference", case.reference), case)
     if case.status == "missing_prediction":
-        return ref, ref.with_array(np.zeros(ref.shape, dtype=np.uint8))
+        return reference.with_array(ref), reference.with_array(np.zeros(ref.shape, dtype=np.uint8))
     prediction = read_volume(case.prediction)
     if case.resampled:
         from medseg.geometry.resample import resample_to_reference
 
         prediction = resample_to_reference(prediction, reference, is_label=True)
-    pred = _check_label_array(prediction, case.name, "prediction", case.prediction)
-    return ref, ref.with_array(pred)
+    pred = _scored_only(_check_label_array(prediction, case.name, "prediction", case.prediction), case)
+    return reference.with_array(ref), reference.with_array(pred)
+
+
+def _scored_only(array: np.ndarray, case: CaseResult) -> np.ndarray:
+    scored = list(case.confusion_labels)
+    return np.where(np.isin(array, scored), array, 0).astype(array.dtype) if scored else array
 
 
 def case_dice(case: CaseResult) -> float:

@@ -585,3 +585,18 @@ def test_evaluate_one_organ_of_a_multi_organ_reference(tmp_path: Path) -> None:
     assert float(row["dice/core"]) == pytest.approx(expected)
     res = runner.invoke(app, ["evaluate", str(organ), str(rdir / "a.nii.gz"), "--ignore-other-labels"])
     assert res.exit_code == 2 and "give --labels too" in res.output
+
+
+def test_a_region_grown_over_half_the_image_is_flagged_as_a_leak(tmp_path: Path) -> None:
+    """Grown from a background seed, the region fills the 94% of the image around the blob:
+    a leak the lecturer must hear about (the warning used to start at 95%)."""
+    img = _blob_image(tmp_path)
+    out = tmp_path / "leak.nii.gz"
+    argv = ["baseline", "region-grow", str(img), "-o", str(out), "--grow", "connected", "--overwrite"]
+    res = runner.invoke(app, [*argv, "--seed", "0 15 20", "--lower", "0", "--upper", "50"])
+    assert res.exit_code == 0, res.output
+    fraction = np.count_nonzero(read_volume(out).array) / read_volume(out).array.size
+    assert 0.9 < fraction < 0.95
+    assert f"covers {fraction:.0%} of the image" in res.output and "smaller --multiplier" in res.output
+    res = runner.invoke(app, [*argv, "--seed", "5 6 6", "--lower", "50", "--upper", "200"])
+    assert res.exit_code == 0 and "covers" not in res.output, res.output  # the blob alone: no warning

@@ -611,10 +611,19 @@ def baseline_command(
             "against the value range `medseg info` shows)",
             soft_wrap=True,
         )
-    elif foreground > 0.95 and method in ("threshold", "region-grow", "watershed"):
+    elif (foreground > 0.95 and method in ("threshold", "watershed")) or (
+        foreground > 0.5 and method == "region-grow"
+    ):
+        # A region grown from seeds inside one structure rarely fills half the image: it leaked
+        # (a liver seed of a CHAOS MR filled 90% with the defaults, unwarned at 95%).
         console.print(
             f"[yellow]warning:[/] the result covers {foreground:.0%} of the image: the bounds or "
-            "the seed's statistics probably let everything in",
+            "the seed's statistics probably let everything in"
+            + (
+                " (try a smaller --multiplier, or --grow connected with --lower/--upper)"
+                if method == "region-grow"
+                else ""
+            ),
             soft_wrap=True,
         )
     console.print(

@@ -221,3 +221,25 @@ def test_paired_tests_carry_holm_adjusted_p_beside_the_raw_p(methods) -> None:  
         None if math.isnan(p) else pytest.approx(p) for p in holm_adjust(raw)
     ]
     assert "Holm-Bonferroni" in summary["paired_test_note"]
+
+
+def test_the_box_plot_of_one_case_shows_each_method_in_its_colour(tmp_path: Path) -> None:
+    """One image (the lecturer's): each box is a line; its median is drawn in the method's
+    legend colour, not matplotlib's orange for every method."""
+    import io
+
+    from medseg.evaluation.report import comparison_boxplot_png
+
+    base = make_oblique_volume()
+    ref = np.zeros(base.shape, dtype=np.uint8)
+    ref[3:9, 5:15, 4:12] = 1
+    write_volume(base.with_array(ref), tmp_path / "ref" / "case.nii.gz")
+    paths = {}
+    for i, name in enumerate(("otsu", "watershed", "unet")):
+        paths[name] = write_volume(
+            base.with_array(np.roll(ref, i + 1, axis=2)), tmp_path / name / "case.nii.gz"
+        )
+    comparison = compare(paths, tmp_path / "ref" / "case.nii.gz", _serial(metrics=("dice",)))
+    pixels = np.asarray(Image.open(io.BytesIO(comparison_boxplot_png(comparison, "dice"))).convert("RGB"))
+    first_colour = np.array([0x1F, 0x77, 0xB4])  # matplotlib's C0, the first method's in the legend
+    assert (np.abs(pixels.astype(int) - first_colour).max(axis=-1) <= 10).sum() > 20

@@ -415,9 +415,14 @@ def comparison_boxplot_png(comparison: ComparisonResult, metric: str) -> bytes:
             finite = [v for v in values if math.isfinite(v)]
             if not finite:
                 continue
+            # Median and mean in the method's colour too: with one case (a lecturer's single
+            # image) the box is a line, and matplotlib's orange median / green mean made every
+            # method look like the legend's orange and green ones.
             box = ax.boxplot(
                 [finite], positions=[g + 1 + (i - (len(methods) - 1) / 2) * width], widths=width * 0.9,
                 showmeans=True, patch_artist=True,
+                medianprops={"color": colours[i], "linewidth": 2},
+                meanprops={"marker": "^", "markerfacecolor": colours[i], "markeredgecolor": "black"},
             )  # fmt: skip
             for patch in box["boxes"]:
                 patch.set_facecolor(colours[i])

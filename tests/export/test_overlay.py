@@ -114,6 +114,14 @@ def test_disagreement_slice_is_an_array_index_along_the_axial_axis(direction: np
     # No disagreement: the slice of largest reference area.
     areas = (reference.array > 0).sum(axis=tuple(a for a in range(3) if a != axis))
     assert areas[disagreement_slice(reference, [reference])] == areas.max()
+    # More false positives on a slice the reference misses than errors where it lies: the
+    # slice shown is still one of the reference's (false positives alone compare with nothing).
+    outside = int(np.nonzero(areas == 0)[0][-1])
+    index[axis] = outside
+    pred[tuple(index)] = 1
+    assert (pred != reference.array).sum(axis=tuple(a for a in range(3) if a != axis)).argmax() == outside
+    assert disagreement_slice(reference, [image.with_array(pred)]) == k
+    assert disagreement_slice(image.with_array(np.zeros_like(pred)), [image.with_array(pred)]) == outside
 
 
 def _two_blobs(image: Volume) -> Volume:

@@ -231,7 +231,7 @@ def _overlay_section(overlays: Mapping[str, bytes], with_image: bool, several: b
     return (
         f"<h2>Reference vs prediction</h2><p>For {which}{panels}: every class in its label colour, "
         f"the reference outlined solid (its area tinted), the prediction dashed, so a wrong class "
-        f"shows as dashes of another colour; {how}, on the axial slice where they disagree most; "
+        f"shows as dashes of another colour; {how}, on the axial slice where they disagree most (of those the reference covers); "
         f"the title gives the slice's array index.</p>{figures}"
     )
 

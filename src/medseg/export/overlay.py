@@ -275,14 +275,19 @@ def _unit_rgb(rgb: Sequence[int]) -> tuple[float, float, float]:
 
 def disagreement_slice(reference: Volume, predictions: Sequence[Volume]) -> int:
     """Array index along the axial display axis of the slice where the predictions disagree
-    most with the reference (voxel count, summed over predictions); with no disagreement the
-    slice of largest reference area, with no reference either the middle slice."""
+    most with the reference (voxel count, summed over predictions), among the slices the
+    reference covers when it covers any: a slice of false positives alone shows nothing to
+    compare them with (a k-means baseline's worst slice of a hippocampus lay above it). With
+    no disagreement there, the slice of largest reference area; with no reference either, the
+    slice of most disagreement, else the middle slice."""
     order, flips = display_axes(reference.direction)
     ref = _to_display(reference.array, order, flips)
     wrong = np.zeros(ref.shape[0], dtype=np.int64)
     for pred in predictions:
         wrong += (_to_display(pred.array, order, flips) != ref).sum(axis=(1, 2))
     area = (ref > 0).sum(axis=(1, 2))
+    if area.any():
+        wrong = np.where(area > 0, wrong, 0)
     k = int(np.argmax(wrong)) if wrong.any() else int(np.argmax(area)) if area.any() else ref.shape[0] // 2
     return ref.shape[0] - 1 - k if flips[0] else k
 

@@ -600,3 +600,19 @@ def test_a_region_grown_over_half_the_image_is_flagged_as_a_leak(tmp_path: Path)
     assert f"covers {fraction:.0%} of the image" in res.output and "smaller --multiplier" in res.output
     res = runner.invoke(app, [*argv, "--seed", "5 6 6", "--lower", "50", "--upper", "200"])
     assert res.exit_code == 0 and "covers" not in res.output, res.output  # the blob alone: no warning
+
+
+def test_one_image_three_methods_says_the_paired_test_note_once(tmp_path: Path) -> None:
+    """The lecturer's one image: every method x class test has the same note; it is said
+    once instead of once per test (4 times here, for 2 methods x 2 classes)."""
+    _, rdir = _pair(tmp_path)
+    ref = read_volume(rdir / "a.nii.gz")
+    paths = []
+    for shift in (1, 2, 3):
+        paths.append(
+            write_volume(ref.with_array(np.roll(ref.array, shift, axis=2)), tmp_path / f"m{shift}.nii.gz")
+        )
+    res = runner.invoke(app, ["evaluate", *map(str, paths), str(rdir / "a.nii.gz"), "--metrics", "dice"])
+    assert res.exit_code == 0, res.output
+    note = "only 1 non-zero difference(s): p cannot fall below 0.05"
+    assert res.output.count(note) == 1 and "paired test, every method and class: " + note in res.output

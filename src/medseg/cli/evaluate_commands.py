@@ -291,10 +291,14 @@ def _print_comparison(comparison: Any) -> None:
         ):
             if items:
                 console.print(f"  {what}: {', '.join(items)}", markup=False, soft_wrap=True)
-    notes = [
-        f"{t['method']} / {comparison.labels[t['label']]}: {t['note']}" for t in tests.values() if t["note"]
-    ]
-    if notes:
+    noted = [t for t in tests.values() if t["note"]]
+    if noted and len(noted) == len(tests) > 1 and len({t["note"] for t in noted}) == 1:
+        # One image (a lecturer's) or a handful: the same note for every test, said once.
+        console.print(
+            f"paired test, every method and class: {noted[0]['note']}", markup=False, soft_wrap=True
+        )
+    elif noted:
+        notes = [f"{t['method']} / {comparison.labels[t['label']]}: {t['note']}" for t in noted]
         console.print("paired test: " + "; ".join(notes), markup=False, soft_wrap=True)
     family = sum(1 for t in tests.values() if t["p_value"] is not None)
     if family > 1:

@@ -118,3 +118,23 @@ def test_default_setting_grows_an_organ_without_flooding_its_neighbours() -> Non
             scores[name].append(2 * np.count_nonzero(grown & organ) / (grown.sum() + organ.sum()))
     assert np.mean(scores["default"]) > np.mean(scores["itk"]) + 0.1
     assert np.mean(scores["default"]) > 0.35
+
+
+def test_a_world_seed_given_in_ras_is_named_as_such() -> None:
+    """A point copied from 3D Slicer (RAS) into --seed-world (LPS): outside the oblique grid,
+    and the error gives the LPS point, which lies inside and grows the box it was taken from."""
+    vol = _two_blobs()
+    lps = vol.index_to_world([5, 6, 6])
+    ras = lps * np.array([-1.0, -1.0, 1.0])
+    cont = vol.world_to_index(ras)
+    assert np.any(cont < -0.5) or np.any(cont >= np.asarray(SHAPE) - 0.5)  # outside, read as LPS
+    with pytest.raises(InputError, match="read as RAS") as err:
+        seed_indices(vol, seeds_world=[ras])
+    hint = str(err.value).split("--seed-world ")[1].split(" (")[0]
+    suggested = [float(v) for v in hint.split()]
+    np.testing.assert_allclose(suggested, lps, atol=1e-3)
+    assert seed_indices(vol, seeds_world=[suggested]) == [(5, 6, 6)]
+    far = vol.index_to_world([5, 6, -30])
+    with pytest.raises(InputError, match="outside the image") as err:
+        seed_indices(vol, seeds_world=[far])
+    assert "RAS" not in str(err.value)  # no hint when the RAS reading is outside too

@@ -57,15 +57,23 @@ def seed_indices(
                 None, "a world seed must be three finite LPS coordinates (x, y, z) mm", found=f"{list(point)}"
             )
         cont = volume.world_to_index(pt)
-        # Inside means within the outer voxel faces: continuous index in [-0.5, n - 0.5).
-        if np.any(cont < -0.5) or np.any(cont >= shape - 0.5):
+        if not _inside(cont, shape):
             lo, hi = volume.geometry.world_bounding_box()
+            found = f"continuous index (z, y, x) {np.round(cont, 2).tolist()} for shape {shape.tolist()}"
+            ras = pt * np.array([-1.0, -1.0, 1.0])
+            if _inside(volume.world_to_index(ras), shape):
+                # copied from a viewer that shows RAS (3D Slicer, NIfTI tools): say so
+                found += (
+                    "; read as RAS (as 3D Slicer shows it) it lies inside: --seed-world "
+                    + " ".join(f"{v:g}" for v in ras)
+                    + " (the coordinates are LPS, as DICOM and ITK's)"
+                )
             raise InputError(
                 None,
                 f"world seed (x, y, z) = {tuple(round(float(v), 2) for v in pt)} mm lies outside the image",
                 expected=f"a point inside the grid (its LPS bounding box is {np.round(lo, 1).tolist()} .. "
                 f"{np.round(hi, 1).tolist()} mm)",
-                found=f"continuous index (z, y, x) {np.round(cont, 2).tolist()} for shape {shape.tolist()}",
+                found=found,
             )
         idx = np.clip(np.rint(cont).astype(int), 0, shape - 1)
         out.append((int(idx[0]), int(idx[1]), int(idx[2])))
@@ -80,6 +88,11 @@ def seed_indices(
             raise InputError(None, "the seed mask is empty", expected="at least one non-zero voxel")
         out.extend((int(a), int(b), int(c)) for a, b, c in pts)
     return out
+
+
+def _inside(cont: np.ndarray, shape: np.ndarray) -> bool:
+    """Inside means within the outer voxel faces: continuous index in [-0.5, n - 0.5)."""
+    return bool(np.all(cont >= -0.5) and np.all(cont < shape - 0.5))
 
 
 def require_seeds(seeds: list[Index], method: str) -> list[Index]:

@@ -458,7 +458,10 @@ def baseline_command(
         "Y X for a 2D image; repeatable), e.g. --seed 12 80 95 (quoted '12 80 95' works too).",
     ),
     seed_world: list[str] | None = typer.Option(
-        None, "--seed-world", help="Seed point X Y Z in LPS mm (repeatable), e.g. --seed-world -12.5 30 4."
+        None,
+        "--seed-world",
+        help="Seed point X Y Z in LPS mm, as DICOM and ITK (3D Slicer shows RAS: negate X and Y; "
+        "repeatable), e.g. --seed-world -12.5 30 4.",
     ),
     seed_mask: Path | None = typer.Option(
         None, "--seed-mask", help="Label map whose non-zero voxels are seeds."

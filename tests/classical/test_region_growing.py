@@ -138,3 +138,18 @@ def test_a_world_seed_given_in_ras_is_named_as_such() -> None:
     with pytest.raises(InputError, match="outside the image") as err:
         seed_indices(vol, seeds_world=[far])
     assert "RAS" not in str(err.value)  # no hint when the RAS reading is outside too
+
+
+def test_the_result_records_its_seeds_as_voxel_indices() -> None:
+    """baseline.json must let a class handout be made again: the seeds (a world seed as the
+    voxel of the oblique grid it fell in), not only their number."""
+    from medseg.classical import watershed
+
+    vol = _two_blobs()
+    world = vol.index_to_world([4.3, 4.8, 16.2])  # off the voxel centre, in voxel (4, 5, 16)
+    grown = region_grow(vol, [(5, 6, 6)], seeds_world=[world], method="connected", lower=50, upper=200)
+    assert grown.meta["baseline"]["seed_indices_zyx"] == [[5, 6, 6], [4, 5, 16]]
+    basins = watershed(vol, seeds=[(5, 6, 6)], low=50)
+    assert basins.meta["baseline"]["seed_indices_zyx"] == [[5, 6, 6]]
+    mask = vol.with_array(np.where(_first_box(), 1, 0).astype(np.uint8))  # 294 seed voxels: not listed
+    assert "seed_indices_zyx" not in region_grow(vol, seed_mask=mask).meta["baseline"]

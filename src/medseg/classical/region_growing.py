@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 import SimpleITK as sitk
 
-from medseg.classical.seeds import Index, require_seeds, seed_indices
+from medseg.classical.seeds import Index, require_seeds, seed_indices, seed_record
 from medseg.classical.threshold import _label_volume
 from medseg.errors import ConfigError
 from medseg.io.itk import to_sitk
@@ -73,7 +73,7 @@ def region_grow(
     )
     image = to_sitk(volume.astype(np.float32))
     seed_list = [(x, y, z) for z, y, x in points]  # SimpleITK indexes (x, y, z)
-    params: dict[str, object] = {"grow": method, "seeds": len(points)}
+    params: dict[str, object] = {"grow": method, "seeds": len(points), **seed_record(points)}
     if method == "connected":
         if lower is None or upper is None:
             mean, std = _seed_statistics(volume.array, points, radius)

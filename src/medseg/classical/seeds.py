@@ -90,6 +90,18 @@ def seed_indices(
     return out
 
 
+MAX_RECORDED_SEEDS = 100
+
+
+def seed_record(points: Sequence[Index]) -> dict[str, object]:
+    """The seeds as (z, y, x) voxel indices for a result's record (baseline.json), so a
+    result can be made again: world seeds and seed masks as the voxels they became. A seed
+    mask of more than MAX_RECORDED_SEEDS voxels is left out (its file is the record)."""
+    if len(points) > MAX_RECORDED_SEEDS:
+        return {}
+    return {"seed_indices_zyx": [[int(v) for v in p] for p in points]}
+
+
 def _inside(cont: np.ndarray, shape: np.ndarray) -> bool:
     """Inside means within the outer voxel faces: continuous index in [-0.5, n - 0.5)."""
     return bool(np.all(cont >= -0.5) and np.all(cont < shape - 0.5))

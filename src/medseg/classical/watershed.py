@@ -15,7 +15,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_multiotsu
 from skimage.segmentation import watershed as sk_watershed
 
-from medseg.classical.seeds import seed_indices
+from medseg.classical.seeds import seed_indices, seed_record
 from medseg.classical.threshold import _finite_values, _label_volume
 from medseg.errors import ConfigError, GeometryError, InputError
 from medseg.volume import Volume
@@ -95,7 +95,7 @@ def watershed(
                         low,
                     )
                 marker_arr[z, y, x] = i
-            params.update(markers="seeds", seeds=len(points), low=low)
+            params.update(markers="seeds", seeds=len(points), **seed_record(points), low=low)
         else:
             assert high is not None
             if high <= low:

@@ -32,6 +32,17 @@ def test_hand_computed_example_column_major() -> None:
     np.testing.assert_array_equal(rle_decode("3 2 6 2 11 2", (3, 4), order="F"), mask)
 
 
+def test_the_docstring_examples_hold() -> None:
+    """The module's examples are what a competitor checks the pixel order against; one of
+    them (order="F") was wrong, so they are run here."""
+    import doctest
+
+    import medseg.io.rle
+
+    result = doctest.testmod(medseg.io.rle)
+    assert result.attempted >= 2 and result.failed == 0
+
+
 def test_seed_example_decodes_on_a_266_image() -> None:
     # The first runs of case123_day20_slice_0105 large_bowel quoted in seed 004.
     rle = "12377 7 12637 15 12869 4 12880 4 12900 19"

@@ -49,8 +49,8 @@ def rle_encode(mask: ArrayLike, *, order: RleOrder = "C") -> str:
 
     >>> rle_encode([[0, 1, 1], [1, 0, 0]])
     '2 3'
-    >>> rle_encode([[0, 1, 1], [1, 0, 0]], order="F")
-    '2 1 3 2'
+    >>> rle_encode([[0, 1, 1], [1, 0, 0]], order="F")  # columns: (0, 1), (1, 0), (1, 0)
+    '2 2 5 1'
     """
     _check_order(order)
     arr = np.asarray(mask)

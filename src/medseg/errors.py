@@ -44,8 +44,9 @@ class ConfigError(MedsegError):
 class OutputExistsError(MedsegError):
     """An output path exists and overwriting was not requested."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, alternative: str = ""):
         self.path = Path(path)
         super().__init__(
             f"{self.path}: output exists; use --overwrite (in Python: overwrite=True) to replace it"
+            + (f", or {alternative}" if alternative else "")
         )

@@ -67,7 +67,7 @@ def test_splits_written_by_another_job_meanwhile_are_used(
 
 def test_existing_model_folder_needs_resume_or_overwrite(planned_dataset: Path) -> None:
     train(planned_dataset, 0, config=_config(epochs=1), folds=3)
-    with pytest.raises(OutputExistsError):
+    with pytest.raises(OutputExistsError, match=r"--overwrite .* or --resume \(resume=True\) to continue"):
         train(planned_dataset, 0, config=_config(epochs=1), folds=3)
 
 

@@ -1138,7 +1138,9 @@ def train(
             last, "nothing to resume from", expected="a checkpoint_last.pt written by an earlier run"
         )
     if not (resume or overwrite) and out.exists() and any(out.iterdir()):
-        raise OutputExistsError(out)
+        # the likelier wish, after a run with too few epochs or one stopped by Ctrl-C
+        more = "--resume (resume=True) to continue its training" if last.is_file() else ""
+        raise OutputExistsError(out, alternative=more)
     rank, _ = _distributed()
     checkpoint: dict[str, Any] | None = None
     if resume:

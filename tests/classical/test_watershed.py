@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -101,3 +103,29 @@ def test_a_seed_darker_than_the_background_threshold_is_warned_about(
     with caplog.at_level("WARNING"):
         watershed(vol, seeds=[(5, 12, 8)], low=120)
     assert "below the background threshold" in caplog.text
+
+
+def test_a_seed_the_background_floods_around_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    """A seed on the box's edge (bright enough, high gradient): the background reaches the
+    flat inside first and the seed keeps its own voxel; the lecturer is told why."""
+    vol = _touching_boxes()
+    with caplog.at_level("WARNING"):
+        out = watershed(vol, seeds=[(5, 4, 8), (5, 12, 21)], low=50)
+    assert int((out.array == 1).sum()) == 1 and int((out.array == 2).sum()) > 100
+    assert "seed 1 at (z, y, x) (5, 4, 8) kept only 1 voxel(s)" in caplog.text
+    assert "seed 2" not in caplog.text
+
+
+def test_a_seed_lost_on_a_real_mr_is_warned_about(
+    shared_data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The lecturer's CHAOS case: a seed inside the liver (label 1 there) of a fat-suppressed
+    T2 MR, whose dark fat marks background next to the liver."""
+    from medseg.io import read_volume
+
+    data = shared_data / "chaos_mr_t2spir"
+    image, label = read_volume(data / "image_1.nii.gz"), read_volume(data / "label_1.nii.gz")
+    assert label.array[21, 150, 60] == 1
+    with caplog.at_level("WARNING"):
+        out = watershed(image, seeds=[(21, 150, 60)])
+    assert int((out.array == 1).sum()) < 10 and "seed 1 at (z, y, x) (21, 150, 60) kept only" in caplog.text

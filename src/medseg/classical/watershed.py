@@ -113,8 +113,33 @@ def watershed(
             )
     elevation = gradient_magnitude(arr, volume.spacing, sigma_mm)
     basins = sk_watershed(elevation, markers=marker_arr, compactness=compactness)
+    if markers is None and (seeds or seeds_world):
+        _warn_lost_seeds(basins, elevation, points)
     out = np.clip(basins - 1, 0, 255).astype(np.uint8)
     return _label_volume(volume, out, "watershed", **params)
+
+
+LOST_SEED_VOXELS = 10
+
+
+def _warn_lost_seeds(basins: np.ndarray, elevation: np.ndarray, points: Sequence[Sequence[int]]) -> None:
+    """A seed whose basin stayed (nearly) the seed voxel alone: the flood visits voxels from
+    the lowest gradient up, so background reached everything around a seed placed on an edge
+    or in texture before the seed's own level (a liver seed of a CHAOS MR kept 1 voxel)."""
+    sizes = np.bincount(basins.ravel(), minlength=len(points) + 2)
+    for i, (z, y, x) in enumerate(points, start=2):
+        if sizes[i] < LOST_SEED_VOXELS:
+            logger.warning(
+                "watershed seed %d at (z, y, x) %s kept only %d voxel(s): the background flooded around "
+                "it first, since the gradient at the seed (%.3g; median of the image %.3g) is above the "
+                "level at which background reached its neighbours; place it where the structure is "
+                "flat, or draw markers instead of points (--seed-mask: 1 background, 2, 3, ... objects)",
+                i - 1,
+                (z, y, x),
+                int(sizes[i]),
+                float(elevation[z, y, x]),
+                float(np.median(elevation)),
+            )
 
 
 def gradient_magnitude(

@@ -124,12 +124,16 @@ def test_errors_and_cli(
     root, model = uw_model
     with pytest.raises(ConfigError, match="are not the competition's"):
         predict_uwmadison_submission(root / "src" / "train", trained_model, tmp_path / "x.csv")
+    caplog.set_level(logging.INFO, logger="medseg")
     res = CliRunner().invoke(
         app, ["submission", str(root / "src" / "train"), "-m", str(model), "-o", str(tmp_path / "s.csv")]
     )
     assert res.exit_code == 0, res.output
     assert "27 rows for 3 scan(s)" in res.stdout and (tmp_path / "s.csv").is_file()
-    caplog.set_level(logging.INFO, logger="medseg")
+    assert not [
+        r for r in caplog.records if r.getMessage().startswith("wrote")
+    ]  # printed once, not logged too
+    caplog.clear()
     argv = ["submission", str(root / "src" / "train"), "-m", str(model), "-o", str(tmp_path / "q.csv"), "-q"]
     res = CliRunner().invoke(app, argv)  # -q: the final line only, no log lines
     assert res.exit_code == 0 and "27 rows for 3 scan(s)" in res.stdout, res.output

@@ -155,7 +155,8 @@ def predict_uwmadison_submission(
         rows = _in_sample_order(rows, order, Path(str(sample_submission)))
     write_submission_csv(rows, target, overwrite=overwrite)
     filled = sum(1 for r in rows if r[2])
-    log.info("wrote %d rows (%d with a mask) for %d scans to %s", len(rows), filled, len(scans), target)
+    # debug: the CLI prints this summary, and the returned SubmissionResult holds it
+    log.debug("wrote %d rows (%d with a mask) for %d scans to %s", len(rows), filled, len(scans), target)
     return SubmissionResult(target, len(scans), len(rows), filled)
 
 

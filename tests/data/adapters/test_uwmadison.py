@@ -334,6 +334,10 @@ def test_cli_import(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
         app, ["dataset", "import", "uwmadison", str(tmp_path / "src"), "--out", str(tmp_path / "loud")]
     )
     assert res.exit_code == 0 and any("overlap" in r.getMessage() for r in caplog.records)
+    # ... the per-scan lines; the summary only once, printed, not also as a log line above it
+    logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert res.output.count("imported 3 scans of 2 cases") == 1
+    assert not [m for m in logged if m.startswith("imported")]
     assert "imported 3 scans of 2 cases" in res.output
     assert "resolved by priority stomach > large_bowel > small_bowel" in res.output
     assert read_descriptor(tmp_path / "ds").num_training == 3

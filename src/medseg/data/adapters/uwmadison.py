@@ -564,7 +564,8 @@ def import_uwmadison(
         }
         write_text_atomic(writer.root / SIDECAR, json.dumps(info, indent=2) + "\n", overwrite=True)
     target = Path(out)
-    logger.info(
+    # debug: the CLI prints this summary, and the returned UWMadisonImport holds it
+    logger.debug(
         "imported %d scans of %d cases into %s (%d overlapping mask pixels %s)",
         len(reports),
         len({r.patient for r in reports}),

@@ -217,7 +217,8 @@ def cross_validate(
         if folds is not None and splits.k != folds:
             raise ConfigError(
                 f"{splits_file} has {splits.k} folds but {folds} were asked for; "
-                f"use --folds {splits.k}, or delete splits.json to re-split"
+                f"use --folds {splits.k}, or re-split with `medseg dataset split {root} --folds {folds} "
+                "--overwrite` (the folds trained on the old splits are then refused)"
             )
     else:
         if main:

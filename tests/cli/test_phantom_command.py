@@ -80,3 +80,34 @@ def test_phantom_command_rejects_zero_training_cases(tmp_path: Path) -> None:
     result = runner.invoke(app, ["phantom", str(tmp_path / "ds"), "--train", "0"])
     assert result.exit_code != 0
     assert not (tmp_path / "ds").exists()
+
+
+def test_phantom_uwmadison_then_the_competition_commands(tmp_path: Path) -> None:
+    """The competitor's start: `phantom --kind uwmadison`, then `dataset import uwmadison`."""
+    src = tmp_path / "uw"
+    res = runner.invoke(
+        app,
+        [
+            "phantom",
+            str(src),
+            "--kind",
+            "uwmadison",
+            "--train",
+            "2",
+            "--test",
+            "1",
+            "--size",
+            "4x24x32",
+            "-q",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert (
+        "2 training and 1 test UW-Madison phantom scans" in res.output
+        and "dataset import uwmadison" in res.output
+    )
+    assert (src / "train.csv").is_file() and (src / "sample_submission.csv").is_file()
+    res = runner.invoke(app, ["dataset", "import", "uwmadison", str(src), "-o", str(tmp_path / "ds"), "-q"])
+    assert res.exit_code == 0 and "imported 2 scans of 1 cases" in res.output, res.output
+    res = runner.invoke(app, ["phantom", str(tmp_path / "x"), "--kind", "uwmadison", "--views"])
+    assert res.exit_code == 2 and "--views exists only for --kind prostate" in res.output

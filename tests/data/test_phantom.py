@@ -315,3 +315,36 @@ def test_dataset_config_errors_leave_nothing(tmp_path: Path, kwargs: dict, match
     with pytest.raises(ConfigError, match=match):
         ph.write_phantom_dataset(tmp_path / "ds", **kwargs)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_uwmadison_phantom_is_the_competition_layout_and_imports_exactly(tmp_path: Path) -> None:
+    """`phantom --kind uwmadison`: PNG slices + train.csv that `dataset import uwmadison`
+    reads back to the CT phantom's organs (overlaps kept), two scans per patient, a test
+    folder and a sample submission listing every test slice and class."""
+    import csv
+
+    from medseg.data.adapters.uwmadison import import_uwmadison
+    from medseg.data.regions import region_masks
+
+    size = (12, 30, 40)  # rows != columns: a transposed RLE would not fit; 9.6 mm pixels
+    src = ph.write_uwmadison_phantom(tmp_path / "src", n_train=3, n_test=2, seed=4, size=size)
+    names = sorted(p.name for p in (src / "train" / "case1" / "case1_day0" / "scans").iterdir())
+    assert names[0] == "slice_0001_40_30_9.60_9.60.png" and len(names) == 12
+    assert sorted(p.name for p in (src / "train").iterdir()) == ["case1", "case2"]
+    with (src / "sample_submission.csv").open(newline="") as fh:
+        sample = list(csv.DictReader(fh))
+    assert len(sample) == 2 * 12 * 3 and {r["id"].split("_slice")[0] for r in sample} == {
+        "case3_day0",
+        "case3_day14",
+    }
+    result = import_uwmadison(src, tmp_path / "ds", overlaps="regions")
+    desc = read_descriptor(tmp_path / "ds")
+    assert desc.patients["case1_day14"] == "case1" and len(result.scans) == 3
+    assert result.overlap_pixels > 0  # the spleen lies in stomach and small bowel
+    for index, case_day in enumerate(["case1_day0", "case1_day14", "case2_day0"]):
+        truth = ph.make_ct_case(ph.case_seed(4, index), size=size, spacing=(3.0, 9.6, 9.6)).label.array
+        label = read_volume(tmp_path / "ds" / "labelsTr" / f"{case_day}.nii.gz")
+        assert label.spacing == pytest.approx((3.0, 9.6, 9.6))
+        masks = region_masks(label.array, list(desc.regions.values()))
+        for r, name in enumerate(desc.regions):
+            np.testing.assert_array_equal(masks[r], np.isin(truth, ph.UWMADISON_REGIONS[name]), err_msg=name)

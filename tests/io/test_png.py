@@ -151,3 +151,16 @@ def test_16_bit_colour_png_keeps_its_16_bits(tmp_path: Path) -> None:
     vol = read_volume(tmp_path / "rgb16.png")
     assert vol.array.dtype == np.uint16
     np.testing.assert_array_equal(vol.array[0], grey)
+
+
+def test_write_png_keeps_16_bit_values_and_refuses_what_png_cannot_hold(tmp_path: Path) -> None:
+    from medseg.io.png import read_image_file, write_png
+
+    grey = (np.arange(6 * 7, dtype=np.uint16).reshape(6, 7) * 1500).astype(np.uint16)  # rows != columns
+    np.testing.assert_array_equal(read_image_file(write_png(grey, tmp_path / "s.png")), grey)
+    with pytest.raises(OutputExistsError):
+        write_png(grey, tmp_path / "s.png")
+    with pytest.raises(InputError, match="a PNG slice is a 2D array"):
+        write_png(grey[None], tmp_path / "t.png")
+    with pytest.raises(InputError, match="PNG cannot hold these values"):
+        write_png(grey.astype(np.int32) - 1, tmp_path / "u.png")

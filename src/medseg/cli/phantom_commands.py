@@ -28,7 +28,12 @@ def _parse_size(text: str | None) -> tuple[int, int, int] | None:
 def phantom(
     out: Path = typer.Argument(..., metavar="OUT", help="Dataset folder to create (nnU-Net v2 layout)."),
     kind: str = typer.Option(
-        "prostate", "--kind", "-k", help="prostate (T2 MR zones) or ct (abdominal organs)."
+        "prostate",
+        "--kind",
+        "-k",
+        help="prostate (T2 MR zones), ct (abdominal organs), or uwmadison (the UW-Madison GI Tract "
+        "Kaggle layout: 16-bit PNG slices, train.csv of RLE masks, test/, sample_submission.csv; "
+        "--train / --test count scans, two per patient).",
     ),
     train: int = typer.Option(8, "--train", min=1, help="Number of training cases (imagesTr/labelsTr)."),
     test: int = typer.Option(2, "--test", min=0, help="Number of test cases (imagesTs/labelsTs)."),
@@ -48,10 +53,23 @@ def phantom(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Generate a deterministic synthetic dataset for demos, tests and benchmarks."""
-    from medseg.data.phantom import write_phantom_dataset
+    from medseg.data.phantom import write_phantom_dataset, write_uwmadison_phantom
 
-    if kind not in ("prostate", "ct"):
-        raise ConfigError(f"--kind must be 'prostate' or 'ct', found {kind!r}")
+    if kind not in ("prostate", "ct", "uwmadison"):
+        raise ConfigError(f"--kind must be 'prostate', 'ct' or 'uwmadison', found {kind!r}")
+    if kind == "uwmadison":
+        if views:
+            raise ConfigError("--views exists only for --kind prostate")
+        path = write_uwmadison_phantom(
+            out, n_train=train, n_test=test, seed=seed, size=_parse_size(size), overwrite=overwrite,
+            progress=not quiet,
+        )  # fmt: skip
+        console.print(f"wrote {train} training and {test} test UW-Madison phantom scans to {path}")
+        console.print(
+            f"  {path / 'train.csv'}, train/" + (f", test/, {path / 'sample_submission.csv'}" if test else "")
+        )
+        console.print(f"  then: medseg dataset import uwmadison {path} -o DATASET", markup=False)
+        return
     path = write_phantom_dataset(
         out,
         kind,  # type: ignore[arg-type]

@@ -32,6 +32,7 @@ with Gaussian noise in both channels; Gaussian for CT).
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -1007,4 +1008,83 @@ def write_phantom_dataset(
         )
         write_descriptor(tmp, descriptor)
     logger.debug("wrote %d training and %d test %s phantom cases to %s", n_train, n_test, kind, target)
+    return target
+
+
+# The UW-Madison GI tract classes drawn from the CT phantom's organs; the spleen (4) lies in
+# both stomach and small bowel, so masks overlap as the competition's do.
+UWMADISON_REGIONS: dict[str, tuple[int, ...]] = {
+    "large_bowel": (2,),
+    "small_bowel": (3, 4),
+    "stomach": (1, 4),
+}
+UWMADISON_SIZE: tuple[int, int, int] = (40, 64, 80)
+
+
+def write_uwmadison_phantom(
+    out_dir: str | Path,
+    *,
+    n_train: int = 6,
+    n_test: int = 2,
+    seed: int = 0,
+    size: Sequence[int] | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Write a CT phantom in the UW-Madison GI Tract (Kaggle 2022) competition's layout.
+
+    ::
+
+        OUT/train.csv                      id,class,segmentation (row-major RLE, medseg.io.rle)
+        OUT/train/caseN/caseN_dayD/scans/slice_0001_<width>_<height>_<pixel mm>_<pixel mm>.png  (16 bit)
+        OUT/test/caseN/caseN_dayD/scans/...   OUT/sample_submission.csv (id,class,predicted)
+
+    Scans come two per patient (days 0 and 14), so patient-grouped folds matter; the test
+    scans belong to patients of their own. Slices are 3 mm apart (the competition's); the
+    square pixels span the CT phantom's 384 mm field of view. The classes are organs of the CT phantom (:data:`UWMADISON_REGIONS`):
+    stomach and small bowel overlap where the spleen lies. PNGs carry no orientation, so
+    the grid's obliquity is lost, as in the competition's data.
+    """
+    from medseg.data.adapters.uwmadison import labels_to_rows
+    from medseg.io.atomic import atomic_dir
+    from medseg.io.png import write_png
+
+    if int(n_train) < 1 or int(n_test) < 0:
+        raise ConfigError(
+            f"need at least 1 training scan and 0 or more test scans, found {n_train} and {n_test}"
+        )
+    shape = _check_size(size or UWMADISON_SIZE)
+    # 3 mm slices (the competition's, the importer's default); square pixels spanning the CT
+    # phantom's in-plane field of view, rounded as the file names write them
+    pixel = round(CT_FOV_MM[1] / max(shape[1], shape[2]), 2)
+    target = Path(out_dir)
+    scans = [(f"case{i // 2 + 1}_day{14 * (i % 2)}", "train", i) for i in range(int(n_train))]
+    first_test = (int(n_train) + 1) // 2 + 1  # the next patient: test patients are their own
+    scans += [
+        (f"case{first_test + j // 2}_day{14 * (j % 2)}", "test", int(n_train) + j) for j in range(int(n_test))
+    ]
+    rows: dict[str, list[tuple[str, str, str]]] = {"train": [], "test": []}
+    with atomic_dir(target, overwrite=overwrite) as tmp:
+        with progress_bar(progress, "writing UW-Madison phantom", len(scans)) as advance:
+            for case_day, subset, index in scans:
+                case = make_ct_case(case_seed(seed, index), size=shape, spacing=(3.0, pixel, pixel))
+                hu = np.asarray(case.image.array, dtype=np.float64)
+                grey = np.clip(np.rint((hu + 1024.0) * 16.0), 0, 65535).astype(np.uint16)  # 16-bit MR-like
+                height, width = grey.shape[1:]
+                scan_dir = tmp / subset / case_day.split("_")[0] / case_day / "scans"
+                scan_dir.mkdir(parents=True)
+                for z in range(grey.shape[0]):
+                    name = f"slice_{z + 1:04d}_{width}_{height}_{pixel:.2f}_{pixel:.2f}.png"
+                    write_png(grey[z], scan_dir / name)
+                rows[subset] += labels_to_rows(case.label, case_day, regions=UWMADISON_REGIONS)
+                advance()
+        with (tmp / "train.csv").open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["id", "class", "segmentation"])
+            writer.writerows(rows["train"])
+        if n_test:
+            with (tmp / "sample_submission.csv").open("w", newline="", encoding="utf-8") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(["id", "class", "predicted"])
+                writer.writerows((r[0], r[1], "") for r in rows["test"])
     return target

@@ -31,7 +31,7 @@ from medseg.volume import Volume
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_SUFFIXES", "read_image_file", "read_image_stack", "write_image_stack"]
+__all__ = ["IMAGE_SUFFIXES", "read_image_file", "read_image_stack", "write_image_stack", "write_png"]
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 _TIFF = (".tif", ".tiff")
@@ -232,6 +232,21 @@ def _write_png(array: NDArray[Any], path: Path) -> None:
     from PIL import Image
 
     Image.fromarray(np.ascontiguousarray(array)).save(path, format="PNG")
+
+
+def write_png(array: NDArray[Any], path: str | Path, overwrite: bool = False) -> Path:
+    """Write one 2D array (rows, columns) of 0..65535 integers as an 8/16-bit grey PNG,
+    atomically, without logging (for many files at once, e.g. a phantom's competition slices)."""
+    target = Path(path)
+    arr = np.asarray(array)
+    if arr.ndim != 2:
+        raise InputError(
+            target, "a PNG slice is a 2D array", expected="(rows, columns)", found=f"shape {arr.shape}"
+        )
+    data = _png_array(arr, target)
+    with atomic_file(target, overwrite=overwrite) as tmp:
+        _write_png(data, tmp)
+    return target
 
 
 def _write_tiff(array: NDArray[Any], path: Path) -> None:

@@ -583,6 +583,8 @@ def test_evaluate_one_organ_of_a_multi_organ_reference(tmp_path: Path) -> None:
     ref = read_volume(rdir / "a.nii.gz").array
     expected = 2 * np.sum((pred.array == 2) & (ref == 2)) / (np.sum(pred.array == 2) + np.sum(ref == 2))
     assert float(row["dice/core"]) == pytest.approx(expected)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["options"]["ignore_other_labels"] is True  # how the table was made
     res = runner.invoke(app, ["evaluate", str(organ), str(rdir / "a.nii.gz"), "--ignore-other-labels"])
     assert res.exit_code == 2 and "give --labels too" in res.output
 

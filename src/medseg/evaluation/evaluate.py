@@ -916,6 +916,7 @@ class EvaluationResult:
                 "on_case_error": self.config.on_case_error,
                 "separators": list(self.config.separators),
                 "object_iou": self.config.object_iou,
+                "ignore_other_labels": self.config.ignore_other_labels,
             },
             "statistics_note": "mean, sample std (ddof=1) and median over finite values; n_nan counts NaNs left out",
             "per_class": per_class,

@@ -39,6 +39,10 @@ POSITION_TOL_MM = 0.05
 SPACING_TOL_MM = 1e-3
 COSINE_TOL = 1e-3
 
+# What a SEG's Referenced Series Sequence / an RTSTRUCT's Contour Image Sequence name for
+# every source image; highdicom fails with a bare KeyError('') on an empty SOPClassUID.
+_REFERENCED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+
 # A folder, a list of files or datasets, or an object with ``.datasets`` (and optionally
 # ``.files``) such as medseg.io.dicom's DicomSeries.
 SourceLike = str | Path | Sequence[Dataset | str | Path] | Any
@@ -187,6 +191,16 @@ def match_source_series(
         for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):
             if keyword not in ds:
                 raise InputError(path, f"DICOM image lacks {keyword}", expected="a CT/MR image with geometry")
+        no_uid = [k for k in _REFERENCED_UIDS if not str(getattr(ds, k, "") or "").strip()]
+        if no_uid:  # an anonymiser that blanked the UIDs: nothing for a SEG/RTSTRUCT to reference
+            raise InputError(
+                path,
+                "cannot be referenced by a DICOM SEG or RTSTRUCT",
+                expected=f"an image with its {', '.join(_REFERENCED_UIDS)} (a SEG and an RTSTRUCT "
+                "name the images they segment by these UIDs)",
+                found=f"empty or missing {', '.join(no_uid)} (removed by an anonymiser?); "
+                "the other formats (nifti, mesh, volumes, report) need no UIDs",
+            )
         if (int(ds.Rows), int(ds.Columns)) != (ny, nx):
             raise GeometryError(
                 f"{where}: image matrix {int(ds.Rows)} x {int(ds.Columns)} (rows x columns) does not match "

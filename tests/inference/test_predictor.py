@@ -92,6 +92,39 @@ def test_batch_continues_after_a_broken_case_and_shards(trained_model: Path, tmp
     assert [r.case_id for r in shard] == ["p2", "p9"]
 
 
+def test_a_bug_met_on_one_case_of_a_cohort_fails_that_case_alone(
+    trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected error (a KeyError deep in a DICOM library, as highdicom raised on a
+    series whose UIDs an anonymiser blanked) stopped the whole cohort at that case with exit
+    3. Now the case is listed failed as an internal error, the others are segmented, and the
+    exit code is still 3 so that the bug is not mistaken for bad input."""
+    import medseg.inference.predictor as predictor
+
+    folder = tmp_path / "cohort"
+    for seed in (1, 2, 3):
+        _case_file(folder, seed)
+    real = predictor.write_case_outputs
+
+    def flaky(image: Volume, label: Volume, *args: object, **kwargs: object) -> object:
+        if kwargs.get("case_id") == "p2":
+            raise KeyError("")
+        return real(image, label, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(predictor, "write_case_outputs", flaky)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["predict", str(folder), "-m", str(trained_model), "-o", str(out)])
+    assert res.exit_code == 3, res.output
+    assert (out / "p1.nii.gz").is_file() and (out / "p3.nii.gz").is_file()
+    entries = {c["case_id"]: c for c in json.loads((out / "predictions.json").read_text())["cases"]}
+    assert [entries[p]["ok"] for p in ("p1", "p2", "p3")] == [True, False, True]
+    assert entries["p2"]["error"].startswith("internal error: KeyError")
+    assert entries["p2"]["internal_error"] is True
+    # one case alone: the bug is raised to the caller as before
+    with pytest.raises(KeyError):
+        predict(folder / "p2.nii.gz", trained_model, tmp_path / "one", PredictConfig())
+
+
 def test_a_rerun_that_segments_an_earlier_failed_case_replaces_its_failure(
     trained_model: Path, tmp_path: Path
 ) -> None:

@@ -9,7 +9,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from medseg.cli.common import Quiet, app, cli_command, console, errors_only, number_values, warnings_only
+from medseg.cli.common import (
+    EXIT_INTERNAL_ERROR,
+    Quiet,
+    app,
+    cli_command,
+    console,
+    errors_only,
+    number_values,
+    warnings_only,
+)
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -166,6 +175,8 @@ def predict_command(
     cohort = out / "cohort_volumes.csv"
     if "volumes" in cfg.formats and cohort.is_file() and not quiet:
         console.print(f"volumes of every case (mL): {escape(str(cohort))}")
+    if any(r.internal_error for r in failed):  # a bug, not the input: as for one case, exit 3
+        raise typer.Exit(EXIT_INTERNAL_ERROR)
     if failed:
         raise typer.Exit(1)
 

@@ -931,6 +931,8 @@ class CaseResult:
     # True when every requested output existed and the case was not predicted again
     # (``ok`` stays True: its outputs are there; ``overwrite`` redoes them).
     skipped: bool = False
+    # True when the case failed on an unexpected error (a bug) rather than on its input.
+    internal_error: bool = False
 
 
 def _outputs_for(case_id: str, out: Path, config: PredictConfig) -> dict[str, Path]:
@@ -1280,6 +1282,21 @@ def _predict_into(
             except OSError as exc:  # e.g. disk full while writing: nothing partial is left (atomic writes)
                 log.error("case %s failed while writing: %s", case.case_id, exc)
                 results.append(CaseResult(case.case_id, False, error=f"{type(exc).__name__}: {exc}"))
+            except Exception as exc:
+                if len(cases) == 1:  # one case: the caller reports the bug (the CLI: exit 3)
+                    raise
+                # A bug met on one study of a cohort must not cost the rest of the cohort; the
+                # case is listed failed and internal_error says it is a bug to report.
+                from medseg.io.dicom import safe_error_text
+
+                text = f"internal error: {safe_error_text(exc)}"
+                log.error(
+                    "case %s failed with an %s (please report it; MEDSEG_DEBUG=1 shows the traceback)",
+                    case.case_id,
+                    text,
+                )
+                log.debug("traceback of case %s", case.case_id, exc_info=True)
+                results.append(CaseResult(case.case_id, False, error=text, internal_error=True))
             # after every case, so that a killed run's outputs say which prediction made them
             # (a resume with another model is refused) and its summary lists what it did
             write_summary()

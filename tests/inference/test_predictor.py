@@ -125,6 +125,40 @@ def test_a_bug_met_on_one_case_of_a_cohort_fails_that_case_alone(
         predict(folder / "p2.nii.gz", trained_model, tmp_path / "one", PredictConfig())
 
 
+def test_an_mr_series_given_to_a_ct_model_is_warned_about(
+    model_copy: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A CT abdomen model segmented a prostate MR series (and pacs segment pushed the result
+    to the study) without a word; now each such case is named in a warning. A CT series is
+    not, nor is an MR series given to a model that was not normalised as CT."""
+    image, _ = make_case(3, shape=(9, 36, 30))
+    image = image.with_array(image.array.astype(np.int16))
+    write_dicom_series(image, tmp_path / "cohort" / "mr", modality="MR")
+    write_dicom_series(image, tmp_path / "cohort" / "ct", modality="CT")
+    with caplog.at_level("WARNING", logger="medseg.inference.predictor"):
+        predict(tmp_path / "cohort", model_copy, tmp_path / "zscore", PredictConfig())
+    assert "trained on CT" not in caplog.text  # the toy model is z-score normalised
+    plan = json.loads((model_copy / "plan.json").read_text())
+    plan["normalization"] = [
+        {
+            "scheme": "ct",
+            "clip_low": -100.0,
+            "clip_high": 300.0,
+            "mean": 50.0,
+            "std": 80.0,
+            "use_nonzero_mask": False,
+        }
+    ]
+    (model_copy / "plan.json").write_text(json.dumps(plan))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medseg.inference.predictor"):
+        results = predict(tmp_path / "cohort", model_copy, tmp_path / "ct_model", PredictConfig())
+    assert [r.ok for r in results] == [True, True]
+    warnings = [r.getMessage() for r in caplog.records if "trained on CT" in r.getMessage()]
+    assert len(warnings) == 1, caplog.text
+    assert warnings[0].startswith("mr: the model was trained on CT") and "this series is MR" in warnings[0]
+
+
 def test_a_rerun_that_segments_an_earlier_failed_case_replaces_its_failure(
     trained_model: Path, tmp_path: Path
 ) -> None:

@@ -1011,6 +1011,7 @@ def predict_case(
     if "regions" in config.formats and not model.plan.regions:
         raise ConfigError("the regions output needs a region-based model (its plan declares no regions)")
     channels, series = _read_case(case, config.spacing, config.volume)
+    _warn_if_not_ct(model.plans, channels, case.case_id)
     # A region model's outputs need its masks, which a kept label map (painted) has lost.
     reused = None if model.plan.regions else _kept_label_map(kept, targets, channels[0], case.case_id)
     if reused is not None:
@@ -1083,6 +1084,27 @@ def predict_case(
     )
     outputs = {k: str(v) for k, v in {**kept, **written}.items()}
     return CaseResult(case.case_id, True, outputs, seconds=time.monotonic() - start)
+
+
+def _warn_if_not_ct(plans: Sequence[Plan], channels: Sequence[Volume], case_id: str) -> None:
+    """One warning when a DICOM series of another modality meets a model trained on CT.
+
+    A plan normalises a channel as ``ct`` (Hounsfield units clipped to the training range)
+    only when it was trained on CT: an MR series given to it is segmented without complaint
+    into labels that mean nothing, and ``pacs segment`` would push them to the study.
+    """
+    for plan in plans:
+        for name, norm, image in zip(plan.channel_names, plan.normalization, channels, strict=False):
+            modality = str(image.meta.get("modality") or "").strip().upper()
+            if norm.scheme == "ct" and modality and modality != "CT":
+                log.warning(
+                    "%s: the model was trained on CT (its plan normalises channel '%s' as CT, in Hounsfield "
+                    "units) but this series is %s: its labels are likely meaningless",
+                    case_id,
+                    name,
+                    modality,
+                )
+                return
 
 
 def _kept_label_map(

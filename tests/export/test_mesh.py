@@ -222,3 +222,33 @@ def test_several_meshes_show_a_progress_bar_one_does_not(
     write_label_meshes(label, tmp_path / "regions", region_masks=masks, progress=True)
     err = capsys.readouterr().err
     assert err.count("meshes") == 1 and "2/2" in err  # one bar over the regions, none per region
+
+
+def test_mesh_warnings_name_the_file_and_a_display_mesh_does_not_warn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In a cohort the warnings read 'label 3: mesh volume kept at ...' and 'decimation kept
+    30160 faces (budget 3000) to keep the surface closed', naming neither the case nor the
+    file; the second came from the report's display-only 3D view, which keeps nothing closed."""
+    from tests.export.conftest import prostate_zones, synthetic_image
+
+    label = prostate_zones(synthetic_image())
+    with caplog.at_level("WARNING", logger="medseg.export.mesh"):
+        written = write_label_meshes(
+            label, tmp_path / "case" / "meshes", {1: "PZ", 2: "TZ", 3: "DPU", 4: "AFS"}
+        )
+    kept = [r.getMessage() for r in caplog.records if "mesh volume kept" in r.getMessage()]
+    assert kept and all(m.startswith(str(tmp_path / "case" / "meshes")) for m in kept), caplog.text
+    assert any(m.startswith(f"{written[4]}: mesh volume kept") for m in kept)  # the thin AFS
+
+    # a decimation that misses its budget: a warning naming the mesh when the surface is kept
+    # closed, only a debug line for a display mesh
+    monkeypatch.setattr(trimesh.Trimesh, "simplify_quadric_decimation", lambda self, **_: self.copy())
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medseg.export.mesh"):
+        label_mesh(label, 1, MeshOptions(max_faces=10, preserve_volume=False), what="liver.stl")
+    assert "liver.stl: decimation kept" in caplog.text and "to keep the surface closed" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medseg.export.mesh"):
+        label_mesh(label, 1, MeshOptions(max_faces=10, keep_watertight=False, preserve_volume=False))
+    assert caplog.text == ""

@@ -69,8 +69,13 @@ class MeshOptions:
     keep_watertight: bool = True
 
 
-def label_mesh(label: Volume, value: int = 1, options: MeshOptions | None = None) -> trimesh.Trimesh:
-    """Closed surface of ``label == value`` in world (LPS) mm, outward normals."""
+def label_mesh(
+    label: Volume, value: int = 1, options: MeshOptions | None = None, *, what: str | None = None
+) -> trimesh.Trimesh:
+    """Closed surface of ``label == value`` in world (LPS) mm, outward normals.
+
+    ``what`` names the mesh in warnings (the file it goes to; default ``label VALUE``)."""
+    what = what or f"label {value}"
     opts = options or MeshOptions()
     mask = np.asarray(label.array == value)
     if not mask.any():
@@ -97,19 +102,21 @@ def label_mesh(label: Volume, value: int = 1, options: MeshOptions | None = None
             mesh, lamb=opts.taubin_lambda, nu=opts.taubin_mu, iterations=opts.smoothing_iterations
         )
     if opts.max_faces is not None and len(mesh.faces) > opts.max_faces:
-        mesh = _decimate(mesh, int(opts.max_faces), opts.keep_watertight)
+        mesh = _decimate(mesh, int(opts.max_faces), opts.keep_watertight, what)
     if opts.preserve_volume:
         _restore_volume(
             mesh,
             float(mask.sum()) * label.geometry.voxel_volume_mm3,
             min(label.spacing) / 4,
-            f"label {value}",
+            what,
         )
     mesh.metadata["label_value"] = int(value)
     return mesh
 
 
-def _decimate(mesh: trimesh.Trimesh, max_faces: int, keep_watertight: bool) -> trimesh.Trimesh:
+def _decimate(
+    mesh: trimesh.Trimesh, max_faces: int, keep_watertight: bool, what: str = "mesh"
+) -> trimesh.Trimesh:
     """Quadric decimation, by default keeping the surface closed.
 
     fast-simplification (aggression 7) now and then pinches a surface so that four
@@ -117,6 +124,8 @@ def _decimate(mesh: trimesh.Trimesh, max_faces: int, keep_watertight: bool) -> t
     1-40 such edges each), which 3D-printing slicers reject. Slightly smaller budgets are
     tried first, then gentler aggression, which stays closed but stops early (e.g. 25 k ->
     18 k faces instead of 2 k): the face budget is then not met and a warning says so.
+    Without ``keep_watertight`` (a display mesh, as in the report's 3D view) one pass is
+    made and a budget it misses is only logged at debug level: nothing was kept closed.
     """
     attempts = [(int(max_faces * f), 7) for f in (1.0, 0.9, 0.8, 0.7, 0.6)] if keep_watertight else []
     attempts += [(max_faces, 3), (max_faces, 1)] if keep_watertight else [(max_faces, 7)]
@@ -128,14 +137,20 @@ def _decimate(mesh: trimesh.Trimesh, max_faces: int, keep_watertight: bool) -> t
             return mesh
         if not keep_watertight or reduced.is_watertight or not mesh.is_watertight:
             if len(reduced.faces) > max_faces:
-                log.warning(
-                    "decimation kept %d faces (budget %d) to keep the surface closed",
+                log.log(
+                    logging.WARNING if keep_watertight else logging.DEBUG,
+                    "%s: decimation kept %d faces (budget %d)%s",
+                    what,
                     len(reduced.faces),
                     max_faces,
+                    " to keep the surface closed" if keep_watertight else "",
                 )
             return reduced
     log.warning(
-        "decimation to %d faces kept breaking the surface; keeping %d faces", max_faces, len(mesh.faces)
+        "%s: decimation to %d faces kept breaking the surface; keeping %d faces",
+        what,
+        max_faces,
+        len(mesh.faces),
     )
     return mesh
 
@@ -269,10 +284,10 @@ def write_label_meshes(
     written = {}
     with progress_bar(progress and len(segments) > 1, "meshes", len(segments)) as advance:
         for segment in segments:
-            mesh = label_mesh(label, segment.value, options)
+            mesh = label_mesh(label, segment.value, options, what=str(targets[segment.value]))
             mesh.visual = trimesh.visual.ColorVisuals(mesh, face_colors=(*segment.color, 255))
             if not mesh.is_watertight:
-                log.warning("mesh of '%s' is not watertight", segment.name)
+                log.warning("%s: mesh of '%s' is not watertight", targets[segment.value], segment.name)
             written[segment.value] = write_mesh(mesh, targets[segment.value], overwrite=overwrite)
             advance()
     log.debug("wrote %d meshes to %s", len(written), out)  # callers writing into a temporary folder say where

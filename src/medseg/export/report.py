@@ -205,7 +205,7 @@ def _mesh_payload(label: Volume, segments: Sequence[Segment], max_faces: int) ->
         options = MeshOptions(
             smoothing_iterations=10, max_faces=max_faces, keep_watertight=False, preserve_volume=False
         )
-        mesh = label_mesh(label, segment.value, options)
+        mesh = label_mesh(label, segment.value, options, what=f"3D view of '{segment.name}'")
         meshes.append((segment, mesh))
     if not meshes:
         return []

@@ -509,6 +509,25 @@ def test_patient_folders_of_series_folders_stay_a_cohort(
     assert one.paths == (cohort / "p2",)
 
 
+def test_a_cohort_of_patient_folders_without_series_asks_for_the_shared_description(tmp_path: Path) -> None:
+    """PROSTATEx's three patient folders (43 series) without --series: the error said 'holds 43
+    DICOM series; choose one' and listed 43 UIDs, as if one series of the whole folder were to be
+    picked. It now says it is a cohort and which descriptions the folders share."""
+    cohort = tmp_path / "cohort"
+    for p, seed in (("p1", 1), ("p2", 5)):
+        _write_study(cohort / p / "study", seed)
+    with pytest.raises(InputError) as info:
+        discover_cases(cohort)
+    message = str(info.value)
+    assert "is a cohort of 2 patient folders holding 6 DICOM series (several per folder)" in message
+    assert "expected --series with the description of the series to segment in every folder" in message
+    assert "found 't2_tse_sag' in 2 of 2 folders; 't2_tse_tra' in 2 of 2 folders" in message
+    assert "choose one" not in message
+    # one study's series folders still ask for one of them, listed
+    with pytest.raises(InputError, match="holds 3 DICOM series; pick one"):
+        discover_cases(cohort / "p1")
+
+
 def test_one_unreadable_study_fails_alone_in_a_cohort(
     trained_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

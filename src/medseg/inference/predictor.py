@@ -836,6 +836,23 @@ def _dicom_cases(
         )
         _log_cohort(len(per_folder) + unreadable, len(per_folder) + unreadable)
         return [InputCase(r.name, "dicom", (r,)) for r in sorted(per_folder)]
+    if len(per_folder) > 1 and src not in per_folder and not _one_study(found):
+        # Patient folders that each hold several series: a cohort that needs the description
+        # of the series to segment in every folder, not one series of the 43 picked.
+        folders_with: dict[str, set[Path]] = {}
+        for s, root in zip(found, roots_all, strict=True):
+            folders_with.setdefault(s.description or "?", set()).add(root)
+        shared = sorted(folders_with.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+        raise InputError(
+            src,
+            f"is a cohort of {len(per_folder)} patient folders holding {len(found)} DICOM series "
+            "(several per folder)",
+            expected="--series with the description of the series to segment in every folder, e.g. "
+            f"--series '{shared[0][0]}' (wildcards allowed: 't2_tse_tra*'; add @last for a sequence "
+            "repeated in a study)",
+            found="; ".join(f"'{d}' in {len(r)} of {len(per_folder)} folders" for d, r in shared[:15])
+            + (f"; and {len(shared) - 15} more descriptions" if len(shared) > 15 else ""),
+        )
     listing = "; ".join(
         f"[{i}] {s.description or '?'} ({s.modality}, {s.n_files} files, UID {s.series_uid})"
         for i, s in enumerate(found)

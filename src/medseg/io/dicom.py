@@ -1167,7 +1167,10 @@ class _PixelSource:
             )
         try:
             full = pydicom.dcmread(path)
+            _require_whole_pixel_data(full, path)
             arr = np.asarray(full.pixel_array)
+        except InputError:
+            raise
         except Exception as exc:  # pydicom's decoders raise many types
             text = _one_line(exc)
             ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
@@ -1917,6 +1920,33 @@ def _keep_quoted(match: re.Match[str]) -> str:
     if _VR.fullmatch(token) or (token.isidentifier() and tag_for_keyword(token) is not None):
         return match.group(0)  # a VR or an attribute keyword says what went wrong
     return "'...'"
+
+
+def _require_whole_pixel_data(ds: pydicom.Dataset, path: Path) -> None:
+    """A file cut short inside its (uncompressed) pixel data is named as such.
+
+    pydicom reads what there is and its decoder then says "The number of bytes of pixel data
+    is less than expected ... the dataset may be corrupted, have an invalid group 0028
+    element value, or the transfer syntax may be incorrect"; an interrupted copy is by far
+    the likeliest cause, and ``pacs push`` words the same check this way.
+    """
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if "PixelData" not in ds or (syntax is not None and syntax.is_compressed):
+        return
+    try:
+        bits = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
+        bits *= int(_number(ds.get("NumberOfFrames")) or 1) * int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError):
+        return  # the decoder's own error says what is wrong
+    expected, found = (bits + 7) // 8, len(ds.PixelData)
+    if found < expected:
+        raise InputError(
+            path,
+            "is cut short (an interrupted copy?): the file ends inside its pixel data",
+            expected=f"{expected} bytes of pixel data (Rows x Columns x SamplesPerPixel x NumberOfFrames x "
+            "BitsAllocated/8)",
+            found=f"{found} bytes",
+        )
 
 
 def safe_error_text(exc: BaseException) -> str:

@@ -284,3 +284,13 @@ def test_segment_cli_with_an_injected_predictor(
     assert calls == [(tmp_path / "model", ("dicom-seg",))]
     assert "pushed SEG" in result.output and "t2_tse_tra" in result.output
     assert list(new_series(before, series_by_modality(client_for(orthanc_rw)))) == ["SEG"]
+
+
+def test_a_local_format_asked_of_segment_says_how_to_get_it(tmp_path: Path) -> None:
+    """`pacs segment --format volumes` was refused without saying how to get the volumes of
+    what was pushed; the error now gives the export command (no server needed)."""
+    with pytest.raises(PacsError) as info:
+        segment_module.model_segment_fn(tmp_path / "model", formats=("dicom-seg", "volumes"))
+    message = str(info.value)
+    assert "only dicom-seg and rtstruct can be pushed to a PACS, found ['dicom-seg', 'volumes']" in message
+    assert "keep --work DIR and run: medseg export DIR/results/series/seg.dcm DIR/series" in message

@@ -207,7 +207,9 @@ def model_segment_fn(
     wrong = [f for f in formats if f not in allowed]
     if wrong or not formats:
         raise PacsError(
-            f"only dicom-seg and rtstruct can be pushed to a PACS, found {list(formats) or 'none'}"
+            f"only dicom-seg and rtstruct can be pushed to a PACS, found {list(formats) or 'none'}; for "
+            "volumes, meshes or a report, keep --work DIR and run: medseg export DIR/results/series/seg.dcm "
+            "DIR/series -f volumes,mesh,report"
         )
 
     def run(series_folder: Path, out_folder: Path) -> list[Path]:

@@ -528,6 +528,32 @@ def test_a_cohort_of_patient_folders_without_series_asks_for_the_shared_descript
         discover_cases(cohort / "p1")
 
 
+def test_patient_folders_without_images_are_named_not_dropped_silently(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cohort folder whose patient folder holds no DICOM (an export that failed) gave one
+    row fewer in cohort_volumes.csv without a word; now a warning names such folders. A folder
+    whose series do not match --series is named by its own warning, not this one."""
+    cohort = tmp_path / "cohort"
+    for p, seed in (("p1", 1), ("p3", 5)):
+        _write_study(cohort / p / "study", seed)
+    (cohort / "p2").mkdir()
+    (cohort / "p4").mkdir()
+    (cohort / "p4" / "report.txt").write_text("no images here")
+    with caplog.at_level("WARNING", logger="medseg.inference.predictor"):
+        cases = discover_cases(cohort, series="t2_tse_tra@last")
+    assert [c.case_id for c in cases] == ["p1", "p3"]
+    assert f"2 of 4 folders in {cohort} hold no DICOM image series and are not cases: p2, p4" in caplog.text
+    write_dicom_series(
+        make_oblique_volume(dtype=np.int16, seed=9), cohort / "p5" / "ct", series_description="ct"
+    )
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medseg.inference.predictor"):
+        discover_cases(cohort, series="t2_tse_tra@last")
+    assert "1 of 3 folders hold no series matching --series" in caplog.text and "p5" in caplog.text
+    assert "5 folders in" in caplog.text and "not cases: p2, p4" in caplog.text  # p5 holds images
+
+
 def test_one_unreadable_study_fails_alone_in_a_cohort(
     trained_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -710,6 +710,34 @@ def discover_cases(path: str | Path, *, series: str | None = None, channels: int
             out.append(InputCase(case, "files", tuple(chans[c] for c in sorted(chans))))
         return out
     found, broken = _list_cohort_series(src)
+    cases = _discover_dicom_cases(src, series, found, broken)
+    holding = {_top_folder(src, Path(s.folder)) for s in found} | {b for b, _ in broken}
+    _warn_folders_without_images(src, cases, holding)
+    return cases
+
+
+def _warn_folders_without_images(src: Path, cases: Sequence[InputCase], holding: set[Path]) -> None:
+    """In a cohort of patient folders, name the folders that hold no DICOM image (an export
+    that failed, a folder of reports): a cohort of 300 that gives 299 rows says which one
+    is missing. ``holding``: the top folders with a series or an unreadable file."""
+    if len(cases) < 2 or any(p.parent != src for c in cases for p in c.paths):
+        return
+    folders = sorted(d for d in src.iterdir() if d.is_dir() and not d.name.startswith("."))
+    empty = [d.name for d in folders if d not in holding]
+    if empty:
+        log.warning(
+            "%d of %d folders in %s hold no DICOM image series and are not cases: %s",
+            len(empty),
+            len(folders),
+            src,
+            ", ".join(empty[:10]) + (" ..." if len(empty) > 10 else ""),
+        )
+
+
+def _discover_dicom_cases(
+    src: Path, series: str | None, found: list[SeriesInfo], broken: list[tuple[Path, InputError]]
+) -> list[InputCase]:
+    """The cases of the DICOM folder ``src`` (see :func:`discover_cases`)."""
     if not broken:
         return _dicom_cases(src, found, series)
     # One patient folder's unreadable file fails that case alone (read again when the case

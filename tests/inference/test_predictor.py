@@ -159,6 +159,42 @@ def test_an_mr_series_given_to_a_ct_model_is_warned_about(
     assert warnings[0].startswith("mr: the model was trained on CT") and "this series is MR" in warnings[0]
 
 
+def test_a_series_without_uids_fails_before_the_network_when_dicom_outputs_are_asked(
+    trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TotalSegmentator's example CT DICOM has blank SOP/Study/Series UIDs: a SEG or RTSTRUCT
+    of it cannot be written. The case was predicted first and failed at export (minutes per
+    CT in a cohort); now it fails before the network runs, naming a file and the UIDs."""
+    image, _ = make_case(3, shape=(9, 36, 30))
+    image = image.with_array(image.array.astype(np.int16))
+    write_dicom_series(image, tmp_path / "cohort" / "good")
+    for file in write_dicom_series(image, tmp_path / "cohort" / "blank"):
+        ds = pydicom.dcmread(file)
+        ds.SOPClassUID = ds.SOPInstanceUID = ds.StudyInstanceUID = ds.SeriesInstanceUID = ""
+        ds.save_as(file)
+    runs: list[int] = []
+    real = SegmentationModel.predict
+
+    def counted(self: SegmentationModel, *args: object, **kwargs: object) -> object:
+        runs.append(1)
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SegmentationModel, "predict", counted)
+    results = {
+        r.case_id: r
+        for r in predict(
+            tmp_path / "cohort", trained_model, tmp_path / "out", PredictConfig(formats=("dicom-seg",))
+        )
+    }
+    assert results["good"].ok and not results["blank"].ok
+    assert "cannot be referenced by a DICOM SEG or RTSTRUCT" in results["blank"].error
+    assert str(tmp_path / "cohort" / "blank") in results["blank"].error
+    assert len(runs) == 1  # only the good case reached the network
+    # without a DICOM output the same series is segmented
+    (done,) = predict(tmp_path / "cohort" / "blank", trained_model, tmp_path / "nifti", PredictConfig())
+    assert done.ok
+
+
 def test_a_rerun_that_segments_an_earlier_failed_case_replaces_its_failure(
     trained_model: Path, tmp_path: Path
 ) -> None:

@@ -28,7 +28,14 @@ from medseg.io.dicom import safe_error_text
 from medseg.io.folders import walk_files
 from medseg.volume import VolumeGeometry
 
-__all__ = ["POSITION_TOL_MM", "SourceLike", "SourceSeries", "match_source_series", "read_source_datasets"]
+__all__ = [
+    "POSITION_TOL_MM",
+    "SourceLike",
+    "SourceSeries",
+    "match_source_series",
+    "read_source_datasets",
+    "require_referenceable",
+]
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +164,24 @@ def read_source_datasets(source: SourceLike) -> list[tuple[Dataset, Path | None]
     return items
 
 
+def require_referenceable(ds: Dataset, path: Path | None) -> None:
+    """Raise InputError naming ``path`` when ``ds`` lacks a UID a SEG or RTSTRUCT must reference.
+
+    An anonymiser that blanked them leaves nothing to reference (highdicom then fails with
+    a bare ``KeyError('')``); ``predict`` checks this before running the network.
+    """
+    no_uid = [k for k in _REFERENCED_UIDS if not str(getattr(ds, k, "") or "").strip()]
+    if no_uid:
+        raise InputError(
+            path,
+            "cannot be referenced by a DICOM SEG or RTSTRUCT",
+            expected=f"an image with its {', '.join(_REFERENCED_UIDS)} (a SEG and an RTSTRUCT "
+            "name the images they segment by these UIDs)",
+            found=f"empty or missing {', '.join(no_uid)} (removed by an anonymiser?); "
+            "the other formats (nifti, mesh, volumes, report) need no UIDs",
+        )
+
+
 def _where(ds: Dataset, path: Path | None) -> str:
     return str(path) if path is not None else f"instance {getattr(ds, 'InstanceNumber', '?')}"
 
@@ -191,16 +216,7 @@ def match_source_series(
         for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):
             if keyword not in ds:
                 raise InputError(path, f"DICOM image lacks {keyword}", expected="a CT/MR image with geometry")
-        no_uid = [k for k in _REFERENCED_UIDS if not str(getattr(ds, k, "") or "").strip()]
-        if no_uid:  # an anonymiser that blanked the UIDs: nothing for a SEG/RTSTRUCT to reference
-            raise InputError(
-                path,
-                "cannot be referenced by a DICOM SEG or RTSTRUCT",
-                expected=f"an image with its {', '.join(_REFERENCED_UIDS)} (a SEG and an RTSTRUCT "
-                "name the images they segment by these UIDs)",
-                found=f"empty or missing {', '.join(no_uid)} (removed by an anonymiser?); "
-                "the other formats (nifti, mesh, volumes, report) need no UIDs",
-            )
+        require_referenceable(ds, path)
         if (int(ds.Rows), int(ds.Columns)) != (ny, nx):
             raise GeometryError(
                 f"{where}: image matrix {int(ds.Rows)} x {int(ds.Columns)} (rows x columns) does not match "

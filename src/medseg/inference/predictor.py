@@ -1057,6 +1057,12 @@ def predict_case(
         raise ConfigError("the regions output needs a region-based model (its plan declares no regions)")
     channels, series = _read_case(case, config.spacing, config.volume)
     _warn_if_not_ct(model.plans, channels, case.case_id)
+    if series is not None and any(f in DICOM_FORMATS for f in targets):
+        from medseg.export.dicom_source import require_referenceable
+
+        # before the network runs: a SEG/RTSTRUCT of images without UIDs fails at export anyway
+        for ds, path in zip(series.datasets, series.files, strict=True):
+            require_referenceable(ds, path)
     # A region model's outputs need its masks, which a kept label map (painted) has lost.
     reused = None if model.plan.regions else _kept_label_map(kept, targets, channels[0], case.case_id)
     if reused is not None:

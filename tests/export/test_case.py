@@ -619,3 +619,22 @@ def test_volumes_without_regions_drop_a_region_table_left_by_an_earlier_region_m
     write_case_outputs(image, label, {1: "a"}, targets, overwrite=True, case_id="c")
     assert not (out / "c" / "region_volumes.csv").exists()
     assert "region/" not in write_cohort_volumes(out).read_text()  # type: ignore[union-attr]
+
+
+def test_mesh_warnings_name_the_final_files_not_the_temporary_folder(
+    tmp_path: Path, synthetic_series: Series, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The meshes are written into a temporary folder renamed when complete; the warnings named
+    files in it ('out/zones/.meshes.nkgsr5ov.tmp/04_afs.stl'), which no longer exist after."""
+    label = prostate_zones(synthetic_series.image)
+    path = write_volume(label, tmp_path / "zones.nii.gz")
+    args = ["export", str(path), str(synthetic_series.folder), "-f", "mesh", "--labels",
+            "PZ=1,TZ=2,DPU=3,AFS=4", "-o", str(tmp_path / "out")]  # fmt: skip
+    with caplog.at_level("WARNING", logger="medseg.export.mesh"):
+        res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    messages = [r.getMessage() for r in caplog.records]
+    final = tmp_path / "out" / "zones" / "meshes" / "04_afs.stl"
+    assert final.is_file()
+    assert any(m.startswith(f"{final}: mesh volume kept") for m in messages), messages
+    assert not any(".tmp" in m for m in messages), messages

@@ -249,7 +249,13 @@ def write_case_outputs(
             with atomic_dir(target, overwrite=overwrite) as tmp:  # the folder appears complete or not at all
                 # a region model: one mesh per region (overlaps included)
                 meshes = write_label_meshes(
-                    label, tmp, names, suffix=mesh_suffix, region_masks=regions, progress=progress
+                    label,
+                    tmp,
+                    names,
+                    suffix=mesh_suffix,
+                    region_masks=regions,
+                    progress=progress,
+                    shown_as=target,  # warnings name the files where they will be
                 )
             log.info("wrote %d meshes to %s", len(meshes), target)
             written[fmt] = target

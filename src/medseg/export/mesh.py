@@ -236,8 +236,12 @@ def write_label_meshes(
     values: Sequence[int] | None = None,
     region_masks: Mapping[str, np.ndarray] | None = None,
     progress: bool = False,
+    shown_as: str | Path | None = None,
 ) -> dict[int, Path]:
     """Write one mesh file per label value present into ``folder``; returns value -> path.
+
+    ``shown_as`` is the folder warnings name the files in (the final folder, when ``folder``
+    is a temporary one renamed afterwards); default ``folder``.
 
     ``progress`` shows a bar over the meshes when there are several (each a marching cubes,
     smoothing and decimation: seconds per organ on a CT, minutes for a whole-body label map).
@@ -251,6 +255,7 @@ def write_label_meshes(
     returns ``{}`` (a warning is logged): in a cohort, "nothing found" is not an error.
     """
     out = Path(folder)
+    where = Path(shown_as) if shown_as is not None else out
     _mesh_suffix(Path(f"x{suffix}"))
     if region_masks is not None:
         written_regions: dict[int, Path] = {}
@@ -264,16 +269,22 @@ def write_label_meshes(
                 one = label.with_array(np.where(m, value, 0).astype(np.uint16 if value > 255 else np.uint8))
                 written_regions.update(
                     write_label_meshes(
-                        one, out, {value: name}, suffix=suffix, options=options, overwrite=overwrite
+                        one,
+                        out,
+                        {value: name},
+                        suffix=suffix,
+                        options=options,
+                        overwrite=overwrite,
+                        shown_as=shown_as,
                     )
                 )
                 advance()
         if not written_regions:
-            log.warning("no region has voxels: no meshes written to %s", out)
+            log.warning("no region has voxels: no meshes written to %s", where)
         return written_regions
     segments = [s for s in segments_for_label(label, segment_names) if values is None or s.value in values]
     if not segments:
-        log.warning("the label map has no foreground: no meshes written to %s", out)
+        log.warning("the label map has no foreground: no meshes written to %s", where)
         return {}
     targets = {s.value: out / mesh_file_name(s.value, s.name, suffix.lower()) for s in segments}
     existing = [t for t in targets.values() if t.exists()]
@@ -284,10 +295,11 @@ def write_label_meshes(
     written = {}
     with progress_bar(progress and len(segments) > 1, "meshes", len(segments)) as advance:
         for segment in segments:
-            mesh = label_mesh(label, segment.value, options, what=str(targets[segment.value]))
+            shown = where / targets[segment.value].name
+            mesh = label_mesh(label, segment.value, options, what=str(shown))
             mesh.visual = trimesh.visual.ColorVisuals(mesh, face_colors=(*segment.color, 255))
             if not mesh.is_watertight:
-                log.warning("%s: mesh of '%s' is not watertight", targets[segment.value], segment.name)
+                log.warning("%s: mesh of '%s' is not watertight", shown, segment.name)
             written[segment.value] = write_mesh(mesh, targets[segment.value], overwrite=overwrite)
             advance()
     log.debug("wrote %d meshes to %s", len(written), out)  # callers writing into a temporary folder say where

@@ -267,21 +267,23 @@ def test_segment_cli_with_an_injected_predictor(
     ]
     result = runner.invoke(app, [*args, "--format", "nifti"], env={"MEDSEG_PACS_URL": orthanc_rw.dicomweb})
     assert result.exit_code == 2 and "only dicom-seg and rtstruct" in result.output
-    calls: list[tuple[Path, tuple[str, ...]]] = []
+    calls: list[tuple[Path, tuple[str, ...], int | None]] = []
 
     def fake_model_segment_fn(
-        model: Path, *, formats: tuple[str, ...], device: str
+        model: Path, *, formats: tuple[str, ...], device: str, threads: int | None
     ) -> Callable[..., list[Path]]:
-        calls.append((model, formats))
+        calls.append((model, formats, threads))
         return make_threshold_fn({}, rtstruct="rtstruct" in formats)
 
     monkeypatch.setattr(segment_module, "model_segment_fn", fake_model_segment_fn)
     before = series_by_modality(client_for(orthanc_rw))
     result = runner.invoke(
-        app, [*args, "--format", "dicom-seg", "-q"], env={"MEDSEG_PACS_URL": orthanc_rw.dicomweb}
+        app,
+        [*args, "--format", "dicom-seg", "--threads", "1", "-q"],
+        env={"MEDSEG_PACS_URL": orthanc_rw.dicomweb},
     )
     assert result.exit_code == 0, result.output
-    assert calls == [(tmp_path / "model", ("dicom-seg",))]
+    assert calls == [(tmp_path / "model", ("dicom-seg",), 1)]
     assert "pushed SEG" in result.output and "t2_tse_tra" in result.output
     assert list(new_series(before, series_by_modality(client_for(orthanc_rw)))) == ["SEG"]
 
@@ -294,3 +296,24 @@ def test_a_local_format_asked_of_segment_says_how_to_get_it(tmp_path: Path) -> N
     message = str(info.value)
     assert "only dicom-seg and rtstruct can be pushed to a PACS, found ['dicom-seg', 'volumes']" in message
     assert "keep --work DIR and run: medseg export DIR/results/series/seg.dcm DIR/series" in message
+
+
+def test_model_segment_fn_runs_predict_with_the_threads_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pacs segment had no --threads (predict has): on a shared CPU server the network took
+    every core. The predictor now gets the cap (no server needed to check)."""
+    import medseg.inference.predictor as predictor
+
+    seen: list[object] = []
+
+    def fake_predict(series: Path, model: Path, out: Path, config: object) -> list[object]:
+        seen.append(config)
+        return []
+
+    monkeypatch.setattr(predictor, "predict", fake_predict)
+    run = segment_module.model_segment_fn(tmp_path / "model", formats=("dicom-seg",), device="cpu", threads=2)
+    with pytest.raises(PacsError, match="found nothing to segment"):
+        run(tmp_path / "series", tmp_path / "out")
+    (config,) = seen
+    assert config.threads == 2 and config.device == "cpu" and config.formats == ("dicom-seg",)  # type: ignore[attr-defined]

@@ -308,6 +308,9 @@ def segment_command(
         bool, typer.Option("--overwrite", help="Replace results from an earlier run in --work.")
     ] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="CPU threads for the network (default: all cores).")
+    ] = None,
     quiet: QuietOpt = False,
     url: UrlOpt = None,
     config: ConfigOpt = None,
@@ -326,7 +329,7 @@ def segment_command(
     from medseg.pacs.segment import model_segment_fn, segment_study
 
     fmt = tuple(f.strip() for f in formats.split(",") if f.strip())
-    segment_fn = model_segment_fn(model, formats=fmt, device=device)
+    segment_fn = model_segment_fn(model, formats=fmt, device=device, threads=threads)
     with _client(url, config, user, password, token, insecure, ca_bundle, timeout) as client:
         result = segment_study(
             client,

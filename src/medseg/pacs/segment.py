@@ -201,8 +201,10 @@ def model_segment_fn(
     formats: Sequence[str] = ("dicom-seg", "rtstruct"),
     device: str = "auto",
     tta: bool = False,
+    threads: int | None = None,
 ) -> SegmentFn:
-    """A ``segment_fn`` running medseg's predictor (imported lazily) with a model folder."""
+    """A ``segment_fn`` running medseg's predictor (imported lazily) with a model folder;
+    ``threads`` caps the CPU threads of the network, as ``predict --threads``."""
     allowed = {"dicom-seg", "rtstruct"}
     wrong = [f for f in formats if f not in allowed]
     if wrong or not formats:
@@ -215,7 +217,7 @@ def model_segment_fn(
     def run(series_folder: Path, out_folder: Path) -> list[Path]:
         from medseg.inference.predictor import PredictConfig, predict
 
-        config = PredictConfig(formats=tuple(formats), device=device, tta=tta)  # type: ignore[arg-type]
+        config = PredictConfig(formats=tuple(formats), device=device, tta=tta, threads=threads)  # type: ignore[arg-type]
         results = predict(series_folder, model, out_folder, config)
         failed = [r for r in results if not r.ok]
         if failed:

@@ -195,6 +195,31 @@ def test_a_series_without_uids_fails_before_the_network_when_dicom_outputs_are_a
     assert done.ok
 
 
+def test_a_failed_case_reports_the_time_it_took(
+    trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cohort table showed 0.0 seconds for every failed case, also one that failed at export
+    after the network had run; its time is now measured as an ok case's (a fake clock here:
+    each reading one second later, so nothing depends on real time)."""
+    import itertools
+    import types
+
+    import medseg.inference.predictor as predictor
+
+    folder = tmp_path / "cohort"
+    _case_file(folder, 1)
+    (folder / "p9.nii.gz").write_bytes(b"broken")
+    clock = itertools.count()
+    monkeypatch.setattr(predictor, "time", types.SimpleNamespace(monotonic=lambda: float(next(clock))))
+    results = {r.case_id: r for r in predict(folder, trained_model, tmp_path / "out", PredictConfig())}
+    assert results["p1"].ok and not results["p9"].ok
+    assert results["p9"].seconds >= 1.0
+    entries = {
+        c["case_id"]: c for c in json.loads((tmp_path / "out" / "predictions.json").read_text())["cases"]
+    }
+    assert entries["p9"]["seconds"] >= 1.0
+
+
 def test_a_rerun_that_segments_an_earlier_failed_case_replaces_its_failure(
     trained_model: Path, tmp_path: Path
 ) -> None:

@@ -1341,6 +1341,7 @@ def _predict_into(
         for case in cases:
             if len(cases) == 1:  # no progress bar for one case: say what is running
                 log.info("case %s ...", case.case_id)
+            started = time.monotonic()  # a failed case's time too: failing fast or after the network
             try:
                 # one case: no case bar, so its meshes may have theirs
                 results.append(predict_case(seg, case, out, cfg, progress=progress and len(cases) == 1))
@@ -1351,10 +1352,19 @@ def _predict_into(
                 results.append(CaseResult(case.case_id, True, on_disk, skipped=True))
             except MedsegError as exc:
                 log.error("case %s failed: %s", case.case_id, exc)
-                results.append(CaseResult(case.case_id, False, error=str(exc)))
+                results.append(
+                    CaseResult(case.case_id, False, error=str(exc), seconds=time.monotonic() - started)
+                )
             except OSError as exc:  # e.g. disk full while writing: nothing partial is left (atomic writes)
                 log.error("case %s failed while writing: %s", case.case_id, exc)
-                results.append(CaseResult(case.case_id, False, error=f"{type(exc).__name__}: {exc}"))
+                results.append(
+                    CaseResult(
+                        case.case_id,
+                        False,
+                        error=f"{type(exc).__name__}: {exc}",
+                        seconds=time.monotonic() - started,
+                    )
+                )
             except Exception as exc:
                 if len(cases) == 1:  # one case: the caller reports the bug (the CLI: exit 3)
                     raise
@@ -1369,7 +1379,15 @@ def _predict_into(
                     text,
                 )
                 log.debug("traceback of case %s", case.case_id, exc_info=True)
-                results.append(CaseResult(case.case_id, False, error=text, internal_error=True))
+                results.append(
+                    CaseResult(
+                        case.case_id,
+                        False,
+                        error=text,
+                        internal_error=True,
+                        seconds=time.monotonic() - started,
+                    )
+                )
             # after every case, so that a killed run's outputs say which prediction made them
             # (a resume with another model is refused) and its summary lists what it did
             write_summary()

@@ -112,6 +112,14 @@ def test_file_cut_before_its_uids_is_found(tmp_path: Path) -> None:
     assert instance_problem(files[0]) == (
         "no SOPInstanceUID, StudyInstanceUID, SeriesInstanceUID (cut short, or not a storable instance)"
     )
+    # present but empty (an anonymiser blanked them, as in TotalSegmentator's example CT DICOM):
+    # said so, not "cut short"
+    ds = pydicom.dcmread(files[2])
+    ds.SOPClassUID = ds.StudyInstanceUID = ""
+    ds.save_as(files[2])
+    assert instance_problem(files[2]) == (
+        "empty SOPClassUID, StudyInstanceUID (blanked by an anonymiser?); a PACS files instances by these UIDs"
+    )
     meta_end = data.index(b"\x08\x00\x05\x00CS")  # SpecificCharacterSet opens the data set
     cut(files[1], meta_end)
     assert instance_problem(files[1]) == "no data elements after the file meta information (cut short?)"

@@ -186,9 +186,12 @@ def instance_problem(path: str | Path) -> str | None:
     short = _short_element(ds)
     if short is not None:
         return short
-    missing = [k for k in _REQUIRED_UIDS if not ds.get(k)]
+    missing = [k for k in _REQUIRED_UIDS if k not in ds]
     if missing:
         return f"no {', '.join(missing)} (cut short, or not a storable instance)"
+    blank = [k for k in _REQUIRED_UIDS if not str(ds.get(k) or "").strip()]
+    if blank:  # present but empty: an anonymiser's doing (TotalSegmentator's example CT), not a cut
+        return f"empty {', '.join(blank)} (blanked by an anonymiser?); a PACS files instances by these UIDs"
     if "Rows" not in ds and _is_image_class(str(ds.SOPClassUID)):
         return f"no Rows, Columns or pixel data in a {UID(str(ds.SOPClassUID)).name} object (cut short?)"
     return _pixel_data_problem(ds)

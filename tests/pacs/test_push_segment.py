@@ -253,7 +253,11 @@ def test_series_choice(orthanc_rw: OrthancServer) -> None:
 
 
 def test_segment_cli_with_an_injected_predictor(
-    orthanc_rw: OrthancServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_pacs_env: None
+    orthanc_rw: OrthancServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    no_pacs_env: None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     args = [
         "pacs",
@@ -277,12 +281,16 @@ def test_segment_cli_with_an_injected_predictor(
 
     monkeypatch.setattr(segment_module, "model_segment_fn", fake_model_segment_fn)
     before = series_by_modality(client_for(orthanc_rw))
-    result = runner.invoke(
-        app,
-        [*args, "--format", "dicom-seg", "--threads", "1", "-q"],
-        env={"MEDSEG_PACS_URL": orthanc_rw.dicomweb},
-    )
+    with caplog.at_level("INFO"):
+        result = runner.invoke(
+            app,
+            [*args, "--format", "dicom-seg", "--threads", "1", "-q"],
+            env={"MEDSEG_PACS_URL": orthanc_rw.dicomweb},
+        )
     assert result.exit_code == 0, result.output
+    # -q: no INFO lines ('segmenting series ...', 'wrote DICOM SEG ... to /tmp/medseg-pacs-...',
+    # 'pushed 1 instances ...'), only the result lines
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("medseg") and r.levelno < 30]
     assert calls == [(tmp_path / "model", ("dicom-seg",), 1)]
     assert "pushed SEG" in result.output and "t2_tse_tra" in result.output
     assert list(new_series(before, series_by_modality(client_for(orthanc_rw)))) == ["SEG"]

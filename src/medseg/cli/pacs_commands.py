@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from medseg.cli.common import app, cli_command, console, err_console
+from medseg.cli.common import app, cli_command, console, err_console, warnings_only
 
 if TYPE_CHECKING:
     from medseg.pacs.client import PacsClient
@@ -311,7 +311,15 @@ def segment_command(
     threads: Annotated[
         int | None, typer.Option("--threads", help="CPU threads for the network (default: all cores).")
     ] = None,
-    quiet: QuietOpt = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="No progress bar and no log lines but warnings and errors; the lines that say what "
+            "was segmented and pushed still show.",
+        ),
+    ] = False,
     url: UrlOpt = None,
     config: ConfigOpt = None,
     user: UserOpt = None,
@@ -330,7 +338,10 @@ def segment_command(
 
     fmt = tuple(f.strip() for f in formats.split(",") if f.strip())
     segment_fn = model_segment_fn(model, formats=fmt, device=device, threads=threads)
-    with _client(url, config, user, password, token, insecure, ca_bundle, timeout) as client:
+    with (
+        _client(url, config, user, password, token, insecure, ca_bundle, timeout) as client,
+        warnings_only(quiet),  # a script over many studies: its warnings (a CT model on an MR) still show
+    ):
         result = segment_study(
             client,
             study,

@@ -66,7 +66,19 @@ def test_info_lists_dicom_series(tmp_path: Path) -> None:
     assert "PatientName" not in out
 
 
-def test_info_shows_table_then_fails_on_an_unbuildable_series(tmp_path: Path) -> None:
+def test_info_says_a_series_uid_is_empty(tmp_path: Path) -> None:
+    """TotalSegmentator's example CT DICOM has an empty SeriesInstanceUID: info printed '[0] '
+    and nothing after it."""
+    two_series(tmp_path / "study")
+    for file in (tmp_path / "study").rglob("*.dcm"):
+        ds = pydicom.dcmread(file)
+        if ds.SeriesDescription == "ADC":
+            ds.SeriesInstanceUID = ""
+            ds.save_as(file)
+    code, out, _ = run("info", tmp_path / "study")
+    assert code == 0
+    assert "(empty SeriesInstanceUID: blanked by an anonymiser?)" in " ".join(out.split())
+
     files = write_dicom_series(make_oblique_volume(dtype=np.int16), tmp_path / "loc")
     for f in files[:3]:
         ds = pydicom.dcmread(f)

@@ -71,8 +71,13 @@ def _series_table(series: list[dict[str, Any]], with_uid: bool = True) -> Table:
             str(s["n_volumes"]) + (f" ({s['orientations']} planes)" if s["orientations"] > 1 else ""),
             f"{s['rows']} x {s['cols']}",
         ]
-        table.add_row(*row, s["series_uid"]) if with_uid else table.add_row(*row)
+        table.add_row(*row, _uid_text(s["series_uid"])) if with_uid else table.add_row(*row)
     return table
+
+
+def _uid_text(uid: str) -> str:
+    # TotalSegmentator's example CT DICOM: an anonymiser left the UIDs empty
+    return uid or "(empty SeriesInstanceUID: blanked by an anonymiser?)"
 
 
 def _volume_table(summary: dict[str, Any]) -> Table:
@@ -243,7 +248,7 @@ def _print_report(report: dict[str, Any]) -> None:
         console.print(_series_table(report["series"], with_uid=wide))
         if not wide:
             for i, s in enumerate(report["series"]):
-                console.print(f"  [{i}] {s['series_uid']}", markup=False, highlight=False)
+                console.print(f"  [{i}] {_uid_text(s['series_uid'])}", markup=False, highlight=False)
     if "volume" in report:
         console.print(_volume_table(report["volume"]))
         for w in report.get("warnings", []):

@@ -325,3 +325,27 @@ def test_model_segment_fn_runs_predict_with_the_threads_asked(
         run(tmp_path / "series", tmp_path / "out")
     (config,) = seen
     assert config.threads == 2 and config.device == "cpu" and config.formats == ("dicom-seg",)  # type: ignore[attr-defined]
+
+
+def test_a_second_segmentation_of_a_series_warns_of_the_first(
+    orthanc_rw: OrthancServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each run pushes new objects; a cohort segmented twice left every study with two SEGs and
+    two RTSTRUCTs without a word. The second run now names the earlier ones (found by what
+    they reference, via WADO-RS metadata), and a series nobody segmented gets no warning."""
+    client = client_for(orthanc_rw)
+    sag = next(s for s in query_series(client, study_uid=STUDY_0000) if s.description == "t2_tse_sag")
+    with caplog.at_level("WARNING", logger="medseg.pacs.segment"):
+        first = segment_study(
+            client, STUDY_0000, make_threshold_fn({}), series_uid=sag.series_uid, work_dir=tmp_path / "w"
+        )
+    assert "already holds" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medseg.pacs.segment"):
+        segment_study(client, STUDY_0000, make_threshold_fn({}), series_uid=sag.series_uid)
+    (message,) = [r.getMessage() for r in caplog.records if "already holds" in r.getMessage()]
+    assert message.startswith(
+        f"the study already holds 2 RTSTRUCT/SEG series referencing series {sag.series_uid}"
+    )
+    assert len(first.outputs) == 2
+    assert all(pydicom.dcmread(p).SeriesInstanceUID in message for p in first.outputs)

@@ -532,6 +532,12 @@ class PacsClient:
                 offset += len(page)
             return [Dataset.from_json(item) for item in results]
 
+    def retrieve_series_metadata(self, study_uid: str, series_uid: str, *, what: str = "") -> list[Dataset]:
+        """WADO-RS metadata of a series' instances (no bulk data: their values are left empty)."""
+        with self.translate_errors(what or "retrieving series metadata"):
+            items = self._web.retrieve_series_metadata(study_uid, series_uid)
+            return [Dataset.from_json(item, bulk_data_uri_handler=lambda *_: b"") for item in items]
+
     def retrieve_instance(self, study_uid: str, series_uid: str, sop_uid: str, *, what: str = "") -> Dataset:
         """WADO-RS retrieval of one instance, in the transfer syntax it is stored in."""
         with self.translate_errors(what or "retrieving an instance"):

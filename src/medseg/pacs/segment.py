@@ -106,6 +106,35 @@ def _referenced_series(ds: Dataset) -> set[str]:
     return found
 
 
+def _warn_of_earlier_results(client: PacsClient, record: SeriesRecord) -> None:
+    """One warning when the study already holds SEG / RTSTRUCT series referencing the series
+    (an earlier run): each run pushes new objects beside them, and a cohort run twice would
+    leave every study with two segmentations that a viewer shows side by side."""
+    earlier = []
+    try:
+        for other in query_series(client, study_uid=record.study_uid):
+            if other.modality.upper() not in _REFERENCING:
+                continue
+            headers = client.retrieve_series_metadata(
+                record.study_uid, other.series_uid, what="looking for earlier results of the series"
+            )
+            if any(record.series_uid in _referenced_series(ds) for ds in headers):
+                earlier.append(other)
+    except PacsError as exc:  # a server without WADO-RS metadata: only this check is lost
+        log.warning("could not look for earlier results of the series: %s", exc)
+        return
+    if earlier:
+        log.warning(
+            "the study already holds %d %s series referencing series %s (an earlier run?): %s; this run "
+            "pushes new ones beside them (delete the old ones in the PACS if they are not wanted)",
+            len(earlier),
+            "/".join(sorted({e.modality for e in earlier})),
+            record.series_uid,
+            "; ".join(f"{e.modality} '{e.description}' {e.series_uid}" for e in earlier[:5])
+            + (" ..." if len(earlier) > 5 else ""),
+        )
+
+
 def check_outputs(
     files: Sequence[Path], *, study_uid: str, source_series_uid: str, source_sops: set[str]
 ) -> list[Path]:
@@ -157,6 +186,7 @@ def segment_study(
     """
     record = choose_series(client, study_uid, series_uid=series_uid, description=description)
     log.info("segmenting series %s", record.summary())
+    _warn_of_earlier_results(client, record)
     temporary = work_dir is None
     work = Path(tempfile.mkdtemp(prefix="medseg-pacs-")) if temporary else Path(str(work_dir))
     try:

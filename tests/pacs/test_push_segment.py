@@ -248,8 +248,11 @@ def test_series_choice(orthanc_rw: OrthancServer) -> None:
     client = client_for(orthanc_rw)
     with pytest.raises(PacsError, match=r"2 image series in the study.*t2_tse_sag.*t2_tse_tra"):
         segment_study(client, STUDY_0000, lambda s, o: [])
-    with pytest.raises(PacsError, match="no image series matching --description 'ct\\*'"):
+    with pytest.raises(PacsError, match="no image series matching --description 'ct\\*'") as info:
         segment_study(client, STUDY_0000, lambda s, o: [], description="ct*")
+    # it said 'Series: none'; now the study's image series, to choose a description from
+    assert "Image series of the study: #3 't2_tse_sag'" in str(info.value)
+    assert "#4 't2_tse_tra'" in str(info.value)
 
 
 def test_segment_cli_with_an_injected_predictor(

@@ -79,17 +79,20 @@ def choose_series(
     series = query_series(client, study_uid=study)
     if not series:
         raise PacsNotFoundError(f"{client.server}: study {study} not found (or it has no series)")
-    images = [s for s in series if s.modality.upper() not in NON_IMAGE_MODALITIES]
+    every = images = [s for s in series if s.modality.upper() not in NON_IMAGE_MODALITIES]
     if description:
         pattern = description.lower()
         images = [s for s in images if fnmatch.fnmatchcase(s.description.lower(), pattern)]
     if len(images) == 1:
         return images[0]
-    listing = "; ".join(s.summary() for s in images) or "none"
+    # none matching: list the study's image series, whose descriptions the user can then give
+    listing = "; ".join(s.summary() for s in (images or every)) or "none"
     what = f"matching --description {description!r}" if description else "in the study"
     raise PacsError(
         f"{'no' if not images else len(images)} image series {what}; choose one with --series UID"
-        f"{'' if description else ' or --description'}. Series: {listing}"
+        f"{'' if description else ' or --description'}. "
+        + ("Image series of the study" if description and not images else "Series")
+        + f": {listing}"
     )
 
 

@@ -638,3 +638,19 @@ def test_mesh_warnings_name_the_final_files_not_the_temporary_folder(
     assert final.is_file()
     assert any(m.startswith(f"{final}: mesh volume kept") for m in messages), messages
     assert not any(".tmp" in m for m in messages), messages
+
+
+def test_a_mistyped_format_is_answered_with_the_likely_one() -> None:
+    """'-f dicom_seg,stl' listed the choices but not which one was meant."""
+    from medseg.export.case import check_formats
+
+    with pytest.raises(ConfigError) as info:
+        check_formats(["dicom_seg", "stl", "rt-struct", "volume", "foo", "nifti"])
+    message = str(info.value)
+    assert message.startswith("unknown output format(s) ['dicom_seg', 'stl', 'rt-struct', 'volume', 'foo']")
+    assert message.endswith(
+        "(did you mean dicom-seg for 'dicom_seg', mesh for 'stl', rtstruct for 'rt-struct', volumes for 'volume'?)"
+    )
+    with pytest.raises(ConfigError) as info:
+        check_formats(["foo"])
+    assert "did you mean" not in str(info.value)

@@ -102,8 +102,43 @@ def check_formats(formats: Sequence[str], allowed: Sequence[str] = FORMATS) -> t
     """The formats as a tuple, or a ConfigError naming the unknown ones and the choices."""
     unknown = [f for f in formats if f not in allowed]
     if unknown or not formats:
-        raise ConfigError(f"unknown output format(s) {unknown or '(none)'}; choose from {', '.join(allowed)}")
+        hints = [f"{_likely_format(f, allowed)} for '{f}'" for f in unknown if _likely_format(f, allowed)]
+        raise ConfigError(
+            f"unknown output format(s) {unknown or '(none)'}; choose from {', '.join(allowed)}"
+            + (f" (did you mean {', '.join(hints)}?)" if hints else "")
+        )
     return tuple(dict.fromkeys(formats))
+
+
+# File types users name for a format (``-f stl`` for meshes, ``-f csv`` for volumes).
+_FORMAT_ALIASES = {
+    "stl": "mesh",
+    "obj": "mesh",
+    "ply": "mesh",
+    "meshes": "mesh",
+    "csv": "volumes",
+    "seg": "dicom-seg",
+    "html": "report",
+    "png": "overlay",
+    "nii": "nifti",
+    "nii.gz": "nifti",
+}
+
+
+def _likely_format(name: str, allowed: Sequence[str]) -> str | None:
+    """The format a mistyped name most likely means (``dicom_seg``, ``rt-struct``, ``stl``), or None."""
+    import difflib
+
+    key = name.strip().lower()
+    alias = _FORMAT_ALIASES.get(key)
+    if alias in allowed:
+        return alias
+    squeezed = {f.replace("-", ""): f for f in allowed}
+    bare = key.replace("-", "").replace("_", "").replace(" ", "")
+    if bare in squeezed:
+        return squeezed[bare]
+    close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.75)
+    return close[0] if close else None
 
 
 def check_mesh_suffix(suffix: str) -> str:

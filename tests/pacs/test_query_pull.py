@@ -96,6 +96,30 @@ def test_query_cli_prints_a_table(orthanc: OrthancServer, no_pacs_env: None) -> 
     assert "2 series" in result.output and "t2_tse_tra" in result.output
 
 
+def test_query_cli_is_capped_and_says_when_more_may_match(
+    orthanc: OrthancServer, no_pacs_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'medseg pacs query' with no filter listed every study of the server: on a hospital PACS,
+    millions. It now stops at --limit (100 by default) and says when more may match."""
+    env = {"MEDSEG_PACS_URL": orthanc.dicomweb}
+    result = runner.invoke(app, ["pacs", "query"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "2 studies" in result.output and "more may match" not in result.output
+    result = runner.invoke(app, ["pacs", "query", "--limit", "1"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "1 studies" in result.output
+    assert "the first 1 results; more may match: narrow the search" in " ".join(result.output.split())
+    import medseg.pacs.query as query_module
+
+    asked: list[object] = []
+    real = query_module.query_studies
+    monkeypatch.setattr(
+        query_module, "query_studies", lambda client, **kw: asked.append(kw["limit"]) or real(client, **kw)
+    )
+    assert runner.invoke(app, ["pacs", "query"], env=env).exit_code == 0
+    assert asked == [100]
+
+
 def test_query_cli_bad_date_is_one_line(no_pacs_env: None) -> None:
     result = runner.invoke(
         app, ["pacs", "query", "--url", "http://127.0.0.1:1/dicom-web", "--date", "2011-13-01"]

@@ -113,7 +113,15 @@ def query_command(
         bool,
         typer.Option("--series-level", "-s", help="List series instead of studies (implied by --study)."),
     ] = False,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most this many results.")] = None,
+    limit: Annotated[
+        int,
+        typer.Option(
+            "--limit",
+            min=1,
+            help="At most this many results (a hospital PACS holds millions of studies: narrow the "
+            "search or raise it).",
+        ),
+    ] = 100,
     url: UrlOpt = None,
     config: ConfigOpt = None,
     user: UserOpt = None,
@@ -188,6 +196,11 @@ def query_command(
         for k, col in enumerate(columns)
     )
     Console(width=max(console.width, min(natural, 240)), highlight=False).print(table, crop=False)
+    if len(rows) >= limit:  # the server may hold more: say so rather than let the table look complete
+        console.print(
+            f"the first {limit} results; more may match: narrow the search (--date, --modality, --patient, "
+            "--description) or raise --limit"
+        )
 
 
 # ----------------------------------------------------------------------------- pull

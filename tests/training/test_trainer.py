@@ -226,6 +226,40 @@ def test_resume_with_other_settings_is_refused_naming_each_difference(planned_da
         train(planned_dataset, 0, config=_config(), overwrite=True, resume_changed=True, folds=3)
 
 
+def test_resume_without_repeating_the_options_continues_with_the_recorded_settings(
+    planned_dataset: Path, tmp_path: Path
+) -> None:
+    """`medseg train --loss focal ...`, Ctrl-C, then `medseg train --resume` (as the interrupt
+    message says): the resume takes the settings the checkpoint was trained with from the model
+    folder's training_config.json, not the defaults (which were refused as another loss)."""
+    from typer.testing import CliRunner
+
+    from medseg.cli import app
+
+    config_file = tmp_path / "fast.json"
+    config_file.write_text(json.dumps({**FAST, "epochs": 1}))
+    base = ["train", str(planned_dataset), "--folds", "3"]
+    first = CliRunner().invoke(
+        app, [*base, "--config", str(config_file), "--loss", "focal", "-q"], catch_exceptions=False
+    )
+    assert first.exit_code == 0, first.output
+    folder = planned_dataset / "models" / "3d" / "fold_0"
+    # The Python API: no config given means the recorded one (here: already complete).
+    again = train(planned_dataset, 0, resume=True, folds=3)
+    assert again.already_complete and again.epochs_completed == 1
+    # The CLI: only the options given (more epochs) change.
+    longer = CliRunner().invoke(app, [*base, "--resume", "--epochs", "2", "-q"], catch_exceptions=False)
+    assert longer.exit_code == 0, longer.output
+    assert "trained 2 epochs" in longer.output
+    recorded = json.loads((folder / "training_config.json").read_text())
+    assert recorded["loss"] == "focal" and recorded["epochs"] == 2
+    assert recorded["iterations_per_epoch"] == FAST["iterations_per_epoch"]
+    assert "resumed_with_changes" not in json.loads((folder / "model.json").read_text())
+    # An option that shapes the weights is still refused unless allowed.
+    other = CliRunner().invoke(app, [*base, "--resume", "--epochs", "3", "--loss", "dice", "-q"])
+    assert other.exit_code == 2 and "loss 'focal' -> 'dice'" in other.output
+
+
 def test_resume_of_a_finished_run_trains_and_writes_nothing(planned_dataset: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

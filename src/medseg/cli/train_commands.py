@@ -58,7 +58,13 @@ def train_command(
     out: Annotated[
         Path | None, typer.Option(help="model folder (default DATASET/models/<config>/fold_<k>)")
     ] = None,
-    resume: Annotated[bool, typer.Option(help="continue from the model folder's checkpoint_last.pt")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="continue from the model folder's checkpoint_last.pt with the settings it was trained with "
+            "(its training_config.json; options given here, e.g. more --epochs, override them)"
+        ),
+    ] = False,
     resume_changed: Annotated[
         bool,
         typer.Option(
@@ -76,9 +82,8 @@ def train_command(
 ) -> None:
     """Train a U-Net on one fold; Ctrl-C saves a checkpoint, --resume continues it."""
     from medseg.errors import ConfigError
-    from medseg.training.trainer import is_main_process, train
+    from medseg.training.trainer import default_model_dir, is_main_process, train
 
-    cfg = _training_config(config, loss, epochs, iterations, lr, batch_size, device, budget_min)
     if fold == "all":
         fold_index = None
     else:
@@ -86,6 +91,11 @@ def train_command(
             fold_index = int(fold)
         except ValueError:
             raise ConfigError(f"--fold must be an integer or 'all', found {fold!r}") from None
+    if resume and config is None:
+        # Continue with what the checkpoint was trained with (`train --loss focal`, Ctrl-C,
+        # `train --resume`), not with the defaults; options given here still override it.
+        config = _recorded_training_config(out or default_model_dir(dataset, configuration, fold_index))
+    cfg = _training_config(config, loss, epochs, iterations, lr, batch_size, device, budget_min)
     try:
         with warnings_only(quiet):
             result = train(
@@ -122,6 +132,12 @@ def train_command(
     if result.stopped_early:
         console.print(result.stopped_early)
     console.print(f"model folder: {result.model_dir}")
+
+
+def _recorded_training_config(model_dir: Path) -> Path | None:
+    """The model folder's training_config.json, the settings a resume continues with."""
+    recorded = model_dir / "training_config.json"
+    return recorded if recorded.is_file() else None
 
 
 def _training_config(

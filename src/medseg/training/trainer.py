@@ -55,7 +55,7 @@ from medseg.training.checkpoint import (
     set_rng_state,
     write_model_json,
 )
-from medseg.training.config import TrainingConfig, check_device_name
+from medseg.training.config import TrainingConfig, check_device_name, load_training_config
 from medseg.training.slice_classifier import SliceClassifierConfig
 
 if TYPE_CHECKING:
@@ -1109,7 +1109,8 @@ def train(
     """Train one fold of a planned dataset (``fold=None``: all training cases, no validation).
 
     ``resume`` continues from the model folder's checkpoint_last.pt with the same settings
-    (more epochs, another time budget or device are fine); other training-config or plan
+    (``config=None``: those of its training_config.json; more epochs, another time budget or
+    device are fine); other training-config or plan
     values are refused unless ``resume_changed``. When the checkpoint has done ``epochs``
     already, nothing is trained or written (``TrainResult.already_complete``).
 
@@ -1125,11 +1126,17 @@ def train(
     from medseg.preprocessing.pipeline import load_dataset_plan, preprocess_dataset
 
     root = Path(dataset)
-    cfg = config or TrainingConfig()
+    out = Path(out_dir) if out_dir is not None else default_model_dir(root, configuration, fold)
+    recorded = out / "training_config.json"
+    if config is not None:
+        cfg = config
+    elif resume and recorded.is_file():  # a resume continues with the settings it was trained with
+        cfg = load_training_config(recorded)
+    else:
+        cfg = TrainingConfig()
     plan = load_dataset_plan(root, configuration)
     _check_plan_regions(root, plan, configuration)
     build_plan_loss(plan, cfg)  # its options checked now, not after minutes of preprocessing
-    out = Path(out_dir) if out_dir is not None else default_model_dir(root, configuration, fold)
     last = out / "checkpoint_last.pt"
     if resume_changed and not resume:
         raise ConfigError("--resume-changed only applies with --resume")

@@ -8,11 +8,23 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from medseg.cli.common import Configuration, Quiet, app, cli_command, console, warnings_only
+from medseg.training.config import TrainingConfig
 
 if TYPE_CHECKING:
-    from medseg.training.config import TrainingConfig
     from medseg.training.slice_classifier import SliceClassifierConfig
 
+
+def _with_default(text: str, name: str) -> str:
+    """Help of an option that overrides TrainingConfig field ``name``, naming its default."""
+    default = TrainingConfig.__dataclass_fields__[name].default
+    return f"{text} (default {default}, or the --config file's)"
+
+
+LOSS_HELP = _with_default("dice_ce, focal, dice_focal, dice or ce", "loss")
+EPOCHS_HELP = _with_default("number of epochs", "epochs")
+ITERATIONS_HELP = _with_default("iterations per epoch", "iterations_per_epoch")
+LR_HELP = _with_default("initial learning rate", "learning_rate")
+DEVICE_HELP = _with_default("auto, cpu or cuda", "device")
 
 SLICE_CLASSIFIER_HELP = (
     "also train an empty-slice classifier (2D / 2.5D models; 400 iterations, or as many as the network "
@@ -47,12 +59,12 @@ def train_command(
     config: Annotated[
         Path | None, typer.Option(help="JSON/YAML training config (see TrainingConfig)")
     ] = None,
-    loss: Annotated[str | None, typer.Option(help="dice_ce, focal, dice_focal, dice or ce")] = None,
-    epochs: Annotated[int | None, typer.Option(help="number of epochs")] = None,
-    iterations: Annotated[int | None, typer.Option(help="iterations per epoch")] = None,
-    lr: Annotated[float | None, typer.Option(help="initial learning rate")] = None,
+    loss: Annotated[str | None, typer.Option(help=LOSS_HELP)] = None,
+    epochs: Annotated[int | None, typer.Option(help=EPOCHS_HELP)] = None,
+    iterations: Annotated[int | None, typer.Option(help=ITERATIONS_HELP)] = None,
+    lr: Annotated[float | None, typer.Option(help=LR_HELP)] = None,
     batch_size: Annotated[int | None, typer.Option(help="batch size (default: the plan's)")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda")] = None,
+    device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
     budget_min: Annotated[float | None, typer.Option(help="stop after this many minutes of training")] = None,
     folds: Annotated[int, typer.Option(help="number of folds when splits.json is created")] = 5,
     out: Annotated[
@@ -176,12 +188,12 @@ def crossval_command(
     config: Annotated[
         Path | None, typer.Option(help="JSON/YAML training config (see TrainingConfig)")
     ] = None,
-    loss: Annotated[str | None, typer.Option(help="dice_ce, focal, dice_focal, dice or ce")] = None,
-    epochs: Annotated[int | None, typer.Option(help="number of epochs")] = None,
-    iterations: Annotated[int | None, typer.Option(help="iterations per epoch")] = None,
-    lr: Annotated[float | None, typer.Option(help="initial learning rate")] = None,
+    loss: Annotated[str | None, typer.Option(help=LOSS_HELP)] = None,
+    epochs: Annotated[int | None, typer.Option(help=EPOCHS_HELP)] = None,
+    iterations: Annotated[int | None, typer.Option(help=ITERATIONS_HELP)] = None,
+    lr: Annotated[float | None, typer.Option(help=LR_HELP)] = None,
     batch_size: Annotated[int | None, typer.Option(help="batch size (default: the plan's)")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda")] = None,
+    device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
     budget_min: Annotated[
         float | None, typer.Option(help="stop each fold after this many minutes of training")
     ] = None,

@@ -46,6 +46,18 @@ def test_training_writes_a_complete_model_folder(planned_dataset: Path) -> None:
     assert (planned_dataset / "splits.json").is_file()
 
 
+def test_too_many_folds_is_refused_before_preprocessing_naming_the_option(planned_dataset: Path) -> None:
+    """`medseg train` on a 6-case dataset with the default 5 folds is fine; with more folds than
+    patients the error came only after every case was preprocessed, and did not say which
+    option to change."""
+    with pytest.raises(
+        ConfigError, match=re.escape("cannot make 7 folds from 6 patients; use fewer folds (--folds 6")
+    ):
+        train(planned_dataset, 0, config=_config(), folds=7)
+    assert not (planned_dataset / "preprocessed").exists()
+    assert not (planned_dataset / "splits.json").exists()
+
+
 def test_splits_written_by_another_job_meanwhile_are_used(
     planned_dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -168,7 +168,11 @@ def compute_splits(
         raise ConfigError(
             f"cannot make {k} folds from {len(order)} patients"
             + (f" ({len(test_groups)} patients held out for testing)" if test_groups else "")
-            + "; use fewer folds or more patients"
+            + (
+                f"; use fewer folds (--folds {len(order)} or fewer) or more patients"
+                if len(order) >= 2
+                else "; add patients (folds need at least 2), or train on every case (`train --fold all`)"
+            )
         )
     order.sort(key=lambda g: len(members[g]), reverse=True)  # stable: ties keep the shuffled order
     fold_cases: list[list[str]] = [[] for _ in range(k)]

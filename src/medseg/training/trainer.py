@@ -1172,7 +1172,7 @@ def train(
         shutil.rmtree(out)  # rank 0 only: ranks racing to delete the same tree fail
     init_distributed(choose_device(cfg.device))
     if rank == 0:
-        preprocess_dataset(root, plan, workers=workers, progress=progress)
+        # The folds first: too few patients for --folds is known before minutes of preprocessing.
         if fold is not None and not (root / SPLITS_JSON).is_file():
             try:
                 make_splits(root, k=folds, seed=0)
@@ -1180,6 +1180,7 @@ def train(
                 # another job (a SLURM array's other folds) wrote it first: the same seed gives
                 # the same folds, and load_splits below checks the fold exists
                 log.info("%s was written by another job meanwhile; using it", root / SPLITS_JSON)
+        preprocess_dataset(root, plan, workers=workers, progress=progress)
     _barrier()
     from medseg.data.dataset import list_cases
     from medseg.preprocessing.pipeline import default_cache_dir

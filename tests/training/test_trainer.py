@@ -678,3 +678,24 @@ def test_train_quiet_shows_warnings_and_the_result_but_no_progress_bar_or_log_li
     assert any("resuming at epoch 1 with changed settings" in r.getMessage() for r in medseg_records)
     assert "trained 2 epochs" in quiet.output and "model folder:" in quiet.output
     assert logging.getLogger("medseg").level == logging.NOTSET  # restored after the command
+
+
+def test_curves_show_both_panels_over_the_same_whole_epochs() -> None:
+    """Validated at epochs 5 and 6 only (val_every 5), the Dice panel was drawn over its own
+    axis, at epochs 5.0, 5.2, 5.4 ..., beside a loss panel of epochs 1-6."""
+    import matplotlib.pyplot as plt
+
+    from medseg.training.trainer import EpochRecord, curves_figure
+
+    history = [
+        EpochRecord(e, 1e-3, 1.0 / e, 1.0, [0.4 + e / 100, 0.5] if e >= 5 else []) for e in range(1, 7)
+    ]
+    fig = curves_figure(history, ["PZ", "TZ"])
+    try:
+        loss_axis, dice_axis = fig.axes
+        assert dice_axis.get_xlim() == loss_axis.get_xlim()
+        assert dice_axis.get_xlim()[0] < 1.5 and dice_axis.get_xlim()[1] > 5.5
+        ticks = [t for t in dice_axis.get_xticks() if 1 <= t <= 6]
+        assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)
+    finally:
+        plt.close(fig)

@@ -1020,7 +1020,20 @@ def plot_curves(history: Sequence[EpochRecord], class_names: Sequence[str], path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = curves_figure(history, class_names)
+    with atomic_file(path, overwrite=True) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+
+def curves_figure(history: Sequence[EpochRecord], class_names: Sequence[str]) -> Any:
+    """The figure of :func:`plot_curves`: both panels on the same axis of whole epochs (the
+    validation panel alone, validated every few epochs, was drawn at epochs 5.0, 5.2, ...)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
     epochs = [r.epoch for r in history]
     ax1.plot(epochs, [r.train_loss for r in history], label="train loss")
     ax1.set_xlabel("epoch")
@@ -1034,11 +1047,10 @@ def plot_curves(history: Sequence[EpochRecord], class_names: Sequence[str], path
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("validation Dice")
     ax2.set_ylim(0, 1)
-    ax2.legend(fontsize="small")
+    if val:
+        ax2.legend(fontsize="small")
     fig.tight_layout()
-    with atomic_file(path, overwrite=True) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    return fig
 
 
 def build_plan_loss(plan: Plan, config: TrainingConfig) -> nn.Module:

@@ -46,7 +46,7 @@ def test_training_writes_a_complete_model_folder(planned_dataset: Path) -> None:
     assert (planned_dataset / "splits.json").is_file()
 
 
-def test_too_many_folds_is_refused_before_preprocessing_naming_the_option(planned_dataset: Path) -> None:
+def test_too_many_folds_or_a_missing_fold_is_refused_before_preprocessing(planned_dataset: Path) -> None:
     """`medseg train` on a 6-case dataset with the default 5 folds is fine; with more folds than
     patients the error came only after every case was preprocessed, and did not say which
     option to change."""
@@ -56,6 +56,10 @@ def test_too_many_folds_is_refused_before_preprocessing_naming_the_option(planne
         train(planned_dataset, 0, config=_config(), folds=7)
     assert not (planned_dataset / "preprocessed").exists()
     assert not (planned_dataset / "splits.json").exists()
+    # The same for a fold that splits.json does not have.
+    with pytest.raises(ConfigError, match=re.escape("fold 3 does not exist; the splits have folds 0..2")):
+        train(planned_dataset, 3, config=_config(), folds=3)
+    assert not (planned_dataset / "preprocessed").exists()
 
 
 def test_splits_written_by_another_job_meanwhile_are_used(

@@ -1192,6 +1192,8 @@ def train(
                 # another job (a SLURM array's other folds) wrote it first: the same seed gives
                 # the same folds, and load_splits below checks the fold exists
                 log.info("%s was written by another job meanwhile; using it", root / SPLITS_JSON)
+        if fold is not None:
+            load_splits(root).fold(fold)  # a fold splits.json lacks is refused now, too
         preprocess_dataset(root, plan, workers=workers, progress=progress)
     _barrier()
     from medseg.data.dataset import list_cases

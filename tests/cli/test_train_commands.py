@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -22,3 +23,45 @@ def test_help_names_the_defaults_of_the_training_options(command: str) -> None:
     assert f"(default {defaults.loss}," in lines["--loss"]
     assert f"(default {defaults.learning_rate}," in lines["--lr"]
     assert f"(default {defaults.device}," in lines["--device"]
+
+
+def test_ctrl_c_says_whether_there_is_a_checkpoint_to_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while preprocessing said "checkpoint_last.pt saved; continue with --resume", and
+    the --resume that followed failed with "nothing to resume from"."""
+    import medseg.preprocessing.pipeline as preprocessing
+    from medseg.preprocessing.pipeline import plan_dataset
+    from medseg.training.trainer import Trainer
+    from tests.preprocessing.conftest import write_dataset
+
+    root = write_dataset(tmp_path / "toy", n=6)
+    plan_dataset(root, "3d", overrides={"patch_size": [8, 16, 16], "batch_size": 2}, workers=1)
+    config_file = tmp_path / "fast.json"
+    config_file.write_text('{"epochs": 2, "iterations_per_epoch": 2, "num_workers": 0, "max_val_cases": 1}')
+    argv = ["train", str(root), "--folds", "3", "--config", str(config_file)]
+    runner = CliRunner()
+
+    def ctrl_c(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(preprocessing, "preprocess_dataset", ctrl_c)
+        early = runner.invoke(app, argv, env={"COLUMNS": "200"})
+    assert early.exit_code == 130, early.output
+    assert "nothing to resume" in early.output and "continue with --resume" not in early.output
+
+    original = Trainer._after_epoch
+
+    def ctrl_c_after_first_epoch(self: Trainer, record: object, tb: object) -> None:
+        original(self, record, tb)  # type: ignore[arg-type]
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "_after_epoch", ctrl_c_after_first_epoch)
+        late = runner.invoke(app, argv, env={"COLUMNS": "200"})
+    assert late.exit_code == 130, late.output
+    last = root / "models" / "3d" / "fold_0" / "checkpoint_last.pt"
+    assert f"{last} saved; continue with --resume" in " ".join(late.output.split())
+    resumed = runner.invoke(app, [*argv[:4], "--resume", "-q"])
+    assert resumed.exit_code == 0 and "trained 2 epochs" in resumed.output, resumed.output

@@ -126,7 +126,15 @@ def train_command(
             )
     except KeyboardInterrupt:
         if is_main_process():
-            console.print("[yellow]interrupted:[/] checkpoint_last.pt saved; continue with --resume")
+            last = (out or default_model_dir(dataset, configuration, fold_index)) / "checkpoint_last.pt"
+            if last.is_file():
+                console.print(f"[yellow]interrupted:[/] {last} saved; continue with --resume", soft_wrap=True)
+            else:  # stopped while preprocessing or before the first checkpoint
+                console.print(
+                    "[yellow]interrupted[/] before training wrote a checkpoint: nothing to resume; run the "
+                    "same command again (preprocessed cases are kept)",
+                    soft_wrap=True,
+                )
         raise typer.Exit(130) from None
     if not is_main_process():  # torchrun: rank 0 reports
         return
@@ -242,7 +250,9 @@ def crossval_command(
     except KeyboardInterrupt:
         if is_main_process():
             console.print(
-                "[yellow]interrupted:[/] checkpoint_last.pt saved; rerun the same command to continue"
+                "[yellow]interrupted:[/] rerun the same command to continue (finished folds are kept, "
+                "the interrupted one resumes from its checkpoint_last.pt when it wrote one)",
+                soft_wrap=True,
             )
         raise typer.Exit(130) from None
     if not result.evaluated:  # torchrun: rank 0 reports

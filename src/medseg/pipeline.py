@@ -12,7 +12,8 @@ nifti,report`` is::
 
 Options keep their meaning but take Python values: ``--onnx`` is ``backend="onnx"``,
 ``--mesh-format stl`` is ``mesh_suffix=".stl"``, ``--shard 0/4`` is ``shard=(0, 4)``,
-``--no-postprocess`` is ``postprocess=False``. ``predict`` returns one result per case (a
+``--no-postprocess`` is ``postprocess=False``; ``formats`` (and ``EvaluationConfig``'s
+``metrics``) take a tuple or the CLI's comma-separated string. ``predict`` returns one result per case (a
 failed case has ``ok=False``; the CLI exits 1) and shows no progress bar unless
 ``progress=True``. A server that predicts many requests loads the model once with
 ``SegmentationModel(path)`` and passes it instead of the path.

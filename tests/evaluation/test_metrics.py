@@ -370,3 +370,14 @@ def test_region_dice_takes_the_union_of_each_regions_labels_on_both_sides() -> N
     assert got == {"large": pytest.approx(0.8), "small": pytest.approx(2 / 3), "absent": 1.0}
     with pytest.raises(GeometryError):
         M.region_dice(pred[:, :5], ref, {"large": (1, 3)})
+
+
+def test_metric_names_take_the_cli_spelling_too() -> None:
+    """`EvaluationConfig(metrics="dice,iou")`, the `--metrics` value, was read letter by letter
+    ("unknown metric 'd'")."""
+    from medseg.evaluation import EvaluationConfig
+
+    assert M.check_metric_names("dice, IoU,miou") == ("dice", "iou", "miou")
+    assert EvaluationConfig(metrics="dice,iou").metrics == EvaluationConfig(metrics=("dice", "iou")).metrics
+    with pytest.raises(ConfigError, match="unknown metric 'dsc'"):
+        EvaluationConfig(metrics="dice,dsc")

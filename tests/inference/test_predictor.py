@@ -1549,3 +1549,14 @@ def test_a_nifti_input_whose_qform_and_sform_disagree_gets_both_in_its_nifti_out
         read_volume(output).geometry.require_same(
             read_volume(path).geometry, spacing_atol=1e-5, origin_atol=1e-4, direction_atol=1e-6
         )
+
+
+def test_predict_config_takes_the_cli_spelling_of_formats() -> None:
+    """`PredictConfig(formats="nifti,report")`, the `--format` value, was read letter by letter
+    ("unknown output format(s) ['n', 'i', 'f', ...]"); ExportConfig likewise."""
+    from medseg.export.case import ExportConfig
+
+    assert PredictConfig(formats="nifti, volumes").formats == ("nifti", "volumes")
+    assert ExportConfig(formats="volumes,report").formats == ("volumes", "report")
+    with pytest.raises(ConfigError, match=r"unknown output format\(s\) \['gif'\]"):
+        PredictConfig(formats="nifti,gif")

@@ -145,14 +145,15 @@ _UNDEFINED: Mapping[str, frozenset[str]] = {
 _FACE_STRUCTURES = {nd: ndi.generate_binary_structure(nd, 1) for nd in (1, 2, 3)}
 
 
-def check_metric_names(names: Iterable[str]) -> tuple[str, ...]:
+def check_metric_names(names: Iterable[str] | str) -> tuple[str, ...]:
     """Validate metric names (case-insensitive) and return them lower-cased, in order.
 
     The groups "all" (every voxel metric) and "objects" (object detection) expand in place.
+    A string is read as the CLI's ``--metrics`` value, comma-separated ("dice,iou").
     """
     known = ", ".join([*KNOWN_METRICS, *METRIC_GROUPS])
     out: list[str] = []
-    for raw in names:
+    for raw in names.split(",") if isinstance(names, str) else names:
         name = raw.strip().lower()
         if not name:
             continue

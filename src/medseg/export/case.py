@@ -98,8 +98,13 @@ MAX_LABELS = 1000  # more distinct values than any atlas: an image given as the 
 _LABEL_FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 
 
-def check_formats(formats: Sequence[str], allowed: Sequence[str] = FORMATS) -> tuple[str, ...]:
-    """The formats as a tuple, or a ConfigError naming the unknown ones and the choices."""
+def check_formats(formats: Sequence[str] | str, allowed: Sequence[str] = FORMATS) -> tuple[str, ...]:
+    """The formats as a tuple, or a ConfigError naming the unknown ones and the choices.
+
+    A string is read as the CLI's ``--format`` value, comma-separated ("nifti,report").
+    """
+    if isinstance(formats, str):
+        formats = [f.strip() for f in formats.split(",") if f.strip()]
     unknown = [f for f in formats if f not in allowed]
     if unknown or not formats:
         hints = [f"{_likely_format(f, allowed)} for '{f}'" for f in unknown if _likely_format(f, allowed)]

@@ -82,7 +82,7 @@ class PredictConfig:
     volume: int | None = None  # one of several volumes stacked in a DICOM series (b-values, echoes)
 
     def __post_init__(self) -> None:
-        check_formats(self.formats)
+        object.__setattr__(self, "formats", check_formats(self.formats))
         if self.shard is not None:
             i, n = self.shard
             if n < 1 or not 0 <= i < n:

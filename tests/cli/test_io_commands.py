@@ -53,6 +53,20 @@ def test_info_shows_geometry(tmp_path: Path) -> None:
     assert report["orientation"] == vol.orientation
 
 
+def test_info_on_a_dataset_folder_says_what_it_takes(tmp_path: Path) -> None:
+    """`medseg info data/` on a dataset said "holds no DICOM image series; ... found 63 files,
+    0 DICOM", as if the dataset were a broken DICOM folder."""
+    from medseg.data.phantom import write_phantom_dataset
+
+    root = tmp_path / "data"
+    write_phantom_dataset(root, n_train=1, n_test=0, size=(8, 32, 32))
+    code, out, err = run("info", root)
+    assert code == 2
+    message = " ".join((out + err).split())
+    assert f"{root}: is a dataset folder (dataset.json)" in message
+    assert "holds no DICOM" not in message and f"medseg dataset check {root}" in message
+
+
 def test_info_lists_dicom_series(tmp_path: Path) -> None:
     two_series(tmp_path / "study")
     code, out, _ = run("info", tmp_path / "study")

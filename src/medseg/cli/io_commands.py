@@ -118,6 +118,14 @@ def gather_info(
     model = model_folder_summary(path)
     if model is not None:
         return {"path": str(path), "kind": "model", "model": model}
+    if path.is_dir() and (path / "dataset.json").is_file():
+        # Else reported as a folder without DICOM files, which a dataset is not meant to be.
+        raise InputError(
+            path,
+            "is a dataset folder (dataset.json), not one image or model",
+            expected=f"an image, a DICOM series folder or a model folder, e.g. a file in {path / 'imagesTr'} "
+            f"or {path / 'models' / '3d'}; `medseg dataset check {path}` validates the dataset",
+        )
 
     kind = describe_path(path)
     report: dict[str, Any] = {"path": str(path), "kind": kind}

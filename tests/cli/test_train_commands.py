@@ -65,3 +65,7 @@ def test_ctrl_c_says_whether_there_is_a_checkpoint_to_resume(
     assert f"{last} saved; continue with --resume" in " ".join(late.output.split())
     resumed = runner.invoke(app, [*argv[:4], "--resume", "-q"])
     assert resumed.exit_code == 0 and "trained 2 epochs" in resumed.output, resumed.output
+    # The last line says where the curves and the log are, which a new user looks for next.
+    folder = last.parent
+    assert f"curves: {folder / 'curves.png'}, per-epoch log: {folder / 'log.csv'}" in resumed.output
+    assert (folder / "curves.png").is_file() and (folder / "log.csv").is_file()

@@ -151,7 +151,12 @@ def train_command(
     console.print(f"trained {n} epoch{'' if n == 1 else 's'}; best validation mean Dice {best}")
     if result.stopped_early:
         console.print(result.stopped_early)
-    console.print(f"model folder: {result.model_dir}")
+    folder = result.model_dir
+    console.print(
+        f"model folder: {folder} (curves: {folder / 'curves.png'}, per-epoch log: {folder / 'log.csv'})",
+        soft_wrap=True,
+        highlight=False,
+    )
 
 
 def _recorded_training_config(model_dir: Path) -> Path | None:

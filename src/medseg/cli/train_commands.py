@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 def _with_default(text: str, name: str) -> str:
     """Help of an option that overrides TrainingConfig field ``name``, naming its default."""
     default = TrainingConfig.__dataclass_fields__[name].default
-    return f"{text} (default {default}, or the --config file's)"
+    shown = "none" if default is None else default
+    return f"{text} (default {shown}; {name} in a --config file and in Python's TrainingConfig)"
 
 
 LOSS_HELP = _with_default("dice_ce, focal, dice_focal, dice or ce", "loss")
@@ -65,7 +66,10 @@ def train_command(
     lr: Annotated[float | None, typer.Option(help=LR_HELP)] = None,
     batch_size: Annotated[int | None, typer.Option(help="batch size (default: the plan's)")] = None,
     device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
-    budget_min: Annotated[float | None, typer.Option(help="stop after this many minutes of training")] = None,
+    budget_min: Annotated[
+        float | None,
+        typer.Option(help=_with_default("stop after this many minutes of training", "time_budget_minutes")),
+    ] = None,
     folds: Annotated[int, typer.Option(help="number of folds when splits.json is created")] = 5,
     out: Annotated[
         Path | None, typer.Option(help="model folder (default DATASET/models/<config>/fold_<k>)")
@@ -208,7 +212,10 @@ def crossval_command(
     batch_size: Annotated[int | None, typer.Option(help="batch size (default: the plan's)")] = None,
     device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
     budget_min: Annotated[
-        float | None, typer.Option(help="stop each fold after this many minutes of training")
+        float | None,
+        typer.Option(
+            help=_with_default("stop each fold after this many minutes of training", "time_budget_minutes")
+        ),
     ] = None,
     resume_changed: Annotated[
         bool,

@@ -111,3 +111,21 @@ def test_phantom_uwmadison_then_the_competition_commands(tmp_path: Path) -> None
     assert res.exit_code == 0 and "imported 2 scans of 1 cases" in res.output, res.output
     res = runner.invoke(app, ["phantom", str(tmp_path / "x"), "--kind", "uwmadison", "--views"])
     assert res.exit_code == 2 and "--views exists only for --kind prostate" in res.output
+
+
+@pytest.mark.parametrize("size", [["8", "32", "24"], ["8x32x24"]])
+def test_phantom_size_takes_space_separated_numbers_as_every_other_option(
+    tmp_path: Path, size: list[str]
+) -> None:
+    """The README says numbers are always given space-separated (`plan --patch 21 128 128`), but
+    `phantom --size 8 32 24` was refused ("Got unexpected extra arguments (32 24)")."""
+    out = tmp_path / "ds"
+    result = runner.invoke(app, ["phantom", "--size", *size, str(out), "--train", "1", "--test", "0", "-q"])
+    assert result.exit_code == 0, result.output
+    (case,) = list_cases(out)
+    assert read_volume(case.images[0]).shape == (8, 32, 24)
+    bad = runner.invoke(app, ["phantom", str(tmp_path / "bad"), "--size", "8", "32", "-q"])
+    assert (
+        bad.exit_code == 2
+        and "three positive whole numbers Z Y X like 20 128 128, found '8 32'" in bad.output
+    )

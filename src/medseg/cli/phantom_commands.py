@@ -6,24 +6,30 @@ from pathlib import Path
 
 import typer
 
-from medseg.cli.common import app, cli_command, console
+from medseg.cli.common import app, cli_command, console, number_list_command
 from medseg.errors import ConfigError
 
 
 def _parse_size(text: str | None) -> tuple[int, int, int] | None:
     if text is None:
         return None
+    # "20 128 128" arrives joined as "20,128,128" (number_list_command); "20x128x128" as it is.
     parts = text.lower().replace(",", "x").split("x")
+    shown = " ".join(parts)
     try:
         values = tuple(int(p) for p in parts)
     except ValueError:
-        raise ConfigError(f"--size must look like 20x128x128 (z x y x x), found {text!r}") from None
+        raise ConfigError(
+            f"--size must be three whole numbers Z Y X like 20 128 128, found {shown!r}"
+        ) from None
     if len(values) != 3 or any(v < 1 for v in values):
-        raise ConfigError(f"--size must be three positive integers like 20x128x128, found {text!r}")
+        raise ConfigError(
+            f"--size must be three positive whole numbers Z Y X like 20 128 128, found {shown!r}"
+        )
     return (values[0], values[1], values[2])
 
 
-@app.command("phantom")
+@app.command("phantom", cls=number_list_command("--size"))
 @cli_command
 def phantom(
     out: Path = typer.Argument(..., metavar="OUT", help="Dataset folder to create (nnU-Net v2 layout)."),
@@ -41,8 +47,9 @@ def phantom(
     size: str | None = typer.Option(
         None,
         "--size",
-        help="Grid size ZxYxX (default 20x128x128 prostate, 32x96x128 ct; clinical-sized grids are "
-        "24x384x384 prostate, 64x256x256 ct).",
+        metavar="Z Y X",
+        help="Grid size Z Y X in voxels, e.g. 20 128 128 (default 20 128 128 prostate, 32 96 128 ct; "
+        "clinical-sized grids are 24 384 384 prostate, 64 256 256 ct); the form 20x128x128 also works.",
     ),
     views: bool = typer.Option(
         False,

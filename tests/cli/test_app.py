@@ -42,3 +42,20 @@ def test_help_says_what_the_readme_says() -> None:
     )
     for command in ("query", "pull", "push", "segment"):  # every key docs/pacs.md lists
         assert "url, user, password, token, ca_bundle, insecure, timeout" in _help("pacs", command)
+
+
+def test_python_dash_m_medseg_runs_the_cli() -> None:
+    """`python -m medseg --version` (a deployment whose venv's bin/ is not on PATH) said
+    "No module named medseg.__main__"."""
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-m", "medseg", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith(f"medseg {medseg.__version__}")

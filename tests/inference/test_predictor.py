@@ -1560,3 +1560,38 @@ def test_predict_config_takes_the_cli_spelling_of_formats() -> None:
     assert ExportConfig(formats="volumes,report").formats == ("volumes", "report")
     with pytest.raises(ConfigError, match=r"unknown output format\(s\) \['gif'\]"):
         PredictConfig(formats="nifti,gif")
+
+
+def test_predict_cli_ctrl_c_keeps_finished_cases_and_says_how_to_go_on(
+    trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C during a cohort printed only "interrupted": nothing said that the finished cases
+    are kept and that the same command predicts the rest."""
+    from typer.testing import CliRunner
+
+    import medseg.inference.predictor as predictor
+    from medseg.cli import app
+
+    folder = tmp_path / "cohort"
+    for seed in (1, 2, 3):
+        _case_file(folder, seed)
+    out = tmp_path / "out"
+    real = predictor.predict_case
+    calls = {"n": 0}
+
+    def ctrl_c_on_the_second(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    argv = ["predict", str(folder), "-m", str(trained_model), "-o", str(out)]
+    with monkeypatch.context() as m:
+        m.setattr(predictor, "predict_case", ctrl_c_on_the_second)
+        cut = CliRunner().invoke(app, argv, env={"COLUMNS": "200"})
+    assert cut.exit_code == 130, cut.output
+    assert f"the cases finished so far are kept in {out}; run the same command again" in cut.output
+    assert (out / "p1.nii.gz").is_file() and not (out / "p2.nii.gz").exists()
+    again = CliRunner().invoke(app, argv, env={"COLUMNS": "200"})
+    assert again.exit_code == 0, again.output
+    assert "2 of 3 case(s) segmented, 1 not redone" in again.output

@@ -150,8 +150,16 @@ def predict_command(
         threads=threads,
         volume=volume,
     )
-    with errors_only(quiet):  # a failed case is still logged as an error when it happens
-        results = predict(input, model[0] if len(model) == 1 else model, out, cfg, progress=not quiet)
+    try:
+        with errors_only(quiet):  # a failed case is still logged as an error when it happens
+            results = predict(input, model[0] if len(model) == 1 else model, out, cfg, progress=not quiet)
+    except KeyboardInterrupt:
+        console.print(
+            f"[yellow]interrupted:[/] the cases finished so far are kept in {escape(str(out))}; run the same "
+            "command again to predict the rest (finished cases are not redone)",
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
     if not quiet:
         table = Table("case", "status", "outputs / error", "seconds")
         table.columns[2].overflow = "fold"  # whole paths and errors, also in a narrow terminal

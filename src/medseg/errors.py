@@ -45,8 +45,9 @@ class OutputExistsError(MedsegError):
     """An output path exists and overwriting was not requested."""
 
     def __init__(self, path: str | Path, *, alternative: str = ""):
+        """``alternative``: what else the user may want than replacing it (e.g. resuming)."""
         self.path = Path(path)
+        other = f"{alternative}, or " if alternative else ""
         super().__init__(
-            f"{self.path}: output exists; use --overwrite (in Python: overwrite=True) to replace it"
-            + (f", or {alternative}" if alternative else "")
+            f"{self.path}: output exists; {other}use --overwrite (in Python: overwrite=True) to replace it"
         )

@@ -83,7 +83,11 @@ def test_splits_written_by_another_job_meanwhile_are_used(
 
 def test_existing_model_folder_needs_resume_or_overwrite(planned_dataset: Path) -> None:
     train(planned_dataset, 0, config=_config(epochs=1), folds=3)
-    with pytest.raises(OutputExistsError, match=r"--overwrite .* or --resume \(resume=True\) to continue"):
+    # Rerunning the command after an interruption: the error offers --resume before --overwrite
+    # (which would throw the run away); it offered only --overwrite.
+    with pytest.raises(
+        OutputExistsError, match=r"holds checkpoint_last\.pt of an earlier run: use --resume .*--overwrite"
+    ):
         train(planned_dataset, 0, config=_config(epochs=1), folds=3)
 
 

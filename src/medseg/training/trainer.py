@@ -1157,9 +1157,14 @@ def train(
             last, "nothing to resume from", expected="a checkpoint_last.pt written by an earlier run"
         )
     if not (resume or overwrite) and out.exists() and any(out.iterdir()):
-        # the likelier wish, after a run with too few epochs or one stopped by Ctrl-C
-        more = "--resume (resume=True) to continue its training" if last.is_file() else ""
-        raise OutputExistsError(out, alternative=more)
+        # Rerunning the same command after an interruption: --overwrite would discard the run.
+        raise OutputExistsError(
+            out,
+            alternative=f"it holds {last.name} of an earlier run: use --resume (in Python: resume=True) "
+            "to continue that run"
+            if last.is_file()
+            else "",
+        )
     rank, _ = _distributed()
     checkpoint: dict[str, Any] | None = None
     if resume:

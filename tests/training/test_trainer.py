@@ -62,6 +62,24 @@ def test_too_many_folds_or_a_missing_fold_is_refused_before_preprocessing(planne
     assert not (planned_dataset / "preprocessed").exists()
 
 
+def test_epoch_log_line_names_each_class_dice(
+    planned_dataset: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The per-epoch line showed the validation Dice as a bare list ("[0.5005, 0.6437, ...]"):
+    which number was which class was left to guess."""
+    import logging
+
+    from medseg.preprocessing.pipeline import load_dataset_plan
+
+    caplog.set_level(logging.INFO, logger="medseg")
+    res = train(planned_dataset, 0, config=_config(epochs=1), folds=3)
+    names = load_dataset_plan(planned_dataset, "3d").output_names
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 1:")]
+    dice = res.history[0].val_dice
+    expected = ", ".join(f"{n} {d:.4f}" for n, d in zip(names, dice, strict=True))
+    assert len(names) >= 2 and f"val Dice {res.history[0].mean_dice:.4f} ({expected})" in line
+
+
 def test_splits_written_by_another_job_meanwhile_are_used(
     planned_dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -915,7 +915,9 @@ class Trainer:
         dice = (
             ""
             if not record.val_dice
-            else f", val Dice {mean:.4f} " + str([round(d, 4) for d in record.val_dice])
+            else f", val Dice {mean:.4f} ("
+            + ", ".join(f"{n} {d:.4f}" for n, d in zip(self.plan.output_names, record.val_dice, strict=True))
+            + ")"
         )
         log.info(
             "epoch %d: loss %.4f, lr %.2e%s (%.1f s)",

@@ -10,9 +10,21 @@ nifti,report`` is::
     from medseg.pipeline import PredictConfig, predict
     predict("IN", "MODEL", "OUT", PredictConfig(formats=("nifti", "report")))
 
-Options keep their meaning but take Python values: ``--onnx`` is ``backend="onnx"``,
+Options keep their meaning but take Python values: ``--format`` (predict, export) is
+``formats``, ``--onnx`` is ``backend="onnx"``,
 ``--mesh-format stl`` is ``mesh_suffix=".stl"``, ``--shard 0/4`` is ``shard=(0, 4)``,
-``--no-postprocess`` is ``postprocess=False``; ``formats`` (and ``EvaluationConfig``'s
+``--no-postprocess`` is ``postprocess=False``, ``--no-slice-filter`` ``slice_filter=False``. Where
+a name differs: train's ``--iterations``, ``--lr`` and ``--budget-min`` are ``TrainingConfig``'s
+``iterations_per_epoch``, ``learning_rate`` and ``time_budget_minutes``; ``--out`` (train,
+predict) is ``out_dir``; plan's options are ``plan_dataset(overrides={...})`` keys (a ``--config``
+file holds the same): ``--spacing X Y Z`` is ``"target_spacing": [Z, Y, X]`` (the plan's array
+order, reversed from the command line's), ``--patch`` ``"patch_size"`` (Z Y X), ``--batch-size``
+``"batch_size"``, ``--slab`` ``"slab_slices"``, ``--slab-step`` ``"slab_step"``, ``--network NAME``
+``"network": {"name": NAME}``; evaluate's
+``--nsd-tolerance``, ``--separator``, ``--allow-missing`` and ``--keep-going`` are
+``EvaluationConfig``'s ``nsd_tolerance_mm``, ``separators``, ``on_missing="flag"`` and
+``on_case_error="flag"``, and its ``--output`` DIR is ``write_report(result, DIR)``; convert's ``--description`` is ``series_description``; demo's
+``--train-cases`` is ``run_demo(n_train=...)``. ``formats`` (and ``EvaluationConfig``'s
 ``metrics``) take a tuple or the CLI's comma-separated string. ``predict`` returns one result per case (a
 failed case has ``ok=False``; the CLI exits 1) and shows no progress bar unless
 ``progress=True``. A server that predicts many requests loads the model once with

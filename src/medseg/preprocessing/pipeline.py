@@ -382,7 +382,11 @@ def plan_dataset(
     progress: bool = False,
     overwrite: bool = False,
 ) -> tuple[Plan, Path]:
-    """Fingerprint a dataset, derive its plan, apply overrides, save ROOT/plans/<config>.json."""
+    """Fingerprint a dataset, derive its plan, apply overrides, save ROOT/plans/<config>.json.
+
+    ``overrides`` are plan fields in the plan's own order: ``{"target_spacing": [3, 0.5, 0.5]}``
+    is Z Y X, what ``medseg plan --spacing 0.5 0.5 3`` (X Y Z) writes.
+    """
     from medseg.preprocessing.plan import plan_from_fingerprint
 
     root = Path(root)

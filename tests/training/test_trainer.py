@@ -282,6 +282,10 @@ def test_resume_without_repeating_the_options_continues_with_the_recorded_settin
     )
     assert first.exit_code == 0, first.output
     folder = planned_dataset / "models" / "3d" / "fold_0"
+    # Trained on a cluster node with --device cuda, resumed here: the device is this machine's
+    # choice, not the record's.
+    record = json.loads((folder / "training_config.json").read_text())
+    (folder / "training_config.json").write_text(json.dumps({**record, "device": "cuda"}))
     # The Python API: no config given means the recorded one (here: already complete).
     again = train(planned_dataset, 0, resume=True, folds=3)
     assert again.already_complete and again.epochs_completed == 1
@@ -292,6 +296,7 @@ def test_resume_without_repeating_the_options_continues_with_the_recorded_settin
     recorded = json.loads((folder / "training_config.json").read_text())
     assert recorded["loss"] == "focal" and recorded["epochs"] == 2
     assert recorded["iterations_per_epoch"] == FAST["iterations_per_epoch"]
+    assert recorded["device"] == "auto"
     assert "resumed_with_changes" not in json.loads((folder / "model.json").read_text())
     # An option that shapes the weights is still refused unless allowed.
     other = CliRunner().invoke(app, [*base, "--resume", "--epochs", "3", "--loss", "dice", "-q"])

@@ -98,7 +98,7 @@ def train_command(
 ) -> None:
     """Train a U-Net on one fold; Ctrl-C saves a checkpoint, --resume continues it."""
     from medseg.errors import ConfigError
-    from medseg.training.trainer import default_model_dir, is_main_process, train
+    from medseg.training.trainer import default_model_dir, is_main_process, recorded_training_config, train
 
     if fold == "all":
         fold_index = None
@@ -110,8 +110,12 @@ def train_command(
     if resume and config is None:
         # Continue with what the checkpoint was trained with (`train --loss focal`, Ctrl-C,
         # `train --resume`), not with the defaults; options given here still override it.
-        config = _recorded_training_config(out or default_model_dir(dataset, configuration, fold_index))
-    cfg = _training_config(config, loss, epochs, iterations, lr, batch_size, device, budget_min)
+        recorded = recorded_training_config(out or default_model_dir(dataset, configuration, fold_index))
+    else:
+        recorded = None
+    cfg = _training_config(
+        config, loss, epochs, iterations, lr, batch_size, device, budget_min, base=recorded
+    )
     try:
         with warnings_only(quiet):
             result = train(
@@ -163,12 +167,6 @@ def train_command(
     )
 
 
-def _recorded_training_config(model_dir: Path) -> Path | None:
-    """The model folder's training_config.json, the settings a resume continues with."""
-    recorded = model_dir / "training_config.json"
-    return recorded if recorded.is_file() else None
-
-
 def _training_config(
     config: Path | None,
     loss: str | None,
@@ -178,8 +176,11 @@ def _training_config(
     batch_size: int | None,
     device: str | None,
     budget_min: float | None,
+    *,
+    base: TrainingConfig | None = None,
 ) -> Any:
-    """The TrainingConfig of a config file (or the defaults) with the command-line overrides."""
+    """The TrainingConfig of a config file (or ``base``, or the defaults) with the command-line
+    overrides."""
     from medseg.training.config import load_training_config
 
     overrides: dict[str, Any] = {
@@ -191,6 +192,8 @@ def _training_config(
         "device": device,
         "time_budget_minutes": budget_min,
     }
+    if config is None and base is not None:
+        return base.with_overrides(overrides)
     return load_training_config(config, overrides)
 
 

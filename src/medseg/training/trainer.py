@@ -1101,6 +1101,16 @@ def _tuned_rules(root: Path, configuration: str, plan: Plan) -> PostprocessingRu
     return rules
 
 
+def recorded_training_config(model_dir: str | Path) -> TrainingConfig | None:
+    """The settings a resume of ``model_dir`` continues with: its training_config.json, less
+    the device, which belongs to the machine that trained (a run trained with ``--device cuda``
+    resumes on whatever this machine has, unless asked); None when there is no such file."""
+    path = Path(model_dir) / "training_config.json"
+    if not path.is_file():
+        return None
+    return dataclasses.replace(load_training_config(path), device=TrainingConfig.device)
+
+
 def default_model_dir(root: str | Path, configuration: str, fold: int | None) -> Path:
     return Path(root) / "models" / configuration / ("fold_all" if fold is None else f"fold_{fold}")
 
@@ -1123,8 +1133,8 @@ def train(
     """Train one fold of a planned dataset (``fold=None``: all training cases, no validation).
 
     ``resume`` continues from the model folder's checkpoint_last.pt with the same settings
-    (``config=None``: those of its training_config.json; more epochs, another time budget or
-    device are fine); other training-config or plan
+    (``config=None``: those of its training_config.json, see :func:`recorded_training_config`;
+    more epochs, another time budget or device are fine); other training-config or plan
     values are refused unless ``resume_changed``. When the checkpoint has done ``epochs``
     already, nothing is trained or written (``TrainResult.already_complete``).
 
@@ -1141,13 +1151,8 @@ def train(
 
     root = Path(dataset)
     out = Path(out_dir) if out_dir is not None else default_model_dir(root, configuration, fold)
-    recorded = out / "training_config.json"
-    if config is not None:
-        cfg = config
-    elif resume and recorded.is_file():  # a resume continues with the settings it was trained with
-        cfg = load_training_config(recorded)
-    else:
-        cfg = TrainingConfig()
+    recorded = recorded_training_config(out) if resume and config is None else None
+    cfg = config or recorded or TrainingConfig()
     plan = load_dataset_plan(root, configuration)
     _check_plan_regions(root, plan, configuration)
     build_plan_loss(plan, cfg)  # its options checked now, not after minutes of preprocessing

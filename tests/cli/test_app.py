@@ -59,3 +59,30 @@ def test_python_dash_m_medseg_runs_the_cli() -> None:
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith(f"medseg {medseg.__version__}")
+
+
+def test_cli_logging_shows_medseg_info_but_not_other_libraries_info() -> None:
+    """Ctrl-C while torch was still importing showed torch's atexit INFO lines ("FakeTensor
+    cache stats: ...") under medseg's "interrupted": the root logger passed every library's
+    INFO. medseg's own INFO lines (what each step did) still show; warnings of any library too."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import logging; from medseg.cli.common import setup_logging; setup_logging(); "
+        "logging.getLogger('torch._subclasses.fake_tensor').info('FakeTensor cache stats:'); "
+        "logging.getLogger('medseg.training.trainer').info('epoch 1: loss 0.5'); "
+        "logging.getLogger('monai').warning('a library warning')"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "COLUMNS": "120", "MEDSEG_DEBUG": ""},
+    )
+    assert res.returncode == 0, res.stderr
+    assert "epoch 1: loss 0.5" in res.stderr and "a library warning" in res.stderr
+    assert "FakeTensor" not in res.stderr

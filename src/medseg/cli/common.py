@@ -43,12 +43,15 @@ def _debug() -> bool:
 
 def setup_logging(verbose: bool = False) -> None:
     level = logging.DEBUG if verbose or _debug() else logging.INFO
+    # medseg's own INFO lines; other libraries' only from WARNING up (torch's atexit
+    # "FakeTensor cache stats" INFO lines showed after a Ctrl-C during its import).
     logging.basicConfig(
-        level=level,
+        level=logging.DEBUG if level == logging.DEBUG else logging.WARNING,
         format="%(message)s",
         handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
         force=True,
     )
+    logging.getLogger("medseg").setLevel(level)
     # Third-party chatter users cannot act on (pydicom deprecations triggered by rt-utils,
     # highdicom's per-frame INFO lines, matplotlib's "created a temporary cache directory" for
     # a service account without a writable HOME: MONAI imports matplotlib even for NIfTI

@@ -56,10 +56,18 @@ def test_too_many_folds_or_a_missing_fold_is_refused_before_preprocessing(planne
         train(planned_dataset, 0, config=_config(), folds=7)
     assert not (planned_dataset / "preprocessed").exists()
     assert not (planned_dataset / "splits.json").exists()
-    # The same for a fold that splits.json does not have.
-    with pytest.raises(ConfigError, match=re.escape("fold 3 does not exist; the splits have folds 0..2")):
+    # The same for a fold that splits.json does not have, naming the file.
+    splits = planned_dataset / "splits.json"
+    with pytest.raises(
+        ConfigError, match=re.escape(f"{splits}: fold 3 does not exist; the splits have folds 0..2")
+    ):
         train(planned_dataset, 3, config=_config(), folds=3)
     assert not (planned_dataset / "preprocessed").exists()
+    # Split into 3 folds earlier, now asked for fold 3 of 5: --folds is ignored for an existing
+    # splits.json, which the error says, with the command that makes 5 folds.
+    expected = f"--folds 5 applies only when splits.json is made: `medseg dataset split {planned_dataset} --folds 5 --overwrite`"
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        train(planned_dataset, 3, config=_config(), folds=5)
 
 
 def test_epoch_log_line_names_each_class_dice(

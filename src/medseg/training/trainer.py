@@ -1101,6 +1101,24 @@ def _tuned_rules(root: Path, configuration: str, plan: Plan) -> PostprocessingRu
     return rules
 
 
+def _check_fold_exists(root: Path, fold: int, folds: int) -> None:
+    """A ConfigError naming splits.json when it lacks ``fold``: ``folds`` (``--folds``) only
+    applies when the file is made, so a dataset split earlier into fewer folds keeps them."""
+    from medseg.data.splits import SPLITS_JSON, load_splits
+
+    splits = load_splits(root)
+    try:
+        splits.fold(fold)
+    except ConfigError as exc:
+        remake = (
+            f"; --folds {folds} applies only when splits.json is made: `medseg dataset split {root} "
+            f"--folds {folds} --overwrite` makes {folds} folds"
+            if folds != splits.k and fold < folds
+            else ""
+        )
+        raise ConfigError(f"{root / SPLITS_JSON}: {exc}{remake}") from None
+
+
 def recorded_training_config(model_dir: str | Path) -> TrainingConfig | None:
     """The settings a resume of ``model_dir`` continues with: its training_config.json, less
     the device, which belongs to the machine that trained (a run trained with ``--device cuda``
@@ -1204,8 +1222,8 @@ def train(
                 # another job (a SLURM array's other folds) wrote it first: the same seed gives
                 # the same folds, and load_splits below checks the fold exists
                 log.info("%s was written by another job meanwhile; using it", root / SPLITS_JSON)
-        if fold is not None:
-            load_splits(root).fold(fold)  # a fold splits.json lacks is refused now, too
+        if fold is not None:  # a fold splits.json lacks is refused now, too
+            _check_fold_exists(root, fold, folds)
         preprocess_dataset(root, plan, workers=workers, progress=progress)
     _barrier()
     from medseg.data.dataset import list_cases

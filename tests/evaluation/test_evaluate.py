@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,26 @@ def test_missing_prediction_is_an_error_naming_the_case(folders) -> None:  # typ
     (pred_dir / "case_001.nii.gz").unlink()
     with pytest.raises(InputError, match="case_001"):
         evaluate(pred_dir, ref_dir, _serial(labels=LABELS))
+
+
+def test_images_given_as_the_reference_are_named_as_such(folders, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`medseg evaluate preds/ imagesTs/` said only that the reference cases case_000_0000 ...
+    had no prediction; the cause (the images folder given for the labels) was left to find."""
+    pred_dir, ref_dir, _ = folders
+    images = tmp_path / "imagesTs"
+    images.mkdir()
+    for path in sorted(ref_dir.glob("*.nrrd")):
+        shutil.copy(path, images / path.name.replace(".nrrd", "_0000.nrrd"))
+    with pytest.raises(InputError) as exc:
+        evaluate(pred_dir, images, _serial(labels=LABELS))
+    assert f"{images} holds files named like images (CASE_0000, as in imagesTs/): give the label maps" in str(
+        exc.value
+    )
+    # A prediction genuinely missing says nothing about images.
+    (pred_dir / "case_001.nii.gz").unlink()
+    with pytest.raises(InputError) as exc:
+        evaluate(pred_dir, ref_dir, _serial(labels=LABELS))
+    assert "case_001" in str(exc.value) and "named like images" not in str(exc.value)
 
 
 def test_missing_prediction_can_be_flagged_and_scored_as_empty(folders) -> None:  # type: ignore[no-untyped-def]

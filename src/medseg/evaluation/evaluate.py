@@ -321,14 +321,24 @@ def check_matching(prediction: str | Path, reference: str | Path, config: Evalua
     is an error unless ``config.on_missing == "flag"``. Cheap (file names only), so callers
     can check every input before scoring any."""
     matching = match_cases(prediction, reference)
-    if matching.references_without_prediction and config.on_missing == "error":
-        raise _missing_cases_error(
-            prediction,
-            matching.references_without_prediction,
-            "reference case(s) have no prediction",
-            "one prediction per reference case (or --allow-missing to score them as empty)",
-        )
+    missing = matching.references_without_prediction
+    if missing and config.on_missing == "error":
+        expected = "one prediction per reference case (or --allow-missing to score them as empty)"
+        # `evaluate preds/ imagesTs/`: the images' CASE_0000 names match no prediction's CASE.
+        as_labels = {_IMAGE_NAME.sub("", name) for name in missing}
+        if all(_IMAGE_NAME.search(n) for n in missing) and as_labels & set(
+            matching.predictions_without_reference
+        ):
+            expected += (
+                f"; {reference} holds files named like images (CASE_0000, as in imagesTs/): "
+                "give the label maps (labelsTs/) as the reference, last"
+            )
+        raise _missing_cases_error(prediction, missing, "reference case(s) have no prediction", expected)
     return matching
+
+
+# The channel suffix of an image file's case name in the nnU-Net layout (case_001_0000).
+_IMAGE_NAME = re.compile(r"_\d{4}$")
 
 
 def _missing_cases_error(

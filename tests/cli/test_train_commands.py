@@ -36,7 +36,7 @@ def test_ctrl_c_says_whether_there_is_a_checkpoint_to_resume(
     from medseg.training.trainer import Trainer
     from tests.preprocessing.conftest import write_dataset
 
-    root = write_dataset(tmp_path / "toy", n=6)
+    root = write_dataset(tmp_path / "toy[b]", n=6)  # [b] would be Rich markup, if not escaped
     plan_dataset(root, "3d", overrides={"patch_size": [8, 16, 16], "batch_size": 2}, workers=1)
     config_file = tmp_path / "fast.json"
     config_file.write_text('{"epochs": 2, "iterations_per_epoch": 2, "num_workers": 0, "max_val_cases": 1}')

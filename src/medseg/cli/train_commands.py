@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from medseg.cli.common import Configuration, Quiet, app, cli_command, console, warnings_only
 from medseg.training.config import TrainingConfig
@@ -136,7 +137,10 @@ def train_command(
         if is_main_process():
             last = (out or default_model_dir(dataset, configuration, fold_index)) / "checkpoint_last.pt"
             if last.is_file():
-                console.print(f"[yellow]interrupted:[/] {last} saved; continue with --resume", soft_wrap=True)
+                console.print(
+                    f"[yellow]interrupted:[/] {escape(str(last))} saved; continue with --resume",
+                    soft_wrap=True,
+                )
             else:  # stopped while preprocessing or before the first checkpoint
                 console.print(
                     "[yellow]interrupted[/] before training wrote a checkpoint: nothing to resume; run the "
@@ -164,6 +168,7 @@ def train_command(
         f"model folder: {folder} (curves: {folder / 'curves.png'}, per-epoch log: {folder / 'log.csv'})",
         soft_wrap=True,
         highlight=False,
+        markup=False,
     )
 
 

@@ -63,11 +63,16 @@ def test_too_many_folds_or_a_missing_fold_is_refused_before_preprocessing(planne
     ):
         train(planned_dataset, 3, config=_config(), folds=3)
     assert not (planned_dataset / "preprocessed").exists()
-    # Split into 3 folds earlier, now asked for fold 3 of 5: --folds is ignored for an existing
-    # splits.json, which the error says, with the command that makes 5 folds.
-    expected = f"--folds 5 applies only when splits.json is made: `medseg dataset split {planned_dataset} --folds 5 --overwrite`"
-    with pytest.raises(ConfigError, match=re.escape(expected)):
-        train(planned_dataset, 3, config=_config(), folds=5)
+    # Split into 3 folds earlier, now asked for 5 folds: --folds was silently ignored for an
+    # existing splits.json (fold 0 of the 3 trained as if of 5); it is refused, as by crossval.
+    expected = (
+        f"{splits} has 3 folds but 5 were asked for (--folds); leave --folds out or give --folds 3 "
+        f"to use them, or re-split with `medseg dataset split {planned_dataset} --folds 5 --overwrite`"
+    )
+    for fold in (0, 3):
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            train(planned_dataset, fold, config=_config(), folds=5)
+    assert not (planned_dataset / "preprocessed").exists()
 
 
 def test_epoch_log_line_names_each_class_dice(

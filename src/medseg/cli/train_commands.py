@@ -71,7 +71,9 @@ def train_command(
         float | None,
         typer.Option(help=_with_default("stop after this many minutes of training", "time_budget_minutes")),
     ] = None,
-    folds: Annotated[int, typer.Option(help="number of folds when splits.json is created")] = 5,
+    folds: Annotated[
+        int | None, typer.Option(help="number of folds (default: splits.json's, or 5 when it is created)")
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="model folder (default DATASET/models/<config>/fold_<k>)")
     ] = None,

@@ -70,6 +70,9 @@ class TrainingError(MedsegError):
     """Training cannot go on (NaN loss, incompatible checkpoint ...)."""
 
 
+# Folds of a splits.json made by train (or crossval) when none was asked for.
+DEFAULT_FOLDS = 5
+
 # Training-config fields a resumed run may change: how long, where and how fast it runs, and
 # how it is validated and logged -- not what the optimiser learns from. Raising ``epochs``
 # (train longer) is the usual reason to resume. Every other field, and the plan's, is
@@ -1101,22 +1104,23 @@ def _tuned_rules(root: Path, configuration: str, plan: Plan) -> PostprocessingRu
     return rules
 
 
-def _check_fold_exists(root: Path, fold: int, folds: int) -> None:
-    """A ConfigError naming splits.json when it lacks ``fold``: ``folds`` (``--folds``) only
-    applies when the file is made, so a dataset split earlier into fewer folds keeps them."""
+def _check_fold_exists(root: Path, fold: int, folds: int | None) -> None:
+    """A ConfigError naming splits.json when it lacks ``fold``, or when ``folds`` (``--folds``,
+    given) differs from its number of folds: it was made earlier, and is not re-split silently."""
     from medseg.data.splits import SPLITS_JSON, load_splits
 
     splits = load_splits(root)
+    path = root / SPLITS_JSON
+    if folds is not None and folds != splits.k:
+        raise ConfigError(
+            f"{path} has {splits.k} folds but {folds} were asked for (--folds); leave --folds out "
+            f"or give --folds {splits.k} to use them, or re-split with `medseg dataset split {root} "
+            f"--folds {folds} --overwrite`"
+        )
     try:
         splits.fold(fold)
     except ConfigError as exc:
-        remake = (
-            f"; --folds {folds} applies only when splits.json is made: `medseg dataset split {root} "
-            f"--folds {folds} --overwrite` makes {folds} folds"
-            if folds != splits.k and fold < folds
-            else ""
-        )
-        raise ConfigError(f"{root / SPLITS_JSON}: {exc}{remake}") from None
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def recorded_training_config(model_dir: str | Path) -> TrainingConfig | None:
@@ -1142,7 +1146,7 @@ def train(
     out_dir: str | Path | None = None,
     resume: bool = False,
     overwrite: bool = False,
-    folds: int = 5,
+    folds: int | None = None,
     workers: int = 2,
     progress: bool = False,
     slice_classifier: SliceClassifierConfig | None = None,
@@ -1156,8 +1160,9 @@ def train(
     values are refused unless ``resume_changed``. When the checkpoint has done ``epochs``
     already, nothing is trained or written (``TrainResult.already_complete``).
 
-    Preprocesses missing cases first, creates splits.json (``folds`` patient-grouped
-    folds) when absent, and writes the model folder (default DATASET/models/<config>/fold_k).
+    Creates splits.json (``folds`` patient-grouped folds, None: 5) when absent; a splits.json
+    with another number of folds than ``folds`` (given) is an error, as in cross-validation.
+    Preprocesses missing cases, and writes the model folder (default DATASET/models/<config>/fold_k).
     With ``slice_classifier`` an empty-slice classifier is trained afterwards on the same
     training cases and saved in the model folder (see training/slice_classifier.py).
     A new ``fold=None`` model folder starts with the rules ``medseg tune-postprocessing``
@@ -1199,7 +1204,7 @@ def train(
             check_resume(last, checkpoint, cfg, plan, allow_changed=False)
         # The training cases too, before a finished run is reported complete: a fold trained on
         # an earlier split would otherwise pass as done and be scored on cases it trained on.
-        _check_resumed_cases(root, out, fold, folds)
+        _check_resumed_cases(root, out, fold, folds or DEFAULT_FOLDS)
         done = int(checkpoint["epoch"])
         if done >= cfg.epochs:
             message = _already_complete(fold, done)
@@ -1217,7 +1222,7 @@ def train(
         # The folds first: too few patients for --folds is known before minutes of preprocessing.
         if fold is not None and not (root / SPLITS_JSON).is_file():
             try:
-                make_splits(root, k=folds, seed=0)
+                make_splits(root, k=folds or DEFAULT_FOLDS, seed=0)
             except OutputExistsError:
                 # another job (a SLURM array's other folds) wrote it first: the same seed gives
                 # the same folds, and load_splits below checks the fold exists

@@ -51,6 +51,7 @@ from medseg.inference.onnx import export_onnx
 from medseg.inference.predictor import PredictConfig, SegmentationModel, predict
 from medseg.inference.submission import predict_uwmadison_submission
 from medseg.io import convert, read_volume, write_volume
+from medseg.io.atomic import write_text_atomic
 from medseg.preprocessing.pipeline import plan_dataset, preprocess_dataset
 from medseg.training.config import TrainingConfig
 from medseg.training.crossval import cross_validate, tune_postprocessing
@@ -192,7 +193,8 @@ def run_demo(
     result = train(dataset, None, config=cfg, workers=2, progress=progress)
     times["train"] = time.monotonic() - t
     tell(
-        f"4/7 trained a 3D U-Net for {result.epochs_completed} epochs in {times['train']:.0f} s -> {result.model_dir}"
+        f"4/7 trained a 3D U-Net for {result.epochs_completed} epoch{'' if result.epochs_completed == 1 else 's'} "
+        f"in {times['train']:.0f} s -> {result.model_dir}"
     )
 
     # 5. predict the held-out cases: NIfTI folder for scoring, and one case from DICOM with every output
@@ -223,7 +225,11 @@ def run_demo(
     report = outputs / case / "report.html"
     tell(f"7/7 case report: {report}   evaluation report: {report_files.report_html}")
     times["total"] = time.monotonic() - t0
-    (root / "demo_summary.json").write_text(json.dumps({"dice": dice, "seconds": times}, indent=2) + "\n")
+    write_text_atomic(
+        root / "demo_summary.json",
+        json.dumps({"dice": dice, "seconds": times}, indent=2) + "\n",
+        overwrite=True,
+    )
     return DemoResult(
         root,
         dataset,

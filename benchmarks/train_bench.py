@@ -177,8 +177,16 @@ class Ours:
         from medseg.training.trainer import Trainer
 
         plan = load_dataset_plan(root, "3d")
+        # float32 in the default layout, explicitly (not the library's "auto", which picks bf16
+        # and channels-last on some CPUs): the MONAI loop it is compared with runs float32 NCDHW
         cfg = TrainingConfig(
-            loss="dice_ce", optimizer="adam", learning_rate=LEARNING_RATE, amp=False, device="cpu"
+            loss="dice_ce",
+            optimizer="adam",
+            learning_rate=LEARNING_RATE,
+            amp=False,
+            device="cpu",
+            cpu_bf16=False,
+            channels_last=False,
         )
         self.trainer = Trainer(plan, default_cache_dir(root, plan), ["x"], [], cfg, out)
         self.batches: list[dict[str, Any]] = []
@@ -392,6 +400,9 @@ def run_convergence(args: argparse.Namespace) -> dict[str, Any]:
             device="cpu",
             threads=args.threads,
             time_budget_minutes=args.converge_minutes,
+            # float32, as the recorded convergence runs (not "auto": bf16 on some CPUs only)
+            cpu_bf16=False,
+            channels_last=False,
         )
         t0, cpu0 = time.monotonic(), _cpu_seconds()
         result = train(root, 0, config=cfg, folds=5, workers=1)

@@ -20,6 +20,18 @@ from medseg.cli.common import (
     warnings_only,
 )
 
+# -m of predict and submission: one model folder, or several configurations to ensemble.
+ModelsOpt = Annotated[
+    list[Path],
+    typer.Option(
+        "--model",
+        "-m",
+        metavar="MODEL",
+        help="model folder (or ensemble of fold_* folders); repeat to ensemble configurations, "
+        "e.g. -m models/2.5d -m models/3d (class probabilities averaged)",
+    ),
+]
+
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
     from medseg.errors import ConfigError
@@ -37,16 +49,7 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
 @cli_command
 def predict_command(
     input: Annotated[Path, typer.Argument(help="image file, DICOM series folder, or folder of cases")],
-    model: Annotated[
-        list[Path],
-        typer.Option(
-            "--model",
-            "-m",
-            metavar="MODEL",
-            help="model folder (or ensemble of fold_* folders); repeat to ensemble configurations, "
-            "e.g. -m models/2.5d -m models/3d (class probabilities averaged)",
-        ),
-    ],
+    model: ModelsOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")],
     format: Annotated[
         str,
@@ -210,16 +213,7 @@ def submission_command(
     test_dir: Annotated[
         Path, typer.Argument(help="the competition's test/ folder (caseN/caseN_dayM/scans/*.png)")
     ],
-    model: Annotated[
-        list[Path],
-        typer.Option(
-            "--model",
-            "-m",
-            metavar="MODEL",
-            help="model folder (or ensemble of fold_* folders); repeat to ensemble configurations, "
-            "e.g. -m models/2.5d -m models/3d (class probabilities averaged)",
-        ),
-    ],
+    model: ModelsOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="submission CSV to write")] = Path(
         "submission.csv"
     ),

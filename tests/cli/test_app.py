@@ -34,6 +34,8 @@ def test_help_says_what_the_readme_says() -> None:
     """Help texts that had drifted from README.md (each statement checked against the code)."""
     predict = _help("predict")
     assert "the exit code is then 1" in predict  # README: exits with 1 when any case failed
+    # ... and 3 when one failed on an internal error (README; the help said 1 for every failure)
+    assert "or 3 when a case failed on an internal error" in predict
     assert "--roi-views SAGITTAL CORONAL" in predict  # was <Path,Path>...
     assert "predictions_shard<i>of<n>.json" in predict
     assert "model folder" in _help("info")  # `medseg info MODEL` summarises a model

@@ -132,7 +132,8 @@ def predict_command(
 
     DICOM SEG and RTSTRUCT segments are marked AUTOMATIC (`medseg export --algorithm-type` marks a corrected label map). volumes.csv and cohort_volumes.csv name each DICOM case's StudyInstanceUID and SeriesInstanceUID (empty for NIfTI and other files).
 
-    A cohort goes on past a case that fails (listed in OUT/predictions.json); the exit code is then 1.
+    A cohort goes on past a case that fails (listed in OUT/predictions.json); the exit code is then 1,
+    or 3 when a case failed on an internal error (a bug to report, listed as 'internal error: ...').
     """
     from medseg.inference.predictor import PredictConfig, predict
 

@@ -137,10 +137,11 @@ def join_number_tokens(args: list[str], *options: str) -> list[str]:
     """``OPTION a b [c]`` -> ``OPTION a,b[,c]``: the numbers after one of ``options`` become its
     one value, which the option's parser splits (and refuses with the count when there are too
     many). They end at the first token that is no number: an option, or an argument even when
-    it starts with a digit (``2_out.nii.gz``, ``3d/scan.nii.gz``, an existing ``2024``); only a
+    it starts with a digit (``2_out.nii.gz``, ``3d/scan.nii.gz``, ``2024_scans``); only a
     token that can be neither a number nor a file name (``7x``) is joined too, for the parser
-    to name it. A single token is left as it is (the comma form ``a,b`` of older releases, or a
-    value for the parser to refuse)."""
+    to name it. A bare number is always a value, even where a file of that name exists (an
+    argument named ``2024`` goes before the option). A single token is left as it is (the comma
+    form ``a,b`` of older releases, or a value for the parser to refuse)."""
     out: list[str] = []
     i = 0
     while i < len(args):

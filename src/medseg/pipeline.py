@@ -26,7 +26,8 @@ order, reversed from the command line's), ``--patch`` ``"patch_size"`` (Z Y X), 
 ``on_case_error="flag"``, and its ``--output`` DIR is ``write_report(result, DIR)``; convert's ``--description`` is ``series_description``; demo's
 ``--train-cases`` is ``run_demo(n_train=...)``. ``formats`` (and ``EvaluationConfig``'s
 ``metrics``) take a tuple or the CLI's comma-separated string. ``predict`` returns one result per case (a
-failed case has ``ok=False``; the CLI exits 1) and shows no progress bar unless
+failed case has ``ok=False``, and ``internal_error=True`` when it met a bug rather than bad
+input, in a cohort; one case alone raises the bug; the CLI exits 1, or 3 for an internal error) and shows no progress bar unless
 ``progress=True``. A server that predicts many requests loads the model once with
 ``SegmentationModel(path)`` and passes it instead of the path.
 

@@ -624,3 +624,20 @@ def test_ignore_other_labels_scores_one_organ_of_a_multi_organ_reference(folders
         shown_ref, shown_pred = load_case_volumes(case)
         assert set(np.unique(shown_ref.array)) == set(np.unique(shown_pred.array)) == {0, 3}
         assert shown_ref.geometry.is_close(ref.geometry)
+
+
+def test_a_float_reference_with_negative_values_is_refused_as_an_integer_one_is(tmp_path: Path) -> None:
+    """A CT stored as float (whole HU values) given as the reference: an int16 one was refused
+    ("holds negative labels"), a float one was scored with a class -1000, and with --regions
+    the check of the references' values before scoring failed with a bare ValueError of
+    np.bincount (an internal error)."""
+    pred = np.zeros((4, 5, 6), dtype=np.uint8)
+    pred[1:3, 1:3, 1:3] = 1
+    ref = np.full(pred.shape, -1000.0, dtype=np.float32)
+    ref[1:3, 1:3, 1:3] = 1.0
+    write_volume(Volume(pred, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)), tmp_path / "pred" / "c1.nii.gz")
+    write_volume(Volume(ref, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)), tmp_path / "ref" / "c1.nii.gz")
+    with pytest.raises(InputError, match=r"c1\.nii\.gz: case 'c1': reference holds negative labels.*-1000"):
+        evaluate(tmp_path / "pred", tmp_path / "ref", _serial(regions={"a": [1, 2]}))
+    with pytest.raises(InputError, match="reference holds negative labels"):
+        evaluate(tmp_path / "pred", tmp_path / "ref", _serial())

@@ -435,6 +435,10 @@ def _check_label_array(vol: Volume, case: str, role: str, path: Path | str) -> n
                 expected="integer labels",
                 found=f"values such as {float(arr[rounded != arr].flat[0]):.4g}",
             )
+        if rounded.size and rounded.min() < 0:  # as for integer maps: an image given as a label map?
+            raise InputError(
+                path, f"case '{case}': {role} holds negative labels", found=f"minimum {int(rounded.min())}"
+            )
         return rounded.astype(np.int64)
     if arr.dtype.kind == "b":
         return arr.astype(np.uint8)

@@ -28,7 +28,13 @@ def _finite_values(volume: Volume, mask: Volume | None) -> tuple[NDArray[np.floa
 
 
 def _label_volume(volume: Volume, labels: NDArray[np.uint8], method: str, **params: object) -> Volume:
-    meta = {"baseline": {"method": method, **params}}
+    """The result on ``volume``'s grid; a NIfTI input's two disagreeing transforms ride along
+    (as predict's outputs keep them), so a NIfTI result lines up with it in every viewer."""
+    from medseg.io.itk import NIFTI_TRANSFORMS_KEY
+
+    meta: dict[str, object] = {"baseline": {"method": method, **params}}
+    if NIFTI_TRANSFORMS_KEY in volume.meta:
+        meta[NIFTI_TRANSFORMS_KEY] = volume.meta[NIFTI_TRANSFORMS_KEY]
     return Volume(labels, geometry=volume.geometry, meta=meta)
 
 

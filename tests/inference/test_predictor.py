@@ -195,6 +195,72 @@ def test_a_series_without_uids_fails_before_the_network_when_dicom_outputs_are_a
     assert done.ok
 
 
+def test_a_series_without_uids_still_gets_every_format_but_its_dicom_ones(
+    trained_model: Path, tmp_path: Path
+) -> None:
+    """With dicom-seg among the formats, a series with blank UIDs (TotalSegmentator's example CT)
+    was refused whole: no NIfTI, volumes or report either. Now it is segmented, the formats that
+    need no UIDs are written, and the case fails for the DICOM format alone (exit 1), recorded
+    with what was written, so that a re-run without dicom-seg completes it."""
+    image, _ = make_case(3, shape=(9, 36, 30))
+    image = image.with_array(image.array.astype(np.int16))
+    write_dicom_series(image, tmp_path / "cohort" / "good")
+    for file in write_dicom_series(image, tmp_path / "cohort" / "blank"):
+        ds = pydicom.dcmread(file)
+        ds.SOPClassUID = ds.SOPInstanceUID = ds.StudyInstanceUID = ds.SeriesInstanceUID = ""
+        ds.save_as(file)
+    out = tmp_path / "out"
+    args = ["predict", str(tmp_path / "cohort"), "-m", str(trained_model), "-o", str(out)]
+    res = CliRunner().invoke(app, [*args, "--format", "nifti,volumes,dicom-seg"])
+    assert res.exit_code == 1, res.output
+    assert (out / "blank.nii.gz").is_file() and (out / "blank" / "volumes.csv").is_file()
+    assert not list((out / "blank").glob("*.dcm")) and (out / "good.nii.gz").is_file()
+    summary = json.loads((out / "predictions.json").read_text())
+    entries = {c["case_id"]: c for c in summary["cases"]}
+    blank = entries["blank"]
+    assert not blank["ok"] and entries["good"]["ok"]
+    assert sorted(blank["outputs"]) == ["nifti", "volumes"]
+    assert list(blank["not_written"]) == ["dicom-seg"]
+    assert "cannot be referenced by a DICOM SEG or RTSTRUCT" in blank["not_written"]["dicom-seg"]
+    assert blank["error"].startswith("dicom-seg not written") and "written: nifti, volumes" in blank["error"]
+    assert blank["prediction_id"] == summary["prediction"]["id"]
+    # the written formats are this prediction's: a re-run with other options keeping them is refused
+    with pytest.raises(InputError, match="made by another prediction"):
+        predict(tmp_path / "cohort" / "blank", trained_model, out, PredictConfig(tta=True))
+    # the remaining formats complete the case
+    res = CliRunner().invoke(app, [*args, "--format", "nifti,volumes"])
+    assert res.exit_code == 0, res.output
+    blank = {c["case_id"]: c for c in json.loads((out / "predictions.json").read_text())["cases"]}["blank"]
+    assert blank["ok"] and blank["not_written"] == {} and blank["error"] == ""
+    assert sorted(blank["outputs"]) == ["nifti", "volumes"]
+
+
+def test_totalsegmentators_example_ct_without_uids_gets_its_nifti_and_volumes(
+    shared_data: Path, trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The walkthrough's series: TotalSegmentator's example CT DICOM (blank SOP/Study/Series
+    UIDs). Asked for nifti, volumes, dicom-seg and rtstruct, it gets the first two and fails
+    for the DICOM ones alone. The network is stubbed (a box on the CT's grid): this is about
+    the outputs, and the toy model would take minutes on a 512 x 512 CT."""
+    series = shared_data / "totalseg_examples" / "example_ct_dicom"
+    if not series.is_dir():
+        pytest.skip(f"TotalSegmentator's example CT DICOM not found at {series}")
+
+    def boxed(self: SegmentationModel, channels: list[Volume], **kwargs: object) -> tuple[Volume, None]:
+        label = np.zeros(channels[0].shape, dtype=np.uint8)
+        label[5:15, 200:300, 200:300] = 1
+        return channels[0].with_array(label), None
+
+    monkeypatch.setattr(SegmentationModel, "predict", boxed)
+    formats = ("nifti", "volumes", "dicom-seg", "rtstruct")
+    (result,) = predict(series, trained_model, tmp_path / "out", PredictConfig(formats=formats))
+    assert not result.ok and sorted(result.outputs) == ["nifti", "volumes"]
+    assert sorted(result.not_written) == ["dicom-seg", "rtstruct"]
+    assert "empty or missing SOPClassUID, SOPInstanceUID, StudyInstanceUID" in result.not_written["rtstruct"]
+    assert read_volume(result.outputs["nifti"]).array.sum() == 10 * 100 * 100
+    assert not list((tmp_path / "out").rglob("*.dcm"))
+
+
 def test_a_failed_case_reports_the_time_it_took(
     trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

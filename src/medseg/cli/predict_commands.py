@@ -171,7 +171,13 @@ def predict_command(
             table.add_row(
                 escape(r.case_id),
                 "[yellow]exists[/]" if r.skipped else "ok" if r.ok else "[red]failed[/]",
-                escape(", ".join(r.outputs.values()) if r.ok else r.error),
+                escape(
+                    ", ".join(r.outputs.values())
+                    if r.ok
+                    else "; ".join(
+                        [*(["written: " + ", ".join(r.outputs.values())] if r.outputs else []), r.error]
+                    )
+                ),
                 "-" if r.skipped else f"{r.seconds:.1f}",
             )
         console.print(table)

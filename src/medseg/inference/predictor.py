@@ -978,6 +978,10 @@ class CaseResult:
     skipped: bool = False
     # True when the case failed on an unexpected error (a bug) rather than on its input.
     internal_error: bool = False
+    # Formats that could not be written (format -> why) while the others were: the case is
+    # failed (``ok`` False) and ``outputs`` lists what was written, so that a re-run without
+    # these formats completes it.
+    not_written: dict[str, str] = field(default_factory=dict)
 
 
 def _outputs_for(case_id: str, out: Path, config: PredictConfig) -> dict[str, Path]:
@@ -1057,12 +1061,17 @@ def predict_case(
         raise ConfigError("the regions output needs a region-based model (its plan declares no regions)")
     channels, series = _read_case(case, config.spacing, config.volume)
     _warn_if_not_ct(model.plans, channels, case.case_id)
+    not_written: dict[str, str] = {}
     if series is not None and any(f in DICOM_FORMATS for f in targets):
-        from medseg.export.dicom_source import require_referenceable
-
-        # before the network runs: a SEG/RTSTRUCT of images without UIDs fails at export anyway
-        for ds, path in zip(series.datasets, series.files, strict=True):
-            require_referenceable(ds, path)
+        not_written = _unwritable_dicom_formats(series, targets)
+        if not_written:
+            log.error(
+                "case %s: %s cannot be written (%s); writing the other formats",
+                case.case_id,
+                ", ".join(not_written),
+                next(iter(not_written.values())),
+            )
+        targets = {fmt: p for fmt, p in targets.items() if fmt not in not_written}
     # A region model's outputs need its masks, which a kept label map (painted) has lost.
     reused = None if model.plan.regions else _kept_label_map(kept, targets, channels[0], case.case_id)
     if reused is not None:
@@ -1077,8 +1086,7 @@ def predict_case(
             mesh_suffix=config.mesh_suffix,
             progress=progress,
         )
-        outputs = {k: str(v) for k, v in {**kept, **written}.items()}
-        return CaseResult(case.case_id, True, outputs, seconds=time.monotonic() - start)
+        return _case_result(case.case_id, {**kept, **written}, not_written, start)
     box = None
     if config.roi_views is not None:
         channels, box = _crop_to_multiplane_roi(channels, config.roi_views)
@@ -1133,8 +1141,43 @@ def predict_case(
         overwrite=config.overwrite,
         progress=progress,
     )
-    outputs = {k: str(v) for k, v in {**kept, **written}.items()}
-    return CaseResult(case.case_id, True, outputs, seconds=time.monotonic() - start)
+    return _case_result(case.case_id, {**kept, **written}, not_written, start)
+
+
+def _unwritable_dicom_formats(series: Any, targets: Mapping[str, Path]) -> dict[str, str]:
+    """The DICOM formats among ``targets`` that ``series`` cannot give (format -> why).
+
+    Checked before the network runs: a SEG or RTSTRUCT of images without UIDs (blanked by an
+    anonymiser, as in TotalSegmentator's example CT) fails at export anyway. The other formats
+    need no UIDs and are still written; when nothing else is asked for, the case fails here.
+    """
+    from medseg.export.dicom_source import require_referenceable
+
+    try:
+        for ds, path in zip(series.datasets, series.files, strict=True):
+            require_referenceable(ds, path)
+    except InputError as exc:
+        dicom = [f for f in targets if f in DICOM_FORMATS]
+        if len(dicom) == len(targets):
+            raise
+        return {fmt: str(exc) for fmt in dicom}
+    return {}
+
+
+def _case_result(
+    case_id: str, made: Mapping[str, Path], not_written: Mapping[str, str], start: float
+) -> CaseResult:
+    """A predicted case's result: failed when some asked formats could not be written."""
+    outputs = {k: str(v) for k, v in made.items()}
+    seconds = time.monotonic() - start
+    if not not_written:
+        return CaseResult(case_id, True, outputs, seconds=seconds)
+    reasons = dict.fromkeys(not_written.values())  # one reason usually covers every format
+    error = (
+        f"{', '.join(not_written)} not written ({'; '.join(reasons)}); written: "
+        f"{', '.join(outputs) or 'nothing'} (run again without {', '.join(not_written)} to complete the case)"
+    )
+    return CaseResult(case_id, False, outputs, error=error, seconds=seconds, not_written=dict(not_written))
 
 
 def _warn_if_not_ct(plans: Sequence[Plan], channels: Sequence[Volume], case_id: str) -> None:
@@ -1315,8 +1358,9 @@ def _predict_into(
     warned: set[str] = set()
 
     def write_summary() -> None:
+        # a failed case that wrote some formats (others impossible) says which prediction made them
         new_entries = [
-            {**to_dict(r), "prediction_id": key["id"]} if r.ok and not r.skipped else to_dict(r)
+            {**to_dict(r), "prediction_id": key["id"]} if r.outputs and not r.skipped else to_dict(r)
             for r in results
         ]
         entries = _merge_with_earlier(out / summary_name, new_entries, existing, earlier, warned)
@@ -1477,7 +1521,9 @@ def _merge_with_earlier(
     merged = dict(earlier)
     for entry in entries:
         case_id = str(entry["case_id"])
-        old = earlier.get(case_id) if earlier.get(case_id, {}).get("ok") else None
+        before = earlier.get(case_id, {})
+        # an earlier entry whose outputs this run keeps: ok, or failed with some formats written
+        old = before if before.get("ok") or before.get("prediction_id") else None
         old_outputs = {k: v for k, v in (old or {}).get("outputs", {}).items() if Path(v).exists()}
         if case_id in existing:
             on_disk = {fmt: str(p) for fmt, p in existing[case_id].items() if p.exists()}
@@ -1486,9 +1532,10 @@ def _merge_with_earlier(
                 "ok": True,
                 "outputs": {**old_outputs, **on_disk},
                 "error": "",
+                "not_written": {},
                 "note": "not redone: its outputs exist (--overwrite redoes them)",
             }
-        elif entry.get("ok"):
+        elif entry.get("ok") or entry.get("prediction_id"):  # written, all formats or some
             made_by = (old or {}).get("prediction_id")
             if made_by and entry.get("prediction_id") and made_by != entry["prediction_id"]:
                 # --overwrite with another model or options: the formats not redone hold the
@@ -1508,6 +1555,8 @@ def _merge_with_earlier(
             merged[case_id] = {**entry, "outputs": {**old_outputs, **entry["outputs"]}}
         else:  # failed now: say so, and keep naming the earlier outputs still on disk
             merged[case_id] = {**entry, "outputs": old_outputs}
+            if old_outputs and (old or {}).get("prediction_id"):  # and which prediction made them
+                merged[case_id]["prediction_id"] = old["prediction_id"]  # type: ignore[index]
     return list(merged.values())
 
 

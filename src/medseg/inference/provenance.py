@@ -177,7 +177,8 @@ def check_kept_outputs_match(
             if isinstance(top, Mapping) and "id" in top:
                 keys[str(top["id"])] = top
             for entry in data["cases"]:
-                if entry.get("ok") and entry.get("prediction_id"):
+                # failed entries too: one with some formats written names their prediction
+                if entry.get("prediction_id"):
                     made_by[str(entry["case_id"])] = str(entry["prediction_id"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue  # unreadable summaries are reported (and replaced) by the merge

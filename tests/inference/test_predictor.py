@@ -159,6 +159,23 @@ def test_an_mr_series_given_to_a_ct_model_is_warned_about(
     assert warnings[0].startswith("mr: the model was trained on CT") and "this series is MR" in warnings[0]
 
 
+def test_pacs_segment_reads_the_modality_a_model_expects_from_its_plan(model_copy: Path) -> None:
+    """pacs segment refuses a series of another modality than its model's (tests/pacs): the
+    model folder's plan says which, by its CT normalisation or its channel name."""
+    from medseg.pacs.segment import model_segment_fn
+
+    assert model_segment_fn(model_copy).expected_modality == ("MR", "its channel is named 'T2'")
+    plan = json.loads((model_copy / "plan.json").read_text())
+    plan["normalization"] = [
+        {"scheme": "ct", "clip_low": -100.0, "clip_high": 300.0, "mean": 50.0, "std": 80.0}
+    ]
+    (model_copy / "plan.json").write_text(json.dumps(plan))
+    assert model_segment_fn(model_copy).expected_modality == (
+        "CT",
+        "its plan normalises channel 'T2' as CT (Hounsfield units)",
+    )
+
+
 def test_a_series_without_uids_fails_before_the_network_when_dicom_outputs_are_asked(
     trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

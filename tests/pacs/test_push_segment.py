@@ -19,8 +19,8 @@ from medseg.export.rtstruct import write_rtstruct
 from medseg.io.dicom import load_series
 from medseg.pacs import segment as segment_module
 from medseg.pacs.client import PacsClient, PacsConfig, PacsError
-from medseg.pacs.query import query_series
-from medseg.pacs.segment import segment_study
+from medseg.pacs.query import SeriesRecord, query_series
+from medseg.pacs.segment import ModelSegmentFn, check_modality, segment_study
 from medseg.pacs.transfer import pull_series, push_files
 from medseg.volume import Volume
 from tests.pacs.conftest import (
@@ -297,6 +297,98 @@ def test_segment_cli_with_an_injected_predictor(
     assert calls == [(tmp_path / "model", ("dicom-seg",), 1)]
     assert "pushed SEG" in result.output and "t2_tse_tra" in result.output
     assert list(new_series(before, series_by_modality(client_for(orthanc_rw)))) == ["SEG"]
+
+
+CT_MODEL = ("CT", "its plan normalises channel 'CT' as CT (Hounsfield units)")
+
+
+def fake_predict_writing_a_seg(calls: list[Path]) -> Callable[..., list[object]]:
+    """Stands in for medseg's predictor (no trained model needed): a SEG of the pulled series."""
+    from medseg.inference.predictor import CaseResult
+
+    def fake_predict(series: Path, model: Path, out: Path, config: object) -> list[object]:
+        calls.append(Path(series))
+        label, source = threshold_label(Path(series))
+        seg = write_dicom_seg(label, source, Path(out) / "seg.dcm", NAMES)
+        return [CaseResult("series", True, {"dicom-seg": str(seg)})]
+
+    return fake_predict
+
+
+def test_a_series_of_another_modality_than_the_models_is_refused_before_the_pull(
+    orthanc_rw: OrthancServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """pacs segment with a CT model on an MR series only warned, and pushed a meaningless SEG
+    into the study. The series is now refused before anything is pulled, naming the series,
+    its modality and the model's; --allow-modality-mismatch segments and pushes it anyway."""
+    import medseg.inference.predictor as predictor
+
+    calls: list[Path] = []
+    monkeypatch.setattr(predictor, "predict", fake_predict_writing_a_seg(calls))
+    client = client_for(orthanc_rw)
+    fn = ModelSegmentFn(tmp_path / "ct_model", ("dicom-seg",), expected_modality=CT_MODEL)
+    before = series_by_modality(client)
+    with pytest.raises(PacsError) as info:
+        segment_study(client, STUDY_0000, fn, series_uid=T2_TRA_0000_UID, work_dir=tmp_path / "work")
+    message = str(info.value)
+    assert f"series #4 't2_tse_tra' MR (19 instances) {T2_TRA_0000_UID} is MR" in message, message
+    assert f"the model {tmp_path / 'ct_model'} expects CT ({CT_MODEL[1]})" in message
+    assert "nothing was pulled or pushed" in message and "--allow-modality-mismatch" in message
+    assert not (tmp_path / "work" / "series").exists() and calls == []
+    assert new_series(before, series_by_modality(client)) == {}
+    with caplog.at_level("WARNING", logger="medseg.pacs.segment"):
+        result = segment_study(
+            client, STUDY_0000, fn, series_uid=T2_TRA_0000_UID, allow_modality_mismatch=True
+        )
+    assert len(calls) == 1 and [i.modality for i in result.pushed.accepted] == ["SEG"]
+    assert "segmenting it anyway (--allow-modality-mismatch)" in caplog.text
+    assert list(new_series(before, series_by_modality(client))) == ["SEG"]
+
+
+def test_pacs_segment_cli_refuses_a_modality_mismatch_unless_allowed(
+    orthanc_rw: OrthancServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_pacs_env: None
+) -> None:
+    """The CLI reads the model's modality from its plan (stubbed here) and has the override."""
+    import medseg.inference.predictor as predictor
+
+    calls: list[Path] = []
+    monkeypatch.setattr(predictor, "predict", fake_predict_writing_a_seg(calls))
+    monkeypatch.setattr(segment_module, "_model_modality", lambda model: CT_MODEL)
+    args = [
+        "pacs",
+        "segment",
+        "--study",
+        STUDY_0000,
+        "--description",
+        "t2_tse_tra",
+        "-m",
+        str(tmp_path / "m"),
+    ]
+    env = {"MEDSEG_PACS_URL": orthanc_rw.dicomweb}
+    before = series_by_modality(client_for(orthanc_rw))
+    result = runner.invoke(app, [*args, "--format", "dicom-seg"], env=env)
+    assert result.exit_code == 2, result.output
+    assert "is MR, but the model" in result.output and "expects CT" in result.output
+    assert calls == [] and new_series(before, series_by_modality(client_for(orthanc_rw))) == {}
+    result = runner.invoke(app, [*args, "--format", "dicom-seg", "--allow-modality-mismatch", "-q"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "pushed SEG" in result.output and len(calls) == 1
+
+
+def test_a_series_of_the_models_modality_or_an_unknown_one_is_not_refused() -> None:
+    """No server needed: the check alone."""
+    record = SeriesRecord("1.2.3", "1.2.3.4", "MR", "t2_tse_tra", 4, 19)
+    check_modality(record, ("MR", "its channel is named 'T2'"), model="m")
+    check_modality(record, None, model="m")  # channel names that say nothing: not checked
+    check_modality(SeriesRecord("1.2.3", "1.2.3.4", "", "x", 1, 1), CT_MODEL, model="m")
+    with pytest.raises(PacsError, match="is MR, but the model m expects CT"):
+        check_modality(record, CT_MODEL, model="m")
+    reverse = SeriesRecord("1.2.3", "1.2.3.5", "CT", "abdomen", 2, 90)
+    with pytest.raises(PacsError, match="is CT, but the model m expects MR"):
+        check_modality(reverse, ("MR", "its channel is named 'T2'"), model="m")
 
 
 def test_a_local_format_asked_of_segment_says_how_to_get_it(tmp_path: Path) -> None:

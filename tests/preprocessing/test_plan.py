@@ -9,7 +9,9 @@ import pytest
 from medseg.errors import ConfigError
 from medseg.preprocessing.fingerprint import Fingerprint, compute_fingerprint
 from medseg.preprocessing.plan import (
+    ChannelNormalization,
     Plan,
+    expected_modality,
     plan_from_fingerprint,
     pooling_product,
     pooling_schedule,
@@ -76,6 +78,35 @@ def test_ct_normalisation_from_dataset_stats(tmp_path: Path) -> None:
     plan = plan_from_fingerprint(compute_fingerprint(root, workers=1), "3d")
     norm = plan.normalization[0]
     assert norm.scheme == "ct" and norm.clip_low < norm.clip_high and norm.std > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "scheme", "modality"),
+    [
+        ("CT", "ct", "CT"),
+        ("T2", "ct", "CT"),  # the CT normalisation decides, whatever the name
+        ("ct", "zscore", "CT"),
+        ("T2", "zscore", "MR"),
+        ("MRI", "zscore", "MR"),
+        ("t2w_tra", "zscore", "MR"),
+        ("ADC", "zscore", "MR"),
+        ("PET", "zscore", "PT"),
+        ("image", "zscore", None),
+        ("nonCT-ish", "none", None),
+    ],
+)
+def test_the_modality_a_model_was_trained_on_comes_from_its_plan(
+    toy_dataset: Path, name: str, scheme: str, modality: str | None
+) -> None:
+    """pacs segment refuses a series of another modality than the model's; the model's is read
+    from its plan: CT normalisation, else the channel name (dataset.json channel_names)."""
+    plan = plan_from_fingerprint(compute_fingerprint(toy_dataset, workers=1), "3d")
+    plan = plan.with_overrides({"channel_names": [name], "normalization": [{"scheme": scheme}]})
+    assert isinstance(plan.normalization[0], ChannelNormalization)
+    found = expected_modality(plan)
+    assert (found[0] if found else None) == modality
+    if found:
+        assert f"'{name}'" in found[1]
 
 
 def test_exercise_overrides(toy_dataset: Path) -> None:

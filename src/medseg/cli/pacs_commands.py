@@ -324,6 +324,14 @@ def segment_command(
     threads: Annotated[
         int | None, typer.Option("--threads", help="CPU threads for the network (default: all cores).")
     ] = None,
+    allow_modality_mismatch: Annotated[
+        bool,
+        typer.Option(
+            "--allow-modality-mismatch",
+            help="Segment and push a series of another modality than the model's (e.g. an MR series "
+            "with a CT model); without it such a series is refused before anything is pulled.",
+        ),
+    ] = False,
     quiet: Annotated[
         bool,
         typer.Option(
@@ -345,7 +353,9 @@ def segment_command(
     """Pull a series, segment it with a model, push the DICOM SEG / RTSTRUCT back to its study.
 
     Nothing is pushed unless prediction and export succeeded and every result
-    references the source series.
+    references the source series. A series of another modality than the model was trained
+    on (its plan: CT normalisation or channel name) is refused before it is pulled, unless
+    --allow-modality-mismatch.
     """
     from medseg.pacs.segment import model_segment_fn, segment_study
 
@@ -364,6 +374,7 @@ def segment_command(
             work_dir=work,
             overwrite=overwrite,
             progress=not quiet,
+            allow_modality_mismatch=allow_modality_mismatch,
         )
         console.print(f"segmented series {result.series.summary()}", soft_wrap=True)
         for item in result.pushed.accepted:

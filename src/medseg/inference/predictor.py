@@ -1185,7 +1185,8 @@ def _warn_if_not_ct(plans: Sequence[Plan], channels: Sequence[Volume], case_id: 
 
     A plan normalises a channel as ``ct`` (Hounsfield units clipped to the training range)
     only when it was trained on CT: an MR series given to it is segmented without complaint
-    into labels that mean nothing, and ``pacs segment`` would push them to the study.
+    into labels that mean nothing. Local files only get this warning; ``pacs segment``
+    refuses such a series before pulling it (``medseg.pacs.segment.check_modality``).
     """
     for plan in plans:
         for name, norm, image in zip(plan.channel_names, plan.normalization, channels, strict=False):

@@ -5,6 +5,11 @@ out_folder) -> files`` that turns the pulled series into DICOM objects (SEG, RTS
 ...) referencing it. The default, :func:`model_segment_fn`, runs medseg's predictor
 with a model folder; tests inject a simple thresholding function.
 
+A series of another modality than the model's (a CT model and an MR series, or the
+reverse) is refused before anything is pulled: its labels would mean nothing, and pushing
+them into a clinical PACS is worse than not segmenting (``allow_modality_mismatch``
+overrides). :func:`model_segment_fn` says which modality its model expects.
+
 Nothing is pushed unless ``segment_fn`` returned normally and every file it returned
 is a readable DICOM object of the same study that is not one of the source instances,
 and every SEG / RTSTRUCT references the source series. Results are then posted to
@@ -29,8 +34,10 @@ from medseg.pacs.query import NON_IMAGE_MODALITIES, SeriesRecord, check_uid, fin
 from medseg.pacs.transfer import PullResult, PushResult, pull_series, push_files
 
 __all__ = [
+    "ModelSegmentFn",
     "SegmentFn",
     "SegmentResult",
+    "check_modality",
     "check_outputs",
     "choose_series",
     "model_segment_fn",
@@ -138,6 +145,36 @@ def _warn_of_earlier_results(client: PacsClient, record: SeriesRecord) -> None:
         )
 
 
+def check_modality(
+    record: SeriesRecord, expected: tuple[str, str] | None, *, model: str, allow: bool = False
+) -> None:
+    """Refuse (PacsError) a series whose modality is not the one the model was trained on.
+
+    ``expected`` is (modality, why it is known), e.g. from :func:`model_segment_fn`; None (a
+    model whose channel names say nothing) and a series without a Modality are not checked.
+    ``allow`` turns the refusal into a warning.
+    """
+    if expected is None:
+        log.info("the model's modality is not known (plan channel names); series modality not checked")
+        return
+    modality, why = expected
+    found = record.modality.strip().upper()
+    if not found or found == modality:
+        return
+    what = (
+        f"series {record.summary()} is {found}, but the model {model} expects {modality} ({why}); "
+        "its labels would be meaningless"
+    )
+    if allow:
+        log.warning("%s: segmenting it anyway (--allow-modality-mismatch)", what)
+        return
+    raise PacsError(
+        f"{what}. Refused before pulling: nothing was pulled or pushed. Choose a {modality} series "
+        "(--series / --description) or a model trained on "
+        f"{found}, or pass --allow-modality-mismatch to segment and push it anyway"
+    )
+
+
 def check_outputs(
     files: Sequence[Path], *, study_uid: str, source_series_uid: str, source_sops: set[str]
 ) -> list[Path]:
@@ -180,14 +217,21 @@ def segment_study(
     work_dir: str | Path | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    allow_modality_mismatch: bool = False,
 ) -> SegmentResult:
     """Pull one series of ``study_uid``, run ``segment_fn`` on it and push its files back.
 
     ``work_dir`` keeps ``series/`` (the pulled images; a re-run resumes the pull) and
     ``results/`` (what ``segment_fn`` wrote; refused if it exists unless ``overwrite``).
-    Without it a temporary folder is used and removed afterwards.
+    Without it a temporary folder is used and removed afterwards. A ``segment_fn`` with an
+    ``expected_modality`` (a :class:`ModelSegmentFn`) has the series' modality checked
+    first (:func:`check_modality`; ``allow_modality_mismatch`` overrides).
     """
     record = choose_series(client, study_uid, series_uid=series_uid, description=description)
+    if isinstance(segment_fn, ModelSegmentFn):
+        check_modality(
+            record, segment_fn.expected_modality, model=str(segment_fn.model), allow=allow_modality_mismatch
+        )
     log.info("segmenting series %s", record.summary())
     _warn_of_earlier_results(client, record)
     temporary = work_dir is None
@@ -228,36 +272,66 @@ def segment_study(
             shutil.rmtree(work, ignore_errors=True)
 
 
+_PUSHABLE = ("dicom-seg", "rtstruct")
+
+
+@dataclass(frozen=True)
+class ModelSegmentFn:
+    """A ``segment_fn`` running medseg's predictor (imported lazily) with a model folder, and
+    the modality the model was trained on (``expected_modality``: (modality, why), or None
+    when its plan does not say), which :func:`segment_study` checks before pulling."""
+
+    model: Path
+    formats: tuple[str, ...]
+    device: str = "auto"
+    tta: bool = False
+    threads: int | None = None
+    expected_modality: tuple[str, str] | None = None
+
+    def __call__(self, series_folder: Path, out_folder: Path) -> list[Path]:
+        from medseg.inference.predictor import PredictConfig, predict
+
+        config = PredictConfig(formats=self.formats, device=self.device, tta=self.tta, threads=self.threads)  # type: ignore[arg-type]
+        results = predict(series_folder, self.model, out_folder, config)
+        failed = [r for r in results if not r.ok]
+        if failed:
+            raise PacsError(f"prediction failed: {failed[0].error}")
+        files = [Path(p) for r in results for fmt, p in r.outputs.items() if fmt in _PUSHABLE]
+        if not files:
+            raise PacsError("the model found nothing to segment in the series (no SEG/RTSTRUCT written)")
+        return files
+
+
+def _model_modality(model: Path) -> tuple[str, str] | None:
+    """The modality the model folder (or ensemble) was trained on, from its first fold's plan;
+    None when the folder cannot be read here (the predictor then names the problem)."""
+    from medseg.preprocessing.plan import Plan, expected_modality
+    from medseg.training.checkpoint import model_folders
+
+    try:
+        folders = model_folders(model)
+        return expected_modality(Plan.load(folders[0] / "plan.json")) if folders else None
+    except MedsegError:
+        return None
+
+
 def model_segment_fn(
     model: str | Path,
     *,
-    formats: Sequence[str] = ("dicom-seg", "rtstruct"),
+    formats: Sequence[str] = _PUSHABLE,
     device: str = "auto",
     tta: bool = False,
     threads: int | None = None,
-) -> SegmentFn:
-    """A ``segment_fn`` running medseg's predictor (imported lazily) with a model folder;
-    ``threads`` caps the CPU threads of the network, as ``predict --threads``."""
-    allowed = {"dicom-seg", "rtstruct"}
-    wrong = [f for f in formats if f not in allowed]
+) -> ModelSegmentFn:
+    """A :class:`ModelSegmentFn` for ``model``; ``threads`` caps the CPU threads of the
+    network, as ``predict --threads``."""
+    wrong = [f for f in formats if f not in _PUSHABLE]
     if wrong or not formats:
         raise PacsError(
             f"only dicom-seg and rtstruct can be pushed to a PACS, found {list(formats) or 'none'}; for "
             "volumes, meshes or a report, keep --work DIR and run: medseg export DIR/results/series/seg.dcm "
             "DIR/series -f volumes,mesh,report"
         )
-
-    def run(series_folder: Path, out_folder: Path) -> list[Path]:
-        from medseg.inference.predictor import PredictConfig, predict
-
-        config = PredictConfig(formats=tuple(formats), device=device, tta=tta, threads=threads)  # type: ignore[arg-type]
-        results = predict(series_folder, model, out_folder, config)
-        failed = [r for r in results if not r.ok]
-        if failed:
-            raise PacsError(f"prediction failed: {failed[0].error}")
-        files = [Path(p) for r in results for fmt, p in r.outputs.items() if fmt in allowed]
-        if not files:
-            raise PacsError("the model found nothing to segment in the series (no SEG/RTSTRUCT written)")
-        return files
-
-    return run
+    return ModelSegmentFn(
+        Path(model), tuple(formats), device, tta, threads, expected_modality=_model_modality(Path(model))
+    )

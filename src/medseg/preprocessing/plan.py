@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -379,6 +380,31 @@ def default_normalization(fingerprint: Fingerprint) -> tuple[ChannelNormalizatio
         else:
             out.append(ChannelNormalization(scheme="zscore"))
     return tuple(out)
+
+
+# Channel names (dataset.json "channel_names" / "modality") that name an MR contrast.
+_MR_CHANNELS = re.compile(r"^(mri?|t1\w*|t2\w*|flair|adc|dwi|hbv|pd\w*|swi|dce|b\d+)$")
+_PET_CHANNELS = {"pet", "pt", "suv"}
+
+
+def expected_modality(plan: Plan) -> tuple[str, str] | None:
+    """The DICOM Modality the plan's model was trained on, with why it is known, or None.
+
+    Read from the first channel (a DICOM input is one series): normalised as ``ct``, or named
+    "CT", it is CT; a name such as "MRI", "T2" or "ADC" is MR; "PET" is PT. Any other name
+    says nothing, and None lets the caller skip the check.
+    """
+    name = plan.channel_names[0] if plan.channel_names else ""
+    if plan.normalization and plan.normalization[0].scheme == "ct":
+        return "CT", f"its plan normalises channel '{name}' as CT (Hounsfield units)"
+    tokens = [t for t in re.split(r"[^a-z0-9]+", name.strip().lower()) if t]
+    if "ct" in tokens:
+        return "CT", f"its channel is named '{name}'"
+    if any(_MR_CHANNELS.match(t) for t in tokens):
+        return "MR", f"its channel is named '{name}'"
+    if any(t in _PET_CHANNELS for t in tokens):
+        return "PT", f"its channel is named '{name}'"
+    return None
 
 
 def _fit_patch(median_shape: np.ndarray, spacing: Sequence[float], budget: int, dims: int) -> np.ndarray:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import errno
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -157,6 +158,40 @@ def test_an_mr_series_given_to_a_ct_model_is_warned_about(
     warnings = [r.getMessage() for r in caplog.records if "trained on CT" in r.getMessage()]
     assert len(warnings) == 1, caplog.text
     assert warnings[0].startswith("mr: the model was trained on CT") and "this series is MR" in warnings[0]
+
+
+def test_the_reports_model_section_says_which_model_made_it(trained_model: Path, tmp_path: Path) -> None:
+    """The report's Model section named only the folder ("fold_0"): a reader could not tell
+    which model segmented the scan. It now gives the training dataset's name (the model
+    folder's dataset.json), the folder with its parent, configuration, fold, labels, and when
+    and with which medseg the model was trained (model.json; no date for older models)."""
+    model = tmp_path / "abdomen" / "fold_0"
+    shutil.copytree(trained_model, model)
+    dataset = json.loads((model / "dataset.json").read_text())
+    (model / "dataset.json").write_text(json.dumps({**dataset, "name": "Toy abdomen <v2>"}))
+    record = json.loads((model / "model.json").read_text())
+    labels = json.loads((model / "plan.json").read_text())["labels"]
+    path, _ = _case_file(tmp_path / "in", 4)
+    (done,) = predict(path, model, tmp_path / "out", PredictConfig(formats=("report",)))
+    html = Path(done.outputs["report"]).read_text()
+    section = html[html.index("<h2>Model</h2>") :]
+    rows = dict(re.findall(r"<tr><th>(.*?)</th><td>(.*?)</td></tr>", section[: section.index("</section>")]))
+    assert rows["dataset"] == "Toy abdomen &lt;v2&gt;"
+    assert rows["model"] == "abdomen/fold_0"
+    assert rows["configuration"] == "3d" and rows["folds"] == "1" and rows["fold"] == "0"
+    assert rows["labels"] == ", ".join(
+        f"{v} {k}" for k, v in sorted(labels.items(), key=lambda kv: kv[1]) if v
+    )
+    assert rows["trained (UTC)"] == record["trained_utc"][:10]
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", rows["trained (UTC)"])
+    assert rows["trained with medseg"] == record["medseg_version"]
+    assert rows["predicted with medseg"] == medseg.__version__
+    # a model trained before medseg recorded the date: no date row, the rest as before
+    del record["trained_utc"]
+    (model / "model.json").write_text(json.dumps(record))
+    (done,) = predict(path, model, tmp_path / "older", PredictConfig(formats=("report",)))
+    html = Path(done.outputs["report"]).read_text()
+    assert "trained (UTC)" not in html and "<th>dataset</th><td>Toy abdomen &lt;v2&gt;</td>" in html
 
 
 def test_pacs_segment_reads_the_modality_a_model_expects_from_its_plan(model_copy: Path) -> None:

@@ -321,16 +321,32 @@ class SegmentationModel:
         return {v: k for k, v in self.plan.labels.items() if v != 0}
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "model": ", ".join(p.name for p in self.paths),
-            "architecture": self.info.get("architecture", {}).get("name"),
+        """What the report's Model section (and predictions.json) says of the model: what a
+        reader can identify it by (the training dataset's name, configuration, folds, labels,
+        when and with which medseg it was trained). Nothing of the patients, and of the model's
+        path only its last folders (``3d/fold_0``)."""
+        records = [_model_record(f) for f in self.folders]
+        folds = [str(r["fold"]) for r in records if r.get("fold") is not None]
+        trained = sorted({str(r["trained_utc"])[:10] for r in records if r.get("trained_utc")})
+        versions = sorted({str(r["medseg_version"]) for r in records if r.get("medseg_version")})
+        info: dict[str, Any] = {
+            "dataset": _dataset_name(self.folders[0]) or self.plan.dataset_name,
+            "model": ", ".join(_model_name(p) for p in self.paths),
             "configuration": " + ".join(p.configuration for p in self.plans),
             "folds": len(self.folders),
-            "channels": ", ".join(self.plan.channel_names),
-            "target spacing (z, y, x) mm": ", ".join(f"{s:g}" for s in self.plan.target_spacing),
-            "medseg version": self.info.get("medseg_version"),
-            "backend": self.backend,
         }
+        if folds:  # which folds of the cross-validation (model.json), e.g. "0" or "0, 1, 2, 3, 4"
+            info["fold"] = ", ".join(folds)
+        info["labels"] = ", ".join(f"{v} {name}" for v, name in sorted(self.label_names.items()))
+        info["architecture"] = self.info.get("architecture", {}).get("name")
+        info["channels"] = ", ".join(self.plan.channel_names)
+        info["target spacing (z, y, x) mm"] = ", ".join(f"{s:g}" for s in self.plan.target_spacing)
+        if trained:  # models trained before medseg recorded it have no date
+            info["trained (UTC)"] = " to ".join([trained[0], trained[-1]] if len(trained) > 1 else trained)
+        info["trained with medseg"] = ", ".join(versions) or None
+        info["predicted with medseg"] = medseg.__version__
+        info["backend"] = self.backend
+        return info
 
     def check_input(self, channels: Sequence[Volume], where: str) -> None:
         plan = self.plan
@@ -617,6 +633,33 @@ class SegmentationModel:
             labels = apply_rules(labels, self.rules, channels[0].spacing)
         meta = _output_meta(channels[0])
         return Volume(labels, geometry=channels[0].geometry, meta=meta), total if with_probabilities else None
+
+
+def _model_record(folder: Path) -> dict[str, Any]:
+    """A model folder's model.json ({} when unreadable: it only feeds the description)."""
+    try:
+        record = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _dataset_name(folder: Path) -> str:
+    """The ``name`` of the dataset.json training copied into the model folder ("" if none)."""
+    try:
+        name = json.loads((folder / "dataset.json").read_text(encoding="utf-8")).get("name")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return str(name).strip() if name else ""
+
+
+def _model_name(path: Path) -> str:
+    """A model path as a reader knows it: a fold folder with its parent (``3d/fold_0``; every
+    fold is named fold_<k>), other folders by their name."""
+    path = Path(os.path.abspath(path))
+    if re.fullmatch(r"fold_\w+", path.name) and path.parent.name:
+        return f"{path.parent.name}/{path.name}"
+    return path.name
 
 
 def _output_meta(image: Volume) -> dict[str, Any]:

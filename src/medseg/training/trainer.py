@@ -31,7 +31,7 @@ import signal
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -704,6 +704,8 @@ class Trainer:
                 "mirror_axes": list(self.mirror_axes),
                 "channel_names": list(self.plan.channel_names),
                 "fold": self.fold,
+                # when training last wrote the folder (the report's Model section shows the date)
+                "trained_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "epochs_completed": self.epoch,
                 "best_val_mean_dice": None if self.best_dice < 0 else self.best_dice,
                 "best_epoch": self.best_epoch,

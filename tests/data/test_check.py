@@ -153,3 +153,14 @@ def test_real_msd_hippocampus_after_import(tmp_path: Path, shared_data: Path) ->
     assert report.ok, report.to_json()
     assert {c.orientation for c in report.cases} == {"RAS"}
     assert all(c.label_values == [0, 1, 2] for c in report.cases)
+
+
+def test_cases_are_listed_in_natural_order(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    with create_dataset(tmp_path / "ds", source=src, channel_names=["T2"], labels=LABELS) as w:
+        for name in ("c10", "c2", "c1"):
+            image = make_oblique_volume(seed=1)
+            w.add_case(name, [image], image.with_array(np.zeros(image.shape, np.uint8)), test=False)
+    report = check_dataset(tmp_path / "ds", progress=False)
+    assert [c.case_id for c in report.cases] == ["c1", "c2", "c10"]

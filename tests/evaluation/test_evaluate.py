@@ -641,3 +641,22 @@ def test_a_float_reference_with_negative_values_is_refused_as_an_integer_one_is(
         evaluate(tmp_path / "pred", tmp_path / "ref", _serial(regions={"a": [1, 2]}))
     with pytest.raises(InputError, match="reference holds negative labels"):
         evaluate(tmp_path / "pred", tmp_path / "ref", _serial())
+
+
+def test_cases_are_listed_in_natural_order(tmp_path: Path) -> None:
+    """case2 before case10 in the matching, so in cases.csv and every table built from it."""
+    pred_dir, ref_dir = tmp_path / "pred", tmp_path / "ref"
+    pred, ref = _case(0)
+    for name in ("case10", "case2", "case1"):
+        write_volume(ref, ref_dir / f"{name}.nii.gz")
+    for name in ("case10", "case2", "extra11", "extra9"):
+        write_volume(pred, pred_dir / f"{name}.nii.gz")
+    write_volume(ref, ref_dir / "case3.nii.gz")
+    matching = match_cases(pred_dir, ref_dir)
+    assert [p.name for p in matching.pairs] == ["case1", "case2", "case3", "case10"]
+    assert list(matching.references_without_prediction) == ["case1", "case3"]
+    assert list(matching.predictions_without_reference) == ["extra9", "extra11"]
+    for name in ("case1", "case3"):
+        write_volume(pred, pred_dir / f"{name}.nii.gz")
+    result = evaluate(pred_dir, ref_dir, _serial(labels=LABELS))
+    assert [c.name for c in result.cases] == ["case1", "case2", "case3", "case10"]

@@ -142,3 +142,11 @@ def test_region_statistics_count_overlapping_regions_each_in_full() -> None:
     assert [(r.value, r.name, r.voxel_count) for r in rows] == [(1, "a", 8), (2, "b", 4), (3, "none", 0)]
     assert rows[0].volume_ml == pytest.approx(8 * 1.0 / 1000) and rows[1].volume_ml == pytest.approx(0.004)
     assert rows[2].centroid_lps is None
+
+
+def test_cohort_table_lists_cases_in_natural_order(tmp_path: Path) -> None:
+    stats = label_statistics(_block_label())
+    for case in ("p10", "p2", "p1"):
+        write_volumes_csv(stats, tmp_path / case / "volumes.csv")
+    with write_cohort_volumes(tmp_path).open() as fh:
+        assert [r["case"] for r in csv.DictReader(fh)] == ["p1", "p2", "p10"]

@@ -1713,3 +1713,10 @@ def test_predict_cli_ctrl_c_keeps_finished_cases_and_says_how_to_go_on(
     again = CliRunner().invoke(app, argv, env={"COLUMNS": "200"})
     assert again.exit_code == 0, again.output
     assert "2 of 3 case(s) segmented, 1 not redone" in again.output
+
+
+def test_cases_are_discovered_in_natural_order(tmp_path: Path) -> None:
+    """case2 before case10: the order of the run, its log and predictions.json."""
+    for name in ("case10", "case2", "case1"):
+        _case_file(tmp_path / "in", 1, name)
+    assert [c.case_id for c in discover_cases(tmp_path / "in")] == ["case1", "case2", "case10"]

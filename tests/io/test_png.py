@@ -164,3 +164,10 @@ def test_write_png_keeps_16_bit_values_and_refuses_what_png_cannot_hold(tmp_path
         write_png(grey[None], tmp_path / "t.png")
     with pytest.raises(InputError, match="PNG cannot hold these values"):
         write_png(grey.astype(np.int32) - 1, tmp_path / "u.png")
+
+
+def test_natural_key_orders_numbers_by_value_and_breaks_ties_by_name() -> None:
+    from medseg.io.png import natural_key
+
+    names = ["case10", "Case2", "case2", "case1", "a", "10", "2"]
+    assert sorted(names, key=natural_key) == ["2", "10", "a", "case1", "Case2", "case2", "case10"]

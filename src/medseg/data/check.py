@@ -31,6 +31,7 @@ from medseg.data.dataset import (
 )
 from medseg.errors import InputError, MedsegError
 from medseg.io.itk import read_geometry, read_itk
+from medseg.io.png import natural_key
 from medseg.progress import progress_bar
 from medseg.volume import VolumeGeometry
 
@@ -281,7 +282,7 @@ def check_dataset(root: str | Path, *, read_values: bool = True, progress: bool 
                 report.problems.append(f"imagesTr/: not found (expected a folder of CASE_0000{ending})")
             continue
         channels = _scan_images(images_dir, ending, report)
-        for case_id in sorted(channels):
+        for case_id in sorted(channels, key=natural_key):
             case = CaseReport(case_id=case_id, subset=subset)
             key = case_id.lower()
             if key in seen:

@@ -47,6 +47,7 @@ from medseg.evaluation.metrics import (
 from medseg.evaluation.objects import ObjectCounts, check_iou_threshold
 from medseg.io import read_volume
 from medseg.io.itk import ITK_SUFFIXES
+from medseg.io.png import natural_key
 from medseg.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -308,11 +309,12 @@ def match_cases(prediction: str | Path, reference: str | Path) -> CaseMatching:
             f"reference is a {'folder' if ref.is_dir() else 'file'}",
         )
     preds, refs = _list_cases(pred, "prediction"), _list_cases(ref, "reference")
-    pairs = tuple(CasePair(name, path, preds.get(name)) for name, path in sorted(refs.items()))
+    # Natural order (case2 before case10) in every table and listing built from the matching.
+    pairs = tuple(CasePair(name, refs[name], preds.get(name)) for name in sorted(refs, key=natural_key))
     return CaseMatching(
         pairs,
-        tuple(sorted(set(refs) - set(preds))),
-        tuple(sorted(set(preds) - set(refs))),
+        tuple(sorted(set(refs) - set(preds), key=natural_key)),
+        tuple(sorted(set(preds) - set(refs), key=natural_key)),
     )
 
 

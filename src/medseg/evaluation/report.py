@@ -40,6 +40,7 @@ from medseg.evaluation.evaluate import (
 )
 from medseg.evaluation.metrics import LOWER_IS_BETTER, METRIC_TITLES, MM_METRICS
 from medseg.io.atomic import atomic_dir
+from medseg.io.png import natural_key
 
 CASES_CSV = "cases.csv"
 OBJECTS_CSV = "objects.csv"
@@ -134,10 +135,10 @@ def overlay_cases(results: Sequence[EvaluationResult], max_cases: int = MAX_OVER
         for case in res.scored_cases:
             scores.setdefault(case.name, []).append(case_dice(case))
     if len(scores) <= max_cases:  # cases without any foreground (Dice NaN) last
-        return sorted(scores, key=lambda n: (_mean_or_inf(scores[n]), n))
+        return sorted(scores, key=lambda n: (_mean_or_inf(scores[n]), natural_key(n)))
     ranked = sorted(
         (n for n in scores if math.isfinite(_mean_or_inf(scores[n]))),
-        key=lambda n: (_mean_or_inf(scores[n]), n),
+        key=lambda n: (_mean_or_inf(scores[n]), natural_key(n)),
     )
     if len(ranked) <= max_cases:
         return ranked

@@ -27,6 +27,7 @@ import numpy as np
 import medseg
 from medseg.export.codes import segments_for_label
 from medseg.io.atomic import write_text_atomic
+from medseg.io.png import natural_key
 from medseg.volume import Volume
 
 __all__ = [
@@ -324,7 +325,7 @@ def write_cohort_volumes(out_dir: str | Path, case_ids: Sequence[str] | None = N
     table_rows += [
         [case, *([""] * len(order)), "failed", "", "", *([""] * len(region_order))] for case in failed
     ]
-    for line in sorted(table_rows, key=lambda r: r[0]):
+    for line in sorted(table_rows, key=lambda r: natural_key(r[0])):
         writer.writerow(line)
     target = out / COHORT_CSV
     write_text_atomic(target, buffer.getvalue(), overwrite=True)

@@ -40,6 +40,7 @@ from medseg.export.case import (
 from medseg.io import IMAGE_2D_SUFFIXES, describe_path, read_channels, sidecar_path
 from medseg.io.atomic import write_text_atomic
 from medseg.io.itk import has_itk_suffix
+from medseg.io.png import natural_key
 from medseg.preprocessing.pipeline import (
     PreprocessInfo,
     preprocess_case,
@@ -749,14 +750,15 @@ def discover_cases(path: str | Path, *, series: str | None = None, channels: int
             case, ch = (m["case"], int(m["channel"])) if m else (stem, 0)
             groups.setdefault(case, {})[ch] = f
         out = []
-        for case, chans in sorted(groups.items()):
+        for case in sorted(groups, key=natural_key):  # case2 before case10
+            chans = groups[case]
             out.append(InputCase(case, "files", tuple(chans[c] for c in sorted(chans))))
         return out
     found, broken = _list_cohort_series(src)
     cases = _discover_dicom_cases(src, series, found, broken)
     holding = {_top_folder(src, Path(s.folder)) for s in found} | {b for b, _ in broken}
     _warn_folders_without_images(src, cases, holding)
-    return cases
+    return sorted(cases, key=lambda c: natural_key(c.case_id))  # patient2 before patient10
 
 
 def _warn_folders_without_images(src: Path, cases: Sequence[InputCase], holding: set[Path]) -> None:

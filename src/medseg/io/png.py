@@ -31,14 +31,27 @@ from medseg.volume import Volume
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_SUFFIXES", "read_image_file", "read_image_stack", "write_image_stack", "write_png"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "natural_key",
+    "read_image_file",
+    "read_image_stack",
+    "write_image_stack",
+    "write_png",
+]
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 _TIFF = (".tif", ".tiff")
 
 
-def _natural_key(path: Path) -> list[Any]:
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
+def natural_key(name: str) -> tuple[list[Any], str]:
+    """Sort key putting 'case2' before 'case10' (digit runs compare as numbers, letters
+    case-insensitively; the name itself breaks ties, so the order never depends on listing order).
+
+    The one natural order of medseg: slice files here, and case names wherever cases are listed.
+    """
+    # re.split with a group alternates text, number, text ...: position i always holds the same type.
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)], name
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -48,7 +61,7 @@ def image_files(folder: Path) -> list[Path]:
         for f in folder.iterdir()
         if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES
     ]
-    return sorted(files, key=_natural_key)
+    return sorted(files, key=lambda f: natural_key(f.name))
 
 
 def _to_grey(arr: NDArray[Any], path: Path, channel_axis: int | None) -> NDArray[Any]:

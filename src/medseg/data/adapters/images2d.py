@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 
 from medseg.data.dataset import create_dataset, import_each, source_files
 from medseg.errors import ConfigError, InputError
+from medseg.io.png import natural_key
 from medseg.volume import Volume, VolumeGeometry
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
@@ -40,11 +41,6 @@ ISBI2012_SPACING = (0.004, 0.004)  # mm: the challenge's nominal 4 x 4 nm pixels
 
 def _stem(path: Path) -> str:
     return path.name[: -len(path.suffix)] if path.suffix else path.name
-
-
-def _natural_key(text: str) -> list[Any]:
-    """Sort '2' before '10' (ISBI's 0.png ... 29.png are one ordered stack)."""
-    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", text) if t]
 
 
 def _read_2d(path: Path) -> NDArray[Any]:
@@ -136,7 +132,7 @@ def import_images2d(
     image_files = by_stem(source_files(img_dir, IMAGE_SUFFIXES))
     if not image_files:
         raise InputError(img_dir, "holds no images", expected=f"files ending in {', '.join(IMAGE_SUFFIXES)}")
-    first = _read_2d(image_files[min(image_files, key=_natural_key)])
+    first = _read_2d(image_files[min(image_files, key=natural_key)])
     n_ch = 1 if first.ndim == 2 else first.shape[2]
     channel_names = (
         [channel_name]
@@ -156,13 +152,13 @@ def import_images2d(
     ) as writer:
         image_files = by_stem(source_files(img_dir, IMAGE_SUFFIXES, writer))
         mask_files = by_stem(source_files(mask_dir, MASK_SUFFIXES, writer), mask_suffix)
-        stems = sorted(image_files, key=_natural_key)
+        stems = sorted(image_files, key=natural_key)
         if cases is not None:
             unknown = sorted(set(cases) - set(stems))
             if unknown:
                 raise InputError(img_dir, "requested cases not found", found=str(unknown[:5]))
             stems = [s for s in stems if s in set(cases)]
-        for stem in sorted(set(mask_files) - set(image_files), key=_natural_key):
+        for stem in sorted(set(mask_files) - set(image_files), key=natural_key):
             if not skip_invalid:
                 raise InputError(mask_files[stem], "mask has no image", expected=f"{img_dir}/{stem}.*")
             writer.skip(mask_files[stem], "mask has no image")
@@ -243,7 +239,7 @@ def import_images2d(
 
             import_each(
                 writer,
-                sorted(test_files, key=_natural_key),
+                sorted(test_files, key=natural_key),
                 add_test,
                 describe=lambda s: test_files[s],
                 skip_invalid=skip_invalid,

@@ -654,3 +654,65 @@ def test_a_mistyped_format_is_answered_with_the_likely_one() -> None:
     with pytest.raises(ConfigError) as info:
         check_formats(["foo"])
     assert "did you mean" not in str(info.value)
+
+
+def test_a_baseline_label_map_is_named_by_its_baseline_record(
+    tmp_path: Path, synthetic_series: Series, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`medseg baseline` writes <output>.baseline.json beside its label map: export names the
+    baseline as the algorithm (no --algorithm-name needed), SEMIAUTOMATIC for seeded methods."""
+    otsu = tmp_path / "otsu.nii.gz"
+    res = CliRunner().invoke(app, ["baseline", "otsu", str(synthetic_series.folder), "-o", str(otsu)])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(
+        app,
+        [
+            "export",
+            str(otsu),
+            str(synthetic_series.folder),
+            "-o",
+            str(tmp_path / "out"),
+            "-f",
+            "dicom-seg,report",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    seg = tmp_path / "out" / "otsu" / "seg.dcm"
+    version = json.loads((tmp_path / "otsu.baseline.json").read_text())["medseg_version"]
+    assert set(_seg_kinds(seg).values()) == {"AUTOMATIC"}
+    assert set(_seg_algorithm(seg).values()) == {("medseg baseline otsu", version, "123105")}
+    assert "medseg baseline otsu" in (tmp_path / "out" / "otsu" / "report.html").read_text()
+
+    label = prostate_zones(synthetic_series.image)
+    nifti = write_volume(label, tmp_path / "zones.nii.gz")
+    record = tmp_path / "zones.baseline.json"
+    seg_only = ExportConfig(formats=("dicom-seg",), labels=ZONES, overwrite=True)
+    for method, markers, kind in (
+        ("watershed", "seeds", "semiautomatic"),
+        ("watershed", "volume", "semiautomatic"),
+        ("watershed", "thresholds", "automatic"),
+        ("region-grow", None, "semiautomatic"),
+        ("kmeans", None, "automatic"),
+    ):
+        doc = {"medseg_version": "9.9", "output": nifti.name, "method": method}
+        record.write_text(json.dumps(doc | ({"markers": markers} if markers else {})))
+        res_ = export_label(nifti, synthetic_series.folder, tmp_path / "z", seg_only)
+        assert res_.algorithm_types == dict.fromkeys(ZONES, kind) and res_.types_from == "baseline record"
+        assert {a.name for a in res_.algorithms.values()} == {f"medseg baseline {method}"}
+        assert _seg_kinds(res_.outputs["dicom-seg"]) == dict.fromkeys(ZONES.values(), kind.upper())
+    # Explicit options win over the record.
+    told = export_label(
+        nifti,
+        synthetic_series.folder,
+        tmp_path / "z",
+        ExportConfig(formats=("dicom-seg",), labels=ZONES, overwrite=True, algorithm_name="GrowCut"),
+    )
+    assert {a.name for a in told.algorithms.values()} == {"GrowCut"}
+    assert told.algorithm_types == dict.fromkeys(ZONES, "automatic")  # the kmeans record's type
+    manual = ExportConfig(formats=("dicom-seg",), labels=ZONES, overwrite=True, algorithm_type="manual")
+    assert export_label(nifti, synthetic_series.folder, tmp_path / "z", manual).algorithms == {}
+    # A record of another file is not used, and says so.
+    record.write_text(json.dumps({"method": "otsu", "output": "other.nii.gz"}))
+    with caplog.at_level("WARNING"), pytest.raises(ConfigError, match="a DICOM SEG must name the algorithm"):
+        export_label(nifti, synthetic_series.folder, tmp_path / "z", seg_only)
+    assert "zones.baseline.json: not used: it records how other.nii.gz was made" in caplog.text

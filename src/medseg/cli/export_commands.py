@@ -116,7 +116,7 @@ def export_command(
 ) -> None:
     """Write DICOM SEG, RTSTRUCT, meshes, volumes, overlay or a report for an existing label map.
 
-    For a segmentation made elsewhere (another tool, a manual correction) or earlier; a DICOM SEG becomes an RTSTRUCT and back. The label map must lie on the image's grid, or --resample puts it there (nearest neighbour). SEG and RTSTRUCT segments keep the algorithm type and algorithm a SEG or RTSTRUCT input declares; any other label map is marked AUTOMATIC. --algorithm-type sets the type of every segment and --algorithm-name the algorithm, replacing what the input declares. A DICOM SEG must name the algorithm of automatic and semiautomatic segments: for a label map that names none, give --algorithm-name or --algorithm-type manual. volumes.csv names the study and series UIDs of a DICOM image (empty for other images).
+    For a segmentation made elsewhere (another tool, a manual correction) or earlier; a DICOM SEG becomes an RTSTRUCT and back. The label map must lie on the image's grid, or --resample puts it there (nearest neighbour). SEG and RTSTRUCT segments keep the algorithm type and algorithm a SEG or RTSTRUCT input declares; a label map of `medseg baseline` is named by the LABEL.baseline.json written beside it ("medseg baseline METHOD", SEMIAUTOMATIC for region-grow and seeded or marker watershed); any other label map is marked AUTOMATIC. --algorithm-type sets the type of every segment and --algorithm-name the algorithm, replacing what the input declares. A DICOM SEG must name the algorithm of automatic and semiautomatic segments: for a label map that names none, give --algorithm-name or --algorithm-type manual. volumes.csv names the study and series UIDs of a DICOM image (empty for other images).
     """
     from medseg.evaluation import parse_labels
     from medseg.export.case import ExportConfig, export_label
@@ -168,6 +168,7 @@ def _report(result: ExportResult, cfg: ExportConfig, label: Path) -> None:
         source = {
             "option": "--algorithm-type",
             "label file": f"as {label.name} declares",
+            "baseline record": "as its .baseline.json from `medseg baseline` records",
             "default": "default for a label map that declares none; --algorithm-type sets it",
         }[result.types_from]
         if cfg.algorithm_name is not None:

@@ -31,8 +31,10 @@ segment; without it each segment of a DICOM SEG or RTSTRUCT label file keeps the
 file declares (a format conversion does not change how a segment was made), and any other
 label map is AUTOMATIC. The algorithm of automatic and semiautomatic segments is
 ``algorithm_name`` / ``algorithm_version`` when given, else the identification the SEG or
-RTSTRUCT label file declares; medseg never names itself for a label map it did not just
-predict. A DICOM SEG must name that algorithm, so when nothing does (a NIfTI without
+RTSTRUCT label file declares, or the record `medseg baseline` writes beside its label map
+(``<label>.baseline.json``: "medseg baseline <method>", SEMIAUTOMATIC for the seeded methods,
+region growing and the watershed from seeds or drawn markers, AUTOMATIC for the others); medseg
+never names itself for a label map it did not just predict. A DICOM SEG must name that algorithm, so when nothing does (a NIfTI without
 ``algorithm_name``) :func:`export_label` refuses the dicom-seg output instead of writing
 "medseg" or "unknown" into a file a radiologist reads as the source of the contours.
 """
@@ -426,7 +428,8 @@ class ExportResult:
     algorithm_types: dict[int, AlgorithmType] = field(default_factory=dict)
     algorithms: dict[int, AlgorithmId] = field(default_factory=dict)
     # Where the types came from: "option" (algorithm_type), "label file" (a SEG's or
-    # RTSTRUCT's own) or "default" (automatic: nothing declared any).
+    # RTSTRUCT's own), "baseline record" (the <label>.baseline.json `medseg baseline` wrote)
+    # or "default" (automatic: nothing declared any).
     types_from: str = "default"
 
 
@@ -460,6 +463,55 @@ def _is_dicom_file(path: Path) -> bool:
     with path.open("rb") as fh:
         head = fh.read(132)
     return len(head) == 132 and head[128:132] == b"DICM"
+
+
+# `medseg baseline` methods -> their CID 7162 family; the seeded ones are SEMIAUTOMATIC (a
+# person placed the seeds or drew the markers), the others AUTOMATIC.
+_BASELINE_FAMILIES = {
+    "threshold": "histogram analysis",
+    "otsu": "histogram analysis",
+    "kmeans": "cluster analysis",
+    "region-grow": "neighborhood analysis",
+    "watershed": "morphological operations",
+}
+
+
+def _baseline_record(label_file: Path) -> tuple[AlgorithmType, AlgorithmId] | None:
+    """How ``medseg baseline`` made ``label_file``, from the ``<label>.baseline.json`` it wrote
+    beside it: the algorithm type and identification, or None without such a record. A record
+    that cannot be read, or that describes another output file, is named in a warning and not
+    used (the label map is then exported as if it had none)."""
+    from medseg.io import sidecar_path
+
+    record = sidecar_path(label_file, ".baseline.json")
+    if not record.is_file():
+        return None
+    import json
+
+    try:
+        doc = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        log.warning("%s: not used: cannot be read as the record of `medseg baseline` (%s)", record, exc)
+        return None
+    method = doc.get("method") if isinstance(doc, dict) else None
+    if method not in _BASELINE_FAMILIES:
+        log.warning(
+            "%s: not used: expected the record of `medseg baseline` (a 'method' among %s), found %s",
+            record,
+            ", ".join(_BASELINE_FAMILIES),
+            f"method {method!r}" if isinstance(doc, dict) else type(doc).__name__,
+        )
+        return None
+    output = doc.get("output")
+    if output is not None and output != label_file.name:
+        log.warning("%s: not used: it records how %s was made, not %s", record, output, label_file.name)
+        return None
+    seeded = method == "region-grow" or (method == "watershed" and doc.get("markers") in ("seeds", "volume"))
+    version = check_algorithm_text(str(doc.get("medseg_version") or UNKNOWN_VERSION), "algorithm version")
+    family = check_algorithm_family(_BASELINE_FAMILIES[method])
+    return ("semiautomatic" if seeded else "automatic"), AlgorithmId(
+        f"medseg baseline {method}", version, family
+    )
 
 
 def _read_label(
@@ -554,6 +606,7 @@ def export_label(
             found="a non-DICOM image file",
         )
     label, carried, declared_types = _read_label(label_file, image, cfg)
+    baseline = _baseline_record(label_file) if declared_types is None else None
     declared_algorithms: dict[int, AlgorithmId] = dict(label.meta.get("algorithms", {}))
     descriptions = {int(v): str(d) for v, d in label.meta.get("generation_descriptions", {}).items()}
     resampled = False
@@ -604,9 +657,15 @@ def export_label(
     case_id = cfg.case_id or _case_id(label_file)
     from medseg import __version__
 
+    if baseline is not None:  # explicit options below still win over the record
+        declared_types = dict.fromkeys(present, baseline[0])
+        declared_algorithms = dict.fromkeys(present, baseline[1])
     if cfg.algorithm_type is not None:
         kinds = algorithm_types_for(present, cfg.algorithm_type)
         types_from = "option"
+    elif baseline is not None:
+        kinds = algorithm_types_for(present, declared_types or {})
+        types_from = "baseline record"
     else:
         kinds = algorithm_types_for(present, declared_types or {})
         types_from = "label file" if declared_types else "default"
@@ -626,6 +685,7 @@ def export_label(
         how = {
             "option": "--algorithm-type",
             "label file": f"as {label_file.name} declares",
+            "baseline record": "as its .baseline.json records",
             "default": f"the default: nothing in {label_file.name} says how it was made",
         }[types_from]
         raise ConfigError(

@@ -204,3 +204,26 @@ def test_comparison_png_without_image_and_bad_grids() -> None:
         render_comparison_png(reference, {"p": moved})
     with pytest.raises(GeometryError, match="image and reference grids"):
         render_comparison_png(reference, {"p": reference}, moved)
+
+
+def test_a_one_slice_image_claims_no_radiological_plane(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 2D image (an ISBI EM PNG read as a one-slice volume) is titled 'image', not 'axial';
+    a volume's montage keeps its plane and slice index."""
+    import medseg.export.overlay as overlay
+
+    titles: list[str] = []
+    draw = overlay._draw
+    monkeypatch.setattr(overlay, "_draw", lambda *a, **k: (titles.append(a[6]), draw(*a, **k))[1])
+    flat = np.zeros((1, 24, 20), np.uint8)
+    flat[0, 6:14, 5:12] = 1
+    image = Volume(np.random.default_rng(0).random(flat.shape).astype(np.float32), spacing=(1.0, 0.5, 0.5))
+    render_overlay_png(image, image.with_array(flat))
+    assert titles == ["image"]
+    titles.clear()
+    render_comparison_png(image.with_array(flat), {"otsu": image.with_array(np.roll(flat, 2, axis=2))}, image)
+    assert titles == ["otsu\nimage"]
+    titles.clear()
+    thick = np.repeat(flat, 3, axis=0)
+    volume = Volume(np.random.default_rng(0).random(thick.shape).astype(np.float32))
+    render_overlay_png(volume, volume.with_array(thick), n_axial=1)
+    assert titles[0].startswith("axial, z = ")

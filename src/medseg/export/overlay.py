@@ -5,7 +5,8 @@ exactly what was segmented), brought to the radiological display convention by
 permuting and flipping array axes only: axial slices show the patient's right on the
 left of the picture and anterior at the top; sagittal and coronal views have superior at
 the top. Pixels are drawn with their true aspect ratio (e.g. 0.5 x 3 mm voxels in the
-sagittal view). For an oblique series the titles say so, with the angle.
+sagittal view). For an oblique series the titles say so, with the angle. A one-slice
+2D image (PNG/TIFF) is drawn alone and titled "image", not "axial".
 
 Rendering uses matplotlib's object API with the Agg canvas (no pyplot state, no
 display), so it is safe in batch jobs and threads.
@@ -138,7 +139,10 @@ def _draw(
 
 def _axial_title(k: int, n_slices: int, order: Sequence[int], flips: Sequence[bool], note: str) -> str:
     """``axial, z = 5``: the slice's array index (what `baseline --seed` and viewers' voxel
-    coordinates use), not its rank in the display order."""
+    coordinates use), not its rank in the display order. A one-slice image (a 2D PNG/TIFF
+    read as a volume, an EM section) is titled ``image``: it claims no radiological plane."""
+    if n_slices == 1:
+        return f"image{note}"
     index = n_slices - 1 - k if flips[0] else k
     return f"axial, {'zyx'[order[0]]} = {index}{note}"
 

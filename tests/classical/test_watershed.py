@@ -91,6 +91,8 @@ def test_watershed_errors() -> None:
         watershed(vol, seeds=[(5, 12, 30)], low=50)
     with pytest.raises(ConfigError, match="sigma"):
         watershed(vol, sigma_mm=-1)
+    with pytest.raises(ConfigError, match=r"seed_radius_mm and background_margin_mm must be >= 0.*-2"):
+        watershed(vol, seeds=[(5, 12, 8)], low=50, seed_radius_mm=-2)
     many = [(z, y, x) for z in range(2, 8) for y in range(4, 20) for x in range(4, 7)]  # 288 seeds
     with pytest.raises(ConfigError, match="at most 255 seeds, found 288"):
         watershed(vol, seeds=many, low=50)
@@ -106,11 +108,12 @@ def test_a_seed_darker_than_the_background_threshold_is_warned_about(
 
 
 def test_a_seed_the_background_floods_around_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
-    """A seed on the box's edge (bright enough, high gradient): the background reaches the
-    flat inside first and the seed keeps its own voxel; the lecturer is told why."""
+    """A plain point seed on the box's edge (bright enough, high gradient): the background
+    reaches the flat inside first and the seed keeps its own voxel; the lecturer is told why."""
     vol = _touching_boxes()
+    plain = {"seed_radius_mm": 0.0, "background_margin_mm": 0.0}
     with caplog.at_level("WARNING"):
-        out = watershed(vol, seeds=[(5, 4, 8), (5, 12, 21)], low=50)
+        out = watershed(vol, seeds=[(5, 4, 8), (5, 12, 21)], low=50, **plain)
     assert int((out.array == 1).sum()) == 1 and int((out.array == 2).sum()) > 100
     assert "seed 1 at (z, y, x) (5, 4, 8) kept only 1 voxel(s)" in caplog.text
     assert "seed 2" not in caplog.text
@@ -127,5 +130,44 @@ def test_a_seed_lost_on_a_real_mr_is_warned_about(
     image, label = read_volume(data / "image_1.nii.gz"), read_volume(data / "label_1.nii.gz")
     assert label.array[21, 150, 60] == 1
     with caplog.at_level("WARNING"):
-        out = watershed(image, seeds=[(21, 150, 60)])
+        out = watershed(image, seeds=[(21, 150, 60)], seed_radius_mm=0, background_margin_mm=0)
     assert int((out.array == 1).sum()) < 10 and "seed 1 at (z, y, x) (21, 150, 60) kept only" in caplog.text
+    # The default grows the seed into a marker and keeps the background marker away from it:
+    # the liver is found (Dice 0.84 when written).
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        out = watershed(image, seeds=[(21, 150, 60)])
+    liver, found = np.rint(label.array) == 1, out.array == 1
+    assert 2 * np.count_nonzero(liver & found) / (np.count_nonzero(liver) + np.count_nonzero(found)) > 0.7
+    assert "kept only" not in caplog.text
+
+
+def test_a_point_seed_grows_into_a_marker_within_its_intensity_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default seed marker: voxels within seed_radius_mm of the seed, connected to it,
+    in its neighbourhood's intensity range (so it never crosses into the other box), and no
+    background marker within background_margin_mm; both recorded."""
+    import sys
+
+    module = sys.modules["medseg.classical.watershed"]
+    seen: list[np.ndarray] = []
+    original = module.sk_watershed
+
+    def spy(elevation: np.ndarray, markers: np.ndarray, **kw: object) -> np.ndarray:
+        seen.append(markers.copy())
+        return original(elevation, markers=markers, **kw)
+
+    monkeypatch.setattr(module, "sk_watershed", spy)
+    vol = _touching_boxes()
+    out = watershed(vol, seeds=[(5, 12, 8)], low=50, seed_radius_mm=2.0, background_margin_mm=4.0)
+    (m,) = seen
+    grown = m == 2
+    # 2 mm at 3 x 0.7 x 0.5 mm voxels: within one slice, 5 x 9 voxels at most
+    assert grown[5, 12, 8] and 10 < grown.sum() <= 45 and not grown[[4, 6]].any()
+    assert not (grown & ~_box(4, 15)).any()
+    away = np.ones(SHAPE, dtype=bool)
+    away[5, 12, 8] = False
+    dist = ndi.distance_transform_edt(away, sampling=vol.spacing)
+    assert not ((m == 1) & (dist <= 4.0)).any() and ((m == 1) & (dist > 4.0)).any()
+    assert (
+        out.meta["baseline"]["seed_radius_mm"] == 2.0 and out.meta["baseline"]["background_margin_mm"] == 4.0
+    )

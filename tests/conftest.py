@@ -138,3 +138,22 @@ def assert_same_world_values(a: Volume, b: Volume, atol: float = 1e-6) -> None:
     rounded = rounded.astype(int)
     assert np.all(rounded >= 0) and np.all(rounded < np.asarray(a.shape))
     np.testing.assert_array_equal(a.array[tuple(rounded.T)], b.array[tuple(idx_b.T)])
+
+
+def give_nifti_a_second_transform(
+    path: Path, *, sform_code: int = 2, shift_mm: float = 5.0, shear: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rewrite the NIfTI at ``path`` so that its sform (``sform_code``) lies ``shift_mm`` along x
+    (and sheared by ``shear``) from its qform (code 1, scanner); returns (qform, sform)."""
+    import nibabel as nib
+
+    img = nib.load(path)
+    qform = img.header.get_qform()
+    sform = qform.copy()
+    sform[0, 3] += shift_mm
+    sform[:3, :3] = sform[:3, :3] @ np.array([[1.0, shear, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    two = nib.Nifti1Image(np.asarray(img.dataobj), None, img.header)
+    two.set_qform(qform, code=1)
+    two.set_sform(sform, code=sform_code)
+    nib.save(two, path)
+    return qform, sform

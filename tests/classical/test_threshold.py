@@ -92,16 +92,10 @@ def test_a_result_on_a_two_transform_nifti_gets_both_of_its_transforms(tmp_path)
     import nibabel as nib
 
     from medseg.io import read_volume, write_volume
+    from tests.conftest import give_nifti_a_second_transform
 
     src = write_volume(_two_levels(), tmp_path / "image.nii.gz")
-    img = nib.load(src)
-    qform = img.header.get_qform()
-    sform = qform.copy()
-    sform[0, 3] += 5.0
-    two = nib.Nifti1Image(np.asarray(img.dataobj), None, img.header)
-    two.set_qform(qform, code=1)
-    two.set_sform(sform, code=2)
-    nib.save(two, src)
+    qform, sform = give_nifti_a_second_transform(src, sform_code=2)
     result = otsu(read_volume(src))
     out = nib.load(write_volume(result, tmp_path / "otsu.nii.gz"))
     assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (1, 2)

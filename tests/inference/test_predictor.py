@@ -19,7 +19,7 @@ from medseg.inference.predictor import PredictConfig, SegmentationModel, discove
 from medseg.io import read_volume, write_volume
 from medseg.io.dicom import write_dicom_series
 from medseg.volume import Volume
-from tests.conftest import make_oblique_volume
+from tests.conftest import give_nifti_a_second_transform, make_oblique_volume
 from tests.preprocessing.conftest import make_case
 
 
@@ -211,19 +211,25 @@ def test_pacs_segment_reads_the_modality_a_model_expects_from_its_plan(model_cop
     )
 
 
+def _cohort_with_a_blank_uid_series(cohort: Path) -> None:
+    """``cohort/good`` and ``cohort/blank``: the same DICOM series, the second with its SOP
+    class / instance, study and series UIDs blanked (as in TotalSegmentator's example CT)."""
+    image, _ = make_case(3, shape=(9, 36, 30))
+    image = image.with_array(image.array.astype(np.int16))
+    write_dicom_series(image, cohort / "good")
+    for file in write_dicom_series(image, cohort / "blank"):
+        ds = pydicom.dcmread(file)
+        ds.SOPClassUID = ds.SOPInstanceUID = ds.StudyInstanceUID = ds.SeriesInstanceUID = ""
+        ds.save_as(file)
+
+
 def test_a_series_without_uids_fails_before_the_network_when_dicom_outputs_are_asked(
     trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """TotalSegmentator's example CT DICOM has blank SOP/Study/Series UIDs: a SEG or RTSTRUCT
     of it cannot be written. The case was predicted first and failed at export (minutes per
     CT in a cohort); now it fails before the network runs, naming a file and the UIDs."""
-    image, _ = make_case(3, shape=(9, 36, 30))
-    image = image.with_array(image.array.astype(np.int16))
-    write_dicom_series(image, tmp_path / "cohort" / "good")
-    for file in write_dicom_series(image, tmp_path / "cohort" / "blank"):
-        ds = pydicom.dcmread(file)
-        ds.SOPClassUID = ds.SOPInstanceUID = ds.StudyInstanceUID = ds.SeriesInstanceUID = ""
-        ds.save_as(file)
+    _cohort_with_a_blank_uid_series(tmp_path / "cohort")
     runs: list[int] = []
     real = SegmentationModel.predict
 
@@ -254,13 +260,7 @@ def test_a_series_without_uids_still_gets_every_format_but_its_dicom_ones(
     was refused whole: no NIfTI, volumes or report either. Now it is segmented, the formats that
     need no UIDs are written, and the case fails for the DICOM format alone (exit 1), recorded
     with what was written, so that a re-run without dicom-seg completes it."""
-    image, _ = make_case(3, shape=(9, 36, 30))
-    image = image.with_array(image.array.astype(np.int16))
-    write_dicom_series(image, tmp_path / "cohort" / "good")
-    for file in write_dicom_series(image, tmp_path / "cohort" / "blank"):
-        ds = pydicom.dcmread(file)
-        ds.SOPClassUID = ds.SOPInstanceUID = ds.StudyInstanceUID = ds.SeriesInstanceUID = ""
-        ds.save_as(file)
+    _cohort_with_a_blank_uid_series(tmp_path / "cohort")
     out = tmp_path / "out"
     args = ["predict", str(tmp_path / "cohort"), "-m", str(trained_model), "-o", str(out)]
     res = CliRunner().invoke(app, [*args, "--format", "nifti,volumes,dicom-seg"])
@@ -1646,14 +1646,7 @@ def test_a_nifti_input_whose_qform_and_sform_disagree_gets_both_in_its_nifti_out
 
     img, _ = make_case(12, shape=(9, 36, 30))
     path = write_volume(img, tmp_path / "in" / "case.nii.gz")
-    src = nib.load(path)
-    qform = src.header.get_qform()
-    sform = qform.copy()
-    sform[0, 3] += 5.0
-    two = nib.Nifti1Image(np.asarray(src.dataobj), None, src.header)
-    two.set_qform(qform, code=1)
-    two.set_sform(sform, code=2)
-    nib.save(two, path)
+    qform, sform = give_nifti_a_second_transform(path, sform_code=2)
     out = tmp_path / "out"
     (res,) = predict(path, trained_model, out, PredictConfig(formats=("nifti", "probabilities")))
     assert res.ok, res

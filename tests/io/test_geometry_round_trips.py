@@ -17,7 +17,12 @@ import SimpleITK as sitk
 from medseg.io import read_volume, write_volume
 from medseg.io.dicom import load_series, read_dicom_series, write_dicom_series
 from medseg.volume import Volume
-from tests.conftest import AWKWARD_GRIDS, assert_same_world_values, make_awkward_volume
+from tests.conftest import (
+    AWKWARD_GRIDS,
+    assert_same_world_values,
+    give_nifti_a_second_transform,
+    make_awkward_volume,
+)
 
 GRIDS = sorted(AWKWARD_GRIDS)
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
@@ -263,17 +268,8 @@ def test_convert_through_every_format_keeps_every_voxel_in_place(tmp_path: Path,
 
 def _nifti_with_two_transforms(path: Path, dtype: type, sform_code: int, shear: float = 0.0) -> Path:
     """A NIfTI whose sform lies 5 mm (along x) from its qform (code 1, scanner)."""
-    vol = make_awkward_volume("oblique-left-handed", dtype=dtype)
-    write_volume(vol, path)
-    img = nib.load(path)
-    qform = img.header.get_qform()
-    sform = qform.copy()
-    sform[0, 3] += 5.0
-    sform[:3, :3] = sform[:3, :3] @ np.array([[1.0, shear, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    out = nib.Nifti1Image(np.asarray(img.dataobj), None, img.header)
-    out.set_qform(qform, code=1)
-    out.set_sform(sform, code=sform_code)
-    nib.save(out, path)
+    write_volume(make_awkward_volume("oblique-left-handed", dtype=dtype), path)
+    give_nifti_a_second_transform(path, sform_code=sform_code, shear=shear)
     return path
 
 

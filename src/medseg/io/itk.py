@@ -344,9 +344,14 @@ def _check_nifti_complete(path: Path) -> Any:
     return header
 
 
-# Two transforms further apart than this (mm, at a grid corner) are told apart: NIfTI keeps
-# both in float32 (the qform as a quaternion), which agree to about 1e-4 mm.
+# Two transforms further apart than this at a grid corner are told apart: 0.01 mm, or 1e-3 of
+# the grid's diagonal where that is more. NIfTI keeps both in float32, and the qform as a
+# quaternion whose first component is recomputed as sqrt(1 - b^2 - c^2 - d^2): near a 180 degree
+# rotation (common for oblique MR in RAS) that loses up to ~sqrt(float32 eps) = 3.5e-4 rad, i.e.
+# 0.05 mm at a corner of a 128 x 128 x 20 grid of 0.5 x 0.5 x 3 mm that medseg itself wrote
+# (the demo's phantom); a real disagreement (an sform registered elsewhere) is mm to cm.
 _QFORM_SFORM_MM = 0.01
+_QFORM_SFORM_RAD = 1e-3
 _XFORM_NAMES = {1: "scanner", 2: "aligned", 3: "Talairach", 4: "MNI", 5: "template"}
 
 
@@ -371,7 +376,8 @@ def _nifti_transforms_if_they_differ(
     qform = ijk @ np.asarray(header.get_qform(), dtype=float).T
     sform = ijk @ np.asarray(header.get_sform(), dtype=float).T
     apart = float(np.max(np.linalg.norm(qform[:, :3] - sform[:, :3], axis=1)))
-    if apart <= _QFORM_SFORM_MM:
+    diagonal = float(np.max(np.linalg.norm(sform[:, :3] - sform[0, :3], axis=1)))
+    if apart <= max(_QFORM_SFORM_MM, _QFORM_SFORM_RAD * diagonal):
         return None
     ours = geometry.index_to_world(ijk[:, 2::-1]) * np.array([-1.0, -1.0, 1.0])  # LPS -> RAS
     used = "qform" if np.max(np.abs(ours - qform[:, :3])) < np.max(np.abs(ours - sform[:, :3])) else "sform"

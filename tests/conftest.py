@@ -157,3 +157,74 @@ def give_nifti_a_second_transform(
     two.set_sform(sform, code=sform_code)
     nib.save(two, path)
     return qform, sform
+
+
+# The real PROSTATEx T2 series that the de-identification tests copy; its own header names
+# the patient only by TCIA's pseudonym and has no birth date, so the copy gets identifiers
+# that a leak would show.
+PROSTATEX_T2_SERIES = Path("prostatex_dicom/ProstateX-0000/07-07-2011/4.000000-t2tsetra-00702")
+IDENTIFIERS = {"PatientName": "DOE^JANE", "PatientID": "PID-7731", "PatientBirthDate": "19610203"}
+
+
+def identified_prostatex_t2(shared_data: Path, folder: Path) -> Path:
+    """A copy of the real PROSTATEx T2 series in ``folder`` whose headers carry ``IDENTIFIERS``."""
+    import pydicom
+
+    source = shared_data / PROSTATEX_T2_SERIES
+    if not source.is_dir():
+        pytest.skip(f"{source} not found (the PROSTATEx T2 series of ../shared/data)")
+    folder.mkdir(parents=True)
+    for f in sorted(source.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        for keyword, value in IDENTIFIERS.items():
+            setattr(ds, keyword, value)
+        ds.save_as(folder / f.name)
+    return folder
+
+
+def assert_references_deidentified_copy(written: Path, original: Path, copy: Path) -> None:
+    """``written`` (a de-identified DICOM SEG or RTSTRUCT made from the series ``original``)
+    references exactly the study, series, frame of reference and images of ``copy`` (that
+    series after `medseg convert --deidentify`) and holds no byte of the patient's name, ID,
+    birth date or of any original UID."""
+    import pydicom
+
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in sorted(original.glob("*.dcm"))]
+    copied = [pydicom.dcmread(f, stop_before_pixels=True) for f in sorted(copy.glob("*.dcm"))]
+    ds = pydicom.dcmread(written)
+    data = written.read_bytes()
+    secrets = {*IDENTIFIERS.values(), str(IDENTIFIERS["PatientName"]).split("^")[0]}
+    for h in headers:
+        secrets |= {str(h.StudyInstanceUID), str(h.SeriesInstanceUID), str(h.SOPInstanceUID)}
+        secrets.add(str(h.FrameOfReferenceUID))
+    leaked = sorted(s for s in secrets if s.encode() in data)
+    assert not leaked, f"{written.name} holds {leaked}"
+    first = copied[0]
+    assert ds.StudyInstanceUID == first.StudyInstanceUID
+    assert ds.PatientName == first.PatientName and ds.PatientID == first.PatientID
+    assert ds.PatientIdentityRemoved == "YES"
+    assert ds.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID
+    assert ds.SOPClassUID == ds.file_meta.MediaStorageSOPClassUID  # never remapped
+    assert ds.file_meta.TransferSyntaxUID in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+    sops = {str(c.SOPInstanceUID) for c in copied}
+    refs: set[str] = set()
+    series_refs: set[str] = set()
+    frames: set[str] = set()
+    image_classes: set[str] = set()
+
+    def visit(_: pydicom.Dataset, elem: pydicom.DataElement) -> None:
+        if elem.keyword == "ReferencedSOPInstanceUID":
+            refs.add(str(elem.value))
+        elif elem.keyword == "SeriesInstanceUID":
+            series_refs.add(str(elem.value))
+        elif elem.keyword in ("FrameOfReferenceUID", "ReferencedFrameOfReferenceUID"):
+            frames.add(str(elem.value))
+        elif elem.keyword == "ReferencedSOPClassUID":
+            image_classes.add(str(elem.value))
+
+    ds.walk(visit)
+    # every image is referenced, and nothing else but the study (an RTSTRUCT's study reference)
+    assert sops <= refs and refs - sops <= {str(first.StudyInstanceUID)}
+    assert series_refs == {str(ds.SeriesInstanceUID), str(first.SeriesInstanceUID)}
+    assert frames == {str(first.FrameOfReferenceUID)}
+    assert str(first.SOPClassUID) in image_classes  # the images' SOP class, not remapped

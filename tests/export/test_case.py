@@ -21,7 +21,12 @@ from medseg.export.dicom_seg import read_dicom_seg, write_dicom_seg
 from medseg.export.rtstruct import read_rtstruct
 from medseg.io import read_volume, write_volume
 from medseg.volume import Volume
-from tests.conftest import oblique_direction
+from tests.conftest import (
+    IDENTIFIERS,
+    assert_references_deidentified_copy,
+    identified_prostatex_t2,
+    oblique_direction,
+)
 from tests.export.conftest import ZONES, Series, dice, prostate_zones
 
 ALL = ("nifti", "dicom-seg", "rtstruct", "mesh", "volumes", "overlay", "report")
@@ -284,6 +289,67 @@ def test_real_tilted_prostatex_series(tmp_path: Path, prostatex_t2: Series) -> N
     )
     seg = read_dicom_seg(result.outputs["dicom-seg"], prostatex_t2.image, ZONES)
     np.testing.assert_array_equal(seg.array, label.array)
+
+
+def test_deidentified_export_references_the_deidentified_series(tmp_path: Path, shared_data: Path) -> None:
+    """`export --deidentify --uid-secret K` of a label map on the real PROSTATEx T2 (a copy given
+    a patient name, ID and birth date) writes a SEG and an RTSTRUCT that reference exactly the
+    series `convert --deidentify --uid-secret K` made of it, hold none of its identifiers, and
+    still read back with highdicom and rt-utils on that de-identified series."""
+    from rt_utils import RTStructBuilder
+
+    original = identified_prostatex_t2(shared_data, tmp_path / "t2")
+    image = read_volume(original)
+    label = prostate_zones(image)
+    path = write_volume(label, tmp_path / "zones.nii.gz")
+    key = ["--deidentify", "--pseudonym", "SUBJ001", "--uid-secret", "project-key"]
+    runner = CliRunner()
+    res = runner.invoke(app, ["convert", str(original), str(tmp_path / "deid"), "--to", "dicom", *key])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "out"
+    res = runner.invoke(
+        app,
+        ["export", str(path), str(original), "-o", str(out), "-f", "dicom-seg,rtstruct,volumes",
+         "--labels", "PZ=1,TZ=2,DPU=3,AFS=4", "--algorithm-type", "manual", *key],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "changes DICOM output only (dicom-seg, rtstruct)" in res.stdout.replace("\n", " ")
+    assert "no --uid-secret" not in res.stdout
+    for name in ("seg.dcm", "rtstruct.dcm"):
+        assert_references_deidentified_copy(out / "zones" / name, original, tmp_path / "deid")
+    deid = read_volume(tmp_path / "deid")
+    seg = hd.seg.segread(out / "zones" / "seg.dcm")
+    assert str(seg.PatientID) == "SUBJ001" and seg.ContentDate and seg.DeviceSerialNumber  # type 1 kept
+    np.testing.assert_array_equal(read_dicom_seg(out / "zones" / "seg.dcm", deid, ZONES).array, label.array)
+    rt = RTStructBuilder.create_from(
+        dicom_series_path=str(tmp_path / "deid"), rt_struct_path=str(out / "zones" / "rtstruct.dcm")
+    )
+    assert sorted(rt.get_roi_names()) == sorted(ZONES.values())
+    assert dice(read_rtstruct(out / "zones" / "rtstruct.dcm", deid, ZONES).array == 1, label.array == 1) > 0.9
+    # the volume table names the de-identified study and series, never the originals
+    first = pydicom.dcmread(next((tmp_path / "deid").glob("*.dcm")), stop_before_pixels=True)
+    with (out / "zones" / "volumes.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["study_uid"], r["series_uid"]) for r in rows} == {
+        (str(first.StudyInstanceUID), str(first.SeriesInstanceUID))
+    }
+    for table in ("volumes.csv", "volumes.json"):
+        text = (out / "zones" / table).read_text()
+        assert not any(v in text for v in IDENTIFIERS.values())
+        assert str(pydicom.dcmread(next(original.glob("*.dcm"))).StudyInstanceUID) not in text
+    # the input series is not changed
+    assert all(pydicom.dcmread(f).PatientID == IDENTIFIERS["PatientID"] for f in original.glob("*.dcm"))
+
+
+def test_deidentify_options_without_deidentify_are_refused() -> None:
+    """A pseudonym or UID secret without --deidentify would leave the patient's own name and
+    UIDs in the SEG while the caller believes them replaced."""
+    with pytest.raises(ConfigError, match="only apply with --deidentify"):
+        ExportConfig(formats=("dicom-seg",), pseudonym="SUBJ001")
+    with pytest.raises(ConfigError, match="only apply with --deidentify"):
+        ExportConfig(formats=("dicom-seg",), uid_secret="k")
+    with pytest.raises(ConfigError, match="1 to 64 characters"):
+        ExportConfig(formats=("dicom-seg",), deidentify=True, pseudonym="")
 
 
 def test_png_label_on_a_png_or_nifti_image_with_the_default_formats(tmp_path: Path) -> None:

@@ -19,7 +19,13 @@ from medseg.inference.predictor import PredictConfig, SegmentationModel, discove
 from medseg.io import read_volume, write_volume
 from medseg.io.dicom import write_dicom_series
 from medseg.volume import Volume
-from tests.conftest import give_nifti_a_second_transform, make_oblique_volume
+from tests.conftest import (
+    IDENTIFIERS,
+    assert_references_deidentified_copy,
+    give_nifti_a_second_transform,
+    identified_prostatex_t2,
+    make_oblique_volume,
+)
 from tests.preprocessing.conftest import make_case
 
 
@@ -311,6 +317,100 @@ def test_totalsegmentators_example_ct_without_uids_gets_its_nifti_and_volumes(
     assert "empty or missing SOPClassUID, SOPInstanceUID, StudyInstanceUID" in result.not_written["rtstruct"]
     assert read_volume(result.outputs["nifti"]).array.sum() == 10 * 100 * 100
     assert not list((tmp_path / "out").rglob("*.dcm"))
+
+
+def test_deidentified_predictions_overlay_the_deidentified_series(
+    shared_data: Path, trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`predict --deidentify --uid-secret K` on the real PROSTATEx T2 (a copy given a patient
+    name, ID and birth date): the SEG and RTSTRUCT reference exactly the series that `convert
+    --deidentify --uid-secret K` made of it, hold none of its identifiers or UIDs, and read back
+    with highdicom and rt-utils on that series. The network is stubbed (a box on the T2's grid):
+    this is about the outputs."""
+    import highdicom as hd
+    from rt_utils import RTStructBuilder
+
+    from medseg.export.dicom_seg import read_dicom_seg
+
+    original = identified_prostatex_t2(shared_data, tmp_path / "t2")
+
+    def boxed(self: SegmentationModel, channels: list[Volume], **kwargs: object) -> tuple[Volume, None]:
+        label = np.zeros(channels[0].shape, dtype=np.uint8)
+        label[6:12, 150:230, 160:240] = 1
+        return channels[0].with_array(label), None
+
+    monkeypatch.setattr(SegmentationModel, "predict", boxed)
+    key = ["--deidentify", "--pseudonym", "SUBJ001", "--uid-secret", "project-key"]
+    runner = CliRunner()
+    res = runner.invoke(app, ["convert", str(original), str(tmp_path / "deid"), "--to", "dicom", *key])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "out"
+    formats = "nifti,dicom-seg,rtstruct,volumes,report"
+    res = runner.invoke(
+        app, ["predict", str(original), "-m", str(trained_model), "-o", str(out), "-f", formats, *key]
+    )
+    assert res.exit_code == 0, res.output
+    assert "changes DICOM output only (dicom-seg, rtstruct)" in res.stdout.replace("\n", " ")
+    for name in ("seg.dcm", "rtstruct.dcm"):
+        assert_references_deidentified_copy(out / "t2" / name, original, tmp_path / "deid")
+    label = read_volume(out / "t2.nii.gz")
+    deid = read_volume(tmp_path / "deid")
+    assert label.array.sum() == 6 * 80 * 80
+    assert hd.seg.segread(out / "t2" / "seg.dcm").PatientID == "SUBJ001"
+    np.testing.assert_array_equal(read_dicom_seg(out / "t2" / "seg.dcm", deid).array, label.array)
+    rt = RTStructBuilder.create_from(
+        dicom_series_path=str(tmp_path / "deid"), rt_struct_path=str(out / "t2" / "rtstruct.dcm")
+    )
+    (roi,) = rt.get_roi_names()
+    assert rt.get_roi_mask_by_name(roi).sum() > 0.9 * label.array.sum()
+    # No output names the patient; the UIDs in the volume tables are the de-identified ones.
+    first = pydicom.dcmread(next((tmp_path / "deid").glob("*.dcm")), stop_before_pixels=True)
+    original_study = str(
+        pydicom.dcmread(next(original.glob("*.dcm")), stop_before_pixels=True).StudyInstanceUID
+    )
+    for path in [*out.rglob("*.csv"), *out.rglob("*.json"), *out.rglob("*.html")]:
+        text = path.read_text()
+        assert not any(v in text for v in IDENTIFIERS.values()) and original_study not in text, path
+        assert "project-key" not in text, path  # the UID secret is not written down anywhere
+    with (out / "cohort_volumes.csv").open() as fh:
+        (row,) = csv.DictReader(fh)
+    assert (row["study_uid"], row["series_uid"]) == (
+        str(first.StudyInstanceUID),
+        str(first.SeriesInstanceUID),
+    )
+    # A re-run that adds a format keeps the SEG only when it asks for the same de-identification.
+    args = ["predict", str(original), "-m", str(trained_model), "-o", str(out), "-f", "dicom-seg,overlay"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1
+    (entry,) = json.loads((out / "predictions.json").read_text())["cases"]
+    assert "de-identified otherwise than asked" in entry["error"] and "found de-identified" in entry["error"]
+    assert not (out / "t2" / "overlay.png").exists()
+    res = runner.invoke(app, [*args, *key])
+    assert res.exit_code == 0 and (out / "t2" / "overlay.png").is_file(), res.output
+    # Without --uid-secret the UIDs come from this run's own secret: said, and they match no convert.
+    res = runner.invoke(
+        app,
+        [
+            "predict",
+            str(original),
+            "-m",
+            str(trained_model),
+            "-o",
+            str(tmp_path / "o2"),
+            "-f",
+            "dicom-seg",
+            "--deidentify",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "no --uid-secret" in res.stdout and "changes DICOM output only" not in res.stdout
+    seg = pydicom.dcmread(tmp_path / "o2" / "t2" / "seg.dcm")
+    assert seg.PatientID == "ANONYMOUS" and seg.StudyInstanceUID not in (
+        first.StudyInstanceUID,
+        original_study,
+    )
+    with pytest.raises(ConfigError, match="only apply with --deidentify"):
+        PredictConfig(formats=("dicom-seg",), uid_secret="project-key")
 
 
 def test_a_failed_case_reports_the_time_it_took(

@@ -18,6 +18,8 @@ from medseg.errors import ConfigError, InputError, OutputExistsError
 from medseg.io import read_volume, write_volume
 from medseg.io.dicom import (
     DicomSeries,
+    check_deidentify_options,
+    deidentified_uid,
     deidentify_dataset,
     list_series,
     load_file,
@@ -263,6 +265,78 @@ def test_deidentify_dataset_clears_nested_names_dates_and_private_tags() -> None
     assert "InstitutionName" not in nested
     assert (0x0029, 0x1010) not in ds and (0x6000, 0x3000) not in ds
     assert ds.PatientSex == "F"
+
+
+def test_deidentify_dataset_maps_an_item_shared_by_two_sequences_once() -> None:
+    """highdicom puts one source-image item in both the Referenced Series Sequence and the
+    per-frame Source Image Sequence: visited twice, its UID was mapped twice and named no image
+    of the de-identified series."""
+    ds = fake_reference()
+    ds.SOPInstanceUID = "1.2.3.4.5.6.9"
+    meta = pydicom.dataset.FileMetaDataset()
+    meta.MediaStorageSOPInstanceUID = "1.2.3.4.5.6.9"
+    ds.file_meta = meta
+    shared = Dataset()
+    shared.ReferencedSOPClassUID = pydicom.uid.MRImageStorage
+    shared.ReferencedSOPInstanceUID = "1.2.3.4.5.6.10"
+    first, second = Dataset(), Dataset()
+    first.ReferencedInstanceSequence = [shared]
+    second.SourceImageSequence = [shared]
+    ds.ReferencedSeriesSequence = [first]
+    ds.PerFrameFunctionalGroupsSequence = [second]
+    deidentify_dataset(ds, uid_secret="k")
+    assert shared.ReferencedSOPInstanceUID == deidentified_uid("1.2.3.4.5.6.10", "k")
+    assert (
+        ds.StudyInstanceUID
+        == deidentified_uid("1.2.3.4.5.6.7", "k")
+        != deidentified_uid("1.2.3.4.5.6.7", "j")
+    )
+    assert (
+        ds.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID == deidentified_uid("1.2.3.4.5.6.9", "k")
+    )
+    assert shared.ReferencedSOPClassUID == pydicom.uid.MRImageStorage  # a class, not an instance
+
+
+def test_a_deidentified_copy_of_its_source_derives_series_and_image_uids(tmp_path: Path) -> None:
+    """DICOM to DICOM with --deidentify on the source's own grid: the copy's series and image UIDs
+    are the source's, mapped with the secret (as in a de-identified SEG that references them);
+    a resampled volume, another reference or no de-identification gets new ones."""
+    vol = make_oblique_volume(dtype=np.int16)
+    source = write_reference(tmp_path / "ref", vol)
+    write_dicom_series(vol, tmp_path / "a", reference=source, source=source, deidentify=True, uid_secret="k")
+    copy = load_series(tmp_path / "a")
+    assert copy.info.series_uid == deidentified_uid(source.info.series_uid, "k")
+    assert [d.SOPInstanceUID for d in copy.datasets] == [
+        deidentified_uid(d.SOPInstanceUID, "k") for d in source.datasets
+    ]
+    np.testing.assert_array_equal(copy.volume.array, vol.array)
+    other = write_reference(tmp_path / "other", vol)
+    for folder, kwargs in (
+        ("b", {"reference": other, "deidentify": True, "uid_secret": "k"}),
+        ("c", {"reference": source}),
+    ):
+        write_dicom_series(vol, tmp_path / folder, source=source, **kwargs)  # type: ignore[arg-type]
+        uids = {d.SOPInstanceUID for d in load_series(tmp_path / folder).datasets}
+        assert not uids & {deidentified_uid(d.SOPInstanceUID, "k") for d in source.datasets}
+    cropped = Volume(vol.array[1:], vol.spacing, vol.index_to_world((1, 0, 0)), vol.direction)
+    write_dicom_series(
+        cropped, tmp_path / "d", reference=source, source=source, deidentify=True, uid_secret="k"
+    )
+    assert load_series(tmp_path / "d").info.series_uid != copy.info.series_uid
+
+
+def test_deidentify_options_are_checked() -> None:
+    check_deidentify_options(True, "SUBJ001", "k")
+    check_deidentify_options(False)
+    for args, message in (
+        ((False, "SUBJ001"), "--pseudonym only apply with --deidentify"),
+        ((False, "ANONYMOUS", "k"), "--uid-secret only apply"),
+        ((True, "x" * 65), "1 to 64 characters"),
+        ((True, "A\\B"), "without a backslash"),
+        ((True, "SUBJ", ""), "must not be empty"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            check_deidentify_options(*args)  # type: ignore[arg-type]
 
 
 def test_existing_output_folder_is_kept_without_overwrite(tmp_path: Path) -> None:

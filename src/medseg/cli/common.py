@@ -8,7 +8,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -32,6 +32,60 @@ console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# De-identification options of convert (the DICOM series it writes), predict and export (the
+# DICOM SEG and RTSTRUCT they write): one definition, the same names and meaning everywhere.
+DeidentifyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--deidentify",
+        help="DICOM output (a series, SEG, RTSTRUCT): remove patient names, IDs, dates, institutions "
+        "and replace UIDs (basic profile); other formats are unchanged.",
+    ),
+]
+PseudonymOpt = Annotated[
+    str,
+    typer.Option(
+        "--pseudonym",
+        help="With --deidentify: the patient name and ID to write (one per patient, e.g. SUBJ001).",
+    ),
+]
+UidSecretOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--uid-secret",
+        help="With --deidentify: a private key from which new UIDs are derived, so that outputs of "
+        "separate runs keep one study, and a SEG or RTSTRUCT from predict or export references the "
+        "series convert wrote with the same key (default: a new key per run, whose UIDs match no "
+        "other run's).",
+    ),
+]
+
+
+def deidentify_notes(
+    deidentify: bool, uid_secret: str | None, formats: Sequence[str], dicom: Sequence[str]
+) -> None:
+    """What --deidentify does not do for these output ``formats`` (``dicom``: those it changes)."""
+    if not deidentify:
+        return
+    others = [f for f in formats if f not in dicom]
+    if others:
+        console.print(
+            f"note: --deidentify changes DICOM output only ({', '.join(dicom)}); medseg writes no patient "
+            f"name, ID or birth date into {', '.join(others)} anyway, but output names come from the input's "
+            "folder and file names, which may themselves be patient IDs",
+            markup=False,
+            soft_wrap=True,
+        )
+    if uid_secret is None and len(others) < len(formats):
+        console.print(
+            "note: no --uid-secret: the new UIDs come from a secret made for this run alone, so they match "
+            "no separate run (a de-identified SEG or RTSTRUCT then overlays no series from `medseg convert "
+            "--deidentify`); give every run the same --uid-secret KEY to keep them together",
+            markup=False,
+            soft_wrap=True,
+        )
+
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 3

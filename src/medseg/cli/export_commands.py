@@ -9,7 +9,17 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from medseg.cli.common import app, cli_command, console, number_values, warnings_only
+from medseg.cli.common import (
+    DeidentifyOpt,
+    PseudonymOpt,
+    UidSecretOpt,
+    app,
+    cli_command,
+    console,
+    deidentify_notes,
+    number_values,
+    warnings_only,
+)
 
 if TYPE_CHECKING:
     from medseg.export.case import ExportConfig, ExportResult
@@ -105,6 +115,9 @@ def export_command(
         ),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
+    deidentify: DeidentifyOpt = False,
+    pseudonym: PseudonymOpt = "ANONYMOUS",
+    uid_secret: UidSecretOpt = None,
     quiet: Annotated[
         bool,
         typer.Option(
@@ -119,7 +132,7 @@ def export_command(
     For a segmentation made elsewhere (another tool, a manual correction) or earlier; a DICOM SEG becomes an RTSTRUCT and back. The label map must lie on the image's grid, or --resample puts it there (nearest neighbour). SEG and RTSTRUCT segments keep the algorithm type and algorithm a SEG or RTSTRUCT input declares; a label map of `medseg baseline` is named by the LABEL.baseline.json written beside it ("medseg baseline METHOD", SEMIAUTOMATIC for region-grow and seeded or marker watershed); any other label map is marked AUTOMATIC. --algorithm-type sets the type of every segment and --algorithm-name the algorithm, replacing what the input declares. A DICOM SEG must name the algorithm of automatic and semiautomatic segments: for a label map that names none, give --algorithm-name or --algorithm-type manual. volumes.csv names the study and series UIDs of a DICOM image (empty for other images).
     """
     from medseg.evaluation import parse_labels
-    from medseg.export.case import ExportConfig, export_label
+    from medseg.export.case import DICOM_FORMATS, ExportConfig, export_label
 
     declared = parse_labels(labels)
     cfg = ExportConfig(
@@ -135,7 +148,12 @@ def export_command(
         algorithm_version=algorithm_version,
         algorithm_family=algorithm_family,
         overwrite=overwrite,
+        deidentify=deidentify,
+        pseudonym=pseudonym,
+        uid_secret=uid_secret,
     )
+    if not quiet:
+        deidentify_notes(deidentify, uid_secret, cfg.formats, DICOM_FORMATS)
     with warnings_only(quiet):  # a warning (a thin structure's mesh, a resampled grid) still shows
         result = export_label(label, image, out, cfg, progress=not quiet)
     skipped = [f for f in cfg.formats if f not in result.outputs]

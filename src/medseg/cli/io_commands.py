@@ -11,7 +11,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from medseg.cli.common import app, cli_command, console, number_values
+from medseg.cli.common import (
+    DeidentifyOpt,
+    PseudonymOpt,
+    UidSecretOpt,
+    app,
+    cli_command,
+    console,
+    deidentify_notes,
+    number_values,
+)
 from medseg.errors import InputError, MedsegError
 from medseg.volume import Volume
 
@@ -298,22 +307,9 @@ def convert(
         help="DICOM output: series whose patient, study and frame of reference it joins (default: a DICOM input).",
     ),
     description: str | None = typer.Option(None, "--description", help="DICOM output: SeriesDescription."),
-    deidentify: bool = typer.Option(
-        False,
-        "--deidentify",
-        help="DICOM output: remove patient names, IDs, dates, institutions (basic profile).",
-    ),
-    pseudonym: str = typer.Option(
-        "ANONYMOUS",
-        "--pseudonym",
-        help="With --deidentify: the patient name and ID to write (one per patient, e.g. SUBJ001).",
-    ),
-    uid_secret: str | None = typer.Option(
-        None,
-        "--uid-secret",
-        help="With --deidentify: a private key from which new UIDs are derived, so that series "
-        "converted in separate runs keep one study (default: a new key per run).",
-    ),
+    deidentify: DeidentifyOpt = False,
+    pseudonym: PseudonymOpt = "ANONYMOUS",
+    uid_secret: UidSecretOpt = None,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """Convert IN to OUT: NIfTI, NRRD, MHA, PNG/TIFF, or a DICOM series folder (--to dicom).
@@ -342,10 +338,5 @@ def convert(
     console.print(f"wrote {out}")
     from medseg.io import _output_format
 
-    if deidentify and _output_format(dst, to) != "dicom":
-        console.print(
-            "note: --deidentify changes DICOM output only; medseg writes no patient name, ID or "
-            "birth date into NIfTI, NRRD, MHA, PNG or TIFF files anyway",
-            markup=False,
-            soft_wrap=True,
-        )
+    fmt = _output_format(dst, to)
+    deidentify_notes(deidentify, uid_secret, [fmt], ["dicom"])

@@ -11,10 +11,14 @@ from rich.table import Table
 
 from medseg.cli.common import (
     EXIT_INTERNAL_ERROR,
+    DeidentifyOpt,
+    PseudonymOpt,
     Quiet,
+    UidSecretOpt,
     app,
     cli_command,
     console,
+    deidentify_notes,
     errors_only,
     number_values,
     warnings_only,
@@ -119,6 +123,9 @@ def predict_command(
         int | None,
         typer.Option(help="DICOM series holding several volumes (b-values, echoes): pick one (0-based)"),
     ] = None,
+    deidentify: DeidentifyOpt = False,
+    pseudonym: PseudonymOpt = "ANONYMOUS",
+    uid_secret: UidSecretOpt = None,
     quiet: Annotated[
         bool,
         typer.Option(
@@ -135,6 +142,7 @@ def predict_command(
     A cohort goes on past a case that fails (listed in OUT/predictions.json); the exit code is then 1,
     or 3 when a case failed on an internal error (a bug to report, listed as 'internal error: ...').
     """
+    from medseg.export.case import DICOM_FORMATS
     from medseg.inference.predictor import PredictConfig, predict
 
     cfg = PredictConfig(
@@ -153,7 +161,12 @@ def predict_command(
         spacing=spacing,
         threads=threads,
         volume=volume,
+        deidentify=deidentify,
+        pseudonym=pseudonym,
+        uid_secret=uid_secret,
     )
+    if not quiet:
+        deidentify_notes(deidentify, uid_secret, cfg.formats, DICOM_FORMATS)
     try:
         with errors_only(quiet):  # a failed case is still logged as an error when it happens
             results = predict(input, model[0] if len(model) == 1 else model, out, cfg, progress=not quiet)

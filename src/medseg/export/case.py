@@ -202,6 +202,9 @@ def write_case_outputs(
     generation_descriptions: Mapping[int, str] | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    deidentify: bool = False,
+    pseudonym: str = "ANONYMOUS",
+    uid_secret: str | None = None,
 ) -> dict[str, Path]:
     """Write ``label`` (on ``image``'s grid) in every format of ``targets``; returns what was written.
 
@@ -217,6 +220,11 @@ def write_case_outputs(
     carry. The volume tables name the study and series ``image`` was read from (its DICOM UIDs;
     empty for other formats). DICOM outputs of an empty label map are skipped with a warning
     (a SEG or RTSTRUCT cannot be empty). ``progress`` shows a bar over several meshes.
+
+    ``deidentify`` de-identifies the DICOM SEG and RTSTRUCT (patient name and ID become
+    ``pseudonym``; UIDs are mapped with ``uid_secret`` as `medseg convert --deidentify` maps
+    them) and makes the volume tables name the de-identified study and series UIDs. The other
+    outputs hold no patient name, ID, birth date or UID; their file names are the case id.
     """
     written: dict[str, Path] = {}
     present = bool(np.any(label.array > 0))
@@ -266,6 +274,9 @@ def write_case_outputs(
                     algorithm=algorithm,
                     overwrite=overwrite,
                     region_masks=regions,  # a region model: one segment per region, overlaps kept
+                    deidentify=deidentify,
+                    pseudonym=pseudonym,
+                    uid_secret=uid_secret,
                 )
             else:
                 from medseg.export.rtstruct import write_rtstruct
@@ -280,6 +291,9 @@ def write_case_outputs(
                     generation_descriptions=generation_descriptions,
                     overwrite=overwrite,
                     region_masks=regions,  # a region model: one ROI per region, overlaps kept
+                    deidentify=deidentify,
+                    pseudonym=pseudonym,
+                    uid_secret=uid_secret,
                 )
         elif fmt == "mesh":
             if not present:
@@ -311,6 +325,8 @@ def write_case_outputs(
 
             stats = stats or label_statistics(label, names)
             source = SourceUids.of(image)
+            if deidentify:
+                source = source.deidentified(uid_secret)
             if regions is not None:  # per region too: the painted labels lose the overlaps
                 from medseg.export.volumes import region_statistics
 
@@ -359,6 +375,9 @@ class ExportConfig:
     its CID 7162 family (default "artificial intelligence"); they replace what a SEG or
     RTSTRUCT label file declares. Without them a label map that names no algorithm cannot be
     written as dicom-seg unless it is manual (see the module docstring).
+    ``deidentify`` de-identifies the DICOM SEG and RTSTRUCT (``pseudonym`` as patient name
+    and ID, UIDs mapped with ``uid_secret`` as `medseg convert --deidentify` maps them; None:
+    a new secret per process) and the UIDs of the volume tables.
     """
 
     formats: tuple[str, ...] = DEFAULT_EXPORT_FORMATS
@@ -373,9 +392,15 @@ class ExportConfig:
     algorithm_version: str | None = None
     algorithm_family: str | None = None
     overwrite: bool = False
+    deidentify: bool = False
+    pseudonym: str = "ANONYMOUS"
+    uid_secret: str | None = None
 
     def __post_init__(self) -> None:
+        from medseg.io.dicom import check_deidentify_options
+
         object.__setattr__(self, "formats", check_formats(self.formats, EXPORT_FORMATS))
+        check_deidentify_options(self.deidentify, self.pseudonym, self.uid_secret)
         if self.algorithm_type is not None:
             object.__setattr__(self, "algorithm_type", check_algorithm_type(self.algorithm_type))
         if self.algorithm_name is None:
@@ -733,6 +758,9 @@ def export_label(
         generation_descriptions=descriptions,
         overwrite=cfg.overwrite,
         progress=progress,
+        deidentify=cfg.deidentify,
+        pseudonym=cfg.pseudonym,
+        uid_secret=cfg.uid_secret,
     )
     return ExportResult(case_id, written, names, resampled, kinds, made_by, types_from)
 

@@ -49,7 +49,7 @@ from medseg.export.algorithm import (
     read_algorithm_type,
 )
 from medseg.export.codes import Segment, region_segments, segments_for_label
-from medseg.export.dicom_source import SourceLike, match_source_series
+from medseg.export.dicom_source import SourceLike, deidentify_derived, match_source_series
 from medseg.io.atomic import atomic_file, check_writable
 from medseg.io.dicom import safe_error_text
 from medseg.volume import Volume, VolumeGeometry
@@ -96,6 +96,11 @@ def _description(
     return desc
 
 
+# Type 1 in the SEG IOD (Enhanced General Equipment; Multi-frame Functional Groups) and
+# removed or emptied by the de-identification profile.
+_SEG_REQUIRED = ("DeviceSerialNumber", "ContentDate", "ContentTime")
+
+
 def write_dicom_seg(
     label: Volume,
     source: SourceLike,
@@ -110,6 +115,9 @@ def write_dicom_seg(
     manufacturer: str = "medseg",
     algorithm_type: AlgorithmType | Mapping[int, AlgorithmType] = "automatic",
     region_masks: Mapping[str, np.ndarray] | None = None,
+    deidentify: bool = False,
+    pseudonym: str = "ANONYMOUS",
+    uid_secret: str | None = None,
 ) -> Path:
     """Write ``label`` (values 0..K on the source grid) as a DICOM SEG referencing ``source``.
 
@@ -127,6 +135,10 @@ def write_dicom_seg(
     values ``algorithm_type`` / ``algorithm`` / ``colors`` mappings refer to) are then 1..R
     in region order in every case: a region empty in this case is described but has no
     frames (DICOM allows a segment without frames), so segment r is always region r.
+
+    ``deidentify`` de-identifies the finished SEG (:func:`deidentify_derived`: patient name
+    and ID become ``pseudonym``, UIDs are mapped with ``uid_secret``), so that it references
+    the copy of the source series that `medseg convert --deidentify` writes with that secret.
     """
     target = check_writable(path, overwrite)
     kept: dict[int, np.ndarray] = {}
@@ -190,6 +202,8 @@ def write_dicom_seg(
             )
     except (ValueError, TypeError, AttributeError) as exc:
         raise InputError(target, "highdicom refused to build the SEG", found=safe_error_text(exc)) from None
+    if deidentify:
+        deidentify_derived(seg, pseudonym=pseudonym, uid_secret=uid_secret, required=_SEG_REQUIRED)
     with atomic_file(target, overwrite=overwrite) as tmp:
         seg.save_as(tmp)
     log.info("wrote DICOM SEG with %d segments to %s", len(segments), target)

@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from medseg.errors import GeometryError, InputError
-from medseg.io.dicom import safe_error_text
+from medseg.io.dicom import deidentify_dataset, safe_error_text
 from medseg.io.folders import walk_files
 from medseg.volume import VolumeGeometry
 
@@ -32,6 +32,7 @@ __all__ = [
     "POSITION_TOL_MM",
     "SourceLike",
     "SourceSeries",
+    "deidentify_derived",
     "match_source_series",
     "read_source_datasets",
     "require_referenceable",
@@ -259,3 +260,42 @@ def match_source_series(
     ordered = [slices[k] for k in range(nz)]
     log.debug("matched %d source images to the label grid", nz)
     return SourceSeries(tuple(ds for ds, _ in ordered), tuple(p for _, p in ordered))
+
+
+# What PS3.15's basic profile calls "D" (replace with a dummy value) for a type 1 date or
+# time: the profile empties every date and time, which a required one may not be.
+DUMMY_DATE = "19000101"
+DUMMY_TIME = "000000"
+
+
+def deidentify_derived(
+    ds: Dataset,
+    *,
+    pseudonym: str = "ANONYMOUS",
+    uid_secret: str | None = None,
+    required: Sequence[str] = (),
+) -> Dataset:
+    """De-identify a finished SEG or RTSTRUCT ``ds`` in place, as `medseg convert --deidentify`
+    de-identifies its source series.
+
+    :func:`medseg.io.dicom.deidentify_dataset` replaces the patient name and ID by
+    ``pseudonym``, empties the birth date and every other date, and maps every instance UID
+    with ``uid_secret``: the references to the source images, series, study and frame of
+    reference become exactly the UIDs of the de-identified copy of that series made with the
+    same secret, and the object's own SOPInstanceUID and file meta MediaStorageSOPInstanceUID
+    stay equal (both mapped). SOP class and transfer syntax UIDs are not instance UIDs and
+    are kept. ``required`` names the type 1 attributes of the object's IOD that medseg wrote
+    and the profile would remove or empty: those of medseg's own equipment keep their value,
+    a required date or time gets a dummy value.
+    """
+    kept = {kw: ds.get(kw) for kw in required}
+    deidentify_dataset(ds, pseudonym=pseudonym, uid_secret=uid_secret)
+    for kw, value in kept.items():
+        vr = pydicom.datadict.dictionary_VR(kw)
+        if vr == "DA":
+            setattr(ds, kw, DUMMY_DATE)
+        elif vr == "TM":
+            setattr(ds, kw, DUMMY_TIME)
+        elif value not in (None, ""):
+            setattr(ds, kw, value)
+    return ds

@@ -51,7 +51,7 @@ from medseg.export.algorithm import (
     read_algorithm_type,
 )
 from medseg.export.codes import region_segments, segments_for_label
-from medseg.export.dicom_source import SourceLike, match_source_series
+from medseg.export.dicom_source import SourceLike, deidentify_derived, match_source_series
 from medseg.io.atomic import atomic_file, check_writable
 from medseg.io.dicom import safe_error_text
 from medseg.volume import Volume, VolumeGeometry
@@ -106,6 +106,9 @@ def write_rtstruct(
     algorithm: AlgorithmId | Mapping[int, AlgorithmId] | None = None,
     generation_descriptions: Mapping[int, str] | None = None,
     region_masks: Mapping[str, np.ndarray] | None = None,
+    deidentify: bool = False,
+    pseudonym: str = "ANONYMOUS",
+    uid_secret: str | None = None,
 ) -> Path:
     """Write one ROI per label value present in ``label`` as an RTSTRUCT on ``source``.
 
@@ -123,6 +126,11 @@ def write_rtstruct(
     ``generation_descriptions`` gives one (a converted RTSTRUCT's own text), as ROI Generation
     Description. Both are optional (type 3): a mapping that lacks a value leaves them out for
     that ROI; manual ROIs name no algorithm. An empty label map raises :class:`InputError`.
+
+    ``deidentify`` de-identifies the finished RTSTRUCT (:func:`deidentify_derived`: patient
+    name and ID become ``pseudonym``, UIDs are mapped with ``uid_secret``), so that it
+    references the copy of the source series that `medseg convert --deidentify` writes with
+    that secret.
     """
     target = check_writable(path, overwrite)
     kept: dict[int, np.ndarray] = {}
@@ -203,6 +211,8 @@ def write_rtstruct(
                 (generation_descriptions or {}).get(segment.value),
             )
         _set_provenance(rtstruct.ds, series.datasets[0])
+        if deidentify:  # the RT Structure Set IOD has no type 1 date, time or equipment serial
+            deidentify_derived(rtstruct.ds, pseudonym=pseudonym, uid_secret=uid_secret)
         with atomic_file(target, overwrite=overwrite) as out:
             rtstruct.ds.save_as(out)
     log.info("wrote RTSTRUCT with %d ROIs to %s", len(segments), target)

@@ -78,6 +78,16 @@ class SourceUids:
         """The UIDs medseg's DICOM reader leaves in ``image.meta`` (none for other formats)."""
         return cls(str(image.meta.get("study_uid") or ""), str(image.meta.get("series_uid") or ""))
 
+    def deidentified(self, uid_secret: str | None = None) -> SourceUids:
+        """The UIDs that de-identification with ``uid_secret`` gives these: those of the
+        de-identified copy of the series, which de-identified DICOM outputs reference."""
+        from medseg.io.dicom import deidentified_uid
+
+        return SourceUids(
+            deidentified_uid(self.study_uid, uid_secret) if self.study_uid else "",
+            deidentified_uid(self.series_uid, uid_secret) if self.series_uid else "",
+        )
+
 
 def _triple(values: Any) -> Triple:
     return (float(values[0]), float(values[1]), float(values[2]))

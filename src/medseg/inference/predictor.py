@@ -81,9 +81,18 @@ class PredictConfig:
     slice_filter: bool = True
     spacing: tuple[float, float, float] | None = None  # (z, y, x) mm for PNG/TIFF input
     volume: int | None = None  # one of several volumes stacked in a DICOM series (b-values, echoes)
+    # De-identify the DICOM SEG and RTSTRUCT as `medseg convert --deidentify` de-identifies a
+    # series (medseg.export.dicom_source.deidentify_derived); the same uid_secret makes them
+    # reference the de-identified copy of the source series (None: a new secret per process).
+    deidentify: bool = False
+    pseudonym: str = "ANONYMOUS"
+    uid_secret: str | None = None
 
     def __post_init__(self) -> None:
+        from medseg.io.dicom import check_deidentify_options
+
         object.__setattr__(self, "formats", check_formats(self.formats))
+        check_deidentify_options(self.deidentify, self.pseudonym, self.uid_secret)
         if self.shard is not None:
             i, n = self.shard
             if n < 1 or not 0 <= i < n:
@@ -1086,6 +1095,7 @@ def predict_case(
             folder = targets.get(folder_format)
             if folder is not None and folder.is_dir():
                 kept[folder_format] = folder
+        _check_kept_dicom_identity(kept, config)
         if len(kept) == len(targets):
             raise OutputExistsError(next(iter(kept.values())))
         if kept:
@@ -1130,6 +1140,9 @@ def predict_case(
             case_id=case.case_id,
             mesh_suffix=config.mesh_suffix,
             progress=progress,
+            deidentify=config.deidentify,
+            pseudonym=config.pseudonym,
+            uid_secret=config.uid_secret,
         )
         return _case_result(case.case_id, {**kept, **written}, not_written, start)
     box = None
@@ -1185,8 +1198,34 @@ def predict_case(
         mesh_suffix=config.mesh_suffix,
         overwrite=config.overwrite,
         progress=progress,
+        deidentify=config.deidentify,
+        pseudonym=config.pseudonym,
+        uid_secret=config.uid_secret,
     )
     return _case_result(case.case_id, {**kept, **written}, not_written, start)
+
+
+def _check_kept_dicom_identity(kept: Mapping[str, Path], config: PredictConfig) -> None:
+    """Refuse to keep a SEG or RTSTRUCT of an earlier run that named the patient otherwise than
+    this run asks (one without --deidentify, or with another --pseudonym): a re-run that adds
+    formats would leave it in a folder the user believes de-identified (or the reverse)."""
+    import pydicom
+
+    for fmt in DICOM_FORMATS:
+        if fmt not in kept:
+            continue
+        ds = pydicom.dcmread(
+            kept[fmt], stop_before_pixels=True, specific_tags=["PatientIdentityRemoved", "PatientID"]
+        )
+        removed = str(ds.get("PatientIdentityRemoved", "")).upper() == "YES"
+        if removed != config.deidentify or (removed and str(ds.get("PatientID", "")) != config.pseudonym):
+            raise InputError(
+                kept[fmt],
+                "an earlier run's output would be kept, de-identified otherwise than asked",
+                expected="--deidentify and --pseudonym as that run had them, --overwrite to redo it, "
+                "or another output folder",
+                found="de-identified" if removed else "the patient's own name and ID",
+            )
 
 
 def _unwritable_dicom_formats(series: Any, targets: Mapping[str, Path]) -> dict[str, str]:
@@ -1417,7 +1456,11 @@ def _predict_into(
                     "medseg_version": medseg.__version__,
                     "model": model_name,
                     "model_info": seg.describe(),
-                    "config": to_dict(cfg),
+                    # the UID secret never: with it the original UIDs map to the shared ones
+                    "config": {
+                        **to_dict(cfg),
+                        "uid_secret": "(given, not recorded)" if cfg.uid_secret else None,
+                    },
                     "prediction": key,
                     "cases": entries,
                 },

@@ -186,7 +186,9 @@ def convert(
     outputs are atomic.
     """
     from medseg.io.atomic import check_writable
+    from medseg.io.dicom import check_deidentify_options
 
+    check_deidentify_options(deidentify, pseudonym, uid_secret)
     source, target = Path(src), Path(dst)
     fmt = _output_format(target, to)
     kind = describe_path(source)

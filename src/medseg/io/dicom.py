@@ -90,6 +90,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "DicomSeries",
     "SeriesInfo",
+    "check_deidentify_options",
+    "deidentified_uid",
     "deidentify_dataset",
     "inspect_folder",
     "list_series",
@@ -1610,6 +1612,11 @@ def _new_uid(deidentified_from: str | None = None, secret: str | None = None) ->
     return generate_uid()
 
 
+def deidentified_uid(uid: str, uid_secret: str | None = None) -> UID:
+    """The UID that :func:`deidentify_dataset` (with this ``uid_secret``) puts in place of ``uid``."""
+    return _new_uid(str(uid), uid_secret)
+
+
 def write_dicom_series(
     volume: Volume,
     folder: str | Path,
@@ -1631,7 +1638,11 @@ def write_dicom_series(
     StudyInstanceUID and FrameOfReferenceUID are copied from it, so viewers show the new
     series in the same study and space; without one, new Study and Frame of Reference UIDs
     are made. ``deidentify`` applies :func:`deidentify_dataset` to what is copied (with
-    ``pseudonym`` and ``uid_secret``).
+    ``pseudonym`` and ``uid_secret``). A de-identified copy of ``source`` itself (``reference``
+    is ``source``, ``volume`` still on its grid, one file per source slice) also derives its
+    SeriesInstanceUID and SOPInstanceUIDs from the source's, like every other UID: a SEG or
+    RTSTRUCT that `medseg predict --deidentify` writes from the original series with the same
+    ``uid_secret`` then references this copy, slice for slice.
 
     ``source`` is the series ``volume`` was read from (e.g. a DICOM to DICOM conversion):
     for MR output from an MR source, its acquisition attributes (MRAcquisitionType,
@@ -1691,7 +1702,17 @@ def write_dicom_series(
     if "FrameOfReferenceUID" not in base:
         base.FrameOfReferenceUID = _new_uid()
     base.PositionReferenceIndicator = base.get("PositionReferenceIndicator", "")
-    series_uid = _new_uid()
+    # A de-identified copy of the source series keeps the source's UID mapping (see above).
+    copied = (
+        source
+        if deidentify
+        and source is not None
+        and reference is source
+        and all(f is None for f in source.frames)
+        and volume.geometry.is_close(source.volume.geometry)
+        else None
+    )
+    series_uid = _new_uid(str(copied.info.series_uid), uid_secret) if copied is not None else _new_uid()
     base.Modality = mod
     base.SeriesInstanceUID = series_uid
     ref_number = _number(ref.get("SeriesNumber")) if ref is not None else None
@@ -1759,7 +1780,11 @@ def write_dicom_series(
     names = [f"IM{k + 1:05d}.dcm" for k in range(g.shape[0])]
     with atomic_dir(target, overwrite=overwrite) as tmp:
         for k in range(g.shape[0]):
-            sop_uid = _new_uid()
+            sop_uid = (
+                _new_uid(str(copied.datasets[k].get("SOPInstanceUID", "")), uid_secret)
+                if copied is not None
+                else _new_uid()
+            )
             base.SOPInstanceUID = sop_uid
             meta.MediaStorageSOPInstanceUID = sop_uid
             base.InstanceNumber = k + 1
@@ -1849,6 +1874,31 @@ _DEID_UIDS = (
 DEIDENTIFICATION_METHOD = "medseg: PS3.15 E.1 basic subset, patient characteristics kept"  # LO: 64 chars
 
 
+def check_deidentify_options(
+    deidentify: bool, pseudonym: str = "ANONYMOUS", uid_secret: str | None = None
+) -> None:
+    """Raise ConfigError for de-identification options that would not do what they say.
+
+    ``pseudonym`` or ``uid_secret`` without ``deidentify`` would write the patient's own name,
+    ID and UIDs while the caller believes them replaced; a pseudonym must fit PatientID (LO:
+    at most 64 characters, no backslash) and not be empty.
+    """
+    if not deidentify:
+        given = [o for o, v in (("--pseudonym", pseudonym != "ANONYMOUS"), ("--uid-secret", uid_secret)) if v]
+        if given:
+            raise ConfigError(
+                f"{' and '.join(given)} only apply with --deidentify (Python: deidentify=True); "
+                "without it the DICOM outputs keep the patient's name, ID and UIDs"
+            )
+        return
+    if not pseudonym.strip() or len(pseudonym) > 64 or "\\" in pseudonym:
+        raise ConfigError(
+            f"--pseudonym must be 1 to 64 characters without a backslash (a DICOM PatientID), found {pseudonym!r}"
+        )
+    if uid_secret is not None and not uid_secret:
+        raise ConfigError("--uid-secret must not be empty (leave it out for a new secret per run)")
+
+
 def deidentify_dataset(
     ds: Dataset, *, pseudonym: str = "ANONYMOUS", uid_secret: str | None = None
 ) -> Dataset:
@@ -1868,15 +1918,27 @@ def deidentify_dataset(
             delattr(ds, kw)
 
     uid_tags = {pydicom.datadict.tag_for_keyword(k) for k in _DEID_UIDS}
+    # UIDs this call wrote: an item that appears in several sequences (highdicom shares one
+    # source-image reference between the Referenced Series and the per-frame Source Image
+    # Sequences) is visited more than once, and must be mapped once.
+    written: set[str] = set()
+
+    def mapped(value: object) -> str:
+        text = str(value)
+        if text in written:
+            return text
+        new = _new_uid(text, uid_secret)
+        written.add(str(new))
+        return new
 
     def visit(dataset: Dataset, elem: pydicom.DataElement) -> None:
         if elem.VR == "PN" or elem.VR in ("DA", "DT", "TM"):
             elem.value = ""
         elif elem.tag in uid_tags and elem.value:
             if elem.VM > 1:
-                elem.value = [_new_uid(str(v), uid_secret) for v in elem.value]
+                elem.value = [mapped(v) for v in elem.value]
             else:
-                elem.value = _new_uid(str(elem.value), uid_secret)
+                elem.value = mapped(elem.value)
 
     ds.walk(visit)
     for kw in _DEID_REMOVE:  # also inside sequences
@@ -1890,7 +1952,7 @@ def deidentify_dataset(
             setattr(ds, kw, "")
     meta = getattr(ds, "file_meta", None)
     if meta is not None and "MediaStorageSOPInstanceUID" in meta:
-        meta.MediaStorageSOPInstanceUID = _new_uid(str(meta.MediaStorageSOPInstanceUID), uid_secret)
+        meta.MediaStorageSOPInstanceUID = mapped(meta.MediaStorageSOPInstanceUID)
     ds.PatientIdentityRemoved = "YES"
     ds.DeidentificationMethod = DEIDENTIFICATION_METHOD
     return ds

@@ -159,6 +159,12 @@ def test_convert_dicom_to_dicom_deidentified(tmp_path: Path) -> None:
         assert b"Doe" not in data and b"PID-7731" not in data
     np.testing.assert_array_equal(read_volume(tmp_path / "anon").array, vol.array)
     assert "--deidentify changes DICOM output only" not in first
+    assert "no --uid-secret" in first  # these UIDs match no other run's, and the user is told
+    # A pseudonym without --deidentify would write the patient's own name: refused, nothing written.
+    code, _, err = run("convert", tmp_path / "dcm", tmp_path / "named", "--to", "dicom", "--pseudonym", "S1")
+    assert (
+        code == 2 and "--pseudonym only apply with --deidentify" in err and not (tmp_path / "named").exists()
+    )
     # To NIfTI the option has nothing to do: the user is told, and no name or ID is written.
     code, out, err = run("convert", tmp_path / "dcm", tmp_path / "anon.nii.gz", "--deidentify")
     assert code == 0, err

@@ -228,3 +228,20 @@ def assert_references_deidentified_copy(written: Path, original: Path, copy: Pat
     assert series_refs == {str(ds.SeriesInstanceUID), str(first.SeriesInstanceUID)}
     assert frames == {str(first.FrameOfReferenceUID)}
     assert str(first.SOPClassUID) in image_classes  # the images' SOP class, not remapped
+
+
+def write_blank_uid_cohort(cohort: Path) -> None:
+    """``cohort/good`` and ``cohort/blank``: the same DICOM series, the second with its SOP
+    class / instance, study and series UIDs blanked (as in TotalSegmentator's example CT)."""
+    import pydicom
+
+    from medseg.io.dicom import write_dicom_series
+    from tests.preprocessing.conftest import make_case
+
+    image, _ = make_case(3, shape=(9, 36, 30))
+    image = image.with_array(image.array.astype(np.int16))
+    write_dicom_series(image, cohort / "good")
+    for file in write_dicom_series(image, cohort / "blank"):
+        ds = pydicom.dcmread(file)
+        ds.SOPClassUID = ds.SOPInstanceUID = ds.StudyInstanceUID = ds.SeriesInstanceUID = ""
+        ds.save_as(file)

@@ -26,6 +26,7 @@ from tests.conftest import (
     assert_references_deidentified_copy,
     identified_prostatex_t2,
     oblique_direction,
+    write_blank_uid_cohort,
 )
 from tests.export.conftest import ZONES, Series, dice, prostate_zones
 
@@ -782,3 +783,60 @@ def test_a_baseline_label_map_is_named_by_its_baseline_record(
     with caplog.at_level("WARNING"), pytest.raises(ConfigError, match="a DICOM SEG must name the algorithm"):
         export_label(nifti, synthetic_series.folder, tmp_path / "z", seg_only)
     assert "zones.baseline.json: not used: it records how other.nii.gz was made" in caplog.text
+
+
+def test_a_series_without_uids_gets_every_format_but_its_dicom_ones(tmp_path: Path) -> None:
+    """`medseg export` of a label map on a series whose UIDs were blanked (TotalSegmentator's
+    example CT) failed whole on the first DICOM format, after writing whatever came before it
+    and listing nothing. Now, as `medseg predict`, it writes every other format, lists
+    dicom-seg/rtstruct as not written with file / expected / found, and exits 1; a run without
+    them completes the case."""
+    write_blank_uid_cohort(tmp_path / "cohort")
+    series = tmp_path / "cohort" / "blank"
+    image = read_volume(series)
+    label = np.zeros(image.shape, dtype=np.uint8)
+    label[2:6, 10:20, 8:18] = 1
+    label_file = write_volume(image.with_array(label), tmp_path / "in" / "blank_seg.nii.gz")
+    out = tmp_path / "out"
+    formats = ("nifti", "dicom-seg", "volumes", "rtstruct", "report")
+    cfg = ExportConfig(formats=formats, algorithm_name="TotalSegmentator")
+    result = export_label(label_file, series, out, cfg)
+    assert not result.ok and sorted(result.outputs) == ["nifti", "report", "volumes"]
+    assert sorted(result.not_written) == ["dicom-seg", "rtstruct"]
+    reason = result.not_written["dicom-seg"]
+    assert "cannot be referenced by a DICOM SEG or RTSTRUCT" in reason and str(series) in reason
+    assert "found empty or missing SOPClassUID" in reason
+    np.testing.assert_array_equal(read_volume(result.outputs["nifti"]).array, label)
+    assert not list(out.rglob("*.dcm"))
+    # the CLI: the other formats written, the DICOM ones listed with the reason, exit 1
+    args = ["export", str(label_file), str(series), "-o", str(tmp_path / "cli"), "--algorithm-name", "X"]
+    res = CliRunner().invoke(app, [*args, "-f", "volumes,rtstruct", "-q"])
+    assert res.exit_code == 1, res.output
+    assert "not written: rtstruct" in res.output and "empty or missing" in res.output
+    assert (tmp_path / "cli" / "blank_seg" / "volumes.csv").is_file()
+    assert not (tmp_path / "cli" / "blank_seg" / "rtstruct.dcm").exists()
+    # only DICOM formats asked for: nothing to write, the same error as before (exit 2)
+    res = CliRunner().invoke(app, [*args, "-f", "rtstruct", "--overwrite"])
+    assert res.exit_code == 2 and "cannot be referenced" in res.output, res.output
+    # without them the case completes
+    res = CliRunner().invoke(app, [*args, "-f", "volumes,overlay", "--overwrite"])
+    assert res.exit_code == 0, res.output
+    # the good copy of the series gets its DICOM outputs
+    good = export_label(label_file, tmp_path / "cohort" / "good", tmp_path / "good", cfg)
+    assert good.ok and sorted(good.outputs) == sorted(formats)
+
+
+def test_totalsegmentators_example_ct_without_uids_exports_all_but_dicom(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """The real case: TotalSegmentator's example segmentation on its example CT DICOM (blank
+    SOP/Study/Series UIDs; the segmentation's NIfTI lies mirrored, so --resample)."""
+    root = shared_data / "totalseg_examples"
+    if not (root / "example_ct_dicom").is_dir() or not (root / "example_seg_dicom.nii.gz").is_file():
+        pytest.skip(f"TotalSegmentator's example CT DICOM and its segmentation not found under {root}")
+    cfg = ExportConfig(formats=("volumes", "rtstruct"), resample=True)
+    result = export_label(root / "example_seg_dicom.nii.gz", root / "example_ct_dicom", tmp_path, cfg)
+    assert not result.ok and list(result.outputs) == ["volumes"] and list(result.not_written) == ["rtstruct"]
+    assert "empty or missing SOPClassUID, SOPInstanceUID" in result.not_written["rtstruct"]
+    with (tmp_path / "example_seg_dicom" / "volumes.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) >= 1

@@ -25,6 +25,7 @@ from tests.conftest import (
     give_nifti_a_second_transform,
     identified_prostatex_t2,
     make_oblique_volume,
+    write_blank_uid_cohort,
 )
 from tests.preprocessing.conftest import make_case
 
@@ -217,25 +218,13 @@ def test_pacs_segment_reads_the_modality_a_model_expects_from_its_plan(model_cop
     )
 
 
-def _cohort_with_a_blank_uid_series(cohort: Path) -> None:
-    """``cohort/good`` and ``cohort/blank``: the same DICOM series, the second with its SOP
-    class / instance, study and series UIDs blanked (as in TotalSegmentator's example CT)."""
-    image, _ = make_case(3, shape=(9, 36, 30))
-    image = image.with_array(image.array.astype(np.int16))
-    write_dicom_series(image, cohort / "good")
-    for file in write_dicom_series(image, cohort / "blank"):
-        ds = pydicom.dcmread(file)
-        ds.SOPClassUID = ds.SOPInstanceUID = ds.StudyInstanceUID = ds.SeriesInstanceUID = ""
-        ds.save_as(file)
-
-
 def test_a_series_without_uids_fails_before_the_network_when_dicom_outputs_are_asked(
     trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """TotalSegmentator's example CT DICOM has blank SOP/Study/Series UIDs: a SEG or RTSTRUCT
     of it cannot be written. The case was predicted first and failed at export (minutes per
     CT in a cohort); now it fails before the network runs, naming a file and the UIDs."""
-    _cohort_with_a_blank_uid_series(tmp_path / "cohort")
+    write_blank_uid_cohort(tmp_path / "cohort")
     runs: list[int] = []
     real = SegmentationModel.predict
 
@@ -266,7 +255,7 @@ def test_a_series_without_uids_still_gets_every_format_but_its_dicom_ones(
     was refused whole: no NIfTI, volumes or report either. Now it is segmented, the formats that
     need no UIDs are written, and the case fails for the DICOM format alone (exit 1), recorded
     with what was written, so that a re-run without dicom-seg completes it."""
-    _cohort_with_a_blank_uid_series(tmp_path / "cohort")
+    write_blank_uid_cohort(tmp_path / "cohort")
     out = tmp_path / "out"
     args = ["predict", str(tmp_path / "cohort"), "-m", str(trained_model), "-o", str(out)]
     res = CliRunner().invoke(app, [*args, "--format", "nifti,volumes,dicom-seg"])

@@ -129,7 +129,7 @@ def export_command(
 ) -> None:
     """Write DICOM SEG, RTSTRUCT, meshes, volumes, overlay or a report for an existing label map.
 
-    For a segmentation made elsewhere (another tool, a manual correction) or earlier; a DICOM SEG becomes an RTSTRUCT and back. The label map must lie on the image's grid, or --resample puts it there (nearest neighbour). SEG and RTSTRUCT segments keep the algorithm type and algorithm a SEG or RTSTRUCT input declares; a label map of `medseg baseline` is named by the LABEL.baseline.json written beside it ("medseg baseline METHOD", SEMIAUTOMATIC for region-grow and seeded or marker watershed); any other label map is marked AUTOMATIC. --algorithm-type sets the type of every segment and --algorithm-name the algorithm, replacing what the input declares. A DICOM SEG must name the algorithm of automatic and semiautomatic segments: for a label map that names none, give --algorithm-name or --algorithm-type manual. volumes.csv names the study and series UIDs of a DICOM image (empty for other images).
+    For a segmentation made elsewhere (another tool, a manual correction) or earlier; a DICOM SEG becomes an RTSTRUCT and back. The label map must lie on the image's grid, or --resample puts it there (nearest neighbour). SEG and RTSTRUCT segments keep the algorithm type and algorithm a SEG or RTSTRUCT input declares; a label map of `medseg baseline` is named by the LABEL.baseline.json written beside it ("medseg baseline METHOD", SEMIAUTOMATIC for region-grow and seeded or marker watershed); any other label map is marked AUTOMATIC. --algorithm-type sets the type of every segment and --algorithm-name the algorithm, replacing what the input declares. A DICOM SEG must name the algorithm of automatic and semiautomatic segments: for a label map that names none, give --algorithm-name or --algorithm-type manual. volumes.csv names the study and series UIDs of a DICOM image (empty for other images). A series whose UIDs were blanked still gets the other formats; dicom-seg/rtstruct are then listed as not written with the reason, and the exit code is 1.
     """
     from medseg.evaluation import parse_labels
     from medseg.export.case import DICOM_FORMATS, ExportConfig, export_label
@@ -156,7 +156,7 @@ def export_command(
         deidentify_notes(deidentify, uid_secret, cfg.formats, DICOM_FORMATS)
     with warnings_only(quiet):  # a warning (a thin structure's mesh, a resampled grid) still shows
         result = export_label(label, image, out, cfg, progress=not quiet)
-    skipped = [f for f in cfg.formats if f not in result.outputs]
+    skipped = [f for f in cfg.formats if f not in result.outputs and f not in result.not_written]
     if quiet:
         console.print(
             f"case {escape(result.case_id)}: {len(result.outputs)} output(s) in {escape(str(out))}",
@@ -166,6 +166,18 @@ def export_command(
         _report(result, cfg, label)
     if skipped:
         console.print(f"[yellow]not written:[/] {', '.join(skipped)} (nothing segmented)")
+    if result.not_written:
+        # As `medseg predict`: the formats the source cannot give fail the case (exit 1), with
+        # the reason (file, expected, found); a run without them completes it.
+        for reason in dict.fromkeys(result.not_written.values()):
+            formats = ", ".join(f for f, r in result.not_written.items() if r == reason)
+            console.print(f"[red]not written:[/] {escape(formats)}: {escape(reason)}", soft_wrap=True)
+        console.print(
+            f"case {escape(result.case_id)} failed: run again without {', '.join(result.not_written)} "
+            "to complete it",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
 
 
 def _report(result: ExportResult, cfg: ExportConfig, label: Path) -> None:

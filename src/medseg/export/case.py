@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,6 +182,30 @@ def region_file_name(index: int, name: str) -> str:
     segment numbers, the RTSTRUCT's ROI numbers and the mesh names. (Earlier outputs were
     numbered 0..R-1; :func:`medseg.evaluation.evaluate.region_mask_files` still reads them.)"""
     return f"{index + 1}_{safe_name(name)}.nii.gz"
+
+
+def unwritable_dicom_formats(series: Any, formats: Iterable[str]) -> dict[str, str]:
+    """The DICOM formats among ``formats`` that ``series`` cannot give (format -> why).
+
+    A SEG or RTSTRUCT of images without UIDs (blanked by an anonymiser, as in TotalSegmentator's
+    example CT) cannot be written. The other formats need no UIDs and are still written by
+    `medseg predict` (checked before the network runs) and `medseg export`; when nothing else
+    is asked for, the InputError naming a file, the UIDs expected and those found is raised.
+    """
+    from medseg.export.dicom_source import require_referenceable
+
+    asked = list(formats)
+    dicom = [f for f in asked if f in DICOM_FORMATS]
+    if not dicom:
+        return {}
+    try:
+        for ds, path in zip(series.datasets, series.files, strict=True):
+            require_referenceable(ds, path)
+    except InputError as exc:
+        if len(dicom) == len(asked):
+            raise
+        return {fmt: str(exc) for fmt in dicom}
+    return {}
 
 
 def write_case_outputs(
@@ -456,6 +480,14 @@ class ExportResult:
     # RTSTRUCT's own), "baseline record" (the <label>.baseline.json `medseg baseline` wrote)
     # or "default" (automatic: nothing declared any).
     types_from: str = "default"
+    # Formats that could not be written (format -> why: a DICOM SEG or RTSTRUCT of a series
+    # without UIDs) while the others were; ``ok`` is then False.
+    not_written: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when every asked format that was not skipped for an empty label map was written."""
+        return not self.not_written
 
 
 def _case_id(label_path: Path) -> str:
@@ -616,6 +648,9 @@ def export_label(
     ``image_path`` is the scan the labels were drawn on: a DICOM series folder (needed for
     dicom-seg / rtstruct, which reference it) or any image file medseg reads. Raises
     :class:`GeometryError` when the label map lies on another grid and ``resample`` is off.
+    A series whose images lack the UIDs a SEG or RTSTRUCT references (blanked by an anonymiser)
+    still gets the other formats; the DICOM ones are listed with the reason in the result's
+    ``not_written`` (an InputError when nothing else was asked for).
     ``progress`` shows a bar while several meshes are made.
     """
     cfg = config or ExportConfig()
@@ -629,6 +664,16 @@ def export_label(
             "DICOM SEG and RTSTRUCT outputs need the DICOM series the labels belong to",
             expected="a DICOM series folder as the image",
             found="a non-DICOM image file",
+        )
+    # A series without UIDs cannot give a SEG or RTSTRUCT; the other formats are still written
+    # and the result lists the DICOM ones under not_written (as `medseg predict` does).
+    not_written = unwritable_dicom_formats(series, cfg.formats) if series is not None else {}
+    if not_written:
+        log.error(
+            "%s: %s cannot be written (%s); writing the other formats",
+            image_file,
+            ", ".join(not_written),
+            next(iter(not_written.values())),
         )
     label, carried, declared_types = _read_label(label_file, image, cfg)
     baseline = _baseline_record(label_file) if declared_types is None else None
@@ -706,7 +751,7 @@ def export_label(
     if cfg.algorithm_type is not None or cfg.algorithm_name is not None:
         descriptions = {}
     nameless = [names[v] for v in present if kinds[v] != "manual" and v not in made_by]
-    if nameless and "dicom-seg" in cfg.formats:
+    if nameless and "dicom-seg" in cfg.formats and "dicom-seg" not in not_written:
         how = {
             "option": "--algorithm-type",
             "label file": f"as {label_file.name} declares",
@@ -724,7 +769,7 @@ def export_label(
     from medseg.io.atomic import prepare_output_folder
 
     prepare_output_folder(out)
-    targets = case_targets(case_id, out, cfg.formats)
+    targets = case_targets(case_id, out, [f for f in cfg.formats if f not in not_written])
     inputs = {label_file.resolve(), image_file.resolve()}
     for fmt, target in targets.items():
         if target.resolve() in inputs:
@@ -762,7 +807,7 @@ def export_label(
         pseudonym=cfg.pseudonym,
         uid_secret=cfg.uid_secret,
     )
-    return ExportResult(case_id, written, names, resampled, kinds, made_by, types_from)
+    return ExportResult(case_id, written, names, resampled, kinds, made_by, types_from, not_written)
 
 
 def _describe_kinds(kinds: Mapping[int, AlgorithmType], names: Mapping[int, str], upper: bool = False) -> str:

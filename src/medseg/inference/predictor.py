@@ -35,6 +35,7 @@ from medseg.export.case import (
     case_targets,
     check_formats,
     check_mesh_suffix,
+    unwritable_dicom_formats,
     write_case_outputs,
 )
 from medseg.io import IMAGE_2D_SUFFIXES, describe_path, read_channels, sidecar_path
@@ -1118,7 +1119,7 @@ def predict_case(
     _warn_if_not_ct(model.plans, channels, case.case_id)
     not_written: dict[str, str] = {}
     if series is not None and any(f in DICOM_FORMATS for f in targets):
-        not_written = _unwritable_dicom_formats(series, targets)
+        not_written = unwritable_dicom_formats(series, targets)
         if not_written:
             log.error(
                 "case %s: %s cannot be written (%s); writing the other formats",
@@ -1226,26 +1227,6 @@ def _check_kept_dicom_identity(kept: Mapping[str, Path], config: PredictConfig) 
                 "or another output folder",
                 found="de-identified" if removed else "the patient's own name and ID",
             )
-
-
-def _unwritable_dicom_formats(series: Any, targets: Mapping[str, Path]) -> dict[str, str]:
-    """The DICOM formats among ``targets`` that ``series`` cannot give (format -> why).
-
-    Checked before the network runs: a SEG or RTSTRUCT of images without UIDs (blanked by an
-    anonymiser, as in TotalSegmentator's example CT) fails at export anyway. The other formats
-    need no UIDs and are still written; when nothing else is asked for, the case fails here.
-    """
-    from medseg.export.dicom_source import require_referenceable
-
-    try:
-        for ds, path in zip(series.datasets, series.files, strict=True):
-            require_referenceable(ds, path)
-    except InputError as exc:
-        dicom = [f for f in targets if f in DICOM_FORMATS]
-        if len(dicom) == len(targets):
-            raise
-        return {fmt: str(exc) for fmt in dicom}
-    return {}
 
 
 def _case_result(

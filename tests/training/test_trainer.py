@@ -340,6 +340,16 @@ def test_resume_of_a_finished_run_trains_and_writes_nothing(planned_dataset: Pat
     assert out.exit_code == 0, out.output
     assert "fold 0 already complete (2 epochs); nothing to train" in out.output
     assert "trained" not in out.output and _snapshot(folder) == before
+    # A mismatched --folds was answered "already complete" (the other options are checked
+    # first); it is refused as for a fold that has not finished, before anything else.
+    splits = planned_dataset / "splits.json"
+    with pytest.raises(ConfigError, match=re.escape(f"{splits} has 3 folds but 5 were asked for (--folds)")):
+        train(planned_dataset, 0, config=_config(epochs=1), resume=True, folds=5)
+    out = CliRunner().invoke(
+        app, ["train", str(planned_dataset), "--folds", "5", "--config", str(config_file), "--resume"]
+    )
+    assert out.exit_code == 2 and "has 3 folds but 5 were asked for" in out.output, out.output
+    assert "already complete" not in out.output and _snapshot(folder) == before
 
 
 def test_resume_of_a_finished_run_trained_on_another_split_is_refused(planned_dataset: Path) -> None:

@@ -1201,6 +1201,9 @@ def train(
     checkpoint: dict[str, Any] | None = None
     if resume:
         # Checked before any preprocessing: a changed setup or a finished run is known now.
+        # The folds first: a finished fold was answered "already complete" with any --folds.
+        if fold is not None and (root / SPLITS_JSON).is_file():
+            _check_fold_exists(root, fold, folds)
         checkpoint = load_checkpoint(last)
         if not resume_changed:  # allowed changes are logged once, by Trainer.resume
             check_resume(last, checkpoint, cfg, plan, allow_changed=False)

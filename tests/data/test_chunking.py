@@ -228,3 +228,38 @@ def test_stitch_puts_chunks_of_a_left_handed_scan_back_voxel_for_voxel(
     np.testing.assert_array_equal(back.array, label.array)
     tolerance = {"origin_atol": 1e-4, "direction_atol": 1e-6} if ending == ".nii.gz" else {}
     back.geometry.require_same(label.geometry, **tolerance)
+
+
+def test_stitch_gives_the_scan_back_its_two_nifti_transforms(tmp_path: Path) -> None:
+    """A scan whose NIfTI qform and sform disagree: its chunks carry both, moved to each chunk's
+    first slice, and the stitched label map gets the scan's own two back (it was written with
+    medseg's one transform in both fields, off the sform by 5 mm in every viewer that reads it)."""
+    import nibabel as nib
+
+    from tests.conftest import give_nifti_a_second_transform
+
+    image = make_oblique_volume(shape=(12, 20, 16))
+    label = np.zeros(image.shape, dtype=np.uint8)
+    label[3:10, 5:12, 3:10] = 1
+    source = tmp_path / "src"
+    image_file = write_itk(image, source / "scan.nii.gz")
+    label_file = write_itk(image.with_array(label), source / "scan_seg.nii.gz")
+    qform, sform = give_nifti_a_second_transform(image_file, sform_code=2)
+    give_nifti_a_second_transform(label_file, sform_code=2)
+    with create_dataset(
+        tmp_path / "ds", source=source, channel_names=["MR"], labels=LABELS, chunk=5, chunk_overlap=1
+    ) as w:
+        w.add_case("scan", [read_itk(image_file)], read_itk(label_file), source="scan")
+    shift = np.eye(4)
+    shift[2, 3] = 7.0  # the third chunk starts at slice 7
+    chunk = nib.load(tmp_path / "ds" / "labelsTr" / "scan_chunk002.nii.gz").header
+    np.testing.assert_allclose(chunk.get_sform(), sform @ shift, atol=1e-4)
+    np.testing.assert_allclose(chunk.get_qform(), qform @ shift, atol=1e-3)
+    (written,) = stitch_chunk_files(tmp_path / "ds", tmp_path / "ds" / "labelsTr", tmp_path / "out")
+    header = nib.load(written).header
+    assert (int(header["qform_code"]), int(header["sform_code"])) == (1, 2)
+    np.testing.assert_allclose(header.get_sform(), sform, atol=1e-4)
+    np.testing.assert_allclose(header.get_qform(), qform, atol=1e-3)
+    back = read_itk(written)
+    np.testing.assert_array_equal(back.array, label)
+    back.geometry.require_same(read_itk(label_file).geometry, origin_atol=1e-4, direction_atol=1e-6)

@@ -60,11 +60,23 @@ def chunk_geometry(geometry: VolumeGeometry, start: int, stop: int) -> VolumeGeo
 
 
 def chunk_volume(volume: Volume, size: int, overlap: int = 0) -> list[Volume]:
-    """Split ``volume`` into sub-volumes of ``size`` slices (see the module docstring)."""
+    """Split ``volume`` into sub-volumes of ``size`` slices (see the module docstring).
+
+    A NIfTI input's two transforms, where they disagree (``meta[NIFTI_TRANSFORMS_KEY]``), are
+    moved to each chunk's first slice, so that chunk files carry them and :func:`stitch_chunk_files`
+    gives them back to the stitched scan."""
+    from medseg.io.itk import NIFTI_TRANSFORMS_KEY, nifti_transforms_from_slice
+
+    record = volume.meta.get(NIFTI_TRANSFORMS_KEY)
+    if record and not VolumeGeometry.from_dict(record["grid"]).is_close(volume.geometry):
+        record = None  # recorded for another grid: not this volume's transforms
     chunks = []
     for k, (start, stop) in enumerate(chunk_bounds(volume.shape[0], size, overlap)):
         geom = chunk_geometry(volume.geometry, start, stop)
         meta = dict(volume.meta, chunk=k, chunk_start=start, chunk_stop=stop)
+        meta.pop(NIFTI_TRANSFORMS_KEY, None)
+        if record:
+            meta[NIFTI_TRANSFORMS_KEY] = nifti_transforms_from_slice(record, start, geom)
         chunks.append(Volume(volume.array[start:stop].copy(), geometry=geom, meta=meta))
     return chunks
 
@@ -272,7 +284,25 @@ def stitch_chunk_files(
                 joined = join_chunks(chunks, grid)
             except GeometryError as exc:
                 raise GeometryError(f"{source}: scan '{case}': {exc}") from None
-            write_itk(joined, tmp / f"{case}{sfx}")
+            write_itk(_with_first_chunk_transforms(joined, chunks[0]), tmp / f"{case}{sfx}")
             written.append(target / f"{case}{sfx}")
     log.info("stitched %d scans from %s into %s", len(written), source, target)
     return written
+
+
+def _with_first_chunk_transforms(joined: Volume, first: Volume) -> Volume:
+    """``joined`` with the qform and sform of its first chunk's NIfTI (slice 0 of the scan),
+    where they disagree and that chunk lies on the scan's grid: a NIfTI output then carries
+    both, as every other NIfTI medseg writes on its input's grid does."""
+    from medseg.io.itk import NIFTI_TRANSFORMS_KEY, nifti_transforms_from_slice
+
+    record = first.meta.get(NIFTI_TRANSFORMS_KEY)
+    own = chunk_geometry(joined.geometry, 0, first.shape[0])
+    if (
+        not record
+        or not VolumeGeometry.from_dict(record["grid"]).is_close(own)
+        or own.differences(first.geometry)
+    ):
+        return joined
+    meta = {**joined.meta, NIFTI_TRANSFORMS_KEY: nifti_transforms_from_slice(record, 0, joined.geometry)}
+    return Volume(joined.array, geometry=joined.geometry, meta=meta)

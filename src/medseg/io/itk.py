@@ -275,6 +275,22 @@ def _nifti_transforms_for(volume: Volume, target: Path) -> dict[str, Any] | None
     return dict(record)
 
 
+def nifti_transforms_from_slice(record: dict[str, Any], start: int, grid: VolumeGeometry) -> dict[str, Any]:
+    """``record`` (``meta[NIFTI_TRANSFORMS_KEY]``) for the grid whose slice 0 is slice ``start``
+    of the recorded one: both affines moved ``start`` voxels along NIfTI's k axis (medseg's
+    slice axis 0; ITK keeps a NIfTI's voxel order), ``grid`` recorded as the grid they now
+    place. A chunk of slices (``start`` > 0) and the scan stitched back from its first chunk
+    (``start`` 0, a longer grid) keep the input's qform and sform this way."""
+    shift = np.eye(4)
+    shift[2, 3] = float(start)
+    return {
+        **record,
+        "qform": (np.asarray(record["qform"], dtype=float) @ shift).tolist(),
+        "sform": (np.asarray(record["sform"], dtype=float) @ shift).tolist(),
+        "grid": grid.to_dict(),
+    }
+
+
 def _set_nifti_transforms(path: Path, record: dict[str, Any]) -> None:
     """Put the input's qform and sform (and their codes) into the header ITK just wrote.
 

@@ -8,10 +8,26 @@ with a non-zero code; anything else is a bug and is reported as such.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class MedsegError(Exception):
     """Base class for errors caused by input, configuration or environment."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as its message (args) and attributes, without calling __init__ again: an
+        # error with its own __init__ (InputError's path, problem, expected, found) could not be
+        # rebuilt from the message alone, and a multiprocessing worker that raised it failed
+        # with a TypeError in the parent instead.
+        return (_restore, (type(self), self.args, dict(self.__dict__)))
+
+
+def _restore(cls: type[MedsegError], args: tuple[Any, ...], state: dict[str, Any]) -> MedsegError:
+    """An unpickled MedsegError: ``args`` (the message) and attributes as they were."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class InputError(MedsegError):

@@ -150,3 +150,37 @@ def test_cohort_table_lists_cases_in_natural_order(tmp_path: Path) -> None:
         write_volumes_csv(stats, tmp_path / case / "volumes.csv")
     with write_cohort_volumes(tmp_path).open() as fh:
         assert [r["case"] for r in csv.DictReader(fh)] == ["p1", "p2", "p10"]
+
+
+def test_cohort_status_takes_a_failed_case_from_the_predict_summary(tmp_path: Path) -> None:
+    """A case the predict summary lists as failed but whose volumes were written (only its DICOM
+    outputs could not be) was shown 'ok'; it is 'partial', with its volumes. A failed case whose
+    failed prediction wrote no volumes is 'failed' with empty cells, also when a volume table of
+    an earlier prediction is left in its folder; other cases stay 'ok'."""
+    stats = label_statistics(_block_label(), {2: "liver", 5: "dot"})
+    for case in ("done", "partial", "stale"):
+        write_volumes_csv(stats, tmp_path / case / "volumes.csv")
+    summary = {
+        "cases": [
+            {"case_id": "done", "ok": True, "outputs": {"volumes": "done/volumes.csv"}},
+            {
+                "case_id": "partial",
+                "ok": False,
+                "outputs": {"nifti": "partial.nii.gz", "volumes": "partial/volumes.csv"},
+                "not_written": {"dicom-seg": "cannot be referenced"},
+            },
+            {"case_id": "stale", "ok": False, "outputs": {}, "error": "network failed"},
+            {"case_id": "gone", "ok": False, "outputs": {}, "error": "unreadable"},
+        ]
+    }
+    (tmp_path / "predictions.json").write_text(json.dumps(summary))
+    with write_cohort_volumes(tmp_path).open() as fh:
+        rows = {r["case"]: r for r in csv.DictReader(fh)}
+    assert {c: r["status"] for c, r in rows.items()} == {
+        "done": "ok",
+        "gone": "failed",
+        "partial": "partial",
+        "stale": "failed",
+    }
+    assert rows["partial"]["liver_ml"] == rows["done"]["liver_ml"] != ""
+    assert rows["stale"]["liver_ml"] == rows["gone"]["liver_ml"] == ""

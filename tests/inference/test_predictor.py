@@ -271,6 +271,13 @@ def test_a_series_without_uids_still_gets_every_format_but_its_dicom_ones(
     assert "cannot be referenced by a DICOM SEG or RTSTRUCT" in blank["not_written"]["dicom-seg"]
     assert blank["error"].startswith("dicom-seg not written") and "written: nifti, volumes" in blank["error"]
     assert blank["prediction_id"] == summary["prediction"]["id"]
+    # the cohort table shows its volumes, marked partial (it was shown ok)
+    with (out / "cohort_volumes.csv").open() as fh:
+        cohort = {r["case"]: r for r in csv.DictReader(fh)}
+    assert cohort["blank"]["status"] == "partial" and cohort["good"]["status"] == "ok"
+    assert [v for k, v in cohort["blank"].items() if k.endswith("_ml")] == [
+        v for k, v in cohort["good"].items() if k.endswith("_ml")
+    ]
     # the written formats are this prediction's: a re-run with other options keeping them is refused
     with pytest.raises(InputError, match="made by another prediction"):
         predict(tmp_path / "cohort" / "blank", trained_model, out, PredictConfig(tta=True))
@@ -279,6 +286,8 @@ def test_a_series_without_uids_still_gets_every_format_but_its_dicom_ones(
     assert res.exit_code == 0, res.output
     blank = {c["case_id"]: c for c in json.loads((out / "predictions.json").read_text())["cases"]}["blank"]
     assert blank["ok"] and blank["not_written"] == {} and blank["error"] == ""
+    with (out / "cohort_volumes.csv").open() as fh:
+        assert {r["case"]: r["status"] for r in csv.DictReader(fh)} == {"blank": "ok", "good": "ok"}
     assert sorted(blank["outputs"]) == ["nifti", "volumes"]
 
 

@@ -232,17 +232,22 @@ def _case_source(table: Path, rows: Sequence[Mapping[str, str]]) -> SourceUids:
         return SourceUids()
 
 
-def _failed_cases(out: Path) -> list[str]:
+def _failed_cases(out: Path) -> dict[str, bool]:
     """Cases that ``predict``'s summaries (``predictions*.json``, one per SLURM shard) list as
-    failed. A summary that cannot be read is skipped with a warning."""
-    failed: set[str] = set()
+    failed -> whether that failed prediction wrote (or kept) their volume table, i.e. lists
+    ``volumes`` among its outputs (a case whose DICOM outputs alone could not be written).
+    A summary that cannot be read is skipped with a warning."""
+    failed: dict[str, bool] = {}
     for summary in sorted(out.glob("predictions*.json")):
         try:
             cases = json.loads(summary.read_text(encoding="utf-8"))["cases"]
-            failed |= {str(c["case_id"]) for c in cases if not c.get("ok")}
+            for c in cases:
+                if not c.get("ok"):
+                    case = str(c["case_id"])
+                    failed[case] = failed.get(case, False) or "volumes" in (c.get("outputs") or {})
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("%s: unreadable (%s); its failed cases are not in %s", summary, exc, COHORT_CSV)
-    return sorted(failed)
+    return dict(sorted(failed.items()))
 
 
 def _region_volumes(path: Path) -> dict[str, tuple[int, str]] | None:
@@ -264,10 +269,13 @@ def write_cohort_volumes(out_dir: str | Path, case_ids: Sequence[str] | None = N
     every case folder that has one), so that it covers the cases of earlier runs and of the
     other shards of a SLURM array as well; written atomically to ``out_dir/cohort_volumes.csv``
     (replacing an earlier one). The columns ``study_uid`` and ``series_uid``, after the label volumes, name the DICOM series each case was segmented on (empty for non-DICOM images and for
-    per-case tables of medseg versions that did not record them). ``status`` is ``ok`` for a
-    case with a volume table and ``failed`` for one that a ``predict`` summary in ``out_dir``
-    lists as failed and that has none (its volume cells are empty, not 0), so a failed case is
-    not silently missing from the cohort. A region model's cases (``<case>/region_volumes.csv``)
+    per-case tables of medseg versions that did not record them). ``status`` comes from the
+    ``predict`` summaries in ``out_dir`` where they list a case as failed: ``partial`` for a
+    failed case whose failed prediction wrote its volume table (some other format asked for
+    could not be written, e.g. a DICOM SEG of a series without UIDs: its volumes are shown),
+    ``failed`` for one without (its volume cells are empty, not 0, also when a volume table of
+    an earlier prediction is left in its folder), so a failed case is neither silently missing
+    from the cohort nor shown as ``ok``. Every other case with a volume table is ``ok``. A region model's cases (``<case>/region_volumes.csv``)
     add one ``region/<name>_ml`` column per region after those, in region order: regions may
     overlap, so they come last and apart from the label columns, which add up to the
     foreground; a case without a region table has them empty. Returns None when no case has a
@@ -308,9 +316,12 @@ def write_cohort_volumes(out_dir: str | Path, case_ids: Sequence[str] | None = N
         return None
     region_order = sorted(region_columns, key=lambda n: (region_columns[n], n))
     order = sorted(columns)
-    done = {case for case, _, _ in rows}
     wanted = None if case_ids is None else set(case_ids)
-    failed = [c for c in _failed_cases(out) if c not in done and (wanted is None or c in wanted)]
+    failures = _failed_cases(out)
+    # A failed case's table is shown only when its failed prediction wrote it (partial).
+    rows = [row for row in rows if failures.get(row[0], True)]
+    done = {case for case, _, _ in rows}
+    failed = [c for c in failures if c not in done and (wanted is None or c in wanted)]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     # The volumes come right after the case (as before these columns existed), so scripts
@@ -327,7 +338,13 @@ def write_cohort_volumes(out_dir: str | Path, case_ids: Sequence[str] | None = N
     )
     table_rows = [
         # A label missing from a case's table: 0 mL (the per-case table lists every named label).
-        [case, *(volumes.get(v, "0.0000") for v in order), "ok", source.study_uid, source.series_uid]
+        [
+            case,
+            *(volumes.get(v, "0.0000") for v in order),
+            "partial" if case in failures else "ok",
+            source.study_uid,
+            source.series_uid,
+        ]
         # A region missing (no region table, or one of another model): unknown, so empty.
         + [region_rows.get(case, {}).get(name, "") for name in region_order]
         for case, source, volumes in rows

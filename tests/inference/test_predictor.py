@@ -165,6 +165,28 @@ def test_an_mr_series_given_to_a_ct_model_is_warned_about(
     warnings = [r.getMessage() for r in caplog.records if "trained on CT" in r.getMessage()]
     assert len(warnings) == 1, caplog.text
     assert warnings[0].startswith("mr: the model was trained on CT") and "this series is MR" in warnings[0]
+    # `predict -q` (errors only) hid it: the only sign that the labels mean nothing. It shows.
+    import logging
+
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    args = [
+        "predict",
+        str(tmp_path / "cohort" / "mr"),
+        "-m",
+        str(model_copy),
+        "-o",
+        str(tmp_path / "q"),
+        "-q",
+    ]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    shown = [r for r in caplog.records if r.name.startswith("medseg") and r.levelno >= logging.WARNING]
+    assert [r.getMessage().split(":")[0] for r in shown] == ["mr"] and "trained on CT" in shown[
+        0
+    ].getMessage()
+    assert not any(r.levelno < logging.WARNING for r in caplog.records if r.name.startswith("medseg"))
+    assert logging.getLogger("medseg.inference.predictor.modality").level == logging.NOTSET  # restored
 
 
 def test_the_reports_model_section_says_which_model_made_it(trained_model: Path, tmp_path: Path) -> None:

@@ -255,22 +255,34 @@ def number_list(
 
 
 @contextlib.contextmanager
-def _medseg_log_level(enabled: bool, level: int) -> Iterator[None]:
+def _medseg_log_level(enabled: bool, level: int, keep: tuple[str, ...] = ()) -> Iterator[None]:
     if not enabled:
         yield
         return
     logger = logging.getLogger("medseg")
-    before = logger.level
+    kept = [logging.getLogger(name) for name in keep]
+    before = [(lg, lg.level) for lg in (logger, *kept)]
     logger.setLevel(level)
+    for lg in kept:
+        lg.setLevel(logging.WARNING)
     try:
         yield
     finally:
-        logger.setLevel(before)
+        for lg, was in before:
+            lg.setLevel(was)
+
+
+# Warnings that predict's --quiet (errors only) still shows: a model given a series of another
+# modality than it was trained on (a CT model and an MR series) segments it without any error
+# into labels that mean nothing, and this warning is the only sign of it; a quiet batch run is
+# where nobody would notice otherwise.
+QUIET_KEEPS = ("medseg.inference.predictor.modality",)
 
 
 def errors_only(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
-    """Within the block, medseg logs only errors (predict's ``--quiet``); restored after."""
-    return _medseg_log_level(enabled, logging.ERROR)
+    """Within the block, medseg logs only errors (predict's ``--quiet``), and the warnings of
+    :data:`QUIET_KEEPS`; restored after."""
+    return _medseg_log_level(enabled, logging.ERROR, QUIET_KEEPS)
 
 
 def warnings_only(enabled: bool = True) -> contextlib.AbstractContextManager[None]:

@@ -131,7 +131,8 @@ def predict_command(
         typer.Option(
             "--quiet",
             "-q",
-            help="print only errors and the final summary line (no progress bar, log lines or case table)",
+            help="print only errors, the warning that a series is not of the model's modality, and the "
+            "final summary line (no progress bar, other log lines or case table)",
         ),
     ] = False,
 ) -> None:

@@ -58,6 +58,9 @@ if TYPE_CHECKING:
     from medseg.postprocessing.labels import PostprocessingRules
 
 log = logging.getLogger(__name__)
+# The warning that a series is not of the modality the model was trained on: shown also by
+# `predict --quiet` (medseg.cli.common.QUIET_KEEPS), as it is the only sign of meaningless labels.
+_modality_log = logging.getLogger(f"{__name__}.modality")
 
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -1251,13 +1254,14 @@ def _warn_if_not_ct(plans: Sequence[Plan], channels: Sequence[Volume], case_id: 
     A plan normalises a channel as ``ct`` (Hounsfield units clipped to the training range)
     only when it was trained on CT: an MR series given to it is segmented without complaint
     into labels that mean nothing. Local files only get this warning; ``pacs segment``
-    refuses such a series before pulling it (``medseg.pacs.segment.check_modality``).
+    refuses such a series before pulling it (``medseg.pacs.segment.check_modality``). It is
+    logged by its own logger, which ``predict --quiet`` (errors only) still lets through.
     """
     for plan in plans:
         for name, norm, image in zip(plan.channel_names, plan.normalization, channels, strict=False):
             modality = str(image.meta.get("modality") or "").strip().upper()
             if norm.scheme == "ct" and modality and modality != "CT":
-                log.warning(
+                _modality_log.warning(
                     "%s: the model was trained on CT (its plan normalises channel '%s' as CT, in Hounsfield "
                     "units) but this series is %s: its labels are likely meaningless",
                     case_id,

@@ -67,6 +67,7 @@ def test_every_cli_option_is_an_api_name_or_its_mapping_is_documented() -> None:
         "evaluate": [P.evaluate, P.EvaluationConfig, P.write_report],
         "export": [P.export_label, P.ExportConfig],
         "export-onnx": [P.export_onnx],
+        "export-index": [P.write_cohort_index],
         "plan": [P.plan_dataset],
         "convert": [P.convert],
         "demo": [P.run_demo],

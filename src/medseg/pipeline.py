@@ -2,7 +2,7 @@
 
 The CLI's commands are thin calls into these (or into the functions re-exported here:
 ``convert``, ``multiplane_roi``, ``plan_dataset``, ``train``, ``cross_validate``,
-``tune_postprocessing``, ``predict``, ``export_onnx``, ``export_label``, ``evaluate`` + ``write_report``,
+``tune_postprocessing``, ``predict``, ``export_onnx``, ``export_label``, ``write_cohort_index`` (export-index), ``evaluate`` + ``write_report``,
 ``compare`` + ``write_comparison_report`` (several methods against one reference),
 ``predict_uwmadison_submission``), so ``medseg predict IN -m MODEL -o OUT --format
 nifti,report`` is::
@@ -47,6 +47,7 @@ from typing import Any
 from medseg.errors import OutputExistsError
 from medseg.evaluation import EvaluationConfig, compare, evaluate, write_comparison_report, write_report
 from medseg.export.case import ExportConfig, export_label
+from medseg.export.index import write_cohort_index
 from medseg.geometry.roi import multiplane_roi
 from medseg.inference.onnx import export_onnx
 from medseg.inference.predictor import PredictConfig, SegmentationModel, predict
@@ -80,6 +81,7 @@ __all__ = [
     "run_demo",
     "train",
     "tune_postprocessing",
+    "write_cohort_index",
     "write_comparison_report",
     "write_report",
     "write_volume",

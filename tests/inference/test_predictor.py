@@ -1833,3 +1833,74 @@ def test_cases_are_discovered_in_natural_order(tmp_path: Path) -> None:
     for name in ("case10", "case2", "case1"):
         _case_file(tmp_path / "in", 1, name)
     assert [c.case_id for c in discover_cases(tmp_path / "in")] == ["case1", "case2", "case10"]
+
+
+def test_a_cohort_run_with_reports_writes_an_index_page_of_every_case(
+    trained_model: Path, tmp_path: Path
+) -> None:
+    """A researcher predicting 50 patients got 50 folders and no page to look through them:
+    ``index.html`` now lists each case (natural order) with its status, volumes, overlay
+    thumbnail and report link, escaping names that come from file names."""
+    from html.parser import HTMLParser
+    from urllib.parse import unquote
+
+    folder = tmp_path / "cohort"
+    _case_file(folder, 1)  # 9 x 36 x 30, 3 x 0.8 x 0.8 mm, oblique
+    img, _ = make_case(2, shape=(12, 30, 40), spacing=(2.0, 1.1, 0.7))
+    evil = 'p2 <script>alert("x")</script&#'.replace("/", "")  # a file name cannot hold '/'
+    write_volume(img, folder / f"{evil}.nii.gz")
+    (folder / "p10.nii.gz").write_bytes(b"broken")  # fails; natural order puts it last
+    out = tmp_path / "out"
+    results = predict(
+        folder, trained_model, out, PredictConfig(formats=("nifti", "volumes", "overlay", "report"))
+    )
+    assert [r.ok for r in results] == [True, True, False]
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "<script" not in page and "&lt;script&gt;" in page  # escaped, and the page runs no script
+
+    class Rows(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rows: list[dict[str, list[str]]] = []
+            self.head: list[str] = []
+            self.in_th = False
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            a = dict(attrs)
+            if tag == "tr" and (a.get("id") or "").startswith("case-"):
+                self.rows.append({"text": [], "href": [], "src": []})
+            elif tag == "a" and self.rows:
+                self.rows[-1]["href"].append(a["href"] or "")
+            elif tag == "img" and self.rows:
+                self.rows[-1]["src"].append(a["src"] or "")
+            self.in_th = tag == "th"
+
+        def handle_data(self, data: str) -> None:
+            if self.in_th and not self.rows:
+                self.head.append(data)
+            elif self.rows and data.strip():
+                self.rows[-1]["text"].append(data.strip())
+
+    parser = Rows()
+    parser.feed(page)
+    parser.close()
+    summary = {c["case_id"]: c for c in json.loads((out / "predictions.json").read_text())["cases"]}
+    assert [r["text"][1] for r in parser.rows] == ["p1", evil, "p10"]  # case names, unescaped by the parser
+    for row in parser.rows:
+        case = row["text"][1]
+        assert row["text"][2] == ("ok" if summary[case]["ok"] else "failed")
+        for link in row["href"] + row["src"]:  # relative links to files that exist
+            assert not link.startswith(("/", "http")) and (out / unquote(link)).is_file(), link
+        if not summary[case]["ok"]:
+            assert row["text"][3] == summary[case]["error"].splitlines()[0]
+            assert row["href"] == row["src"] == []
+            continue
+        assert [unquote(s) for s in row["src"]] == [f"{case}/overlay.png"]
+        assert unquote(row["href"][-1]) == f"{case}/report.html"
+        with (out / case / "volumes.csv").open() as fh:
+            table = list(csv.DictReader(fh))
+        shown = [float(t) for t in row["text"][3 : 3 + len(table)]]
+        assert shown == pytest.approx([float(r["volume_ml"]) for r in table], abs=0.005)
+        assert parser.head[4 : 4 + len(table)] == [f"{r['name']} (mL)" for r in table]
+    assert page.count(">Model<") == 1 and summary["p1"]["outputs"]  # the model section once
+    assert json.loads((out / "predictions.json").read_text())["model_info"]["dataset"] in page

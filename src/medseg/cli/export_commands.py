@@ -204,3 +204,35 @@ def _report(result: ExportResult, cfg: ExportConfig, label: Path) -> None:
         if cfg.algorithm_name is not None:
             source += "; algorithm: --algorithm-name"
         console.print(f"segments marked {escape(made)} ({escape(source)})", soft_wrap=True)
+
+
+@app.command("export-index")
+@cli_command
+def export_index_command(
+    out: Annotated[
+        Path,
+        typer.Argument(
+            help="output folder of `medseg predict` (or of `medseg export` runs with one case each)"
+        ),
+    ],
+) -> None:
+    """Rebuild OUT/index.html, the page listing every case of an output folder.
+
+    One row per case with its status (ok, failed with its error, partly written), per-label volumes, overlay thumbnail, flags and a link to its report.html, and the model once. `medseg predict` with the report format writes it after each run; run this after adding cases by other means (`medseg export`, copying in the folders of another machine's shards).
+    """
+    from medseg.errors import InputError
+    from medseg.export.index import cohort_rows, write_cohort_index
+
+    target = write_cohort_index(out)
+    if target is None:
+        raise InputError(
+            out,
+            "holds no case",
+            expected="predictions*.json or case folders with report.html, overlay.png or volumes.csv",
+        )
+    rows = cohort_rows(out)
+    failed = sum(r.status != "ok" for r in rows)
+    console.print(
+        f"wrote {escape(str(target))}: {len(rows)} case(s)" + (f", {failed} not ok" if failed else ""),
+        soft_wrap=True,
+    )

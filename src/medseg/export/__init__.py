@@ -13,6 +13,8 @@ a mapping label value -> name, writes atomically and refuses to overwrite unless
 * :data:`ALGORITHM_TYPES` - how the segments were made, as the SEG and RTSTRUCT declare it
 * :func:`write_overlay`, :func:`render_overlay_png` - contour montage PNG
 * :func:`write_report` - one self-contained HTML file per case
+* :func:`write_cohort_index` - ``index.html`` of a whole output folder: a row per case with its
+  status, volumes, overlay thumbnail and report link
 
 Names are imported lazily (PEP 562) so that ``import medseg.export`` stays cheap for the
 CLI; highdicom, trimesh and matplotlib load only when a writer is used.
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from medseg.export.codes import Segment, SegmentCode, segment_code, segment_color, segments_for_label
     from medseg.export.dicom_seg import read_dicom_seg, write_dicom_seg
     from medseg.export.dicom_source import SourceSeries, match_source_series
+    from medseg.export.index import build_cohort_index_html, write_cohort_index
     from medseg.export.mesh import MeshOptions, label_mesh, label_meshes, write_label_meshes, write_mesh
     from medseg.export.overlay import render_overlay_png, write_overlay
     from medseg.export.report import build_report_html, write_report
@@ -53,6 +56,8 @@ _WHERE = {
     "write_dicom_seg": "dicom_seg",
     "SourceSeries": "dicom_source",
     "match_source_series": "dicom_source",
+    "build_cohort_index_html": "index",
+    "write_cohort_index": "index",
     "MeshOptions": "mesh",
     "label_mesh": "mesh",
     "label_meshes": "mesh",
@@ -81,6 +86,7 @@ __all__ = [
     "SegmentCode",
     "SourceSeries",
     "SourceUids",
+    "build_cohort_index_html",
     "build_report_html",
     "label_mesh",
     "label_meshes",
@@ -92,6 +98,7 @@ __all__ = [
     "segment_code",
     "segment_color",
     "segments_for_label",
+    "write_cohort_index",
     "write_cohort_volumes",
     "write_dicom_seg",
     "write_label_meshes",

@@ -42,7 +42,8 @@ PREVIEW_MAX_FACES = 3000
 # Image metadata that may appear in the report (never names, IDs, dates or file names).
 _SAFE_META = ("modality",)
 
-_CSS = """
+# Shared with the cohort index (medseg.export.index), so both pages look alike.
+CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}
 header{background:#1d2330;color:#fff;padding:16px 28px}
 header h1{margin:0;font-size:22px}
@@ -172,7 +173,8 @@ def _inputs_table(image: Volume, label: Volume) -> str:
     return f"<table>{body}</table>"
 
 
-def _model_table(model_info: Mapping[str, Any] | None) -> str:
+def model_table(model_info: Mapping[str, Any] | None) -> str:
+    """The Model section's key/value table (also the cohort index's, shown once there)."""
     if not model_info:
         return '<p class="note">No model information was given.</p>'
     body = ""
@@ -266,13 +268,13 @@ def build_report_html(
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
 <title>{_e(title)}</title>
-<style>{_CSS}</style>
+<style>{CSS}</style>
 </head>
 <body>
 <header><h1>{_e(title)}</h1><p>medseg {_e(medseg.__version__)} · created {_e(created)} · research use only, not for diagnosis</p></header>
 <main>
 <section><h2>Input</h2>{_inputs_table(image, label)}</section>
-<section><h2>Model</h2>{_model_table(model_info)}</section>
+<section><h2>Model</h2>{model_table(model_info)}</section>
 <section><h2>Volumes</h2>{_volumes_table(table, color_of)}
 <p class="note">Volume = voxel count × voxel volume. Centroid and extent in patient coordinates (LPS: x to the patient's left, y posterior, z superior).</p></section>
 <section><h2>Overlays</h2><img class="overlay" alt="label contours on the image" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}"></section>

@@ -1518,6 +1518,14 @@ def _predict_into(
         table = write_cohort_volumes(out)
         if table is not None:
             log.info("volumes of every case in %s: %s", out, table)
+    if "report" in cfg.formats:
+        # Also for one case: the folder may gather more (re-runs, SLURM shards), and a run
+        # asked for reports then always leaves the page that lists them.
+        from medseg.export.index import write_cohort_index
+
+        index = write_cohort_index(out)
+        if index is not None:
+            log.info("every case's status and report: %s", index)
     return results
 
 

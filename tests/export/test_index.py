@@ -1,0 +1,119 @@
+"""The cohort index page (OUT/index.html), built from an output folder on disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from medseg.cli import app
+from medseg.errors import InputError
+from medseg.export.index import build_cohort_index_html, cohort_rows, write_cohort_index
+from medseg.export.volumes import LabelStats, write_volumes_csv
+
+MODEL = {"dataset": "abdomen", "configuration": "3d", "folds": 5, "predicted with medseg": "0.1.0"}
+
+
+def _case(out: Path, case: str, ml: tuple[float, float], *, overlay: bool = True) -> None:
+    """A case folder as predict leaves it: volumes.csv, report.html and (optionally) overlay.png."""
+    stats = [
+        LabelStats(1, "liver", round(ml[0] * 1000), ml[0], (0.0, 0.0, 0.0), None, None),
+        LabelStats(2, "spleen", round(ml[1] * 1000), ml[1], None, None, None),
+    ]
+    (out / case).mkdir(parents=True)
+    write_volumes_csv(stats, out / case / "volumes.csv")
+    (out / case / "report.html").write_text("<html></html>")
+    if overlay:
+        (out / case / "overlay.png").write_bytes(b"\x89PNG")
+
+
+def _summary(out: Path, name: str, cases: list[dict[str, object]], model: dict[str, object] = MODEL) -> None:
+    (out / name).write_text(json.dumps({"model": "m", "model_info": model, "cases": cases}))
+
+
+def _entry(out: Path, case: str, ok: bool = True, **extra: object) -> dict[str, object]:
+    outputs = {"volumes": str(out / case / "volumes.csv"), "report": str(out / case / "report.html")}
+    return {"case_id": case, "ok": ok, "outputs": outputs if ok else {}, "error": "", **extra}
+
+
+def test_status_comes_from_every_summary_and_from_what_is_on_disk(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    for case, ml in (("c1", (1500.0, 0.0)), ("c2", (1400.0, 180.0)), ("c10", (0.0, 0.0)), ("c3", (1.0, 2.0))):
+        _case(out, case, ml)
+    (out / "c3" / "report.html").unlink()  # deleted after the run: its summary still lists it
+    (out / "notes").mkdir()
+    (out / "notes" / "volumes.csv").write_text("organ,ml\nliver,1500\n")  # someone else's table
+    partly = {
+        "case_id": "c4",
+        "ok": False,
+        "outputs": {"volumes": str(out / "c4" / "volumes.csv")},
+        "error": "dicom-seg not written (no UIDs)\nsecond line",
+        "not_written": {"dicom-seg": "no UIDs"},
+    }
+    _case(out, "c4", (10.0, 1.0), overlay=False)
+    unreadable = {"case_id": "c5", "ok": False, "outputs": {}, "error": "c5.nii.gz: cannot be read"}
+    _summary(out, "predictions_shard0of2.json", [_entry(out, "c1"), _entry(out, "c2", ok=False, error="x")])
+    _summary(
+        out,
+        "predictions_shard1of2.json",
+        [_entry(out, "c2"), _entry(out, "c3"), _entry(out, "c10"), partly, unreadable],
+    )
+    rows = {r.case_id: r for r in cohort_rows(out)}
+    assert list(rows) == ["c1", "c2", "c3", "c4", "c5", "c10"]  # natural order; 'notes' is no case
+    assert {c: r.status for c, r in rows.items()} == {
+        "c1": "ok",
+        "c2": "ok",  # failed in one shard, segmented by the other
+        "c3": "partly written",
+        "c4": "partly written",
+        "c5": "failed",
+        "c10": "ok",
+    }
+    assert rows["c3"].error == "listed in the summary but missing: report" and rows["c3"].report is None
+    assert (
+        rows["c4"].error == "dicom-seg not written (no UIDs)" and "not written: dicom-seg" in rows["c4"].flags
+    )
+    assert rows["c5"].error == "c5.nii.gz: cannot be read" and rows["c5"].volumes == {}
+    assert rows["c1"].flags == ["empty: spleen"] and rows["c10"].flags == ["nothing segmented"]
+    assert rows["c2"].volumes[2] == ("spleen", 180.0, 180000) and rows["c2"].overlay == "c2/overlay.png"
+    page = build_cohort_index_html(out)
+    assert page.count("<h2>Model</h2>") == 1 and page.count("<th>dataset</th>") == 1  # same model: once
+    assert "<th>Overlay</th>" in page and "c4/overlay.png" not in page
+
+
+def test_no_overlays_no_thumbnail_column_and_different_models_each_shown(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _case(out, "a", (1.0, 2.0), overlay=False)
+    _case(out, "b", (1.0, 2.0), overlay=False)
+    _summary(out, "predictions.json", [_entry(out, "a")])
+    _summary(out, "predictions_shard0of2.json", [_entry(out, "b")], model={**MODEL, "dataset": "other"})
+    page = build_cohort_index_html(out)
+    assert "Overlay" not in page and "<img" not in page
+    assert "<h3>predictions.json</h3>" in page and "<h3>predictions_shard0of2.json</h3>" in page
+
+
+def test_an_export_folder_without_summary_is_indexed_and_an_empty_one_is_not(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _case(out, "seg", (5.0, 0.5))
+    assert write_cohort_index(tmp_path) is None and not (tmp_path / "index.html").exists()
+    target = write_cohort_index(out)
+    assert target == out / "index.html" and "not in a predict summary" in target.read_text()
+    assert "No model information" in target.read_text()
+    with pytest.raises(InputError, match="is not a folder"):
+        write_cohort_index(out / "seg" / "volumes.csv")
+
+
+def test_export_index_command(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _case(out, "c1", (1.0, 2.0))
+    _summary(out, "predictions.json", [_entry(out, "c1"), {"case_id": "c2", "ok": False, "error": "bad"}])
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    res = CliRunner().invoke(app, ["export-index", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "2 case(s), 1 not ok" in res.output and (out / "index.html").is_file()
+    assert all(p.read_bytes() == data for p, data in before.items())  # inputs untouched
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = CliRunner().invoke(app, ["export-index", str(empty)])
+    assert res.exit_code == 2 and "holds no case" in res.output

@@ -1050,6 +1050,7 @@ def test_predict_cli(trained_model: Path, tmp_path: Path, monkeypatch: pytest.Mo
     outputs = "".join(row.split("│")[3].strip() for row in res.stdout.splitlines() if row.count("│") == 5)
     assert "…" not in res.stdout and str(tmp_path / "o" / "p2.nii.gz") in outputs, res.stdout
     assert "cohort_volumes.csv" in res.stdout and (tmp_path / "o" / "cohort_volumes.csv").is_file()
+    assert not (tmp_path / "o" / "index.html").exists()  # the index lists reports: none asked for
     summary = json.loads((tmp_path / "o" / "predictions.json").read_text())
     import medseg
 
@@ -1851,10 +1852,21 @@ def test_a_cohort_run_with_reports_writes_an_index_page_of_every_case(
     write_volume(img, folder / f"{evil}.nii.gz")
     (folder / "p10.nii.gz").write_bytes(b"broken")  # fails; natural order puts it last
     out = tmp_path / "out"
-    results = predict(
-        folder, trained_model, out, PredictConfig(formats=("nifti", "volumes", "overlay", "report"))
+    res = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(folder),
+            "-m",
+            str(trained_model),
+            "-o",
+            str(out),
+            "-f",
+            "nifti,volumes,overlay,report",
+        ],
     )
-    assert [r.ok for r in results] == [True, True, False]
+    assert res.exit_code == 1, res.output  # one case failed
+    assert str(out / "index.html") in res.stdout.replace("\n", "")
     page = (out / "index.html").read_text(encoding="utf-8")
     assert "<script" not in page and "&lt;script&gt;" in page  # escaped, and the page runs no script
 

@@ -207,6 +207,9 @@ def predict_command(
     cohort = out / "cohort_volumes.csv"
     if "volumes" in cfg.formats and cohort.is_file() and not quiet:
         console.print(f"volumes of every case (mL): {escape(str(cohort))}")
+    index = out / "index.html"
+    if "report" in cfg.formats and index.is_file() and not quiet:
+        console.print(f"every case's status, volumes and report: {escape(str(index))}", soft_wrap=True)
     if any(r.internal_error for r in failed):  # a bug, not the input: as for one case, exit 3
         raise typer.Exit(EXIT_INTERNAL_ERROR)
     if failed:

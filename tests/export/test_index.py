@@ -54,11 +54,12 @@ def test_status_comes_from_every_summary_and_from_what_is_on_disk(tmp_path: Path
     }
     _case(out, "c4", (10.0, 1.0), overlay=False)
     unreadable = {"case_id": "c5", "ok": False, "outputs": {}, "error": "c5.nii.gz: cannot be read"}
-    _summary(out, "predictions_shard0of2.json", [_entry(out, "c1"), _entry(out, "c2", ok=False, error="x")])
+    # c2 ok in one summary, failed in another: ok wins (its outputs are on disk), as in cohort_volumes.csv
+    _summary(out, "predictions_shard0of2.json", [_entry(out, "c1"), _entry(out, "c2")])
     _summary(
         out,
         "predictions_shard1of2.json",
-        [_entry(out, "c2"), _entry(out, "c3"), _entry(out, "c10"), partly, unreadable],
+        [_entry(out, "c2", ok=False, error="x"), _entry(out, "c3"), _entry(out, "c10"), partly, unreadable],
     )
     rows = {r.case_id: r for r in cohort_rows(out)}
     assert list(rows) == ["c1", "c2", "c3", "c4", "c5", "c10"]  # natural order; 'notes' is no case

@@ -163,8 +163,6 @@ def cohort_rows(out_dir: str | Path) -> list[CaseRow]:
             elif missing:
                 row.status = "partly written"
                 row.error = "listed in the summary but missing: " + ", ".join(missing)
-            if entry.get("ok") and entry.get("skipped"):
-                row.flags.append("not redone (outputs existed)")
         else:
             row.flags.append("not in a predict summary")
         if volumes is not None:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import medseg
 from medseg.cli import app
 from medseg.errors import ConfigError, InputError, OutputExistsError
-from medseg.inference.predictor import PredictConfig, SegmentationModel, discover_cases, predict
+from medseg.inference.predictor import PredictConfig, SegmentationModel, _read_case, discover_cases, predict
 from medseg.io import read_volume, write_volume
 from medseg.io.dicom import write_dicom_series
 from medseg.volume import Volume
@@ -668,10 +668,17 @@ def test_a_cohort_is_chosen_by_description_not_by_number(
     assert [c.case_id for c in discover_cases(cohort, series="T2")] == ["p1", "p2", "p3"]
     with caplog.at_level("WARNING"):
         adc = discover_cases(cohort, series="ADC")
-    assert [c.case_id for c in adc] == [
-        "p1",
-        "p2",
-    ] and "1 of 3 folders hold no series matching" in caplog.text
+    # p3 holds no ADC: it is a case that fails naming its series, not a patient left out of
+    # predictions.json with a warning only (hidden by -q)
+    assert [c.case_id for c in adc] == ["p1", "p2", "p3"]
+    assert "1 of 3 folders hold no series matching --series 'ADC'; they fail as cases: p3" in caplog.text
+    with pytest.raises(InputError, match=r"has no series with UID or description 'ADC'; found .*'T2'"):
+        _read_case(adc[2])
+    # A description found in one patient folder only is still asked of every folder (it used
+    # to give that patient alone, the others dropped without a word).
+    shutil.rmtree(cohort / "p2" / "adc")
+    assert [c.case_id for c in discover_cases(cohort, series="ADC")] == ["p1", "p2", "p3"]
+    write_dicom_series(vol, cohort / "p2" / "adc", series_description="ADC", series_number=5)
     for number in ("3", "0"):  # a series number, or a position in the listing
         with pytest.raises(InputError, match="a number is ambiguous"):
             discover_cases(cohort, series=number)
@@ -731,9 +738,10 @@ def test_a_cohort_linked_from_an_archive_with_a_repeated_sequence(
     ):
         load_series(cases[1].paths[0], series=cases[1].series)
     assert load_series(cases[2].paths[0], series=cases[2].series).volume.shape == vol.shape
-    # a wildcard matching nothing in one linked folder skips it, as a description does
+    # a wildcard matching in one linked folder only is asked of every folder, as a description
+    # is: the others fail as cases naming their series
     write_dicom_series(vol, archive / "C" / "dwi", series_description="ep2d_diff_tra", series_number=7)
-    assert [c.case_id for c in discover_cases(cohort, series="EP2D*")] == ["p3"]
+    assert [c.case_id for c in discover_cases(cohort, series="EP2D*")] == ["p1", "p2", "p3"]
     # without --series, each linked folder of one series is a case named by its link
     singles = tmp_path / "singles"
     singles.mkdir()
@@ -849,7 +857,10 @@ def test_patient_folders_without_images_are_named_not_dropped_silently(
     caplog.clear()
     with caplog.at_level("WARNING", logger="medseg.inference.predictor"):
         discover_cases(cohort, series="t2_tse_tra@last")
-    assert "1 of 3 folders hold no series matching --series" in caplog.text and "p5" in caplog.text
+    assert (
+        "1 of 3 folders hold no series matching --series" in caplog.text
+        and "fail as cases: p5" in caplog.text
+    )
     assert "5 folders in" in caplog.text and "not cases: p2, p4" in caplog.text  # p5 holds images
 
 

@@ -889,22 +889,28 @@ def _dicom_cases(
                 expected="the series description (or UID) shared by the patients, e.g. --series t2_tse_tra "
                 "(wildcards allowed: 't2_tse_tra*'; add @last for a sequence repeated in a study)",
             )
+        # A UID names one patient's series; a description is asked of every patient folder.
+        by_uid = any(str(series) == s.series_uid for s in matches)
         if len(matches) <= 1 or len(roots) == 1:
-            if cohort and len(roots) == 1:  # one patient's series picked out of a cohort: name it so
+            if cohort and len(roots) == 1 and by_uid:  # one patient's series picked out of a cohort
                 (root,) = roots
                 return [InputCase(root.name, "dicom", (root,), series)]
-            return [InputCase(src.name, "dicom", (src,), series)]
+            if not (cohort and roots):
+                return [InputCase(src.name, "dicom", (src,), series)]
         if len(per_root) > len(roots):
-            skipped = sorted(r.name for r in set(per_root) - roots)
+            # Not dropped: each such folder is a case that fails naming the series it holds, so
+            # predictions.json, the index and cohort_volumes.csv list every patient of the cohort
+            # (a patient left out with only a warning was missing from them, silently under -q).
+            missing = sorted(r.name for r in set(per_root) - roots)
             log.warning(
-                "%d of %d folders hold no series matching --series %r and are skipped: %s",
-                len(skipped),
+                "%d of %d folders hold no series matching --series %r; they fail as cases: %s",
+                len(missing),
                 len(per_root),
                 series,
-                ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""),
+                ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""),
             )
-        _log_cohort(len(per_root) + unreadable, len(roots) + unreadable)
-        return [InputCase(r.name, "dicom", (r,), series) for r in sorted(roots)]
+        _log_cohort(len(per_root) + unreadable, len(per_root) + unreadable)
+        return [InputCase(r.name, "dicom", (r,), series) for r in sorted(per_root)]
     roots_all = [_top_folder(src, Path(s.folder)) for s in found]
     if len(set(roots_all)) == len(found) and all(r != src for r in roots_all):
         _log_cohort(len(found) + unreadable, len(found) + unreadable)

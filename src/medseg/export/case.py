@@ -669,12 +669,8 @@ def export_label(
     # and the result lists the DICOM ones under not_written (as `medseg predict` does).
     not_written = unwritable_dicom_formats(series, cfg.formats) if series is not None else {}
     if not_written:
-        log.error(
-            "%s: %s cannot be written (%s); writing the other formats",
-            image_file,
-            ", ".join(not_written),
-            next(iter(not_written.values())),
-        )
+        # the reason (file, expected, found) is the result's not_written, which the CLI prints
+        log.error("%s: %s cannot be written; writing the other formats", image_file, ", ".join(not_written))
     label, carried, declared_types = _read_label(label_file, image, cfg)
     baseline = _baseline_record(label_file) if declared_types is None else None
     declared_algorithms: dict[int, AlgorithmId] = dict(label.meta.get("algorithms", {}))

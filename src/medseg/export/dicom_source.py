@@ -179,7 +179,7 @@ def require_referenceable(ds: Dataset, path: Path | None) -> None:
             expected=f"an image with its {', '.join(_REFERENCED_UIDS)} (a SEG and an RTSTRUCT "
             "name the images they segment by these UIDs)",
             found=f"empty or missing {', '.join(no_uid)} (removed by an anonymiser?); "
-            "the other formats (nifti, mesh, volumes, report) need no UIDs",
+            "the other formats (nifti, nrrd, mha, mesh, volumes, overlay, report) need no UIDs",
         )
 
 

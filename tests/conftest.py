@@ -163,7 +163,14 @@ def give_nifti_a_second_transform(
 # the patient only by TCIA's pseudonym and has no birth date, so the copy gets identifiers
 # that a leak would show.
 PROSTATEX_T2_SERIES = Path("prostatex_dicom/ProstateX-0000/07-07-2011/4.000000-t2tsetra-00702")
-IDENTIFIERS = {"PatientName": "DOE^JANE", "PatientID": "PID-7731", "PatientBirthDate": "19610203"}
+IDENTIFIERS = {
+    "PatientName": "DOE^JANE",
+    "PatientID": "PID-7731",
+    "PatientBirthDate": "19610203",
+    # highdicom copies these modules into a SEG (Clinical Trial Subject, Patient Study)
+    "ClinicalTrialSubjectID": "CTSUBJ-0042",
+    "AdmittingDiagnosesDescription": "DX-OF-JANE",
+}
 
 
 def identified_prostatex_t2(shared_data: Path, folder: Path) -> Path:
@@ -203,6 +210,8 @@ def assert_references_deidentified_copy(written: Path, original: Path, copy: Pat
     assert ds.StudyInstanceUID == first.StudyInstanceUID
     assert ds.PatientName == first.PatientName and ds.PatientID == first.PatientID
     assert ds.PatientIdentityRemoved == "YES"
+    # the source's (TCIA's) method codes would claim options medseg's profile does not apply
+    assert "DeidentificationMethodCodeSequence" not in ds
     assert ds.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID
     assert ds.SOPClassUID == ds.file_meta.MediaStorageSOPClassUID  # never remapped
     assert ds.file_meta.TransferSyntaxUID in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")

@@ -267,6 +267,39 @@ def test_deidentify_dataset_clears_nested_names_dates_and_private_tags() -> None
     assert ds.PatientSex == "F"
 
 
+def test_deidentify_dataset_removes_clinical_trial_and_patient_study_text() -> None:
+    """highdicom copies the Clinical Trial Subject/Study and Patient Study modules of the source
+    into a SEG: their subject and site IDs, diagnoses, alerts and issuers named the patient; a
+    source's own de-identification codes claimed options this profile does not apply."""
+    ds = fake_reference()
+    ds.ClinicalTrialSubjectID = "CT-SUBJ-42"
+    ds.ClinicalTrialSponsorName = "Sponsor Inc"
+    ds.ClinicalTrialSiteName = "Site Plainsboro"
+    ds.ClinicalTrialSubjectReadingID = "READ-9"
+    ds.ClinicalTrialTimePointDescription = "visit of Jane"
+    ds.AdmittingDiagnosesDescription = "Jane's prostate"
+    ds.MedicalAlerts = "alert"
+    ds.Allergies = "peanuts"
+    ds.ResponsibleOrganization = "Plainsboro"
+    issuer = Dataset()
+    issuer.LocalNamespaceEntityID = "PLAINSBORO-RIS"
+    ds.IssuerOfAccessionNumberSequence = [issuer]
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = (
+        "113105",
+        "DCM",
+        "Clean Descriptors Option",
+    )
+    ds.DeidentificationMethodCodeSequence = [code]
+    deidentify_dataset(ds, pseudonym="case-1")
+    left = [e.keyword for e in ds if e.tag.group == 0x0012]
+    assert left == ["PatientIdentityRemoved", "DeidentificationMethod"]
+    for kw in ("AdmittingDiagnosesDescription", "MedicalAlerts", "Allergies", "ResponsibleOrganization"):
+        assert kw not in ds, kw
+    assert "IssuerOfAccessionNumberSequence" not in ds
+    assert ds.PatientAge == "063Y"  # a patient characteristic, kept
+
+
 def test_deidentify_dataset_maps_an_item_shared_by_two_sequences_once() -> None:
     """highdicom puts one source-image item in both the Referenced Series Sequence and the
     per-frame Source Image Sequence: visited twice, its UID was mapped twice and named no image

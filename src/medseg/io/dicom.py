@@ -1809,7 +1809,8 @@ def write_dicom_series(
 # instance UIDs replaced by UIDs derived from them with a secret (the same input UID maps
 # to the same output UID within a run, or across runs given the same uid_secret, so series
 # converted separately can still share a study and frame of reference; without the secret
-# nobody can recompute them from the originals), StudyDescription removed. Not applied:
+# nobody can recompute them from the originals), StudyDescription removed, the clinical trial
+# attributes (group 0012) and any earlier de-identification's method codes removed. Not applied:
 # cleaning of burned-in pixel text, the series' own descriptions (SeriesDescription and
 # ProtocolName are kept: they say what the images are), structured content.
 _DEID_REMOVE = (
@@ -1856,8 +1857,24 @@ _DEID_REMOVE = (
     "RequestedProcedureID",
     "ReferencedPatientSequence",
     "StudyDescription",
+    # Patient Study and General Study free text and issuers that highdicom copies into a SEG
+    # (PS3.15 E.1-1: X), and the source's own de-identification codes, which would claim
+    # options (clean descriptors, clean pixel data, ...) this profile does not apply.
+    "AdmittingDiagnosesDescription",
+    "AdmittingDiagnosesCodeSequence",
+    "MedicalAlerts",
+    "Allergies",
+    "SpecialNeeds",
+    "ResponsibleOrganization",
+    "IssuerOfAccessionNumberSequence",
+    "ReasonForStudy",
+    "RequestedProcedureDescription",
+    "PerformedProcedureStepDescription",
+    "DeidentificationMethodCodeSequence",
 )
 _DEID_EMPTY = ("AccessionNumber", "StudyID")
+# Group 0012 elements kept: Patient Identity Removed and De-identification Method (set below).
+_DEID_KEPT_0012 = (0x0062, 0x0063)
 _DEID_UIDS = (
     "StudyInstanceUID",
     "SeriesInstanceUID",
@@ -1912,6 +1929,10 @@ def deidentify_dataset(
     ds.remove_private_tags()
     for tag in list(ds.keys()):
         if 0x6000 <= tag.group <= 0x60FF and tag.group % 2 == 0:
+            del ds[tag]
+        elif tag.group == 0x0012 and tag.element not in _DEID_KEPT_0012:
+            # Clinical Trial Subject, Study and Series modules (sponsor, site, subject ID,
+            # reading ID, time point): they name the subject or the site (PS3.15 E.1-1 D/Z/X).
             del ds[tag]
     for kw in _DEID_REMOVE:
         if kw in ds:

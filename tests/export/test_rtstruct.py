@@ -308,6 +308,17 @@ def test_roi_generation_names_the_algorithm_and_carries_a_description(
         2: "TotalSegmentator 2.4",
         4: "edited in Slicer",
     }
+    # De-identified: another tool's free text (it may name who drew the contours, or the
+    # patient) is left out; the algorithm identification is not free text and stays.
+    deid = write_rtstruct(
+        label, synthetic_series.folder, tmp_path / "deid.dcm", ZONES, algorithm_type=kinds,
+        algorithm={1: tool, 2: tool}, generation_descriptions={1: "drawn by Dr House for Doe^Jane"},
+        deidentify=True,
+    )  # fmt: skip
+    rois = {str(r.ROIName): r for r in pydicom.dcmread(deid).StructureSetROISequence}
+    assert b"House" not in deid.read_bytes()
+    assert "ROIGenerationDescription" not in rois["PZ"]
+    assert rois["TZ"].ROIGenerationDescription == "TotalSegmentator 2.4"
     # Without ``algorithm`` the writer's caller is a medseg prediction: medseg is named.
     own = write_rtstruct(label, synthetic_series.folder, tmp_path / "own.dcm", ZONES)
     assert read_rtstruct(own, synthetic_series.image, ZONES).meta["algorithms"] == dict.fromkeys(

@@ -130,7 +130,8 @@ def write_rtstruct(
     ``deidentify`` de-identifies the finished RTSTRUCT (:func:`deidentify_derived`: patient
     name and ID become ``pseudonym``, UIDs are mapped with ``uid_secret``), so that it
     references the copy of the source series that `medseg convert --deidentify` writes with
-    that secret.
+    that secret. It leaves out the ``generation_descriptions`` (free text carried from an input
+    RTSTRUCT, which may name who drew the contours or the patient).
     """
     target = check_writable(path, overwrite)
     kept: dict[int, np.ndarray] = {}
@@ -208,7 +209,9 @@ def write_rtstruct(
             _set_generation(
                 rtstruct.ds.StructureSetROISequence[-1],
                 made_by.get(segment.value),
-                (generation_descriptions or {}).get(segment.value),
+                # an input RTSTRUCT's own free text may name people (PS3.15 E.1-1: X); a
+                # de-identified one says only what medseg's algorithm identification says
+                None if deidentify else (generation_descriptions or {}).get(segment.value),
             )
         _set_provenance(rtstruct.ds, series.datasets[0])
         if deidentify:  # the RT Structure Set IOD has no type 1 date, time or equipment serial

@@ -284,6 +284,7 @@ def test_deidentify_dataset_removes_clinical_trial_and_patient_study_text() -> N
     issuer = Dataset()
     issuer.LocalNamespaceEntityID = "PLAINSBORO-RIS"
     ds.IssuerOfAccessionNumberSequence = [issuer]
+    ds.IssuerOfPatientIDQualifiersSequence = [issuer]
     code = Dataset()
     code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = (
         "113105",
@@ -296,7 +297,7 @@ def test_deidentify_dataset_removes_clinical_trial_and_patient_study_text() -> N
     assert left == ["PatientIdentityRemoved", "DeidentificationMethod"]
     for kw in ("AdmittingDiagnosesDescription", "MedicalAlerts", "Allergies", "ResponsibleOrganization"):
         assert kw not in ds, kw
-    assert "IssuerOfAccessionNumberSequence" not in ds
+    assert "IssuerOfAccessionNumberSequence" not in ds and "IssuerOfPatientIDQualifiersSequence" not in ds
     assert ds.PatientAge == "063Y"  # a patient characteristic, kept
 
 

@@ -1867,6 +1867,7 @@ _DEID_REMOVE = (
     "SpecialNeeds",
     "ResponsibleOrganization",
     "IssuerOfAccessionNumberSequence",
+    "IssuerOfPatientIDQualifiersSequence",
     "ReasonForStudy",
     "RequestedProcedureDescription",
     "PerformedProcedureStepDescription",

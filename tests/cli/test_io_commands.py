@@ -144,6 +144,38 @@ def test_convert_to_dicom_keeps_the_mr_acquisition_of_a_dicom_input(tmp_path: Pa
     assert float(ds.SliceThickness) == pytest.approx(3.0)
 
 
+def test_uid_secret_file_gives_the_uids_of_the_same_key_on_the_command_line(tmp_path: Path) -> None:
+    """--uid-secret on a command line shows in the process list and the shell history;
+    --uid-secret-file reads the same key from a file (its first line) and maps UIDs the same way."""
+    vol = make_oblique_volume(dtype=np.int16)
+    write_dicom_series(vol, tmp_path / "dcm")
+    key = tmp_path / "key.txt"
+    key.write_text("project-key\nignored second line\n")
+    deid = ("--to", "dicom", "--deidentify")
+    assert run("convert", tmp_path / "dcm", tmp_path / "a", *deid, "--uid-secret", "project-key")[0] == 0
+    code, out, err = run("convert", tmp_path / "dcm", tmp_path / "b", *deid, "--uid-secret-file", key)
+    assert code == 0, err
+    assert "no --uid-secret" not in out  # a key was given
+    a, b = (
+        [pydicom.dcmread(f, stop_before_pixels=True) for f in sorted((tmp_path / d).iterdir())] for d in "ab"
+    )
+    assert [x.SOPInstanceUID for x in a] == [x.SOPInstanceUID for x in b]
+    assert a[0].StudyInstanceUID == b[0].StudyInstanceUID
+    # both, an empty file, or a missing one: refused, naming the problem, nothing written
+    both = ("--uid-secret", "k", "--uid-secret-file", key)
+    code, _, err = run("convert", tmp_path / "dcm", tmp_path / "c", *deid, *both)
+    assert code == 2 and "not both" in err and not (tmp_path / "c").exists()
+    (tmp_path / "empty.txt").write_text("\n")
+    code, _, err = run(
+        "convert", tmp_path / "dcm", tmp_path / "c", *deid, "--uid-secret-file", tmp_path / "empty.txt"
+    )
+    assert code == 2 and "empty.txt" in err and "holds no UID secret" in err and not (tmp_path / "c").exists()
+    code, _, err = run(
+        "convert", tmp_path / "dcm", tmp_path / "c", *deid, "--uid-secret-file", tmp_path / "no.txt"
+    )
+    assert code == 2 and "no.txt" in err and "cannot read the UID secret" in err
+
+
 def test_convert_dicom_to_dicom_deidentified(tmp_path: Path) -> None:
     vol = make_oblique_volume(dtype=np.int16)
     files = write_dicom_series(vol, tmp_path / "dcm")

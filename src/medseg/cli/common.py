@@ -57,9 +57,46 @@ UidSecretOpt = Annotated[
         help="With --deidentify: a private key from which new UIDs are derived, so that outputs of "
         "separate runs keep one study, and a SEG or RTSTRUCT from predict or export references the "
         "series convert wrote with the same key (default: a new key per run, whose UIDs match no "
-        "other run's).",
+        "other run's). On a shared machine prefer --uid-secret-file: a command line shows in the "
+        "process list and the shell history.",
     ),
 ]
+UidSecretFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--uid-secret-file",
+        help="With --deidentify: read the --uid-secret KEY from this file (its first line), so that "
+        "the key shows in no process list or shell history.",
+    ),
+]
+
+
+def uid_secret_from(uid_secret: str | None, uid_secret_file: Path | None) -> str | None:
+    """The UID secret given as --uid-secret or read from --uid-secret-file (its first line)."""
+    if uid_secret_file is None:
+        return uid_secret
+    from medseg.errors import ConfigError, InputError
+
+    if uid_secret is not None:
+        raise ConfigError("give --uid-secret or --uid-secret-file, not both")
+    try:
+        lines = uid_secret_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(
+            uid_secret_file,
+            "cannot read the UID secret",
+            expected="a readable text file",
+            found=type(exc).__name__,
+        ) from None
+    key = lines[0].strip() if lines else ""
+    if not key:
+        raise InputError(
+            uid_secret_file,
+            "holds no UID secret",
+            expected="the key on its first line",
+            found="an empty first line",
+        )
+    return key
 
 
 def deidentify_notes(

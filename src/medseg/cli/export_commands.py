@@ -12,12 +12,14 @@ from rich.table import Table
 from medseg.cli.common import (
     DeidentifyOpt,
     PseudonymOpt,
+    UidSecretFileOpt,
     UidSecretOpt,
     app,
     cli_command,
     console,
     deidentify_notes,
     number_values,
+    uid_secret_from,
     warnings_only,
 )
 
@@ -118,6 +120,7 @@ def export_command(
     deidentify: DeidentifyOpt = False,
     pseudonym: PseudonymOpt = "ANONYMOUS",
     uid_secret: UidSecretOpt = None,
+    uid_secret_file: UidSecretFileOpt = None,
     quiet: Annotated[
         bool,
         typer.Option(
@@ -131,6 +134,7 @@ def export_command(
 
     For a segmentation made elsewhere (another tool, a manual correction) or earlier; a DICOM SEG becomes an RTSTRUCT and back. The label map must lie on the image's grid, or --resample puts it there (nearest neighbour). SEG and RTSTRUCT segments keep the algorithm type and algorithm a SEG or RTSTRUCT input declares; a label map of `medseg baseline` is named by the LABEL.baseline.json written beside it ("medseg baseline METHOD", SEMIAUTOMATIC for region-grow and seeded or marker watershed); any other label map is marked AUTOMATIC. --algorithm-type sets the type of every segment and --algorithm-name the algorithm, replacing what the input declares. A DICOM SEG must name the algorithm of automatic and semiautomatic segments: for a label map that names none, give --algorithm-name or --algorithm-type manual. volumes.csv names the study and series UIDs of a DICOM image (empty for other images). A series whose UIDs were blanked still gets the other formats; dicom-seg/rtstruct are then listed as not written with the reason, and the exit code is 1.
     """
+    uid_secret = uid_secret_from(uid_secret, uid_secret_file)
     from medseg.evaluation import parse_labels
     from medseg.export.case import DICOM_FORMATS, ExportConfig, export_label
 

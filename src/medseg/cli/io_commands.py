@@ -14,12 +14,14 @@ from rich.table import Table
 from medseg.cli.common import (
     DeidentifyOpt,
     PseudonymOpt,
+    UidSecretFileOpt,
     UidSecretOpt,
     app,
     cli_command,
     console,
     deidentify_notes,
     number_values,
+    uid_secret_from,
 )
 from medseg.errors import InputError, MedsegError
 from medseg.volume import Volume
@@ -310,6 +312,7 @@ def convert(
     deidentify: DeidentifyOpt = False,
     pseudonym: PseudonymOpt = "ANONYMOUS",
     uid_secret: UidSecretOpt = None,
+    uid_secret_file: UidSecretFileOpt = None,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """Convert IN to OUT: NIfTI, NRRD, MHA, PNG/TIFF, or a DICOM series folder (--to dicom).
@@ -318,6 +321,7 @@ def convert(
     repetition times, flip angle, field strength, slice thickness); from other formats these
     are unknown and left empty.
     """
+    uid_secret = uid_secret_from(uid_secret, uid_secret_file)
     from medseg.io import convert as convert_image
 
     out = convert_image(

@@ -14,6 +14,7 @@ from medseg.cli.common import (
     DeidentifyOpt,
     PseudonymOpt,
     Quiet,
+    UidSecretFileOpt,
     UidSecretOpt,
     app,
     cli_command,
@@ -21,6 +22,7 @@ from medseg.cli.common import (
     deidentify_notes,
     errors_only,
     number_values,
+    uid_secret_from,
     warnings_only,
 )
 
@@ -126,6 +128,7 @@ def predict_command(
     deidentify: DeidentifyOpt = False,
     pseudonym: PseudonymOpt = "ANONYMOUS",
     uid_secret: UidSecretOpt = None,
+    uid_secret_file: UidSecretFileOpt = None,
     quiet: Annotated[
         bool,
         typer.Option(
@@ -143,6 +146,7 @@ def predict_command(
     A cohort goes on past a case that fails (listed in OUT/predictions.json); the exit code is then 1,
     or 3 when a case failed on an internal error (a bug to report, listed as 'internal error: ...').
     """
+    uid_secret = uid_secret_from(uid_secret, uid_secret_file)
     from medseg.export.case import DICOM_FORMATS
     from medseg.inference.predictor import PredictConfig, predict
 

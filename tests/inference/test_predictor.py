@@ -407,6 +407,17 @@ def test_deidentified_predictions_overlay_the_deidentified_series(
     assert not (out / "t2" / "overlay.png").exists()
     res = runner.invoke(app, [*args, *key])
     assert res.exit_code == 0 and (out / "t2" / "overlay.png").is_file(), res.output
+    # Nor is an RTSTRUCT added next to a SEG made with another UID key (the folder would name
+    # two de-identified studies); with the SEG's key it is, and references the copy.
+    (out / "t2" / "rtstruct.dcm").unlink()
+    rerun = ["predict", str(original), "-m", str(trained_model), "-o", str(out), "-f", "dicom-seg,rtstruct"]
+    res = runner.invoke(app, [*rerun, *key[:-1], "another-key"])
+    assert res.exit_code == 1 and not (out / "t2" / "rtstruct.dcm").exists()
+    (entry,) = json.loads((out / "predictions.json").read_text())["cases"]
+    assert "de-identified with another UID key" in entry["error"]
+    res = runner.invoke(app, [*rerun, *key])
+    assert res.exit_code == 0, res.output
+    assert_references_deidentified_copy(out / "t2" / "rtstruct.dcm", original, tmp_path / "deid")
     # Without --uid-secret the UIDs come from this run's own secret: said, and they match no convert.
     res = runner.invoke(
         app,

@@ -1125,6 +1125,7 @@ def predict_case(
     if "regions" in config.formats and not model.plan.regions:
         raise ConfigError("the regions output needs a region-based model (its plan declares no regions)")
     channels, series = _read_case(case, config.spacing, config.volume)
+    _check_kept_uid_key(kept, targets, channels[0], config)
     _warn_if_not_ct(model.plans, channels, case.case_id)
     not_written: dict[str, str] = {}
     if series is not None and any(f in DICOM_FORMATS for f in targets):
@@ -1235,6 +1236,36 @@ def _check_kept_dicom_identity(kept: Mapping[str, Path], config: PredictConfig) 
                 expected="--deidentify and --pseudonym as that run had them, --overwrite to redo it, "
                 "or another output folder",
                 found="de-identified" if removed else "the patient's own name and ID",
+            )
+
+
+def _check_kept_uid_key(
+    kept: Mapping[str, Path], targets: Mapping[str, Path], image: Volume, config: PredictConfig
+) -> None:
+    """Refuse to add a de-identified SEG, RTSTRUCT or volume table next to a kept SEG or
+    RTSTRUCT whose UIDs another --uid-secret made (or no secret: one per run): the case folder
+    would then hold outputs that name two different de-identified studies."""
+    if not config.deidentify or not any(f in targets for f in (*DICOM_FORMATS, "volumes")):
+        return
+    study = str(image.meta.get("study_uid") or "")
+    if not study:
+        return
+    import pydicom
+
+    from medseg.io.dicom import deidentified_uid
+
+    expected = str(deidentified_uid(study, config.uid_secret))
+    for fmt in DICOM_FORMATS:
+        if fmt not in kept:
+            continue
+        ds = pydicom.dcmread(kept[fmt], stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+        if str(ds.get("StudyInstanceUID", "")) != expected:
+            raise InputError(
+                kept[fmt],
+                "an earlier run's output would be kept, de-identified with another UID key",
+                expected="the --uid-secret that run had (a run without one cannot be matched), "
+                "--overwrite to redo it, or another output folder",
+                found="a study UID this run's key does not give",
             )
 
 

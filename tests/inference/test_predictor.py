@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import errno
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -442,6 +443,25 @@ def test_deidentified_predictions_overlay_the_deidentified_series(
     )
     with pytest.raises(ConfigError, match="only apply with --deidentify"):
         PredictConfig(formats=("dicom-seg",), uid_secret="project-key")
+
+
+def test_deidentified_cohort_warns_that_one_pseudonym_names_every_case(
+    trained_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--pseudonym is one per run: predicting a cohort of DICOM series with --deidentify gives
+    every case the same patient name and ID, which a PACS files as one patient: said."""
+    vol = make_oblique_volume(dtype=np.int16)
+    for name in ("a", "b"):
+        write_dicom_series(vol, tmp_path / "cohort" / name)
+    cfg = PredictConfig(formats=("dicom-seg",), deidentify=True, pseudonym="SUBJ001")
+    with caplog.at_level(logging.WARNING, logger="medseg"):
+        predict(tmp_path / "cohort", trained_model, tmp_path / "out", cfg)
+    (warning,) = [r.getMessage() for r in caplog.records if "--pseudonym" in r.getMessage()]
+    assert "all 2 DICOM cases name one patient, 'SUBJ001'" in warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medseg"):
+        predict(tmp_path / "cohort" / "a", trained_model, tmp_path / "one", cfg)
+    assert not [r for r in caplog.records if "--pseudonym" in r.getMessage()]
 
 
 def test_a_failed_case_reports_the_time_it_took(

@@ -1411,6 +1411,17 @@ def predict(
             expected="a DICOM series folder, or formats such as nifti,mesh,volumes,overlay,report",
             found=f"{len(cases)} non-DICOM case(s)",
         )
+    dicom_cases = sum(1 for c in cases if c.kind == "dicom")
+    if cfg.deidentify and dicom_formats and dicom_cases > 1:
+        # one --pseudonym per run: a cohort of several patients would become one patient
+        log.warning(
+            "--deidentify: the %s of all %d DICOM cases name one patient, %r (--pseudonym); if they "
+            "are different patients, a PACS files them as one: run predict once per patient, each "
+            "with its own --pseudonym",
+            " and ".join(dicom_formats),
+            dicom_cases,
+            cfg.pseudonym,
+        )
     if cfg.shard is not None:
         i, n = cfg.shard
         cases = cases[i::n]

@@ -445,6 +445,33 @@ def test_deidentified_predictions_overlay_the_deidentified_series(
         PredictConfig(formats=("dicom-seg",), uid_secret="project-key")
 
 
+def test_a_plain_rerun_keeps_the_seg_of_a_source_deidentified_elsewhere(
+    shared_data: Path, trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TCIA's PROSTATEx headers say PatientIdentityRemoved YES, and a SEG copies it: a re-run
+    without --deidentify that adds a format took that SEG for one of a --deidentify run and
+    failed the case. A --deidentify re-run still refuses to keep it (it names the patient)."""
+    original = identified_prostatex_t2(shared_data, tmp_path / "t2")
+    assert pydicom.dcmread(next(original.glob("*.dcm"))).PatientIdentityRemoved == "YES"
+
+    def boxed(self: SegmentationModel, channels: list[Volume], **kwargs: object) -> tuple[Volume, None]:
+        label = np.zeros(channels[0].shape, dtype=np.uint8)
+        label[6:12, 150:230, 160:240] = 1
+        return channels[0].with_array(label), None
+
+    monkeypatch.setattr(SegmentationModel, "predict", boxed)
+    out = tmp_path / "out"
+    (first,) = predict(original, trained_model, out, PredictConfig(formats=("dicom-seg",)))
+    assert first.ok, first.error
+    (again,) = predict(original, trained_model, out, PredictConfig(formats=("dicom-seg", "overlay")))
+    assert again.ok and (out / "t2" / "overlay.png").is_file(), again.error
+    deid = PredictConfig(formats=("dicom-seg", "rtstruct"), deidentify=True)
+    (refused,) = predict(original, trained_model, out, deid)
+    assert not refused.ok and "de-identified otherwise than asked" in refused.error
+    assert "found the patient's own name and ID" in refused.error
+    assert pydicom.dcmread(out / "t2" / "seg.dcm").PatientID == IDENTIFIERS["PatientID"]
+
+
 def test_deidentified_cohort_warns_that_one_pseudonym_names_every_case(
     trained_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1125,7 +1125,7 @@ def predict_case(
     if "regions" in config.formats and not model.plan.regions:
         raise ConfigError("the regions output needs a region-based model (its plan declares no regions)")
     channels, series = _read_case(case, config.spacing, config.volume)
-    _check_kept_uid_key(kept, targets, channels[0], config)
+    _check_kept_against_source(kept, targets, channels[0], series, config)
     _warn_if_not_ct(model.plans, channels, case.case_id)
     not_written: dict[str, str] = {}
     if series is not None and any(f in DICOM_FORMATS for f in targets):
@@ -1217,41 +1217,65 @@ def predict_case(
 
 
 def _check_kept_dicom_identity(kept: Mapping[str, Path], config: PredictConfig) -> None:
-    """Refuse to keep a SEG or RTSTRUCT of an earlier run that named the patient otherwise than
-    this run asks (one without --deidentify, or with another --pseudonym): a re-run that adds
-    formats would leave it in a folder the user believes de-identified (or the reverse)."""
+    """Under --deidentify, refuse to keep a SEG or RTSTRUCT of an earlier run that named the
+    patient otherwise than this run asks (one without --deidentify, or with another
+    --pseudonym): the folder would hold it while the user believes it de-identified.
+
+    Whether medseg de-identified it is told by its DeidentificationMethod, not by
+    PatientIdentityRemoved: a SEG copies that from its source, and public data (TCIA) says YES.
+    The reverse (a plain re-run next to a de-identified output) is checked against the source
+    once it is read (:func:`_check_kept_against_source`)."""
+    if not config.deidentify:
+        return
     import pydicom
+
+    from medseg.io.dicom import DEIDENTIFICATION_METHOD
 
     for fmt in DICOM_FORMATS:
         if fmt not in kept:
             continue
         ds = pydicom.dcmread(
-            kept[fmt], stop_before_pixels=True, specific_tags=["PatientIdentityRemoved", "PatientID"]
+            kept[fmt], stop_before_pixels=True, specific_tags=["DeidentificationMethod", "PatientID"]
         )
-        removed = str(ds.get("PatientIdentityRemoved", "")).upper() == "YES"
-        if removed != config.deidentify or (removed and str(ds.get("PatientID", "")) != config.pseudonym):
+        ours = str(ds.get("DeidentificationMethod", "")) == DEIDENTIFICATION_METHOD
+        if not ours or str(ds.get("PatientID", "")) != config.pseudonym:
             raise InputError(
                 kept[fmt],
                 "an earlier run's output would be kept, de-identified otherwise than asked",
                 expected="--deidentify and --pseudonym as that run had them, --overwrite to redo it, "
                 "or another output folder",
-                found="de-identified" if removed else "the patient's own name and ID",
+                found="another pseudonym" if ours else "the patient's own name and ID",
             )
 
 
-def _check_kept_uid_key(
-    kept: Mapping[str, Path], targets: Mapping[str, Path], image: Volume, config: PredictConfig
+def _check_kept_against_source(
+    kept: Mapping[str, Path], targets: Mapping[str, Path], image: Volume, series: Any, config: PredictConfig
 ) -> None:
-    """Refuse to add a de-identified SEG, RTSTRUCT or volume table next to a kept SEG or
-    RTSTRUCT whose UIDs another --uid-secret made (or no secret: one per run): the case folder
-    would then hold outputs that name two different de-identified studies."""
-    if not config.deidentify or not any(f in targets for f in (*DICOM_FORMATS, "volumes")):
+    """Refuse to add outputs next to a kept SEG or RTSTRUCT that names the patient or study
+    otherwise than they will: without --deidentify, one whose PatientID is not the source's
+    (an earlier --deidentify run's); with it, one whose UIDs another --uid-secret made (or no
+    secret: one per run), so that the case folder would name two de-identified studies."""
+    import pydicom
+
+    if not config.deidentify:
+        source_id = str(series.datasets[0].get("PatientID", "")) if series is not None else None
+        for fmt in DICOM_FORMATS:
+            if fmt in kept and source_id is not None:
+                ds = pydicom.dcmread(kept[fmt], stop_before_pixels=True, specific_tags=["PatientID"])
+                if str(ds.get("PatientID", "")) != source_id:
+                    raise InputError(
+                        kept[fmt],
+                        "an earlier run's output would be kept, de-identified otherwise than asked",
+                        expected="--deidentify and --pseudonym as that run had them, --overwrite to "
+                        "redo it, or another output folder",
+                        found="de-identified",
+                    )
+        return
+    if not any(f in targets for f in (*DICOM_FORMATS, "volumes")):
         return
     study = str(image.meta.get("study_uid") or "")
     if not study:
         return
-    import pydicom
-
     from medseg.io.dicom import deidentified_uid
 
     expected = str(deidentified_uid(study, config.uid_secret))

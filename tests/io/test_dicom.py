@@ -344,6 +344,12 @@ def test_a_deidentified_copy_of_its_source_derives_series_and_image_uids(tmp_pat
         deidentified_uid(d.SOPInstanceUID, "k") for d in source.datasets
     ]
     np.testing.assert_array_equal(copy.volume.array, vol.array)
+    # the source named again as reference (`convert IN OUT --reference IN`) is the same series
+    write_dicom_series(
+        vol, tmp_path / "again", reference=tmp_path / "ref", source=source, deidentify=True, uid_secret="k"
+    )
+    again = load_series(tmp_path / "again")
+    assert [d.SOPInstanceUID for d in again.datasets] == [d.SOPInstanceUID for d in copy.datasets]
     other = write_reference(tmp_path / "other", vol)
     for folder, kwargs in (
         ("b", {"reference": other, "deidentify": True, "uid_secret": "k"}),

@@ -1707,7 +1707,9 @@ def write_dicom_series(
         source
         if deidentify
         and source is not None
-        and reference is source
+        # the same series, given as the object or named again (`convert --reference` of the input)
+        and ref is not None
+        and str(ref.get("SeriesInstanceUID", "")) == str(source.info.series_uid)
         and all(f is None for f in source.frames)
         and volume.geometry.is_close(source.volume.geometry)
         else None

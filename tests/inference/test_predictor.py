@@ -1985,3 +1985,14 @@ def test_a_cohort_run_with_reports_writes_an_index_page_of_every_case(
         assert parser.head[4 : 4 + len(table)] == [f"{r['name']} (mL)" for r in table]
     assert page.count(">Model<") == 1 and summary["p1"]["outputs"]  # the model section once
     assert json.loads((out / "predictions.json").read_text())["model_info"]["dataset"] in page
+
+
+def test_a_model_json_that_is_not_json_is_an_input_error(model_copy: Path, tmp_path: Path) -> None:
+    image, _ = make_case(0)
+    write_volume(image, tmp_path / "scan.nii.gz")
+    (model_copy / "model.json").write_text('{"labels": ')
+    res = CliRunner().invoke(
+        app, ["predict", str(tmp_path / "scan.nii.gz"), "-m", str(model_copy), "-o", str(tmp_path / "o")]
+    )
+    assert res.exit_code == 2, res.output
+    assert "model.json: is not valid JSON" in res.output and "internal error" not in res.output

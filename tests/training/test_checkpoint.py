@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 
 from medseg.errors import InputError
-from medseg.training.checkpoint import model_folder_summary, model_folders
+from medseg.training.checkpoint import (
+    model_architecture,
+    model_folder_summary,
+    model_folders,
+    read_model_record,
+)
 
 
 def _model(folder: Path, fold: int | None) -> Path:
@@ -76,3 +81,19 @@ def test_info_lists_only_the_ensemble_as_folds(tmp_path: Path) -> None:
 
     res = CliRunner().invoke(app, ["info", str(other)])
     assert res.exit_code == 0 and "not an ensemble" in res.output and "refuses this folder" in res.output
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ('{"labels": ', r"model\.json: is not valid JSON"),
+        ("[1, 2]", r"model\.json: is not a model record; expected a JSON object; found list"),
+        ('{"fold": 0}', r"model\.json: has no architecture record"),
+        ('{"architecture": {"name": "unet"}}', r"model\.json: architecture record is incomplete"),
+    ],
+)
+def test_a_broken_model_json_is_named(tmp_path: Path, text: str, match: str) -> None:
+    """A hand-edited or cut-short model.json used to surface as an internal error in predict."""
+    (tmp_path / "model.json").write_text(text)
+    with pytest.raises(InputError, match=match):
+        model_architecture(tmp_path, read_model_record(tmp_path) if text.startswith('{"') else None)

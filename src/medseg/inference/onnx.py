@@ -88,9 +88,9 @@ def network_input_shape(plan: Plan) -> tuple[int, ...]:
 
 
 def _load_network(folder: Path) -> tuple[torch.nn.Module, Path]:
-    from medseg.training.checkpoint import Architecture, best_checkpoint, load_checkpoint, load_weights
+    from medseg.training.checkpoint import best_checkpoint, load_checkpoint, load_weights, model_architecture
 
-    arch = Architecture.from_dict(json.loads((folder / "model.json").read_text())["architecture"])
+    arch = model_architecture(folder)
     net = arch.build()
     ckpt = best_checkpoint(folder)
     load_weights(net, load_checkpoint(ckpt, map_location="cpu")["model"], arch, ckpt)

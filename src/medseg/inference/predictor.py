@@ -184,11 +184,12 @@ class SegmentationModel:
     ):
         from medseg.postprocessing.labels import PostprocessingRules, read_rules
         from medseg.training.checkpoint import (
-            Architecture,
             best_checkpoint,
             load_checkpoint,
             load_weights,
+            model_architecture,
             model_folders,
+            read_model_record,
         )
         from medseg.training.slice_classifier import SliceFilter
         from medseg.training.trainer import choose_device
@@ -255,14 +256,14 @@ class SegmentationModel:
             )
         self.last_suppressed_slices: list[int] = []
         self.last_region_masks: dict[str, np.ndarray] = {}
-        self.info = json.loads((self.folders[0] / "model.json").read_text())
+        self.info = read_model_record(self.folders[0])
         _warn_if_newer(self.folders[0], str(self.info.get("medseg_version") or ""))
         # Axes the network was trained to see mirrored (absent in older models: all).
         mirror = self.info.get("mirror_axes")
         self.mirror_axes: tuple[int, ...] | None = None if mirror is None else tuple(int(a) for a in mirror)
         self.networks: list[Callable[[torch.Tensor], torch.Tensor]] = []
         for folder in self.folders:
-            arch = Architecture.from_dict(json.loads((folder / "model.json").read_text())["architecture"])
+            arch = model_architecture(folder)
             if backend == "onnx":
                 from medseg.inference.onnx import OnnxNetwork, warn_if_rules_differ_from_source
 

@@ -88,6 +88,35 @@ class Architecture:
         return build_model(self.name, self.spatial_dims, self.in_channels, self.out_channels, **self.kwargs)
 
 
+def read_model_record(folder: str | Path) -> dict[str, Any]:
+    """A model folder's model.json, refused with the file named when it is not a JSON object."""
+    from medseg.config import load_json
+
+    path = Path(folder) / "model.json"
+    record = load_json(path)
+    if not isinstance(record, dict):
+        raise InputError(path, "is not a model record", expected="a JSON object", found=type(record).__name__)
+    return record
+
+
+def model_architecture(folder: str | Path, record: dict[str, Any] | None = None) -> Architecture:
+    """The network a model folder's model.json describes (``record``: that file, already read)."""
+    path = Path(folder) / "model.json"
+    record = read_model_record(folder) if record is None else record
+    arch = record.get("architecture")
+    if not isinstance(arch, dict):
+        raise InputError(
+            path,
+            "has no architecture record",
+            expected='an "architecture" object (written by medseg train)',
+            found="none" if arch is None else repr(arch),
+        )
+    try:
+        return Architecture.from_dict(arch)
+    except ConfigError as exc:
+        raise InputError(path, str(exc)) from None
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}

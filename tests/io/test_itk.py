@@ -183,3 +183,45 @@ def test_uncompressed_nifti_fast_path_equals_itk(tmp_path: Path, dtype: type) ->
     assert back.dtype == sitk.GetArrayFromImage(ref).dtype
     np.testing.assert_array_equal(back.array, sitk.GetArrayFromImage(ref))
     back.array[0, 0, 0] = 1  # an ordinary, writable in-memory array (not a file map)
+
+
+def _with_pixdim(src: Path, dst: Path, axis: int, value: float) -> Path:
+    """A copy of a NIfTI whose pixdim[axis] is ``value`` (raw header bytes; nibabel would fix it)."""
+    import gzip
+    import struct
+
+    raw = bytearray(gzip.decompress(src.read_bytes()))
+    pixdim = list(struct.unpack_from("<8f", raw, 76))  # NIfTI-1 pixdim: offset 76, little endian
+    pixdim[axis] = value
+    struct.pack_into("<8f", raw, 76, *pixdim)
+    dst.write_bytes(gzip.compress(bytes(raw)) if dst.name.endswith(".gz") else bytes(raw))
+    return dst
+
+
+@pytest.mark.parametrize("value", [0.0, float("nan"), float("inf")])
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_a_zero_or_nan_voxel_size_is_refused(tmp_path: Path, value: float, suffix: str) -> None:
+    """ITK (and nibabel) read such a pixdim as 1 mm without a word: a silently wrong grid."""
+    from medseg.io.itk import read_geometry
+
+    good = write_volume(make_oblique_volume(), tmp_path / "good.nii.gz")
+    bad = _with_pixdim(good, tmp_path / f"bad{suffix}", 3, value)
+    before = bad.read_bytes()
+    for reader in (read_volume, read_channels, read_geometry):
+        with pytest.raises(
+            InputError, match=rf"bad{suffix}: has an invalid voxel size.*found pixdim\[1\.\.3\] = "
+        ):
+            reader(bad)
+    assert bad.read_bytes() == before
+    assert read_volume(_with_pixdim(good, tmp_path / f"fine{suffix}", 3, 2.5)).spacing[0] == pytest.approx(
+        2.5
+    )
+
+
+def test_a_negative_voxel_size_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    good = write_volume(make_oblique_volume(), tmp_path / "good.nii.gz")
+    bad = _with_pixdim(good, tmp_path / "negative.nii.gz", 3, -2.0)
+    with pytest.raises(
+        InputError, match=r"negative\.nii\.gz: has an invalid geometry.*spacing must be positive"
+    ):
+        read_volume(bad)

@@ -109,6 +109,8 @@ def read_geometry(path: str | Path) -> VolumeGeometry:
     src = Path(path)
     reader = _open(src)
     _require_scalar(reader.GetNumberOfComponents(), src)
+    if _is_nifti(src):
+        _check_nifti_voxel_size(src)
     size = reader.GetSize()
     if reader.GetDimension() not in (2, 3) and not (reader.GetDimension() == 4 and size[3] == 1):
         raise InputError(src, "is not a 3D image", expected="one 3D volume per file", found=f"size {size}")
@@ -181,6 +183,13 @@ def _open(src: Path) -> sitk.ImageFileReader:
 def read_itk(path: str | Path) -> Volume:
     """Read a NIfTI / NRRD / MHA / MHD file into a Volume (3D, scalar)."""
     src = Path(path)
+    try:
+        return _read_itk(src)
+    except GeometryError as exc:  # e.g. a negative voxel size, which ITK passes on
+        raise InputError(src, "has an invalid geometry in its header", found=str(exc)) from None
+
+
+def _read_itk(src: Path) -> Volume:
     reader = _open(src)
     size = reader.GetSize()
     if reader.GetDimension() == 4 and size[3] > 1:
@@ -218,6 +227,13 @@ def _source_meta(src: Path, reader: sitk.ImageFileReader) -> dict[str, Any]:
 def read_channels(path: str | Path) -> list[Volume]:
     """Read a 3D or 4D image (e.g. MSD's T2+ADC NIfTI) as one Volume per channel."""
     src = Path(path)
+    try:
+        return _read_channels(src)
+    except GeometryError as exc:
+        raise InputError(src, "has an invalid geometry in its header", found=str(exc)) from None
+
+
+def _read_channels(src: Path) -> list[Volume]:
     reader = _open(src)
     base = _source_meta(src, reader)
     arrays = _nifti_arrays(src, reader)
@@ -314,6 +330,41 @@ def _set_nifti_transforms(path: Path, record: dict[str, Any]) -> None:
     path.write_bytes(gzip.compress(data, compresslevel=6) if packed else data)
 
 
+def _is_nifti(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith(".nii") or name.endswith(".nii.gz")
+
+
+def _check_nifti_voxel_size(path: Path) -> None:
+    """Refuse a zero, NaN or infinite voxel size (pixdim[1..3]): ITK reads it as 1 mm without a
+    word (and nibabel's checked header as well), so a broken header would silently give every
+    downstream step a wrong grid. The header is read unchecked for that reason."""
+    import gzip
+
+    import nibabel as nib
+
+    opener: Any = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read(540)
+        nifti2 = raw[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c")  # sizeof_hdr 540
+        # the header block alone: extensions may follow it
+        header: Any = (nib.Nifti2Header if nifti2 else nib.Nifti1Header)(
+            binaryblock=raw[: 540 if nifti2 else 348], check=False
+        )
+    except Exception as exc:  # gzip and nibabel raise several types for bad headers
+        raise InputError(path, "has an invalid NIfTI header", found=str(exc)) from None
+    ndim = int(header["dim"][0])
+    sizes = tuple(float(v) for v in header["pixdim"][1 : 1 + min(max(ndim, 1), 3)])
+    if not all(np.isfinite(v) and v != 0.0 for v in sizes):
+        raise InputError(
+            path,
+            "has an invalid voxel size in its header",
+            expected="non-zero, finite pixdim[1..3] (mm)",
+            found=f"pixdim[1..{len(sizes)}] = {', '.join(f'{v:g}' for v in sizes)}",
+        )
+
+
 def _check_nifti_complete(path: Path) -> Any:
     """ITK's NIfTI reader silently zero-fills truncated files; detect truncation here.
 
@@ -330,6 +381,7 @@ def _check_nifti_complete(path: Path) -> Any:
 
     import nibabel as nib
 
+    _check_nifti_voxel_size(path)
     try:
         image: Any = nib.load(str(path))
         header = image.header

@@ -16,6 +16,7 @@ from medseg.preprocessing.pipeline import (
 )
 from medseg.preprocessing.plan import Plan, plan_from_fingerprint
 from tests.preprocessing.conftest import make_case
+from tests.preprocessing.test_fingerprint import BAD_LABELS, _rewrite_label
 
 
 def _plan(root: Path, **overrides: object) -> Plan:
@@ -113,3 +114,13 @@ def test_plan_must_match_dataset(toy_dataset: Path, tmp_path: Path) -> None:
     plan = _plan(toy_dataset).with_overrides({"labels": {"background": 0, "a": 1}})
     with pytest.raises(InputError, match="labels do not match"):
         preprocess_dataset(toy_dataset, plan, workers=1)
+
+
+@pytest.mark.parametrize(("change", "match"), BAD_LABELS)
+def test_preprocess_refuses_a_label_map_with_bad_values(toy_dataset: Path, change: str, match: str) -> None:
+    """A label edited after `plan` (so the fingerprint's check did not see it) is caught too."""
+    plan = _plan(toy_dataset)
+    _rewrite_label(toy_dataset / "labelsTr" / "case_001.nii.gz", change)
+    with pytest.raises(InputError, match=r"case_001\.nii\.gz: " + match):
+        preprocess_dataset(toy_dataset, plan, workers=1)
+    assert not (toy_dataset / "preprocessed" / "3d" / "case_001_label.npy").exists()

@@ -370,6 +370,18 @@ def check_label_values(
         )
 
 
+def read_training_label(path: Path, declared: Sequence[int]) -> Volume:
+    """A case's label map, refused (naming the file) when it holds fractional, negative or
+    undeclared values: cast to the training's integer type they would silently become other
+    classes (-1 as 255, 1.5 as 1) or break the loss."""
+    from medseg.io import read_volume
+
+    volume = read_volume(path)
+    arr = label_array(volume, path)
+    check_label_values(arr, declared, path)
+    return volume.with_array(arr)
+
+
 def _source_name(source: str | Path | None) -> str:
     return str(source) if source is not None else "<unknown source>"
 

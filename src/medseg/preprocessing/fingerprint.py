@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.config import from_dict, to_dict
-from medseg.data.dataset import CaseFiles, DatasetDescriptor, list_cases, read_descriptor
+from medseg.data.dataset import CaseFiles, DatasetDescriptor, list_cases, read_descriptor, read_training_label
 from medseg.errors import InputError
 from medseg.geometry.crop import CropBox, bounding_box
 from medseg.io import read_volume
@@ -109,9 +109,11 @@ def check_case_grids(
             )
 
 
-def _fingerprint_case(case: CaseFiles, seed: int) -> tuple[CaseFingerprint, list[np.ndarray]]:
+def _fingerprint_case(
+    case: CaseFiles, seed: int, declared: tuple[int, ...]
+) -> tuple[CaseFingerprint, list[np.ndarray]]:
     images = [read_volume(p) for p in case.images]
-    label = read_volume(case.label) if case.label is not None else None
+    label = read_training_label(case.label, declared) if case.label is not None else None
     check_case_grids(images, label, case.case_id, [*case.images, case.label])
     ref = images[0].geometry
     nonzero = np.zeros(ref.shape, bool)
@@ -163,16 +165,17 @@ def compute_fingerprint(
     root = Path(root)
     desc = descriptor or read_descriptor(root)
     cases = list_cases(root, "Tr", desc)
+    declared = tuple(desc.labels.values())
     results: list[tuple[CaseFingerprint, list[np.ndarray]]] = []
     with progress_bar(progress, "fingerprint", len(cases)) as advance:
         if workers > 1 and len(cases) > 1:
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                for res in pool.map(_fingerprint_case, cases, range(len(cases))):
+                for res in pool.map(_fingerprint_case, cases, range(len(cases)), [declared] * len(cases)):
                     results.append(res)
                     advance()
         else:
             for i, case in enumerate(cases):
-                results.append(_fingerprint_case(case, i))
+                results.append(_fingerprint_case(case, i, declared))
                 advance()
     n_ch = desc.num_channels
     channels = tuple(_channel_stats(np.concatenate([r[1][c] for r in results])) for c in range(n_ch))

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from medseg.config import from_dict, load_json, to_dict
-from medseg.data.dataset import CaseFiles, list_cases, read_descriptor
+from medseg.data.dataset import CaseFiles, list_cases, read_descriptor, read_training_label
 from medseg.errors import ConfigError, GeometryError, InputError, MedsegError
 from medseg.geometry.crop import CropBox, bounding_box, crop, cropped_geometry, uncrop
 from medseg.geometry.resample import grid_for_spacing, resample_image, resample_label
@@ -278,7 +278,8 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 def _preprocess_one(case: CaseFiles, plan: Plan, cache: Path, digest: str) -> str:
     images = [read_volume(p) for p in case.images]
-    label = read_volume(case.label) if case.label is not None else None
+    declared = tuple(plan.labels.values())
+    label = read_training_label(case.label, declared) if case.label is not None else None
     image_array, label_array, info = preprocess_case(images, label, plan, case.case_id)
     del images, label
     _save_npy(cache / f"{case.case_id}_image.npy", image_array)

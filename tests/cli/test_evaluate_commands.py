@@ -618,3 +618,18 @@ def test_one_image_three_methods_says_the_paired_test_note_once(tmp_path: Path) 
     assert res.exit_code == 0, res.output
     note = "only 1 non-zero difference(s): p cannot fall below 0.05"
     assert res.output.count(note) == 1 and "paired test, every method and class: " + note in res.output
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_an_output_that_is_a_file_is_refused_before_scoring(tmp_path: Path, overwrite: list[str]) -> None:
+    """With --overwrite the report folder replaced the file (e.g. a scan given as -o by mistake)."""
+    pdir, rdir = _pair(tmp_path)
+    scan = tmp_path / "scan.nii.gz"
+    scan.write_bytes(b"not to be lost")
+    res = runner.invoke(
+        app, ["evaluate", str(pdir), str(rdir), "-o", str(scan), "--workers", "1", *overwrite]
+    )
+    assert res.exit_code == 2, res.output
+    assert "scan.nii.gz: is a file, not an output folder" in res.output
+    assert "Dice" not in res.output  # refused before the work
+    assert scan.read_bytes() == b"not to be lost"

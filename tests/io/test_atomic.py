@@ -1,4 +1,4 @@
-"""The lock a run holds on the folder it writes (medseg.io.atomic.run_lock)."""
+"""medseg.io.atomic: the lock a run holds on the folder it writes (run_lock), atomic folders."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
+
+from medseg.errors import InputError
+from medseg.io.atomic import atomic_dir
 
 
 def test_run_lock_refuses_a_second_run_and_takes_over_a_killed_ones(tmp_path: Path) -> None:
@@ -41,3 +44,17 @@ def test_run_lock_refuses_a_second_run_and_takes_over_a_killed_ones(tmp_path: Pa
     with pytest.raises(RuntimeError), run_lock(lock, "medseg predict"):  # released on errors too
         raise RuntimeError
     assert not lock.exists()
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_atomic_dir_never_replaces_a_file(tmp_path: Path, overwrite: bool) -> None:
+    """`evaluate pred/ ref/ -o ref.nii.gz --overwrite` replaced the file with a report folder."""
+    target = tmp_path / "scan.nii.gz"
+    target.write_bytes(b"an input")
+    with (
+        pytest.raises(InputError, match=r"scan\.nii\.gz: is a file, not an output folder"),
+        atomic_dir(target, overwrite=overwrite) as tmp,
+    ):
+        (tmp / "summary.json").write_text("{}")
+    assert target.read_bytes() == b"an input"
+    assert [p.name for p in tmp_path.iterdir()] == ["scan.nii.gz"]

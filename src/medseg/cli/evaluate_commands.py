@@ -134,6 +134,12 @@ def evaluate_command(
         for given in (*methods.values(), reference):  # --overwrite replaces the whole output folder
             if output.resolve() == given.resolve() or output.resolve() in given.resolve().parents:
                 raise ConfigError(f"{output}: the output folder would replace the input {given}")
+    if output is not None and output.exists() and not output.is_dir():
+        from medseg.errors import InputError
+
+        raise InputError(  # before the work, not after (the report folder never replaces a file)
+            output, "is a file, not an output folder", expected="a folder", found="a file"
+        )
     if output is not None and output.exists() and not overwrite:
         from medseg.errors import OutputExistsError
 

@@ -92,9 +92,19 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path``.
 
     An existing folder at ``path`` (only with ``overwrite``) is removed just before the
-    rename, so readers never see a mixture of old and new contents.
+    rename, so readers never see a mixture of old and new contents. An existing file there is
+    refused, with or without ``overwrite``: a folder never replaces a file (as
+    :func:`atomic_file` never replaces a folder), which is most likely an input given as -o.
     """
-    target = check_writable(path, overwrite)
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise InputError(
+            target,
+            "is a file, not an output folder",
+            expected="a folder (a file is never replaced by a folder, even with --overwrite)",
+            found="a file: give another output path, or move the file away",
+        )
+    target = check_writable(target, overwrite)
     _prepare(target)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
@@ -107,10 +117,7 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
             os.replace(tmp, target)
-            if old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink(missing_ok=True)
+            shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
     except BaseException:

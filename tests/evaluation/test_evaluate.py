@@ -660,3 +660,20 @@ def test_cases_are_listed_in_natural_order(tmp_path: Path) -> None:
         write_volume(pred, pred_dir / f"{name}.nii.gz")
     result = evaluate(pred_dir, ref_dir, _serial(labels=LABELS))
     assert [c.name for c in result.cases] == ["case1", "case2", "case3", "case10"]
+
+
+def test_missing_predictions_also_name_the_predictions_that_match_no_reference(tmp_path: Path) -> None:
+    """Names that differ (a prefix, another numbering) show side by side in one error."""
+    from medseg.evaluation.evaluate import check_matching
+
+    for folder in ("ref", "pred"):
+        (tmp_path / folder).mkdir()
+    for i in range(3):
+        (tmp_path / "ref" / f"case_{i:03d}.nii.gz").write_bytes(b"")  # matched by name only
+        (tmp_path / "pred" / f"pred_case_{i:03d}.nii.gz").write_bytes(b"")
+    with pytest.raises(InputError) as exc:
+        check_matching(tmp_path / "pred", tmp_path / "ref", _serial())
+    assert str(exc.value).endswith(
+        "found missing case_000, case_001, case_002; 3 prediction(s) match no reference case: "
+        "pred_case_000, pred_case_001, pred_case_002"
+    )

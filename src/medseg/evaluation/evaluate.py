@@ -335,7 +335,13 @@ def check_matching(prediction: str | Path, reference: str | Path, config: Evalua
                 f"; {reference} holds files named like images (CASE_0000, as in imagesTs/): "
                 "give the label maps (labelsTs/) as the reference, last"
             )
-        raise _missing_cases_error(prediction, missing, "reference case(s) have no prediction", expected)
+        raise _missing_cases_error(
+            prediction,
+            missing,
+            "reference case(s) have no prediction",
+            expected,
+            unmatched=matching.predictions_without_reference,
+        )
     return matching
 
 
@@ -344,15 +350,18 @@ _IMAGE_NAME = re.compile(r"_\d{4}$")
 
 
 def _missing_cases_error(
-    where: str | Path, missing: Sequence[str], problem: str, expected: str
+    where: str | Path, missing: Sequence[str], problem: str, expected: str, unmatched: Sequence[str] = ()
 ) -> InputError:
-    """``N <problem>`` at ``where``, naming the first 20 missing cases."""
-    return InputError(
-        where,
-        f"{len(missing)} {problem}",
-        expected=expected,
-        found="missing " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""),
-    )
+    """``N <problem>`` at ``where``, naming the first 20 missing cases and, when there are any,
+    the first 20 ``unmatched`` predictions (names that differ, e.g. a prefix, show side by side)."""
+
+    def first(names: Sequence[str]) -> str:
+        return ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
+
+    found = "missing " + first(missing)
+    if unmatched:
+        found += f"; {len(unmatched)} prediction(s) match no reference case: {first(unmatched)}"
+    return InputError(where, f"{len(missing)} {problem}", expected=expected, found=found)
 
 
 # nnU-Net names image channels NAME_0000.nii.gz, NAME_0001.nii.gz ...; the first is drawn.

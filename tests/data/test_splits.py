@@ -141,3 +141,19 @@ def test_every_patient_in_one_fold_over_many_seeds() -> None:
     groups = {f"c{i}": f"p{int(rng.integers(0, 15))}" for i in range(60)}
     for seed in range(20):
         _assert_grouped(compute_splits(groups, k=5, seed=seed, test_fraction=0.1), groups)
+
+
+def test_load_splits_explains_nnunets_splits_layout(tmp_path: Path) -> None:
+    """nnU-Net's splits_final.json is a list of {train, val}: say so rather than 'not an object'."""
+    root = _dataset(tmp_path, GROUPS)
+    folds = [{"train": ["a", "b"], "val": ["c"]}, {"train": ["a", "c"], "val": ["b"]}]
+    (root / SPLITS_JSON).write_text(json.dumps(folds))
+    with pytest.raises(
+        InputError,
+        match=r"splits\.json: is not a medseg splits file; .*found a list of 2 "
+        r"train/val folds \(nnU-Net's splits_final\.json layout\)",
+    ):
+        load_splits(root, check_dataset=False)
+    (root / SPLITS_JSON).write_text("3")
+    with pytest.raises(InputError, match=r"is not a medseg splits file.*found a JSON int"):
+        load_splits(root, check_dataset=False)

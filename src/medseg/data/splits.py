@@ -217,7 +217,20 @@ def load_splits(root: str | Path, *, check_dataset: bool = True) -> Splits:
         raise InputError(path, "not found", expected="splits made with `medseg dataset split`")
     data = load_json(path)
     if not isinstance(data, dict):
-        raise InputError(path, "is not a JSON object")
+        nnunet = isinstance(data, list) and all(
+            isinstance(f, dict) and {"train", "val"} <= set(f) for f in data
+        )
+        raise InputError(
+            path,
+            "is not a medseg splits file",
+            expected='a JSON object with "folds", as `medseg dataset split` writes',
+            found=(
+                f"a list of {len(data)} train/val folds (nnU-Net's splits_final.json layout): "
+                "make the splits with `medseg dataset split`"
+                if nnunet
+                else f"a JSON {type(data).__name__}"
+            ),
+        )
     splits = Splits.from_json(data, path)
     if check_dataset:
         current = {c.case_id: c.group for c in list_cases(root, "Tr")}

@@ -9,6 +9,7 @@ import SimpleITK as sitk
 
 from medseg.errors import InputError, OutputExistsError
 from medseg.io import read_channels, read_volume, write_volume
+from medseg.volume import Volume
 from tests.conftest import make_oblique_volume
 
 
@@ -216,6 +217,11 @@ def test_a_zero_or_nan_voxel_size_is_refused(tmp_path: Path, value: float, suffi
     assert read_volume(_with_pixdim(good, tmp_path / f"fine{suffix}", 3, 2.5)).spacing[0] == pytest.approx(
         2.5
     )
+    # a single slice's slice axis has no spacing to get wrong: some tools write pixdim 0 there
+    one = make_oblique_volume()
+    one = Volume(np.ascontiguousarray(one.array[:1]), one.spacing, one.origin, one.direction)
+    single = _with_pixdim(write_volume(one, tmp_path / "one.nii.gz"), tmp_path / f"one0{suffix}", 3, value)
+    assert read_volume(single).shape[0] == 1
 
 
 def test_a_negative_voxel_size_is_an_error_naming_the_file(tmp_path: Path) -> None:

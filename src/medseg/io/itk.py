@@ -356,7 +356,10 @@ def _check_nifti_voxel_size(path: Path) -> None:
         raise InputError(path, "has an invalid NIfTI header", found=str(exc)) from None
     ndim = int(header["dim"][0])
     sizes = tuple(float(v) for v in header["pixdim"][1 : 1 + min(max(ndim, 1), 3)])
-    if not all(np.isfinite(v) and v != 0.0 for v in sizes):
+    dims = tuple(int(v) for v in header["dim"][1 : 1 + len(sizes)])
+    # An axis one voxel long has no spacing to get wrong (some tools write pixdim 0 for the
+    # slice axis of a single slice; ITK reads it as 1 mm, as medseg reads 2D images).
+    if not all(np.isfinite(v) and v != 0.0 for v, n in zip(sizes, dims, strict=True) if n > 1):
         raise InputError(
             path,
             "has an invalid voxel size in its header",

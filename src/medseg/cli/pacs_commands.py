@@ -8,14 +8,16 @@ config file to ``--password``/``--token`` (those land in the shell history).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from medseg.cli.common import app, cli_command, console, err_console, warnings_only
+from medseg.cli.common import EXIT_INTERNAL_ERROR, app, cli_command, console, err_console, warnings_only
 
 if TYPE_CHECKING:
     from medseg.pacs.client import PacsClient
@@ -122,6 +124,14 @@ def query_command(
             "search or raise it).",
         ),
     ] = 100,
+    study_uids: Annotated[
+        bool,
+        typer.Option(
+            "--study-uids",
+            help="Print only the StudyInstanceUIDs found, one per line, no table (no patient data): "
+            "redirect it to a file for 'medseg pacs segment --studies FILE'.",
+        ),
+    ] = False,
     url: UrlOpt = None,
     config: ConfigOpt = None,
     user: UserOpt = None,
@@ -138,6 +148,22 @@ def query_command(
     from medseg.pacs.query import query_series, query_studies
 
     with _client(url, config, user, password, token, insecure, ca_bundle, timeout) as client:
+        if study_uids:
+            found = (
+                [s.study_uid for s in query_series(client, study_uid=study, patient_id=patient, date=date,
+                                                   modality=modality, description=description, limit=limit)]
+                if series_level or study
+                else [st.study_uid for st in query_studies(client, patient_id=patient, date=date,
+                                                           modality=modality, description=description,
+                                                           limit=limit)]
+            )  # fmt: skip
+            for uid in dict.fromkeys(found):  # a study of several matching series once
+                typer.echo(uid)
+            if len(found) >= limit:  # on stderr: stdout is the list
+                err_console.print(
+                    f"the first {limit} results; more may match: narrow the search or raise --limit"
+                )
+            return
         if series_level or study:
             series = query_series(
                 client,
@@ -301,8 +327,28 @@ def push_command(
 @pacs_app.command("segment")
 @cli_command
 def segment_command(
-    study: Annotated[str, typer.Option("--study", help="StudyInstanceUID of the study to segment.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="Model folder (as for medseg predict).")],
+    study: Annotated[
+        list[str] | None,
+        typer.Option("--study", help="StudyInstanceUID of a study to segment (repeat for several)."),
+    ] = None,
+    studies: Annotated[
+        Path | None,
+        typer.Option(
+            "--studies",
+            help="File of StudyInstanceUIDs to segment one after the other: one per line (as "
+            "'medseg pacs query --study-uids' prints) or a CSV/TSV with a StudyInstanceUID column.",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Folder for pacs_segment.json, each study's outcome (needed for several studies); a "
+            "re-run into it skips the studies already pushed.",
+        ),
+    ] = None,
     series: SeriesOpt = None,
     description: Annotated[
         str | None,
@@ -318,7 +364,12 @@ def segment_command(
         typer.Option("--work", help="Keep the pulled series and results here (default: a temporary folder)."),
     ] = None,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace results from an earlier run in --work.")
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace results from an earlier run in --work; with --out, also segment and push "
+            "again the studies an earlier run pushed.",
+        ),
     ] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     threads: Annotated[
@@ -356,18 +407,51 @@ def segment_command(
     references the source series. A series of another modality than the model was trained
     on (its plan: CT normalisation or channel name) is refused before it is pulled, unless
     --allow-modality-mismatch.
-    """
-    from medseg.pacs.segment import model_segment_fn, segment_study
 
+    Several studies (--study repeated, --studies FILE) are segmented one after the other with
+    the model loaded once; a study that fails is reported and the others go on. OUT/pacs_segment.json
+    lists each study's series, pushed instances or error, rewritten after every study; running
+    the command again skips the studies already pushed. The exit code is then 1 when a study
+    failed, 3 when one failed on an internal error.
+    """
+    from medseg.errors import ConfigError
+    from medseg.pacs.segment import model_segment_fn, read_study_list, segment_study
+
+    uids = list(study or [])
+    if studies is not None:
+        uids += read_study_list(studies)
+    uids = list(dict.fromkeys(u.strip() for u in uids))
+    if not uids:
+        raise ConfigError("give the study to segment: --study UID (repeatable) or --studies FILE")
+    if out is None and len(uids) > 1:
+        raise ConfigError(
+            f"{len(uids)} studies need --out DIR for pacs_segment.json, the outcome of each study "
+            "(a re-run into it skips the studies already pushed)"
+        )
     fmt = tuple(f.strip() for f in formats.split(",") if f.strip())
     segment_fn = model_segment_fn(model, formats=fmt, device=device, threads=threads)
+    if out is not None:
+        _segment_many(
+            uids,
+            segment_fn,
+            out,
+            series=series,
+            description=description,
+            work=work,
+            overwrite=overwrite,
+            quiet=quiet,
+            allow_modality_mismatch=allow_modality_mismatch,
+            client_args=(url, config, user, password, token, insecure, ca_bundle, timeout),
+        )
+        return
+    (study_uid,) = uids
     with (
         _client(url, config, user, password, token, insecure, ca_bundle, timeout) as client,
         warnings_only(quiet),  # a script over many studies: its warnings (a CT model on an MR) still show
     ):
         result = segment_study(
             client,
-            study,
+            study_uid,
             segment_fn,
             series_uid=series,
             description=description,
@@ -383,3 +467,70 @@ def segment_command(
             )
         if result.work_dir is not None:
             console.print(f"pulled series and results kept in {result.work_dir}")
+
+
+def _segment_many(
+    uids: list[str],
+    segment_fn: Callable[[Path, Path], Sequence[Path]],
+    out: Path,
+    *,
+    series: str | None,
+    description: str | None,
+    work: Path | None,
+    overwrite: bool,
+    quiet: bool,
+    allow_modality_mismatch: bool,
+    client_args: tuple[Any, ...],
+) -> None:
+    """pacs segment over several studies (or one with --out): a line per study, a summary line,
+    exit 1 (3 on an internal error) when any failed, as predict's cohort."""
+    from medseg.pacs.segment import SUMMARY_NAME, StudyOutcome, segment_studies
+
+    def report(i: int, n: int, o: StudyOutcome) -> None:
+        head = f"[{i}/{n}] study {o.study_uid}:"
+        if o.status == "failed":
+            err_console.print(f"{head} [red]failed[/] {escape(o.error)}", soft_wrap=True)
+            return
+        pushed = ", ".join(f"{p['modality']} {p['sop_instance_uid']}" for p in o.pushed)
+        state = "[green]pushed[/]" if o.status == "pushed" else "[yellow]already pushed[/] (not redone)"
+        console.print(f"{head} series {escape(o.series)}: {state} {pushed}", soft_wrap=True)
+
+    with (
+        _client(*client_args) as client,
+        warnings_only(quiet),  # a failed study is still logged as an error when it happens
+    ):
+        try:
+            outcomes = segment_studies(
+                client,
+                uids,
+                segment_fn,
+                out,
+                series_uid=series,
+                description=description,
+                work_dir=work,
+                overwrite=overwrite,
+                progress=not quiet,
+                allow_modality_mismatch=allow_modality_mismatch,
+                on_outcome=report,
+            )
+        except KeyboardInterrupt:
+            console.print(
+                f"[yellow]interrupted:[/] the studies finished so far are listed in "
+                f"{escape(str(out / SUMMARY_NAME))}; run the same command again to do the rest "
+                "(studies already pushed are not redone)",
+                soft_wrap=True,
+            )
+            raise typer.Exit(130) from None
+    failed = [o for o in outcomes if o.status == "failed"]
+    skipped = [o for o in outcomes if o.status == "already pushed"]
+    console.print(
+        f"{len(outcomes) - len(failed) - len(skipped)} of {len(outcomes)} studies segmented and pushed"
+        + (f", {len(skipped)} already pushed (--overwrite redoes them)" if skipped else "")
+        + (f", [red]{len(failed)} failed[/]" if failed else "")
+        + f"; outcome of each in {escape(str(out / SUMMARY_NAME))}",
+        soft_wrap=True,
+    )
+    if any(o.internal_error for o in failed):
+        raise typer.Exit(EXIT_INTERNAL_ERROR)
+    if failed:
+        raise typer.Exit(1)

@@ -17,7 +17,16 @@ from medseg.pacs.client import (
     resolve_config,
 )
 from medseg.pacs.query import SeriesRecord, StudyRecord, parse_date_range, query_series, query_studies
-from medseg.pacs.segment import SegmentFn, SegmentResult, choose_series, model_segment_fn, segment_study
+from medseg.pacs.segment import (
+    SegmentFn,
+    SegmentResult,
+    StudyOutcome,
+    choose_series,
+    model_segment_fn,
+    read_study_list,
+    segment_studies,
+    segment_study,
+)
 from medseg.pacs.transfer import PullResult, PushResult, pull_series, pull_study, push_files
 
 __all__ = [
@@ -33,6 +42,7 @@ __all__ = [
     "SegmentFn",
     "SegmentResult",
     "SeriesRecord",
+    "StudyOutcome",
     "StudyRecord",
     "choose_series",
     "model_segment_fn",
@@ -42,6 +52,8 @@ __all__ = [
     "push_files",
     "query_series",
     "query_studies",
+    "read_study_list",
     "resolve_config",
+    "segment_studies",
     "segment_study",
 ]

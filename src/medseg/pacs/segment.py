@@ -18,17 +18,21 @@ and every SEG / RTSTRUCT references the source series. Results are then posted t
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import json
 import logging
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydicom.dataset import Dataset
 
-from medseg.errors import MedsegError, OutputExistsError
+from medseg.errors import InputError, MedsegError, OutputExistsError
 from medseg.pacs.client import PacsClient, PacsError, PacsNotFoundError, read_header
 from medseg.pacs.query import NON_IMAGE_MODALITIES, SeriesRecord, check_uid, find_series, query_series
 from medseg.pacs.transfer import PullResult, PushResult, pull_series, push_files
@@ -37,10 +41,13 @@ __all__ = [
     "ModelSegmentFn",
     "SegmentFn",
     "SegmentResult",
+    "StudyOutcome",
     "check_modality",
     "check_outputs",
     "choose_series",
     "model_segment_fn",
+    "read_study_list",
+    "segment_studies",
     "segment_study",
 ]
 
@@ -287,12 +294,24 @@ class ModelSegmentFn:
     tta: bool = False
     threads: int | None = None
     expected_modality: tuple[str, str] | None = None
+    # the loaded SegmentationModel (see :meth:`loaded`): a cohort loads the network once
+    model_loaded: Any = field(default=None, compare=False, repr=False)
+
+    def loaded(self) -> ModelSegmentFn:
+        """This function with its model loaded now, once, instead of at every call."""
+        if self.model_loaded is not None:
+            return self
+        from medseg.inference.predictor import SegmentationModel
+
+        network = SegmentationModel(self.model, device=self.device, threads=self.threads)
+        return dataclasses.replace(self, model_loaded=network)
 
     def __call__(self, series_folder: Path, out_folder: Path) -> list[Path]:
         from medseg.inference.predictor import PredictConfig, predict
 
         config = PredictConfig(formats=self.formats, device=self.device, tta=self.tta, threads=self.threads)  # type: ignore[arg-type]
-        results = predict(series_folder, self.model, out_folder, config)
+        model = self.model if self.model_loaded is None else self.model_loaded
+        results = predict(series_folder, model, out_folder, config)
         failed = [r for r in results if not r.ok]
         if failed:
             raise PacsError(f"prediction failed: {failed[0].error}")
@@ -334,4 +353,230 @@ def model_segment_fn(
         )
     return ModelSegmentFn(
         Path(model), tuple(formats), device, tta, threads, expected_modality=_model_modality(Path(model))
+    )
+
+
+# ------------------------------------------------------------------------ several studies
+SUMMARY_NAME = "pacs_segment.json"
+
+
+@dataclass
+class StudyOutcome:
+    """What happened to one study of :func:`segment_studies` (one entry of its summary JSON).
+
+    ``status`` is ``pushed`` (done now), ``already pushed`` (done by an earlier run into the
+    same folder, not redone) or ``failed`` (``error`` says why; ``internal_error`` when the
+    cause is a bug rather than the study or the server)."""
+
+    study_uid: str
+    status: str
+    series_uid: str = ""
+    series: str = ""  # SeriesRecord.summary(): number, description, modality, count (no patient data)
+    pushed: list[dict[str, str]] = field(default_factory=list)  # {"modality", "sop_instance_uid"}
+    error: str = ""
+    internal_error: bool = False
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+
+def read_study_list(path: str | Path) -> list[str]:
+    """The StudyInstanceUIDs of a file: one UID per line (``#`` comments and blank lines
+    ignored; what ``medseg pacs query --study-uids`` prints), or a CSV / TSV table with a
+    ``StudyInstanceUID`` column. Duplicates are dropped, the order kept."""
+    import csv
+
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(file, "cannot read the list of studies", found=str(exc)) from None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        raise InputError(file, "lists no study", expected="one StudyInstanceUID per line", found="nothing")
+    header = lines[0]
+    if "\t" in header or "," in header or ";" in header:
+        delimiter = "\t" if "\t" in header else ("," if "," in header else ";")
+        rows = list(csv.reader(lines, delimiter=delimiter))
+        names = [n.strip().lower() for n in rows[0]]
+        if "studyinstanceuid" not in names:
+            raise InputError(
+                file,
+                "is a table without a StudyInstanceUID column",
+                expected="one StudyInstanceUID per line, or a CSV/TSV table with a StudyInstanceUID column",
+                found=f"columns {rows[0]}",
+            )
+        k = names.index("studyinstanceuid")
+        values = [(n + 2, r[k].strip() if k < len(r) else "") for n, r in enumerate(rows[1:])]
+    else:
+        values = list(enumerate(lines, start=1))
+    uids: list[str] = []
+    for number, value in values:
+        try:
+            uid = check_uid(value, "a StudyInstanceUID")
+        except MedsegError:
+            raise InputError(
+                file,
+                f"entry {number} is not a StudyInstanceUID",
+                expected="a DICOM UID (digits and dots, at most 64 characters)",
+                found=repr(value[:80]),
+            ) from None
+        if uid not in uids:
+            uids.append(uid)
+    return uids
+
+
+def _read_summary(path: Path) -> dict[str, dict[str, Any]]:
+    """The studies of an earlier run's summary, by StudyInstanceUID ({} when there is none)."""
+    if not path.exists():
+        return {}
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))["studies"]
+        return {str(e["study_uid"]): dict(e) for e in entries}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(
+            path,
+            "is not a summary of medseg pacs segment; cannot tell which studies were pushed",
+            expected=f"the {SUMMARY_NAME} an earlier run wrote, or another output folder",
+            found=f"{type(exc).__name__}: {exc}",
+        ) from None
+
+
+def segment_studies(
+    client: PacsClient,
+    study_uids: Sequence[str],
+    segment_fn: SegmentFn,
+    out_dir: str | Path,
+    *,
+    series_uid: str | None = None,
+    description: str | None = None,
+    work_dir: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    allow_modality_mismatch: bool = False,
+    on_outcome: Callable[[int, int, StudyOutcome], None] | None = None,
+) -> list[StudyOutcome]:
+    """:func:`segment_study` for each study in turn, going on past a study that fails.
+
+    ``out_dir/pacs_segment.json`` lists each study's outcome (series chosen, pushed SOP
+    instance UIDs, error) and is rewritten atomically after every study: a re-run into the
+    same folder skips the studies it lists as pushed (``overwrite`` segments and pushes them
+    again, beside the earlier objects) and retries the others. ``work_dir`` keeps each
+    study's series and results in ``work_dir/<StudyInstanceUID>/``; results of a study not
+    recorded as pushed are redone. A :class:`ModelSegmentFn` loads its model once, here.
+    ``on_outcome(i, n, outcome)`` is called after each study (the CLI prints a line).
+    """
+    import medseg
+    from medseg.io.atomic import prepare_output_folder, run_lock, write_text_atomic
+
+    if series_uid and len(study_uids) > 1:
+        raise PacsError(
+            f"--series names one series of one study, but {len(study_uids)} studies were given; choose "
+            "each study's series with --description (a glob such as 't2*tra*') or leave it to the "
+            "study's only image series"
+        )
+    out = prepare_output_folder(out_dir)
+    summary = out / SUMMARY_NAME
+    with run_lock(out / f".{SUMMARY_NAME}.lock", "medseg pacs segment"):
+        earlier = _read_summary(summary)
+        if isinstance(segment_fn, ModelSegmentFn):
+            segment_fn = segment_fn.loaded()
+        outcomes: list[StudyOutcome] = []
+
+        def write_summary() -> None:
+            done = {o.study_uid for o in outcomes}
+            entries = [dataclasses.asdict(o) for o in outcomes]
+            entries += [e for uid, e in earlier.items() if uid not in done]  # studies of other runs
+            write_text_atomic(
+                summary,
+                json.dumps(
+                    {
+                        "medseg_version": medseg.__version__,
+                        "server": client.server,
+                        "model": str(getattr(segment_fn, "model", "")),
+                        "studies": entries,
+                    },
+                    indent=2,
+                )
+                + "\n",
+                overwrite=True,
+            )
+
+        for i, study in enumerate(study_uids):
+            before = earlier.get(study)
+            started = time.monotonic()
+            if before and before.get("status") in ("pushed", "already pushed") and not overwrite:
+                outcome = StudyOutcome(
+                    study,
+                    "already pushed",
+                    str(before.get("series_uid", "")),
+                    str(before.get("series", "")),
+                    list(before.get("pushed", [])),
+                )
+                log.info("study %d of %d (%s): already pushed by an earlier run, not redone", i + 1,
+                         len(study_uids), study)  # fmt: skip
+            else:
+                log.info("study %d of %d: %s", i + 1, len(study_uids), study)
+                outcome = _segment_one(
+                    client,
+                    study,
+                    segment_fn,
+                    series_uid=series_uid,
+                    description=description,
+                    work_dir=None if work_dir is None else Path(work_dir) / study,
+                    progress=progress,
+                    allow_modality_mismatch=allow_modality_mismatch,
+                )
+                outcome.seconds = round(time.monotonic() - started, 1)
+            outcomes.append(outcome)
+            write_summary()  # after every study: a killed run is resumed from it
+            if on_outcome is not None:
+                on_outcome(i + 1, len(study_uids), outcome)
+        return outcomes
+
+
+def _segment_one(
+    client: PacsClient,
+    study: str,
+    segment_fn: SegmentFn,
+    *,
+    series_uid: str | None,
+    description: str | None,
+    work_dir: Path | None,
+    progress: bool,
+    allow_modality_mismatch: bool,
+) -> StudyOutcome:
+    """One study of :func:`segment_studies`; its failure is returned, not raised (as predict's
+    cohort: a MedsegError is the study's, anything else a bug listed as an internal error)."""
+    try:
+        result = segment_study(
+            client,
+            study,
+            segment_fn,
+            series_uid=series_uid,
+            description=description,
+            work_dir=work_dir,
+            overwrite=True,  # results of a study not recorded as pushed were not pushed: redo them
+            progress=progress,
+            allow_modality_mismatch=allow_modality_mismatch,
+        )
+    except MedsegError as exc:
+        log.error("study %s failed: %s", study, exc)
+        return StudyOutcome(study, "failed", error=str(exc))
+    except Exception as exc:
+        from medseg.io.dicom import safe_error_text
+
+        text = f"internal error: {safe_error_text(exc)}"
+        log.error("study %s failed with an %s (please report it; MEDSEG_DEBUG=1 shows the traceback)",
+                  study, text)  # fmt: skip
+        log.debug("traceback of study %s", study, exc_info=True)
+        return StudyOutcome(study, "failed", error=text, internal_error=True)
+    return StudyOutcome(
+        result.study_uid,
+        "pushed",
+        result.series.series_uid,
+        result.series.summary(),
+        [{"modality": item.modality, "sop_instance_uid": item.sop_uid} for item in result.pushed.accepted],
     )

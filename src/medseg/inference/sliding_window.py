@@ -9,6 +9,12 @@ Returns softmax probabilities (K, Z, Y, X) as float32 numpy; optional mirroring
 test-time augmentation averages the softmax over flips of the spatial axes. A region-based
 plan (``plan.regions``) gets one sigmoid probability per region (R, Z, Y, X) instead,
 averaged the same way.
+
+Reduced precision (float16 AMP on CUDA, bfloat16 autocast on a CPU with ``cpu_bf16``) covers
+the network call only: its logits are cast to float32 before MONAI blends the windows, so
+the Gaussian blending, the softmax and the averaging stay float32. ``channels_last`` hands
+the network its windows in the channels-last layout (NDHWC / NHWC); the network itself must
+already be in that layout (:func:`network_memory_format`).
 """
 
 from __future__ import annotations
@@ -68,6 +74,13 @@ def network_passes(
     return math.ceil(windows * batch / sw_batch)
 
 
+def network_memory_format(channels_last: bool, spatial_dims: int) -> torch.memory_format:
+    """The layout of a network of ``spatial_dims`` and its windows (2D / 2.5D nets see 4D batches)."""
+    if not channels_last:
+        return torch.contiguous_format
+    return torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
+
+
 def slab_stack(image: np.ndarray | torch.Tensor, slab: int, step: int = 1) -> torch.Tensor:
     """(C, Z, Y, X) -> (Z, C * slab, Y, X): each slice with its neighbours as channels.
 
@@ -108,12 +121,17 @@ def predict_probabilities(
     mirror: bool = False,
     mirror_axes: Sequence[int] | None = None,
     amp: bool = False,
+    cpu_bf16: bool = False,
+    channels_last: bool = False,
 ) -> np.ndarray:
     """Softmax probabilities (K, Z, Y, X) for a preprocessed image (C, Z, Y, X); for a
     region-based plan, sigmoid probabilities (R, Z, Y, X), one per region.
 
     ``mirror``: average over every combination of flips along ``mirror_axes`` (spatial axes
     of the network input: (z, y, x) in 3D, (y, x) in 2D / 2.5D; None: all of them).
+    ``amp``: float16 autocast of the network on CUDA; ``cpu_bf16``: bfloat16 autocast of the
+    network on a CPU (each ignored on the other device). ``channels_last``: windows go to the
+    network channels-last (the caller has put the network in that layout).
     """
     dev = torch.device(device)
     x = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32)
@@ -125,31 +143,39 @@ def predict_probabilities(
         roi = plan.patch_size[1:]
     total: torch.Tensor | None = None
     flips = _flips(plan.spatial_dims, mirror, mirror_axes)
-    autocast = torch.autocast(device_type=dev.type, enabled=amp and dev.type == "cuda")
-    predictor: Predictor = model
+    if dev.type == "cuda" and amp:
+        autocast = torch.autocast(device_type="cuda")
+    elif dev.type == "cpu" and cpu_bf16:
+        autocast = torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+    else:
+        autocast = torch.autocast(device_type=dev.type, enabled=False)
+    memory_format = network_memory_format(channels_last, plan.spatial_dims)
     reporter = _PROGRESS.get()
     if reporter is not None:
         passes = network_passes(inputs.shape[2:], roi, overlap, inputs.shape[0], sw_batch_size)
         reporter.begin(None if passes is None else passes * len(flips))
 
-        def predictor(x: torch.Tensor) -> torch.Tensor:
+    def predictor(x: torch.Tensor) -> torch.Tensor:
+        if channels_last:
+            x = x.contiguous(memory_format=memory_format)
+        with autocast:
             out = model(x)
+        if reporter is not None:
             reporter.step()
-            return out
+        return out.float()  # MONAI blends (and we softmax) in float32
 
     for flip in flips:
         inp = torch.flip(inputs, flip) if flip else inputs
-        with autocast:
-            logits = sliding_window_inference(
-                inp,
-                roi_size=tuple(int(r) for r in roi),
-                sw_batch_size=sw_batch_size,
-                predictor=predictor,
-                overlap=overlap,
-                mode="gaussian",
-                sw_device=dev,
-                device=torch.device("cpu"),
-            )
+        logits = sliding_window_inference(
+            inp,
+            roi_size=tuple(int(r) for r in roi),
+            sw_batch_size=sw_batch_size,
+            predictor=predictor,
+            overlap=overlap,
+            mode="gaussian",
+            sw_device=dev,
+            device=torch.device("cpu"),
+        )
         assert isinstance(logits, torch.Tensor)
         probs = torch.sigmoid(logits.float()) if plan.regions else torch.softmax(logits.float(), dim=1)
         if flip:

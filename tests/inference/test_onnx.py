@@ -31,8 +31,13 @@ def test_onnx_backend_gives_the_torch_labels(model_copy: Path) -> None:
 
     img, _ = make_case(21, shape=(9, 36, 30))  # oblique toy case, predicted on its own grid
     ref, ref_probs = SegmentationModel(model_copy, device="cpu").predict([img], with_probabilities=True)
-    onnx_model = SegmentationModel(model_copy, device="cpu", backend="onnx")
+    # ONNX Runtime has kernels of its own: the CPU options of the torch backend do not apply
+    onnx_model = SegmentationModel(
+        model_copy, device="cpu", backend="onnx", cpu_bf16=True, channels_last=True
+    )
     assert isinstance(onnx_model.networks[0], OnnxNetwork)
+    assert not onnx_model.cpu_bf16 and not onnx_model.channels_last
+    assert onnx_model.describe()["network precision"] == "ONNX Runtime"
     pred, probs = onnx_model.predict([img], with_probabilities=True)
     pred.geometry.require_same(img.geometry, "onnx prediction and input")
     assert ref_probs is not None and probs is not None

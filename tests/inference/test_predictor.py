@@ -1996,3 +1996,57 @@ def test_a_model_json_that_is_not_json_is_an_input_error(model_copy: Path, tmp_p
     )
     assert res.exit_code == 2, res.output
     assert "model.json: is not valid JSON" in res.output and "internal error" not in res.output
+
+
+def test_cpu_speed_options_resolve_as_in_training(
+    trained_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    import medseg.training.trainer as trainer
+    from medseg.inference.predictor import CHANNELS_LAST_DEFAULT, CPU_BF16_DEFAULT
+
+    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: True)
+    default = SegmentationModel(trained_model, device="cpu")
+    assert default.channels_last is (CHANNELS_LAST_DEFAULT is not False)
+    assert default.cpu_bf16 is (CPU_BF16_DEFAULT is not False)
+    cl = SegmentationModel(trained_model, device="cpu", channels_last="auto")
+    assert cl.channels_last  # "auto": a 3D model on a CPU
+    params = cl.networks[0].parameters()  # type: ignore[attr-defined]
+    weight = next(p for p in params if p.dim() == 5 and p.shape[1] > 1)  # a 1-channel one: either layout
+    assert weight.is_contiguous(memory_format=torch.channels_last_3d) and not weight.is_contiguous()
+    auto = SegmentationModel(trained_model, device="cpu", cpu_bf16="auto", channels_last=False)
+    assert auto.cpu_bf16 and not auto.channels_last
+    assert auto.precision_text() == "bfloat16 autocast, default layout"
+    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: False)  # emulated bf16 would be slower
+    assert not SegmentationModel(trained_model, device="cpu", cpu_bf16="auto").cpu_bf16
+    forced = SegmentationModel(trained_model, device="cpu", cpu_bf16=True, channels_last=True)
+    assert forced.cpu_bf16 and forced.precision_text() == "bfloat16 autocast, channels-last layout"
+    with pytest.raises(ConfigError, match="cpu_bf16 must be true, false or 'auto', found 'yes'"):
+        PredictConfig(cpu_bf16="yes")  # type: ignore[arg-type]
+
+
+def test_predict_says_which_precision_and_layout_it_used(
+    trained_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, _ = _case_file(tmp_path / "in", 3)
+    cfg = PredictConfig(device="cpu", cpu_bf16=True, channels_last=False)
+    with caplog.at_level("INFO", logger="medseg.inference.predictor"):
+        results = predict(path, trained_model, tmp_path / "o", cfg)
+    assert results[0].ok, results[0].error
+    assert "cpu: bfloat16 autocast, default layout" in caplog.text
+    summary = json.loads((tmp_path / "o" / "predictions.json").read_text())
+    assert summary["model_info"]["network precision"] == "bfloat16 autocast, default layout"
+    assert summary["config"]["cpu_bf16"] is True and summary["config"]["channels_last"] is False
+
+
+def test_predict_cli_takes_the_cpu_speed_options(trained_model: Path, tmp_path: Path) -> None:
+    path, _ = _case_file(tmp_path / "in", 4)
+    runner = CliRunner()
+    args = ["predict", str(path), "-m", str(trained_model), "-o", str(tmp_path / "o"), "--device", "cpu"]
+    res = runner.invoke(app, [*args, "--cpu-bf16", "on", "--channels-last", "off"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "o" / "predictions.json").read_text())
+    assert summary["model_info"]["network precision"] == "bfloat16 autocast, default layout"
+    bad = runner.invoke(app, [*args, "--cpu-bf16", "maybe"])
+    assert bad.exit_code == 2 and "--cpu-bf16 must be auto, on or off, found 'maybe'" in bad.output

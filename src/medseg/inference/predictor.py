@@ -65,6 +65,21 @@ _modality_log = logging.getLogger(f"{__name__}.modality")
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
+# bfloat16 autocast of the network when predicting on a CPU: opt-in (True, or "auto": where the
+# CPU computes bf16 natively), off by default because it changes label maps a little. On MSD
+# hippocampus (a 3D U-Net trained 3 min, 20 held-out cases;
+# benchmarks/predict_precision_agreement.py) 0.024 % of the voxels changed label, Dice against
+# the float32 label map 0.997 per class on average (0.993 at worst), short of our bar of 0.999
+# for a default, while Dice against the reference moved by +0.0002 / +0.0003 only.
+CPU_BF16_DEFAULT: bool | Literal["auto"] = False
+# Channels-last layout of the network when predicting: opt-in ("auto": 3D models on a CPU, as
+# training's default). Unlike a training step, sliding-window prediction measured no faster in
+# it: float32 0.6-0.96x for the prostate configuration's sliding window, 0.96x end to end on
+# MSD hippocampus (benchmarks/predict_precision_bench.py, ..._agreement.py; a shared, loaded
+# machine, so the ranges are wide).
+CHANNELS_LAST_DEFAULT: bool | Literal["auto"] = False
+
+
 @dataclass(frozen=True)
 class PredictConfig:
     """Options of `medseg predict` (the CLI builds exactly this object)."""
@@ -91,6 +106,11 @@ class PredictConfig:
     deidentify: bool = False
     pseudonym: str = "ANONYMOUS"
     uid_secret: str | None = None
+    # CPU speed-ups of the network call, named and resolved as in training (TrainingConfig);
+    # windows are blended and softmaxed in float32 either way. See CPU_BF16_DEFAULT and the
+    # figures in benchmarks/predict_precision_bench.py.
+    cpu_bf16: bool | Literal["auto"] = CPU_BF16_DEFAULT
+    channels_last: bool | Literal["auto"] = CHANNELS_LAST_DEFAULT
 
     def __post_init__(self) -> None:
         from medseg.io.dicom import check_deidentify_options
@@ -104,6 +124,9 @@ class PredictConfig:
         if not 0 <= self.overlap < 1:
             raise ConfigError(f"overlap must be in [0, 1), found {self.overlap}")
         check_device_name(self.device)
+        for name in ("cpu_bf16", "channels_last"):
+            if getattr(self, name) not in (True, False, "auto"):
+                raise ConfigError(f"{name} must be true, false or 'auto', found {getattr(self, name)!r}")
         if self.backend not in ("torch", "onnx"):
             raise ConfigError(f"backend must be 'torch' or 'onnx', found {self.backend!r}")
         if self.sw_batch_size < 1 or (self.threads is not None and self.threads < 1):
@@ -180,6 +203,8 @@ class SegmentationModel:
         device: str = "auto",
         backend: str = "torch",
         threads: int | None = None,
+        cpu_bf16: bool | Literal["auto"] = CPU_BF16_DEFAULT,
+        channels_last: bool | Literal["auto"] = CHANNELS_LAST_DEFAULT,
         _folders: Sequence[Path] | None = None,
     ):
         from medseg.postprocessing.labels import PostprocessingRules, read_rules
@@ -192,7 +217,7 @@ class SegmentationModel:
             read_model_record,
         )
         from medseg.training.slice_classifier import SliceFilter
-        from medseg.training.trainer import choose_device
+        from medseg.training.trainer import choose_device, resolve_channels_last, resolve_cpu_bf16
 
         paths = [Path(p) for p in ([path] if isinstance(path, (str, Path)) else path)]
         if not paths:
@@ -226,9 +251,14 @@ class SegmentationModel:
                     "folder to its own -m (e.g. -m models/2.5d -m models/3d)",
                     found=f"{len(distinct)} plans ({', '.join(p.configuration for p in distinct)})",
                 )
-            self._init_members(distinct, plans, paths, device, backend)
+            self._init_members(distinct, plans, paths, device, backend, cpu_bf16, channels_last)
             return
         self.plan = plans[0]
+        # CPU speed-ups of the network call (see PredictConfig); ONNX Runtime has its own kernels.
+        self.cpu_bf16 = backend == "torch" and resolve_cpu_bf16(cpu_bf16, self.device)
+        self.channels_last = backend == "torch" and resolve_channels_last(
+            channels_last, self.device, self.plan.spatial_dims
+        )
         # The first fold's rules apply; tune-postprocessing writes the same into every fold, but
         # a fold's file may have been edited by hand since.
         fold_rules = []
@@ -275,10 +305,22 @@ class SegmentationModel:
             ckpt = best_checkpoint(folder)
             load_weights(net, load_checkpoint(ckpt, map_location="cpu")["model"], arch, ckpt)
             net.to(self.device).eval()
+            if self.channels_last:
+                from medseg.inference.sliding_window import network_memory_format
+
+                fmt = network_memory_format(True, self.plan.spatial_dims)
+                net.to(memory_format=fmt)  # type: ignore[call-overload]  # untyped overload
             self.networks.append(net)
 
     def _init_members(
-        self, distinct: list[Plan], plans: list[Plan], paths: list[Path], device: str, backend: str
+        self,
+        distinct: list[Plan],
+        plans: list[Plan],
+        paths: list[Path],
+        device: str,
+        backend: str,
+        cpu_bf16: bool | Literal["auto"],
+        channels_last: bool | Literal["auto"],
     ) -> None:
         first = distinct[0]
         for plan in distinct[1:]:
@@ -297,12 +339,22 @@ class SegmentationModel:
                 )
         groups = [[f for f, p in zip(self.folders, plans, strict=True) if p == plan] for plan in distinct]
         self.members = [
-            SegmentationModel(paths, device=device, backend=backend, _folders=group) for group in groups
+            SegmentationModel(
+                paths,
+                device=device,
+                backend=backend,
+                cpu_bf16=cpu_bf16,
+                channels_last=channels_last,
+                _folders=group,
+            )
+            for group in groups
         ]
         lead = self.members[0]
         self.plan, self.rules, self.info = lead.plan, lead.rules, lead.info
         self._warn_if_member_rules_differ()
         self.mirror_axes = lead.mirror_axes
+        self.cpu_bf16 = any(m.cpu_bf16 for m in self.members)
+        self.channels_last = any(m.channels_last for m in self.members)
         self.networks, self.slice_filters, self.last_suppressed_slices = [], [], []
         self.last_region_masks = {}
         log.info(
@@ -361,7 +413,21 @@ class SegmentationModel:
         info["trained with medseg"] = ", ".join(versions) or None
         info["predicted with medseg"] = medseg.__version__
         info["backend"] = self.backend
+        info["network precision"] = self.precision_text()
         return info
+
+    def precision_text(self) -> str:
+        """How the network runs, e.g. "bfloat16 autocast, channels-last layout" (a 3D + 2.5D
+        ensemble names each configuration's)."""
+        if self.members:
+            return "; ".join(f"{m.plan.configuration}: {m.precision_text()}" for m in self.members)
+        if self.backend == "onnx":
+            return "ONNX Runtime"
+        if self.device.type == "cuda":
+            precision = "float16 autocast"
+        else:
+            precision = "bfloat16 autocast" if self.cpu_bf16 else "float32"
+        return f"{precision}, {'channels-last' if self.channels_last else 'default'} layout"
 
     def check_input(self, channels: Sequence[Volume], where: str) -> None:
         plan = self.plan
@@ -469,6 +535,8 @@ class SegmentationModel:
                 mirror=tta,
                 mirror_axes=self.mirror_axes,
                 amp=self.device.type == "cuda",
+                cpu_bf16=self.cpu_bf16,
+                channels_last=self.channels_last,
             )
             total = probs if total is None else total + probs
         assert total is not None
@@ -1411,7 +1479,14 @@ def predict(
     seg = (
         model
         if isinstance(model, SegmentationModel)
-        else SegmentationModel(model, device=cfg.device, backend=cfg.backend, threads=cfg.threads)
+        else SegmentationModel(
+            model,
+            device=cfg.device,
+            backend=cfg.backend,
+            threads=cfg.threads,
+            cpu_bf16=cfg.cpu_bf16,
+            channels_last=cfg.channels_last,
+        )
     )
     cases = discover_cases(input_path, series=cfg.series, channels=len(seg.plan.channel_names))
     if cfg.roi_views is not None and len(cases) != 1:
@@ -1485,13 +1560,14 @@ def _predict_into(
         ]
         check_kept_outputs_match(out, key, kept_cases)
     log.info(
-        "predicting %d case(s) with %s (%s, %d fold(s), %s on %s%s)",
+        "predicting %d case(s) with %s (%s, %d fold(s), %s on %s: %s%s)",
         len(cases),
         seg.path,
         " + ".join(p.configuration for p in seg.plans),
         len(seg.folders),
         seg.backend,
         seg.device,
+        seg.precision_text(),
         ", mirroring TTA" if cfg.tta else "",
     )
     results: list[CaseResult] = []

@@ -141,7 +141,7 @@ def predict_command(
             metavar="auto|on|off",
             help="bfloat16 autocast of the network on a CPU: faster, but a few voxels change label (blending "
             "and probabilities stay float32); auto: where the CPU computes bfloat16 natively (AVX512-BF16 / "
-            "AMX). Off by default",
+            "AMX)",
         ),
     ] = "off",
     channels_last: Annotated[
@@ -149,7 +149,7 @@ def predict_command(
         typer.Option(
             metavar="auto|on|off",
             help="channels-last (NDHWC / NHWC) layout of the network (same result up to float rounding; "
-            "measured no faster for prediction, unlike training); auto: 3D models on a CPU. Off by default",
+            "measured no faster for prediction, unlike training); auto: 3D models on a CPU",
         ),
     ] = "off",
     volume: Annotated[

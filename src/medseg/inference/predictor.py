@@ -69,12 +69,12 @@ _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 # CPU computes bf16 natively), off by default because it changes label maps a little. On MSD
 # hippocampus (a 3D U-Net trained 3 min, 20 held-out cases;
 # benchmarks/predict_precision_agreement.py) 0.024 % of the voxels changed label, Dice against
-# the float32 label map 0.997 per class on average (0.993 at worst), short of our bar of 0.999
+# the float32 label map 0.997 per class on average (0.994 at worst), short of our bar of 0.999
 # for a default, while Dice against the reference moved by +0.0002 / +0.0003 only.
 CPU_BF16_DEFAULT: bool | Literal["auto"] = False
 # Channels-last layout of the network when predicting: opt-in ("auto": 3D models on a CPU, as
 # training's default). Unlike a training step, sliding-window prediction measured no faster in
-# it: float32 0.6-0.96x for the prostate configuration's sliding window, 0.96x end to end on
+# it: float32 0.90x (0.62-0.96x) for the prostate configuration's sliding window, 0.96x end to end on
 # MSD hippocampus (benchmarks/predict_precision_bench.py, ..._agreement.py; a shared, loaded
 # machine, so the ranges are wide).
 CHANNELS_LAST_DEFAULT: bool | Literal["auto"] = False

@@ -217,6 +217,8 @@ def test_a_zero_or_nan_voxel_size_is_refused(tmp_path: Path, value: float, suffi
     assert read_volume(_with_pixdim(good, tmp_path / f"fine{suffix}", 3, 2.5)).spacing[0] == pytest.approx(
         2.5
     )
+    if value != 0.0:
+        return
     # a single slice's slice axis has no spacing to get wrong: some tools write pixdim 0 there
     one = make_oblique_volume()
     one = Volume(np.ascontiguousarray(one.array[:1]), one.spacing, one.origin, one.direction)

@@ -239,6 +239,39 @@ def test_deidentified_uids_need_the_secret_and_patients_keep_apart(tmp_path: Pat
     assert "StudyDescription" not in a
 
 
+def test_convert_with_pseudonym_auto_needs_a_patient_id(tmp_path: Path) -> None:
+    """--pseudonym auto derives the pseudonym from the source's PatientID: a NIfTI converted to
+    DICOM without a reference has none, and every such patient would get one pseudonym: refused,
+    nothing written. With a DICOM source each patient gets its own."""
+    vol = make_oblique_volume(dtype=np.int16)
+    write_volume(vol, tmp_path / "v.nii.gz")
+    code, _, err = run(
+        "convert",
+        tmp_path / "v.nii.gz",
+        tmp_path / "d",
+        "--to",
+        "dicom",
+        "--deidentify",
+        "--pseudonym",
+        "auto",
+    )
+    assert code == 2 and "give --pseudonym NAME" in err and not (tmp_path / "d").exists()
+    names = set()
+    for patient in ("PID-1", "PID-2"):
+        files = write_dicom_series(vol, tmp_path / patient)
+        for f in files:
+            ds = pydicom.dcmread(f)
+            ds.PatientID = patient
+            ds.save_as(f)
+        key = ("--deidentify", "--pseudonym", "auto", "--uid-secret", "k3y")
+        code, _, err = run("convert", tmp_path / patient, tmp_path / f"{patient}.deid", "--to", "dicom", *key)
+        assert code == 0, err
+        ds = pydicom.dcmread(next((tmp_path / f"{patient}.deid").iterdir()))
+        assert str(ds.PatientName) == ds.PatientID != patient
+        names.add(ds.PatientID)
+    assert len(names) == 2
+
+
 def test_convert_png_stack_needs_spacing(tmp_path: Path) -> None:
     vol = make_oblique_volume(dtype=np.uint16)
     write_image_stack(vol, tmp_path / "png")

@@ -338,6 +338,21 @@ def test_deidentified_export_references_the_deidentified_series(tmp_path: Path, 
         text = (out / "zones" / table).read_text()
         assert not any(v in text for v in IDENTIFIERS.values())
         assert str(pydicom.dcmread(next(original.glob("*.dcm"))).StudyInstanceUID) not in text
+    # --pseudonym auto: export names the patient as convert does with the same key, not SUBJ001
+    auto = ["--deidentify", "--pseudonym", "auto", "--uid-secret", "project-key"]
+    res = runner.invoke(app, ["convert", str(original), str(tmp_path / "deid_auto"), "--to", "dicom", *auto])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(
+        app,
+        ["export", str(path), str(original), "-o", str(tmp_path / "auto"), "-f", "dicom-seg,rtstruct",
+         "--labels", "PZ=1,TZ=2,DPU=3,AFS=4", "--algorithm-type", "manual", *auto],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    for name in ("seg.dcm", "rtstruct.dcm"):
+        assert_references_deidentified_copy(
+            tmp_path / "auto" / "zones" / name, original, tmp_path / "deid_auto"
+        )
+    assert str(pydicom.dcmread(tmp_path / "auto" / "zones" / "seg.dcm").PatientID).startswith("ANON-")
     # the input series is not changed
     assert all(pydicom.dcmread(f).PatientID == IDENTIFIERS["PatientID"] for f in original.glob("*.dcm"))
 

@@ -445,6 +445,91 @@ def test_deidentified_predictions_overlay_the_deidentified_series(
         PredictConfig(formats=("dicom-seg",), uid_secret="project-key")
 
 
+def test_pseudonym_auto_names_each_patient_of_a_cohort_as_convert_does(
+    shared_data: Path, trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`predict --deidentify --pseudonym auto --uid-secret K` on a cohort of two real PROSTATEx
+    T2 series of two patients (a copy given a patient name and ID, and ProstateX-0001 as TCIA
+    has it): each patient gets its own pseudonym, the one `convert` with the same key gives its
+    series, stable over runs; no output holds either original ID. The network is stubbed."""
+    cohort = tmp_path / "cohort"
+    first = identified_prostatex_t2(shared_data, cohort / "a")
+    second = shared_data / "prostatex_dicom/ProstateX-0001/07-08-2011/6.000000-t2tsetra-76610"
+    if not second.is_dir():
+        pytest.skip(f"{second} not found (a PROSTATEx T2 series of ../shared/data)")
+    shutil.copytree(second, cohort / "b")
+    own_ids = [IDENTIFIERS["PatientID"], "ProstateX-0001"]
+
+    def boxed(self: SegmentationModel, channels: list[Volume], **kwargs: object) -> tuple[Volume, None]:
+        label = np.zeros(channels[0].shape, dtype=np.uint8)
+        label[6:12, 150:230, 160:240] = 1
+        return channels[0].with_array(label), None
+
+    monkeypatch.setattr(SegmentationModel, "predict", boxed)
+    key = ["--deidentify", "--pseudonym", "auto", "--uid-secret", "project-key"]
+    runner = CliRunner()
+    for name in ("a", "b"):
+        res = runner.invoke(
+            app, ["convert", str(cohort / name), str(tmp_path / f"deid_{name}"), "--to", "dicom", *key]
+        )
+        assert res.exit_code == 0, res.output
+    out = tmp_path / "out"
+    res = runner.invoke(
+        app,
+        [
+            "predict",
+            str(cohort),
+            "-m",
+            str(trained_model),
+            "-o",
+            str(out),
+            "-f",
+            "dicom-seg,rtstruct,volumes",
+            *key,
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "name one patient" not in res.output
+    assert_references_deidentified_copy(out / "a" / "seg.dcm", first, tmp_path / "deid_a")
+    names = {}
+    for name in ("a", "b"):
+        copy = pydicom.dcmread(next((tmp_path / f"deid_{name}").glob("*.dcm")), stop_before_pixels=True)
+        for obj in ("seg.dcm", "rtstruct.dcm"):
+            ds = pydicom.dcmread(out / name / obj, stop_before_pixels=True)
+            assert ds.PatientID == ds.PatientName == copy.PatientID == copy.PatientName, (name, obj)
+            assert ds.StudyInstanceUID == copy.StudyInstanceUID
+        names[name] = str(copy.PatientID)
+        assert re.fullmatch(r"ANON-[0-9A-F]{10}", names[name])
+    assert names["a"] != names["b"]
+    # No output, nor the run's log, holds an original ID (nor so the ID-pseudonym mapping).
+    for path in [*out.rglob("*"), *tmp_path.glob("deid_*/*")]:
+        if path.is_file():
+            data = path.read_bytes()
+            assert not [i for i in own_ids if i.encode() in data], path
+    assert not [i for i in own_ids if i in res.output]
+    # Stable: another run with the key names the patient alike; another key, otherwise.
+    cfg = PredictConfig(formats=("dicom-seg",), deidentify=True, pseudonym="auto", uid_secret="project-key")
+    (again,) = predict(cohort / "b", trained_model, tmp_path / "again", cfg)
+    assert again.ok and pydicom.dcmread(again.outputs["dicom-seg"]).PatientID == names["b"]
+    other = PredictConfig(formats=("dicom-seg",), deidentify=True, pseudonym="auto", uid_secret="other-key")
+    (keyed,) = predict(cohort / "b", trained_model, tmp_path / "keyed", other)
+    assert keyed.ok and pydicom.dcmread(keyed.outputs["dicom-seg"]).PatientID not in names.values()
+    # A SEG named by a fixed pseudonym is not kept by an auto re-run (it names the patient otherwise).
+    fixed = PredictConfig(
+        formats=("dicom-seg",), deidentify=True, pseudonym="SUBJ002", uid_secret="project-key"
+    )
+    (made,) = predict(cohort / "b", trained_model, tmp_path / "fixed", fixed)
+    assert made.ok
+    rerun = PredictConfig(
+        formats=("dicom-seg", "overlay"), deidentify=True, pseudonym="auto", uid_secret="project-key"
+    )
+    (refused,) = predict(cohort / "b", trained_model, tmp_path / "fixed", rerun)
+    assert not refused.ok and "de-identified otherwise than asked" in refused.error
+    assert "found another pseudonym" in refused.error
+    (kept,) = predict(cohort / "b", trained_model, tmp_path / "again", rerun)
+    assert kept.ok and (tmp_path / "again" / "b" / "overlay.png").is_file(), kept.error
+
+
 def test_a_plain_rerun_keeps_the_seg_of_a_source_deidentified_elsewhere(
     shared_data: Path, trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -485,6 +570,19 @@ def test_deidentified_cohort_warns_that_one_pseudonym_names_every_case(
         predict(tmp_path / "cohort", trained_model, tmp_path / "out", cfg)
     (warning,) = [r.getMessage() for r in caplog.records if "--pseudonym" in r.getMessage()]
     assert "all 2 DICOM cases name one patient, 'SUBJ001'" in warning
+    assert "give --pseudonym auto" in warning
+    # --pseudonym auto names each patient apart: nothing to warn of (the series given IDs).
+    for name in ("a", "b"):
+        for f in (tmp_path / "cohort" / name).glob("*.dcm"):
+            ds = pydicom.dcmread(f)
+            ds.PatientID = f"P-{name}"
+            ds.save_as(f)
+    caplog.clear()
+    auto = PredictConfig(formats=("dicom-seg",), deidentify=True, pseudonym="auto", uid_secret="k")
+    with caplog.at_level(logging.WARNING, logger="medseg"):
+        results = predict(tmp_path / "cohort", trained_model, tmp_path / "auto", auto)
+    assert all(r.ok for r in results) and len(results) == 2
+    assert not [r for r in caplog.records if "--pseudonym" in r.getMessage()]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="medseg"):
         predict(tmp_path / "cohort" / "a", trained_model, tmp_path / "one", cfg)

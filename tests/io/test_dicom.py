@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from pydicom.sequence import Sequence
 from medseg.errors import ConfigError, InputError, OutputExistsError
 from medseg.io import read_volume, write_volume
 from medseg.io.dicom import (
+    PSEUDONYM_AUTO,
     DicomSeries,
     check_deidentify_options,
     deidentified_uid,
@@ -25,6 +27,7 @@ from medseg.io.dicom import (
     load_file,
     load_files,
     load_series,
+    patient_pseudonym,
     read_dicom_file,
     read_dicom_series,
     write_dicom_series,
@@ -377,6 +380,46 @@ def test_deidentify_options_are_checked() -> None:
     ):
         with pytest.raises(ConfigError, match=message):
             check_deidentify_options(*args)  # type: ignore[arg-type]
+
+
+def test_pseudonym_auto_is_keyed_by_the_secret_and_one_per_patient() -> None:
+    """--pseudonym auto: ANON- and 10 hex digits of an HMAC of the PatientID keyed by the UID
+    secret: the same for the same patient and key, different for another patient or key, and
+    neither the ID nor a plain hash of it (IDs are guessable)."""
+    import hashlib
+
+    one = patient_pseudonym("PID-7731", PSEUDONYM_AUTO, "k")
+    assert re.fullmatch(r"ANON-[0-9A-F]{10}", one)
+    assert one == patient_pseudonym(" PID-7731 ", PSEUDONYM_AUTO, "k")  # DICOM pads LO with spaces
+    assert one != patient_pseudonym("PID-7732", PSEUDONYM_AUTO, "k")
+    assert one != patient_pseudonym("PID-7731", PSEUDONYM_AUTO, "k2")
+    assert one[5:].lower() not in hashlib.sha256(b"PID-7731").hexdigest()
+    # no secret: this process's own, so not that of any key
+    assert patient_pseudonym("PID-7731", PSEUDONYM_AUTO) != one
+    assert patient_pseudonym("PID-7731", "SUBJ001", "k") == "SUBJ001"
+    with pytest.raises(ConfigError, match=r"has none .* give --pseudonym NAME"):
+        patient_pseudonym("  ", PSEUDONYM_AUTO, "k")
+    ds = Dataset()
+    ds.PatientName, ds.PatientID, ds.OtherPatientIDs = "DOE^JANE", "PID-7731", "PID-0001"
+    deidentify_dataset(ds, pseudonym=PSEUDONYM_AUTO, uid_secret="k")
+    assert ds.PatientID == one and ds.PatientName == one and "OtherPatientIDs" not in ds
+    check_deidentify_options(True, PSEUDONYM_AUTO, "k")
+    with pytest.raises(ConfigError, match="only apply with --deidentify"):
+        check_deidentify_options(False, PSEUDONYM_AUTO)
+
+
+def test_pseudonym_auto_without_a_secret_differs_per_run() -> None:
+    """Without --uid-secret a run's pseudonyms come from its own secret, as its UIDs do: two
+    processes give the same patient two pseudonyms."""
+    import subprocess
+    import sys
+
+    code = "from medseg.io.dicom import patient_pseudonym; print(patient_pseudonym('PID-7731'))"
+    runs = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        for _ in range(2)
+    }
+    assert len(runs) == 2 and all(r.startswith("ANON-") for r in runs)
 
 
 def test_existing_output_folder_is_kept_without_overwrite(tmp_path: Path) -> None:

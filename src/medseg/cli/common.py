@@ -47,7 +47,9 @@ PseudonymOpt = Annotated[
     str,
     typer.Option(
         "--pseudonym",
-        help="With --deidentify: the patient name and ID to write (one per patient, e.g. SUBJ001).",
+        help="With --deidentify: the patient name and ID to write (one per patient, e.g. SUBJ001), or "
+        "'auto': a pseudonym per patient, ANON- and 10 hex digits derived from its PatientID with the "
+        "--uid-secret (the same in every run given the same key; without one, new per run).",
     ),
 ]
 UidSecretOpt = Annotated[
@@ -116,8 +118,8 @@ def deidentify_notes(
         )
     if uid_secret is None and len(others) < len(formats):
         console.print(
-            "note: no --uid-secret: the new UIDs come from a secret made for this run alone, so they match "
-            "no separate run (a de-identified SEG or RTSTRUCT then overlays no series from `medseg convert "
+            "note: no --uid-secret: the new UIDs (and --pseudonym auto pseudonyms) come from a secret made "
+            "for this run alone, so they match no separate run (a de-identified SEG or RTSTRUCT then overlays no series from `medseg convert "
             "--deidentify`); give every run the same --uid-secret KEY to keep them together",
             markup=False,
             soft_wrap=True,

@@ -1298,8 +1298,11 @@ def _check_kept_dicom_identity(kept: Mapping[str, Path], config: PredictConfig) 
         return
     import pydicom
 
-    from medseg.io.dicom import DEIDENTIFICATION_METHOD
+    from medseg.io.dicom import DEIDENTIFICATION_METHOD, PSEUDONYM_AUTO
 
+    # --pseudonym auto: the expected pseudonym needs the source's PatientID, checked once the
+    # source is read (_check_kept_against_source)
+    auto = config.pseudonym == PSEUDONYM_AUTO
     for fmt in DICOM_FORMATS:
         if fmt not in kept:
             continue
@@ -1307,7 +1310,7 @@ def _check_kept_dicom_identity(kept: Mapping[str, Path], config: PredictConfig) 
             kept[fmt], stop_before_pixels=True, specific_tags=["DeidentificationMethod", "PatientID"]
         )
         ours = str(ds.get("DeidentificationMethod", "")) == DEIDENTIFICATION_METHOD
-        if not ours or str(ds.get("PatientID", "")) != config.pseudonym:
+        if not ours or (not auto and str(ds.get("PatientID", "")) != config.pseudonym):
             raise InputError(
                 kept[fmt],
                 "an earlier run's output would be kept, de-identified otherwise than asked",
@@ -1323,7 +1326,8 @@ def _check_kept_against_source(
     """Refuse to add outputs next to a kept SEG or RTSTRUCT that names the patient or study
     otherwise than they will: without --deidentify, one whose PatientID is not the source's
     (an earlier --deidentify run's); with it, one whose UIDs another --uid-secret made (or no
-    secret: one per run), so that the case folder would name two de-identified studies."""
+    secret: one per run), so that the case folder would name two de-identified studies, or
+    (--pseudonym auto) whose PatientID is not the pseudonym this run derives for the source's."""
     import pydicom
 
     if not config.deidentify:
@@ -1340,6 +1344,25 @@ def _check_kept_against_source(
                         found="de-identified",
                     )
         return
+    from medseg.io.dicom import PSEUDONYM_AUTO, patient_pseudonym
+
+    patient_id = str(series.datasets[0].get("PatientID", "")).strip() if series is not None else ""
+    if config.pseudonym == PSEUDONYM_AUTO and patient_id:
+        # --pseudonym auto: the pseudonym this run gives the source's patient (checked here,
+        # whatever the formats, as _check_kept_dicom_identity checks a fixed one)
+        pseudonym = patient_pseudonym(patient_id, config.pseudonym, config.uid_secret)
+        for fmt in DICOM_FORMATS:
+            if fmt not in kept:
+                continue
+            ds = pydicom.dcmread(kept[fmt], stop_before_pixels=True, specific_tags=["PatientID"])
+            if str(ds.get("PatientID", "")) != pseudonym:
+                raise InputError(
+                    kept[fmt],
+                    "an earlier run's output would be kept, de-identified otherwise than asked",
+                    expected="--deidentify and --pseudonym as that run had them, --overwrite to "
+                    "redo it, or another output folder",
+                    found="another pseudonym",
+                )
     if not any(f in targets for f in (*DICOM_FORMATS, "volumes")):
         return
     study = str(image.meta.get("study_uid") or "")
@@ -1512,12 +1535,15 @@ def predict(
             found=f"{len(cases)} non-DICOM case(s)",
         )
     dicom_cases = sum(1 for c in cases if c.kind == "dicom")
-    if cfg.deidentify and dicom_formats and dicom_cases > 1:
-        # one --pseudonym per run: a cohort of several patients would become one patient
+    from medseg.io.dicom import PSEUDONYM_AUTO
+
+    if cfg.deidentify and dicom_formats and dicom_cases > 1 and cfg.pseudonym != PSEUDONYM_AUTO:
+        # one fixed --pseudonym per run: a cohort of several patients would become one patient
         log.warning(
             "--deidentify: the %s of all %d DICOM cases name one patient, %r (--pseudonym); if they "
-            "are different patients, a PACS files them as one: run predict once per patient, each "
-            "with its own --pseudonym",
+            "are different patients, a PACS files them as one: give --pseudonym auto (one pseudonym "
+            "per patient, derived from its PatientID with the --uid-secret), or run predict once per "
+            "patient, each with its own --pseudonym",
             " and ".join(dicom_formats),
             dicom_cases,
             cfg.pseudonym,

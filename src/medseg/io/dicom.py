@@ -55,6 +55,7 @@ import copy
 import datetime as _dt
 import fnmatch
 import hashlib
+import hmac
 import logging
 import os
 import re
@@ -1617,6 +1618,37 @@ def deidentified_uid(uid: str, uid_secret: str | None = None) -> UID:
     return _new_uid(str(uid), uid_secret)
 
 
+# ``pseudonym=PSEUDONYM_AUTO`` (CLI: --pseudonym auto) gives each patient its own pseudonym,
+# derived from its PatientID with the UID secret: the same patient gets the same pseudonym in
+# every run given the same secret (convert, predict, export), different patients different
+# ones. An HMAC, not a plain hash: IDs are guessable (a hospital's numbering), and a hash of a
+# guessed ID would re-identify; without the secret it cannot be recomputed. 10 hex digits (40
+# bits): a cohort of 10,000 patients collides with a probability below 1e-4.
+PSEUDONYM_AUTO = "auto"
+_PSEUDONYM_PREFIX = "ANON-"
+
+
+def patient_pseudonym(patient_id: str, pseudonym: str = PSEUDONYM_AUTO, uid_secret: str | None = None) -> str:
+    """The PatientName and PatientID that :func:`deidentify_dataset` writes for a patient whose
+    own ID is ``patient_id``: ``pseudonym`` itself, or for :data:`PSEUDONYM_AUTO` ``ANON-``
+    followed by the first 10 hex digits of HMAC-SHA256(``uid_secret``, ``patient_id``) (the
+    process's secret when ``uid_secret`` is None, so it differs per run).
+
+    Raises ConfigError for ``auto`` and an empty ID: every such patient would get one pseudonym.
+    """
+    if pseudonym != PSEUDONYM_AUTO:
+        return pseudonym
+    own = str(patient_id).strip()
+    if not own:
+        raise ConfigError(
+            "--pseudonym auto derives each patient's pseudonym from its PatientID, but the source "
+            "has none (e.g. a conversion to DICOM without a DICOM --reference): give --pseudonym NAME"
+        )
+    key = (uid_secret or _PROCESS_SECRET).encode("utf-8")
+    digest = hmac.new(key, b"medseg-pseudonym\0" + own.encode("utf-8"), hashlib.sha256).hexdigest()
+    return _PSEUDONYM_PREFIX + digest[:10].upper()
+
+
 def write_dicom_series(
     volume: Volume,
     folder: str | Path,
@@ -1926,9 +1958,12 @@ def deidentify_dataset(
 
     See the comment above ``_DEID_REMOVE`` for exactly what is removed, emptied, replaced
     and kept. PatientName and PatientID become ``pseudonym`` (give each patient its own, or
-    a de-identified cohort becomes one patient in a PACS). UIDs are replaced by UIDs derived
-    with a secret: the same within a process, or across runs given the same ``uid_secret``.
+    a de-identified cohort becomes one patient in a PACS; :data:`PSEUDONYM_AUTO` derives one
+    per patient from its PatientID: :func:`patient_pseudonym`). UIDs are replaced by UIDs
+    derived with a secret: the same within a process, or across runs given the same ``uid_secret``.
     """
+    # resolved before anything is removed: --pseudonym auto derives it from the PatientID
+    name = patient_pseudonym(str(ds.get("PatientID", "")), pseudonym, uid_secret)
     ds.remove_private_tags()
     for tag in list(ds.keys()):
         if 0x6000 <= tag.group <= 0x60FF and tag.group % 2 == 0:
@@ -1967,8 +2002,8 @@ def deidentify_dataset(
     ds.walk(visit)
     for kw in _DEID_REMOVE:  # also inside sequences
         _remove_nested(ds, kw)
-    ds.PatientName = pseudonym
-    ds.PatientID = pseudonym
+    ds.PatientName = name
+    ds.PatientID = name
     if "PatientBirthDate" in ds:
         ds.PatientBirthDate = ""
     for kw in _DEID_EMPTY:

@@ -25,6 +25,7 @@ from tests.conftest import (
     IDENTIFIERS,
     assert_references_deidentified_copy,
     identified_prostatex_t2,
+    make_oblique_volume,
     oblique_direction,
     write_blank_uid_cohort,
 )
@@ -839,6 +840,27 @@ def test_a_series_without_uids_gets_every_format_but_its_dicom_ones(tmp_path: Pa
     # the good copy of the series gets its DICOM outputs
     good = export_label(label_file, tmp_path / "cohort" / "good", tmp_path / "good", cfg)
     assert good.ok and sorted(good.outputs) == sorted(formats)
+
+
+def test_pseudonym_auto_of_a_series_without_a_patient_id_writes_all_but_dicom(tmp_path: Path) -> None:
+    """--pseudonym auto derives the pseudonym from the PatientID: a series without one cannot
+    give a de-identified SEG (every such patient would get one pseudonym). As for a series
+    without UIDs, the other formats are written and the DICOM ones listed with the reason."""
+    from medseg.io.dicom import write_dicom_series
+
+    vol = make_oblique_volume(dtype=np.int16)
+    write_dicom_series(vol, tmp_path / "series")  # no reference: an empty PatientID
+    label = np.zeros(vol.shape, dtype=np.uint8)
+    label[2:6, 10:20, 8:18] = 1
+    label_file = write_volume(vol.with_array(label), tmp_path / "in" / "case.nii.gz")
+    cfg = ExportConfig(formats=("volumes", "dicom-seg"), deidentify=True, pseudonym="auto", uid_secret="k")
+    result = export_label(label_file, tmp_path / "series", tmp_path / "out", cfg)
+    assert not result.ok and sorted(result.outputs) == ["volumes"]
+    assert "has no PatientID to derive --pseudonym auto from" in result.not_written["dicom-seg"]
+    assert not list((tmp_path / "out").rglob("*.dcm"))
+    only = ExportConfig(formats=("dicom-seg",), deidentify=True, pseudonym="auto", uid_secret="k")
+    with pytest.raises(InputError, match="expected a PatientID, or --pseudonym NAME"):
+        export_label(label_file, tmp_path / "series", tmp_path / "only", only)
 
 
 def test_totalsegmentators_example_ct_without_uids_exports_all_but_dicom(

@@ -571,6 +571,14 @@ def test_deidentified_cohort_warns_that_one_pseudonym_names_every_case(
     (warning,) = [r.getMessage() for r in caplog.records if "--pseudonym" in r.getMessage()]
     assert "all 2 DICOM cases name one patient, 'SUBJ001'" in warning
     assert "give --pseudonym auto" in warning
+    # --pseudonym auto needs each series' PatientID (these have none): the DICOM outputs are
+    # refused before the network runs, the others still written.
+    auto = PredictConfig(formats=("dicom-seg",), deidentify=True, pseudonym="auto", uid_secret="k")
+    (refused,) = predict(tmp_path / "cohort" / "a", trained_model, tmp_path / "noid", auto)
+    assert not refused.ok and "has no PatientID to derive --pseudonym auto from" in refused.error
+    partly = PredictConfig(formats=("nifti", "dicom-seg"), deidentify=True, pseudonym="auto", uid_secret="k")
+    (part,) = predict(tmp_path / "cohort" / "a", trained_model, tmp_path / "noid2", partly)
+    assert sorted(part.outputs) == ["nifti"] and "expected a PatientID" in part.not_written["dicom-seg"]
     # --pseudonym auto names each patient apart: nothing to warn of (the series given IDs).
     for name in ("a", "b"):
         for f in (tmp_path / "cohort" / name).glob("*.dcm"):
@@ -578,7 +586,6 @@ def test_deidentified_cohort_warns_that_one_pseudonym_names_every_case(
             ds.PatientID = f"P-{name}"
             ds.save_as(f)
     caplog.clear()
-    auto = PredictConfig(formats=("dicom-seg",), deidentify=True, pseudonym="auto", uid_secret="k")
     with caplog.at_level(logging.WARNING, logger="medseg"):
         results = predict(tmp_path / "cohort", trained_model, tmp_path / "auto", auto)
     assert all(r.ok for r in results) and len(results) == 2

@@ -184,15 +184,19 @@ def region_file_name(index: int, name: str) -> str:
     return f"{index + 1}_{safe_name(name)}.nii.gz"
 
 
-def unwritable_dicom_formats(series: Any, formats: Iterable[str]) -> dict[str, str]:
+def unwritable_dicom_formats(
+    series: Any, formats: Iterable[str], *, pseudonym: str | None = None
+) -> dict[str, str]:
     """The DICOM formats among ``formats`` that ``series`` cannot give (format -> why).
 
     A SEG or RTSTRUCT of images without UIDs (blanked by an anonymiser, as in TotalSegmentator's
-    example CT) cannot be written. The other formats need no UIDs and are still written by
+    example CT) cannot be written, nor one de-identified with ``pseudonym`` auto of a series
+    without a PatientID (the pseudonym is derived from it). The other formats need no UIDs and are still written by
     `medseg predict` (checked before the network runs) and `medseg export`; when nothing else
     is asked for, the InputError naming a file, the UIDs expected and those found is raised.
     """
     from medseg.export.dicom_source import require_referenceable
+    from medseg.io.dicom import PSEUDONYM_AUTO
 
     asked = list(formats)
     dicom = [f for f in asked if f in DICOM_FORMATS]
@@ -201,6 +205,13 @@ def unwritable_dicom_formats(series: Any, formats: Iterable[str]) -> dict[str, s
     try:
         for ds, path in zip(series.datasets, series.files, strict=True):
             require_referenceable(ds, path)
+        if pseudonym == PSEUDONYM_AUTO and not str(series.datasets[0].get("PatientID", "")).strip():
+            raise InputError(
+                series.files[0],
+                "has no PatientID to derive --pseudonym auto from",
+                expected="a PatientID, or --pseudonym NAME",
+                found="an empty PatientID",
+            )
     except InputError as exc:
         if len(dicom) == len(asked):
             raise
@@ -667,7 +678,11 @@ def export_label(
         )
     # A series without UIDs cannot give a SEG or RTSTRUCT; the other formats are still written
     # and the result lists the DICOM ones under not_written (as `medseg predict` does).
-    not_written = unwritable_dicom_formats(series, cfg.formats) if series is not None else {}
+    not_written = (
+        unwritable_dicom_formats(series, cfg.formats, pseudonym=cfg.pseudonym if cfg.deidentify else None)
+        if series is not None
+        else {}
+    )
     if not_written:
         # the reason (file, expected, found) is the result's not_written, which the CLI prints
         log.error("%s: %s cannot be written; writing the other formats", image_file, ", ".join(not_written))

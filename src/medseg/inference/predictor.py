@@ -1198,7 +1198,9 @@ def predict_case(
     _warn_if_not_ct(model.plans, channels, case.case_id)
     not_written: dict[str, str] = {}
     if series is not None and any(f in DICOM_FORMATS for f in targets):
-        not_written = unwritable_dicom_formats(series, targets)
+        not_written = unwritable_dicom_formats(
+            series, targets, pseudonym=config.pseudonym if config.deidentify else None
+        )
         if not_written:
             log.error(
                 "case %s: %s cannot be written (%s); writing the other formats",

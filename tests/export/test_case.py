@@ -354,6 +354,17 @@ def test_deidentified_export_references_the_deidentified_series(tmp_path: Path, 
             tmp_path / "auto" / "zones" / name, original, tmp_path / "deid_auto"
         )
     assert str(pydicom.dcmread(tmp_path / "auto" / "zones" / "seg.dcm").PatientID).startswith("ANON-")
+    # --pseudonym-map: the patient's row names it
+    table = tmp_path / "map.csv"
+    table.write_text(f"PatientID,pseudonym\n{IDENTIFIERS['PatientID']},SUBJ-7\n")
+    res = runner.invoke(
+        app,
+        ["export", str(path), str(original), "-o", str(tmp_path / "mapped"), "-f", "dicom-seg",
+         "--labels", "PZ=1,TZ=2,DPU=3,AFS=4", "--algorithm-type", "manual", "--deidentify",
+         "--pseudonym-map", str(table), "--uid-secret", "project-key"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert pydicom.dcmread(tmp_path / "mapped" / "zones" / "seg.dcm").PatientID == "SUBJ-7"
     # the input series is not changed
     assert all(pydicom.dcmread(f).PatientID == IDENTIFIERS["PatientID"] for f in original.glob("*.dcm"))
 

@@ -530,6 +530,62 @@ def test_pseudonym_auto_names_each_patient_of_a_cohort_as_convert_does(
     assert kept.ok and (tmp_path / "again" / "b" / "overlay.png").is_file(), kept.error
 
 
+def test_pseudonym_map_names_each_patient_and_is_written_nowhere(
+    shared_data: Path, trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--pseudonym-map FILE` (PatientID,pseudonym) on two real PROSTATEx T2 series of two
+    patients: each SEG is named by its row, as `convert` with the map names the series; the map
+    is not recorded in predictions.json nor the IDs anywhere; a patient the map lacks gets its
+    other outputs but no DICOM ones. The network is stubbed."""
+    cohort = tmp_path / "cohort"
+    first = identified_prostatex_t2(shared_data, cohort / "a")
+    second = shared_data / "prostatex_dicom/ProstateX-0001/07-08-2011/6.000000-t2tsetra-76610"
+    if not second.is_dir():
+        pytest.skip(f"{second} not found (a PROSTATEx T2 series of ../shared/data)")
+    shutil.copytree(second, cohort / "b")
+
+    def boxed(self: SegmentationModel, channels: list[Volume], **kwargs: object) -> tuple[Volume, None]:
+        label = np.zeros(channels[0].shape, dtype=np.uint8)
+        label[6:12, 150:230, 160:240] = 1
+        return channels[0].with_array(label), None
+
+    monkeypatch.setattr(SegmentationModel, "predict", boxed)
+    table = tmp_path / "map.csv"
+    table.write_text(f"PatientID,pseudonym\n{IDENTIFIERS['PatientID']},SUBJ-A\nProstateX-0001,SUBJ-B\n")
+    key = ["--deidentify", "--pseudonym-map", str(table), "--uid-secret", "project-key"]
+    runner = CliRunner()
+    res = runner.invoke(app, ["convert", str(first), str(tmp_path / "deid_a"), "--to", "dicom", *key])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "out"
+    args = ["predict", str(cohort), "-m", str(trained_model), "-o", str(out)]
+    res = runner.invoke(app, [*args, "-f", "dicom-seg,rtstruct,volumes", *key])
+    assert res.exit_code == 0, res.output
+    assert "name one patient" not in res.output
+    assert_references_deidentified_copy(out / "a" / "seg.dcm", first, tmp_path / "deid_a")
+    assert pydicom.dcmread(out / "a" / "rtstruct.dcm").PatientID == "SUBJ-A"
+    assert pydicom.dcmread(out / "b" / "seg.dcm").PatientID == "SUBJ-B"
+    summary = (out / "predictions.json").read_text()
+    assert json.loads(summary)["config"]["pseudonym"] == "(a map, not recorded)"
+    for path in out.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert b"PID-7731" not in data and b"ProstateX-0001" not in data, path
+    assert "SUBJ-A" not in summary and "SUBJ-B" not in summary
+    # a patient the map lacks: its other outputs, no SEG; the error does not show its ID
+    table.write_text(f"PatientID,pseudonym\n{IDENTIFIERS['PatientID']},SUBJ-A\n")
+    res = runner.invoke(app, [*args[:-1], str(tmp_path / "o2"), "-f", "dicom-seg,volumes", *key])
+    assert res.exit_code == 1
+    cases = {c["case_id"]: c for c in json.loads((tmp_path / "o2" / "predictions.json").read_text())["cases"]}
+    assert cases["a"]["error"] == "" and "--pseudonym-map lacks" in cases["b"]["error"]
+    assert "ProstateX-0001" not in cases["b"]["error"] and "ProstateX-0001" not in res.output
+    assert (tmp_path / "o2" / "b" / "volumes.csv").is_file() and not (
+        tmp_path / "o2" / "b" / "seg.dcm"
+    ).exists()
+    # --pseudonym and --pseudonym-map: one or the other
+    res = runner.invoke(app, [*args, "-f", "dicom-seg", *key, "--pseudonym", "SUBJ001", "--overwrite"])
+    assert res.exit_code == 2 and "not both" in res.output
+
+
 def test_a_plain_rerun_keeps_the_seg_of_a_source_deidentified_elsewhere(
     shared_data: Path, trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

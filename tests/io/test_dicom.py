@@ -30,6 +30,7 @@ from medseg.io.dicom import (
     patient_pseudonym,
     read_dicom_file,
     read_dicom_series,
+    read_pseudonym_map,
     write_dicom_series,
 )
 from medseg.io.itk import from_sitk
@@ -406,6 +407,43 @@ def test_pseudonym_auto_is_keyed_by_the_secret_and_one_per_patient() -> None:
     check_deidentify_options(True, PSEUDONYM_AUTO, "k")
     with pytest.raises(ConfigError, match="only apply with --deidentify"):
         check_deidentify_options(False, PSEUDONYM_AUTO)
+
+
+def test_pseudonym_map_is_read_checked_and_looked_up(tmp_path: Path) -> None:
+    """--pseudonym-map FILE: PatientID,pseudonym rows; errors name the file and the row but
+    never an ID; a map that gives two patients one pseudonym is refused."""
+    table = tmp_path / "map.csv"
+    table.write_text("PatientID,pseudonym\nPID-7731,SUBJ001\n PID-7732 , SUBJ002 \n\n")
+    names = read_pseudonym_map(table)
+    assert names == {"PID-7731": "SUBJ001", "PID-7732": "SUBJ002"}
+    assert patient_pseudonym("PID-7732 ", names, "k") == "SUBJ002"
+    with pytest.raises(ConfigError, match="not in --pseudonym-map") as info:
+        patient_pseudonym("PID-9999", names)
+    assert "PID-9999" not in str(info.value)
+    check_deidentify_options(True, names, "k")
+    for bad, message in (
+        ("id,name\nPID-1,S1\n", "expected the header PatientID,pseudonym"),
+        ("", "found an empty file"),
+        ("PatientID,pseudonym\nPID-1\n", "row 2 is not a pair"),
+        ("PatientID,pseudonym\nPID-1,S1\nPID-1,S2\n", "row 3 repeats a PatientID"),
+    ):
+        table.write_text(bad)
+        with pytest.raises(InputError, match=message) as err:
+            read_pseudonym_map(table)
+        assert str(table) in str(err.value) and "PID-1" not in str(err.value)
+    for mapping, message in (
+        ({"PID-1": "S1", "PID-2": "S1"}, "one pseudonym to several patients"),
+        ({}, "holds no patient"),
+        ({"PID-1": "A\\B"}, "without a backslash"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            check_deidentify_options(True, mapping)
+    with pytest.raises(ConfigError, match="only apply with --deidentify"):
+        check_deidentify_options(False, names)
+    ds = Dataset()
+    ds.PatientName, ds.PatientID = "DOE^JANE", "PID-7731"
+    deidentify_dataset(ds, pseudonym=names)
+    assert ds.PatientID == ds.PatientName == "SUBJ001"
 
 
 def test_pseudonym_auto_without_a_secret_differs_per_run() -> None:

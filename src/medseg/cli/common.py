@@ -52,6 +52,14 @@ PseudonymOpt = Annotated[
         "--uid-secret (the same in every run given the same key; without one, new per run).",
     ),
 ]
+PseudonymMapOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--pseudonym-map",
+        help="With --deidentify: a CSV with the header PatientID,pseudonym naming each patient's "
+        "pseudonym (in place of --pseudonym); a patient it lacks gets no DICOM output.",
+    ),
+]
 UidSecretOpt = Annotated[
     str | None,
     typer.Option(
@@ -71,6 +79,18 @@ UidSecretFileOpt = Annotated[
         "the key shows in no process list or shell history.",
     ),
 ]
+
+
+def pseudonym_from(pseudonym: str, pseudonym_map: Path | None) -> str | dict[str, str]:
+    """The --pseudonym given, or the map read from --pseudonym-map (not both)."""
+    if pseudonym_map is None:
+        return pseudonym
+    from medseg.errors import ConfigError
+    from medseg.io.dicom import read_pseudonym_map
+
+    if pseudonym != "ANONYMOUS":
+        raise ConfigError("give --pseudonym or --pseudonym-map, not both")
+    return read_pseudonym_map(pseudonym_map)
 
 
 def uid_secret_from(uid_secret: str | None, uid_secret_file: Path | None) -> str | None:

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from medseg.cli.common import (
     DeidentifyOpt,
+    PseudonymMapOpt,
     PseudonymOpt,
     UidSecretFileOpt,
     UidSecretOpt,
@@ -19,6 +20,7 @@ from medseg.cli.common import (
     console,
     deidentify_notes,
     number_values,
+    pseudonym_from,
     uid_secret_from,
     warnings_only,
 )
@@ -119,6 +121,7 @@ def export_command(
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
     deidentify: DeidentifyOpt = False,
     pseudonym: PseudonymOpt = "ANONYMOUS",
+    pseudonym_map: PseudonymMapOpt = None,
     uid_secret: UidSecretOpt = None,
     uid_secret_file: UidSecretFileOpt = None,
     quiet: Annotated[
@@ -135,6 +138,7 @@ def export_command(
     For a segmentation made elsewhere (another tool, a manual correction) or earlier; a DICOM SEG becomes an RTSTRUCT and back. The label map must lie on the image's grid, or --resample puts it there (nearest neighbour). SEG and RTSTRUCT segments keep the algorithm type and algorithm a SEG or RTSTRUCT input declares; a label map of `medseg baseline` is named by the LABEL.baseline.json written beside it ("medseg baseline METHOD", SEMIAUTOMATIC for region-grow and seeded or marker watershed); any other label map is marked AUTOMATIC. --algorithm-type sets the type of every segment and --algorithm-name the algorithm, replacing what the input declares. A DICOM SEG must name the algorithm of automatic and semiautomatic segments: for a label map that names none, give --algorithm-name or --algorithm-type manual. volumes.csv names the study and series UIDs of a DICOM image (empty for other images). A series whose UIDs were blanked still gets the other formats; dicom-seg/rtstruct are then listed as not written with the reason, and the exit code is 1.
     """
     uid_secret = uid_secret_from(uid_secret, uid_secret_file)
+    names = pseudonym_from(pseudonym, pseudonym_map)
     from medseg.evaluation import parse_labels
     from medseg.export.case import DICOM_FORMATS, ExportConfig, export_label
 
@@ -153,7 +157,7 @@ def export_command(
         algorithm_family=algorithm_family,
         overwrite=overwrite,
         deidentify=deidentify,
-        pseudonym=pseudonym,
+        pseudonym=names,
         uid_secret=uid_secret,
     )
     if not quiet:

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from medseg.cli.common import (
     DeidentifyOpt,
+    PseudonymMapOpt,
     PseudonymOpt,
     UidSecretFileOpt,
     UidSecretOpt,
@@ -21,6 +22,7 @@ from medseg.cli.common import (
     console,
     deidentify_notes,
     number_values,
+    pseudonym_from,
     uid_secret_from,
 )
 from medseg.errors import InputError, MedsegError
@@ -311,6 +313,7 @@ def convert(
     description: str | None = typer.Option(None, "--description", help="DICOM output: SeriesDescription."),
     deidentify: DeidentifyOpt = False,
     pseudonym: PseudonymOpt = "ANONYMOUS",
+    pseudonym_map: PseudonymMapOpt = None,
     uid_secret: UidSecretOpt = None,
     uid_secret_file: UidSecretFileOpt = None,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
@@ -322,6 +325,7 @@ def convert(
     are unknown and left empty.
     """
     uid_secret = uid_secret_from(uid_secret, uid_secret_file)
+    names = pseudonym_from(pseudonym, pseudonym_map)
     from medseg.io import convert as convert_image
 
     out = convert_image(
@@ -336,7 +340,7 @@ def convert(
         series_description=description,
         deidentify=deidentify,
         overwrite=overwrite,
-        pseudonym=pseudonym,
+        pseudonym=names,
         uid_secret=uid_secret,
     )
     console.print(f"wrote {out}")

@@ -12,6 +12,7 @@ from rich.table import Table
 from medseg.cli.common import (
     EXIT_INTERNAL_ERROR,
     DeidentifyOpt,
+    PseudonymMapOpt,
     PseudonymOpt,
     Quiet,
     UidSecretFileOpt,
@@ -22,6 +23,7 @@ from medseg.cli.common import (
     deidentify_notes,
     errors_only,
     number_values,
+    pseudonym_from,
     uid_secret_from,
     warnings_only,
 )
@@ -158,6 +160,7 @@ def predict_command(
     ] = None,
     deidentify: DeidentifyOpt = False,
     pseudonym: PseudonymOpt = "ANONYMOUS",
+    pseudonym_map: PseudonymMapOpt = None,
     uid_secret: UidSecretOpt = None,
     uid_secret_file: UidSecretFileOpt = None,
     quiet: Annotated[
@@ -178,6 +181,7 @@ def predict_command(
     or 3 when a case failed on an internal error (a bug to report, listed as 'internal error: ...').
     """
     uid_secret = uid_secret_from(uid_secret, uid_secret_file)
+    names = pseudonym_from(pseudonym, pseudonym_map)
     from medseg.export.case import DICOM_FORMATS
     from medseg.inference.predictor import PredictConfig, predict
 
@@ -198,7 +202,7 @@ def predict_command(
         threads=threads,
         volume=volume,
         deidentify=deidentify,
-        pseudonym=pseudonym,
+        pseudonym=names,
         uid_secret=uid_secret,
         cpu_bf16=_parse_switch("--cpu-bf16", cpu_bf16),
         channels_last=_parse_switch("--channels-last", channels_last),

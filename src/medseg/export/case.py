@@ -46,7 +46,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -64,6 +64,9 @@ from medseg.export.algorithm import (
 from medseg.export.volumes import REGION_VOLUMES_CSV
 from medseg.io import IMAGE_2D_SUFFIXES, write_volume
 from medseg.volume import Volume
+
+if TYPE_CHECKING:
+    from medseg.io.dicom import Pseudonym
 
 log = logging.getLogger(__name__)
 
@@ -185,13 +188,13 @@ def region_file_name(index: int, name: str) -> str:
 
 
 def unwritable_dicom_formats(
-    series: Any, formats: Iterable[str], *, pseudonym: str | None = None
+    series: Any, formats: Iterable[str], *, pseudonym: Pseudonym | None = None
 ) -> dict[str, str]:
     """The DICOM formats among ``formats`` that ``series`` cannot give (format -> why).
 
     A SEG or RTSTRUCT of images without UIDs (blanked by an anonymiser, as in TotalSegmentator's
     example CT) cannot be written, nor one de-identified with ``pseudonym`` auto of a series
-    without a PatientID (the pseudonym is derived from it). The other formats need no UIDs and are still written by
+    without a PatientID (the pseudonym is derived from it), or with a map that lacks its ID. The other formats need no UIDs and are still written by
     `medseg predict` (checked before the network runs) and `medseg export`; when nothing else
     is asked for, the InputError naming a file, the UIDs expected and those found is raised.
     """
@@ -205,12 +208,20 @@ def unwritable_dicom_formats(
     try:
         for ds, path in zip(series.datasets, series.files, strict=True):
             require_referenceable(ds, path)
-        if pseudonym == PSEUDONYM_AUTO and not str(series.datasets[0].get("PatientID", "")).strip():
+        patient_id = str(series.datasets[0].get("PatientID", "")).strip()
+        if pseudonym == PSEUDONYM_AUTO and not patient_id:
             raise InputError(
                 series.files[0],
                 "has no PatientID to derive --pseudonym auto from",
                 expected="a PatientID, or --pseudonym NAME",
                 found="an empty PatientID",
+            )
+        if isinstance(pseudonym, Mapping) and patient_id not in pseudonym:
+            raise InputError(
+                series.files[0],
+                "has a PatientID that --pseudonym-map lacks (not shown: it identifies the patient)",
+                expected="a row for it in the map",
+                found="none",
             )
     except InputError as exc:
         if len(dicom) == len(asked):
@@ -238,7 +249,7 @@ def write_case_outputs(
     overwrite: bool = False,
     progress: bool = False,
     deidentify: bool = False,
-    pseudonym: str = "ANONYMOUS",
+    pseudonym: Pseudonym = "ANONYMOUS",
     uid_secret: str | None = None,
 ) -> dict[str, Path]:
     """Write ``label`` (on ``image``'s grid) in every format of ``targets``; returns what was written.
@@ -428,7 +439,7 @@ class ExportConfig:
     algorithm_family: str | None = None
     overwrite: bool = False
     deidentify: bool = False
-    pseudonym: str = "ANONYMOUS"
+    pseudonym: Pseudonym = "ANONYMOUS"
     uid_secret: str | None = None
 
     def __post_init__(self) -> None:

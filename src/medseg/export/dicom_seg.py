@@ -51,7 +51,7 @@ from medseg.export.algorithm import (
 from medseg.export.codes import Segment, region_segments, segments_for_label
 from medseg.export.dicom_source import SourceLike, deidentify_derived, match_source_series
 from medseg.io.atomic import atomic_file, check_writable
-from medseg.io.dicom import safe_error_text
+from medseg.io.dicom import Pseudonym, safe_error_text
 from medseg.volume import Volume, VolumeGeometry
 
 __all__ = ["read_dicom_seg", "write_dicom_seg"]
@@ -116,7 +116,7 @@ def write_dicom_seg(
     algorithm_type: AlgorithmType | Mapping[int, AlgorithmType] = "automatic",
     region_masks: Mapping[str, np.ndarray] | None = None,
     deidentify: bool = False,
-    pseudonym: str = "ANONYMOUS",
+    pseudonym: Pseudonym = "ANONYMOUS",
     uid_secret: str | None = None,
 ) -> Path:
     """Write ``label`` (values 0..K on the source grid) as a DICOM SEG referencing ``source``.

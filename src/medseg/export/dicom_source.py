@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from medseg.errors import GeometryError, InputError
-from medseg.io.dicom import deidentify_dataset, safe_error_text
+from medseg.io.dicom import Pseudonym, deidentify_dataset, safe_error_text
 from medseg.io.folders import walk_files
 from medseg.volume import VolumeGeometry
 
@@ -271,7 +271,7 @@ DUMMY_TIME = "000000"
 def deidentify_derived(
     ds: Dataset,
     *,
-    pseudonym: str = "ANONYMOUS",
+    pseudonym: Pseudonym = "ANONYMOUS",
     uid_secret: str | None = None,
     required: Sequence[str] = (),
 ) -> Dataset:

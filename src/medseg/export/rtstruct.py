@@ -53,7 +53,7 @@ from medseg.export.algorithm import (
 from medseg.export.codes import region_segments, segments_for_label
 from medseg.export.dicom_source import SourceLike, deidentify_derived, match_source_series
 from medseg.io.atomic import atomic_file, check_writable
-from medseg.io.dicom import safe_error_text
+from medseg.io.dicom import Pseudonym, safe_error_text
 from medseg.volume import Volume, VolumeGeometry
 
 __all__ = ["read_rtstruct", "write_rtstruct"]
@@ -107,7 +107,7 @@ def write_rtstruct(
     generation_descriptions: Mapping[int, str] | None = None,
     region_masks: Mapping[str, np.ndarray] | None = None,
     deidentify: bool = False,
-    pseudonym: str = "ANONYMOUS",
+    pseudonym: Pseudonym = "ANONYMOUS",
     uid_secret: str | None = None,
 ) -> Path:
     """Write one ROI per label value present in ``label`` as an RTSTRUCT on ``source``.

@@ -54,7 +54,7 @@ from medseg.training.config import check_device_name
 from medseg.volume import Volume
 
 if TYPE_CHECKING:
-    from medseg.io.dicom import SeriesInfo
+    from medseg.io.dicom import Pseudonym, SeriesInfo
     from medseg.postprocessing.labels import PostprocessingRules
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class PredictConfig:
     # series (medseg.export.dicom_source.deidentify_derived); the same uid_secret makes them
     # reference the de-identified copy of the source series (None: a new secret per process).
     deidentify: bool = False
-    pseudonym: str = "ANONYMOUS"
+    pseudonym: Pseudonym = "ANONYMOUS"
     uid_secret: str | None = None
     # CPU speed-ups of the network call, named and resolved as in training (TrainingConfig);
     # windows are blended and softmaxed in float32 either way. See CPU_BF16_DEFAULT and the
@@ -1302,9 +1302,9 @@ def _check_kept_dicom_identity(kept: Mapping[str, Path], config: PredictConfig) 
 
     from medseg.io.dicom import DEIDENTIFICATION_METHOD, PSEUDONYM_AUTO
 
-    # --pseudonym auto: the expected pseudonym needs the source's PatientID, checked once the
-    # source is read (_check_kept_against_source)
-    auto = config.pseudonym == PSEUDONYM_AUTO
+    # --pseudonym auto or a map: the expected pseudonym needs the source's PatientID, checked
+    # once the source is read (_check_kept_against_source)
+    auto = not isinstance(config.pseudonym, str) or config.pseudonym == PSEUDONYM_AUTO
     for fmt in DICOM_FORMATS:
         if fmt not in kept:
             continue
@@ -1349,9 +1349,10 @@ def _check_kept_against_source(
     from medseg.io.dicom import PSEUDONYM_AUTO, patient_pseudonym
 
     patient_id = str(series.datasets[0].get("PatientID", "")).strip() if series is not None else ""
-    if config.pseudonym == PSEUDONYM_AUTO and patient_id:
-        # --pseudonym auto: the pseudonym this run gives the source's patient (checked here,
-        # whatever the formats, as _check_kept_dicom_identity checks a fixed one)
+    derived = not isinstance(config.pseudonym, str) or config.pseudonym == PSEUDONYM_AUTO
+    if derived and patient_id and (isinstance(config.pseudonym, str) or patient_id in config.pseudonym):
+        # --pseudonym auto or a map: the pseudonym this run gives the source's patient (checked
+        # here, whatever the formats, as _check_kept_dicom_identity checks a fixed one)
         pseudonym = patient_pseudonym(patient_id, config.pseudonym, config.uid_secret)
         for fmt in DICOM_FORMATS:
             if fmt not in kept:
@@ -1539,7 +1540,8 @@ def predict(
     dicom_cases = sum(1 for c in cases if c.kind == "dicom")
     from medseg.io.dicom import PSEUDONYM_AUTO
 
-    if cfg.deidentify and dicom_formats and dicom_cases > 1 and cfg.pseudonym != PSEUDONYM_AUTO:
+    fixed = isinstance(cfg.pseudonym, str) and cfg.pseudonym != PSEUDONYM_AUTO
+    if cfg.deidentify and dicom_formats and dicom_cases > 1 and fixed:
         # one fixed --pseudonym per run: a cohort of several patients would become one patient
         log.warning(
             "--deidentify: the %s of all %d DICOM cases name one patient, %r (--pseudonym); if they "
@@ -1622,6 +1624,12 @@ def _predict_into(
                     "config": {
                         **to_dict(cfg),
                         "uid_secret": "(given, not recorded)" if cfg.uid_secret else None,
+                        # nor a --pseudonym-map: it links each patient's ID to its pseudonym
+                        **(
+                            {"pseudonym": "(a map, not recorded)"}
+                            if not isinstance(cfg.pseudonym, str)
+                            else {}
+                        ),
                     },
                     "prediction": key,
                     "cases": entries,

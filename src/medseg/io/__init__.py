@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medseg.errors import ConfigError, InputError
 from medseg.io.itk import has_itk_suffix, read_channels, read_itk, write_itk
 from medseg.volume import Volume
+
+if TYPE_CHECKING:
+    from medseg.io.dicom import Pseudonym
 
 __all__ = [
     "OUTPUT_FORMATS",
@@ -168,7 +171,7 @@ def convert(
     series_description: str | None = None,
     deidentify: bool = False,
     overwrite: bool = False,
-    pseudonym: str = "ANONYMOUS",
+    pseudonym: Pseudonym = "ANONYMOUS",
     uid_secret: str | None = None,
 ) -> Path:
     """Convert one image to another format (the API behind ``medseg convert``).

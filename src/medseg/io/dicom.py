@@ -61,7 +61,7 @@ import os
 import re
 import secrets
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1627,15 +1627,31 @@ def deidentified_uid(uid: str, uid_secret: str | None = None) -> UID:
 PSEUDONYM_AUTO = "auto"
 _PSEUDONYM_PREFIX = "ANON-"
 
+# What names the patients of de-identified output: one pseudonym for all, PSEUDONYM_AUTO, or
+# a map from each original PatientID to its pseudonym (CLI: --pseudonym-map FILE).
+Pseudonym = str | Mapping[str, str]
 
-def patient_pseudonym(patient_id: str, pseudonym: str = PSEUDONYM_AUTO, uid_secret: str | None = None) -> str:
+
+def patient_pseudonym(
+    patient_id: str, pseudonym: Pseudonym = PSEUDONYM_AUTO, uid_secret: str | None = None
+) -> str:
     """The PatientName and PatientID that :func:`deidentify_dataset` writes for a patient whose
-    own ID is ``patient_id``: ``pseudonym`` itself, or for :data:`PSEUDONYM_AUTO` ``ANON-``
-    followed by the first 10 hex digits of HMAC-SHA256(``uid_secret``, ``patient_id``) (the
-    process's secret when ``uid_secret`` is None, so it differs per run).
+    own ID is ``patient_id``: ``pseudonym`` itself, the ID's entry in a ``pseudonym`` map, or
+    for :data:`PSEUDONYM_AUTO` ``ANON-`` followed by the first 10 hex digits of
+    HMAC-SHA256(``uid_secret``, ``patient_id``) (the process's secret when ``uid_secret`` is
+    None, so it differs per run).
 
-    Raises ConfigError for ``auto`` and an empty ID: every such patient would get one pseudonym.
+    Raises ConfigError for ``auto`` and an empty ID (every such patient would get one
+    pseudonym), and for an ID the map lacks (the message never shows the ID).
     """
+    if isinstance(pseudonym, Mapping):
+        found = pseudonym.get(str(patient_id).strip())
+        if found is None:
+            raise ConfigError(
+                "the patient's PatientID is not in --pseudonym-map (not shown here: it identifies "
+                "the patient): add a row for it"
+            )
+        return found
     if pseudonym != PSEUDONYM_AUTO:
         return pseudonym
     own = str(patient_id).strip()
@@ -1659,7 +1675,7 @@ def write_dicom_series(
     overwrite: bool = False,
     deidentify: bool = False,
     series_number: int | None = None,
-    pseudonym: str = "ANONYMOUS",
+    pseudonym: Pseudonym = "ANONYMOUS",
     uid_secret: str | None = None,
     source: DicomSeries | None = None,
 ) -> list[Path]:
@@ -1926,14 +1942,54 @@ _DEID_UIDS = (
 DEIDENTIFICATION_METHOD = "medseg: PS3.15 E.1 basic subset, patient characteristics kept"  # LO: 64 chars
 
 
+def read_pseudonym_map(path: str | Path) -> dict[str, str]:
+    """The --pseudonym-map FILE: a CSV with the header ``PatientID,pseudonym`` and one row per
+    patient (original PatientID -> the pseudonym to write). Errors name the file and the row,
+    never an ID or a pseudonym."""
+    import csv
+
+    where = Path(path)
+    try:
+        with where.open(encoding="utf-8-sig", newline="") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(
+            where, "cannot read the pseudonym map", expected="a UTF-8 CSV file", found=type(exc).__name__
+        ) from None
+    rows = [r for r in rows if any(c.strip() for c in r)]
+    header = [c.strip() for c in rows[0]] if rows else []
+    if header != ["PatientID", "pseudonym"]:
+        raise InputError(
+            where,
+            "is not a pseudonym map",
+            expected="the header PatientID,pseudonym",
+            found=f"{len(header)} column(s) of another header" if header else "an empty file",
+        )
+    mapping: dict[str, str] = {}
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) != 2 or not row[0].strip() or not row[1].strip():
+            raise InputError(
+                where,
+                f"row {number} is not a pair",
+                expected="PatientID,pseudonym",
+                found=f"{len(row)} field(s)",
+            )
+        key = row[0].strip()
+        if key in mapping:
+            raise InputError(where, f"row {number} repeats a PatientID", expected="one row per patient")
+        mapping[key] = row[1].strip()
+    return mapping
+
+
 def check_deidentify_options(
-    deidentify: bool, pseudonym: str = "ANONYMOUS", uid_secret: str | None = None
+    deidentify: bool, pseudonym: Pseudonym = "ANONYMOUS", uid_secret: str | None = None
 ) -> None:
     """Raise ConfigError for de-identification options that would not do what they say.
 
     ``pseudonym`` or ``uid_secret`` without ``deidentify`` would write the patient's own name,
     ID and UIDs while the caller believes them replaced; a pseudonym must fit PatientID (LO:
-    at most 64 characters, no backslash) and not be empty.
+    at most 64 characters, no backslash) and not be empty; a map must give each patient its
+    own (two with one pseudonym would become one patient).
     """
     if not deidentify:
         given = [o for o, v in (("--pseudonym", pseudonym != "ANONYMOUS"), ("--uid-secret", uid_secret)) if v]
@@ -1943,23 +1999,32 @@ def check_deidentify_options(
                 "without it the DICOM outputs keep the patient's name, ID and UIDs"
             )
         return
-    if not pseudonym.strip() or len(pseudonym) > 64 or "\\" in pseudonym:
-        raise ConfigError(
-            f"--pseudonym must be 1 to 64 characters without a backslash (a DICOM PatientID), found {pseudonym!r}"
-        )
+    if isinstance(pseudonym, Mapping):
+        if not pseudonym:
+            raise ConfigError("--pseudonym-map holds no patient")
+        names = list(pseudonym.values())
+        if len(set(names)) < len(names):
+            raise ConfigError(
+                "--pseudonym-map gives one pseudonym to several patients (a PACS would file them as one)"
+            )
+    for name in pseudonym.values() if isinstance(pseudonym, Mapping) else [pseudonym]:
+        if not name.strip() or len(name) > 64 or "\\" in name:
+            raise ConfigError(
+                f"--pseudonym must be 1 to 64 characters without a backslash (a DICOM PatientID), found {name!r}"
+            )
     if uid_secret is not None and not uid_secret:
         raise ConfigError("--uid-secret must not be empty (leave it out for a new secret per run)")
 
 
 def deidentify_dataset(
-    ds: Dataset, *, pseudonym: str = "ANONYMOUS", uid_secret: str | None = None
+    ds: Dataset, *, pseudonym: Pseudonym = "ANONYMOUS", uid_secret: str | None = None
 ) -> Dataset:
     """De-identify ``ds`` in place (and return it) with medseg's basic profile.
 
     See the comment above ``_DEID_REMOVE`` for exactly what is removed, emptied, replaced
     and kept. PatientName and PatientID become ``pseudonym`` (give each patient its own, or
-    a de-identified cohort becomes one patient in a PACS; :data:`PSEUDONYM_AUTO` derives one
-    per patient from its PatientID: :func:`patient_pseudonym`). UIDs are replaced by UIDs
+    a de-identified cohort becomes one patient in a PACS; :data:`PSEUDONYM_AUTO` or a map
+    gives one per patient from its PatientID: :func:`patient_pseudonym`). UIDs are replaced by UIDs
     derived with a secret: the same within a process, or across runs given the same ``uid_secret``.
     """
     # resolved before anything is removed: --pseudonym auto derives it from the PatientID

@@ -87,3 +87,15 @@ def test_a_yaml_training_config_loads_like_its_json(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("loss: [focal\n")
     with pytest.raises(InputError, match=r"bad\.yaml.*not valid YAML"):
         load_config_file(tmp_path / "bad.yaml")
+
+
+def test_a_printed_config_shows_no_uid_key_or_pseudonym_map() -> None:
+    """A config printed or logged (repr) must not show the de-identification key or a
+    PatientID -> pseudonym map: either undoes the de-identification."""
+    from medseg.pipeline import ExportConfig, PredictConfig
+
+    for cls in (PredictConfig, ExportConfig):
+        cfg = cls(deidentify=True, uid_secret="k3y-s3cret", pseudonym={"PID-7731": "SUBJ01"})
+        text = repr(cfg)
+        assert "deidentify=True" in text
+        assert "k3y-s3cret" not in text and "PID-7731" not in text and "SUBJ01" not in text

@@ -439,8 +439,9 @@ class ExportConfig:
     algorithm_family: str | None = None
     overwrite: bool = False
     deidentify: bool = False
-    pseudonym: Pseudonym = "ANONYMOUS"
-    uid_secret: str | None = None
+    # not in repr: a printed or logged config must not show the key or a PatientID map
+    pseudonym: Pseudonym = field(default="ANONYMOUS", repr=False)
+    uid_secret: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         from medseg.io.dicom import check_deidentify_options

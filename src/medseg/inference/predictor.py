@@ -104,8 +104,9 @@ class PredictConfig:
     # series (medseg.export.dicom_source.deidentify_derived); the same uid_secret makes them
     # reference the de-identified copy of the source series (None: a new secret per process).
     deidentify: bool = False
-    pseudonym: Pseudonym = "ANONYMOUS"
-    uid_secret: str | None = None
+    # not in repr: a printed or logged config must not show the key or a PatientID map
+    pseudonym: Pseudonym = field(default="ANONYMOUS", repr=False)
+    uid_secret: str | None = field(default=None, repr=False)
     # CPU speed-ups of the network call, named and resolved as in training (TrainingConfig);
     # windows are blended and softmaxed in float32 either way. See CPU_BF16_DEFAULT and the
     # figures in benchmarks/predict_precision_bench.py.

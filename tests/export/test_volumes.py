@@ -184,3 +184,17 @@ def test_cohort_status_takes_a_failed_case_from_the_predict_summary(tmp_path: Pa
     }
     assert rows["partial"]["liver_ml"] == rows["done"]["liver_ml"] != ""
     assert rows["stale"]["liver_ml"] == rows["gone"]["liver_ml"] == ""
+
+
+def test_cohort_status_ok_in_one_summary_wins_over_failed_in_another(tmp_path: Path) -> None:
+    """A case one SLURM shard's summary lists as failed and another's (or a re-run's) as ok is
+    'ok' with its volumes, as in OUT/index.html; it was shown 'failed' with empty cells."""
+    stats = label_statistics(_block_label(), {2: "liver", 5: "dot"})
+    write_volumes_csv(stats, tmp_path / "redone" / "volumes.csv")
+    ok = {"case_id": "redone", "ok": True, "outputs": {"volumes": "redone/volumes.csv"}}
+    failed = {"case_id": "redone", "ok": False, "outputs": {}, "error": "killed"}
+    (tmp_path / "predictions_shard0of2.json").write_text(json.dumps({"cases": [failed]}))
+    (tmp_path / "predictions_shard1of2.json").write_text(json.dumps({"cases": [ok]}))
+    with write_cohort_volumes(tmp_path).open() as fh:
+        rows = {r["case"]: r for r in csv.DictReader(fh)}
+    assert rows["redone"]["status"] == "ok" and rows["redone"]["liver_ml"] != ""

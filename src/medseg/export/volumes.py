@@ -236,18 +236,23 @@ def _failed_cases(out: Path) -> dict[str, bool]:
     """Cases that ``predict``'s summaries (``predictions*.json``, one per SLURM shard) list as
     failed -> whether that failed prediction wrote (or kept) their volume table, i.e. lists
     ``volumes`` among its outputs (a case whose DICOM outputs alone could not be written).
-    A summary that cannot be read is skipped with a warning."""
+    A case that another summary lists as ok (a re-run or another shard segmented it) is not
+    failed, as in ``OUT/index.html`` (:func:`medseg.export.index.cohort_rows`). A summary that
+    cannot be read is skipped with a warning."""
     failed: dict[str, bool] = {}
+    segmented: set[str] = set()
     for summary in sorted(out.glob("predictions*.json")):
         try:
             cases = json.loads(summary.read_text(encoding="utf-8"))["cases"]
             for c in cases:
-                if not c.get("ok"):
-                    case = str(c["case_id"])
+                case = str(c["case_id"])
+                if c.get("ok"):
+                    segmented.add(case)
+                else:
                     failed[case] = failed.get(case, False) or "volumes" in (c.get("outputs") or {})
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("%s: unreadable (%s); its failed cases are not in %s", summary, exc, COHORT_CSV)
-    return dict(sorted(failed.items()))
+    return {case: wrote for case, wrote in sorted(failed.items()) if case not in segmented}
 
 
 def _region_volumes(path: Path) -> dict[str, tuple[int, str]] | None:

@@ -118,3 +118,32 @@ def test_export_index_command(tmp_path: Path) -> None:
     empty.mkdir()
     res = CliRunner().invoke(app, ["export-index", str(empty)])
     assert res.exit_code == 2 and "holds no case" in res.output
+
+
+def test_a_failed_case_shows_no_outputs_of_an_earlier_prediction(tmp_path: Path) -> None:
+    """A case whose last prediction failed (e.g. predict --overwrite on a changed input) keeps the
+    volume table, overlay and report of an earlier one in its folder: the page showed them beside
+    'failed', while cohort_volumes.csv leaves its cells empty. What a failed prediction wrote
+    (a partly written case) is still shown."""
+    out = tmp_path / "out"
+    _case(out, "old", (1500.0, 180.0))
+    _case(out, "part", (10.0, 1.0))
+    failed = {"case_id": "old", "ok": False, "outputs": {}, "error": "old.nii.gz: cannot be read"}
+    partly = {
+        "case_id": "part",
+        "ok": False,
+        "outputs": {
+            "volumes": str(out / "part" / "volumes.csv"),
+            "overlay": str(out / "part" / "overlay.png"),
+        },
+        "error": "dicom-seg not written",
+    }
+    _summary(out, "predictions.json", [failed, partly])
+    rows = {r.case_id: r for r in cohort_rows(out)}
+    assert rows["old"].status == "failed"
+    assert rows["old"].volumes == {} and not rows["old"].has_volumes
+    assert rows["old"].report is None and rows["old"].overlay is None
+    assert rows["part"].status == "partly written" and rows["part"].volumes[1][1] == 10.0
+    assert rows["part"].overlay == "part/overlay.png" and rows["part"].report is None
+    page = build_cohort_index_html(out)
+    assert "old/overlay.png" not in page and "old/report.html" not in page

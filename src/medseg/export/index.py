@@ -131,7 +131,8 @@ def cohort_rows(out_dir: str | Path) -> list[CaseRow]:
     folders holding a report, an overlay or a volume table (e.g. written by `medseg export`).
     A case is "failed" when its summary entry says so and nothing of it is on disk, "partly
     written" when it failed with some formats written, or when its summary lists outputs that
-    are gone, and "ok" otherwise.
+    are gone, and "ok" otherwise. A failed case shows only the volume table, overlay and report
+    its failed prediction lists (not those an earlier prediction left in its folder).
     """
     out = Path(out_dir)
     entries, _ = _summaries(out)
@@ -146,6 +147,9 @@ def cohort_rows(out_dir: str | Path) -> list[CaseRow]:
         if entry is None and volumes is None and not any((folder / n).is_file() for n in (_REPORT, _OVERLAY)):
             continue  # only a table of someone else's (not a medseg volume table) in a subfolder
         row = CaseRow(case_id, "ok")
+        # A failed case shows only what its failed prediction wrote (or kept): a volume table,
+        # overlay or report left by an earlier prediction is not its, as in cohort_volumes.csv.
+        shown = {"volumes", "overlay", "report"}
         if entry is not None:
             outputs = entry.get("outputs") or {}
             outputs = list(outputs) if isinstance(outputs, dict) else []
@@ -155,6 +159,7 @@ def cohort_rows(out_dir: str | Path) -> list[CaseRow]:
             on_disk = [f for f in outputs if f not in missing]
             if not entry.get("ok"):
                 row.status = "partly written" if on_disk else "failed"
+                shown &= set(on_disk)
                 if entry.get("internal_error"):
                     row.flags.append("internal error (a bug to report)")
                 not_written = entry.get("not_written") or {}
@@ -165,16 +170,16 @@ def cohort_rows(out_dir: str | Path) -> list[CaseRow]:
                 row.error = "listed in the summary but missing: " + ", ".join(missing)
         else:
             row.flags.append("not in a predict summary")
-        if volumes is not None:
+        if volumes is not None and "volumes" in shown:
             row.volumes, row.has_volumes = volumes, True
             empty = [name for name, _, voxels in volumes.values() if voxels == 0]
             if len(empty) == len(volumes):  # also a table without rows
                 row.flags.append("nothing segmented")
             elif empty:
                 row.flags.append("empty: " + ", ".join(empty))
-        if (folder / _REPORT).is_file():
+        if (folder / _REPORT).is_file() and "report" in shown:
             row.report = _link(case_id, _REPORT)
-        if (folder / _OVERLAY).is_file():
+        if (folder / _OVERLAY).is_file() and "overlay" in shown:
             row.overlay = _link(case_id, _OVERLAY)
         rows.append(row)
     return rows

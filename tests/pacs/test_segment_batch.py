@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pydicom
 import pytest
@@ -233,3 +233,31 @@ def test_read_study_list(tmp_path: Path) -> None:
     empty.write_text("# nothing\n")
     with pytest.raises(InputError, match="lists no study"):
         read_study_list(empty)
+
+
+def test_a_summary_of_another_server_is_refused_not_skipped(tmp_path: Path) -> None:
+    """Studies pushed to one PACS (pacs_segment.json names it) were skipped as 'already pushed'
+    by a run against another PACS into the same folder, which then never received them, and the
+    summary listed those pushes under the new server. The folder is now refused, naming both."""
+    from types import SimpleNamespace
+
+    out = tmp_path / "out"
+    out.mkdir()
+    pushed = {"study_uid": "1.2.3", "status": "pushed", "series_uid": "1.2.3.4", "series": "#4", "pushed": []}
+    summary = {"server": "https://test-pacs/dicom-web", "model": "m", "studies": [pushed]}
+    (out / "pacs_segment.json").write_text(json.dumps(summary))
+    calls: list[Path] = []
+
+    def never(series_folder: Path, out_folder: Path) -> list[Path]:
+        calls.append(series_folder)
+        return []
+
+    client: Any = SimpleNamespace(server="https://clinical-pacs/dicom-web")
+    with pytest.raises(InputError, match="runs against another PACS server") as info:
+        segment_studies(client, ["1.2.3"], never, out)
+    assert "https://test-pacs/dicom-web" in str(info.value) and "https://clinical-pacs" in str(info.value)
+    assert calls == [] and json.loads((out / "pacs_segment.json").read_text()) == summary
+    # the same server resumes: the pushed study is skipped
+    client.server = "https://test-pacs/dicom-web"
+    (outcome,) = segment_studies(client, ["1.2.3"], never, out)
+    assert outcome.status == "already pushed" and calls == []

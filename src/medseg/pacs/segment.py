@@ -428,20 +428,34 @@ def read_study_list(path: str | Path) -> list[str]:
     return uids
 
 
-def _read_summary(path: Path) -> dict[str, dict[str, Any]]:
-    """The studies of an earlier run's summary, by StudyInstanceUID ({} when there is none)."""
+def _read_summary(path: Path, server: str) -> dict[str, dict[str, Any]]:
+    """The studies of an earlier run's summary, by StudyInstanceUID ({} when there is none).
+
+    A summary of runs against another server is refused: its studies were pushed there, not to
+    ``server`` (skipped as 'already pushed' they would never reach it), and its entries, kept
+    beside this run's, would be listed under this run's server."""
     if not path.exists():
         return {}
     try:
-        entries = json.loads(path.read_text(encoding="utf-8"))["studies"]
-        return {str(e["study_uid"]): dict(e) for e in entries}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        entries = data["studies"]
+        earlier = {str(e["study_uid"]): dict(e) for e in entries}
+        earlier_server = str(data.get("server") or "")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InputError(
             path,
             "is not a summary of medseg pacs segment; cannot tell which studies were pushed",
             expected=f"the {SUMMARY_NAME} an earlier run wrote, or another output folder",
             found=f"{type(exc).__name__}: {exc}",
         ) from None
+    if earlier and earlier_server and earlier_server != server:
+        raise InputError(
+            path,
+            "lists the studies of runs against another PACS server",
+            expected=f"runs against {server} (the server of this run), or another output folder",
+            found=f"server {earlier_server}",
+        )
+    return earlier
 
 
 def segment_studies(
@@ -480,7 +494,7 @@ def segment_studies(
     out = prepare_output_folder(out_dir)
     summary = out / SUMMARY_NAME
     with run_lock(out / f".{SUMMARY_NAME}.lock", "medseg pacs segment"):
-        earlier = _read_summary(summary)
+        earlier = _read_summary(summary, client.server)
         if isinstance(segment_fn, ModelSegmentFn):
             segment_fn = segment_fn.loaded()
         outcomes: list[StudyOutcome] = []

@@ -613,6 +613,47 @@ def test_a_plain_rerun_keeps_the_seg_of_a_source_deidentified_elsewhere(
     assert pydicom.dcmread(out / "t2" / "seg.dcm").PatientID == IDENTIFIERS["PatientID"]
 
 
+def test_a_deidentified_rerun_does_not_keep_a_volume_table_naming_the_original_study(
+    shared_data: Path, trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A --deidentify re-run that adds a SEG kept the volumes.csv of an earlier plain run, so the
+    folder (and cohort_volumes.csv) still named the original StudyInstanceUID next to the
+    de-identified SEG. It is refused like a kept SEG naming the patient; --overwrite redoes it,
+    and a re-run with the same key keeps the de-identified table."""
+    original = identified_prostatex_t2(shared_data, tmp_path / "t2")
+    original_study = str(
+        pydicom.dcmread(next(original.glob("*.dcm")), stop_before_pixels=True).StudyInstanceUID
+    )
+
+    def boxed(self: SegmentationModel, channels: list[Volume], **kwargs: object) -> tuple[Volume, None]:
+        label = np.zeros(channels[0].shape, dtype=np.uint8)
+        label[6:12, 150:230, 160:240] = 1
+        return channels[0].with_array(label), None
+
+    monkeypatch.setattr(SegmentationModel, "predict", boxed)
+    out = tmp_path / "out"
+    (plain,) = predict(original, trained_model, out, PredictConfig(formats=("nifti", "volumes")))
+    assert plain.ok and original_study in (out / "t2" / "volumes.csv").read_text()
+
+    def keyed(*formats: str, overwrite: bool = False) -> PredictConfig:
+        return PredictConfig(
+            formats=formats,
+            overwrite=overwrite,
+            deidentify=True,
+            pseudonym="SUBJ001",
+            uid_secret="project-key",
+        )
+
+    (refused,) = predict(original, trained_model, out, keyed("nifti", "volumes", "dicom-seg"))
+    assert not refused.ok and "volume table would be kept" in refused.error
+    assert "the original study UID" in refused.error and not (out / "t2" / "seg.dcm").exists()
+    (done,) = predict(original, trained_model, out, keyed("nifti", "volumes", "dicom-seg", overwrite=True))
+    assert done.ok, done.error
+    assert all(original_study not in p.read_text() for p in out.rglob("*.csv"))
+    (again,) = predict(original, trained_model, out, keyed("volumes", "rtstruct"))
+    assert again.ok and (out / "t2" / "rtstruct.dcm").is_file(), again.error
+
+
 def test_deidentified_cohort_warns_that_one_pseudonym_names_every_case(
     trained_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

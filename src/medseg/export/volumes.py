@@ -216,6 +216,18 @@ COHORT_CSV = "cohort_volumes.csv"
 REGION_VOLUMES_CSV = "region_volumes.csv"  # next to volumes.csv, for region-based models
 
 
+def table_source(table: str | Path) -> SourceUids:
+    """The study and series UIDs a per-case ``volumes.csv`` names (empty when it names none or
+    cannot be read)."""
+    path = Path(table)
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, ValueError):
+        return SourceUids()
+    return _case_source(path, rows)
+
+
 def _case_source(table: Path, rows: Sequence[Mapping[str, str]]) -> SourceUids:
     """The source UIDs of a per-case table: its rows, else (a table without rows) its JSON twin.
 

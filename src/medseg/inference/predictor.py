@@ -1333,6 +1333,7 @@ def _check_kept_against_source(
     (--pseudonym auto) whose PatientID is not the pseudonym this run derives for the source's."""
     import pydicom
 
+    _check_kept_volume_table(kept, targets, image, config)
     if not config.deidentify:
         source_id = str(series.datasets[0].get("PatientID", "")) if series is not None else None
         for fmt in DICOM_FORMATS:
@@ -1387,6 +1388,44 @@ def _check_kept_against_source(
                 "--overwrite to redo it, or another output folder",
                 found="a study UID this run's key does not give",
             )
+
+
+def _check_kept_volume_table(
+    kept: Mapping[str, Path], targets: Mapping[str, Path], image: Volume, config: PredictConfig
+) -> None:
+    """Refuse to keep a case's volumes.csv that names the source study otherwise than this run's
+    outputs will: under --deidentify one naming the original study (an earlier run without it:
+    the folder would keep the UIDs de-identification replaces, and cohort_volumes.csv show them),
+    and, where this run adds a DICOM SEG or RTSTRUCT, one naming another de-identified study
+    (another --uid-secret) or, without --deidentify, a de-identified one."""
+    if "volumes" not in kept:
+        return
+    study = str(image.meta.get("study_uid") or "")
+    if not study:
+        return
+    from medseg.export.volumes import table_source
+    from medseg.io.dicom import deidentified_uid
+
+    recorded = table_source(kept["volumes"]).study_uid
+    expected = str(deidentified_uid(study, config.uid_secret)) if config.deidentify else study
+    if not recorded or recorded == expected:
+        return
+    adds_dicom = any(f in targets for f in DICOM_FORMATS)
+    if config.deidentify and recorded == study:
+        found = "the original study UID (a run without --deidentify)"
+    elif adds_dicom:
+        found = (
+            "a study UID of another de-identification" if config.deidentify else "a de-identified study UID"
+        )
+    else:
+        return
+    raise InputError(
+        kept["volumes"],
+        "an earlier run's volume table would be kept, naming the study otherwise than this run",
+        expected="--deidentify and --uid-secret as that run had them, --overwrite to redo it, "
+        "or another output folder",
+        found=found,
+    )
 
 
 def _case_result(

@@ -340,6 +340,40 @@ def test_totalsegmentators_example_ct_without_uids_gets_its_nifti_and_volumes(
     assert not list((tmp_path / "out").rglob("*.dcm"))
 
 
+def test_rerunning_a_case_whose_dicom_outputs_cannot_be_written_keeps_it_partial(
+    shared_data: Path, trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TotalSegmentator's example CT (no UIDs) asked for nifti, volumes and dicom-seg is partial.
+    The same command run again (a resume) kept nifti and volumes, and with dicom-seg alone left
+    to write failed the case with no outputs: its summary entry, cohort_volumes.csv and the index
+    turned it from partial to failed. It stays partial, listing the kept outputs, and the
+    network does not run for nothing."""
+    series = shared_data / "totalseg_examples" / "example_ct_dicom"
+    if not series.is_dir():
+        pytest.skip(f"TotalSegmentator's example CT DICOM not found at {series}")
+    calls: list[int] = []
+
+    def boxed(self: SegmentationModel, channels: list[Volume], **kwargs: object) -> tuple[Volume, None]:
+        calls.append(1)
+        label = np.zeros(channels[0].shape, dtype=np.uint8)
+        label[5:15, 200:300, 200:300] = 1
+        return channels[0].with_array(label), None
+
+    monkeypatch.setattr(SegmentationModel, "predict", boxed)
+    out = tmp_path / "out"
+    cfg = PredictConfig(formats=("nifti", "volumes", "dicom-seg"))
+    (first,) = predict(series, trained_model, out, cfg)
+    assert not first.ok and sorted(first.outputs) == ["nifti", "volumes"] and calls == [1]
+    (again,) = predict(series, trained_model, out, cfg)
+    assert not again.ok and sorted(again.outputs) == ["nifti", "volumes"], again.error
+    assert list(again.not_written) == ["dicom-seg"] and calls == [1]
+    (entry,) = json.loads((out / "predictions.json").read_text())["cases"]
+    assert sorted(entry["outputs"]) == ["nifti", "volumes"] and entry["not_written"]
+    with (out / "cohort_volumes.csv").open() as fh:
+        (row,) = csv.DictReader(fh)
+    assert row["status"] == "partial"
+
+
 def test_deidentified_predictions_overlay_the_deidentified_series(
     shared_data: Path, trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

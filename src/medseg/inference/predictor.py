@@ -1199,9 +1199,12 @@ def predict_case(
     _warn_if_not_ct(model.plans, channels, case.case_id)
     not_written: dict[str, str] = {}
     if series is not None and any(f in DICOM_FORMATS for f in targets):
+        # The kept formats count as asked: a re-run left with only the impossible DICOM formats
+        # to write keeps the case partial (its kept outputs listed), not failed with none.
         not_written = unwritable_dicom_formats(
-            series, targets, pseudonym=config.pseudonym if config.deidentify else None
+            series, [*targets, *kept], pseudonym=config.pseudonym if config.deidentify else None
         )
+        not_written = {f: why for f, why in not_written.items() if f in targets}
         if not_written:
             log.error(
                 "case %s: %s cannot be written (%s); writing the other formats",
@@ -1210,6 +1213,8 @@ def predict_case(
                 next(iter(not_written.values())),
             )
         targets = {fmt: p for fmt, p in targets.items() if fmt not in not_written}
+        if not targets:  # all else was kept: nothing for the network to make
+            return _case_result(case.case_id, kept, not_written, start)
     # A region model's outputs need its masks, which a kept label map (painted) has lost.
     reused = None if model.plan.regions else _kept_label_map(kept, targets, channels[0], case.case_id)
     if reused is not None:

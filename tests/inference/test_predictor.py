@@ -681,11 +681,16 @@ def test_a_deidentified_rerun_does_not_keep_a_volume_table_naming_the_original_s
     (refused,) = predict(original, trained_model, out, keyed("nifti", "volumes", "dicom-seg"))
     assert not refused.ok and "volume table would be kept" in refused.error
     assert "the original study UID" in refused.error and not (out / "t2" / "seg.dcm").exists()
+    # nor is the case called done when every asked output is kept (it was skipped as ok)
+    (all_kept,) = predict(original, trained_model, out, keyed("nifti", "volumes"))
+    assert not all_kept.ok and not all_kept.skipped and "the original study UID" in all_kept.error
     (done,) = predict(original, trained_model, out, keyed("nifti", "volumes", "dicom-seg", overwrite=True))
     assert done.ok, done.error
     assert all(original_study not in p.read_text() for p in out.rglob("*.csv"))
     (again,) = predict(original, trained_model, out, keyed("volumes", "rtstruct"))
     assert again.ok and (out / "t2" / "rtstruct.dcm").is_file(), again.error
+    (skipped,) = predict(original, trained_model, out, keyed("volumes", "rtstruct"))
+    assert skipped.ok and skipped.skipped  # wholly kept, as asked: not redone
 
 
 def test_deidentified_cohort_warns_that_one_pseudonym_names_every_case(

@@ -1176,16 +1176,19 @@ def predict_case(
             if folder is not None and folder.is_dir():
                 kept[folder_format] = folder
         _check_kept_dicom_identity(kept, config)
-        if len(kept) == len(targets):
+        # Under --deidentify a kept volumes.csv is checked against the source's study first
+        # (_check_kept_volume_table): a case wholly kept is read before it is called done.
+        check_source = config.deidentify and "volumes" in kept and case.kind == "dicom"
+        if len(kept) == len(targets) and not check_source:
             raise OutputExistsError(next(iter(kept.values())))
-        if kept:
+        if kept and len(kept) < len(targets):
             log.info(
                 "%s: %s exist and are kept; writing %s",
                 case.case_id,
                 ", ".join(kept),
                 ", ".join(f for f in targets if f not in kept),
             )
-            targets = {fmt: p for fmt, p in targets.items() if fmt not in kept}
+        targets = {fmt: p for fmt, p in targets.items() if fmt not in kept}
     if case.kind != "dicom" and any(f in DICOM_FORMATS for f in config.formats):
         raise InputError(
             case.paths[0],
@@ -1196,6 +1199,8 @@ def predict_case(
         raise ConfigError("the regions output needs a region-based model (its plan declares no regions)")
     channels, series = _read_case(case, config.spacing, config.volume)
     _check_kept_against_source(kept, targets, channels[0], series, config)
+    if kept and not targets:  # wholly kept, and its kept volume table names the study as asked
+        raise OutputExistsError(next(iter(kept.values())))
     _warn_if_not_ct(model.plans, channels, case.case_id)
     not_written: dict[str, str] = {}
     if series is not None and any(f in DICOM_FORMATS for f in targets):

@@ -1861,6 +1861,12 @@ def test_a_rerun_with_another_model_or_options_is_refused_before_mixing_outputs(
     with pytest.raises(InputError, match=r"holds outputs of 1 of these cases \(p5\).*tta False -> True"):
         predict(path, trained_model, out, PredictConfig(tta=True))
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    # bfloat16 moves a few boundary voxels: refused too (float32 keys are those of before).
+    with pytest.raises(InputError, match=r"cpu_bf16 False -> True"):
+        predict(path, trained_model, out, PredictConfig(cpu_bf16=True))
+    assert (
+        prediction_key([model_copy], to_dict(PredictConfig()), backend="torch", cpu_bf16=True)["id"] != made
+    )
     # Other postprocessing rules in the model folder: another model.
     (model_copy / "postprocessing.json").write_text(
         json.dumps({"classes": {"1": {"keep_largest": True}}, "schema_version": 1})

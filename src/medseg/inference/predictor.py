@@ -1629,7 +1629,9 @@ def _predict_into(
     write the summary (after every case) and the cohort table."""
     from medseg.inference.provenance import check_kept_outputs_match, prediction_key
 
-    key = prediction_key(seg.folders, to_dict(cfg), backend=seg.backend, rules=seg.rules)
+    key = prediction_key(
+        seg.folders, to_dict(cfg), backend=seg.backend, rules=seg.rules, cpu_bf16=seg.cpu_bf16
+    )
     if not cfg.overwrite:
         # Outputs of every format count, not only those asked for now: a case re-run for a new
         # format keeps its other outputs (and its summary entry names them with this run's id).

@@ -68,13 +68,17 @@ def prediction_key(
     *,
     backend: str,
     rules: PostprocessingRules | None = None,
+    cpu_bf16: bool = False,
 ) -> dict[str, Any]:
     """The identity of a prediction: a digest per model folder (by content), the
     postprocessing rules that act (``rules``, if ``options["postprocess"]``) and the options
     that change results. ``id`` is a short digest of the whole, stored with each case.
 
     Rules enter by what they do: a model without rules, one whose rules change nothing and
-    ``--no-postprocess`` all give the same key.
+    ``--no-postprocess`` all give the same key. ``cpu_bf16`` (the precision the network runs
+    in, as resolved) enters only when on: bfloat16 moves a few boundary voxels, while the
+    float32 key stays that of earlier medseg versions (the channels-last layout, float32
+    either way, does not enter).
     """
     slice_filter = bool(options.get("slice_filter", True))
     # "folder:digest"; the folder only helps a reader, so it is the path as given: every fold's
@@ -94,6 +98,8 @@ def prediction_key(
         if classes or rules.keep_largest_foreground:
             acting = {**rules.to_json(), "classes": classes}
     chosen["postprocessing"] = acting
+    if cpu_bf16:
+        chosen["cpu_bf16"] = True
     key: dict[str, Any] = {"models": models, "backend": backend, "options": chosen}
     # The names are left out of the id: a copied or renamed model folder is the same model.
     identity = {**key, "models": sorted(m.rsplit(":", 1)[1] for m in models)}
@@ -141,10 +147,13 @@ def describe_difference(before: Mapping[str, Any] | None, now: Mapping[str, Any]
     if before.get("backend") != now["backend"]:
         parts.append(f"backend {before.get('backend')} -> {now['backend']}")
     old_opts = dict(before.get("options", {}))
-    for name, value in now["options"].items():
-        if old_opts.get(name) != value:
+    new_opts = dict(now["options"])
+    absent = {"cpu_bf16": False}  # options a key holds only when they are on
+    for name in [*new_opts, *(n for n in old_opts if n not in new_opts)]:
+        old, value = old_opts.get(name, absent.get(name)), new_opts.get(name, absent.get(name))
+        if old != value:
             show = _rules_in_words if name == "postprocessing" else str
-            parts.append(f"{name} {show(old_opts.get(name))} -> {show(value)}")
+            parts.append(f"{name} {show(old)} -> {show(value)}")
     return "; ".join(parts) or "another model or other options"
 
 

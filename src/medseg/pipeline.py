@@ -24,7 +24,8 @@ order, reversed from the command line's), ``--patch`` ``"patch_size"`` (Z Y X), 
 ``--nsd-tolerance``, ``--separator``, ``--allow-missing`` and ``--keep-going`` are
 ``EvaluationConfig``'s ``nsd_tolerance_mm``, ``separators``, ``on_missing="flag"`` and
 ``on_case_error="flag"``, and its ``--output`` DIR is ``write_report(result, DIR)``; convert's ``--description`` is ``series_description``; ``--uid-secret-file F``
-(convert, predict, export) is ``uid_secret=`` its first line, stripped; demo's
+(convert, predict, export) is ``uid_secret=`` its first line, stripped, and ``--pseudonym-map F``
+``pseudonym=medseg.io.dicom.read_pseudonym_map(F)`` (a PatientID -> pseudonym dict); demo's
 ``--train-cases`` is ``run_demo(n_train=...)``. ``formats`` (and ``EvaluationConfig``'s
 ``metrics``) take a tuple or the CLI's comma-separated string. ``predict`` returns one result per case (a
 failed case has ``ok=False``, and ``internal_error=True`` when it met a bug rather than bad

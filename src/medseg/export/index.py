@@ -283,5 +283,5 @@ def write_cohort_index(out_dir: str | Path) -> Path | None:
         return None
     target = out / INDEX_HTML
     write_text_atomic(target, build_cohort_index_html(out), overwrite=True)
-    log.info("wrote the cohort index to %s", target)
+    log.debug("wrote the cohort index to %s", target)  # callers name it (predict, export-index)
     return target

@@ -1333,6 +1333,19 @@ def _check_kept_dicom_identity(kept: Mapping[str, Path], config: PredictConfig) 
             )
 
 
+def _refuse_kept_dicom_unless(
+    kept: Mapping[str, Path], keyword: str, value: str, problem: str, *, expected: str, found: str
+) -> None:
+    """An InputError naming the first kept SEG / RTSTRUCT whose ``keyword`` is not ``value``."""
+    import pydicom
+
+    for fmt in DICOM_FORMATS:
+        if fmt in kept:
+            ds = pydicom.dcmread(kept[fmt], stop_before_pixels=True, specific_tags=[keyword])
+            if str(ds.get(keyword, "")) != value:
+                raise InputError(kept[fmt], problem, expected=expected, found=found)
+
+
 def _check_kept_against_source(
     kept: Mapping[str, Path], targets: Mapping[str, Path], image: Volume, series: Any, config: PredictConfig
 ) -> None:
@@ -1341,22 +1354,18 @@ def _check_kept_against_source(
     (an earlier --deidentify run's); with it, one whose UIDs another --uid-secret made (or no
     secret: one per run), so that the case folder would name two de-identified studies, or
     (--pseudonym auto) whose PatientID is not the pseudonym this run derives for the source's."""
-    import pydicom
-
     _check_kept_volume_table(kept, targets, image, config)
     if not config.deidentify:
-        source_id = str(series.datasets[0].get("PatientID", "")) if series is not None else None
-        for fmt in DICOM_FORMATS:
-            if fmt in kept and source_id is not None:
-                ds = pydicom.dcmread(kept[fmt], stop_before_pixels=True, specific_tags=["PatientID"])
-                if str(ds.get("PatientID", "")) != source_id:
-                    raise InputError(
-                        kept[fmt],
-                        "an earlier run's output would be kept, de-identified otherwise than asked",
-                        expected="--deidentify and --pseudonym as that run had them, --overwrite to "
-                        "redo it, or another output folder",
-                        found="de-identified",
-                    )
+        if series is not None:
+            _refuse_kept_dicom_unless(
+                kept,
+                "PatientID",
+                str(series.datasets[0].get("PatientID", "")),
+                "an earlier run's output would be kept, de-identified otherwise than asked",
+                expected="--deidentify and --pseudonym as that run had them, --overwrite to redo it, "
+                "or another output folder",
+                found="de-identified",
+            )
         return
     from medseg.io.dicom import PSEUDONYM_AUTO, patient_pseudonym
 
@@ -1365,19 +1374,15 @@ def _check_kept_against_source(
     if derived and patient_id and (isinstance(config.pseudonym, str) or patient_id in config.pseudonym):
         # --pseudonym auto or a map: the pseudonym this run gives the source's patient (checked
         # here, whatever the formats, as _check_kept_dicom_identity checks a fixed one)
-        pseudonym = patient_pseudonym(patient_id, config.pseudonym, config.uid_secret)
-        for fmt in DICOM_FORMATS:
-            if fmt not in kept:
-                continue
-            ds = pydicom.dcmread(kept[fmt], stop_before_pixels=True, specific_tags=["PatientID"])
-            if str(ds.get("PatientID", "")) != pseudonym:
-                raise InputError(
-                    kept[fmt],
-                    "an earlier run's output would be kept, de-identified otherwise than asked",
-                    expected="--deidentify and --pseudonym as that run had them, --overwrite to "
-                    "redo it, or another output folder",
-                    found="another pseudonym",
-                )
+        _refuse_kept_dicom_unless(
+            kept,
+            "PatientID",
+            patient_pseudonym(patient_id, config.pseudonym, config.uid_secret),
+            "an earlier run's output would be kept, de-identified otherwise than asked",
+            expected="--deidentify and --pseudonym as that run had them, --overwrite to redo it, "
+            "or another output folder",
+            found="another pseudonym",
+        )
     if not any(f in targets for f in (*DICOM_FORMATS, "volumes")):
         return
     study = str(image.meta.get("study_uid") or "")
@@ -1385,19 +1390,15 @@ def _check_kept_against_source(
         return
     from medseg.io.dicom import deidentified_uid
 
-    expected = str(deidentified_uid(study, config.uid_secret))
-    for fmt in DICOM_FORMATS:
-        if fmt not in kept:
-            continue
-        ds = pydicom.dcmread(kept[fmt], stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
-        if str(ds.get("StudyInstanceUID", "")) != expected:
-            raise InputError(
-                kept[fmt],
-                "an earlier run's output would be kept, de-identified with another UID key",
-                expected="the --uid-secret that run had (a run without one cannot be matched), "
-                "--overwrite to redo it, or another output folder",
-                found="a study UID this run's key does not give",
-            )
+    _refuse_kept_dicom_unless(
+        kept,
+        "StudyInstanceUID",
+        str(deidentified_uid(study, config.uid_secret)),
+        "an earlier run's output would be kept, de-identified with another UID key",
+        expected="the --uid-secret that run had (a run without one cannot be matched), "
+        "--overwrite to redo it, or another output folder",
+        found="a study UID this run's key does not give",
+    )
 
 
 def _check_kept_volume_table(

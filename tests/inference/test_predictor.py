@@ -374,6 +374,17 @@ def test_rerunning_a_case_whose_dicom_outputs_cannot_be_written_keeps_it_partial
     assert row["status"] == "partial"
 
 
+def _predict_a_box_in_the_prostate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The network stubbed: a box of label 1 where the PROSTATEx T2 series hold the prostate."""
+
+    def boxed(self: SegmentationModel, channels: list[Volume], **kwargs: object) -> tuple[Volume, None]:
+        label = np.zeros(channels[0].shape, dtype=np.uint8)
+        label[6:12, 150:230, 160:240] = 1
+        return channels[0].with_array(label), None
+
+    monkeypatch.setattr(SegmentationModel, "predict", boxed)
+
+
 def test_deidentified_predictions_overlay_the_deidentified_series(
     shared_data: Path, trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -389,12 +400,7 @@ def test_deidentified_predictions_overlay_the_deidentified_series(
 
     original = identified_prostatex_t2(shared_data, tmp_path / "t2")
 
-    def boxed(self: SegmentationModel, channels: list[Volume], **kwargs: object) -> tuple[Volume, None]:
-        label = np.zeros(channels[0].shape, dtype=np.uint8)
-        label[6:12, 150:230, 160:240] = 1
-        return channels[0].with_array(label), None
-
-    monkeypatch.setattr(SegmentationModel, "predict", boxed)
+    _predict_a_box_in_the_prostate(monkeypatch)
     key = ["--deidentify", "--pseudonym", "SUBJ001", "--uid-secret", "project-key"]
     runner = CliRunner()
     res = runner.invoke(app, ["convert", str(original), str(tmp_path / "deid"), "--to", "dicom", *key])
@@ -494,12 +500,7 @@ def test_pseudonym_auto_names_each_patient_of_a_cohort_as_convert_does(
     shutil.copytree(second, cohort / "b")
     own_ids = [IDENTIFIERS["PatientID"], "ProstateX-0001"]
 
-    def boxed(self: SegmentationModel, channels: list[Volume], **kwargs: object) -> tuple[Volume, None]:
-        label = np.zeros(channels[0].shape, dtype=np.uint8)
-        label[6:12, 150:230, 160:240] = 1
-        return channels[0].with_array(label), None
-
-    monkeypatch.setattr(SegmentationModel, "predict", boxed)
+    _predict_a_box_in_the_prostate(monkeypatch)
     key = ["--deidentify", "--pseudonym", "auto", "--uid-secret", "project-key"]
     runner = CliRunner()
     for name in ("a", "b"):
@@ -578,12 +579,7 @@ def test_pseudonym_map_names_each_patient_and_is_written_nowhere(
         pytest.skip(f"{second} not found (a PROSTATEx T2 series of ../shared/data)")
     shutil.copytree(second, cohort / "b")
 
-    def boxed(self: SegmentationModel, channels: list[Volume], **kwargs: object) -> tuple[Volume, None]:
-        label = np.zeros(channels[0].shape, dtype=np.uint8)
-        label[6:12, 150:230, 160:240] = 1
-        return channels[0].with_array(label), None
-
-    monkeypatch.setattr(SegmentationModel, "predict", boxed)
+    _predict_a_box_in_the_prostate(monkeypatch)
     table = tmp_path / "map.csv"
     table.write_text(f"PatientID,pseudonym\n{IDENTIFIERS['PatientID']},SUBJ-A\nProstateX-0001,SUBJ-B\n")
     key = ["--deidentify", "--pseudonym-map", str(table), "--uid-secret", "project-key"]
@@ -629,12 +625,7 @@ def test_a_plain_rerun_keeps_the_seg_of_a_source_deidentified_elsewhere(
     original = identified_prostatex_t2(shared_data, tmp_path / "t2")
     assert pydicom.dcmread(next(original.glob("*.dcm"))).PatientIdentityRemoved == "YES"
 
-    def boxed(self: SegmentationModel, channels: list[Volume], **kwargs: object) -> tuple[Volume, None]:
-        label = np.zeros(channels[0].shape, dtype=np.uint8)
-        label[6:12, 150:230, 160:240] = 1
-        return channels[0].with_array(label), None
-
-    monkeypatch.setattr(SegmentationModel, "predict", boxed)
+    _predict_a_box_in_the_prostate(monkeypatch)
     out = tmp_path / "out"
     (first,) = predict(original, trained_model, out, PredictConfig(formats=("dicom-seg",)))
     assert first.ok, first.error
@@ -659,12 +650,7 @@ def test_a_deidentified_rerun_does_not_keep_a_volume_table_naming_the_original_s
         pydicom.dcmread(next(original.glob("*.dcm")), stop_before_pixels=True).StudyInstanceUID
     )
 
-    def boxed(self: SegmentationModel, channels: list[Volume], **kwargs: object) -> tuple[Volume, None]:
-        label = np.zeros(channels[0].shape, dtype=np.uint8)
-        label[6:12, 150:230, 160:240] = 1
-        return channels[0].with_array(label), None
-
-    monkeypatch.setattr(SegmentationModel, "predict", boxed)
+    _predict_a_box_in_the_prostate(monkeypatch)
     out = tmp_path / "out"
     (plain,) = predict(original, trained_model, out, PredictConfig(formats=("nifti", "volumes")))
     assert plain.ok and original_study in (out / "t2" / "volumes.csv").read_text()

@@ -147,3 +147,22 @@ def test_a_failed_case_shows_no_outputs_of_an_earlier_prediction(tmp_path: Path)
     assert rows["part"].overlay == "part/overlay.png" and rows["part"].report is None
     page = build_cohort_index_html(out)
     assert "old/overlay.png" not in page and "old/report.html" not in page
+
+
+def test_a_cases_warnings_show_as_a_count_that_opens_to_their_texts(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    for case in ("warned", "clean"):
+        _case(out, case, (1.0, 2.0))
+    texts = ["warned: the model was trained on CT but this series is MR", "warned: <b>odd</b> & more"]
+    _summary(
+        out, "predictions.json", [_entry(out, "warned", warnings=texts), _entry(out, "clean", warnings=[])]
+    )
+    rows = {r.case_id: r for r in cohort_rows(out)}
+    assert rows["warned"].warnings == texts and rows["clean"].warnings == []
+    page = build_cohort_index_html(out)
+    assert page.count("<details") == 1 and "<summary>2 warnings</summary>" in page
+    assert "<li>warned: &lt;b&gt;odd&lt;/b&gt; &amp; more</li>" in page and "<b>odd" not in page
+    assert "<script" not in page
+    # a summary of an older medseg (no warnings key) or a hand-edited one (not a list): none shown
+    _summary(out, "predictions.json", [_entry(out, "warned"), _entry(out, "clean", warnings="text")])
+    assert "<details" not in build_cohort_index_html(out)

@@ -2283,3 +2283,91 @@ def test_predict_cli_takes_the_cpu_speed_options(trained_model: Path, tmp_path: 
     assert summary["model_info"]["network precision"] == "bfloat16 autocast, default layout"
     bad = runner.invoke(app, [*args, "--cpu-bf16", "maybe"])
     assert bad.exit_code == 2 and "--cpu-bf16 must be auto, on or off, found 'maybe'" in bad.output
+
+
+def _ct_plan(model: Path) -> None:
+    """Make the toy model's plan normalise its channel as CT (it was z-score normalised)."""
+    plan = json.loads((model / "plan.json").read_text())
+    plan["normalization"] = [
+        {
+            "scheme": "ct",
+            "clip_low": -100.0,
+            "clip_high": 300.0,
+            "mean": 50.0,
+            "std": 80.0,
+            "use_nonzero_mask": False,
+        }
+    ]
+    (model / "plan.json").write_text(json.dumps(plan))
+
+
+def test_each_cases_warnings_are_recorded_in_the_summary_index_and_report(
+    model_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CT model given an MR series only said so in the log (gone under -q or in a SLURM log):
+    each case's warnings are now in its predictions.json entry, the index and its report. A
+    clean case has none, one case's do not carry over to the next, and a warning that quotes
+    the patient's name, ID or birth date keeps none of them."""
+    import medseg.inference.predictor as predictor
+
+    _ct_plan(model_copy)
+    image, _ = make_case(3, shape=(9, 36, 30))
+    image = image.with_array(image.array.astype(np.int16))
+    cohort = tmp_path / "cohort"
+    # natural order: the MR case (warned) runs first, the CT case (clean) after it
+    for name, modality in (("a_mr", "MR"), ("b_ct", "CT")):
+        for f in write_dicom_series(image, cohort / name, modality=modality):
+            ds = pydicom.dcmread(f)
+            for keyword in ("PatientName", "PatientID", "PatientBirthDate"):
+                setattr(ds, keyword, IDENTIFIERS[keyword])
+            ds.save_as(f)
+    real = predictor._warn_if_not_ct
+
+    def quoting_header(plans, channels, case_id):  # type: ignore[no-untyped-def]
+        # a warning that quotes header values, as a reader's or library's might
+        if case_id == "a_mr":
+            ds = pydicom.dcmread(next((cohort / case_id).iterdir()), stop_before_pixels=True)
+            predictor.log.warning(
+                "%s: odd header of %s (id %s, born %s-%s-%s)",
+                case_id,
+                str(ds.PatientName).lower(),
+                ds.PatientID,
+                ds.PatientBirthDate[:4],
+                ds.PatientBirthDate[4:6],
+                ds.PatientBirthDate[6:],
+            )
+        real(plans, channels, case_id)
+
+    monkeypatch.setattr(predictor, "_warn_if_not_ct", quoting_header)
+    out = tmp_path / "out"
+    results = predict(cohort, model_copy, out, PredictConfig(formats=("nifti", "volumes", "report")))
+    assert [r.ok for r in results] == [True, True]
+    cases = {c["case_id"]: c for c in json.loads((out / "predictions.json").read_text())["cases"]}
+    warned = cases["a_mr"]["warnings"]
+    assert any(w.startswith("a_mr: the model was trained on CT") and "is MR" in w for w in warned), warned
+    assert any("odd header of (patient)" in w for w in warned), warned
+    assert cases["b_ct"]["warnings"] == []  # clean, and a_mr's did not leak into it
+    report = (out / "a_mr" / "report.html").read_text()
+    shown = report[report.index('<section class="warnings">') :]
+    texts = json.dumps(cases) + (out / "index.html").read_text() + shown[: shown.index("</section>")]
+    for value in ("DOE", "JANE", IDENTIFIERS["PatientID"], "19610203", "1961-02-03"):
+        assert not re.search(rf"\b{re.escape(value)}\b", texts, re.IGNORECASE), value
+    page = (out / "index.html").read_text()
+    assert page.count("<details") == 1 and f"{len(warned)} warning" in page
+    assert "trained on CT" in page and "<script" not in page
+    assert "Warnings (" in report and "trained on CT" in report
+    assert "Warnings (" not in (out / "b_ct" / "report.html").read_text()
+
+
+def test_predict_quiet_still_records_the_cases_warnings(model_copy: Path, tmp_path: Path) -> None:
+    """-q hides warnings from the console only: predictions.json still records them."""
+    _ct_plan(model_copy)
+    image, _ = make_case(3, shape=(9, 36, 30))
+    write_dicom_series(image.with_array(image.array.astype(np.int16)), tmp_path / "mr", modality="MR")
+    out = tmp_path / "q"
+    res = CliRunner().invoke(
+        app, ["predict", str(tmp_path / "mr"), "-m", str(model_copy), "-o", str(out), "-q"]
+    )
+    assert res.exit_code == 0, res.output
+    (case,) = json.loads((out / "predictions.json").read_text())["cases"]
+    assert any("trained on CT" in w for w in case["warnings"]), case

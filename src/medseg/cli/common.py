@@ -313,22 +313,40 @@ def number_list(
     return parse
 
 
+class _QuietFilter(logging.Filter):
+    """Drops medseg's records below ``level`` (those of the ``keep`` loggers from WARNING up pass)."""
+
+    def __init__(self, level: int, keep: tuple[str, ...]) -> None:
+        super().__init__()
+        self.level = level
+        self.keep = keep
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        if record.levelno >= self.level or not (name == "medseg" or name.startswith("medseg.")):
+            return True
+        kept = any(name == k or name.startswith(k + ".") for k in self.keep)
+        return kept and record.levelno >= logging.WARNING
+
+
 @contextlib.contextmanager
 def _medseg_log_level(enabled: bool, level: int, keep: tuple[str, ...] = ()) -> Iterator[None]:
+    """Hide medseg's records below ``level`` from the console (the handlers of the root and
+    ``medseg`` loggers), not from the loggers: what a run records of its own logging (the
+    per-case warnings of predictions.json, :func:`medseg.inference.predictor.case_warnings`)
+    still sees them."""
     if not enabled:
         yield
         return
-    logger = logging.getLogger("medseg")
-    kept = [logging.getLogger(name) for name in keep]
-    before = [(lg, lg.level) for lg in (logger, *kept)]
-    logger.setLevel(level)
-    for lg in kept:
-        lg.setLevel(logging.WARNING)
+    quiet = _QuietFilter(level, keep)
+    handlers = [*logging.getLogger().handlers, *logging.getLogger("medseg").handlers]
+    for handler in handlers:
+        handler.addFilter(quiet)
     try:
         yield
     finally:
-        for lg, was in before:
-            lg.setLevel(was)
+        for handler in handlers:
+            handler.removeFilter(quiet)
 
 
 # Warnings that predict's --quiet (errors only) still shows: a model given a series of another

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -251,6 +251,7 @@ def write_case_outputs(
     deidentify: bool = False,
     pseudonym: Pseudonym = "ANONYMOUS",
     uid_secret: str | None = None,
+    warnings: Callable[[], Sequence[str]] | None = None,
 ) -> dict[str, Path]:
     """Write ``label`` (on ``image``'s grid) in every format of ``targets``; returns what was written.
 
@@ -271,6 +272,9 @@ def write_case_outputs(
     ``pseudonym``; UIDs are mapped with ``uid_secret`` as `medseg convert --deidentify` maps
     them) and makes the volume tables name the de-identified study and series UIDs. The other
     outputs hold no patient name, ID, birth date or UID; their file names are the case id.
+
+    ``warnings`` gives the case's warnings so far (``medseg predict``'s collector); the report,
+    written last, lists them, including those of the formats written before it.
     """
     written: dict[str, Path] = {}
     present = bool(np.any(label.array > 0))
@@ -399,7 +403,14 @@ def write_case_outputs(
             from medseg.export.report import write_report
 
             written[fmt] = write_report(
-                target, image, label, names, model_info=model_info, case_id=case_id, overwrite=overwrite
+                target,
+                image,
+                label,
+                names,
+                model_info=model_info,
+                case_id=case_id,
+                overwrite=overwrite,
+                warnings=warnings() if warnings is not None else (),
             )
     return written
 

@@ -3,8 +3,8 @@
 ``OUT/index.html`` lists every case of the folder in natural order with its status (ok,
 failed with the first line of its error, or partly written), its per-label volumes (from
 the case's ``volumes.csv``), its overlay as a thumbnail (the case's own ``overlay.png``,
-linked by relative path, not re-rendered), a link to its ``report.html`` and the flags the
-case's tables show (empty labels, nothing segmented, formats not written), with the model
+linked by relative path, not re-rendered), a link to its ``report.html`` and the flags the case's tables show (empty labels, nothing
+segmented, formats not written, the warnings its prediction logged), with the model
 section once (the same table as each report's, :func:`medseg.export.report.model_table`).
 
 Like ``cohort_volumes.csv`` it is rebuilt from what is on disk (the ``predictions*.json``
@@ -50,6 +50,8 @@ td.status-failed{color:#b42318;font-weight:600}
 td.status-partly{color:#a15c00;font-weight:600}
 img.thumb{max-width:220px;max-height:140px;height:auto;border:1px solid #e3e6eb;background:#000}
 .flag{display:inline-block;background:#fff4e5;color:#7a4100;border-radius:3px;padding:0 5px;margin:1px 2px;font-size:12px}
+details.flag summary{cursor:pointer}
+details.flag ul{margin:2px 0 2px 16px;padding:0;max-width:420px;overflow-wrap:anywhere}
 .err{color:#5b6472;font-size:12px;font-weight:400;max-width:420px;overflow-wrap:anywhere}
 """
 
@@ -66,6 +68,7 @@ class CaseRow:
     report: str | None = None  # relative link from the output folder, None when absent
     overlay: str | None = None
     flags: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # logged while it was predicted
 
 
 def _e(value: Any) -> str:
@@ -155,6 +158,8 @@ def cohort_rows(out_dir: str | Path) -> list[CaseRow]:
             outputs = list(outputs) if isinstance(outputs, dict) else []
             error = str(entry.get("error") or "")
             row.error = error.splitlines()[0] if error.strip() else ""
+            warnings = entry.get("warnings") or []
+            row.warnings = [str(w) for w in warnings] if isinstance(warnings, list) else []
             missing = _missing_outputs(out, case_id, outputs)
             on_disk = [f for f in outputs if f not in missing]
             if not entry.get("ok"):
@@ -183,6 +188,19 @@ def cohort_rows(out_dir: str | Path) -> list[CaseRow]:
             row.overlay = _link(case_id, _OVERLAY)
         rows.append(row)
     return rows
+
+
+def _flags_cell(row: CaseRow) -> str:
+    """The flags, then the case's warnings: their count, opened to their texts (no script)."""
+    cell = "".join(f'<span class="flag">{_e(f)}</span>' for f in row.flags)
+    if row.warnings:
+        n = len(row.warnings)
+        items = "".join(f"<li>{_e(w)}</li>" for w in row.warnings)
+        cell += (
+            f'<details class="flag" title="{_e(chr(10).join(row.warnings))}"><summary>{n} '
+            f"warning{'s' if n != 1 else ''}</summary><ul>{items}</ul></details>"
+        )
+    return f"<td>{cell}</td>"
 
 
 def _status_cell(row: CaseRow) -> str:
@@ -240,7 +258,7 @@ def build_cohort_index_html(out_dir: str | Path) -> str:
                 cells += f"<td class='num'>{row.volumes[value][1]:.2f}</td>"
             else:  # no table (failed, not asked for): unknown; a label of another model: not in it
                 cells += "<td class='num'>–</td>"
-        cells += "<td>" + "".join(f'<span class="flag">{_e(f)}</span>' for f in row.flags) + "</td>"
+        cells += _flags_cell(row)
         cells += f'<td><a href="{_e(row.report)}">report</a></td>' if row.report else "<td>–</td>"
         body += f'<tr id="case-{i}">{cells}</tr>'
     counts = {s: sum(r.status == s for r in rows) for s in ("ok", "failed", "partly written")}
@@ -261,7 +279,7 @@ def build_cohort_index_html(out_dir: str | Path) -> str:
 <header><h1>{_e(title)}</h1><p>{_e(counted or "no cases")} · medseg {_e(medseg.__version__)} · created {_e(created)} · research use only, not for diagnosis</p></header>
 <main>
 <section><h2>Cases</h2>{table}
-<p class="note">Volumes in mL from each case's volumes.csv (– where the case has none); cohort_volumes.csv holds them all. Click a thumbnail for the full overlay, a report link for the case's report with its 3D view.</p></section>
+<p class="note">Volumes in mL from each case's volumes.csv (– where the case has none); cohort_volumes.csv holds them all. Open a case's warnings for the texts its prediction logged. Click a thumbnail for the full overlay, a report link for the case's report with its 3D view.</p></section>
 <section><h2>Model</h2>{_models_html(models)}</section>
 </main>
 </body>

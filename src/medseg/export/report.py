@@ -223,6 +223,14 @@ def _mesh_payload(label: Volume, segments: Sequence[Segment], max_faces: int) ->
     ]
 
 
+def _warnings_section(warnings: Sequence[str]) -> str:
+    """The case's warnings, one item each; nothing when there are none."""
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{_e(w)}</li>" for w in warnings)
+    return f'<section class="warnings"><h2>Warnings ({len(warnings)})</h2><ul>{items}</ul></section>'
+
+
 def build_report_html(
     image: Volume,
     label: Volume,
@@ -234,6 +242,7 @@ def build_report_html(
     stats: Sequence[LabelStats] | None = None,
     overlay_png: bytes | None = None,
     mesh_max_faces: int = PREVIEW_MAX_FACES,
+    warnings: Sequence[str] = (),
 ) -> str:
     """The report as one HTML string (see :func:`write_report`)."""
     image.geometry.require_same(label.geometry, "image and label grids")
@@ -273,7 +282,7 @@ def build_report_html(
 <body>
 <header><h1>{_e(title)}</h1><p>medseg {_e(medseg.__version__)} · created {_e(created)} · research use only, not for diagnosis</p></header>
 <main>
-<section><h2>Input</h2>{_inputs_table(image, label)}</section>
+{_warnings_section(warnings)}<section><h2>Input</h2>{_inputs_table(image, label)}</section>
 <section><h2>Model</h2>{model_table(model_info)}</section>
 <section><h2>Volumes</h2>{_volumes_table(table, color_of)}
 <p class="note">Volume = voxel count × voxel volume. Centroid and extent in patient coordinates (LPS: x to the patient's left, y posterior, z superior).</p></section>
@@ -300,12 +309,14 @@ def write_report(
     overlay_png: bytes | None = None,
     mesh_max_faces: int = PREVIEW_MAX_FACES,
     overwrite: bool = False,
+    warnings: Sequence[str] = (),
 ) -> Path:
     """Write the case report (one self-contained .html file), atomically.
 
     ``model_info`` is shown as a key/value table (e.g. name, version, checkpoint, plan).
     ``stats`` and ``overlay_png`` may be passed in when already computed for other
-    outputs; otherwise they are computed here.
+    outputs; otherwise they are computed here. ``warnings`` are the case's warnings (those
+    ``medseg predict`` logged while segmenting it), listed at the top when there are any.
     """
     target = check_writable(path, overwrite)
     text = build_report_html(
@@ -318,6 +329,7 @@ def write_report(
         stats=stats,
         overlay_png=overlay_png,
         mesh_max_faces=mesh_max_faces,
+        warnings=warnings,
     )
     write_text_atomic(target, text, overwrite=overwrite)
     log.info("wrote report to %s", target)

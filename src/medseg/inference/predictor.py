@@ -12,13 +12,15 @@ takes every n-th case starting at i, so a SLURM array job can split a cohort.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -1116,6 +1118,102 @@ class CaseResult:
     # failed (``ok`` False) and ``outputs`` lists what was written, so that a re-run without
     # these formats completes it.
     not_written: dict[str, str] = field(default_factory=dict)
+    # The warnings medseg logged while this case ran (modality mismatch, empty labels, a
+    # resampled grid, ...), as short texts without the patient's name, ID or birth date:
+    # recorded in predictions.json so that the index and a quiet or batch run show them.
+    warnings: list[str] = field(default_factory=list)
+
+
+# A recorded warning is cut to this many characters (a list of 300 folders stays readable).
+MAX_WARNING_CHARS = 300
+
+
+class _CaseWarnings(logging.Handler):
+    """Collects the warnings medseg logs while one case is predicted (see :func:`case_warnings`).
+
+    Only records of the thread that runs the case count: a case is predicted in the calling
+    thread (cases run one after another), and a record of another thread (a caller's own
+    work beside ``predict``) is not this case's. Errors are not collected: a case's error is
+    its ``error`` (or ``not_written``) already.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.thread = threading.get_ident()
+        self.raw: list[str] = []
+        self.identifiers: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread != self.thread or record.levelno >= logging.ERROR:
+            return
+        try:
+            text = record.getMessage()
+        except Exception:  # a malformed log call must not fail the case
+            return
+        self.raw.append(text)
+
+    def texts(self) -> list[str]:
+        """The case's warnings, in order and each once, with the patient's identifiers
+        replaced by ``(patient)``, on one line and cut to :data:`MAX_WARNING_CHARS`."""
+        words = sorted(self.identifiers, key=len, reverse=True)
+        alternatives = "|".join(rf"(?<!\w){re.escape(w)}(?!\w)" for w in words)
+        pattern = re.compile(alternatives, re.IGNORECASE) if words else None
+        out: list[str] = []
+        for text in self.raw:
+            text = " ".join(text.split())
+            if pattern is not None:
+                text = pattern.sub("(patient)", text)
+            if len(text) > MAX_WARNING_CHARS:
+                text = text[: MAX_WARNING_CHARS - 1] + "…"
+            if text not in out:
+                out.append(text)
+        return out
+
+
+@contextlib.contextmanager
+def case_warnings() -> Iterator[_CaseWarnings]:
+    """Within the block, collect the warnings of the ``medseg`` loggers (one case's).
+
+    What the ``medseg`` logger lets through is collected: ``predict --quiet`` hides warnings
+    from the console only (:func:`medseg.cli.common.errors_only`), so they are still recorded.
+    """
+    handler = _CaseWarnings()
+    logger = logging.getLogger("medseg")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+def _active_collectors() -> list[_CaseWarnings]:
+    """The warning collectors of the cases running in this thread (:func:`case_warnings`)."""
+    me = threading.get_ident()
+    return [
+        h for h in logging.getLogger("medseg").handlers if isinstance(h, _CaseWarnings) and h.thread == me
+    ]
+
+
+def _note_patient_identifiers(series: Any) -> None:
+    """Tell the active case's warning collector the patient's name, ID and birth date as the
+    source series gives them, so that no recorded warning holds them (a warning quoting a
+    header value, a folder named after the patient)."""
+    collectors = _active_collectors()
+    if not collectors or series is None or not series.datasets:
+        return
+    ds = series.datasets[0]
+    values: set[str] = set()
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs"):
+        value = str(ds.get(keyword, "") or "").strip()
+        if not value:
+            continue
+        values.add(value)
+        if keyword == "PatientBirthDate" and re.fullmatch(r"\d{8}", value):  # also as 1961-02-03
+            values.add(f"{value[:4]}-{value[4:6]}-{value[6:]}")
+        if keyword == "PatientName":  # Family^Given^Middle: each part alone too
+            values |= {part.strip() for part in re.split(r"[\^=]", value) if len(part.strip()) >= 2}
+    for collector in collectors:
+        collector.identifiers |= values
 
 
 def _outputs_for(case_id: str, out: Path, config: PredictConfig) -> dict[str, Path]:
@@ -1198,6 +1296,9 @@ def predict_case(
     if "regions" in config.formats and not model.plan.regions:
         raise ConfigError("the regions output needs a region-based model (its plan declares no regions)")
     channels, series = _read_case(case, config.spacing, config.volume)
+    _note_patient_identifiers(series)
+    collectors = _active_collectors()
+    warnings_so_far = collectors[-1].texts if collectors else None  # for the report
     _check_kept_against_source(kept, targets, channels[0], series, config)
     if kept and not targets:  # wholly kept, and its kept volume table names the study as asked
         raise OutputExistsError(next(iter(kept.values())))
@@ -1236,6 +1337,7 @@ def predict_case(
             deidentify=config.deidentify,
             pseudonym=config.pseudonym,
             uid_secret=config.uid_secret,
+            warnings=warnings_so_far,
         )
         return _case_result(case.case_id, {**kept, **written}, not_written, start)
     box = None
@@ -1294,6 +1396,7 @@ def predict_case(
         deidentify=config.deidentify,
         pseudonym=config.pseudonym,
         uid_secret=config.uid_secret,
+        warnings=warnings_so_far,
     )
     return _case_result(case.case_id, {**kept, **written}, not_written, start)
 
@@ -1698,52 +1801,11 @@ def _predict_into(
             if len(cases) == 1:  # no progress bar for one case: say what is running
                 log.info("case %s ...", case.case_id)
             started = time.monotonic()  # a failed case's time too: failing fast or after the network
-            try:
-                # one case: no case bar, so its meshes may have theirs
-                results.append(predict_case(seg, case, out, cfg, progress=progress and len(cases) == 1))
-            except OutputExistsError:
-                log.info("case %s not redone: its outputs exist (overwrite redoes them)", case.case_id)
-                existing[case.case_id] = _outputs_for(case.case_id, out, cfg)
-                on_disk = {fmt: str(p) for fmt, p in existing[case.case_id].items()}
-                results.append(CaseResult(case.case_id, True, on_disk, skipped=True))
-            except MedsegError as exc:
-                log.error("case %s failed: %s", case.case_id, exc)
-                results.append(
-                    CaseResult(case.case_id, False, error=str(exc), seconds=time.monotonic() - started)
+            with case_warnings() as collected:
+                _run_case(
+                    seg, case, out, cfg, progress and len(cases) == 1, len(cases), started, results, existing
                 )
-            except OSError as exc:  # e.g. disk full while writing: nothing partial is left (atomic writes)
-                log.error("case %s failed while writing: %s", case.case_id, exc)
-                results.append(
-                    CaseResult(
-                        case.case_id,
-                        False,
-                        error=f"{type(exc).__name__}: {exc}",
-                        seconds=time.monotonic() - started,
-                    )
-                )
-            except Exception as exc:
-                if len(cases) == 1:  # one case: the caller reports the bug (the CLI: exit 3)
-                    raise
-                # A bug met on one study of a cohort must not cost the rest of the cohort; the
-                # case is listed failed and internal_error says it is a bug to report.
-                from medseg.io.dicom import safe_error_text
-
-                text = f"internal error: {safe_error_text(exc)}"
-                log.error(
-                    "case %s failed with an %s (please report it; MEDSEG_DEBUG=1 shows the traceback)",
-                    case.case_id,
-                    text,
-                )
-                log.debug("traceback of case %s", case.case_id, exc_info=True)
-                results.append(
-                    CaseResult(
-                        case.case_id,
-                        False,
-                        error=text,
-                        internal_error=True,
-                        seconds=time.monotonic() - started,
-                    )
-                )
+            results[-1].warnings = collected.texts()
             # after every case, so that a killed run's outputs say which prediction made them
             # (a resume with another model is refused) and its summary lists what it did
             write_summary()
@@ -1765,6 +1827,65 @@ def _predict_into(
         if index is not None:
             log.info("every case's status and report: %s", index)
     return results
+
+
+def _run_case(
+    seg: SegmentationModel,
+    case: InputCase,
+    out: Path,
+    cfg: PredictConfig,
+    progress: bool,
+    n_cases: int,
+    started: float,
+    results: list[CaseResult],
+    existing: dict[str, dict[str, Path]],
+) -> None:
+    """Predict one case of :func:`_predict_into`'s loop and append its result to ``results``:
+    a failure on its input (or a bug, in a cohort) is the case's, not the run's."""
+    try:
+        # one case: no case bar, so its meshes may have theirs
+        results.append(predict_case(seg, case, out, cfg, progress=progress))
+    except OutputExistsError:
+        log.info("case %s not redone: its outputs exist (overwrite redoes them)", case.case_id)
+        existing[case.case_id] = _outputs_for(case.case_id, out, cfg)
+        on_disk = {fmt: str(p) for fmt, p in existing[case.case_id].items()}
+        results.append(CaseResult(case.case_id, True, on_disk, skipped=True))
+    except MedsegError as exc:
+        log.error("case %s failed: %s", case.case_id, exc)
+        results.append(CaseResult(case.case_id, False, error=str(exc), seconds=time.monotonic() - started))
+    except OSError as exc:  # e.g. disk full while writing: nothing partial is left (atomic writes)
+        log.error("case %s failed while writing: %s", case.case_id, exc)
+        results.append(
+            CaseResult(
+                case.case_id,
+                False,
+                error=f"{type(exc).__name__}: {exc}",
+                seconds=time.monotonic() - started,
+            )
+        )
+    except Exception as exc:
+        if n_cases == 1:  # one case: the caller reports the bug (the CLI: exit 3)
+            raise
+        # A bug met on one study of a cohort must not cost the rest of the cohort; the
+        # case is listed failed and internal_error says it is a bug to report.
+        from medseg.io.dicom import safe_error_text
+
+        text = f"internal error: {safe_error_text(exc)}"
+        log.error(
+            "case %s failed with an %s (please report it; MEDSEG_DEBUG=1 shows the traceback)",
+            case.case_id,
+            text,
+        )
+        log.debug("traceback of case %s", case.case_id, exc_info=True)
+        results.append(
+            CaseResult(
+                case.case_id,
+                False,
+                error=text,
+                internal_error=True,
+                seconds=time.monotonic() - started,
+            )
+        )
 
 
 def _check_slices_for_volume_model(input_path: str | Path, cases: Sequence[InputCase], plan: Plan) -> None:

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from medseg.cli import app
 from medseg.errors import InputError
 from medseg.export.index import build_cohort_index_html, cohort_rows, write_cohort_index
-from medseg.export.volumes import LabelStats, write_volumes_csv
+from medseg.export.volumes import REGION_VOLUMES_CSV, LabelStats, write_volumes_csv
 
 MODEL = {"dataset": "abdomen", "configuration": "3d", "folds": 5, "predicted with medseg": "0.1.0"}
 
@@ -147,6 +147,39 @@ def test_a_failed_case_shows_no_outputs_of_an_earlier_prediction(tmp_path: Path)
     assert rows["part"].overlay == "part/overlay.png" and rows["part"].report is None
     page = build_cohort_index_html(out)
     assert "old/overlay.png" not in page and "old/report.html" not in page
+
+
+def _regions(out: Path, case: str, regions: dict[str, float]) -> None:
+    """A region model's region_volumes.csv (regions numbered 1..R in the given order)."""
+    stats = [
+        LabelStats(i, name, round(ml * 1000), ml, None, None, None)
+        for i, (name, ml) in enumerate(regions.items(), start=1)
+    ]
+    write_volumes_csv(stats, out / case / REGION_VOLUMES_CSV)
+
+
+def test_a_region_models_region_volumes_get_columns_after_the_labels(tmp_path: Path) -> None:
+    """cohort_volumes.csv had a region model's region/<name> columns, the index did not."""
+    out = tmp_path / "out"
+    for case in ("r1", "r2", "plain", "gone"):
+        _case(out, case, (10.0, 2.0))
+    _regions(out, "r1", {"whole tumor": 12.0, "tumor core": 5.0})
+    _regions(out, "r2", {"whole tumor": 8.5, "tumor core": 3.25, "<enhancing>": 1.0})
+    _regions(out, "gone", {"whole tumor": 99.0})
+    failed = {"case_id": "gone", "ok": False, "outputs": {}, "error": "cannot be read"}
+    _summary(out, "predictions.json", [_entry(out, "r1"), _entry(out, "r2"), _entry(out, "plain"), failed])
+    rows = {r.case_id: r for r in cohort_rows(out)}
+    assert rows["r2"].regions == {"whole tumor": (1, 8.5), "tumor core": (2, 3.25), "<enhancing>": (3, 1.0)}
+    assert rows["plain"].regions == {} and rows["gone"].regions == {}  # a failed case: not its table
+    page = build_cohort_index_html(out)
+    head = page[page.index("<tr><th>#") : page.index("</tr>")]
+    assert head.index("spleen (mL)") < head.index("region/whole tumor (mL)") < head.index("region/tumor core")
+    assert "region/&lt;enhancing&gt; (mL)" in head and "<enhancing>" not in page
+    # natural order: gone, plain, r1, r2
+    row = page[page.index('<tr id="case-3">') : page.index('<tr id="case-4">')]
+    assert "<td class='num'>12.00</td><td class='num'>5.00</td><td class='num'>–</td>" in row  # r1
+    plain = page[page.index('<tr id="case-2">') : page.index('<tr id="case-3">')]
+    assert plain.count("<td class='num'>–</td>") == 3  # no region table: unknown, not 0
 
 
 def test_a_cases_warnings_show_as_a_count_that_opens_to_their_texts(tmp_path: Path) -> None:

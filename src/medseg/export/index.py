@@ -3,7 +3,9 @@
 ``OUT/index.html`` lists every case of the folder in natural order with its status (ok,
 failed with the first line of its error, or partly written), its per-label volumes (from
 the case's ``volumes.csv``), its overlay as a thumbnail (the case's own ``overlay.png``,
-linked by relative path, not re-rendered), a link to its ``report.html`` and the flags the case's tables show (empty labels, nothing
+linked by relative path, not re-rendered), a region model's region volumes (from its
+``region_volumes.csv``, in ``region/<name>`` columns after the labels: regions may overlap),
+a link to its ``report.html`` and the flags the case's tables show (empty labels, nothing
 segmented, formats not written, the warnings its prediction logged), with the model
 section once (the same table as each report's, :func:`medseg.export.report.model_table`).
 
@@ -30,6 +32,7 @@ from urllib.parse import quote
 
 import medseg
 from medseg.errors import InputError
+from medseg.export.volumes import REGION_VOLUMES_CSV
 from medseg.io.atomic import write_text_atomic
 from medseg.io.png import natural_key
 
@@ -68,6 +71,7 @@ class CaseRow:
     report: str | None = None  # relative link from the output folder, None when absent
     overlay: str | None = None
     flags: list[str] = field(default_factory=list)
+    regions: dict[str, tuple[int, float]] = field(default_factory=dict)  # name -> (number, mL)
     warnings: list[str] = field(default_factory=list)  # logged while it was predicted
 
 
@@ -113,6 +117,20 @@ def _read_volumes(path: Path) -> dict[int, tuple[str, float, int]] | None:
             return {
                 int(r["label"]): (r["name"], float(r["volume_ml"]), int(r["voxel_count"])) for r in reader
             }
+    except (OSError, ValueError) as exc:
+        log.warning("%s: unreadable (%s); left out of %s", path, exc, INDEX_HTML)
+        return None
+
+
+def _read_region_volumes(path: Path) -> dict[str, tuple[int, float]] | None:
+    """A per-case region_volumes.csv as region name -> (number, mL); None when it is not one."""
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if not {"label", "name", "volume_ml"} <= set(reader.fieldnames or []):
+                log.warning("%s is not a medseg region volume table; left out of %s", path, INDEX_HTML)
+                return None
+            return {r["name"]: (int(r["label"]), float(r["volume_ml"])) for r in reader}
     except (OSError, ValueError) as exc:
         log.warning("%s: unreadable (%s); left out of %s", path, exc, INDEX_HTML)
         return None
@@ -182,6 +200,8 @@ def cohort_rows(out_dir: str | Path) -> list[CaseRow]:
                 row.flags.append("nothing segmented")
             elif empty:
                 row.flags.append("empty: " + ", ".join(empty))
+            if (folder / REGION_VOLUMES_CSV).is_file():
+                row.regions = _read_region_volumes(folder / REGION_VOLUMES_CSV) or {}
         if (folder / _REPORT).is_file() and "report" in shown:
             row.report = _link(case_id, _REPORT)
         if (folder / _OVERLAY).is_file() and "overlay" in shown:
@@ -236,11 +256,17 @@ def build_cohort_index_html(out_dir: str | Path) -> str:
         for value, (name, _, _) in row.volumes.items():
             labels.setdefault(value, name)
     order = sorted(labels)
+    region_number: dict[str, int] = {}  # region name -> its number where first seen
+    for row in rows:
+        for name, (number, _) in row.regions.items():
+            region_number.setdefault(name, number)
+    region_order = sorted(region_number, key=lambda n: (region_number[n], n))
     thumbs = any(r.overlay for r in rows)
     head = (
         "<tr><th>#</th><th>Case</th><th>Status</th>"
         + ("<th>Overlay</th>" if thumbs else "")
         + "".join(f'<th class="num">{_e(labels[v])} (mL)</th>' for v in order)
+        + "".join(f'<th class="num">region/{_e(n)} (mL)</th>' for n in region_order)
         + "<th>Flags</th><th>Report</th></tr>"
     )
     body = ""
@@ -258,6 +284,9 @@ def build_cohort_index_html(out_dir: str | Path) -> str:
                 cells += f"<td class='num'>{row.volumes[value][1]:.2f}</td>"
             else:  # no table (failed, not asked for): unknown; a label of another model: not in it
                 cells += "<td class='num'>–</td>"
+        for name in region_order:  # no region table, or a region of another model: unknown
+            known = name in row.regions
+            cells += f"<td class='num'>{row.regions[name][1]:.2f}</td>" if known else "<td class='num'>–</td>"
         cells += _flags_cell(row)
         cells += f'<td><a href="{_e(row.report)}">report</a></td>' if row.report else "<td>–</td>"
         body += f'<tr id="case-{i}">{cells}</tr>'
@@ -279,7 +308,7 @@ def build_cohort_index_html(out_dir: str | Path) -> str:
 <header><h1>{_e(title)}</h1><p>{_e(counted or "no cases")} · medseg {_e(medseg.__version__)} · created {_e(created)} · research use only, not for diagnosis</p></header>
 <main>
 <section><h2>Cases</h2>{table}
-<p class="note">Volumes in mL from each case's volumes.csv (– where the case has none); cohort_volumes.csv holds them all. Open a case's warnings for the texts its prediction logged. Click a thumbnail for the full overlay, a report link for the case's report with its 3D view.</p></section>
+<p class="note">Volumes in mL from each case's volumes.csv (– where the case has none), region/ columns from a region model's region_volumes.csv (regions may overlap); cohort_volumes.csv holds them all. Open a case's warnings for the texts its prediction logged. Click a thumbnail for the full overlay, a report link for the case's report with its 3D view.</p></section>
 <section><h2>Model</h2>{_models_html(models)}</section>
 </main>
 </body>

@@ -2371,3 +2371,45 @@ def test_predict_quiet_still_records_the_cases_warnings(model_copy: Path, tmp_pa
     assert res.exit_code == 0, res.output
     (case,) = json.loads((out / "predictions.json").read_text())["cases"]
     assert any("trained on CT" in w for w in case["warnings"]), case
+
+
+def test_the_real_prostatex_t2s_warnings_are_recorded_without_its_identifiers(
+    shared_data: Path, model_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real PROSTATEx T2 (a copy given a patient name, ID and birth date) given to a CT
+    model under `predict -q`, its network stubbed to segment nothing: the modality warning and
+    the SEG not written for an empty label map are in its predictions.json entry and its index
+    row, and no recorded text holds an identifier of its headers."""
+    _ct_plan(model_copy)
+    identified_prostatex_t2(shared_data, tmp_path / "cohort" / "t2")
+
+    def nothing(self: SegmentationModel, channels: list[Volume], **kwargs: object) -> tuple[Volume, None]:
+        return channels[0].with_array(np.zeros(channels[0].shape, dtype=np.uint8)), None
+
+    monkeypatch.setattr(SegmentationModel, "predict", nothing)
+    out = tmp_path / "out"
+    formats = "dicom-seg,volumes,report"
+    res = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(tmp_path / "cohort" / "t2"),
+            "-m",
+            str(model_copy),
+            "-o",
+            str(out),
+            "-f",
+            formats,
+            "-q",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    (case,) = json.loads((out / "predictions.json").read_text())["cases"]
+    warnings = case["warnings"]
+    assert any("trained on CT" in w and "this series is MR" in w for w in warnings), warnings
+    assert any("nothing segmented; no dicom-seg written" in w for w in warnings), warnings
+    page = (out / "index.html").read_text()
+    assert f"<summary>{len(warnings)} warning" in page
+    texts = "\n".join(warnings) + page
+    for value in (*IDENTIFIERS.values(), "DOE", "JANE"):
+        assert value.lower() not in texts.lower(), value

@@ -389,3 +389,17 @@ def test_cohort_volumes_of_a_region_model_have_a_column_per_region(
         other = {r["case"]: r for r in csv.DictReader(fh)}["other"]
     assert other["region/left_blob_ml"] == other["region/right_blob_ml"] == ""
     assert other["left_only_ml"] == cohort["case_20"]["left_only_ml"]
+    # the index shows the same region columns after the labels ("–" for the case without)
+    from medseg.export.index import build_cohort_index_html, cohort_rows
+
+    rows = {r.case_id: r for r in cohort_rows(out)}
+    for case in ("case_20", "case_21"):
+        assert {k: f"{ml:.4f}" for k, (_, ml) in rows[case].regions.items()} == {
+            k: f"{float(cohort[case][f'region/{k}_ml']):.4f}" for k in REGIONS
+        }
+    assert rows["other"].regions == {}
+    page = build_cohort_index_html(out)
+    head = page[page.index("<tr><th>#") : page.index("</tr>")]
+    assert (
+        head.index("both (mL)") < head.index("region/left_blob (mL)") < head.index("region/right_blob (mL)")
+    )

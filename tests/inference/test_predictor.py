@@ -2413,3 +2413,27 @@ def test_the_real_prostatex_t2s_warnings_are_recorded_without_its_identifiers(
     texts = "\n".join(warnings) + page
     for value in (*IDENTIFIERS.values(), "DOE", "JANE"):
         assert value.lower() not in texts.lower(), value
+
+
+def test_a_cases_warning_collector_takes_its_own_threads_medseg_warnings_only() -> None:
+    """Another thread's warnings (a caller's work beside predict) are not the case's, nor are
+    errors (the case's error says them) or other libraries' records; a long text is cut."""
+    import threading
+
+    from medseg.inference.predictor import MAX_WARNING_CHARS, case_warnings
+
+    log = logging.getLogger("medseg.inference.predictor")
+    with case_warnings() as collected:
+        log.warning("mine:\n  two lines")
+        log.warning("mine:\n  two lines")  # the same text once
+        log.error("an error")
+        logging.getLogger("pydicom").warning("another library")
+        other = threading.Thread(target=lambda: log.warning("another thread"))
+        other.start()
+        other.join()
+        log.warning("x" * (MAX_WARNING_CHARS + 50))
+    log.warning("after the case")
+    texts = collected.texts()
+    assert texts[0] == "mine: two lines" and len(texts) == 2
+    assert len(texts[1]) == MAX_WARNING_CHARS and texts[1].endswith("…")
+    assert not [h for h in logging.getLogger("medseg").handlers if h is collected]  # removed

@@ -1118,8 +1118,8 @@ class CaseResult:
     # failed (``ok`` False) and ``outputs`` lists what was written, so that a re-run without
     # these formats completes it.
     not_written: dict[str, str] = field(default_factory=dict)
-    # The warnings medseg logged while this case ran (modality mismatch, empty labels, a
-    # resampled grid, ...), as short texts without the patient's name, ID or birth date:
+    # The warnings medseg logged while this case ran (a CT model given an MR series, outputs
+    # not written because nothing was segmented, ...), as short texts without the patient's name, ID or birth date:
     # recorded in predictions.json so that the index and a quiet or batch run show them.
     warnings: list[str] = field(default_factory=list)
 

@@ -199,3 +199,22 @@ def test_a_cases_warnings_show_as_a_count_that_opens_to_their_texts(tmp_path: Pa
     # a summary of an older medseg (no warnings key) or a hand-edited one (not a list): none shown
     _summary(out, "predictions.json", [_entry(out, "warned"), _entry(out, "clean", warnings="text")])
     assert "<details" not in build_cohort_index_html(out)
+
+
+def test_a_failed_case_error_shows_no_dicom_uid(tmp_path: Path) -> None:
+    """An error listing the candidate series names their UIDs; the page (meant to be looked
+    through, and shared with a de-identified run) shows the series by index and description only."""
+    out = tmp_path / "out"
+    out.mkdir()
+    uid = "1.3.6.1.4.1.14519.5.2.1.7311.5101.143550427570936841761028976610"
+    error = (
+        f"cohort/p1: has 2 series described 't2*'; found [5] 't2_tse_tra' 19 slices, UID {uid}; "
+        f"[9] 't2_tse_tra' 3.0 mm, medseg 0.1.0, UID 2.25.1234, 2.25.331234567890123; file work/{uid}.dcm\nsecond line {uid}"
+    )
+    _summary(out, "predictions.json", [_entry(out, "p1", ok=False, error=error)])
+    row = cohort_rows(out)[0]
+    assert row.error == (
+        "cohort/p1: has 2 series described 't2*'; found [5] 't2_tse_tra' 19 slices, UID [UID]; "
+        "[9] 't2_tse_tra' 3.0 mm, medseg 0.1.0, UID 2.25.1234, [UID]; file work/[UID].dcm"
+    )
+    assert "7311.5101" not in build_cohort_index_html(out)

@@ -24,6 +24,7 @@ import datetime as _dt
 import html
 import json
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,12 @@ INDEX_HTML = "index.html"
 _REPORT = "report.html"
 _OVERLAY = "overlay.png"
 _VOLUMES = "volumes.csv"
+# A DICOM UID (PS3.5 9.1: digits and dots; here 5 or more components, so that no version or
+# volume number matches, or a 2.25 UUID-derived one), as an error names the candidate series it
+# lists: the page shows none (a de-identified run's failed case would otherwise show the
+# original series' UIDs).
+_UID = re.compile(r"(?<![\w.])(?:[0-2](?:\.(?:0|[1-9][0-9]*)){4,}|2\.25\.[0-9]{10,})(?!\w|\.[0-9])")
+_UID_SHOWN = "[UID]"
 
 _INDEX_CSS = """
 main{max-width:none}
@@ -175,9 +182,11 @@ def cohort_rows(out_dir: str | Path) -> list[CaseRow]:
             outputs = entry.get("outputs") or {}
             outputs = list(outputs) if isinstance(outputs, dict) else []
             error = str(entry.get("error") or "")
-            row.error = error.splitlines()[0] if error.strip() else ""
+            row.error = _UID.sub(_UID_SHOWN, error.splitlines()[0]) if error.strip() else ""
             warnings = entry.get("warnings") or []
-            row.warnings = [str(w) for w in warnings] if isinstance(warnings, list) else []
+            row.warnings = (
+                [_UID.sub(_UID_SHOWN, str(w)) for w in warnings] if isinstance(warnings, list) else []
+            )
             missing = _missing_outputs(out, case_id, outputs)
             on_disk = [f for f in outputs if f not in missing]
             if not entry.get("ok"):

@@ -20,7 +20,7 @@ from medseg.io.dicom import load_series
 from medseg.pacs import segment as segment_module
 from medseg.pacs.client import PacsClient, PacsConfig, PacsError
 from medseg.pacs.query import SeriesRecord, query_series
-from medseg.pacs.segment import ModelSegmentFn, check_modality, segment_study
+from medseg.pacs.segment import ModelSegmentFn, check_modality, choose_series, segment_study
 from medseg.pacs.transfer import pull_series, push_files
 from medseg.volume import Volume
 from tests.pacs.conftest import (
@@ -253,6 +253,12 @@ def test_series_choice(orthanc_rw: OrthancServer) -> None:
     # it said 'Series: none'; now the study's image series, to choose a description from
     assert "Image series of the study: #3 't2_tse_sag'" in str(info.value)
     assert "#4 't2_tse_tra'" in str(info.value)
+    with pytest.raises(PacsError, match=r"2 image series matching --description 't2\*'.*add @last or @first"):
+        choose_series(client, STUDY_0000, description="t2*")
+    # a sequence run again: '@last' / '@first' pick among the matches, as predict --series does
+    assert choose_series(client, STUDY_0000, description="T2*@last").series_uid == T2_TRA_0000_UID
+    first = choose_series(client, STUDY_0000, description="t2*@first")
+    assert (first.number, first.description) == (3, "t2_tse_sag") and first.acquired
 
 
 def test_segment_cli_with_an_injected_predictor(

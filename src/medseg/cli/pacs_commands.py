@@ -353,7 +353,9 @@ def segment_command(
     description: Annotated[
         str | None,
         typer.Option(
-            "--description", help="Pick the series by description (glob, case-insensitive), e.g. 't2*tra*'."
+            "--description",
+            help="Pick the series by description (glob, case-insensitive), e.g. 't2*tra*'; "
+            "'t2*tra*@last' (or @first) takes the latest (earliest) of several matching.",
         ),
     ] = None,
     formats: Annotated[

@@ -66,6 +66,8 @@ SERIES_FIELDS = (
     "Modality",
     "SeriesDescription",
     "SeriesNumber",
+    "SeriesDate",
+    "SeriesTime",
     "StudyDate",
     "PatientID",
     "NumberOfSeriesRelatedInstances",
@@ -191,6 +193,7 @@ class SeriesRecord:
     n_instances: int | None
     date: str = ""
     patient_id: str = field(default="", repr=False)
+    acquired: str = ""  # SeriesDate + SeriesTime ("" when the server gave either none)
 
     @classmethod
     def from_dataset(cls, ds: Dataset) -> SeriesRecord:
@@ -203,6 +206,9 @@ class SeriesRecord:
             n_instances=_int(ds, "NumberOfSeriesRelatedInstances"),
             date=_str(ds, "StudyDate"),
             patient_id=_str(ds, "PatientID"),
+            acquired=_str(ds, "SeriesDate") + _str(ds, "SeriesTime")
+            if _str(ds, "SeriesDate") and _str(ds, "SeriesTime")
+            else "",
         )
 
     def summary(self) -> str:

@@ -78,7 +78,9 @@ def choose_series(
 ) -> SeriesRecord:
     """The image series to segment: the one named, or the only image series matching ``description``.
 
-    ``description`` is a case-insensitive glob (``t2*tra*``) or an exact description.
+    ``description`` is a case-insensitive glob (``t2*tra*``) or an exact description; with
+    ``@last`` (``@first``) after it, the latest (earliest) of several matching series, by
+    SeriesDate/SeriesTime when the server gives them for each, else by SeriesNumber.
     None or several candidates raise :class:`PacsError` listing them (number,
     description, modality, count and UID; no patient data).
     """
@@ -94,9 +96,20 @@ def choose_series(
     if not series:
         raise PacsNotFoundError(f"{client.server}: study {study} not found (or it has no series)")
     every = images = [s for s in series if s.modality.upper() not in NON_IMAGE_MODALITIES]
+    rule = ""
     if description:
+        base, sep, tail = description.rpartition("@")
+        if sep and tail.lower() in ("last", "first"):
+            description, rule = base, tail.lower()
         pattern = description.lower()
         images = [s for s in images if fnmatch.fnmatchcase(s.description.lower(), pattern)]
+    if len(images) > 1 and rule:
+        # as `medseg predict --series '...@last'`: by SeriesDate/SeriesTime when every
+        # candidate has them, else by SeriesNumber
+        by_time = all(s.acquired for s in images)
+        if by_time or all(s.number is not None for s in images):
+            ordered = sorted(images, key=lambda s: (s.acquired, 0) if by_time else ("", s.number or 0))
+            return ordered[-1] if rule == "last" else ordered[0]
     if len(images) == 1:
         return images[0]
     # none matching: list the study's image series, whose descriptions the user can then give
@@ -104,7 +117,8 @@ def choose_series(
     what = f"matching --description {description!r}" if description else "in the study"
     raise PacsError(
         f"{'no' if not images else len(images)} image series {what}; choose one with --series UID"
-        f"{'' if description else ' or --description'}. "
+        f"{'' if description else ' or --description'}"
+        f"{' (or add @last or @first to the description: the latest or earliest acquired)' if description and len(images) > 1 else ''}. "
         + ("Image series of the study" if description and not images else "Series")
         + f": {listing}"
     )

@@ -302,8 +302,11 @@ def test_a_series_without_uids_still_gets_every_format_but_its_dicom_ones(
         v for k, v in cohort["good"].items() if k.endswith("_ml")
     ]
     # the written formats are this prediction's: a re-run with other options keeping them is refused
-    with pytest.raises(InputError, match="made by another prediction"):
+    with pytest.raises(InputError, match="made by another prediction") as refused:
         predict(tmp_path / "cohort" / "blank", trained_model, out, PredictConfig(tta=True))
+    # the same model: the message blamed "two models'" segmentations although only TTA differed
+    assert "two predictions' segmentations" in str(refused.value) and "models'" not in str(refused.value)
+    assert "tta False -> True" in str(refused.value)
     # the remaining formats complete the case
     res = CliRunner().invoke(app, [*args, "--format", "nifti,volumes"])
     assert res.exit_code == 0, res.output

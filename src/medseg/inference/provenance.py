@@ -199,7 +199,7 @@ def check_kept_outputs_match(
     raise InputError(
         out,
         f"holds outputs of {len(other)} of these cases ({shown}) made by another prediction; "
-        "keeping them would mix two models' segmentations in one folder",
+        "keeping them would mix two predictions' segmentations in one folder",
         expected="the same model and options as the earlier run (to add formats or resume), "
         "--overwrite to predict these cases again, or another output folder",
         found=describe_difference(keys.get(earlier), key),

@@ -187,6 +187,7 @@ def test_a_cases_warnings_show_as_a_count_that_opens_to_their_texts(tmp_path: Pa
     for case in ("warned", "clean"):
         _case(out, case, (1.0, 2.0))
     texts = ["warned: the model was trained on CT but this series is MR", "warned: <b>odd</b> & more"]
+    uid_text = "warned: series 1.2.826.0.1.3680043.8.498.12345678901234567890 kept"
     _summary(
         out, "predictions.json", [_entry(out, "warned", warnings=texts), _entry(out, "clean", warnings=[])]
     )
@@ -196,6 +197,10 @@ def test_a_cases_warnings_show_as_a_count_that_opens_to_their_texts(tmp_path: Pa
     assert page.count("<details") == 1 and "<summary>2 warnings</summary>" in page
     assert "<li>warned: &lt;b&gt;odd&lt;/b&gt; &amp; more</li>" in page and "<b>odd" not in page
     assert "<script" not in page
+    # a DICOM UID in a warning is not shown on the page (as in an error line)
+    _summary(out, "predictions.json", [_entry(out, "warned", warnings=[uid_text]), _entry(out, "clean")])
+    page = build_cohort_index_html(out)
+    assert "1.2.826.0.1.3680043" not in page and "<li>warned: series [UID] kept</li>" in page
     # a summary of an older medseg (no warnings key) or a hand-edited one (not a list): none shown
     _summary(out, "predictions.json", [_entry(out, "warned"), _entry(out, "clean", warnings="text")])
     assert "<details" not in build_cohort_index_html(out)

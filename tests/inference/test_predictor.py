@@ -147,18 +147,7 @@ def test_an_mr_series_given_to_a_ct_model_is_warned_about(
     with caplog.at_level("WARNING", logger="medseg.inference.predictor"):
         predict(tmp_path / "cohort", model_copy, tmp_path / "zscore", PredictConfig())
     assert "trained on CT" not in caplog.text  # the toy model is z-score normalised
-    plan = json.loads((model_copy / "plan.json").read_text())
-    plan["normalization"] = [
-        {
-            "scheme": "ct",
-            "clip_low": -100.0,
-            "clip_high": 300.0,
-            "mean": 50.0,
-            "std": 80.0,
-            "use_nonzero_mask": False,
-        }
-    ]
-    (model_copy / "plan.json").write_text(json.dumps(plan))
+    _ct_plan(model_copy)
     caplog.clear()
     with caplog.at_level("WARNING", logger="medseg.inference.predictor"):
         results = predict(tmp_path / "cohort", model_copy, tmp_path / "ct_model", PredictConfig())
